@@ -1,0 +1,304 @@
+"""SA-1B JSON + JPEG -> TFDS example: pure functions, no I/O.
+
+Everything here takes bytes or parsed values and returns new values; nothing
+reads files, and inputs are never mutated. Problems raise `BadInputError`,
+which names the tar, the member and what is wrong, and carries a short
+`reason` code that lenient builds count in the dataset's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+try:  # A faster JSON parser, used when installed; same results as `json`.
+  import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised where orjson is absent.
+  _orjson = None
+
+# Reason codes of `BadInputError`, as counted in the lenient audit.
+MISSING_JSON = 'missing_json'
+MISSING_JPG = 'missing_jpg'
+DUPLICATE_MEMBER = 'duplicate_member'
+MALFORMED_JSON = 'malformed_json'
+MISSING_FIELD = 'missing_field'
+BAD_VALUE = 'bad_value'
+ID_MISMATCH = 'id_mismatch'
+SIZE_MISMATCH = 'size_mismatch'
+ZERO_SIZE = 'zero_size'
+DUPLICATE_ID = 'duplicate_id'
+CORRUPT_JPEG = 'corrupt_jpeg'
+MEMBER_TOO_LARGE = 'member_too_large'
+UNSAFE_MEMBER = 'unsafe_member'
+CORRUPT_TAR = 'corrupt_tar'
+
+REASONS = (
+    MISSING_JSON, MISSING_JPG, DUPLICATE_MEMBER, MALFORMED_JSON,
+    MISSING_FIELD, BAD_VALUE, ID_MISMATCH, SIZE_MISMATCH, ZERO_SIZE,
+    DUPLICATE_ID, CORRUPT_JPEG, MEMBER_TOO_LARGE, UNSAFE_MEMBER, CORRUPT_TAR,
+)
+
+_STEM_RE = re.compile(r'^sa_(\d+)$')
+
+
+class BadInputError(ValueError):
+  """An SA-1B image that cannot become an example.
+
+  Attributes:
+    reason: one of `REASONS`.
+    where: `tar:member` of the offending input.
+  """
+
+  def __init__(self, reason: str, where: str, message: str):
+    super().__init__(f'{where}: {message} [{reason}]')
+    self.reason = reason
+    self.where = where
+    self.message = message
+
+  def __reduce__(self):  # Picklable, so Beam can ship it between workers.
+    return (BadInputError, (self.reason, self.where, self.message))
+
+
+def image_id_from_stem(stem: str) -> int | None:
+  """`sa_123` -> 123; None for a stem that is not an SA-1B image name."""
+  m = _STEM_RE.match(stem)
+  return int(m.group(1)) if m else None
+
+
+def parse_json(data: bytes, *, where: str) -> Any:
+  """Parses JSON bytes, raising `BadInputError` on malformed input."""
+  try:
+    if _orjson is not None:
+      return _orjson.loads(data)
+    return json.loads(data)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise BadInputError(MALFORMED_JSON, where, f'malformed JSON: {e}') from None
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+  """(height, width) from a JPEG's SOF header, or None if it has none.
+
+  Reads only the marker segments before the first SOF, so it is cheap. It is
+  the corrupt-JPEG check: a file that is not a JPEG, is cut short or whose
+  header disagrees with the JSON's size is caught without decoding pixels.
+  """
+  n = len(data)
+  if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
+    return None
+  i = 2
+  while i + 4 <= n:
+    if data[i] != 0xFF:
+      return None
+    marker = data[i + 1]
+    if marker == 0xFF:  # Fill byte.
+      i += 1
+      continue
+    if marker in (0x01,) or 0xD0 <= marker <= 0xD7:  # No length field.
+      i += 2
+      continue
+    length = (data[i + 2] << 8) | data[i + 3]
+    if length < 2:
+      return None
+    # SOF0..SOF15, except DHT (C4), JPG (C8) and DAC (CC).
+    if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+      if i + 9 > n:
+        return None
+      height = (data[i + 5] << 8) | data[i + 6]
+      width = (data[i + 7] << 8) | data[i + 8]
+      return height, width
+    i += 2 + length
+  return None
+
+
+def check_jpeg(data: bytes, *, height: int, width: int, where: str) -> None:
+  """Raises `BadInputError` unless `data` is a whole JPEG of that size."""
+  size = jpeg_size(data)
+  if size is None:
+    raise BadInputError(
+        CORRUPT_JPEG, where, 'not a JPEG: no SOI/SOF header could be read'
+    )
+  if size != (height, width):
+    raise BadInputError(
+        CORRUPT_JPEG, where,
+        f'JPEG header says {size[0]}x{size[1]} (h x w) but the JSON says'
+        f' {height}x{width}',
+    )
+  # A JPEG ends with EOI (FF D9); some writers pad after it.
+  if data.rfind(b'\xff\xd9', max(0, len(data) - 1024)) < 0:
+    raise BadInputError(
+        CORRUPT_JPEG, where, 'JPEG is truncated: no end-of-image marker'
+    )
+
+
+def _field(obj: Any, key: str, *, where: str, what: str) -> Any:
+  if not isinstance(obj, Mapping):
+    raise BadInputError(
+        MISSING_FIELD, where, f'{what} must be an object, got {obj!r:.80}'
+    )
+  if key not in obj:
+    raise BadInputError(MISSING_FIELD, where, f'{what} has no "{key}" field')
+  return obj[key]
+
+
+def _number(v: Any, *, where: str, what: str) -> float:
+  if isinstance(v, bool) or not isinstance(v, (int, float)):
+    raise BadInputError(BAD_VALUE, where, f'{what} must be a number, got {v!r:.80}')
+  return v
+
+
+def _int(v: Any, *, where: str, what: str) -> int:
+  if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+    raise BadInputError(
+        BAD_VALUE, where, f'{what} must be a non-negative integer, got {v!r:.80}'
+    )
+  return v
+
+
+def _numbers(v: Any, n: int, *, where: str, what: str) -> list[float]:
+  if not isinstance(v, (list, tuple)) or len(v) != n:
+    raise BadInputError(
+        BAD_VALUE, where, f'{what} must have {n} numbers, got {v!r:.80}'
+    )
+  return [_number(x, where=where, what=what) for x in v]
+
+
+def normalize_box(
+    box: list[float], *, height: int, width: int, where: str, what: str
+) -> list[float]:
+  """SA-1B [x, y, w, h] pixels -> TFDS [ymin, xmin, ymax, xmax] in [0, 1].
+
+  The arithmetic is the builtin builder's, so boxes are equal to its output.
+  SA-1B boxes are inclusive extents and are kept as they are.
+  """
+  x, y, w, h = box
+  out = [y / height, x / width, (y + h) / height, (x + w) / width]
+  if not (0.0 <= out[0] <= out[2] <= 1.0 and 0.0 <= out[1] <= out[3] <= 1.0):
+    raise BadInputError(
+        BAD_VALUE, where,
+        f'{what} {box!r} does not fit in the {height}x{width} image',
+    )
+  return out
+
+
+def make_example(
+    jpeg: bytes, record: Any, *, stem: str, where: str
+) -> tuple[int, dict[str, Any]]:
+  """Builds one TFDS example from an image's JPEG bytes and parsed JSON.
+
+  Args:
+    jpeg: the `.jpg` member's bytes; stored as they are, never re-encoded.
+    record: the parsed `.json` member.
+    stem: the members' shared name without extension, e.g. `sa_223750`.
+    where: `tar:member` used in error messages.
+
+  Returns:
+    (key, example): the key is the image id.
+
+  Raises:
+    BadInputError: on any missing field, bad value or inconsistency.
+  """
+  image = _field(record, 'image', where=where, what='the JSON')
+  image_id = _int(_field(image, 'image_id', where=where, what='"image"'),
+                  where=where, what='image.image_id')
+  file_name = _field(image, 'file_name', where=where, what='"image"')
+  height = _int(_field(image, 'height', where=where, what='"image"'),
+                where=where, what='image.height')
+  width = _int(_field(image, 'width', where=where, what='"image"'),
+               where=where, what='image.width')
+  expected_id = image_id_from_stem(stem)
+  if expected_id != image_id:
+    raise BadInputError(
+        ID_MISMATCH, where,
+        f'image_id {image_id} disagrees with the member name {stem!r}',
+    )
+  if file_name != f'{stem}.jpg':
+    raise BadInputError(
+        ID_MISMATCH, where,
+        f'file_name {file_name!r} disagrees with the member name {stem}.jpg',
+    )
+  if height == 0 or width == 0:
+    raise BadInputError(
+        ZERO_SIZE, where, f'image size is {height}x{width} (h x w)'
+    )
+  check_jpeg(jpeg, height=height, width=width, where=where)
+
+  annotations = _field(record, 'annotations', where=where, what='the JSON')
+  if not isinstance(annotations, list):
+    raise BadInputError(
+        BAD_VALUE, where, f'"annotations" must be a list, got {annotations!r:.80}'
+    )
+  n = len(annotations)
+  area = np.empty((n,), np.uint64)
+  ids = np.empty((n,), np.uint64)
+  iou = np.empty((n,), np.float64)
+  stability = np.empty((n,), np.float64)
+  points = np.empty((n, 1, 2), np.float64)
+  bbox = np.empty((n, 4), np.float32)
+  crop_box = np.empty((n, 4), np.float32)
+  sizes = np.empty((n, 2), np.uint64)
+  counts = []
+  for i, ann in enumerate(annotations):
+    what = f'annotations[{i}]'
+    get = lambda k, ann=ann, what=what: _field(ann, k, where=where, what=what)
+    ids[i] = _int(get('id'), where=where, what=f'{what}.id')
+    area[i] = _int(get('area'), where=where, what=f'{what}.area')
+    iou[i] = _number(get('predicted_iou'), where=where, what=f'{what}.predicted_iou')
+    stability[i] = _number(
+        get('stability_score'), where=where, what=f'{what}.stability_score')
+    point = get('point_coords')
+    if not isinstance(point, list) or len(point) != 1:
+      raise BadInputError(
+          BAD_VALUE, where,
+          f'{what}.point_coords must be [[x, y]], got {point!r:.80}',
+      )
+    points[i, 0] = _numbers(point[0], 2, where=where, what=f'{what}.point_coords')
+    bbox[i] = normalize_box(
+        _numbers(get('bbox'), 4, where=where, what=f'{what}.bbox'),
+        height=height, width=width, where=where, what=f'{what}.bbox')
+    crop_box[i] = normalize_box(
+        _numbers(get('crop_box'), 4, where=where, what=f'{what}.crop_box'),
+        height=height, width=width, where=where, what=f'{what}.crop_box')
+    seg = get('segmentation')
+    size = _field(seg, 'size', where=where, what=f'{what}.segmentation')
+    rle_counts = _field(seg, 'counts', where=where, what=f'{what}.segmentation')
+    if size != [height, width]:
+      raise BadInputError(
+          SIZE_MISMATCH, where,
+          f'{what}.segmentation.size {size!r:.40} differs from the image'
+          f' size [{height}, {width}]',
+      )
+    if not isinstance(rle_counts, str) or not rle_counts:
+      raise BadInputError(
+          BAD_VALUE, where,
+          f'{what}.segmentation.counts must be a non-empty string, got'
+          f' {rle_counts!r:.80}',
+      )
+    sizes[i] = (height, width)
+    counts.append(rle_counts)
+
+  example = {
+      'image': {
+          'content': jpeg,
+          'file_name': file_name,
+          'height': height,
+          'image_id': image_id,
+          'width': width,
+      },
+      'annotations': {
+          'area': area,
+          'bbox': bbox,
+          'crop_box': crop_box,
+          'id': ids,
+          'point_coords': points,
+          'predicted_iou': iou,
+          'segmentation': {
+              'counts': np.array(counts, dtype=object).reshape((n,)),
+              'size': sizes,
+          },
+          'stability_score': stability,
+      },
+  }
+  return image_id, example

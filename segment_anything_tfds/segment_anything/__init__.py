@@ -1,0 +1,1 @@
+"""The `segment_anything` dataset folder, laid out as TFDS reads it."""
