@@ -7,6 +7,7 @@ imported or resolved before.
 """
 
 from segment_anything_tfds import registration as _registration
+from segment_anything_tfds.config import lenient_config
 from segment_anything_tfds.config import SegmentAnythingConfig
 from segment_anything_tfds.config import tars_config
 from segment_anything_tfds.examples import BadInputError
@@ -20,5 +21,6 @@ __all__ = [
     'BadInputError',
     'Builder',
     'SegmentAnythingConfig',
+    'lenient_config',
     'tars_config',
 ]

@@ -53,10 +53,29 @@ def tars_config(spec: str, *, lenient: bool = False) -> SegmentAnythingConfig:
   Its name (`tars_0-9_42`) names its data dir, so each subset is kept apart.
   """
   tars = parse_tar_spec(spec)
-  name = 'tars_' + spec.replace(' ', '').replace(',', '_')
-  return SegmentAnythingConfig(
-      name=name, tars=tars, lenient=lenient,
+  config = SegmentAnythingConfig(
+      name='tars_' + spec.replace(' ', '').replace(',', '_'), tars=tars,
       description=f'SA-1B tars {spec}: {len(tars)} tars.')
+  return lenient_config(config) if lenient else config
+
+
+def lenient_config(config: str | SegmentAnythingConfig) -> SegmentAnythingConfig:
+  """The lenient variant of a config, e.g. `first_10` -> `first_10_lenient`.
+
+  It skips bad images instead of failing, and records every skip (tar,
+  member, reason) in the dataset's metadata. Its own name keeps its data,
+  which may hold fewer images, apart from the strict build's.
+  """
+  if isinstance(config, str):
+    by_name = {c.name: c for c in BUILDER_CONFIGS}
+    if config not in by_name:
+      raise ValueError(
+          f'unknown config {config!r}; expected one of {sorted(by_name)}')
+    config = by_name[config]
+  return dataclasses.replace(
+      config, name=f'{config.name}_lenient', lenient=True,
+      description=f'{config.description} Lenient: bad images are skipped'
+      ' and audited.')
 
 
 BUILDER_CONFIGS = [

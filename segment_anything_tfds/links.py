@@ -1,19 +1,28 @@
 """The SA-1B links file: `segment_anything_links.txt`, TSV `file_name\tcdn_link`.
 
 Only `sa_NNNNNN.tar` rows are image shards; other rows (`sa_images_ids.txt`,
-other tars) are reported and ignored.
+other files) are reported and ignored. A link may be a signed CDN URL (its
+`oe=` parameter is its expiry, a hex unix time), any http(s) mirror, a
+`gs://` object or a local path.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import re
+import urllib.parse
 
 from etils import epath
 
 LINKS_FILE_NAME = 'segment_anything_links.txt'
 HEADER = ('file_name', 'cdn_link')
+HOMEPAGE = 'https://ai.meta.com/datasets/segment-anything-downloads'
+# Schemes a link may use; a link without a scheme is a local path.
+URL_SCHEMES = ('http', 'https', 'gs')
+HTTP_SCHEMES = ('http', 'https')
 _SHARD_RE = re.compile(r'^sa_(\d{6})\.tar$')
+_SCHEME_RE = re.compile(r'^([A-Za-z][A-Za-z0-9+.-]*)://')
 
 
 def shard_index(name: str) -> int | None:
@@ -26,41 +35,114 @@ def shard_name(index: int) -> str:
   return f'sa_{index:06d}.tar'
 
 
+def scheme(url: str) -> str | None:
+  """`https://x/y` -> 'https'; None for a local path."""
+  m = _SCHEME_RE.match(url)
+  return m.group(1).lower() if m else None
+
+
+def is_http(url: str) -> bool:
+  return scheme(url) in HTTP_SCHEMES
+
+
+def expiry(url: str) -> int | None:
+  """The unix time a signed CDN link expires (its `oe=` hex), or None."""
+  if not is_http(url):
+    return None
+  query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+  values = query.get('oe')
+  if not values:
+    return None
+  try:
+    return int(values[0], 16)
+  except ValueError:
+    return None
+
+
+def format_time(unix: float) -> str:
+  return datetime.datetime.fromtimestamp(
+      unix, tz=datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
+
+
+def redact(url: str) -> str:
+  """A URL without its query (signatures) for messages and logs."""
+  if not is_http(url):
+    return url
+  parts = urllib.parse.urlsplit(url)
+  return urllib.parse.urlunsplit(
+      (parts.scheme, parts.netloc, parts.path, '...' if parts.query else '',
+       ''))
+
+
+class LinksFileError(ValueError):
+  """A links file that cannot be used; the message names file and line."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Links:
   """A parsed links file."""
 
   shards: dict[str, str]  # Tar name -> URL, image shards only.
-  other: dict[str, str]  # Rows that are not image shards.
+  other: dict[str, str]  # Rows that are not image shards, reported.
+  source: str = LINKS_FILE_NAME
 
 
 def parse_links(text: str, *, source: str = LINKS_FILE_NAME) -> Links:
-  """Parses the links file's text. Raises ValueError naming line and problem."""
-  lines = [l for l in text.splitlines() if l.strip()]
-  if not lines:
-    raise ValueError(f'{source}: the links file is empty')
-  header = tuple(c.strip() for c in lines[0].split('\t'))
+  """Parses the links file's text.
+
+  Raises:
+    LinksFileError (a ValueError): naming the file, the line and the problem:
+      an empty file, a missing or wrong header, a row without exactly two
+      tab-separated columns, a name listed twice (same or different URLs), a
+      URL with an unsupported scheme.
+  """
+  if text.startswith('\ufeff'):
+    text = text[1:]
+  numbered = [(i, l.rstrip('\r\n')) for i, l in
+              enumerate(text.splitlines(), start=1) if l.strip()]
+  if not numbered:
+    raise LinksFileError(
+        f'{source}: the links file is empty; download it again from'
+        f' {HOMEPAGE} (a TSV with the header file_name<TAB>cdn_link)')
+  first_no, first = numbered[0]
+  header = tuple(c.strip() for c in first.split('\t'))
   if header != HEADER:
-    raise ValueError(
-        f'{source}:1: expected the header {"<TAB>".join(HEADER)!r}, got'
-        f' {lines[0]!r:.120}')
+    hint = ''
+    if scheme(first.split('\t')[-1].strip()) or shard_index(
+        first.split('\t')[0].strip()) is not None:
+      hint = ' (the header row is missing: add it as the first line)'
+    elif len(header) != 2:
+      hint = (f' (found {len(header)} column(s); columns must be separated by'
+              ' a TAB)')
+    raise LinksFileError(
+        f'{source}:{first_no}: expected the header'
+        f' "{HEADER[0]}<TAB>{HEADER[1]}", got {first!r:.120}{hint}')
   shards: dict[str, str] = {}
   other: dict[str, str] = {}
-  for lineno, line in enumerate(lines[1:], start=2):
-    cols = line.rstrip('\r\n').split('\t')
+  lines_of: dict[str, int] = {}
+  for lineno, line in numbered[1:]:
+    cols = line.split('\t')
     if len(cols) != 2 or not cols[0].strip() or not cols[1].strip():
-      raise ValueError(
+      raise LinksFileError(
           f'{source}:{lineno}: expected 2 tab-separated columns (file_name,'
-          f' cdn_link), got {line!r:.120}')
+          f' cdn_link), got {len(cols)}: {line!r:.120}')
     name, url = cols[0].strip(), cols[1].strip()
+    s = scheme(url)
+    if s is not None and s not in URL_SCHEMES:
+      raise LinksFileError(
+          f'{source}:{lineno}: {name}: unsupported URL scheme {s}:// in'
+          f' {redact(url)!r}; links must be http://, https://, gs:// or local'
+          ' paths')
     table = shards if shard_index(name) is not None else other
     if name in table:
-      if table[name] == url:
-        raise ValueError(f'{source}:{lineno}: {name} is listed twice')
-      raise ValueError(
-          f'{source}:{lineno}: {name} is listed twice with different URLs')
+      what = ('listed twice' if table[name] == url else
+              'listed twice with different URLs')
+      raise LinksFileError(
+          f'{source}:{lineno}: {name} is {what} (first on line'
+          f' {lines_of[name]}); keep one row per file')
     table[name] = url
-  return Links(shards=shards, other=other)
+    lines_of[name] = lineno
+  return Links(shards=shards, other=other, source=source)
 
 
 def read_links(path: epath.PathLike) -> Links:

@@ -95,9 +95,11 @@ def select(
   chosen = list(shards.values())
   if num_tars is not None:
     if len(chosen) < num_tars:
-      raise FileNotFoundError(
-          f'this config needs {num_tars} tars but manual_dir and its links'
-          f' file offer only {len(chosen)}')
+      # A subset is "up to N": a partial download still builds. What was
+      # built is listed in metadata.json (audit.tars).
+      logging.warning(
+          'This config takes the first %d tars, but manual_dir and its links'
+          ' file offer only %d: building those.', num_tars, len(chosen))
     chosen = chosen[:num_tars]
   if not chosen:
     raise FileNotFoundError(

@@ -1,0 +1,540 @@
+#!/usr/bin/env python
+"""Benchmarks preparing SA-1B-sized tars: this package vs TFDS's builtin.
+
+  python benchmarks/prepare.py                  # the default run (~10 min)
+  python benchmarks/prepare.py --tars 1,4 --scaling '' --skip-builtin
+  python benchmarks/prepare.py --profile 4      # cProfile of one 4-tar build
+
+What it does, in one run:
+  * generates fake SA-1B tars at full size (1500x2250 JPEGs of ~1 MB, 90-110
+    masks per image with real pycocotools RLE, members shuffled), cached
+    under --work so reruns skip it;
+  * prepares 1, 4 and 8 tars (--tars; --images-per-tar each) with this
+    package's default local settings (`download_and_prepare` with only a
+    manual_dir), and with TFDS's builtin `segment_anything` builder on the
+    same tars, served by a loopback HTTP server that handles one request at
+    a time (TFDS's extractor deadlocks if 4 x cores downloads end at once);
+  * prepares the same tars with this package from a links file pointing at
+    that server, if `sources.materialize` can download (skipped otherwise);
+  * measures the plain I/O cost: read the tars and write the same bytes;
+  * measures cost per image from 100 to 800 images (--scaling).
+
+Every build runs in its own subprocess. For each it reports wall time of
+`download_and_prepare`, images/s, peak RSS of the largest process of the
+build's process tree and of the whole tree (psutil, sampled every 50 ms, and
+the kernel's max RSS of the build process), peak disk used under the build's
+data_dir (which holds the download and extraction dirs; sampled) and the
+output's size.
+
+To keep generation fast, the JPEGs and masks of each image are drawn from
+pools (16 JPEGs, 600 masks); every image still has its own id, member names,
+annotation ids and JSON, so the work per image is that of real SA-1B.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import http.server
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, '..'))
+
+HEIGHT, WIDTH = 1500, 2250
+JPEG_QUALITY = 80  # ~1 MB at 1500x2250 for the fake pictures.
+NUM_JPEGS = 16
+NUM_MASKS = 600
+MASKS_PER_IMAGE = (90, 110)
+GEN_VERSION = 1  # Bump when the generated data changes.
+
+OURS = 'ours'
+BUILTIN = 'builtin'
+OURS_LINKS = 'ours-links'
+
+
+# ---------------------------------------------------------------- data
+
+
+def _pools(seed: int):
+  from segment_anything_tfds import fake_data  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  jpegs = [fake_data.jpeg_bytes(rng, HEIGHT, WIDTH, quality=JPEG_QUALITY)
+           for _ in range(NUM_JPEGS)]
+  anns = [fake_data.annotation(rng, fake_data.random_mask(rng, HEIGHT, WIDTH), 0)
+          for _ in range(NUM_MASKS)]
+  return jpegs, anns
+
+
+def _image(rng, image_id: int, jpegs, anns) -> tuple[bytes, bytes]:
+  n = int(rng.integers(MASKS_PER_IMAGE[0], MASKS_PER_IMAGE[1] + 1))
+  chosen = rng.choice(len(anns), size=n, replace=False)
+  annotations = [dict(anns[k], id=image_id * 1000 + i)
+                 for i, k in enumerate(chosen)]
+  record = {
+      'image': {'image_id': image_id, 'width': WIDTH, 'height': HEIGHT,
+                'file_name': f'sa_{image_id}.jpg'},
+      'annotations': annotations,
+  }
+  return jpegs[image_id % len(jpegs)], json.dumps(record).encode()
+
+
+def make_tars(tar_dir: str, num_tars: int, images_per_tar: int) -> list[str]:
+  """The first `num_tars` tars under `tar_dir`, generated when missing."""
+  from segment_anything_tfds import fake_data  # pylint: disable=g-import-not-at-top
+  os.makedirs(tar_dir, exist_ok=True)
+  paths = [os.path.join(tar_dir, f'sa_{t:06d}.tar') for t in range(num_tars)]
+  missing = [t for t, p in enumerate(paths) if not os.path.exists(p)]
+  if not missing:
+    return paths
+  t0 = time.time()
+  print(f'Generating {len(missing)} tars of {images_per_tar} images in'
+        f' {tar_dir} ...', flush=True)
+  jpegs, anns = _pools(seed=0)
+  for t in missing:
+    rng = np.random.default_rng(1000 + t)
+    records = []
+    for k in range(images_per_tar):
+      image_id = 1 + t * images_per_tar + k
+      records.append((image_id, *_image(rng, image_id, jpegs, anns)))
+    fake_data.write_tar(paths[t], records, rng=rng)
+  print(f'  done in {time.time() - t0:.0f} s', flush=True)
+  return paths
+
+
+def tar_stats(paths) -> dict:
+  """Images and raw jpg + json bytes of some tars."""
+  images = jpg = js = 0
+  for p in paths:
+    with tarfile.open(p) as tf:
+      for m in tf.getmembers():
+        if m.name.endswith('.jpg'):
+          images += 1
+          jpg += m.size
+        elif m.name.endswith('.json'):
+          js += m.size
+  return {'images': images, 'jpg_bytes': jpg, 'json_bytes': js,
+          'tar_bytes': sum(os.path.getsize(p) for p in paths)}
+
+
+# ---------------------------------------------------------------- server
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+
+  def log_message(self, *args):
+    pass
+
+
+@contextlib.contextmanager
+def serve(directory: str):
+  """Serves `directory` on 127.0.0.1, one request at a time."""
+  handler = functools.partial(_QuietHandler, directory=directory)
+  server = http.server.HTTPServer(('127.0.0.1', 0), handler)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  try:
+    yield f'http://127.0.0.1:{server.server_address[1]}'
+  finally:
+    server.shutdown()
+    server.server_close()
+
+
+def write_links(path: str, base_url: str, tar_paths) -> None:
+  with open(path, 'w') as f:
+    f.write('file_name\tcdn_link\n')
+    for p in tar_paths:
+      name = os.path.basename(p)
+      f.write(f'{name}\t{base_url}/{name}?sig=fake\n')
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def du(path: str) -> int:
+  total = 0
+  stack = [path]
+  while stack:
+    try:
+      with os.scandir(stack.pop()) as it:
+        for e in it:
+          try:
+            if e.is_dir(follow_symlinks=False):
+              stack.append(e.path)
+            elif e.is_file(follow_symlinks=False):
+              total += e.stat(follow_symlinks=False).st_blocks * 512
+          except FileNotFoundError:
+            pass
+    except (FileNotFoundError, NotADirectoryError):
+      pass
+  return total
+
+
+class Sampler(threading.Thread):
+  """Samples RSS of a process tree and disk use of some dirs."""
+
+  def __init__(self, pid: int, dirs, period: float = 0.05):
+    super().__init__(daemon=True)
+    import psutil  # pylint: disable=g-import-not-at-top
+    self._proc = psutil.Process(pid)
+    self._psutil = psutil
+    self._dirs = dirs
+    self._period = period
+    self._done = threading.Event()
+    self.max_rss = 0  # Largest single process.
+    self.max_tree_rss = 0  # Sum over the tree, at one instant.
+    self.max_disk = 0
+    self.max_procs = 1
+
+  def run(self):
+    n = 0
+    while not self._done.is_set():
+      try:
+        procs = [self._proc] + self._proc.children(recursive=True)
+      except self._psutil.NoSuchProcess:
+        break
+      rss = []
+      for p in procs:
+        try:
+          rss.append(p.memory_info().rss)
+        except self._psutil.Error:
+          pass
+      if rss:
+        self.max_rss = max(self.max_rss, max(rss))
+        self.max_tree_rss = max(self.max_tree_rss, sum(rss))
+        self.max_procs = max(self.max_procs, len(rss))
+      if n % 4 == 0:
+        self.max_disk = max(self.max_disk, sum(du(d) for d in self._dirs))
+      n += 1
+      self._done.wait(self._period)
+
+  def stop(self):
+    self._done.set()
+    self.join()
+    self.max_disk = max(self.max_disk, sum(du(d) for d in self._dirs))
+
+
+def run_build(spec: dict, work: str) -> dict:
+  """Runs one build in a subprocess; returns its measurements."""
+  data_dir = spec['data_dir']
+  shutil.rmtree(data_dir, ignore_errors=True)
+  os.makedirs(data_dir)
+  fd, result_path = tempfile.mkstemp(suffix='.json', dir=work)
+  os.close(fd)
+  spec = dict(spec, result=result_path)
+  cmd = [sys.executable, os.path.abspath(__file__), '--_child',
+         json.dumps(spec)]
+  log_path = os.path.join(work, 'logs', f'{spec["label"]}.log')
+  os.makedirs(os.path.dirname(log_path), exist_ok=True)
+  with open(log_path, 'w') as log:
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    sampler = Sampler(proc.pid, [data_dir])
+    sampler.start()
+    rc = proc.wait()
+    sampler.stop()
+  with open(result_path) as f:
+    text = f.read()
+  os.unlink(result_path)
+  result = json.loads(text) if text else {}
+  if rc != 0 or 'error' in result:
+    with open(log_path) as f:
+      tail = f.read()[-3000:]
+    result.setdefault('error', f'exit code {rc}')
+    result['log_tail'] = tail
+    return result
+  result.update(
+      peak_rss=sampler.max_rss, peak_tree_rss=sampler.max_tree_rss,
+      peak_disk=sampler.max_disk, procs=sampler.max_procs,
+      output_bytes=du(result['output_dir']),
+      record_bytes=sum(
+          os.path.getsize(os.path.join(result['output_dir'], n))
+          for n in os.listdir(result['output_dir']) if '.tfrecord' in n),
+  )
+  return result
+
+
+def child(spec: dict) -> None:
+  """Runs one build (in the benchmark's subprocess) and writes its result."""
+  import resource  # pylint: disable=g-import-not-at-top
+  out = {}
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    from apache_beam.runners.portability import fn_api_runner  # pylint: disable=g-import-not-at-top
+    kind = spec['kind']
+    config_kwargs = {}
+    if spec.get('workers'):
+      from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+      config_kwargs['beam_options'] = pipeline_options.PipelineOptions(
+          direct_num_workers=spec['workers'],
+          direct_running_mode='multi_processing')
+      config_kwargs['beam_runner'] = fn_api_runner.FnApiRunner()
+    if kind == BUILTIN:
+      from tensorflow_datasets.datasets.segment_anything import segment_anything_dataset_builder as builtin  # pylint: disable=g-import-not-at-top
+      config_kwargs.setdefault('beam_runner', fn_api_runner.FnApiRunner())
+      make = lambda: builtin.Builder(data_dir=spec['data_dir'])
+    else:
+      import segment_anything_tfds  # pylint: disable=g-import-not-at-top,unused-import
+      make = lambda: tfds.builder('segment_anything', data_dir=spec['data_dir'],
+                                  config='all')
+    config = tfds.download.DownloadConfig(manual_dir=spec['manual_dir'],
+                                          **config_kwargs)
+    profiler = None
+    if spec.get('profile'):
+      import cProfile  # pylint: disable=g-import-not-at-top
+      profiler = cProfile.Profile()
+      profiler.enable()
+    t0 = time.perf_counter()
+    builder = make()
+    builder.download_and_prepare(download_config=config)
+    wall = time.perf_counter() - t0
+    if profiler is not None:
+      profiler.disable()
+      profiler.dump_stats(spec['profile'])
+    out = {
+        'wall': wall,
+        'examples': builder.info.splits['train'].num_examples,
+        'output_dir': os.fspath(builder.data_dir),
+        'ru_maxrss_self': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                          * 1024,
+        'ru_maxrss_children':
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+    }
+  except Exception as e:  # pylint: disable=broad-except
+    import traceback  # pylint: disable=g-import-not-at-top
+    traceback.print_exc()
+    out = {'error': f'{type(e).__name__}: {e}'[:2000]}
+  with open(spec['result'], 'w') as f:
+    json.dump(out, f)
+
+
+def io_baseline(tar_paths, work: str) -> float:
+  """Seconds to read the tars and write the same bytes to new files."""
+  out_dir = os.path.join(work, 'io_copy')
+  shutil.rmtree(out_dir, ignore_errors=True)
+  os.makedirs(out_dir)
+  t0 = time.perf_counter()
+  for p in tar_paths:
+    with open(p, 'rb') as src, open(
+        os.path.join(out_dir, os.path.basename(p)), 'wb') as dst:
+      while True:
+        buf = src.read(1 << 20)
+        if not buf:
+          break
+        dst.write(buf)
+  wall = time.perf_counter() - t0
+  shutil.rmtree(out_dir)
+  return wall
+
+
+# ---------------------------------------------------------------- report
+
+MB = 1 << 20
+GB = 1 << 30
+
+
+def _row(label, tars, r, images):
+  if 'error' in r:
+    return f'{label:<11} {tars:>4} {images:>6}  FAILED: {r["error"][:150]}'
+  return (f'{label:<11} {tars:>4} {images:>6} {r["wall"]:>8.1f} '
+          f'{images / r["wall"]:>7.1f} {r["peak_rss"] / GB:>9.2f} '
+          f'{r["peak_tree_rss"] / GB:>9.2f} {r["procs"]:>5} '
+          f'{r["peak_disk"] / MB:>9.0f} {r["output_bytes"] / MB:>8.0f} '
+          f'{r["peak_disk"] / r["output_bytes"]:>6.2f}')
+
+
+HEADER = (f'{"build":<11} {"tars":>4} {"images":>6} {"wall s":>8} '
+          f'{"img/s":>7} {"RSS max GB":>9} {"RSS sum GB":>9} {"procs":>5} '
+          f'{"peak disk MB":>9} {"out MB":>8} {"disk/out":>6}')
+
+
+def _ok(r):
+  return r is not None and 'error' not in r
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--work', default=os.path.join(
+      tempfile.gettempdir(), 'segment_anything_tfds_bench'),
+                      help='work dir; generated tars are cached here')
+  parser.add_argument('--images-per-tar', type=int, default=25)
+  parser.add_argument('--tars', default='1,4,8',
+                      help='tar counts to compare with the builtin')
+  parser.add_argument('--scaling', default='100,200,400,800',
+                      help='image counts for the cost-per-image curve'
+                      " ('' to skip)")
+  parser.add_argument('--skip-builtin', action='store_true')
+  parser.add_argument('--skip-links', action='store_true')
+  parser.add_argument('--workers', type=int, default=0,
+                      help='also pass direct_num_workers=N,'
+                      ' multi_processing to this package\'s builds')
+  parser.add_argument('--profile', type=int, default=0,
+                      help='only profile one build of N tars (cProfile)')
+  parser.add_argument('--json', help='also write all results here')
+  parser.add_argument('--_child', help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args._child:  # pylint: disable=protected-access
+    child(json.loads(args._child))  # pylint: disable=protected-access
+    return
+
+  work = os.path.abspath(args.work)
+  os.makedirs(work, exist_ok=True)
+  ipt = args.images_per_tar
+  tar_counts = [int(x) for x in args.tars.split(',') if x.strip()]
+  scaling = [int(x) for x in args.scaling.split(',') if x.strip()]
+  scaling_tars = [max(1, -(-n // ipt)) for n in scaling]
+  max_tars = max(tar_counts + scaling_tars + [args.profile])
+  tar_dir = os.path.join(work, f'tars_v{GEN_VERSION}_{ipt}')
+  all_tars = make_tars(tar_dir, max_tars, ipt)
+
+  def manual_dir(name, n, links_url=None):
+    d = os.path.join(work, 'manual', name)
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    if links_url:
+      write_links(os.path.join(d, 'segment_anything_links.txt'), links_url,
+                  all_tars[:n])
+    else:
+      for p in all_tars[:n]:
+        os.symlink(p, os.path.join(d, os.path.basename(p)))
+    return d
+
+  def spec(kind, n, label, links_url=None, **kw):
+    return dict(kind=kind, label=label,
+                manual_dir=manual_dir(label, n, links_url),
+                data_dir=os.path.join(work, 'data', label), **kw)
+
+  print(f'Machine: {platform.platform()}, Python {platform.python_version()},'
+        f' {os.cpu_count()} CPUs, '
+        f'{os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB:.0f}'
+        ' GB RAM', flush=True)
+
+  if args.profile:
+    import pstats  # pylint: disable=g-import-not-at-top
+    prof = os.path.join(work, 'prepare.prof')
+    r = run_build(spec(OURS, args.profile, f'profile{args.profile}',
+                       profile=prof, workers=args.workers), work)
+    if 'error' in r:
+      print(r)
+      return
+    print(f'{args.profile} tars: {r["wall"]:.1f} s; profile in {prof}')
+    stats = pstats.Stats(prof)
+    stats.sort_stats('tottime').print_stats(30)
+    stats.sort_stats('cumulative').print_stats(40)
+    return
+
+  results = {'machine': {'cpus': os.cpu_count(),
+                         'platform': platform.platform()},
+             'images_per_tar': ipt, 'builds': []}
+  stats = {n: tar_stats(all_tars[:n]) for n in set(tar_counts)}
+
+  def record(kind, n, r):
+    images = n * ipt
+    results['builds'].append(dict(r, kind=kind, tars=n, images=images))
+    print(_row(kind, n, r, images), flush=True)
+    if 'error' in r and r.get('log_tail'):
+      print('   ', r['log_tail'][-1500:].replace('\n', '\n    '))
+    if _ok(r) and r['examples'] != images:
+      print(f'    WARNING: {r["examples"]} examples, expected {images}')
+
+  print(f'\n== Preparing {tar_counts} tars x {ipt} images ==\n{HEADER}',
+        flush=True)
+  table = {}
+  links_note = None
+  with serve(tar_dir) as url:
+    for n in tar_counts:
+      r = run_build(spec(OURS, n, f'ours{n}', workers=args.workers), work)
+      record(OURS, n, r)
+      table[OURS, n] = r
+      if not args.skip_builtin:
+        r = run_build(spec(BUILTIN, n, f'builtin{n}', links_url=url), work)
+        record(BUILTIN, n, r)
+        table[BUILTIN, n] = r
+      if not args.skip_links and links_note is None:
+        r = run_build(spec(OURS_LINKS, n, f'links{n}', links_url=url,
+                           workers=args.workers), work)
+        if 'error' in r and 'downloading is not available' in r['error']:
+          links_note = ('skipped: sources.materialize cannot download yet'
+                        f' ({r["error"][:120]}...)')
+          print(f'{OURS_LINKS:<11} {links_note}', flush=True)
+        else:
+          record(OURS_LINKS, n, r)
+          table[OURS_LINKS, n] = r
+  results['links_note'] = links_note
+
+  # I/O baseline on the largest set.
+  n = max(tar_counts)
+  io_wall = io_baseline(all_tars[:n], work)
+  io_rate = stats[n]['images'] / io_wall
+  results['io'] = {'tars': n, 'wall': io_wall, 'images_per_s': io_rate}
+
+  print('\n== Ratios (builtin / ours; ours / plain I/O) ==')
+  for n in tar_counts:
+    ours, theirs = table.get((OURS, n)), table.get((BUILTIN, n))
+    line = f'{n} tars:'
+    if _ok(ours) and _ok(theirs):
+      line += (f' wall builtin/ours {theirs["wall"] / ours["wall"]:.2f}x;'
+               f' peak RSS builtin/ours'
+               f' {theirs["peak_rss"] / ours["peak_rss"]:.2f}x;'
+               f' peak disk builtin/ours'
+               f' {theirs["peak_disk"] / ours["peak_disk"]:.2f}x;')
+    links = table.get((OURS_LINKS, n))
+    if _ok(links) and _ok(theirs):
+      line += f' wall builtin/ours-links {theirs["wall"] / links["wall"]:.2f}x;'
+    if _ok(ours):
+      line += (f' ours {ours["wall"] and stats[n]["images"] / ours["wall"]:.1f}'
+               f' img/s = {stats[n]["images"] / ours["wall"] / io_rate:.3f} of'
+               ' plain I/O')
+    print(line)
+  print(f'Plain I/O (read {n} tars, write the same bytes):'
+        f' {io_wall:.2f} s = {io_rate:.0f} img/s')
+
+  print('\n== Bytes on disk per example ==')
+  for (kind, n), r in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    if not _ok(r):
+      continue
+    s = stats[n]
+    raw = (s['jpg_bytes'] + s['json_bytes']) / s['images']
+    print(f'{kind:<11} {n} tars: records {r["record_bytes"] / r["examples"] / 1e6:.3f}'
+          f' MB/example, output dir {r["output_bytes"] / r["examples"] / 1e6:.3f}'
+          f' MB/example; raw jpg {s["jpg_bytes"] / s["images"] / 1e6:.3f} MB +'
+          f' json {s["json_bytes"] / s["images"] / 1e6:.3f} MB ='
+          f' {raw / 1e6:.3f} MB; records/raw'
+          f' {r["record_bytes"] / r["examples"] / raw:.3f}')
+
+  if scaling:
+    print(f'\n== Scaling: this package, {ipt} images per tar ==\n{HEADER}'
+          '   s/img  marginal s/img')
+    prev = None
+    for images, n in zip(scaling, scaling_tars):
+      r = run_build(spec(OURS, n, f'scale{n}', workers=args.workers), work)
+      results['builds'].append(dict(r, kind='scaling', tars=n, images=n * ipt))
+      line = _row('scaling', n, r, n * ipt)
+      if _ok(r):
+        line += f' {r["wall"] / (n * ipt):>7.4f}'
+        if prev is not None:
+          line += (f' {(r["wall"] - prev[1]) / (n * ipt - prev[0]):>9.4f}')
+        prev = (n * ipt, r['wall'])
+      print(line, flush=True)
+      shutil.rmtree(os.path.join(work, 'data', f'scale{n}'), ignore_errors=True)
+
+  for label in os.listdir(os.path.join(work, 'data')):
+    shutil.rmtree(os.path.join(work, 'data', label), ignore_errors=True)
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,250 @@
+"""Dataset statistics: masks per image, mask areas, quality scores, sizes.
+
+`Accumulator` takes examples one at a time (numpy dicts, as from
+`tfds.as_numpy` or `tfds.data_source`) and keeps memory bounded whatever the
+dataset size:
+
+* masks per image and image sizes are counted exactly (integer counters);
+* mask area fraction, `predicted_iou` and `stability_score` go into
+  fixed-bin histograms, with exact count, mean, min and max. Their quantiles
+  are read off the histogram, so they are exact to one bin: 0.001 for the
+  scores, 1/100 of a decade (≈2.3 %) for the area fraction.
+
+`summary()` returns a JSON-ready dict; `write_figure()` draws a PNG.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
+FIGURE_SIZE_PX = (1500, 900)  # width, height of the PNG `write_figure` saves.
+_DPI = 100
+
+
+class Histogram:
+  """A fixed-bin histogram with exact count, sum, min and max.
+
+  Values outside [lo, hi) are counted in the first or last bin; min and max
+  stay exact. With `log=True` the bins are uniform in log10(value), and
+  values <= 0 go to the first bin.
+  """
+
+  def __init__(self, lo: float, hi: float, bins: int, *, log: bool = False):
+    self.log = log
+    self.edges = (np.logspace(lo, hi, bins + 1) if log
+                  else np.linspace(lo, hi, bins + 1))
+    self.counts = np.zeros(bins, dtype=np.int64)
+    self.n = 0
+    self.total = 0.0
+    self.min = math.inf
+    self.max = -math.inf
+
+  def add(self, values: np.ndarray) -> None:
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if not values.size:
+      return
+    idx = np.searchsorted(self.edges, values, side='right') - 1
+    np.clip(idx, 0, len(self.counts) - 1, out=idx)
+    self.counts += np.bincount(idx, minlength=len(self.counts))
+    self.n += values.size
+    self.total += float(values.sum())
+    self.min = min(self.min, float(values.min()))
+    self.max = max(self.max, float(values.max()))
+
+  def quantile(self, q: float) -> float | None:
+    """The q-quantile, to one bin: the bin's centre, clamped to [min, max]."""
+    if not self.n:
+      return None
+    if q <= 0:
+      return self.min
+    if q >= 1:
+      return self.max
+    cum = np.cumsum(self.counts)
+    i = int(np.searchsorted(cum, q * self.n, side='left'))
+    lo, hi = self.edges[i], self.edges[i + 1]
+    centre = math.sqrt(lo * hi) if self.log else (lo + hi) / 2
+    return float(min(max(centre, self.min), self.max))
+
+  def summary(self) -> dict[str, Any]:
+    return {
+        'count': self.n,
+        'mean': self.total / self.n if self.n else None,
+        'min': self.min if self.n else None,
+        'max': self.max if self.n else None,
+        'quantiles': {f'{q:g}': self.quantile(q) for q in QUANTILES},
+    }
+
+
+def _exact_quantiles(counter: Mapping[int, int]) -> dict[str, int | None]:
+  """Quantiles (lower, nearest-rank) of integer values given as counts."""
+  n = sum(counter.values())
+  out = {}
+  for q in QUANTILES:
+    if not n:
+      out[f'{q:g}'] = None
+      continue
+    rank = max(1, math.ceil(q * n))
+    seen = 0
+    for value in sorted(counter):
+      seen += counter[value]
+      if seen >= rank:
+        out[f'{q:g}'] = int(value)
+        break
+  return out
+
+
+class Accumulator:
+  """Streams examples into bounded-memory statistics."""
+
+  def __init__(self):
+    self.images = 0
+    self.masks = 0
+    self.masks_per_image: collections.Counter[int] = collections.Counter()
+    self.image_sizes: collections.Counter[tuple[int, int]] = (
+        collections.Counter())
+    self.area_fraction = Histogram(-8, 0, 800, log=True)
+    self.predicted_iou = Histogram(0.0, 1.1, 1100)
+    self.stability_score = Histogram(0.0, 1.1, 1100)
+
+  def add(self, example: Mapping[str, Any]) -> None:
+    """Adds one example: a dict with `image` and `annotations` (numpy)."""
+    image, ann = example['image'], example['annotations']
+    height, width = int(image['height']), int(image['width'])
+    num = len(ann['id'])
+    self.images += 1
+    self.masks += num
+    self.masks_per_image[num] += 1
+    self.image_sizes[(height, width)] += 1
+    if num:
+      pixels = max(height * width, 1)
+      self.area_fraction.add(np.asarray(ann['area'], np.float64) / pixels)
+      self.predicted_iou.add(ann['predicted_iou'])
+      self.stability_score.add(ann['stability_score'])
+
+  def add_all(self, examples: Iterable[Mapping[str, Any]]) -> 'Accumulator':
+    for example in examples:
+      self.add(example)
+    return self
+
+  def masks_histogram(self, max_bins: int = 50) -> dict[str, Any]:
+    """Masks per image as {edges, counts}: integer bins, at most max_bins."""
+    if not self.masks_per_image:
+      return {'edges': [], 'counts': []}
+    lo, hi = min(self.masks_per_image), max(self.masks_per_image)
+    width = max(1, math.ceil((hi - lo + 1) / max_bins))
+    edges = list(range(lo, hi + width + 1, width))
+    counts = [0] * (len(edges) - 1)
+    for value, count in self.masks_per_image.items():
+      counts[(value - lo) // width] += count
+    return {'edges': edges, 'counts': counts}
+
+  def summary(self) -> dict[str, Any]:
+    """Everything, as a JSON-serializable dict."""
+    sizes = self.image_sizes
+    heights = collections.Counter()
+    widths = collections.Counter()
+    for (h, w), c in sizes.items():
+      heights[h] += c
+      widths[w] += c
+    return {
+        'images': self.images,
+        'masks': self.masks,
+        'masks_per_image': {
+            'mean': self.masks / self.images if self.images else None,
+            'min': min(self.masks_per_image) if self.images else None,
+            'max': max(self.masks_per_image) if self.images else None,
+            'quantiles': _exact_quantiles(self.masks_per_image),
+            'histogram': self.masks_histogram(),
+        },
+        'mask_area_fraction': self.area_fraction.summary(),
+        'predicted_iou': self.predicted_iou.summary(),
+        'stability_score': self.stability_score.summary(),
+        'image_size': {
+            'distinct_sizes': len(sizes),
+            'most_common': [
+                {'height': h, 'width': w, 'images': c}
+                for (h, w), c in sizes.most_common(10)],
+            'height': {'min': min(heights) if heights else None,
+                       'max': max(heights) if heights else None,
+                       'quantiles': _exact_quantiles(heights)},
+            'width': {'min': min(widths) if widths else None,
+                      'max': max(widths) if widths else None,
+                      'quantiles': _exact_quantiles(widths)},
+        },
+    }
+
+  def write_json(self, path, **extra: Any) -> dict[str, Any]:
+    """Writes `summary()` (plus `extra` keys) as JSON; returns the dict."""
+    out = {**extra, **self.summary()}
+    with open(path, 'w', encoding='utf-8') as f:
+      json.dump(out, f, indent=2, sort_keys=False)
+      f.write('\n')
+    return out
+
+  def write_figure(self, path, *, title: str = 'SA-1B statistics') -> None:
+    """Writes a 2x3 panel PNG of FIGURE_SIZE_PX pixels (matplotlib Agg)."""
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg', force=False)
+    from matplotlib import figure as figure_lib  # pylint: disable=g-import-not-at-top
+    from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
+
+    fig = figure_lib.Figure(
+        figsize=(FIGURE_SIZE_PX[0] / _DPI, FIGURE_SIZE_PX[1] / _DPI), dpi=_DPI)
+    backend_agg.FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 3)
+    fig.suptitle(f'{title}: {self.images:,} images, {self.masks:,} masks')
+
+    ax = axes[0, 0]
+    hist = self.masks_histogram()
+    if hist['counts']:
+      ax.stairs(hist['counts'], hist['edges'], fill=True)
+    ax.set(title='Masks per image', xlabel='masks', ylabel='images')
+
+    for ax, h, name in ((axes[0, 1], self.area_fraction,
+                         'Mask area / image area'),
+                        (axes[0, 2], self.predicted_iou, 'predicted_iou'),
+                        (axes[1, 0], self.stability_score, 'stability_score')):
+      _plot_hist(ax, h)
+      ax.set(title=name, ylabel='masks')
+    axes[0, 1].set_xscale('log')
+
+    ax = axes[1, 1]
+    if self.image_sizes:
+      hs = [h for h, _ in self.image_sizes]
+      ws = [w for _, w in self.image_sizes]
+      cs = list(self.image_sizes.values())
+      ax.scatter(ws, hs, s=[10 + 40 * c / max(cs) for c in cs], alpha=0.6)
+    ax.set(title='Image sizes', xlabel='width (px)', ylabel='height (px)')
+
+    ax = axes[1, 2]
+    ax.axis('off')
+    mpi = self.summary()['masks_per_image']
+    lines = [
+        f'images: {self.images:,}',
+        f'masks: {self.masks:,}',
+        'masks/image: ' + (f'mean {mpi["mean"]:.1f}, median '
+                           f'{mpi["quantiles"]["0.5"]}' if self.images else '-'),
+        f'distinct image sizes: {len(self.image_sizes):,}',
+    ]
+    ax.text(0, 1, '\n'.join(lines), va='top', family='monospace')
+    fig.tight_layout()
+    fig.savefig(path, format='png', dpi=_DPI)
+
+
+def _plot_hist(ax, h: Histogram) -> None:
+  """Plots the occupied range of `h`, merged to at most ~60 bars."""
+  nz = np.nonzero(h.counts)[0]
+  if not nz.size:
+    return
+  first, last = nz[0], nz[-1] + 1
+  step = max(1, math.ceil((last - first) / 60))
+  counts = [int(h.counts[i:i + step].sum()) for i in range(first, last, step)]
+  edges = [h.edges[i] for i in range(first, last, step)]
+  edges.append(h.edges[min(first + step * len(counts), len(h.edges) - 1)])
+  ax.stairs(counts, edges, fill=True)

@@ -1,0 +1,89 @@
+"""Shared fixtures: the bundled dummy data, prepared once per test session."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import tarfile
+
+import numpy as np
+import pytest
+
+from segment_anything_tfds import fake_data
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DUMMY_DATA = REPO / 'dummy_data'
+
+
+def read_inputs(manual_dir: os.PathLike) -> dict[int, tuple[bytes, dict]]:
+  """{image_id: (jpg bytes, parsed json)} of every image in manual_dir.
+
+  Reads tars with the stdlib `tarfile` and folders with plain file reads,
+  independently of the package, as the ground truth for round-trip tests.
+  """
+  found: dict[int, dict[str, bytes]] = {}
+  manual_dir = pathlib.Path(manual_dir)
+
+  def add(name: str, data: bytes):
+    stem, ext = os.path.splitext(os.path.basename(name))
+    image_id = int(stem[len('sa_'):])
+    if ext[1:] in found.setdefault(image_id, {}):
+      raise AssertionError(f'{name} seen twice')
+    found[image_id][ext[1:]] = data
+
+  for path in sorted(manual_dir.iterdir()):
+    if path.suffix == '.tar':
+      with tarfile.open(path) as tar:
+        for m in tar.getmembers():
+          if m.isfile():
+            add(m.name, tar.extractfile(m).read())
+    elif path.is_dir() and path.name.startswith('sa_'):
+      for f in sorted(path.iterdir()):
+        add(f.name, f.read_bytes())
+  return {k: (v['jpg'], json.loads(v['json'])) for k, v in found.items()}
+
+
+def make_bad_manual_dir(tmp_path: pathlib.Path) -> pathlib.Path:
+  """Two tars: one clean, one holding one image for each kind of fault."""
+  tmp_path.mkdir()
+  rng = np.random.default_rng(5)
+  rec = lambda i: (i, *fake_data.image_record(rng, i, height=8, width=6,
+                                              num_masks=2))
+  fake_data.write_tar(tmp_path / 'sa_000000.tar', [rec(1), rec(2), rec(3)])
+  ok = rec(10)
+  _, jpg, js = rec(11)
+  _, jpg12, _ = rec(12)
+  _, _, js13 = rec(13)
+  _, jpg14, js14 = rec(14)
+  bad_json = json.loads(js14)
+  bad_json['image']['height'] = 0
+  entries = [
+      (f'sa_{ok[0]}.jpg', ok[1]), (f'sa_{ok[0]}.json', ok[2]),
+      ('sa_11.jpg', jpg), ('sa_11.json', js[:-5]),  # Malformed JSON.
+      ('sa_12.jpg', jpg12),  # No json.
+      ('sa_13.json', js13),  # No jpg.
+      ('sa_14.jpg', jpg14), ('sa_14.json', json.dumps(bad_json).encode()),
+      ('sa_2.jpg', jpg), ('sa_2.json', js.replace(b'sa_11', b'sa_2').replace(
+          b'"image_id": 11', b'"image_id": 2')),  # Id 2 is in tar 0 too.
+  ]
+  with tarfile.open(tmp_path / 'sa_000001.tar', 'w') as t:
+    for name, data in entries:
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      t.addfile(info, io.BytesIO(data))
+  return tmp_path
+
+
+@pytest.fixture(scope='session')
+def prepared_dummy(tmp_path_factory) -> pathlib.Path:
+  """A data_dir holding config `all` prepared from dummy_data/ by Beam."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import segment_anything_tfds  # pylint: disable=g-import-not-at-top,unused-import
+
+  data_dir = tmp_path_factory.mktemp('prepared_dummy')
+  builder = tfds.builder('segment_anything', config='all', data_dir=data_dir)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=DUMMY_DATA))
+  return data_dir

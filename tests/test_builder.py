@@ -1,0 +1,239 @@
+"""The segment_anything builder, end to end on the bundled dummy data."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import segment_anything_tfds
+from segment_anything_tfds.segment_anything import segment_anything_dataset_builder as ours
+
+from conftest import DUMMY_DATA, REPO, make_bad_manual_dir, read_inputs
+
+_IMAGES_ALL = len(read_inputs(DUMMY_DATA))
+
+
+def _count_tar0():
+  import tarfile  # pylint: disable=g-import-not-at-top
+  with tarfile.open(DUMMY_DATA / 'sa_000000.tar') as t:
+    return sum(m.name.endswith('.jpg') for m in t.getmembers())
+
+
+class FirstTarTest(tfds.testing.DatasetBuilderTestCase):
+  DATASET_CLASS = ours.Builder
+  BUILDER_CONFIG_NAMES_TO_TEST = ['first_1']
+  EXAMPLE_DIR = str(DUMMY_DATA)
+  SPLITS = {'train': _count_tar0()}
+
+
+class AllTarsTest(tfds.testing.DatasetBuilderTestCase):
+  # The dummy data holds 4 shards, so first_10, first_100 and all each take
+  # all of them.
+  DATASET_CLASS = ours.Builder
+  BUILDER_CONFIG_NAMES_TO_TEST = ['first_10', 'first_100', 'all']
+  EXAMPLE_DIR = str(DUMMY_DATA)
+  SPLITS = {'train': _IMAGES_ALL}
+
+
+def _load(data_dir, config='all'):
+  builder = tfds.builder('segment_anything', config=config, data_dir=data_dir)
+  ds = builder.as_dataset(
+      split='train',
+      decoders={'image': {'content': tfds.decode.SkipDecoding()}})
+  return builder, list(tfds.as_numpy(ds))
+
+
+def test_every_image_once_byte_exact(prepared_dummy):
+  inputs = read_inputs(DUMMY_DATA)
+  builder, exs = _load(prepared_dummy)
+  ids = [int(e['image']['image_id']) for e in exs]
+  assert sorted(ids) == sorted(inputs)  # Each input image exactly once.
+  assert builder.info.splits['train'].num_examples == len(inputs)
+  from tensorflow_datasets.datasets.segment_anything import segment_anything_dataset_builder as builtin
+  backslashes = 0
+  for e in exs:
+    jpg, record = inputs[int(e['image']['image_id'])]
+    assert e['image']['content'] == jpg  # JPEG bytes never re-encoded.
+    img = record['image']
+    assert e['image']['file_name'].decode() == img['file_name']
+    assert (e['image']['height'], e['image']['width']) == (img['height'], img['width'])
+    anns = e['annotations']
+    want = record['annotations']
+    assert [c.decode() for c in anns['segmentation']['counts']] == [
+        a['segmentation']['counts'] for a in want]
+    backslashes += sum('\\' in a['segmentation']['counts'] for a in want)
+    np.testing.assert_array_equal(anns['id'], [a['id'] for a in want])
+    np.testing.assert_array_equal(anns['area'], [a['area'] for a in want])
+    # TFDS stores float64 features in a tf.train.Example FloatList, i.e. as
+    # float32 (the builtin does the same): values round-trip through float32.
+    f32 = lambda k: np.array([a[k] for a in want], np.float32).astype(np.float64)
+    np.testing.assert_array_equal(anns['predicted_iou'], f32('predicted_iou'))
+    np.testing.assert_array_equal(anns['stability_score'], f32('stability_score'))
+    np.testing.assert_array_equal(anns['point_coords'], f32('point_coords'))
+    np.testing.assert_array_equal(anns['segmentation']['size'],
+                                  [a['segmentation']['size'] for a in want])
+    for key in ('bbox', 'crop_box'):
+      expected = [builtin._normalize_bbox(a[key], img['height'], img['width'])
+                  for a in want]
+      np.testing.assert_array_equal(
+          anns[key], np.array(expected, np.float32).reshape(-1, 4))
+  assert backslashes >= 1  # The dummy data holds a counts string with '\'.
+
+
+def test_audit_in_metadata(prepared_dummy):
+  builder, _ = _load(prepared_dummy)
+  meta = json.loads((builder.data_path / 'metadata.json').read_text())
+  audit = meta['audit']
+  assert audit['images_indexed'] == _IMAGES_ALL
+  assert audit['skipped_images'] == 0 and audit['skipped_by_reason'] == {}
+  assert audit['tars'] == [f'sa_00000{i}.tar' for i in range(4)]
+  # The read-back builder sees it too.
+  assert builder.info.metadata['audit'] == audit
+
+
+def test_feature_spec_has_every_builtin_feature_with_same_dtype_and_shape(tmp_path):
+  from tensorflow_datasets.datasets.segment_anything import segment_anything_dataset_builder as builtin
+  theirs = builtin.Builder(data_dir=tmp_path).info.features
+  mine = ours.Builder(data_dir=tmp_path).info.features
+
+  def flat(spec, prefix=''):
+    out = {}
+    for k, v in spec.items():
+      if isinstance(v, dict):
+        out.update(flat(v, f'{prefix}{k}/'))
+      else:
+        out[prefix + k] = (v.shape, v.dtype)
+    return out
+
+  theirs_flat = flat(theirs.get_tensor_info())
+  mine_flat = flat(mine.get_tensor_info())
+  assert theirs_flat and theirs_flat == mine_flat
+  # Every feature is documented.
+  def docs(feature, path=''):
+    for k, v in feature.items() if hasattr(feature, 'items') else []:
+      yield f'{path}{k}', v
+      inner = getattr(v, 'feature', v)
+      if hasattr(inner, 'items'):
+        yield from docs(inner, f'{path}{k}/')
+  for name, f in docs(mine):
+    assert f.doc and f.doc.desc, f'{name} has no doc'
+
+
+def test_version_differs_from_builtin():
+  assert str(ours.Builder.VERSION) != '1.0.0'
+
+
+def test_tars_config_builds_only_those_tars(tmp_path):
+  config = segment_anything_tfds.tars_config('1-2')
+  assert config.name == 'tars_1-2' and config.tars == (1, 2)
+  builder = tfds.builder('segment_anything', config=config, data_dir=tmp_path)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=DUMMY_DATA))
+  assert builder.data_path.parent.name == 'tars_1-2'
+  ids = sorted(int(e['image']['image_id']) for e in tfds.as_numpy(
+      builder.as_dataset(split='train')))
+  inputs = read_inputs(DUMMY_DATA)
+  assert ids == sorted(i for i in inputs if 10 < i < 30)
+
+
+@pytest.mark.parametrize('spec,error', [
+    ('1-', 'bad tar list'), ('5-2', 'bad tar range'), ('1000', 'bad tar range'),
+    ('a', 'bad tar list')])
+def test_tars_config_rejects_bad_specs(spec, error):
+  with pytest.raises(ValueError, match=error):
+    segment_anything_tfds.tars_config(spec)
+
+
+def test_missing_tar_is_a_clear_error(tmp_path):
+  builder = tfds.builder('segment_anything',
+                         config=segment_anything_tfds.tars_config('7'),
+                         data_dir=tmp_path)
+  with pytest.raises(FileNotFoundError, match='sa_000007.tar'):
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=DUMMY_DATA))
+
+
+_ORDERS = {
+    'ours_first': """
+        import segment_anything_tfds
+        import tensorflow_datasets as tfds
+    """,
+    'builtin_imported_first': """
+        import tensorflow_datasets as tfds
+        from tensorflow_datasets.datasets.segment_anything import segment_anything_dataset_builder as builtin
+        assert builtin.Builder.VERSION == '1.0.0'
+        import segment_anything_tfds
+    """,
+    'builtin_resolved_first': """
+        import tensorflow_datasets as tfds
+        assert str(tfds.builder_cls('segment_anything').VERSION) == '1.0.0'
+        import segment_anything_tfds
+    """,
+}
+
+
+@pytest.mark.parametrize('order', sorted(_ORDERS))
+def test_name_resolves_to_this_builder_in_every_import_order(order, tmp_path):
+  script = textwrap.dedent(_ORDERS[order]) + textwrap.dedent(f"""
+      from segment_anything_tfds import Builder
+      assert tfds.builder_cls('segment_anything') is Builder
+      b = tfds.builder('segment_anything', config='first_1', data_dir={str(tmp_path)!r})
+      assert type(b) is Builder, type(b)
+      ds = tfds.load('segment_anything/first_1', split='train', data_dir={str(tmp_path)!r},
+                     download_and_prepare_kwargs=dict(download_config=tfds.download.DownloadConfig(
+                         manual_dir={str(DUMMY_DATA)!r})))
+      print('IMAGES', sum(1 for _ in ds))
+  """)
+  out = subprocess.run([sys.executable, '-c', script], capture_output=True,
+                       text=True, timeout=300, cwd=tmp_path)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f'IMAGES {_count_tar0()}' in out.stdout
+  assert (tmp_path / 'segment_anything/first_1/2.0.0/dataset_info.json').exists()
+
+
+def test_tfds_cli_build_uses_this_builder(tmp_path):
+  tfds_cli = os.path.join(os.path.dirname(sys.executable), 'tfds')
+  out = subprocess.run(
+      [tfds_cli, 'build', 'segment_anything', '--imports', 'segment_anything_tfds',
+       '--manual_dir', str(DUMMY_DATA), '--data_dir', str(tmp_path),
+       '--config', 'first_1'],
+      capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert out.returncode == 0, out.stderr[-3000:]
+  info = json.loads(
+      (tmp_path / 'segment_anything/first_1/2.0.0/dataset_info.json').read_text())
+  assert int(info['splits'][0]['shardLengths'][0]) == _count_tar0()
+
+
+def test_lenient_build_records_every_skip_in_metadata(tmp_path):
+  manual = make_bad_manual_dir(tmp_path / 'in')
+  config = segment_anything_tfds.lenient_config('all')
+  assert config.name == 'all_lenient' and config.lenient
+  builder = tfds.builder('segment_anything', config=config,
+                         data_dir=tmp_path / 'data')
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual))
+  ids = sorted(int(e['image']['image_id']) for e in tfds.as_numpy(
+      builder.as_dataset(split='train')))
+  assert ids == [1, 2, 3, 10]
+  audit = json.loads((builder.data_path / 'metadata.json').read_text())['audit']
+  assert audit['images_indexed'] == 7  # 3 + 4 pairs; 2 members unpaired.
+  assert audit['skipped_images'] == 5
+  assert audit['skipped_by_reason'] == {
+      'duplicate_id': 1, 'malformed_json': 1, 'missing_jpg': 1,
+      'missing_json': 1, 'zero_size': 1}
+
+
+def test_strict_build_error_names_tar_member_and_problem(tmp_path):
+  manual = make_bad_manual_dir(tmp_path / 'in')
+  builder = tfds.builder('segment_anything', config='all',
+                         data_dir=tmp_path / 'data')
+  with pytest.raises(Exception) as e:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual))
+  assert 'sa_000001.tar:sa_1' in str(e.value) or 'sa_000001.tar:sa_2' in str(e.value)
+  assert not (builder.data_path / 'dataset_info.json').exists()

@@ -1,0 +1,130 @@
+"""JSON -> example: the pure core, against SA-1B conventions and pycocotools."""
+
+import copy
+import io
+import json
+
+import numpy as np
+from PIL import Image
+import pytest
+from pycocotools import mask as mask_utils
+
+from segment_anything_tfds import examples
+from segment_anything_tfds import fake_data
+
+
+def _record(seed=0, image_id=7, height=20, width=30, num_masks=3):
+  rng = np.random.default_rng(seed)
+  jpg, js = fake_data.image_record(rng, image_id, height=height, width=width,
+                                   num_masks=num_masks)
+  return jpg, json.loads(js)
+
+
+def test_make_example_matches_json_and_pycocotools():
+  jpg, record = _record()
+  key, ex = examples.make_example(jpg, record, stem='sa_7', where='t.tar:sa_7.json')
+  assert key == 7
+  assert ex['image']['content'] is jpg
+  assert ex['image']['file_name'] == 'sa_7.jpg'
+  assert (ex['image']['height'], ex['image']['width']) == (20, 30)
+  anns = ex['annotations']
+  for i, a in enumerate(record['annotations']):
+    assert anns['segmentation']['counts'][i] == a['segmentation']['counts']
+    rle = {'size': a['segmentation']['size'],
+           'counts': a['segmentation']['counts'].encode()}
+    assert anns['area'][i] == mask_utils.area(rle) == a['area']
+    # SA-1B boxes are inclusive extents: one less than pycocotools' toBbox.
+    x, y, w, h = mask_utils.toBbox(rle)
+    np.testing.assert_array_equal(a['bbox'], [x, y, w - 1, h - 1])
+    assert anns['id'][i] == a['id']
+    assert anns['predicted_iou'][i] == a['predicted_iou']
+    assert anns['stability_score'][i] == a['stability_score']
+    np.testing.assert_array_equal(anns['point_coords'][i], a['point_coords'])
+    np.testing.assert_array_equal(anns['segmentation']['size'][i], [20, 30])
+
+
+def test_boxes_equal_builtin_normalization():
+  from tensorflow_datasets.datasets.segment_anything import segment_anything_dataset_builder as builtin
+  jpg, record = _record(seed=3)
+  _, ex = examples.make_example(jpg, record, stem='sa_7', where='w')
+  for i, a in enumerate(record['annotations']):
+    expected = builtin._normalize_bbox(list(a['bbox']), 20, 30).astype(np.float32)
+    np.testing.assert_array_equal(ex['annotations']['bbox'][i], expected)
+    expected = builtin._normalize_bbox(list(a['crop_box']), 20, 30).astype(np.float32)
+    np.testing.assert_array_equal(ex['annotations']['crop_box'][i], expected)
+
+
+def test_inputs_are_not_mutated():
+  jpg, record = _record()
+  before = copy.deepcopy(record)
+  examples.make_example(jpg, record, stem='sa_7', where='w')
+  assert record == before
+
+
+def test_zero_annotations():
+  jpg, record = _record(num_masks=1)
+  record['annotations'] = []
+  _, ex = examples.make_example(jpg, record, stem='sa_7', where='w')
+  assert ex['annotations']['bbox'].shape == (0, 4)
+  assert ex['annotations']['segmentation']['counts'].shape == (0,)
+
+
+def _mutated(path, value):
+  jpg, record = _record()
+  obj = record
+  for k in path[:-1]:
+    obj = obj[k]
+  if value is KeyError:
+    del obj[path[-1]]
+  else:
+    obj[path[-1]] = value
+  return jpg, record
+
+
+@pytest.mark.parametrize('path,value,reason,needle', [
+    (('image', 'image_id'), 8, examples.ID_MISMATCH, 'image_id 8'),
+    (('image', 'file_name'), 'sa_8.jpg', examples.ID_MISMATCH, "'sa_8.jpg'"),
+    (('image', 'height'), 0, examples.ZERO_SIZE, '0x30'),
+    (('image', 'width'), KeyError, examples.MISSING_FIELD, '"width"'),
+    (('annotations',), KeyError, examples.MISSING_FIELD, '"annotations"'),
+    (('annotations', 1, 'bbox'), [1, 2, 3], examples.BAD_VALUE,
+     'annotations[1].bbox must have 4 numbers'),
+    (('annotations', 0, 'segmentation', 'size'), [21, 30],
+     examples.SIZE_MISMATCH, 'annotations[0].segmentation.size'),
+    (('annotations', 2, 'segmentation', 'counts'), 7, examples.BAD_VALUE,
+     'counts must be a non-empty string'),
+    (('annotations', 0, 'point_coords'), [1, 2], examples.BAD_VALUE,
+     'point_coords must be [[x, y]]'),
+    (('annotations', 0, 'predicted_iou'), 'high', examples.BAD_VALUE,
+     'predicted_iou must be a number'),
+    (('annotations', 0, 'crop_box'), [0, 0, 31, 20], examples.BAD_VALUE,
+     'does not fit'),
+])
+def test_bad_records_name_the_member_and_the_problem(path, value, reason, needle):
+  jpg, record = _mutated(path, value)
+  with pytest.raises(examples.BadInputError) as e:
+    examples.make_example(jpg, record, stem='sa_7', where='sa_000004.tar:x/sa_7.json')
+  assert e.value.reason == reason
+  assert str(e.value).startswith('sa_000004.tar:x/sa_7.json: ')
+  assert needle in str(e.value)
+
+
+def test_malformed_json():
+  with pytest.raises(examples.BadInputError) as e:
+    examples.parse_json(b'{"image": ', where='a.tar:sa_1.json')
+  assert e.value.reason == examples.MALFORMED_JSON
+  assert 'a.tar:sa_1.json' in str(e.value)
+
+
+def test_jpeg_checks():
+  jpg, record = _record()
+  assert examples.jpeg_size(jpg) == (20, 30)
+  buf = io.BytesIO()
+  Image.new('RGB', (5, 9)).save(buf, format='JPEG')
+  assert examples.jpeg_size(buf.getvalue()) == (9, 5)
+  for bad, needle in [(jpg[:len(jpg) // 2], 'truncated'), (b'GIF89a' + jpg, 'not a JPEG'),
+                      (buf.getvalue(), 'JPEG header says 9x5')]:
+    with pytest.raises(examples.BadInputError) as e:
+      examples.make_example(bad, record, stem='sa_7', where='t.tar:sa_7.jpg')
+    assert e.value.reason == examples.CORRUPT_JPEG
+    assert needle in str(e.value)
