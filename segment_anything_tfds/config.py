@@ -22,12 +22,32 @@ class SegmentAnythingConfig(tfds.core.BuilderConfig):
     lenient: skip bad images, recording each skip in the dataset's metadata,
       instead of failing on the first one.
     chunk_size: images per unit of parallel work.
+    disk_mode: what happens to tars fetched from http(s) links: 'keep' (the
+      default: kept in `<download_dir>/segment_anything/`, so reruns and other
+      configs reuse them), 'stream' (never stored: read by HTTP Range
+      requests) or 'delete' (downloaded, then deleted after the build
+      succeeds).
+    checksums_file: a list of `<md5 or sha256>  sa_NNNNNN.tar` lines to
+      verify tars against; by default `segment_anything_checksums.txt` in
+      manual_dir, if there.
+    download_workers: tars downloaded at once.
+    check_disk: compare free disk with the build's needs before starting.
+    download_retries: attempts without progress before a download fails.
+    download_backoff: first wait between retries, in seconds (doubles).
+    download_timeout: socket timeout for HTTP requests, in seconds.
   """
 
   num_tars: int | None = None
   tars: tuple[int, ...] | None = None
   lenient: bool = False
   chunk_size: int = 64
+  disk_mode: str = 'keep'
+  checksums_file: str | None = None
+  download_workers: int = 4
+  check_disk: bool = True
+  download_retries: int = 8
+  download_backoff: float = 1.0
+  download_timeout: float = 60.0
 
 
 def parse_tar_spec(spec: str) -> tuple[int, ...]:
@@ -47,10 +67,12 @@ def parse_tar_spec(spec: str) -> tuple[int, ...]:
   return tuple(sorted(out))
 
 
-def tars_config(spec: str, *, lenient: bool = False) -> SegmentAnythingConfig:
+def tars_config(spec: str, *, lenient: bool = False, **kwargs
+                ) -> SegmentAnythingConfig:
   """A config for an explicit list or range of tars, e.g. `'0-9,42'`.
 
   Its name (`tars_0-9_42`) names its data dir, so each subset is kept apart.
+  Other keyword arguments set config fields (e.g. `disk_mode='stream'`).
   """
   tars = parse_tar_spec(spec)
   config = SegmentAnythingConfig(

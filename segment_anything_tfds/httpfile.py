@@ -85,7 +85,7 @@ def expired_message(url: str, *, status: int | None = 403) -> str:
   return (
       f'{links_lib.redact(url)}: the server answered {what} (forbidden):'
       f' the signed link expired or was revoked{since}. Refresh the links'
-      f' file: download a new {links_lib.LINKS_FILE_NAME} from'
+      f' file: download a fresh {links_lib.LINKS_FILE_NAME} from'
       f' {links_lib.HOMEPAGE} and put it in manual_dir (finished tars are kept'
       ' and not downloaded again), or point its rows at a mirror, or put the'
       ' tars themselves in manual_dir.')
@@ -187,7 +187,8 @@ class Client:
               f'{what}: giving up after {failures} attempts without progress;'
               f' last error: {e}') from e
         delay = self.retry.wait(failures)
-        logging.warning('%s: %s; retry %d/%d in %.1fs', what, e, failures,
+        msg = str(e) if str(e).startswith(what) else f'{what}: {e}'
+        logging.warning('%s; retry %d/%d in %.1fs', msg, failures,
                         self.retry.max_attempts - 1, delay)
         time.sleep(delay)
 

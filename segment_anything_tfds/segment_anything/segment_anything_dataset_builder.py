@@ -59,7 +59,10 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     shards = sources.select(
         sources.find_shards(dl_manager.manual_dir),
         num_tars=cfg.num_tars, tars=cfg.tars)
-    shards = sources.materialize(shards, download_dir=dl_manager.download_dir)
+    shards = sources.materialize(
+        shards, download_dir=dl_manager.download_dir, data_dir=self.data_dir,
+        manual_dir=dl_manager.manual_dir, config=cfg)
+    self._materialized = shards  # For `sources.release` after the build.
     return {'train': self._generate_examples(shards)}
 
   def _generate_examples(self, shards):
@@ -75,6 +78,9 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """As TFDS's, but a local build defaults to an offline Beam runner."""
     download_config = runners.with_local_runner(
         download_config or tfds.download.DownloadConfig())
-    return super().download_and_prepare(
+    self._materialized = ()
+    result = super().download_and_prepare(
         download_dir=download_dir, download_config=download_config,
         file_format=file_format)
+    sources.release(self._materialized, config=self.builder_config)
+    return result

@@ -1,0 +1,435 @@
+"""Fault injection: whole builds from a loopback HTTP server, and hostile tars.
+
+Each faulty run either ends with a dataset identical to the fault-free one
+(image ids, JPEG bytes, RLE strings) or with a clear error and no dataset
+dir that looks complete (no dataset_info.json).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pathlib
+import re
+import shutil
+import tarfile
+import time
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import segment_anything_tfds  # pylint: disable=unused-import
+from segment_anything_tfds import config as config_lib
+from segment_anything_tfds import download
+from segment_anything_tfds import examples as examples_lib
+from segment_anything_tfds import fake_data
+from segment_anything_tfds import links as links_lib
+from segment_anything_tfds import pipeline
+from segment_anything_tfds import tars as tars_lib
+
+from _loopback_server import LoopbackServer
+
+NAMES = [f'sa_00000{i}.tar' for i in range(3)]
+
+
+def _records(rng, ids):
+  return [(i, *fake_data.image_record(rng, i, height=12 + i % 5, width=9,
+                                      num_masks=2)) for i in ids]
+
+
+@pytest.fixture(scope='module')
+def tars(tmp_path_factory) -> dict[str, bytes]:
+  """Three tiny SA-1B tars, one per layout, as bytes."""
+  rng = np.random.default_rng(4)
+  out_dir = tmp_path_factory.mktemp('tars')
+  out = {}
+  for i, (name, layout) in enumerate(zip(NAMES, fake_data.LAYOUTS)):
+    path = out_dir / name
+    fake_data.write_tar(path, _records(rng, range(10 * i + 1, 10 * i + 4)),
+                        layout=layout, rng=rng)
+    out[name] = path.read_bytes()
+  return out
+
+
+def _config(**kw):
+  kw.setdefault('download_backoff', 0.01)
+  kw.setdefault('download_retries', 3)
+  kw.setdefault('download_timeout', 10)
+  return config_lib.SegmentAnythingConfig(
+      name=kw.pop('name', 'first_3'), num_tars=kw.pop('num_tars', 3), **kw)
+
+
+def _build(data_dir, manual_dir, **kw):
+  builder = tfds.builder('segment_anything', config=_config(**kw),
+                         data_dir=os.fspath(data_dir))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+          manual_dir=os.fspath(manual_dir)))
+  return builder
+
+
+def _examples(builder) -> dict[int, tuple]:
+  ds = builder.as_dataset(
+      split='train', decoders={'image': {'content': tfds.decode.SkipDecoding()}})
+  out = {}
+  for e in tfds.as_numpy(ds):
+    out[int(e['image']['image_id'])] = (
+        e['image']['content'],
+        tuple(c.decode() for c in e['annotations']['segmentation']['counts']))
+  return out
+
+
+def _complete_dirs(data_dir) -> list[str]:
+  return [os.fspath(p) for p in pathlib.Path(data_dir).rglob(
+      'dataset_info.json')]
+
+
+@pytest.fixture(scope='module')
+def baseline(tars, tmp_path_factory) -> dict[int, tuple]:
+  """The fault-free dataset, built from the tars in a local manual_dir."""
+  manual = tmp_path_factory.mktemp('local_manual')
+  for name, data in tars.items():
+    (manual / name).write_bytes(data)
+  ex = _examples(_build(tmp_path_factory.mktemp('local_data'), manual))
+  assert len(ex) == 9
+  return ex
+
+
+@pytest.fixture
+def server(tars):
+  with LoopbackServer(tars) as srv:
+    yield srv
+
+
+def _links(manual_dir, rows):
+  manual_dir = pathlib.Path(manual_dir)
+  manual_dir.mkdir(parents=True, exist_ok=True)
+  fake_data.write_links(manual_dir / links_lib.LINKS_FILE_NAME, rows)
+  return manual_dir
+
+
+def _truncated(blob: bytes) -> bytes:
+  """The tar cut in the middle of its last member's data."""
+  with io.BytesIO(blob) as f:
+    members = tars_lib.index_members(f, tar='x')
+  last = max(members, key=lambda m: m.offset)
+  return blob[:last.offset + last.size // 2]
+
+
+def _cache(data_dir):
+  return pathlib.Path(data_dir) / 'downloads' / download.CACHE_SUBDIR
+
+
+def test_faulty_downloads_then_refreshed_links(server, tars, baseline,
+                                               tmp_path):
+  a, b, c = NAMES
+  server.add_fault(a, 'status', 500)
+  server.add_fault(a, 'status', 503)
+  server.add_fault(b, 'cut', 3000)  # Resumed with Range.
+  server.add_fault(c, 'cut', 2500)
+  server.add_fault(c, 'ignore_range', None)  # Clean restart, no append.
+  manual = _links(tmp_path / 'manual', [(n, server.url(n)) for n in NAMES])
+  data = tmp_path / 'data'
+  assert _examples(_build(data, manual)) == baseline
+  assert [g[3] for g in server.gets(a)] == [500, 503, 200]
+  assert [(g[2], g[3]) for g in server.gets(b)] == [(None, 200),
+                                                    ('bytes=3000-', 206)]
+  assert [(g[2], g[3]) for g in server.gets(c)] == [(None, 200),
+                                                    ('bytes=2500-', 200)]
+  for n in NAMES:
+    assert (_cache(data) / n).read_bytes() == tars[n]
+  assert not list(_cache(data).glob('*.part'))
+
+  # A refreshed links file: new signatures and expiry, same names. Another
+  # config in the same data_dir downloads nothing again.
+  server.log.clear()
+  future = int(time.time()) + 30 * 86400
+  _links(manual, [(n, server.url(n, sig='NEWSIG', oe=future)) for n in NAMES])
+  again = _build(data, manual, name='tars_0-2', num_tars=None, tars=(0, 1, 2))
+  assert _examples(again) == baseline
+  assert server.log == []  # Not even a HEAD.
+
+
+def test_expired_links_fail_before_any_request(server, tmp_path):
+  past = int(time.time()) - 3 * 86400
+  manual = _links(tmp_path / 'manual',
+                  [(n, server.url(n, oe=past)) for n in NAMES])
+  data = tmp_path / 'data'
+  with pytest.raises(download.LinksExpiredError) as e:
+    _build(data, manual)
+  msg = str(e.value)
+  assert '3 of the 3 links this build needs have expired' in msg
+  assert links_lib.format_time(past) in msg
+  assert 'download a fresh segment_anything_links.txt' in msg
+  assert 'mirror' in msg and 'manual_dir' in msg
+  assert server.log == []
+  assert _complete_dirs(data) == []
+
+
+def test_expired_links_of_cached_tars_are_fine(server, tars, baseline,
+                                               tmp_path):
+  manual = _links(tmp_path / 'manual', [(n, server.url(n, oe=1000))
+                                        for n in NAMES])
+  data = tmp_path / 'data'
+  _cache(data).mkdir(parents=True)
+  for n in NAMES:
+    (_cache(data) / n).write_bytes(tars[n])
+  assert _examples(_build(data, manual)) == baseline
+  assert server.log == []
+
+
+def test_403_from_a_mirror_stops_with_the_refresh_message(server, tmp_path):
+  a, b, c = NAMES
+  server.add_fault(b, 'status', 403)
+  manual = _links(tmp_path / 'manual', [(n, server.mirror_url(n))
+                                        for n in NAMES])
+  data = tmp_path / 'data'
+  with pytest.raises(download.LinksExpiredError) as e:
+    _build(data, manual, download_workers=1, check_disk=False)
+  assert 'HTTP 403' in str(e.value) and b in str(e.value)
+  assert 'fresh segment_anything_links.txt' in str(e.value)
+  assert len(server.gets(b)) == 1  # No retries.
+  assert _complete_dirs(data) == []
+
+
+def test_interrupted_download_resumes_on_rerun(server, tars, baseline,
+                                               tmp_path):
+  a, b, c = NAMES
+  server.add_fault(b, 'cut', 4000)
+  for _ in range(2):  # With the cut: 3 failures, download_retries=3.
+    server.add_fault(b, 'status', 500)
+  manual = _links(tmp_path / 'manual', [(n, server.url(n)) for n in NAMES])
+  data = tmp_path / 'data'
+  with pytest.raises(download.DownloadError) as e:
+    _build(data, manual)
+  assert b in str(e.value) and 'a rerun resumes' in str(e.value)
+  assert _complete_dirs(data) == []
+  assert (_cache(data) / (b + '.part')).stat().st_size == 4000
+  server.log.clear()
+  assert _examples(_build(data, manual)) == baseline
+  assert [(g[1], g[2]) for g in server.gets()] == [(b, 'bytes=4000-')]
+
+
+def test_truncated_tar_is_named_then_quarantined_with_checksums(
+    server, tars, baseline, tmp_path):
+  a, b, c = NAMES
+  whole = tars[c]
+  server.files[c] = _truncated(whole)  # Served whole, but cut short.
+  manual = _links(tmp_path / 'manual', [(n, server.url(n)) for n in NAMES])
+  data = tmp_path / 'data'
+  with pytest.raises(Exception) as e:
+    _build(data, manual)
+  assert c in str(e.value) and 'truncated' in str(e.value)
+  assert _complete_dirs(data) == []
+
+  # With a checksum list the bad tar is moved aside before use, and named.
+  (manual / download.CHECKSUMS_FILE_NAME).write_text(''.join(
+      f'{hashlib.sha256(tars[n]).hexdigest()}  {n}\n' for n in NAMES))
+  with pytest.raises(download.ChecksumError) as e:
+    _build(data, manual)
+  assert c in str(e.value) and 'quarantine' in str(e.value)
+  assert (_cache(data) / download.QUARANTINE_SUBDIR / c).exists()
+  assert not (_cache(data) / c).exists()
+  assert _complete_dirs(data) == []
+
+  # The server is fixed: the rerun fetches only that tar, verifies, builds.
+  server.files[c] = whole
+  server.log.clear()
+  assert _examples(_build(data, manual)) == baseline
+  assert [g[1] for g in server.gets()] == [c]
+
+
+def test_stream_mode_keeps_no_tars(server, baseline, tmp_path):
+  manual = _links(tmp_path / 'manual', [(n, server.url(n)) for n in NAMES])
+  server.add_fault(NAMES[0], 'status', 500)
+  server.add_fault(NAMES[1], 'cut', 100)
+  data = tmp_path / 'data'
+  assert _examples(_build(data, manual, disk_mode='stream')) == baseline
+  assert not _cache(data).exists() or not list(_cache(data).iterdir())
+  assert all(g[2] and g[2].startswith('bytes=') for g in server.gets()
+             if g[3] in (200, 206))
+
+
+def test_delete_mode_removes_tars_after_the_build(server, baseline, tmp_path):
+  manual = _links(tmp_path / 'manual', [(n, server.url(n)) for n in NAMES])
+  data = tmp_path / 'data'
+  assert _examples(_build(data, manual, disk_mode='delete')) == baseline
+  assert list(_cache(data).glob('*.tar')) == []
+
+
+def test_delete_mode_keeps_tars_when_the_build_fails(server, tars, tmp_path):
+  server.files[NAMES[2]] = _truncated(tars[NAMES[2]])
+  manual = _links(tmp_path / 'manual', [(n, server.url(n)) for n in NAMES])
+  data = tmp_path / 'data'
+  with pytest.raises(Exception, match='truncated'):
+    _build(data, manual, disk_mode='delete')
+  assert len(list(_cache(data).glob('*.tar'))) == 3  # Not downloaded again.
+  assert _complete_dirs(data) == []
+
+
+def test_preflight_refuses_when_the_disk_is_clearly_too_small(
+    server, tmp_path, monkeypatch):
+  manual = _links(tmp_path / 'manual', [(n, server.url(n)) for n in NAMES])
+  data = tmp_path / 'data'
+  usage = shutil.disk_usage(tmp_path)
+  monkeypatch.setattr(download.shutil, 'disk_usage',
+                      lambda p: usage._replace(free=1000))
+  with pytest.raises(download.DiskSpaceError) as e:
+    _build(data, manual)
+  assert 'GB free' in str(e.value) and 'disk_mode="stream"' in str(e.value)
+  assert server.gets() == []  # Only HEADs, no download started.
+  assert _complete_dirs(data) == []
+
+
+def test_ram_manual_dir_is_read_in_place(tars, baseline, tmp_path):
+  import _ram_epath  # pylint: disable=g-import-not-at-top
+  _ram_epath.enable()
+  root = f'ram://bucket-{os.getpid()}/sa1b'
+  for n, blob in tars.items():
+    local = tmp_path / n
+    local.write_bytes(blob)
+    _ram_epath.upload(os.fspath(local), f'{root}/{n}')
+  data = tmp_path / 'data'
+  try:
+    assert _examples(_build(data, root)) == baseline
+  finally:
+    _ram_epath.rmtree(root)
+  assert not _cache(data).exists()  # Nothing was copied.
+
+
+# ------------------------------------------------------------ hostile tars
+
+
+def _tar_bytes(entries) -> bytes:
+  buf = io.BytesIO()
+  with tarfile.open(fileobj=buf, mode='w', format=tarfile.GNU_FORMAT) as t:
+    for name, data in entries:
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      t.addfile(info, io.BytesIO(data))
+  return buf.getvalue()
+
+
+def _records_of(rng, i):
+  return fake_data.image_record(rng, i, height=10, width=8, num_masks=1)
+
+
+def test_unsafe_member_paths_are_never_written_and_are_audited(tmp_path):
+  rng = np.random.default_rng(7)
+  jpg, js = _records_of(rng, 5)
+  jpg6, js6 = _records_of(rng, 6)
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  (manual / 'sa_000000.tar').write_bytes(_tar_bytes([
+      ('sa_5.jpg', jpg), ('sa_5.json', js),
+      ('../sa_6.jpg', jpg6), ('../sa_6.json', js6),
+      ('/tmp/sa_7.jpg', jpg6)]))
+  # Strict: the build stops, naming the tar and member.
+  with pytest.raises(Exception, match=r'sa_000000.tar:(\.\./sa_6|/tmp/sa_7)'
+                     r'.*never written anywhere \[unsafe_member\]'):
+    _build(tmp_path / 'strict', manual, num_tars=1)
+  assert _complete_dirs(tmp_path / 'strict') == []
+  # Lenient: the safe image is kept; the unsafe members are audited.
+  data = tmp_path / 'lenient'
+  builder = _build(data, manual, num_tars=1, lenient=True)
+  assert sorted(_examples(builder)) == [5]
+  audit = builder.info.metadata['audit']
+  assert audit['skipped_by_reason'] == {'unsafe_member': 3}
+  recs = [json.loads(l) for p in (pathlib.Path(builder.data_dir) / 'audit'
+                                  ).glob('*.jsonl')
+          for l in p.read_text().splitlines()]
+  assert sorted(r['member'] for r in recs if r['kind'] == 'skip') == [
+      '../sa_6.jpg', '../sa_6.json', '/tmp/sa_7.jpg']
+  # Nothing was written outside (nor inside) the manual dir by reading.
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      'lenient', 'manual', 'strict']
+  assert sorted(p.name for p in manual.iterdir()) == ['sa_000000.tar']
+  assert not os.path.exists('/tmp/sa_7.jpg')
+
+
+def test_oversized_json_member_is_rejected(tmp_path):
+  rng = np.random.default_rng(8)
+  jpg, _ = _records_of(rng, 9)
+  path = tmp_path / 'sa_000000.tar'
+  with tarfile.open(path, 'w') as t:
+    info = tarfile.TarInfo('sa_9.jpg')
+    info.size = len(jpg)
+    t.addfile(info, io.BytesIO(jpg))
+    info = tarfile.TarInfo('sa_9.json')
+    info.size = tars_lib.MAX_JSON_BYTES + 1
+    t.addfile(info, io.BytesIO(b' ' * info.size))
+  with open(path, 'rb') as f:
+    members = tars_lib.index_members(f, tar='sa_000000.tar')
+  pairs, problems, _ = tars_lib.pair_members(members, tar='sa_000000.tar')
+  assert pairs == []
+  reasons = {p.reason: p for p in problems}
+  assert 'member_too_large' in reasons
+  assert reasons['member_too_large'].member == 'sa_9.json'
+  assert str(tars_lib.MAX_JSON_BYTES) in reasons['member_too_large'].message
+  with pytest.raises(examples_lib.BadInputError, match='sa_000000.tar:sa_9'
+                     '.json: .*over the 67108864 byte limit'):
+    raise reasons['member_too_large'].error()
+
+
+def test_truncated_tars_name_the_tar_and_offset(tars, tmp_path):
+  whole = tars[NAMES[0]]
+  with io.BytesIO(whole) as f:
+    members = tars_lib.index_members(f, tar='x')
+  last = max(members, key=lambda m: m.offset)
+  # Cut inside a header: the index fails, naming the tar and a byte offset.
+  cut = io.BytesIO(whole[:members[1].offset - 512 + 100])
+  with pytest.raises(examples_lib.BadInputError) as e:
+    m = tars_lib.index_members(cut, tar='sa_000000.tar')
+    tars_lib.check_end(cut, m, tar='sa_000000.tar')
+  assert e.value.reason == 'corrupt_tar'
+  assert str(e.value).startswith('sa_000000.tar:')
+  # Cut inside the last member's data: its header is whole, but the index
+  # (end-of-archive check) or check_end says where the tar ends short.
+  cut = whole[:last.offset + last.size // 2]
+  path = tmp_path / 'sa_000000.tar'
+  path.write_bytes(cut)
+  with open(path, 'rb') as f:
+    with pytest.raises(examples_lib.BadInputError) as e:
+      got = tars_lib.index_members(f, tar='sa_000000.tar')
+      tars_lib.check_end(f, got, tar='sa_000000.tar')
+    assert e.value.reason == 'corrupt_tar'
+    assert re.match(r'sa_000000.tar:(@\d+|' + re.escape(last.name) + ')$',
+                    e.value.where)
+    assert 'truncated' in e.value.message
+    # Reading the cut member (offsets from an index of the whole tar).
+    with pytest.raises(examples_lib.BadInputError,
+                       match=rf'sa_000000.tar:{last.name}: truncated tar: read'
+                       rf' {len(cut) - last.offset} of {last.size} bytes at'
+                       rf' offset {last.offset}'):
+      tars_lib.read_member(f, last, tar='sa_000000.tar')
+
+
+def test_corrupt_jpeg_strict_rejects_lenient_audits(tmp_path):
+  rng = np.random.default_rng(9)
+  good_jpg, good_js = _records_of(rng, 1)
+  bad_jpg, bad_js = _records_of(rng, 2)
+  cut_jpg, cut_js = _records_of(rng, 3)
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  (manual / 'sa_000000.tar').write_bytes(_tar_bytes([
+      ('sa_1.jpg', good_jpg), ('sa_1.json', good_js),
+      ('sa_2.jpg', b'GIF89a' + bad_jpg[6:]), ('sa_2.json', bad_js),
+      ('sa_3.jpg', cut_jpg[:len(cut_jpg) // 2]), ('sa_3.json', cut_js)]))
+  with pytest.raises(Exception, match=r'sa_000000.tar:sa_[23].json: .*'
+                     r'\[corrupt_jpeg\]'):
+    _build(tmp_path / 'strict', manual, num_tars=1)
+  assert _complete_dirs(tmp_path / 'strict') == []
+  builder = _build(tmp_path / 'lenient', manual, num_tars=1, lenient=True)
+  assert sorted(_examples(builder)) == [1]
+  meta = json.loads((pathlib.Path(builder.data_dir) / 'metadata.json'
+                     ).read_text())
+  assert meta['audit']['skipped_by_reason'] == {'corrupt_jpeg': 2}
+  recs = [json.loads(l) for p in (pathlib.Path(builder.data_dir) /
+                                  pipeline.AUDIT_DIR).glob('*.jsonl')
+          for l in p.read_text().splitlines()]
+  skipped = {r['member']: r['message'] for r in recs if r['kind'] == 'skip'}
+  assert 'not a JPEG' in skipped['sa_2.json']
+  assert 'no end-of-image marker' in skipped['sa_3.json']
