@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Any, Mapping
 
 import tensorflow_datasets as tfds
 
@@ -41,13 +42,15 @@ class SegmentAnythingConfig(tfds.core.BuilderConfig):
   tars: tuple[int, ...] | None = None
   lenient: bool = False
   chunk_size: int = 64
-  disk_mode: str = 'keep'
-  checksums_file: str | None = None
-  download_workers: int = 4
-  check_disk: bool = True
-  download_retries: int = 8
-  download_backoff: float = 1.0
-  download_timeout: float = 60.0
+  # How tars are fetched does not change the output: these fields are the
+  # builder's `download_options` (see `apply_download_options`).
+  disk_mode: str = dataclasses.field(default='keep', compare=False)
+  checksums_file: str | None = dataclasses.field(default=None, compare=False)
+  download_workers: int = dataclasses.field(default=4, compare=False)
+  check_disk: bool = dataclasses.field(default=True, compare=False)
+  download_retries: int = dataclasses.field(default=8, compare=False)
+  download_backoff: float = dataclasses.field(default=1.0, compare=False)
+  download_timeout: float = dataclasses.field(default=60.0, compare=False)
 
 
 def parse_tar_spec(spec: str) -> tuple[int, ...]:
@@ -81,6 +84,38 @@ def tars_config(spec: str, *, lenient: bool = False, **kwargs
   return lenient_config(config) if lenient else config
 
 
+def _named(config: str | SegmentAnythingConfig) -> SegmentAnythingConfig:
+  if not isinstance(config, str):
+    return config
+  by_name = {c.name: c for c in BUILDER_CONFIGS}
+  if config not in by_name:
+    raise ValueError(
+        f'unknown config {config!r}; expected one of {sorted(by_name)}')
+  return by_name[config]
+
+
+DOWNLOAD_OPTIONS = frozenset(
+    f.name for f in dataclasses.fields(SegmentAnythingConfig) if not f.compare)
+
+
+def apply_download_options(
+    config: SegmentAnythingConfig, options: Mapping[str, Any]
+) -> SegmentAnythingConfig:
+  """`config` with download options (e.g. `disk_mode='stream'`) set.
+
+  These are the config fields that do not change the output. Builders take
+  them as `tfds.builder('segment_anything', config='first_10',
+  download_options={'disk_mode': 'stream'})`, so a named config keeps its
+  name and data dir.
+  """
+  unknown = set(options) - DOWNLOAD_OPTIONS
+  if unknown:
+    raise ValueError(
+        f'download_options takes only {sorted(DOWNLOAD_OPTIONS)}; got'
+        f' {sorted(unknown)}')
+  return dataclasses.replace(config, **options) if options else config
+
+
 def lenient_config(config: str | SegmentAnythingConfig) -> SegmentAnythingConfig:
   """The lenient variant of a config, e.g. `first_10` -> `first_10_lenient`.
 
@@ -88,14 +123,8 @@ def lenient_config(config: str | SegmentAnythingConfig) -> SegmentAnythingConfig
   member, reason) in the dataset's metadata. Its own name keeps its data,
   which may hold fewer images, apart from the strict build's.
   """
-  if isinstance(config, str):
-    by_name = {c.name: c for c in BUILDER_CONFIGS}
-    if config not in by_name:
-      raise ValueError(
-          f'unknown config {config!r}; expected one of {sorted(by_name)}')
-    config = by_name[config]
   return dataclasses.replace(
-      config, name=f'{config.name}_lenient', lenient=True,
+      _named(config), name=f'{config.name}_lenient', lenient=True,
       description=f'{config.description} Lenient: bad images are skipped'
       ' and audited.')
 

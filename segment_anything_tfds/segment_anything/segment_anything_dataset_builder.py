@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Any, Mapping
 
 import tensorflow_datasets as tfds
 
@@ -54,8 +54,23 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         metadata=audit.AuditMetadata(),
     )
 
+  def __init__(self, *, download_options: Mapping[str, Any] | None = None,
+               **kwargs):
+    """As TFDS's, plus `download_options`: how tars are fetched.
+
+    Args:
+      download_options: config fields that do not change the output, e.g.
+        `{'disk_mode': 'stream', 'download_workers': 8}`; see
+        `SegmentAnythingConfig`.
+      **kwargs: TFDS's builder arguments (`config`, `data_dir`, ...).
+    """
+    super().__init__(**kwargs)
+    self._sources_config = config_lib.apply_download_options(
+        self.builder_config, download_options or {})
+    self._materialized = ()
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    cfg = self.builder_config
+    cfg = self._sources_config
     shards = sources.select(
         sources.find_shards(dl_manager.manual_dir),
         num_tars=cfg.num_tars, tars=cfg.tars)
@@ -82,5 +97,5 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     result = super().download_and_prepare(
         download_dir=download_dir, download_config=download_config,
         file_format=file_format)
-    sources.release(self._materialized, config=self.builder_config)
+    sources.release(self._materialized, config=self._sources_config)
     return result
