@@ -80,7 +80,7 @@ def tars_config(spec: str, *, lenient: bool = False, **kwargs
   tars = parse_tar_spec(spec)
   config = SegmentAnythingConfig(
       name='tars_' + spec.replace(' ', '').replace(',', '_'), tars=tars,
-      description=f'SA-1B tars {spec}: {len(tars)} tars.')
+      description=f'SA-1B tars {spec}: {len(tars)} tars.', **kwargs)
   return lenient_config(config) if lenient else config
 
 
@@ -123,8 +123,9 @@ def lenient_config(config: str | SegmentAnythingConfig) -> SegmentAnythingConfig
   member, reason) in the dataset's metadata. Its own name keeps its data,
   which may hold fewer images, apart from the strict build's.
   """
+  config = _named(config)
   return dataclasses.replace(
-      _named(config), name=f'{config.name}_lenient', lenient=True,
+      config, name=f'{config.name}_lenient', lenient=True,
       description=f'{config.description} Lenient: bad images are skipped'
       ' and audited.')
 

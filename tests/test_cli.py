@@ -1,0 +1,479 @@
+"""End-to-end tests of the `segment-anything-tfds` CLI on the dummy data.
+
+The dataset is built once per module, by the CLI's own `build`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import http.server
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import threading
+
+from PIL import Image
+import pytest
+
+from segment_anything_tfds import cli
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DUMMY = REPO / 'dummy_data'
+# (image id, height, width, masks) of every dummy image; see
+# dummy_data/make_dummy_data.py.
+DUMMY_IMAGES = {
+    1: (24, 32, 5), 2: (32, 24, 3), 3: (17, 29, 7),
+    11: (20, 20, 4), 12: (1, 9, 2), 13: (30, 40, 6),
+    21: (36, 18, 5), 22: (25, 25, 3), 23: (9, 1, 1),
+    31: (28, 22, 4), 32: (16, 48, 8),
+}
+DUMMY_MASKS = sum(m for _, _, m in DUMMY_IMAGES.values())
+
+
+def run(capsys, *argv):
+  code = cli.main([str(a) for a in argv])
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+@pytest.fixture(scope='module')
+def built(tmp_path_factory):
+  """Builds tars 0-3 of the dummy data with the CLI; returns the data dir."""
+  data_dir = tmp_path_factory.mktemp('data')
+  summary = data_dir / 'summary.json'
+  code = cli.main(['build', '--tars', '0-3', '--data_dir', str(data_dir),
+                   '--manual_dir', str(DUMMY), '--summary_json', str(summary),
+                   '--no_progress'])
+  assert code == 0
+  return data_dir, json.loads(summary.read_text())
+
+
+def test_build_summary(built, capsys):
+  data_dir, summary = built
+  assert summary['images'] == len(DUMMY_IMAGES)
+  assert summary['masks'] == DUMMY_MASKS
+  assert summary['config'] == 'tars_0-3'
+  assert summary['file_format'] == 'tfrecord'
+  assert summary['size_bytes'] > 0
+  assert summary['tars'] == [f'sa_00000{i}.tar' for i in range(4)]
+  dataset_dir = pathlib.Path(summary['data_dir'])
+  assert dataset_dir == data_dir / 'segment_anything' / 'tars_0-3' / '2.0.0'
+  assert list(dataset_dir.glob('*.tfrecord*'))
+  # Building again reuses the data and prints the summary.
+  code, out, _ = run(capsys, 'build', '--tars', '0-3', '--data_dir', data_dir,
+                     '--manual_dir', DUMMY, '--no_progress',
+                     '--file_format', 'array_record')
+  assert code == 0
+  assert 'Already prepared' in out
+  assert 'already prepared as tfrecord; --file_format array_record was not' in out
+  assert f'masks:     {DUMMY_MASKS}' in out
+  assert f'data dir:  {dataset_dir}' in out
+
+
+def test_console_script_help_and_usage():
+  exe = (shutil.which('segment-anything-tfds',
+                      path=os.path.dirname(sys.executable))
+         or shutil.which('segment-anything-tfds'))
+  assert exe, 'console script not installed (pip install -e .)'
+  res = subprocess.run([exe, '--help'], capture_output=True, text=True,
+                       check=False)
+  assert res.returncode == 0
+  for command in ('build', 'check-links', 'stats', 'show'):
+    assert command in res.stdout
+  res = subprocess.run([sys.executable, '-m', 'segment_anything_tfds',
+                        'build', '--tars', 'x-y'], capture_output=True,
+                       text=True, check=False)
+  assert res.returncode == 2
+  assert 'bad tar list' in res.stderr
+  assert 'Traceback' not in res.stderr
+
+
+@pytest.mark.parametrize('argv', [
+    [],  # No command.
+    ['nope'],
+    ['build', '--manual_dir', '/x'],  # Neither --config nor --tars.
+    ['build', '--config', 'first_1', '--tars', '0'],
+    ['build', '--config', 'first_7'],
+    ['build', '--tars', '0', '--num_worker=2'],  # A typo, not a Beam option.
+    ['build', '--tars', '0', '--runner', 'DataflowRunner',
+     '--beam_pipeline_options', 'runner=DirectRunner'],  # Two runners.
+    ['stats', '--config', 'first_1'],  # No --out.
+    ['show', '--config', 'first_1', '--out', '/tmp/x'],  # No pick.
+    ['show', '--config', 'first_1', '--out', '/tmp/x', '--index', 'a'],
+    ['check-links'],  # Neither --links nor --manual_dir.
+    ['check-links', '--links', 'f', '--extra'],
+])
+def test_usage_errors_exit_2(argv, capsys):
+  code, _, err = run(capsys, *argv)
+  assert code == 2, err
+  assert 'usage:' in err
+
+
+def test_help_exits_0(capsys):
+  for argv in (['--help'], ['build', '--help'], ['check-links', '--help'],
+               ['stats', '--help'], ['show', '--help']):
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    assert 'usage:' in out
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--tars', '5'], 'sa_000005.tar were asked for'),
+    (['--config', 'first_1', '--manual_dir', 'EMPTY'],
+     'does not exist or is empty'),
+    (['--tars', '0', '--manual_dir', '/nonexistent/dir'], 'is not a directory'),
+])
+def test_build_failures_exit_1_with_one_line(argv, message, tmp_path, capsys):
+  if '--manual_dir' not in argv:
+    argv = [*argv, '--manual_dir', DUMMY]
+  if 'EMPTY' in argv:
+    (tmp_path / 'empty').mkdir()
+    argv = [tmp_path / 'empty' if a == 'EMPTY' else a for a in argv]
+  code, _, err = run(capsys, 'build', '--data_dir', tmp_path, *argv,
+                     '--no_progress')
+  assert code == 1
+  last = err.strip().splitlines()[-1]
+  assert last.startswith('segment-anything-tfds build: error:'), err
+  assert message in last
+  assert 'Traceback' not in err
+
+
+def test_build_bad_input_strict_fails_lenient_audits(tmp_path, capsys):
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  data = bytearray((DUMMY / 'sa_000000.tar').read_bytes())
+  json_at = data.find(b'{"image"')
+  assert json_at > 0
+  data[json_at:json_at + 8] = b'{{{{{{{{'  # Malformed JSON, same length.
+  (manual / 'sa_000000.tar').write_bytes(bytes(data))
+  args = ['build', '--config', 'first_1', '--data_dir', tmp_path / 'data',
+          '--manual_dir', manual, '--no_progress']
+  code, _, err = run(capsys, *args)
+  assert code == 1
+  last = err.strip().splitlines()[-1]
+  assert 'malformed JSON' in last and '[malformed_json]' in last
+  assert 'Traceback' not in err
+
+  summary = tmp_path / 'summary.json'
+  code, out, _ = run(capsys, *args, '--lenient', '--summary_json', summary)
+  assert code == 0, out
+  s = json.loads(summary.read_text())
+  assert s['config'] == 'first_1_lenient'
+  assert s['images'] == 2
+  assert s['skipped_images'] == 1
+  assert 'skipped:   1 images' in out
+
+
+def test_download_config_local_runner_and_workers():
+  from apache_beam.options import pipeline_options
+  from apache_beam.runners.portability import fn_api_runner
+  parser = cli.build_parser()
+  args, leftover = parser.parse_known_args(
+      ['build', '--tars', '0', '--num_workers', '3', '--manual_dir', 'm',
+       '--beam_pipeline_options', 'job_name=x'])
+  cfg = cli.download_config(args, leftover)
+  assert isinstance(cfg.beam_runner, fn_api_runner.FnApiRunner)
+  direct = cfg.beam_options.view_as(pipeline_options.DirectOptions)
+  assert direct.direct_num_workers == 3
+  assert direct.direct_running_mode == 'multi_processing'
+  assert cfg.beam_options.view_as(
+      pipeline_options.GoogleCloudOptions).job_name == 'x'
+  assert cfg.manual_dir == 'm'
+
+  args, leftover = parser.parse_known_args(
+      ['build', '--tars', '0', '--runner', 'DataflowRunner',
+       '--num_workers', '5', '--region=europe-west4',
+       '--machine_type=n2-standard-4'])
+  cfg = cli.download_config(args, leftover)
+  assert cfg.beam_runner is None  # The named runner, not the local one.
+  opts = cfg.beam_options
+  assert opts.view_as(pipeline_options.StandardOptions).runner == (
+      'DataflowRunner')
+  assert opts.view_as(pipeline_options.WorkerOptions).num_workers == 5
+  assert opts.view_as(pipeline_options.WorkerOptions).machine_type == (
+      'n2-standard-4')
+  assert opts.view_as(pipeline_options.GoogleCloudOptions).region == (
+      'europe-west4')
+
+
+def test_build_multiprocess_array_record(tmp_path, capsys):
+  summary = tmp_path / 'summary.json'
+  code, out, err = run(
+      capsys, 'build', '--tars', '1-2', '--data_dir', tmp_path,
+      '--manual_dir', DUMMY, '--num_workers', '2', '--file_format',
+      'array_record', '--summary_json', summary, '--no_progress')
+  assert code == 0, err
+  s = json.loads(summary.read_text())
+  assert s['images'] == 6
+  assert s['masks'] == sum(DUMMY_IMAGES[i][2] for i in (11, 12, 13, 21, 22, 23))
+  assert s['file_format'] == 'array_record'
+  assert list(pathlib.Path(s['data_dir']).glob('*.array_record*'))
+  assert '2 workers' in err
+
+
+# ------------------------------------------------------------------ stats
+
+
+def test_stats(built, tmp_path, capsys):
+  data_dir, _ = built
+  code, out, err = run(capsys, 'stats', '--tars', '0-3', '--data_dir',
+                       data_dir, '--out', tmp_path, '--no_progress')
+  assert code == 0, err
+  s = json.loads((tmp_path / 'stats.json').read_text())
+  assert s['images'] == len(DUMMY_IMAGES)
+  assert s['masks'] == DUMMY_MASKS
+  counts = sorted(m for _, _, m in DUMMY_IMAGES.values())
+  mpi = s['masks_per_image']
+  assert (mpi['min'], mpi['max']) == (counts[0], counts[-1])
+  assert mpi['quantiles']['0.5'] == counts[len(counts) // 2]
+  assert sum(mpi['histogram']['counts']) == len(DUMMY_IMAGES)
+  for key in ('predicted_iou', 'stability_score', 'mask_area_fraction'):
+    assert s[key]['count'] == DUMMY_MASKS
+    assert 0 < s[key]['min'] <= s[key]['quantiles']['0.5'] <= s[key]['max']
+  assert s['mask_area_fraction']['max'] <= 1
+  assert s['image_size']['distinct_sizes'] == len(
+      {(h, w) for h, w, _ in DUMMY_IMAGES.values()})
+  with Image.open(tmp_path / 'stats.png') as im:
+    im.load()
+    assert im.format == 'PNG'
+    assert im.size == (1500, 900)
+  assert f'masks:            {DUMMY_MASKS}' in out
+
+
+def test_stats_split_slice(built, tmp_path, capsys):
+  data_dir, summary = built
+  code, _, err = run(capsys, 'stats', '--dataset_dir', summary['data_dir'],
+                     '--split', 'train[:4]', '--out', tmp_path,
+                     '--no_progress')
+  assert code == 0, err
+  s = json.loads((tmp_path / 'stats.json').read_text())
+  assert s['images'] == 4
+  assert s['split'] == 'train[:4]'
+  assert (tmp_path / 'stats.png').exists()
+  del data_dir
+
+
+def test_stats_not_prepared_exit_1(tmp_path, capsys):
+  code, _, err = run(capsys, 'stats', '--config', 'first_1', '--data_dir',
+                     tmp_path, '--out', tmp_path / 'o')
+  assert code == 1
+  assert 'no prepared dataset' in err
+  assert 'Traceback' not in err
+
+
+# ------------------------------------------------------------------ show
+
+
+def test_show_by_index_with_boxes_and_points(built, tmp_path, capsys):
+  data_dir, _ = built
+  code, out, err = run(capsys, 'show', '--tars', '0-3', '--data_dir',
+                       data_dir, '--index', '0,3', '--boxes', '--points',
+                       '--out', tmp_path, '--no_progress')
+  assert code == 0, err
+  written = sorted(tmp_path.glob('sa_*.png'))
+  assert len(written) == 2
+  for path in written:
+    image_id = int(path.stem.split('_')[1])
+    h, w, masks = DUMMY_IMAGES[image_id]
+    with Image.open(path) as im:
+      im.load()
+      assert im.format == 'PNG'
+      assert im.size == (w, h)
+    assert f'image id {image_id}, {w}x{h}, {masks} masks' in out
+
+
+def test_show_by_image_id_draws_masks(built, tmp_path, capsys):
+  data_dir, _ = built
+  code, out, err = run(capsys, 'show', '--tars', '0-3', '--data_dir',
+                       data_dir, '--image_id', '32,1', '--out', tmp_path,
+                       '--alpha', '1', '--no_progress')
+  assert code == 0, err
+  for image_id in (32, 1):
+    h, w, _ = DUMMY_IMAGES[image_id]
+    with Image.open(tmp_path / f'sa_{image_id}.png') as im:
+      assert im.size == (w, h)
+  # The overlay differs from the plain JPEG wherever masks are.
+  import numpy as np
+  import tensorflow_datasets as tfds
+  from segment_anything_tfds import viz
+  builder = cli.make_builder(cli.build_parser().parse_args(
+      ['stats', '--tars', '0-3', '--data_dir', str(data_dir), '--out', 'x']))
+  ex = next(e for e in tfds.as_numpy(builder.as_dataset(
+      split='train', decoders={'image': {'content': tfds.decode.SkipDecoding()}}))
+            if e['image']['image_id'] == 32)
+  plain = viz.image_array(ex['image']['content'])
+  masks = viz.decode_masks(ex['annotations'], *plain.shape[:2])
+  with Image.open(tmp_path / 'sa_32.png') as im:
+    drawn = np.asarray(im)
+  covered = masks.any(axis=0)
+  assert covered.any()
+  assert (np.abs(drawn.astype(int) - plain).sum(-1)[covered] > 0).mean() > 0.5
+  assert np.array_equal(drawn[~covered], plain[~covered])
+  assert 'image id 32' in out
+
+
+def test_show_missing_image_and_bad_index_exit_1(built, tmp_path, capsys):
+  data_dir, _ = built
+  code, _, err = run(capsys, 'show', '--tars', '0-3', '--data_dir', data_dir,
+                     '--image_id', '999', '--out', tmp_path, '--no_progress')
+  assert code == 1
+  assert 'image id(s) 999 not in split' in err
+  code, _, err = run(capsys, 'show', '--tars', '0-3', '--data_dir', data_dir,
+                     '--index', '11', '--out', tmp_path, '--no_progress')
+  assert code == 1
+  assert 'out of range' in err
+  assert not list(tmp_path.glob('*.png'))
+
+
+# ------------------------------------------------------------ check-links
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+
+  def log_message(self, *args):
+    pass
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+  """A local HTTP server over a folder; yields (folder, base URL)."""
+  root = tmp_path / 'www'
+  root.mkdir()
+  handler = functools.partial(_QuietHandler, directory=str(root))
+  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  try:
+    yield root, f'http://127.0.0.1:{server.server_address[1]}'
+  finally:
+    server.shutdown()
+    server.server_close()
+
+
+def _oe(delta: datetime.timedelta) -> str:
+  now = datetime.datetime.now(tz=datetime.timezone.utc)
+  return format(int((now + delta).timestamp()), 'x')
+
+
+def test_check_links_probe(http_dir, tmp_path, capsys):
+  root, base = http_dir
+  (root / 'sa_000000.tar').write_bytes(b'a' * 1000)
+  (root / 'sa_000001.tar').write_bytes(b'b' * 2500)
+  (root / 'sa_images_ids.txt').write_bytes(b'c' * 10)
+  day = datetime.timedelta(days=1)
+  future, past = _oe(7 * day), _oe(-day)
+  rows = [
+      ('sa_images_ids.txt', f'{base}/sa_images_ids.txt?oe={future}'),
+      ('sa_000000.tar', f'{base}/sa_000000.tar?ccb=1&oe={future}&x=1'),
+      ('sa_000001.tar', f'{base}/sa_000001.tar?oe={past}'),
+      ('sa_000002.tar', f'{base}/sa_000002.tar?oe={future}'),  # 404.
+      ('sa_000000.tar', f'{base}/sa_000000.tar?ccb=1&oe={future}&x=1'),
+  ]
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  (manual / 'segment_anything_links.txt').write_text(
+      'file_name\tcdn_link\n' + ''.join(f'{n}\t{u}\n' for n, u in rows))
+  shutil.copy(DUMMY / 'sa_000000.tar', manual / 'sa_000000.tar')
+  shutil.copytree(DUMMY / 'sa_000003', manual / 'sa_000003')
+  report_path = tmp_path / 'report.json'
+  code, out, err = run(capsys, 'check-links', '--manual_dir', manual,
+                       '--probe', '--json', report_path, '--no_progress')
+  assert code == 0, err
+  r = json.loads(report_path.read_text())
+  assert r['rows'] == 5
+  assert r['sa1b_tar_rows'] == 4 and r['sa1b_tars'] == 3
+  assert r['other_rows'] == ['sa_images_ids.txt']
+  assert r['duplicates'] == {'sa_000000.tar': [3, 6]}
+  assert not r['builder_accepts_file']
+  assert 'listed twice' in r['builder_error']
+  assert r['expired'] == 1
+  assert r['earliest_expiry'] == datetime.datetime.fromtimestamp(
+      int(past, 16), tz=datetime.timezone.utc).isoformat()
+  assert r['latest_expiry'] == datetime.datetime.fromtimestamp(
+      int(future, 16), tz=datetime.timezone.utc).isoformat()
+  assert r['local_listed'] == ['sa_000000.tar']
+  assert r['local_not_listed'] == ['sa_000003.tar']
+  assert r['to_download'] == 2
+  by_line = {e['line']: e for e in r['links']}
+  assert by_line[3]['size_bytes'] == 1000 and by_line[3]['local'] == 'tar'
+  assert by_line[4]['size_bytes'] == 2500 and by_line[4]['expired']
+  assert by_line[5]['size_bytes'] is None and by_line[5]['probe'] == 'HTTP 404'
+  assert r['probe'] == {'ok': 4, 'failed': 1,
+                        'sa1b_total_bytes': 1000 + 2500 + 1000,
+                        'to_download_bytes': 2500}
+  assert 'expired:      1 of 5' in out
+  assert 'DUPLICATE' in out and 'EXPIRED' in out
+  # --strict turns the problems into exit code 1, on one line.
+  code, _, err = run(capsys, 'check-links', '--manual_dir', manual,
+                     '--strict', '--summary_only', '--no_progress')
+  assert code == 1
+  last = err.strip().splitlines()[-1]
+  assert '1 duplicated names' in last and '1 expired links' in last
+
+
+def test_check_links_dummy_data(capsys):
+  code, out, err = run(capsys, 'check-links', '--manual_dir', DUMMY,
+                       '--summary_only')
+  assert code == 0, err
+  assert '4 SA-1B tar rows for 4 tars, 1 other rows' in out
+  assert 'duplicates:   none' in out
+  assert 'builder:      accepts the file' in out
+  assert '4 listed tars are in' in out and '0 would be downloaded' in out
+  # oe=67A1B2C3 is 2025-02-04 06:25:07 UTC.
+  assert 'earliest 2025-02-04 06:25 UTC, latest 2025-02-04 06:25 UTC' in out
+
+
+def test_check_links_not_a_links_file(tmp_path, capsys):
+  bad = tmp_path / 'links.txt'
+  bad.write_text('name,url\nsa_000000.tar,http://x\n')
+  code, _, err = run(capsys, 'check-links', '--links', bad)
+  assert code == 1
+  assert 'not a links file' in err
+  code, _, err = run(capsys, 'check-links', '--links', tmp_path / 'missing')
+  assert code == 1
+  assert 'does not exist' in err
+
+
+def test_link_expiry():
+  assert cli.link_expiry('https://x/a.tar?ccb=1&oe=67A1B2C3&y=2') == (
+      datetime.datetime(2025, 2, 4, 6, 25, 7, tzinfo=datetime.timezone.utc))
+  assert cli.link_expiry('https://x/a.tar?ccb=1') is None
+  assert cli.link_expiry('https://x/a.tar?oe=zz') is None
+
+
+
+def _doc_commands(prefix: str) -> list[list[str]]:
+  """Commands in docs/tools.md starting with `prefix`, continuations joined."""
+  import re
+  import shlex
+  text = (REPO / 'docs' / 'tools.md').read_text()
+  text = text.replace('\\\n', ' ')
+  out = []
+  for line in text.splitlines():
+    line = line.strip()
+    if line.startswith(prefix):
+      line = re.sub(r'<([A-Z_]+)>', lambda m: m.group(1).lower(), line)
+      out.append(shlex.split(line, comments=True))
+  return out
+
+
+def test_documented_dataflow_commands_parse():
+  commands = [c for c in _doc_commands('segment-anything-tfds build')
+              if 'DataflowRunner' in c]
+  assert len(commands) == 2
+  for command in commands:
+    args, leftover = cli.build_parser().parse_known_args(command[1:])
+    cfg = cli.download_config(args, leftover)
+    assert cfg.beam_runner is None
+    assert cfg.manual_dir == 'gs://bucket/sa1b'
+    opts = cfg.beam_options.get_all_options(drop_default=True)
+    assert opts['runner'] == 'DataflowRunner'
+    assert opts['setup_file'] == './setup.py'
+    assert opts['machine_type'] == 'n2-standard-4'
+    assert opts['region'] == 'region' and opts['project'] == 'project'
+    assert opts['temp_location'] == 'gs://bucket/tmp'
+    assert opts['max_num_workers'] in (4, 100)
