@@ -14,10 +14,16 @@ What it does, in one run:
     manual_dir), and with TFDS's builtin `segment_anything` builder on the
     same tars, served by a loopback HTTP server that handles one request at
     a time (TFDS's extractor deadlocks if 4 x cores downloads end at once);
+  * prepares the same tars with the proposed lazy examples (`ours-lazy`: a
+    subclass of the builder wiring `pipeline.BuildExamples(lazy=True)` and
+    `pipeline.LazyExampleWriter`, see docs/prepare.md) and checks that its
+    records equal the default build's;
   * prepares the same tars with this package from a links file pointing at
-    that server, if `sources.materialize` can download (skipped otherwise);
+    that server, if `sources.materialize` can download (skipped otherwise),
+    eager and lazy;
   * measures the plain I/O cost: read the tars and write the same bytes;
-  * measures cost per image from 100 to 800 images (--scaling).
+  * measures cost per image from 100 to 800 images (--scaling), eager and
+    lazy, and prints an estimate of the full build on Dataflow from it.
 
 Every build runs in its own subprocess. For each it reports wall time of
 `download_and_prepare`, images/s, peak RSS of the largest process of the
@@ -35,7 +41,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
+import hashlib
 import http.server
 import json
 import os
@@ -63,6 +71,8 @@ GEN_VERSION = 1  # Bump when the generated data changes.
 OURS = 'ours'
 BUILTIN = 'builtin'
 OURS_LINKS = 'ours-links'
+OURS_LAZY = 'ours-lazy'  # The builder change proposed for flat memory.
+OURS_LINKS_LAZY = 'links-lazy'
 
 
 # ---------------------------------------------------------------- data
@@ -254,6 +264,11 @@ def run_build(spec: dict, work: str) -> dict:
     result.setdefault('error', f'exit code {rc}')
     result['log_tail'] = tail
     return result
+  if spec.get('digest'):  # In its own process: it imports TensorFlow.
+    result['records_sha'] = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), '--_digest',
+         result['output_dir']], check=True, capture_output=True,
+        text=True).stdout.strip().splitlines()[-1]
   result.update(
       peak_rss=sampler.max_rss, peak_tree_rss=sampler.max_tree_rss,
       peak_disk=sampler.max_disk, procs=sampler.max_procs,
@@ -263,6 +278,71 @@ def run_build(spec: dict, work: str) -> dict:
           for n in os.listdir(result['output_dir']) if '.tfrecord' in n),
   )
   return result
+
+
+def _lazy_builder_class():
+  """The package's builder with the lazy-example change (see README)."""
+  import segment_anything_tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds import pipeline  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds import sources  # pylint: disable=g-import-not-at-top
+
+  class LazyBuilder(segment_anything_tfds.Builder, skip_registration=True):
+    # TFDS finds the builder's files (checksums, README) from its module.
+    __module__ = segment_anything_tfds.Builder.__module__
+    name = segment_anything_tfds.Builder.name
+
+    def _generate_examples(self, shards):
+      return pipeline.BuildExamples(  # pylint: disable=no-value-for-parameter
+          shards,
+          audit_dir=self.data_path / pipeline.AUDIT_DIR,
+          chunk_size=self.builder_config.chunk_size,
+          lenient=self.builder_config.lenient,
+          lazy=True,
+      )
+
+    def _example_writer(self):
+      return pipeline.LazyExampleWriter(self.info.file_format,
+                                        self.info.features)
+
+    def _download_and_prepare(self, dl_manager, download_config):
+      super()._download_and_prepare(dl_manager, download_config)
+      self.info.set_splits(tfds.core.SplitDict(
+          [pipeline.lazy_split_info(s) for s in self.info.splits.values()]))
+
+    def download_and_prepare(self, *, download_config=None, **kwargs):
+      cfg = self.builder_config
+      shards = sources.select(
+          sources.find_shards(download_config.manual_dir),
+          num_tars=cfg.num_tars, tars=cfg.tars)
+      if download_config.num_shards is None:
+        download_config = dataclasses.replace(
+            download_config, num_shards=pipeline.lazy_num_shards(shards))
+      return super().download_and_prepare(
+          download_config=download_config, **kwargs)
+
+  return LazyBuilder
+
+
+def records_digest(output_dir: str) -> str:
+  """SHA-256 of the records, each re-serialized deterministically.
+
+  TFDS serializes an example's feature map in an order that varies between
+  processes, so equal datasets can differ byte for byte.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  sha = hashlib.sha256()
+  for name in sorted(os.listdir(output_dir)):
+    if '.tfrecord' not in name:
+      continue
+    with open(os.path.join(output_dir, name), 'rb') as f:
+      while header := f.read(12):
+        n = int.from_bytes(header[:8], 'little')
+        record = f.read(n)
+        f.read(4)
+        sha.update(tf.train.Example.FromString(record).SerializeToString(
+            deterministic=True))
+  return sha.hexdigest()
 
 
 def child(spec: dict) -> None:
@@ -283,7 +363,19 @@ def child(spec: dict) -> None:
     if kind == BUILTIN:
       from tensorflow_datasets.datasets.segment_anything import segment_anything_dataset_builder as builtin  # pylint: disable=g-import-not-at-top
       config_kwargs.setdefault('beam_runner', fn_api_runner.FnApiRunner())
+      # TFDS's extractor runs each tar's extraction in a pool of 4 x cores
+      # threads and queues that tar's file copies in the same pool: once
+      # 4 x cores tars wait on their copies, nothing runs (a deadlock, seen
+      # here at 8 tars on 2 cores even with one download at a time). A pool
+      # wider than the number of tars cannot fill up; it changes no work.
+      from tensorflow_datasets.core.download import extractor  # pylint: disable=g-import-not-at-top
+      wide = extractor._Extractor(  # pylint: disable=protected-access
+          max_workers=max(os.cpu_count() or 1, spec['tars']))
+      extractor.get_extractor = lambda *a, **k: wide
       make = lambda: builtin.Builder(data_dir=spec['data_dir'])
+    elif kind in (OURS_LAZY, OURS_LINKS_LAZY):
+      builder_cls = _lazy_builder_class()
+      make = lambda: builder_cls(data_dir=spec['data_dir'], config='all')
     else:
       import segment_anything_tfds  # pylint: disable=g-import-not-at-top,unused-import
       make = lambda: tfds.builder('segment_anything', data_dir=spec['data_dir'],
@@ -302,12 +394,12 @@ def child(spec: dict) -> None:
     if profiler is not None:
       profiler.disable()
       profiler.dump_stats(spec['profile'])
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out = {
         'wall': wall,
         'examples': builder.info.splits['train'].num_examples,
         'output_dir': os.fspath(builder.data_dir),
-        'ru_maxrss_self': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                          * 1024,
+        'ru_maxrss_self': maxrss,
         'ru_maxrss_children':
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
     }
@@ -359,6 +451,42 @@ HEADER = (f'{"build":<11} {"tars":>4} {"images":>6} {"wall s":>8} '
           f'{"peak disk MB":>9} {"out MB":>8} {"disk/out":>6}')
 
 
+SA1B_IMAGES = 11_000_000  # ~11 M images in the 1000 tars (SA-1B paper).
+SA1B_BYTES = 10.5e12  # ~10.5 GB per tar.
+N2_STANDARD_4 = (4, 0.19)  # vCPUs, list price in USD per hour (us-central1).
+SHUFFLE_USD_PER_GB = 0.011  # Dataflow Shuffle, batch, per GB shuffled.
+
+
+def dataflow_estimate(per_image: dict) -> None:
+  """Prints an estimate of the full build on Dataflow from measured figures."""
+  if OURS not in per_image:
+    return
+  vcpus, usd_per_hour = N2_STANDARD_4
+  t = per_image[OURS]
+  worker_hours = SA1B_IMAGES * t / vcpus / 3600
+  shuffle_gb = SA1B_BYTES / 1e9
+  print('\n== ESTIMATE: the full build (1000 tars) on Dataflow ==')
+  print(f'Assumes: {t * 1e3:.1f} ms of one core per image (the marginal cost'
+        ' measured above for the default, eager mode, which includes the'
+        ' local runner\'s copying); one SDK process per vCPU on'
+        f' n2-standard-4 workers ({vcpus} vCPU, ${usd_per_hour}/h list price),'
+        ' each vCPU as fast as one core here; tars read from GCS at the rate'
+        ' the CPU needs; examples shuffled once by TFDS\'s writer.')
+  print(f'  {SA1B_IMAGES * t / 3600:.0f} core-hours ='
+        f' {worker_hours:.0f} worker-hours -> ${worker_hours * usd_per_hour:.0f}'
+        f' of workers; e.g. {worker_hours / 50:.1f} h wall on 50 workers.')
+  print(f'  + Dataflow Shuffle of ~{shuffle_gb / 1e3:.1f} TB at'
+        f' ${SHUFFLE_USD_PER_GB}/GB: ~${shuffle_gb * SHUFFLE_USD_PER_GB:.0f}'
+        ' (or the same bytes through worker disks without Dataflow Shuffle).')
+  print('  Network bound instead if a worker cannot move'
+        f' {vcpus / t * 1.23 * 3:.0f} MB/s (read + shuffle + write of'
+        ' ~1.23 MB per image).')
+  if OURS_LAZY in per_image:
+    print(f'  The lazy mode\'s {per_image[OURS_LAZY] * 1e3:.1f} ms/image is a'
+          ' local figure: it re-reads each image from its tar at write time,'
+          ' which on Dataflow means a second (random) GCS read per image.')
+
+
 def _ok(r):
   return r is not None and 'error' not in r
 
@@ -376,18 +504,29 @@ def main(argv=None) -> None:
                       " ('' to skip)")
   parser.add_argument('--skip-builtin', action='store_true')
   parser.add_argument('--skip-links', action='store_true')
+  parser.add_argument('--skip-lazy', action='store_true',
+                      help='skip builds with the proposed lazy examples')
   parser.add_argument('--workers', type=int, default=0,
-                      help='also pass direct_num_workers=N,'
+                      help='pass direct_num_workers=N,'
                       ' multi_processing to this package\'s builds')
   parser.add_argument('--profile', type=int, default=0,
                       help='only profile one build of N tars (cProfile)')
+  parser.add_argument('--profile-kind', default=OURS,
+                      choices=[OURS, OURS_LAZY])
   parser.add_argument('--json', help='also write all results here')
+  parser.add_argument('--keep-data', action='store_true',
+                      help='keep the prepared datasets under WORK/data')
   parser.add_argument('--_child', help=argparse.SUPPRESS)
+  parser.add_argument('--_digest', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args._child:  # pylint: disable=protected-access
     child(json.loads(args._child))  # pylint: disable=protected-access
     return
+  if args._digest:  # pylint: disable=protected-access
+    print(records_digest(args._digest))  # pylint: disable=protected-access
+    return
 
+  t_start = time.time()
   work = os.path.abspath(args.work)
   os.makedirs(work, exist_ok=True)
   ipt = args.images_per_tar
@@ -411,7 +550,7 @@ def main(argv=None) -> None:
     return d
 
   def spec(kind, n, label, links_url=None, **kw):
-    return dict(kind=kind, label=label,
+    return dict(kind=kind, label=label, tars=n,
                 manual_dir=manual_dir(label, n, links_url),
                 data_dir=os.path.join(work, 'data', label), **kw)
 
@@ -423,7 +562,8 @@ def main(argv=None) -> None:
   if args.profile:
     import pstats  # pylint: disable=g-import-not-at-top
     prof = os.path.join(work, 'prepare.prof')
-    r = run_build(spec(OURS, args.profile, f'profile{args.profile}',
+    r = run_build(spec(args.profile_kind, args.profile,
+                       f'profile{args.profile}',
                        profile=prof, workers=args.workers), work)
     if 'error' in r:
       print(r)
@@ -454,9 +594,20 @@ def main(argv=None) -> None:
   links_note = None
   with serve(tar_dir) as url:
     for n in tar_counts:
-      r = run_build(spec(OURS, n, f'ours{n}', workers=args.workers), work)
+      digest = not args.skip_lazy
+      r = run_build(spec(OURS, n, f'ours{n}', workers=args.workers,
+                         digest=digest), work)
       record(OURS, n, r)
       table[OURS, n] = r
+      if not args.skip_lazy:
+        r = run_build(spec(OURS_LAZY, n, f'lazy{n}', workers=args.workers,
+                           digest=digest), work)
+        record(OURS_LAZY, n, r)
+        table[OURS_LAZY, n] = r
+        if _ok(r) and _ok(table[OURS, n]):
+          same = r['records_sha'] == table[OURS, n]['records_sha']
+          print(f'    records of {OURS_LAZY} and {OURS}:'
+                f' {"identical" if same else "DIFFERENT"}')
       if not args.skip_builtin:
         r = run_build(spec(BUILTIN, n, f'builtin{n}', links_url=url), work)
         record(BUILTIN, n, r)
@@ -471,11 +622,16 @@ def main(argv=None) -> None:
         else:
           record(OURS_LINKS, n, r)
           table[OURS_LINKS, n] = r
+          if not args.skip_lazy:
+            r = run_build(spec(OURS_LINKS_LAZY, n, f'linkslazy{n}',
+                               links_url=url, workers=args.workers), work)
+            record(OURS_LINKS_LAZY, n, r)
+            table[OURS_LINKS_LAZY, n] = r
   results['links_note'] = links_note
 
   # I/O baseline on the largest set.
   n = max(tar_counts)
-  io_wall = io_baseline(all_tars[:n], work)
+  io_wall = min(io_baseline(all_tars[:n], work) for _ in range(3))
   io_rate = stats[n]['images'] / io_wall
   results['io'] = {'tars': n, 'wall': io_wall, 'images_per_s': io_rate}
 
@@ -489,9 +645,15 @@ def main(argv=None) -> None:
                f' {theirs["peak_rss"] / ours["peak_rss"]:.2f}x;'
                f' peak disk builtin/ours'
                f' {theirs["peak_disk"] / ours["peak_disk"]:.2f}x;')
-    links = table.get((OURS_LINKS, n))
-    if _ok(links) and _ok(theirs):
-      line += f' wall builtin/ours-links {theirs["wall"] / links["wall"]:.2f}x;'
+    lazy = table.get((OURS_LAZY, n))
+    if _ok(lazy) and _ok(theirs):
+      line += (f' wall builtin/ours-lazy {theirs["wall"] / lazy["wall"]:.2f}x;'
+               f' peak RSS builtin/ours-lazy'
+               f' {theirs["peak_rss"] / lazy["peak_rss"]:.2f}x;')
+    for kind in (OURS_LINKS, OURS_LINKS_LAZY):
+      links = table.get((kind, n))
+      if _ok(links) and _ok(theirs):
+        line += f' wall builtin/{kind} {theirs["wall"] / links["wall"]:.2f}x;'
     if _ok(ours):
       line += (f' ours {ours["wall"] and stats[n]["images"] / ours["wall"]:.1f}'
                f' img/s = {stats[n]["images"] / ours["wall"] / io_rate:.3f} of'
@@ -500,37 +662,61 @@ def main(argv=None) -> None:
   print(f'Plain I/O (read {n} tars, write the same bytes):'
         f' {io_wall:.2f} s = {io_rate:.0f} img/s')
 
-  print('\n== Bytes on disk per example ==')
-  for (kind, n), r in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-    if not _ok(r):
-      continue
-    s = stats[n]
-    raw = (s['jpg_bytes'] + s['json_bytes']) / s['images']
-    print(f'{kind:<11} {n} tars: records {r["record_bytes"] / r["examples"] / 1e6:.3f}'
-          f' MB/example, output dir {r["output_bytes"] / r["examples"] / 1e6:.3f}'
-          f' MB/example; raw jpg {s["jpg_bytes"] / s["images"] / 1e6:.3f} MB +'
-          f' json {s["json_bytes"] / s["images"] / 1e6:.3f} MB ='
-          f' {raw / 1e6:.3f} MB; records/raw'
-          f' {r["record_bytes"] / r["examples"] / raw:.3f}')
+  print('\n== Bytes on disk per example (records / raw jpg + json) ==')
+  for n in tar_counts:
+    st = stats[n]
+    raw = (st['jpg_bytes'] + st['json_bytes']) / st['images']
+    parts = [f'{kind} {r["record_bytes"] / r["examples"] / raw:.3f}'
+             for (kind, m), r in sorted(table.items()) if m == n and _ok(r)]
+    print(f'{n} tars: raw {raw / 1e6:.3f} MB/image (jpg'
+          f' {st["jpg_bytes"] / st["images"] / 1e6:.3f} + json'
+          f' {st["json_bytes"] / st["images"] / 1e6:.3f});'
+          f' records/raw: {", ".join(parts)}')
+
+  lo, hi = min(tar_counts), max(tar_counts)
+  if lo != hi:
+    print(f'\n== Marginal cost per image, {lo} -> {hi} tars'
+          ' (fixed costs cancel out) ==')
+    marginal = {}
+    for kind in (BUILTIN, OURS, OURS_LAZY, OURS_LINKS, OURS_LINKS_LAZY):
+      a, b = table.get((kind, lo)), table.get((kind, hi))
+      if _ok(a) and _ok(b):
+        marginal[kind] = (b['wall'] - a['wall']) / ((hi - lo) * ipt)
+        print(f'{kind:<11} {marginal[kind] * 1e3:6.1f} ms/image'
+              + (f' = builtin / {marginal[BUILTIN] / marginal[kind]:.2f}'
+                 if kind != BUILTIN and BUILTIN in marginal else ''))
+    results['marginal'] = marginal
 
   if scaling:
     print(f'\n== Scaling: this package, {ipt} images per tar ==\n{HEADER}'
           '   s/img  marginal s/img')
-    prev = None
-    for images, n in zip(scaling, scaling_tars):
-      r = run_build(spec(OURS, n, f'scale{n}', workers=args.workers), work)
-      results['builds'].append(dict(r, kind='scaling', tars=n, images=n * ipt))
-      line = _row('scaling', n, r, n * ipt)
-      if _ok(r):
-        line += f' {r["wall"] / (n * ipt):>7.4f}'
-        if prev is not None:
-          line += (f' {(r["wall"] - prev[1]) / (n * ipt - prev[0]):>9.4f}')
-        prev = (n * ipt, r['wall'])
-      print(line, flush=True)
-      shutil.rmtree(os.path.join(work, 'data', f'scale{n}'), ignore_errors=True)
+    per_image = {}
+    for kind in [OURS] + ([] if args.skip_lazy else [OURS_LAZY]):
+      prev = None
+      for images, n in zip(scaling, scaling_tars):
+        label = f'scale-{kind}{n}'
+        r = run_build(spec(kind, n, label, workers=args.workers), work)
+        results['builds'].append(
+            dict(r, kind=f'scaling-{kind}', tars=n, images=n * ipt))
+        line = _row(kind, n, r, n * ipt)
+        if _ok(r):
+          line += f' {r["wall"] / (n * ipt):>7.4f}'
+          if prev is not None:
+            line += (f' {(r["wall"] - prev[1]) / (n * ipt - prev[0]):>9.4f}')
+          prev = (n * ipt, r['wall'])
+        print(line, flush=True)
+        shutil.rmtree(os.path.join(work, 'data', label), ignore_errors=True)
+      if prev is not None and len(scaling) > 1:
+        first = next(b for b in results['builds']
+                     if b['kind'] == f'scaling-{kind}' and _ok(b))
+        per_image[kind] = ((prev[1] - first['wall'])
+                           / (prev[0] - first['images']))
+    dataflow_estimate(per_image)
 
-  for label in os.listdir(os.path.join(work, 'data')):
-    shutil.rmtree(os.path.join(work, 'data', label), ignore_errors=True)
+  print(f'\nTotal benchmark time: {time.time() - t_start:.0f} s')
+  if not args.keep_data:
+    for label in os.listdir(os.path.join(work, 'data')):
+      shutil.rmtree(os.path.join(work, 'data', label), ignore_errors=True)
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(results, f, indent=1)

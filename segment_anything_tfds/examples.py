@@ -183,53 +183,10 @@ def normalize_box(
   return out
 
 
-def make_example(
-    jpeg: bytes, record: Any, *, stem: str, where: str
-) -> tuple[int, dict[str, Any]]:
-  """Builds one TFDS example from an image's JPEG bytes and parsed JSON.
-
-  Args:
-    jpeg: the `.jpg` member's bytes; stored as they are, never re-encoded.
-    record: the parsed `.json` member.
-    stem: the members' shared name without extension, e.g. `sa_223750`.
-    where: `tar:member` used in error messages.
-
-  Returns:
-    (key, example): the key is the image id.
-
-  Raises:
-    BadInputError: on any missing field, bad value or inconsistency.
-  """
-  image = _field(record, 'image', where=where, what='the JSON')
-  image_id = _int(_field(image, 'image_id', where=where, what='"image"'),
-                  where=where, what='image.image_id')
-  file_name = _field(image, 'file_name', where=where, what='"image"')
-  height = _int(_field(image, 'height', where=where, what='"image"'),
-                where=where, what='image.height')
-  width = _int(_field(image, 'width', where=where, what='"image"'),
-               where=where, what='image.width')
-  expected_id = image_id_from_stem(stem)
-  if expected_id != image_id:
-    raise BadInputError(
-        ID_MISMATCH, where,
-        f'image_id {image_id} disagrees with the member name {stem!r}',
-    )
-  if file_name != f'{stem}.jpg':
-    raise BadInputError(
-        ID_MISMATCH, where,
-        f'file_name {file_name!r} disagrees with the member name {stem}.jpg',
-    )
-  if height == 0 or width == 0:
-    raise BadInputError(
-        ZERO_SIZE, where, f'image size is {height}x{width} (h x w)'
-    )
-  check_jpeg(jpeg, height=height, width=width, where=where)
-
-  annotations = _field(record, 'annotations', where=where, what='the JSON')
-  if not isinstance(annotations, list):
-    raise BadInputError(
-        BAD_VALUE, where, f'"annotations" must be a list, got {annotations!r:.80}'
-    )
+def _checked_columns(
+    annotations: list, *, height: int, width: int, where: str
+) -> tuple[np.ndarray, ...]:
+  """The annotation columns, checking each field and naming the first bad one."""
   n = len(annotations)
   area = np.empty((n,), np.uint64)
   ids = np.empty((n,), np.uint64)
@@ -279,6 +236,145 @@ def make_example(
     sizes[i] = (height, width)
     counts.append(rle_counts)
 
+  return (area, bbox, crop_box, ids, points, iou,
+          np.array(counts, dtype=object).reshape((n,)), sizes, stability)
+
+
+_NUMBER_TYPES = (int, float)
+_MAX_FAST_INT = 1 << 63  # Larger ids and areas take the checked path.
+
+
+def _fast_columns(
+    annotations: list, *, height: int, width: int
+) -> tuple[np.ndarray, ...] | None:
+  """The annotation columns if every field is plainly well formed, else None.
+
+  The common case, checked with few calls per annotation: exact types
+  (`int`, `float`, `list`, `dict`, `str`), the same box arithmetic and range
+  checks as `normalize_box`. Anything unusual (a bool, a tuple, a missing
+  key, a box out of range) returns None, and `_checked_columns` then accepts
+  or rejects the input with its exact error. Results are equal either way.
+  """
+  n = len(annotations)
+  ids, area, iou, stability, points, bbox, crop_box, counts = (
+      [], [], [], [], [], [], [], [])
+  size = [height, width]
+  num = _NUMBER_TYPES
+  try:
+    for ann in annotations:
+      if type(ann) is not dict:  # pylint: disable=unidiomatic-typecheck
+        return None
+      i, a = ann['id'], ann['area']
+      if (type(i) is not int or type(a) is not int  # pylint: disable=unidiomatic-typecheck
+          or not 0 <= i < _MAX_FAST_INT or not 0 <= a < _MAX_FAST_INT):
+        return None
+      q, st = ann['predicted_iou'], ann['stability_score']
+      if type(q) not in num or type(st) not in num:
+        return None
+      point = ann['point_coords']
+      if type(point) is not list or len(point) != 1:  # pylint: disable=unidiomatic-typecheck
+        return None
+      point = point[0]
+      if (type(point) is not list or len(point) != 2  # pylint: disable=unidiomatic-typecheck
+          or type(point[0]) not in num or type(point[1]) not in num):
+        return None
+      boxes = []
+      for box in (ann['bbox'], ann['crop_box']):
+        if type(box) is not list or len(box) != 4:  # pylint: disable=unidiomatic-typecheck
+          return None
+        x, y, w, h = box
+        if (type(x) not in num or type(y) not in num or type(w) not in num
+            or type(h) not in num):
+          return None
+        out = [y / height, x / width, (y + h) / height, (x + w) / width]
+        if not (0.0 <= out[0] <= out[2] <= 1.0
+                and 0.0 <= out[1] <= out[3] <= 1.0):
+          return None
+        boxes.append(out)
+      seg = ann['segmentation']
+      if type(seg) is not dict:  # pylint: disable=unidiomatic-typecheck
+        return None
+      rle_counts = seg['counts']
+      if seg['size'] != size or type(rle_counts) is not str or not rle_counts:  # pylint: disable=unidiomatic-typecheck
+        return None
+      ids.append(i)
+      area.append(a)
+      iou.append(q)
+      stability.append(st)
+      points.append(point)
+      bbox.append(boxes[0])
+      crop_box.append(boxes[1])
+      counts.append(rle_counts)
+  except KeyError:
+    return None
+  sizes = np.empty((n, 2), np.uint64)
+  sizes[:] = size
+  return (
+      np.array(area, np.uint64).reshape((n,)),
+      np.array(bbox, np.float32).reshape((n, 4)),
+      np.array(crop_box, np.float32).reshape((n, 4)),
+      np.array(ids, np.uint64).reshape((n,)),
+      np.array(points, np.float64).reshape((n, 1, 2)),
+      np.array(iou, np.float64).reshape((n,)),
+      np.array(counts, dtype=object).reshape((n,)),
+      sizes,
+      np.array(stability, np.float64).reshape((n,)),
+  )
+
+
+def make_example(
+    jpeg: bytes, record: Any, *, stem: str, where: str
+) -> tuple[int, dict[str, Any]]:
+  """Builds one TFDS example from an image's JPEG bytes and parsed JSON.
+
+  Args:
+    jpeg: the `.jpg` member's bytes; stored as they are, never re-encoded.
+    record: the parsed `.json` member.
+    stem: the members' shared name without extension, e.g. `sa_223750`.
+    where: `tar:member` used in error messages.
+
+  Returns:
+    (key, example): the key is the image id.
+
+  Raises:
+    BadInputError: on any missing field, bad value or inconsistency.
+  """
+  image = _field(record, 'image', where=where, what='the JSON')
+  image_id = _int(_field(image, 'image_id', where=where, what='"image"'),
+                  where=where, what='image.image_id')
+  file_name = _field(image, 'file_name', where=where, what='"image"')
+  height = _int(_field(image, 'height', where=where, what='"image"'),
+                where=where, what='image.height')
+  width = _int(_field(image, 'width', where=where, what='"image"'),
+               where=where, what='image.width')
+  expected_id = image_id_from_stem(stem)
+  if expected_id != image_id:
+    raise BadInputError(
+        ID_MISMATCH, where,
+        f'image_id {image_id} disagrees with the member name {stem!r}',
+    )
+  if file_name != f'{stem}.jpg':
+    raise BadInputError(
+        ID_MISMATCH, where,
+        f'file_name {file_name!r} disagrees with the member name {stem}.jpg',
+    )
+  if height == 0 or width == 0:
+    raise BadInputError(
+        ZERO_SIZE, where, f'image size is {height}x{width} (h x w)'
+    )
+  check_jpeg(jpeg, height=height, width=width, where=where)
+
+  annotations = _field(record, 'annotations', where=where, what='the JSON')
+  if not isinstance(annotations, list):
+    raise BadInputError(
+        BAD_VALUE, where, f'"annotations" must be a list, got {annotations!r:.80}'
+    )
+  columns = _fast_columns(annotations, height=height, width=width)
+  if columns is None:  # Something is off: find and report it exactly.
+    columns = _checked_columns(annotations, height=height, width=width,
+                               where=where)
+  area, bbox, crop_box, ids, points, iou, counts, sizes, stability = columns
+
   example = {
       'image': {
           'content': jpeg,
@@ -295,7 +391,7 @@ def make_example(
           'point_coords': points,
           'predicted_iou': iou,
           'segmentation': {
-              'counts': np.array(counts, dtype=object).reshape((n,)),
+              'counts': counts,
               'size': sizes,
           },
           'stability_score': stability,

@@ -24,6 +24,7 @@ import apache_beam as beam
 from etils import epath
 
 from segment_anything_tfds import examples as examples_lib
+from segment_anything_tfds import lazy as lazy_lib
 from segment_anything_tfds import sources as sources_lib
 from segment_anything_tfds import tars as tars_lib
 
@@ -65,12 +66,7 @@ def index_shard(
     shard: sources_lib.Shard, *, chunk_size: int, lenient: bool
 ) -> Iterator[Any]:
   """Indexes one shard; yields `Chunk`s and audit records."""
-  if shard.kind == sources_lib.DIR:
-    members = tars_lib.index_dir(epath.Path(shard.location))
-  else:
-    with shard.open() as f:
-      members = tars_lib.index_members(f, tar=shard.name)
-      tars_lib.check_end(f, members, tar=shard.name)
+  members = tars_lib.index_shard(shard)
   pairs, problems, ignored = tars_lib.pair_members(members, tar=shard.name)
   for problem in problems:
     yield _problem(problem, lenient=lenient)
@@ -109,11 +105,17 @@ def find_duplicates(
 
 
 def read_chunk(
-    chunk: Chunk, duplicates: dict[int, str], *, lenient: bool
+    chunk: Chunk, duplicates: dict[int, str], *, lenient: bool,
+    lazy: bool = False,
 ) -> Iterator[Any]:
-  """Reads a chunk's pairs; yields (image id, example) and audit records."""
+  """Reads a chunk's pairs; yields (image id, example) and audit records.
+
+  With `lazy`, each image is read and checked just the same, but the example
+  yielded is `lazy.stand_in(...)`: a few hundred bytes that
+  `lazy.LazyExampleWriter` turns back into the full example as it writes.
+  """
   shard = chunk.shard
-  with _Reader(shard) as reader:
+  with tars_lib.ShardReader(shard) as reader:
     for pair in chunk.pairs:
       image_id = examples_lib.image_id_from_stem(pair.stem)
       keep = duplicates.get(image_id)
@@ -122,41 +124,15 @@ def read_chunk(
             examples_lib.DUPLICATE_ID, shard.name, pair.jpg.name,
             f'image id {image_id} is kept from {keep}'), lenient=lenient)
         continue
-      where = f'{shard.name}:{pair.json.name}'
       try:
-        jpg = reader.read(pair.jpg)
-        record = examples_lib.parse_json(reader.read(pair.json), where=where)
-        key, example = examples_lib.make_example(
-            jpg, record, stem=pair.stem, where=where)
+        key, example = tars_lib.read_example(reader, pair)
       except examples_lib.BadInputError as e:
         member = e.where.split(':', 1)[-1]
         yield _problem(tars_lib.Problem(e.reason, shard.name, member,
                                         e.message), lenient=lenient)
         continue
       _counter('images_written').inc()
-      yield key, example
-
-
-class _Reader:
-  """Reads members of one shard: seeks in a tar, or opens a folder's files."""
-
-  def __init__(self, shard: sources_lib.Shard):
-    self._shard = shard
-    self._file = None
-
-  def __enter__(self):
-    if self._shard.kind != sources_lib.DIR:
-      self._file = self._shard.open()
-    return self
-
-  def __exit__(self, *exc):
-    if self._file is not None:
-      self._file.close()
-
-  def read(self, member: tars_lib.Member) -> bytes:
-    if self._file is None:
-      return (epath.Path(self._shard.location) / member.name).read_bytes()
-    return tars_lib.read_member(self._file, member, tar=self._shard.name)
+      yield key, (lazy_lib.stand_in(example, shard, pair) if lazy else example)
 
 
 @beam.ptransform_fn
@@ -167,6 +143,7 @@ def BuildExamples(  # pylint: disable=invalid-name
     audit_dir: epath.PathLike,
     chunk_size: int = 64,
     lenient: bool = False,
+    lazy: bool = False,
 ) -> beam.PCollection:
   """All examples of `shards`, as (image id, example) pairs.
 
@@ -176,6 +153,9 @@ def BuildExamples(  # pylint: disable=invalid-name
     audit_dir: where JSON-lines audit records are written.
     chunk_size: images per unit of work.
     lenient: skip (and audit) bad images instead of failing.
+    lazy: yield `lazy.stand_in` examples, for a build whose TFDS writer is a
+      `lazy.LazyExampleWriter`: memory then stays flat under Beam's local runner,
+      which holds grouped data in RAM.
   """
   indexed = (
       pipeline
@@ -196,7 +176,8 @@ def BuildExamples(  # pylint: disable=invalid-name
       chunks
       | 'ReshuffleChunks' >> beam.Reshuffle()
       | 'ReadExamples' >> beam.FlatMap(
-          read_chunk, beam.pvalue.AsDict(duplicates), lenient=lenient
+          read_chunk, beam.pvalue.AsDict(duplicates), lenient=lenient,
+          lazy=lazy,
       ).with_outputs(_AUDIT, main='examples')
   )
   _ = (

@@ -32,3 +32,13 @@ def with_local_runner(
     if options.view_as(pipeline_options.StandardOptions).runner is not None:
       return config
   return dataclasses.replace(config, beam_runner=local_runner())
+
+
+def is_local(config: tfds.download.DownloadConfig) -> bool:
+  """Whether `config` runs Beam on the FnApiRunner, in this machine's RAM.
+
+  Its GroupByKey buffers hold everything grouped in memory, so builds on it
+  should use the pipeline's lazy examples (see `pipeline.LazyExampleWriter`).
+  """
+  from apache_beam.runners.portability import fn_api_runner  # pylint: disable=g-import-not-at-top
+  return isinstance(config.beam_runner, fn_api_runner.FnApiRunner)

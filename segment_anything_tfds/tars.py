@@ -8,7 +8,7 @@ memory is bounded by one image however far apart its two members are.
 
 Extracted `sa_NNNNNN/` folders are indexed the same way, with one file per
 member. `index_members` and `pair_members` are pure; the I/O lives in
-`index_source` and `read_pairs`.
+`index_shard`, `ShardReader` and `read_example`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import BinaryIO, Iterable, Iterator, Sequence
 from etils import epath
 
 from segment_anything_tfds import examples as examples_lib
+from segment_anything_tfds import sources as sources_lib
 
 # Members larger than this are rejected, not read (hostile or corrupt input).
 MAX_JSON_BYTES = 64 << 20
@@ -202,3 +203,48 @@ def read_member(fileobj: BinaryIO, member: Member, *, tar: str) -> bytes:
         f'truncated tar: read {len(data)} of {member.size} bytes at offset'
         f' {member.offset}')
   return data
+
+
+def index_shard(shard: sources_lib.Shard) -> list[Member]:
+  """The members of a shard: a tar's headers, or a folder's files."""
+  if shard.kind == sources_lib.DIR:
+    return index_dir(epath.Path(shard.location))
+  with shard.open() as f:
+    members = index_members(f, tar=shard.name)
+    check_end(f, members, tar=shard.name)
+  return members
+
+
+class ShardReader:
+  """Reads members of one shard: seeks in a tar, or opens a folder's files."""
+
+  def __init__(self, shard: sources_lib.Shard):
+    self.shard = shard
+    self._file = None
+
+  def __enter__(self) -> 'ShardReader':
+    if self.shard.kind != sources_lib.DIR:
+      self._file = self.shard.open()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+
+  def read(self, member: Member) -> bytes:
+    if self._file is None:
+      return (epath.Path(self.shard.location) / member.name).read_bytes()
+    return read_member(self._file, member, tar=self.shard.name)
+
+
+def read_example(reader: ShardReader, pair: Pair) -> tuple[int, dict]:
+  """Reads one image's members and builds its example (key, example).
+
+  Raises:
+    BadInputError: naming the tar, the member and what is wrong.
+  """
+  where = f'{reader.shard.name}:{pair.json.name}'
+  jpg = reader.read(pair.jpg)
+  record = examples_lib.parse_json(reader.read(pair.json), where=where)
+  return examples_lib.make_example(jpg, record, stem=pair.stem, where=where)

@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 from segment_anything_tfds import audit
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import features as features_lib
+from segment_anything_tfds import lazy
 from segment_anything_tfds import links as links_lib
 from segment_anything_tfds import pipeline
 from segment_anything_tfds import runners
@@ -67,18 +68,14 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     super().__init__(**kwargs)
     self._sources_config = config_lib.apply_download_options(
         self.builder_config, download_options or {})
-    self._materialized = ()
+    self._shards = None  # Set by download_and_prepare.
+    self._lazy = False
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    cfg = self._sources_config
-    shards = sources.select(
-        sources.find_shards(dl_manager.manual_dir),
-        num_tars=cfg.num_tars, tars=cfg.tars)
-    shards = sources.materialize(
-        shards, download_dir=dl_manager.download_dir, data_dir=self.data_dir,
-        manual_dir=dl_manager.manual_dir, config=cfg)
-    self._materialized = shards  # For `sources.release` after the build.
-    return {'train': self._generate_examples(shards)}
+    if self._shards is None:
+      self._shards = self._find_shards(dl_manager.manual_dir,
+                                       dl_manager.download_dir)
+    return {'train': self._generate_examples(self._shards)}
 
   def _generate_examples(self, shards):
     return pipeline.BuildExamples(  # pylint: disable=no-value-for-parameter
@@ -86,16 +83,50 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         audit_dir=self.data_path / pipeline.AUDIT_DIR,
         chunk_size=self.builder_config.chunk_size,
         lenient=self.builder_config.lenient,
+        lazy=self._lazy,
     )
+
+  def _find_shards(self, manual_dir, download_dir) -> list[sources.Shard]:
+    """The config's shards, downloaded if need be, readable in place."""
+    cfg = self._sources_config
+    shards = sources.select(sources.find_shards(manual_dir),
+                            num_tars=cfg.num_tars, tars=cfg.tars)
+    return sources.materialize(shards, download_dir=download_dir,
+                               data_dir=self.data_dir, manual_dir=manual_dir,
+                               config=cfg)
 
   def download_and_prepare(self, *, download_dir=None, download_config=None,
                            file_format=None):
-    """As TFDS's, but a local build defaults to an offline Beam runner."""
+    """As TFDS's, with a local default runner and flat memory.
+
+    A local build defaults to Beam's offline FnApiRunner. Its shards are
+    found (and downloaded) first, so that a local build of local tars can use
+    lazy examples (`lazy.plan`), which keep its memory flat.
+    """
     download_config = runners.with_local_runner(
         download_config or tfds.download.DownloadConfig())
-    self._materialized = ()
+    if not self.is_prepared():
+      # The paths TFDS's own download manager will use.
+      dl_manager = self._make_download_manager(download_dir, download_config)
+      self._shards = self._find_shards(dl_manager.manual_dir,
+                                       dl_manager.download_dir)
+      lazy_config = lazy.plan(self._shards, download_config,
+                              file_format or self.info.file_format)
+      self._lazy = lazy_config is not None
+      download_config = lazy_config or download_config
     result = super().download_and_prepare(
         download_dir=download_dir, download_config=download_config,
         file_format=file_format)
-    sources.release(self._materialized, config=self._sources_config)
+    sources.release(self._shards or (), config=self._sources_config)
     return result
+
+  def _example_writer(self):
+    if self._lazy:
+      return lazy.LazyExampleWriter(self.info.file_format, self.info.features)
+    return super()._example_writer()
+
+  def _download_and_prepare(self, dl_manager, download_config=None):
+    super()._download_and_prepare(dl_manager, download_config)
+    if self._lazy:  # TFDS counted the stand-ins' bytes: count the records'.
+      self.info.set_splits(tfds.core.SplitDict(
+          [lazy.split_info(s) for s in self.info.splits.values()]))

@@ -1,0 +1,223 @@
+"""decode_masks: both backends, sampling, alignment, tf.data."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from segment_anything_tfds import masks as masks_lib
+
+mask_utils = pytest.importorskip('pycocotools.mask')
+
+
+def make_example(rng: np.random.Generator, *, height: int, width: int,
+                 num_masks: int, image_id: int = 1):
+  """A `segment_anything`-shaped example (tensors) and its true masks."""
+  yy, xx = np.ogrid[:height, :width]
+  masks = []
+  for _ in range(num_masks):
+    cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+    ry, rx = rng.uniform(1, height / 2), rng.uniform(1, width / 2)
+    m = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    if not m.any():
+      m[rng.integers(height), rng.integers(width)] = True
+    masks.append(m)
+  masks = np.stack(masks).astype(np.uint8) if masks else np.zeros(
+      (0, height, width), np.uint8)
+  encoded = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+  n = len(encoded)
+  x, y, w, h = (mask_utils.toBbox(encoded).reshape(n, 4).T if n else
+                np.zeros((4, 0)))
+  example = {
+      'image': {
+          'content': tf.constant(
+              rng.integers(0, 256, (height, width, 3)), tf.uint8),
+          'file_name': tf.constant(f'sa_{image_id}.jpg'),
+          'height': tf.constant(height, tf.uint64),
+          'width': tf.constant(width, tf.uint64),
+          'image_id': tf.constant(image_id, tf.uint64),
+      },
+      'annotations': {
+          'area': tf.constant(mask_utils.area(encoded).astype(np.uint64)
+                              if n else np.zeros([0], np.uint64)),
+          'bbox': tf.constant(np.stack(
+              [y / height, x / width, (y + h) / height, (x + w) / width],
+              axis=1).astype(np.float32).reshape(n, 4)),
+          'crop_box': tf.zeros([n, 4], tf.float32),
+          'id': tf.constant(np.arange(100, 100 + n, dtype=np.uint64)),
+          'point_coords': tf.constant(rng.uniform(0, min(height, width),
+                                                  (n, 1, 2))),
+          'predicted_iou': tf.constant(rng.uniform(0.5, 1, n)),
+          'stability_score': tf.constant(rng.uniform(0.5, 1, n)),
+          'segmentation': {
+              'counts': tf.constant([r['counts'] for r in encoded],
+                                    tf.string),
+              'size': tf.constant(np.tile([height, width], (n, 1)).astype(
+                  np.uint64).reshape(n, 2)),
+          },
+      },
+  }
+  return example, masks
+
+
+def _resize(masks: np.ndarray, output_size) -> np.ndarray:
+  if output_size is None:
+    return masks
+  return tf.image.resize(masks[..., None], output_size,
+                         method='nearest')[..., 0].numpy()
+
+
+@pytest.mark.parametrize('backend', ['tf', 'pycocotools'])
+@pytest.mark.parametrize('output_size', [None, (8, 12)])
+def test_all_masks(backend, output_size):
+  example, masks = make_example(np.random.default_rng(0), height=21,
+                                width=30, num_masks=6)
+  out = masks_lib.decode_masks(example, backend=backend,
+                               output_size=output_size)
+  got = out['annotations']['mask'].numpy()
+  assert got.dtype == np.uint8
+  np.testing.assert_array_equal(got, _resize(masks, output_size))
+  # The input is untouched and other fields are kept.
+  assert 'mask' not in example['annotations']
+  np.testing.assert_array_equal(out['annotations']['id'],
+                                example['annotations']['id'])
+  assert out['image'] is example['image']
+
+
+@pytest.mark.parametrize('backend', ['tf', 'pycocotools'])
+def test_sampled_masks_stay_aligned(backend):
+  example, masks = make_example(np.random.default_rng(1), height=19,
+                                width=23, num_masks=12)
+  out = masks_lib.decode_masks(example, backend=backend, num_masks=5, seed=3)
+  ann = out['annotations']
+  ids = ann['id'].numpy().astype(np.int64)
+  assert len(ids) == 5 and len(set(ids)) == 5
+  index = ids - 100
+  np.testing.assert_array_equal(ann['mask'].numpy(), masks[index])
+  for key in ('area', 'bbox', 'predicted_iou', 'stability_score',
+              'point_coords', 'crop_box'):
+    np.testing.assert_array_equal(ann[key].numpy(),
+                                  tf.gather(example['annotations'][key],
+                                            index).numpy(), err_msg=key)
+  np.testing.assert_array_equal(ann['segmentation']['counts'].numpy(),
+                                example['annotations']['segmentation'][
+                                    'counts'].numpy()[index])
+  # Areas, computed by pycocotools at encoding, match the decoded masks.
+  np.testing.assert_array_equal(ann['mask'].numpy().sum(axis=(1, 2)),
+                                ann['area'].numpy())
+
+
+def test_sampling_is_seeded_and_uses_image_id():
+  rng = np.random.default_rng(2)
+  example, _ = make_example(rng, height=9, width=9, num_masks=30)
+
+  def ids(ex, seed):
+    out = masks_lib.decode_masks(ex, num_masks=6, seed=seed)
+    return tuple(out['annotations']['id'].numpy().tolist())
+
+  first = ids(example, 0)
+  assert ids(example, 0) == first
+  assert len({ids(example, s) for s in range(6)}) > 1
+  other = dict(example)
+  other['image'] = dict(example['image'])
+  seen = set()
+  for image_id in range(2, 8):
+    other['image']['image_id'] = tf.constant(image_id, tf.uint64)
+    seen.add(ids(other, 0))
+  assert len(seen) > 1
+
+
+def test_more_requested_than_present_and_no_masks():
+  rng = np.random.default_rng(3)
+  example, masks = make_example(rng, height=7, width=5, num_masks=3)
+  out = masks_lib.decode_masks(example, num_masks=10, seed=0,
+                               output_size=(4, 4))
+  assert out['annotations']['mask'].shape == (3, 4, 4)
+  np.testing.assert_array_equal(out['annotations']['mask'].numpy(),
+                                _resize(masks, (4, 4)))
+  empty, _ = make_example(rng, height=7, width=5, num_masks=0)
+  for backend in ('tf', 'pycocotools'):
+    out = masks_lib.decode_masks(empty, num_masks=4, seed=0,
+                                 output_size=(4, 4), backend=backend)
+    assert out['annotations']['mask'].shape == (0, 4, 4)
+    out = masks_lib.decode_masks(empty, backend=backend)
+    assert out['annotations']['mask'].shape == (0, 7, 5)
+
+
+@pytest.mark.parametrize('backend', ['tf', 'pycocotools'])
+def test_in_dataset_map(backend):
+  rng = np.random.default_rng(4)
+  pairs = [make_example(rng, height=int(rng.integers(5, 30)),
+                        width=int(rng.integers(5, 30)), num_masks=7,
+                        image_id=i) for i in range(6)]
+  examples = [p[0] for p in pairs]
+
+  def gen():
+    for ex in examples:
+      yield tf.nest.map_structure(lambda t: t.numpy(), ex)
+
+  spec = tf.nest.map_structure(
+      lambda t: tf.TensorSpec([None] * t.shape.rank, t.dtype), examples[0])
+  ds = tf.data.Dataset.from_generator(gen, output_signature=spec)
+  ds = ds.map(lambda ex: masks_lib.decode_masks(
+      ex, backend=backend, num_masks=4, output_size=(6, 6), seed=7),
+              num_parallel_calls=3, deterministic=True)
+  for out, (_, masks) in zip(ds, pairs):
+    index = out['annotations']['id'].numpy().astype(np.int64) - 100
+    np.testing.assert_array_equal(out['annotations']['mask'].numpy(),
+                                  _resize(masks[index], (6, 6)))
+  # Same seed, same samples as eagerly.
+  eager = masks_lib.decode_masks(examples[0], num_masks=4, seed=7)
+  first = next(iter(ds))
+  np.testing.assert_array_equal(eager['annotations']['id'],
+                                first['annotations']['id'])
+
+
+def test_backends_agree_in_graph():
+  example, _ = make_example(np.random.default_rng(5), height=33, width=17,
+                            num_masks=9)
+  fn = tf.function(lambda ex, backend: masks_lib.decode_masks(
+      ex, backend=backend, num_masks=6, seed=1, output_size=(10, 7)))
+  a = fn(example, 'tf')['annotations']['mask']
+  b = fn(example, 'pycocotools')['annotations']['mask']
+  np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_sample_indices():
+  keep = tf.constant([True, False, True, True, False, True])
+  for seed in range(5):
+    got = masks_lib.sample_indices(keep, 2, seed=tf.constant([seed, 0],
+                                                             tf.int64))
+    got = got.numpy()
+    assert len(got) == 2 and len(set(got)) == 2
+    assert all(keep.numpy()[got])
+    assert list(got) == sorted(got)
+  np.testing.assert_array_equal(masks_lib.sample_indices(keep, 10),
+                                [0, 2, 3, 5])
+  np.testing.assert_array_equal(masks_lib.sample_indices(keep, None),
+                                [0, 2, 3, 5])
+
+
+def test_bad_options():
+  example, _ = make_example(np.random.default_rng(6), height=5, width=5,
+                            num_masks=2)
+  with pytest.raises(ValueError, match='backend'):
+    masks_lib.decode_masks(example, backend='numpy')
+  with pytest.raises(ValueError, match='num_masks'):
+    masks_lib.decode_masks(example, num_masks=-1)
+
+
+def test_missing_pycocotools_names_the_extra(monkeypatch):
+  monkeypatch.setitem(sys.modules, 'pycocotools', None)
+  monkeypatch.setitem(sys.modules, 'pycocotools.mask', None)
+  example, _ = make_example(np.random.default_rng(7), height=5, width=5,
+                            num_masks=2)
+  with pytest.raises(ImportError,
+                     match=r'pip install segment_anything_tfds\[pycocotools\]'):
+    masks_lib.decode_masks(example, backend='pycocotools')
+  # The TF backend does not need it.
+  out = masks_lib.decode_masks(example)
+  assert out['annotations']['mask'].shape == (2, 5, 5)

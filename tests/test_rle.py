@@ -1,0 +1,320 @@
+"""segment_anything_tfds.rle against pycocotools, eagerly and in graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from segment_anything_tfds import rle
+
+mask_utils = pytest.importorskip('pycocotools.mask')
+
+SHAPES = [(1, 1), (1, 9), (9, 1), (2, 3), (5, 7), (16, 16), (23, 31),
+          (40, 17)]
+OUTPUT_SIZES = [(1, 1), (3, 4), (8, 8), (5, 13), (20, 9), (37, 41)]
+
+
+def _encode(masks: np.ndarray) -> list[dict]:
+  """pycocotools RLEs of uint8 masks [N, H, W]."""
+  return mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+
+
+def _reference(masks: np.ndarray, output_size=None) -> np.ndarray:
+  """pycocotools decode (+ TF nearest resize) of the encoded masks."""
+  full = mask_utils.decode(_encode(masks)).transpose(2, 0, 1)
+  if output_size is None:
+    return full
+  return tf.image.resize(full[..., None], output_size,
+                         method='nearest')[..., 0].numpy()
+
+
+def _random_masks(rng: np.random.Generator, shape, n: int) -> np.ndarray:
+  """A mix: empty, full, sparse noise, dense noise, blobs, stripes."""
+  h, w = shape
+  kinds = []
+  for i in range(n):
+    kind = i % 6
+    if kind == 0:
+      m = np.zeros(shape, np.uint8)
+    elif kind == 1:
+      m = np.ones(shape, np.uint8)
+    elif kind == 2:
+      m = rng.random(shape) < 0.05
+    elif kind == 3:
+      m = rng.random(shape) < 0.6  # Many short runs.
+    elif kind == 4:
+      yy, xx = np.mgrid[:h, :w]
+      cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(1, 10)
+      m = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+    else:
+      m = (np.arange(h)[:, None] + np.arange(w)[None] * rng.integers(1, 3)
+           ) % rng.integers(2, 5) == 0
+    kinds.append(m.astype(np.uint8))
+  return np.stack(kinds)
+
+
+def _counts(masks: np.ndarray) -> list[bytes]:
+  return [r['counts'] for r in _encode(masks)]
+
+
+@pytest.fixture(scope='module')
+def cases():
+  rng = np.random.default_rng(1234)
+  return [(shape, _random_masks(rng, shape, 7)) for shape in SHAPES]
+
+
+def test_decode_full_matches_pycocotools(cases):
+  for shape, masks in cases:
+    got = rle.decode(_counts(masks), shape).numpy()
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, _reference(masks), err_msg=str(shape))
+
+
+def test_decode_scalar_counts(cases):
+  for shape, masks in cases:
+    counts = _counts(masks)
+    for i in (0, 1, 3):
+      got = rle.decode(counts[i], shape)
+      assert got.shape == shape
+      np.testing.assert_array_equal(got.numpy(), _reference(masks)[i])
+
+
+def test_decode_resized_matches_full_then_nearest_resize(cases):
+  for shape, masks in cases:
+    counts = _counts(masks)
+    for output_size in OUTPUT_SIZES:
+      got = rle.decode(counts, shape, output_size=output_size).numpy()
+      np.testing.assert_array_equal(
+          got, _reference(masks, output_size),
+          err_msg=f'{shape} -> {output_size}')
+
+
+def test_nearest_indices_match_tf_resize():
+  for in_size in (1, 2, 3, 7, 100, 1500, 2250):
+    for out_size in (1, 2, 5, 64, 256, 1024, 3001):
+      source = tf.range(in_size, dtype=tf.int32)[None, :, None]
+      expected = tf.image.resize(source, (1, out_size),
+                                 method='nearest')[0, :, 0]
+      got = rle.nearest_indices(in_size, out_size)
+      np.testing.assert_array_equal(got.numpy(), expected.numpy(),
+                                    err_msg=f'{in_size} -> {out_size}')
+
+
+def test_sa1b_sized_resize_is_exact():
+  """Large, awkward ratios (float rounding in the nearest rule)."""
+  rng = np.random.default_rng(7)
+  shape = (1500, 2250)
+  yy, xx = np.ogrid[:shape[0], :shape[1]]
+  masks = []
+  for _ in range(3):
+    cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+    ry, rx = rng.uniform(20, 600, size=2)
+    masks.append(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1)
+  masks = np.stack(masks).astype(np.uint8)
+  counts = _counts(masks)
+  full = rle.decode(counts, shape).numpy()
+  np.testing.assert_array_equal(full, masks)
+  for output_size in ((256, 256), (171, 256), (1024, 683), (333, 777)):
+    got = rle.decode(counts, shape, output_size=output_size).numpy()
+    np.testing.assert_array_equal(got, _reference(masks, output_size),
+                                  err_msg=str(output_size))
+
+
+def test_strings_with_backslashes():
+  rng = np.random.default_rng(0)
+  found = []
+  for _ in range(500):
+    masks = (rng.random((8, 12, 10)) < rng.uniform(0.2, 0.8)).astype(
+        np.uint8)
+    for i, c in enumerate(_counts(masks)):
+      if b'\\' in c:
+        found.append((c, masks[i]))
+    if len(found) >= 5:
+      break
+  assert len(found) >= 5, 'no RLE string with a backslash was drawn'
+  counts = [c for c, _ in found]
+  masks = np.stack([m for _, m in found])
+  np.testing.assert_array_equal(rle.decode(counts, (12, 10)).numpy(), masks)
+  # Round trip through tf.string as text, as SA-1B JSON stores it.
+  as_text = tf.constant([c.decode('ascii') for c in counts])
+  np.testing.assert_array_equal(rle.decode(as_text, (12, 10)).numpy(), masks)
+
+
+def test_size_forms(cases):
+  shape, masks = cases[4]
+  counts = _counts(masks)
+  expected = _reference(masks)
+  per_mask = tf.constant([list(shape)] * len(counts), tf.uint64)
+  np.testing.assert_array_equal(rle.decode(counts, per_mask).numpy(),
+                                expected)
+  np.testing.assert_array_equal(
+      rle.decode(counts, tf.constant(shape, tf.int32)).numpy(), expected)
+  with pytest.raises(tf.errors.InvalidArgumentError, match='same size'):
+    rle.decode(counts[:2], [list(shape), [shape[0], shape[1] + 1]])
+
+
+def test_no_masks():
+  assert rle.decode(tf.constant([], tf.string), (4, 5)).shape == (0, 4, 5)
+  assert rle.decode(tf.constant([], tf.string), (4, 5),
+                    output_size=(2, 3)).shape == (0, 2, 3)
+  assert rle.decode(tf.constant([], tf.string),
+                    tf.zeros([0, 2], tf.uint64)).shape == (0, 0, 0)
+
+
+def test_zero_sized_masks():
+  for shape in ((0, 3), (3, 0), (0, 0)):
+    counts = mask_utils.encode(np.zeros(shape + (1,), np.uint8, order='F'))
+    got = rle.decode(counts[0]['counts'], shape)
+    assert got.shape == shape
+
+
+def test_area_and_bbox_match_pycocotools(cases):
+  for shape, masks in cases:
+    encoded = _encode(masks)
+    counts = [r['counts'] for r in encoded]
+    np.testing.assert_array_equal(rle.area(counts, shape).numpy(),
+                                  mask_utils.area(encoded))
+    np.testing.assert_array_equal(rle.to_bbox(counts, shape).numpy(),
+                                  mask_utils.toBbox(encoded))
+    assert rle.area(counts[3], shape).numpy() == mask_utils.area(encoded[3])
+
+
+def _masks_for_graph_tests():
+  rng = np.random.default_rng(99)
+  items = []
+  for shape in SHAPES:
+    masks = _random_masks(rng, shape, 5)
+    items.append((_counts(masks), np.array(shape), masks))
+  return items
+
+
+def test_decode_in_tf_function():
+  fn = tf.function(lambda c, s: rle.decode(c, s))
+  fn_resized = tf.function(
+      lambda c, s: rle.decode(c, s, output_size=(6, 11)))
+  for counts, shape, masks in _masks_for_graph_tests():
+    np.testing.assert_array_equal(fn(tf.constant(counts), shape).numpy(),
+                                  masks)
+    np.testing.assert_array_equal(
+        fn_resized(tf.constant(counts), shape).numpy(),
+        _reference(masks, (6, 11)))
+
+
+@pytest.mark.parametrize('output_size', [None, (7, 5)])
+def test_decode_in_dataset_map_parallel(output_size):
+  items = _masks_for_graph_tests() * 3
+  ds = tf.data.Dataset.from_generator(
+      lambda: ((tf.constant(c), s) for c, s, _ in items),
+      output_signature=(tf.TensorSpec([None], tf.string),
+                        tf.TensorSpec([2], tf.int64)))
+  ds = ds.map(lambda c, s: rle.decode(c, s, output_size=output_size),
+              num_parallel_calls=4, deterministic=True)
+  results = list(ds.as_numpy_iterator())
+  assert len(results) == len(items)
+  for got, (_, _, masks) in zip(results, items):
+    np.testing.assert_array_equal(got, _reference(masks, output_size))
+
+
+def test_decode_in_dataset_map_with_static_shapes():
+  counts, shape, masks = _masks_for_graph_tests()[5]
+  ds = tf.data.Dataset.from_tensors((tf.constant(counts), tf.constant(shape)))
+  ds = ds.map(lambda c, s: (rle.decode(c[0], s), rle.area(c, s),
+                            rle.to_bbox(c, s)))
+  full, areas, boxes = next(iter(ds))
+  encoded = _encode(masks)
+  np.testing.assert_array_equal(full.numpy(), masks[0])
+  np.testing.assert_array_equal(areas.numpy(), mask_utils.area(encoded))
+  np.testing.assert_array_equal(boxes.numpy(), mask_utils.toBbox(encoded))
+
+
+MALFORMED = [
+    # (counts, size, message regexp)
+    (b'3 ', (2, 2), 'outside'),  # Space: below '0'.
+    (b'1p', (2, 2), 'outside'),  # 'p' = 112: above 'o'.
+    (b'1\x80', (2, 2), 'outside'),  # Not ASCII.
+    (b'1P', (2, 2), 'unfinished'),  # 'P' = 0x20 + 48: continuation at end.
+    (b'1', (2, 2), 'do not sum'),  # Too few pixels.
+    (b'5', (2, 2), 'do not sum'),  # Too many pixels.
+    (b'', (2, 2), 'do not sum'),  # No runs at all.
+    (b'1O', (2, 2), 'negative'),  # 'O' = 31: -1 (sign bit 0x10).
+    (b'12N1', (2, 2), 'negative'),  # Delta makes count 3 negative.
+    (b'ooooooooo1', (2, 2), 'longer than'),  # Endless continuation.
+    (b'0' * 3 + b'1', (100000, 100000), 'do not sum'),  # Huge size: no OOM.
+]
+
+
+@pytest.mark.parametrize('counts,size,message', MALFORMED)
+def test_malformed_eager(counts, size, message):
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    rle.decode(counts, size)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    rle.decode([b'2', counts], size, output_size=(4, 4)) if size == (
+        2, 2) else rle.decode([counts], size, output_size=(4, 4))
+
+
+def test_malformed_reports_the_mask():
+  good = _counts(np.ones((2, 3, 3), np.uint8))
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r'counts of mask\] \[2\]'):
+    rle.decode(good + [b'0q'], (3, 3))
+
+
+@pytest.mark.parametrize('counts,size,message', MALFORMED)
+def test_malformed_in_dataset_map(counts, size, message):
+  ds = tf.data.Dataset.from_tensors((tf.constant([counts]),
+                                     tf.constant(size, tf.int64)))
+  ds = ds.map(lambda c, s: rle.decode(c, s, output_size=(3, 3)),
+              num_parallel_calls=2)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    next(iter(ds))
+  ds = tf.data.Dataset.from_tensors((tf.constant([counts]),
+                                     tf.constant(size, tf.int64)))
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    next(iter(ds.map(lambda c, s: rle.area(c, s))))
+
+
+def test_bad_argument_shapes():
+  with pytest.raises(ValueError, match='scalar string or a vector'):
+    rle.decode([[b'4']], (2, 2))
+  with pytest.raises(ValueError, match='size must be'):
+    rle.decode(b'4', (2, 2, 1))
+
+
+def test_encode_matches_pycocotools(cases):
+  for shape, masks in cases:
+    got = rle.encode(masks).numpy().tolist()
+    assert got == _counts(masks), shape
+    assert rle.encode(masks[3].astype(bool)).numpy() == _counts(masks)[3]
+    np.testing.assert_array_equal(rle.decode(rle.encode(masks), shape),
+                                  masks)
+  for shape in ((0, 3), (3, 0)):
+    expected = mask_utils.encode(np.zeros(shape + (1,), np.uint8,
+                                          order='F'))[0]['counts']
+    assert rle.encode(np.zeros(shape, np.uint8)).numpy() == expected
+  # Large runs need several characters (and negative deltas).
+  big = np.zeros((1, 300, 400), np.uint8)
+  big[0, 5:290, 7:333] = 1
+  big[0, 100:120, 50:60] = 0
+  assert rle.encode(big).numpy().tolist() == _counts(big)
+
+
+def test_encode_in_dataset_map():
+  masks = _random_masks(np.random.default_rng(5), (11, 13), 6)
+  ds = tf.data.Dataset.from_tensors(masks).map(rle.encode,
+                                               num_parallel_calls=2)
+  assert next(iter(ds)).numpy().tolist() == _counts(masks)
+
+
+@pytest.mark.parametrize('threshold', [0.0, float('inf')])
+def test_dense_and_run_fills(cases, monkeypatch, threshold):
+  """Both fills, forced: dense (cumsum) and run-based (strings)."""
+  monkeypatch.setattr(rle, '_DENSE_FILL_FLIPS_PER_PIXEL', threshold)
+  for output_size in (None, (5, 13), (37, 41)):
+    # A new tf.function traces again, reading the patched threshold.
+    fn = tf.function(lambda c, s, o=output_size: rle.decode(c, s, o))
+    for shape, masks in cases:
+      got = fn(tf.constant(_counts(masks)), tf.constant(shape))
+      np.testing.assert_array_equal(got.numpy(), _reference(masks,
+                                                            output_size),
+                                    err_msg=f'{shape} -> {output_size}')
