@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Benchmarks preparing SA-1B-sized tars: this package vs TFDS's builtin.
 
-  python benchmarks/prepare.py                  # the default run (~10 min)
+  pip install -e .[test]                        # psutil, google-crc32c, Beam...
+  python benchmarks/prepare.py                  # the default run (~6 min)
   python benchmarks/prepare.py --tars 1,4 --scaling '' --skip-builtin
   python benchmarks/prepare.py --profile 4      # cProfile of one 4-tar build
 
@@ -11,19 +12,20 @@ What it does, in one run:
     under --work so reruns skip it;
   * prepares 1, 4 and 8 tars (--tars; --images-per-tar each) with this
     package's default local settings (`download_and_prepare` with only a
-    manual_dir), and with TFDS's builtin `segment_anything` builder on the
-    same tars, served by a loopback HTTP server that handles one request at
-    a time (TFDS's extractor deadlocks if 4 x cores downloads end at once);
-  * prepares the same tars with the proposed lazy examples (`ours-lazy`: a
-    subclass of the builder wiring `pipeline.BuildExamples(lazy=True)` and
-    `pipeline.LazyExampleWriter`, see docs/prepare.md) and checks that its
-    records equal the default build's;
+    manual_dir: lazy examples, see `segment_anything_tfds.lazy.plan`), and
+    with TFDS's builtin `segment_anything` builder on the same tars, served
+    by a loopback HTTP server that handles one request at a time (TFDS's
+    extractor deadlocks if 4 x cores downloads end at once);
+  * prepares the same tars with the same builder in eager mode (`ours-eager`:
+    lazy mode switched off in that build's subprocess only) and checks that
+    its records equal the default build's;
   * prepares the same tars with this package from a links file pointing at
-    that server, if `sources.materialize` can download (skipped otherwise),
-    eager and lazy;
+    that server (downloaded first, then lazy; `links-eager` for eager), and
+    checks its records too;
   * measures the plain I/O cost: read the tars and write the same bytes;
-  * measures cost per image from 100 to 800 images (--scaling), eager and
-    lazy, and prints an estimate of the full build on Dataflow from it.
+  * measures cost per image from 100 to 800 images (--scaling), lazy and
+    eager, and prints an estimate of the full build on Dataflow (eager mode,
+    as there) from it.
 
 Every build runs in its own subprocess. For each it reports wall time of
 `download_and_prepare`, images/s, peak RSS of the largest process of the
@@ -41,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import http.server
@@ -68,11 +69,12 @@ NUM_MASKS = 600
 MASKS_PER_IMAGE = (90, 110)
 GEN_VERSION = 1  # Bump when the generated data changes.
 
-OURS = 'ours'
+OURS = 'ours'  # The default builder: lazy examples for local tars.
+OURS_EAGER = 'ours-eager'  # The same with lazy mode switched off.
 BUILTIN = 'builtin'
-OURS_LINKS = 'ours-links'
-OURS_LAZY = 'ours-lazy'  # The builder change proposed for flat memory.
-OURS_LINKS_LAZY = 'links-lazy'
+OURS_LINKS = 'ours-links'  # From the links file: downloads, then lazy.
+LINKS_EAGER = 'links-eager'
+EAGER_KINDS = (OURS_EAGER, LINKS_EAGER)
 
 
 # ---------------------------------------------------------------- data
@@ -280,50 +282,6 @@ def run_build(spec: dict, work: str) -> dict:
   return result
 
 
-def _lazy_builder_class():
-  """The package's builder with the lazy-example change (see README)."""
-  import segment_anything_tfds  # pylint: disable=g-import-not-at-top
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds import pipeline  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds import sources  # pylint: disable=g-import-not-at-top
-
-  class LazyBuilder(segment_anything_tfds.Builder, skip_registration=True):
-    # TFDS finds the builder's files (checksums, README) from its module.
-    __module__ = segment_anything_tfds.Builder.__module__
-    name = segment_anything_tfds.Builder.name
-
-    def _generate_examples(self, shards):
-      return pipeline.BuildExamples(  # pylint: disable=no-value-for-parameter
-          shards,
-          audit_dir=self.data_path / pipeline.AUDIT_DIR,
-          chunk_size=self.builder_config.chunk_size,
-          lenient=self.builder_config.lenient,
-          lazy=True,
-      )
-
-    def _example_writer(self):
-      return pipeline.LazyExampleWriter(self.info.file_format,
-                                        self.info.features)
-
-    def _download_and_prepare(self, dl_manager, download_config):
-      super()._download_and_prepare(dl_manager, download_config)
-      self.info.set_splits(tfds.core.SplitDict(
-          [pipeline.lazy_split_info(s) for s in self.info.splits.values()]))
-
-    def download_and_prepare(self, *, download_config=None, **kwargs):
-      cfg = self.builder_config
-      shards = sources.select(
-          sources.find_shards(download_config.manual_dir),
-          num_tars=cfg.num_tars, tars=cfg.tars)
-      if download_config.num_shards is None:
-        download_config = dataclasses.replace(
-            download_config, num_shards=pipeline.lazy_num_shards(shards))
-      return super().download_and_prepare(
-          download_config=download_config, **kwargs)
-
-  return LazyBuilder
-
-
 def records_digest(output_dir: str) -> str:
   """SHA-256 of the records, each re-serialized deterministically.
 
@@ -373,11 +331,14 @@ def child(spec: dict) -> None:
           max_workers=max(os.cpu_count() or 1, spec['tars']))
       extractor.get_extractor = lambda *a, **k: wide
       make = lambda: builtin.Builder(data_dir=spec['data_dir'])
-    elif kind in (OURS_LAZY, OURS_LINKS_LAZY):
-      builder_cls = _lazy_builder_class()
-      make = lambda: builder_cls(data_dir=spec['data_dir'], config='all')
     else:
       import segment_anything_tfds  # pylint: disable=g-import-not-at-top,unused-import
+      if kind in EAGER_KINDS:
+        # Eager mode, for comparison only: the builder asks `lazy.plan`
+        # whether to build lazily; a plan of None means eager. Replacing it
+        # is a benchmark-only patch, confined to this build's subprocess.
+        from segment_anything_tfds import lazy  # pylint: disable=g-import-not-at-top
+        lazy.plan = lambda *args, **kwargs: None
       make = lambda: tfds.builder('segment_anything', data_dir=spec['data_dir'],
                                   config='all')
     config = tfds.download.DownloadConfig(manual_dir=spec['manual_dir'],
@@ -399,6 +360,8 @@ def child(spec: dict) -> None:
         'wall': wall,
         'examples': builder.info.splits['train'].num_examples,
         'output_dir': os.fspath(builder.data_dir),
+        # Which mode the build ran in (None for the builtin builder).
+        'lazy': getattr(builder, '_lazy', None),
         'ru_maxrss_self': maxrss,
         'ru_maxrss_children':
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
@@ -458,17 +421,26 @@ SHUFFLE_USD_PER_GB = 0.011  # Dataflow Shuffle, batch, per GB shuffled.
 
 
 def dataflow_estimate(per_image: dict) -> None:
-  """Prints an estimate of the full build on Dataflow from measured figures."""
-  if OURS not in per_image:
+  """Prints an estimate of the full build on Dataflow from measured figures.
+
+  Dataflow runs the builder in eager mode (`lazy.plan` is None for any
+  runner but the local one): its shuffle bounds memory, and a lazy build
+  would read every image from GCS twice. So the estimate uses the measured
+  eager cost per image.
+  """
+  if OURS_EAGER not in per_image:
+    print('\n(No Dataflow estimate: it needs the eager scaling builds,'
+          ' skipped by --skip-eager.)')
     return
   vcpus, usd_per_hour = N2_STANDARD_4
-  t = per_image[OURS]
+  t = per_image[OURS_EAGER]
   worker_hours = SA1B_IMAGES * t / vcpus / 3600
   shuffle_gb = SA1B_BYTES / 1e9
-  print('\n== ESTIMATE: the full build (1000 tars) on Dataflow ==')
+  print('\n== ESTIMATE (not a measurement): the full build (1000 tars) on'
+        ' Dataflow ==')
   print(f'Assumes: {t * 1e3:.1f} ms of one core per image (the marginal cost'
-        ' measured above for the default, eager mode, which includes the'
-        ' local runner\'s copying); one SDK process per vCPU on'
+        ' measured above in eager mode, the mode Dataflow runs, which'
+        ' includes the local runner\'s copying); one SDK process per vCPU on'
         f' n2-standard-4 workers ({vcpus} vCPU, ${usd_per_hour}/h list price),'
         ' each vCPU as fast as one core here; tars read from GCS at the rate'
         ' the CPU needs; examples shuffled once by TFDS\'s writer.')
@@ -481,14 +453,40 @@ def dataflow_estimate(per_image: dict) -> None:
   print('  Network bound instead if a worker cannot move'
         f' {vcpus / t * 1.23 * 3:.0f} MB/s (read + shuffle + write of'
         ' ~1.23 MB per image).')
-  if OURS_LAZY in per_image:
-    print(f'  The lazy mode\'s {per_image[OURS_LAZY] * 1e3:.1f} ms/image is a'
-          ' local figure: it re-reads each image from its tar at write time,'
-          ' which on Dataflow means a second (random) GCS read per image.')
+  if OURS in per_image:
+    print(f'  The lazy default\'s {per_image[OURS] * 1e3:.1f} ms/image is a'
+          ' local figure only: lazy mode re-reads each image from its tar at'
+          ' write time, which on Dataflow would be a second (random) GCS read'
+          ' per image, so Dataflow builds stay eager.')
 
 
 def _ok(r):
   return r is not None and 'error' not in r
+
+
+def check_requirements() -> None:
+  """Exits with a hint if a package the benchmark needs is missing."""
+  missing = []
+  for module, package in (('psutil', 'psutil'),
+                          ('apache_beam', 'apache-beam'),
+                          ('pycocotools', 'pycocotools'),
+                          ('segment_anything_tfds', '-e .')):
+    try:
+      __import__(module)
+    except ImportError:
+      missing.append(package)
+  if missing:
+    sys.exit(f'benchmarks/prepare.py needs: {" ".join(missing)}'
+             " (pip install -e '.[test]' installs them all)")
+  try:
+    import google_crc32c  # pylint: disable=g-import-not-at-top
+    fast_crc = google_crc32c.implementation == 'c'
+  except ImportError:
+    fast_crc = False
+  if not fast_crc:
+    print('WARNING: google-crc32c (C extension) is missing: lazy builds fall'
+          ' back to TensorFlow\'s TFRecord writer, so they import TensorFlow'
+          ' and are slower than the figures in docs/prepare.md.', flush=True)
 
 
 def main(argv=None) -> None:
@@ -504,15 +502,16 @@ def main(argv=None) -> None:
                       " ('' to skip)")
   parser.add_argument('--skip-builtin', action='store_true')
   parser.add_argument('--skip-links', action='store_true')
-  parser.add_argument('--skip-lazy', action='store_true',
-                      help='skip builds with the proposed lazy examples')
+  parser.add_argument('--skip-eager', action='store_true',
+                      help='skip the eager-mode builds (ours-eager,'
+                      ' links-eager, eager scaling, Dataflow estimate)')
   parser.add_argument('--workers', type=int, default=0,
                       help='pass direct_num_workers=N,'
                       ' multi_processing to this package\'s builds')
   parser.add_argument('--profile', type=int, default=0,
                       help='only profile one build of N tars (cProfile)')
   parser.add_argument('--profile-kind', default=OURS,
-                      choices=[OURS, OURS_LAZY])
+                      choices=[OURS, OURS_EAGER])
   parser.add_argument('--json', help='also write all results here')
   parser.add_argument('--keep-data', action='store_true',
                       help='keep the prepared datasets under WORK/data')
@@ -526,6 +525,7 @@ def main(argv=None) -> None:
     print(records_digest(args._digest))  # pylint: disable=protected-access
     return
 
+  check_requirements()
   t_start = time.time()
   work = os.path.abspath(args.work)
   os.makedirs(work, exist_ok=True)
@@ -579,6 +579,9 @@ def main(argv=None) -> None:
              'images_per_tar': ipt, 'builds': []}
   stats = {n: tar_stats(all_tars[:n]) for n in set(tar_counts)}
 
+  expected_mode = {OURS: True, OURS_LINKS: True, OURS_EAGER: False,
+                   LINKS_EAGER: False}
+
   def record(kind, n, r):
     images = n * ipt
     results['builds'].append(dict(r, kind=kind, tars=n, images=images))
@@ -587,46 +590,48 @@ def main(argv=None) -> None:
       print('   ', r['log_tail'][-1500:].replace('\n', '\n    '))
     if _ok(r) and r['examples'] != images:
       print(f'    WARNING: {r["examples"]} examples, expected {images}')
+    if _ok(r) and kind in expected_mode and r['lazy'] != expected_mode[kind]:
+      print(f'    WARNING: ran {"lazy" if r["lazy"] else "eager"}, expected'
+            f' {"lazy" if expected_mode[kind] else "eager"}')
 
   print(f'\n== Preparing {tar_counts} tars x {ipt} images ==\n{HEADER}',
         flush=True)
   table = {}
   links_note = None
+  # (kind, label prefix, served from links); the digest of each of these
+  # builds' records is compared with the default build's.
+  kinds = [(OURS, 'ours', False)]
+  if not args.skip_eager:
+    kinds.append((OURS_EAGER, 'eager', False))
+  if not args.skip_builtin:
+    kinds.append((BUILTIN, 'builtin', True))
+  if not args.skip_links:
+    kinds.append((OURS_LINKS, 'links', True))
+    if not args.skip_eager:
+      kinds.append((LINKS_EAGER, 'linkseager', True))
   with serve(tar_dir) as url:
     for n in tar_counts:
-      digest = not args.skip_lazy
-      r = run_build(spec(OURS, n, f'ours{n}', workers=args.workers,
-                         digest=digest), work)
-      record(OURS, n, r)
-      table[OURS, n] = r
-      if not args.skip_lazy:
-        r = run_build(spec(OURS_LAZY, n, f'lazy{n}', workers=args.workers,
-                           digest=digest), work)
-        record(OURS_LAZY, n, r)
-        table[OURS_LAZY, n] = r
-        if _ok(r) and _ok(table[OURS, n]):
-          same = r['records_sha'] == table[OURS, n]['records_sha']
-          print(f'    records of {OURS_LAZY} and {OURS}:'
-                f' {"identical" if same else "DIFFERENT"}')
-      if not args.skip_builtin:
-        r = run_build(spec(BUILTIN, n, f'builtin{n}', links_url=url), work)
-        record(BUILTIN, n, r)
-        table[BUILTIN, n] = r
-      if not args.skip_links and links_note is None:
-        r = run_build(spec(OURS_LINKS, n, f'links{n}', links_url=url,
-                           workers=args.workers), work)
-        if 'error' in r and 'downloading is not available' in r['error']:
-          links_note = ('skipped: sources.materialize cannot download yet'
+      for kind, prefix, from_links in kinds:
+        if kind in (OURS_LINKS, LINKS_EAGER) and links_note is not None:
+          continue
+        r = run_build(spec(kind, n, f'{prefix}{n}',
+                           links_url=url if from_links else None,
+                           workers=0 if kind == BUILTIN else args.workers,
+                           digest=kind != BUILTIN), work)
+        if (kind == OURS_LINKS and 'error' in r
+            and 'downloading is not available' in r['error']):
+          links_note = ('skipped: sources.materialize cannot download'
                         f' ({r["error"][:120]}...)')
           print(f'{OURS_LINKS:<11} {links_note}', flush=True)
-        else:
-          record(OURS_LINKS, n, r)
-          table[OURS_LINKS, n] = r
-          if not args.skip_lazy:
-            r = run_build(spec(OURS_LINKS_LAZY, n, f'linkslazy{n}',
-                               links_url=url, workers=args.workers), work)
-            record(OURS_LINKS_LAZY, n, r)
-            table[OURS_LINKS_LAZY, n] = r
+          continue
+        record(kind, n, r)
+        table[kind, n] = r
+        ref = table.get((OURS, n))
+        if kind not in (OURS, BUILTIN) and _ok(r) and _ok(ref):
+          same = r['records_sha'] == ref['records_sha']
+          print(f'    records of {kind} and {OURS}:'
+                f' {"identical" if same else "DIFFERENT"}', flush=True)
+          r['same_records'] = same
   results['links_note'] = links_note
 
   # I/O baseline on the largest set.
@@ -637,30 +642,53 @@ def main(argv=None) -> None:
 
   print('\n== Ratios (builtin / ours; ours / plain I/O) ==')
   for n in tar_counts:
-    ours, theirs = table.get((OURS, n)), table.get((BUILTIN, n))
-    line = f'{n} tars:'
-    if _ok(ours) and _ok(theirs):
-      line += (f' wall builtin/ours {theirs["wall"] / ours["wall"]:.2f}x;'
-               f' peak RSS builtin/ours'
-               f' {theirs["peak_rss"] / ours["peak_rss"]:.2f}x;'
-               f' peak disk builtin/ours'
-               f' {theirs["peak_disk"] / ours["peak_disk"]:.2f}x;')
-    lazy = table.get((OURS_LAZY, n))
-    if _ok(lazy) and _ok(theirs):
-      line += (f' wall builtin/ours-lazy {theirs["wall"] / lazy["wall"]:.2f}x;'
-               f' peak RSS builtin/ours-lazy'
-               f' {theirs["peak_rss"] / lazy["peak_rss"]:.2f}x;')
-    for kind in (OURS_LINKS, OURS_LINKS_LAZY):
-      links = table.get((kind, n))
-      if _ok(links) and _ok(theirs):
-        line += f' wall builtin/{kind} {theirs["wall"] / links["wall"]:.2f}x;'
-    if _ok(ours):
-      line += (f' ours {ours["wall"] and stats[n]["images"] / ours["wall"]:.1f}'
-               f' img/s = {stats[n]["images"] / ours["wall"] / io_rate:.3f} of'
-               ' plain I/O')
-    print(line)
+    theirs = table.get((BUILTIN, n))
+    parts = []
+    for kind in (OURS, OURS_EAGER, OURS_LINKS, LINKS_EAGER):
+      r = table.get((kind, n))
+      if _ok(r) and _ok(theirs):
+        parts.append(f'wall builtin/{kind} {theirs["wall"] / r["wall"]:.2f}x'
+                     f' (RSS {theirs["peak_rss"] / r["peak_rss"]:.2f}x,'
+                     f' disk {theirs["peak_disk"] / r["peak_disk"]:.2f}x)')
+    for kind in (OURS, OURS_EAGER):
+      r = table.get((kind, n))
+      if _ok(r):
+        rate = stats[n]['images'] / r['wall']
+        parts.append(f'{kind} {rate:.1f} img/s = {rate / io_rate:.3f} of'
+                     ' plain I/O')
+    print(f'{n} tars: ' + '; '.join(parts))
   print(f'Plain I/O (read {n} tars, write the same bytes):'
         f' {io_wall:.2f} s = {io_rate:.0f} img/s')
+
+  print('\n== Goals (this package\'s default builds) ==')
+  goals = {}
+  n = max(tar_counts)
+  theirs = table.get((BUILTIN, n))
+  for kind, goal, where in ((OURS, 3.0, 'local tars'),
+                            (OURS_LINKS, 2.0, 'from links')):
+    r = table.get((kind, n))
+    if _ok(r) and _ok(theirs):
+      ratio = theirs['wall'] / r['wall']
+      goals[f'wall_{kind}'] = ratio
+      print(f'wall builtin/{kind}, {where}, {n} tars: {ratio:.2f}x'
+            f' (goal >= {goal:.0f}x): {"met" if ratio >= goal else "MISSED"}')
+  for kind in (OURS, OURS_LINKS):
+    rss = [table[kind, m]['peak_rss'] for m in tar_counts
+           if _ok(table.get((kind, m)))]
+    if rss:
+      growth = max(rss) - rss[0]
+      met = max(rss) <= 1.2 * GB and growth <= 0.1 * GB
+      goals[f'rss_{kind}'] = rss
+      print(f'peak RSS {kind}, {"/".join(str(m) for m in tar_counts)} tars:'
+            f' {" / ".join(f"{x / GB:.2f}" for x in rss)} GB (goal <= 1.2 GB,'
+            f' flat): {"met" if met else "MISSED"}')
+  r = table.get((OURS, n))
+  if _ok(r):
+    ratio = r['peak_disk'] / r['output_bytes']
+    goals['disk_per_output'] = ratio
+    print(f'peak disk / output, {OURS}, local tars, {n} tars: {ratio:.2f}'
+          f' (goal <= 1.2): {"met" if ratio <= 1.2 else "MISSED"}')
+  results['goals'] = goals
 
   print('\n== Bytes on disk per example (records / raw jpg + json) ==')
   for n in tar_counts:
@@ -678,7 +706,7 @@ def main(argv=None) -> None:
     print(f'\n== Marginal cost per image, {lo} -> {hi} tars'
           ' (fixed costs cancel out) ==')
     marginal = {}
-    for kind in (BUILTIN, OURS, OURS_LAZY, OURS_LINKS, OURS_LINKS_LAZY):
+    for kind in (BUILTIN, OURS, OURS_EAGER, OURS_LINKS, LINKS_EAGER):
       a, b = table.get((kind, lo)), table.get((kind, hi))
       if _ok(a) and _ok(b):
         marginal[kind] = (b['wall'] - a['wall']) / ((hi - lo) * ipt)
@@ -691,7 +719,7 @@ def main(argv=None) -> None:
     print(f'\n== Scaling: this package, {ipt} images per tar ==\n{HEADER}'
           '   s/img  marginal s/img')
     per_image = {}
-    for kind in [OURS] + ([] if args.skip_lazy else [OURS_LAZY]):
+    for kind in [OURS] + ([] if args.skip_eager else [OURS_EAGER]):
       prev = None
       for images, n in zip(scaling, scaling_tars):
         label = f'scale-{kind}{n}'
@@ -704,6 +732,8 @@ def main(argv=None) -> None:
           if prev is not None:
             line += (f' {(r["wall"] - prev[1]) / (n * ipt - prev[0]):>9.4f}')
           prev = (n * ipt, r['wall'])
+          if r['lazy'] != expected_mode[kind]:
+            line += '  WARNING: not in the expected mode'
         print(line, flush=True)
         shutil.rmtree(os.path.join(work, 'data', label), ignore_errors=True)
       if prev is not None and len(scaling) > 1:

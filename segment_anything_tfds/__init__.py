@@ -4,7 +4,16 @@
 `tfds.load('segment_anything', ...)` and `tfds build segment_anything
 --imports segment_anything_tfds` use this package's builder, whatever was
 imported or resolved before.
+
+Public API:
+  Builder, SegmentAnythingConfig, tars_config, lenient_config: preparing.
+  BadInputError: what a strict build raises on bad input.
+  rle: COCO RLE decode/encode/area/to_bbox in TensorFlow ops.
+  decode_masks: a tf.data map that samples and decodes an example's masks.
+  to_sam_inputs, sam_dataset, load_sam_dataset: SAM-style training inputs.
 """
+
+import importlib as _importlib
 
 from segment_anything_tfds import registration as _registration
 from segment_anything_tfds.config import lenient_config
@@ -17,10 +26,37 @@ __version__ = '2.0.0'
 
 _registration.register(Builder)
 
+# The read-time API imports TensorFlow, which preparing does not need: it is
+# loaded on first use, so `import segment_anything_tfds` stays light.
+_LAZY = {
+    'rle': ('segment_anything_tfds.rle', None),
+    'decode_masks': ('segment_anything_tfds.masks', 'decode_masks'),
+    'load_sam_dataset': ('segment_anything_tfds.sam_inputs', 'load_sam_dataset'),
+    'sam_dataset': ('segment_anything_tfds.sam_inputs', 'sam_dataset'),
+    'to_sam_inputs': ('segment_anything_tfds.sam_inputs', 'to_sam_inputs'),
+}
+
+
+def __getattr__(name: str):
+  if name not in _LAZY:
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  module, attr = _LAZY[name]
+  value = _importlib.import_module(module)
+  return value if attr is None else getattr(value, attr)
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_LAZY))
+
 __all__ = [
     'BadInputError',
     'Builder',
     'SegmentAnythingConfig',
+    'decode_masks',
     'lenient_config',
+    'load_sam_dataset',
+    'rle',
+    'sam_dataset',
     'tars_config',
+    'to_sam_inputs',
 ]
