@@ -2,7 +2,7 @@
 """Benchmarks preparing SA-1B-sized tars: this package vs TFDS's builtin.
 
   pip install -e .[test]                        # psutil, google-crc32c, Beam...
-  python benchmarks/prepare.py                  # the default run (~6 min)
+  python benchmarks/prepare.py                  # the default run (~4 min)
   python benchmarks/prepare.py --tars 1,4 --scaling '' --skip-builtin
   python benchmarks/prepare.py --profile 4      # cProfile of one 4-tar build
 
@@ -332,7 +332,7 @@ def child(spec: dict) -> None:
       extractor.get_extractor = lambda *a, **k: wide
       make = lambda: builtin.Builder(data_dir=spec['data_dir'])
     else:
-      import segment_anything_tfds  # pylint: disable=g-import-not-at-top,unused-import
+      import segment_anything_tfds  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
       if kind in EAGER_KINDS:
         # Eager mode, for comparison only: the builder asks `lazy.plan`
         # whether to build lazily; a plan of None means eager. Replacing it
@@ -362,6 +362,8 @@ def child(spec: dict) -> None:
         'output_dir': os.fspath(builder.data_dir),
         # Which mode the build ran in (None for the builtin builder).
         'lazy': getattr(builder, '_lazy', None),
+        # A lazy build with google-crc32c should never import TensorFlow.
+        'imported_tf': 'tensorflow' in sys.modules,
         'ru_maxrss_self': maxrss,
         'ru_maxrss_children':
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
@@ -470,6 +472,7 @@ def check_requirements() -> None:
   for module, package in (('psutil', 'psutil'),
                           ('apache_beam', 'apache-beam'),
                           ('pycocotools', 'pycocotools'),
+                          ('PIL', 'pillow'),
                           ('segment_anything_tfds', '-e .')):
     try:
       __import__(module)
@@ -593,6 +596,8 @@ def main(argv=None) -> None:
     if _ok(r) and kind in expected_mode and r['lazy'] != expected_mode[kind]:
       print(f'    WARNING: ran {"lazy" if r["lazy"] else "eager"}, expected'
             f' {"lazy" if expected_mode[kind] else "eager"}')
+    if _ok(r) and r.get('lazy') and r['imported_tf']:
+      print('    NOTE: this lazy build imported TensorFlow')
 
   print(f'\n== Preparing {tar_counts} tars x {ipt} images ==\n{HEADER}',
         flush=True)
