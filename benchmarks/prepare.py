@@ -489,7 +489,7 @@ def check_requirements() -> None:
   if not fast_crc:
     print('WARNING: google-crc32c (C extension) is missing: lazy builds fall'
           ' back to TensorFlow\'s TFRecord writer, so they import TensorFlow'
-          ' and are slower than the figures in docs/prepare.md.', flush=True)
+          ' and are slower than the figures in the README.', flush=True)
 
 
 def main(argv=None) -> None:

@@ -447,10 +447,10 @@ def test_link_expiry():
 
 
 def _doc_commands(prefix: str) -> list[list[str]]:
-  """Commands in docs/tools.md starting with `prefix`, continuations joined."""
+  """Commands in README.md starting with `prefix`, continuations joined."""
   import re
   import shlex
-  text = (REPO / 'docs' / 'tools.md').read_text()
+  text = (REPO / "README.md").read_text()
   text = text.replace('\\\n', ' ')
   out = []
   for line in text.splitlines():
