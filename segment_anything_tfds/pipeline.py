@@ -10,7 +10,9 @@
   'WriteAudit'        every skipped image (lenient mode) and per-shard counts
 
 Only shard names, member offsets and image ids are grouped or reshuffled;
-image bytes flow straight from the read to TFDS's writer.
+image bytes flow straight from the read to TFDS's writer. In lazy mode (local
+builds, see `lazy.py`) not even they do: 'ReadExamples' emits small stand-ins
+that the dataset's example writer resolves from the tars.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def is_local(config: tfds.download.DownloadConfig) -> bool:
   """Whether `config` runs Beam on the FnApiRunner, in this machine's RAM.
 
   Its GroupByKey buffers hold everything grouped in memory, so builds on it
-  should use the pipeline's lazy examples (see `pipeline.LazyExampleWriter`).
+  should use lazy examples (see `lazy.plan`).
   """
   from apache_beam.runners.portability import fn_api_runner  # pylint: disable=g-import-not-at-top
   return isinstance(config.beam_runner, fn_api_runner.FnApiRunner)

@@ -17,7 +17,7 @@ import dataclasses
 import os
 import posixpath
 import tarfile
-from typing import BinaryIO, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO, Iterable, Sequence
 
 from etils import epath
 
@@ -125,6 +125,12 @@ def pair_members(
   return pairs, problems, ignored
 
 
+def _corrupt(tar: str, offset: Any, problem: Any) -> examples_lib.BadInputError:
+  return examples_lib.BadInputError(
+      examples_lib.CORRUPT_TAR, f'{tar}:@{offset}',
+      f'corrupt or truncated tar near byte {offset}: {problem}')
+
+
 def index_members(fileobj: BinaryIO, *, tar: str) -> list[Member]:
   """Lists the regular files of a tar from its headers, skipping the data."""
   members = []
@@ -138,24 +144,21 @@ def index_members(fileobj: BinaryIO, *, tar: str) -> list[Member]:
           members.append(Member(info.name, info.offset_data, info.size))
         tf.members = []  # Keep the index flat in memory for huge tars.
       end = tf.offset
-    # tarfile stops quietly at a bad header after the first member; only an
-    # end-of-archive block (512 zero bytes) means the tar really ended here.
     fileobj.seek(end)
     tail = fileobj.read(512)
-    if len(tail) < 512 or tail.count(0) != 512:
-      raise tarfile.ReadError(
-          'no end-of-archive marker after the last readable member'
-          + (f' {members[-1].name}' if members else ''))
   except (tarfile.TarError, EOFError, OSError) as e:
     try:
       offset = fileobj.tell()
     except (OSError, ValueError):
       offset = '?'
-    if isinstance(e, tarfile.ReadError) and 'end-of-archive' in str(e):
-      offset = end
-    raise examples_lib.BadInputError(
-        examples_lib.CORRUPT_TAR, f'{tar}:@{offset}',
-        f'corrupt or truncated tar near byte {offset}: {e}') from None
+    raise _corrupt(tar, offset, e) from None
+  # tarfile stops quietly at a bad header after the first member; only an
+  # end-of-archive block (512 zero bytes) means the tar really ended there.
+  if len(tail) < 512 or tail.count(0) != 512:
+    after = f' {members[-1].name}' if members else ''
+    raise _corrupt(
+        tar, end, f'no end-of-archive marker after the last readable member'
+        f'{after}')
   return members
 
 
