@@ -560,6 +560,15 @@ def _fill_runs(lo, hi, interval_group, *, first_out_col, num_masks, out_h,
   return tf.reshape(masks, tf.stack([num_masks, out_h, out_w]))
 
 
+def _parse_checked(counts: TensorLike, size: TensorLike):
+  """(runs, height, width, counts is a scalar), after the size checks."""
+  counts, scalar = _as_counts(counts)
+  height, width, size_checks = _as_size(size)
+  with tf.control_dependencies(size_checks):
+    height = tf.identity(height)
+  return _parse(counts, height, width), height, width, scalar
+
+
 @tf.autograph.experimental.do_not_convert
 def area(counts: TensorLike, size: TensorLike) -> tf.Tensor:
   """Mask areas (number of 1 pixels), like ``pycocotools.mask.area``.
@@ -571,11 +580,7 @@ def area(counts: TensorLike, size: TensorLike) -> tf.Tensor:
   Returns:
     int64 scalar or [N] (pycocotools returns uint32).
   """
-  counts, scalar = _as_counts(counts)
-  height, width, size_checks = _as_size(size)
-  with tf.control_dependencies(size_checks):
-    height = tf.identity(height)
-  runs = _parse(counts, height, width)
+  runs, _, _, scalar = _parse_checked(counts, size)
   with tf.control_dependencies(runs.check):
     ones = tf.where(tf.equal(runs.index_in_mask % 2, 1), runs.counts, 0)
   result = tf.math.unsorted_segment_sum(ones, runs.mask_ids, runs.num_masks)
@@ -597,11 +602,7 @@ def to_bbox(counts: TensorLike, size: TensorLike) -> tf.Tensor:
   Returns:
     float64 [4] or [N, 4].
   """
-  counts, scalar = _as_counts(counts)
-  height, width, size_checks = _as_size(size)
-  with tf.control_dependencies(size_checks):
-    height = tf.identity(height)
-  runs = _parse(counts, height, width)
+  runs, height, width, scalar = _parse_checked(counts, size)
   with tf.control_dependencies(runs.check):
     b = tf.identity(runs.boundaries())
   j = runs.index_in_mask
