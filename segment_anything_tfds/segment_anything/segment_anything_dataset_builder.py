@@ -31,8 +31,9 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       '2.0.0': (
           'segment_anything_tfds: streams tars in place (no extraction),'
           ' reads local tars, folders and the links file, pairs members in'
-          ' any folder and order, subsets, lenient audited mode. Features'
-          ' as in the builtin 1.0.0.'
+          ' any folder and order, subsets, lenient audited mode, resumable'
+          ' downloads keyed by tar name, flat memory in local builds.'
+          ' Features as in the builtin 1.0.0.'
       ),
   }
   BUILDER_CONFIGS = config_lib.BUILDER_CONFIGS
