@@ -489,30 +489,10 @@ def _fmt_time(t: datetime.datetime | None) -> str:
 
 
 def _local_shards(manual_dir: str) -> dict[int, sources_lib.Shard]:
-  """The tars (`sa_NNNNNN.tar`) and folders (`sa_NNNNNN/`) in `manual_dir`.
-
-  The same rule as `sources.find_shards` (a tar beats a folder of the same
-  shard), but only what is in the folder itself: rows of the links file are
-  not local, even when they point at a path or a bucket.
-  """
-  path = epath.Path(manual_dir)
-  if not path.is_dir():
+  """The tars and folders in `manual_dir` (not its links-file rows)."""
+  if not epath.Path(manual_dir).is_dir():
     raise CliError(f'--manual_dir {manual_dir} is not a directory')
-  found: dict[int, sources_lib.Shard] = {}
-  for p in path.iterdir():
-    if p.name.endswith('.tar') and p.is_file():
-      index, kind = links_lib.shard_index(p.name), sources_lib.TAR
-    elif p.is_dir():
-      index, kind = links_lib.shard_index(p.name + '.tar'), sources_lib.DIR
-    else:
-      continue
-    if index is None:
-      continue
-    previous = found.get(index)
-    if previous is None or kind == sources_lib.TAR:
-      found[index] = sources_lib.Shard(links_lib.shard_name(index), kind,
-                                       os.fspath(p))
-  return dict(sorted(found.items()))
+  return dict(sorted(sources_lib.local_shards(manual_dir).items()))
 
 
 def cmd_check_links(args: argparse.Namespace, leftover: Sequence[str]) -> int:

@@ -111,11 +111,13 @@ def _link_shard(name: str, url: str, links_dir: epath.Path) -> Shard:
   return Shard(name, TAR, url)
 
 
-def find_shards(manual_dir: epath.PathLike) -> dict[int, Shard]:
-  """All shards `manual_dir` offers, by tar index; local copies win."""
+def local_shards(manual_dir: epath.PathLike) -> dict[int, Shard]:
+  """The tars and `sa_NNNNNN/` folders in `manual_dir` itself, by tar index.
+
+  A tar beats a folder of the same shard. Rows of the links file are not
+  included, even when they point at a path or a bucket.
+  """
   manual_dir = epath.Path(manual_dir)
-  if not manual_dir.exists():
-    raise FileNotFoundError(f'manual_dir {manual_dir} does not exist')
   found: dict[int, Shard] = {}
   for p in manual_dir.iterdir():
     if p.name.endswith('.tar') and p.is_file():
@@ -132,6 +134,15 @@ def find_shards(manual_dir: epath.PathLike) -> dict[int, Shard]:
     if previous is not None and previous.kind == TAR:
       continue  # A tar beats a folder of the same shard.
     found[index] = Shard(links_lib.shard_name(index), kind, os.fspath(p))
+  return found
+
+
+def find_shards(manual_dir: epath.PathLike) -> dict[int, Shard]:
+  """All shards `manual_dir` offers, by tar index; local copies win."""
+  manual_dir = epath.Path(manual_dir)
+  if not manual_dir.exists():
+    raise FileNotFoundError(f'manual_dir {manual_dir} does not exist')
+  found = local_shards(manual_dir)
   links_path = manual_dir / links_lib.LINKS_FILE_NAME
   if links_path.exists():
     links = links_lib.read_links(links_path)
