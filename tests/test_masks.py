@@ -147,6 +147,18 @@ def test_more_requested_than_present_and_no_masks():
     assert out['annotations']['mask'].shape == (0, 7, 5)
 
 
+def examples_dataset(examples: list[dict]) -> tf.data.Dataset:
+  """A dataset of `make_example` examples, whose shapes differ per image."""
+
+  def gen():
+    for ex in examples:
+      yield tf.nest.map_structure(lambda t: t.numpy(), ex)
+
+  spec = tf.nest.map_structure(
+      lambda t: tf.TensorSpec([None] * t.shape.rank, t.dtype), examples[0])
+  return tf.data.Dataset.from_generator(gen, output_signature=spec)
+
+
 @pytest.mark.parametrize('backend', ['tf', 'pycocotools'])
 def test_in_dataset_map(backend):
   rng = np.random.default_rng(4)
@@ -155,13 +167,7 @@ def test_in_dataset_map(backend):
                         image_id=i) for i in range(6)]
   examples = [p[0] for p in pairs]
 
-  def gen():
-    for ex in examples:
-      yield tf.nest.map_structure(lambda t: t.numpy(), ex)
-
-  spec = tf.nest.map_structure(
-      lambda t: tf.TensorSpec([None] * t.shape.rank, t.dtype), examples[0])
-  ds = tf.data.Dataset.from_generator(gen, output_signature=spec)
+  ds = examples_dataset(examples)
   ds = ds.map(lambda ex: masks_lib.decode_masks(
       ex, backend=backend, num_masks=4, output_size=(6, 6), seed=7),
               num_parallel_calls=3, deterministic=True)

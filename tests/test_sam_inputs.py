@@ -9,7 +9,7 @@ import tensorflow as tf
 from segment_anything_tfds import sam_inputs as sam
 
 mask_utils = pytest.importorskip('pycocotools.mask')
-from test_masks import make_example  # pylint: disable=g-import-not-at-top,wrong-import-position
+from test_masks import examples_dataset, make_example  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 S, M = 64, 16  # Small image_size / mask_size for tests.
 
@@ -202,13 +202,7 @@ def test_sam_dataset_batches():
   examples = [make_example(rng, height=20 + i, width=30 - i, num_masks=3 + i,
                            image_id=i)[0] for i in range(5)]
 
-  def gen():
-    for ex in examples:
-      yield tf.nest.map_structure(lambda t: t.numpy(), ex)
-
-  spec = tf.nest.map_structure(
-      lambda t: tf.TensorSpec([None] * t.shape.rank, t.dtype), examples[0])
-  ds = tf.data.Dataset.from_generator(gen, output_signature=spec)
+  ds = examples_dataset(examples)
   batched = sam.sam_dataset(ds, batch_size=2, image_size=S, mask_size=M,
                             num_masks=4, seed=0)
   batches = list(batched)
