@@ -1,0 +1,159 @@
+"""The package's errors: one hierarchy, each one line, mapped by type.
+
+Every error the package raises on purpose is an `Error`. Its message is one
+line that names what is wrong and where (tar, member, file and line, host),
+and usually how to go on. The CLI prints it as `error: <message>` with exit
+code 1; anything else is a bug and keeps its traceback.
+
+  Error
+  ├── BadInputError       an image, member or tar that cannot be used
+  ├── ConfigError         a config, option or flag value that cannot work
+  ├── SourceError         manual_dir, a tar or a path is missing or refused
+  ├── LinksError          the links file cannot be used (file:line)
+  ├── DownloadError       a tar could not be fetched
+  │   └── LinksExpiredError   signed links past their `oe=`, or a 403
+  ├── ChecksumError       tars that do not match the checksum list
+  ├── DiskSpaceError      too little free disk for the build
+  └── NotPreparedError    reading data that was never built
+
+Beam re-raises an error from a worker as a `RuntimeError` whose text is
+`<module>.<Class>: <message> [while running '<step>']`, and across processes
+the original object is gone. `from_exception` turns either back into the
+package's error: it walks the exception chain, then looks the class name up
+in this module (a lookup, not a guess at the text).
+"""
+
+from __future__ import annotations
+
+import re
+
+HOMEPAGE = 'https://ai.meta.com/datasets/segment-anything-downloads'
+LINKS_FILE_NAME = 'segment_anything_links.txt'
+
+
+def refresh_hint(links_source: str = LINKS_FILE_NAME) -> str:
+  """How to go on when links expired: written once, used by every message."""
+  return (
+      f'To go on: download a fresh {LINKS_FILE_NAME} from {HOMEPAGE} and'
+      f' replace {links_source} (tars already downloaded are kept and not'
+      ' downloaded again); or rewrite its cdn_link column to point at a'
+      ' mirror (any http(s) URL, or gs://bucket/...); or put the tars'
+      ' themselves (sa_NNNNNN.tar) in manual_dir.')
+
+
+class Error(Exception):
+  """Base of every error this package raises on purpose (one-line message)."""
+
+  def __init__(self, message: str):
+    super().__init__(' '.join(str(message).split('\n')))
+
+  @property
+  def message(self) -> str:
+    return self.args[0]
+
+  def __reduce__(self):  # Picklable, so Beam can ship it between workers.
+    return (type(self), self.args)
+
+
+class BadInputError(Error, ValueError):
+  """An SA-1B image, member or tar that cannot become examples.
+
+  Attributes:
+    reason: a reason code (`examples.REASONS`), counted in the lenient audit.
+    tar: the shard's name, e.g. `sa_000001.tar`.
+    member: the member (or folder file) at fault, or `@<offset>` in a tar.
+    detail: what is wrong, without the location.
+  """
+
+  def __init__(self, reason: str, tar: str, member: str, detail: str):
+    self.reason = reason
+    self.tar = tar
+    self.member = member
+    self.detail = detail
+    super().__init__(f'{tar}:{member}: {detail} [{reason}]')
+    self.args = (reason, tar, member, detail)
+
+  @property
+  def where(self) -> str:
+    return f'{self.tar}:{self.member}'
+
+  @property
+  def message(self) -> str:
+    return f'{self.where}: {self.detail} [{self.reason}]'
+
+  def __str__(self) -> str:
+    return self.message
+
+  @classmethod
+  def from_message(cls, message: str) -> 'BadInputError':
+    """Rebuilds the error from its message (`tar:member: detail [reason]`)."""
+    m = re.match(r'^([^:]*):(.*?): (.*) \[(\w+)\]$', message)
+    if m is None:
+      return cls('unknown', '?', '?', message)
+    tar, member, detail, reason = m.groups()
+    return cls(reason, tar, member, detail)
+
+
+class ConfigError(Error, ValueError):
+  """A config, option or flag value that cannot work; says what would."""
+
+
+class SourceError(Error, FileNotFoundError):
+  """manual_dir, a tar, a folder or a linked path is missing or refused."""
+
+
+class LinksError(Error, ValueError):
+  """The links file cannot be used; names the file and line."""
+
+
+class DownloadError(Error, OSError):
+  """A tar could not be downloaded; names the tar, the host and why."""
+
+
+class LinksExpiredError(DownloadError):
+  """Signed links are past their `oe=` expiry, or a server answered 403."""
+
+
+class ChecksumError(Error, ValueError):
+  """Tars that do not match the checksum list; they were not used."""
+
+
+class DiskSpaceError(Error, OSError):
+  """Too little free disk for the chosen config and disk mode."""
+
+
+class NotPreparedError(Error, FileNotFoundError):
+  """Reading a dataset that was never prepared; says how to build it."""
+
+
+_BY_NAME = {cls.__name__: cls for cls in (
+    Error, BadInputError, ConfigError, SourceError, LinksError, DownloadError,
+    LinksExpiredError, ChecksumError, DiskSpaceError, NotPreparedError)}
+# How a worker's error reads once Beam has turned it into text.
+_WRAPPED_RE = re.compile(
+    r'segment_anything_tfds\.[\w.]*?\.?(\w+): (.*?)(?: \[while running .*)?$',
+    re.MULTILINE)
+
+
+def from_exception(exc: BaseException) -> Error | None:
+  """The package's error behind `exc`, or None if there is none.
+
+  `exc` may be the error itself, an exception raised from or during it, or
+  Beam's `RuntimeError` that carries a worker's error as text.
+  """
+  seen = set()
+  cause = exc
+  while cause is not None and id(cause) not in seen:
+    if isinstance(cause, Error):
+      return cause
+    seen.add(id(cause))
+    cause = cause.__cause__ or cause.__context__
+  for m in _WRAPPED_RE.finditer(str(exc)):
+    cls = _BY_NAME.get(m.group(1))
+    if cls is None:
+      continue
+    message = m.group(2).strip()
+    if cls is BadInputError:
+      return BadInputError.from_message(message)
+    return cls(message)
+  return None
