@@ -7,7 +7,9 @@ imported or resolved before.
 
 Public API:
   Builder, SegmentAnythingConfig, tars_config, lenient_config: preparing.
-  BadInputError: what a strict build raises on bad input.
+  errors: the package's exceptions (`errors.Error` and its subclasses;
+    `BadInputError` is what a strict build raises on bad input).
+  DownloadOptions: how tars are fetched (the builder's `download_options`).
   rle: COCO RLE decode/encode/area/to_bbox in TensorFlow ops.
   decode_masks: a tf.data map that samples and decodes an example's masks.
   to_sam_inputs, sam_dataset, load_sam_dataset: SAM-style training inputs.
@@ -19,7 +21,9 @@ from segment_anything_tfds import registration as _registration
 from segment_anything_tfds.config import lenient_config
 from segment_anything_tfds.config import SegmentAnythingConfig
 from segment_anything_tfds.config import tars_config
-from segment_anything_tfds.examples import BadInputError
+from segment_anything_tfds import errors
+from segment_anything_tfds.errors import BadInputError
+from segment_anything_tfds.options import DownloadOptions
 from segment_anything_tfds.segment_anything.segment_anything_dataset_builder import Builder
 
 __version__ = '2.0.0'
@@ -51,8 +55,10 @@ def __dir__():
 __all__ = [
     'BadInputError',
     'Builder',
+    'DownloadOptions',
     'SegmentAnythingConfig',
     'decode_masks',
+    'errors',
     'lenient_config',
     'load_sam_dataset',
     'rle',

@@ -16,16 +16,32 @@ from typing import Any
 from etils import epath
 import tensorflow_datasets as tfds
 
-from segment_anything_tfds import pipeline as pipeline_lib
+from segment_anything_tfds import errors
+
+# Audit records are JSON lines in `<data_dir>/audit/records*.jsonl`.
+AUDIT_DIR = 'audit'
+AUDIT_PREFIX = 'records'
+
+
+def skip_record(error: errors.BadInputError, *, kind: str = 'skip') -> dict:
+  """The record of an image (`kind='skip'`) or a whole tar (`'tar'`) skipped."""
+  return {'kind': kind, 'reason': error.reason, 'tar': error.tar,
+          'member': error.member, 'message': error.detail}
+
+
+def shard_record(index) -> dict:
+  """The record of one indexed shard (a `tars.Index`): images in, ignored."""
+  return {'kind': 'shard', 'tar': index.tar, 'images': index.images,
+          'problems': len(index.problems), 'ignored_members': index.ignored}
 
 
 def read_records(data_dir: epath.PathLike) -> list[dict[str, Any]]:
   """All audit records of a dataset dir (empty if it has none)."""
-  audit_dir = epath.Path(data_dir) / pipeline_lib.AUDIT_DIR
+  audit_dir = epath.Path(data_dir) / AUDIT_DIR
   if not audit_dir.exists():
     return []
   records = []
-  for path in sorted(audit_dir.glob(f'{pipeline_lib.AUDIT_PREFIX}*.jsonl')):
+  for path in sorted(audit_dir.glob(f'{AUDIT_PREFIX}*.jsonl')):
     for line in path.read_text().splitlines():
       if line.strip():
         records.append(json.loads(line))
@@ -33,10 +49,19 @@ def read_records(data_dir: epath.PathLike) -> list[dict[str, Any]]:
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-  """Counts: images indexed, skipped per reason, tars, ignored members."""
+  """The audit's counts, which add up exactly.
+
+  `images_indexed - skipped_images` is the number of examples written. An
+  image counts once in `images_indexed` when its tar or folder was indexed
+  (readable, or with a problem of its own), and once in `skipped_images` if
+  it was not written. Tars skipped whole (`corrupt_tar`, `no_images`) are in
+  `skipped_tars`; the images indexed before a tar's damage count as usual.
+  """
   shards = sorted((r for r in records if r['kind'] == 'shard'),
                   key=lambda r: r['tar'])
   skips = [r for r in records if r['kind'] == 'skip']
+  tar_skips = sorted((r for r in records if r['kind'] == 'tar'),
+                     key=lambda r: r['tar'])
   by_reason = collections.Counter(r['reason'] for r in skips)
   return {
       'tars': [r['tar'] for r in shards],
@@ -46,6 +71,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
           f'{r["tar"]}:{m}' for r in shards for m in r['ignored_members']),
       'skipped_images': len(skips),
       'skipped_by_reason': dict(sorted(by_reason.items())),
+      'skipped_tars': [{k: r[k] for k in ('tar', 'reason', 'message')}
+                       for r in tar_skips],
   }
 
 
@@ -57,9 +84,10 @@ class AuditMetadata(tfds.core.MetadataDict):
     if records:
       summary = summarize(records)
       self['audit'] = summary
-      if summary['skipped_images']:
+      if summary['skipped_images'] or summary['skipped_tars']:
         logging.warning(
-            'Lenient build skipped %d images: %s (records in %s)',
+            'Lenient build skipped %d images (%s) and %d whole tars (%s)',
             summary['skipped_images'], summary['skipped_by_reason'],
-            epath.Path(data_dir) / pipeline_lib.AUDIT_DIR)
+            len(summary['skipped_tars']),
+            ', '.join(t['tar'] for t in summary['skipped_tars']) or '-')
     super().save_metadata(data_dir)

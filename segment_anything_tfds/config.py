@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping
+from typing import Sequence
 
 import tensorflow_datasets as tfds
 
-_SPEC_RE = re.compile(r'^\d+(-\d+)?$')
+from segment_anything_tfds import errors
+
+_SPEC_RE = re.compile(r'[0-9]+(-[0-9]+)?')
 
 
 @dataclasses.dataclass
 class SegmentAnythingConfig(tfds.core.BuilderConfig):
   """Which SA-1B tars to prepare, and how strictly.
+
+  Only what changes the prepared data is here. How tars are fetched is the
+  builder's `download_options` (`options.DownloadOptions`).
 
   Attributes:
     num_tars: take the first `num_tars` shards that `manual_dir` offers (local
@@ -23,64 +28,53 @@ class SegmentAnythingConfig(tfds.core.BuilderConfig):
     lenient: skip bad images, recording each skip in the dataset's metadata,
       instead of failing on the first one.
     chunk_size: images per unit of parallel work.
-    disk_mode: what happens to tars fetched from http(s) links: 'keep' (the
-      default: kept in `<download_dir>/segment_anything/`, so reruns and other
-      configs reuse them), 'stream' (never stored: read by HTTP Range
-      requests) or 'delete' (downloaded, then deleted after the build
-      succeeds).
-    checksums_file: a list of `<md5 or sha256>  sa_NNNNNN.tar` lines to
-      verify tars against; by default `segment_anything_checksums.txt` in
-      manual_dir, if there.
-    download_workers: tars downloaded at once.
-    check_disk: compare free disk with the build's needs before starting.
-    download_retries: attempts without progress before a download fails.
-    download_backoff: first wait between retries, in seconds (doubles).
-    download_timeout: socket timeout for HTTP requests, in seconds.
   """
 
   num_tars: int | None = None
   tars: tuple[int, ...] | None = None
   lenient: bool = False
   chunk_size: int = 64
-  # How tars are fetched does not change the output: these fields are the
-  # builder's `download_options` (see `apply_download_options`).
-  disk_mode: str = dataclasses.field(default='keep', compare=False)
-  checksums_file: str | None = dataclasses.field(default=None, compare=False)
-  download_workers: int = dataclasses.field(default=4, compare=False)
-  check_disk: bool = dataclasses.field(default=True, compare=False)
-  download_retries: int = dataclasses.field(default=8, compare=False)
-  download_backoff: float = dataclasses.field(default=1.0, compare=False)
-  download_timeout: float = dataclasses.field(default=60.0, compare=False)
 
 
 def parse_tar_spec(spec: str) -> tuple[int, ...]:
   """'0-9,42' -> (0, 1, ..., 9, 42): sorted, each tar once."""
   out = set()
   for part in spec.replace(' ', '').split(','):
-    if not _SPEC_RE.match(part):
-      raise ValueError(
+    if not _SPEC_RE.fullmatch(part):
+      raise errors.ConfigError(
           f'bad tar list {spec!r}: expected numbers and ranges like "0-9,42",'
           f' got {part!r}')
     lo, _, hi = part.partition('-')
     lo, hi = int(lo), int(hi or lo)
     if hi < lo or hi > 999:
-      raise ValueError(f'bad tar range {part!r} in {spec!r}: SA-1B has tars'
+      raise errors.ConfigError(f'bad tar range {part!r} in {spec!r}: SA-1B has tars'
                        ' 0-999')
     out.update(range(lo, hi + 1))
   return tuple(sorted(out))
 
 
-def tars_config(spec: str, *, lenient: bool = False, **kwargs
-                ) -> SegmentAnythingConfig:
+def format_tar_spec(tars: Sequence[int]) -> str:
+  """(0, 1, 2, 5) -> '0-2,5': the canonical spec of a set of tars."""
+  parts = []
+  for tar in sorted(set(tars)):
+    if parts and parts[-1][1] == tar - 1:
+      parts[-1][1] = tar
+    else:
+      parts.append([tar, tar])
+  return ','.join(str(lo) if lo == hi else f'{lo}-{hi}' for lo, hi in parts)
+
+
+def tars_config(spec: str, *, lenient: bool = False) -> SegmentAnythingConfig:
   """A config for an explicit list or range of tars, e.g. `'0-9,42'`.
 
-  Its name (`tars_0-9_42`) names its data dir, so each subset is kept apart.
-  Other keyword arguments set config fields (e.g. `disk_mode='stream'`).
+  Its name comes from the parsed set (`tars_0-9_42`), so `'0-2'` and
+  `'0,1,2'` are one config, with one data dir.
   """
   tars = parse_tar_spec(spec)
+  canonical = format_tar_spec(tars)
   config = SegmentAnythingConfig(
-      name='tars_' + spec.replace(' ', '').replace(',', '_'), tars=tars,
-      description=f'SA-1B tars {spec}: {len(tars)} tars.', **kwargs)
+      name='tars_' + canonical.replace(',', '_'), tars=tars,
+      description=f'SA-1B tars {canonical}: {len(tars)} tars.')
   return lenient_config(config) if lenient else config
 
 
@@ -89,31 +83,9 @@ def _named(config: str | SegmentAnythingConfig) -> SegmentAnythingConfig:
     return config
   by_name = {c.name: c for c in BUILDER_CONFIGS}
   if config not in by_name:
-    raise ValueError(
+    raise errors.ConfigError(
         f'unknown config {config!r}; expected one of {sorted(by_name)}')
   return by_name[config]
-
-
-DOWNLOAD_OPTIONS = frozenset(
-    f.name for f in dataclasses.fields(SegmentAnythingConfig) if not f.compare)
-
-
-def apply_download_options(
-    config: SegmentAnythingConfig, options: Mapping[str, Any]
-) -> SegmentAnythingConfig:
-  """`config` with download options (e.g. `disk_mode='stream'`) set.
-
-  These are the config fields that do not change the output. Builders take
-  them as `tfds.builder('segment_anything', config='first_10',
-  download_options={'disk_mode': 'stream'})`, so a named config keeps its
-  name and data dir.
-  """
-  unknown = set(options) - DOWNLOAD_OPTIONS
-  if unknown:
-    raise ValueError(
-        f'download_options takes only {sorted(DOWNLOAD_OPTIONS)}; got'
-        f' {sorted(unknown)}')
-  return dataclasses.replace(config, **options) if options else config
 
 
 def lenient_config(config: str | SegmentAnythingConfig) -> SegmentAnythingConfig:

@@ -27,8 +27,15 @@ from typing import Callable, Iterable, Mapping
 
 from etils import epath
 
+from segment_anything_tfds import errors as errors_lib
 from segment_anything_tfds import httpfile
 from segment_anything_tfds import links as links_lib
+from segment_anything_tfds import options as options_lib
+from segment_anything_tfds import shards as shards_lib
+from segment_anything_tfds.errors import ChecksumError
+from segment_anything_tfds.errors import DiskSpaceError
+from segment_anything_tfds.errors import DownloadError
+from segment_anything_tfds.errors import LinksExpiredError
 
 CACHE_SUBDIR = 'segment_anything'
 QUARANTINE_SUBDIR = 'quarantine'
@@ -39,27 +46,8 @@ CHECKSUMS_FILE_NAME = 'segment_anything_checksums.txt'
 EST_TAR_BYTES = int(10.5e9)
 # The prepared records hold the JPEGs and RLE strings: about the tars' size.
 OUTPUT_RATIO = 1.0
-DEFAULT_WORKERS = 4
-KEEP, STREAM, DELETE = 'keep', 'stream', 'delete'
-DISK_MODES = (KEEP, STREAM, DELETE)
 _CHUNK = 1 << 20
 _HASHES = {32: 'md5', 64: 'sha256'}
-
-
-class DownloadError(IOError):
-  """Tars could not be downloaded; the message names each and why."""
-
-
-class LinksExpiredError(DownloadError):
-  """Needed links have expired (their `oe=` is past, or a 403)."""
-
-
-class ChecksumError(DownloadError):
-  """Tars do not match the checksum list; they were not used."""
-
-
-class DiskSpaceError(DownloadError):
-  """Not enough free disk for the chosen config and disk mode."""
 
 
 class _Cancelled(Exception):
@@ -71,19 +59,10 @@ def cache_dir(download_dir: epath.PathLike) -> epath.Path:
 
 
 def _is_local(path: epath.PathLike) -> bool:
-  return '://' not in os.fspath(path)
+  return shards_lib.is_local(path)
 
 
 # ---------------------------------------------------------------- expiry
-
-
-def refresh_hint(links_source: str = links_lib.LINKS_FILE_NAME) -> str:
-  return (
-      f'To go on: download a fresh {links_lib.LINKS_FILE_NAME} from'
-      f' {links_lib.HOMEPAGE} and replace {links_source} (tars already'
-      ' downloaded are kept and not downloaded again); or rewrite its cdn_link'
-      ' column to point at a mirror (any http(s) URL, or gs://bucket/...); or'
-      ' put the tars themselves (sa_NNNNNN.tar) in manual_dir.')
 
 
 def check_expiry(links: Mapping[str, str], *, now: float | None = None,
@@ -106,7 +85,7 @@ def check_expiry(links: Mapping[str, str], *, now: float | None = None,
         f'{len(expired)} of the {len(links)} links this build needs have'
         f' expired ({since}; their oe= parameter is the expiry time):'
         f' {", ".join(names[:5])}{" ..." if len(names) > 5 else ""}, in'
-        f' {source}. ' + refresh_hint(source))
+        f' {source}. ' + errors_lib.refresh_hint(source))
   soon = [n for n, u in links.items()
           if (e := links_lib.expiry(u)) is not None and e - now < warn_within]
   if soon:
@@ -132,21 +111,21 @@ def parse_checksums(text: str, *, source: str) -> dict[str, tuple[str, str]]:
       continue
     parts = line.split(None, 1)
     if len(parts) != 2:
-      raise ValueError(f'{source}:{lineno}: expected "<hex>  <file name>",'
+      raise ChecksumError(f'{source}:{lineno}: expected "<hex>  <file name>",'
                        f' got {line!r:.120}')
     digest, name = parts[0].lower(), parts[1].strip().lstrip('*')
     name = name.replace('\\', '/').rsplit('/', 1)[-1]
     algo = _HASHES.get(len(digest))
     if algo is None or any(c not in '0123456789abcdef' for c in digest):
-      raise ValueError(
+      raise ChecksumError(
           f'{source}:{lineno}: {digest!r:.80} is neither an md5 (32 hex'
           ' digits) nor a sha256 (64 hex digits)')
     if name in out and out[name] != (algo, digest):
-      raise ValueError(f'{source}:{lineno}: {name} has two different'
+      raise ChecksumError(f'{source}:{lineno}: {name} has two different'
                        ' checksums')
     out[name] = (algo, digest)
   if not out:
-    raise ValueError(f'{source}: the checksum list is empty')
+    raise ChecksumError(f'{source}: the checksum list is empty')
   return out
 
 
@@ -348,10 +327,8 @@ class Result:
 
 def download_all(
     links: Mapping[str, str], cache: epath.PathLike, *,
-    workers: int = DEFAULT_WORKERS,
-    retry: httpfile.RetryPolicy = httpfile.DEFAULT_RETRY,
+    options: options_lib.DownloadOptions | None = None,
     sizes: Mapping[str, int | None] | None = None,
-    progress: bool = True,
 ) -> Result:
   """Downloads each (name -> http URL) not yet in `cache`, `workers` at once.
 
@@ -360,6 +337,9 @@ def download_all(
       (their partial files stay, for resuming).
     DownloadError: some tars failed after retries; names each and why.
   """
+  options = options or options_lib.DownloadOptions()
+  workers, progress = options.workers, options.progress
+  retry = httpfile.RetryPolicy.from_options(options)
   cache = os.fspath(cache)
   if not _is_local(cache):
     raise DownloadError(
@@ -432,14 +412,17 @@ def download_all(
   return Result(paths, errors, tuple(n for n in todo if n in paths))
 
 
-def head_sizes(links: Mapping[str, str], *, workers: int = DEFAULT_WORKERS,
-               retry: httpfile.RetryPolicy = httpfile.DEFAULT_RETRY
+def head_sizes(links: Mapping[str, str], *,
+               options: options_lib.DownloadOptions | None = None
                ) -> dict[str, int | None]:
   """Content-Length of each http link by HEAD; None where unknown.
 
   A 403 raises `LinkExpiredError` (before anything is downloaded); any other
   failure leaves the size unknown (the estimate is used).
   """
+  options = options or options_lib.DownloadOptions()
+  workers = options.workers
+  retry = httpfile.RetryPolicy.from_options(options)
   local = threading.local()
   clients = []
 

@@ -16,9 +16,10 @@ code 1; anything else is a bug and keeps its traceback.
   ├── DiskSpaceError      too little free disk for the build
   └── NotPreparedError    reading data that was never built
 
-Beam re-raises an error from a worker as a `RuntimeError` whose text is
-`<module>.<Class>: <message> [while running '<step>']`, and across processes
-the original object is gone. `from_exception` turns either back into the
+In process, Beam re-raises the package's errors as they are (they are
+tagged, see `Error._tagged_with_step`). Across processes the original object
+is gone: the runner raises a `RuntimeError` whose text holds the worker's
+traceback, ending `<module>.<Class>: <message>`. `from_exception` turns either back into the
 package's error: it walks the exception chain, then looks the class name up
 in this module (a lookup, not a guess at the text).
 """
@@ -43,6 +44,11 @@ def refresh_hint(links_source: str = LINKS_FILE_NAME) -> str:
 
 class Error(Exception):
   """Base of every error this package raises on purpose (one-line message)."""
+
+  # Beam rebuilds a worker's exception with " [while running '<step>']"
+  # appended to its first argument unless it is already tagged. Tagged, ours
+  # reach the caller as they were raised (in process), fields intact.
+  _tagged_with_step = True
 
   def __init__(self, message: str):
     super().__init__(' '.join(str(message).split('\n')))

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Tuple
 
 import numpy as np
+
+from segment_anything_tfds import errors
 
 try:  # A faster JSON parser, used when installed; same results as `json`.
   import orjson as _orjson
@@ -33,49 +35,47 @@ DUPLICATE_ID = 'duplicate_id'
 CORRUPT_JPEG = 'corrupt_jpeg'
 MEMBER_TOO_LARGE = 'member_too_large'
 UNSAFE_MEMBER = 'unsafe_member'
+SPECIAL_MEMBER = 'special_member'
+BAD_RLE = 'bad_rle'
+# Whole-tar reasons: the tar is skipped (lenient) with the images before the
+# damage, if any, kept.
 CORRUPT_TAR = 'corrupt_tar'
+NO_IMAGES = 'no_images'
 
 REASONS = (
     MISSING_JSON, MISSING_JPG, DUPLICATE_MEMBER, MALFORMED_JSON,
-    MISSING_FIELD, BAD_VALUE, ID_MISMATCH, SIZE_MISMATCH, ZERO_SIZE,
-    DUPLICATE_ID, CORRUPT_JPEG, MEMBER_TOO_LARGE, UNSAFE_MEMBER, CORRUPT_TAR,
+    MISSING_FIELD, BAD_VALUE, BAD_RLE, ID_MISMATCH, SIZE_MISMATCH, ZERO_SIZE,
+    DUPLICATE_ID, CORRUPT_JPEG, MEMBER_TOO_LARGE, UNSAFE_MEMBER,
+    SPECIAL_MEMBER, CORRUPT_TAR, NO_IMAGES,
 )
 
-_STEM_RE = re.compile(r'^sa_(\d+)$')
+# Canonical image stems: `sa_` and ASCII digits, no leading zeros, so that
+# one image id has exactly one name.
+_STEM_RE = re.compile(r'sa_(0|[1-9][0-9]*)')
 
 
-class BadInputError(ValueError):
-  """An SA-1B image that cannot become an example.
+Where = Tuple[str, str]  # (tar, member) of the input at fault.
 
-  Attributes:
-    reason: one of `REASONS`.
-    where: `tar:member` of the offending input.
-  """
 
-  def __init__(self, reason: str, where: str, message: str):
-    super().__init__(f'{where}: {message} [{reason}]')
-    self.reason = reason
-    self.where = where
-    self.message = message
-
-  def __reduce__(self):  # Picklable, so Beam can ship it between workers.
-    return (BadInputError, (self.reason, self.where, self.message))
+def bad_input(reason: str, where: Where, detail: str) -> errors.BadInputError:
+  """The error for `detail` about the member `where` = (tar, member)."""
+  return errors.BadInputError(reason, where[0], where[1], detail)
 
 
 def image_id_from_stem(stem: str) -> int | None:
-  """`sa_123` -> 123; None for a stem that is not an SA-1B image name."""
-  m = _STEM_RE.match(stem)
+  """`sa_123` -> 123; None for any other stem (`sa_0123`, `sa_١`, `SA_1`)."""
+  m = _STEM_RE.fullmatch(stem)
   return int(m.group(1)) if m else None
 
 
-def parse_json(data: bytes, *, where: str) -> Any:
+def parse_json(data: bytes, *, where: Where) -> Any:
   """Parses JSON bytes, raising `BadInputError` on malformed input."""
   try:
     if _orjson is not None:
       return _orjson.loads(data)
     return json.loads(data)
   except (ValueError, UnicodeDecodeError) as e:
-    raise BadInputError(MALFORMED_JSON, where, f'malformed JSON: {e}') from None
+    raise bad_input(MALFORMED_JSON, where, f'malformed JSON: {e}') from None
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -113,60 +113,60 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
   return None
 
 
-def check_jpeg(data: bytes, *, height: int, width: int, where: str) -> None:
+def check_jpeg(data: bytes, *, height: int, width: int, where: Where) -> None:
   """Raises `BadInputError` unless `data` is a whole JPEG of that size."""
   size = jpeg_size(data)
   if size is None:
-    raise BadInputError(
+    raise bad_input(
         CORRUPT_JPEG, where, 'not a JPEG: no SOI/SOF header could be read'
     )
   if size != (height, width):
-    raise BadInputError(
+    raise bad_input(
         CORRUPT_JPEG, where,
         f'JPEG header says {size[0]}x{size[1]} (h x w) but the JSON says'
         f' {height}x{width}',
     )
   # A JPEG ends with EOI (FF D9); some writers pad after it.
   if data.rfind(b'\xff\xd9', max(0, len(data) - 1024)) < 0:
-    raise BadInputError(
+    raise bad_input(
         CORRUPT_JPEG, where, 'JPEG is truncated: no end-of-image marker'
     )
 
 
-def _field(obj: Any, key: str, *, where: str, what: str) -> Any:
+def _field(obj: Any, key: str, *, where: Where, what: str) -> Any:
   if not isinstance(obj, Mapping):
-    raise BadInputError(
+    raise bad_input(
         MISSING_FIELD, where, f'{what} must be an object, got {obj!r:.80}'
     )
   if key not in obj:
-    raise BadInputError(MISSING_FIELD, where, f'{what} has no "{key}" field')
+    raise bad_input(MISSING_FIELD, where, f'{what} has no "{key}" field')
   return obj[key]
 
 
-def _number(v: Any, *, where: str, what: str) -> float:
+def _number(v: Any, *, where: Where, what: str) -> float:
   if isinstance(v, bool) or not isinstance(v, (int, float)):
-    raise BadInputError(BAD_VALUE, where, f'{what} must be a number, got {v!r:.80}')
+    raise bad_input(BAD_VALUE, where, f'{what} must be a number, got {v!r:.80}')
   return v
 
 
-def _int(v: Any, *, where: str, what: str) -> int:
+def _int(v: Any, *, where: Where, what: str) -> int:
   if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-    raise BadInputError(
+    raise bad_input(
         BAD_VALUE, where, f'{what} must be a non-negative integer, got {v!r:.80}'
     )
   return v
 
 
-def _numbers(v: Any, n: int, *, where: str, what: str) -> list[float]:
+def _numbers(v: Any, n: int, *, where: Where, what: str) -> list[float]:
   if not isinstance(v, (list, tuple)) or len(v) != n:
-    raise BadInputError(
+    raise bad_input(
         BAD_VALUE, where, f'{what} must have {n} numbers, got {v!r:.80}'
     )
   return [_number(x, where=where, what=what) for x in v]
 
 
 def normalize_box(
-    box: list[float], *, height: int, width: int, where: str, what: str
+    box: list[float], *, height: int, width: int, where: Where, what: str
 ) -> list[float]:
   """SA-1B [x, y, w, h] pixels -> TFDS [ymin, xmin, ymax, xmax] in [0, 1].
 
@@ -176,7 +176,7 @@ def normalize_box(
   x, y, w, h = box
   out = [y / height, x / width, (y + h) / height, (x + w) / width]
   if not (0.0 <= out[0] <= out[2] <= 1.0 and 0.0 <= out[1] <= out[3] <= 1.0):
-    raise BadInputError(
+    raise bad_input(
         BAD_VALUE, where,
         f'{what} {box!r} does not fit in the {height}x{width} image',
     )
@@ -184,7 +184,7 @@ def normalize_box(
 
 
 def _checked_columns(
-    annotations: list, *, height: int, width: int, where: str
+    annotations: list, *, height: int, width: int, where: Where
 ) -> tuple[np.ndarray, ...]:
   """The annotation columns, checking each field and naming the first bad one."""
   n = len(annotations)
@@ -207,7 +207,7 @@ def _checked_columns(
         get('stability_score'), where=where, what=f'{what}.stability_score')
     point = get('point_coords')
     if not isinstance(point, list) or len(point) != 1:
-      raise BadInputError(
+      raise bad_input(
           BAD_VALUE, where,
           f'{what}.point_coords must be [[x, y]], got {point!r:.80}',
       )
@@ -222,13 +222,13 @@ def _checked_columns(
     size = _field(seg, 'size', where=where, what=f'{what}.segmentation')
     rle_counts = _field(seg, 'counts', where=where, what=f'{what}.segmentation')
     if size != [height, width]:
-      raise BadInputError(
+      raise bad_input(
           SIZE_MISMATCH, where,
           f'{what}.segmentation.size {size!r:.40} differs from the image'
           f' size [{height}, {width}]',
       )
     if not isinstance(rle_counts, str) or not rle_counts:
-      raise BadInputError(
+      raise bad_input(
           BAD_VALUE, where,
           f'{what}.segmentation.counts must be a non-empty string, got'
           f' {rle_counts!r:.80}',
@@ -323,7 +323,7 @@ def _fast_columns(
 
 
 def make_example(
-    jpeg: bytes, record: Any, *, stem: str, where: str
+    jpeg: bytes, record: Any, *, stem: str, where: Where
 ) -> tuple[int, dict[str, Any]]:
   """Builds one TFDS example from an image's JPEG bytes and parsed JSON.
 
@@ -349,24 +349,24 @@ def make_example(
                where=where, what='image.width')
   expected_id = image_id_from_stem(stem)
   if expected_id != image_id:
-    raise BadInputError(
+    raise bad_input(
         ID_MISMATCH, where,
         f'image_id {image_id} disagrees with the member name {stem!r}',
     )
   if file_name != f'{stem}.jpg':
-    raise BadInputError(
+    raise bad_input(
         ID_MISMATCH, where,
         f'file_name {file_name!r} disagrees with the member name {stem}.jpg',
     )
   if height == 0 or width == 0:
-    raise BadInputError(
+    raise bad_input(
         ZERO_SIZE, where, f'image size is {height}x{width} (h x w)'
     )
   check_jpeg(jpeg, height=height, width=width, where=where)
 
   annotations = _field(record, 'annotations', where=where, what='the JSON')
   if not isinstance(annotations, list):
-    raise BadInputError(
+    raise bad_input(
         BAD_VALUE, where, f'"annotations" must be a list, got {annotations!r:.80}'
     )
   columns = _fast_columns(annotations, height=height, width=width)

@@ -21,6 +21,7 @@ import time
 import urllib.parse
 from typing import Callable, TypeVar
 
+from segment_anything_tfds import errors
 from segment_anything_tfds import links as links_lib
 
 _T = TypeVar('_T')
@@ -37,7 +38,7 @@ class HttpError(IOError):
     self.status = status
 
 
-class LinkExpiredError(HttpError):
+class LinkExpiredError(HttpError, errors.LinksExpiredError):
   """A 403: the signed link expired or was revoked."""
 
 
@@ -62,6 +63,14 @@ class RetryPolicy:
   backoff: float = 1.0
   max_backoff: float = 60.0
   timeout: float = 60.0
+
+  @classmethod
+  def from_options(cls, options) -> 'RetryPolicy':
+    """The policy of `options.DownloadOptions` (defaults if None)."""
+    if options is None:
+      return DEFAULT_RETRY
+    return cls(max_attempts=options.retries, backoff=options.backoff,
+               max_backoff=options.max_backoff, timeout=options.timeout)
 
   def wait(self, failures: int) -> float:
     delay = min(self.max_backoff, self.backoff * 2 ** max(0, failures - 1))
@@ -224,9 +233,10 @@ class RangeFile(io.RawIOBase):
   """
 
   def __init__(self, url: str, *, size: int | None = None,
-               retry: RetryPolicy = DEFAULT_RETRY,
+               retry: RetryPolicy | None = None, options=None,
                block_size: int = 1 << 20, name: str | None = None):
     super().__init__()
+    retry = retry or RetryPolicy.from_options(options)
     self.url = url
     self.name = name or links_lib.redact(url)
     self._client = Client(retry)

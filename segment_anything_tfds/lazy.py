@@ -29,14 +29,14 @@ from etils import epath
 import tensorflow_datasets as tfds
 
 from segment_anything_tfds import runners
-from segment_anything_tfds import sources as sources_lib
+from segment_anything_tfds import shards as shards_lib
 from segment_anything_tfds import tars as tars_lib
 
 LAZY_MAGIC = b'\x00\x00segment_anything_tfds.lazy.v1\x00'
 _LEN_DIGITS = 8
 
 
-def reference(shard: sources_lib.Shard, pair: tars_lib.Pair) -> bytes:
+def reference(shard: shards_lib.Shard, pair: tars_lib.Pair) -> bytes:
   """Self-delimiting bytes naming an image's members: magic, length, data."""
   data = pickle.dumps((shard, pair), protocol=pickle.HIGHEST_PROTOCOL)
   return LAZY_MAGIC + b'%0*x' % (_LEN_DIGITS, len(data)) + data
@@ -49,7 +49,7 @@ def _empty(value: Any) -> Any:
 
 
 def stand_in(
-    example: dict[str, Any], shard: sources_lib.Shard, pair: tars_lib.Pair
+    example: dict[str, Any], shard: shards_lib.Shard, pair: tars_lib.Pair
 ) -> dict[str, Any]:
   """A stand-in for `example`: the reference as its image, no annotations."""
   return {
@@ -60,7 +60,7 @@ def stand_in(
 
 def find_reference(
     serialized: bytes,
-) -> tuple[sources_lib.Shard, tars_lib.Pair] | None:
+) -> tuple[shards_lib.Shard, tars_lib.Pair] | None:
   """The (shard, pair) a serialized stand-in refers to; None if it is none."""
   i = serialized.find(LAZY_MAGIC)
   if i < 0:
@@ -168,7 +168,7 @@ def write_tfrecord(path, records: Iterable[bytes]) -> None:
       f.write(_masked_crc(record, crc32c))
 
 
-def num_shards(shards: Sequence[sources_lib.Shard]) -> int | None:
+def num_shards(shards: Sequence[shards_lib.Shard]) -> int | None:
   """Output shards for a lazy build: as TFDS would pick for eager examples.
 
   TFDS picks the number of shards from the size of the serialized examples
@@ -180,10 +180,11 @@ def num_shards(shards: Sequence[sources_lib.Shard]) -> int | None:
   from tensorflow_datasets.core.utils import shard_utils  # pylint: disable=g-import-not-at-top
   total = 0
   for shard in shards:
-    if shard.kind == sources_lib.DIR:
-      total += sum(m.size for m in tars_lib.index_dir(epath.Path(shard.location)))
-    elif shard.kind == sources_lib.TAR and '://' not in shard.location:
-      total += epath.Path(shard.location).stat().length
+    if shard.kind == shards_lib.DIR:
+      total += sum(p.jpg.size + p.json.size
+                   for p in tars_lib.index_shard(shard).pairs)
+    elif shard.kind == shards_lib.TAR and shards_lib.is_local(shard.location):
+      total += shards_lib.size_of(shard.location)
     else:  # Remote: re-reading each image at write time would fetch it twice.
       return None
   return shard_utils.ShardConfig.calculate_number_shards(
@@ -202,7 +203,7 @@ def split_info(info):
 
 
 def plan(
-    shards: Sequence[sources_lib.Shard],
+    shards: Sequence[shards_lib.Shard],
     download_config: tfds.download.DownloadConfig,
     file_format: Any,
 ) -> tfds.download.DownloadConfig | None:

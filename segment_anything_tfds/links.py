@@ -15,19 +15,21 @@ import urllib.parse
 
 from etils import epath
 
-LINKS_FILE_NAME = 'segment_anything_links.txt'
+from segment_anything_tfds import errors
+
+LINKS_FILE_NAME = errors.LINKS_FILE_NAME
 HEADER = ('file_name', 'cdn_link')
-HOMEPAGE = 'https://ai.meta.com/datasets/segment-anything-downloads'
+HOMEPAGE = errors.HOMEPAGE
 # Schemes a link may use; a link without a scheme is a local path.
 URL_SCHEMES = ('http', 'https', 'gs')
 HTTP_SCHEMES = ('http', 'https')
-_SHARD_RE = re.compile(r'^sa_(\d{6})\.tar$')
+_SHARD_RE = re.compile(r'sa_([0-9]{6})\.tar')
 _SCHEME_RE = re.compile(r'^([A-Za-z][A-Za-z0-9+.-]*)://')
 
 
 def shard_index(name: str) -> int | None:
   """`sa_000042.tar` -> 42; None for any other name."""
-  m = _SHARD_RE.match(name)
+  m = _SHARD_RE.fullmatch(name)
   return int(m.group(1)) if m else None
 
 
@@ -74,10 +76,6 @@ def redact(url: str) -> str:
        ''))
 
 
-class LinksFileError(ValueError):
-  """A links file that cannot be used; the message names file and line."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Links:
   """A parsed links file."""
@@ -91,7 +89,7 @@ def parse_links(text: str, *, source: str = LINKS_FILE_NAME) -> Links:
   """Parses the links file's text.
 
   Raises:
-    LinksFileError (a ValueError): naming the file, the line and the problem:
+    errors.LinksError: naming the file, the line and the problem:
       an empty file, a missing or wrong header, a row without exactly two
       tab-separated columns, a name listed twice (same or different URLs), a
       URL with an unsupported scheme.
@@ -101,7 +99,7 @@ def parse_links(text: str, *, source: str = LINKS_FILE_NAME) -> Links:
   numbered = [(i, l.rstrip('\r\n')) for i, l in
               enumerate(text.splitlines(), start=1) if l.strip()]
   if not numbered:
-    raise LinksFileError(
+    raise errors.LinksError(
         f'{source}: the links file is empty; download it again from'
         f' {HOMEPAGE} (a TSV with the header file_name<TAB>cdn_link)')
   first_no, first = numbered[0]
@@ -114,7 +112,7 @@ def parse_links(text: str, *, source: str = LINKS_FILE_NAME) -> Links:
     elif len(header) != 2:
       hint = (f' (found {len(header)} column(s); columns must be separated by'
               ' a TAB)')
-    raise LinksFileError(
+    raise errors.LinksError(
         f'{source}:{first_no}: expected the header'
         f' "{HEADER[0]}<TAB>{HEADER[1]}", got {first!r:.120}{hint}')
   shards: dict[str, str] = {}
@@ -123,13 +121,13 @@ def parse_links(text: str, *, source: str = LINKS_FILE_NAME) -> Links:
   for lineno, line in numbered[1:]:
     cols = line.split('\t')
     if len(cols) != 2 or not cols[0].strip() or not cols[1].strip():
-      raise LinksFileError(
+      raise errors.LinksError(
           f'{source}:{lineno}: expected 2 tab-separated columns (file_name,'
           f' cdn_link), got {len(cols)}: {line!r:.120}')
     name, url = cols[0].strip(), cols[1].strip()
     s = scheme(url)
     if s is not None and s not in URL_SCHEMES:
-      raise LinksFileError(
+      raise errors.LinksError(
           f'{source}:{lineno}: {name}: unsupported URL scheme {s}:// in'
           f' {redact(url)!r}; links must be http://, https://, gs:// or local'
           ' paths')
@@ -137,7 +135,7 @@ def parse_links(text: str, *, source: str = LINKS_FILE_NAME) -> Links:
     if name in table:
       what = ('listed twice' if table[name] == url else
               'listed twice with different URLs')
-      raise LinksFileError(
+      raise errors.LinksError(
           f'{source}:{lineno}: {name} is {what} (first on line'
           f' {lines_of[name]}); keep one row per file')
     table[name] = url
@@ -145,6 +143,27 @@ def parse_links(text: str, *, source: str = LINKS_FILE_NAME) -> Links:
   return Links(shards=shards, other=other, source=source)
 
 
+# The real links file is ≈130 kB; anything far larger is not one.
+MAX_LINKS_FILE_BYTES = 16 << 20
+
+
 def read_links(path: epath.PathLike) -> Links:
+  """Reads and parses a links file (at most `MAX_LINKS_FILE_BYTES`)."""
   path = epath.Path(path)
-  return parse_links(path.read_text(), source=str(path))
+  try:
+    with path.open('rb') as f:
+      data = f.read(MAX_LINKS_FILE_BYTES + 1)
+  except (OSError, IsADirectoryError) as e:
+    raise errors.LinksError(f'{path}: cannot read the links file: {e}'
+                            ) from None
+  if len(data) > MAX_LINKS_FILE_BYTES:
+    raise errors.LinksError(
+        f'{path}: over {MAX_LINKS_FILE_BYTES >> 20} MiB: not an SA-1B links'
+        ' file (the real one is about 130 kB)')
+  try:
+    text = data.decode('utf-8')
+  except UnicodeDecodeError as e:
+    raise errors.LinksError(
+        f'{path}: not UTF-8 text at byte {e.start}: not a links file'
+    ) from None
+  return parse_links(text, source=str(path))

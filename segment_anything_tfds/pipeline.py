@@ -15,23 +15,21 @@ builds, see `lazy.py`) not even they do: 'ReadExamples' emits small stand-ins
 that the dataset's example writer resolves from the tars.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import json
 import logging
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 from etils import epath
 
+from segment_anything_tfds import audit
+from segment_anything_tfds import errors
 from segment_anything_tfds import examples as examples_lib
 from segment_anything_tfds import lazy as lazy_lib
-from segment_anything_tfds import sources as sources_lib
+from segment_anything_tfds import shards as shards_lib
 from segment_anything_tfds import tars as tars_lib
 
-AUDIT_DIR = 'audit'
-AUDIT_PREFIX = 'records'
 _AUDIT = 'audit'
 _NAMESPACE = 'segment_anything'
 
@@ -40,58 +38,69 @@ _NAMESPACE = 'segment_anything'
 class Chunk:
   """A slice of one shard's pairs: the unit of parallel work."""
 
-  shard: sources_lib.Shard
+  shard: shards_lib.Shard
   pairs: tuple[tars_lib.Pair, ...]
-
-
-def skip_record(reason: str, tar: str, member: str, message: str) -> dict:
-  return {'kind': 'skip', 'reason': reason, 'tar': tar, 'member': member,
-          'message': message}
 
 
 def _counter(name: str):
   return beam.metrics.Metrics.counter(_NAMESPACE, name)
 
 
-def _problem(problem: tars_lib.Problem, *, lenient: bool):
+def _problem(error: errors.BadInputError, *, lenient: bool,
+             kind: str = 'skip'):
   """Raises in strict mode; returns an audit output in lenient mode."""
   if not lenient:
-    raise problem.error()
-  logging.warning('Skipping %s: %s [%s]', problem.where, problem.message,
-                  problem.reason)
-  _counter(f'skipped_{problem.reason}').inc()
-  return beam.pvalue.TaggedOutput(_AUDIT, skip_record(
-      problem.reason, problem.tar, problem.member, problem.message))
+    raise error
+  logging.warning('Skipping %s %s: %s [%s]', 'image' if kind == 'skip'
+                  else 'tar', error.where, error.detail, error.reason)
+  _counter(f'skipped_{error.reason}').inc()
+  return beam.pvalue.TaggedOutput(_AUDIT, audit.skip_record(error, kind=kind))
+
+
+def no_images_error(index: tars_lib.Index) -> errors.BadInputError:
+  """Why a shard offered no image at all: the members seen and ignored."""
+  seen = ', '.join(index.ignored[:8]) + (' ...' if len(index.ignored) > 8
+                                          else '')
+  return errors.BadInputError(
+      examples_lib.NO_IMAGES, index.tar, '-',
+      f'no SA-1B image members (sa_<id>.jpg + sa_<id>.json, <id> in ASCII'
+      f' digits without leading zeros) among its {len(index.ignored)}'
+      f' members{": " + seen if seen else ""}')
 
 
 def index_shard(
-    shard: sources_lib.Shard, *, chunk_size: int, lenient: bool
+    shard: shards_lib.Shard, *, chunk_size: int, lenient: bool
 ) -> Iterator[Any]:
-  """Indexes one shard; yields `Chunk`s and audit records."""
-  members = tars_lib.index_shard(shard)
-  pairs, problems, ignored = tars_lib.pair_members(members, tar=shard.name)
-  for problem in problems:
+  """Indexes one shard; yields `Chunk`s and audit records.
+
+  Strict: the first problem raises. Lenient: a damaged tar is audited as a
+  skipped tar and the images indexed before the damage are kept; each image
+  that cannot be built is audited as a skipped image.
+  """
+  index = tars_lib.index_shard(shard)
+  if index.damage is not None:
+    yield _problem(index.damage, lenient=lenient, kind='tar')
+  elif not index.images:
+    yield _problem(no_images_error(index), lenient=lenient, kind='tar')
+  for problem in index.problems:
     yield _problem(problem, lenient=lenient)
-  for m in ignored:
+  for name in index.ignored:
     logging.info('%s:%s: not an SA-1B image member; ignored', shard.name,
-                 m.name)
-  _counter('images_indexed').inc(len(pairs))
-  yield beam.pvalue.TaggedOutput(_AUDIT, {
-      'kind': 'shard', 'tar': shard.name, 'images': len(pairs),
-      'problems': len(problems), 'ignored_members': [m.name for m in ignored],
-  })
+                 name)
+  _counter('images_indexed').inc(index.images)
+  yield beam.pvalue.TaggedOutput(_AUDIT, audit.shard_record(index))
+  pairs = index.pairs
   for start in range(0, len(pairs), chunk_size):
     yield Chunk(shard, tuple(pairs[start:start + chunk_size]))
 
 
 def image_ids(chunk: Chunk) -> Iterator[tuple[int, tuple[int, str]]]:
   for pair in chunk.pairs:
-    yield (examples_lib.image_id_from_stem(pair.stem),
-           (chunk.shard.index, chunk.shard.name))
+    yield pair.image_id, (chunk.shard.index, chunk.shard.name)
 
 
 def find_duplicates(
-    image_id_shards: tuple[int, Sequence[tuple[int, str]]], *, lenient: bool
+    image_id_shards: tuple[int, Iterable[tuple[int, str]]], *, lenient: bool
 ) -> Iterator[tuple[int, str]]:
   """Yields (image id, the one tar to keep it from) for ids in many tars."""
   image_id, shards = image_id_shards
@@ -100,9 +109,10 @@ def find_duplicates(
     return
   names = [name for _, name in shards]
   if not lenient:
-    raise examples_lib.BadInputError(
-        examples_lib.DUPLICATE_ID, f'{names[1]}:sa_{image_id}.jpg',
-        f'image id {image_id} is also in {", ".join(n for n in names if n != names[1])}')
+    raise errors.BadInputError(
+        examples_lib.DUPLICATE_ID, names[1], f'sa_{image_id}.jpg',
+        f'image id {image_id} is also in'
+        f' {", ".join(n for n in names if n != names[1])}')
   yield image_id, names[0]
 
 
@@ -119,19 +129,16 @@ def read_chunk(
   shard = chunk.shard
   with tars_lib.ShardReader(shard) as reader:
     for pair in chunk.pairs:
-      image_id = examples_lib.image_id_from_stem(pair.stem)
-      keep = duplicates.get(image_id)
+      keep = duplicates.get(pair.image_id)
       if keep is not None and keep != shard.name:
-        yield _problem(tars_lib.Problem(
+        yield _problem(errors.BadInputError(
             examples_lib.DUPLICATE_ID, shard.name, pair.jpg.name,
-            f'image id {image_id} is kept from {keep}'), lenient=lenient)
+            f'image id {pair.image_id} is kept from {keep}'), lenient=lenient)
         continue
       try:
         key, example = tars_lib.read_example(reader, pair)
-      except examples_lib.BadInputError as e:
-        member = e.where.split(':', 1)[-1]
-        yield _problem(tars_lib.Problem(e.reason, shard.name, member,
-                                        e.message), lenient=lenient)
+      except errors.BadInputError as e:
+        yield _problem(e, lenient=lenient)
         continue
       _counter('images_written').inc()
       yield key, (lazy_lib.stand_in(example, shard, pair) if lazy else example)
@@ -140,7 +147,7 @@ def read_chunk(
 @beam.ptransform_fn
 def BuildExamples(  # pylint: disable=invalid-name
     pipeline: beam.pvalue.PBegin,
-    shards: Sequence[sources_lib.Shard],
+    shards: Sequence[shards_lib.Shard],
     *,
     audit_dir: epath.PathLike,
     chunk_size: int = 64,
@@ -187,6 +194,6 @@ def BuildExamples(  # pylint: disable=invalid-name
       | 'MergeAudit' >> beam.Flatten()
       | 'AuditToJson' >> beam.Map(json.dumps, sort_keys=True)
       | 'WriteAudit' >> beam.io.WriteToText(
-          str(epath.Path(audit_dir) / AUDIT_PREFIX), file_name_suffix='.jsonl')
+          str(epath.Path(audit_dir) / audit.AUDIT_PREFIX), file_name_suffix='.jsonl')
   )
   return read.examples

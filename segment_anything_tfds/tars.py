@@ -1,41 +1,74 @@
-"""Tar indexing and pairing: read SA-1B tars in place, never extract them.
+"""Index, pair and read the members of SA-1B shards, in place and safely.
 
 A tar is indexed once, reading only its 512-byte headers and seeking past the
-data, so the index costs a few KB of reads per image. Members pair by stem
-(`sa_<id>.jpg` + `sa_<id>.json`) wherever they sit in the tar (root, `./`, a
-folder) and in any order. Readers then seek straight to each pair's bytes, so
-memory is bounded by one image however far apart its two members are.
+data. Members pair by stem (`sa_<id>.jpg` + `sa_<id>.json`) wherever they sit
+(root, `./`, a folder) and in any order. Readers then seek straight to each
+pair's bytes. Extracted `sa_NNNNNN/` folders are indexed the same way, one
+file per member.
 
-Extracted `sa_NNNNNN/` folders are indexed the same way, with one file per
-member. `index_members` and `pair_members` are pure; the I/O lives in
-`index_shard`, `ShardReader` and `read_example`.
+Hostile input is refused, never followed:
+
+* Only regular files are members. A tar's symlink, hardlink, FIFO or device
+  entry named like an image is reported as what it is. In a folder, FIFOs
+  and devices are never opened for reading, and no symlink that leads out of
+  manual_dir is followed or listed.
+* A member's size is checked against the limits before it is read, and the
+  bytes actually read are bounded by it: a file that grows, or a symlink to
+  `/dev/zero`, cannot make a read unbounded.
+* Stems are canonical: `sa_` and ASCII digits without leading zeros. Other
+  names (`sa_01.jpg`, `SA_1.JPG`, `sa_١.jpg`) are ignored members, listed in
+  the audit, so two names never map to one image id.
+
+`pair_members` is pure. `index_shard` returns an `Index`: the pairs, one
+`BadInputError` per image that cannot be built (the lenient audit counts
+these), the ignored members, and the damage that stopped indexing a corrupt
+tar, if any (a lenient build keeps the images before it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import posixpath
+import stat
 import tarfile
-from typing import Any, BinaryIO, Iterable, Sequence
+from typing import BinaryIO, Iterable, Sequence
 
-from etils import epath
-
+from segment_anything_tfds import errors
 from segment_anything_tfds import examples as examples_lib
-from segment_anything_tfds import sources as sources_lib
+from segment_anything_tfds import shards as shards_lib
 
 # Members larger than this are rejected, not read (hostile or corrupt input).
 MAX_JSON_BYTES = 64 << 20
 MAX_JPEG_BYTES = 256 << 20
+# An SA-1B tar holds ≈22 k members; a tar listing far more is not one.
+MAX_MEMBERS = 1 << 20
+
+REGULAR = 'regular file'
+OUTSIDE = 'symlink out of manual_dir'
+_TAR_KINDS = {
+    tarfile.SYMTYPE: 'symlink', tarfile.LNKTYPE: 'hardlink',
+    tarfile.FIFOTYPE: 'FIFO', tarfile.CHRTYPE: 'character device',
+    tarfile.BLKTYPE: 'block device', tarfile.DIRTYPE: 'directory',
+}
 
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Member:
-  """One file of a shard: a tar member, or a file of an extracted folder."""
+  """One file of a shard: a tar member, or a file of an extracted folder.
 
-  name: str  # As stored, e.g. `./sa_1.jpg` or `images/sa_1.jpg`.
-  offset: int  # Offset of the data in the tar; 0 for a folder's file.
+  Attributes:
+    name: as stored, e.g. `./sa_1.jpg` or `images/sa_1.jpg`.
+    offset: where the data starts in the tar; 0 for a folder's file.
+    size: the data's size in bytes.
+    kind: `REGULAR`, or what else the entry is (e.g. 'symlink', 'FIFO').
+  """
+
+  name: str
+  offset: int
   size: int
+  kind: str = REGULAR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,103 +79,148 @@ class Pair:
   jpg: Member
   json: Member
 
+  @property
+  def image_id(self) -> int:
+    return examples_lib.image_id_from_stem(self.stem)
 
-@dataclasses.dataclass(frozen=True)
-class Problem:
-  """A member that cannot make an example: audited, or raised when strict."""
 
-  reason: str
+@dataclasses.dataclass
+class Index:
+  """What indexing one shard found.
+
+  Attributes:
+    tar: the shard's name.
+    pairs: the images that can be read, sorted by image id.
+    problems: one error per image that cannot be (unpaired, duplicated,
+      oversized, unsafe or non-regular members), sorted by image id.
+    ignored: members that are not SA-1B image files (e.g. `README`,
+      `SA_1.JPG`), reported, never read.
+    damage: the error that stopped indexing a corrupt or truncated tar, or
+      None. The pairs and problems are those of the members before it.
+  """
+
   tar: str
-  member: str
-  message: str
+  pairs: list[Pair]
+  problems: list[errors.BadInputError]
+  ignored: list[str]
+  damage: errors.BadInputError | None = None
 
   @property
-  def where(self) -> str:
-    return f'{self.tar}:{self.member}'
+  def images(self) -> int:
+    """Images indexed: those readable plus those skipped for a problem."""
+    return len(self.pairs) + len(self.problems)
 
-  def error(self) -> examples_lib.BadInputError:
-    return examples_lib.BadInputError(self.reason, self.where, self.message)
+
+def canonical_stem(name: str) -> tuple[str, str] | None:
+  """(`sa_<id>`, '.jpg' or '.json') for an SA-1B image member, else None."""
+  stem, ext = posixpath.splitext(posixpath.basename(name))
+  if ext not in ('.jpg', '.json') or examples_lib.image_id_from_stem(
+      stem) is None:
+    return None
+  return stem, ext
 
 
 def _is_unsafe(name: str) -> bool:
   return name.startswith('/') or '..' in name.replace('\\', '/').split('/')
 
 
-def pair_members(
-    members: Iterable[Member], *, tar: str
-) -> tuple[list[Pair], list[Problem], list[Member]]:
-  """Pairs `sa_<id>.jpg` with `sa_<id>.json` by stem.
+def pair_members(members: Iterable[Member], *, tar: str) -> Index:
+  """Pairs `sa_<id>.jpg` with `sa_<id>.json` by stem; pure.
 
-  Args:
-    members: the shard's regular files, in any order.
-    tar: the shard's name, for messages.
-
-  Returns:
-    (pairs sorted by image id, problems, ignored): problems are unpaired,
-    duplicated, oversized or unsafe image members; ignored are members that
-    are not SA-1B image files at all (e.g. a README), reported by the caller.
+  Every image (stem) seen ends as one pair or one problem, never both; a
+  stem with several faults is reported once, for its first fault.
   """
   jpgs: dict[str, Member] = {}
   jsons: dict[str, Member] = {}
-  problems: list[Problem] = []
-  ignored: list[Member] = []
+  problems: dict[str, errors.BadInputError] = {}
+  ignored: list[str] = []
+
+  def problem(stem, reason, member, detail):
+    problems.setdefault(stem, errors.BadInputError(reason, tar, member, detail))
+
   for m in members:
+    found = canonical_stem(m.name)
+    if found is None:
+      ignored.append(m.name)
+      continue
+    stem, ext = found
     if _is_unsafe(m.name):
-      problems.append(Problem(
-          examples_lib.UNSAFE_MEMBER, tar, m.name,
-          'absolute or ".." member path; it is never written anywhere'))
+      problem(stem, examples_lib.UNSAFE_MEMBER, m.name,
+              'absolute or ".." member path; it is never read or written')
       continue
-    stem, ext = posixpath.splitext(posixpath.basename(m.name))
-    if examples_lib.image_id_from_stem(stem) is None or ext not in (
-        '.jpg', '.json'):
-      ignored.append(m)
+    if m.kind == OUTSIDE:
+      problem(stem, examples_lib.UNSAFE_MEMBER, m.name,
+              'a symlink out of manual_dir; it is never followed or read')
       continue
-    table, limit = (jpgs, MAX_JPEG_BYTES) if ext == '.jpg' else (
-        jsons, MAX_JSON_BYTES)
+    if m.kind != REGULAR:
+      problem(stem, examples_lib.SPECIAL_MEMBER, m.name,
+              f'{m.name} is a {m.kind}, not a regular file; it is never'
+              ' followed or read')
+      continue
+    limit = MAX_JPEG_BYTES if ext == '.jpg' else MAX_JSON_BYTES
     if m.size > limit:
-      problems.append(Problem(
-          examples_lib.MEMBER_TOO_LARGE, tar, m.name,
-          f'{m.size} bytes is over the {limit} byte limit for {ext} members'))
+      problem(stem, examples_lib.MEMBER_TOO_LARGE, m.name,
+              f'{m.size} bytes is over the {limit} byte limit for {ext}'
+              ' members')
       continue
+    table = jpgs if ext == '.jpg' else jsons
     if stem in table:
-      problems.append(Problem(
-          examples_lib.DUPLICATE_MEMBER, tar, m.name,
-          f'{stem}{ext} is also stored as {table[stem].name}'))
+      problem(stem, examples_lib.DUPLICATE_MEMBER, m.name,
+              f'{stem}{ext} is stored twice: as {table[stem].name} and as'
+              f' {m.name}')
       continue
     table[stem] = m
   pairs = []
-  for stem in sorted(jpgs.keys() | jsons.keys(),
-                     key=examples_lib.image_id_from_stem):
+  for stem in jpgs.keys() | jsons.keys():
     jpg, js = jpgs.get(stem), jsons.get(stem)
+    if stem in problems:
+      continue
     if jpg is None:
-      problems.append(Problem(examples_lib.MISSING_JPG, tar, js.name,
-                              f'{stem}.json has no {stem}.jpg'))
+      problem(stem, examples_lib.MISSING_JPG, js.name,
+              f'{stem}.json has no {stem}.jpg')
     elif js is None:
-      problems.append(Problem(examples_lib.MISSING_JSON, tar, jpg.name,
-                              f'{stem}.jpg has no {stem}.json'))
+      problem(stem, examples_lib.MISSING_JSON, jpg.name,
+              f'{stem}.jpg has no {stem}.json')
     else:
       pairs.append(Pair(stem, jpg, js))
-  return pairs, problems, ignored
+  pairs.sort(key=lambda p: p.image_id)
+  return Index(
+      tar, pairs,
+      [problems[s] for s in sorted(problems,
+                                   key=examples_lib.image_id_from_stem)],
+      ignored)
 
 
-def _corrupt(tar: str, offset: Any, problem: Any) -> examples_lib.BadInputError:
-  return examples_lib.BadInputError(
-      examples_lib.CORRUPT_TAR, f'{tar}:@{offset}',
-      f'corrupt or truncated tar near byte {offset}: {problem}')
+def _corrupt(tar: str, where: str, detail: str) -> errors.BadInputError:
+  return errors.BadInputError(examples_lib.CORRUPT_TAR, tar, where, detail)
 
 
-def index_members(fileobj: BinaryIO, *, tar: str) -> list[Member]:
-  """Lists the regular files of a tar from its headers, skipping the data."""
-  members = []
+def index_members(fileobj: BinaryIO, *, tar: str
+                  ) -> tuple[list[Member], errors.BadInputError | None]:
+  """Lists a tar's entries from its headers, skipping the data.
+
+  Returns:
+    (members, damage): the entries before any damage, and the error that
+    stopped the listing (a bad header, no end-of-archive marker, a member
+    cut short), or None for a whole tar.
+  """
+  members: list[Member] = []
   try:
     with tarfile.open(fileobj=fileobj, mode='r:') as tf:
       while True:
         info = tf.next()
         if info is None:
           break
-        if info.isreg():
-          members.append(Member(info.name, info.offset_data, info.size))
         tf.members = []  # Keep the index flat in memory for huge tars.
+        kind = REGULAR if info.isreg() else _TAR_KINDS.get(info.type, 'special')
+        if info.isdir() and canonical_stem(info.name.rstrip('/')) is None:
+          continue  # A folder entry: structure, not a member.
+        members.append(Member(info.name, info.offset_data,
+                               info.size if kind == REGULAR else 0, kind))
+        if len(members) > MAX_MEMBERS:
+          return members, _corrupt(
+              tar, f'@{info.offset}', f'more than {MAX_MEMBERS} members: not'
+              ' an SA-1B tar')
       end = tf.offset
     fileobj.seek(end)
     tail = fileobj.read(512)
@@ -151,94 +229,206 @@ def index_members(fileobj: BinaryIO, *, tar: str) -> list[Member]:
       offset = fileobj.tell()
     except (OSError, ValueError):
       offset = '?'
-    raise _corrupt(tar, offset, e) from None
+    what = 'not a tar' if not members else 'corrupt or truncated tar'
+    return members, _corrupt(tar, f'@{offset}',
+                             f'{what}: unreadable header near byte {offset}'
+                             f' ({e})')
   # tarfile stops quietly at a bad header after the first member; only an
   # end-of-archive block (512 zero bytes) means the tar really ended there.
   if len(tail) < 512 or tail.count(0) != 512:
-    after = f' {members[-1].name}' if members else ''
-    raise _corrupt(
-        tar, end, f'no end-of-archive marker after the last readable member'
+    after = f' after {members[-1].name}' if members else ''
+    what = 'not a tar' if not members else 'corrupt or truncated tar'
+    return members, _corrupt(
+        tar, f'@{end}', f'{what}: no end-of-archive marker at byte {end}'
         f'{after}')
-  return members
+  return members, _check_end(fileobj, members, tar=tar)
 
 
-def check_end(fileobj: BinaryIO, members: Sequence[Member], *, tar: str):
+def _check_end(fileobj: BinaryIO, members: Sequence[Member], *, tar: str
+               ) -> errors.BadInputError | None:
   """A tar cut inside its last member still lists it: check it is whole."""
   if not members:
-    return
+    return None
   last = max(members, key=lambda m: m.offset + m.size)
   end = last.offset + last.size
   fileobj.seek(0, os.SEEK_END)
   size = fileobj.tell()
   if size < end:
-    raise examples_lib.BadInputError(
-        examples_lib.CORRUPT_TAR, f'{tar}:{last.name}',
-        f'truncated tar: {last.name} needs bytes up to {end} but the file'
-        f' has {size}')
+    return _corrupt(tar, last.name, f'truncated tar: {last.name} needs bytes'
+                    f' up to {end} but the file has {size}')
+  return None
 
 
-def _file_size(p: epath.Path) -> int:
-  st = p.stat()
-  return st.st_size if hasattr(st, 'st_size') else st.length
+def _before_damage(members: list[Member], fileobj: BinaryIO) -> list[Member]:
+  """The members of a damaged tar that are safe to read.
+
+  The last member listed is dropped (its data may be where the damage is),
+  and so is any whose data runs past the end of the file.
+  """
+  fileobj.seek(0, os.SEEK_END)
+  size = fileobj.tell()
+  return [m for m in members[:-1] if m.offset + m.size <= size]
 
 
-def index_dir(path: epath.Path) -> list[Member]:
-  """Lists the files of an extracted `sa_NNNNNN/` folder, recursively."""
-  members = []
-  folders = [path]
-  while folders:
-    for p in sorted(folders.pop().iterdir()):
-      if p.is_dir():
-        folders.append(p)
+def _index_dir(root: str, *, within: str) -> list[Member]:
+  """The entries of an extracted folder, without following a way out.
+
+  Symlinks are followed only when they resolve inside `within` (manual_dir);
+  directories are visited once each (no symlink loops). Other entries are
+  listed with their kind (`OUTSIDE`, 'FIFO', ...) and never opened.
+  """
+  within = os.path.realpath(within)
+  members: list[Member] = []
+  seen = {os.path.realpath(root)}
+  todo = [root]
+  while todo:
+    folder = todo.pop()
+    try:
+      entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+      raise errors.SourceError(f'cannot list {folder}: {e.strerror}') from None
+    for entry in entries:
+      rel = os.path.relpath(entry.path, root).replace(os.sep, '/')
+      real = os.path.realpath(entry.path)
+      if entry.is_symlink() and os.path.commonpath([real, within]) != within:
+        members.append(Member(rel, 0, 0, OUTSIDE))
+        continue
+      try:
+        st = os.stat(entry.path)
+      except OSError:  # A dangling symlink, a permission problem.
+        members.append(Member(rel, 0, 0, 'unreadable entry'))
+        continue
+      if stat.S_ISDIR(st.st_mode):
+        if real not in seen:
+          seen.add(real)
+          todo.append(entry.path)
+      elif stat.S_ISREG(st.st_mode):
+        members.append(Member(rel, 0, st.st_size))
       else:
-        members.append(
-            Member(os.fspath(p.relative_to(path)), 0, _file_size(p)))
+        members.append(Member(rel, 0, 0, _file_kind(st.st_mode)))
   return members
+
+
+def _file_kind(mode: int) -> str:
+  if stat.S_ISFIFO(mode):
+    return 'FIFO'
+  if stat.S_ISSOCK(mode):
+    return 'socket'
+  if stat.S_ISCHR(mode):
+    return 'character device'
+  if stat.S_ISBLK(mode):
+    return 'block device'
+  return 'special file'
+
+
+def _index_remote_dir(root: shards_lib.Path) -> list[Member]:
+  """The files of a folder in a bucket (no symlinks or devices there)."""
+  members = []
+  for dirpath, _, files in root.walk():
+    for name in sorted(files):
+      path = dirpath / name
+      rel = os.fspath(path.relative_to(root))
+      members.append(Member(rel, 0, shards_lib.size_of(path)))
+  return members
+
+
+def index_shard(shard: shards_lib.Shard) -> Index:
+  """Indexes a shard: a tar's headers, or a folder's files.
+
+  A local folder's symlinks are followed only within the dir that holds the
+  folder (manual_dir). A tar's damage is in `Index.damage`, not raised.
+  """
+  if shard.kind == shards_lib.DIR:
+    if not shards_lib.is_local(shard.location):
+      return pair_members(
+          _index_remote_dir(shards_lib.Path(shard.location)), tar=shard.name)
+    return pair_members(
+        _index_dir(shard.location, within=os.path.dirname(
+            os.path.abspath(shard.location))),
+        tar=shard.name)
+  with shard.open() as f:
+    members, damage = index_members(f, tar=shard.name)
+    readable = members if damage is None else _before_damage(members, f)
+  index = pair_members(readable, tar=shard.name)
+  index.damage = damage
+  return index
 
 
 def read_member(fileobj: BinaryIO, member: Member, *, tar: str) -> bytes:
-  """Reads one member's bytes at its offset."""
+  """Reads one tar member's bytes at its offset (exactly `member.size`)."""
   fileobj.seek(member.offset)
   data = fileobj.read(member.size)
   if len(data) != member.size:
-    raise examples_lib.BadInputError(
-        examples_lib.CORRUPT_TAR, f'{tar}:{member.name}',
-        f'truncated tar: read {len(data)} of {member.size} bytes at offset'
-        f' {member.offset}')
+    raise _corrupt(tar, member.name,
+                   f'truncated tar: read {len(data)} of {member.size} bytes'
+                   f' at offset {member.offset}')
   return data
 
 
-def index_shard(shard: sources_lib.Shard) -> list[Member]:
-  """The members of a shard: a tar's headers, or a folder's files."""
-  if shard.kind == sources_lib.DIR:
-    return index_dir(epath.Path(shard.location))
-  with shard.open() as f:
-    members = index_members(f, tar=shard.name)
-    check_end(f, members, tar=shard.name)
-  return members
+def read_file(path: str, member: Member, *, tar: str) -> bytes:
+  """Reads a folder's regular file, at most `member.size` bytes.
+
+  Opened without blocking (a FIFO swapped in cannot hang the build), checked
+  to be a regular file of the indexed size, and read with a bound.
+  """
+  try:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, 'O_NOFOLLOW',
+                                                              0))
+  except OSError as e:
+    if e.errno == errno.ELOOP:  # A symlink: it was checked when indexing.
+      fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    else:
+      raise errors.BadInputError(examples_lib.CORRUPT_TAR, tar, member.name,
+                                 f'cannot open: {e.strerror}') from None
+  with os.fdopen(fd, 'rb') as f:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+      raise errors.BadInputError(
+          examples_lib.SPECIAL_MEMBER, tar, member.name,
+          f'is now a {_file_kind(st.st_mode)}, not a regular file')
+    data = f.read(member.size + 1)
+  if len(data) != member.size:
+    raise errors.BadInputError(
+        examples_lib.CORRUPT_TAR, tar, member.name,
+        f'has {len(data)}{"+" if len(data) > member.size else ""} bytes; it'
+        f' had {member.size} when indexed')
+  return data
 
 
 class ShardReader:
   """Reads members of one shard: seeks in a tar, or opens a folder's files."""
 
-  def __init__(self, shard: sources_lib.Shard):
+  def __init__(self, shard: shards_lib.Shard):
     self.shard = shard
     self._file = None
 
   def __enter__(self) -> 'ShardReader':
-    if self.shard.kind != sources_lib.DIR:
+    if self.shard.kind != shards_lib.DIR:
       self._file = self.shard.open()
     return self
 
   def __exit__(self, *exc) -> None:
+    self.close()
+
+  def close(self) -> None:
     if self._file is not None:
       self._file.close()
       self._file = None
 
   def read(self, member: Member) -> bytes:
-    if self._file is None:
-      return (epath.Path(self.shard.location) / member.name).read_bytes()
-    return read_member(self._file, member, tar=self.shard.name)
+    if self._file is not None:
+      return read_member(self._file, member, tar=self.shard.name)
+    if shards_lib.is_local(self.shard.location):
+      return read_file(os.path.join(self.shard.location, member.name), member,
+                       tar=self.shard.name)
+    path = shards_lib.Path(self.shard.location) / member.name
+    with path.open('rb') as f:
+      data = f.read(member.size + 1)
+    if len(data) != member.size:
+      raise errors.BadInputError(
+          examples_lib.CORRUPT_TAR, self.shard.name, member.name,
+          f'read {len(data)} bytes, the folder listed {member.size}')
+    return data
 
 
 def read_example(reader: ShardReader, pair: Pair) -> tuple[int, dict]:
@@ -247,7 +437,7 @@ def read_example(reader: ShardReader, pair: Pair) -> tuple[int, dict]:
   Raises:
     BadInputError: naming the tar, the member and what is wrong.
   """
-  where = f'{reader.shard.name}:{pair.json.name}'
+  where = (reader.shard.name, pair.json.name)
   jpg = reader.read(pair.jpg)
   record = examples_lib.parse_json(reader.read(pair.json), where=where)
   return examples_lib.make_example(jpg, record, stem=pair.stem, where=where)

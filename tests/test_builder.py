@@ -221,8 +221,10 @@ def test_lenient_build_records_every_skip_in_metadata(tmp_path):
       builder.as_dataset(split='train')))
   assert ids == [1, 2, 3, 10]
   audit = json.loads((builder.data_path / 'metadata.json').read_text())['audit']
-  assert audit['images_indexed'] == 7  # 3 + 4 pairs; 2 members unpaired.
+  # 3 + 6 images: an unpaired member is an image indexed, then skipped.
+  assert audit['images_indexed'] == 9
   assert audit['skipped_images'] == 5
+  assert audit['images_indexed'] - audit['skipped_images'] == len(ids)
   assert audit['skipped_by_reason'] == {
       'duplicate_id': 1, 'malformed_json': 1, 'missing_jpg': 1,
       'missing_json': 1, 'zero_size': 1}

@@ -175,7 +175,7 @@ def test_download_config_local_runner_and_workers():
   args, leftover = parser.parse_known_args(
       ['build', '--tars', '0', '--num_workers', '3', '--manual_dir', 'm',
        '--beam_pipeline_options', 'job_name=x'])
-  cfg = cli.download_config(args, leftover)
+  cfg = cli.build.download_config(args, leftover)
   assert isinstance(cfg.beam_runner, fn_api_runner.FnApiRunner)
   direct = cfg.beam_options.view_as(pipeline_options.DirectOptions)
   assert direct.direct_num_workers == 3
@@ -188,7 +188,7 @@ def test_download_config_local_runner_and_workers():
       ['build', '--tars', '0', '--runner', 'DataflowRunner',
        '--num_workers', '5', '--region=europe-west4',
        '--machine_type=n2-standard-4'])
-  cfg = cli.download_config(args, leftover)
+  cfg = cli.build.download_config(args, leftover)
   assert cfg.beam_runner is None  # The named runner, not the local one.
   opts = cfg.beam_options
   assert opts.view_as(pipeline_options.StandardOptions).runner == (
@@ -300,7 +300,7 @@ def test_show_by_image_id_draws_masks(built, tmp_path, capsys):
   import numpy as np
   import tensorflow_datasets as tfds
   from segment_anything_tfds import viz
-  builder = cli.make_builder(cli.build_parser().parse_args(
+  builder = cli.common.make_builder(cli.build_parser().parse_args(
       ['stats', '--tars', '0-3', '--data_dir', str(data_dir), '--out', 'x']))
   ex = next(e for e in tfds.as_numpy(builder.as_dataset(
       split='train', decoders={'image': {'content': tfds.decode.SkipDecoding()}}))
@@ -439,10 +439,10 @@ def test_check_links_not_a_links_file(tmp_path, capsys):
 
 
 def test_link_expiry():
-  assert cli.link_expiry('https://x/a.tar?ccb=1&oe=67A1B2C3&y=2') == (
+  assert cli.check_links.link_expiry('https://x/a.tar?ccb=1&oe=67A1B2C3&y=2') == (
       datetime.datetime(2025, 2, 4, 6, 25, 7, tzinfo=datetime.timezone.utc))
-  assert cli.link_expiry('https://x/a.tar?ccb=1') is None
-  assert cli.link_expiry('https://x/a.tar?oe=zz') is None
+  assert cli.check_links.link_expiry('https://x/a.tar?ccb=1') is None
+  assert cli.check_links.link_expiry('https://x/a.tar?oe=zz') is None
 
 
 
@@ -467,7 +467,7 @@ def test_documented_dataflow_commands_parse():
   assert len(commands) == 2
   for command in commands:
     args, leftover = cli.build_parser().parse_known_args(command[1:])
-    cfg = cli.download_config(args, leftover)
+    cfg = cli.build.download_config(args, leftover)
     assert cfg.beam_runner is None
     assert cfg.manual_dir == 'gs://bucket/sa1b'
     opts = cfg.beam_options.get_all_options(drop_default=True)

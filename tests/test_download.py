@@ -9,9 +9,13 @@ import time
 import pytest
 
 from segment_anything_tfds import download
+from segment_anything_tfds import errors
 from segment_anything_tfds import httpfile
+from segment_anything_tfds import options
 from _loopback_server import LoopbackServer
 
+OPTS = options.DownloadOptions(retries=4, backoff=0.01, max_backoff=0.05,
+                               timeout=5, progress=False)
 FAST = httpfile.RetryPolicy(max_attempts=4, backoff=0.01, max_backoff=0.05,
                             timeout=5)
 DATA = {f'sa_00000{i}.tar': bytes(range(256)) * (40 + 7 * i) for i in range(4)}
@@ -152,8 +156,8 @@ def test_progress_resets_the_failure_count(server, tmp_path):
 
 def test_download_all_parallel_cache_by_name(server, tmp_path):
   links = {n: server.url(n) for n in DATA}
-  res = download.download_all(links, tmp_path / 'cache', workers=3,
-                              retry=FAST, progress=True)
+  res = download.download_all(links, tmp_path / 'cache',
+                              options=OPTS.replace(workers=3, progress=True))
   assert not res.errors
   assert sorted(res.downloaded) == sorted(DATA)
   for n in DATA:
@@ -162,7 +166,7 @@ def test_download_all_parallel_cache_by_name(server, tmp_path):
   # A refreshed links file (new signatures, new expiry) downloads nothing.
   fresh = {n: server.url(n, sig='refreshed', oe=int(time.time()) + 7 * 86400)
            for n in DATA}
-  res2 = download.download_all(fresh, tmp_path / 'cache', retry=FAST)
+  res2 = download.download_all(fresh, tmp_path / 'cache', options=OPTS)
   assert res2.downloaded == () and res2.paths == res.paths
   assert len(server.gets()) == 4
 
@@ -172,8 +176,8 @@ def test_download_all_reports_each_failure(server, tmp_path):
   links['sa_000007.tar'] = server.url('sa_000007.tar')  # 404.
   for _ in range(4):
     server.add_fault('sa_000001.tar', 'status', 500)
-  res = download.download_all(links, tmp_path, workers=2, retry=FAST,
-                              progress=False)
+  res = download.download_all(links, tmp_path,
+                              options=OPTS.replace(workers=2))
   assert set(res.errors) == {'sa_000001.tar', 'sa_000007.tar'}
   assert '404' in res.errors['sa_000007.tar']
   assert '500' in res.errors['sa_000001.tar']
@@ -183,9 +187,8 @@ def test_download_all_reports_each_failure(server, tmp_path):
 def test_download_all_403_raises_expired(server, tmp_path):
   links = {n: server.url(n) for n in DATA}
   links['sa_000002.tar'] = server.url('sa_000002.tar', oe=1)
-  with pytest.raises(download.LinksExpiredError, match='403'):
-    download.download_all(links, tmp_path, workers=1, retry=FAST,
-                          progress=False)
+  with pytest.raises(errors.LinksExpiredError, match='403'):
+    download.download_all(links, tmp_path, options=OPTS.replace(workers=1))
   assert len(server.gets('sa_000002.tar')) == 1
 
 
@@ -250,8 +253,8 @@ def test_checksums_parse_and_verify(tmp_path):
 def test_head_sizes(server):
   links = {n: server.url(n) for n in DATA}
   links['sa_000009.tar'] = server.url('sa_000009.tar')  # 404: unknown size.
-  assert download.head_sizes(links, retry=FAST) == {
+  assert download.head_sizes(links, options=OPTS) == {
       **{n: len(b) for n, b in DATA.items()}, 'sa_000009.tar': None}
-  with pytest.raises(download.LinksExpiredError, match='403.*fresh'):
+  with pytest.raises(errors.LinksExpiredError, match='403.*fresh'):
     download.head_sizes({'sa_000000.tar': server.url('sa_000000.tar', oe=9)},
-                        retry=FAST)
+                        options=OPTS)

@@ -9,6 +9,7 @@ from PIL import Image
 import pytest
 from pycocotools import mask as mask_utils
 
+from segment_anything_tfds import errors
 from segment_anything_tfds import examples
 from segment_anything_tfds import fake_data
 
@@ -22,7 +23,7 @@ def _record(seed=0, image_id=7, height=20, width=30, num_masks=3):
 
 def test_make_example_matches_json_and_pycocotools():
   jpg, record = _record()
-  key, ex = examples.make_example(jpg, record, stem='sa_7', where='t.tar:sa_7.json')
+  key, ex = examples.make_example(jpg, record, stem='sa_7', where=('t.tar', 'sa_7.json'))
   assert key == 7
   assert ex['image']['content'] is jpg
   assert ex['image']['file_name'] == 'sa_7.jpg'
@@ -46,7 +47,7 @@ def test_make_example_matches_json_and_pycocotools():
 def test_boxes_equal_builtin_normalization():
   from tensorflow_datasets.datasets.segment_anything import segment_anything_dataset_builder as builtin
   jpg, record = _record(seed=3)
-  _, ex = examples.make_example(jpg, record, stem='sa_7', where='w')
+  _, ex = examples.make_example(jpg, record, stem='sa_7', where=('w.tar', 'w'))
   for i, a in enumerate(record['annotations']):
     expected = builtin._normalize_bbox(list(a['bbox']), 20, 30).astype(np.float32)
     np.testing.assert_array_equal(ex['annotations']['bbox'][i], expected)
@@ -57,14 +58,14 @@ def test_boxes_equal_builtin_normalization():
 def test_inputs_are_not_mutated():
   jpg, record = _record()
   before = copy.deepcopy(record)
-  examples.make_example(jpg, record, stem='sa_7', where='w')
+  examples.make_example(jpg, record, stem='sa_7', where=('w.tar', 'w'))
   assert record == before
 
 
 def test_zero_annotations():
   jpg, record = _record(num_masks=1)
   record['annotations'] = []
-  _, ex = examples.make_example(jpg, record, stem='sa_7', where='w')
+  _, ex = examples.make_example(jpg, record, stem='sa_7', where=('w.tar', 'w'))
   assert ex['annotations']['bbox'].shape == (0, 4)
   assert ex['annotations']['segmentation']['counts'].shape == (0,)
 
@@ -102,16 +103,16 @@ def _mutated(path, value):
 ])
 def test_bad_records_name_the_member_and_the_problem(path, value, reason, needle):
   jpg, record = _mutated(path, value)
-  with pytest.raises(examples.BadInputError) as e:
-    examples.make_example(jpg, record, stem='sa_7', where='sa_000004.tar:x/sa_7.json')
+  with pytest.raises(errors.BadInputError) as e:
+    examples.make_example(jpg, record, stem='sa_7', where=('sa_000004.tar', 'x/sa_7.json'))
   assert e.value.reason == reason
   assert str(e.value).startswith('sa_000004.tar:x/sa_7.json: ')
   assert needle in str(e.value)
 
 
 def test_malformed_json():
-  with pytest.raises(examples.BadInputError) as e:
-    examples.parse_json(b'{"image": ', where='a.tar:sa_1.json')
+  with pytest.raises(errors.BadInputError) as e:
+    examples.parse_json(b'{"image": ', where=('a.tar', 'sa_1.json'))
   assert e.value.reason == examples.MALFORMED_JSON
   assert 'a.tar:sa_1.json' in str(e.value)
 
@@ -124,7 +125,7 @@ def test_jpeg_checks():
   assert examples.jpeg_size(buf.getvalue()) == (9, 5)
   for bad, needle in [(jpg[:len(jpg) // 2], 'truncated'), (b'GIF89a' + jpg, 'not a JPEG'),
                       (buf.getvalue(), 'JPEG header says 9x5')]:
-    with pytest.raises(examples.BadInputError) as e:
-      examples.make_example(bad, record, stem='sa_7', where='t.tar:sa_7.jpg')
+    with pytest.raises(errors.BadInputError) as e:
+      examples.make_example(bad, record, stem='sa_7', where=('t.tar', 'sa_7.jpg'))
     assert e.value.reason == examples.CORRUPT_JPEG
     assert needle in str(e.value)

@@ -7,6 +7,7 @@ dir that looks complete (no dataset_info.json).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -22,12 +23,13 @@ import pytest
 import tensorflow_datasets as tfds
 
 import segment_anything_tfds  # pylint: disable=unused-import
+from segment_anything_tfds import audit
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import download
-from segment_anything_tfds import examples as examples_lib
+from segment_anything_tfds import errors
 from segment_anything_tfds import fake_data
 from segment_anything_tfds import links as links_lib
-from segment_anything_tfds import pipeline
+from segment_anything_tfds import options as options_lib
 from segment_anything_tfds import tars as tars_lib
 
 from _loopback_server import LoopbackServer
@@ -54,17 +56,22 @@ def tars(tmp_path_factory) -> dict[str, bytes]:
   return out
 
 
+_DOWNLOAD_FIELDS = {f.name for f in dataclasses.fields(
+    options_lib.DownloadOptions)}
+
+
 def _config(**kw):
-  kw.setdefault('download_backoff', 0.01)
-  kw.setdefault('download_retries', 3)
-  kw.setdefault('download_timeout', 10)
   return config_lib.SegmentAnythingConfig(
       name=kw.pop('name', 'first_3'), num_tars=kw.pop('num_tars', 3), **kw)
 
 
 def _build(data_dir, manual_dir, **kw):
+  """Builds; download option fields in `kw` go to `download_options`."""
+  download = {'backoff': 0.01, 'retries': 3, 'timeout': 10}
+  download.update({k: kw.pop(k) for k in list(kw) if k in _DOWNLOAD_FIELDS})
   builder = tfds.builder('segment_anything', config=_config(**kw),
-                         data_dir=os.fspath(data_dir))
+                         data_dir=os.fspath(data_dir),
+                         download_options=download)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(
           manual_dir=os.fspath(manual_dir)))
@@ -114,7 +121,7 @@ def _links(manual_dir, rows):
 def _truncated(blob: bytes) -> bytes:
   """The tar cut in the middle of its last member's data."""
   with io.BytesIO(blob) as f:
-    members = tars_lib.index_members(f, tar='x')
+    members, _ = tars_lib.index_members(f, tar='x')
   last = max(members, key=lambda m: m.offset)
   return blob[:last.offset + last.size // 2]
 
@@ -158,7 +165,7 @@ def test_expired_links_fail_before_any_request(server, tmp_path):
   manual = _links(tmp_path / 'manual',
                   [(n, server.url(n, oe=past)) for n in NAMES])
   data = tmp_path / 'data'
-  with pytest.raises(download.LinksExpiredError) as e:
+  with pytest.raises(errors.LinksExpiredError) as e:
     _build(data, manual)
   msg = str(e.value)
   assert '3 of the 3 links this build needs have expired' in msg
@@ -187,8 +194,8 @@ def test_403_from_a_mirror_stops_with_the_refresh_message(server, tmp_path):
   manual = _links(tmp_path / 'manual', [(n, server.mirror_url(n))
                                         for n in NAMES])
   data = tmp_path / 'data'
-  with pytest.raises(download.LinksExpiredError) as e:
-    _build(data, manual, download_workers=1, check_disk=False)
+  with pytest.raises(errors.LinksExpiredError) as e:
+    _build(data, manual, workers=1, check_disk=False)
   assert 'HTTP 403' in str(e.value) and b in str(e.value)
   assert 'fresh segment_anything_links.txt' in str(e.value)
   assert len(server.gets(b)) == 1  # No retries.
@@ -203,7 +210,7 @@ def test_interrupted_download_resumes_on_rerun(server, tars, baseline,
     server.add_fault(b, 'status', 500)
   manual = _links(tmp_path / 'manual', [(n, server.url(n)) for n in NAMES])
   data = tmp_path / 'data'
-  with pytest.raises(download.DownloadError) as e:
+  with pytest.raises(errors.DownloadError) as e:
     _build(data, manual)
   assert b in str(e.value) and 'a rerun resumes' in str(e.value)
   assert _complete_dirs(data) == []
@@ -228,7 +235,7 @@ def test_truncated_tar_is_named_then_quarantined_with_checksums(
   # With a checksum list the bad tar is moved aside before use, and named.
   (manual / download.CHECKSUMS_FILE_NAME).write_text(''.join(
       f'{hashlib.sha256(tars[n]).hexdigest()}  {n}\n' for n in NAMES))
-  with pytest.raises(download.ChecksumError) as e:
+  with pytest.raises(errors.ChecksumError) as e:
     _build(data, manual)
   assert c in str(e.value) and 'quarantine' in str(e.value)
   assert (_cache(data) / download.QUARANTINE_SUBDIR / c).exists()
@@ -277,7 +284,7 @@ def test_preflight_refuses_when_the_disk_is_clearly_too_small(
   usage = shutil.disk_usage(tmp_path)
   monkeypatch.setattr(download.shutil, 'disk_usage',
                       lambda p: usage._replace(free=1000))
-  with pytest.raises(download.DiskSpaceError) as e:
+  with pytest.raises(errors.DiskSpaceError) as e:
     _build(data, manual)
   assert 'GB free' in str(e.value) and 'disk_mode="stream"' in str(e.value)
   assert server.gets() == []  # Only HEADs, no download started.
@@ -329,7 +336,7 @@ def test_unsafe_member_paths_are_never_written_and_are_audited(tmp_path):
       ('/tmp/sa_7.jpg', jpg6)]))
   # Strict: the build stops, naming the tar and member.
   with pytest.raises(Exception, match=r'sa_000000.tar:(\.\./sa_6|/tmp/sa_7)'
-                     r'.*never written anywhere \[unsafe_member\]'):
+                     r'.*never read or written \[unsafe_member\]'):
     _build(tmp_path / 'strict', manual, num_tars=1)
   assert _complete_dirs(tmp_path / 'strict') == []
   # Lenient: the safe image is kept; the unsafe members are audited.
@@ -337,12 +344,14 @@ def test_unsafe_member_paths_are_never_written_and_are_audited(tmp_path):
   builder = _build(data, manual, num_tars=1, lenient=True)
   assert sorted(_examples(builder)) == [5]
   audit = builder.info.metadata['audit']
-  assert audit['skipped_by_reason'] == {'unsafe_member': 3}
+  # One skip per image: image 6 (both members unsafe) and image 7.
+  assert audit['skipped_by_reason'] == {'unsafe_member': 2}
+  assert audit['images_indexed'] - audit['skipped_images'] == 1
   recs = [json.loads(l) for p in (pathlib.Path(builder.data_dir) / 'audit'
                                   ).glob('*.jsonl')
           for l in p.read_text().splitlines()]
   assert sorted(r['member'] for r in recs if r['kind'] == 'skip') == [
-      '../sa_6.jpg', '../sa_6.json', '/tmp/sa_7.jpg']
+      '../sa_6.jpg', '/tmp/sa_7.jpg']
   # Nothing was written outside (nor inside) the manual dir by reading.
   assert sorted(p.name for p in tmp_path.iterdir()) == [
       'lenient', 'manual', 'strict']
@@ -362,45 +371,41 @@ def test_oversized_json_member_is_rejected(tmp_path):
     info.size = tars_lib.MAX_JSON_BYTES + 1
     t.addfile(info, io.BytesIO(b' ' * info.size))
   with open(path, 'rb') as f:
-    members = tars_lib.index_members(f, tar='sa_000000.tar')
-  pairs, problems, _ = tars_lib.pair_members(members, tar='sa_000000.tar')
-  assert pairs == []
-  reasons = {p.reason: p for p in problems}
-  assert 'member_too_large' in reasons
-  assert reasons['member_too_large'].member == 'sa_9.json'
-  assert str(tars_lib.MAX_JSON_BYTES) in reasons['member_too_large'].message
-  with pytest.raises(examples_lib.BadInputError, match='sa_000000.tar:sa_9'
-                     '.json: .*over the 67108864 byte limit'):
-    raise reasons['member_too_large'].error()
+    members, damage = tars_lib.index_members(f, tar='sa_000000.tar')
+  assert damage is None
+  index = tars_lib.pair_members(members, tar='sa_000000.tar')
+  assert index.pairs == []
+  [problem] = index.problems
+  assert problem.reason == 'member_too_large'
+  assert problem.member == 'sa_9.json'
+  assert str(tars_lib.MAX_JSON_BYTES) in problem.detail
+  assert re.fullmatch(r'sa_000000.tar:sa_9.json: .*over the 67108864 byte'
+                      r' limit.*', str(problem))
 
 
 def test_truncated_tars_name_the_tar_and_offset(tars, tmp_path):
   whole = tars[NAMES[0]]
   with io.BytesIO(whole) as f:
-    members = tars_lib.index_members(f, tar='x')
+    members, _ = tars_lib.index_members(f, tar='x')
   last = max(members, key=lambda m: m.offset)
-  # Cut inside a header: the index fails, naming the tar and a byte offset.
+  # Cut inside a header: the index stops, naming the tar and a byte offset.
   cut = io.BytesIO(whole[:members[1].offset - 512 + 100])
-  with pytest.raises(examples_lib.BadInputError) as e:
-    m = tars_lib.index_members(cut, tar='sa_000000.tar')
-    tars_lib.check_end(cut, m, tar='sa_000000.tar')
-  assert e.value.reason == 'corrupt_tar'
-  assert str(e.value).startswith('sa_000000.tar:')
-  # Cut inside the last member's data: its header is whole, but the index
-  # (end-of-archive check) or check_end says where the tar ends short.
+  _, damage = tars_lib.index_members(cut, tar='sa_000000.tar')
+  assert damage.reason == 'corrupt_tar'
+  assert str(damage).startswith('sa_000000.tar:@')
+  # Cut inside the last member's data: its header is whole, but the
+  # end-of-archive check says where the tar ends short.
   cut = whole[:last.offset + last.size // 2]
   path = tmp_path / 'sa_000000.tar'
   path.write_bytes(cut)
   with open(path, 'rb') as f:
-    with pytest.raises(examples_lib.BadInputError) as e:
-      got = tars_lib.index_members(f, tar='sa_000000.tar')
-      tars_lib.check_end(f, got, tar='sa_000000.tar')
-    assert e.value.reason == 'corrupt_tar'
-    assert re.match(r'sa_000000.tar:(@\d+|' + re.escape(last.name) + ')$',
-                    e.value.where)
-    assert 'truncated' in e.value.message
+    _, damage = tars_lib.index_members(f, tar='sa_000000.tar')
+    assert damage.reason == 'corrupt_tar'
+    assert re.fullmatch(r'sa_000000.tar:(@\d+|' + re.escape(last.name) + ')',
+                        damage.where)
+    assert 'truncated' in damage.detail
     # Reading the cut member (offsets from an index of the whole tar).
-    with pytest.raises(examples_lib.BadInputError,
+    with pytest.raises(errors.BadInputError,
                        match=rf'sa_000000.tar:{last.name}: truncated tar: read'
                        rf' {len(cut) - last.offset} of {last.size} bytes at'
                        rf' offset {last.offset}'):
@@ -428,7 +433,7 @@ def test_corrupt_jpeg_strict_rejects_lenient_audits(tmp_path):
                      ).read_text())
   assert meta['audit']['skipped_by_reason'] == {'corrupt_jpeg': 2}
   recs = [json.loads(l) for p in (pathlib.Path(builder.data_dir) /
-                                  pipeline.AUDIT_DIR).glob('*.jsonl')
+                                  audit.AUDIT_DIR).glob('*.jsonl')
           for l in p.read_text().splitlines()]
   skipped = {r['member']: r['message'] for r in recs if r['kind'] == 'skip'}
   assert 'not a JPEG' in skipped['sa_2.json']

@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 from segment_anything_tfds import fake_data
 from segment_anything_tfds import lazy
 from segment_anything_tfds import runners
-from segment_anything_tfds import sources
+from segment_anything_tfds import shards
 from segment_anything_tfds import tars
 
 from conftest import DUMMY_DATA
@@ -29,9 +29,8 @@ def test_write_tfrecord_is_byte_identical_to_tensorflow(tmp_path):
 
 
 def test_stand_in_refers_back_to_its_pair():
-  shard = sources.find_shards(DUMMY_DATA)[0]
-  members = tars.index_shard(shard)
-  pair = tars.pair_members(members, tar=shard.name)[0][0]
+  shard = shards.find_shards(DUMMY_DATA).shards[0]
+  pair = tars.index_shard(shard).pairs[0]
   with tars.ShardReader(shard) as reader:
     key, example = tars.read_example(reader, pair)
   small = lazy.stand_in(example, shard, pair)
@@ -48,19 +47,19 @@ def _local_config(**kwargs):
 
 
 def test_plan_lazy_only_for_local_runs_of_local_tars_to_tfrecord():
-  shards = list(sources.find_shards(DUMMY_DATA).values())
+  found = list(shards.find_shards(DUMMY_DATA).shards.values())
   tfrecord = tfds.core.file_adapters.FileFormat.TFRECORD
-  planned = lazy.plan(shards, _local_config(), tfrecord)
+  planned = lazy.plan(found, _local_config(), tfrecord)
   assert planned is not None and planned.num_shards >= 1
   # The user's own shard count is kept.
-  assert lazy.plan(shards, _local_config(num_shards=3), tfrecord).num_shards == 3
+  assert lazy.plan(found, _local_config(num_shards=3), tfrecord).num_shards == 3
   # ArrayRecord output, a remote runner or a streamed tar: eager.
-  assert lazy.plan(shards, _local_config(), 'array_record') is None
+  assert lazy.plan(found, _local_config(), 'array_record') is None
   from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
   dataflow = tfds.download.DownloadConfig(
       beam_options=pipeline_options.PipelineOptions(['--runner=DataflowRunner']))
-  assert lazy.plan(shards, runners.with_local_runner(dataflow), tfrecord) is None
-  streamed = shards + [sources.Shard('sa_000009.tar', sources.URL,
+  assert lazy.plan(found, runners.with_local_runner(dataflow), tfrecord) is None
+  streamed = found + [shards.Shard('sa_000009.tar', shards.URL,
                                      'http://127.0.0.1:9/sa_000009.tar')]
   assert lazy.plan(streamed, _local_config(), tfrecord) is None
 

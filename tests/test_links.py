@@ -7,6 +7,7 @@ import time
 import pytest
 
 from segment_anything_tfds import download
+from segment_anything_tfds import errors
 from segment_anything_tfds import links as links_lib
 
 HEADER = 'file_name\tcdn_link\n'
@@ -56,12 +57,12 @@ def test_dummy_links_file_parses():
     (HEADER + 'sa_000000.tar\ts3://b/a\n', r'unsupported URL scheme s3://'),
 ])
 def test_invalid_links_files(text, match):
-  with pytest.raises(links_lib.LinksFileError, match=match):
+  with pytest.raises(errors.LinksError, match=match):
     links_lib.parse_links(text, source='f.txt')
 
 
-def test_links_file_error_is_a_value_error():
-  assert issubclass(links_lib.LinksFileError, ValueError)
+def test_links_file_error_is_one_of_the_package_errors():
+  assert issubclass(errors.LinksError, errors.Error)
 
 
 def test_expiry_and_redaction():

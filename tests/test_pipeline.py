@@ -12,7 +12,7 @@ from segment_anything_tfds import examples
 from segment_anything_tfds import fake_data
 from segment_anything_tfds import pipeline
 from segment_anything_tfds import runners
-from segment_anything_tfds import sources
+from segment_anything_tfds import shards as shards_lib
 
 from conftest import DUMMY_DATA, make_bad_manual_dir, read_inputs
 
@@ -26,7 +26,7 @@ def _run(shards, audit_dir, *, lenient=False, chunk_size=2):
 
 def test_build_examples_emits_every_input_image_once(tmp_path):
   inputs = read_inputs(DUMMY_DATA)
-  shards = list(sources.find_shards(DUMMY_DATA).values())
+  shards = list(shards_lib.find_shards(DUMMY_DATA).shards.values())
   p, out = _run(shards, tmp_path / 'audit')
   summary = (
       out
@@ -50,7 +50,7 @@ def test_build_examples_emits_every_input_image_once(tmp_path):
 
 def test_lenient_skips_and_audits_every_bad_image(tmp_path):
   manual = make_bad_manual_dir(tmp_path / 'in')
-  shards = list(sources.find_shards(manual).values())
+  shards = list(shards_lib.find_shards(manual).shards.values())
   p, out = _run(shards, tmp_path / 'audit', lenient=True)
   beam_util.assert_that(out | beam.Keys(), beam_util.equal_to([1, 2, 3, 10]))
   p.run().wait_until_finish()
@@ -69,7 +69,7 @@ def test_lenient_skips_and_audits_every_bad_image(tmp_path):
 
 def test_strict_fails_naming_tar_and_member(tmp_path):
   manual = make_bad_manual_dir(tmp_path / 'in')
-  shards = list(sources.find_shards(manual).values())
+  shards = list(shards_lib.find_shards(manual).shards.values())
   p, _ = _run(shards, tmp_path / 'audit')
   with pytest.raises(Exception, match=r'sa_000001\.tar:sa_1[1-4]\.js(on|pg)|'
                      r'sa_000001\.tar:sa_1[1-4]\.jpg|sa_000001\.tar:sa_2\.jpg'):

@@ -2,13 +2,16 @@
 
 import io
 import json
+import os
 import tarfile
 
 import numpy as np
 import pytest
 
+from segment_anything_tfds import errors
 from segment_anything_tfds import examples
 from segment_anything_tfds import fake_data
+from segment_anything_tfds import shards
 from segment_anything_tfds import tars
 
 
@@ -19,22 +22,26 @@ def M(name, offset=0, size=10):
 def test_pairs_by_stem_in_any_folder_and_order():
   members = [M('b/sa_2.json'), M('./sa_1.jpg'), M('sa_10.json'),
              M('a/sa_2.jpg'), M('sa_1.json'), M('sa_10.jpg'), M('README')]
-  pairs, problems, ignored = tars.pair_members(members, tar='t.tar')
+  index = tars.pair_members(members, tar='t.tar')
+  pairs, problems, ignored = index.pairs, index.problems, index.ignored
   assert [(p.stem, p.jpg.name, p.json.name) for p in pairs] == [
       ('sa_1', './sa_1.jpg', 'sa_1.json'),
       ('sa_2', 'a/sa_2.jpg', 'b/sa_2.json'),
       ('sa_10', 'sa_10.jpg', 'sa_10.json')]
   assert problems == []
-  assert [m.name for m in ignored] == ['README']
+  assert ignored == ['README']
+  assert index.images == 3
 
 
 def test_unpaired_duplicated_unsafe_and_oversized_members_are_problems():
   members = [M('sa_1.jpg'), M('sa_2.json'), M('sa_3.jpg'), M('sa_3.json'),
              M('x/sa_3.jpg'), M('../sa_4.jpg'), M('/abs/sa_5.json'),
-             M('sa_6.jpg'), M('sa_6.json', size=tars.MAX_JSON_BYTES + 1)]
-  pairs, problems, _ = tars.pair_members(members, tar='t.tar')
-  assert [p.stem for p in pairs] == ['sa_3']
-  got = {(p.reason, p.member) for p in problems}
+             M('sa_6.jpg'), M('sa_6.json', size=tars.MAX_JSON_BYTES + 1),
+             M('sa_7.jpg'), M('sa_7.json')]
+  index = tars.pair_members(members, tar='t.tar')
+  assert [p.stem for p in index.pairs] == ['sa_7']
+  got = {(p.reason, p.member) for p in index.problems}
+  # One problem per image: sa_3 is stored twice, so neither copy is used.
   assert got == {
       (examples.MISSING_JSON, 'sa_1.jpg'),
       (examples.MISSING_JPG, 'sa_2.json'),
@@ -42,11 +49,61 @@ def test_unpaired_duplicated_unsafe_and_oversized_members_are_problems():
       (examples.UNSAFE_MEMBER, '../sa_4.jpg'),
       (examples.UNSAFE_MEMBER, '/abs/sa_5.json'),
       (examples.MEMBER_TOO_LARGE, 'sa_6.json'),
-      (examples.MISSING_JSON, 'sa_6.jpg'),
   }
-  for p in problems:
-    err = p.error()
-    assert str(err).startswith(f't.tar:{p.member}: ')
+  assert index.images == 7 == len(index.pairs) + len(index.problems)
+  dup = [p for p in index.problems if p.reason == examples.DUPLICATE_MEMBER]
+  assert 'as sa_3.jpg and as x/sa_3.jpg' in str(dup[0])
+  for p in index.problems:
+    assert str(p).startswith(f't.tar:{p.member}: ')
+
+
+def test_non_canonical_stems_are_ignored_never_merged():
+  """`sa_1` and `sa_01` (or `sa_١`) are not two names of image 1."""
+  members = [M('sa_1.jpg'), M('sa_1.json'), M('sa_01.jpg'), M('sa_01.json'),
+             M('sa_\u0661.jpg'), M('sa_\u0661.json'), M('SA_2.JPG'),
+             M('sa_12a.jpg'), M('sa_3.jpeg'), M('sa_1\n.jpg'), M('sa_.json'),
+             M('sa_0.jpg'), M('sa_0.json')]
+  index = tars.pair_members(members, tar='t.tar')
+  assert [p.image_id for p in index.pairs] == [0, 1]
+  assert index.problems == []
+  assert sorted(index.ignored) == sorted([
+      'sa_01.jpg', 'sa_01.json', 'sa_\u0661.jpg', 'sa_\u0661.json',
+      'SA_2.JPG', 'sa_12a.jpg', 'sa_3.jpeg', 'sa_1\n.jpg', 'sa_.json'])
+
+
+def test_special_members_are_reported_as_what_they_are(tmp_path):
+  rng = np.random.default_rng(4)
+  jpg, js = fake_data.image_record(rng, 5, height=8, width=6, num_masks=1)
+  path = tmp_path / 'sa_000000.tar'
+  with tarfile.open(path, 'w') as t:
+    for name, data in (('sa_5.jpg', jpg), ('sa_5.json', js), ('sa_6.json', js)):
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      t.addfile(info, io.BytesIO(data))
+    for name, kind in (('sa_6.jpg', tarfile.SYMTYPE),
+                       ('sa_7.jpg', tarfile.LNKTYPE),
+                       ('sa_8.jpg', tarfile.FIFOTYPE),
+                       ('sa_9.jpg', tarfile.CHRTYPE)):
+      info = tarfile.TarInfo(name)
+      info.type = kind
+      info.linkname = 'sa_5.jpg' if kind in (tarfile.SYMTYPE,
+                                             tarfile.LNKTYPE) else ''
+      t.addfile(info)
+  index = tars.index_shard(shards.Shard(path.name, shards.TAR,
+                                        str(path)))
+  assert index.damage is None
+  assert [p.stem for p in index.pairs] == ['sa_5']
+  got = {p.member: (p.reason, p.detail) for p in index.problems}
+  assert got == {
+      'sa_6.jpg': (examples.SPECIAL_MEMBER, 'sa_6.jpg is a symlink, not a'
+                   ' regular file; it is never followed or read'),
+      'sa_7.jpg': (examples.SPECIAL_MEMBER, 'sa_7.jpg is a hardlink, not a'
+                   ' regular file; it is never followed or read'),
+      'sa_8.jpg': (examples.SPECIAL_MEMBER, 'sa_8.jpg is a FIFO, not a'
+                   ' regular file; it is never followed or read'),
+      'sa_9.jpg': (examples.SPECIAL_MEMBER, 'sa_9.jpg is a character device,'
+                   ' not a regular file; it is never followed or read'),
+  }
 
 
 @pytest.mark.parametrize('layout', fake_data.LAYOUTS)
@@ -57,13 +114,13 @@ def test_index_and_read_every_layout(tmp_path, layout):
   path = tmp_path / 'sa_000009.tar'
   fake_data.write_tar(path, records, layout=layout, rng=rng)
   with open(path, 'rb') as f:
-    members = tars.index_members(f, tar='sa_000009.tar')
-    tars.check_end(f, members, tar='sa_000009.tar')
-    pairs, problems, ignored = tars.pair_members(members, tar='sa_000009.tar')
-    assert problems == [] and ignored == []
-    assert [p.stem for p in pairs] == ['sa_5', 'sa_6', 'sa_7', 'sa_8']
+    members, damage = tars.index_members(f, tar='sa_000009.tar')
+    assert damage is None
+    index = tars.pair_members(members, tar='sa_000009.tar')
+    assert index.problems == [] and index.ignored == []
+    assert [p.stem for p in index.pairs] == ['sa_5', 'sa_6', 'sa_7', 'sa_8']
     by_id = {i: (jpg, js) for i, jpg, js in records}
-    for p in pairs:
+    for p in index.pairs:
       jpg, js = by_id[examples.image_id_from_stem(p.stem)]
       assert tars.read_member(f, p.jpg, tar='t') == jpg
       assert tars.read_member(f, p.json, tar='t') == js
@@ -81,21 +138,49 @@ def test_truncated_tar_names_tar_member_and_offset(tmp_path):
   fake_data.write_tar(path, records)
   data = path.read_bytes()
   with open(path, 'rb') as f:
-    whole = tars.index_members(f, tar='x')
+    whole, damage = tars.index_members(f, tar='x')
+  assert damage is None
   last = max(whole, key=lambda m: m.offset)
   cut = tmp_path / 'cut.tar'
   cut.write_bytes(data[:last.offset + last.size // 2])
-  with open(cut, 'rb') as f, pytest.raises(examples.BadInputError) as e:
-    members = tars.index_members(f, tar='sa_000001.tar')
-    tars.check_end(f, members, tar='sa_000001.tar')
-  assert e.value.reason == examples.CORRUPT_TAR
-  assert 'sa_000001.tar' in str(e.value)
-  assert last.name in str(e.value) or '@' in str(e.value)
+  with open(cut, 'rb') as f:
+    members, damage = tars.index_members(f, tar='sa_000001.tar')
+  assert damage.reason == examples.CORRUPT_TAR
+  assert str(damage).startswith('sa_000001.tar:')
+  assert last.name in str(damage) or '@' in str(damage)
   garbage = tmp_path / 'garbage.tar'
   garbage.write_bytes(data[:1024] + b'\x07' * 3000)
-  with open(garbage, 'rb') as f, pytest.raises(examples.BadInputError) as e:
-    tars.check_end(f, tars.index_members(f, tar='sa_000002.tar'), tar='sa_000002.tar')
-  assert 'sa_000002.tar' in str(e.value)
+  with open(garbage, 'rb') as f:
+    _, damage = tars.index_members(f, tar='sa_000002.tar')
+  assert str(damage).startswith('sa_000002.tar:@')
+  # What is not a tar at all says so.
+  for blob in (b'', b'<html>please log in</html>' * 40,
+               b'\x1f\x8b\x08' + b'\x00' * 2000):
+    with io.BytesIO(blob) as f:
+      members, damage = tars.index_members(f, tar='sa_000003.tar')
+    assert members == [] and 'not a tar' in str(damage), blob[:10]
+
+
+def test_damaged_tar_keeps_the_images_before_the_damage(tmp_path):
+  rng = np.random.default_rng(6)
+  records = [(i, *fake_data.image_record(rng, i, height=20, width=20,
+                                         num_masks=2)) for i in range(1, 7)]
+  path = tmp_path / 'sa_000004.tar'
+  fake_data.write_tar(path, records)  # Layout: sa_1.jpg, sa_1.json, ...
+  data = path.read_bytes()
+  with open(path, 'rb') as f:
+    members, _ = tars.index_members(f, tar='t')
+  # Cut inside the data of image 4's jpg: images 1-3 are whole.
+  jpg4 = next(m for m in members if m.name.endswith('sa_4.jpg'))
+  path.write_bytes(data[:jpg4.offset + 10])
+  index = tars.index_shard(shards.Shard(path.name, shards.TAR, str(path)))
+  assert index.damage is not None
+  assert index.damage.reason == examples.CORRUPT_TAR
+  assert [p.image_id for p in index.pairs] == [1, 2, 3]
+  with tars.ShardReader(shards.Shard(path.name, shards.TAR, str(path))) as r:
+    for p in index.pairs:
+      key, _ = tars.read_example(r, p)
+      assert key == p.image_id
 
 
 def test_index_reads_headers_not_data(tmp_path):
@@ -120,6 +205,94 @@ def test_index_reads_headers_not_data(tmp_path):
       return n
 
   with Counting(path, 'rb') as f:
-    members = tars.index_members(f, tar='t')
+    members, damage = tars.index_members(f, tar='t')
+  assert damage is None
   assert len(members) == 16
   assert Counting.read_bytes < path.stat().st_size / 4
+
+
+def _pair_files(folder, image_id, rng):
+  jpg, js = fake_data.image_record(rng, image_id, height=8, width=6,
+                                   num_masks=1)
+  (folder / f'sa_{image_id}.jpg').write_bytes(jpg)
+  (folder / f'sa_{image_id}.json').write_bytes(js)
+  return jpg, js
+
+
+def test_hostile_folder_is_refused_without_hanging_or_reading_outside(
+    tmp_path):
+  """FIFOs, symlinks to devices, files and dirs outside manual_dir."""
+  rng = np.random.default_rng(7)
+  manual = tmp_path / 'manual'
+  folder = manual / 'sa_000005'
+  folder.mkdir(parents=True)
+  other = manual / 'other'
+  other.mkdir()
+  _pair_files(folder, 1, rng)
+  _pair_files(folder, 5, rng)
+  (folder / 'sa_5.jpg').unlink()
+  os.mkfifo(folder / 'sa_5.jpg')  # Opening it for reading would block.
+  _pair_files(folder, 6, rng)
+  (folder / 'sa_6.jpg').unlink()
+  (folder / 'sa_6.jpg').symlink_to('/dev/zero')  # Endless.
+  _pair_files(folder, 7, rng)
+  (folder / 'sa_7.json').unlink()
+  (folder / 'sa_7.json').symlink_to('/etc/passwd')  # Outside manual_dir.
+  (folder / 'share').symlink_to('/usr/share')  # A dir outside: not listed.
+  (folder / 'loop').symlink_to(folder)  # A loop inside: visited once.
+  jpg8, js8 = _pair_files(other, 8, rng)
+  (folder / 'sa_8.jpg').symlink_to(other / 'sa_8.jpg')  # Inside: followed.
+  (folder / 'sa_8.json').symlink_to('../other/sa_8.json')
+  shard = shards.Shard('sa_000005.tar', shards.DIR, str(folder))
+  index = tars.index_shard(shard)
+  assert [p.image_id for p in index.pairs] == [1, 8]
+  got = {p.member: p.reason for p in index.problems}
+  assert got == {'sa_5.jpg': examples.SPECIAL_MEMBER,
+                 'sa_6.jpg': examples.UNSAFE_MEMBER,
+                 'sa_7.json': examples.UNSAFE_MEMBER}
+  assert 'FIFO' in next(str(p) for p in index.problems
+                        if p.member == 'sa_5.jpg')
+  # Nothing under /usr/share was listed; the loop added nothing.
+  assert index.ignored == ['share']
+  assert index.images == 5
+  with tars.ShardReader(shard) as r:
+    assert r.read(index.pairs[1].jpg) == jpg8
+    assert r.read(index.pairs[1].json) == js8
+    # A member swapped for a FIFO after indexing fails, it does not hang.
+    (folder / 'sa_1.jpg').unlink()
+    os.mkfifo(folder / 'sa_1.jpg')
+    with pytest.raises(errors.BadInputError, match='sa_1.jpg.*FIFO'):
+      r.read(index.pairs[0].jpg)
+
+
+def test_reads_are_bounded_by_the_indexed_size(tmp_path):
+  """A file that grew after indexing is not read past its indexed size."""
+  rng = np.random.default_rng(8)
+  folder = tmp_path / 'sa_000006'
+  folder.mkdir()
+  _pair_files(folder, 3, rng)
+  shard = shards.Shard('sa_000006.tar', shards.DIR, str(folder))
+  [pair] = tars.index_shard(shard).pairs
+  with open(folder / 'sa_3.json', 'ab') as f:
+    f.write(b' ' * (1 << 20))
+  with tars.ShardReader(shard) as r, pytest.raises(
+      errors.BadInputError, match=r'sa_3.json: has \d+\+ bytes'):
+    r.read(pair.json)
+
+
+def test_manual_dir_entries_outside_or_special_are_refused(tmp_path):
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  outside = tmp_path / 'elsewhere'
+  outside.mkdir()
+  (outside / 'sa_000001.tar').write_bytes(b'x')
+  (manual / 'sa_000001.tar').symlink_to(outside / 'sa_000001.tar')
+  (manual / 'sa_000002').symlink_to('/usr/share')
+  (manual / 'sa_000003.tar').symlink_to('/etc/passwd')
+  os.mkfifo(manual / 'sa_000004.tar')
+  found = shards.local_shards(manual)
+  assert found.shards == {}
+  assert sorted(found.refused) == ['sa_000001.tar', 'sa_000002',
+                                   'sa_000003.tar', 'sa_000004.tar']
+  assert 'symlink out of manual_dir' in found.refused['sa_000002']
+  assert 'not a regular file' in found.refused['sa_000004.tar']

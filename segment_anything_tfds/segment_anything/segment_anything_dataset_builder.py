@@ -11,8 +11,9 @@ from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import features as features_lib
 from segment_anything_tfds import lazy
 from segment_anything_tfds import links as links_lib
-from segment_anything_tfds import pipeline
+from segment_anything_tfds import options as options_lib
 from segment_anything_tfds import runners
+from segment_anything_tfds import shards as shards_lib
 from segment_anything_tfds import sources
 
 _HOMEPAGE = 'https://ai.meta.com/datasets/segment-anything-downloads'
@@ -56,19 +57,22 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         metadata=audit.AuditMetadata(),
     )
 
-  def __init__(self, *, download_options: Mapping[str, Any] | None = None,
-               **kwargs):
+  def __init__(
+      self, *,
+      download_options: (options_lib.DownloadOptions | Mapping[str, Any]
+                         | None) = None,
+      **kwargs):
     """As TFDS's, plus `download_options`: how tars are fetched.
 
     Args:
-      download_options: config fields that do not change the output, e.g.
-        `{'disk_mode': 'stream', 'download_workers': 8}`; see
-        `SegmentAnythingConfig`.
+      download_options: an `options.DownloadOptions`, or a dict of its
+        fields, e.g. `{'disk_mode': 'stream', 'workers': 8}`. They do not
+        change the output, so a named config keeps its name and data dir.
       **kwargs: TFDS's builder arguments (`config`, `data_dir`, ...).
     """
     super().__init__(**kwargs)
-    self._sources_config = config_lib.apply_download_options(
-        self.builder_config, download_options or {})
+    self._download_options = options_lib.DownloadOptions.make(
+        download_options)
     self._shards = None  # Set by download_and_prepare.
     self._lazy = False
 
@@ -79,22 +83,24 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {'train': self._generate_examples(self._shards)}
 
   def _generate_examples(self, shards):
+    from segment_anything_tfds import pipeline  # pylint: disable=g-import-not-at-top
     return pipeline.BuildExamples(  # pylint: disable=no-value-for-parameter
         shards,
-        audit_dir=self.data_path / pipeline.AUDIT_DIR,
+        audit_dir=self.data_path / audit.AUDIT_DIR,
         chunk_size=self.builder_config.chunk_size,
         lenient=self.builder_config.lenient,
         lazy=self._lazy,
     )
 
-  def _find_shards(self, manual_dir, download_dir) -> list[sources.Shard]:
+  def _find_shards(self, manual_dir, download_dir) -> list[shards_lib.Shard]:
     """The config's shards, downloaded if need be, readable in place."""
-    cfg = self._sources_config
-    shards = sources.select(sources.find_shards(manual_dir),
-                            num_tars=cfg.num_tars, tars=cfg.tars)
-    return sources.materialize(shards, download_dir=download_dir,
+    cfg = self.builder_config
+    found = shards_lib.find_shards(manual_dir)
+    chosen = shards_lib.select(found.shards, num_tars=cfg.num_tars,
+                               tars=cfg.tars)
+    return sources.materialize(chosen, download_dir=download_dir,
                                data_dir=self.data_dir, manual_dir=manual_dir,
-                               config=cfg)
+                               options=self._download_options)
 
   def download_and_prepare(self, *, download_dir=None, download_config=None,
                            file_format=None):
@@ -118,7 +124,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     result = super().download_and_prepare(
         download_dir=download_dir, download_config=download_config,
         file_format=file_format)
-    sources.release(self._shards or (), config=self._sources_config)
+    sources.release(self._shards or (), options=self._download_options)
     return result
 
   def _example_writer(self):

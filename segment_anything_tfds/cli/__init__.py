@@ -1,0 +1,95 @@
+"""`segment-anything-tfds`: build, check links, statistics and pictures.
+
+  segment-anything-tfds build --config first_1 --manual_dir DIR --data_dir D
+  segment-anything-tfds check-links --manual_dir DIR [--probe]
+  segment-anything-tfds stats --config first_1 --data_dir D --out OUT
+  segment-anything-tfds show --config first_1 --data_dir D --index 0,3 --out OUT
+
+One module per command (`build.py`, `check_links.py`, ...), each with
+`add_parser` and `run`; `common.py` holds what they share.
+
+Exit codes: 0 success; 2 bad usage; 1 an expected failure: one of the
+package's errors (`segment_anything_tfds.errors`), reported on one line,
+also when Beam re-raised it from a worker. Anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from segment_anything_tfds import errors
+from segment_anything_tfds.cli import build
+from segment_anything_tfds.cli import check_links
+from segment_anything_tfds.cli import common
+from segment_anything_tfds.cli import show
+from segment_anything_tfds.cli import stats
+
+PROG = common.PROG
+COMMANDS = (build, check_links, stats, show)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog=PROG, allow_abbrev=False,
+      description='SA-1B (Segment Anything) for TensorFlow Datasets: prepare'
+      ' the dataset, check a links file, compute statistics, draw examples.',
+      epilog='Exit codes: 0 ok, 1 failure (one-line error), 2 bad usage. Run'
+      f' `{PROG} COMMAND --help` for each command.')
+  parser.add_argument('--version', action='version',
+                      version=f'%(prog)s {_version()}')
+  sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+  shared = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+  shared.add_argument('--no_progress', dest='progress', action='store_false',
+                      help='no progress bars')
+  for command in COMMANDS:
+    command.add_parser(sub, [shared])
+  return parser
+
+
+def _version() -> str:
+  try:
+    from importlib import metadata  # pylint: disable=g-import-not-at-top
+    return metadata.version('segment_anything_tfds')
+  except Exception:  # pylint: disable=broad-except
+    return 'unknown'
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the CLI; returns the exit code (0 ok, 1 failure, 2 usage)."""
+  parser = build_parser()
+  try:
+    args, leftover = parser.parse_known_args(argv)
+    if leftover and not args.allow_leftover:
+      parser.error(f'unrecognized arguments: {" ".join(leftover)}')
+  except SystemExit as e:  # --help, --version and usage errors.
+    return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+  sub = parser._subparsers._group_actions[0].choices[args.command]  # pylint: disable=protected-access
+  try:
+    return args.func(args, leftover) or 0
+  except BrokenPipeError:  # e.g. `| head`: the reader is gone; stay quiet.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 0
+  except common.UsageError as e:
+    sub.print_usage(sys.stderr)
+    print(f'{PROG} {args.command}: error: {e}', file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print(f'{PROG}: interrupted', file=sys.stderr)
+    return 130
+  except Exception as e:  # pylint: disable=broad-except
+    error = errors.from_exception(e)
+    if error is None:
+      raise  # A bug: keep its traceback.
+    if args.command == 'build':
+      sys.stderr.write('\n')  # End a progress bar's line.
+    print(f'{PROG} {args.command}: error: {error.message}', file=sys.stderr)
+    return 1
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,316 @@
+"""`segment-anything-tfds check-links`: report on the links file, offline.
+
+  segment-anything-tfds check-links --manual_dir ~/sa1b [--probe]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import datetime
+import json
+import pathlib
+import urllib.error
+import urllib.request
+from typing import Any, Sequence
+
+from etils import epath
+
+from segment_anything_tfds import errors
+from segment_anything_tfds import links as links_lib
+from segment_anything_tfds import shards as shards_lib
+from segment_anything_tfds.cli import common
+
+EXAMPLE = f'example: {common.PROG} check-links --manual_dir ~/sa1b --probe'
+
+
+@dataclasses.dataclass
+class LinkRow:
+  lineno: int
+  name: str
+  url: str
+  expires: datetime.datetime | None
+
+  @property
+  def shard(self) -> int | None:
+    return links_lib.shard_index(self.name)
+
+
+def link_expiry(url: str) -> datetime.datetime | None:
+  """The expiry time of a signed CDN URL: its `oe=` hex unix time (UTC)."""
+  unix = links_lib.expiry(url)
+  if unix is None:
+    return None
+  return datetime.datetime.fromtimestamp(unix, tz=datetime.timezone.utc)
+
+
+def scan_links(text: str, *, source: str) -> tuple[list[LinkRow], list[str]]:
+  """Tolerant scan of the links file: every row, and problems found.
+
+  Unlike `links.parse_links` (what the builder uses, which stops at the
+  first problem), this keeps going, so a report can list all of them.
+  """
+  rows: list[LinkRow] = []
+  problems: list[str] = []
+  lines = text.splitlines()
+  body = [(i, l) for i, l in enumerate(lines, start=1) if l.strip()]
+  if not body:
+    raise errors.SourceError(f'{source}: the links file is empty')
+  header = tuple(c.strip() for c in body[0][1].split('\t'))
+  if header != links_lib.HEADER:
+    raise errors.SourceError(f'{source}:{body[0][0]}: not a links file: expected the'
+                   f' header "file_name<TAB>cdn_link", got {body[0][1]!r:.80}')
+  for lineno, line in body[1:]:
+    cols = [c.strip() for c in line.split('\t')]
+    if len(cols) != 2 or not all(cols):
+      problems.append(f'line {lineno}: expected 2 tab-separated columns,'
+                      f' got {line!r:.80}')
+      continue
+    rows.append(LinkRow(lineno, cols[0], cols[1], link_expiry(cols[1])))
+  return rows, problems
+
+
+def head_size(url: str, *, timeout: float) -> tuple[int | None, str]:
+  """(Content-Length or None, status text) of a HEAD request."""
+  request = urllib.request.Request(url, method='HEAD',
+                                   headers={'User-Agent': common.PROG})
+  try:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+      length = response.headers.get('Content-Length')
+      return (int(length) if length is not None else None,
+              f'HTTP {response.status}')
+  except urllib.error.HTTPError as e:
+    return None, f'HTTP {e.code}'
+  except (urllib.error.URLError, OSError, ValueError) as e:
+    reason = getattr(e, 'reason', e)
+    return None, f'error: {reason}'
+
+
+def _fmt_time(t: datetime.datetime | None) -> str:
+  return t.strftime('%Y-%m-%d %H:%M UTC') if t else '-'
+
+
+def _local_shards(manual_dir: str) -> dict[int, shards_lib.Shard]:
+  """The tars and folders in `manual_dir` (not its links-file rows)."""
+  if not epath.Path(manual_dir).is_dir():
+    raise errors.SourceError(f'--manual_dir {manual_dir} is not a directory')
+  return dict(sorted(shards_lib.local_shards(manual_dir).shards.items()))
+
+
+def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
+  del leftover
+  if args.links:
+    links_path = epath.Path(args.links)
+  elif args.manual_dir:
+    links_path = epath.Path(args.manual_dir) / links_lib.LINKS_FILE_NAME
+  else:
+    raise common.UsageError('give --links FILE or --manual_dir DIR')
+  if not links_path.exists():
+    raise errors.SourceError(f'links file {links_path} does not exist')
+  text = links_path.read_text()
+  rows, problems = scan_links(text, source=str(links_path))
+  now = datetime.datetime.now(tz=datetime.timezone.utc)
+
+  try:
+    links_lib.parse_links(text, source=str(links_path))
+    builder_verdict = 'ok'
+  except ValueError as e:
+    builder_verdict = common.first_line(e)
+
+  by_name: dict[str, list[LinkRow]] = {}
+  for row in rows:
+    by_name.setdefault(row.name, []).append(row)
+  duplicates = {n: rs for n, rs in by_name.items() if len(rs) > 1}
+  shard_rows = [r for r in rows if r.shard is not None]
+  other_rows = [r for r in rows if r.shard is None]
+  shard_names = sorted({r.name for r in shard_rows})
+
+  local = _local_shards(args.manual_dir) if args.manual_dir else {}
+  listed_idx = {r.shard for r in shard_rows}
+
+  expiries = [r.expires for r in rows if r.expires is not None]
+  expired = [r for r in rows if r.expires is not None and r.expires <= now]
+  no_expiry = [r for r in rows if r.expires is None]
+
+  sizes: dict[int, tuple[int | None, str]] = {}
+  if args.probe:
+    with concurrent.futures.ThreadPoolExecutor(args.probe_workers) as pool:
+      futures = {pool.submit(head_size, r.url, timeout=args.timeout): r
+                 for r in rows}
+      for fut in common.progress(concurrent.futures.as_completed(futures),
+                           enabled=args.progress, total=len(futures),
+                           desc='HEAD', unit='link'):
+        sizes[futures[fut].lineno] = fut.result()
+  probe_failed = [r for r in rows
+                  if args.probe and sizes[r.lineno][0] is None]
+
+  per_link = []
+  for r in rows:
+    entry = {
+        'line': r.lineno, 'file_name': r.name,
+        'kind': 'sa1b_tar' if r.shard is not None else 'other',
+        'expires': r.expires.isoformat() if r.expires else None,
+        'expired': bool(r.expires and r.expires <= now),
+        'local': (local[r.shard].kind if r.shard in local else None),
+        'duplicate': r.name in duplicates,
+    }
+    if args.probe:
+      entry['size_bytes'], entry['probe'] = sizes[r.lineno]
+    per_link.append(entry)
+
+  report = {
+      'links_file': str(links_path),
+      'checked_at': now.isoformat(),
+      'rows': len(rows),
+      'sa1b_tar_rows': len(shard_rows),
+      'sa1b_tars': len(shard_names),
+      'other_rows': [r.name for r in other_rows],
+      'malformed_lines': problems,
+      'duplicates': {n: [r.lineno for r in rs] for n, rs in duplicates.items()},
+      'builder_accepts_file': builder_verdict == 'ok',
+      'builder_error': None if builder_verdict == 'ok' else builder_verdict,
+      'earliest_expiry': min(expiries).isoformat() if expiries else None,
+      'latest_expiry': max(expiries).isoformat() if expiries else None,
+      'expired': len(expired),
+      'without_expiry': len(no_expiry),
+      'manual_dir': args.manual_dir,
+      'local_listed': sorted(links_lib.shard_name(i) for i in local
+                             if i in listed_idx),
+      'local_not_listed': sorted(links_lib.shard_name(i) for i in local
+                                 if i not in listed_idx),
+      'to_download': len(listed_idx - set(local)),
+      'links': per_link,
+  }
+  if args.probe:
+    known = [sizes[r.lineno][0] for r in shard_rows
+             if sizes[r.lineno][0] is not None]
+    report['probe'] = {
+        'ok': len(rows) - len(probe_failed),
+        'failed': len(probe_failed),
+        'sa1b_total_bytes': sum(known),
+        'to_download_bytes': sum(
+            sizes[r.lineno][0] or 0 for r in shard_rows
+            if r.shard not in local),
+    }
+
+  _print_links_report(report, rows, args)
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(report, indent=2) + '\n',
+                                       encoding='utf-8')
+  bad = []
+  if problems:
+    bad.append(f'{len(problems)} malformed lines')
+  if duplicates:
+    bad.append(f'{len(duplicates)} duplicated names')
+  if expired:
+    bad.append(f'{len(expired)} expired links')
+  if probe_failed:
+    bad.append(f'{len(probe_failed)} links failed the probe')
+  if builder_verdict != 'ok':
+    bad.append('the builder rejects the file')
+  if args.strict and bad:
+    raise errors.SourceError('check-links --strict: ' + ', '.join(bad))
+  return 0
+
+
+def _print_links_report(report: dict[str, Any], rows: list[LinkRow], args):
+  out = []
+  out.append(f'links file:   {report["links_file"]}')
+  out.append(f'rows:         {report["rows"]} ({report["sa1b_tar_rows"]}'
+             f' SA-1B tar rows for {report["sa1b_tars"]} tars,'
+             f' {len(report["other_rows"])} other rows)')
+  if report['other_rows']:
+    out.append(f'other rows:   {", ".join(report["other_rows"])}'
+               ' (ignored by the builder)')
+  if report['malformed_lines']:
+    out.append(f'malformed:    {len(report["malformed_lines"])}')
+    out += [f'  {p}' for p in report['malformed_lines']]
+  if report['duplicates']:
+    out.append(f'duplicates:   {len(report["duplicates"])}')
+    out += [f'  {n}: lines {", ".join(map(str, ls))}'
+            for n, ls in report['duplicates'].items()]
+  else:
+    out.append('duplicates:   none')
+  if report['builder_accepts_file']:
+    out.append('builder:      accepts the file')
+  else:
+    out.append(f'builder:      REJECTS the file: {report["builder_error"]}')
+  if report['earliest_expiry']:
+    e = datetime.datetime.fromisoformat(report['earliest_expiry'])
+    l = datetime.datetime.fromisoformat(report['latest_expiry'])
+    out.append(f'expiry:       earliest {_fmt_time(e)}, latest {_fmt_time(l)}')
+  checked = datetime.datetime.fromisoformat(report['checked_at'])
+  line = (f'expired:      {report["expired"]} of {report["rows"]} as of'
+          f' {_fmt_time(checked)}')
+  if report['without_expiry']:
+    line += f'; {report["without_expiry"]} without oe='
+  out.append(line)
+  if report['expired']:
+    out.append('              expired links cannot be downloaded: get a fresh'
+               ' links file from the SA-1B download page')
+  if report['manual_dir']:
+    out.append(f'local:        {len(report["local_listed"])} listed tars are in'
+               f' {report["manual_dir"]}; {report["to_download"]} would be'
+               ' downloaded')
+    if report['local_not_listed']:
+      out.append(f'              also local but not listed:'
+                 f' {", ".join(report["local_not_listed"])}')
+  if 'probe' in report:
+    p = report['probe']
+    out.append(f'probe:        {p["ok"]} ok, {p["failed"]} failed; SA-1B tars'
+               f' {common.human_bytes(p["sa1b_total_bytes"])} in all,'
+               f' {common.human_bytes(p["to_download_bytes"])} to download')
+  if not args.summary_only:
+    out.append('')
+    header = (f'{"line":>5}  {"file_name":<20} {"expires":<21} {"state":<8}'
+              ' local')
+    if args.probe:
+      header += '   size        probe'
+    out.append(header)
+    for entry in report['links']:
+      if entry['expires']:
+        exp = _fmt_time(datetime.datetime.fromisoformat(entry['expires']))
+        state = 'EXPIRED' if entry['expired'] else 'valid'
+      else:
+        exp = state = '-'
+      line = (f'{entry["line"]:>5}  {entry["file_name"]:<20} {exp:<21}'
+              f' {state:<8} {entry["local"] or "-":<5}')
+      if args.probe:
+        line += f'   {common.human_bytes(entry["size_bytes"]):<11} {entry["probe"]}'
+      if entry['duplicate']:
+        line += '  DUPLICATE'
+      out.append(line)
+  print('\n'.join(out))
+
+
+def add_parser(sub, parents) -> argparse.ArgumentParser:
+  """The `check-links` subcommand's parser."""
+  p = sub.add_parser(
+      'check-links', parents=parents, allow_abbrev=False,
+      help='check the links file without downloading', epilog=EXAMPLE,
+      description='Report on the SA-1B links file without downloading: SA-1B'
+      ' tar rows vs other rows, duplicates, link expiry (from oe=<hex unix'
+      ' time>), tars already in manual_dir, and with --probe the sizes from'
+      ' HEAD requests.')
+  p.add_argument('--manual_dir', metavar='DIR', default=None,
+                 help=f'a dir with {links_lib.LINKS_FILE_NAME} (and maybe'
+                 ' tars, which are reported as local)')
+  p.add_argument('--links', metavar='FILE', default=None,
+                 help='the links file (default: MANUAL_DIR/'
+                 f'{links_lib.LINKS_FILE_NAME})')
+  p.add_argument('--probe', action='store_true',
+                 help='send a HEAD request per link for its size and status')
+  p.add_argument('--probe_workers', type=common.positive_int, default=8,
+                 metavar='N', help='parallel HEAD requests (default 8)')
+  p.add_argument('--timeout', type=float, default=30.0, metavar='SECONDS',
+                 help='per-request timeout for --probe (default 30)')
+  p.add_argument('--summary_only', action='store_true',
+                 help='no per-link table')
+  p.add_argument('--json', metavar='FILE', default=None,
+                 help='also write the full report as JSON')
+  p.add_argument('--strict', action='store_true',
+                 help='exit 1 if anything is wrong: malformed lines,'
+                 ' duplicates, expired links, failed probes')
+  p.set_defaults(func=run, allow_leftover=False)
+  return p

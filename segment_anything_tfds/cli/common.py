@@ -1,0 +1,193 @@
+"""What the commands share: argument types, dataset flags, builders, output."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from etils import epath
+
+from segment_anything_tfds import config as config_lib
+from segment_anything_tfds import errors
+
+PROG = 'segment-anything-tfds'
+DATASET = 'segment_anything'
+
+
+class UsageError(Exception):
+  """Bad usage found after parsing: printed with the usage, exit code 2."""
+
+
+# ---------------------------------------------------------------- output
+
+
+def progress(iterable=None, *, enabled: bool, **kwargs):
+  """A tqdm bar on stderr, or a plain pass-through when disabled."""
+  from tqdm import auto as tqdm_auto  # pylint: disable=g-import-not-at-top
+  return tqdm_auto.tqdm(iterable, disable=not enabled, file=sys.stderr,
+                        dynamic_ncols=True, **kwargs)
+
+
+def human_bytes(n: float | None) -> str:
+  """1536 -> '1.50 KiB'; None -> '?'."""
+  if n is None:
+    return '?'
+  for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'):
+    if abs(n) < 1024 or unit == 'PiB':
+      return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.2f} {unit}'
+    n /= 1024
+  return f'{n} B'
+
+
+def first_line(e: BaseException) -> str:
+  """The first non-empty line of an exception's message."""
+  text = str(e).strip() or type(e).__name__
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  return lines[0] if lines else text
+
+
+# ---------------------------------------------------------- argument types
+
+
+def tar_spec(value: str) -> str:
+  try:
+    config_lib.parse_tar_spec(value)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
+  return value
+
+
+def int_list(value: str) -> list[int]:
+  try:
+    out = [int(v) for v in value.replace(' ', '').split(',') if v]
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f'expected comma-separated integers like "0,3", got {value!r}'
+    ) from None
+  if not out or any(v < 0 for v in out):
+    raise argparse.ArgumentTypeError(
+        f'expected non-negative integers like "0,3", got {value!r}')
+  return out
+
+
+def positive_int(value: str) -> int:
+  try:
+    n = int(value)
+  except ValueError:
+    n = 0
+  if n < 1:
+    raise argparse.ArgumentTypeError(
+        f'expected a positive integer, got {value!r}')
+  return n
+
+
+# ------------------------------------------------------------ the dataset
+
+
+def add_dataset_args(p: argparse.ArgumentParser, *, build: bool) -> None:
+  """--config | --tars (| --dataset_dir), --lenient, --data_dir."""
+  which = p.add_argument_group('which dataset')
+  group = which.add_mutually_exclusive_group(required=True)
+  group.add_argument(
+      '--config', choices=[c.name for c in config_lib.BUILDER_CONFIGS],
+      help='a named config: all, first_1, first_10 or first_100 tars')
+  group.add_argument(
+      '--tars', type=tar_spec, metavar='SPEC',
+      help='explicit tar numbers and ranges, e.g. "0-9,42" (config'
+      ' tars_0-9_42)')
+  if not build:
+    group.add_argument(
+        '--dataset_dir', metavar='DIR',
+        help='a prepared dataset dir (.../segment_anything/<config>/2.0.0)'
+        ' instead of --config/--tars and --data_dir')
+  which.add_argument(
+      '--lenient', action='store_true',
+      help='the lenient variant: skips bad images and audits them (its'
+      ' config is named <config>_lenient)')
+  which.add_argument(
+      '--data_dir', metavar='DIR', default=None,
+      help='TFDS data dir (default: TFDS default, ~/tensorflow_datasets)')
+
+
+def builder_config(
+    args: argparse.Namespace) -> config_lib.SegmentAnythingConfig:
+  """The config that --config/--tars/--lenient name.
+
+  A lenient build gets its own config name (`<name>_lenient`), so it never
+  shares a data dir with the strict build of the same tars.
+  """
+  if getattr(args, 'tars', None):
+    cfg = config_lib.tars_config(args.tars)
+  else:
+    cfg = {c.name: c for c in config_lib.BUILDER_CONFIGS}[args.config]
+  if args.lenient:
+    cfg = config_lib.lenient_config(cfg)
+  return cfg
+
+
+def config_for_builder(cfg: config_lib.SegmentAnythingConfig):
+  """Registered configs by name (TFDS rejects equal-named copies)."""
+  registered = {c.name: c for c in config_lib.BUILDER_CONFIGS}
+  return cfg.name if registered.get(cfg.name) is cfg else cfg
+
+
+def make_builder(args: argparse.Namespace, **builder_kwargs: Any):
+  """The builder named by --dataset_dir, or --config/--tars and --data_dir."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  # Registers the builder (a no-op once imported).
+  import segment_anything_tfds  # pylint: disable=g-import-not-at-top,unused-import
+  if getattr(args, 'dataset_dir', None):
+    path = epath.Path(args.dataset_dir)
+    if not (path / 'dataset_info.json').exists():
+      raise errors.NotPreparedError(
+          f'{path} is not a prepared dataset dir (it has no'
+          ' dataset_info.json)')
+    return tfds.builder_from_directory(path)
+  cfg = builder_config(args)
+  return tfds.builder(DATASET, data_dir=args.data_dir,
+                      config=config_for_builder(cfg), **builder_kwargs)
+
+
+def prepared_builder(args: argparse.Namespace):
+  builder = make_builder(args)
+  if not builder.is_prepared():
+    raise errors.NotPreparedError(
+        f'no prepared dataset at {builder.data_dir}; run `{PROG} build` with'
+        ' the same --config/--tars/--lenient and --data_dir first')
+  return builder
+
+
+def split_size(builder, split: str) -> int | None:
+  try:
+    return builder.info.splits[split].num_examples
+  except (KeyError, ValueError, AssertionError):
+    return None
+
+
+def skip_image_decoding():
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return {'image': {'content': tfds.decode.SkipDecoding()}}
+
+
+def is_array_record(builder) -> bool:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+
+
+def iterate_examples(builder, split: str, *, show_progress: bool, desc: str):
+  """Numpy examples of `split`, JPEG bytes undecoded, in the split's order."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    if is_array_record(builder):
+      source = builder.as_data_source(split=split,
+                                      decoders=skip_image_decoding())
+      examples = (source[i] for i in range(len(source)))
+    else:
+      examples = tfds.as_numpy(builder.as_dataset(
+          split=split, decoders=skip_image_decoding(), shuffle_files=False))
+  except (KeyError, AssertionError, ValueError) as e:
+    raise errors.ConfigError(f'bad split {split!r}: {first_line(e)}') from None
+  total = split_size(builder, split)
+  return progress(examples, enabled=show_progress, total=total, desc=desc,
+                  unit='img')

@@ -1,0 +1,263 @@
+"""SA-1B shards: what manual_dir offers, and which of them a config takes.
+
+A shard is one tar's worth of images: a tar file (local or in a bucket), an
+extracted `sa_NNNNNN/` folder, or an http(s) link from the links file.
+`find_shards` looks in manual_dir; `select` picks a config's tars. Paths are
+handled by `etils.epath`, which knows local paths from bucket URIs
+(`is_local`); local entries are checked with `os.lstat`, so no symlink out of
+manual_dir and nothing but regular files and folders is ever used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import stat
+from typing import Any, BinaryIO, Sequence
+
+from etils import epath
+
+from segment_anything_tfds import errors
+from segment_anything_tfds import links as links_lib
+
+Path = epath.Path
+
+TAR = 'tar'
+DIR = 'dir'
+URL = 'url'
+
+
+def is_local(path: epath.PathLike) -> bool:
+  """Whether `path` is on this machine, not behind a URI (gs://, s3://...).
+
+  The one place that decides it, with epath's rule: a local path has no
+  `scheme://` prefix.
+  """
+  return links_lib.scheme(os.fspath(path)) is None
+
+
+def size_of(path: epath.PathLike) -> int:
+  """A file's size in bytes, local or in a bucket."""
+  st = Path(path).stat()
+  size = getattr(st, 'st_size', None)
+  return size if size is not None else st.length
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """One SA-1B shard.
+
+  Attributes:
+    name: the tar's name, e.g. `sa_000000.tar`.
+    kind: `TAR` (a tar file, local or in a bucket), `DIR` (an extracted
+      folder) or `URL` (an http(s) link; `open` streams it).
+    location: the path of the tar or folder, or the URL.
+    size: the tar's size in bytes when known (saves a HEAD per open).
+    downloaded: a tar in the download cache (`disk_mode='delete'` removes it
+      after a successful build).
+    options: the download options a `URL` shard is streamed with.
+  """
+
+  name: str
+  kind: str
+  location: str
+  size: int | None = None
+  downloaded: bool = False
+  options: Any = None
+
+  @property
+  def index(self) -> int:
+    return links_lib.shard_index(self.name)
+
+  @property
+  def local(self) -> bool:
+    return self.kind != URL and is_local(self.location)
+
+  def open(self) -> BinaryIO:
+    """Opens a tar for seekable binary reading, in place (never a copy)."""
+    if self.kind == URL:
+      from segment_anything_tfds import httpfile  # pylint: disable=g-import-not-at-top
+      return httpfile.RangeFile(self.location, size=self.size, name=self.name,
+                                options=self.options)
+    if self.kind != TAR:
+      raise errors.SourceError(
+          f'{self.name}: {self.location} is a folder, not a tar')
+    if is_local(self.location):
+      try:
+        return open(self.location, 'rb', buffering=1 << 20)
+      except OSError as e:
+        raise errors.SourceError(
+            f'{self.name}: cannot open {self.location}: {e.strerror}'
+        ) from None
+    try:
+      return _RemoteFile(Path(self.location))
+    except Exception as e:  # pylint: disable=broad-except
+      # epath's backends raise their own types (tf.errors.*, gcsfs's).
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+      raise errors.SourceError(
+          f'{self.name}: cannot open {self.location}: {first}') from None
+
+
+class _RemoteFile:
+  """A file of an epath backend (gs://, s3://, ...) kept open until closed.
+
+  epath's `Path.open` is a context manager on some backends; this holds it
+  open and forwards reads and seeks to the backend's file.
+  """
+
+  def __init__(self, path: epath.Path):
+    self._ctx = path.open('rb')
+    if hasattr(self._ctx, '__enter__') and not hasattr(self._ctx, 'read'):
+      self._file = self._ctx.__enter__()
+    else:
+      self._file, self._ctx = self._ctx, None
+    self.name = os.fspath(path)
+
+  def __getattr__(self, attr: str) -> Any:
+    return getattr(self._file, attr)
+
+  def seekable(self) -> bool:
+    return True
+
+  def close(self):
+    if self._ctx is not None:
+      ctx, self._ctx = self._ctx, None
+      ctx.__exit__(None, None, None)
+    else:
+      self._file.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+@dataclasses.dataclass
+class Found:
+  """What manual_dir offers.
+
+  Attributes:
+    shards: tar index -> shard; a tar or folder in manual_dir beats a link.
+    refused: entries named like shards that are not used, and why (a
+      symlink out of manual_dir, a FIFO, ...).
+    links_file: the links file read, if any.
+  """
+
+  shards: dict[int, Shard]
+  refused: dict[str, str] = dataclasses.field(default_factory=dict)
+  links_file: str | None = None
+
+
+def _local_entry(path: epath.Path, root: str | None) -> tuple[str | None, str]:
+  """(TAR or DIR or None, why not) for an entry of manual_dir."""
+  if root is None:  # A bucket: no symlinks, devices or FIFOs there.
+    if path.name.endswith('.tar'):
+      return TAR, ''
+    return (DIR, '') if path.is_dir() else (None, 'not a tar or folder')
+  p = os.fspath(path)
+  st = os.lstat(p)
+  if stat.S_ISLNK(st.st_mode):
+    real = os.path.realpath(p)
+    if os.path.commonpath([real, root]) != root:
+      return None, ('a symlink out of manual_dir (not followed; list the tar'
+                    ' by its path in the links file to use it)')
+    try:
+      st = os.stat(p)
+    except OSError as e:
+      return None, f'a broken symlink ({e.strerror})'
+  if stat.S_ISDIR(st.st_mode):
+    return DIR, ''
+  if stat.S_ISREG(st.st_mode) and p.endswith('.tar'):
+    return TAR, ''
+  return None, 'not a regular file or folder'
+
+
+def local_shards(manual_dir: epath.PathLike) -> Found:
+  """The tars and `sa_NNNNNN/` folders in manual_dir itself, by tar index.
+
+  A tar beats a folder of the same shard. Rows of the links file are not
+  included, even when they point at a path or a bucket.
+  """
+  manual_dir = Path(manual_dir)
+  root = os.path.realpath(manual_dir) if is_local(manual_dir) else None
+  found = Found({})
+  for p in sorted(manual_dir.iterdir()):
+    index = links_lib.shard_index(p.name if p.name.endswith('.tar')
+                                  else p.name + '.tar')
+    if index is None:
+      continue
+    kind, why = _local_entry(p, root)
+    if kind is None:
+      found.refused[p.name] = why
+      continue
+    previous = found.shards.get(index)
+    if previous is not None and previous.kind == TAR:
+      continue  # A tar beats a folder of the same shard.
+    found.shards[index] = Shard(links_lib.shard_name(index), kind,
+                                os.fspath(p))
+  return found
+
+
+def _link_shard(name: str, url: str, links_dir: epath.Path) -> Shard:
+  """A links-file row: http(s) stays a URL; gs:// and paths are tars."""
+  if links_lib.is_http(url):
+    return Shard(name, URL, url)
+  if is_local(url) and not os.path.isabs(url):
+    url = os.fspath(links_dir / url)
+  return Shard(name, TAR, url)
+
+
+def find_shards(manual_dir: epath.PathLike) -> Found:
+  """All shards manual_dir offers, by tar index; local copies win."""
+  manual_dir = Path(manual_dir)
+  if not manual_dir.is_dir():
+    raise errors.SourceError(
+        f'manual_dir {manual_dir} does not exist or is not a directory: give'
+        ' the dir holding the tars, sa_NNNNNN/ folders and/or'
+        f' {links_lib.LINKS_FILE_NAME}')
+  found = local_shards(manual_dir)
+  for name, why in found.refused.items():
+    logging.warning('%s: %s is %s; not used', manual_dir, name, why)
+  links_path = manual_dir / links_lib.LINKS_FILE_NAME
+  if links_path.exists():
+    found.links_file = os.fspath(links_path)
+    links = links_lib.read_links(links_path)
+    if links.other:
+      logging.info(
+          '%s: ignoring %d rows that are not SA-1B image tars'
+          ' (sa_NNNNNN.tar): %s', links_path, len(links.other),
+          ', '.join(sorted(links.other)))
+    for name, url in links.shards.items():
+      index = links_lib.shard_index(name)
+      if index not in found.shards:  # What manual_dir holds wins.
+        found.shards[index] = _link_shard(name, url, manual_dir)
+  found.shards = dict(sorted(found.shards.items()))
+  return found
+
+
+def select(
+    shards: dict[int, Shard], *, num_tars: int | None,
+    tars: Sequence[int] | None,
+) -> list[Shard]:
+  """The shards a config asks for: the first `num_tars`, or explicit indices."""
+  if tars is not None:
+    missing = [i for i in tars if i not in shards]
+    if missing:
+      raise errors.SourceError(
+          f'tars {", ".join(links_lib.shard_name(i) for i in missing)} were'
+          ' asked for but are neither in manual_dir nor in its links file')
+    return [shards[i] for i in tars]
+  chosen = list(shards.values())
+  if num_tars is not None:
+    if len(chosen) < num_tars:
+      logging.warning(
+          'This config takes the first %d tars, but manual_dir and its links'
+          ' file offer only %d: building those.', num_tars, len(chosen))
+    chosen = chosen[:num_tars]
+  if not chosen:
+    raise errors.SourceError(
+        'manual_dir holds no sa_NNNNNN.tar, no sa_NNNNNN/ folder and no'
+        f' {links_lib.LINKS_FILE_NAME}')
+  return chosen
