@@ -43,7 +43,9 @@ setuptools.setup(
     include_package_data=True,
     install_requires=[
         'tensorflow>=2.15',
-        'tensorflow-datasets>=4.9.4',
+        # The local build relies on a few TFDS internals (tfds_seam.py),
+        # checked by tests/test_tfds_seam.py on the versions below.
+        'tensorflow-datasets>=4.9.10,<4.10',
         'etils[epath]',
         'numpy',
         'tqdm',

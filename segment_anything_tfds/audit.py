@@ -29,10 +29,36 @@ def skip_record(error: errors.BadInputError, *, kind: str = 'skip') -> dict:
           'member': error.member, 'message': error.detail}
 
 
-def shard_record(index) -> dict:
-  """The record of one indexed shard (a `tars.Index`): images in, ignored."""
-  return {'kind': 'shard', 'tar': index.tar, 'images': index.images,
-          'problems': len(index.problems), 'ignored_members': index.ignored}
+def problem(error: errors.BadInputError, *, lenient: bool,
+            kind: str = 'skip') -> dict:
+  """Raises `error` in strict mode; in lenient mode logs it, returns its record.
+
+  `kind` is 'skip' for one image, 'tar' for a whole tar.
+  """
+  if not lenient:
+    raise error
+  logging.warning('Skipping %s %s: %s [%s]', 'image' if kind == 'skip'
+                  else 'tar', error.where, error.detail, error.reason)
+  return skip_record(error, kind=kind)
+
+
+def shard_record(tar: str, *, images: int, problems: int,
+                 ignored: list[str]) -> dict:
+  """The record of one indexed shard: images in, problems, ignored members."""
+  return {'kind': 'shard', 'tar': tar, 'images': images,
+          'problems': problems, 'ignored_members': ignored}
+
+
+def write_records(data_dir: epath.PathLike, records: list[dict[str, Any]]
+                  ) -> None:
+  """Writes audit records as JSON lines (what the Beam build writes too)."""
+  if not records:
+    return
+  audit_dir = epath.Path(data_dir) / AUDIT_DIR
+  audit_dir.mkdir(parents=True, exist_ok=True)
+  with (audit_dir / f'{AUDIT_PREFIX}-local.jsonl').open('w') as f:
+    for record in records:
+      f.write(json.dumps(record, sort_keys=True) + '\n')
 
 
 def read_records(data_dir: epath.PathLike) -> list[dict[str, Any]]:

@@ -322,6 +322,110 @@ def _fast_columns(
   )
 
 
+# A count of more than this many characters (40 bits) is refused, as by the
+# TensorFlow decoder (`rle._MAX_CHARS_PER_COUNT`).
+_MAX_CHARS_PER_COUNT = 8
+
+
+def _rle_error(index: int, where: Where, detail: str) -> errors.BadInputError:
+  return bad_input(BAD_RLE, where,
+                   f'annotations[{index}].segmentation.counts {detail}')
+
+
+def check_counts(counts: np.ndarray, area: np.ndarray, *, height: int,
+                 width: int, where: Where) -> None:
+  """Checks that every RLE string decodes to an `height` x `width` mask.
+
+  The format is COCO compressed RLE (stated in `rle.py`). One vectorized pass
+  over the concatenated strings of all annotations finds the first bad one:
+  characters outside '0'..'o' (48..111), a count left unfinished, a count
+  over 8 characters, a negative run, runs that do not sum to h*w, or an
+  `area` over h*w.
+
+  Raises:
+    BadInputError: `bad_rle`, naming the annotation index.
+  """
+  n = len(counts)
+  if not n:
+    return
+  lengths = np.fromiter(map(len, counts), np.int64, n)
+  if not lengths.all():
+    raise _rle_error(int(np.argmin(lengths)), where, 'is empty')
+  ends = np.cumsum(lengths)
+  joined = ''.join(counts)
+  try:
+    buf = joined.encode('ascii')
+  except UnicodeEncodeError as e:
+    i = int(np.searchsorted(ends, e.start, side='right'))
+    raise _rle_error(i, where, f'has the non-ASCII character'
+                     f' {joined[e.start]!r}') from None
+  c = np.frombuffer(buf, np.uint8) - np.uint8(48)  # Wraps below '0'.
+  if c.max() > 63:
+    at = int(np.argmax(c > 63))
+    i = int(np.searchsorted(ends, at, side='right'))
+    raise _rle_error(i, where, f'has the character {chr(buf[at])!r}'
+                     ' outside "0".."o"')
+  if (c[ends - 1] >= 32).any():  # Bit 0x20: the count goes on.
+    i = int(np.argmax(c[ends - 1] >= 32))
+    raise _rle_error(i, where, 'ends inside a count (an unfinished'
+                     ' continuation character)')
+  # Counts: each ends at a character without the continuation bit.
+  last = np.flatnonzero(c < 32)
+  first = np.empty_like(last)
+  first[0] = 0
+  first[1:] = last[:-1] + 1
+  chars = last - first + 1
+  longest = int(chars.max())
+  if longest > _MAX_CHARS_PER_COUNT:
+    k = int(np.argmax(chars > _MAX_CHARS_PER_COUNT))
+    i = int(np.searchsorted(ends, first[k], side='right'))
+    raise _rle_error(i, where, f'has a count of {chars[k]} characters (at'
+                     f' most {_MAX_CHARS_PER_COUNT})')
+  # The value of each count: 5 data bits per character, little-endian,
+  # sign-extended from bit 0x10 of its last character.
+  values = (c[first] & 31).astype(np.int64)
+  for k in range(1, longest):
+    longer = np.flatnonzero(chars > k)
+    values[longer] |= (c[first[longer] + k] & 31).astype(np.int64) << (5 * k)
+  sign = (c[last] >> 4) & 1  # Bit 0x10 of the last character.
+  values -= sign.astype(np.int64) << (5 * chars)
+  # The counts of each string (mask), and each count's position there.
+  per_mask = np.add.reduceat((c < 32).view(np.uint8), ends - lengths,
+                             dtype=np.int64)
+  mask_start = np.cumsum(per_mask) - per_mask
+  pos = np.arange(len(values)) - np.repeat(mask_start, per_mask)
+  # Count m >= 3 is a delta against count m - 2: runs are running sums over
+  # each mask's odd positions, and over its even positions from 2 on. Running
+  # sums over the whole array by index parity, minus their value at the
+  # mask's start (even) or just before it (odd), give them all at once.
+  lag2 = np.empty_like(values)
+  lag2[0::2] = np.cumsum(values[0::2])
+  lag2[1::2] = np.cumsum(values[1::2])
+  base_even = lag2[mask_start]
+  base_odd = np.where(mask_start > 0, lag2[np.maximum(mask_start - 1, 0)], 0)
+  odd = (pos & 1).astype(bool)
+  runs = lag2 - np.where(odd, np.repeat(base_odd, per_mask),
+                         np.repeat(base_even, per_mask))
+  runs[mask_start] = values[mask_start]  # Position 0: no delta.
+  if (runs < 0).any():
+    k = int(np.argmax(runs < 0))
+    i = int(np.searchsorted(mask_start, k, side='right')) - 1
+    raise _rle_error(i, where, 'decodes to a negative run length')
+  pixels = height * width
+  totals = np.add.reduceat(runs, mask_start)
+  # Exact in float64: a total is far below 2**53 (or already wrong).
+  wrong = totals != pixels
+  if wrong.any():
+    i = int(np.argmax(wrong))
+    raise _rle_error(i, where, f'has runs summing to {int(totals[i])}, not'
+                     f' h*w = {height}*{width} = {pixels}')
+  over = area > pixels
+  if over.any():
+    i = int(np.argmax(over))
+    raise bad_input(BAD_VALUE, where, f'annotations[{i}].area {area[i]} is'
+                    f' over h*w = {pixels}')
+
+
 def make_example(
     jpeg: bytes, record: Any, *, stem: str, where: Where
 ) -> tuple[int, dict[str, Any]]:
@@ -374,6 +478,7 @@ def make_example(
     columns = _checked_columns(annotations, height=height, width=width,
                                where=where)
   area, bbox, crop_box, ids, points, iou, counts, sizes, stability = columns
+  check_counts(counts, area, height=height, width=width, where=where)
 
   example = {
       'image': {

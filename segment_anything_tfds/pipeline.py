@@ -10,9 +10,9 @@
   'WriteAudit'        every skipped image (lenient mode) and per-shard counts
 
 Only shard names, member offsets and image ids are grouped or reshuffled;
-image bytes flow straight from the read to TFDS's writer. In lazy mode (local
-builds, see `lazy.py`) not even they do: 'ReadExamples' emits small stand-ins
-that the dataset's example writer resolves from the tars.
+image bytes flow straight from the read to TFDS's writer (whose shuffle
+groups them: on Dataflow a disk-backed service). Local builds do not use this
+pipeline but `local_build.py`, which shuffles only 48-byte entries.
 """
 
 import dataclasses
@@ -26,7 +26,6 @@ from etils import epath
 from segment_anything_tfds import audit
 from segment_anything_tfds import errors
 from segment_anything_tfds import examples as examples_lib
-from segment_anything_tfds import lazy as lazy_lib
 from segment_anything_tfds import shards as shards_lib
 from segment_anything_tfds import tars as tars_lib
 
@@ -49,23 +48,9 @@ def _counter(name: str):
 def _problem(error: errors.BadInputError, *, lenient: bool,
              kind: str = 'skip'):
   """Raises in strict mode; returns an audit output in lenient mode."""
-  if not lenient:
-    raise error
-  logging.warning('Skipping %s %s: %s [%s]', 'image' if kind == 'skip'
-                  else 'tar', error.where, error.detail, error.reason)
+  record = audit.problem(error, lenient=lenient, kind=kind)
   _counter(f'skipped_{error.reason}').inc()
-  return beam.pvalue.TaggedOutput(_AUDIT, audit.skip_record(error, kind=kind))
-
-
-def no_images_error(index: tars_lib.Index) -> errors.BadInputError:
-  """Why a shard offered no image at all: the members seen and ignored."""
-  seen = ', '.join(index.ignored[:8]) + (' ...' if len(index.ignored) > 8
-                                          else '')
-  return errors.BadInputError(
-      examples_lib.NO_IMAGES, index.tar, '-',
-      f'no SA-1B image members (sa_<id>.jpg + sa_<id>.json, <id> in ASCII'
-      f' digits without leading zeros) among its {len(index.ignored)}'
-      f' members{": " + seen if seen else ""}')
+  return beam.pvalue.TaggedOutput(_AUDIT, record)
 
 
 def index_shard(
@@ -81,14 +66,17 @@ def index_shard(
   if index.damage is not None:
     yield _problem(index.damage, lenient=lenient, kind='tar')
   elif not index.images:
-    yield _problem(no_images_error(index), lenient=lenient, kind='tar')
+    yield _problem(tars_lib.no_images_error(index), lenient=lenient,
+                   kind='tar')
   for problem in index.problems:
     yield _problem(problem, lenient=lenient)
   for name in index.ignored:
     logging.info('%s:%s: not an SA-1B image member; ignored', shard.name,
                  name)
   _counter('images_indexed').inc(index.images)
-  yield beam.pvalue.TaggedOutput(_AUDIT, audit.shard_record(index))
+  yield beam.pvalue.TaggedOutput(_AUDIT, audit.shard_record(
+      index.tar, images=index.images, problems=len(index.problems),
+      ignored=index.ignored))
   pairs = index.pairs
   for start in range(0, len(pairs), chunk_size):
     yield Chunk(shard, tuple(pairs[start:start + chunk_size]))
@@ -118,14 +106,8 @@ def find_duplicates(
 
 def read_chunk(
     chunk: Chunk, duplicates: dict[int, str], *, lenient: bool,
-    lazy: bool = False,
 ) -> Iterator[Any]:
-  """Reads a chunk's pairs; yields (image id, example) and audit records.
-
-  With `lazy`, each image is read and checked just the same, but the example
-  yielded is `lazy.stand_in(...)`: a few hundred bytes that
-  `lazy.LazyExampleWriter` turns back into the full example as it writes.
-  """
+  """Reads a chunk's pairs; yields (image id, example) and audit records."""
   shard = chunk.shard
   with tars_lib.ShardReader(shard) as reader:
     for pair in chunk.pairs:
@@ -141,7 +123,7 @@ def read_chunk(
         yield _problem(e, lenient=lenient)
         continue
       _counter('images_written').inc()
-      yield key, (lazy_lib.stand_in(example, shard, pair) if lazy else example)
+      yield key, example
 
 
 @beam.ptransform_fn
@@ -152,7 +134,6 @@ def BuildExamples(  # pylint: disable=invalid-name
     audit_dir: epath.PathLike,
     chunk_size: int = 64,
     lenient: bool = False,
-    lazy: bool = False,
 ) -> beam.PCollection:
   """All examples of `shards`, as (image id, example) pairs.
 
@@ -162,9 +143,6 @@ def BuildExamples(  # pylint: disable=invalid-name
     audit_dir: where JSON-lines audit records are written.
     chunk_size: images per unit of work.
     lenient: skip (and audit) bad images instead of failing.
-    lazy: yield `lazy.stand_in` examples, for a build whose TFDS writer is a
-      `lazy.LazyExampleWriter`: memory then stays flat under Beam's local runner,
-      which holds grouped data in RAM.
   """
   indexed = (
       pipeline
@@ -186,7 +164,6 @@ def BuildExamples(  # pylint: disable=invalid-name
       | 'ReshuffleChunks' >> beam.Reshuffle()
       | 'ReadExamples' >> beam.FlatMap(
           read_chunk, beam.pvalue.AsDict(duplicates), lenient=lenient,
-          lazy=lazy,
       ).with_outputs(_AUDIT, main='examples')
   )
   _ = (

@@ -1,15 +1,12 @@
-"""The local Beam runner: offline, in-process, optionally multi-process.
+"""Which engine builds: the local writer, or the Beam runner named.
 
-Beam's default DirectRunner (2.77) first tries to download the Prism binary
-from GitHub. Local builds use the FnApiRunner instead, which runs in process
-and needs no network. `--direct_num_workers=N` and
-`--direct_running_mode=multi_processing` in the Beam options spread work over
-N local processes.
+A build that names no Beam runner is local (`local_build`): no Beam at all.
+Beam's default DirectRunner (2.77) would first try to download the Prism
+binary from GitHub; to run the Beam pipeline in this process, offline, pass
+`DownloadConfig(beam_runner=runners.local_runner())` (Beam's FnApiRunner).
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import tensorflow_datasets as tfds
 
@@ -20,25 +17,35 @@ def local_runner():
   return fn_api_runner.FnApiRunner()
 
 
-def with_local_runner(
-    config: tfds.download.DownloadConfig,
-) -> tfds.download.DownloadConfig:
-  """`config` with the local runner, unless it names a runner already."""
+def _options(config: tfds.download.DownloadConfig):
+  if config.beam_options is None:
+    return None
+  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+  return config.beam_options.view_as(pipeline_options.PipelineOptions)
+
+
+def names_runner(config: tfds.download.DownloadConfig) -> bool:
+  """Whether `config` asks for Beam: a runner object, or one in its options.
+
+  Builds that name no runner are local builds (`local_build`), which need
+  no Beam at all.
+  """
   if config.beam_runner is not None:
-    return config
-  options = config.beam_options
+    return True
+  options = _options(config)
+  if options is None:
+    return False
+  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+  return options.view_as(pipeline_options.StandardOptions).runner is not None
+
+
+def local_workers(config: tfds.download.DownloadConfig, workers: int) -> int:
+  """Workers of a local build: Beam's `direct_num_workers` if set, else
+  `workers` (0: one per core)."""
+  options = _options(config)
   if options is not None:
     from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
-    if options.view_as(pipeline_options.StandardOptions).runner is not None:
-      return config
-  return dataclasses.replace(config, beam_runner=local_runner())
-
-
-def is_local(config: tfds.download.DownloadConfig) -> bool:
-  """Whether `config` runs Beam on the FnApiRunner, in this machine's RAM.
-
-  Its GroupByKey buffers hold everything grouped in memory, so builds on it
-  should use lazy examples (see `lazy.plan`).
-  """
-  from apache_beam.runners.portability import fn_api_runner  # pylint: disable=g-import-not-at-top
-  return isinstance(config.beam_runner, fn_api_runner.FnApiRunner)
+    n = options.view_as(pipeline_options.DirectOptions).direct_num_workers
+    if n:
+      return n
+  return workers

@@ -191,6 +191,17 @@ def pair_members(members: Iterable[Member], *, tar: str) -> Index:
       ignored)
 
 
+def no_images_error(index: Index) -> errors.BadInputError:
+  """Why a shard offered no image at all: the members seen and ignored."""
+  seen = ', '.join(index.ignored[:8]) + (' ...' if len(index.ignored) > 8
+                                          else '')
+  return errors.BadInputError(
+      examples_lib.NO_IMAGES, index.tar, '-',
+      'no SA-1B image members (sa_<id>.jpg + sa_<id>.json, <id> in ASCII'
+      f' digits without leading zeros) among its {len(index.ignored)}'
+      f' members{": " + seen if seen else ""}')
+
+
 def _corrupt(tar: str, where: str, detail: str) -> errors.BadInputError:
   return errors.BadInputError(examples_lib.CORRUPT_TAR, tar, where, detail)
 
@@ -205,12 +216,14 @@ def index_members(fileobj: BinaryIO, *, tar: str
     cut short), or None for a whole tar.
   """
   members: list[Member] = []
+  header = 0  # Where the next header starts.
   try:
     with tarfile.open(fileobj=fileobj, mode='r:') as tf:
       while True:
         info = tf.next()
         if info is None:
           break
+        header = tf.offset
         tf.members = []  # Keep the index flat in memory for huge tars.
         kind = REGULAR if info.isreg() else _TAR_KINDS.get(info.type, 'special')
         if info.isdir() and canonical_stem(info.name.rstrip('/')) is None:
@@ -225,13 +238,9 @@ def index_members(fileobj: BinaryIO, *, tar: str
     fileobj.seek(end)
     tail = fileobj.read(512)
   except (tarfile.TarError, EOFError, OSError) as e:
-    try:
-      offset = fileobj.tell()
-    except (OSError, ValueError):
-      offset = '?'
     what = 'not a tar' if not members else 'corrupt or truncated tar'
-    return members, _corrupt(tar, f'@{offset}',
-                             f'{what}: unreadable header near byte {offset}'
+    return members, _corrupt(tar, f'@{header}',
+                             f'{what}: unreadable header at byte {header}'
                              f' ({e})')
   # tarfile stops quietly at a bad header after the first member; only an
   # end-of-archive block (512 zero bytes) means the tar really ended there.

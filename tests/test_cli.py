@@ -168,28 +168,37 @@ def test_build_bad_input_strict_fails_lenient_audits(tmp_path, capsys):
   assert 'skipped:   1 images' in out
 
 
-def test_download_config_local_runner_and_workers():
+def test_download_config_local_build_and_workers():
   from apache_beam.options import pipeline_options
-  from apache_beam.runners.portability import fn_api_runner
+  from segment_anything_tfds import runners
   parser = cli.build_parser()
+  # Local (no runner): no Beam options at all; --workers goes to the builder.
   args, leftover = parser.parse_known_args(
-      ['build', '--tars', '0', '--num_workers', '3', '--manual_dir', 'm',
-       '--beam_pipeline_options', 'job_name=x'])
+      ['build', '--tars', '0', '--workers', '3', '--manual_dir', 'm'])
   cfg = cli.build.download_config(args, leftover)
-  assert isinstance(cfg.beam_runner, fn_api_runner.FnApiRunner)
-  direct = cfg.beam_options.view_as(pipeline_options.DirectOptions)
-  assert direct.direct_num_workers == 3
-  assert direct.direct_running_mode == 'multi_processing'
-  assert cfg.beam_options.view_as(
-      pipeline_options.GoogleCloudOptions).job_name == 'x'
-  assert cfg.manual_dir == 'm'
+  assert cfg.beam_options is None and cfg.beam_runner is None
+  assert not runners.names_runner(cfg)
+  assert args.workers == 3 and cfg.manual_dir == 'm'
+  # `tfds build`-style direct_num_workers also sets a local build's workers.
+  args, leftover = parser.parse_known_args(
+      ['build', '--tars', '0', '--beam_pipeline_options',
+       'direct_num_workers=2'])
+  cfg = cli.build.download_config(args, leftover)
+  assert not runners.names_runner(cfg)
+  assert runners.local_workers(cfg, 0) == 2
+  # Other Beam options need a runner, and say so.
+  for argv in (['--beam_pipeline_options', 'job_name=x'], ['--num_workers',
+                                                          '3']):
+    args, leftover = parser.parse_known_args(['build', '--tars', '0', *argv])
+    with pytest.raises(cli.common.UsageError, match='runner'):
+      cli.build.download_config(args, leftover)
 
   args, leftover = parser.parse_known_args(
       ['build', '--tars', '0', '--runner', 'DataflowRunner',
        '--num_workers', '5', '--region=europe-west4',
        '--machine_type=n2-standard-4'])
   cfg = cli.build.download_config(args, leftover)
-  assert cfg.beam_runner is None  # The named runner, not the local one.
+  assert cfg.beam_runner is None and runners.names_runner(cfg)
   opts = cfg.beam_options
   assert opts.view_as(pipeline_options.StandardOptions).runner == (
       'DataflowRunner')
@@ -200,11 +209,11 @@ def test_download_config_local_runner_and_workers():
       'europe-west4')
 
 
-def test_build_multiprocess_array_record(tmp_path, capsys):
+def test_build_array_record(tmp_path, capsys):
   summary = tmp_path / 'summary.json'
   code, out, err = run(
       capsys, 'build', '--tars', '1-2', '--data_dir', tmp_path,
-      '--manual_dir', DUMMY, '--num_workers', '2', '--file_format',
+      '--manual_dir', DUMMY, '--workers', '2', '--file_format',
       'array_record', '--summary_json', summary, '--no_progress')
   assert code == 0, err
   s = json.loads(summary.read_text())
@@ -212,7 +221,7 @@ def test_build_multiprocess_array_record(tmp_path, capsys):
   assert s['masks'] == sum(DUMMY_IMAGES[i][2] for i in (11, 12, 13, 21, 22, 23))
   assert s['file_format'] == 'array_record'
   assert list(pathlib.Path(s['data_dir']).glob('*.array_record*'))
-  assert '2 workers' in err
+  assert 'local' in err
 
 
 # ------------------------------------------------------------------ stats

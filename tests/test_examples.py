@@ -3,6 +3,7 @@
 import copy
 import io
 import json
+import re
 
 import numpy as np
 from PIL import Image
@@ -129,3 +130,110 @@ def test_jpeg_checks():
       examples.make_example(bad, record, stem='sa_7', where=('t.tar', 'sa_7.jpg'))
     assert e.value.reason == examples.CORRUPT_JPEG
     assert needle in str(e.value)
+
+
+def _rle_string(runs):
+  """COCO compressed RLE of a list of run lengths (pycocotools rleToString),
+  written independently of the package, to craft hostile strings."""
+  out = []
+  for i, x in enumerate(runs):
+    if i > 2:
+      x -= runs[i - 2]
+    more = True
+    while more:
+      c = x & 0x1f
+      x >>= 5
+      more = x != -1 if c & 0x10 else x != 0
+      out.append(chr((c | (0x20 if more else 0)) + 48))
+  return ''.join(out)
+
+
+def _runs_of(mask):
+  """Run lengths of a mask, column-major, starting with 0s: plain and slow."""
+  flat = np.asarray(mask, np.uint8).flatten(order='F')
+  runs, value, n = [], 0, 0
+  for v in flat:
+    if v == value:
+      n += 1
+    else:
+      runs.append(n)
+      value, n = v, 1
+  runs.append(n)
+  return runs
+
+
+def test_rle_string_writer_matches_pycocotools():
+  rng = np.random.default_rng(11)
+  for _ in range(20):
+    h, w = rng.integers(1, 30, size=2)
+    m = rng.random((h, w)) < rng.random()
+    got = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    assert _rle_string(_runs_of(m)) == got['counts'].decode()
+
+
+def test_check_counts_accepts_what_pycocotools_encodes():
+  rng = np.random.default_rng(12)
+  for trial in range(60):
+    h, w = (int(v) for v in rng.integers(1, 50, size=2))
+    masks = [fake_data.random_mask(rng, h, w) for _ in range(rng.integers(1, 5))]
+    masks += [np.zeros((h, w), bool), np.ones((h, w), bool)]
+    one = np.zeros((h, w), bool)
+    one[-1, -1] = True  # One pixel, in the last column.
+    masks.append(one)
+    rles = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+            for m in masks]
+    counts = np.array([r['counts'].decode() for r in rles], object)
+    area = np.array([int(mask_utils.area(r)) for r in rles], np.uint64)
+    examples.check_counts(counts, area, height=h, width=w, where=('t', 'm'))
+    with pytest.raises(errors.BadInputError, match=r'annotations\[0\]'
+                       r'.*runs summing to'):
+      examples.check_counts(counts, area, height=h + 1, width=w,
+                            where=('t', 'm'))
+
+
+@pytest.mark.parametrize('bad, detail', [
+    ('0p0', 'character .p. outside'),
+    ('0 1', 'character . . outside'),
+    ('0\x7f', 'outside'),
+    ('0\u00e91', 'non-ASCII'),
+    ('5P', 'unfinished continuation'),
+    ('PPPPPPPP0', 'count of 9 characters'),
+    (None, 'negative run'),
+    ('', 'is empty'),
+    ('9', 'summing to 9, not h\\*w = 3\\*4 = 12'),
+])
+def test_check_counts_refuses_what_cannot_decode(bad, detail):
+  h, w = 3, 4
+  good = _rle_string([2, 5, 5])
+  if bad is None:
+    bad = _rle_string([5, -2, 9])  # Sums to 12, with a negative run.
+  counts = np.array([good, good, bad], object)
+  area = np.array([5, 5, 5], np.uint64)
+  with pytest.raises(errors.BadInputError) as e:
+    examples.check_counts(counts, area, height=h, width=w,
+                          where=('sa_000001.tar', 'sa_7.json'))
+  assert e.value.reason == examples.BAD_RLE
+  assert re.search(r'^sa_000001.tar:sa_7.json: annotations\[2\]'
+                   r'.segmentation.counts .*' + detail, str(e.value)), str(
+                       e.value)
+
+
+def test_check_counts_refuses_area_over_the_image():
+  counts = np.array([_rle_string([2, 10])], object)
+  with pytest.raises(errors.BadInputError, match=r'annotations\[0\].area 13'
+                     r' is over h\*w = 12'):
+    examples.check_counts(counts, np.array([13], np.uint64), height=3,
+                          width=4, where=('t', 'm'))
+
+
+def test_make_example_checks_rle_with_the_real_backslash_strings():
+  rng = np.random.default_rng(13)
+  jpg, js = fake_data.image_record(rng, 7, height=40, width=30, num_masks=6)
+  record = json.loads(js)
+  examples.make_example(jpg, record, stem='sa_7', where=('t.tar', 'sa_7.json'))
+  record['annotations'][3]['segmentation']['counts'] += '0'
+  with pytest.raises(errors.BadInputError, match=r'^t.tar:sa_7.json: '
+                     r'annotations\[3\].segmentation.counts has runs summing'
+                     r' to .* \[bad_rle\]$'):
+    examples.make_example(jpg, record, stem='sa_7',
+                          where=('t.tar', 'sa_7.json'))

@@ -1,38 +1,30 @@
-"""`segment-anything-tfds build`: prepare the dataset with Beam.
+"""`segment-anything-tfds build`: prepare the dataset.
 
   segment-anything-tfds build --config first_10 --manual_dir ~/sa1b
+
+Without --runner the build is local: the package's own writer, one process
+per core (`--workers`), no Beam. A Beam runner name (e.g. DataflowRunner,
+PortableRunner) builds with Beam; other --flag=value arguments then go to
+Beam's PipelineOptions.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import re
 import sys
-import time
 from typing import Sequence
 
 from segment_anything_tfds import errors
 from segment_anything_tfds import links as links_lib
-from segment_anything_tfds import runners
+from segment_anything_tfds import shards as shards_lib
 from segment_anything_tfds.cli import common
 
 LOCAL = 'local'
 FILE_FORMATS = ('tfrecord', 'array_record')
-# `build` counts masks by reading the dataset back when it is at most this
-# big (first_1 is ~11 GB); `--count_masks yes|no` overrides.
-COUNT_MASKS_MAX_BYTES = 16 << 30
 EXAMPLE = f'example: {common.PROG} build --config first_10 --manual_dir ~/sa1b'
-
-
-def count_masks(builder, split: str, *, show_progress: bool) -> int:
-  total = 0
-  for ex in common.iterate_examples(builder, split, show_progress=show_progress,
-                                    desc='Counting masks'):
-    total += len(ex['annotations']['id'])
-  return total
 
 
 def _beam_flags(args: argparse.Namespace, leftover: Sequence[str]) -> list[str]:
@@ -60,17 +52,25 @@ def _beam_flags(args: argparse.Namespace, leftover: Sequence[str]) -> list[str]:
     if named:
       raise common.UsageError('give the runner once: --runner NAME')
     flags.append(f'--runner={args.runner}')
+    named.append(flags[-1])
   if any(f.split('=', 1)[-1] in ('DirectRunner', 'PrismRunner')
-         for f in flags if f.startswith('--runner')):
+         for f in named):
     print(f'{common.PROG}: note: Beam\'s DirectRunner/PrismRunner may try to'
           ' download Prism from GitHub; --runner local (the default) runs'
           ' offline', file=sys.stderr)
+  local_only = [f for f in flags
+                if not re.match(r'^--direct_(num_workers|running_mode)(=|$)',
+                                f)]
+  if local_only and not named:
+    raise common.UsageError(
+        f'Beam options ({" ".join(local_only)}) need a Beam runner: add --runner'
+        ' NAME (e.g. DataflowRunner); local builds take --workers N')
   if args.num_workers:
-    if args.runner == LOCAL and not named:
-      flags += [f'--direct_num_workers={args.num_workers}',
-                '--direct_running_mode=multi_processing']
-    else:
-      flags.append(f'--num_workers={args.num_workers}')
+    if not named:
+      raise common.UsageError(
+          '--num_workers is for Beam runners (Dataflow workers); a local'
+          ' build takes --workers N')
+    flags.append(f'--num_workers={args.num_workers}')
   return flags
 
 
@@ -90,21 +90,29 @@ def _check_beam_flags(flags: Sequence[str]) -> None:
 
 
 def download_config(args: argparse.Namespace, leftover: Sequence[str]):
-  """The DownloadConfig of a `build`: manual_dir, Beam options, runner.
+  """The DownloadConfig of a `build`: manual_dir, modes, Beam options.
 
-  Without a named runner, the local in-process FnApiRunner is used (never
-  Beam's DirectRunner, which tries to download Prism).
+  Beam options are made only when a runner is named (never from sys.argv);
+  otherwise the build is local and Beam is not imported.
   """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   flags = _beam_flags(args, leftover)
+  beam_options = None
   if flags:
     _check_beam_flags(flags)
-  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
-  # Always explicit: PipelineOptions() without flags would parse sys.argv.
-  beam_options = pipeline_options.PipelineOptions(flags)
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  cfg = tfds.download.DownloadConfig(
-      manual_dir=args.manual_dir, beam_options=beam_options)
-  return runners.with_local_runner(cfg)
+    from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+    beam_options = pipeline_options.PipelineOptions(flags)
+  kwargs = {}
+  if args.max_shard_size_mb is not None:
+    kwargs['max_shard_size'] = args.max_shard_size_mb << 20
+    kwargs['min_shard_size'] = min(64 << 20, kwargs['max_shard_size'])
+  return tfds.download.DownloadConfig(
+      manual_dir=args.manual_dir, beam_options=beam_options,
+      download_mode=(tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
+                     if args.overwrite else
+                     tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS),
+      max_examples_per_split=args.max_examples_per_split,
+      num_shards=args.num_shards, **kwargs)
 
 
 # Beam loggers that print a worker's traceback when a build fails; the CLI
@@ -137,27 +145,25 @@ def _quiet_beam_worker_log(quiet: bool) -> None:
 
 def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   dl_config = download_config(args, leftover)
-  if args.manual_dir and '://' not in args.manual_dir:
-    if not os.path.isdir(args.manual_dir):
+  if args.manual_dir and shards_lib.is_local(args.manual_dir):
+    if not pathlib.Path(args.manual_dir).is_dir():
       raise errors.SourceError(
           f'--manual_dir {args.manual_dir} is not a directory')
-  builder = common.make_builder(args, download_options=_download_options(args))
-  was_prepared = builder.is_prepared()
-  runner = dl_config.beam_runner
-  if runner is not None:
-    runner_name = type(runner).__name__
-  else:
-    from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
-    runner_name = dl_config.beam_options.view_as(
-        pipeline_options.StandardOptions).runner
+  builder = common.make_builder(
+      args, download_options=_download_options(args), workers=args.workers,
+      progress=args.progress)
+  if args.download_only:
+    return _download_only(builder, dl_config, args.download_dir)
+  was_prepared = builder.is_prepared() and not args.overwrite
+  engine = ('local' if dl_config.beam_options is None else
+            f'Beam {args.runner if args.runner != LOCAL else ""}'.strip())
   print(f'Preparing {builder.info.full_name} ({builder.builder_config.name})'
-        f' into {builder.data_dir} with {runner_name}'
-        + (f', {args.num_workers} workers' if args.num_workers else '')
-        + f', {args.file_format}', file=sys.stderr)
-  start = time.monotonic()
+        f' into {builder.data_dir}: {engine}, {args.file_format}',
+        file=sys.stderr)
   _quiet_beam_worker_log(not args.verbose)
   try:
-    builder.download_and_prepare(download_config=dl_config,
+    builder.download_and_prepare(download_dir=args.download_dir,
+                                 download_config=dl_config,
                                  file_format=args.file_format)
   except AssertionError as e:  # TFDS's missing/empty manual dir check.
     m = re.search(r'Manual directory (\S+) does not exist or is empty',
@@ -170,63 +176,68 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
     raise
   finally:
     _quiet_beam_worker_log(False)
-  elapsed = time.monotonic() - start
-  _print_build_summary(builder, args, elapsed, was_prepared)
+  _print_build_summary(builder, args, common.seconds_since_start(),
+                       was_prepared)
+  return 0
+
+
+def _download_only(builder, dl_config, download_dir) -> int:
+  """`--download_only`: fetch (and verify) the config's tars, no build."""
+  found = builder.fetch_shards(dl_config, download_dir=download_dir)
+  print(f'{len(found)} tars ready for {builder.builder_config.name}:')
+  for shard in found:
+    print(f'  {shard.name}  {shard.location}')
   return 0
 
 
 def _print_build_summary(builder, args, elapsed: float, was_prepared: bool):
+  """The summary, from the dataset's metadata: nothing is read back."""
   info = builder.info
   images = sum(s.num_examples for s in info.splits.values())
   size = int(info.dataset_size) if info.dataset_size is not None else None
-  if args.count_masks == 'yes' or (
-      args.count_masks == 'auto' and size is not None
-      and size <= COUNT_MASKS_MAX_BYTES):
-    masks = sum(count_masks(builder, s, show_progress=args.progress)
-                for s in info.splits)
-    masks_text = f'{masks:,}'
-  else:
-    masks = None
-    masks_text = f'not counted (see `{common.PROG} stats`)'
-  audit = (info.metadata or {}).get('audit', {}) if info.metadata else {}
+  metadata = dict(info.metadata or {})
+  audit = metadata.get('audit', {})
+  built = metadata.get('build', {})
   summary = {
       'dataset': info.full_name,
       'config': builder.builder_config.name if builder.builder_config else None,
       'data_dir': str(builder.data_dir),
       'file_format': str(info.file_format.value if info.file_format else ''),
       'images': images,
-      'masks': masks,
+      'masks': built.get('masks'),
       'size_bytes': size,
       'tars': audit.get('tars'),
       'skipped_images': audit.get('skipped_images', 0),
+      'skipped_tars': [t['tar'] for t in audit.get('skipped_tars', [])],
       'seconds': round(elapsed, 1),
       'reused': was_prepared,
   }
+  masks = summary['masks']
   lines = [
       '' if not was_prepared else 'Already prepared; reused.',
       f'dataset:   {summary["dataset"]}',
       f'images:    {images:,}',
-      f'masks:     {masks_text}',
+      f'masks:     {masks:,}' if masks is not None else '',
       f'size:      {common.human_bytes(size)}',
       f'format:    {summary["file_format"]}',
       f'data dir:  {summary["data_dir"]}',
   ]
   if audit:
     lines.append(f'tars:      {len(audit.get("tars", []))}')
-    if audit.get('skipped_images'):
+    if audit.get('skipped_images') or summary['skipped_tars']:
       lines.append(f'skipped:   {audit["skipped_images"]} images'
-                   f' {audit.get("skipped_by_reason")}')
+                   f' {audit.get("skipped_by_reason")}'
+                   + (f'; whole tars: {", ".join(summary["skipped_tars"])}'
+                      if summary['skipped_tars'] else ''))
   lines.append(f'time:      {elapsed:.1f} s')
   if was_prepared and summary['file_format'] != args.file_format:
     lines.append(f'note:      already prepared as {summary["file_format"]};'
                  f' --file_format {args.file_format} was not applied (use'
-                 ' another --data_dir)')
+                 ' another --data_dir, or --overwrite)')
   print('\n'.join(l for l in lines if l))
   if args.summary_json:
     pathlib.Path(args.summary_json).write_text(
         json.dumps(summary, indent=2) + '\n', encoding='utf-8')
-
-
 
 
 def _download_options(args: argparse.Namespace) -> dict:
@@ -235,30 +246,64 @@ def _download_options(args: argparse.Namespace) -> dict:
       ('workers', 'download_workers')) if getattr(args, a, None) is not None}
 
 
+def _non_negative_int(value: str) -> int:
+  try:
+    n = int(value)
+  except ValueError:
+    n = -1
+  if n < 0:
+    raise argparse.ArgumentTypeError(
+        f'expected 0 or a positive integer, got {value!r}')
+  return n
+
+
 def add_parser(sub, parents) -> argparse.ArgumentParser:
   """The `build` subcommand's parser."""
   p = sub.add_parser(
       'build', parents=parents, allow_abbrev=False,
-      help='prepare the dataset (Beam)', epilog=EXAMPLE,
-      description='Prepare segment_anything with Beam. Without --runner the'
-      ' build runs locally with Beam\'s offline in-process FnApiRunner (never'
-      ' the DirectRunner/Prism). Any other --flag=value is passed to Beam\'s'
-      ' PipelineOptions, e.g. --project, --region, --temp_location,'
-      ' --machine_type, --setup_file for Dataflow.')
+      help='prepare the dataset', epilog=EXAMPLE,
+      description='Prepare segment_anything. Without --runner the build is'
+      ' local: this package\'s writer, one process per core (--workers), no'
+      ' Beam. With --runner NAME (e.g. DataflowRunner) it builds with Beam,'
+      ' and any other --flag=value goes to Beam\'s PipelineOptions, e.g.'
+      ' --project, --region, --temp_location, --machine_type, --setup_file.')
   common.add_dataset_args(p, build=True)
   p.add_argument('--manual_dir', metavar='DIR', default=None,
                  help='where the tars, sa_NNNNNN/ folders and'
                  f' {links_lib.LINKS_FILE_NAME} are (local or gs://)')
+  p.add_argument('--download_dir', metavar='DIR', default=None,
+                 help='where tars fetched from links are kept (default'
+                 ' DATA_DIR/downloads)')
+  p.add_argument('--overwrite', action='store_true',
+                 help='rebuild even if the dataset is already prepared'
+                 ' (downloaded tars are reused)')
+  p.add_argument('--download_only', action='store_true',
+                 help='fetch and verify the config\'s tars, then stop')
+  p.add_argument('--workers', type=_non_negative_int, default=0, metavar='N',
+                 help='local build: worker processes (default 0: one per'
+                 ' core)')
   p.add_argument('--runner', default=LOCAL, metavar='NAME',
-                 help='"local" (default: in-process FnApiRunner) or a Beam'
-                 ' runner name, e.g. DataflowRunner')
+                 help='"local" (default: no Beam) or a Beam runner name,'
+                 ' e.g. DataflowRunner')
   p.add_argument('--num_workers', type=common.positive_int, default=None,
-                 metavar='N', help='local: N worker processes'
-                 ' (direct_num_workers=N, direct_running_mode='
-                 'multi_processing); other runners: --num_workers=N')
+                 metavar='N', help='Beam runners: --num_workers=N (e.g.'
+                 ' Dataflow workers)')
   p.add_argument('--beam_pipeline_options', default=None, metavar='K=V,...',
                  help='Beam options as in `tfds build`: "runner=...,'
                  'project=...,region=..."')
+  p.add_argument('--file_format', choices=FILE_FORMATS, default='tfrecord',
+                 help='tfrecord (default) or array_record (random access'
+                 ' with tfds.data_source)')
+  p.add_argument('--num_shards', type=common.positive_int, default=None,
+                 metavar='N', help='output shards (default: as TFDS chooses'
+                 ' from the size)')
+  p.add_argument('--max_shard_size_mb', type=common.positive_int,
+                 default=None, metavar='MB',
+                 help='largest output shard (default 1024)')
+  p.add_argument('--max_examples_per_split', type=_non_negative_int,
+                 default=None, metavar='N',
+                 help='write at most N images (the first, by tar): for quick'
+                 ' trials. Local builds only; Beam builds refuse it')
   p.add_argument('--disk_mode', choices=('keep', 'stream', 'delete'),
                  default=None, help='tars fetched from links: keep them in'
                  ' the download cache (default), stream them with HTTP Range'
@@ -270,15 +315,9 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
   p.add_argument('--download_workers', type=common.positive_int,
                  default=None, metavar='N',
                  help='tars downloaded at once (default 4)')
-  p.add_argument('--file_format', choices=FILE_FORMATS, default='tfrecord',
-                 help='tfrecord (default) or array_record (random access'
-                 ' with tfds.data_source)')
-  p.add_argument('--count_masks', choices=('auto', 'yes', 'no'),
-                 default='auto', help='count masks for the summary by reading'
-                 ' the dataset back (auto: when it is at most'
-                 f' {COUNT_MASKS_MAX_BYTES >> 30} GiB)')
-  p.add_argument('--verbose', action='store_true',
-                 help="keep Beam's worker log, with tracebacks, on failure")
+  p.add_argument('-v', '--verbose', action='store_true',
+                 help='show everything: third-party logs, Beam\'s worker'
+                 ' tracebacks')
   p.add_argument('--summary_json', metavar='FILE', default=None,
                  help='also write the summary as JSON')
   p.set_defaults(func=run, allow_leftover=True)

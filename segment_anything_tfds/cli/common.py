@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from typing import Any
 
 from etils import epath
@@ -13,6 +15,19 @@ from segment_anything_tfds import errors
 
 PROG = 'segment-anything-tfds'
 DATASET = 'segment_anything'
+_IMPORTED = time.perf_counter()
+
+
+def seconds_since_start() -> float:
+  """Wall time since this process started: what the user has waited."""
+  try:
+    with open('/proc/self/stat') as f:
+      start_ticks = int(f.read().rsplit(')', 1)[1].split()[19])
+    with open('/proc/uptime') as f:
+      uptime = float(f.read().split()[0])
+    return uptime - start_ticks / os.sysconf('SC_CLK_TCK')
+  except (OSError, ValueError, IndexError, AttributeError):  # Not Linux.
+    return time.perf_counter() - _IMPORTED
 
 
 class UsageError(Exception):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
+from etils import epath
 import tensorflow_datasets as tfds
 
 from segment_anything_tfds import audit
 from segment_anything_tfds import config as config_lib
+from segment_anything_tfds import errors
 from segment_anything_tfds import features as features_lib
-from segment_anything_tfds import lazy
 from segment_anything_tfds import links as links_lib
+from segment_anything_tfds import local_build
 from segment_anything_tfds import options as options_lib
 from segment_anything_tfds import runners
 from segment_anything_tfds import shards as shards_lib
@@ -61,25 +64,35 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       self, *,
       download_options: (options_lib.DownloadOptions | Mapping[str, Any]
                          | None) = None,
+      workers: int = 0,
+      progress: bool = True,
       **kwargs):
-    """As TFDS's, plus `download_options`: how tars are fetched.
+    """As TFDS's, plus how tars are fetched and how many cores build.
+
+    None of these change the prepared data, so a named config keeps its
+    name and data dir whatever they are.
 
     Args:
       download_options: an `options.DownloadOptions`, or a dict of its
-        fields, e.g. `{'disk_mode': 'stream', 'workers': 8}`. They do not
-        change the output, so a named config keeps its name and data dir.
+        fields, e.g. `{'disk_mode': 'stream', 'workers': 8}`.
+      workers: worker processes of a local build; 0 (the default) is one
+        per core. Beam's `direct_num_workers` option, if given, wins.
+      progress: show progress bars while building.
       **kwargs: TFDS's builder arguments (`config`, `data_dir`, ...).
     """
     super().__init__(**kwargs)
     self._download_options = options_lib.DownloadOptions.make(
         download_options)
-    self._shards = None  # Set by download_and_prepare.
-    self._lazy = False
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+      raise errors.ConfigError(
+          f'workers={workers!r}: expected 0 (one per core) or a positive'
+          ' integer')
+    self._workers = workers
+    self._progress = progress
+    self._shards = None  # Set by _download_and_prepare.
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    if self._shards is None:
-      self._shards = self._find_shards(dl_manager.manual_dir,
-                                       dl_manager.download_dir)
+    """The Beam path: one split, built by `pipeline.BuildExamples`."""
     return {'train': self._generate_examples(self._shards)}
 
   def _generate_examples(self, shards):
@@ -89,7 +102,6 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         audit_dir=self.data_path / audit.AUDIT_DIR,
         chunk_size=self.builder_config.chunk_size,
         lenient=self.builder_config.lenient,
-        lazy=self._lazy,
     )
 
   def _find_shards(self, manual_dir, download_dir) -> list[shards_lib.Shard]:
@@ -102,38 +114,71 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                                data_dir=self.data_dir, manual_dir=manual_dir,
                                options=self._download_options)
 
+  def fetch_shards(self, download_config: tfds.download.DownloadConfig, *,
+                   download_dir: epath.PathLike | None = None
+                   ) -> list[shards_lib.Shard]:
+    """Fetches (and verifies) the config's tars without building.
+
+    The tars land where a build would look for them (`download_dir`, by
+    default `<data_dir>/downloads`); a later build reuses them.
+    """
+    if download_config.manual_dir is None:
+      raise errors.SourceError('give a manual_dir: where the tars, folders'
+                               f' and {links_lib.LINKS_FILE_NAME} are')
+    download_dir = download_dir or (
+        epath.Path(self.data_dir).parent.parent.parent / 'downloads')
+    return self._find_shards(download_config.manual_dir, download_dir)
+
   def download_and_prepare(self, *, download_dir=None, download_config=None,
                            file_format=None):
-    """As TFDS's, with a local default runner and flat memory.
-
-    A local build defaults to Beam's offline FnApiRunner. Its shards are
-    found (and downloaded) first, so that a local build of local tars can use
-    lazy examples (`lazy.plan`), which keep its memory flat.
-    """
-    download_config = runners.with_local_runner(
-        download_config or tfds.download.DownloadConfig())
-    if not self.is_prepared():
-      # The paths TFDS's own download manager will use.
-      dl_manager = self._make_download_manager(download_dir, download_config)
-      self._shards = self._find_shards(dl_manager.manual_dir,
-                                       dl_manager.download_dir)
-      lazy_config = lazy.plan(self._shards, download_config,
-                              file_format or self.info.file_format)
-      self._lazy = lazy_config is not None
-      download_config = lazy_config or download_config
+    """As TFDS's; then, with `disk_mode='delete'`, deletes downloaded tars."""
     result = super().download_and_prepare(
         download_dir=download_dir, download_config=download_config,
         file_format=file_format)
     sources.release(self._shards or (), options=self._download_options)
     return result
 
-  def _example_writer(self):
-    if self._lazy:
-      return lazy.LazyExampleWriter(self.info.file_format, self.info.features)
-    return super()._example_writer()
-
   def _download_and_prepare(self, dl_manager, download_config=None):
-    super()._download_and_prepare(dl_manager, download_config)
-    if self._lazy:  # TFDS counted the stand-ins' bytes: count the records'.
-      self.info.set_splits(tfds.core.SplitDict(
-          [lazy.split_info(s) for s in self.info.splits.values()]))
+    """Finds the shards, then builds locally or with the Beam runner named.
+
+    Without a Beam runner (in `download_config.beam_runner` or its
+    `beam_options`), the split is written by `local_build` with one process
+    per core (or `direct_num_workers`), memory flat in the number of images.
+    """
+    download_config = download_config or tfds.download.DownloadConfig()
+    self._shards = self._find_shards(dl_manager.manual_dir,
+                                     dl_manager.download_dir)
+    if runners.names_runner(download_config):
+      if download_config.max_examples_per_split is not None:
+        raise errors.ConfigError(
+            'max_examples_per_split works in local builds only: a Beam build'
+            ' cannot stop after N images. Build locally, or pick fewer tars'
+            ' (tars_config / --tars).')
+      super()._download_and_prepare(dl_manager, download_config)
+      return
+    output = local_build.Output(
+        data_dir=os.fspath(self.data_path), dataset_name=self.name,
+        split='train', file_format=self.info.file_format,
+        num_shards=download_config.num_shards,
+        min_shard_size=download_config.min_shard_size,
+        max_shard_size=download_config.max_shard_size)
+    records: list[dict[str, Any]] = []
+    try:
+      result = local_build.build(
+          self._shards, output, lenient=self.builder_config.lenient,
+          workers=runners.local_workers(download_config, self._workers),
+          show_progress=self._progress,
+          max_examples=download_config.max_examples_per_split,
+          audit_records=records)
+    finally:
+      audit.write_records(self.data_path, records)
+    self.info.set_splits(tfds.core.SplitDict([tfds.core.SplitInfo(
+        name='train', shard_lengths=result.shard_lengths,
+        num_bytes=result.num_bytes,
+        filename_template=self._get_filename_template('train'))]))
+    self.info.metadata['build'] = {
+        'engine': 'local', 'workers': result.workers,
+        'images': result.images_written, 'masks': result.masks,
+        'bytes': result.num_bytes, 'seconds': round(result.seconds, 1),
+        'per_tar': result.per_tar,
+    }

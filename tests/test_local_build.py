@@ -1,0 +1,179 @@
+"""The local build: worker processes, shard parts, errors and the audit."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import segment_anything_tfds  # pylint: disable=unused-import
+from segment_anything_tfds import errors
+from segment_anything_tfds import examples
+from segment_anything_tfds import fake_data
+from segment_anything_tfds import local_build
+from segment_anything_tfds import shards as shards_lib
+
+from conftest import DUMMY_DATA
+from conftest import make_bad_manual_dir
+from conftest import read_inputs
+
+
+def _build(tmp_path, manual, *, workers, num_shards=None, lenient=False,
+           monkeypatch=None, name='out'):
+  """Runs `local_build.build` into tmp_path/name; returns (result, files)."""
+  if monkeypatch is not None and workers > 1:  # Force the pool on tiny data.
+    monkeypatch.setattr(local_build, 'MIN_IMAGES', 0)
+    monkeypatch.setattr(local_build, 'MIN_BYTES', 0)
+  out = tmp_path / name
+  out.mkdir()
+  shards = list(shards_lib.find_shards(manual).shards.values())
+  records = []
+  result = local_build.build(
+      shards, local_build.Output(
+          data_dir=os.fspath(out), dataset_name='segment_anything',
+          split='train', file_format=tfds.core.FileFormat.TFRECORD,
+          num_shards=num_shards),
+      lenient=lenient, workers=workers, show_progress=False,
+      audit_records=records)
+  files = sorted(p for p in out.iterdir())
+  return result, files, records
+
+
+def _read(files):
+  """(image id, jpg bytes, counts) of every record, in file order."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  features = segment_anything_tfds.Builder(data_dir='/tmp/unused').info.features
+  out = []
+  for f in files:
+    for raw in tf.data.TFRecordDataset(os.fspath(f)):
+      ex = features.deserialize_example_np(raw.numpy(), decoders={
+          'image': {'content': tfds.decode.SkipDecoding()}})
+      out.append((int(ex['image']['image_id']), ex['image']['content'],
+                  tuple(ex['annotations']['segmentation']['counts'])))
+  return out
+
+
+def test_workers_write_the_same_bytes_as_one_process(tmp_path, monkeypatch):
+  inputs = read_inputs(DUMMY_DATA)
+  one, files1, _ = _build(tmp_path, DUMMY_DATA, workers=1, num_shards=3,
+                          name='one')
+  two, files2, _ = _build(tmp_path, DUMMY_DATA, workers=2, num_shards=3,
+                          monkeypatch=monkeypatch, name='two')
+  assert one.workers == 1 and two.workers == 2
+  assert [f.name for f in files1] == [f.name for f in files2] == [
+      f'segment_anything-train.tfrecord-0000{i}-of-00003' for i in range(3)]
+  for a, b in zip(files1, files2):
+    assert a.read_bytes() == b.read_bytes()
+  assert one.shard_lengths == two.shard_lengths
+  assert sum(one.shard_lengths) == len(inputs)
+  # Every input image exactly once, bytes and RLE strings as in the tars.
+  got = _read(files2)
+  assert sorted(i for i, _, _ in got) == sorted(inputs)
+  for image_id, jpg, counts in got:
+    assert jpg == inputs[image_id][0]
+    assert counts == tuple(a['segmentation']['counts'].encode()
+                           for a in inputs[image_id][1]['annotations'])
+  # The order is the hash order, whatever the workers.
+  ids = np.array([i for i, _, _ in got])
+  assert (np.diff(local_build.image_order(ids).astype(np.float64)) > 0).all()
+  # Counts collected on the way: nothing is read back.
+  assert two.masks == sum(len(js['annotations']) for _, js in inputs.values())
+  assert two.num_bytes == sum(f.stat().st_size for f in files2) - 16 * len(
+      inputs)
+
+
+def test_parts_of_one_shard_are_joined_in_order(tmp_path, monkeypatch):
+  one, files1, _ = _build(tmp_path, DUMMY_DATA, workers=1, num_shards=1,
+                          name='one')
+  two, files2, _ = _build(tmp_path, DUMMY_DATA, workers=2, num_shards=1,
+                          monkeypatch=monkeypatch, name='two')
+  assert [f.name for f in files2] == [
+      'segment_anything-train.tfrecord-00000-of-00001']
+  assert files1[0].read_bytes() == files2[0].read_bytes()
+  assert not (tmp_path / 'two' / '.local_build').exists()
+
+
+def test_strict_error_from_a_worker_names_tar_and_member(tmp_path,
+                                                         monkeypatch):
+  manual = make_bad_manual_dir(tmp_path / 'in')
+  with pytest.raises(errors.BadInputError) as e:
+    _build(tmp_path, manual, workers=2, monkeypatch=monkeypatch)
+  assert e.value.tar == 'sa_000001.tar'
+  assert str(e.value).startswith('sa_000001.tar:sa_')
+  assert not list((tmp_path / 'out').glob('*.tfrecord*'))
+
+
+def test_lenient_audit_adds_up(tmp_path, monkeypatch):
+  manual = make_bad_manual_dir(tmp_path / 'in')
+  result, files, records = _build(tmp_path, manual, workers=2, lenient=True,
+                                  monkeypatch=monkeypatch)
+  from segment_anything_tfds import audit  # pylint: disable=g-import-not-at-top
+  summary = audit.summarize(records)
+  assert sorted(i for i, _, _ in _read(files)) == [1, 2, 3, 10]
+  assert summary['images_indexed'] - summary['skipped_images'] == (
+      result.images_written) == 4
+  assert summary['skipped_by_reason'] == {
+      'duplicate_id': 1, 'malformed_json': 1, 'missing_jpg': 1,
+      'missing_json': 1, 'zero_size': 1}
+  assert result.per_tar['sa_000001.tar']['skipped'] == 2  # Read-time skips.
+
+
+def test_corrupt_and_empty_tars_are_skipped_whole_in_lenient_mode(tmp_path):
+  rng = np.random.default_rng(3)
+  manual = tmp_path / 'in'
+  manual.mkdir()
+  records = [(i, *fake_data.image_record(rng, i, height=10, width=8,
+                                         num_masks=2)) for i in (1, 2, 3)]
+  fake_data.write_tar(manual / 'sa_000000.tar', records)
+  (manual / 'sa_000001.tar').write_bytes(b'<html>please log in</html>')
+  (manual / 'sa_000002.tar').write_bytes(b'')
+  import io, tarfile  # pylint: disable=g-import-not-at-top,multiple-import
+  with tarfile.open(manual / 'sa_000003.tar', 'w') as t:
+    for name in ('SA_1.JPG', 'sa_12a.jpg', 'README'):
+      info = tarfile.TarInfo(name)
+      info.size = 3
+      t.addfile(info, io.BytesIO(b'abc'))
+  with pytest.raises(errors.BadInputError, match=r'sa_000001.tar:@0: not a'
+                     r' tar'):
+    _build(tmp_path, manual, workers=1, name='strict')
+  result, _, audit_records = _build(tmp_path, manual, workers=1,
+                                    lenient=True)
+  assert result.images_written == 3
+  tar_skips = {r['tar']: r['reason'] for r in audit_records
+               if r['kind'] == 'tar'}
+  assert tar_skips == {'sa_000001.tar': examples.CORRUPT_TAR,
+                       'sa_000002.tar': examples.CORRUPT_TAR,
+                       'sa_000003.tar': examples.NO_IMAGES}
+  no_images = next(r for r in audit_records if r['tar'] == 'sa_000003.tar'
+                   and r['kind'] == 'tar')
+  assert 'SA_1.JPG' in no_images['message'] and 'README' in no_images['message']
+
+
+def test_nothing_to_write_says_why(tmp_path):
+  manual = tmp_path / 'in'
+  manual.mkdir()
+  (manual / 'sa_000001.tar').write_bytes(b'')
+  with pytest.raises(errors.SourceError, match='nothing to write: 1 tars'
+                     ' offered 0 images'):
+    _build(tmp_path, manual, workers=1, lenient=True)
+
+
+def test_builder_records_the_build_in_metadata(tmp_path):
+  builder = tfds.builder('segment_anything', config='all',
+                         data_dir=tmp_path / 'data', progress=False)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=DUMMY_DATA))
+  meta = json.loads((pathlib.Path(builder.data_dir) / 'metadata.json'
+                     ).read_text())
+  inputs = read_inputs(DUMMY_DATA)
+  assert meta['build']['images'] == len(inputs) == builder.info.splits[
+      'train'].num_examples
+  assert meta['build']['masks'] == sum(
+      len(js['annotations']) for _, js in inputs.values())
+  assert sorted(meta['build']['per_tar']) == [f'sa_00000{i}.tar'
+                                              for i in range(4)]
+  assert not list(pathlib.Path(builder.data_dir).glob('.local_build*'))

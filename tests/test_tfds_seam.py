@@ -1,0 +1,88 @@
+"""The TFDS internals the local build relies on, checked against the
+installed TFDS: if one changes, these fail naming the TFDS version."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import segment_anything_tfds
+from segment_anything_tfds import features as features_lib
+from segment_anything_tfds import shards
+from segment_anything_tfds import tars
+from segment_anything_tfds import tfds_seam
+
+from conftest import DUMMY_DATA
+
+VERSION = f'TFDS {tfds.__version__}'
+
+
+def test_tested_tfds_version():
+  assert tfds.__version__.startswith(tfds_seam.TESTED_TFDS_VERSIONS), (
+      f'{VERSION} is not a version the local build was tested with'
+      f' ({tfds_seam.TESTED_TFDS_VERSIONS}); run tests/test_tfds_seam.py'
+      ' and widen the pin in setup.py if it passes')
+
+
+@pytest.mark.skipif(tfds_seam._crc32c() is None, reason='needs google-crc32c')
+def test_tfrecord_framing_is_byte_identical_to_tensorflow(tmp_path):
+  rng = np.random.default_rng(0)
+  records = [rng.bytes(int(n)) for n in rng.integers(0, 5000, size=50)]
+  records.append(b'')
+  ours, theirs = tmp_path / 'ours.tfrecord', tmp_path / 'theirs.tfrecord'
+  tfds_seam.write_records(ours, tfds.core.FileFormat.TFRECORD, records)
+  with tf.io.TFRecordWriter(str(theirs)) as w:
+    for r in records:
+      w.write(r)
+  assert ours.read_bytes() == theirs.read_bytes()
+
+
+def test_serializer_matches_tfds_features(tmp_path):
+  shard = shards.find_shards(DUMMY_DATA).shards[0]
+  pair = tars.index_shard(shard).pairs[0]
+  with tars.ShardReader(shard) as r:
+    _, example = tars.read_example(r, pair)
+  features = features_lib.features()
+  ours = tfds_seam.Serializer(features)(example)
+  theirs = features.serialize_example(example)
+  # The same proto (TFDS's own map order varies by process), decoded alike.
+  assert tf.train.Example.FromString(ours) == tf.train.Example.FromString(
+      theirs), f'{VERSION}: ExampleSerializer changed'
+  assert tf.train.Example.FromString(theirs).SerializeToString(
+      deterministic=True) == ours, VERSION
+
+
+def test_number_of_shards_follows_tfds():
+  # TFDS 4.9's rule: the most shards (a power of two, at most 512, or 1024
+  # and its multiples for huge splits) that keep shards over 64 MiB.
+  for size, n, want in ((10 << 20, 100, 1), (300 << 20, 1000, 4),
+                        (5 << 30, 10000, 64), (20 << 30, 100, 64)):
+    got = tfds_seam.number_of_shards(
+        total_size=size, num_examples=n, min_shard_size=64 << 20,
+        max_shard_size=1 << 30)
+    assert got == want, f'{VERSION}: shard count rule changed ({got})'
+
+
+def test_shard_names_are_the_builders(tmp_path):
+  builder = segment_anything_tfds.Builder(data_dir=tmp_path, config='all')
+  ours = tfds_seam.filename_template(
+      builder.data_dir, dataset_name='segment_anything', split='train',
+      file_format=tfds.core.FileFormat.TFRECORD)
+  theirs = builder._get_filename_template('train')  # pylint: disable=protected-access
+  for i, n in ((0, 1), (3, 16)):
+    assert os.fspath(tfds_seam.shard_path(ours, i, n)) == os.fspath(
+        theirs.sharded_filepath(shard_index=i, num_shards=n)), VERSION
+  assert os.fspath(tfds_seam.shard_path(ours, 3, 16)).endswith(
+      'segment_anything-train.tfrecord-00003-of-00016'), VERSION
+
+
+def test_array_record_adapter_writes_readable_files(tmp_path):
+  pytest.importorskip('array_record')
+  records = [b'a', b'', b'xyz' * 100]
+  path = tmp_path / 'x.array_record-00000-of-00001'
+  tfds_seam.write_records(path, tfds.core.FileFormat.ARRAY_RECORD, records)
+  from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
+  source = array_record_data_source.ArrayRecordDataSource([os.fspath(path)])
+  assert [source[i] for i in range(len(source))] == records, VERSION
