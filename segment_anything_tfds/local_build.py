@@ -54,7 +54,7 @@ ENTRY = np.dtype([
 # Smaller builds run in one process: starting workers would cost more than
 # it saves.
 MIN_IMAGES = 2000
-MIN_BYTES = 256 << 20
+MIN_BYTES = 16 << 20
 _PROGRESS_EVERY = 16
 
 
@@ -393,6 +393,8 @@ def build(
       _audit_index(x, lenient=lenient, records=records)
     entries = np.concatenate([x.entries for x in indexed]) if indexed else (
         np.zeros(0, ENTRY))
+    for x in indexed:
+      x.entries = None  # Held once, in `entries`.
     entries = _drop_duplicates(entries, shards, dirs, lenient=lenient,
                                records=records)
     if max_examples is not None:
@@ -400,8 +402,9 @@ def build(
     if not len(entries):
       raise errors.SourceError(_nothing_to_write(records, len(shards)))
     # ---- plan
-    entries = entries[np.argsort(image_order(entries['image_id']),
-                                 kind='stable')]
+    order = np.argsort(image_order(entries['image_id']), kind='stable')
+    entries = entries[order]
+    del order
     total = int(entries['jpg_size'].sum() + entries['json_size'].sum())
     num_shards = output.num_shards or tfds_seam.number_of_shards(
         total_size=total, num_examples=len(entries),
