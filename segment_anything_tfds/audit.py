@@ -1,9 +1,10 @@
 """The build audit: what went in, what came out, what was skipped and why.
 
-The Beam job writes JSON-lines records under `<data_dir>/audit/`. When TFDS
-saves the dataset's metadata, `AuditMetadata` folds them into
-`metadata.json`: images indexed per tar, and skips counted per reason. The
-records themselves stay in `audit/` for a line-by-line look.
+Each build writes JSON-lines records under `<data_dir>/audit/` (the local
+build with `write_records`, the Beam pipeline with its 'WriteAudit' step).
+The builder folds them into `metadata.json` with `summarize`: images
+indexed per tar, and skips counted per reason. The records themselves stay
+in `audit/` for a line-by-line look.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import logging
 from typing import Any
 
 from etils import epath
-import tensorflow_datasets as tfds
 
 from segment_anything_tfds import errors
+
+_LOG = logging.getLogger(__name__)
 
 # Audit records are JSON lines in `<data_dir>/audit/records*.jsonl`.
 AUDIT_DIR = 'audit'
@@ -37,7 +39,7 @@ def problem(error: errors.BadInputError, *, lenient: bool,
   """
   if not lenient:
     raise error
-  logging.warning('Skipping %s %s: %s [%s]', 'image' if kind == 'skip'
+  _LOG.warning('Skipping %s %s: %s [%s]', 'image' if kind == 'skip'
                   else 'tar', error.where, error.detail, error.reason)
   return skip_record(error, kind=kind)
 
@@ -102,18 +104,13 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
   }
 
 
-class AuditMetadata(tfds.core.MetadataDict):
-  """`metadata.json` with the build audit folded in when it is saved."""
-
-  def save_metadata(self, data_dir):
-    records = read_records(data_dir)
-    if records:
-      summary = summarize(records)
-      self['audit'] = summary
-      if summary['skipped_images'] or summary['skipped_tars']:
-        logging.warning(
-            'Lenient build skipped %d images (%s) and %d whole tars (%s)',
-            summary['skipped_images'], summary['skipped_by_reason'],
-            len(summary['skipped_tars']),
-            ', '.join(t['tar'] for t in summary['skipped_tars']) or '-')
-    super().save_metadata(data_dir)
+def log_skips(metadata, data_dir) -> None:
+  """After a lenient build: what was skipped, and where the records are."""
+  summary = (metadata or {}).get('audit') or {}
+  if summary.get('skipped_images') or summary.get('skipped_tars'):
+    _LOG.warning(
+        'Lenient build skipped %d images (%s) and %d whole tars (%s);'
+        ' one record per skip in %s', summary['skipped_images'],
+        summary['skipped_by_reason'], len(summary['skipped_tars']),
+        ', '.join(t['tar'] for t in summary['skipped_tars']) or '-',
+        epath.Path(data_dir) / AUDIT_DIR)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import logging
 import multiprocessing
 import os
 import shutil
@@ -41,6 +40,7 @@ from segment_anything_tfds import audit
 from segment_anything_tfds import errors
 from segment_anything_tfds import examples as examples_lib
 from segment_anything_tfds import features as features_lib
+from segment_anything_tfds import logs
 from segment_anything_tfds import shards as shards_lib
 from segment_anything_tfds import tars as tars_lib
 from segment_anything_tfds import tfds_seam
@@ -210,16 +210,17 @@ class _Worker:
 _WORKER: _Worker | None = None
 
 
-def _init_worker(shards, file_format, lenient, counter):
+def _init_worker(shards, file_format, lenient, counter, verbose):
   """Sets up a worker process; `counter` is a shared count of images."""
   global _WORKER
+  if verbose is not None:  # The parent's CLI output settings.
+    logs.configure(verbose)
 
   def tick(n):
     with counter.get_lock():
       counter.value += n
 
   _WORKER = _Worker(shards, file_format, lenient, tick)
-  logging.getLogger().setLevel(logging.WARNING)
 
 
 def _write_part(part: Part) -> PartResult:
@@ -529,7 +530,8 @@ def _pool(ctx, workers: int, shards, output: Output, lenient: bool, counter):
     return _InProcess(list(shards), output.file_format, lenient, tick)
   return concurrent.futures.ProcessPoolExecutor(
       workers, mp_context=ctx, initializer=_init_worker,
-      initargs=(list(shards), output.file_format, lenient, counter))
+      initargs=(list(shards), output.file_format, lenient, counter,
+                logs.configured()))
 
 
 def _as_completed(futures, on_wait: Callable[[], None] | None = None):

@@ -29,6 +29,8 @@ from segment_anything_tfds import examples as examples_lib
 from segment_anything_tfds import shards as shards_lib
 from segment_anything_tfds import tars as tars_lib
 
+_LOG = logging.getLogger(__name__)
+
 _AUDIT = 'audit'
 _NAMESPACE = 'segment_anything'
 
@@ -71,7 +73,7 @@ def index_shard(
   for problem in index.problems:
     yield _problem(problem, lenient=lenient)
   for name in index.ignored:
-    logging.info('%s:%s: not an SA-1B image member; ignored', shard.name,
+    _LOG.info('%s:%s: not an SA-1B image member; ignored', shard.name,
                  name)
   _counter('images_indexed').inc(index.images)
   yield beam.pvalue.TaggedOutput(_AUDIT, audit.shard_record(

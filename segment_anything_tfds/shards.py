@@ -18,8 +18,11 @@ from typing import Any, BinaryIO, Sequence
 
 from etils import epath
 
+from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import errors
 from segment_anything_tfds import links as links_lib
+
+_LOG = logging.getLogger(__name__)
 
 Path = epath.Path
 
@@ -219,13 +222,13 @@ def find_shards(manual_dir: epath.PathLike) -> Found:
         f' {links_lib.LINKS_FILE_NAME}')
   found = local_shards(manual_dir)
   for name, why in found.refused.items():
-    logging.warning('%s: %s is %s; not used', manual_dir, name, why)
+    _LOG.warning('%s: %s is %s; not used', manual_dir, name, why)
   links_path = manual_dir / links_lib.LINKS_FILE_NAME
   if links_path.exists():
     found.links_file = os.fspath(links_path)
     links = links_lib.read_links(links_path)
     if links.other:
-      logging.info(
+      _LOG.info(
           '%s: ignoring %d rows that are not SA-1B image tars'
           ' (sa_NNNNNN.tar): %s', links_path, len(links.other),
           ', '.join(sorted(links.other)))
@@ -239,25 +242,55 @@ def find_shards(manual_dir: epath.PathLike) -> Found:
 
 def select(
     shards: dict[int, Shard], *, num_tars: int | None,
-    tars: Sequence[int] | None,
+    tars: Sequence[int] | None, allow_partial: bool = False,
+    config_name: str = 'this config',
 ) -> list[Shard]:
-  """The shards a config asks for: the first `num_tars`, or explicit indices."""
+  """The shards a config asks for: the first `num_tars`, or explicit indices.
+
+  A config holds exactly what it names. With fewer tars offered than it
+  needs, this fails listing the missing ones and how to go on, unless
+  `allow_partial` (then the partial set is built and recorded).
+  """
   if tars is not None:
     missing = [i for i in tars if i not in shards]
     if missing:
       raise errors.SourceError(
-          f'tars {", ".join(links_lib.shard_name(i) for i in missing)} were'
-          ' asked for but are neither in manual_dir nor in its links file')
+          f'tars {_names(missing)} were asked for but are neither in'
+          ' manual_dir nor in its links file')
     return [shards[i] for i in tars]
   chosen = list(shards.values())
   if num_tars is not None:
     if len(chosen) < num_tars:
-      logging.warning(
-          'This config takes the first %d tars, but manual_dir and its links'
-          ' file offer only %d: building those.', num_tars, len(chosen))
+      have = [s.index for s in chosen]
+      missing = [i for i in range(num_tars) if i not in shards][
+          :num_tars - len(chosen)]
+      if not allow_partial:
+        hint = (f' build what you have with tars_config('
+                f'\'{_spec(have)}\') (--tars {_spec(have)}),' if have else '')
+        raise errors.SourceError(
+            f'{config_name} takes {num_tars} tars but manual_dir and its links'
+            f' file offer {len(chosen)}; missing: {_names(missing)}. To go'
+            ' on: put those tars (or a links file listing them) in'
+            f' manual_dir;{hint} or pass allow_partial=True'
+            ' (--allow_partial) to build a partial set, recorded in the'
+            ' metadata and warned about on every load')
+      _LOG.warning('%s takes %d tars; building the %d offered'
+                   ' (allow_partial): missing %s', config_name, num_tars,
+                   len(chosen), _names(missing))
     chosen = chosen[:num_tars]
   if not chosen:
     raise errors.SourceError(
         'manual_dir holds no sa_NNNNNN.tar, no sa_NNNNNN/ folder and no'
         f' {links_lib.LINKS_FILE_NAME}')
   return chosen
+
+
+def _names(indices: Sequence[int], limit: int = 6) -> str:
+  names = [links_lib.shard_name(i) for i in indices]
+  if len(names) > limit:
+    return f'{", ".join(names[:limit - 1])}, ... {names[-1]} ({len(names)})'
+  return ', '.join(names)
+
+
+def _spec(indices: Sequence[int]) -> str:
+  return config_lib.format_tar_spec(indices)

@@ -32,12 +32,101 @@ class FirstTarTest(tfds.testing.DatasetBuilderTestCase):
 
 
 class AllTarsTest(tfds.testing.DatasetBuilderTestCase):
-  # The dummy data holds 4 shards, so first_10, first_100 and all each take
-  # all of them.
+  # The dummy data holds 4 shards: first_10 and first_100 build them as
+  # partial sets (allow_partial); all takes all of them.
   DATASET_CLASS = ours.Builder
   BUILDER_CONFIG_NAMES_TO_TEST = ['first_10', 'first_100', 'all']
   EXAMPLE_DIR = str(DUMMY_DATA)
   SPLITS = {'train': _IMAGES_ALL}
+
+  def _make_builder(self, config=None):
+    return self.dataset_class(data_dir=self.tmp_dir, config=config,
+                              version=self.VERSION, allow_partial=True)
+
+
+def test_named_config_with_fewer_tars_fails_listing_them(tmp_path):
+  builder = tfds.builder('segment_anything', config='first_10',
+                         data_dir=tmp_path)
+  with pytest.raises(segment_anything_tfds.errors.SourceError) as e:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=DUMMY_DATA))
+  msg = str(e.value)
+  assert 'config first_10 takes 10 tars but manual_dir and its links file' \
+      ' offer 4; missing: sa_000004.tar' in msg
+  assert "tars_config('0-3') (--tars 0-3)" in msg and 'allow_partial' in msg
+  assert not builder.is_prepared()
+
+
+def test_partial_build_is_recorded_and_warned_on_load(tmp_path, caplog):
+  builder = tfds.builder('segment_anything', config='first_10',
+                         data_dir=tmp_path, allow_partial=True)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=DUMMY_DATA))
+  meta = json.loads((builder.data_path / 'metadata.json').read_text())
+  assert meta['build']['partial'] == {
+      'config_tars': 10, 'built': [f'sa_00000{i}.tar' for i in range(4)],
+      'missing': [f'sa_00000{i}.tar' for i in range(4, 10)]}
+  caplog.clear()
+  again = tfds.builder('segment_anything', config='first_10',
+                       data_dir=tmp_path)
+  again.as_dataset(split='train')
+  assert any('partial build' in r.getMessage() and 'takes 10 tars, it holds'
+             ' 4' in r.getMessage() for r in caplog.records)
+
+
+def test_reuse_warns_when_manual_dir_offers_other_tars(tmp_path, caplog):
+  import shutil  # pylint: disable=g-import-not-at-top
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  for n in ('sa_000000.tar', 'sa_000001.tar'):
+    shutil.copy(DUMMY_DATA / n, manual / n)
+  config = tfds.download.DownloadConfig(manual_dir=manual)
+  tfds.builder('segment_anything', config='all',
+               data_dir=tmp_path / 'd').download_and_prepare(
+                   download_config=config)
+  shutil.copy(DUMMY_DATA / 'sa_000002.tar', manual / 'sa_000002.tar')
+  caplog.clear()
+  builder = tfds.builder('segment_anything', config='all',
+                         data_dir=tmp_path / 'd')
+  builder.download_and_prepare(download_config=config)
+  msgs = [r.getMessage() for r in caplog.records]
+  assert any('Already prepared' in m and 'new: sa_000002.tar' in m and
+             '--overwrite' in m for m in msgs), msgs
+  assert builder.info.splits['train'].num_examples < _IMAGES_ALL
+  # --overwrite (REUSE_CACHE_IF_EXISTS) rebuilds with the new tar.
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=manual,
+      download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
+  assert json.loads((builder.data_path / 'metadata.json').read_text())[
+      'audit']['tars'] == ['sa_000000.tar', 'sa_000001.tar', 'sa_000002.tar']
+
+
+def test_stale_incomplete_dirs_are_removed_live_ones_kept(tmp_path):
+  import fcntl  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  config_dir = tmp_path / 'segment_anything' / 'all'
+  stale = config_dir / 'incomplete.dead_2.0.0'
+  live = config_dir / 'incomplete.live_2.0.0'
+  old_unclaimed = config_dir / 'incomplete.old_2.0.0'
+  young_unclaimed = config_dir / 'incomplete.young_2.0.0'
+  for d in (stale, live, old_unclaimed, young_unclaimed):
+    d.mkdir(parents=True)
+    (d / 'x').write_text('x')
+  (config_dir / 'incomplete.dead_2.0.0.lock').write_text('1\n')
+  lock = open(config_dir / 'incomplete.live_2.0.0.lock', 'w')
+  fcntl.flock(lock, fcntl.LOCK_EX)  # Held, as by a running build.
+  old = time.time() - 2 * 3600
+  os.utime(old_unclaimed, (old, old))
+  try:
+    builder = tfds.builder('segment_anything', config='all',
+                           data_dir=tmp_path)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=DUMMY_DATA))
+  finally:
+    lock.close()
+  left = sorted(p.name for p in config_dir.iterdir())
+  assert left == ['2.0.0', 'incomplete.live_2.0.0', 'incomplete.live_2.0.0.lock',
+                  'incomplete.young_2.0.0'], left
 
 
 def _load(data_dir, config='all'):
@@ -184,6 +273,8 @@ def test_name_resolves_to_this_builder_in_every_import_order(order, tmp_path):
       assert tfds.builder_cls('segment_anything') is Builder
       b = tfds.builder('segment_anything', config='first_1', data_dir={str(tmp_path)!r})
       assert type(b) is Builder, type(b)
+      old = tfds.builder('segment_anything:1.0.0', data_dir={str(tmp_path)!r})
+      assert str(old.version) == '1.0.0' and type(old) is not Builder, type(old)
       ds = tfds.load('segment_anything/first_1', split='train', data_dir={str(tmp_path)!r},
                      download_and_prepare_kwargs=dict(download_config=tfds.download.DownloadConfig(
                          manual_dir={str(DUMMY_DATA)!r})))
@@ -239,3 +330,44 @@ def test_strict_build_error_names_tar_member_and_problem(tmp_path):
         download_config=tfds.download.DownloadConfig(manual_dir=manual))
   assert 'sa_000001.tar:sa_1' in str(e.value) or 'sa_000001.tar:sa_2' in str(e.value)
   assert not (builder.data_path / 'dataset_info.json').exists()
+
+
+@pytest.fixture(scope='module')
+def builtin_data(tmp_path_factory):
+  """A data_dir holding only TFDS's builtin segment_anything 1.0.0, prepared
+  by the builtin builder from the dummy tars served on 127.0.0.1."""
+  from _loopback_server import LoopbackServer  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds import fake_data  # pylint: disable=g-import-not-at-top
+  builtin = ours._builtin_cls()  # pylint: disable=protected-access
+  tars = {p.name: p.read_bytes() for p in sorted(DUMMY_DATA.glob('*.tar'))}
+  manual = tmp_path_factory.mktemp('builtin_manual')
+  data = tmp_path_factory.mktemp('builtin_data')
+  with LoopbackServer(tars) as srv:
+    fake_data.write_links(manual / 'segment_anything_links.txt',
+                          [(n, srv.url(n)) for n in tars])
+    builtin(data_dir=data).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual))
+  return data
+
+
+def test_builtin_data_stays_loadable_by_name(builtin_data):
+  # The builtin finds the jpgs at the root of each extracted tar only.
+  count = sum(sum(1 for n in tarfile_names(p) if '/' not in n.lstrip('./'))
+              for p in DUMMY_DATA.glob('*.tar'))
+  for name, kwargs in (('segment_anything:1.0.0', {}),
+                       ('segment_anything', {})):  # A dir with only 1.0.0.
+    builder = tfds.builder(name, data_dir=builtin_data, **kwargs)
+    assert str(builder.version) == '1.0.0', name
+    assert type(builder) is not ours.Builder
+    assert builder.info.splits['train'].num_examples == count
+    ds = tfds.load(name, split='train', data_dir=builtin_data)
+    assert sum(1 for _ in ds) == count
+  # Our version in the same data_dir is ours.
+  assert type(tfds.builder('segment_anything', config='first_1',
+                           data_dir=builtin_data)) is ours.Builder
+
+
+def tarfile_names(path):
+  import tarfile  # pylint: disable=g-import-not-at-top
+  with tarfile.open(path) as t:
+    return [m.name for m in t.getmembers() if m.name.endswith('.jpg')]

@@ -486,3 +486,59 @@ def test_documented_dataflow_commands_parse():
     assert opts['region'] == 'region' and opts['project'] == 'project'
     assert opts['temp_location'] == 'gs://bucket/tmp'
     assert opts['max_num_workers'] in (4, 100)
+
+
+_NOISE = ('apitools', 'Variant folder', 'oneDNN', 'cudart', 'cuInit',
+          'cpu_feature_guard', 'absl::InitializeLog', 'Converting string'
+          ' literal', 'Unparseable argument', 'Downloading and preparing',
+          'Subsequent calls will reuse', 'Traceback')
+
+
+def _readme_command_1() -> str:
+  """README command 1, from the README itself: the part after `pip install`."""
+  import re  # pylint: disable=g-import-not-at-top
+  text = (REPO / 'README.md').read_text()
+  block = re.search(r'```bash\n(python3 -m venv .*?)\n```', text).group(1)
+  return block.split('&&')[-1].strip()
+
+
+def test_readme_command_1_is_quiet_and_fits_one_screen(tmp_path):
+  command = _readme_command_1()
+  assert command.startswith('segment-anything-tfds build --manual_dir'
+                            ' dummy_data'), command
+  command = command.replace('/tmp/sa1b_tfds', str(tmp_path / 'data'))
+  env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
+             + os.environ['PATH'])
+  out = subprocess.run(command, shell=True, cwd=REPO, env=env, timeout=300,
+                       capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+  text = out.stdout + out.stderr
+  # A progress bar redraws its line: each \r-separated redraw is one line.
+  lines = [l for l in text.replace('\r', '\n').splitlines() if l.strip()]
+  screen = [l for l in text.splitlines() if l.strip()]
+  for noise in _NOISE:
+    assert noise not in text, f'{noise!r} in:\n{text}'
+  assert len(screen) <= 20, text
+  assert any(l.startswith('images:    11') for l in lines), text
+  # -v shows what quiet mode hides (here: the package's own INFO lines).
+  out = subprocess.run(command.replace('build ', 'build -v --overwrite ', 1),
+                       shell=True, cwd=REPO, env=env, timeout=300,
+                       capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert 'segment-anything-tfds: info: Preparing' in out.stderr, out.stderr
+
+
+def test_beam_build_does_not_parse_the_callers_argv(tmp_path, monkeypatch,
+                                                    caplog):
+  """beam_options=None must not let Beam parse the caller's sys.argv."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds import runners  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(sys, 'argv', ['train.py', '--lr=0.1', 'positional'])
+  builder = tfds.builder('segment_anything', config='first_1',
+                         data_dir=tmp_path)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=DUMMY, beam_runner=runners.local_runner()))
+  assert builder.info.splits['train'].num_examples > 0
+  assert not [r for r in caplog.records
+              if 'Unparseable' in r.getMessage()
+              or 'Converting string literal' in r.getMessage()]

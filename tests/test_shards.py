@@ -67,8 +67,14 @@ def test_select():
           ] == [5]
   with pytest.raises(errors.SourceError, match='sa_000002.tar'):
     shards.select(offered, num_tars=None, tars=(2,))
-  # "Up to N": fewer tars than asked for build what there is (logged).
-  assert len(shards.select(offered, num_tars=4, tars=None)) == 3
+  # A named config holds what it names: fewer tars fail, listing the
+  # missing ones, unless a partial set is allowed.
+  with pytest.raises(errors.SourceError, match=r'config first_4 takes 4 tars'
+                     r' .* offer 3; missing: sa_000002.tar\. .*'
+                     r"tars_config\('0-1,5'\).*allow_partial"):
+    shards.select(offered, num_tars=4, tars=None, config_name='config first_4')
+  assert len(shards.select(offered, num_tars=4, tars=None,
+                           allow_partial=True)) == 3
   with pytest.raises(errors.SourceError, match='no sa_NNNNNN.tar'):
     shards.select({}, num_tars=None, tars=None)
 

@@ -22,6 +22,7 @@ import sys
 from typing import Sequence
 
 from segment_anything_tfds import errors
+from segment_anything_tfds import logs
 from segment_anything_tfds.cli import build
 from segment_anything_tfds.cli import check_links
 from segment_anything_tfds.cli import common
@@ -44,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
   shared = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
   shared.add_argument('--no_progress', dest='progress', action='store_false',
-                      help='no progress bars')
+                      help='no progress bars (TFDS\'s included)')
+  shared.add_argument('-v', '--verbose', action='store_true',
+                      help='show everything: INFO lines, third-party logs,'
+                      ' tracebacks of worker errors')
   for command in COMMANDS:
     command.add_parser(sub, [shared])
   return parser
@@ -68,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   except SystemExit as e:  # --help, --version and usage errors.
     return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
   sub = parser._subparsers._group_actions[0].choices[args.command]  # pylint: disable=protected-access
+  logs.configure(verbose=args.verbose)
+  if not args.progress:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    tfds.disable_progress_bar()
   try:
     return args.func(args, leftover) or 0
   except BrokenPipeError:  # e.g. `| head`: the reader is gone; stay quiet.

@@ -149,12 +149,18 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
     if not pathlib.Path(args.manual_dir).is_dir():
       raise errors.SourceError(
           f'--manual_dir {args.manual_dir} is not a directory')
-  builder = common.make_builder(
+  make = lambda: common.make_builder(
       args, download_options=_download_options(args), workers=args.workers,
       progress=args.progress)
+  builder = make()
   if args.download_only:
     return _download_only(builder, dl_config, args.download_dir)
-  was_prepared = builder.is_prepared() and not args.overwrite
+  if args.overwrite and builder.is_prepared():
+    # TFDS would delete it too, but its builder, having read the old info,
+    # could not then change the file format.
+    builder.data_path.rmtree()
+    builder = make()
+  was_prepared = builder.is_prepared()
   engine = ('local' if dl_config.beam_options is None else
             f'Beam {args.runner if args.runner != LOCAL else ""}'.strip())
   print(f'Preparing {builder.info.full_name} ({builder.builder_config.name})'
@@ -162,9 +168,9 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
         file=sys.stderr)
   _quiet_beam_worker_log(not args.verbose)
   try:
-    builder.download_and_prepare(download_dir=args.download_dir,
-                                 download_config=dl_config,
-                                 file_format=args.file_format)
+    builder.download_and_prepare(
+        download_dir=args.download_dir, download_config=dl_config,
+        file_format=None if was_prepared else args.file_format)
   except AssertionError as e:  # TFDS's missing/empty manual dir check.
     m = re.search(r'Manual directory (\S+) does not exist or is empty',
                   str(e))
@@ -315,9 +321,6 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
   p.add_argument('--download_workers', type=common.positive_int,
                  default=None, metavar='N',
                  help='tars downloaded at once (default 4)')
-  p.add_argument('-v', '--verbose', action='store_true',
-                 help='show everything: third-party logs, Beam\'s worker'
-                 ' tracebacks')
   p.add_argument('--summary_json', metavar='FILE', default=None,
                  help='also write the summary as JSON')
   p.set_defaults(func=run, allow_leftover=True)

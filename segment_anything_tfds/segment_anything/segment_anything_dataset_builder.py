@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from typing import Any, Mapping
 
@@ -12,6 +14,7 @@ from segment_anything_tfds import audit
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import errors
 from segment_anything_tfds import features as features_lib
+from segment_anything_tfds import incomplete
 from segment_anything_tfds import links as links_lib
 from segment_anything_tfds import local_build
 from segment_anything_tfds import options as options_lib
@@ -19,6 +22,7 @@ from segment_anything_tfds import runners
 from segment_anything_tfds import shards as shards_lib
 from segment_anything_tfds import sources
 
+_LOG = logging.getLogger(__name__)
 _HOMEPAGE = 'https://ai.meta.com/datasets/segment-anything-downloads'
 
 
@@ -57,8 +61,23 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         supervised_keys=None,
         homepage=_HOMEPAGE,
         license=f'SA-1B Dataset Research License (see {_HOMEPAGE})',
-        metadata=audit.AuditMetadata(),
+        metadata=tfds.core.MetadataDict(),
     )
+
+  def __new__(cls, *args, **kwargs):
+    """This builder, or TFDS's builtin one for data and versions of its own.
+
+    `tfds.builder('segment_anything:1.0.0')` (any 1.x version), and a
+    `data_dir` that holds only the builtin's 1.0.0 data, resolve to TFDS's
+    builtin builder, so datasets prepared by it stay loadable by name.
+    """
+    if cls is Builder and _wants_builtin(kwargs.get('version'),
+                                         kwargs.get('data_dir'),
+                                         kwargs.get('config')):
+      return _builtin_cls()(*args, **{
+          k: v for k, v in kwargs.items()
+          if k in ('data_dir', 'version', 'file_format')})
+    return super().__new__(cls)
 
   def __init__(
       self, *,
@@ -66,6 +85,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                          | None) = None,
       workers: int = 0,
       progress: bool = True,
+      allow_partial: bool = False,
       **kwargs):
     """As TFDS's, plus how tars are fetched and how many cores build.
 
@@ -78,6 +98,9 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       workers: worker processes of a local build; 0 (the default) is one
         per core. Beam's `direct_num_workers` option, if given, wins.
       progress: show progress bars while building.
+      allow_partial: build a `first_N` config from fewer than N tars
+        (instead of failing); the partial set is recorded in the metadata
+        and every load warns about it.
       **kwargs: TFDS's builder arguments (`config`, `data_dir`, ...).
     """
     super().__init__(**kwargs)
@@ -89,6 +112,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           ' integer')
     self._workers = workers
     self._progress = progress
+    self._allow_partial = allow_partial
     self._shards = None  # Set by _download_and_prepare.
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -104,12 +128,24 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         lenient=self.builder_config.lenient,
     )
 
-  def _find_shards(self, manual_dir, download_dir) -> list[shards_lib.Shard]:
-    """The config's shards, downloaded if need be, readable in place."""
+  def _log_download_bytes(self) -> None:
+    """TFDS prints 'Downloading and preparing dataset Unknown size ...'."""
+    _LOG.info('Preparing %s into %s', self.info.full_name, self.data_dir)
+
+  def _log_download_done(self) -> None:
+    _LOG.info('Prepared %s in %s', self.info.full_name, self.data_dir)
+
+  def _offered(self, manual_dir) -> list[shards_lib.Shard]:
+    """The shards of this config that manual_dir offers (nothing fetched)."""
     cfg = self.builder_config
     found = shards_lib.find_shards(manual_dir)
-    chosen = shards_lib.select(found.shards, num_tars=cfg.num_tars,
-                               tars=cfg.tars)
+    return shards_lib.select(found.shards, num_tars=cfg.num_tars,
+                             tars=cfg.tars, allow_partial=self._allow_partial,
+                             config_name=f'config {cfg.name}')
+
+  def _find_shards(self, manual_dir, download_dir) -> list[shards_lib.Shard]:
+    """The config's shards, downloaded if need be, readable in place."""
+    chosen = self._offered(manual_dir)
     return sources.materialize(chosen, download_dir=download_dir,
                                data_dir=self.data_dir, manual_dir=manual_dir,
                                options=self._download_options)
@@ -131,12 +167,71 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def download_and_prepare(self, *, download_dir=None, download_config=None,
                            file_format=None):
-    """As TFDS's; then, with `disk_mode='delete'`, deletes downloaded tars."""
-    result = super().download_and_prepare(
-        download_dir=download_dir, download_config=download_config,
-        file_format=file_format)
+    """As TFDS's, plus checks around it.
+
+    A dataset already prepared is compared with what manual_dir offers now
+    (a warning says when they differ). Stale `incomplete.*` dirs left by
+    killed builds are removed first. With `disk_mode='delete'`, downloaded
+    tars are deleted after a successful build.
+    """
+    config = download_config or tfds.download.DownloadConfig()
+    reuse = config.download_mode == (
+        tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+    if self.is_prepared() and reuse:
+      self._check_reuse(config.manual_dir)
+    else:
+      incomplete.remove_stale(self.data_dir)
+    try:
+      result = super().download_and_prepare(
+          download_dir=download_dir, download_config=download_config,
+          file_format=file_format)
+    finally:
+      incomplete.release()
     sources.release(self._shards or (), options=self._download_options)
+    audit.log_skips(self.info.metadata, self.data_dir)
     return result
+
+  def _check_reuse(self, manual_dir) -> None:
+    """Warns when manual_dir now offers other tars than were built."""
+    built = (self.info.metadata or {}).get('audit', {}).get('tars')
+    if manual_dir is None or built is None:
+      return
+    try:
+      offered = [s.name for s in self._offered(manual_dir)]
+    except errors.Error as e:
+      _LOG.warning('%s is prepared; manual_dir cannot be checked against it'
+                   ' (%s)', self.info.full_name, e)
+      return
+    if sorted(offered) != sorted(built):
+      added = sorted(set(offered) - set(built))
+      gone = sorted(set(built) - set(offered))
+      _LOG.warning(
+          'Already prepared %s from %d tars, but manual_dir now offers %d for'
+          ' this config (%s%s); the prepared data is used as it is. Rebuild'
+          ' with --overwrite (download_mode=REUSE_CACHE_IF_EXISTS) to take'
+          ' them.', self.info.full_name, len(built), len(offered),
+          f'new: {", ".join(added[:5])}' if added else '',
+          f'{"; " if added else ""}not offered now: {", ".join(gone[:5])}'
+          if gone else '')
+
+  def _warn_partial(self) -> None:
+    partial = (self.info.metadata or {}).get('build', {}).get('partial')
+    if partial:
+      _LOG.warning(
+          '%s is a partial build: config %s takes %d tars, it holds %d'
+          ' (missing %s)', self.info.full_name, self.builder_config.name,
+          partial['config_tars'], len(partial['built']),
+          ', '.join(partial['missing'][:5]))
+
+  def as_dataset(self, *args, **kwargs):
+    """As TFDS's; warns if the data is a partial build (`allow_partial`)."""
+    self._warn_partial()
+    return super().as_dataset(*args, **kwargs)
+
+  def as_data_source(self, *args, **kwargs):
+    """As TFDS's; warns if the data is a partial build (`allow_partial`)."""
+    self._warn_partial()
+    return super().as_data_source(*args, **kwargs)
 
   def _download_and_prepare(self, dl_manager, download_config=None):
     """Finds the shards, then builds locally or with the Beam runner named.
@@ -146,15 +241,29 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     per core (or `direct_num_workers`), memory flat in the number of images.
     """
     download_config = download_config or tfds.download.DownloadConfig()
+    incomplete.claim(self.data_path)
+    # A builder that had loaded a prepared dataset holds its metadata (lazily):
+    # this build's audit and counts replace it.
+    metadata = self.info.metadata
+    for key in list(metadata.keys()):
+      if key in ('audit', 'build'):
+        del metadata[key]
     self._shards = self._find_shards(dl_manager.manual_dir,
                                      dl_manager.download_dir)
     if runners.names_runner(download_config):
+      if download_config.beam_options is None:
+        # Explicit options: TFDS would otherwise let Beam parse sys.argv.
+        from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+        download_config = dataclasses.replace(
+            download_config,
+            beam_options=pipeline_options.PipelineOptions([]))
       if download_config.max_examples_per_split is not None:
         raise errors.ConfigError(
             'max_examples_per_split works in local builds only: a Beam build'
             ' cannot stop after N images. Build locally, or pick fewer tars'
             ' (tars_config / --tars).')
       super()._download_and_prepare(dl_manager, download_config)
+      self._finish_metadata()
       return
     output = local_build.Output(
         data_dir=os.fspath(self.data_path), dataset_name=self.name,
@@ -182,3 +291,45 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         'bytes': result.num_bytes, 'seconds': round(result.seconds, 1),
         'per_tar': result.per_tar,
     }
+    self._finish_metadata()
+
+  def _finish_metadata(self) -> None:
+    """Folds the audit records into the metadata; records a partial set."""
+    records = audit.read_records(self.data_path)
+    if records:
+      self.info.metadata['audit'] = audit.summarize(records)
+    num_tars = self.builder_config.num_tars
+    if num_tars is None or len(self._shards) >= num_tars:
+      return
+    built = [s.name for s in self._shards]
+    self.info.metadata.setdefault('build', {})['partial'] = {
+        'config_tars': num_tars, 'built': built,
+        'missing': [links_lib.shard_name(i) for i in range(num_tars)
+                    if links_lib.shard_name(i) not in built][
+                        :num_tars - len(built)],
+    }
+
+
+def _builtin_cls():
+  from tensorflow_datasets.datasets.segment_anything import segment_anything_dataset_builder as builtin  # pylint: disable=g-import-not-at-top
+  return builtin.Builder
+
+
+def _wants_builtin(version: Any, data_dir: Any, config: Any) -> bool:
+  """Whether a request is for TFDS's builtin 1.x data (see `Builder.__new__`).
+
+  Yes for a 1.x version; and, when neither a version nor a config (the
+  builtin has none) is asked for, for a data_dir with the builtin's data and
+  none of this builder's.
+  """
+  if version is not None:
+    return str(version).startswith('1.')
+  if data_dir is None or config is not None:
+    return False
+  root = epath.Path(data_dir) / Builder.name
+  try:
+    if not (root / '1.0.0' / 'dataset_info.json').exists():
+      return False
+    return not list(root.glob(f'*/{Builder.VERSION}/dataset_info.json'))
+  except (OSError, NotImplementedError):
+    return False
