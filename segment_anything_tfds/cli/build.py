@@ -151,7 +151,7 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
           f'--manual_dir {args.manual_dir} is not a directory')
   make = lambda: common.make_builder(
       args, download_options=_download_options(args), workers=args.workers,
-      progress=args.progress)
+      progress=args.progress, allow_partial=args.allow_partial)
   builder = make()
   if args.download_only:
     return _download_only(builder, dl_config, args.download_dir)
@@ -283,6 +283,9 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
   p.add_argument('--overwrite', action='store_true',
                  help='rebuild even if the dataset is already prepared'
                  ' (downloaded tars are reused)')
+  p.add_argument('--allow_partial', action='store_true',
+                 help='build a first_N config from fewer than N tars (the'
+                 ' partial set is recorded, and every load warns)')
   p.add_argument('--download_only', action='store_true',
                  help='fetch and verify the config\'s tars, then stop')
   p.add_argument('--workers', type=_non_negative_int, default=0, metavar='N',
