@@ -536,8 +536,6 @@ def test_check_links_probe_uses_the_package_client(tmp_path, capsys,
   # The probe honours http_proxy (`sa1b.example` does not resolve: only the
   # proxy answers), and refuses a redirect to another scheme.
   from _loopback_server import LoopbackServer
-  for var in ('http_proxy', 'HTTP_PROXY', 'no_proxy', 'NO_PROXY'):
-    monkeypatch.delenv(var, raising=False)
   with LoopbackServer({'sa_000000.tar': b'a' * 1234,
                        'sa_000001.tar': b'b'}) as proxy:
     proxy.redirects['sa_000001.tar'] = 'ftp://files.example/sa_000001.tar'

@@ -26,10 +26,8 @@ NAME = 'sa_000000.tar'
 FAST = options.DownloadOptions(retries=3, backoff=0.01, max_backoff=0.05,
                                timeout=5, progress=False, check_disk=False)
 # The defaults for retries, backoff and timeouts: failing fast must not
-# depend on tuning them.
+# depend on tuning them. (conftest.py clears proxy variables for every test.)
 DEFAULTS = options.DownloadOptions(progress=False, check_disk=False)
-_PROXY_VARS = ('http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY',
-               'no_proxy', 'NO_PROXY', 'all_proxy', 'ALL_PROXY')
 
 
 def _tar() -> bytes:
@@ -42,13 +40,6 @@ def _tar() -> bytes:
 
 
 TAR = _tar()
-
-
-@pytest.fixture(autouse=True)
-def no_proxy_env(monkeypatch):
-  """Tests start without proxy settings from the environment."""
-  for var in _PROXY_VARS:
-    monkeypatch.delenv(var, raising=False)
 
 
 def _materialize(url, tmp_path, opts):
