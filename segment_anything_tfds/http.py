@@ -466,7 +466,9 @@ class RangeFile(io.RawIOBase):
     status, size = self._client.head(self.url)
     if status == 403:
       raise errors.LinksExpiredError(expired_message(self.url))
-    if status >= 400:
+    if status == 405:  # No HEAD here: ask for a byte instead.
+      size = None
+    elif status >= 400:
       raise errors.DownloadError(
           f'{self.name}: HEAD {links_lib.redact(self.url)}: HTTP {status}')
     if size is not None:

@@ -21,6 +21,7 @@ file name and each GET consumes one:
 Lasting behaviours, per file name, for every request:
 
   server.redirects[name] = location   a 302 to `location`
+  server.no_head.add(name)            a 405 to HEAD requests
   server.endless.add(name)            a 200 without Content-Length whose body
                                       never ends (it stops after
                                       `endless_cap` bytes, or when the client
@@ -54,6 +55,7 @@ class LoopbackServer:
         collections.deque)
     self.redirects: dict[str, str] = {}
     self.endless: set[str] = set()
+    self.no_head: set[str] = set()
     self.endless_cap = endless_cap
     self.endless_sent = 0
     self.log: list[tuple[str, str, str | None, int, str]] = []
@@ -112,6 +114,10 @@ class LoopbackServer:
           return
         if name in server.endless:
           self._endless(name, rng, head)
+          return
+        if head and name in server.no_head:
+          self._log(name, rng, 405)
+          self._status(405, head)
           return
         fault = None
         if not head:

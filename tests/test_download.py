@@ -511,6 +511,18 @@ def test_range_file_retries_5xx_and_cuts(server):
   f.close()
 
 
+def test_range_file_without_head_asks_for_a_byte(server):
+  name = 'sa_000003.tar'
+  server.no_head.add(name)
+  with http_lib.RangeFile(server.url(name), options=OPTS) as f:
+    assert f.size == len(DATA[name])
+    f.seek(700)
+    assert f.read(300) == DATA[name][700:1000]
+  assert [(e[0], e[2], e[3]) for e in server.log] == [
+      ('HEAD', None, 405), ('GET', 'bytes=0-0', 206),
+      ('GET', f'bytes=700-{len(DATA[name]) - 1}', 206)]
+
+
 def test_range_file_403(server):
   with pytest.raises(errors.LinksExpiredError):
     http_lib.RangeFile(server.url('sa_000000.tar', oe=5), options=OPTS)
