@@ -49,6 +49,8 @@ setuptools.setup(
         'etils[epath]',
         'numpy',
         'tqdm',
+        # The one HTTP client: downloads, HEAD probes and streamed tars.
+        'requests>=2.28',
         # Speed only: a faster JSON parser, and the C CRC-32C that lets local
         # builds write TFRecords without importing TensorFlow.
         'orjson',

@@ -1,65 +1,81 @@
 """Downloads SA-1B tars into a cache keyed by tar name, never by URL.
 
-  <download_dir>/segment_anything/sa_000000.tar        a finished tar
+  <download_dir>/segment_anything/sa_000000.tar        a finished, checked tar
   <download_dir>/segment_anything/sa_000000.tar.part   a partial one, resumed
-  <download_dir>/segment_anything/quarantine/          tars that failed their
-                                                       checksum, moved aside
+  <download_dir>/segment_anything/sa_000000.tar.lock   locked (flock) by the
+                                                       process fetching it
+  <download_dir>/segment_anything/quarantine/          tars that failed a
+                                                       check, moved aside
 
 A refreshed links file (new signatures, same names) reuses every finished
 tar. A partial file resumes with an HTTP Range request; a server that ignores
 Range and answers 200 gets a clean restart (the 200 body replaces the partial
-file, never appended). 5xx, timeouts, resets and bodies cut short are retried
-with backoff; a 403 stops at once with the expired-link message. A tar is
-renamed into place only when its size matches the Content-Length.
+file, never appended). Retries follow `http.Client.retrying`: progress is the
+furthest byte ever written, so restarts from 0 are not progress, and
+`max_attempts` bounds the attempts per tar.
+
+A download is renamed into place only once checked: its size matches the
+Content-Length (when there is one), its first 512-byte header is a valid tar
+header, and it ends with the two zero blocks that end a tar (so its size is
+a multiple of 512). A body larger than `max_bytes` is stopped. Two processes
+sharing a download dir never write one tar at once: each tar is fetched
+under an exclusive lock, and whoever comes second reuses the finished tar.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
-import hashlib
+import fcntl
 import logging
 import os
 import shutil
+import tarfile
 import threading
 import time
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 from etils import epath
 
+from segment_anything_tfds import checksums
 from segment_anything_tfds import errors as errors_lib
-from segment_anything_tfds import httpfile
+from segment_anything_tfds import http
 from segment_anything_tfds import links as links_lib
 from segment_anything_tfds import options as options_lib
 from segment_anything_tfds import shards as shards_lib
-from segment_anything_tfds.errors import ChecksumError
 from segment_anything_tfds.errors import DiskSpaceError
 from segment_anything_tfds.errors import DownloadError
 from segment_anything_tfds.errors import LinksExpiredError
 
 CACHE_SUBDIR = 'segment_anything'
-QUARANTINE_SUBDIR = 'quarantine'
 PART_SUFFIX = '.part'
-VERIFIED_SUFFIX = '.verified'
-CHECKSUMS_FILE_NAME = 'segment_anything_checksums.txt'
+LOCK_SUFFIX = '.lock'
 # An SA-1B tar is 10-11.5 GB; used when a server reports no size.
 EST_TAR_BYTES = int(10.5e9)
 # The prepared records hold the JPEGs and RLE strings: about the tars' size.
 OUTPUT_RATIO = 1.0
-_CHUNK = 1 << 20
-_HASHES = {32: 'md5', 64: 'sha256'}
-
-
-class _Cancelled(Exception):
-  pass
+_BLOCK = tarfile.BLOCKSIZE  # 512
+_END = 2 * _BLOCK  # A tar ends with two zero blocks.
+_LOCK_POLL = 0.2
 
 
 def cache_dir(download_dir: epath.PathLike) -> epath.Path:
   return epath.Path(download_dir) / CACHE_SUBDIR
 
 
-def _is_local(path: epath.PathLike) -> bool:
-  return shards_lib.is_local(path)
+def _size(path: str) -> int:
+  try:
+    return os.path.getsize(path)
+  except FileNotFoundError:
+    return 0
+
+
+def _remove(path: str) -> None:
+  try:
+    os.remove(path)
+  except FileNotFoundError:
+    pass
 
 
 # ---------------------------------------------------------------- expiry
@@ -95,103 +111,107 @@ def check_expiry(links: Mapping[str, str], *, now: float | None = None,
         ', '.join(sorted(soon)[:5]))
 
 
-# ------------------------------------------------------------- checksums
+# ------------------------------------------------------- checking tars
 
 
-def parse_checksums(text: str, *, source: str) -> dict[str, tuple[str, str]]:
-  """`<hex>  sa_000000.tar` lines (md5sum/sha256sum output) -> name -> (algo, hex).
-
-  The algorithm follows from the hex length: 32 is md5, 64 is sha256. A path
-  in the name column is reduced to its file name.
-  """
-  out: dict[str, tuple[str, str]] = {}
-  for lineno, line in enumerate(text.splitlines(), start=1):
-    line = line.strip()
-    if not line or line.startswith('#'):
-      continue
-    parts = line.split(None, 1)
-    if len(parts) != 2:
-      raise ChecksumError(f'{source}:{lineno}: expected "<hex>  <file name>",'
-                       f' got {line!r:.120}')
-    digest, name = parts[0].lower(), parts[1].strip().lstrip('*')
-    name = name.replace('\\', '/').rsplit('/', 1)[-1]
-    algo = _HASHES.get(len(digest))
-    if algo is None or any(c not in '0123456789abcdef' for c in digest):
-      raise ChecksumError(
-          f'{source}:{lineno}: {digest!r:.80} is neither an md5 (32 hex'
-          ' digits) nor a sha256 (64 hex digits)')
-    if name in out and out[name] != (algo, digest):
-      raise ChecksumError(f'{source}:{lineno}: {name} has two different'
-                       ' checksums')
-    out[name] = (algo, digest)
-  if not out:
-    raise ChecksumError(f'{source}: the checksum list is empty')
-  return out
-
-
-def read_checksums(path: epath.PathLike) -> dict[str, tuple[str, str]]:
-  path = epath.Path(path)
-  return parse_checksums(path.read_text(), source=os.fspath(path))
-
-
-def file_digest(path: epath.PathLike, algo: str) -> str:
-  h = hashlib.new(algo)
-  with epath.Path(path).open('rb') as f:
-    while chunk := f.read(_CHUNK * 8):
-      h.update(chunk)
-  return h.hexdigest()
-
-
-def _marker(path: str, algo: str, digest: str) -> str:
-  st = os.stat(path)
-  return f'{algo}:{digest} {st.st_size} {st.st_mtime_ns}\n'
-
-
-def verify(path: epath.PathLike, expected: tuple[str, str]) -> str | None:
-  """None if `path` has the `expected` (algo, hex); else what is wrong.
-
-  A local file that passed leaves a `.verified` marker next to it (digest,
-  size, mtime), so an unchanged file is not hashed again on a rerun.
-  """
-  algo, digest = expected
-  path_str = os.fspath(path)
-  marker = path_str + VERIFIED_SUFFIX
-  local = _is_local(path_str)
-  if local and os.path.exists(marker):
-    try:
-      with open(marker) as f:
-        if f.read() == _marker(path_str, algo, digest):
-          return None
-    except OSError:
-      pass
-  got = file_digest(path, algo)
-  if got != digest:
-    return f'{algo} is {got}, the checksum list says {digest}'
-  if local:
-    try:
-      with open(marker, 'w') as f:
-        f.write(_marker(path_str, algo, digest))
-    except OSError:  # A read-only folder: hash again next time.
-      pass
+def _header_problem(block: bytes) -> str | None:
+  """What is wrong with a tar's first 512 bytes, or None."""
+  if len(block) < _BLOCK:
+    return (f'not a tar: {len(block)} bytes, less than one 512-byte tar'
+            ' header')
+  try:
+    tarfile.TarInfo.frombuf(block, tarfile.ENCODING, 'surrogateescape')
+  except tarfile.EOFHeaderError:
+    return 'not a tar: its first 512-byte header is all zeros'
+  except tarfile.HeaderError as e:
+    looks = ''
+    if b'<html' in block.lower() or block.lstrip().startswith(b'<'):
+      looks = ' (it looks like an HTML page: a login or error page?)'
+    return (f'not a tar: its first 512 bytes are not a tar header ({e})'
+            f'{looks}')
   return None
 
 
-def quarantine(path: str) -> str:
-  """Moves a bad tar aside into `quarantine/`; returns where it went."""
-  qdir = os.path.join(os.path.dirname(path), QUARANTINE_SUBDIR)
-  os.makedirs(qdir, exist_ok=True)
-  dest = os.path.join(qdir, os.path.basename(path))
-  if os.path.exists(dest):
-    dest += f'.{int(time.time())}'
-  os.replace(path, dest)
+def _end_problem(f, size: int) -> str | None:
+  """What is wrong with a tar's end (its two zero blocks), or None."""
+  if size % _BLOCK:
+    return (f'truncated: {size} bytes is not a whole number of 512-byte tar'
+            ' blocks')
+  if size < _BLOCK + _END:
+    return f'truncated: {size} bytes, no room for the end-of-archive blocks'
+  f.seek(size - _END)
+  if f.read(_END).count(0) != _END:
+    return (f'truncated: its last 1024 bytes are not the two zero blocks'
+            f' that end a tar (size {size})')
+  return None
+
+
+def tar_problem(path: epath.PathLike) -> str | None:
+  """None if the file at `path` looks like a whole tar; else what is wrong.
+
+  Reads 1.5 kB: a valid first header (its checksum), a size that is a
+  multiple of 512, and the end-of-archive blocks. What is wrong starts with
+  `not a tar` or `truncated`.
+  """
+  path = os.fspath(path)
+  size = os.path.getsize(path)
+  with open(path, 'rb') as f:
+    return _header_problem(f.read(_BLOCK)) or _end_problem(f, size)
+
+
+def cached_tar(path: str) -> bool:
+  """Whether a finished tar is at `path`, ready to use.
+
+  A file there that fails `tar_problem` (from an older version, or a disk
+  fault) is moved to `quarantine/` and logged, so it is fetched again.
+  """
+  if not os.path.isfile(path):
+    return False
+  problem = tar_problem(path)
+  if problem is None:
+    return True
   try:
-    os.remove(path + VERIFIED_SUFFIX)
-  except FileNotFoundError:
-    pass
-  return dest
+    where = checksums.quarantine(path)
+  except FileNotFoundError:  # Another process moved it first.
+    return False
+  logging.warning('%s: the cached tar is %s; moved it to quarantine (%s)'
+                  ' and fetching it again', path, problem, where)
+  return False
 
 
-# ------------------------------------------------------------ downloading
+# ------------------------------------------------------------- locking
+
+
+def _try_lock(fd: int) -> bool:
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return True
+  except BlockingIOError:
+    return False
+
+
+@contextlib.contextmanager
+def tar_lock(dest: str, *, cancel: threading.Event | None = None
+             ) -> Iterator[None]:
+  """Holds `<dest>.lock` exclusively while the body runs.
+
+  Another process (or thread) downloading the same tar holds it: this waits,
+  saying so once, until it is released (or `cancel` is set).
+  """
+  lock = dest + LOCK_SUFFIX
+  fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    if not _try_lock(fd):
+      logging.warning('waiting for another process downloading %s (it holds'
+                      ' %s)', os.path.basename(dest), lock)
+      while not _try_lock(fd):
+        http.pause(_LOCK_POLL, cancel)
+    yield
+  finally:
+    os.close(fd)  # Releases the lock.
+
+
+# ------------------------------------------------------------ fetching
 
 
 @dataclasses.dataclass
@@ -227,93 +247,162 @@ class _Progress:
       self._bar.close()
 
 
-def fetch(url: str, dest: str, *, client: httpfile.Client,
+@dataclasses.dataclass
+class _Transfer:
+  """One tar's download, across attempts.
+
+  Attributes:
+    furthest: the furthest byte ever written: the measure of progress (a
+      restart from 0 that gets no further is not progress).
+  """
+
+  url: str
+  part: str
+  what: str
+  max_bytes: int
+  on_bytes: Callable[[int], None]
+  on_total: Callable[[int], None]
+  cancel: threading.Event | None
+  furthest: int = 0
+  told_total: bool = False
+
+  def check_cancel(self) -> None:
+    if self.cancel is not None and self.cancel.is_set():
+      raise http.Cancelled()
+
+  def discard(self, why: str) -> None:
+    """Deletes the partial file and takes its bytes off the progress bar."""
+    size = _size(self.part)
+    _remove(self.part)
+    if size:
+      self.on_bytes(-size)
+      logging.info('%s: %s; discarded %d bytes', self.what, why, size)
+
+
+def fetch(url: str, dest: str, *, client: http.Client,
           on_bytes: Callable[[int], None] = lambda n: None,
           on_total: Callable[[int], None] = lambda n: None,
           cancel: threading.Event | None = None) -> int:
-  """Downloads `url` to `dest` via `dest.part`, resuming; returns the size."""
-  part = dest + PART_SUFFIX
-  what = f'{os.path.basename(dest)} from {links_lib.redact(url)}'
-  written = [0]
-  told = [False]
+  """Downloads `url` to `dest` via `dest.part`, resuming; returns the size.
+
+  The download is checked (`tar_problem`) before the rename. The caller
+  holds the tar's lock (`download_all` does).
+
+  Raises:
+    errors.DownloadError: the retry budget is spent, or a failure not worth
+      retrying (404, not a tar, over `max_bytes`, ...).
+    errors.LinksExpiredError: a 403.
+  """
+  t = _Transfer(url=url, part=dest + PART_SUFFIX,
+                what=f'{os.path.basename(dest)} from {http.host_of(url)}',
+                max_bytes=client.options.max_bytes, on_bytes=on_bytes,
+                on_total=on_total, cancel=cancel)
+  t.furthest = _size(t.part)
 
   def attempt() -> int:
-    if cancel is not None and cancel.is_set():
-      raise _Cancelled()
-    offset = os.path.getsize(part) if os.path.exists(part) else 0
-    headers = {'Range': f'bytes={offset}-'} if offset else {}
-    try:
-      resp = client.request('GET', url, headers)
-    except httpfile.HttpError as e:
-      if e.status == 416 and offset:
-        logging.warning('%s: the server refuses to resume at byte %d (416);'
-                        ' restarting from 0', what, offset)
-        os.remove(part)
-        on_bytes(-offset)
-        raise httpfile.RetryableError(f'{what}: HTTP 416') from e
-      raise
-    try:
-      if resp.status == 206:
-        first, _, total = httpfile.content_range(resp)
-        if first != offset:
-          raise httpfile.RetryableError(
-              f'{what}: asked to resume at byte {offset}, the server sent'
-              f' bytes from {first}')
-        mode = 'ab'
-      elif resp.status == 200:
-        if offset:
-          logging.warning(
-              '%s: the server ignored the Range request (HTTP 200): discarding'
-              ' the %d bytes downloaded so far and restarting from 0', what,
-              offset)
-          on_bytes(-offset)
-          offset = 0
-        length = resp.getheader('Content-Length')
-        total = int(length) if length and length.isdigit() else None
-        mode = 'wb'  # Truncates: a 200 body is never appended.
-      else:
-        raise httpfile.HttpError(f'{what}: unexpected HTTP {resp.status}',
-                                 status=resp.status)
-      if total is not None and not told[0]:
-        told[0] = True
-        on_total(total)
-      with open(part, mode) as f:
-        while True:
-          if cancel is not None and cancel.is_set():
-            raise _Cancelled()
-          try:
-            chunk = resp.read(_CHUNK)
-          except httpfile.NET_ERRORS as e:
-            raise httpfile.RetryableError(
-                f'{what}: transfer cut at byte {offset + written[0]}: {e}'
-            ) from e
-          if not chunk:
-            break
-          try:
-            f.write(chunk)
-          except OSError as e:
-            raise DownloadError(f'{what}: cannot write {part}: {e}') from e
-          written[0] += len(chunk)
-          on_bytes(len(chunk))
-      resp.close()
-    except BaseException:
-      client.close()  # A half-read body: never reuse that connection.
-      raise
-    size = os.path.getsize(part)
-    if total is not None and size < total:
-      client.close()
-      raise httpfile.RetryableError(
-          f'{what}: transfer cut at byte {size} of {total}')
-    if total is not None and size > total:
-      os.remove(part)
-      on_bytes(-size)
-      raise httpfile.RetryableError(
-          f'{what}: got {size} bytes but Content-Length says {total};'
-          ' restarting')
-    os.replace(part, dest)  # Atomic: a tar in place is a whole tar.
+    t.check_cancel()
+    size = _attempt(t, client)
+    _check_part(t)
+    os.replace(t.part, dest)  # Atomic: a tar in place is a whole tar.
     return size
 
-  return client.call(attempt, what=what, progress=lambda: written[0])
+  return client.retrying(attempt, what=t.what, progress=lambda: t.furthest,
+                         cancel=cancel)
+
+
+def _attempt(t: _Transfer, client: http.Client) -> int:
+  """One GET: resumes `t.part` (or restarts it); returns its size."""
+  offset = _size(t.part)
+  resp = client.send('GET', t.url,
+                     {'Range': f'bytes={offset}-'} if offset else None)
+  with contextlib.closing(resp):
+    if resp.status_code == 416 and offset:
+      t.discard('the server refused to resume (HTTP 416)')
+      raise http.TransientError(
+          f'{t.what}: the server refuses to resume at byte {offset} (HTTP'
+          ' 416); restarting from 0')
+    if resp.status_code >= 400:
+      raise http.status_error(resp, t.url)
+    start, total = _body_start(t, resp, offset)
+    _check_total(t, total)
+    _write_body(t, resp, start)
+  size = _size(t.part)
+  if total is not None and size < total:
+    raise http.TransientError(f'{t.what}: transfer cut at byte {size} of'
+                              f' {total}')
+  if total is not None and size > total:
+    t.discard('longer than its Content-Length')
+    raise http.TransientError(f'{t.what}: got {size} bytes but the server'
+                              f' says {total}; restarting')
+  return size
+
+
+def _body_start(t: _Transfer, resp, offset: int) -> tuple[int, int | None]:
+  """(where the body goes in the partial file, the object's total size)."""
+  if resp.status_code == 206:
+    first, _, total = http.content_range(resp, t.url)
+    if first != offset:
+      raise http.TransientError(
+          f'{t.what}: asked to resume at byte {offset}, the server sent'
+          f' bytes from {first}')
+    return offset, total
+  if resp.status_code == 200:
+    if offset:
+      logging.warning('%s: the server ignored the Range request (HTTP 200):'
+                      ' restarting from 0', t.what)
+      t.on_bytes(-offset)
+    return 0, http.content_length(resp)
+  raise DownloadError(f'{t.what}: unexpected HTTP {resp.status_code}')
+
+
+def _too_large(t: _Transfer, what: str) -> DownloadError:
+  t.discard('over max_bytes')
+  return DownloadError(
+      f'{t.what}: {what} max_bytes={t.max_bytes}: not an SA-1B tar (they are'
+      ' about 11 GB); check the link, or raise download_options max_bytes')
+
+
+def _check_total(t: _Transfer, total: int | None) -> None:
+  if total is None:
+    return
+  if total > t.max_bytes:
+    raise _too_large(t, f'the server announces {total} bytes, over')
+  if not t.told_total:
+    t.told_total = True
+    t.on_total(total)
+
+
+def _write_body(t: _Transfer, resp, start: int) -> None:
+  """Appends (or, from 0, writes) the body to `t.part`, within max_bytes."""
+  pos = start
+  over = False
+  with open(t.part, 'ab' if start else 'wb') as f:
+    for chunk in http.iter_body(resp, t.url):
+      t.check_cancel()
+      if pos + len(chunk) > t.max_bytes:
+        over = True
+        break
+      try:
+        f.write(chunk)
+      except OSError as e:
+        raise DownloadError(f'{t.what}: cannot write {t.part}: {e}') from e
+      pos += len(chunk)
+      t.furthest = max(t.furthest, pos)
+      t.on_bytes(len(chunk))
+  if over:
+    raise _too_large(t, 'the body went on past')
+
+
+def _check_part(t: _Transfer) -> None:
+  """Raises unless the finished `t.part` looks like a whole tar."""
+  problem = tar_problem(t.part)
+  if problem is None:
+    return
+  t.discard(problem)
+  message = f'{t.what}: the download is {problem}; it was not kept'
+  if problem.startswith('not a tar'):
+    raise DownloadError(message)  # The same answer again would not help.
+  raise http.TransientError(message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,6 +414,22 @@ class Result:
   downloaded: tuple[str, ...]  # Names fetched in this call (not cached).
 
 
+def _threads(n: int) -> concurrent.futures.ThreadPoolExecutor:
+  return concurrent.futures.ThreadPoolExecutor(
+      n, thread_name_prefix='sa1b-download')
+
+
+def _local_cache(cache: epath.PathLike) -> str:
+  cache = os.fspath(cache)
+  if not shards_lib.is_local(cache):
+    raise DownloadError(
+        f'the download dir {cache} is not local; downloads need a local disk'
+        ' to resume into. Use a local --download_dir, or copy the tars into'
+        ' the bucket (gsutil -m cp) and use it as manual_dir.')
+  os.makedirs(cache, exist_ok=True)
+  return cache
+
+
 def download_all(
     links: Mapping[str, str], cache: epath.PathLike, *,
     options: options_lib.DownloadOptions | None = None,
@@ -332,84 +437,93 @@ def download_all(
 ) -> Result:
   """Downloads each (name -> http URL) not yet in `cache`, `workers` at once.
 
+  Each tar is fetched under its lock (`tar_lock`); a tar another process
+  finished meanwhile is reused, not fetched again.
+
   Raises:
     LinksExpiredError: a server answered 403; the other downloads stop
       (their partial files stay, for resuming).
-    DownloadError: some tars failed after retries; names each and why.
+  Returns:
+    The tars' paths, and the error of each tar that failed.
   """
   options = options or options_lib.DownloadOptions()
-  workers, progress = options.workers, options.progress
-  retry = httpfile.RetryPolicy.from_options(options)
-  cache = os.fspath(cache)
-  if not _is_local(cache):
-    raise DownloadError(
-        f'the download dir {cache} is not local; downloads need a local disk'
-        ' to resume into. Use a local --download_dir, or copy the tars into'
-        ' the bucket (gsutil -m cp) and use it as manual_dir.')
-  os.makedirs(cache, exist_ok=True)
+  cache = _local_cache(cache)
   paths, todo = {}, {}
   for name, url in sorted(links.items()):
     dest = os.path.join(cache, name)
-    if os.path.exists(dest):
+    if cached_tar(dest):
       paths[name] = dest
     else:
       todo[name] = url
   if not todo:
     return Result(paths, {}, ())
   sizes = sizes or {}
-  partial = sum(os.path.getsize(os.path.join(cache, n + PART_SUFFIX))
-                for n in todo
-                if os.path.exists(os.path.join(cache, n + PART_SUFFIX)))
   unknown = {n for n in todo if not sizes.get(n)}
-  bar = _Progress(sum(sizes.get(n) or 0 for n in todo), enabled=progress)
-  bar.add(partial)
+  bar = _Progress(sum(sizes.get(n) or 0 for n in todo),
+                  enabled=options.progress)
+  bar.add(sum(_size(os.path.join(cache, n + PART_SUFFIX)) for n in todo))
   cancel = threading.Event()
-  errors: dict[str, str] = {}
+  failed: dict[str, str] = {}
   expired: list[str] = []
-  local = threading.local()
-  clients: list[httpfile.Client] = []
+  fetched: list[str] = []
 
-  def one(name: str, url: str) -> str:
-    client = getattr(local, 'client', None)
-    if client is None:
-      client = local.client = httpfile.Client(retry)
-      clients.append(client)
+  def one(name: str, url: str, client: http.Client) -> str:
     dest = os.path.join(cache, name)
-    size = fetch(url, dest, client=client, on_bytes=bar.add, cancel=cancel,
-                 on_total=bar.grow if name in unknown else lambda n: None)
+    with tar_lock(dest, cancel=cancel):
+      if cached_tar(dest):  # Another process fetched it meanwhile.
+        return dest
+      size = fetch(url, dest, client=client, on_bytes=bar.add, cancel=cancel,
+                   on_total=bar.grow if name in unknown else lambda n: None)
+    fetched.append(name)
     logging.info('Downloaded %s (%d bytes)', dest, size)
     return dest
 
+  workers = max(1, min(options.workers, len(todo)))
   try:
-    with concurrent.futures.ThreadPoolExecutor(
-        max(1, min(workers, len(todo))),
-        thread_name_prefix='sa1b-download') as pool:
-      futures = {pool.submit(one, n, u): n for n, u in todo.items()}
+    with http.ClientPool(options) as pool, _threads(workers) as ex:
+      futures = {ex.submit(lambda n=n, u=u: one(n, u, pool.get())): n
+                 for n, u in todo.items()}
       try:
         for fut in concurrent.futures.as_completed(futures):
           name = futures[fut]
           try:
             paths[name] = fut.result()
-          except _Cancelled:
-            errors[name] = 'cancelled after another download failed with 403'
-          except httpfile.LinkExpiredError as e:
+          except http.Cancelled:
+            failed[name] = 'cancelled after another download failed with 403'
+          except LinksExpiredError as e:
             expired.append(name)
-            errors[name] = str(e)
+            failed[name] = str(e)
             cancel.set()
-          except (httpfile.HttpError, DownloadError, OSError) as e:
-            errors[name] = str(e)
+          except (DownloadError, OSError) as e:
+            failed[name] = str(e)
       except BaseException:  # Ctrl-C: stop the threads; .part files stay.
         cancel.set()
         raise
   finally:
     bar.close()
-    for c in clients:
-      c.close()
   if expired:
     raise LinksExpiredError(
         f'{len(expired)} of {len(todo)} downloads were refused with HTTP 403'
-        f' ({", ".join(sorted(expired)[:5])}). {errors[expired[0]]}')
-  return Result(paths, errors, tuple(n for n in todo if n in paths))
+        f' ({", ".join(sorted(expired)[:5])}). {failed[expired[0]]}')
+  return Result(paths, failed, tuple(n for n in todo if n in fetched))
+
+
+# --------------------------------------------------------------- sizes
+
+
+def _head_size(client: http.Client, url: str) -> int | None:
+  try:
+    status, size = client.head(url)
+  except DownloadError as e:
+    logging.info('%s; assuming %d bytes', e, EST_TAR_BYTES)
+    return None
+  if status == 403:
+    raise LinksExpiredError(http.expired_message(url))
+  if not 200 <= status < 300:
+    logging.info('HEAD %s: HTTP %d; assuming %d bytes',
+                 links_lib.redact(url), status, EST_TAR_BYTES)
+    return None
+  return size
 
 
 def head_sizes(links: Mapping[str, str], *,
@@ -417,39 +531,16 @@ def head_sizes(links: Mapping[str, str], *,
                ) -> dict[str, int | None]:
   """Content-Length of each http link by HEAD; None where unknown.
 
-  A 403 raises `LinkExpiredError` (before anything is downloaded); any other
+  A 403 raises `LinksExpiredError` (before anything is downloaded); any other
   failure leaves the size unknown (the estimate is used).
   """
-  options = options or options_lib.DownloadOptions()
-  workers = options.workers
-  retry = httpfile.RetryPolicy.from_options(options)
-  local = threading.local()
-  clients = []
-
-  def one(url):
-    client = getattr(local, 'client', None)
-    if client is None:
-      client = local.client = httpfile.Client(retry)
-      clients.append(client)
-    try:
-      return client.size(url)
-    except httpfile.LinkExpiredError as e:
-      raise LinksExpiredError(str(e)) from None
-    except (httpfile.HttpError, OSError) as e:
-      logging.info('HEAD %s failed (%s); assuming %d bytes',
-                   links_lib.redact(url), e, EST_TAR_BYTES)
-      return None
-
   if not links:
     return {}
-  try:
-    with concurrent.futures.ThreadPoolExecutor(
-        max(1, min(workers * 2, len(links)))) as pool:
-      results = dict(zip(links, pool.map(one, links.values())))
-  finally:
-    for c in clients:
-      c.close()
-  return results
+  options = options or options_lib.DownloadOptions()
+  workers = max(1, min(options.workers * 2, len(links)))
+  with http.ClientPool(options) as pool, _threads(workers) as ex:
+    sizes = ex.map(lambda url: _head_size(pool.get(), url), links.values())
+    return dict(zip(links, sizes))
 
 
 # ---------------------------------------------------------- disk preflight
@@ -481,7 +572,7 @@ def preflight(*, download_bytes: int, download_dir: epath.PathLike | None,
   needs: dict[tuple, list] = {}
   for label, path, n in (('downloads', download_dir, download_bytes),
                          ('output', data_dir, output_bytes)):
-    if path is None or n <= 0 or not _is_local(path):
+    if path is None or n <= 0 or not shards_lib.is_local(path):
       continue
     root = _existing(os.fspath(path))
     key = (os.stat(root).st_dev,)
@@ -505,7 +596,7 @@ def remove_downloaded(paths: Iterable[str]) -> list[str]:
   """Deletes downloaded tars (and their markers); returns what was removed."""
   removed = []
   for p in paths:
-    for q in (p, p + VERIFIED_SUFFIX):
+    for q in (p, p + checksums.VERIFIED_SUFFIX):
       try:
         os.remove(q)
         if q == p:
@@ -516,9 +607,8 @@ def remove_downloaded(paths: Iterable[str]) -> list[str]:
 
 
 __all__ = [
-    'CACHE_SUBDIR', 'CHECKSUMS_FILE_NAME', 'ChecksumError', 'DiskSpaceError',
-    'DownloadError', 'LinksExpiredError', 'Result', 'cache_dir',
-    'check_expiry', 'download_all', 'fetch', 'head_sizes', 'parse_checksums',
-    'preflight', 'quarantine', 'read_checksums', 'remove_downloaded',
-    'verify',
+    'CACHE_SUBDIR', 'DiskSpaceError', 'DownloadError', 'LinksExpiredError',
+    'Result', 'cache_dir', 'cached_tar', 'check_expiry', 'download_all',
+    'fetch', 'head_sizes', 'preflight', 'remove_downloaded', 'tar_lock',
+    'tar_problem',
 ]

@@ -77,78 +77,159 @@ def redact(url: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class Links:
-  """A parsed links file."""
+class Row:
+  """A row of the links file with two columns, where it is."""
 
-  shards: dict[str, str]  # Tar name -> URL, image shards only.
-  other: dict[str, str]  # Rows that are not image shards, reported.
-  source: str = LINKS_FILE_NAME
+  lineno: int
+  name: str
+  url: str
 
 
-def parse_links(text: str, *, source: str = LINKS_FILE_NAME) -> Links:
-  """Parses the links file's text.
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """A row the builder refuses.
 
-  Raises:
-    errors.LinksError: naming the file, the line and the problem:
-      an empty file, a missing or wrong header, a row without exactly two
-      tab-separated columns, a name listed twice (same or different URLs), a
-      URL with an unsupported scheme.
+  Attributes:
+    lineno: the line, counted from 1.
+    kind: 'columns' (not two tab-separated columns), 'scheme' (an
+      unsupported URL scheme) or 'duplicate' (a name listed again).
+    message: the one-line error, `file:line: ...`, as `parse_links` raises it.
   """
+
+  lineno: int
+  kind: str
+  message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Links:
+  """A parsed links file.
+
+  Attributes:
+    shards: tar name -> URL, image shards only (the first row of a name).
+    other: rows that are not image shards, reported.
+    source: the file, for messages.
+    rows: every row with two columns, in file order, duplicates included.
+    problems: what the builder refuses, in file order (only a tolerant
+      parse returns any; a strict one raises the first).
+  """
+
+  shards: dict[str, str]
+  other: dict[str, str]
+  source: str = LINKS_FILE_NAME
+  rows: tuple[Row, ...] = ()
+  problems: tuple[Problem, ...] = ()
+
+
+def _numbered_lines(text: str) -> list[tuple[int, str]]:
+  """(line number, line) of the non-blank lines; a UTF-8 BOM is dropped."""
   if text.startswith('\ufeff'):
     text = text[1:]
-  numbered = [(i, l.rstrip('\r\n')) for i, l in
-              enumerate(text.splitlines(), start=1) if l.strip()]
+  return [(i, l.rstrip('\r\n')) for i, l in
+          enumerate(text.splitlines(), start=1) if l.strip()]
+
+
+def _check_header(numbered: list[tuple[int, str]], source: str) -> None:
   if not numbered:
     raise errors.LinksError(
         f'{source}: the links file is empty; download it again from'
         f' {HOMEPAGE} (a TSV with the header file_name<TAB>cdn_link)')
   first_no, first = numbered[0]
   header = tuple(c.strip() for c in first.split('\t'))
-  if header != HEADER:
-    hint = ''
-    if scheme(first.split('\t')[-1].strip()) or shard_index(
-        first.split('\t')[0].strip()) is not None:
-      hint = ' (the header row is missing: add it as the first line)'
-    elif len(header) != 2:
-      hint = (f' (found {len(header)} column(s); columns must be separated by'
-              ' a TAB)')
-    raise errors.LinksError(
-        f'{source}:{first_no}: expected the header'
-        f' "{HEADER[0]}<TAB>{HEADER[1]}", got {first!r:.120}{hint}')
+  if header == HEADER:
+    return
+  hint = ''
+  if scheme(first.split('\t')[-1].strip()) or shard_index(
+      first.split('\t')[0].strip()) is not None:
+    hint = ' (the header row is missing: add it as the first line)'
+  elif len(header) != 2:
+    hint = (f' (found {len(header)} column(s); columns must be separated by'
+            ' a TAB)')
+  raise errors.LinksError(
+      f'{source}:{first_no}: expected the header'
+      f' "{HEADER[0]}<TAB>{HEADER[1]}", got {first!r:.120}{hint}')
+
+
+def _parse_row(lineno: int, line: str, source: str
+               ) -> tuple[Row | None, Problem | None]:
+  """A row, and what is wrong with it on its own (columns, scheme)."""
+  cols = line.split('\t')
+  if len(cols) != 2 or not cols[0].strip() or not cols[1].strip():
+    return None, Problem(lineno, 'columns', (
+        f'{source}:{lineno}: expected 2 tab-separated columns (file_name,'
+        f' cdn_link), got {len(cols)}: {line!r:.120}'))
+  row = Row(lineno, cols[0].strip(), cols[1].strip())
+  s = scheme(row.url)
+  if s is not None and s not in URL_SCHEMES:
+    return row, Problem(lineno, 'scheme', (
+        f'{source}:{lineno}: {row.name}: unsupported URL scheme {s}:// in'
+        f' {redact(row.url)!r}; links must be http://, https://, gs:// or'
+        ' local paths'))
+  return row, None
+
+
+def _duplicate(row: Row, table: dict[str, str], first_line: dict[str, int],
+               source: str) -> Problem | None:
+  if row.name not in table:
+    return None
+  what = ('listed twice' if table[row.name] == row.url else
+          'listed twice with different URLs')
+  return Problem(row.lineno, 'duplicate', (
+      f'{source}:{row.lineno}: {row.name} is {what} (first on line'
+      f' {first_line[row.name]}); keep one row per file'))
+
+
+def parse_links(text: str, *, source: str = LINKS_FILE_NAME,
+                strict: bool = True) -> Links:
+  """Parses the links file's text.
+
+  Args:
+    text: the file's text.
+    source: the file, for messages.
+    strict: raise at the first problem (the builder); with False, every
+      problem of a row is listed in `Links.problems` instead (`check-links`).
+      A file without the header is refused either way.
+
+  Raises:
+    errors.LinksError: naming the file, the line and the problem:
+      an empty file, a missing or wrong header; and when strict, a row
+      without exactly two tab-separated columns, a name listed twice (same
+      or different URLs), a URL with an unsupported scheme.
+  """
+  numbered = _numbered_lines(text)
+  _check_header(numbered, source)
   shards: dict[str, str] = {}
   other: dict[str, str] = {}
-  lines_of: dict[str, int] = {}
+  first_line: dict[str, int] = {}
+  rows: list[Row] = []
+  problems: list[Problem] = []
   for lineno, line in numbered[1:]:
-    cols = line.split('\t')
-    if len(cols) != 2 or not cols[0].strip() or not cols[1].strip():
-      raise errors.LinksError(
-          f'{source}:{lineno}: expected 2 tab-separated columns (file_name,'
-          f' cdn_link), got {len(cols)}: {line!r:.120}')
-    name, url = cols[0].strip(), cols[1].strip()
-    s = scheme(url)
-    if s is not None and s not in URL_SCHEMES:
-      raise errors.LinksError(
-          f'{source}:{lineno}: {name}: unsupported URL scheme {s}:// in'
-          f' {redact(url)!r}; links must be http://, https://, gs:// or local'
-          ' paths')
-    table = shards if shard_index(name) is not None else other
-    if name in table:
-      what = ('listed twice' if table[name] == url else
-              'listed twice with different URLs')
-      raise errors.LinksError(
-          f'{source}:{lineno}: {name} is {what} (first on line'
-          f' {lines_of[name]}); keep one row per file')
-    table[name] = url
-    lines_of[name] = lineno
-  return Links(shards=shards, other=other, source=source)
+    row, problem = _parse_row(lineno, line, source)
+    if row is not None:
+      rows.append(row)
+      table = shards if shard_index(row.name) is not None else other
+      problem = problem or _duplicate(row, table, first_line, source)
+      if problem is None:
+        table[row.name] = row.url
+        first_line[row.name] = lineno
+    if problem is not None:
+      if strict:
+        raise errors.LinksError(problem.message)
+      problems.append(problem)
+  return Links(shards=shards, other=other, source=source, rows=tuple(rows),
+               problems=tuple(problems))
 
 
 # The real links file is ≈130 kB; anything far larger is not one.
 MAX_LINKS_FILE_BYTES = 16 << 20
 
 
-def read_links(path: epath.PathLike) -> Links:
-  """Reads and parses a links file (at most `MAX_LINKS_FILE_BYTES`)."""
+def read_links(path: epath.PathLike, *, strict: bool = True) -> Links:
+  """Reads and parses a links file (at most `MAX_LINKS_FILE_BYTES`).
+
+  `strict` is `parse_links`'s: False lists the problems of rows instead of
+  raising the first.
+  """
   path = epath.Path(path)
   try:
     with path.open('rb') as f:
@@ -166,4 +247,4 @@ def read_links(path: epath.PathLike) -> Links:
     raise errors.LinksError(
         f'{path}: not UTF-8 text at byte {e.start}: not a links file'
     ) from None
-  return parse_links(text, source=str(path))
+  return parse_links(text, source=str(path), strict=strict)

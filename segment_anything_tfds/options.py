@@ -46,16 +46,21 @@ class DownloadOptions:
       tars against; by default `segment_anything_checksums.txt` in
       manual_dir, if there.
     workers: tars downloaded at once (and HEAD requests in flight, x2).
-    retries: attempts without new bytes before a tar's download fails. The
-      work per tar is bounded too: at most `4 * retries` attempts in all.
+    retries: failed attempts in a row without progress before a tar's
+      download fails (progress: a byte further than any attempt reached).
+      The work per tar is bounded too: at most `4 * retries` attempts in all.
     backoff: first wait between attempts, in seconds; doubles per failure
-      up to `max_backoff`. A server's `Retry-After` is honoured up to
-      `max_backoff`.
+      up to `max_backoff`. A server's `Retry-After` (seconds or an HTTP
+      date) is honoured up to `max_backoff`.
     max_backoff: longest wait between attempts, in seconds.
     timeout: seconds to connect, and to wait for each read.
-    max_bytes: the largest download accepted (an SA-1B tar is ≈11 GB).
-    proxies: `{'http': URL, 'https': URL}`; None (the default) takes
-      `http_proxy`, `https_proxy` and `no_proxy` from the environment.
+    max_bytes: the largest download accepted (an SA-1B tar is ≈11 GB): a
+      larger Content-Length is refused at once, a body without one is
+      stopped there.
+    proxies: `{'http': URL, 'https': URL}`: every request of that scheme
+      goes through that proxy (the environment's settings, `no_proxy`
+      included, do not apply to it); None (the default) takes `http_proxy`,
+      `https_proxy` and `no_proxy` from the environment.
     check_disk: compare free disk with the build's needs before starting.
     progress: show a progress bar while downloading.
   """

@@ -80,9 +80,9 @@ class Shard:
   def open(self) -> BinaryIO:
     """Opens a tar for seekable binary reading, in place (never a copy)."""
     if self.kind == URL:
-      from segment_anything_tfds import httpfile  # pylint: disable=g-import-not-at-top
-      return httpfile.RangeFile(self.location, size=self.size, name=self.name,
-                                options=self.options)
+      from segment_anything_tfds import http  # pylint: disable=g-import-not-at-top
+      return http.RangeFile(self.location, size=self.size, name=self.name,
+                            options=self.options)
     if self.kind != TAR:
       raise errors.SourceError(
           f'{self.name}: {self.location} is a folder, not a tar')

@@ -18,6 +18,7 @@ from typing import Sequence
 
 from etils import epath
 
+from segment_anything_tfds import checksums
 from segment_anything_tfds import download as download_lib
 from segment_anything_tfds import errors
 from segment_anything_tfds import links as links_lib
@@ -36,12 +37,12 @@ def _size(path: str) -> int | None:
 def _checksums(options: options_lib.DownloadOptions,
                manual_dir: epath.PathLike | None):
   if options.checksums_file:
-    return options.checksums_file, download_lib.read_checksums(
+    return options.checksums_file, checksums.read_checksums(
         options.checksums_file)
   if manual_dir is not None:
-    auto = epath.Path(manual_dir) / download_lib.CHECKSUMS_FILE_NAME
+    auto = epath.Path(manual_dir) / checksums.CHECKSUMS_FILE_NAME
     if auto.exists():
-      return os.fspath(auto), download_lib.read_checksums(auto)
+      return os.fspath(auto), checksums.read_checksums(auto)
   return None, None
 
 
@@ -58,11 +59,11 @@ def _verify(shards: Sequence[Shard], source: str, sums: dict) -> None:
     if expected is None:
       unlisted.append(s.name)
       continue
-    problem = download_lib.verify(s.location, expected)
+    problem = checksums.verify(s.location, expected)
     if problem is None:
       continue
     if s.downloaded:
-      where = download_lib.quarantine(s.location)
+      where = checksums.quarantine(s.location)
       bad.append(f'{s.name}: {problem}; moved to {where} (the next run'
                  ' downloads it again)')
     else:
@@ -86,28 +87,31 @@ def materialize(
   """Makes every shard readable in place.
 
   URL shards already in the download cache are used from there (whatever
-  their links' signatures). The others, with the default `disk_mode='keep'`
-  or `'delete'`, are downloaded into the cache; with `'stream'` they stay
-  URL shards and are read by HTTP Range requests.
+  their links' signatures); a cached file that is not a whole tar is moved
+  to quarantine and fetched again. The others, with the default
+  `disk_mode='keep'` or `'delete'`, are downloaded into the cache (checked,
+  under a lock per tar); with `'stream'` they stay URL shards and are read
+  by HTTP Range requests.
 
-  Before any request, links with a past `oe=` fail fast; then (unless
-  `check_disk` is off) free disk is compared with what is needed. With a
-  checksum list (`checksums_file`, or `segment_anything_checksums.txt` in
-  manual_dir), tars are verified before use.
+  Before any request, the checksum list is read (`checksums_file`, or
+  `segment_anything_checksums.txt` in manual_dir) and links with a past
+  `oe=` fail fast; then (unless `check_disk` is off) free disk is compared
+  with what is needed. With a checksum list, tars are verified before use.
 
   Raises:
     errors.LinksExpiredError, errors.DiskSpaceError, errors.DownloadError,
     errors.ChecksumError, errors.SourceError.
   """
   options = options or options_lib.DownloadOptions()
+  source, sums = _checksums(options, manual_dir)  # A bad list fails first.
   cache = download_lib.cache_dir(download_dir)
   out: list[Shard] = []
   needed: dict[str, str] = {}
   for s in shards:
     if s.kind == URL:
-      cached = cache / s.name
-      if cached.exists():
-        out.append(Shard(s.name, TAR, os.fspath(cached), downloaded=True))
+      cached = os.fspath(cache / s.name)
+      if download_lib.cached_tar(cached):
+        out.append(Shard(s.name, TAR, cached, downloaded=True))
       else:
         out.append(s)
         needed[s.name] = s.location
@@ -167,7 +171,6 @@ def materialize(
                  time.time() - started)
     out = [Shard(s.name, TAR, result.paths[s.name], downloaded=True)
            if s.kind == URL else s for s in out]
-  source, sums = _checksums(options, manual_dir)
   if sums:
     _verify(out, source, sums)
   return out

@@ -6,11 +6,30 @@ hex time is past gets a 403, as the SA-1B CDN does. Faults are queued per
 file name and each GET consumes one:
 
   ('status', 500)         answer that status
+  ('retry_after', (503, '1'))  answer that status with that Retry-After
   ('cut', n)              announce the full length, send n bytes, hang up
   ('ignore_range', None)  answer 200 with the whole body, whatever the Range
   ('ignore_range_cut', n) both: a 200 with the whole length, cut after n bytes
+  ('overstate', k)        announce k bytes more than the body, send the body,
+                          hang up (the body looks cut; a resume past the end
+                          gets a 416)
+  ('no_length_cut', n)    a 200 without Content-Length: n bytes, then hang up
+                          (the end of the connection is the end of the body)
+  ('pause', (n, event))   send n bytes, wait (at most 60 s) for the
+                          `threading.Event`, then send the rest
 
-Every request is logged as (method, name, Range header, status).
+Lasting behaviours, per file name, for every request:
+
+  server.redirects[name] = location   a 302 to `location`
+  server.no_head.add(name)            a 405 to HEAD requests
+  server.endless.add(name)            a 200 without Content-Length whose body
+                                      never ends (it stops after
+                                      `endless_cap` bytes, or when the client
+                                      hangs up), whatever the Range
+
+Every request is logged as (method, name, Range header, status, target),
+where target is the request line's URL: a proxy gets the absolute URL
+(`http://host/path`), so the server also stands in for a forward proxy.
 """
 
 from __future__ import annotations
@@ -23,19 +42,26 @@ import time
 import urllib.parse
 
 _RANGE_RE = re.compile(r'^bytes=(\d+)-(\d*)$')
+_CHUNK = 64 << 10
 
 
 class LoopbackServer:
   """`with LoopbackServer(files) as srv:` ... `srv.url('sa_000000.tar')`."""
 
   def __init__(self, files: dict[str, bytes] | None = None, *,
-               honour_expiry: bool = True):
+               honour_expiry: bool = True, endless_cap: int = 256 << 20):
     self.files = dict(files or {})
     self.faults: dict[str, collections.deque] = collections.defaultdict(
         collections.deque)
-    self.log: list[tuple[str, str, str | None, int]] = []
+    self.redirects: dict[str, str] = {}
+    self.endless: set[str] = set()
+    self.no_head: set[str] = set()
+    self.endless_cap = endless_cap
+    self.endless_sent = 0
+    self.log: list[tuple[str, str, str | None, int, str]] = []
     self.honour_expiry = honour_expiry
     self._lock = threading.Lock()
+    self._stopping = threading.Event()
     server = self
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -44,11 +70,55 @@ class LoopbackServer:
       def log_message(self, *args):  # Quiet.
         pass
 
+      def _log(self, name, rng, status):
+        server.log.append((self.command, name, rng, status, self.path))
+
+      def _status(self, status, head, extra=()):
+        body = f'error {status}\n'.encode()
+        self.send_response(status)
+        for k, v in extra:
+          self.send_header(k, v)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        if not head:
+          self.wfile.write(body)
+
+      def _endless(self, name, rng, head):
+        self._log(name, rng, 200)
+        self.send_response(200)
+        self.send_header('Connection', 'close')
+        self.end_headers()
+        self.close_connection = True
+        if head:
+          return
+        chunk = b'\0' * _CHUNK
+        sent = 0
+        try:
+          stopping = server._stopping  # pylint: disable=protected-access
+          while sent < server.endless_cap and not stopping.is_set():
+            self.wfile.write(chunk)
+            sent += len(chunk)
+        except OSError:  # The client hung up.
+          pass
+        finally:
+          server.endless_sent += sent
+
       def _serve(self, head: bool):
         parts = urllib.parse.urlsplit(self.path)
         name = parts.path.rsplit('/', 1)[-1]
         query = urllib.parse.parse_qs(parts.query)
         rng = self.headers.get('Range')
+        if name in server.redirects:
+          self._log(name, rng, 302)
+          self._status(302, head, [('Location', server.redirects[name])])
+          return
+        if name in server.endless:
+          self._endless(name, rng, head)
+          return
+        if head and name in server.no_head:
+          self._log(name, rng, 405)
+          self._status(405, head)
+          return
         fault = None
         if not head:
           with server._lock:  # pylint: disable=protected-access
@@ -56,21 +126,20 @@ class LoopbackServer:
               fault = server.faults[name].popleft()
         data = server.files.get(name)
         status = 200
+        extra = []
         if server.honour_expiry and 'oe' in query and int(
             query['oe'][0], 16) < time.time():
           status = 403
         elif fault and fault[0] == 'status':
           status = fault[1]
+        elif fault and fault[0] == 'retry_after':
+          status = fault[1][0]
+          extra.append(('Retry-After', fault[1][1]))
         elif data is None:
           status = 404
-        server.log.append((self.command, name, rng, status))
+        self._log(name, rng, status)
         if status != 200:
-          body = f'error {status}\n'.encode()
-          self.send_response(status)
-          self.send_header('Content-Length', str(len(body)))
-          self.end_headers()
-          if not head:
-            self.wfile.write(body)
+          self._status(status, head, extra)
           return
         start, end = 0, len(data) - 1
         ignore = fault is not None and fault[0] in ('ignore_range',
@@ -80,7 +149,7 @@ class LoopbackServer:
           start = int(m.group(1))
           end = min(end, int(m.group(2))) if m.group(2) else end
           if start >= len(data):
-            server.log[-1] = (self.command, name, rng, 416)
+            server.log[-1] = server.log[-1][:3] + (416, self.path)
             self.send_response(416)
             self.send_header('Content-Range', f'bytes */{len(data)}')
             self.send_header('Content-Length', '0')
@@ -89,20 +158,37 @@ class LoopbackServer:
           self.send_response(206)
           self.send_header('Content-Range',
                            f'bytes {start}-{end}/{len(data)}')
-          server.log[-1] = (self.command, name, rng, 206)
+          server.log[-1] = server.log[-1][:3] + (206, self.path)
         else:
           self.send_response(200)
         body = data[start:end + 1]
-        self.send_header('Content-Length', str(len(body)))
+        kind = fault[0] if fault else None
+        if kind == 'no_length_cut':
+          self.send_header('Connection', 'close')
+        elif kind == 'overstate':
+          self.send_header('Content-Length', str(len(body) + fault[1]))
+        else:
+          self.send_header('Content-Length', str(len(body)))
         self.send_header('Accept-Ranges', 'bytes')
         self.end_headers()
         if head:
           return
-        if fault and fault[0] in ('cut', 'ignore_range_cut'):
+        if kind in ('cut', 'ignore_range_cut', 'no_length_cut'):
           self.wfile.write(body[:fault[1]])
           self.wfile.flush()
           self.close_connection = True
           return
+        if kind == 'overstate':
+          self.wfile.write(body)
+          self.wfile.flush()
+          self.close_connection = True
+          return
+        if kind == 'pause':
+          n, event = fault[1]
+          self.wfile.write(body[:n])
+          self.wfile.flush()
+          event.wait(60)
+          body = body[n:]
         self.wfile.write(body)
 
       def do_GET(self):  # pylint: disable=invalid-name
@@ -119,6 +205,10 @@ class LoopbackServer:
   def port(self) -> int:
     return self._httpd.server_address[1]
 
+  @property
+  def address(self) -> str:
+    return f'http://127.0.0.1:{self.port}'
+
   def url(self, name: str, *, oe: int | None = None, sig: str = 'sig1',
           prefix: str = 'm1/v/t6') -> str:
     """A CDN-like link; `oe` (unix time) defaults to a week from now."""
@@ -133,8 +223,9 @@ class LoopbackServer:
     return [e for e in self.log
             if e[0] == 'GET' and (name is None or e[1] == name)]
 
-  def add_fault(self, name: str, kind: str, arg=None):
-    self.faults[name].append((kind, arg))
+  def add_fault(self, name: str, kind: str, arg=None, times: int = 1):
+    for _ in range(times):
+      self.faults[name].append((kind, arg))
 
   def start(self) -> 'LoopbackServer':
     self._thread = threading.Thread(target=self._httpd.serve_forever,
@@ -144,6 +235,7 @@ class LoopbackServer:
     return self
 
   def stop(self):
+    self._stopping.set()
     self._httpd.shutdown()
     self._httpd.server_close()
     if self._thread is not None:
@@ -154,3 +246,38 @@ class LoopbackServer:
 
   def __exit__(self, *exc):
     self.stop()
+
+
+def closed_port() -> int:
+  """A port on 127.0.0.1 where nothing listens (connections are refused)."""
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def within(seconds: float, fn, *args, **kwargs):
+  """Runs `fn` in a daemon thread; its result, or raises what it raised.
+
+  Fails the test (AssertionError) if `fn` is still running after `seconds`:
+  a hang or an unbounded loop becomes a failure, not a stuck test run.
+  """
+  box = {}
+
+  def run():
+    try:
+      box['value'] = fn(*args, **kwargs)
+    except BaseException as e:  # pylint: disable=broad-except
+      box['error'] = e
+
+  thread = threading.Thread(target=run, daemon=True)
+  started = time.monotonic()
+  thread.start()
+  thread.join(seconds)
+  if thread.is_alive():
+    raise AssertionError(f'{getattr(fn, "__name__", fn)} still running after'
+                         f' {seconds} s')
+  box['seconds'] = time.monotonic() - started
+  if 'error' in box:
+    raise box['error']
+  return box['value']

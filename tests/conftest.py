@@ -15,6 +15,18 @@ from segment_anything_tfds import fake_data
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DUMMY_DATA = REPO / 'dummy_data'
+PROXY_VARS = ('http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY',
+              'all_proxy', 'ALL_PROXY', 'no_proxy', 'NO_PROXY')
+
+
+@pytest.fixture(scope='session', autouse=True)
+def no_proxy_from_the_environment():
+  """The tests' servers are on 127.0.0.1: never reach them through a proxy
+  the environment names (CI may set one for PyPI). Proxy tests set theirs."""
+  with pytest.MonkeyPatch.context() as mp:
+    for var in PROXY_VARS:
+      mp.delenv(var, raising=False)
+    yield
 
 
 def read_inputs(manual_dir: os.PathLike) -> dict[int, tuple[bytes, dict]]:

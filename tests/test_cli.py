@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
 from PIL import Image
 import pytest
@@ -453,6 +454,159 @@ def test_link_expiry():
   assert cli.check_links.link_expiry('https://x/a.tar?ccb=1') is None
   assert cli.check_links.link_expiry('https://x/a.tar?oe=zz') is None
 
+
+
+def test_check_links_accepts_a_bom_like_the_builder(tmp_path, capsys):
+  # Windows editors save UTF-8 with a BOM; the builder reads such a file.
+  text = (DUMMY / 'segment_anything_links.txt').read_text(encoding='utf-8')
+  links = tmp_path / 'segment_anything_links.txt'
+  links.write_bytes(b'\xef\xbb\xbf' + text.encode('utf-8'))
+  from segment_anything_tfds import links as links_lib
+  assert len(links_lib.read_links(links).shards) == 4
+  code, out, err = run(capsys, 'check-links', '--links', links,
+                       '--summary_only')
+  assert code == 0, err
+  assert 'builder:      accepts the file' in out
+  assert '4 SA-1B tar rows for 4 tars, 1 other rows' in out
+
+
+def test_check_links_reports_every_problem_with_the_builders_words(
+    tmp_path, capsys):
+  links = tmp_path / 'links.txt'
+  links.write_text(
+      'file_name\tcdn_link\n'
+      'sa_000000.tar\thttps://x/a\textra\n'
+      'sa_000001.tar\tftp://x/b\n'
+      'sa_000002.tar\thttps://x/c\n'
+      'sa_000002.tar\thttps://x/c2\n')
+  report = tmp_path / 'r.json'
+  code, out, err = run(capsys, 'check-links', '--links', links, '--json',
+                       report, '--summary_only')
+  assert code == 0, err
+  r = json.loads(report.read_text())
+  assert r['malformed_lines'] == [
+      f'{links}:2: expected 2 tab-separated columns (file_name, cdn_link),'
+      " got 3: 'sa_000000.tar\\thttps://x/a\\textra'",
+      f'{links}:3: sa_000001.tar: unsupported URL scheme ftp:// in'
+      " 'ftp://x/b'; links must be http://, https://, gs:// or local paths"]
+  assert r['duplicates'] == {'sa_000002.tar': [4, 5]}
+  assert r['builder_error'] == r['malformed_lines'][0]
+  code, _, err = run(capsys, 'check-links', '--links', links, '--strict',
+                     '--summary_only')
+  assert code == 1
+  assert '2 malformed lines, 1 duplicated names' in err
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--timeout', '-1'], 'timeout'),
+    (['--timeout', '0'], 'timeout'),
+    (['--timeout', 'nan'], 'timeout'),
+    (['--timeout', 'soon'], 'expected a number'),
+    (['--probe_workers', '0'], 'workers'),
+    (['--probe_workers', '100000'], 'workers'),
+])
+def test_check_links_validates_timeout_and_workers(argv, message, capsys):
+  code, _, err = run(capsys, 'check-links', '--manual_dir', DUMMY, '--probe',
+                     *argv)
+  assert code == 2, err
+  assert 'usage:' in err and message in err.strip().splitlines()[-1]
+
+
+def test_check_links_strict_ignores_expired_links_of_local_tars(
+    tmp_path, capsys):
+  # Every link of dummy_data expired in 2025, but its tars are all local:
+  # nothing would be downloaded, so nothing is wrong.
+  report = tmp_path / 'r.json'
+  code, out, err = run(capsys, 'check-links', '--manual_dir', DUMMY,
+                       '--strict', '--summary_only', '--json', report)
+  assert code == 0, err
+  r = json.loads(report.read_text())
+  assert r['expired'] == 5 and r['expired_to_download'] == 0
+  assert '0 would be downloaded' in out
+  # Without the local tars the same links are a problem.
+  code, _, err = run(capsys, 'check-links', '--links',
+                     DUMMY / 'segment_anything_links.txt', '--strict',
+                     '--summary_only')
+  assert code == 1
+  assert '4 expired links of tars to download' in err
+
+
+def test_check_links_probe_uses_the_package_client(tmp_path, capsys,
+                                                    monkeypatch):
+  # The probe honours http_proxy (`sa1b.example` does not resolve: only the
+  # proxy answers), and refuses a redirect to another scheme.
+  from _loopback_server import LoopbackServer
+  with LoopbackServer({'sa_000000.tar': b'a' * 1234,
+                       'sa_000001.tar': b'b'}) as proxy:
+    proxy.redirects['sa_000001.tar'] = 'ftp://files.example/sa_000001.tar'
+    monkeypatch.setenv('http_proxy', proxy.address)
+    links = tmp_path / 'links.txt'
+    links.write_text('file_name\tcdn_link\n'
+                     'sa_000000.tar\thttp://sa1b.example/sa_000000.tar\n'
+                     'sa_000001.tar\thttp://sa1b.example/sa_000001.tar\n')
+    report = tmp_path / 'r.json'
+    code, _, err = run(capsys, 'check-links', '--links', links, '--probe',
+                       '--json', report, '--no_progress', '--timeout', '5')
+    assert code == 0, err
+    by_line = {e['line']: e for e in json.loads(report.read_text())['links']}
+    assert by_line[2]['size_bytes'] == 1234
+    assert by_line[2]['probe'] == 'HTTP 200'
+    assert by_line[3]['size_bytes'] is None
+    assert 'ftp://' in by_line[3]['probe']
+    assert sorted((e[0], e[4]) for e in proxy.log) == [
+        ('HEAD', 'http://sa1b.example/sa_000000.tar'),
+        ('HEAD', 'http://sa1b.example/sa_000001.tar')]
+
+
+def test_check_links_probe_of_a_closed_port_is_fast(tmp_path, capsys):
+  from _loopback_server import closed_port
+  port = closed_port()
+  links = tmp_path / 'links.txt'
+  links.write_text('file_name\tcdn_link\n'
+                   f'sa_000000.tar\thttp://127.0.0.1:{port}/sa_000000.tar\n')
+  report = tmp_path / 'r.json'
+  started = time.monotonic()
+  code, _, err = run(capsys, 'check-links', '--links', links, '--probe',
+                     '--json', report, '--no_progress')
+  assert time.monotonic() - started < 5
+  assert code == 0, err
+  [entry] = json.loads(report.read_text())['links']
+  assert entry['size_bytes'] is None
+  assert 'refused' in entry['probe'] and f'127.0.0.1:{port}' in entry['probe']
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--download_retries', '0'], 'retries=0: expected an integer from 1'),
+    (['--download_retries', 'many'], 'expected an integer'),
+    (['--download_timeout', '-1'], 'timeout=-1.0: expected a number from'),
+    (['--download_timeout', 'inf'], 'timeout=inf'),
+    (['--download_workers', '1000'], 'workers=1000: expected an integer'),
+])
+def test_build_download_flags_are_validated(argv, message, tmp_path, capsys):
+  code, _, err = run(capsys, 'build', '--tars', '0', '--manual_dir', DUMMY,
+                     '--data_dir', tmp_path, *argv)
+  assert code == 2, err
+  last = err.strip().splitlines()[-1]
+  assert 'usage:' in err and message in last, last
+  assert not list(tmp_path.iterdir())  # Nothing was built.
+
+
+def test_build_download_flags_map_to_download_options():
+  from segment_anything_tfds import options as options_lib
+  args = cli.build_parser().parse_args(
+      ['build', '--tars', '0', '--download_retries', '3',
+       '--download_timeout', '2.5', '--download_workers', '2',
+       '--disk_mode', 'stream', '--checksums_file', 'sums.txt',
+       '--no_progress'])
+  mapped = cli.build._download_options(args)
+  assert mapped == {'retries': 3, 'timeout': 2.5, 'workers': 2,
+                    'disk_mode': 'stream', 'checksums_file': 'sums.txt',
+                    'progress': False}
+  opts = options_lib.DownloadOptions.make(mapped)
+  assert (opts.retries, opts.timeout, opts.max_attempts) == (3, 2.5, 12)
+  # Flags not given leave the defaults alone.
+  args = cli.build_parser().parse_args(['build', '--tars', '0'])
+  assert cli.build._download_options(args) == {}
 
 
 def _doc_commands(prefix: str) -> list[list[str]]:

@@ -3,22 +3,47 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import logging
 import os
+import subprocess
+import sys
+import tarfile
+import threading
 import time
+import tracemalloc
 
 import pytest
 
+from segment_anything_tfds import checksums
 from segment_anything_tfds import download
 from segment_anything_tfds import errors
-from segment_anything_tfds import httpfile
+from segment_anything_tfds import http as http_lib
 from segment_anything_tfds import options
+from segment_anything_tfds import shards
+from segment_anything_tfds import sources
 from _loopback_server import LoopbackServer
+from _loopback_server import within
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTS = options.DownloadOptions(retries=4, backoff=0.01, max_backoff=0.05,
                                timeout=5, progress=False)
-FAST = httpfile.RetryPolicy(max_attempts=4, backoff=0.01, max_backoff=0.05,
-                            timeout=5)
-DATA = {f'sa_00000{i}.tar': bytes(range(256)) * (40 + 7 * i) for i in range(4)}
+
+
+def _tar(i: int) -> bytes:
+  """A small, whole tar (one member), different for each `i`."""
+  buf = io.BytesIO()
+  with tarfile.open(fileobj=buf, mode='w', format=tarfile.GNU_FORMAT) as t:
+    data = bytes(range(256)) * (40 + 7 * i)
+    info = tarfile.TarInfo(f'sa_{i + 1}.jpg')
+    info.size = len(data)
+    t.addfile(info, io.BytesIO(data))
+  return buf.getvalue()
+
+
+DATA = {f'sa_00000{i}.tar': _tar(i) for i in range(4)}
+HTML = (b'<!DOCTYPE html><html><body>Please log in to download this file.'
+        b'</body></html>\n')
 
 
 @pytest.fixture
@@ -27,19 +52,20 @@ def server():
     yield srv
 
 
-def _fetch(server, name, tmp_path, **kw):
+def _fetch(server, name, tmp_path, opts=OPTS, **kw):
   dest = str(tmp_path / name)
-  client = httpfile.Client(kw.pop('retry', FAST))
-  try:
+  with http_lib.Client(opts) as client:
     size = download.fetch(server.url(name), dest, client=client, **kw)
-  finally:
-    client.close()
   return dest, size
 
 
 def _read(path):
   with open(path, 'rb') as f:
     return f.read()
+
+
+def _cache_names(cache) -> list[str]:
+  return sorted(n for n in os.listdir(cache) if not n.endswith('.lock'))
 
 
 def test_fetch_plain(server, tmp_path):
@@ -115,9 +141,9 @@ def test_partial_longer_than_the_object_restarts(server, tmp_path):
 
 def test_403_fails_at_once_with_the_refresh_message(server, tmp_path):
   url = server.url('sa_000000.tar', oe=int(time.time()) - 3600)
-  client = httpfile.Client(FAST)
-  with pytest.raises(httpfile.LinkExpiredError) as e:
-    download.fetch(url, str(tmp_path / 'sa_000000.tar'), client=client)
+  with http_lib.Client(OPTS) as client:
+    with pytest.raises(errors.LinksExpiredError) as e:
+      download.fetch(url, str(tmp_path / 'sa_000000.tar'), client=client)
   assert len(server.gets()) == 1  # No retries.
   msg = str(e.value)
   assert '403' in msg and 'expired' in msg
@@ -127,31 +153,295 @@ def test_403_fails_at_once_with_the_refresh_message(server, tmp_path):
 
 
 def test_404_is_not_retried(server, tmp_path):
-  client = httpfile.Client(FAST)
-  with pytest.raises(httpfile.HttpError, match='404'):
-    download.fetch(server.url('sa_000009.tar'),
-                   str(tmp_path / 'sa_000009.tar'), client=client)
+  with http_lib.Client(OPTS) as client:
+    with pytest.raises(errors.DownloadError, match='404') as e:
+      download.fetch(server.url('sa_000009.tar'),
+                     str(tmp_path / 'sa_000009.tar'), client=client)
+  assert not isinstance(e.value, errors.LinksExpiredError)
   assert len(server.gets()) == 1
 
 
 def test_persistent_5xx_gives_up_with_the_last_error(server, tmp_path):
-  for _ in range(10):
-    server.add_fault('sa_000000.tar', 'status', 502)
-  with pytest.raises(httpfile.HttpError, match='4 attempts.*502'):
+  server.add_fault('sa_000000.tar', 'status', 502, times=10)
+  with pytest.raises(errors.DownloadError, match='4 attempts.*502'):
     _fetch(server, 'sa_000000.tar', tmp_path)
   assert len(server.gets()) == 4
   assert not os.path.exists(tmp_path / 'sa_000000.tar')
 
 
 def test_progress_resets_the_failure_count(server, tmp_path):
-  # Five cuts, each after new bytes: more than max_attempts=4 failures in
-  # all, but none without progress.
+  # Five cuts, each after new bytes: more than retries=4 failures in all,
+  # but none without progress.
   name = 'sa_000003.tar'
-  for _ in range(5):
-    server.add_fault(name, 'cut', 2000)
+  server.add_fault(name, 'cut', 2000, times=5)
   dest, _ = _fetch(server, name, tmp_path)
   assert _read(dest) == DATA[name]
   assert len(server.gets()) == 6
+
+
+def test_total_attempts_are_bounded_even_with_progress(server, tmp_path):
+  # Every attempt brings new bytes, but the work per tar is bounded:
+  # max_attempts = 4 * retries attempts in all.
+  name = 'sa_000003.tar'
+  opts = OPTS.replace(retries=2)
+  server.add_fault(name, 'cut', 1000, times=20)
+  with pytest.raises(errors.DownloadError, match=f'{name}.*8 attempts'):
+    _fetch(server, name, tmp_path, opts)
+  assert len(server.gets()) == opts.max_attempts == 8
+
+
+def test_lying_content_length_and_416_stop_after_bounded_gets(server,
+                                                              tmp_path):
+  # The server announces more bytes than it sends, and answers 416 to a
+  # resume past its real end: every restart from 0 gets no further than the
+  # last, so it is not progress. Before, this looped without end.
+  name = 'sa_000001.tar'
+  server.add_fault(name, 'overstate', 100, times=1000)
+  opts = OPTS.replace(retries=3)
+  links = {name: server.url(name)}
+  res = within(20, download.download_all, links, tmp_path / 'cache',
+               options=opts)
+  assert set(res.errors) == {name}
+  assert 'attempts' in res.errors[name] and name in res.errors[name]
+  gets = server.gets(name)
+  assert len(gets) <= opts.max_attempts
+  assert [g[3] for g in gets] == [200, 416, 200]
+  assert not (tmp_path / 'cache' / name).exists()
+
+
+@pytest.mark.parametrize('value, max_backoff, low, high', [
+    ('1', 5, 0.9, 3.0),  # Seconds: waited, though the backoff is 0.01 s.
+    ('3600', 0.5, 0.4, 2.0),  # Capped at max_backoff.
+])
+def test_retry_after_is_honoured_up_to_max_backoff(server, tmp_path, value,
+                                                   max_backoff, low, high):
+  name = 'sa_000000.tar'
+  server.add_fault(name, 'retry_after', (503, value))
+  started = time.monotonic()
+  res = within(20, download.download_all, {name: server.url(name)},
+               tmp_path / 'cache',
+               options=OPTS.replace(max_backoff=max_backoff))
+  took = time.monotonic() - started
+  assert not res.errors
+  assert _read(res.paths[name]) == DATA[name]
+  assert [g[3] for g in server.gets(name)] == [503, 200]
+  assert low <= took <= high, took
+
+
+def test_retry_after_http_date(server, tmp_path):
+  name = 'sa_000000.tar'
+  when = time.strftime('%a, %d %b %Y %H:%M:%S GMT',
+                       time.gmtime(time.time() + 2))
+  server.add_fault(name, 'retry_after', (429, when))
+  started = time.monotonic()
+  res = within(20, download.download_all, {name: server.url(name)},
+               tmp_path / 'cache', options=OPTS.replace(max_backoff=10))
+  took = time.monotonic() - started
+  assert not res.errors
+  assert [g[3] for g in server.gets(name)] == [429, 200]
+  assert 0.9 <= took <= 5, took  # HTTP dates have 1 s resolution.
+
+
+# ---------------------------------------------------- verified downloads
+
+
+def test_html_page_is_never_cached(server, tmp_path):
+  name = 'sa_000000.tar'
+  server.files[name] = HTML
+  cache = download.cache_dir(tmp_path / 'dl')
+  shard = shards.Shard(name, shards.URL, server.url(name))
+  with pytest.raises(errors.DownloadError) as e:
+    within(20, sources.materialize, [shard], download_dir=tmp_path / 'dl',
+           options=OPTS)
+  msg = str(e.value)
+  assert name in msg and 'not a tar' in msg, msg
+  assert not (cache / name).exists()
+  assert not (cache / (name + download.PART_SUFFIX)).exists()
+  assert len(server.gets(name)) == 1  # The same page again would not help.
+
+
+def test_cut_body_without_length_is_never_cached(server, tmp_path):
+  name = 'sa_000002.tar'
+  server.add_fault(name, 'no_length_cut', 6000, times=100)
+  cache = download.cache_dir(tmp_path / 'dl')
+  shard = shards.Shard(name, shards.URL, server.url(name))
+  opts = OPTS.replace(retries=3)
+  with pytest.raises(errors.DownloadError) as e:
+    within(20, sources.materialize, [shard], download_dir=tmp_path / 'dl',
+           options=opts)
+  msg = str(e.value)
+  assert name in msg and 'truncated' in msg, msg
+  assert not (cache / name).exists()
+  assert len(server.gets(name)) == 3
+
+
+def test_cut_body_without_length_is_fetched_again(server, tmp_path):
+  name = 'sa_000002.tar'
+  server.add_fault(name, 'no_length_cut', 6000)
+  res = download.download_all({name: server.url(name)}, tmp_path,
+                              options=OPTS)
+  assert not res.errors
+  assert _read(res.paths[name]) == DATA[name]
+  assert [(g[2], g[3]) for g in server.gets(name)] == [(None, 200),
+                                                       (None, 200)]
+
+
+def test_garbage_cached_tar_is_quarantined_and_fetched_again(server, tmp_path,
+                                                            caplog):
+  name = 'sa_000001.tar'
+  cache = download.cache_dir(tmp_path / 'dl')
+  cache.mkdir(parents=True)
+  (cache / name).write_bytes(HTML)  # E.g. left by an older version.
+  shard = shards.Shard(name, shards.URL, server.url(name))
+  with caplog.at_level(logging.WARNING):
+    [out] = within(20, sources.materialize, [shard],
+                   download_dir=tmp_path / 'dl', options=OPTS)
+  assert out.kind == shards.TAR and out.downloaded
+  assert _read(out.location) == DATA[name]
+  assert (cache / checksums.QUARANTINE_SUBDIR / name).read_bytes() == HTML
+  assert any(os.fspath(cache / name) in r.getMessage() and 'quarantine' in
+             r.getMessage() for r in caplog.records), caplog.text
+  assert len(server.gets(name)) == 1
+
+
+def test_download_all_quarantines_a_bad_cached_tar(server, tmp_path):
+  name = 'sa_000003.tar'
+  (tmp_path / name).write_bytes(DATA[name][:5000])  # Cut short.
+  res = download.download_all({name: server.url(name)}, tmp_path,
+                              options=OPTS)
+  assert res.downloaded == (name,) and not res.errors
+  assert _read(tmp_path / name) == DATA[name]
+  assert (tmp_path / checksums.QUARANTINE_SUBDIR / name).exists()
+
+
+def test_tar_problem(tmp_path):
+  def problem(data):
+    path = tmp_path / 'x.tar'
+    path.write_bytes(data)
+    return download.tar_problem(path)
+
+  assert problem(DATA['sa_000000.tar']) is None
+  assert 'not a tar' in problem(HTML)
+  assert 'not a tar' in problem(b'\0' * 2048)
+  assert 'not a tar' in problem(b'')
+  cut = DATA['sa_000000.tar'][:5000]
+  assert 'truncated' in problem(cut)
+  assert 'truncated' in problem(cut[:4608])  # A multiple of 512.
+  bad_sum = bytearray(DATA['sa_000000.tar'])
+  bad_sum[0] ^= 1  # The header's checksum no longer matches.
+  assert 'not a tar' in problem(bytes(bad_sum))
+
+
+# ------------------------------------------------------------ size caps
+
+
+def test_endless_body_is_capped_at_max_bytes(server, tmp_path):
+  name = 'sa_000000.tar'
+  server.endless.add(name)
+  opts = OPTS.replace(max_bytes=256 << 10)
+  res = within(20, download.download_all, {name: server.url(name)}, tmp_path,
+               options=opts)
+  msg = res.errors[name]
+  assert 'max_bytes' in msg and str(256 << 10) in msg, msg
+  assert _cache_names(tmp_path) == []  # No tar, and no .part left growing.
+  assert len(server.gets(name)) == 1  # Not retried.
+  assert server.endless_sent < 64 << 20
+
+
+def test_content_length_over_max_bytes_is_refused_at_once(server, tmp_path):
+  name = 'sa_000002.tar'
+  opts = OPTS.replace(max_bytes=len(DATA[name]) - 1)
+  res = download.download_all({name: server.url(name)}, tmp_path,
+                              options=opts)
+  assert 'max_bytes' in res.errors[name]
+  assert str(len(DATA[name])) in res.errors[name]
+  assert _cache_names(tmp_path) == []
+  assert len(server.gets(name)) == 1
+
+
+# ------------------------------------------------------------ two processes
+
+
+_CHILD = '''
+import logging, sys
+from segment_anything_tfds import download, options
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                    format='%(message)s')
+res = download.download_all(
+    {sys.argv[1]: sys.argv[2]}, sys.argv[3],
+    options=options.DownloadOptions(timeout=120, backoff=0.01,
+                                    progress=False))
+print('errors', res.errors, flush=True)
+print('downloaded', list(res.downloaded), flush=True)
+'''
+
+
+def _child(name, url, cache):
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [REPO] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
+  return subprocess.Popen([sys.executable, '-c', _CHILD, name, url, cache],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=env)
+
+
+def _wait_for(predicate, seconds, what):
+  deadline = time.monotonic() + seconds
+  while not predicate():
+    if time.monotonic() > deadline:
+      raise AssertionError(f'no {what} within {seconds} s')
+    time.sleep(0.02)
+
+
+def _read_stderr_until(proc, text, seconds):
+  """Lines of `proc`'s stderr up to one containing `text` (bounded)."""
+  lines = []
+  found = threading.Event()
+
+  def pump():
+    for line in proc.stderr:
+      lines.append(line)
+      if text in line:
+        found.set()
+        return
+
+  threading.Thread(target=pump, daemon=True).start()
+  found.wait(seconds)
+  return found.is_set(), lines
+
+
+def test_two_processes_download_one_tar_once(server, tmp_path):
+  name = 'sa_000002.tar'
+  release = threading.Event()
+  server.add_fault(name, 'pause', (4096, release))  # Slow, until released.
+  cache = os.fspath(tmp_path / 'cache')
+  url = server.url(name)
+  first = _child(name, url, cache)
+  procs = [first]
+  try:
+    _wait_for(lambda: server.gets(name), 60, 'GET from the first process')
+    second = _child(name, url, cache)
+    procs.append(second)
+    waiting, lines = _read_stderr_until(
+        second, f'waiting for another process downloading {name}', 60)
+    release.set()
+    outs = [p.communicate(timeout=60) for p in procs]
+  finally:
+    release.set()
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  assert waiting, lines
+  assert [p.returncode for p in procs] == [0, 0], outs
+  assert f"downloaded ['{name}']" in outs[0][0]
+  assert 'downloaded []' in outs[1][0]  # Reused the first one's tar.
+  assert "errors {}" in outs[0][0] and 'errors {}' in outs[1][0]
+  assert len(server.gets(name)) == 1
+  assert _read(os.path.join(cache, name)) == DATA[name]
+  assert _cache_names(cache) == [name]
+
+
+# --------------------------------------------------------- download_all
 
 
 def test_download_all_parallel_cache_by_name(server, tmp_path):
@@ -174,8 +464,7 @@ def test_download_all_parallel_cache_by_name(server, tmp_path):
 def test_download_all_reports_each_failure(server, tmp_path):
   links = {n: server.url(n) for n in DATA}
   links['sa_000007.tar'] = server.url('sa_000007.tar')  # 404.
-  for _ in range(4):
-    server.add_fault('sa_000001.tar', 'status', 500)
+  server.add_fault('sa_000001.tar', 'status', 500, times=4)
   res = download.download_all(links, tmp_path,
                               options=OPTS.replace(workers=2))
   assert set(res.errors) == {'sa_000001.tar', 'sa_000007.tar'}
@@ -192,10 +481,13 @@ def test_download_all_403_raises_expired(server, tmp_path):
   assert len(server.gets('sa_000002.tar')) == 1
 
 
+# ------------------------------------------------------------ Range files
+
+
 def test_range_file_streams_without_disk(server):
   name = 'sa_000002.tar'
   data = DATA[name]
-  f = httpfile.RangeFile(server.url(name), retry=FAST, block_size=1000)
+  f = http_lib.RangeFile(server.url(name), options=OPTS, block_size=1000)
   assert f.size == len(data) and f.seekable()
   f.seek(100)
   assert f.read(10) == data[100:110]
@@ -214,14 +506,66 @@ def test_range_file_retries_5xx_and_cuts(server):
   name = 'sa_000001.tar'
   server.add_fault(name, 'status', 500)
   server.add_fault(name, 'cut', 10)
-  f = httpfile.RangeFile(server.url(name), retry=FAST, block_size=4096)
+  f = http_lib.RangeFile(server.url(name), options=OPTS, block_size=4096)
   assert f.read(4096) == DATA[name][:4096]
   f.close()
 
 
+def test_range_file_without_head_asks_for_a_byte(server):
+  name = 'sa_000003.tar'
+  server.no_head.add(name)
+  with http_lib.RangeFile(server.url(name), options=OPTS) as f:
+    assert f.size == len(DATA[name])
+    f.seek(700)
+    assert f.read(300) == DATA[name][700:1000]
+  assert [(e[0], e[2], e[3]) for e in server.log] == [
+      ('HEAD', None, 405), ('GET', 'bytes=0-0', 206),
+      ('GET', f'bytes=700-{len(DATA[name]) - 1}', 206)]
+
+
 def test_range_file_403(server):
-  with pytest.raises(httpfile.LinkExpiredError):
-    httpfile.RangeFile(server.url('sa_000000.tar', oe=5), retry=FAST)
+  with pytest.raises(errors.LinksExpiredError):
+    http_lib.RangeFile(server.url('sa_000000.tar', oe=5), options=OPTS)
+
+
+def _bounded(seconds, fn):
+  """(error raised by fn, seconds taken, peak traced bytes)."""
+  tracemalloc.start()
+  try:
+    started = time.monotonic()
+    with pytest.raises(errors.DownloadError) as e:
+      within(seconds, fn)
+    took = time.monotonic() - started
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  return e.value, took, peak
+
+
+@pytest.mark.parametrize('size', [None, 20480])
+def test_stream_from_server_ignoring_range_fails_fast(server, size):
+  # The server ignores Range and its body never ends. Reading a block (or
+  # probing the size with `bytes=0-0`) must not read the whole object.
+  name = 'sa_000000.tar'
+  server.endless.add(name)
+  shard = shards.Shard(name, shards.URL, server.url(name), size=size,
+                       options=OPTS)
+
+  def read_a_block():
+    with shard.open() as f:
+      f.seek(1000)
+      return f.read(100)
+
+  error, took, peak = _bounded(20, read_a_block)
+  msg = str(error)
+  assert 'ignores Range requests' in msg and "disk_mode='keep'" in msg, msg
+  assert name in msg
+  assert took < 5, took
+  assert peak < 16 << 20, peak
+  assert server.endless_sent < 64 << 20
+
+
+# ------------------------------------------------------------- checksums
 
 
 def test_checksums_parse_and_verify(tmp_path):
@@ -230,24 +574,36 @@ def test_checksums_parse_and_verify(tmp_path):
   p.write_bytes(data)
   md5 = hashlib.md5(data).hexdigest()
   sha = hashlib.sha256(data).hexdigest()
-  sums = download.parse_checksums(
+  sums = checksums.parse_checksums(
       f'{md5}  sa_000000.tar\n{sha} *some/dir/sa_000001.tar\n\n# note\n',
       source='sums.txt')
   assert sums == {'sa_000000.tar': ('md5', md5),
                   'sa_000001.tar': ('sha256', sha)}
-  assert download.verify(p, sums['sa_000000.tar']) is None
-  assert os.path.exists(str(p) + download.VERIFIED_SUFFIX)
-  assert download.verify(p, ('sha256', sha)) is None
-  assert 'md5 is' in download.verify(p, ('md5', '0' * 32))
+  assert checksums.verify(p, sums['sa_000000.tar']) is None
+  assert os.path.exists(str(p) + checksums.VERIFIED_SUFFIX)
+  assert checksums.verify(p, ('sha256', sha)) is None
+  assert 'md5 is' in checksums.verify(p, ('md5', '0' * 32))
   # Changing the file invalidates the marker.
   p.write_bytes(b'other bytes!')
-  assert download.verify(p, sums['sa_000000.tar']) is not None
-  with pytest.raises(ValueError, match='sums.txt:1: .*neither an md5'):
-    download.parse_checksums('abc  sa_000000.tar', source='sums.txt')
-  with pytest.raises(ValueError, match='two different'):
-    download.parse_checksums(f'{md5}  a.tar\n{sha}  a.tar', source='s')
-  with pytest.raises(ValueError, match='empty'):
-    download.parse_checksums('\n', source='s')
+  assert checksums.verify(p, sums['sa_000000.tar']) is not None
+  with pytest.raises(errors.ChecksumError,
+                     match='sums.txt:1: .*neither an md5'):
+    checksums.parse_checksums('abc  sa_000000.tar', source='sums.txt')
+  with pytest.raises(errors.ChecksumError, match='two different'):
+    checksums.parse_checksums(f'{md5}  a.tar\n{sha}  a.tar', source='s')
+  with pytest.raises(errors.ChecksumError, match='empty'):
+    checksums.parse_checksums('\n', source='s')
+
+
+def test_checksums_file_problems_are_checksum_errors(tmp_path):
+  with pytest.raises(errors.ChecksumError, match='missing.txt.*cannot read'):
+    sources.materialize([], download_dir=tmp_path, options=OPTS.replace(
+        checksums_file=os.fspath(tmp_path / 'missing.txt')))
+  binary = tmp_path / 'sums.bin'
+  binary.write_bytes(b'\xff\xfe\x00garbage')
+  with pytest.raises(errors.ChecksumError, match='sums.bin.*not UTF-8'):
+    sources.materialize([], download_dir=tmp_path, options=OPTS.replace(
+        checksums_file=os.fspath(binary)))
 
 
 def test_head_sizes(server):

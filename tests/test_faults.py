@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 
 import segment_anything_tfds  # pylint: disable=unused-import
 from segment_anything_tfds import audit
+from segment_anything_tfds import checksums
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import download
 from segment_anything_tfds import errors
@@ -220,25 +221,30 @@ def test_interrupted_download_resumes_on_rerun(server, tars, baseline,
   assert [(g[1], g[2]) for g in server.gets()] == [(b, 'bytes=4000-')]
 
 
-def test_truncated_tar_is_named_then_quarantined_with_checksums(
+def test_bad_downloads_are_never_cached_and_checksums_quarantine(
     server, tars, baseline, tmp_path):
   a, b, c = NAMES
   whole = tars[c]
   server.files[c] = _truncated(whole)  # Served whole, but cut short.
   manual = _links(tmp_path / 'manual', [(n, server.url(n)) for n in NAMES])
   data = tmp_path / 'data'
-  with pytest.raises(Exception) as e:
+  with pytest.raises(errors.DownloadError) as e:
     _build(data, manual)
   assert c in str(e.value) and 'truncated' in str(e.value)
   assert _complete_dirs(data) == []
+  assert not (_cache(data) / c).exists()  # Checked before the rename.
+  assert len(server.gets(c)) == 3  # retries=3: a cut may be transient.
 
-  # With a checksum list the bad tar is moved aside before use, and named.
-  (manual / download.CHECKSUMS_FILE_NAME).write_text(''.join(
+  # A whole tar, but not the right one: with a checksum list it is moved
+  # aside before use, and named.
+  server.files[c] = tars[a]
+  (manual / checksums.CHECKSUMS_FILE_NAME).write_text(''.join(
       f'{hashlib.sha256(tars[n]).hexdigest()}  {n}\n' for n in NAMES))
   with pytest.raises(errors.ChecksumError) as e:
     _build(data, manual)
   assert c in str(e.value) and 'quarantine' in str(e.value)
-  assert (_cache(data) / download.QUARANTINE_SUBDIR / c).exists()
+  assert (_cache(data) / checksums.QUARANTINE_SUBDIR / c).read_bytes() == (
+      tars[a])
   assert not (_cache(data) / c).exists()
   assert _complete_dirs(data) == []
 
@@ -267,11 +273,14 @@ def test_delete_mode_removes_tars_after_the_build(server, baseline, tmp_path):
   assert list(_cache(data).glob('*.tar')) == []
 
 
-def test_delete_mode_keeps_tars_when_the_build_fails(server, tars, tmp_path):
-  server.files[NAMES[2]] = _truncated(tars[NAMES[2]])
+def test_delete_mode_keeps_tars_when_the_build_fails(server, tmp_path):
+  # A whole tar (it passes the download checks) with a malformed JSON.
+  jpg, _ = _records_of(np.random.default_rng(3), 21)
+  server.files[NAMES[2]] = _tar_bytes([('sa_21.jpg', jpg),
+                                       ('sa_21.json', b'{"image": ')])
   manual = _links(tmp_path / 'manual', [(n, server.url(n)) for n in NAMES])
   data = tmp_path / 'data'
-  with pytest.raises(Exception, match='truncated'):
+  with pytest.raises(Exception, match=f'{NAMES[2]}:sa_21.json: .*malformed'):
     _build(data, manual, disk_mode='delete')
   assert len(list(_cache(data).glob('*.tar'))) == 3  # Not downloaded again.
   assert _complete_dirs(data) == []

@@ -95,3 +95,40 @@ def test_check_expiry_counts_and_dates():
   assert 'SIG' not in msg
   del links['sa_000000.tar'], links['sa_000001.tar']
   download.check_expiry(links, now=now)  # Mirrors and future links pass.
+
+
+def test_tolerant_parse_lists_every_problem_strict_raises_the_first():
+  text = (HEADER + 'sa_000000.tar\thttps://x/a\textra\n'
+          'sa_000001.tar\tftp://x/b\n'
+          'sa_000002.tar\thttps://x/c\n'
+          '\n'
+          'sa_000002.tar\thttps://x/c2\n'
+          'sa_images_ids.txt\thttps://x/ids\n'
+          'sa_000003.tar\thttps://x/d\n')
+  links = links_lib.parse_links(text, source='f.txt', strict=False)
+  assert [(p.lineno, p.kind) for p in links.problems] == [
+      (2, 'columns'), (3, 'scheme'), (6, 'duplicate')]
+  assert links.problems[2].message == (
+      'f.txt:6: sa_000002.tar is listed twice with different URLs (first on'
+      ' line 4); keep one row per file')
+  with pytest.raises(errors.LinksError) as e:
+    links_lib.parse_links(text, source='f.txt')
+  assert str(e.value) == links.problems[0].message
+  # Every row with two columns, in file order; the first of a name wins.
+  assert [(r.lineno, r.name) for r in links.rows] == [
+      (3, 'sa_000001.tar'), (4, 'sa_000002.tar'), (6, 'sa_000002.tar'),
+      (7, 'sa_images_ids.txt'), (8, 'sa_000003.tar')]
+  assert links.shards == {'sa_000002.tar': 'https://x/c',
+                          'sa_000003.tar': 'https://x/d'}
+  assert links.other == {'sa_images_ids.txt': 'https://x/ids'}
+  # A file that is not a links file at all stops either way.
+  with pytest.raises(errors.LinksError, match='expected the header'):
+    links_lib.parse_links('name,url\n', source='f.txt', strict=False)
+
+
+def test_strict_parse_has_no_problems_and_all_rows():
+  text = HEADER + 'sa_000000.tar\thttps://x/a\n'
+  links = links_lib.parse_links(text, source='f.txt')
+  assert links.problems == ()
+  assert [(r.lineno, r.name, r.url) for r in links.rows] == [
+      (2, 'sa_000000.tar', 'https://x/a')]

@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from segment_anything_tfds import checksums
 from segment_anything_tfds import download
 from segment_anything_tfds import errors
 from segment_anything_tfds import fake_data
@@ -77,7 +78,7 @@ def test_materialize_stream_mode_keeps_urls_with_sizes(tmp_path):
 def test_checksums_manual_tar_is_named_not_moved(tmp_path):
   m = _manual(tmp_path, tars=['sa_000000.tar', 'sa_000001.tar'])
   good = hashlib.md5(TAR0).hexdigest()
-  (m / download.CHECKSUMS_FILE_NAME).write_text(
+  (m / checksums.CHECKSUMS_FILE_NAME).write_text(
       f'{good}  sa_000000.tar\n{"0" * 64}  sa_000001.tar\n')
   found = list(shards.find_shards(m).shards.values())
   with pytest.raises(errors.ChecksumError) as e:

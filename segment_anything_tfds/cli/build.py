@@ -246,10 +246,20 @@ def _print_build_summary(builder, args, elapsed: float, was_prepared: bool):
         json.dumps(summary, indent=2) + '\n', encoding='utf-8')
 
 
+# `build` flag -> `DownloadOptions` field; flags not given keep the defaults.
+_DOWNLOAD_FLAGS = (
+    ('disk_mode', 'disk_mode'), ('checksums_file', 'checksums_file'),
+    ('workers', 'download_workers'), ('retries', 'download_retries'),
+    ('timeout', 'download_timeout'))
+
+
 def _download_options(args: argparse.Namespace) -> dict:
-  return {k: getattr(args, a) for k, a in (
-      ('disk_mode', 'disk_mode'), ('checksums_file', 'checksums_file'),
-      ('workers', 'download_workers')) if getattr(args, a, None) is not None}
+  """The `download_options` the flags ask for (a dict of fields)."""
+  out = {field: getattr(args, flag) for field, flag in _DOWNLOAD_FLAGS
+         if getattr(args, flag, None) is not None}
+  if getattr(args, 'progress', True) is False:
+    out['progress'] = False
+  return out
 
 
 def _non_negative_int(value: str) -> int:
@@ -321,9 +331,18 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
                  help='"<md5 or sha256>  sa_NNNNNN.tar" lines to verify tars'
                  ' against (default: segment_anything_checksums.txt in'
                  ' --manual_dir, if there)')
-  p.add_argument('--download_workers', type=common.positive_int,
-                 default=None, metavar='N',
-                 help='tars downloaded at once (default 4)')
+  p.add_argument('--download_workers',
+                 type=common.download_option('workers', int), default=None,
+                 metavar='N', help='tars downloaded at once (default 4)')
+  p.add_argument('--download_retries',
+                 type=common.download_option('retries', int), default=None,
+                 metavar='N', help='failed attempts in a row, without new'
+                 ' bytes, before a tar\'s download fails (default 8; at most'
+                 ' 4*N attempts per tar in all)')
+  p.add_argument('--download_timeout',
+                 type=common.download_option('timeout', float), default=None,
+                 metavar='SECONDS', help='seconds to connect, and to wait for'
+                 ' each read, before an attempt counts as failed (default 60)')
   p.add_argument('--summary_json', metavar='FILE', default=None,
                  help='also write the summary as JSON')
   p.set_defaults(func=run, allow_leftover=True)

@@ -1,6 +1,12 @@
 """`segment-anything-tfds check-links`: report on the links file, offline.
 
   segment-anything-tfds check-links --manual_dir ~/sa1b [--probe]
+
+The file is read by the builder's own parser (`links.read_links`), in its
+tolerant mode, so the report lists every problem the builder would stop at;
+`--probe` sends HEAD requests with the package's one HTTP client
+(`http.Client`: proxies, redirects, retries and fail-fast errors as in a
+build).
 """
 
 from __future__ import annotations
@@ -11,18 +17,22 @@ import dataclasses
 import datetime
 import json
 import pathlib
-import urllib.error
-import urllib.request
 from typing import Any, Sequence
 
 from etils import epath
 
 from segment_anything_tfds import errors
+from segment_anything_tfds import http
 from segment_anything_tfds import links as links_lib
+from segment_anything_tfds import options as options_lib
 from segment_anything_tfds import shards as shards_lib
 from segment_anything_tfds.cli import common
 
 EXAMPLE = f'example: {common.PROG} check-links --manual_dir ~/sa1b --probe'
+# A probe retries a transient failure once (after 1 s, or a Retry-After of at
+# most 5 s): it reports, it does not need to succeed.
+PROBE_RETRIES = 2
+PROBE_MAX_BACKOFF = 5.0
 
 
 @dataclasses.dataclass
@@ -45,46 +55,48 @@ def link_expiry(url: str) -> datetime.datetime | None:
   return datetime.datetime.fromtimestamp(unix, tz=datetime.timezone.utc)
 
 
-def scan_links(text: str, *, source: str) -> tuple[list[LinkRow], list[str]]:
-  """Tolerant scan of the links file: every row, and problems found.
-
-  Unlike `links.parse_links` (what the builder uses, which stops at the
-  first problem), this keeps going, so a report can list all of them.
-  """
-  rows: list[LinkRow] = []
-  problems: list[str] = []
-  lines = text.splitlines()
-  body = [(i, l) for i, l in enumerate(lines, start=1) if l.strip()]
-  if not body:
-    raise errors.SourceError(f'{source}: the links file is empty')
-  header = tuple(c.strip() for c in body[0][1].split('\t'))
-  if header != links_lib.HEADER:
-    raise errors.SourceError(f'{source}:{body[0][0]}: not a links file: expected the'
-                   f' header "file_name<TAB>cdn_link", got {body[0][1]!r:.80}')
-  for lineno, line in body[1:]:
-    cols = [c.strip() for c in line.split('\t')]
-    if len(cols) != 2 or not all(cols):
-      problems.append(f'line {lineno}: expected 2 tab-separated columns,'
-                      f' got {line!r:.80}')
-      continue
-    rows.append(LinkRow(lineno, cols[0], cols[1], link_expiry(cols[1])))
-  return rows, problems
-
-
-def head_size(url: str, *, timeout: float) -> tuple[int | None, str]:
-  """(Content-Length or None, status text) of a HEAD request."""
-  request = urllib.request.Request(url, method='HEAD',
-                                   headers={'User-Agent': common.PROG})
+def _read(links_path: epath.Path) -> links_lib.Links:
+  """The links file, parsed tolerantly; refused only if it is not one."""
+  if not links_path.exists():
+    raise errors.SourceError(f'links file {links_path} does not exist')
   try:
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-      length = response.headers.get('Content-Length')
-      return (int(length) if length is not None else None,
-              f'HTTP {response.status}')
-  except urllib.error.HTTPError as e:
-    return None, f'HTTP {e.code}'
-  except (urllib.error.URLError, OSError, ValueError) as e:
-    reason = getattr(e, 'reason', e)
-    return None, f'error: {reason}'
+    return links_lib.read_links(links_path, strict=False)
+  except errors.LinksError as e:
+    raise errors.LinksError(f'not a links file: {e.message}') from None
+
+
+def probe(client: http.Client, url: str) -> tuple[int | None, str]:
+  """(Content-Length or None, what the HEAD got) of one link."""
+  if not links_lib.is_http(url):
+    return None, 'not probed (not an http(s) link)'
+  try:
+    status, size = client.head(url)
+  except errors.DownloadError as e:
+    message = e.message
+    for prefix in (f'HEAD {links_lib.redact(url)}: ',
+                   f'{links_lib.redact(url)}: '):
+      if message.startswith(prefix):
+        message = message[len(prefix):]
+    return None, f'error: {message}'
+  return (size if 200 <= status < 300 else None), f'HTTP {status}'
+
+
+def _probe_all(rows: list[LinkRow], args: argparse.Namespace
+               ) -> dict[int, tuple[int | None, str]]:
+  """Line -> probe result of every row, `--probe_workers` at a time."""
+  options = options_lib.DownloadOptions(
+      timeout=args.timeout, retries=PROBE_RETRIES,
+      max_backoff=PROBE_MAX_BACKOFF, progress=False)
+  with http.ClientPool(options) as pool, (
+      concurrent.futures.ThreadPoolExecutor(args.probe_workers)) as ex:
+    futures = {ex.submit(lambda u=r.url: probe(pool.get(), u)): r
+               for r in rows}
+    results = {}
+    for fut in common.progress(concurrent.futures.as_completed(futures),
+                               enabled=args.progress, total=len(futures),
+                               desc='HEAD', unit='link'):
+      results[futures[fut].lineno] = fut.result()
+  return results
 
 
 def _fmt_time(t: datetime.datetime | None) -> str:
@@ -106,17 +118,12 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
     links_path = epath.Path(args.manual_dir) / links_lib.LINKS_FILE_NAME
   else:
     raise common.UsageError('give --links FILE or --manual_dir DIR')
-  if not links_path.exists():
-    raise errors.SourceError(f'links file {links_path} does not exist')
-  text = links_path.read_text()
-  rows, problems = scan_links(text, source=str(links_path))
+  parsed = _read(links_path)
+  rows = [LinkRow(r.lineno, r.name, r.url, link_expiry(r.url))
+          for r in parsed.rows]
+  problems = [p.message for p in parsed.problems if p.kind != 'duplicate']
+  builder_verdict = parsed.problems[0].message if parsed.problems else 'ok'
   now = datetime.datetime.now(tz=datetime.timezone.utc)
-
-  try:
-    links_lib.parse_links(text, source=str(links_path))
-    builder_verdict = 'ok'
-  except ValueError as e:
-    builder_verdict = common.first_line(e)
 
   by_name: dict[str, list[LinkRow]] = {}
   for row in rows:
@@ -131,19 +138,14 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
 
   expiries = [r.expires for r in rows if r.expires is not None]
   expired = [r for r in rows if r.expires is not None and r.expires <= now]
+  # Only links of tars still to download can stop a build.
+  expired_needed = [r for r in expired
+                    if r.shard is not None and r.shard not in local]
   no_expiry = [r for r in rows if r.expires is None]
 
-  sizes: dict[int, tuple[int | None, str]] = {}
-  if args.probe:
-    with concurrent.futures.ThreadPoolExecutor(args.probe_workers) as pool:
-      futures = {pool.submit(head_size, r.url, timeout=args.timeout): r
-                 for r in rows}
-      for fut in common.progress(concurrent.futures.as_completed(futures),
-                           enabled=args.progress, total=len(futures),
-                           desc='HEAD', unit='link'):
-        sizes[futures[fut].lineno] = fut.result()
-  probe_failed = [r for r in rows
-                  if args.probe and sizes[r.lineno][0] is None]
+  sizes = _probe_all(rows, args) if args.probe else {}
+  probe_failed = [r for r in rows if args.probe and links_lib.is_http(r.url)
+                  and sizes[r.lineno][0] is None]
 
   per_link = []
   for r in rows:
@@ -173,6 +175,7 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
       'earliest_expiry': min(expiries).isoformat() if expiries else None,
       'latest_expiry': max(expiries).isoformat() if expiries else None,
       'expired': len(expired),
+      'expired_to_download': len(expired_needed),
       'without_expiry': len(no_expiry),
       'manual_dir': args.manual_dir,
       'local_listed': sorted(links_lib.shard_name(i) for i in local
@@ -203,8 +206,8 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
     bad.append(f'{len(problems)} malformed lines')
   if duplicates:
     bad.append(f'{len(duplicates)} duplicated names')
-  if expired:
-    bad.append(f'{len(expired)} expired links')
+  if expired_needed:
+    bad.append(f'{len(expired_needed)} expired links of tars to download')
   if probe_failed:
     bad.append(f'{len(probe_failed)} links failed the probe')
   if builder_verdict != 'ok':
@@ -246,9 +249,13 @@ def _print_links_report(report: dict[str, Any], rows: list[LinkRow], args):
   if report['without_expiry']:
     line += f'; {report["without_expiry"]} without oe='
   out.append(line)
-  if report['expired']:
-    out.append('              expired links cannot be downloaded: get a fresh'
-               ' links file from the SA-1B download page')
+  if report['expired_to_download']:
+    out.append(f'              {report["expired_to_download"]} of them for'
+               ' tars to download: expired links cannot be downloaded; get a'
+               ' fresh links file from the SA-1B download page')
+  elif report['expired']:
+    out.append('              none for tars still to download: no problem for'
+               ' a build')
   if report['manual_dir']:
     out.append(f'local:        {len(report["local_listed"])} listed tars are in'
                f' {report["manual_dir"]}; {report["to_download"]} would be'
@@ -292,7 +299,7 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
       description='Report on the SA-1B links file without downloading: SA-1B'
       ' tar rows vs other rows, duplicates, link expiry (from oe=<hex unix'
       ' time>), tars already in manual_dir, and with --probe the sizes from'
-      ' HEAD requests.')
+      ' HEAD requests (honouring http_proxy/https_proxy/no_proxy).')
   p.add_argument('--manual_dir', metavar='DIR', default=None,
                  help=f'a dir with {links_lib.LINKS_FILE_NAME} (and maybe'
                  ' tars, which are reported as local)')
@@ -301,16 +308,20 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
                  f'{links_lib.LINKS_FILE_NAME})')
   p.add_argument('--probe', action='store_true',
                  help='send a HEAD request per link for its size and status')
-  p.add_argument('--probe_workers', type=common.positive_int, default=8,
+  p.add_argument('--probe_workers',
+                 type=common.download_option('workers', int), default=8,
                  metavar='N', help='parallel HEAD requests (default 8)')
-  p.add_argument('--timeout', type=float, default=30.0, metavar='SECONDS',
-                 help='per-request timeout for --probe (default 30)')
+  p.add_argument('--timeout', type=common.download_option('timeout', float),
+                 default=30.0, metavar='SECONDS',
+                 help='seconds to connect and to wait for an answer, per'
+                 ' --probe request (default 30)')
   p.add_argument('--summary_only', action='store_true',
                  help='no per-link table')
   p.add_argument('--json', metavar='FILE', default=None,
                  help='also write the full report as JSON')
   p.add_argument('--strict', action='store_true',
                  help='exit 1 if anything is wrong: malformed lines,'
-                 ' duplicates, expired links, failed probes')
+                 ' duplicates, expired links of tars still to download,'
+                 ' failed probes')
   p.set_defaults(func=run, allow_leftover=False)
   return p

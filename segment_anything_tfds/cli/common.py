@@ -12,6 +12,7 @@ from etils import epath
 
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import errors
+from segment_anything_tfds import options as options_lib
 
 PROG = 'segment-anything-tfds'
 DATASET = 'segment_anything'
@@ -95,6 +96,30 @@ def positive_int(value: str) -> int:
     raise argparse.ArgumentTypeError(
         f'expected a positive integer, got {value!r}')
   return n
+
+
+def download_option(field: str, parse: type):
+  """An argparse type for a `DownloadOptions` field, checked by it.
+
+  The ranges live in `options.DownloadOptions` alone; a value it refuses is
+  a usage error (exit 2) with its one-line message.
+  """
+  kind = 'an integer' if parse is int else 'a number'
+
+  def convert(text: str):
+    try:
+      value = parse(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(
+          f'expected {kind}, got {text!r}') from None
+    try:
+      options_lib.DownloadOptions(**{field: value})
+    except errors.ConfigError as e:
+      raise argparse.ArgumentTypeError(e.message) from None
+    return value
+
+  convert.__name__ = field  # argparse names the type in some messages.
+  return convert
 
 
 # ------------------------------------------------------------ the dataset
