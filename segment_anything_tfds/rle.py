@@ -40,13 +40,19 @@ full-resolution mask is built when ``output_size`` is smaller.
 
 Malformed counts (characters out of range, an unfinished continuation, a count
 longer than 8 characters, negative runs, runs that do not sum to
-``height * width``) raise ``tf.errors.InvalidArgumentError``.
+``height * width``) raise ``tf.errors.InvalidArgumentError``. So do sizes
+whose pixel indices would overflow int64, the codec's index type: for N masks
+of (height, width), and for an ``output_size`` (h, w),
+``N * (height + 1) * (width + 1)`` must be below 2**63 (pycocotools raises
+OverflowError or wraps around). These checks run before anything is
+allocated from a size.
 """
 
 from __future__ import annotations
 
 from typing import Sequence, Union
 
+import numpy as np
 import tensorflow as tf
 
 __all__ = ['decode', 'encode', 'area', 'to_bbox', 'nearest_indices']
@@ -61,9 +67,12 @@ _MAX_CHARS_PER_COUNT = 8
 class _Runs:
   """Parsed runs of N masks (flat over masks), see `_parse`."""
 
-  def __init__(self, *, counts, mask_ids, index_in_mask, first_run,
-               num_masks, height, width, check):
+  def __init__(self, *, counts, boundaries, mask_ids, index_in_mask,
+               first_run, num_masks, height, width, check):
     self.counts = counts  # int64 [M] run lengths of all masks, concatenated.
+    # int64 [M] inclusive per-mask cumulative sums of the runs: run k of a
+    # mask covers the column-major pixels [boundaries[k-1], boundaries[k]).
+    self.boundaries = boundaries
     self.mask_ids = mask_ids  # int64 [M] mask of each run.
     self.index_in_mask = index_in_mask  # int64 [M] run index within its mask.
     self.first_run = first_run  # int64 [N + 1] first run of each mask.
@@ -71,11 +80,6 @@ class _Runs:
     self.height = height  # int64 scalar.
     self.width = width  # int64 scalar.
     self.check = check  # List of assertion ops validating the runs.
-
-  def boundaries(self) -> tf.Tensor:
-    """Inclusive per-mask cumulative sums of the runs, int64 [M]."""
-    cum = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(self.counts)], 0)
-    return cum[1:] - tf.gather(cum, tf.gather(self.first_run, self.mask_ids))
 
 
 def _as_counts(counts: TensorLike) -> tuple[tf.Tensor, bool]:
@@ -88,20 +92,70 @@ def _as_counts(counts: TensorLike) -> tuple[tf.Tensor, bool]:
   return tf.reshape(counts, [-1]), scalar
 
 
+# Sides above this cannot pass `_fits_int64`; larger uint64 sizes are clamped
+# to it before the cast to int64.
+_MAX_SIDE = 2**62
+
+
+def _fits_int64(num_masks: tf.Tensor, height: tf.Tensor,
+                width: tf.Tensor) -> tf.Tensor:
+  """Whether N * (height + 1) * (width + 1) <= 2**63 - 1 and all are >= 0.
+
+  This bounds every int64 the codec computes from a size: linear pixel
+  indices and their sums (< h * w), the keys that lay N masks end to end
+  (N * (h * w + 1)), and the row-major and column-major item keys of the
+  fills (N * h * (w + 1), N * w * (h + 1)). Computed without overflowing.
+  """
+  limit = tf.constant(2**63 - 1, tf.int64)
+  sides = tf.stack([height, width])
+  small = tf.reduce_all(tf.logical_and(sides >= 0, sides <= _MAX_SIDE))
+  h1, w1 = tf.unstack(tf.clip_by_value(sides, 0, _MAX_SIDE) + 1)
+  small = tf.logical_and(small, h1 <= limit // w1)
+  per_mask = tf.where(small, h1 * w1, limit)
+  return tf.logical_and(tf.logical_and(small, num_masks >= 0),
+                        num_masks <= limit // per_mask)
+
+
+def _check_static_size(size: tf.Tensor, what: str) -> None:
+  """Refuses a size known at trace time that `_fits_int64` would refuse.
+
+  Graph construction infers static shapes from constant sizes: a huge one
+  must fail here, with the same error as at run time, not in shape inference.
+  """
+  value = tf.get_static_value(size)
+  if value is None:
+    return
+  for h, w in np.asarray(value, np.int64 if size.dtype != tf.uint64 else
+                         np.uint64).reshape(-1, 2).tolist():
+    if h < 0 or w < 0:
+      continue  # The run-time check names it.
+    if h > _MAX_SIDE or w > _MAX_SIDE or (h + 1) * (w + 1) > 2**63 - 1:
+      raise tf.errors.InvalidArgumentError(
+          None, None,
+          f'rle: {what} {h} x {w} too large: N * (height + 1) * (width + 1)'
+          ' must be below 2**63 (int64 pixel indices)')
+
+
 def _as_size(size: TensorLike) -> tuple[tf.Tensor, tf.Tensor, list]:
   """Returns (height, width, checks) as int64 scalars from [2] or [N, 2]."""
   size = tf.convert_to_tensor(size, name='size')
+  if size.shape.rank not in (1, 2) or size.shape[-1] not in (None, 2):
+    raise ValueError(f'rle: size must be [2] = (height, width) or [N, 2], got'
+                     f' shape {size.shape}.')
+  _check_static_size(size, 'size')
+  checks = []
   if size.dtype == tf.uint64:
-    size = tf.cast(tf.minimum(size, tf.constant(2**62, tf.uint64)), tf.int64)
+    checks.append(tf.debugging.Assert(
+        tf.reduce_all(size <= tf.constant(_MAX_SIDE, tf.uint64)),
+        ['rle: size too large (height and width must be at most 2**62), got',
+         size], summarize=8))
+    size = tf.cast(tf.minimum(size, tf.constant(_MAX_SIDE + 1, tf.uint64)),
+                   tf.int64)
   else:
     size = tf.cast(size, tf.int64)
-  checks = []
   if size.shape.rank == 2:
     # Per-mask sizes [N, 2] (as stored in SA-1B): all masks of one image must
-    # share one size.
-    if size.shape[-1] is not None and size.shape[-1] != 2:
-      raise ValueError(f'rle: size must be [2] or [N, 2], got {size.shape}.')
-    # [0, 2] (no masks) gives (0, 0).
+    # share one size. [0, 2] (no masks) gives (0, 0).
     first = tf.reduce_max(tf.concat([size, tf.zeros([1, 2], tf.int64)], 0),
                           axis=0)
     checks.append(tf.debugging.Assert(
@@ -109,10 +163,6 @@ def _as_size(size: TensorLike) -> tuple[tf.Tensor, tf.Tensor, list]:
         ['rle: all masks of one call must have the same size; got sizes',
          size], summarize=8))
     size = first
-  elif size.shape.rank != 1 or (size.shape[0] is not None and
-                                size.shape[0] != 2):
-    raise ValueError(f'rle: size must be [2] = (height, width) or [N, 2], got'
-                     f' shape {size.shape}.')
   checks.append(tf.debugging.Assert(
       tf.reduce_all(size >= 0), ['rle: size must be non-negative, got', size]))
   return size[0], size[1], checks
@@ -200,23 +250,40 @@ def _parse(counts: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> _Runs:
 
   runs = tf.where(odd, running(odd), tf.where(even, running(even), x))
 
+  check_size = tf.debugging.Assert(
+      _fits_int64(num_masks, height, width),
+      ['rle: size', height, 'x', width, 'too large for', num_masks,
+       'mask(s): N * (height + 1) * (width + 1) must be below 2**63 (int64'
+       ' pixel indices)'])
+  with tf.control_dependencies([check_size]):
+    expected = height * width
+  cum = tf.concat([zero, tf.cumsum(runs)], 0)
+  boundaries = cum[1:] - tf.gather(cum, tf.gather(first_run, mask_ids))
   total = tf.math.unsorted_segment_sum(runs, mask_ids, num_masks)
-  expected = height * width
   negative_run = runs < 0
   check_negative = tf.debugging.Assert(
       tf.logical_not(tf.reduce_any(negative_run)),
       ['rle: negative run length in the counts of mask(s)',
        tf.unique(tf.boolean_mask(mask_ids, negative_run))[0]], summarize=10)
-  wrong_total = tf.not_equal(total, expected)
+  # Each count moves a run by less than 2**39, and each run moves a boundary
+  # by at most the run: a run or a boundary past 2**63 would show as negative
+  # (wrap-around) before any could wrap back. So runs >= 0 and boundaries in
+  # [0, h * w] leave no silent int64 overflow, however long the string.
+  out_of_range = tf.cast(
+      tf.logical_or(boundaries < 0, boundaries > expected), tf.int32)
+  wrong_total = tf.logical_or(
+      tf.not_equal(total, expected),
+      tf.math.unsorted_segment_max(out_of_range, mask_ids, num_masks) > 0)
   check_total = tf.debugging.Assert(
       tf.logical_not(tf.reduce_any(wrong_total)),
       ['rle: runs do not sum to height * width =', expected, '(size',
        height, 'x', width, ') for mask(s)',
        tf.where(wrong_total)[:, 0], 'sums:',
        tf.boolean_mask(total, wrong_total)], summarize=10)
-  return _Runs(counts=runs, mask_ids=mask_ids, index_in_mask=j,
-               first_run=first_run, num_masks=num_masks, height=height,
-               width=width, check=[check_negative, check_total])
+  return _Runs(counts=runs, boundaries=boundaries, mask_ids=mask_ids,
+               index_in_mask=j, first_run=first_run, num_masks=num_masks,
+               height=height, width=width,
+               check=[check_size, check_negative, check_total])
 
 
 def nearest_indices(in_size: TensorLike, out_size: TensorLike) -> tf.Tensor:
@@ -269,6 +336,12 @@ def decode(counts: TensorLike,
   """
   counts, scalar = _as_counts(counts)
   height, width, size_checks = _as_size(size)
+  if output_size is not None:
+    output_size = tf.convert_to_tensor(output_size, name='output_size')
+    if output_size.shape.num_elements() not in (None, 2):
+      raise ValueError('rle: output_size must be (height, width), got shape'
+                       f' {output_size.shape}.')
+    _check_static_size(output_size, 'output_size')
   if tf.executing_eagerly():
     # One traced graph runs the ~100 small ops in parallel, much faster than
     # op-by-op eager dispatch. (Eagerly, the size checks ran already.)
@@ -289,32 +362,38 @@ def _decode(counts: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
             output_size: tf.Tensor | None) -> tf.Tensor:
   """Decodes counts [N] into uint8 [N, h, w] (see `decode`)."""
   runs = _parse(counts, height, width)
-  if output_size is None:
+  full = output_size is None
+  if full:
     out_h, out_w = height, width
-    rows = None
   else:
     output_size = tf.cast(tf.convert_to_tensor(output_size), tf.int64)
     out_h, out_w = output_size[0], output_size[1]
     check_out = tf.debugging.Assert(
         tf.logical_and(
-            tf.reduce_all(output_size >= 0),
+            tf.logical_and(tf.reduce_all(output_size >= 0),
+                           _fits_int64(runs.num_masks, out_h, out_w)),
             tf.logical_or(height * width > 0,
                           tf.logical_or(out_h * out_w == 0,
                                         tf.equal(runs.num_masks, 0)))),
-        ['rle: output_size must be non-negative and the source non-empty;'
-         ' output_size', output_size, 'size', height, width])
+        ['rle: output_size must be non-negative, N * (h + 1) * (w + 1) below'
+         ' 2**63, and the source non-empty; output_size', output_size, 'size',
+         height, width, 'N', runs.num_masks])
     runs.check.append(check_out)
+
+  # Nothing is computed from a size (ranges, shapes) before the checks pass.
+  with tf.control_dependencies(runs.check):
+    b = tf.identity(runs.boundaries)
+    height, width, out_h, out_w = (
+        tf.identity(t) for t in (height, width, out_h, out_w))
+  if not full:
     rows = nearest_indices(height, out_h)
     cols = nearest_indices(width, out_w)
-
-  with tf.control_dependencies(runs.check):
-    b = tf.identity(runs.boundaries())
   num_masks = runs.num_masks
   h_div = tf.maximum(height, 1)
   b_col = b // h_div
   b_row = b % h_div
 
-  if rows is None:
+  if full:
     # Full resolution: every row and column is sampled.
     out_h, out_w = height, width
     num_cols = width
@@ -582,9 +661,14 @@ def area(counts: TensorLike, size: TensorLike) -> tf.Tensor:
   """
   runs, _, _, scalar = _parse_checked(counts, size)
   with tf.control_dependencies(runs.check):
-    ones = tf.where(tf.equal(runs.index_in_mask % 2, 1), runs.counts, 0)
-  result = tf.math.unsorted_segment_sum(ones, runs.mask_ids, runs.num_masks)
+    result = tf.identity(_areas(runs))
   return result[0] if scalar else result
+
+
+def _areas(runs: _Runs) -> tf.Tensor:
+  """int64 [N] number of 1 pixels of each mask."""
+  ones = tf.where(tf.equal(runs.index_in_mask % 2, 1), runs.counts, 0)
+  return tf.math.unsorted_segment_sum(ones, runs.mask_ids, runs.num_masks)
 
 
 @tf.autograph.experimental.do_not_convert
@@ -602,9 +686,18 @@ def to_bbox(counts: TensorLike, size: TensorLike) -> tf.Tensor:
   Returns:
     float64 [4] or [N, 4].
   """
-  runs, height, width, scalar = _parse_checked(counts, size)
+  runs, _, _, scalar = _parse_checked(counts, size)
   with tf.control_dependencies(runs.check):
-    b = tf.identity(runs.boundaries())
+    box = tf.cast(_boxes(runs, tf.identity(runs.boundaries)), tf.float64)
+  return box[0] if scalar else box
+
+
+def _boxes(runs: _Runs, b: tf.Tensor) -> tf.Tensor:
+  """int64 [N, 4] boxes ``[x, y, w, h]`` by pycocotools' rule (`to_bbox`).
+
+  Every 1 pixel of a mask lies in its box.
+  """
+  height, width = runs.height, runs.width
   j = runs.index_in_mask
   n = runs.num_masks
   runs_per_mask = runs.first_run[1:] - runs.first_run[:-1]
@@ -631,9 +724,7 @@ def to_bbox(counts: TensorLike, size: TensorLike) -> tf.Tensor:
   ys = tf.where(full_height, tf.zeros_like(ys), ys)
   ye = tf.where(full_height, height - 1, ye)
   box = tf.stack([xs, ys, xe - xs + 1, ye - ys + 1], axis=1)
-  box = tf.where((runs_per_mask < 2)[:, None], tf.zeros_like(box), box)
-  box = tf.cast(box, tf.float64)
-  return box[0] if scalar else box
+  return tf.where((runs_per_mask < 2)[:, None], tf.zeros_like(box), box)
 
 
 @tf.autograph.experimental.do_not_convert
@@ -679,7 +770,15 @@ def encode(masks: TensorLike) -> tf.Tensor:
   j = tf.range(num_runs) - tf.gather(first, mask_ids)
   previous_end = tf.where(j > 0, tf.gather(position, tf.maximum(
       tf.range(num_runs) - 1, 0)), 0)
-  runs = position - previous_end
+  strings = _encode_runs(position - previous_end, mask_ids, j, num_masks)
+  return strings[0] if scalar else strings
+
+
+def _encode_runs(runs: tf.Tensor, mask_ids: tf.Tensor,
+                 index_in_mask: tf.Tensor, num_masks: tf.Tensor) -> tf.Tensor:
+  """Writes runs (int64 [M], mask by mask, sorted by mask) as counts [N]."""
+  num_runs = tf.size(runs, out_type=tf.int64)
+  j = index_in_mask
   # Count j >= 3 is written as a delta against count j - 2.
   x = tf.where(j > 2, runs - tf.gather(runs, tf.maximum(
       tf.range(num_runs) - 2, 0)), runs)
@@ -699,7 +798,7 @@ def encode(masks: TensorLike) -> tf.Tensor:
   chars = tf.boolean_mask(chars, index < num_chars[:, None])
   chars_per_mask = tf.math.unsorted_segment_sum(num_chars, mask_ids,
                                                 num_masks)
-  strings = tf.strings.unicode_encode(
+  return tf.strings.unicode_encode(
       tf.RaggedTensor.from_row_lengths(tf.cast(chars, tf.int32),
                                        chars_per_mask), 'UTF-8')
-  return strings[0] if scalar else strings
+

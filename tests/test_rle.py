@@ -318,3 +318,155 @@ def test_dense_and_run_fills(cases, monkeypatch, threshold):
       np.testing.assert_array_equal(got.numpy(), _reference(masks,
                                                             output_size),
                                     err_msg=f'{shape} -> {output_size}')
+
+
+# ------------------------------------------------------------ size overflow
+
+
+def _count_string(runs) -> bytes:
+  """COCO counts of arbitrary (Python int) runs, written as in the format."""
+  out = bytearray()
+  for i, run in enumerate(runs):
+    x = run - runs[i - 2] if i > 2 else run
+    more = True
+    while more:
+      c = x & 0x1f
+      x >>= 5
+      more = x != (-1 if c & 0x10 else 0)
+      out.append(c + (0x20 if more else 0) + 48)
+  return bytes(out)
+
+
+def _runs_summing_to(total: int) -> list[int]:
+  """Valid runs (each count fits 8 characters) summing to a huge `total`.
+
+  Pairs of equal runs ramp up by 2**38 per pair and back down, then small
+  pairs take the rest: about 2 * sqrt(total / 2**38) runs.
+  """
+  step = 2**38
+  peak = 0
+  while 2 * step * (peak + 1) ** 2 <= total:
+    peak += 1
+  values = list(range(peak + 1)) + list(range(peak - 1, 0, -1))
+  runs = [v * step for v in values for _ in range(2)]
+  rest = total - sum(runs)
+  while rest >= 2 * step:
+    runs += [step, step]
+    rest -= 2 * step
+  return runs + [rest // 2, rest - rest // 2]
+
+
+def test_count_string_helper_matches_pycocotools(cases):
+  for shape, masks in cases[:4]:
+    for r in _encode(masks):
+      runs = [int(v) for v in np.diff(np.flatnonzero(np.diff(np.concatenate(
+          [[-1], mask_utils.decode(r).flatten(order='F'), [-1]]))))]
+      if mask_utils.decode(r).flatten(order='F')[0]:
+        runs = [0] + runs
+      assert _count_string(runs) == r['counts']
+
+
+HUGE = 2**62
+OVERFLOWING = [
+    # (counts, size): h * w wraps to 2**32 in int64, where the runs sum.
+    ([_count_string([2**32])], [2**32 + 1, 2**32]),
+    ([_count_string([2**32])], tf.constant([2**32 + 1, 2**32], tf.uint64)),
+    # Sides beyond int64, as the uint64 SA-1B sizes can hold.
+    ([b'0'], tf.constant([2**64 - 1, 0], tf.uint64)),
+    ([b'0'], tf.constant([[2**63, 0]], tf.uint64)),
+    # h * w fits, N masks laid end to end do not: N * (h*w + 1) >= 2**63.
+    ([_count_string(_runs_summing_to(HUGE))] * 2, [2**31, 2**31]),
+]
+
+
+@pytest.mark.parametrize('counts,size', OVERFLOWING)
+def test_size_overflow_raises_eagerly(counts, size):
+  for fn in (lambda: rle.decode(counts, size),
+             lambda: rle.decode(counts, size, output_size=(4, 4)),
+             lambda: rle.area(counts, size),
+             lambda: rle.to_bbox(counts, size)):
+    with pytest.raises(tf.errors.InvalidArgumentError, match='too large'):
+      fn()
+  if len(counts) == 1 and np.ndim(size) == 1:
+    with pytest.raises(tf.errors.InvalidArgumentError, match='too large'):
+      rle.decode(counts[0], size)
+
+
+def _overflowing_dataset() -> tf.data.Dataset:
+  """The OVERFLOWING cases as (counts [None], uint64 size [2]) elements."""
+  items = [(c, np.array(s, np.uint64).reshape(-1, 2)[0]) for c, s in
+           OVERFLOWING]
+  return tf.data.Dataset.from_generator(
+      lambda: iter(items), output_signature=(
+          tf.TensorSpec([None], tf.string), tf.TensorSpec([2], tf.uint64)))
+
+
+def _assert_every_element_raises(ds: tf.data.Dataset) -> None:
+  it = iter(ds)
+  for _ in OVERFLOWING:
+    with pytest.raises(tf.errors.InvalidArgumentError, match='too large'):
+      next(it)
+  with pytest.raises(StopIteration):
+    next(it)
+
+
+def test_size_overflow_raises_in_tf_function():
+  fn = tf.function(lambda c, s: rle.decode(c, s), input_signature=[
+      tf.TensorSpec([None], tf.string), tf.TensorSpec([2], tf.uint64)])
+  for counts, size in _overflowing_dataset():
+    with pytest.raises(tf.errors.InvalidArgumentError, match='too large'):
+      fn(counts, size)
+  # A constant size is refused while tracing, not by shape inference.
+  with pytest.raises(tf.errors.InvalidArgumentError, match='too large'):
+    tf.function(lambda c: rle.decode(c, [2**32 + 1, 2**32]))(
+        tf.constant([_count_string([2**32])]))
+
+
+@pytest.mark.parametrize('fn', [
+    lambda c, s: rle.decode(c, s, output_size=(3, 3)), rle.area, rle.to_bbox])
+def test_size_overflow_raises_in_dataset_map(fn):
+  _assert_every_element_raises(
+      _overflowing_dataset().map(fn, num_parallel_calls=2))
+
+
+def test_huge_sizes_that_fit_still_work():
+  """One 2**31 x 2**31 mask fits in int64: its area and samples are exact."""
+  runs = _runs_summing_to(HUGE)
+  counts = _count_string(runs)
+  assert len(counts) < 100_000
+  side = 2**31
+  area = sum(runs[1::2])
+  assert rle.area(counts, [side, side]).numpy() == area
+  assert rle.area([counts], tf.constant([[side, side]], tf.uint64)
+                  ).numpy().tolist() == [area]
+  assert rle.to_bbox(counts, [side, side]).shape == (4,)
+  # Pixel (r, c) is 1 when an odd number of run boundaries are <= c*h + r.
+  boundaries = np.cumsum(runs)
+  rows = rle.nearest_indices(side, 5).numpy()
+  cols = rle.nearest_indices(side, 7).numpy()
+  expected = np.searchsorted(boundaries, cols[None] * side + rows[:, None],
+                             side='right') % 2
+  got = rle.decode(counts, [side, side], output_size=(5, 7)).numpy()
+  np.testing.assert_array_equal(got, expected)
+  assert 0 < expected.sum() < expected.size
+
+
+def test_output_size_overflow_raises():
+  counts = _counts(np.ones((2, 3, 4), np.uint8))
+  too_large = [(2**62, 2**62), (2**32, 2**31)]
+  for output_size in too_large:
+    with pytest.raises(tf.errors.InvalidArgumentError, match='2\\*\\*63'):
+      rle.decode(counts, (3, 4), output_size=output_size)
+  # Fits for one mask, not for two.
+  with pytest.raises(tf.errors.InvalidArgumentError, match='2\\*\\*63'):
+    rle.decode(counts, (3, 4), output_size=(2**31, 2**31))
+  ds = tf.data.Dataset.from_tensor_slices(
+      tf.constant(too_large + [(2**31, 2**31)], tf.int64)).map(
+          lambda o: rle.decode(counts, (3, 4), output_size=o))
+  it = iter(ds)
+  for _ in range(3):
+    with pytest.raises(tf.errors.InvalidArgumentError, match='2\\*\\*63'):
+      next(it)
+  with pytest.raises(tf.errors.InvalidArgumentError, match='2\\*\\*63'):
+    tf.function(lambda c: rle.decode(c, (3, 4), output_size=(2**62, 2**62)))(
+        tf.constant(counts))
