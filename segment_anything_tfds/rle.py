@@ -5,7 +5,8 @@ SA-1B stores every mask as a COCO run-length encoding (RLE): a `size`
 pure TensorFlow (no ``tf.numpy_function`` / ``tf.py_function``), so the same
 code runs eagerly, inside ``tf.function``, inside ``tf.data`` maps with
 ``num_parallel_calls`` and under the tf.data service. Results are bit-for-bit
-equal to ``pycocotools.mask.decode`` (and ``area``, ``toBbox``, ``encode``).
+equal to ``pycocotools.mask.decode`` (and ``area``, ``toBbox``, ``encode``,
+``iou``, ``merge``).
 
 The counts format
 -----------------
@@ -20,6 +21,10 @@ run lengths ("counts") are written as a string:
 * the value is sign-extended from bit ``0x10`` of its last character;
 * count ``i`` for ``i >= 3`` is stored as a delta against count ``i - 2``
   (pycocotools ``rleFrString``: ``if (m > 2) x += cnts[m - 2]``).
+
+The canonical counts of a mask are those of its maximal runs: only the first
+run (of zeros) may be empty. pycocotools, `encode` and `merge` write canonical
+counts; the decoder also accepts empty runs elsewhere.
 
 How decoding works
 ------------------
@@ -38,6 +43,19 @@ run at memcpy speed. A gather then places them among the all-zero rows. The
 cost grows with the number of runs and the output size, and no
 full-resolution mask is built when ``output_size`` is smaller.
 
+IoU and merge on runs
+---------------------
+The 1-runs of a mask are the intervals ``[B_{k-1}, B_k)``, k odd, of
+column-major pixel indices. `iou` takes the pairs of masks whose boxes
+overlap (as pycocotools does). For each, with ``F(x)`` the number of 1 pixels
+of one mask before pixel x, their intersection is the sum over the other
+mask's 1-runs ``[s, e)`` of ``F(e) - F(s)``, with F found by one
+``tf.searchsorted`` among the boundaries. `merge` sorts the starts (+1) and
+ends (-1) of all 1-runs: their running sum is the number of masks covering the
+pixels that follow, and the merged mask flips where ``cover > 0`` (union) or
+``cover == N`` (intersection) changes; its runs are written back as canonical
+counts. Neither depends on the image size, only on the number of runs.
+
 Malformed counts (characters out of range, an unfinished continuation, a count
 longer than 8 characters, negative runs, runs that do not sum to
 ``height * width``) raise ``tf.errors.InvalidArgumentError``. So do sizes
@@ -55,7 +73,8 @@ from typing import Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-__all__ = ['decode', 'encode', 'area', 'to_bbox', 'nearest_indices']
+__all__ = ['decode', 'encode', 'area', 'to_bbox', 'iou', 'merge',
+           'nearest_indices']
 
 TensorLike = Union[tf.Tensor, Sequence, int, str, bytes]
 
@@ -802,3 +821,274 @@ def _encode_runs(runs: tf.Tensor, mask_ids: tf.Tensor,
       tf.RaggedTensor.from_row_lengths(tf.cast(chars, tf.int32),
                                        chars_per_mask), 'UTF-8')
 
+
+# ------------------------------------------------------------ iou and merge
+
+
+def _shared_size(dt_size: TensorLike, gt_size: TensorLike, num_dt: tf.Tensor,
+                 num_gt: tf.Tensor):
+  """(height, width, checks) shared by the dt and the gt masks."""
+  dt_h, dt_w, checks = _as_size(dt_size)
+  gt_h, gt_w, gt_checks = _as_size(gt_size)
+  # An empty side ([0, 2] sizes give (0, 0)) takes the other side's size.
+  same = tf.logical_and(tf.equal(dt_h, gt_h), tf.equal(dt_w, gt_w))
+  checks = checks + gt_checks + [tf.debugging.Assert(
+      tf.logical_or(same, tf.logical_or(tf.equal(num_dt, 0),
+                                        tf.equal(num_gt, 0))),
+      ['rle.iou: all masks must have the same size; dt', dt_h, dt_w, 'gt',
+       gt_h, gt_w])]
+  use_dt = num_dt > 0
+  return (tf.where(use_dt, dt_h, gt_h), tf.where(use_dt, dt_w, gt_w),
+          checks)
+
+
+@tf.autograph.experimental.do_not_convert
+def iou(dt_counts: TensorLike,
+        gt_counts: TensorLike,
+        size: TensorLike,
+        iscrowd: TensorLike | None = None,
+        *,
+        gt_size: TensorLike | None = None) -> tf.Tensor:
+  """IoU of every dt mask with every gt mask, like ``pycocotools.mask.iou``.
+
+  Computed on the runs, without decoding pixels (see the module docstring).
+  Equal to ``pycocotools.mask.iou(dt, gt, iscrowd)`` (float64) rounded to
+  float32; the matrix is ``[Nd, Ng]`` also when Nd or Ng is 0 (pycocotools
+  then returns ``[]``).
+
+  Args:
+    dt_counts: scalar string or string vector [Nd].
+    gt_counts: scalar string or string vector [Ng].
+    size: (height, width) of the dt masks ([2] or equal rows [Nd, 2]); also
+      of the gt masks unless `gt_size` is given.
+    iscrowd: optional bool or 0/1 [Ng]. For a crowd gt, the denominator is
+      the dt area instead of the union. Default: no crowd.
+    gt_size: (height, width) of the gt masks ([2] or [Ng, 2]).
+
+  Returns:
+    float32 [Nd, Ng]; 0 where the masks do not intersect (also for empty
+    masks).
+
+  Raises:
+    tf.errors.InvalidArgumentError: malformed counts, masks of different
+      sizes, or `iscrowd` not of length Ng.
+  """
+  dt, _ = _as_counts(dt_counts)
+  gt, _ = _as_counts(gt_counts)
+  num_dt = tf.size(dt, out_type=tf.int64)
+  num_gt = tf.size(gt, out_type=tf.int64)
+  height, width, checks = _shared_size(
+      size, size if gt_size is None else gt_size, num_dt, num_gt)
+  if iscrowd is None:
+    crowd = tf.zeros(tf.reshape(num_gt, [1]), tf.bool)
+  else:
+    crowd = tf.reshape(tf.convert_to_tensor(iscrowd), [-1])
+    if crowd.dtype != tf.bool:
+      crowd = tf.not_equal(crowd, tf.zeros([], crowd.dtype))
+    checks.append(tf.debugging.Assert(
+        tf.equal(tf.size(crowd, out_type=tf.int64), num_gt),
+        ['rle.iou: iscrowd must have one entry per gt mask:',
+         tf.size(crowd), 'vs', num_gt]))
+  counts = tf.concat([dt, gt], 0)
+  if tf.executing_eagerly():
+    return _iou_fn(counts, num_dt, height, width, crowd)
+  with tf.control_dependencies(checks):
+    height = tf.identity(height)
+  return _iou(counts, num_dt, height, width, crowd)
+
+
+def _iou(counts: tf.Tensor, num_dt: tf.Tensor, height: tf.Tensor,
+         width: tf.Tensor, crowd: tf.Tensor) -> tf.Tensor:
+  """float32 [Nd, Ng] IoUs of counts[:Nd] (dt) with counts[Nd:] (gt)."""
+  runs = _parse(counts, height, width)
+  with tf.control_dependencies(runs.check):
+    b = tf.identity(runs.boundaries)
+  num_gt = runs.num_masks - num_dt
+  areas = _areas(runs)
+  # Only pairs whose boxes overlap can intersect (pycocotools skips the
+  # others the same way).
+  x, y, w, h = tf.unstack(_boxes(runs, b), axis=1)
+  x_end, y_end = x + w, y + h
+  nonempty = areas > 0
+
+  def overlap(start, end):
+    return tf.logical_and(start[:num_dt, None] < end[None, num_dt:],
+                          start[None, num_dt:] < end[:num_dt, None])
+
+  candidates = tf.logical_and(
+      tf.logical_and(overlap(x, x_end), overlap(y, y_end)),
+      tf.logical_and(nonempty[:num_dt, None], nonempty[None, num_dt:]))
+  pairs = tf.where(candidates)  # [P, 2] = (dt, gt index)
+  inter = _intersections(runs, b, areas, pairs[:, 0], pairs[:, 1] + num_dt)
+  a_dt = tf.gather(areas, pairs[:, 0])
+  a_gt = tf.gather(areas, pairs[:, 1] + num_dt)
+  union = tf.where(tf.gather(crowd, pairs[:, 1]), a_dt, a_dt + a_gt - inter)
+  ratio = tf.where(inter > 0, tf.cast(inter, tf.float64) /
+                   tf.cast(tf.maximum(union, 1), tf.float64), 0.0)
+  return tf.scatter_nd(pairs, tf.cast(ratio, tf.float32),
+                       tf.stack([num_dt, num_gt]))
+
+
+_iou_fn = tf.function(
+    _iou, input_signature=[_STRINGS, _SCALAR, _SCALAR, _SCALAR,
+                           tf.TensorSpec([None], tf.bool)], autograph=False)
+
+
+def _intersections(runs: _Runs, b: tf.Tensor, areas: tf.Tensor,
+                   first: tf.Tensor, second: tf.Tensor) -> tf.Tensor:
+  """int64 [P]: 1 pixels shared by the masks first[p] and second[p].
+
+  With F(x) the number of 1 pixels of the "table" mask before pixel x, the
+  intersection is the sum of F(end) - F(start) over the 1-runs [start, end)
+  of the "query" mask: F at each query boundary, + at the ends of its 1-runs
+  and - at their starts. F is 0 up to the table's first 1 pixel and its area
+  from its last one on, so only the query boundaries strictly inside that
+  span are items; the ones after it add the area once if the query is in a
+  1-run there. Of the two masks, the query is the one with fewer items. F
+  comes from one searchsorted among the table's boundaries: the cost is
+  about sum over pairs of min(runs in the span) * log(runs).
+  """
+  index = runs.index_in_mask
+  stride = runs.height * runs.width + 1
+  # The masks end to end: one sorted vector serves every per-mask search.
+  keys = b + runs.mask_ids * stride
+  odd = tf.equal(index % 2, 1)
+  starts = b - runs.counts
+  is_one = tf.logical_and(odd, runs.counts > 0)
+  big = tf.constant(2**62, tf.int64)
+  span_start = tf.math.unsorted_segment_min(
+      tf.where(is_one, starts, big), runs.mask_ids, runs.num_masks)
+  span_end = tf.math.unsorted_segment_max(
+      tf.where(is_one, b, -big), runs.mask_ids, runs.num_masks)
+
+  def window(query, table):
+    """Query boundaries in (span_start, span_end) of the table: [lo, hi)."""
+    lo = tf.searchsorted(keys, tf.gather(span_start, table) + query * stride,
+                         side='right', out_type=tf.int64)
+    hi = tf.searchsorted(keys, tf.gather(span_end, table) + query * stride,
+                         side='left', out_type=tf.int64)
+    return lo, hi
+
+  lo_1, hi_1 = window(first, second)
+  lo_2, hi_2 = window(second, first)
+  first_is_query = hi_1 - lo_1 <= hi_2 - lo_2
+  query = tf.where(first_is_query, first, second)
+  table = tf.where(first_is_query, second, first)
+  lo = tf.where(first_is_query, lo_1, lo_2)
+  hi = tf.where(first_is_query, hi_1, hi_2)
+
+  # Items, pair after pair, numbered table * M + query run: one ragged range
+  # gives both (cheaper than gathers per item).
+  num_runs = tf.size(b, out_type=tf.int64)
+  item = tf.ragged.range(table * num_runs + lo, table * num_runs + hi)
+  splits = item.row_splits
+  item = item.flat_values
+  item_table = item // tf.maximum(num_runs, 1)
+  item_run = item - item_table * num_runs
+  x, sign = tf.unstack(tf.gather(
+      tf.stack([b, tf.where(odd, tf.constant(1, tf.int64), -1)], axis=1),
+      item_run), axis=1)
+
+  # F(x) + G[first run of the table], with G the 1 pixels before each run
+  # (over all masks): x lies in table run k, starting at starts[k]:
+  # G[k] + (x - starts[k] if run k is a 1-run).
+  g = tf.concat([[0], tf.cumsum(tf.where(odd, runs.counts, 0))], 0)
+  table_runs = tf.stack([g[:-1] - tf.where(odd, starts, 0),
+                         tf.cast(odd, tf.int64)], axis=1)
+  k = tf.searchsorted(keys, x + item_table * stride, side='right',
+                      out_type=tf.int64)
+  base, slope = tf.unstack(tf.gather(table_runs, k), axis=1)
+  summed = tf.concat([[0], tf.cumsum(sign * (base + slope * x))], 0)
+  inside = tf.gather(summed, splits[1:]) - tf.gather(summed, splits[:-1])
+
+  # Remove G[first run of the table] once per signed item, in closed form:
+  # relative query indices [l, h), + for odd, - for even.
+  query_first = tf.gather(runs.first_run, query)
+  l, h = lo - query_first, hi - query_first
+  signs = (h // 2 - l // 2) - ((h + 1) // 2 - (l + 1) // 2)
+  inside -= signs * tf.gather(g, tf.gather(runs.first_run, table))
+  after = tf.where(tf.equal(h % 2, 1), tf.gather(areas, table), 0)
+  return inside + after
+
+
+@tf.autograph.experimental.do_not_convert
+def merge(counts: TensorLike, size: TensorLike,
+          intersect: bool | tf.Tensor = False) -> tf.Tensor:
+  """Union (or intersection) of N masks, like ``pycocotools.mask.merge``.
+
+  Computed on the runs, without decoding pixels. The result is the
+  canonical counts string of the merged mask (see the module docstring),
+  byte for byte ``pycocotools.mask.merge(rles, intersect)['counts']`` for
+  canonical inputs, and for N = 1 the input's canonical form.
+
+  Args:
+    counts: string vector [N], N >= 1 (or a scalar string: one mask).
+    size: [2] = (height, width) or equal rows [N, 2].
+    intersect: False for the union, True for the intersection.
+
+  Returns:
+    A scalar string: the counts of the merged mask, of the same size.
+
+  Raises:
+    tf.errors.InvalidArgumentError: malformed counts, masks of different
+      sizes, or no masks at all (pycocotools returns size [0, 0] and counts
+      b'' for an empty list, which is not a mask of `size`).
+  """
+  counts, _ = _as_counts(counts)
+  height, width, checks = _as_size(size)
+  intersect = tf.convert_to_tensor(intersect, tf.bool)
+  if tf.executing_eagerly():
+    return _merge_fn(counts, height, width, intersect)
+  with tf.control_dependencies(checks):
+    height = tf.identity(height)
+  return _merge(counts, height, width, intersect)
+
+
+def _merge(counts: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
+           intersect: tf.Tensor) -> tf.Tensor:
+  """Counts of the union / intersection of masks counts [N] (see `merge`).
+
+  Each non-empty 1-run adds +1 at its start and -1 at its end; the running
+  sum over the sorted positions is the number of masks covering the pixels
+  that follow. The merged mask flips where (cover > 0), or (cover == N) for
+  the intersection, changes.
+  """
+  runs = _parse(counts, height, width)
+  check_some = tf.debugging.Assert(
+      runs.num_masks > 0,
+      ['rle.merge: needs at least one mask (pycocotools.mask.merge([])'
+       " returns size [0, 0] and counts b'', not a mask of the given size)"])
+  with tf.control_dependencies(runs.check + [check_some]):
+    b = tf.identity(runs.boundaries)
+  is_one = tf.logical_and(tf.equal(runs.index_in_mask % 2, 1),
+                          runs.counts > 0)
+  positions = tf.concat([tf.boolean_mask(b - runs.counts, is_one),
+                         tf.boolean_mask(b, is_one)], 0)
+  num_ones = tf.size(positions, out_type=tf.int64) // 2
+  steps = tf.concat([tf.ones([num_ones], tf.int64),
+                     -tf.ones([num_ones], tf.int64)], 0)
+  order = tf.argsort(positions, stable=True)
+  positions = tf.gather(positions, order)
+  steps = tf.gather(steps, order)
+  # One entry per distinct position: the cover after it.
+  is_new = tf.concat([tf.ones([tf.minimum(tf.size(positions), 1)], tf.bool),
+                      positions[1:] != positions[:-1]], 0)
+  group = tf.cumsum(tf.cast(is_new, tf.int64)) - 1
+  num_groups = tf.reduce_sum(tf.cast(is_new, tf.int64))
+  cover = tf.cumsum(tf.math.unsorted_segment_sum(steps, group, num_groups))
+  where_at = tf.boolean_mask(positions, is_new)
+  value = tf.where(intersect, cover >= runs.num_masks, cover > 0)
+  before = tf.concat([[False], value[:-1]], 0)
+  # The merged mask's boundaries: its flips inside the mask, then h * w.
+  flips = tf.boolean_mask(where_at, tf.logical_and(
+      tf.not_equal(value, before), where_at < height * width))
+  ends = tf.concat([flips, tf.reshape(height * width, [1])], 0)
+  merged = ends - tf.concat([[0], ends[:-1]], 0)
+  num_runs = tf.size(merged, out_type=tf.int64)
+  return _encode_runs(merged, tf.zeros([num_runs], tf.int64),
+                      tf.range(num_runs), tf.constant(1, tf.int64))[0]
+
+
+_merge_fn = tf.function(
+    _merge, input_signature=[_STRINGS, _SCALAR, _SCALAR,
+                             tf.TensorSpec([], tf.bool)], autograph=False)
