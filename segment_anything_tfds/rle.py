@@ -135,24 +135,35 @@ def _fits_int64(num_masks: tf.Tensor, height: tf.Tensor,
                         num_masks <= limit // per_mask)
 
 
-def _check_static_size(size: tf.Tensor, what: str) -> None:
-  """Refuses a size known at trace time that `_fits_int64` would refuse.
+def _invalid(message: str) -> tf.errors.InvalidArgumentError:
+  return tf.errors.InvalidArgumentError(None, None, message)
 
-  Graph construction infers static shapes from constant sizes: a huge one
-  must fail here, with the same error as at run time, not in shape inference.
+
+def _static_size(size: tf.Tensor, what: str = 'size'
+                 ) -> tuple[int, int] | None:
+  """(height, width) of a size known now (eagerly, or a constant), checked.
+
+  The same checks as at run time, in Python: eagerly they cost no TF ops, and
+  in graphs a huge constant size fails here, not in shape inference. Rows
+  [N, 2] must be equal; [0, 2] gives (0, 0). None if the size is not known.
   """
   value = tf.get_static_value(size)
   if value is None:
-    return
-  for h, w in np.asarray(value, np.int64 if size.dtype != tf.uint64 else
-                         np.uint64).reshape(-1, 2).tolist():
-    if h < 0 or w < 0:
-      continue  # The run-time check names it.
-    if h > _MAX_SIDE or w > _MAX_SIDE or (h + 1) * (w + 1) > 2**63 - 1:
-      raise tf.errors.InvalidArgumentError(
-          None, None,
-          f'rle: {what} {h} x {w} too large: N * (height + 1) * (width + 1)'
-          ' must be below 2**63 (int64 pixel indices)')
+    return None
+  rows = np.asarray(value).reshape(-1, 2).tolist()
+  if not rows:
+    return 0, 0
+  if any(row != rows[0] for row in rows):
+    raise _invalid('rle: all masks of one call must have the same size; got'
+                   f' sizes {rows[:8]}')
+  h, w = (int(v) for v in rows[0])
+  if h < 0 or w < 0:
+    raise _invalid(f'rle: {what} must be non-negative, got {[h, w]}')
+  if h > _MAX_SIDE or w > _MAX_SIDE or (h + 1) * (w + 1) > 2**63 - 1:
+    raise _invalid(
+        f'rle: {what} {h} x {w} too large: N * (height + 1) * (width + 1)'
+        ' must be below 2**63 (int64 pixel indices)')
+  return h, w
 
 
 def _as_size(size: TensorLike) -> tuple[tf.Tensor, tf.Tensor, list]:
@@ -161,7 +172,10 @@ def _as_size(size: TensorLike) -> tuple[tf.Tensor, tf.Tensor, list]:
   if size.shape.rank not in (1, 2) or size.shape[-1] not in (None, 2):
     raise ValueError(f'rle: size must be [2] = (height, width) or [N, 2], got'
                      f' shape {size.shape}.')
-  _check_static_size(size, 'size')
+  static = _static_size(size)
+  if static is not None:
+    return (tf.constant(static[0], tf.int64), tf.constant(static[1], tf.int64),
+            [])
   checks = []
   if size.dtype == tf.uint64:
     checks.append(tf.debugging.Assert(
@@ -360,7 +374,8 @@ def decode(counts: TensorLike,
     if output_size.shape.num_elements() not in (None, 2):
       raise ValueError('rle: output_size must be (height, width), got shape'
                        f' {output_size.shape}.')
-    _check_static_size(output_size, 'output_size')
+    if output_size.shape.rank == 1:
+      _static_size(output_size, 'output_size')
   if tf.executing_eagerly():
     # One traced graph runs the ~100 small ops in parallel, much faster than
     # op-by-op eager dispatch. (Eagerly, the size checks ran already.)
@@ -827,12 +842,23 @@ def _encode_runs(runs: tf.Tensor, mask_ids: tf.Tensor,
 
 def _shared_size(dt_size: TensorLike, gt_size: TensorLike, num_dt: tf.Tensor,
                  num_gt: tf.Tensor):
-  """(height, width, checks) shared by the dt and the gt masks."""
-  dt_h, dt_w, checks = _as_size(dt_size)
+  """(height, width, checks) shared by the dt and the gt masks.
+
+  A side without masks takes the other side's size (an SA-1B image without
+  masks has sizes [0, 2]).
+  """
+  dt_h, dt_w, dt_checks = _as_size(dt_size)
   gt_h, gt_w, gt_checks = _as_size(gt_size)
-  # An empty side ([0, 2] sizes give (0, 0)) takes the other side's size.
+  known = [tf.get_static_value(t) for t in (dt_h, dt_w, gt_h, gt_w, num_dt,
+                                            num_gt)]
+  if None not in known:
+    dt_hw, gt_hw, n_dt, n_gt = known[:2], known[2:4], known[4], known[5]
+    if dt_hw != gt_hw and n_dt and n_gt:
+      raise _invalid(f'rle.iou: all masks must have the same size; dt {dt_hw}'
+                     f' gt {gt_hw}')
+    return (dt_h, dt_w, []) if n_dt else (gt_h, gt_w, [])
   same = tf.logical_and(tf.equal(dt_h, gt_h), tf.equal(dt_w, gt_w))
-  checks = checks + gt_checks + [tf.debugging.Assert(
+  checks = dt_checks + gt_checks + [tf.debugging.Assert(
       tf.logical_or(same, tf.logical_or(tf.equal(num_dt, 0),
                                         tf.equal(num_gt, 0))),
       ['rle.iou: all masks must have the same size; dt', dt_h, dt_w, 'gt',
@@ -885,10 +911,16 @@ def iou(dt_counts: TensorLike,
     crowd = tf.reshape(tf.convert_to_tensor(iscrowd), [-1])
     if crowd.dtype != tf.bool:
       crowd = tf.not_equal(crowd, tf.zeros([], crowd.dtype))
-    checks.append(tf.debugging.Assert(
-        tf.equal(tf.size(crowd, out_type=tf.int64), num_gt),
-        ['rle.iou: iscrowd must have one entry per gt mask:',
-         tf.size(crowd), 'vs', num_gt]))
+    known = (crowd.shape[0], tf.get_static_value(num_gt))
+    if None not in known:
+      if known[0] != known[1]:
+        raise _invalid('rle.iou: iscrowd must have one entry per gt mask:'
+                       f' {known[0]} vs {known[1]}')
+    else:
+      checks.append(tf.debugging.Assert(
+          tf.equal(tf.size(crowd, out_type=tf.int64), num_gt),
+          ['rle.iou: iscrowd must have one entry per gt mask:',
+           tf.size(crowd), 'vs', num_gt]))
   counts = tf.concat([dt, gt], 0)
   if tf.executing_eagerly():
     return _iou_fn(counts, num_dt, height, width, crowd)
