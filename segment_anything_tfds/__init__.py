@@ -8,9 +8,10 @@ imported or resolved before.
 Public API:
   Builder, SegmentAnythingConfig, tars_config, lenient_config: preparing.
   BadInputError: what a strict build raises on bad input.
-  rle: COCO RLE decode/encode/area/to_bbox in TensorFlow ops.
+  rle: COCO RLE decode/encode/area/to_bbox/iou/merge in TensorFlow ops.
   decode_masks: a tf.data map that samples and decodes an example's masks.
   to_sam_inputs, sam_dataset, load_sam_dataset: SAM-style training inputs.
+  MaskIoU, evaluate_predictions, format_table: mask IoU metric/evaluation.
 """
 
 import importlib as _importlib
@@ -31,6 +32,10 @@ _registration.register(Builder)
 _LAZY = {
     'rle': ('segment_anything_tfds.rle', None),
     'decode_masks': ('segment_anything_tfds.masks', 'decode_masks'),
+    'evaluate_predictions': ('segment_anything_tfds.evaluation',
+                             'evaluate_predictions'),
+    'format_table': ('segment_anything_tfds.evaluation', 'format_table'),
+    'MaskIoU': ('segment_anything_tfds.evaluation', 'MaskIoU'),
     'load_sam_dataset': ('segment_anything_tfds.sam_inputs', 'load_sam_dataset'),
     'sam_dataset': ('segment_anything_tfds.sam_inputs', 'sam_dataset'),
     'to_sam_inputs': ('segment_anything_tfds.sam_inputs', 'to_sam_inputs'),
@@ -51,8 +56,11 @@ def __dir__():
 __all__ = [
     'BadInputError',
     'Builder',
+    'MaskIoU',
     'SegmentAnythingConfig',
     'decode_masks',
+    'evaluate_predictions',
+    'format_table',
     'lenient_config',
     'load_sam_dataset',
     'rle',
