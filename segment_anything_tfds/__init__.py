@@ -12,6 +12,7 @@ Public API:
   decode_masks: a tf.data map that samples and decodes an example's masks.
   to_sam_inputs, sam_dataset, load_sam_dataset: SAM-style training inputs.
   MaskIoU, evaluate_predictions, format_table: mask IoU metric/evaluation.
+  paste_objects, paste_from_example: copy-paste augmentation (tf.data).
 """
 
 import importlib as _importlib
@@ -36,6 +37,9 @@ _LAZY = {
                              'evaluate_predictions'),
     'format_table': ('segment_anything_tfds.evaluation', 'format_table'),
     'MaskIoU': ('segment_anything_tfds.evaluation', 'MaskIoU'),
+    'paste_from_example': ('segment_anything_tfds.copy_paste',
+                           'paste_from_example'),
+    'paste_objects': ('segment_anything_tfds.copy_paste', 'paste_objects'),
     'load_sam_dataset': ('segment_anything_tfds.sam_inputs', 'load_sam_dataset'),
     'sam_dataset': ('segment_anything_tfds.sam_inputs', 'sam_dataset'),
     'to_sam_inputs': ('segment_anything_tfds.sam_inputs', 'to_sam_inputs'),
@@ -63,6 +67,8 @@ __all__ = [
     'format_table',
     'lenient_config',
     'load_sam_dataset',
+    'paste_from_example',
+    'paste_objects',
     'rle',
     'sam_dataset',
     'tars_config',

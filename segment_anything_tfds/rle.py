@@ -74,7 +74,7 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ['decode', 'encode', 'area', 'to_bbox', 'iou', 'merge',
-           'nearest_indices']
+           'nearest_indices', 'nearest_source']
 
 TensorLike = Union[tf.Tensor, Sequence, int, str, bytes]
 
@@ -333,11 +333,28 @@ def nearest_indices(in_size: TensorLike, out_size: TensorLike) -> tf.Tensor:
   Returns:
     int64 [out_size] non-decreasing source indices.
   """
+  return nearest_source(tf.range(tf.cast(out_size, tf.int64)), in_size,
+                        out_size)
+
+
+def nearest_source(index: TensorLike, in_size: TensorLike,
+                   out_size: TensorLike) -> tf.Tensor:
+  """`nearest_indices` at given output indices; all arguments broadcast.
+
+  Args:
+    index: int output indices (any shape).
+    in_size: source lengths (int, broadcast against `index`).
+    out_size: output lengths (int, broadcast against `index`).
+
+  Returns:
+    int64 source indices, clipped to [0, in_size - 1].
+  """
+  index = tf.cast(index, tf.int64)
   in_size = tf.cast(in_size, tf.int64)
   out_size = tf.cast(out_size, tf.int64)
   scale = tf.cast(in_size, tf.float32) / tf.cast(tf.maximum(out_size, 1),
                                                  tf.float32)
-  x = (tf.cast(tf.range(out_size), tf.float32) + 0.5) * scale
+  x = (tf.cast(index, tf.float32) + 0.5) * scale
   idx = tf.cast(tf.floor(x), tf.int64)
   return tf.maximum(tf.minimum(idx, in_size - 1), 0)
 
