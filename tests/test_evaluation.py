@@ -135,6 +135,10 @@ def test_metric_standalone_accumulates(batch):
                              rtol=1e-12)
   assert result['mask_iou_ge_0.5'] == expected['iou_ge_0.5']
   assert result['mask_iou_ge_0.75'] == expected['iou_ge_0.75']
+  plain = evaluation.summarize(_reference(gt, logits, 0.0), weights)
+  assert float(plain['count']) == weights.sum()
+  for key, value in expected.items():
+    np.testing.assert_allclose(float(plain[key]), value, rtol=1e-12)
   metric.reset_state()
   assert float(metric.result()['mask_iou']) == 0
   # update_ious takes IoUs from elsewhere (e.g. rle_best_iou).
