@@ -381,8 +381,9 @@ def decode(counts: TensorLike,
     (H, W) with `output_size`.
 
   Raises:
-    tf.errors.InvalidArgumentError: malformed counts (eagerly at call time; in
-      graphs when the op runs).
+    tf.errors.InvalidArgumentError: malformed counts, or a size or
+      output_size too large for int64 pixel indices (eagerly at call time; in
+      graphs when the op runs, or while tracing for constant sizes).
   """
   counts, scalar = _as_counts(counts)
   height, width, size_checks = _as_size(size)

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from segment_anything_tfds import evaluation
 from segment_anything_tfds import fake_data
+from segment_anything_tfds import rle
 
 mask_utils = pytest.importorskip('pycocotools.mask')
 from test_masks import examples_dataset, make_example  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -170,10 +171,17 @@ def test_metric_in_keras_compile_and_evaluate(batch):
 
 
 def test_functions_in_dataset_map(batch):
+  """Ground truth from RLE at 2x, decoded at the chosen size (H, W)."""
   gt, logits, _, _ = batch
-  ds = tf.data.Dataset.from_tensor_slices((logits, gt)).map(
-      lambda p, g: evaluation.best_candidate_iou(p, g),
-      num_parallel_calls=2, deterministic=True)
+  big = gt.repeat(2, axis=-2).repeat(2, axis=-1)  # Nearest 2x down: gt.
+  counts = np.array([_encode(masks) for masks in big])  # [B, K]
+
+  def score(pred, gt_counts):
+    truth = rle.decode(gt_counts, (2 * H, 2 * W), output_size=(H, W))
+    return evaluation.best_candidate_iou(pred, truth)
+
+  ds = tf.data.Dataset.from_tensor_slices((logits, counts)).map(
+      score, num_parallel_calls=2, deterministic=True)
   got = np.stack(list(ds.as_numpy_iterator()))
   np.testing.assert_array_equal(got, _reference(gt, logits, 0.0))
 
