@@ -10,6 +10,7 @@ from segment_anything_tfds import fake_data
 from segment_anything_tfds import rle
 
 mask_utils = pytest.importorskip('pycocotools.mask')
+from test_tf_data_service import PYTHON_OPS, _dataset_ops, _op_types  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SHAPES = [(1, 1), (1, 9), (9, 1), (2, 3), (5, 7), (16, 16), (23, 31),
           (40, 17)]
@@ -691,7 +692,10 @@ def test_iou_and_merge_in_tf_function_and_dataset_map(iou_cases):
 
   args = (tf.constant(dt_counts), tf.constant(gt_counts),
           tf.constant(shape, tf.int64), tf.constant(crowd))
-  check(tf.function(fn)(*args))
+  traced = tf.function(fn)
+  check(traced(*args))
+  ops = _op_types(traced.get_concrete_function(*args).graph.as_graph_def())
+  assert 'UpperBound' in ops and not ops & PYTHON_OPS
   # The last element has a wrong size: the error surfaces in the dataset.
   bad_args = args[:2] + (tf.constant([1, 1], tf.int64), args[3])
   ds = tf.data.Dataset.from_tensors(args).repeat(3).concatenate(
@@ -701,3 +705,4 @@ def test_iou_and_merge_in_tf_function_and_dataset_map(iou_cases):
     check(next(it))
   with pytest.raises(tf.errors.InvalidArgumentError, match='do not sum'):
     next(it)
+  assert not _dataset_ops(ds) & PYTHON_OPS

@@ -169,23 +169,3 @@ def test_python_op_detector_catches_pycocotools_backend():
                                       backend='pycocotools'))
   assert ops & PYTHON_OPS
 
-
-def test_no_python_ops_in_iou_merge_evaluation_and_copy_paste():
-  from segment_anything_tfds import copy_paste  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds import evaluation  # pylint: disable=g-import-not-at-top
-
-  def fn(dt, gt, size, logits, truth, image):
-    return (rle.iou(dt, gt, size), rle.merge(gt, size),
-            evaluation.rle_best_iou(gt, gt, size),
-            evaluation.best_candidate_iou(logits, truth),
-            copy_paste.paste_objects(image, image, gt, size, num_objects=2,
-                                     seed=0, target_masks=truth[0]))
-
-  graph = tf.function(fn).get_concrete_function(
-      tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string),
-      tf.TensorSpec([2], tf.int64), tf.TensorSpec([None, None, 3, 8, 8]),
-      tf.TensorSpec([None, None, 16, 16]),
-      tf.TensorSpec([None, None, 3], tf.uint8)).graph
-  ops = _op_types(graph.as_graph_def())
-  assert {'Cumsum', 'UpperBound', 'ResizeBilinear'} <= ops
-  assert not ops & PYTHON_OPS, ops & PYTHON_OPS
