@@ -168,4 +168,3 @@ def test_python_op_detector_catches_pycocotools_backend():
   ops = _dataset_ops(_decode_pipeline(_as_dataset(examples),
                                       backend='pycocotools'))
   assert ops & PYTHON_OPS
-
