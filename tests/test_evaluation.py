@@ -151,7 +151,7 @@ def test_metric_standalone_accumulates(batch):
 
 
 def test_metric_in_keras_compile_and_evaluate(batch):
-  """`metrics=` ignores sample weights (Keras' rule), `weighted_metrics=` not."""
+  """`metrics=` get no sample weights (Keras' rule); `weighted_metrics=` do."""
   gt, logits, _, weights = batch
   inputs = keras.Input(logits.shape[1:])
   model = keras.Model(inputs, keras.layers.Identity()(inputs))
