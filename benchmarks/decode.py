@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Benchmarks SA-1B mask decoding: pure-TF `rle` vs pycocotools.
 
-  python benchmarks/decode.py                   # all three, ~2 min
+  python benchmarks/decode.py                   # all of them, ~2.5 min
   python benchmarks/decode.py --only full,low --repeats 10
+  python benchmarks/decode.py --only iou,merge
 
 Inputs look like SA-1B: 1500x2250 images, ~100 blobby masks of varied sizes
 (log-uniform radius, some with holes), encoded by pycocotools. Every ratio
@@ -15,6 +16,10 @@ compares against a baseline measured in the same run, on the same inputs.
         rle.decode(..., output_size=(256, 256)) vs pycocotools full decode +
         nearest resize (the same pixels, by numpy indexing; and by
         tf.image.resize).
+  iou:  rle.iou of 100 "predictions" (the masks shifted by a few pixels) vs
+        the 100 masks, vs pycocotools.mask.iou (same [100, 100] matrix).
+  merge: rle.merge vs pycocotools.mask.merge: the union of the 100 masks, and
+        the intersection of each prediction with its mask (100 calls).
   e2e:  images/s of the SAM-style pipeline (`sam_inputs.sam_dataset`: 1024
         image, 64 masks at 256x256) on a dataset prepared by this package's
         builder, vs the naive path: tfds.load, pycocotools full decode of every
@@ -136,6 +141,50 @@ def bench_low(rles, counts, repeats: int, out: int = 256) -> dict:
           'rle_s': t_rle, 'speedup': t_index / t_rle,
           'speedup_vs_tf_resize': t_resize / t_rle,
           'masks_per_s': NUM_MASKS / t_rle}
+
+
+def shifted(masks: np.ndarray, dy: int = 3, dx: int = -2) -> np.ndarray:
+  """"Predictions": the masks moved by (dy, dx) pixels (high, not full IoU)."""
+  return np.roll(masks, (dy, dx), axis=(1, 2))
+
+
+def bench_iou(gt_rles, dt_rles, repeats: int) -> dict:
+  size = (HEIGHT, WIDTH)
+  gt_counts = tf.constant([r['counts'] for r in gt_rles])
+  dt_counts = tf.constant([r['counts'] for r in dt_rles])
+  crowd = [0] * len(gt_rles)
+  expected = mask_utils.iou(dt_rles, gt_rles, crowd)
+  got = rle.iou(dt_counts, gt_counts, size).numpy()
+  assert np.array_equal(got, expected.astype(np.float32)), 'iou differs'
+  t_coco = timeit(lambda: mask_utils.iou(dt_rles, gt_rles, crowd),
+                  repeats=repeats)
+  t_rle = timeit(lambda: rle.iou(dt_counts, gt_counts, size), repeats=repeats)
+  return {'pycocotools_s': t_coco, 'rle_s': t_rle,
+          'ratio_vs_pycocotools': t_coco / t_rle,
+          'pairs_with_overlap': float((expected > 0).mean())}
+
+
+def bench_merge(gt_rles, dt_rles, repeats: int) -> dict:
+  size = (HEIGHT, WIDTH)
+  gt_counts = tf.constant([r['counts'] for r in gt_rles])
+  pairs = [tf.constant([d['counts'], g['counts']])
+           for d, g in zip(dt_rles, gt_rles)]
+  union = rle.merge(gt_counts, size).numpy()
+  assert union == mask_utils.merge(gt_rles)['counts'], 'merge differs'
+  for i in (0, len(pairs) - 1):
+    assert rle.merge(pairs[i], size, intersect=True).numpy() == (
+        mask_utils.merge([dt_rles[i], gt_rles[i]], intersect=True)['counts'])
+  t_coco_union = timeit(lambda: mask_utils.merge(gt_rles), repeats=repeats)
+  t_rle_union = timeit(lambda: rle.merge(gt_counts, size), repeats=repeats)
+  t_coco_pairs = timeit(lambda: [
+      mask_utils.merge([d, g], intersect=True)
+      for d, g in zip(dt_rles, gt_rles)], repeats=repeats)
+  t_rle_pairs = timeit(lambda: [rle.merge(p, size, intersect=True)
+                                for p in pairs], repeats=repeats)
+  return {'union_pycocotools_s': t_coco_union, 'union_rle_s': t_rle_union,
+          'union_ratio_vs_pycocotools': t_coco_union / t_rle_union,
+          'pairs_pycocotools_s': t_coco_pairs, 'pairs_rle_s': t_rle_pairs,
+          'pairs_ratio_vs_pycocotools': t_coco_pairs / t_rle_pairs}
 
 
 # ---------------------------------------------------------------- end to end
@@ -273,8 +322,8 @@ def bench_e2e(work: str, num_images: int, batches: int) -> dict:
 
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('--only', default='full,low,e2e',
-                 help='Comma-separated subset of full,low,e2e.')
+  p.add_argument('--only', default='full,low,iou,merge,e2e',
+                 help='Comma-separated subset of full,low,iou,merge,e2e.')
   p.add_argument('--repeats', type=int, default=7)
   p.add_argument('--images', type=int, default=8,
                  help='Images in the prepared end-to-end dataset.')
@@ -293,10 +342,12 @@ def main(argv=None) -> dict:
   print(f'machine: {platform.machine()}, {os.cpu_count()} cores,'
         f' TF {tf.__version__}, GPUs: {len(tf.config.list_physical_devices("GPU"))}')
   results = {}
-  if only & {'full', 'low'}:
+  if only & {'full', 'low', 'iou', 'merge'}:
     rng = np.random.default_rng(args.seed)
     masks = blob_masks(rng, height=HEIGHT, width=WIDTH, num_masks=NUM_MASKS)
     rles = encode(masks)
+    if only & {'iou', 'merge'}:
+      dt_rles = encode(shifted(masks))
     counts = tf.constant([r['counts'] for r in rles])
     lengths = [len(r['counts']) for r in rles]
     print(f'input: {NUM_MASKS} masks of {HEIGHT}x{WIDTH}, mean area'
@@ -317,7 +368,21 @@ def main(argv=None) -> dict:
             f' (+tf.image.resize {r["pycocotools_tf_resize_s"] * 1e3:.1f} ms)'
             f' -> {r["speedup"]:.1f}x ({r["speedup_vs_tf_resize"]:.1f}x),'
             f' {r["masks_per_s"]:.0f} masks/s')
-    if args.speckle > 0:
+    if 'iou' in only:
+      r = results['iou'] = bench_iou(rles, dt_rles, args.repeats)
+      print(f'iou, 100 x 100 masks ({r["pairs_with_overlap"] * 100:.1f}% of'
+            f' pairs overlap): rle {r["rle_s"] * 1e3:.1f} ms, pycocotools'
+            f' {r["pycocotools_s"] * 1e3:.1f} ms ->'
+            f' {r["ratio_vs_pycocotools"]:.2f}x')
+    if 'merge' in only:
+      r = results['merge'] = bench_merge(rles, dt_rles, args.repeats)
+      print(f'merge, union of 100 masks: rle {r["union_rle_s"] * 1e3:.1f} ms,'
+            f' pycocotools {r["union_pycocotools_s"] * 1e3:.1f} ms ->'
+            f' {r["union_ratio_vs_pycocotools"]:.2f}x; 100 intersections of 2'
+            f' masks: rle {r["pairs_rle_s"] * 1e3:.1f} ms, pycocotools'
+            f' {r["pairs_pycocotools_s"] * 1e3:.1f} ms ->'
+            f' {r["pairs_ratio_vs_pycocotools"]:.3f}x')
+    if args.speckle > 0 and only & {'full', 'low'}:
       rng = np.random.default_rng(args.seed + 1)
       masks = blob_masks(rng, height=HEIGHT, width=WIDTH, num_masks=NUM_MASKS)
       masks ^= ((rng.random(masks.shape) < args.speckle) & (masks > 0)

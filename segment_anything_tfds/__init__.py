@@ -10,9 +10,11 @@ Public API:
   errors: the package's exceptions (`errors.Error` and its subclasses;
     `BadInputError` is what a strict build raises on bad input).
   DownloadOptions: how tars are fetched (the builder's `download_options`).
-  rle: COCO RLE decode/encode/area/to_bbox in TensorFlow ops.
+  rle: COCO RLE decode/encode/area/to_bbox/iou/merge in TensorFlow ops.
   decode_masks: a tf.data map that samples and decodes an example's masks.
   to_sam_inputs, sam_dataset, load_sam_dataset: SAM-style training inputs.
+  MaskIoU, evaluate_predictions, format_table: mask IoU metric/evaluation.
+  paste_objects, paste_from_example: copy-paste augmentation (tf.data).
 """
 
 import importlib as _importlib
@@ -35,6 +37,13 @@ _registration.register(Builder)
 _LAZY = {
     'rle': ('segment_anything_tfds.rle', None),
     'decode_masks': ('segment_anything_tfds.masks', 'decode_masks'),
+    'evaluate_predictions': ('segment_anything_tfds.evaluation',
+                             'evaluate_predictions'),
+    'format_table': ('segment_anything_tfds.evaluation', 'format_table'),
+    'MaskIoU': ('segment_anything_tfds.evaluation', 'MaskIoU'),
+    'paste_from_example': ('segment_anything_tfds.copy_paste',
+                           'paste_from_example'),
+    'paste_objects': ('segment_anything_tfds.copy_paste', 'paste_objects'),
     'load_sam_dataset': ('segment_anything_tfds.sam_inputs', 'load_sam_dataset'),
     'sam_dataset': ('segment_anything_tfds.sam_inputs', 'sam_dataset'),
     'to_sam_inputs': ('segment_anything_tfds.sam_inputs', 'to_sam_inputs'),
@@ -56,11 +65,16 @@ __all__ = [
     'BadInputError',
     'Builder',
     'DownloadOptions',
+    'MaskIoU',
     'SegmentAnythingConfig',
     'decode_masks',
     'errors',
+    'evaluate_predictions',
+    'format_table',
     'lenient_config',
     'load_sam_dataset',
+    'paste_from_example',
+    'paste_objects',
     'rle',
     'sam_dataset',
     'tars_config',

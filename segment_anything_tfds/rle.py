@@ -5,7 +5,8 @@ SA-1B stores every mask as a COCO run-length encoding (RLE): a `size`
 pure TensorFlow (no ``tf.numpy_function`` / ``tf.py_function``), so the same
 code runs eagerly, inside ``tf.function``, inside ``tf.data`` maps with
 ``num_parallel_calls`` and under the tf.data service. Results are bit-for-bit
-equal to ``pycocotools.mask.decode`` (and ``area``, ``toBbox``, ``encode``).
+equal to ``pycocotools.mask.decode`` (and ``area``, ``toBbox``, ``encode``,
+``iou``, ``merge``).
 
 The counts format
 -----------------
@@ -20,6 +21,10 @@ run lengths ("counts") are written as a string:
 * the value is sign-extended from bit ``0x10`` of its last character;
 * count ``i`` for ``i >= 3`` is stored as a delta against count ``i - 2``
   (pycocotools ``rleFrString``: ``if (m > 2) x += cnts[m - 2]``).
+
+The canonical counts of a mask are those of its maximal runs: only the first
+run (of zeros) may be empty. pycocotools, `encode` and `merge` write canonical
+counts; the decoder also accepts empty runs elsewhere.
 
 How decoding works
 ------------------
@@ -38,18 +43,38 @@ run at memcpy speed. A gather then places them among the all-zero rows. The
 cost grows with the number of runs and the output size, and no
 full-resolution mask is built when ``output_size`` is smaller.
 
+IoU and merge on runs
+---------------------
+The 1-runs of a mask are the intervals ``[B_{k-1}, B_k)``, k odd, of
+column-major pixel indices. `iou` takes the pairs of masks whose boxes
+overlap (as pycocotools does). For each, with ``F(x)`` the number of 1 pixels
+of one mask before pixel x, their intersection is the sum over the other
+mask's 1-runs ``[s, e)`` of ``F(e) - F(s)``, with F found by one
+``tf.searchsorted`` among the boundaries. `merge` sorts the starts (+1) and
+ends (-1) of all 1-runs: their running sum is the number of masks covering the
+pixels that follow, and the merged mask flips where ``cover > 0`` (union) or
+``cover == N`` (intersection) changes; its runs are written back as canonical
+counts. Neither depends on the image size, only on the number of runs.
+
 Malformed counts (characters out of range, an unfinished continuation, a count
 longer than 8 characters, negative runs, runs that do not sum to
-``height * width``) raise ``tf.errors.InvalidArgumentError``.
+``height * width``) raise ``tf.errors.InvalidArgumentError``. So do sizes
+whose pixel indices would overflow int64, the codec's index type: for N masks
+of (height, width), and for an ``output_size`` (h, w),
+``N * (height + 1) * (width + 1)`` must be below 2**63 (pycocotools raises
+OverflowError or wraps around). These checks run before anything is
+allocated from a size.
 """
 
 from __future__ import annotations
 
 from typing import Sequence, Union
 
+import numpy as np
 import tensorflow as tf
 
-__all__ = ['decode', 'encode', 'area', 'to_bbox', 'nearest_indices']
+__all__ = ['decode', 'encode', 'area', 'to_bbox', 'iou', 'merge',
+           'nearest_indices', 'nearest_source']
 
 TensorLike = Union[tf.Tensor, Sequence, int, str, bytes]
 
@@ -61,9 +86,12 @@ _MAX_CHARS_PER_COUNT = 8
 class _Runs:
   """Parsed runs of N masks (flat over masks), see `_parse`."""
 
-  def __init__(self, *, counts, mask_ids, index_in_mask, first_run,
-               num_masks, height, width, check):
+  def __init__(self, *, counts, boundaries, mask_ids, index_in_mask,
+               first_run, num_masks, height, width, check):
     self.counts = counts  # int64 [M] run lengths of all masks, concatenated.
+    # int64 [M] inclusive per-mask cumulative sums of the runs: run k of a
+    # mask covers the column-major pixels [boundaries[k-1], boundaries[k]).
+    self.boundaries = boundaries
     self.mask_ids = mask_ids  # int64 [M] mask of each run.
     self.index_in_mask = index_in_mask  # int64 [M] run index within its mask.
     self.first_run = first_run  # int64 [N + 1] first run of each mask.
@@ -71,11 +99,6 @@ class _Runs:
     self.height = height  # int64 scalar.
     self.width = width  # int64 scalar.
     self.check = check  # List of assertion ops validating the runs.
-
-  def boundaries(self) -> tf.Tensor:
-    """Inclusive per-mask cumulative sums of the runs, int64 [M]."""
-    cum = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(self.counts)], 0)
-    return cum[1:] - tf.gather(cum, tf.gather(self.first_run, self.mask_ids))
 
 
 def _as_counts(counts: TensorLike) -> tuple[tf.Tensor, bool]:
@@ -88,20 +111,84 @@ def _as_counts(counts: TensorLike) -> tuple[tf.Tensor, bool]:
   return tf.reshape(counts, [-1]), scalar
 
 
+# Sides above this cannot pass `_fits_int64`; larger uint64 sizes are clamped
+# to it before the cast to int64.
+_MAX_SIDE = 2**62
+
+
+def _fits_int64(num_masks: tf.Tensor, height: tf.Tensor,
+                width: tf.Tensor) -> tf.Tensor:
+  """Whether N * (height + 1) * (width + 1) <= 2**63 - 1 and all are >= 0.
+
+  This bounds every int64 the codec computes from a size: linear pixel
+  indices and their sums (< h * w), the keys that lay N masks end to end
+  (N * (h * w + 1)), and the row-major and column-major item keys of the
+  fills (N * h * (w + 1), N * w * (h + 1)). Computed without overflowing.
+  """
+  limit = tf.constant(2**63 - 1, tf.int64)
+  sides = tf.stack([height, width])
+  small = tf.reduce_all(tf.logical_and(sides >= 0, sides <= _MAX_SIDE))
+  h1, w1 = tf.unstack(tf.clip_by_value(sides, 0, _MAX_SIDE) + 1)
+  small = tf.logical_and(small, h1 <= limit // w1)
+  per_mask = tf.where(small, h1 * w1, limit)
+  return tf.logical_and(tf.logical_and(small, num_masks >= 0),
+                        num_masks <= limit // per_mask)
+
+
+def _invalid(message: str) -> tf.errors.InvalidArgumentError:
+  return tf.errors.InvalidArgumentError(None, None, message)
+
+
+def _static_size(size: tf.Tensor, what: str = 'size'
+                 ) -> tuple[int, int] | None:
+  """(height, width) of a size known now (eagerly, or a constant), checked.
+
+  The same checks as at run time, in Python: eagerly they cost no TF ops, and
+  in graphs a huge constant size fails here, not in shape inference. Rows
+  [N, 2] must be equal; [0, 2] gives (0, 0). None if the size is not known.
+  """
+  value = tf.get_static_value(size)
+  if value is None:
+    return None
+  rows = np.asarray(value).reshape(-1, 2).tolist()
+  if not rows:
+    return 0, 0
+  if any(row != rows[0] for row in rows):
+    raise _invalid('rle: all masks of one call must have the same size; got'
+                   f' sizes {rows[:8]}')
+  h, w = (int(v) for v in rows[0])
+  if h < 0 or w < 0:
+    raise _invalid(f'rle: {what} must be non-negative, got {[h, w]}')
+  if h > _MAX_SIDE or w > _MAX_SIDE or (h + 1) * (w + 1) > 2**63 - 1:
+    raise _invalid(
+        f'rle: {what} {h} x {w} too large: N * (height + 1) * (width + 1)'
+        ' must be below 2**63 (int64 pixel indices)')
+  return h, w
+
+
 def _as_size(size: TensorLike) -> tuple[tf.Tensor, tf.Tensor, list]:
   """Returns (height, width, checks) as int64 scalars from [2] or [N, 2]."""
   size = tf.convert_to_tensor(size, name='size')
+  if size.shape.rank not in (1, 2) or size.shape[-1] not in (None, 2):
+    raise ValueError(f'rle: size must be [2] = (height, width) or [N, 2], got'
+                     f' shape {size.shape}.')
+  static = _static_size(size)
+  if static is not None:
+    return (tf.constant(static[0], tf.int64), tf.constant(static[1], tf.int64),
+            [])
+  checks = []
   if size.dtype == tf.uint64:
-    size = tf.cast(tf.minimum(size, tf.constant(2**62, tf.uint64)), tf.int64)
+    checks.append(tf.debugging.Assert(
+        tf.reduce_all(size <= tf.constant(_MAX_SIDE, tf.uint64)),
+        ['rle: size too large (height and width must be at most 2**62), got',
+         size], summarize=8))
+    size = tf.cast(tf.minimum(size, tf.constant(_MAX_SIDE + 1, tf.uint64)),
+                   tf.int64)
   else:
     size = tf.cast(size, tf.int64)
-  checks = []
   if size.shape.rank == 2:
     # Per-mask sizes [N, 2] (as stored in SA-1B): all masks of one image must
-    # share one size.
-    if size.shape[-1] is not None and size.shape[-1] != 2:
-      raise ValueError(f'rle: size must be [2] or [N, 2], got {size.shape}.')
-    # [0, 2] (no masks) gives (0, 0).
+    # share one size. [0, 2] (no masks) gives (0, 0).
     first = tf.reduce_max(tf.concat([size, tf.zeros([1, 2], tf.int64)], 0),
                           axis=0)
     checks.append(tf.debugging.Assert(
@@ -109,10 +196,6 @@ def _as_size(size: TensorLike) -> tuple[tf.Tensor, tf.Tensor, list]:
         ['rle: all masks of one call must have the same size; got sizes',
          size], summarize=8))
     size = first
-  elif size.shape.rank != 1 or (size.shape[0] is not None and
-                                size.shape[0] != 2):
-    raise ValueError(f'rle: size must be [2] = (height, width) or [N, 2], got'
-                     f' shape {size.shape}.')
   checks.append(tf.debugging.Assert(
       tf.reduce_all(size >= 0), ['rle: size must be non-negative, got', size]))
   return size[0], size[1], checks
@@ -200,23 +283,40 @@ def _parse(counts: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> _Runs:
 
   runs = tf.where(odd, running(odd), tf.where(even, running(even), x))
 
+  check_size = tf.debugging.Assert(
+      _fits_int64(num_masks, height, width),
+      ['rle: size', height, 'x', width, 'too large for', num_masks,
+       'mask(s): N * (height + 1) * (width + 1) must be below 2**63 (int64'
+       ' pixel indices)'])
+  with tf.control_dependencies([check_size]):
+    expected = height * width
+  cum = tf.concat([zero, tf.cumsum(runs)], 0)
+  boundaries = cum[1:] - tf.gather(cum, tf.gather(first_run, mask_ids))
   total = tf.math.unsorted_segment_sum(runs, mask_ids, num_masks)
-  expected = height * width
   negative_run = runs < 0
   check_negative = tf.debugging.Assert(
       tf.logical_not(tf.reduce_any(negative_run)),
       ['rle: negative run length in the counts of mask(s)',
        tf.unique(tf.boolean_mask(mask_ids, negative_run))[0]], summarize=10)
-  wrong_total = tf.not_equal(total, expected)
+  # Each count moves a run by less than 2**39, and each run moves a boundary
+  # by at most the run: a run or a boundary past 2**63 would show as negative
+  # (wrap-around) before any could wrap back. So runs >= 0 and boundaries in
+  # [0, h * w] leave no silent int64 overflow, however long the string.
+  out_of_range = tf.cast(
+      tf.logical_or(boundaries < 0, boundaries > expected), tf.int32)
+  wrong_total = tf.logical_or(
+      tf.not_equal(total, expected),
+      tf.math.unsorted_segment_max(out_of_range, mask_ids, num_masks) > 0)
   check_total = tf.debugging.Assert(
       tf.logical_not(tf.reduce_any(wrong_total)),
       ['rle: runs do not sum to height * width =', expected, '(size',
        height, 'x', width, ') for mask(s)',
        tf.where(wrong_total)[:, 0], 'sums:',
        tf.boolean_mask(total, wrong_total)], summarize=10)
-  return _Runs(counts=runs, mask_ids=mask_ids, index_in_mask=j,
-               first_run=first_run, num_masks=num_masks, height=height,
-               width=width, check=[check_negative, check_total])
+  return _Runs(counts=runs, boundaries=boundaries, mask_ids=mask_ids,
+               index_in_mask=j, first_run=first_run, num_masks=num_masks,
+               height=height, width=width,
+               check=[check_size, check_negative, check_total])
 
 
 def nearest_indices(in_size: TensorLike, out_size: TensorLike) -> tf.Tensor:
@@ -233,11 +333,28 @@ def nearest_indices(in_size: TensorLike, out_size: TensorLike) -> tf.Tensor:
   Returns:
     int64 [out_size] non-decreasing source indices.
   """
+  return nearest_source(tf.range(tf.cast(out_size, tf.int64)), in_size,
+                        out_size)
+
+
+def nearest_source(index: TensorLike, in_size: TensorLike,
+                   out_size: TensorLike) -> tf.Tensor:
+  """`nearest_indices` at given output indices; all arguments broadcast.
+
+  Args:
+    index: int output indices (any shape).
+    in_size: source lengths (int, broadcast against `index`).
+    out_size: output lengths (int, broadcast against `index`).
+
+  Returns:
+    int64 source indices, clipped to [0, in_size - 1].
+  """
+  index = tf.cast(index, tf.int64)
   in_size = tf.cast(in_size, tf.int64)
   out_size = tf.cast(out_size, tf.int64)
   scale = tf.cast(in_size, tf.float32) / tf.cast(tf.maximum(out_size, 1),
                                                  tf.float32)
-  x = (tf.cast(tf.range(out_size), tf.float32) + 0.5) * scale
+  x = (tf.cast(index, tf.float32) + 0.5) * scale
   idx = tf.cast(tf.floor(x), tf.int64)
   return tf.maximum(tf.minimum(idx, in_size - 1), 0)
 
@@ -264,11 +381,19 @@ def decode(counts: TensorLike,
     (H, W) with `output_size`.
 
   Raises:
-    tf.errors.InvalidArgumentError: malformed counts (eagerly at call time; in
-      graphs when the op runs).
+    tf.errors.InvalidArgumentError: malformed counts, or a size or
+      output_size too large for int64 pixel indices (eagerly at call time; in
+      graphs when the op runs, or while tracing for constant sizes).
   """
   counts, scalar = _as_counts(counts)
   height, width, size_checks = _as_size(size)
+  if output_size is not None:
+    output_size = tf.convert_to_tensor(output_size, name='output_size')
+    if output_size.shape.num_elements() not in (None, 2):
+      raise ValueError('rle: output_size must be (height, width), got shape'
+                       f' {output_size.shape}.')
+    if output_size.shape.rank == 1:
+      _static_size(output_size, 'output_size')
   if tf.executing_eagerly():
     # One traced graph runs the ~100 small ops in parallel, much faster than
     # op-by-op eager dispatch. (Eagerly, the size checks ran already.)
@@ -289,32 +414,38 @@ def _decode(counts: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
             output_size: tf.Tensor | None) -> tf.Tensor:
   """Decodes counts [N] into uint8 [N, h, w] (see `decode`)."""
   runs = _parse(counts, height, width)
-  if output_size is None:
+  full = output_size is None
+  if full:
     out_h, out_w = height, width
-    rows = None
   else:
     output_size = tf.cast(tf.convert_to_tensor(output_size), tf.int64)
     out_h, out_w = output_size[0], output_size[1]
     check_out = tf.debugging.Assert(
         tf.logical_and(
-            tf.reduce_all(output_size >= 0),
+            tf.logical_and(tf.reduce_all(output_size >= 0),
+                           _fits_int64(runs.num_masks, out_h, out_w)),
             tf.logical_or(height * width > 0,
                           tf.logical_or(out_h * out_w == 0,
                                         tf.equal(runs.num_masks, 0)))),
-        ['rle: output_size must be non-negative and the source non-empty;'
-         ' output_size', output_size, 'size', height, width])
+        ['rle: output_size must be non-negative, N * (h + 1) * (w + 1) below'
+         ' 2**63, and the source non-empty; output_size', output_size, 'size',
+         height, width, 'N', runs.num_masks])
     runs.check.append(check_out)
+
+  # Nothing is computed from a size (ranges, shapes) before the checks pass.
+  with tf.control_dependencies(runs.check):
+    b = tf.identity(runs.boundaries)
+    height, width, out_h, out_w = (
+        tf.identity(t) for t in (height, width, out_h, out_w))
+  if not full:
     rows = nearest_indices(height, out_h)
     cols = nearest_indices(width, out_w)
-
-  with tf.control_dependencies(runs.check):
-    b = tf.identity(runs.boundaries())
   num_masks = runs.num_masks
   h_div = tf.maximum(height, 1)
   b_col = b // h_div
   b_row = b % h_div
 
-  if rows is None:
+  if full:
     # Full resolution: every row and column is sampled.
     out_h, out_w = height, width
     num_cols = width
@@ -582,9 +713,14 @@ def area(counts: TensorLike, size: TensorLike) -> tf.Tensor:
   """
   runs, _, _, scalar = _parse_checked(counts, size)
   with tf.control_dependencies(runs.check):
-    ones = tf.where(tf.equal(runs.index_in_mask % 2, 1), runs.counts, 0)
-  result = tf.math.unsorted_segment_sum(ones, runs.mask_ids, runs.num_masks)
+    result = tf.identity(_areas(runs))
   return result[0] if scalar else result
+
+
+def _areas(runs: _Runs) -> tf.Tensor:
+  """int64 [N] number of 1 pixels of each mask."""
+  ones = tf.where(tf.equal(runs.index_in_mask % 2, 1), runs.counts, 0)
+  return tf.math.unsorted_segment_sum(ones, runs.mask_ids, runs.num_masks)
 
 
 @tf.autograph.experimental.do_not_convert
@@ -602,9 +738,18 @@ def to_bbox(counts: TensorLike, size: TensorLike) -> tf.Tensor:
   Returns:
     float64 [4] or [N, 4].
   """
-  runs, height, width, scalar = _parse_checked(counts, size)
+  runs, _, _, scalar = _parse_checked(counts, size)
   with tf.control_dependencies(runs.check):
-    b = tf.identity(runs.boundaries())
+    box = tf.cast(_boxes(runs, tf.identity(runs.boundaries)), tf.float64)
+  return box[0] if scalar else box
+
+
+def _boxes(runs: _Runs, b: tf.Tensor) -> tf.Tensor:
+  """int64 [N, 4] boxes ``[x, y, w, h]`` by pycocotools' rule (`to_bbox`).
+
+  Every 1 pixel of a mask lies in its box.
+  """
+  height, width = runs.height, runs.width
   j = runs.index_in_mask
   n = runs.num_masks
   runs_per_mask = runs.first_run[1:] - runs.first_run[:-1]
@@ -631,9 +776,7 @@ def to_bbox(counts: TensorLike, size: TensorLike) -> tf.Tensor:
   ys = tf.where(full_height, tf.zeros_like(ys), ys)
   ye = tf.where(full_height, height - 1, ye)
   box = tf.stack([xs, ys, xe - xs + 1, ye - ys + 1], axis=1)
-  box = tf.where((runs_per_mask < 2)[:, None], tf.zeros_like(box), box)
-  box = tf.cast(box, tf.float64)
-  return box[0] if scalar else box
+  return tf.where((runs_per_mask < 2)[:, None], tf.zeros_like(box), box)
 
 
 @tf.autograph.experimental.do_not_convert
@@ -679,7 +822,15 @@ def encode(masks: TensorLike) -> tf.Tensor:
   j = tf.range(num_runs) - tf.gather(first, mask_ids)
   previous_end = tf.where(j > 0, tf.gather(position, tf.maximum(
       tf.range(num_runs) - 1, 0)), 0)
-  runs = position - previous_end
+  strings = _encode_runs(position - previous_end, mask_ids, j, num_masks)
+  return strings[0] if scalar else strings
+
+
+def _encode_runs(runs: tf.Tensor, mask_ids: tf.Tensor,
+                 index_in_mask: tf.Tensor, num_masks: tf.Tensor) -> tf.Tensor:
+  """Writes runs (int64 [M], mask by mask, sorted by mask) as counts [N]."""
+  num_runs = tf.size(runs, out_type=tf.int64)
+  j = index_in_mask
   # Count j >= 3 is written as a delta against count j - 2.
   x = tf.where(j > 2, runs - tf.gather(runs, tf.maximum(
       tf.range(num_runs) - 2, 0)), runs)
@@ -699,7 +850,295 @@ def encode(masks: TensorLike) -> tf.Tensor:
   chars = tf.boolean_mask(chars, index < num_chars[:, None])
   chars_per_mask = tf.math.unsorted_segment_sum(num_chars, mask_ids,
                                                 num_masks)
-  strings = tf.strings.unicode_encode(
+  return tf.strings.unicode_encode(
       tf.RaggedTensor.from_row_lengths(tf.cast(chars, tf.int32),
                                        chars_per_mask), 'UTF-8')
-  return strings[0] if scalar else strings
+
+
+# ------------------------------------------------------------ iou and merge
+
+
+def _shared_size(dt_size: TensorLike, gt_size: TensorLike, num_dt: tf.Tensor,
+                 num_gt: tf.Tensor):
+  """(height, width, checks) shared by the dt and the gt masks.
+
+  A side without masks takes the other side's size (an SA-1B image without
+  masks has sizes [0, 2]).
+  """
+  dt_h, dt_w, dt_checks = _as_size(dt_size)
+  gt_h, gt_w, gt_checks = _as_size(gt_size)
+  known = [tf.get_static_value(t) for t in (dt_h, dt_w, gt_h, gt_w, num_dt,
+                                            num_gt)]
+  if None not in known:
+    dt_hw, gt_hw, n_dt, n_gt = known[:2], known[2:4], known[4], known[5]
+    if dt_hw != gt_hw and n_dt and n_gt:
+      raise _invalid(f'rle.iou: all masks must have the same size; dt {dt_hw}'
+                     f' gt {gt_hw}')
+    return (dt_h, dt_w, []) if n_dt else (gt_h, gt_w, [])
+  same = tf.logical_and(tf.equal(dt_h, gt_h), tf.equal(dt_w, gt_w))
+  checks = dt_checks + gt_checks + [tf.debugging.Assert(
+      tf.logical_or(same, tf.logical_or(tf.equal(num_dt, 0),
+                                        tf.equal(num_gt, 0))),
+      ['rle.iou: all masks must have the same size; dt', dt_h, dt_w, 'gt',
+       gt_h, gt_w])]
+  use_dt = num_dt > 0
+  return (tf.where(use_dt, dt_h, gt_h), tf.where(use_dt, dt_w, gt_w),
+          checks)
+
+
+@tf.autograph.experimental.do_not_convert
+def iou(dt_counts: TensorLike,
+        gt_counts: TensorLike,
+        size: TensorLike,
+        iscrowd: TensorLike | None = None,
+        *,
+        gt_size: TensorLike | None = None) -> tf.Tensor:
+  """IoU of every dt mask with every gt mask, like ``pycocotools.mask.iou``.
+
+  Computed on the runs, without decoding pixels (see the module docstring).
+  Equal to ``pycocotools.mask.iou(dt, gt, iscrowd)`` (float64) rounded to
+  float32; the matrix is ``[Nd, Ng]`` also when Nd or Ng is 0 (pycocotools
+  then returns ``[]``).
+
+  Args:
+    dt_counts: scalar string or string vector [Nd].
+    gt_counts: scalar string or string vector [Ng].
+    size: (height, width) of the dt masks ([2] or equal rows [Nd, 2]); also
+      of the gt masks unless `gt_size` is given.
+    iscrowd: optional bool or 0/1 [Ng]. For a crowd gt, the denominator is
+      the dt area instead of the union. Default: no crowd.
+    gt_size: (height, width) of the gt masks ([2] or [Ng, 2]).
+
+  Returns:
+    float32 [Nd, Ng]; 0 where the masks do not intersect (also for empty
+    masks).
+
+  Raises:
+    tf.errors.InvalidArgumentError: malformed counts, masks of different
+      sizes, or `iscrowd` not of length Ng.
+  """
+  dt, _ = _as_counts(dt_counts)
+  gt, _ = _as_counts(gt_counts)
+  num_dt = tf.size(dt, out_type=tf.int64)
+  num_gt = tf.size(gt, out_type=tf.int64)
+  height, width, checks = _shared_size(
+      size, size if gt_size is None else gt_size, num_dt, num_gt)
+  if iscrowd is None:
+    crowd = tf.zeros(tf.reshape(num_gt, [1]), tf.bool)
+  else:
+    crowd = tf.reshape(tf.convert_to_tensor(iscrowd), [-1])
+    if crowd.dtype != tf.bool:
+      crowd = tf.not_equal(crowd, tf.zeros([], crowd.dtype))
+    known = (crowd.shape[0], tf.get_static_value(num_gt))
+    if None not in known:
+      if known[0] != known[1]:
+        raise _invalid('rle.iou: iscrowd must have one entry per gt mask:'
+                       f' {known[0]} vs {known[1]}')
+    else:
+      checks.append(tf.debugging.Assert(
+          tf.equal(tf.size(crowd, out_type=tf.int64), num_gt),
+          ['rle.iou: iscrowd must have one entry per gt mask:',
+           tf.size(crowd), 'vs', num_gt]))
+  counts = tf.concat([dt, gt], 0)
+  if tf.executing_eagerly():
+    return _iou_fn(counts, num_dt, height, width, crowd)
+  with tf.control_dependencies(checks):
+    height = tf.identity(height)
+  return _iou(counts, num_dt, height, width, crowd)
+
+
+def _iou(counts: tf.Tensor, num_dt: tf.Tensor, height: tf.Tensor,
+         width: tf.Tensor, crowd: tf.Tensor) -> tf.Tensor:
+  """float32 [Nd, Ng] IoUs of counts[:Nd] (dt) with counts[Nd:] (gt)."""
+  runs = _parse(counts, height, width)
+  with tf.control_dependencies(runs.check):
+    b = tf.identity(runs.boundaries)
+  num_gt = runs.num_masks - num_dt
+  areas = _areas(runs)
+  # Only pairs whose boxes overlap can intersect (pycocotools skips the
+  # others the same way).
+  x, y, w, h = tf.unstack(_boxes(runs, b), axis=1)
+  x_end, y_end = x + w, y + h
+  nonempty = areas > 0
+
+  def overlap(start, end):
+    return tf.logical_and(start[:num_dt, None] < end[None, num_dt:],
+                          start[None, num_dt:] < end[:num_dt, None])
+
+  candidates = tf.logical_and(
+      tf.logical_and(overlap(x, x_end), overlap(y, y_end)),
+      tf.logical_and(nonempty[:num_dt, None], nonempty[None, num_dt:]))
+  pairs = tf.where(candidates)  # [P, 2] = (dt, gt index)
+  inter = _intersections(runs, b, areas, pairs[:, 0], pairs[:, 1] + num_dt)
+  a_dt = tf.gather(areas, pairs[:, 0])
+  a_gt = tf.gather(areas, pairs[:, 1] + num_dt)
+  union = tf.where(tf.gather(crowd, pairs[:, 1]), a_dt, a_dt + a_gt - inter)
+  ratio = tf.where(inter > 0, tf.cast(inter, tf.float64) /
+                   tf.cast(tf.maximum(union, 1), tf.float64), 0.0)
+  return tf.scatter_nd(pairs, tf.cast(ratio, tf.float32),
+                       tf.stack([num_dt, num_gt]))
+
+
+_iou_fn = tf.function(
+    _iou, input_signature=[_STRINGS, _SCALAR, _SCALAR, _SCALAR,
+                           tf.TensorSpec([None], tf.bool)], autograph=False)
+
+
+def _intersections(runs: _Runs, b: tf.Tensor, areas: tf.Tensor,
+                   first: tf.Tensor, second: tf.Tensor) -> tf.Tensor:
+  """int64 [P]: 1 pixels shared by the masks first[p] and second[p].
+
+  With F(x) the number of 1 pixels of the "table" mask before pixel x, the
+  intersection is the sum of F(end) - F(start) over the 1-runs [start, end)
+  of the "query" mask: F at each query boundary, + at the ends of its 1-runs
+  and - at their starts. F is 0 up to the table's first 1 pixel and its area
+  from its last one on, so only the query boundaries strictly inside that
+  span are items; the ones after it add the area once if the query is in a
+  1-run there. Of the two masks, the query is the one with fewer items. F
+  comes from one searchsorted among the table's boundaries: the cost is
+  about sum over pairs of min(runs in the span) * log(runs).
+  """
+  index = runs.index_in_mask
+  stride = runs.height * runs.width + 1
+  # The masks end to end: one sorted vector serves every per-mask search.
+  keys = b + runs.mask_ids * stride
+  odd = tf.equal(index % 2, 1)
+  starts = b - runs.counts
+  is_one = tf.logical_and(odd, runs.counts > 0)
+  big = tf.constant(2**62, tf.int64)
+  span_start = tf.math.unsorted_segment_min(
+      tf.where(is_one, starts, big), runs.mask_ids, runs.num_masks)
+  span_end = tf.math.unsorted_segment_max(
+      tf.where(is_one, b, -big), runs.mask_ids, runs.num_masks)
+
+  def window(query, table):
+    """Query boundaries in (span_start, span_end) of the table: [lo, hi)."""
+    lo = tf.searchsorted(keys, tf.gather(span_start, table) + query * stride,
+                         side='right', out_type=tf.int64)
+    hi = tf.searchsorted(keys, tf.gather(span_end, table) + query * stride,
+                         side='left', out_type=tf.int64)
+    return lo, hi
+
+  lo_1, hi_1 = window(first, second)
+  lo_2, hi_2 = window(second, first)
+  first_is_query = hi_1 - lo_1 <= hi_2 - lo_2
+  query = tf.where(first_is_query, first, second)
+  table = tf.where(first_is_query, second, first)
+  lo = tf.where(first_is_query, lo_1, lo_2)
+  hi = tf.where(first_is_query, hi_1, hi_2)
+
+  # Items, pair after pair, numbered table * M + query run: one ragged range
+  # gives both (cheaper than gathers per item).
+  num_runs = tf.size(b, out_type=tf.int64)
+  item = tf.ragged.range(table * num_runs + lo, table * num_runs + hi)
+  splits = item.row_splits
+  item = item.flat_values
+  item_table = item // tf.maximum(num_runs, 1)
+  item_run = item - item_table * num_runs
+  x, sign = tf.unstack(tf.gather(
+      tf.stack([b, tf.where(odd, tf.constant(1, tf.int64), -1)], axis=1),
+      item_run), axis=1)
+
+  # F(x) + G[first run of the table], with G the 1 pixels before each run
+  # (over all masks): x lies in table run k, starting at starts[k]:
+  # G[k] + (x - starts[k] if run k is a 1-run).
+  g = tf.concat([[0], tf.cumsum(tf.where(odd, runs.counts, 0))], 0)
+  table_runs = tf.stack([g[:-1] - tf.where(odd, starts, 0),
+                         tf.cast(odd, tf.int64)], axis=1)
+  k = tf.searchsorted(keys, x + item_table * stride, side='right',
+                      out_type=tf.int64)
+  base, slope = tf.unstack(tf.gather(table_runs, k), axis=1)
+  summed = tf.concat([[0], tf.cumsum(sign * (base + slope * x))], 0)
+  inside = tf.gather(summed, splits[1:]) - tf.gather(summed, splits[:-1])
+
+  # Remove G[first run of the table] once per signed item, in closed form:
+  # relative query indices [l, h), + for odd, - for even.
+  query_first = tf.gather(runs.first_run, query)
+  l, h = lo - query_first, hi - query_first
+  signs = (h // 2 - l // 2) - ((h + 1) // 2 - (l + 1) // 2)
+  inside -= signs * tf.gather(g, tf.gather(runs.first_run, table))
+  after = tf.where(tf.equal(h % 2, 1), tf.gather(areas, table), 0)
+  return inside + after
+
+
+@tf.autograph.experimental.do_not_convert
+def merge(counts: TensorLike, size: TensorLike,
+          intersect: bool | tf.Tensor = False) -> tf.Tensor:
+  """Union (or intersection) of N masks, like ``pycocotools.mask.merge``.
+
+  Computed on the runs, without decoding pixels. The result is the
+  canonical counts string of the merged mask (see the module docstring),
+  byte for byte ``pycocotools.mask.merge(rles, intersect)['counts']`` for
+  canonical inputs, and for N = 1 the input's canonical form.
+
+  Args:
+    counts: string vector [N], N >= 1 (or a scalar string: one mask).
+    size: [2] = (height, width) or equal rows [N, 2].
+    intersect: False for the union, True for the intersection.
+
+  Returns:
+    A scalar string: the counts of the merged mask, of the same size.
+
+  Raises:
+    tf.errors.InvalidArgumentError: malformed counts, masks of different
+      sizes, or no masks at all (pycocotools returns size [0, 0] and counts
+      b'' for an empty list, which is not a mask of `size`).
+  """
+  counts, _ = _as_counts(counts)
+  height, width, checks = _as_size(size)
+  intersect = tf.convert_to_tensor(intersect, tf.bool)
+  if tf.executing_eagerly():
+    return _merge_fn(counts, height, width, intersect)
+  with tf.control_dependencies(checks):
+    height = tf.identity(height)
+  return _merge(counts, height, width, intersect)
+
+
+def _merge(counts: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
+           intersect: tf.Tensor) -> tf.Tensor:
+  """Counts of the union / intersection of masks counts [N] (see `merge`).
+
+  Each non-empty 1-run adds +1 at its start and -1 at its end; the running
+  sum over the sorted positions is the number of masks covering the pixels
+  that follow. The merged mask flips where (cover > 0), or (cover == N) for
+  the intersection, changes.
+  """
+  runs = _parse(counts, height, width)
+  check_some = tf.debugging.Assert(
+      runs.num_masks > 0,
+      ['rle.merge: needs at least one mask (pycocotools.mask.merge([])'
+       " returns size [0, 0] and counts b'', not a mask of the given size)"])
+  with tf.control_dependencies(runs.check + [check_some]):
+    b = tf.identity(runs.boundaries)
+  is_one = tf.logical_and(tf.equal(runs.index_in_mask % 2, 1),
+                          runs.counts > 0)
+  positions = tf.concat([tf.boolean_mask(b - runs.counts, is_one),
+                         tf.boolean_mask(b, is_one)], 0)
+  num_ones = tf.size(positions, out_type=tf.int64) // 2
+  steps = tf.concat([tf.ones([num_ones], tf.int64),
+                     -tf.ones([num_ones], tf.int64)], 0)
+  order = tf.argsort(positions, stable=True)
+  positions = tf.gather(positions, order)
+  steps = tf.gather(steps, order)
+  # One entry per distinct position: the cover after it.
+  is_new = tf.concat([tf.ones([tf.minimum(tf.size(positions), 1)], tf.bool),
+                      positions[1:] != positions[:-1]], 0)
+  group = tf.cumsum(tf.cast(is_new, tf.int64)) - 1
+  num_groups = tf.reduce_sum(tf.cast(is_new, tf.int64))
+  cover = tf.cumsum(tf.math.unsorted_segment_sum(steps, group, num_groups))
+  where_at = tf.boolean_mask(positions, is_new)
+  value = tf.where(intersect, cover >= runs.num_masks, cover > 0)
+  before = tf.concat([[False], value[:-1]], 0)
+  # The merged mask's boundaries: its flips inside the mask, then h * w.
+  flips = tf.boolean_mask(where_at, tf.logical_and(
+      tf.not_equal(value, before), where_at < height * width))
+  ends = tf.concat([flips, tf.reshape(height * width, [1])], 0)
+  merged = ends - tf.concat([[0], ends[:-1]], 0)
+  num_runs = tf.size(merged, out_type=tf.int64)
+  return _encode_runs(merged, tf.zeros([num_runs], tf.int64),
+                      tf.range(num_runs), tf.constant(1, tf.int64))[0]
+
+
+_merge_fn = tf.function(
+    _merge, input_signature=[_STRINGS, _SCALAR, _SCALAR,
+                             tf.TensorSpec([], tf.bool)], autograph=False)

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from segment_anything_tfds import fake_data
 from segment_anything_tfds import rle
 
 mask_utils = pytest.importorskip('pycocotools.mask')
+from test_tf_data_service import PYTHON_OPS, _dataset_ops, _op_types  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SHAPES = [(1, 1), (1, 9), (9, 1), (2, 3), (5, 7), (16, 16), (23, 31),
           (40, 17)]
@@ -318,3 +320,389 @@ def test_dense_and_run_fills(cases, monkeypatch, threshold):
       np.testing.assert_array_equal(got.numpy(), _reference(masks,
                                                             output_size),
                                     err_msg=f'{shape} -> {output_size}')
+
+
+# ------------------------------------------------------------ size overflow
+
+
+def _count_string(runs) -> bytes:
+  """COCO counts of arbitrary (Python int) runs, written as in the format."""
+  out = bytearray()
+  for i, run in enumerate(runs):
+    x = run - runs[i - 2] if i > 2 else run
+    more = True
+    while more:
+      c = x & 0x1f
+      x >>= 5
+      more = x != (-1 if c & 0x10 else 0)
+      out.append(c + (0x20 if more else 0) + 48)
+  return bytes(out)
+
+
+def _runs_summing_to(total: int) -> list[int]:
+  """Valid runs (each count fits 8 characters) summing to a huge `total`.
+
+  Pairs of equal runs ramp up by 2**38 per pair and back down, then small
+  pairs take the rest: about 2 * sqrt(total / 2**38) runs.
+  """
+  step = 2**38
+  peak = 0
+  while 2 * step * (peak + 1) ** 2 <= total:
+    peak += 1
+  values = list(range(peak + 1)) + list(range(peak - 1, 0, -1))
+  runs = [v * step for v in values for _ in range(2)]
+  rest = total - sum(runs)
+  while rest >= 2 * step:
+    runs += [step, step]
+    rest -= 2 * step
+  return runs + [rest // 2, rest - rest // 2]
+
+
+def test_count_string_helper_matches_pycocotools(cases):
+  for shape, masks in cases[:4]:
+    for r in _encode(masks):
+      runs = [int(v) for v in np.diff(np.flatnonzero(np.diff(np.concatenate(
+          [[-1], mask_utils.decode(r).flatten(order='F'), [-1]]))))]
+      if mask_utils.decode(r).flatten(order='F')[0]:
+        runs = [0] + runs
+      assert _count_string(runs) == r['counts']
+
+
+HUGE = 2**62
+OVERFLOWING = [
+    # (counts, size): h * w wraps to 2**32 in int64, where the runs sum.
+    ([_count_string([2**32])], [2**32 + 1, 2**32]),
+    ([_count_string([2**32])], tf.constant([2**32 + 1, 2**32], tf.uint64)),
+    # Sides beyond int64, as the uint64 SA-1B sizes can hold.
+    ([b'0'], tf.constant([2**64 - 1, 0], tf.uint64)),
+    ([b'0'], tf.constant([[2**63, 0]], tf.uint64)),
+    # h * w fits, N masks laid end to end do not: N * (h*w + 1) >= 2**63.
+    ([_count_string(_runs_summing_to(HUGE))] * 2, [2**31, 2**31]),
+]
+
+
+@pytest.mark.parametrize('counts,size', OVERFLOWING)
+def test_size_overflow_raises_eagerly(counts, size):
+  for fn in (lambda: rle.decode(counts, size),
+             lambda: rle.decode(counts, size, output_size=(4, 4)),
+             lambda: rle.area(counts, size),
+             lambda: rle.to_bbox(counts, size)):
+    with pytest.raises(tf.errors.InvalidArgumentError, match='too large'):
+      fn()
+  if len(counts) == 1 and np.ndim(size) == 1:
+    with pytest.raises(tf.errors.InvalidArgumentError, match='too large'):
+      rle.decode(counts[0], size)
+
+
+def _overflowing_dataset() -> tf.data.Dataset:
+  """The OVERFLOWING cases as (counts [None], uint64 size [2]) elements."""
+  items = [(c, np.array(s, np.uint64).reshape(-1, 2)[0]) for c, s in
+           OVERFLOWING]
+  return tf.data.Dataset.from_generator(
+      lambda: iter(items), output_signature=(
+          tf.TensorSpec([None], tf.string), tf.TensorSpec([2], tf.uint64)))
+
+
+def _assert_every_element_raises(ds: tf.data.Dataset) -> None:
+  it = iter(ds)
+  for _ in OVERFLOWING:
+    with pytest.raises(tf.errors.InvalidArgumentError, match='too large'):
+      next(it)
+  with pytest.raises(StopIteration):
+    next(it)
+
+
+def test_size_overflow_raises_in_tf_function():
+  fn = tf.function(lambda c, s: rle.decode(c, s), input_signature=[
+      tf.TensorSpec([None], tf.string), tf.TensorSpec([2], tf.uint64)])
+  for counts, size in _overflowing_dataset():
+    with pytest.raises(tf.errors.InvalidArgumentError, match='too large'):
+      fn(counts, size)
+  # A constant size is refused while tracing, not by shape inference.
+  with pytest.raises(tf.errors.InvalidArgumentError, match='too large'):
+    tf.function(lambda c: rle.decode(c, [2**32 + 1, 2**32]))(
+        tf.constant([_count_string([2**32])]))
+
+
+@pytest.mark.parametrize('fn', [
+    lambda c, s: rle.decode(c, s, output_size=(3, 3)), rle.area, rle.to_bbox])
+def test_size_overflow_raises_in_dataset_map(fn):
+  _assert_every_element_raises(
+      _overflowing_dataset().map(fn, num_parallel_calls=2))
+
+
+def test_huge_sizes_that_fit_still_work():
+  """One 2**31 x 2**31 mask fits in int64: its area and samples are exact."""
+  runs = _runs_summing_to(HUGE)
+  counts = _count_string(runs)
+  assert len(counts) < 100_000
+  side = 2**31
+  area = sum(runs[1::2])
+  assert rle.area(counts, [side, side]).numpy() == area
+  assert rle.area([counts], tf.constant([[side, side]], tf.uint64)
+                  ).numpy().tolist() == [area]
+  assert rle.to_bbox(counts, [side, side]).shape == (4,)
+  # Pixel (r, c) is 1 when an odd number of run boundaries are <= c*h + r.
+  boundaries = np.cumsum(runs)
+  rows = rle.nearest_indices(side, 5).numpy()
+  cols = rle.nearest_indices(side, 7).numpy()
+  expected = np.searchsorted(boundaries, cols[None] * side + rows[:, None],
+                             side='right') % 2
+  got = rle.decode(counts, [side, side], output_size=(5, 7)).numpy()
+  np.testing.assert_array_equal(got, expected)
+  assert 0 < expected.sum() < expected.size
+
+
+def test_output_size_overflow_raises():
+  counts = _counts(np.ones((2, 3, 4), np.uint8))
+  too_large = [(2**62, 2**62), (2**32, 2**31)]
+  for output_size in too_large:
+    with pytest.raises(tf.errors.InvalidArgumentError, match='2\\*\\*63'):
+      rle.decode(counts, (3, 4), output_size=output_size)
+  # Fits for one mask, not for two.
+  with pytest.raises(tf.errors.InvalidArgumentError, match='2\\*\\*63'):
+    rle.decode(counts, (3, 4), output_size=(2**31, 2**31))
+  ds = tf.data.Dataset.from_tensor_slices(
+      tf.constant(too_large + [(2**31, 2**31)], tf.int64)).map(
+          lambda o: rle.decode(counts, (3, 4), output_size=o))
+  it = iter(ds)
+  for _ in range(3):
+    with pytest.raises(tf.errors.InvalidArgumentError, match='2\\*\\*63'):
+      next(it)
+  with pytest.raises(tf.errors.InvalidArgumentError, match='2\\*\\*63'):
+    tf.function(lambda c: rle.decode(c, (3, 4), output_size=(2**62, 2**62)))(
+        tf.constant(counts))
+
+
+# ------------------------------------------------------------ iou and merge
+
+
+def _sa1b_like(rng: np.random.Generator, shape, n: int) -> np.ndarray:
+  """Blobs as in SA-1B, plus the edge cases, uint8 [n + 5, H, W]."""
+  h, w = shape
+  blobs = [fake_data.random_mask(rng, h, w) for _ in range(n)]
+  empty = np.zeros(shape, bool)
+  full = np.ones(shape, bool)
+  one_pixel = empty.copy()
+  one_pixel[rng.integers(h), rng.integers(w)] = True
+  last_column = empty.copy()
+  last_column[h // 3:, -1] = True
+  corner = empty.copy()
+  corner[-1, -1] = True
+  return np.stack(blobs + [empty, full, one_pixel, last_column, corner]
+                  ).astype(np.uint8)
+
+
+def _iou_reference(dt: np.ndarray, gt: np.ndarray, crowd) -> np.ndarray:
+  """pycocotools' IoU as float32, [] reshaped to [Nd, Ng]."""
+  ref = mask_utils.iou(_encode(dt) if len(dt) else [],
+                       _encode(gt) if len(gt) else [], list(crowd))
+  return np.asarray(ref, np.float64).reshape(len(dt), len(gt)).astype(
+      np.float32)
+
+
+@pytest.fixture(scope='module')
+def iou_cases():
+  rng = np.random.default_rng(321)
+  out = []
+  for shape in ((1, 1), (7, 5), (30, 45), (64, 48)):
+    dt = _sa1b_like(rng, shape, 8)
+    gt = _sa1b_like(rng, shape, 6)[rng.permutation(11)]
+    crowd = rng.random(len(gt)) < 0.4
+    out.append((shape, dt, gt, crowd))
+  shape = (23, 31)
+  noise = _random_masks(rng, shape, 12)
+  out.append((shape, noise[:7], noise[5:], rng.random(7) < 0.5))
+  return out
+
+
+def test_iou_matches_pycocotools(iou_cases):
+  for shape, dt, gt, crowd in iou_cases:
+    dt_counts, gt_counts = _counts(dt), _counts(gt)
+    got = rle.iou(dt_counts, gt_counts, shape).numpy()
+    assert got.dtype == np.float32 and got.shape == (len(dt), len(gt))
+    np.testing.assert_array_equal(got, _iou_reference(dt, gt, [0] * len(gt)),
+                                  err_msg=str(shape))
+    got = rle.iou(dt_counts, gt_counts, shape, crowd).numpy()
+    np.testing.assert_array_equal(got, _iou_reference(dt, gt, crowd),
+                                  err_msg=str(shape))
+    assert (got > 0).any() and (got < 1).any()
+
+
+def test_iou_on_sa1b_strings_with_backslashes():
+  """The annotations of the bundled SA-1B-like data, byte for byte."""
+  from conftest import DUMMY_DATA, read_inputs  # pylint: disable=g-import-not-at-top
+  seen_backslash = False
+  for _, record in read_inputs(DUMMY_DATA).values():
+    anns = record['annotations']
+    if not anns:
+      continue
+    size = anns[0]['segmentation']['size']
+    rles = [dict(a['segmentation'], counts=a['segmentation']['counts'].encode())
+            for a in anns]
+    counts = [r['counts'] for r in rles]
+    seen_backslash |= any(b'\\' in c for c in counts)
+    ref = np.asarray(mask_utils.iou(rles, rles[::-1], [0] * len(rles)))
+    got = rle.iou(counts, counts[::-1], size).numpy()
+    np.testing.assert_array_equal(got, ref.astype(np.float32))
+    sizes = tf.constant([size] * len(counts), tf.uint64)
+    np.testing.assert_array_equal(
+        rle.iou(counts, counts[::-1], sizes).numpy(), got)
+  assert seen_backslash
+
+
+def test_iou_empty_sides_and_scalars():
+  masks = _sa1b_like(np.random.default_rng(3), (9, 11), 2)
+  counts = _counts(masks)
+  none = tf.constant([], tf.string)
+  assert rle.iou(none, counts, (9, 11)).shape == (0, len(counts))
+  assert rle.iou(counts, none, (9, 11), []).shape == (len(counts), 0)
+  assert rle.iou(none, none, (9, 11)).shape == (0, 0)
+  # The per-mask sizes of an image without masks are [0, 2].
+  assert rle.iou(none, counts, tf.zeros([0, 2], tf.uint64),
+                 gt_size=(9, 11)).shape == (0, len(counts))
+  got = rle.iou(counts[0], counts, (9, 11)).numpy()
+  np.testing.assert_array_equal(got, _iou_reference(masks[:1], masks,
+                                                    [0] * len(masks)))
+
+
+def test_iou_size_and_crowd_errors():
+  counts = _counts(np.ones((2, 3, 4), np.uint8))
+  other = _counts(np.ones((1, 4, 4), np.uint8))
+  with pytest.raises(tf.errors.InvalidArgumentError, match='same size'):
+    rle.iou(counts, other, (3, 4), gt_size=(4, 4))
+  with pytest.raises(tf.errors.InvalidArgumentError, match='same size'):
+    rle.iou(counts, counts, [[3, 4], [4, 3]])
+  with pytest.raises(tf.errors.InvalidArgumentError, match='do not sum'):
+    rle.iou(counts, other, (3, 4))
+  with pytest.raises(tf.errors.InvalidArgumentError, match='one entry per gt'):
+    rle.iou(counts, counts, (3, 4), [0])
+
+
+def _interval_masks_counts(intervals_per_mask, hw):
+  """Counts of masks given as sorted disjoint 1-intervals [s, e) of pixels."""
+  out = []
+  for intervals in intervals_per_mask:
+    runs, pos = [], 0
+    for s, e in intervals:
+      runs += [s - pos, e - s]
+      pos = e
+    out.append(_count_string(runs + [hw - pos]))
+  return out
+
+
+def _overlap(a, b) -> int:
+  return sum(max(0, min(e1, e2) - max(s1, s2)) for s1, e1 in a for s2, e2 in b)
+
+
+def test_iou_and_merge_never_decode_pixels():
+  """10**6 x 10**6 masks (a dense decode would need 10**12 bytes each)."""
+  h = w = 10**6
+  hw = h * w
+  rng = np.random.default_rng(8)
+  masks = []
+  for _ in range(6):
+    cuts = np.sort(rng.choice(hw, size=8, replace=False)).tolist()
+    masks.append(list(zip(cuts[::2], cuts[1::2])))
+  counts = _interval_masks_counts(masks, hw)
+  areas = [sum(e - s for s, e in m) for m in masks]
+  expected = np.array([[_overlap(a, b) / (aa + ab - _overlap(a, b))
+                        for b, ab in zip(masks, areas)]
+                       for a, aa in zip(masks, areas)])
+  got = rle.iou(counts, counts, (h, w)).numpy()
+  np.testing.assert_array_equal(got, expected.astype(np.float32))
+  # The union: the intervals of all masks, merged.
+  points = sorted([(s, 1) for m in masks for s, _ in m] +
+                  [(e, -1) for m in masks for _, e in m])
+  union, cover, start = [], 0, 0
+  for p, step in points:
+    if cover == 0 and step == 1:
+      start = p
+    cover += step
+    if cover == 0:
+      union.append((start, p))
+  union = [iv for iv in union if iv[0] < iv[1]]
+  merged_pieces = []
+  for s, e in union:  # Touching intervals make one run.
+    if merged_pieces and merged_pieces[-1][1] == s:
+      merged_pieces[-1] = (merged_pieces[-1][0], e)
+    else:
+      merged_pieces.append((s, e))
+  assert rle.merge(counts, (h, w)).numpy() == _interval_masks_counts(
+      [merged_pieces], hw)[0]
+
+
+def test_merge_matches_pycocotools(iou_cases):
+  rng = np.random.default_rng(4)
+  for shape, dt, gt, _ in iou_cases:
+    masks = np.concatenate([dt, gt])
+    rles = _encode(masks)
+    subsets = [[i] for i in range(len(rles))] + [
+        list(rng.choice(len(rles), size=k, replace=False))
+        for k in (2, 2, 3, 5, len(rles))]
+    for intersect in (False, True):
+      for subset in subsets:
+        expected = mask_utils.merge([rles[i] for i in subset],
+                                    intersect=intersect)['counts']
+        got = rle.merge([rles[i]['counts'] for i in subset], shape,
+                        intersect=intersect).numpy()
+        assert got == expected, (shape, subset, intersect)
+  # A scalar string is one mask.
+  assert rle.merge(rles[0]['counts'], shape).numpy() == rles[0]['counts']
+
+
+def test_merge_of_non_canonical_counts_is_canonical():
+  # Runs 2, 0, 0, 3, 1 on 2x3: empty runs in the middle; canonical: 2, 3, 1.
+  counts = [_count_string([2, 0, 0, 3, 1]), _count_string([1, 1, 4])]
+  rles = [{'size': [2, 3], 'counts': c} for c in counts]
+  for intersect in (False, True):
+    got = rle.merge(counts, (2, 3), intersect=intersect)
+    expected = mask_utils.merge(rles, intersect=intersect)
+    np.testing.assert_array_equal(rle.decode(got, (2, 3)).numpy(),
+                                  mask_utils.decode(expected))
+    assert got.numpy() == rle.encode(mask_utils.decode(expected)).numpy()
+  assert rle.merge(counts[:1], (2, 3)).numpy() == _count_string([2, 3, 1])
+
+
+def test_merge_errors():
+  counts = _counts(np.ones((2, 3, 4), np.uint8))
+  with pytest.raises(tf.errors.InvalidArgumentError, match='at least one'):
+    rle.merge(tf.constant([], tf.string), (3, 4))
+  with pytest.raises(tf.errors.InvalidArgumentError, match='same size'):
+    rle.merge(counts, [[3, 4], [4, 3]])
+  with pytest.raises(tf.errors.InvalidArgumentError, match='do not sum'):
+    rle.merge(counts, (4, 4))
+
+
+def test_iou_and_merge_in_tf_function_and_dataset_map(iou_cases):
+  shape, dt, gt, crowd = iou_cases[2]
+  dt_counts, gt_counts = _counts(dt), _counts(gt)
+  expected_iou = _iou_reference(dt, gt, crowd)
+  expected_union = mask_utils.merge(_encode(gt))['counts']
+  expected_inter = mask_utils.merge(_encode(gt[:2]), intersect=True)['counts']
+
+  def fn(d, g, s, c):
+    return (rle.iou(d, g, s, c), rle.merge(g, s),
+            rle.merge(g[:2], s, intersect=True))
+
+  def check(result):
+    got_iou, union, inter = (t.numpy() for t in result)
+    np.testing.assert_array_equal(got_iou, expected_iou)
+    assert union == expected_union and inter == expected_inter
+
+  args = (tf.constant(dt_counts), tf.constant(gt_counts),
+          tf.constant(shape, tf.int64), tf.constant(crowd))
+  traced = tf.function(fn)
+  check(traced(*args))
+  ops = _op_types(traced.get_concrete_function(*args).graph.as_graph_def())
+  assert 'UpperBound' in ops and not ops & PYTHON_OPS
+  # The last element has a wrong size: the error surfaces in the dataset.
+  bad_args = args[:2] + (tf.constant([1, 1], tf.int64), args[3])
+  ds = tf.data.Dataset.from_tensors(args).repeat(3).concatenate(
+      tf.data.Dataset.from_tensors(bad_args)).map(fn, num_parallel_calls=2)
+  it = iter(ds)
+  for _ in range(3):
+    check(next(it))
+  with pytest.raises(tf.errors.InvalidArgumentError, match='do not sum'):
+    next(it)
+  assert not _dataset_ops(ds) & PYTHON_OPS
