@@ -50,13 +50,17 @@ class Serializer:
 
 def number_of_shards(*, total_size: int, num_examples: int,
                      min_shard_size: int, max_shard_size: int) -> int:
-  """The number of shards TFDS would write for this split."""
+  """The number of shards TFDS's Beam writer would write for this split.
+
+  The Beam writer's rule (no precise sharding), so that a local build and a
+  Beam build of the same tars have as many shards.
+  """
   from tensorflow_datasets.core.utils import shard_utils  # pylint: disable=g-import-not-at-top
   config = shard_utils.ShardConfig(min_shard_size=min_shard_size,
                                    max_shard_size=max_shard_size)
   return config.get_number_shards(total_size=total_size,
                                   num_examples=num_examples,
-                                  uses_precise_sharding=True)
+                                  uses_precise_sharding=False)
 
 
 def filename_template(data_dir: epath.PathLike, *, dataset_name: str,
