@@ -7,10 +7,19 @@ import setuptools
 _HERE = pathlib.Path(__file__).parent
 
 _BEAM = ['apache-beam>=2.60']
+# TensorFlow is needed, but users pick the package: `tensorflow` (CPU and
+# GPU on Linux) or `tensorflow-cpu`. Depending on one would install it next
+# to the other; see README "Installing".
+_TF = ['tensorflow>=2.15']
+_TF_CPU = ['tensorflow-cpu>=2.15']
+# Only TFDS's own `tfds` command needs it (it imports mlcroissant at start).
+_TFDS_CLI = ['mlcroissant']
 _PYCOCOTOOLS = ['pycocotools>=2.0.7']
 _VIZ = ['matplotlib>=3.7', 'pillow>=9']
 _ARRAY_RECORD = ['array_record>=0.5']
 _TEST = [
+    *_TF,
+    *_TFDS_CLI,
     'pytest>=7',
     'dill',  # tfds.testing needs it and TFDS does not declare it.
     'psutil',  # benchmarks/prepare.py measures peak RSS with it.
@@ -42,7 +51,6 @@ setuptools.setup(
     },
     include_package_data=True,
     install_requires=[
-        'tensorflow>=2.15',
         # The local build relies on a few TFDS internals (tfds_seam.py),
         # checked by tests/test_tfds_seam.py on the versions below.
         'tensorflow-datasets>=4.9.10,<4.10',
@@ -55,14 +63,13 @@ setuptools.setup(
         # builds write TFRecords without importing TensorFlow.
         'orjson',
         'google-crc32c',
-        # TFDS 4.9.10 forgets these: the `tfds` CLI imports mlcroissant, and on
-        # Python 3.11 TFDS imports importlib_resources.
-        'mlcroissant',
+        # TFDS 4.9.10 forgets it: on Python 3.11 it imports importlib_resources.
         'importlib_resources; python_version < "3.12"',
-        # The local Beam build is the main path, so Beam is a core dependency.
-        *_BEAM,
     ],
     extras_require={
+        'tensorflow': _TF,
+        'tensorflow-cpu': _TF_CPU,
+        'tfds_cli': _TFDS_CLI,
         'beam': _BEAM,
         'gcp': ['apache-beam[gcp]>=2.60'],
         'pycocotools': _PYCOCOTOOLS,

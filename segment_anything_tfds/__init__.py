@@ -18,6 +18,13 @@ Public API:
 """
 
 import importlib as _importlib
+import importlib.util as _importlib_util
+
+if _importlib_util.find_spec('tensorflow') is None:
+  raise ImportError(
+      'segment_anything_tfds needs TensorFlow, which you choose: pip install'
+      ' "segment_anything_tfds[tensorflow]" (or "[tensorflow-cpu]"); see the'
+      ' README, "Installing".')
 
 from segment_anything_tfds import registration as _registration
 from segment_anything_tfds.config import lenient_config

@@ -44,6 +44,7 @@ from segment_anything_tfds import http
 from segment_anything_tfds import links as links_lib
 from segment_anything_tfds import options as options_lib
 from segment_anything_tfds import shards as shards_lib
+from segment_anything_tfds import units
 from segment_anything_tfds.errors import DiskSpaceError
 from segment_anything_tfds.errors import DownloadError
 from segment_anything_tfds.errors import LinksExpiredError
@@ -556,10 +557,6 @@ def _existing(path: str) -> str:
   return path
 
 
-def _gb(n: float) -> str:
-  return f'{n / 1e9:.1f} GB'
-
-
 def preflight(*, download_bytes: int, download_dir: epath.PathLike | None,
               output_bytes: int, data_dir: epath.PathLike | None,
               what: str, free: Callable[[str], int] | None = None) -> None:
@@ -578,11 +575,12 @@ def preflight(*, download_bytes: int, download_dir: epath.PathLike | None,
     key = (os.stat(root).st_dev,)
     entry = needs.setdefault(key, [root, 0, []])
     entry[1] += n
-    entry[2].append(f'{label} {_gb(n)} in {os.fspath(path)}')
+    entry[2].append(f'{label} {units.human_bytes(n)} in {os.fspath(path)}')
   for root, need, parts in needs.values():
     have = free(root)
-    msg = (f'{what} needs about {_gb(need)} ({"; ".join(parts)}) and the'
-           f' filesystem of {root} has {_gb(have)} free')
+    msg = (f'{what} needs about {units.human_bytes(need)}'
+           f' ({"; ".join(parts)}) and the filesystem of {root} has'
+           f' {units.human_bytes(have)} free')
     if have < need:
       raise DiskSpaceError(
           msg + '. Free some space, choose a --download_dir or --data_dir on a'

@@ -10,6 +10,19 @@ from __future__ import annotations
 
 import tensorflow_datasets as tfds
 
+from segment_anything_tfds import errors
+
+
+def require_beam() -> None:
+  """Raises a one-line error if Apache Beam, needed by Beam runners, is absent."""
+  try:
+    import apache_beam  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    raise errors.ConfigError(
+        'building with a Beam runner needs Apache Beam: pip install'
+        ' "segment_anything_tfds[beam]" (Dataflow: "[gcp]"); local builds'
+        ' (no runner) need no Beam') from None
+
 
 def local_runner():
   """Beam's in-process FnApiRunner."""

@@ -371,3 +371,46 @@ def tarfile_names(path):
   import tarfile  # pylint: disable=g-import-not-at-top
   with tarfile.open(path) as t:
     return [m.name for m in t.getmembers() if m.name.endswith('.jpg')]
+
+
+def test_import_is_light_and_says_what_is_missing():
+  script = textwrap.dedent("""
+      import sys, time
+      t = time.time()
+      import segment_anything_tfds
+      heavy = [m for m in ('apache_beam', 'mlcroissant', 'tensorflow', 'keras')
+               if m in sys.modules]
+      print('HEAVY', heavy)
+  """)
+  out = subprocess.run([sys.executable, '-c', script], capture_output=True,
+                       text=True, timeout=120, cwd=REPO)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert 'HEAVY []' in out.stdout, out.stdout
+  # Without TensorFlow, the import says which package to install.
+  script = textwrap.dedent("""
+      import importlib.util as u
+      real = u.find_spec
+      u.find_spec = lambda n, *a: None if n == 'tensorflow' else real(n, *a)
+      import segment_anything_tfds
+  """)
+  out = subprocess.run([sys.executable, '-c', script], capture_output=True,
+                       text=True, timeout=120, cwd=REPO)
+  assert out.returncode == 1
+  assert 'segment_anything_tfds[tensorflow]' in out.stderr.splitlines()[-1]
+
+
+def test_slice_builds_merge_with_builder_from_directories(tmp_path):
+  """Building in slices, then reading them as one dataset (README)."""
+  dirs = []
+  for spec in ('0-1', '2-3'):
+    builder = tfds.builder(
+        'segment_anything', config=segment_anything_tfds.tars_config(spec),
+        data_dir=tmp_path, progress=False)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=DUMMY_DATA))
+    dirs.append(builder.data_dir)
+  merged = tfds.builder_from_directories(dirs)
+  ds = merged.as_dataset(split='train')
+  ids = sorted(int(e['image']['image_id']) for e in tfds.as_numpy(ds))
+  assert ids == sorted(read_inputs(DUMMY_DATA))
+  assert merged.info.splits['train'].num_examples == _IMAGES_ALL

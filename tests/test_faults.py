@@ -295,7 +295,7 @@ def test_preflight_refuses_when_the_disk_is_clearly_too_small(
                       lambda p: usage._replace(free=1000))
   with pytest.raises(errors.DiskSpaceError) as e:
     _build(data, manual)
-  assert 'GB free' in str(e.value) and 'disk_mode="stream"' in str(e.value)
+  assert '1.0 kB free' in str(e.value) and 'disk_mode="stream"' in str(e.value)
   assert server.gets() == []  # Only HEADs, no download started.
   assert _complete_dirs(data) == []
 

@@ -125,3 +125,12 @@ def test_release_only_in_delete_mode(tmp_path):
   assert not p.exists() and mine.exists()
 
 
+
+
+def test_preflight_uses_human_units(tmp_path):
+  with pytest.raises(errors.DiskSpaceError) as e:
+    download.preflight(download_bytes=20_000, download_dir=tmp_path / 'dl',
+                       output_bytes=30_000, data_dir=tmp_path / 'data',
+                       what='This build (1 tars)', free=lambda p: 1_500)
+  assert 'needs about 50.0 kB' in str(e.value)
+  assert 'has 1.5 kB free' in str(e.value)

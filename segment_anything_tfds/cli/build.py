@@ -19,6 +19,7 @@ from typing import Sequence
 
 from segment_anything_tfds import errors
 from segment_anything_tfds import links as links_lib
+from segment_anything_tfds import runners
 from segment_anything_tfds import shards as shards_lib
 from segment_anything_tfds.cli import common
 
@@ -76,6 +77,7 @@ def _beam_flags(args: argparse.Namespace, leftover: Sequence[str]) -> list[str]:
 
 def _check_beam_flags(flags: Sequence[str]) -> None:
   """Rejects flags that are not Beam pipeline options (e.g. typos)."""
+  runners.require_beam()
   from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
   known = set(pipeline_options.PipelineOptions([]).get_all_options())
   unknown = []

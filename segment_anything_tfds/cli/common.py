@@ -12,6 +12,7 @@ from etils import epath
 
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import errors
+from segment_anything_tfds.units import human_bytes  # pylint: disable=unused-import
 from segment_anything_tfds import options as options_lib
 
 PROG = 'segment-anything-tfds'
@@ -43,17 +44,6 @@ def progress(iterable=None, *, enabled: bool, **kwargs):
   from tqdm import auto as tqdm_auto  # pylint: disable=g-import-not-at-top
   return tqdm_auto.tqdm(iterable, disable=not enabled, file=sys.stderr,
                         dynamic_ncols=True, **kwargs)
-
-
-def human_bytes(n: float | None) -> str:
-  """1536 -> '1.50 KiB'; None -> '?'."""
-  if n is None:
-    return '?'
-  for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'):
-    if abs(n) < 1024 or unit == 'PiB':
-      return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.2f} {unit}'
-    n /= 1024
-  return f'{n} B'
 
 
 def first_line(e: BaseException) -> str:

@@ -251,6 +251,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._shards = self._find_shards(dl_manager.manual_dir,
                                      dl_manager.download_dir)
     if runners.names_runner(download_config):
+      runners.require_beam()
       if download_config.beam_options is None:
         # Explicit options: TFDS would otherwise let Beam parse sys.argv.
         from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
