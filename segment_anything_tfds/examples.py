@@ -327,103 +327,173 @@ def _fast_columns(
 _MAX_CHARS_PER_COUNT = 8
 
 
-def _rle_error(index: int, where: Where, detail: str) -> errors.BadInputError:
-  return bad_input(BAD_RLE, where,
-                   f'annotations[{index}].segmentation.counts {detail}')
+# Why an RLE string cannot decode: the codes `_rlecheck.first_bad` returns.
+_EMPTY, _CHARACTER, _UNFINISHED, _TOO_LONG, _NEGATIVE, _TOTAL, _NOT_TEXT = (
+    range(1, 8))
+
+try:  # The C pass (setup.py builds it); numpy below when it is not built.
+  from segment_anything_tfds import _rlecheck  # pylint: disable=g-import-not-at-top
+except ImportError:  # pragma: no cover - exercised where the build failed.
+  _rlecheck = None
+
+
+def first_problem(counts: str, height: int, width: int
+                  ) -> tuple[int, int] | None:
+  """(code, value) of what stops `counts` decoding to h x w, or None.
+
+  Plain Python, one string: the reference for the fast passes, and how the
+  numpy pass words its error. Parses as pycocotools' `rleFrString` does.
+  """
+  if not isinstance(counts, str):
+    return _NOT_TEXT, 0
+  data = counts.encode('utf-8')
+  if not data:
+    return _EMPTY, 0
+  pixels = height * width
+  total, runs, p = 0, [], 0
+  while p < len(data):
+    x, k, more = 0, 0, True
+    while more:
+      if p >= len(data):
+        return _UNFINISHED, 0
+      c = data[p]
+      if not 48 <= c <= 111:
+        return _CHARACTER, c
+      c -= 48
+      if k == _MAX_CHARS_PER_COUNT:
+        chars = k
+        while p < len(data) and 80 <= data[p] <= 111:
+          p, chars = p + 1, chars + 1
+        return _TOO_LONG, chars + 1
+      x |= (c & 0x1f) << (5 * k)
+      more = bool(c & 0x20)
+      p, k = p + 1, k + 1
+      if not more and c & 0x10:
+        x -= 1 << (5 * k)
+    if len(runs) > 2:
+      x += runs[-2]
+    if x < 0:
+      return _NEGATIVE, 0
+    total += x
+    if total > pixels:
+      break
+    runs.append(x)
+  return None if total == pixels else (_TOTAL, total)
+
+
+def _first_bad_numpy(counts: np.ndarray, height: int, width: int
+                     ) -> tuple[int, int, int] | None:
+  """`_rlecheck.first_bad` in numpy: one vectorized pass over all strings."""
+  n = len(counts)
+  # An empty, non-ASCII or non-text string, a bad character or an unfinished
+  # count also spoils the parse of the strings after it: only the strings
+  # before the first such one (`limit`) are parsed and checked further.
+  limit = next((k for k, t in enumerate(counts)
+                if not isinstance(t, str) or not t or not t.isascii()), n)
+  bad = np.zeros(n + 1, bool)  # bad[n]: a sentinel.
+  bad[limit] = True
+  lengths = np.fromiter(map(len, counts[:limit]), np.int64, limit)
+  ends = np.cumsum(lengths)
+  c = np.frombuffer(''.join(counts[:limit]).encode('ascii'), np.uint8)
+  c = c - np.uint8(48)  # Wraps below '0'.
+  if len(c) and c.max() > 63:
+    limit = int(np.searchsorted(ends, int(np.argmax(c > 63)), side='right'))
+  unfinished = c[ends[:limit] - 1] >= 32
+  if unfinished.any():
+    limit = int(np.argmax(unfinished))
+  bad[limit] = True
+  if limit:
+    c = c[:ends[limit - 1]]
+    ends = ends[:limit]
+    # Counts: each ends at a character without the continuation bit 0x20.
+    last = np.flatnonzero(c < 32)
+    chars = np.diff(last, prepend=-1)
+    first = last - chars + 1
+    mask = np.searchsorted(ends, last, side='right')
+    bad[mask[chars > _MAX_CHARS_PER_COUNT]] = True
+    # Each count's value: 5 data bits per character, little-endian,
+    # sign-extended from bit 0x10 of its last character.
+    longest = min(int(chars.max()), _MAX_CHARS_PER_COUNT)
+    values = (c[first] & 31).astype(np.int64)
+    for k in range(1, longest):
+      longer = np.flatnonzero(chars > k)
+      values[longer] |= (c[first[longer] + k] & 31).astype(np.int64) << (5 * k)
+    sign = (c[last] >> 4) & 1
+    values -= sign.astype(np.int64) << (5 * np.minimum(chars, 12))
+    per_mask = np.bincount(mask, minlength=limit)
+    mask_start = np.cumsum(per_mask) - per_mask
+    pos = np.arange(len(values)) - np.repeat(mask_start, per_mask)
+    # Count m >= 3 is a delta against count m - 2: runs are running sums over
+    # each mask's odd positions, and over its even positions from 2 on.
+    # Running sums over the whole array by index parity, minus their value at
+    # the mask's start (even) or just before it (odd), give them at once.
+    lag2 = np.empty_like(values)
+    lag2[0::2] = np.cumsum(values[0::2])
+    lag2[1::2] = np.cumsum(values[1::2])
+    base_even = lag2[mask_start]
+    base_odd = np.where(mask_start > 0,
+                        lag2[np.maximum(mask_start - 1, 0)], 0)
+    runs = lag2 - np.where((pos & 1).astype(bool),
+                           np.repeat(base_odd, per_mask),
+                           np.repeat(base_even, per_mask))
+    runs[mask_start] = values[mask_start]  # Position 0: no delta.
+    bad[mask[runs < 0]] = True
+    bad[:limit] |= np.add.reduceat(runs, mask_start) != height * width
+  i = int(np.argmax(bad))
+  if i == n:
+    return None
+  return (i, *first_problem(counts[i], height, width))
 
 
 def check_counts(counts: np.ndarray, area: np.ndarray, *, height: int,
                  width: int, where: Where) -> None:
   """Checks that every RLE string decodes to an `height` x `width` mask.
 
-  The format is COCO compressed RLE (stated in `rle.py`). One vectorized pass
-  over the concatenated strings of all annotations finds the first bad one:
-  characters outside '0'..'o' (48..111), a count left unfinished, a count
-  over 8 characters, a negative run, runs that do not sum to h*w, or an
-  `area` over h*w.
+  The format is COCO compressed RLE (stated in `rle.py`). One pass over all
+  of an image's strings (in C: `_rlecheck`; else numpy) finds the first bad
+  one: an empty string, characters outside '0'..'o' (48..111), a count left
+  unfinished, a count over 8 characters, a negative run, or runs that do not
+  sum to h*w. An `area` over h*w is refused too.
 
   Raises:
-    BadInputError: `bad_rle`, naming the annotation index.
+    BadInputError: `bad_rle` (or `bad_value` for the area), naming the
+      annotation index.
   """
-  n = len(counts)
-  if not n:
+  if not len(counts):
     return
-  lengths = np.fromiter(map(len, counts), np.int64, n)
-  if not lengths.all():
-    raise _rle_error(int(np.argmin(lengths)), where, 'is empty')
-  ends = np.cumsum(lengths)
-  joined = ''.join(counts)
-  try:
-    buf = joined.encode('ascii')
-  except UnicodeEncodeError as e:
-    i = int(np.searchsorted(ends, e.start, side='right'))
-    raise _rle_error(i, where, f'has the non-ASCII character'
-                     f' {joined[e.start]!r}') from None
-  c = np.frombuffer(buf, np.uint8) - np.uint8(48)  # Wraps below '0'.
-  if c.max() > 63:
-    at = int(np.argmax(c > 63))
-    i = int(np.searchsorted(ends, at, side='right'))
-    raise _rle_error(i, where, f'has the character {chr(buf[at])!r}'
-                     ' outside "0".."o"')
-  if (c[ends - 1] >= 32).any():  # Bit 0x20: the count goes on.
-    i = int(np.argmax(c[ends - 1] >= 32))
-    raise _rle_error(i, where, 'ends inside a count (an unfinished'
-                     ' continuation character)')
-  # Counts: each ends at a character without the continuation bit.
-  last = np.flatnonzero(c < 32)
-  first = np.empty_like(last)
-  first[0] = 0
-  first[1:] = last[:-1] + 1
-  chars = last - first + 1
-  longest = int(chars.max())
-  if longest > _MAX_CHARS_PER_COUNT:
-    k = int(np.argmax(chars > _MAX_CHARS_PER_COUNT))
-    i = int(np.searchsorted(ends, first[k], side='right'))
-    raise _rle_error(i, where, f'has a count of {chars[k]} characters (at'
-                     f' most {_MAX_CHARS_PER_COUNT})')
-  # The value of each count: 5 data bits per character, little-endian,
-  # sign-extended from bit 0x10 of its last character.
-  values = (c[first] & 31).astype(np.int64)
-  for k in range(1, longest):
-    longer = np.flatnonzero(chars > k)
-    values[longer] |= (c[first[longer] + k] & 31).astype(np.int64) << (5 * k)
-  sign = (c[last] >> 4) & 1  # Bit 0x10 of the last character.
-  values -= sign.astype(np.int64) << (5 * chars)
-  # The counts of each string (mask), and each count's position there.
-  per_mask = np.add.reduceat((c < 32).view(np.uint8), ends - lengths,
-                             dtype=np.int64)
-  mask_start = np.cumsum(per_mask) - per_mask
-  pos = np.arange(len(values)) - np.repeat(mask_start, per_mask)
-  # Count m >= 3 is a delta against count m - 2: runs are running sums over
-  # each mask's odd positions, and over its even positions from 2 on. Running
-  # sums over the whole array by index parity, minus their value at the
-  # mask's start (even) or just before it (odd), give them all at once.
-  lag2 = np.empty_like(values)
-  lag2[0::2] = np.cumsum(values[0::2])
-  lag2[1::2] = np.cumsum(values[1::2])
-  base_even = lag2[mask_start]
-  base_odd = np.where(mask_start > 0, lag2[np.maximum(mask_start - 1, 0)], 0)
-  odd = (pos & 1).astype(bool)
-  runs = lag2 - np.where(odd, np.repeat(base_odd, per_mask),
-                         np.repeat(base_even, per_mask))
-  runs[mask_start] = values[mask_start]  # Position 0: no delta.
-  if (runs < 0).any():
-    k = int(np.argmax(runs < 0))
-    i = int(np.searchsorted(mask_start, k, side='right')) - 1
-    raise _rle_error(i, where, 'decodes to a negative run length')
+  if _rlecheck is not None:
+    found = _rlecheck.first_bad(counts, height, width)
+  else:
+    found = _first_bad_numpy(counts, height, width)
+  if found is not None:
+    i, code, value = found
+    raise bad_input(BAD_RLE, where, f'annotations[{i}].segmentation.counts'
+                    f' {_rle_problem(code, value, height, width)}')
   pixels = height * width
-  totals = np.add.reduceat(runs, mask_start)
-  # Exact in float64: a total is far below 2**53 (or already wrong).
-  wrong = totals != pixels
-  if wrong.any():
-    i = int(np.argmax(wrong))
-    raise _rle_error(i, where, f'has runs summing to {int(totals[i])}, not'
-                     f' h*w = {height}*{width} = {pixels}')
   over = area > pixels
   if over.any():
     i = int(np.argmax(over))
     raise bad_input(BAD_VALUE, where, f'annotations[{i}].area {area[i]} is'
                     f' over h*w = {pixels}')
+
+
+def _rle_problem(code: int, value: int, height: int, width: int) -> str:
+  if code == _EMPTY:
+    return 'is empty'
+  if code == _CHARACTER:
+    what = chr(value) if value < 128 else f'byte 0x{value:02x} (non-ASCII)'
+    return f'has the character {what!r} outside "0".."o"'
+  if code == _UNFINISHED:
+    return 'ends inside a count (an unfinished continuation character)'
+  if code == _TOO_LONG:
+    return (f'has a count of {value} characters (at most'
+            f' {_MAX_CHARS_PER_COUNT})')
+  if code == _NEGATIVE:
+    return 'decodes to a negative run length'
+  if code == _TOTAL:
+    return (f'has runs summing to {value}{"+" if value > height * width else ""},'
+            f' not h*w = {height}*{width} = {height * width}')
+  return 'is not text'
 
 
 def make_example(

@@ -51,9 +51,8 @@ ENTRY = np.dtype([
     ('image_id', '<i8'), ('jpg_offset', '<i8'), ('jpg_size', '<i8'),
     ('json_offset', '<i8'), ('json_size', '<i8'),
 ])
-# Smaller builds run in one process: starting workers would cost more than
-# it saves.
-MIN_IMAGES = 2000
+# Builds of less input than this run in one process: starting workers would
+# cost more than it saves.
 MIN_BYTES = 16 << 20
 _PROGRESS_EVERY = 16
 
@@ -413,7 +412,7 @@ def build(
         max_shard_size=output.max_shard_size)
     num_shards = max(1, min(num_shards, len(entries)))
     bounds = [len(entries) * i // num_shards for i in range(num_shards + 1)]
-    if use_pool and len(entries) < MIN_IMAGES:
+    if use_pool and total < MIN_BYTES:
       pool.shutdown()
       pool = _pool(ctx, 1, shards, output, lenient, counter)
       use_pool = False

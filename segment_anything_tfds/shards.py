@@ -88,7 +88,10 @@ class Shard:
           f'{self.name}: {self.location} is a folder, not a tar')
     if is_local(self.location):
       try:
-        return open(self.location, 'rb', buffering=1 << 20)
+        # Unbuffered: indexing reads 512-byte headers between seeks, and the
+        # local build reads whole members at random offsets; a read buffer
+        # would fetch a full buffer per read and throw most of it away.
+        return open(self.location, 'rb', buffering=0)
       except OSError as e:
         raise errors.SourceError(
             f'{self.name}: cannot open {self.location}: {e.strerror}'
@@ -243,20 +246,27 @@ def find_shards(manual_dir: epath.PathLike) -> Found:
 def select(
     shards: dict[int, Shard], *, num_tars: int | None,
     tars: Sequence[int] | None, allow_partial: bool = False,
-    config_name: str = 'this config',
+    config_name: str = 'this config', refused: dict[str, str] | None = None,
 ) -> list[Shard]:
   """The shards a config asks for: the first `num_tars`, or explicit indices.
 
   A config holds exactly what it names. With fewer tars offered than it
   needs, this fails listing the missing ones and how to go on, unless
-  `allow_partial` (then the partial set is built and recorded).
+  `allow_partial` (then the partial set is built and recorded). Errors name
+  the entries of manual_dir that were `refused` (e.g. symlinks out of it).
   """
+  refused_note = ''
+  if refused:
+    refused_note = ' (not used from manual_dir: ' + '; '.join(
+        f'{name}: {why}' for name, why in sorted(refused.items())[:3]) + (
+            ' ...' if len(refused) > 3 else '') + ')'
+
   if tars is not None:
     missing = [i for i in tars if i not in shards]
     if missing:
       raise errors.SourceError(
           f'tars {_names(missing)} were asked for but are neither in'
-          ' manual_dir nor in its links file')
+          f' manual_dir nor in its links file{refused_note}')
     return [shards[i] for i in tars]
   chosen = list(shards.values())
   if num_tars is not None:
@@ -273,7 +283,7 @@ def select(
             ' on: put those tars (or a links file listing them) in'
             f' manual_dir;{hint} or pass allow_partial=True'
             ' (--allow_partial) to build a partial set, recorded in the'
-            ' metadata and warned about on every load')
+            f' metadata and warned about on every load{refused_note}')
       _LOG.warning('%s takes %d tars; building the %d offered'
                    ' (allow_partial): missing %s', config_name, num_tars,
                    len(chosen), _names(missing))
@@ -281,7 +291,7 @@ def select(
   if not chosen:
     raise errors.SourceError(
         'manual_dir holds no sa_NNNNNN.tar, no sa_NNNNNN/ folder and no'
-        f' {links_lib.LINKS_FILE_NAME}')
+        f' {links_lib.LINKS_FILE_NAME}{refused_note}')
   return chosen
 
 

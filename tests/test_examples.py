@@ -237,3 +237,56 @@ def test_make_example_checks_rle_with_the_real_backslash_strings():
                      r' to .* \[bad_rle\]$'):
     examples.make_example(jpg, record, stem='sa_7',
                           where=('t.tar', 'sa_7.json'))
+
+
+def _mutants(rng, good):
+  """Strings near `good`: characters changed, cut, extended, swapped."""
+  out = []
+  for _ in range(40):
+    s = list(good)
+    kind = rng.integers(6)
+    at = int(rng.integers(len(s)))
+    if kind == 0:
+      s[at] = chr(int(rng.integers(32, 127)))
+    elif kind == 1:
+      s = s[:at]
+    elif kind == 2:
+      s.insert(at, chr(int(rng.integers(48, 112))))
+    elif kind == 3:
+      s[at] = chr(int(rng.integers(80, 112)))  # A continuation character.
+    elif kind == 4:
+      s += list('P' * int(rng.integers(1, 10)))
+    else:
+      s[at] = '\u00e9'
+    out.append(''.join(s))
+  return out
+
+
+def test_rle_check_in_c_numpy_and_python_agree():
+  """The C pass, the numpy pass and the per-string reference agree on which
+  string is the first bad one and why, on real and mutated strings."""
+  if examples._rlecheck is None:
+    pytest.skip('the C extension is not built here')
+  rng = np.random.default_rng(14)
+  h, w = 13, 17
+  for trial in range(150):
+    masks = [fake_data.random_mask(rng, h, w) for _ in range(4)]
+    good = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))[
+        'counts'].decode() for m in masks]
+    counts = list(good)
+    if trial % 3:
+      k = int(rng.integers(len(counts)))
+      counts[k] = _mutants(rng, good[k])[int(rng.integers(40))]
+      if trial % 5 == 0:
+        counts[-1] = _mutants(rng, good[-1])[0]
+    arr = np.array(counts, dtype=object)
+    c_result = examples._rlecheck.first_bad(arr, h, w)
+    np_result = examples._first_bad_numpy(arr, h, w)
+    reference = next(((i, *p) for i, p in (
+        (i, examples.first_problem(t, h, w)) for i, t in enumerate(counts))
+                      if p is not None), None)
+    assert c_result == np_result == reference, (counts, c_result, np_result)
+    if reference is None:  # What passes decodes, with pycocotools too.
+      for t in counts:
+        got = mask_utils.decode({'size': [h, w], 'counts': t.encode()})
+        assert got.shape == (h, w)

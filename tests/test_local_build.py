@@ -26,7 +26,6 @@ def _build(tmp_path, manual, *, workers, num_shards=None, lenient=False,
            monkeypatch=None, name='out'):
   """Runs `local_build.build` into tmp_path/name; returns (result, files)."""
   if monkeypatch is not None and workers > 1:  # Force the pool on tiny data.
-    monkeypatch.setattr(local_build, 'MIN_IMAGES', 0)
     monkeypatch.setattr(local_build, 'MIN_BYTES', 0)
   out = tmp_path / name
   out.mkdir()

@@ -98,3 +98,18 @@ def test_remote_path_shard_opens_in_place(tmp_path):
           m.offset:m.offset + m.size]
   finally:
     _ram_epath.rmtree(root)
+
+
+def test_refused_entries_are_named_when_nothing_is_left(tmp_path):
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  elsewhere = tmp_path / 'elsewhere'
+  elsewhere.mkdir()
+  shutil.copy(DUMMY / 'sa_000000.tar', elsewhere / 'sa_000000.tar')
+  (manual / 'sa_000000.tar').symlink_to(elsewhere / 'sa_000000.tar')
+  found = shards.find_shards(manual)
+  with pytest.raises(errors.SourceError, match=r'no sa_NNNNNN.tar.*not used'
+                     r' from manual_dir: sa_000000.tar: a symlink out of'
+                     r' manual_dir'):
+    shards.select(found.shards, num_tars=None, tars=None,
+                  refused=found.refused)

@@ -141,7 +141,8 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     found = shards_lib.find_shards(manual_dir)
     return shards_lib.select(found.shards, num_tars=cfg.num_tars,
                              tars=cfg.tars, allow_partial=self._allow_partial,
-                             config_name=f'config {cfg.name}')
+                             config_name=f'config {cfg.name}',
+                             refused=found.refused)
 
   def _find_shards(self, manual_dir, download_dir) -> list[shards_lib.Shard]:
     """The config's shards, downloaded if need be, readable in place."""
