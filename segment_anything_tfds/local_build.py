@@ -160,7 +160,7 @@ class _Worker:
     reader = self.readers.pop(shard_number, None)
     if reader is None:
       reader = tars_lib.ShardReader(self.shards[shard_number]).__enter__()
-      if len(self.readers) >= 32:  # Each holds a file and a 1 MB buffer.
+      if len(self.readers) >= 32:  # Each holds an open file.
         self.readers.popitem(last=False)[1].close()
     self.readers[shard_number] = reader
     return reader
@@ -173,7 +173,6 @@ class _Worker:
   def write(self, part: Part) -> PartResult:
     per_tar = collections.defaultdict(lambda: [0, 0, 0, 0])
     skips: list[dict[str, Any]] = []
-    stats = {'records': 0, 'bytes': 0}
 
     def records():
       done = 0
@@ -192,8 +191,6 @@ class _Worker:
         tally[0] += 1
         tally[1] += len(example['annotations']['id'])
         tally[2] += len(record)
-        stats['records'] += 1
-        stats['bytes'] += len(record)
         done += 1
         if done % _PROGRESS_EVERY == 0:
           self.tick(_PROGRESS_EVERY)
@@ -201,9 +198,9 @@ class _Worker:
       self.tick(done % _PROGRESS_EVERY)
 
     tfds_seam.write_records(part.path, self.file_format, records())
-    return PartResult(part.shard, part.part, part.path, stats['records'],
-                      stats['bytes'], dict(per_tar), skips)
-
+    return PartResult(part.shard, part.part, part.path,
+                      sum(t[0] for t in per_tar.values()),
+                      sum(t[2] for t in per_tar.values()), dict(per_tar), skips)
 
 
 _WORKER: _Worker | None = None
