@@ -40,8 +40,9 @@ def test_all_masks_exact(backend, shape):
   np.testing.assert_array_equal(targets.numpy()[5:], 0)
   np.testing.assert_array_equal(weights.numpy(),
                                 [float(m.any()) for m in expected] + [0] * 3)
+  # SAM's labels: 1 foreground, -1 padding.
   np.testing.assert_array_equal(inputs['point_labels'].numpy()[:, 0],
-                                [1] * 5 + [0] * 3)
+                                [1] * 5 + [-1] * 3)
   # Points fall inside their (decoded) mask.
   stride = S / M
   for k in range(5):
@@ -179,7 +180,7 @@ def test_image_without_usable_masks(backend):
     assert targets.shape == (4, M, M) and not targets.numpy().any()
     assert not weights.numpy().any()
     assert inputs['points'].shape == (4, 1, 2)
-    assert not inputs['point_labels'].numpy().any()
+    assert (inputs['point_labels'].numpy() == -1).all()
 
 
 def test_points_cover_the_mask():
