@@ -10,7 +10,11 @@ Public API:
   BadInputError: what a strict build raises on bad input.
   rle: COCO RLE decode/encode/area/to_bbox in TensorFlow ops.
   decode_masks: a tf.data map that samples and decodes an example's masks.
-  to_sam_inputs, sam_dataset, load_sam_dataset: SAM-style training inputs.
+  to_sam_inputs, sam_dataset, load_sam_dataset: SAM-style training inputs
+    in tf.data (layouts 'sam' and 'keras_hub', see sam_layouts).
+  SamDataset, load_sam_data_source, grain_loader, to_sam_inputs_np: the same
+    inputs in numpy, for JAX (Grain) and PyTorch (numpy_inputs).
+  SAMTrainer, sam_loss: fine-tuning KerasHub's SAM (keras_sam).
 """
 
 import importlib as _importlib
@@ -34,6 +38,14 @@ _LAZY = {
     'load_sam_dataset': ('segment_anything_tfds.sam_inputs', 'load_sam_dataset'),
     'sam_dataset': ('segment_anything_tfds.sam_inputs', 'sam_dataset'),
     'to_sam_inputs': ('segment_anything_tfds.sam_inputs', 'to_sam_inputs'),
+    'SamDataset': ('segment_anything_tfds.numpy_inputs', 'SamDataset'),
+    'load_sam_data_source': ('segment_anything_tfds.numpy_inputs',
+                             'load_sam_data_source'),
+    'grain_loader': ('segment_anything_tfds.numpy_inputs', 'grain_loader'),
+    'to_sam_inputs_np': ('segment_anything_tfds.numpy_inputs',
+                         'to_sam_inputs_np'),
+    'SAMTrainer': ('segment_anything_tfds.keras_sam', 'SAMTrainer'),
+    'sam_loss': ('segment_anything_tfds.keras_sam', 'sam_loss'),
 }
 
 
@@ -51,12 +63,18 @@ def __dir__():
 __all__ = [
     'BadInputError',
     'Builder',
+    'SAMTrainer',
+    'SamDataset',
     'SegmentAnythingConfig',
     'decode_masks',
+    'grain_loader',
     'lenient_config',
+    'load_sam_data_source',
     'load_sam_dataset',
     'rle',
     'sam_dataset',
+    'sam_loss',
     'tars_config',
     'to_sam_inputs',
+    'to_sam_inputs_np',
 ]

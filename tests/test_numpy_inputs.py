@@ -309,6 +309,13 @@ def test_package_import_stays_light():
   out = subprocess.run([sys.executable, '-c', code], check=True,
                        capture_output=True, text=True).stdout
   assert out.strip() == '[]'
+  # The Keras trainer needs keras, not keras_hub (until a model is built).
+  code = ('import sys, segment_anything_tfds as s; s.SAMTrainer;'
+          ' print(sorted(m for m in ("torch", "grain", "keras_hub", "jax")'
+          ' if m in sys.modules))')
+  out = subprocess.run([sys.executable, '-c', code], check=True,
+                       capture_output=True, text=True).stdout
+  assert out.strip() == '[]'
 
 
 # -------------------------------------------------------------------- Grain
