@@ -331,7 +331,8 @@ def test_keras_hub_dataset_map_equals_eager():
     want = _keras_hub(ex, num_masks=4, seed=1)
     assert_same(tf.nest.map_structure(lambda t: t.numpy()[i % 2],
                                       batches[i // 2]), want)
-    assert_same(graph(ex), want)
+    if i == 3:  # One trace is enough (each shape traces anew).
+      assert_same(graph(ex), want)
 
 
 def test_layout_options_are_checked():
