@@ -42,7 +42,6 @@ sys.path.insert(0, os.path.join(_HERE, '..'))
 sys.path.insert(0, _HERE)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import decode as decode_bench  # benchmarks/decode.py: data and naive path.
 from segment_anything_tfds import numpy_inputs
 from segment_anything_tfds import sam_layouts
 from segment_anything_tfds import sampling
@@ -53,10 +52,18 @@ OPTIONS = dict(image_size=1024, num_masks=64, seed=0, layout='keras_hub')
 PATHS = ('tf', 'grain0', 'grain2', 'torch0', 'torch2', 'naive', 'naive_np')
 
 
+def _decode_bench():
+  """benchmarks/decode.py (its data and naive path). Imported on use: it
+  imports TensorFlow, which spawned Grain/PyTorch workers re-importing this
+  script need not load."""
+  import decode  # pylint: disable=g-import-not-at-top
+  return decode
+
+
 def prepare_array_record(work: str, num_images: int) -> str:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   import segment_anything_tfds  # pylint: disable=g-import-not-at-top,unused-import
-  manual_dir = decode_bench.make_manual_dir(work, num_images)
+  manual_dir = _decode_bench().make_manual_dir(work, num_images)
   data_dir = os.path.join(work, f'data_{num_images}_array_record')
   builder = tfds.builder('segment_anything', config='all', data_dir=data_dir)
   builder.download_and_prepare(
@@ -73,7 +80,9 @@ def images_per_s(batches, *, warmup: int, timed: int) -> float:
   start = time.perf_counter()
   for _ in range(timed):
     next(it)
-  return timed * BATCH / (time.perf_counter() - start)
+  seconds = time.perf_counter() - start
+  next(it, None)  # A finite loader ends its epoch here.
+  return timed * BATCH / seconds
 
 
 def _dataset(data_dir: str) -> numpy_inputs.SamDataset:
@@ -98,19 +107,21 @@ def bench_grain(data_dir: str, timed: int, workers: int) -> float:
 def bench_torch(data_dir: str, timed: int, workers: int) -> float:
   import torch  # pylint: disable=g-import-not-at-top
   dataset = _dataset(data_dir)
+  warmup = 2 + workers
+  # Exactly the batches read: workers then end their epoch and exit cleanly.
   sampler = torch.utils.data.RandomSampler(
-      dataset, replacement=True, num_samples=(timed + 4 + workers) * BATCH,
+      dataset, replacement=True, num_samples=(warmup + timed) * BATCH,
       generator=torch.Generator().manual_seed(0))
   loader = torch.utils.data.DataLoader(
       dataset, batch_size=BATCH, sampler=sampler, num_workers=workers,
       multiprocessing_context='spawn' if workers else None)
-  return images_per_s(loader, warmup=2 + workers, timed=timed)
+  return images_per_s(loader, warmup=warmup, timed=timed)
 
 
 def bench_naive(data_dir: str, timed: int) -> float:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   ds = tfds.load('segment_anything/all', split='train', data_dir=data_dir)
-  naive = decode_bench.naive_dataset(
+  naive = _decode_bench().naive_dataset(
       ds.repeat(), batch_size=BATCH, image_size=1024, mask_size=256,
       num_masks=64, seed=0)
   return images_per_s(naive, warmup=1, timed=max(2, timed // 3))
@@ -166,6 +177,7 @@ def main(argv=None) -> dict:
   unknown = set(only) - set(PATHS)
   if unknown:
     p.error(f'unknown paths {sorted(unknown)}')
+  decode_bench = _decode_bench()
   tfrecord_dir = decode_bench.prepare(args.work, args.images)
   array_record_dir = prepare_array_record(args.work, args.images)
   print(f'machine: {platform.machine()}, {os.cpu_count()} cores, load'
@@ -196,6 +208,7 @@ def main(argv=None) -> dict:
       print(f'vs {base}: ' + ', '.join(
           f'{k} {v / results[base]:.1f}x' for k, v in results.items()
           if not k.startswith('naive')))
+  print(f'load average at the end: {os.getloadavg()[0]:.1f}')
   print(json.dumps(results, indent=1))
   return results
 
