@@ -121,4 +121,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == '__main__':
-  main(sys.argv[1:])
+  # Beam (preparing with --manual_dir) parses sys.argv: hide our flags.
+  argv, sys.argv = sys.argv[1:], sys.argv[:1]
+  main(argv)
