@@ -34,7 +34,8 @@ from segment_anything_tfds import sam_inputs
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   model = p.add_mutually_exclusive_group(required=True)
-  model.add_argument('--preset', help='KerasHub SAM preset, e.g. sam_base_sa1b.')
+  model.add_argument('--preset',
+                     help='KerasHub SAM preset, e.g. sam_base_sa1b.')
   model.add_argument('--tiny', action='store_true',
                      help='A small random-init SAM built from config.')
   p.add_argument('--data_dir', required=True,

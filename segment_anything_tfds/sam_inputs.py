@@ -151,7 +151,8 @@ def _boxes(bbox: tf.Tensor, frame_h: tf.Tensor, frame_w: tf.Tensor,
     sides = tf.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]],
                      axis=1)
     sides = tf.tile(sides, [1, 2])
-    counter = tf.cast(index, tf.int64)[:, None] * 4 + tf.range(4, dtype=tf.int64)
+    counter = (tf.cast(index, tf.int64)[:, None] * 4
+               + tf.range(4, dtype=tf.int64))
     noise = tf.cast(sampling.bell_tf(key, counter), tf.float32)
     noise = noise * opts.box_jitter * sides
     boxes = boxes + tf.clip_by_value(noise, -opts.max_box_jitter,

@@ -136,7 +136,7 @@ def choose_np(keep: Any, num: int | None, key: Any) -> np.ndarray:
 
 
 def in_holdout_np(image_id: Any, fraction: float) -> np.ndarray:
-  """bool: is the image in the holdout of this fraction (see `in_holdout_tf`)."""
+  """bool: is the image in the holdout of this fraction? (`in_holdout_tf`)"""
   key = key_np(_HOLDOUT_SEED, image_id, HOLDOUT)
   return uniform_np(key, np.zeros(np.shape(key), np.int64)) < float(fraction)
 

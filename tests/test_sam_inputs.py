@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from segment_anything_tfds import masks as masks_lib
 from segment_anything_tfds import sam_inputs as sam
 from segment_anything_tfds import sampling
 
@@ -352,7 +353,6 @@ def test_layout_options_are_checked():
 
 def test_decode_masks_samples_the_same_masks():
   """With no filter, `decode_masks` and `to_sam_inputs` pick the same masks."""
-  from segment_anything_tfds import masks as masks_lib  # pylint: disable=g-import-not-at-top
   example, _ = make_example(np.random.default_rng(14), height=24, width=36,
                             num_masks=15)
   mask_h = int(24 * M / 36 + 0.5)
