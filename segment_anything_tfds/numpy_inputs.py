@@ -145,11 +145,17 @@ def _keep_np(ann: Mapping[str, Any], height: int, width: int,
 def _point_pixels_np(masks: np.ndarray, key: np.ndarray,
                      index: np.ndarray) -> np.ndarray:
   """The r-th mask pixel (row-major), r = below(count): `_point_pixels`."""
-  k, h, w = masks.shape
-  flat = (masks > 0).reshape(k, h * w).astype(np.int64)
-  running = np.cumsum(flat, axis=1)
-  r = sampling.below_np(key, index, flat.sum(axis=1))
-  return np.argmax(running > r[:, None], axis=1).astype(np.int32)
+  k, _, w = masks.shape
+  m = (masks > 0).astype(np.int64)
+  row_counts = m.sum(axis=2)  # [k, h]
+  row_cum = np.cumsum(row_counts, axis=1)
+  r = sampling.below_np(key, index, row_cum[:, -1])
+  row = np.argmax(row_cum > r[:, None], axis=1)
+  rows = np.arange(k)
+  before = (row_cum - row_counts)[rows, row]
+  line = np.cumsum(m[rows, row], axis=1)  # [k, w]
+  col = np.argmax(line > (r - before)[:, None], axis=1)
+  return (row * w + col).astype(np.int32)
 
 
 def _points_np(pixel: np.ndarray, mask_w: int, nonempty: np.ndarray,

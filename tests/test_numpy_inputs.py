@@ -91,6 +91,25 @@ def test_decode_masks_np_equals_rle_decode():
   assert npi.decode_masks_np([], 37, 53, (4, 5)).shape == (0, 4, 5)
 
 
+def test_point_pixel_is_the_rth_mask_pixel():
+  """Both twins pick pixel r = below(count) of each mask, row-major."""
+  rng = np.random.default_rng(6)
+  masks = (rng.random((40, 13, 17)) < rng.random((40, 1, 1))).astype(np.uint8)
+  masks[:3] = 0  # Empty masks give pixel 0.
+  masks[3] = 1
+  index = rng.permutation(100)[:40]
+  key = sampling.key_np(7, 123, sampling.POINTS)
+  r = sampling.below_np(key, index, masks.reshape(40, -1).sum(axis=1))
+  expected = [np.flatnonzero(m)[i] if m.any() else 0 for m, i in zip(masks, r)]
+  got_np = npi._point_pixels_np(masks, key, index)  # pylint: disable=protected-access
+  got_tf = sam_inputs._point_pixels(  # pylint: disable=protected-access
+      tf.constant(masks), sampling.key_tf(7, tf.constant(123, tf.int64),
+                                          sampling.POINTS), index)
+  assert got_np.tolist() == expected
+  assert got_tf.numpy().tolist() == expected
+  assert len(set(expected[3:])) > 30  # Spread out, not a fixed pixel.
+
+
 # ------------------------------------------------ synthetic examples, exact
 
 OPTIONS = [
