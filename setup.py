@@ -17,6 +17,12 @@ _TFDS_CLI = ['mlcroissant']
 _PYCOCOTOOLS = ['pycocotools>=2.0.7']
 _VIZ = ['matplotlib>=3.7', 'pillow>=9']
 _ARRAY_RECORD = ['array_record>=0.5']
+# Fine-tuning KerasHub's SAM (keras_sam.py); tested with keras-hub 0.32.
+_KERAS_HUB = ['keras-hub>=0.32,<0.33']
+# The numpy training inputs (numpy_inputs.py) read ArrayRecord builds and
+# decode with pycocotools and PIL; Grain's loader on top (tested with 0.2.18).
+_NUMPY_INPUTS = [*_ARRAY_RECORD, *_PYCOCOTOOLS, 'pillow>=9']
+_GRAIN = ['grain>=0.2.18,<0.3', *_NUMPY_INPUTS]
 _TEST = [
     *_TF,
     *_TFDS_CLI,
@@ -27,6 +33,11 @@ _TEST = [
     *_PYCOCOTOOLS,
     *_VIZ,
     *_ARRAY_RECORD,
+    *_KERAS_HUB,
+    *_GRAIN,
+    # torch is not here: PyPI's default torch wheel on x86_64 is a large CUDA
+    # build. tests/test_numpy_inputs.py runs its DataLoader test when torch
+    # is installed, and tests the dataset's protocol without it.
 ]
 
 setuptools.setup(
@@ -80,6 +91,11 @@ setuptools.setup(
         'pycocotools': _PYCOCOTOOLS,
         'viz': _VIZ,
         'array_record': _ARRAY_RECORD,
+        'keras_hub': _KERAS_HUB,
+        'grain': _GRAIN,
+        # PyTorch's DataLoader over numpy_inputs.SamDataset; torch itself is
+        # yours to install (CPU or CUDA build).
+        'pytorch': _NUMPY_INPUTS,
         'test': _TEST,
     },
     entry_points={

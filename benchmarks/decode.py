@@ -248,13 +248,15 @@ def _naive_masks(counts: np.ndarray, height, width, index: np.ndarray,
 def naive_dataset(ds, *, batch_size: int, image_size: int, mask_size: int,
                   num_masks: int, seed: int) -> tf.data.Dataset:
   from segment_anything_tfds import masks as masks_lib  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds import sampling  # pylint: disable=g-import-not-at-top
 
   def fn(example):
     ann = example['annotations']
     n = tf.size(ann['segmentation']['counts'])
-    index = masks_lib.sample_indices(tf.ones([n], tf.bool), num_masks,
-                                     seed=masks_lib.seed_for_example(
-                                         seed, example))
+    index = sampling.choose_tf(tf.ones([n], tf.bool), num_masks,
+                               sampling.key_tf(seed,
+                                               masks_lib.image_id(example),
+                                               sampling.SAMPLE))
     masks = tf.numpy_function(
         lambda c, h, w, i: _naive_masks(c, h, w, i, mask_size),
         [ann['segmentation']['counts'], example['image']['height'],

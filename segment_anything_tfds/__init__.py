@@ -12,7 +12,11 @@ Public API:
   DownloadOptions: how tars are fetched (the builder's `download_options`).
   rle: COCO RLE decode/encode/area/to_bbox/iou/merge in TensorFlow ops.
   decode_masks: a tf.data map that samples and decodes an example's masks.
-  to_sam_inputs, sam_dataset, load_sam_dataset: SAM-style training inputs.
+  to_sam_inputs, sam_dataset, load_sam_dataset: SAM-style training inputs
+    in tf.data (layouts 'sam' and 'keras_hub', see sam_layouts).
+  SamDataset, load_sam_data_source, grain_loader, to_sam_inputs_np: the same
+    inputs in numpy, for JAX (Grain) and PyTorch (numpy_inputs).
+  SAMTrainer, sam_loss: fine-tuning KerasHub's SAM (keras_sam).
   MaskIoU, evaluate_predictions, format_table: mask IoU metric/evaluation.
   paste_objects, paste_from_example: copy-paste augmentation (tf.data).
 """
@@ -54,6 +58,14 @@ _LAZY = {
     'load_sam_dataset': ('segment_anything_tfds.sam_inputs', 'load_sam_dataset'),
     'sam_dataset': ('segment_anything_tfds.sam_inputs', 'sam_dataset'),
     'to_sam_inputs': ('segment_anything_tfds.sam_inputs', 'to_sam_inputs'),
+    'SamDataset': ('segment_anything_tfds.numpy_inputs', 'SamDataset'),
+    'load_sam_data_source': ('segment_anything_tfds.numpy_inputs',
+                             'load_sam_data_source'),
+    'grain_loader': ('segment_anything_tfds.numpy_inputs', 'grain_loader'),
+    'to_sam_inputs_np': ('segment_anything_tfds.numpy_inputs',
+                         'to_sam_inputs_np'),
+    'SAMTrainer': ('segment_anything_tfds.keras_sam', 'SAMTrainer'),
+    'sam_loss': ('segment_anything_tfds.keras_sam', 'sam_loss'),
 }
 
 
@@ -73,17 +85,23 @@ __all__ = [
     'Builder',
     'DownloadOptions',
     'MaskIoU',
+    'SAMTrainer',
+    'SamDataset',
     'SegmentAnythingConfig',
     'decode_masks',
     'errors',
     'evaluate_predictions',
     'format_table',
+    'grain_loader',
     'lenient_config',
+    'load_sam_data_source',
     'load_sam_dataset',
     'paste_from_example',
     'paste_objects',
     'rle',
     'sam_dataset',
+    'sam_loss',
     'tars_config',
     'to_sam_inputs',
+    'to_sam_inputs_np',
 ]

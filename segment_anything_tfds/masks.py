@@ -19,9 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 from segment_anything_tfds import rle
+from segment_anything_tfds import sampling
 
-__all__ = ['decode_masks', 'decode_pycocotools', 'sample_indices',
-           'seed_for_example']
+__all__ = ['decode_masks', 'decode_pycocotools', 'image_id']
 
 _EXTRA = 'pip install segment_anything_tfds[pycocotools]'
 BACKENDS = ('tf', 'pycocotools')
@@ -90,52 +90,18 @@ def decode_pycocotools(
   return masks[0] if scalar else masks
 
 
-def seed_for_example(seed: int | tf.Tensor, example: Mapping[str, Any],
-                     *, salt: int = 0) -> tf.Tensor:
-  """A stateless-random seed pair [2] from `seed` and the example's image_id.
+def image_id(example: Mapping[str, Any]) -> tf.Tensor:
+  """The example's image id (uint64 or int64 scalar tensor); 0 if absent.
 
-  The same (seed, image) always gives the same samples, whatever the order,
+  With a seed, every random choice of `decode_masks` and `sam_inputs` is a
+  function of (seed, image id) (`sampling`): the same whatever the order,
   sharding or parallelism of the pipeline.
   """
-  image_id = tf.constant(0, tf.int64)
   image = example.get('image') if isinstance(example, Mapping) else None
   if isinstance(image, Mapping) and 'image_id' in image:
-    image_id = image['image_id']
-    if image_id.dtype == tf.uint64:
-      image_id = tf.bitcast(image_id, tf.int64)
-    image_id = tf.cast(image_id, tf.int64)
-  seed = tf.cast(seed, tf.int64)
-  return tf.stack([seed * 1_000_003 + salt, image_id])
-
-
-def sample_indices(keep: tf.Tensor, num: int | None, *,
-                   seed: tf.Tensor | None = None) -> tf.Tensor:
-  """Indices of up to `num` entries where `keep` is true, without replacement.
-
-  Args:
-    keep: bool [N].
-    num: how many to draw; None draws all kept entries.
-    seed: stateless seed pair [2] (see `seed_for_example`); None uses the
-      global (stateful, non-reproducible) random generator.
-
-  Returns:
-    int32 [min(num, count(keep))] indices, in increasing order.
-  """
-  keep = tf.convert_to_tensor(keep, tf.bool)
-  if num is None:
-    return tf.cast(tf.where(keep)[:, 0], tf.int32)
-  n = tf.size(keep)
-  if seed is None:
-    noise = tf.random.uniform([n])
-  else:
-    noise = tf.random.stateless_uniform([n], seed=seed)
-  # Kept entries score in [1, 2), the others in [0, 1): the top-k are a
-  # uniform sample of the kept ones.
-  score = noise + tf.cast(keep, tf.float32)
-  k = tf.minimum(tf.cast(num, tf.int32),
-                 tf.reduce_sum(tf.cast(keep, tf.int32)))
-  top = tf.math.top_k(score, k=k, sorted=False).indices
-  return tf.sort(top)
+    value = tf.convert_to_tensor(image['image_id'])
+    return value if value.dtype == tf.uint64 else tf.cast(value, tf.int64)
+  return tf.constant(0, tf.int64)
 
 
 def _image_size(example: Mapping[str, Any]) -> tuple[tf.Tensor, tf.Tensor]:
@@ -176,7 +142,8 @@ def decode_masks(
       only those; None keeps (and decodes) all.
     output_size: optional (h, w): decode straight at this size, exactly as a
       'nearest' `tf.image.resize` of the full mask would give.
-    seed: makes the sample deterministic, from (seed, image_id).
+    seed: makes the sample deterministic, from (seed, image_id), and the
+      same as the masks `sam_inputs` samples with no filter (`sampling`).
 
   Returns:
     A new example dict; its 'annotations' hold the sampled rows of every
@@ -191,8 +158,10 @@ def decode_masks(
     if num_masks < 0:
       raise ValueError(f'decode_masks: num_masks must be >= 0, got {num_masks}.')
     keep = tf.ones_like(counts, dtype=tf.bool)
-    seed_pair = None if seed is None else seed_for_example(seed, example)
-    indices = sample_indices(keep, num_masks, seed=seed_pair)
+    seed = sampling.random_seed_tf() if seed is None else seed
+    indices = sampling.choose_tf(
+        keep, num_masks, sampling.key_tf(seed, image_id(example),
+                                         sampling.SAMPLE))
     annotations = tf.nest.map_structure(lambda t: tf.gather(t, indices),
                                         annotations)
     counts = annotations['segmentation']['counts']

@@ -1,31 +1,15 @@
-"""SAM-style training inputs from `segment_anything` examples.
+"""SAM-style training inputs from `segment_anything` examples, in tf.data.
 
-`to_sam_inputs` maps one example to ``(inputs, targets, sample_weight)``:
-
-* ``inputs['image']``: float32 [S, S, 3]. The image resized so its long side
-  is S = `image_size` (bilinear, antialiased), normalized with the ImageNet
-  mean/std (on the 0..255 scale, as SAM does) and zero-padded at the bottom
-  and right to a square.
-* ``targets``: float32 [K, M, M], K = `num_masks`, M = `mask_size`. Masks are
-  decoded straight at the resolution where the long side is M (exactly a
-  nearest resize of the full mask), then zero-padded like the image, so
-  target pixel (y, x) covers image pixels [y * S/M, (y + 1) * S/M).
-* ``inputs['points']``: float32 [K, 1, 2], one (x, y) point prompt per mask,
-  in resized-image pixels: the centre of a mask pixel drawn uniformly among
-  the mask's pixels at the decoded resolution.
-* ``inputs['point_labels']``: int32 [K, 1], 1 (foreground) for real masks.
-* ``inputs['boxes']``: float32 [K, 4], (x0, y0, x1, y1) in resized-image
-  pixels, from the annotation's box, optionally jittered as in SAM (Gaussian
-  noise, std `box_jitter` x side length, clipped to `max_box_jitter` pixels).
-* ``sample_weight``: float32 [K], 1 for real masks, 0 for padding (an image
-  with fewer than K usable masks) and for masks too small to cover a pixel
-  at the decoded resolution.
-
-Masks are first filtered (predicted_iou, stability_score, area fraction), then
-up to K are sampled without replacement; only those are decoded.
+`to_sam_inputs` maps one example to ``(inputs, targets, sample_weight)`` in
+one of the layouts of `sam_layouts` (read it for what every output holds):
+'sam' (the default) or 'keras_hub' (what KerasHub's SAM takes). TensorFlow
+ops only: it runs inside ``Dataset.map`` with any parallelism and under the
+tf.data service. `numpy_inputs` is its numpy twin, for Grain and PyTorch,
+with the same masks and prompts for the same seed.
 
 `sam_dataset` builds the batched pipeline; `load_sam_dataset` starts from
-`tfds.load`. Batches feed ``keras.Model.fit`` directly.
+`tfds.load`. Batches feed ``keras.Model.fit`` directly. Both can hold out a
+validation set by image id (`validation_fraction`, see `sampling`).
 """
 
 from __future__ import annotations
@@ -36,15 +20,14 @@ import tensorflow as tf
 
 from segment_anything_tfds import masks as masks_lib
 from segment_anything_tfds import rle
+from segment_anything_tfds import sam_layouts
+from segment_anything_tfds import sampling
 
-__all__ = ['to_sam_inputs', 'sam_dataset', 'load_sam_dataset', 'PIXEL_MEAN',
-           'PIXEL_STD']
+__all__ = ['to_sam_inputs', 'sam_dataset', 'load_sam_dataset',
+           'holdout_filter', 'PIXEL_MEAN', 'PIXEL_STD']
 
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
-
-# Salts separating the random streams drawn from one (seed, image_id).
-_SAMPLE, _POINTS, _BOXES = 1, 2, 3
+PIXEL_MEAN = sam_layouts.PIXEL_MEAN
+PIXEL_STD = sam_layouts.PIXEL_STD
 
 
 def _resized_size(height: tf.Tensor, width: tf.Tensor,
@@ -71,8 +54,9 @@ def _decode_jpeg_scaled(content: tf.Tensor, long_side: tf.Tensor,
       for r in ratios])
 
 
-def _image(example: Mapping[str, Any], image_size: int,
-           fast_jpeg: bool = True) -> tf.Tensor:
+def _resized_image(example: Mapping[str, Any], image_size: int,
+                   fast_jpeg: bool = True) -> tf.Tensor:
+  """float32 [new_h, new_w, 3] on the 0..255 scale, long side image_size."""
   height = tf.cast(example['image']['height'], tf.int64)
   width = tf.cast(example['image']['width'], tf.int64)
   content = example['image']['content']
@@ -92,24 +76,111 @@ def _image(example: Mapping[str, Any], image_size: int,
   # The target size comes from the true image size (the decoded one may be
   # scaled), so that image and masks line up.
   new_h, new_w, _ = _resized_size(height, width, image_size)
-  image = tf.image.resize(content, tf.stack([new_h, new_w]),
-                          method='bilinear', antialias=True)
-  image = (image - tf.constant(PIXEL_MEAN)) / tf.constant(PIXEL_STD)
-  image = tf.pad(image, [[0, image_size - new_h], [0, image_size - new_w],
-                         [0, 0]])
+  return tf.image.resize(content, tf.stack([new_h, new_w]),
+                         method='bilinear', antialias=True)
+
+
+def _layout_image(image: tf.Tensor, image_size: int,
+                  layout: str) -> tf.Tensor:
+  """Normalizes and pads a resized image to [S, S, 3] for the layout."""
+  new_h, new_w = tf.shape(image)[0], tf.shape(image)[1]
+  paddings = [[0, image_size - new_h], [0, image_size - new_w], [0, 0]]
+  if layout == 'sam':
+    image = (image - tf.constant(PIXEL_MEAN)) / tf.constant(PIXEL_STD)
+    image = tf.pad(image, paddings)
+  else:
+    inside = tf.pad(tf.ones([new_h, new_w, 1], tf.bool), paddings)
+    image = tf.where(inside, tf.pad(image / 255.0, paddings),
+                     tf.constant(sam_layouts.KERAS_HUB_PAD, tf.float32))
   return tf.ensure_shape(image, [image_size, image_size, 3])
 
 
-def _uniform(shape, seed_pair):
-  if seed_pair is None:
-    return tf.random.uniform(shape)
-  return tf.random.stateless_uniform(shape, seed=seed_pair)
+def _image(example: Mapping[str, Any], image_size: int,
+           fast_jpeg: bool = True, layout: str = 'sam') -> tf.Tensor:
+  return _layout_image(_resized_image(example, image_size, fast_jpeg),
+                       image_size, layout)
 
 
-def _normal(shape, seed_pair):
-  if seed_pair is None:
-    return tf.random.normal(shape)
-  return tf.random.stateless_normal(shape, seed=seed_pair)
+def _keep(annotations: Mapping[str, Any], height: tf.Tensor, width: tf.Tensor,
+          opts: sam_layouts.SamOptions) -> tf.Tensor:
+  """bool [N]: the masks passing the quality and area filters."""
+  area_fraction = tf.cast(annotations['area'], tf.float64) / tf.cast(
+      tf.maximum(height * width, 1), tf.float64)
+  keep = tf.logical_and(
+      tf.cast(annotations['predicted_iou'], tf.float64)
+      >= opts.min_predicted_iou,
+      tf.cast(annotations['stability_score'], tf.float64)
+      >= opts.min_stability_score)
+  return tf.logical_and(keep, tf.logical_and(
+      area_fraction >= opts.min_area_fraction,
+      area_fraction <= opts.max_area_fraction))
+
+
+def _point_pixels(masks: tf.Tensor, key: tf.Tensor,
+                  index: tf.Tensor) -> tf.Tensor:
+  """int32 [k]: a uniformly drawn pixel of each mask, flat row-major index.
+
+  The r-th pixel of the mask in row-major order, r = below(count) (0 if the
+  mask is empty). Found in two steps, the row from running row counts, then
+  the column in that row: ~10x cheaper than a running count of all pixels.
+  """
+  m = tf.cast(masks > 0, tf.int32)
+  row_counts = tf.reduce_sum(m, axis=2)  # [k, h]
+  row_cum = tf.cumsum(row_counts, axis=1)
+  r = tf.cast(sampling.below_tf(key, index, row_cum[:, -1]), tf.int32)
+  row = tf.argmax(row_cum > r[:, None], axis=1, output_type=tf.int32)
+  before = tf.gather(row_cum - row_counts, row, batch_dims=1)
+  line = tf.cumsum(tf.gather(m, row, batch_dims=1), axis=1)  # [k, w]
+  col = tf.argmax(line > (r - before)[:, None], axis=1, output_type=tf.int32)
+  return row * tf.shape(masks)[2] + col
+
+
+def _points(pixel: tf.Tensor, mask_w: tf.Tensor, nonempty: tf.Tensor,
+            given: tf.Tensor, stride: float, offset: float) -> tf.Tensor:
+  """float32 [k, 2] (x, y): the centre of each chosen mask pixel, in
+  resized-image pixels, minus `offset`; masks vanishing at the decoded
+  resolution keep the dataset's (scaled) point `given`."""
+  py = (tf.cast(pixel // mask_w, tf.float32) + 0.5) * stride - offset
+  px = (tf.cast(pixel % mask_w, tf.float32) + 0.5) * stride - offset
+  return tf.where(nonempty[:, None], tf.stack([px, py], axis=1), given)
+
+
+def _boxes(bbox: tf.Tensor, frame_h: tf.Tensor, frame_w: tf.Tensor,
+           key: tf.Tensor, index: tf.Tensor,
+           opts: sam_layouts.SamOptions) -> tf.Tensor:
+  """float32 [k, 4] (x0, y0, x1, y1) in resized-image pixels, jittered."""
+  ymin, xmin, ymax, xmax = tf.unstack(tf.cast(bbox, tf.float32), 4, axis=1)
+  boxes = tf.stack([xmin * frame_w, ymin * frame_h, xmax * frame_w,
+                    ymax * frame_h], axis=1)
+  if opts.box_jitter > 0:
+    sides = tf.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]],
+                     axis=1)
+    sides = tf.tile(sides, [1, 2])
+    counter = (tf.cast(index, tf.int64)[:, None] * 4
+               + tf.range(4, dtype=tf.int64))
+    noise = tf.cast(sampling.bell_tf(key, counter), tf.float32)
+    noise = noise * opts.box_jitter * sides
+    boxes = boxes + tf.clip_by_value(noise, -opts.max_box_jitter,
+                                     opts.max_box_jitter)
+  limit = tf.stack([frame_w, frame_h, frame_w, frame_h])
+  return tf.clip_by_value(boxes, 0.0, limit)
+
+
+def _use_box(key: tf.Tensor, index: tf.Tensor, prompt: str) -> tf.Tensor:
+  """bool [k]: which masks the 'keras_hub' layout prompts by their box."""
+  if prompt == 'point':
+    return tf.zeros(tf.shape(index), tf.bool)
+  if prompt == 'box':
+    return tf.ones(tf.shape(index), tf.bool)
+  return tf.equal(sampling.below_tf(key, index, 2), 1)
+
+
+def _pad_rows(t: tf.Tensor, num: int, value: float = 0) -> tf.Tensor:
+  """Pads axis 0 of t to `num` rows with `value`, static shape."""
+  pad = num - tf.shape(t)[0]
+  paddings = [[0, pad]] + [[0, 0]] * (t.shape.rank - 1)
+  out = tf.pad(t, paddings, constant_values=tf.cast(value, t.dtype))
+  return tf.ensure_shape(out, [num] + t.shape[1:].as_list())
 
 
 # Plain TF ops, no Python control flow on tensors: nothing to convert.
@@ -118,7 +189,7 @@ def to_sam_inputs(
     example: Mapping[str, Any],
     *,
     image_size: int = 1024,
-    mask_size: int = 256,
+    mask_size: int | None = None,
     num_masks: int = 64,
     min_predicted_iou: float = 0.0,
     min_stability_score: float = 0.0,
@@ -127,19 +198,21 @@ def to_sam_inputs(
     box_jitter: float = 0.1,
     max_box_jitter: float = 20.0,
     seed: int | None = None,
+    layout: str = 'sam',
+    prompt: str | None = None,
     backend: str = 'tf',
     fast_jpeg: bool = True,
 ) -> tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
   """One `segment_anything` example -> SAM-style (inputs, targets, weights).
 
-  See the module docstring for the outputs. Use inside ``Dataset.map``
-  (`sam_dataset` does it for you).
+  See `sam_layouts` for the outputs of each layout. Use inside
+  ``Dataset.map`` (`sam_dataset` does it for you).
 
   Args:
     example: a `segment_anything` example; 'image/content' may be the decoded
       uint8 image or the JPEG bytes (``tfds.decode.SkipDecoding()``).
     image_size: S, the side of the square model input.
-    mask_size: M, the side of the square mask targets.
+    mask_size: M, the side of the square mask targets (None: S // 4).
     num_masks: K, masks per image (padded with zero weight when fewer).
     min_predicted_iou: keep masks with predicted_iou >= this.
     min_stability_score: keep masks with stability_score >= this.
@@ -148,9 +221,12 @@ def to_sam_inputs(
     box_jitter: std of the box noise, as a fraction of the box side; 0 for
       exact boxes. SAM uses 0.1.
     max_box_jitter: clip the box noise to this many pixels. SAM uses 20.
-    seed: with a seed, the sampled masks, points and box noise depend only on
-      (seed, image_id): reproducible under any parallelism or sharding. None
-      draws from the global generator.
+    seed: with a seed, the sampled masks, points, prompts and box noise
+      depend only on (seed, image_id) (`sampling`): reproducible under any
+      parallelism or sharding, and equal to `numpy_inputs`. None draws a
+      random seed per image.
+    layout: 'sam' or 'keras_hub' (`sam_layouts`).
+    prompt: 'keras_hub' layout: 'point', 'box' or 'mixed' (the default).
     backend: mask decoder, 'tf' or 'pycocotools' (see `decode_masks`).
     fast_jpeg: when 'image/content' holds JPEG bytes, decode it with libjpeg's
       DCT scaling (1/2, 1/4 or 1/8) as long as the long side stays >=
@@ -158,40 +234,34 @@ def to_sam_inputs(
       decode + resize; pixels differ slightly from that path.
 
   Returns:
-    (inputs, targets, sample_weight) as described in the module docstring.
+    (inputs, targets, sample_weight) as described in `sam_layouts`.
   """
-  if mask_size <= 0 or image_size <= 0 or num_masks < 0:
-    raise ValueError('to_sam_inputs: image_size and mask_size must be positive'
-                     f' and num_masks >= 0, got {image_size}, {mask_size},'
-                     f' {num_masks}.')
+  opts = sam_layouts.SamOptions(
+      image_size=image_size, mask_size=mask_size, num_masks=num_masks,
+      min_predicted_iou=min_predicted_iou,
+      min_stability_score=min_stability_score,
+      min_area_fraction=min_area_fraction,
+      max_area_fraction=max_area_fraction, box_jitter=box_jitter,
+      max_box_jitter=max_box_jitter, seed=seed, layout=layout, prompt=prompt)
   if backend not in masks_lib.BACKENDS:
     raise ValueError(f'to_sam_inputs: backend must be one of'
                      f' {masks_lib.BACKENDS}, got {backend!r}.')
   annotations = example['annotations']
   height = tf.cast(example['image']['height'], tf.int64)
   width = tf.cast(example['image']['width'], tf.int64)
+  image_id = masks_lib.image_id(example)
+  seed = sampling.random_seed_tf() if seed is None else seed
 
-  def seed_pair(salt):
-    if seed is None:
-      return None
-    return masks_lib.seed_for_example(seed, example, salt=salt)
+  def key(stream):
+    return sampling.key_tf(seed, image_id, stream)
 
   # Filter, then sample up to K of the usable masks.
-  area_fraction = tf.cast(annotations['area'], tf.float64) / tf.cast(
-      tf.maximum(height * width, 1), tf.float64)
-  keep = tf.logical_and(
-      tf.cast(annotations['predicted_iou'], tf.float64) >= min_predicted_iou,
-      tf.cast(annotations['stability_score'], tf.float64)
-      >= min_stability_score)
-  keep = tf.logical_and(keep, tf.logical_and(
-      area_fraction >= min_area_fraction, area_fraction <= max_area_fraction))
-  index = masks_lib.sample_indices(keep, num_masks, seed=seed_pair(_SAMPLE))
-  count = tf.size(index)
-  pad = num_masks - count
+  index = sampling.choose_tf(_keep(annotations, height, width, opts),
+                             opts.num_masks, key(sampling.SAMPLE))
   counts = tf.gather(annotations['segmentation']['counts'], index)
 
-  # Masks at the resolution where the long side is M, padded to M x M.
-  mask_h, mask_w, _ = _resized_size(height, width, mask_size)
+  # Masks at the resolution where the long side is M.
+  mask_h, mask_w, _ = _resized_size(height, width, opts.mask_size)
   size = tf.stack([height, width])
   output_size = tf.stack([mask_h, mask_w])
   if backend == 'tf':
@@ -201,56 +271,77 @@ def to_sam_inputs(
                                          output_size=output_size)
   nonempty = tf.reduce_any(masks > 0, axis=[1, 2])
 
-  # Point prompts: a uniformly drawn pixel of each mask (argmax of noise over
-  # the mask's pixels); its centre, in resized-image pixels.
-  noise = _uniform(tf.shape(masks), seed_pair(_POINTS))
-  score = tf.where(masks > 0, noise, -1.0)
-  flat = tf.argmax(tf.reshape(score, tf.stack([count, mask_h * mask_w])),
-                   axis=1,
-                   output_type=tf.int32)
-  stride = image_size / mask_size
-  py = (tf.cast(flat // mask_w, tf.float32) + 0.5) * stride
-  px = (tf.cast(flat % mask_w, tf.float32) + 0.5) * stride
-  _, _, scale = _resized_size(height, width, image_size)
+  # Prompts, in resized-image pixels.
+  _, _, scale = _resized_size(height, width, opts.image_size)
   scale = tf.cast(scale, tf.float32)
-  # Masks vanishing at this resolution keep the dataset's point.
   given = tf.cast(tf.gather(annotations['point_coords'], index),
                   tf.float32)[:, 0, :] * scale
-  points = tf.where(nonempty[:, None], tf.stack([px, py], axis=1), given)
-
-  # Boxes: the annotation box (normalized ymin, xmin, ymax, xmax) in
-  # resized-image pixels, jittered.
+  keras_hub = opts.layout == 'keras_hub'
+  points = _points(_point_pixels(masks, key(sampling.POINTS), index), mask_w,
+                   nonempty, given, stride=opts.image_size / opts.mask_size,
+                   offset=0.5 if keras_hub else 0.0)
   frame_h = tf.cast(height, tf.float32) * scale
   frame_w = tf.cast(width, tf.float32) * scale
-  ymin, xmin, ymax, xmax = tf.unstack(
-      tf.cast(tf.gather(annotations['bbox'], index), tf.float32), 4, axis=1)
-  boxes = tf.stack([xmin * frame_w, ymin * frame_h, xmax * frame_w,
-                    ymax * frame_h], axis=1)
-  if box_jitter > 0:
-    sides = tf.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]],
-                     axis=1)
-    sides = tf.tile(sides, [1, 2])
-    noise = _normal(tf.shape(boxes), seed_pair(_BOXES)) * box_jitter * sides
-    boxes = boxes + tf.clip_by_value(noise, -max_box_jitter, max_box_jitter)
-  limit = tf.stack([frame_w, frame_h, frame_w, frame_h])
-  boxes = tf.clip_by_value(boxes, 0.0, limit)
+  boxes = _boxes(tf.gather(annotations['bbox'], index), frame_h, frame_w,
+                 key(sampling.BOXES), index, opts)
 
-  masks = tf.pad(masks, [[0, pad], [0, mask_size - mask_h],
-                         [0, mask_size - mask_w]])
-  masks = tf.ensure_shape(tf.cast(masks, tf.float32),
-                          [num_masks, mask_size, mask_size])
-  weights = tf.pad(tf.cast(nonempty, tf.float32), [[0, pad]])
+  k = opts.num_masks
+  masks = tf.ensure_shape(
+      tf.pad(masks, [[0, 0], [0, opts.mask_size - mask_h],
+                     [0, opts.mask_size - mask_w]]),
+      [None, opts.mask_size, opts.mask_size])
+  targets = _pad_rows(tf.cast(masks, tf.float32), k)
+  weights = _pad_rows(tf.cast(nonempty, tf.float32), k)
+  image = _image(example, opts.image_size, fast_jpeg, opts.layout)
+  if not keras_hub:
+    inputs = {
+        'image': image,
+        'points': _pad_rows(points, k)[:, None],
+        'point_labels': _pad_rows(tf.ones([tf.size(index), 1], tf.int32), k,
+                                  -1),
+        'boxes': _pad_rows(boxes, k),
+    }
+    return inputs, targets, weights
+  use_box = _use_box(key(sampling.PROMPTS), index, opts.prompt_kind)
+  labels = tf.where(use_box, -1.0, 1.0)[:, None]
+  points = tf.where(use_box[:, None], 0.0, points)
   inputs = {
-      'image': _image(example, image_size, fast_jpeg),
-      'points': tf.ensure_shape(tf.pad(points, [[0, pad], [0, 0]])[:, None],
-                                [num_masks, 1, 2]),
-      'point_labels': tf.ensure_shape(
-          tf.pad(tf.ones([count, 1], tf.int32), [[0, pad], [0, 0]]),
-          [num_masks, 1]),
-      'boxes': tf.ensure_shape(tf.pad(boxes, [[0, pad], [0, 0]]),
-                               [num_masks, 4]),
+      'images': image,
+      'points': _pad_rows(points, k)[:, None],
+      'labels': _pad_rows(labels, k, -1),
+      'boxes': tf.reshape(_pad_rows(boxes, k), [k, 1, 2, 2]),
   }
-  return inputs, masks, tf.ensure_shape(weights, [num_masks])
+  return inputs, targets, weights
+
+
+def holdout_filter(validation_fraction: float, validation: bool = False):
+  """A ``Dataset.filter`` predicate: the training part or the holdout.
+
+  An image is held out when ``sampling.in_holdout_tf(image_id, fraction)``:
+  a hash of its id alone, so the split is the same in every config, build,
+  file format and path (`numpy_inputs.SamDataset` uses the same rule), and a
+  larger fraction holds out a superset.
+
+  Args:
+    validation_fraction: the fraction of images held out, in [0, 1].
+    validation: True keeps the held-out images, False the others.
+  """
+  _check_fraction(validation_fraction)
+
+  def predicate(example):
+    held_out = sampling.in_holdout_tf(masks_lib.image_id(example),
+                                      validation_fraction)
+    return held_out if validation else tf.logical_not(held_out)
+
+  return predicate
+
+
+def _check_fraction(fraction: float) -> None:
+  if not 0.0 <= fraction <= 1.0:
+    raise ValueError(f'validation_fraction must be in [0, 1], got {fraction}.')
+
+
+_MAP_OPTIONS = sam_layouts.SamOptions.names() | {'backend', 'fast_jpeg'}
 
 
 def sam_dataset(
@@ -262,6 +353,8 @@ def sam_dataset(
     drop_remainder: bool = True,
     num_parallel_calls: int = tf.data.AUTOTUNE,
     deterministic: bool | None = None,
+    validation_fraction: float | None = None,
+    validation: bool = False,
     **sam_kwargs: Any,
 ) -> tf.data.Dataset:
   """Batched SAM-style training data from a `segment_anything` dataset.
@@ -276,22 +369,31 @@ def sam_dataset(
     drop_remainder: drop a last partial batch (static batch shape).
     num_parallel_calls: parallelism of the map.
     deterministic: passed to ``Dataset.map``.
+    validation_fraction: hold out this fraction of the images by image id
+      (`holdout_filter`); None keeps every image.
+    validation: with `validation_fraction`, True yields the held-out images
+      instead of the others.
     **sam_kwargs: keyword options of `to_sam_inputs` (image_size, mask_size,
-      num_masks, filters, box_jitter, seed, backend).
+      num_masks, filters, box_jitter, seed, layout, prompt, backend,
+      fast_jpeg).
 
   Returns:
     A dataset of ``(inputs, targets, sample_weight)`` batches for
-    ``model.fit``: inputs {'image' [B, S, S, 3], 'points' [B, K, 1, 2],
-    'point_labels' [B, K, 1], 'boxes' [B, K, 4]}, targets [B, K, M, M],
+    ``model.fit``, the `to_sam_inputs` outputs with a batch axis B in front:
+    layout 'sam': inputs {'image' [B, S, S, 3], 'points' [B, K, 1, 2],
+    'point_labels' [B, K, 1], 'boxes' [B, K, 4]}; layout 'keras_hub':
+    inputs {'images' [B, S, S, 3], 'points' [B, K, 1, 2], 'labels'
+    [B, K, 1], 'boxes' [B, K, 1, 2, 2]}; targets [B, K, M, M],
     sample_weight [B, K].
   """
   # Fail on bad options now, not inside the traced map.
-  unknown = set(sam_kwargs) - {
-      'image_size', 'mask_size', 'num_masks', 'min_predicted_iou',
-      'min_stability_score', 'min_area_fraction', 'max_area_fraction',
-      'box_jitter', 'max_box_jitter', 'seed', 'backend', 'fast_jpeg'}
+  unknown = set(sam_kwargs) - _MAP_OPTIONS
   if unknown:
     raise TypeError(f'sam_dataset: unknown to_sam_inputs options {sorted(unknown)}')
+  sam_layouts.SamOptions(**{k: v for k, v in sam_kwargs.items()
+                            if k in sam_layouts.SamOptions.names()})
+  if validation_fraction is not None:
+    dataset = dataset.filter(holdout_filter(validation_fraction, validation))
   if shuffle_buffer:
     dataset = dataset.shuffle(shuffle_buffer, seed=sam_kwargs.get('seed'))
   if repeat:

@@ -192,21 +192,6 @@ def test_backends_agree_in_graph():
   np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def test_sample_indices():
-  keep = tf.constant([True, False, True, True, False, True])
-  for seed in range(5):
-    got = masks_lib.sample_indices(keep, 2, seed=tf.constant([seed, 0],
-                                                             tf.int64))
-    got = got.numpy()
-    assert len(got) == 2 and len(set(got)) == 2
-    assert all(keep.numpy()[got])
-    assert list(got) == sorted(got)
-  np.testing.assert_array_equal(masks_lib.sample_indices(keep, 10),
-                                [0, 2, 3, 5])
-  np.testing.assert_array_equal(masks_lib.sample_indices(keep, None),
-                                [0, 2, 3, 5])
-
-
 def test_bad_options():
   example, _ = make_example(np.random.default_rng(6), height=5, width=5,
                             num_masks=2)

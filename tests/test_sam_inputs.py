@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from segment_anything_tfds import masks as masks_lib
 from segment_anything_tfds import sam_inputs as sam
+from segment_anything_tfds import sampling
 
 mask_utils = pytest.importorskip('pycocotools.mask')
 from test_masks import examples_dataset, make_example  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -40,8 +42,9 @@ def test_all_masks_exact(backend, shape):
   np.testing.assert_array_equal(targets.numpy()[5:], 0)
   np.testing.assert_array_equal(weights.numpy(),
                                 [float(m.any()) for m in expected] + [0] * 3)
+  # SAM's labels: 1 foreground, -1 padding.
   np.testing.assert_array_equal(inputs['point_labels'].numpy()[:, 0],
-                                [1] * 5 + [0] * 3)
+                                [1] * 5 + [-1] * 3)
   # Points fall inside their (decoded) mask.
   stride = S / M
   for k in range(5):
@@ -179,7 +182,7 @@ def test_image_without_usable_masks(backend):
     assert targets.shape == (4, M, M) and not targets.numpy().any()
     assert not weights.numpy().any()
     assert inputs['points'].shape == (4, 1, 2)
-    assert not inputs['point_labels'].numpy().any()
+    assert (inputs['point_labels'].numpy() == -1).all()
 
 
 def test_points_cover_the_mask():
@@ -219,3 +222,169 @@ def test_sam_dataset_batches():
   np.testing.assert_array_equal(weights[0].numpy(), w_one.numpy())
   with pytest.raises(TypeError, match='unknown'):
     sam.sam_dataset(ds, batch_size=2, mask_sise=8)
+
+
+# ------------------------------------------------------- layout 'keras_hub'
+
+
+def _keras_hub(example, **kwargs):
+  options = dict(image_size=S, num_masks=8, seed=0, layout='keras_hub')
+  options.update(kwargs)
+  return sam.to_sam_inputs(example, **options)
+
+
+@pytest.mark.parametrize('prompt', ['point', 'box', 'mixed'])
+def test_keras_hub_layout(prompt):
+  height, width = 30, 45
+  example, masks = make_example(np.random.default_rng(9), height=height,
+                                width=width, num_masks=5)
+  inputs, targets, weights = _keras_hub(example, prompt=prompt)
+  same, sam_targets, sam_weights = sam.to_sam_inputs(
+      example, image_size=S, mask_size=M, num_masks=8, seed=0)
+  assert set(inputs) == {'images', 'points', 'labels', 'boxes'}
+  assert inputs['images'].shape == (S, S, 3)
+  assert inputs['points'].shape == (8, 1, 2)
+  assert inputs['labels'].shape == (8, 1)
+  assert inputs['boxes'].shape == (8, 1, 2, 2)
+  for value in (*inputs.values(), targets, weights):
+    assert value.dtype == tf.float32
+  # Targets at S / 4, the same masks (and pycocotools') as layout 'sam'.
+  assert targets.shape == (8, S // 4, S // 4) == (8, M, M)
+  np.testing.assert_array_equal(targets.numpy(), sam_targets.numpy())
+  np.testing.assert_array_equal(targets.numpy()[:5],
+                                _expected_masks(masks, height, width))
+  np.testing.assert_array_equal(weights.numpy(), sam_weights.numpy())
+  labels = inputs['labels'].numpy()[:, 0]
+  np.testing.assert_array_equal(labels[5:], -1)  # Padding.
+  if prompt == 'point':
+    np.testing.assert_array_equal(labels[:5], 1)
+  elif prompt == 'box':
+    np.testing.assert_array_equal(labels[:5], -1)
+  by_point = labels[:5] == 1
+  # Point rows: the 'sam' point in SAM's pixel-index convention (-0.5);
+  # box rows and padding: no point.
+  points = inputs['points'].numpy()[:, 0]
+  np.testing.assert_array_equal(points[:5][by_point],
+                                same['points'].numpy()[:5, 0][by_point] - 0.5)
+  np.testing.assert_array_equal(points[:5][~by_point], 0)
+  np.testing.assert_array_equal(points[5:], 0)
+  # Every real mask carries its (jittered) box as two corners.
+  np.testing.assert_array_equal(inputs['boxes'].numpy().reshape(8, 4),
+                                same['boxes'].numpy())
+
+
+def test_keras_hub_mixed_prompts_are_balanced_and_seeded():
+  example, _ = make_example(np.random.default_rng(10), height=40, width=40,
+                            num_masks=40)
+  labels = [_keras_hub(example, num_masks=40, seed=seed)[0]['labels']
+            .numpy()[:, 0] for seed in range(10)]
+  fraction = np.mean([(l == -1).mean() for l in labels])
+  assert 0.35 < fraction < 0.65, fraction
+  again = _keras_hub(example, num_masks=40, seed=3)[0]['labels'].numpy()[:, 0]
+  np.testing.assert_array_equal(again, labels[3])
+  assert any(not np.array_equal(labels[0], l) for l in labels[1:])
+
+
+def test_keras_hub_image_matches_keras_hub_preprocessing():
+  example, _ = make_example(np.random.default_rng(11), height=20, width=50,
+                            num_masks=2)
+  inputs, _, _ = _keras_hub(example)
+  same, _, _ = sam.to_sam_inputs(example, image_size=S, num_masks=8, seed=0)
+  images = inputs['images'].numpy()
+  new_h = int(20 * S / 50 + 0.5)
+  # RGB / 255 where 'sam' has (RGB - mean) / std.
+  rgb = same['image'].numpy()[:new_h] * np.array(sam.PIXEL_STD) + np.array(
+      sam.PIXEL_MEAN)
+  np.testing.assert_allclose(images[:new_h] * 255, rgb, atol=1e-3)
+  assert 0 <= images.min() and images.max() <= 1
+  # The padding is the mean colour: 0 after ViTDet's own normalization,
+  # as SAM pads after normalizing.
+  normalized = (images[new_h:] - np.array([0.485, 0.456, 0.406])) / np.array(
+      [0.229, 0.224, 0.225])
+  np.testing.assert_allclose(normalized, 0, atol=1e-6)
+
+
+def test_keras_hub_dataset_map_equals_eager():
+  rng = np.random.default_rng(12)
+  examples = [make_example(rng, height=20 + i, width=30 - i, num_masks=3 + i,
+                           image_id=i)[0] for i in range(4)]
+  ds = sam.sam_dataset(examples_dataset(examples), batch_size=2,
+                       image_size=S, num_masks=4, seed=1, layout='keras_hub',
+                       num_parallel_calls=2, deterministic=True)
+  assert ds.element_spec[0]['boxes'].shape == (2, 4, 1, 2, 2)
+  assert ds.element_spec[1].shape == (2, 4, S // 4, S // 4)
+  batches = list(ds)
+  assert len(batches) == 2
+  graph = tf.function(lambda ex: _keras_hub(ex, num_masks=4, seed=1))
+
+  def assert_same(got, want):
+    # Images to float rounding (grappler may turn x / 255 into x * (1/255)),
+    # everything else exactly.
+    got, want = tf.nest.flatten(got), tf.nest.flatten(want)
+    for name, a, b in zip(['boxes', 'images', 'labels', 'points', 'targets',
+                           'weights'], got, want):
+      if name == 'images':
+        np.testing.assert_allclose(a, b, atol=1e-5)
+      else:
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+  for i, ex in enumerate(examples):
+    want = _keras_hub(ex, num_masks=4, seed=1)
+    assert_same(tf.nest.map_structure(lambda t: t.numpy()[i % 2],
+                                      batches[i // 2]), want)
+    if i == 3:  # One trace is enough (each shape traces anew).
+      assert_same(graph(ex), want)
+
+
+def test_layout_options_are_checked():
+  example, _ = make_example(np.random.default_rng(13), height=8, width=8,
+                            num_masks=1)
+  with pytest.raises(ValueError, match='layout'):
+    sam.to_sam_inputs(example, layout='torch')
+  with pytest.raises(ValueError, match="prompt applies to layout='keras_hub'"):
+    sam.to_sam_inputs(example, prompt='box')
+  with pytest.raises(ValueError, match='prompt must be one of'):
+    sam.to_sam_inputs(example, layout='keras_hub', prompt='points')
+  with pytest.raises(ValueError, match='box_jitter'):
+    sam.to_sam_inputs(example, box_jitter=-1.0)
+  with pytest.raises(ValueError, match='layout'):
+    sam.sam_dataset(examples_dataset([example]), batch_size=1, layout='x')
+
+
+def test_decode_masks_samples_the_same_masks():
+  """With no filter, `decode_masks` and `to_sam_inputs` pick the same masks."""
+  example, _ = make_example(np.random.default_rng(14), height=24, width=36,
+                            num_masks=15)
+  mask_h = int(24 * M / 36 + 0.5)
+  decoded = masks_lib.decode_masks(example, num_masks=6, seed=4,
+                                   output_size=(mask_h, M))
+  _, targets, _ = sam.to_sam_inputs(example, image_size=S, mask_size=M,
+                                    num_masks=6, seed=4)
+  np.testing.assert_array_equal(targets.numpy()[:, :mask_h],
+                                decoded['annotations']['mask'])
+  assert not targets.numpy()[:, mask_h:].any()
+
+
+# ------------------------------------------------------------------ holdout
+
+
+def test_holdout_splits_by_image_id():
+  rng = np.random.default_rng(15)
+  examples = [make_example(rng, height=6, width=6, num_masks=1,
+                           image_id=i)[0] for i in range(1, 41)]
+  ds = examples_dataset(examples)
+
+  def ids(validation):
+    return [int(ex['image']['image_id']) for ex in ds.filter(
+        sam.holdout_filter(0.3, validation))]
+
+  held, kept = ids(True), ids(False)
+  assert sorted(held + kept) == list(range(1, 41))
+  expected = [i for i in range(1, 41) if sampling.in_holdout_np(i, 0.3)]
+  assert held == expected and 4 <= len(held) <= 20
+  # sam_dataset applies it before batching.
+  batches = sam.sam_dataset(ds, batch_size=1, image_size=16, num_masks=1,
+                            seed=0, validation_fraction=0.3, validation=True)
+  assert len(list(batches)) == len(held)
+  with pytest.raises(ValueError, match='validation_fraction'):
+    sam.holdout_filter(1.5)

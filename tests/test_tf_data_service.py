@@ -160,6 +160,12 @@ def test_no_python_ops_in_decode_graphs():
   assert not _dataset_ops(sam.sam_dataset(
       _as_dataset(examples), batch_size=1, image_size=32, mask_size=8,
       num_masks=2, seed=0)) & PYTHON_OPS
+  # The 'keras_hub' layout, mixed prompts and the holdout filter too.
+  keras_hub = sam.sam_dataset(
+      _as_dataset(examples), batch_size=1, image_size=32, num_masks=2,
+      seed=0, layout='keras_hub', validation_fraction=0.5)
+  assert 'FilterDataset' in _dataset_ops(keras_hub)  # Sanity: the filter.
+  assert not _dataset_ops(keras_hub) & PYTHON_OPS
 
 
 def test_python_op_detector_catches_pycocotools_backend():
