@@ -29,8 +29,8 @@ from typing import Any, Mapping, Sequence
 
 import tensorflow as tf
 
-from segment_anything_tfds import masks as masks_lib
 from segment_anything_tfds import rle
+from segment_anything_tfds import sampling
 
 __all__ = ['paste_objects', 'paste_from_example', 'sample_objects',
            'object_boxes', 'sample_placements', 'place_objects', 'composite',
@@ -58,8 +58,10 @@ def sample_objects(counts: tf.Tensor, size: tf.Tensor, num_objects: int,
   Returns:
     int32 [min(K, non-empty masks)], increasing.
   """
-  return masks_lib.sample_indices(rle.area(counts, size) > 0, num_objects,
-                                  seed=seed)
+  seed = tf.cast(seed, tf.int64)
+  key = sampling.key_tf(seed[0] * 2**32 + seed[1], tf.constant(0, tf.int64),
+                        sampling.COPY_PASTE)
+  return sampling.choose_tf(rle.area(counts, size) > 0, num_objects, key)
 
 
 def object_boxes(masks: tf.Tensor) -> tf.Tensor:
@@ -301,12 +303,13 @@ def paste_from_example(target_image: tf.Tensor,
   """`paste_objects` with the source as a `segment_anything` example.
 
   The source example needs a decoded ``image.content`` and
-  ``annotations.segmentation`` {counts, size}. An int `seed` is combined
-  with the source's ``image_id`` (`masks.seed_for_example`), so each source
-  image draws its own objects; an int [2] seed is used as it is.
+  ``annotations.segmentation`` {counts, size}. An int `seed` is paired with
+  the source's ``image_id`` (the stateless seed ``[seed, image_id]``), so
+  each source image draws its own objects; an int [2] seed is used as it is.
   """
   if tf.convert_to_tensor(seed).shape.rank == 0:
-    seed = masks_lib.seed_for_example(seed, source, salt=1)
+    seed = tf.stack([tf.cast(seed, tf.int64),
+                     tf.cast(source['image']['image_id'], tf.int64)])
   segmentation = source['annotations']['segmentation']
   return paste_objects(target_image, source['image']['content'],
                        segmentation['counts'], segmentation['size'],

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    'SAMPLE', 'POINTS', 'BOXES', 'PROMPTS', 'HOLDOUT',
+    'SAMPLE', 'POINTS', 'BOXES', 'PROMPTS', 'HOLDOUT', 'COPY_PASTE',
     'key_np', 'bits_np', 'uniform_np', 'below_np', 'bell_np', 'choose_np',
     'in_holdout_np',
     'key_tf', 'bits_tf', 'uniform_tf', 'below_tf', 'bell_tf', 'choose_tf',
@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 # Streams: independent random sequences drawn from one (seed, image_id).
-SAMPLE, POINTS, BOXES, PROMPTS, HOLDOUT = 1, 2, 3, 4, 5
+SAMPLE, POINTS, BOXES, PROMPTS, HOLDOUT, COPY_PASTE = 1, 2, 3, 4, 5, 6
 # The holdout is a function of the image id only: a fixed seed.
 _HOLDOUT_SEED = 0x5A1B
 
