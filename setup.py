@@ -18,6 +18,9 @@ _TEST = [
     *_PYCOCOTOOLS,
     *_VIZ,
     *_ARRAY_RECORD,
+    # `export` writes webdataset shards with the stdlib alone; the tests read
+    # them back with the webdataset package.
+    'webdataset>=0.2',
 ]
 
 setuptools.setup(

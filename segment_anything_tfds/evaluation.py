@@ -305,7 +305,8 @@ def _choose(candidates: list[tuple[int, float]], ious: np.ndarray,
 
 
 def evaluate_predictions(predictions: Any, dataset: tf.data.Dataset, *,
-                         select: str = 'best_iou') -> dict[str, Any]:
+                         select: str = 'best_iou',
+                         progress: Any = None) -> dict[str, Any]:
   """Scores RLE predictions against the ground truth of a dataset.
 
   Args:
@@ -321,6 +322,7 @@ def evaluate_predictions(predictions: Any, dataset: tf.data.Dataset, *,
     select: when several predictions have the same (image_id, id): the one
       with the best IoU ('best_iou', SAM's multimask convention) or the
       highest score ('score', the first on ties).
+    progress: wraps the iterator over the examples, e.g. ``tqdm.tqdm``.
 
   Returns:
     {'num_gt_masks', 'num_predictions', 'num_matched_gt_masks',
@@ -340,7 +342,8 @@ def evaluate_predictions(predictions: Any, dataset: tf.data.Dataset, *,
     by_key.setdefault((image_id, ann_id), []).append(i)
 
   ious, used, num_gt = [], set(), 0
-  for gt in dataset.map(_gt_fields).as_numpy_iterator():
+  examples = dataset.map(_gt_fields).as_numpy_iterator()
+  for gt in examples if progress is None else progress(examples):
     image_id = int(gt['image_id'])
     ann_ids = [int(v) for v in gt['id']]
     num_gt += len(ann_ids)

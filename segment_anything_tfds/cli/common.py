@@ -215,19 +215,28 @@ def is_array_record(builder) -> bool:
   return builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
 
 
+def as_dataset(builder, split: str):
+  """`split` as a tf.data dataset, JPEG bytes undecoded, in order."""
+  try:
+    return builder.as_dataset(split=split, decoders=skip_image_decoding(),
+                              shuffle_files=False)
+  except (KeyError, AssertionError, ValueError) as e:
+    raise errors.ConfigError(f'bad split {split!r}: {first_line(e)}') from None
+
+
 def iterate_examples(builder, split: str, *, show_progress: bool, desc: str):
   """Numpy examples of `split`, JPEG bytes undecoded, in the split's order."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  try:
-    if is_array_record(builder):
+  if is_array_record(builder):
+    try:
       source = builder.as_data_source(split=split,
                                       decoders=skip_image_decoding())
-      examples = (source[i] for i in range(len(source)))
-    else:
-      examples = tfds.as_numpy(builder.as_dataset(
-          split=split, decoders=skip_image_decoding(), shuffle_files=False))
-  except (KeyError, AssertionError, ValueError) as e:
-    raise errors.ConfigError(f'bad split {split!r}: {first_line(e)}') from None
+    except (KeyError, AssertionError, ValueError) as e:
+      raise errors.ConfigError(
+          f'bad split {split!r}: {first_line(e)}') from None
+    examples = (source[i] for i in range(len(source)))
+  else:
+    examples = tfds.as_numpy(as_dataset(builder, split))
   total = split_size(builder, split)
   return progress(examples, enabled=show_progress, total=total, desc=desc,
                   unit='img')
