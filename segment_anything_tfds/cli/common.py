@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -63,6 +64,17 @@ def first_line(e: BaseException) -> str:
   return lines[0] if lines else text
 
 
+def require(module: str, *, command: str, extra: str,
+            package: str | None = None) -> None:
+  """A one-line error, before any work, if an optional module is missing."""
+  try:
+    importlib.import_module(module)
+  except ImportError:
+    raise errors.ConfigError(
+        f'{command} needs {package or module}, which is not installed: pip'
+        f' install "segment_anything_tfds[{extra}]"') from None
+
+
 # ---------------------------------------------------------- argument types
 
 
@@ -96,6 +108,29 @@ def positive_int(value: str) -> int:
     raise argparse.ArgumentTypeError(
         f'expected a positive integer, got {value!r}')
   return n
+
+
+def non_negative_int(value: str) -> int:
+  try:
+    n = int(value)
+  except ValueError:
+    n = -1
+  if n < 0:
+    raise argparse.ArgumentTypeError(
+        f'expected a non-negative integer, got {value!r}')
+  return n
+
+
+def unit_interval(value: str) -> float:
+  """A number in [0, 1]."""
+  try:
+    x = float(value)
+  except ValueError:
+    x = float('nan')
+  if not 0.0 <= x <= 1.0:  # Also refuses nan.
+    raise argparse.ArgumentTypeError(
+        f'expected a number from 0 to 1, got {value!r}')
+  return x
 
 
 def download_option(field: str, parse: type):
