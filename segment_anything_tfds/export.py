@@ -320,7 +320,8 @@ class _ShardedWriter(_Writer):
 class TsvWriter(_ShardedWriter):
   """Semantic-SAM's TSV: `sa1b-NNNNNN.tsv` and `sa1b-NNNNNN.lineidx`."""
 
-  OUTPUTS = (rf'{SHARD_PREFIX}-\d{{6}}\.tsv', rf'{SHARD_PREFIX}-\d{{6}}\.lineidx')
+  OUTPUTS = (rf'{SHARD_PREFIX}-\d{{6}}\.tsv',
+             rf'{SHARD_PREFIX}-\d{{6}}\.lineidx')
 
   def __init__(self, out_dir, *, shard_size: int = DEFAULT_SHARD_SIZE):
     super().__init__(out_dir, shard_size=shard_size)

@@ -21,8 +21,9 @@ How masks are drawn, stated once:
   edges.
 
 `render_copy_paste` draws `copy_paste.paste_from_example` (the source's
-picked objects, and the target with them pasted); `render_evaluation` draws
-predictions against their ground-truth masks, one tile per mask.
+picked objects, the target, the target with them pasted);
+`render_evaluation` draws predictions against their ground-truth masks, one
+tile per mask.
 """
 
 from __future__ import annotations
@@ -277,7 +278,7 @@ def render_copy_paste(target: Mapping[str, Any], source: Mapping[str, Any],
                       *, num_objects: int, seed: int,
                       scale_range: Sequence[float] = (0.5, 1.5),
                       alpha: float = DEFAULT_ALPHA, min_size: int = 0):
-  """Two panels: the source's picked objects, and the target with them pasted.
+  """Three panels: the source's picked objects, the target, the result.
 
   Runs `copy_paste.paste_from_example(target image, source, ...)`, so the
   picture is the op's own output: the image, and its `pasted_counts` drawn
@@ -312,14 +313,18 @@ def render_copy_paste(target: Mapping[str, Any], source: Mapping[str, Any],
   picked = {'image': source['image'],
             'annotations': take(source['annotations'],
                                 result['pasted_indices'])}
-  left = render(picked, alpha=alpha, min_size=min_size)
-  right = render(pasted, alpha=alpha, min_size=min_size)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  factor = upscale_factor(height, width, min_size)
   n = len(result['pasted_indices'])
-  return grid([
-      caption(left, f'source sa_{int(source["image"]["image_id"])}:'
-              f' {n} objects'),
-      caption(right, f'pasted into sa_{int(target["image"]["image_id"])}'
-              f' (seed {seed})')], columns=2), result
+  target_id = int(target['image']['image_id'])
+  panels = [
+      caption(render(picked, alpha=alpha, min_size=min_size),
+              f'source sa_{int(source["image"]["image_id"])}: {n} objects'),
+      caption(Image.fromarray(upscale(target_pixels, factor), 'RGB'),
+              f'target sa_{target_id}'),
+      caption(render(pasted, alpha=alpha, min_size=min_size),
+              f'pasted (seed {seed})')]
+  return grid(panels, columns=3), result
 
 
 # ------------------------------------------------------- evaluation
@@ -412,7 +417,8 @@ def render_evaluation(example: Mapping[str, Any],
           else 'no predictions')
   shown = (f', first {max_masks} shown' if len(scored) > max_masks else '')
   title = (f'sa_{image_id}: {len(scored)} masks with a prediction, {mean}'
-           f'{shown}. green: both, blue: missed, red: extra')
+           f'{shown}. green: both, blue: missed, red: extra, white: the'
+           ' mask\'s outline')
   if not tiles:
     tiles = [Image.fromarray(upscale(pixels, factor), 'RGB')]
   return caption(grid(tiles, columns=columns), title), scored

@@ -5,7 +5,7 @@
   segment-anything-tfds stats --config first_1 --data_dir D --out OUT
   segment-anything-tfds show --config first_1 --data_dir D --index 0,3 --out OUT
   segment-anything-tfds evaluate --config first_1 --data_dir D --predictions P
-  segment-anything-tfds export --config first_1 --data_dir D --format coco --out OUT
+  segment-anything-tfds export --tars 0 --data_dir D --format coco --out OUT
 
 One module per command (`build.py`, `check_links.py`, ...), each with
 `add_parser` and `run`; `common.py` holds what they share.

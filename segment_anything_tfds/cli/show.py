@@ -225,7 +225,8 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
                     help=f'mask opacity, 0-1 (default {viz.DEFAULT_ALPHA}; 0.6'
                     ' with --predictions); each pixel is blended once, so the'
                     ' photo stays readable under many masks')
-  look.add_argument('--min_size', type=common.non_negative_int, default=DEFAULT_MIN_SIZE,
+  look.add_argument('--min_size', type=common.non_negative_int,
+                    default=DEFAULT_MIN_SIZE,
                     metavar='PX',
                     help='scale smaller images up (integer factor, nearest)'
                     ' until the longer side is at least PX (default'
