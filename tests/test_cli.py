@@ -551,6 +551,28 @@ def test_show_copy_paste_draws_the_ops_output(built, tmp_path, capsys):
   np.testing.assert_array_equal(right[outside], result['image'][outside])
 
 
+def test_readme_pictures_are_what_show_makes(tmp_path, monkeypatch, capsys):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      'docs_pictures', REPO / 'examples' / 'docs_pictures.py')
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  monkeypatch.setattr(sys, 'argv', ['docs_pictures.py', '--out',
+                                    str(tmp_path)])
+  script.main()
+  out = capsys.readouterr().out
+  assert '3 objects of image id 2 pasted' in out
+  assert '6 masks with a prediction, mean IoU' in out
+  for name in ('copy_paste.png', 'evaluation.png'):
+    committed = REPO / 'docs' / name
+    assert committed.stat().st_size < 200_000
+    with Image.open(tmp_path / name) as made, Image.open(committed) as doc:
+      assert made.size == doc.size
+      # Equal but for JPEG decoders' and font renderers' last bits.
+      diff = np.abs(np.asarray(made, np.int16) - np.asarray(doc, np.int16))
+      assert diff.mean() < 0.5, name
+
+
 # --------------------------------------------------------------- evaluate
 
 
