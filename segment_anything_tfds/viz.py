@@ -63,7 +63,8 @@ def decode_masks(annotations: Mapping[str, Any], height: int, width: int
   Uses pycocotools when installed, else `segment_anything_tfds.rle.decode`.
   """
   seg = annotations['segmentation']
-  counts = [c if isinstance(c, bytes) else str(c).encode('utf-8')
+  # bytes() also turns numpy.bytes_, which pycocotools refuses, into bytes.
+  counts = [bytes(c) if isinstance(c, bytes) else str(c).encode('utf-8')
             for c in seg['counts']]
   if not counts:
     return np.zeros((0, height, width), dtype=bool)
