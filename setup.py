@@ -38,6 +38,9 @@ _TEST = [
     # torch is not here: PyPI's default torch wheel on x86_64 is a large CUDA
     # build. tests/test_numpy_inputs.py runs its DataLoader test when torch
     # is installed, and tests the dataset's protocol without it.
+    # `export` writes webdataset shards with the stdlib alone; the tests read
+    # them back with the webdataset package.
+    'webdataset>=0.2',
 ]
 
 setuptools.setup(

@@ -39,7 +39,8 @@ from segment_anything_tfds import rle
 
 __all__ = ['THRESHOLDS', 'MaskIoU', 'binarize', 'resize_and_binarize',
            'mask_iou', 'best_candidate_iou', 'rle_best_iou', 'summarize',
-           'evaluate_predictions', 'format_table']
+           'parse_predictions', 'choose', 'evaluate_predictions',
+           'format_table']
 
 THRESHOLDS = (0.5, 0.75)
 
@@ -288,6 +289,21 @@ def _prediction_key(i: int, p: Any) -> tuple[int, int, bytes, tuple, float]:
         f' "score"?: float}}: {str(p)[:200]}') from e
 
 
+def parse_predictions(predictions: Any
+                      ) -> list[tuple[int, int, bytes, tuple[int, int], float]]:
+  """(image_id, id, counts, size, score) of each prediction.
+
+  Args:
+    predictions: a list of pycocotools RLE results, or a JSON file's path
+      (see `evaluate_predictions`).
+
+  Raises:
+    ValueError: naming the first malformed prediction.
+  """
+  return [_prediction_key(i, p)
+          for i, p in enumerate(_load_predictions(predictions))]
+
+
 def _gt_fields(example: Mapping[str, Any]) -> dict[str, tf.Tensor]:
   ann = example['annotations']
   return {'image_id': example['image']['image_id'], 'id': ann['id'],
@@ -295,9 +311,15 @@ def _gt_fields(example: Mapping[str, Any]) -> dict[str, tf.Tensor]:
           'size': ann['segmentation']['size']}
 
 
-def _choose(candidates: list[tuple[int, float]], ious: np.ndarray,
-            select: str) -> float:
-  """IoU of the chosen candidate: best IoU, or highest score (first wins)."""
+def choose(candidates: list[tuple[int, float]], ious: np.ndarray,
+           select: str) -> float:
+  """IoU of the chosen candidate: best IoU, or highest score (first wins).
+
+  Args:
+    candidates: (row in `ious`, score) of each prediction of one mask.
+    ious: the predictions' IoUs with that mask.
+    select: 'best_iou' or 'score' (`SELECT`).
+  """
   if select == 'best_iou':
     return max(float(ious[p]) for p, _ in candidates)
   best = max(range(len(candidates)), key=lambda c: (candidates[c][1], -c))
@@ -305,7 +327,8 @@ def _choose(candidates: list[tuple[int, float]], ious: np.ndarray,
 
 
 def evaluate_predictions(predictions: Any, dataset: tf.data.Dataset, *,
-                         select: str = 'best_iou') -> dict[str, Any]:
+                         select: str = 'best_iou',
+                         progress: Any = None) -> dict[str, Any]:
   """Scores RLE predictions against the ground truth of a dataset.
 
   Args:
@@ -321,6 +344,7 @@ def evaluate_predictions(predictions: Any, dataset: tf.data.Dataset, *,
     select: when several predictions have the same (image_id, id): the one
       with the best IoU ('best_iou', SAM's multimask convention) or the
       highest score ('score', the first on ties).
+    progress: wraps the iterator over the examples, e.g. ``tqdm.tqdm``.
 
   Returns:
     {'num_gt_masks', 'num_predictions', 'num_matched_gt_masks',
@@ -333,14 +357,14 @@ def evaluate_predictions(predictions: Any, dataset: tf.data.Dataset, *,
   if select not in SELECT:
     raise ValueError(f'evaluate_predictions: select must be one of {SELECT},'
                      f' got {select!r}.')
-  predictions = _load_predictions(predictions)
+  parsed = parse_predictions(predictions)
   by_key: dict[tuple[int, int], list[int]] = {}
-  parsed = [_prediction_key(i, p) for i, p in enumerate(predictions)]
   for i, (image_id, ann_id, *_) in enumerate(parsed):
     by_key.setdefault((image_id, ann_id), []).append(i)
 
   ious, used, num_gt = [], set(), 0
-  for gt in dataset.map(_gt_fields).as_numpy_iterator():
+  examples = dataset.map(_gt_fields).as_numpy_iterator()
+  for gt in examples if progress is None else progress(examples):
     image_id = int(gt['image_id'])
     ann_ids = [int(v) for v in gt['id']]
     num_gt += len(ann_ids)
@@ -373,7 +397,7 @@ def _image_ious(image_id, ann_ids, gt, parsed, by_key, used, select):
     return []
   matrix = rle.iou(pred_counts, gt['counts'], gt_size,
                    gt_size=gt['size']).numpy()
-  return [_choose(rows, matrix[:, g], select) for g, rows in owners]
+  return [choose(rows, matrix[:, g], select) for g, rows in owners]
 
 
 def _table(ious: list[float], *, num_gt: int, num_predictions: int,

@@ -10,7 +10,8 @@ dataset size:
   are read off the histogram, so they are exact to one bin: 0.001 for the
   scores, 1/100 of a decade (≈2.3 %) for the area fraction.
 
-`summary()` returns a JSON-ready dict; `write_figure()` draws a PNG.
+`summary()` returns a JSON-ready dict; `figure()` draws it, `write_figure()`
+saves that as a PNG.
 """
 
 from __future__ import annotations
@@ -188,9 +189,17 @@ class Accumulator:
     return out
 
   def write_figure(self, path, *, title: str = 'SA-1B statistics') -> None:
-    """Writes a 2x3 panel PNG of FIGURE_SIZE_PX pixels (matplotlib Agg)."""
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg', force=False)
+    """Writes `figure()` as a PNG of FIGURE_SIZE_PX pixels."""
+    self.figure(title=title).savefig(path, format='png', dpi=_DPI)
+
+  def figure(self, *, title: str = 'SA-1B statistics'):
+    """A 2x3 panel matplotlib Figure (Agg canvas, no pyplot).
+
+    Histograms of masks per image, mask area fraction, predicted_iou and
+    stability_score (bars with edges, mean and median marked; SAM's
+    automatic-mask-generator thresholds, `SAM_THRESHOLDS`, drawn on the
+    scores), a 2-D histogram of image sizes, and the summary in text.
+    """
     from matplotlib import figure as figure_lib  # pylint: disable=g-import-not-at-top
     from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
 
@@ -199,42 +208,128 @@ class Accumulator:
     backend_agg.FigureCanvasAgg(fig)
     axes = fig.subplots(2, 3)
     fig.suptitle(f'{title}: {self.images:,} images, {self.masks:,} masks')
+    summary = self.summary()
 
     ax = axes[0, 0]
     hist = self.masks_histogram()
     if hist['counts']:
-      ax.stairs(hist['counts'], hist['edges'], fill=True)
-    ax.set(title='Masks per image', xlabel='masks', ylabel='images')
+      _bars(ax, hist['counts'], [e - 0.5 for e in hist['edges']])
+      mpi = summary['masks_per_image']
+      _marks(ax, mpi['mean'], mpi['quantiles']['0.5'])
+      ax.xaxis.set_major_locator(_integer_locator())
+    ax.set(title='Masks per image', xlabel='masks in the image',
+           ylabel='images')
 
-    for ax, h, name in ((axes[0, 1], self.area_fraction,
-                         'Mask area / image area'),
-                        (axes[0, 2], self.predicted_iou, 'predicted_iou'),
-                        (axes[1, 0], self.stability_score, 'stability_score')):
-      _plot_hist(ax, h)
-      ax.set(title=name, ylabel='masks')
+    for ax, h, name, threshold in (
+        (axes[0, 1], self.area_fraction, 'Mask area / image area', None),
+        (axes[0, 2], self.predicted_iou, 'predicted_iou',
+         SAM_THRESHOLDS['predicted_iou']),
+        (axes[1, 0], self.stability_score, 'stability_score',
+         SAM_THRESHOLDS['stability_score'])):
+      if h.n:
+        _plot_hist(ax, h)
+        _marks(ax, h.total / h.n, h.quantile(0.5))
+        if threshold is not None:
+          ax.axvline(threshold, color='#c0392b', linewidth=1.6,
+                     label=f"SAM's threshold {threshold:g}")
+      ax.set(title=name, xlabel=name if threshold else 'fraction of the'
+             ' image (log scale)', ylabel='masks')
     axes[0, 1].set_xscale('log')
 
-    ax = axes[1, 1]
-    if self.image_sizes:
-      hs = [h for h, _ in self.image_sizes]
-      ws = [w for _, w in self.image_sizes]
-      cs = list(self.image_sizes.values())
-      ax.scatter(ws, hs, s=[10 + 40 * c / max(cs) for c in cs], alpha=0.6)
-    ax.set(title='Image sizes', xlabel='width (px)', ylabel='height (px)')
+    self._plot_sizes(fig, axes[1, 1])
+    for ax in axes.flat[:5]:
+      ax.yaxis.set_major_locator(_integer_locator())
+      if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize='small', framealpha=0.8)
 
     ax = axes[1, 2]
     ax.axis('off')
-    mpi = self.summary()['masks_per_image']
-    lines = [
-        f'images: {self.images:,}',
-        f'masks: {self.masks:,}',
-        'masks/image: ' + (f'mean {mpi["mean"]:.1f}, median '
-                           f'{mpi["quantiles"]["0.5"]}' if self.images else '-'),
-        f'distinct image sizes: {len(self.image_sizes):,}',
-    ]
-    ax.text(0, 1, '\n'.join(lines), va='top', family='monospace')
+    ax.text(0, 1, '\n'.join(_summary_lines(summary, self.images)),
+            va='top', family='monospace', fontsize='small')
     fig.tight_layout()
-    fig.savefig(path, format='png', dpi=_DPI)
+    return fig
+
+  def _plot_sizes(self, fig, ax) -> None:
+    """Image sizes as a 2-D histogram (log colour scale), width x height."""
+    ax.set(title='Image sizes (2-D histogram)', xlabel='width (px)',
+           ylabel='height (px)')
+    if not self.image_sizes:
+      return
+    from matplotlib import colors as colors_lib  # pylint: disable=g-import-not-at-top
+    ws = np.array([w for _, w in self.image_sizes], np.float64)
+    hs = np.array([h for h, _ in self.image_sizes], np.float64)
+    counts = np.array(list(self.image_sizes.values()), np.float64)
+    grid, x_edges, y_edges = np.histogram2d(
+        ws, hs, bins=(_size_edges(ws), _size_edges(hs)), weights=counts)
+    mesh = ax.pcolormesh(x_edges, y_edges,
+                         np.ma.masked_equal(grid.T, 0), cmap='viridis',
+                         norm=colors_lib.LogNorm(vmin=1,
+                                                 vmax=max(grid.max(), 2)))
+    for edges, set_lim in ((x_edges, ax.set_xlim), (y_edges, ax.set_ylim)):
+      # A margin, so that cells on the border stay whole and visible.
+      pad = max(edges[1] - edges[0], 0.04 * (edges[-1] - edges[0]))
+      set_lim(edges[0] - pad, edges[-1] + pad)
+    from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+    bar = fig.colorbar(mesh, ax=ax)
+    bar.set_label('images')
+    bar.ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    bar.ax.yaxis.set_minor_locator(ticker.NullLocator())
+    bar.ax.yaxis.set_major_formatter(ticker.StrMethodFormatter('{x:,.0f}'))
+
+
+# SAM's automatic mask generator keeps masks with predicted_iou >= 0.88 and
+# stability_score >= 0.95 (its default pred_iou_thresh, stability_score_thresh).
+SAM_THRESHOLDS = {'predicted_iou': 0.88, 'stability_score': 0.95}
+
+
+def _integer_locator():
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  return ticker.MaxNLocator(integer=True)
+
+
+def _bars(ax, counts, edges) -> None:
+  """Bars spanning [edges[i], edges[i + 1]), with visible edges."""
+  edges = np.asarray(edges, np.float64)
+  ax.bar(edges[:-1], counts, width=np.diff(edges), align='edge',
+         color='#4c72b0', edgecolor='#1f2f4f', linewidth=0.6)
+
+
+def _marks(ax, mean: float | None, median: float | None) -> None:
+  if mean is not None:
+    ax.axvline(mean, color='#222222', linestyle='--', linewidth=1.2,
+               label=f'mean {mean:.4g}')
+  if median is not None:
+    ax.axvline(median, color='#dd8452', linestyle=':', linewidth=1.8,
+               label=f'median {median:.4g}')
+
+
+def _size_edges(values: np.ndarray, max_bins: int = 30) -> np.ndarray:
+  """Integer-aligned bin edges around `values`, at most `max_bins` bins."""
+  lo, hi = float(values.min()), float(values.max())
+  step = max(1, math.ceil((hi - lo + 1) / max_bins))
+  bins = max(1, math.ceil((hi - lo + 1) / step))
+  return lo - 0.5 + step * np.arange(bins + 1)
+
+
+def _summary_lines(summary: Mapping[str, Any], images: int) -> list[str]:
+  mpi = summary['masks_per_image']
+  lines = [f'images: {summary["images"]:,}', f'masks: {summary["masks"]:,}']
+  if not images:
+    return lines
+  lines.append(f'masks/image: mean {mpi["mean"]:.1f},'
+               f' median {mpi["quantiles"]["0.5"]}')
+  lines.append(f'  min {mpi["min"]}, max {mpi["max"]}')
+  for key in ('predicted_iou', 'stability_score'):
+    s = summary[key]
+    if s['count']:
+      lines.append(f'{key}: mean {s["mean"]:.3f}, median'
+                   f' {s["quantiles"]["0.5"]:.3f}')
+  sizes = summary['image_size']
+  top = sizes['most_common'][0]
+  lines.append(f'distinct image sizes: {sizes["distinct_sizes"]:,}')
+  lines.append(f'  most common {top["width"]}x{top["height"]}'
+               f' ({top["images"]:,} images)')
+  return lines
 
 
 def _plot_hist(ax, h: Histogram) -> None:
@@ -247,4 +342,4 @@ def _plot_hist(ax, h: Histogram) -> None:
   counts = [int(h.counts[i:i + step].sum()) for i in range(first, last, step)]
   edges = [h.edges[i] for i in range(first, last, step)]
   edges.append(h.edges[min(first + step * len(counts), len(h.edges) - 1)])
-  ax.stairs(counts, edges, fill=True)
+  _bars(ax, counts, edges)

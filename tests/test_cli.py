@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 from PIL import Image
 import pytest
 
@@ -83,7 +84,8 @@ def test_console_script_help_and_usage():
   res = subprocess.run([exe, '--help'], capture_output=True, text=True,
                        check=False)
   assert res.returncode == 0
-  for command in ('build', 'check-links', 'stats', 'show'):
+  for command in ('build', 'check-links', 'stats', 'show', 'evaluate',
+                  'export'):
     assert command in res.stdout
   res = subprocess.run([sys.executable, '-m', 'segment_anything_tfds',
                         'build', '--tars', 'x-y'], capture_output=True,
@@ -116,7 +118,8 @@ def test_usage_errors_exit_2(argv, capsys):
 
 def test_help_exits_0(capsys):
   for argv in (['--help'], ['build', '--help'], ['check-links', '--help'],
-               ['stats', '--help'], ['show', '--help']):
+               ['stats', '--help'], ['show', '--help'], ['evaluate', '--help'],
+               ['export', '--help']):
     code, out, _ = run(capsys, *argv)
     assert code == 0
     assert 'usage:' in out
@@ -275,7 +278,71 @@ def test_stats_not_prepared_exit_1(tmp_path, capsys):
   assert 'Traceback' not in err
 
 
+def test_stats_figure_panels():
+  from matplotlib import collections as mcollections
+  from segment_anything_tfds import stats as stats_lib
+  rng = np.random.default_rng(0)
+  acc = stats_lib.Accumulator()
+  for _ in range(40):
+    n = int(rng.integers(1, 30))
+    acc.add({'image': {'height': int(rng.choice([1500, 2250])),
+                       'width': 1500 + 250 * int(rng.integers(0, 3))},
+             'annotations': {'id': np.arange(n),
+                             'area': rng.integers(1, 10**6, n),
+                             'predicted_iou': rng.uniform(0.85, 1.0, n),
+                             'stability_score': rng.uniform(0.9, 1.0, n)}})
+  summary = acc.summary()
+  fig = acc.figure(title='t')
+  fig.canvas.draw()
+  panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+  counts = ('Masks per image', 'Mask area / image area', 'predicted_iou',
+            'stability_score')
+  for name in (*counts, 'Image sizes (2-D histogram)'):
+    assert panels[name].get_xlabel(), name  # An x label on every panel.
+  for name in counts:
+    ax = panels[name]
+    # Integer ticks on the count axes.
+    assert all(float(t).is_integer() for t in ax.get_yticks()), name
+    # Bars with edges of their own colour.
+    bars = ax.patches
+    assert bars and all(b.get_linewidth() > 0 and b.get_edgecolor() !=
+                        b.get_facecolor() for b in bars)
+  assert all(float(t).is_integer()
+             for t in panels['Masks per image'].get_xticks())
+
+  def marks(name):
+    return [round(float(line.get_xdata()[0]), 9)
+            for line in panels[name].lines]
+
+  mpi = summary['masks_per_image']
+  assert marks('Masks per image') == [round(mpi['mean'], 9),
+                                      mpi['quantiles']['0.5']]
+  for name, threshold in (('predicted_iou', 0.88), ('stability_score', 0.95)):
+    s = summary[name]
+    assert marks(name) == [round(s['mean'], 9),
+                           round(s['quantiles']['0.5'], 9), threshold]
+  sizes = panels['Image sizes (2-D histogram)']
+  [mesh] = [c for c in sizes.collections
+            if isinstance(c, mcollections.QuadMesh)]
+  assert not [c for c in sizes.collections
+              if isinstance(c, mcollections.PathCollection)]  # No scatter.
+  assert mesh.get_array().sum() == 40
+
+
 # ------------------------------------------------------------------ show
+
+
+def _dataset_example(data_dir, image_id):
+  """The prepared example of `image_id` (numpy, JPEG bytes undecoded)."""
+  import tensorflow_datasets as tfds
+  builder = cli.common.make_builder(cli.build_parser().parse_args(
+      ['stats', '--tars', '0-3', '--data_dir', str(data_dir), '--out', 'x']))
+  return next(e for e in tfds.as_numpy(cli.common.as_dataset(builder, 'train'))
+              if e['image']['image_id'] == image_id)
+
+
+def _factor(h, w, min_size=512):
+  return -(-min_size // max(h, w))
 
 
 def test_show_by_index_with_boxes_and_points(built, tmp_path, capsys):
@@ -288,36 +355,33 @@ def test_show_by_index_with_boxes_and_points(built, tmp_path, capsys):
   assert len(written) == 2
   for path in written:
     image_id = int(path.stem.split('_')[1])
+    assert path.name == f'sa_{image_id}_boxes_points.png'
     h, w, masks = DUMMY_IMAGES[image_id]
+    k = _factor(h, w)  # Tiny images are scaled up to >= 512 px.
     with Image.open(path) as im:
       im.load()
       assert im.format == 'PNG'
-      assert im.size == (w, h)
-    assert f'image id {image_id}, {w}x{h}, {masks} masks' in out
+      assert im.size == (w * k, h * k)
+      assert max(im.size) >= 512 > max(im.size) - max(h, w)  # The least k.
+    assert f'image id {image_id}, {w * k}x{h * k}, {masks} masks' in out
 
 
 def test_show_by_image_id_draws_masks(built, tmp_path, capsys):
   data_dir, _ = built
   code, out, err = run(capsys, 'show', '--tars', '0-3', '--data_dir',
                        data_dir, '--image_id', '32,1', '--out', tmp_path,
-                       '--alpha', '1', '--no_progress')
+                       '--alpha', '1', '--min_size', '0', '--no_progress')
   assert code == 0, err
   for image_id in (32, 1):
     h, w, _ = DUMMY_IMAGES[image_id]
-    with Image.open(tmp_path / f'sa_{image_id}.png') as im:
+    with Image.open(tmp_path / f'sa_{image_id}_alpha1_min0.png') as im:
       assert im.size == (w, h)
   # The overlay differs from the plain JPEG wherever masks are.
-  import numpy as np
-  import tensorflow_datasets as tfds
   from segment_anything_tfds import viz
-  builder = cli.common.make_builder(cli.build_parser().parse_args(
-      ['stats', '--tars', '0-3', '--data_dir', str(data_dir), '--out', 'x']))
-  ex = next(e for e in tfds.as_numpy(builder.as_dataset(
-      split='train', decoders={'image': {'content': tfds.decode.SkipDecoding()}}))
-            if e['image']['image_id'] == 32)
+  ex = _dataset_example(data_dir, 32)
   plain = viz.image_array(ex['image']['content'])
   masks = viz.decode_masks(ex['annotations'], *plain.shape[:2])
-  with Image.open(tmp_path / 'sa_32.png') as im:
+  with Image.open(tmp_path / 'sa_32_alpha1_min0.png') as im:
     drawn = np.asarray(im)
   covered = masks.any(axis=0)
   assert covered.any()
@@ -326,17 +390,366 @@ def test_show_by_image_id_draws_masks(built, tmp_path, capsys):
   assert 'image id 32' in out
 
 
-def test_show_missing_image_and_bad_index_exit_1(built, tmp_path, capsys):
+def test_show_upscales_pixels_and_masks_alike(built, tmp_path, capsys):
   data_dir, _ = built
   code, _, err = run(capsys, 'show', '--tars', '0-3', '--data_dir', data_dir,
-                     '--image_id', '999', '--out', tmp_path, '--no_progress')
-  assert code == 1
-  assert 'image id(s) 999 not in split' in err
+                     '--image_id', '12', '--min_size', '90', '--out',
+                     tmp_path, '--no_progress')
+  assert code == 0, err
+  from segment_anything_tfds import viz
+  ex = _dataset_example(data_dir, 12)  # 1 x 9 pixels, 2 masks.
+  plain = viz.image_array(ex['image']['content'])
+  masks = viz.decode_masks(ex['annotations'], 1, 9)
+  with Image.open(tmp_path / 'sa_12_min90.png') as im:
+    drawn = np.asarray(im)
+  assert drawn.shape == (10, 90, 3)  # Factor 10: nearest, every pixel a block.
+  big = np.repeat(np.repeat(plain, 10, 0), 10, 1)
+  covered = np.repeat(np.repeat(masks.any(0), 10, 0), 10, 1)
+  assert np.array_equal(drawn[~covered], big[~covered])
+  assert (drawn[covered] != big[covered]).any(-1).all()
+
+
+def _nested_example(num=100, size=256, seed=0):
+  """`num` nested squares, each inside the previous, on a random photo."""
+  from pycocotools import mask as mask_utils
+  rng = np.random.default_rng(seed)
+  photo = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+  counts = []
+  for i in range(num):
+    m = np.zeros((size, size), np.uint8, order='F')
+    lo = i * (size // 2 - 1) // num
+    m[lo:size - lo, lo:size - lo] = 1
+    counts.append(mask_utils.encode(m)['counts'])
+  return photo, {'image': {'content': photo, 'image_id': 7},
+                 'annotations': {
+                     'segmentation': {'counts': np.array(counts, object),
+                                      'size': np.tile([[size, size]],
+                                                      (num, 1))},
+                     'predicted_iou': np.linspace(0.8, 0.99, num)}}
+
+
+def test_show_alpha_blends_each_pixel_once_under_100_masks():
+  from segment_anything_tfds import viz
+  photo, ex = _nested_example()
+  alpha = viz.DEFAULT_ALPHA
+  drawn = np.asarray(viz.render(ex, outline=False)).astype(np.float64)
+  masks = viz.decode_masks(ex['annotations'], 256, 256)
+  assert masks.sum(0).max() == 100
+  area = masks.reshape(len(masks), -1).sum(1)
+  assert len(set(area)) == 100
+  # The colour of a pixel is its smallest mask's (drawn last), blended once
+  # with the photo, however many masks cover it.
+  top = np.where(masks, area[:, None, None], np.inf).argmin(0)
+  want = (1 - alpha) * photo + alpha * viz.colors(100)[top]
+  np.testing.assert_allclose(drawn, want, atol=0.51)
+  # So under 100 masks (inside the smallest) the photo keeps 1 - alpha of
+  # its contrast.
+  centre = np.s_[125:131, 125:131]
+  for c in range(3):
+    ratio = drawn[centre][..., c].std() / photo[centre][..., c].std()
+    assert ratio == pytest.approx(1 - alpha, abs=0.02)
+
+
+def test_show_selects_masks_by_predicted_iou():
+  from segment_anything_tfds import viz
+  ann = {'segmentation': {'counts': np.array([b''] * 6, object)},
+         'predicted_iou': np.array([0.9, 0.7, 0.95, 0.88, 0.99, 0.88])}
+  assert viz.select_masks(ann).tolist() == [0, 1, 2, 3, 4, 5]
+  assert viz.select_masks(ann, min_predicted_iou=0.88).tolist() == [
+      0, 2, 3, 4, 5]
+  assert viz.select_masks(ann, max_masks=2).tolist() == [2, 4]
+  # Ties keep the first; the order of the dataset is kept.
+  assert viz.select_masks(ann, max_masks=4,
+                          min_predicted_iou=0.88).tolist() == [0, 2, 3, 4]
+  assert viz.select_masks(ann, min_predicted_iou=1.0).tolist() == []
+
+
+def test_show_names_encode_the_options(built, tmp_path, capsys):
+  data_dir, _ = built
+  argv = ['show', '--tars', '0-3', '--data_dir', data_dir, '--image_id',
+          '13', '--out', tmp_path, '--no_progress']
+  code, out, err = run(capsys, *argv, '--max_masks', '50',
+                       '--min_predicted_iou', '0.88')
+  assert code == 0, err
+  ex = _dataset_example(data_dir, 13)
+  kept = int((ex['annotations']['predicted_iou'] >= 0.88).sum())
+  assert 0 < kept < 6
+  assert f'6 masks, {kept} drawn' in out
+  code, _, err = run(capsys, *argv, '--max_masks', '2')
+  assert code == 0, err
+  code, _, err = run(capsys, *argv)
+  assert code == 0, err
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      'sa_13.png', 'sa_13_max2.png', 'sa_13_max50_iou0.88.png']
+
+
+@pytest.mark.parametrize('argv', [
+    ['--alpha', '1.5'], ['--alpha', 'nan'], ['--min_predicted_iou', '-0.1'],
+    ['--max_masks', '0'], ['--min_size', '-1'],
+    ['--paste_from', '1', '--predictions', 'p.json'],
+])
+def test_show_bad_options_exit_2(argv, tmp_path, capsys):
+  code, _, err = run(capsys, 'show', '--tars', '0-3', '--index', '0',
+                     '--out', tmp_path, *argv)
+  assert code == 2, err
+  assert 'usage:' in err
+
+
+def test_show_option_conflicts_exit_2(built, tmp_path, capsys):
+  data_dir, _ = built
   code, _, err = run(capsys, 'show', '--tars', '0-3', '--data_dir', data_dir,
-                     '--index', '11', '--out', tmp_path, '--no_progress')
+                     '--index', '0', '--paste_from', '1', '--boxes',
+                     '--out', tmp_path, '--no_progress')
+  assert code == 2
+  assert '--boxes cannot go with --paste_from' in err
+  assert not list(tmp_path.iterdir())
+
+
+def test_show_copy_paste_draws_the_ops_output(built, tmp_path, capsys):
+  import tensorflow as tf
+  from segment_anything_tfds import copy_paste, viz
+  data_dir, _ = built
+  code, out, err = run(capsys, 'show', '--tars', '0-3', '--data_dir',
+                       data_dir, '--image_id', '13', '--paste_from', '0',
+                       '--paste_objects', '3', '--seed', '5', '--out',
+                       tmp_path, '--no_progress')
+  assert code == 0, err
+  target = _dataset_example(data_dir, 13)
+  source_id = 21  # Position 0 of the split.
+  assert f'objects of image id {source_id} pasted' in out
+  path = tmp_path / f'sa_13_paste{source_id}x3_seed5.png'
+  assert path.exists()
+  # The picture holds the op's own output, called directly here.
+  source = _dataset_example(data_dir, source_id)
+  pixels = viz.image_array(target['image']['content'])
+  seg = source['annotations']['segmentation']
+  direct = copy_paste.paste_from_example(
+      tf.constant(pixels),
+      {'image': {'content': tf.constant(
+          viz.image_array(source['image']['content'])),
+                 'image_id': tf.constant(source_id, tf.int64)},
+       'annotations': {'segmentation': {'counts': tf.constant(
+           list(seg['counts'])), 'size': tf.constant(seg['size'].astype(
+               np.int64))}}},
+      num_objects=3, seed=5, scale_range=(0.5, 1.5), drop_empty=True,
+      as_rle=True)
+  picture, result = viz.render_copy_paste(target, source, num_objects=3,
+                                          seed=5, min_size=0)
+  np.testing.assert_array_equal(result['image'], direct['image'].numpy())
+  assert list(result['pasted_counts']) == list(
+      direct['pasted_counts'].numpy())
+  assert len(result['pasted_indices']) > 0
+  # Its right panel: the pasted image, untouched outside the pasted masks.
+  masks = viz.decode_masks({'segmentation': {
+      'counts': result['pasted_counts'],
+      'size': [[30, 40]] * len(result['pasted_counts'])}}, 30, 40)
+  panel = np.asarray(picture)
+  # Panels start below a 26 px caption, 6 px from the edges; the target is
+  # 30 x 40.
+  right = panel[6 + 26:6 + 26 + 30, -46:-6]
+  outside = ~masks.any(0)
+  np.testing.assert_array_equal(right[outside], result['image'][outside])
+
+
+def test_readme_pictures_are_what_show_makes(tmp_path, monkeypatch, capsys):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      'docs_pictures', REPO / 'examples' / 'docs_pictures.py')
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  monkeypatch.setattr(sys, 'argv', ['docs_pictures.py', '--out',
+                                    str(tmp_path)])
+  script.main()
+  out = capsys.readouterr().out
+  assert '3 objects of image id 2 pasted' in out
+  assert '6 masks with a prediction, mean IoU' in out
+  for name in ('copy_paste.png', 'evaluation.png'):
+    committed = REPO / 'docs' / name
+    assert committed.stat().st_size < 200_000
+    with Image.open(tmp_path / name) as made, Image.open(committed) as doc:
+      assert made.size == doc.size
+      # Equal but for JPEG decoders' and font renderers' last bits.
+      diff = np.abs(np.asarray(made, np.int16) - np.asarray(doc, np.int16))
+      assert diff.mean() < 0.5, name
+
+
+# --------------------------------------------------------------- evaluate
+
+
+def _shifted(counts, size, dy, dx):
+  """The mask moved by (dy, dx) pixels, as RLE counts (str)."""
+  from pycocotools import mask as mask_utils
+  m = mask_utils.decode({'size': size, 'counts': counts})
+  out = np.zeros_like(m)
+  h, w = m.shape
+  out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = m[
+      max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+  return mask_utils.encode(np.asfortranarray(out))['counts'].decode()
+
+
+@pytest.fixture(scope='module')
+def predictions(tmp_path_factory):
+  """Predictions for the dummy data and their expected scores.
+
+  Per image: mask 0 has no prediction; mask 1 has two candidates, itself
+  (score 0.2) and itself moved one column (score 0.9); the others are moved
+  one row. One more prediction names no ground-truth mask. The expected IoUs
+  are pycocotools'.
+  """
+  from pycocotools import mask as mask_utils
+  from conftest import read_inputs
+  preds = []
+  best, by_score = [], []
+  iou = lambda a, b, size: float(np.float32(mask_utils.iou(
+      [{'size': size, 'counts': a}], [{'size': size, 'counts': b}], [0])[0, 0]))
+  for image_id, (_, js) in sorted(read_inputs(DUMMY).items()):
+    for j, ann in enumerate(js['annotations']):
+      seg = ann['segmentation']
+      entry = lambda counts, score: {
+          'segmentation': {'size': seg['size'], 'counts': counts},
+          'image_id': image_id, 'id': ann['id'], 'score': score}
+      if j == 0:
+        continue
+      if j == 1:
+        moved = _shifted(seg['counts'], seg['size'], 0, 1)
+        preds += [entry(seg['counts'], 0.2), entry(moved, 0.9)]
+        best.append(1.0)
+        by_score.append(iou(moved, seg['counts'], seg['size']))
+      else:
+        moved = _shifted(seg['counts'], seg['size'], 1, 0)
+        preds.append(entry(moved, 0.5))
+        best.append(iou(moved, seg['counts'], seg['size']))
+        by_score.append(best[-1])
+  preds.append({'segmentation': preds[0]['segmentation'], 'image_id': 1,
+                'id': 999999})
+  path = tmp_path_factory.mktemp('preds') / 'predictions.json'
+  path.write_text(json.dumps(preds))
+  return path, {'best_iou': best, 'score': by_score}, len(preds)
+
+
+@pytest.mark.parametrize('select', ['best_iou', 'score'])
+def test_evaluate_prints_and_writes_the_table(built, predictions, select,
+                                              tmp_path, capsys):
+  data_dir, _ = built
+  path, expected, num_predictions = predictions
+  report = tmp_path / 'r.json'
+  code, out, err = run(capsys, 'evaluate', '--tars', '0-3', '--data_dir',
+                       data_dir, '--predictions', path, '--select', select,
+                       '--json', report, '--no_progress')
+  assert code == 0, err
+  ious = np.array(expected[select])
+  assert len(set(ious.round(6))) > 2  # Not a trivial case.
+  r = json.loads(report.read_text())
+  assert r['select'] == select and r['split'] == 'train'
+  assert r['num_gt_masks'] == DUMMY_MASKS
+  assert r['num_predictions'] == num_predictions
+  assert r['num_matched_gt_masks'] == len(ious) == DUMMY_MASKS - len(
+      DUMMY_IMAGES)
+  assert r['gt_without_prediction'] == len(DUMMY_IMAGES)
+  assert r['predictions_without_gt'] == 1
+  assert r['mean_iou'] == pytest.approx(ious.mean(), abs=1e-7)
+  assert r['iou_ge_0.5'] == pytest.approx((ious >= 0.5).mean())
+  assert r['iou_ge_0.75'] == pytest.approx((ious >= 0.75).mean())
+  assert f'mean IoU {r["mean_iou"]:.4f}'.replace('mean IoU', '') in out
+  assert 'gt masks without a prediction' in out
+  assert f'predictions:  {path} (select {select})' in out
+
+
+def test_evaluate_a_slice(built, predictions, capsys):
+  import tensorflow_datasets as tfds
+  data_dir, _ = built
+  path, _, _ = predictions
+  code, out, err = run(capsys, 'evaluate', '--tars', '0-3', '--data_dir',
+                       data_dir, '--predictions', path, '--split',
+                       'train[:2]', '--no_progress')
+  assert code == 0, err
+  ds = tfds.load('segment_anything/tars_0-3', split='train[:2]',
+                 data_dir=data_dir, shuffle_files=False)
+  ids = [int(ex['image']['image_id']) for ex in tfds.as_numpy(ds)]
+  masks = sum(DUMMY_IMAGES[i][2] for i in ids)
+  table = dict(line.rsplit(None, 1) for line in out.splitlines()[3:])
+  assert table['gt masks'] == str(masks)
+  assert table['gt masks with a prediction'] == str(masks - 2)
+
+
+def test_evaluate_select_choices_match_the_library():
+  from segment_anything_tfds import evaluation
+  assert cli.evaluate.SELECT == evaluation.SELECT
+
+
+@pytest.mark.parametrize('content, message', [
+    (None, 'does not exist'),
+    ('[{"image_id": 1', 'is not JSON'),
+    ('{"a": 1}', 'must be a list'),
+    ('[{"image_id": 1, "id": 1000}]', 'prediction 0 is not'),
+    ('[{"segmentation": {"size": [3, 3], "counts": "9"}, "image_id": 1,'
+     ' "id": 1000}]', 'has size [3, 3], its ground truth [24, 32]'),
+])
+def test_evaluate_bad_predictions_exit_1(built, content, message, tmp_path,
+                                         capsys):
+  data_dir, _ = built
+  path = tmp_path / 'p.json'
+  if content is not None:
+    path.write_text(content)
+  code, _, err = run(capsys, 'evaluate', '--tars', '0-3', '--data_dir',
+                     data_dir, '--predictions', path, '--no_progress')
   assert code == 1
-  assert 'out of range' in err
-  assert not list(tmp_path.glob('*.png'))
+  [line] = err.strip().splitlines()
+  assert line.startswith('segment-anything-tfds evaluate: error:')
+  assert message in line
+
+
+def test_evaluate_usage_errors_exit_2(capsys):
+  for argv in (['--tars', '0'], ['--tars', '0', '--predictions', 'p',
+                                 '--select', 'first']):
+    code, _, err = run(capsys, 'evaluate', *argv)
+    assert code == 2 and 'usage:' in err
+
+
+def test_show_predictions_tiles_and_scores(built, predictions, tmp_path,
+                                           capsys):
+  data_dir, _ = built
+  path, expected, _ = predictions
+  code, out, err = run(capsys, 'show', '--tars', '0-3', '--data_dir',
+                       data_dir, '--image_id', '13', '--predictions', path,
+                       '--min_size', '0', '--out', tmp_path, '--no_progress')
+  assert code == 0, err
+  assert (tmp_path / 'sa_13_eval_min0.png').exists()
+  # Image 13's masks come after images 1, 2, 3, 11, 12 in `expected`.
+  start = sum(DUMMY_IMAGES[i][2] - 1 for i in (1, 2, 3, 11, 12))
+  ious = expected['best_iou'][start:start + 5]
+  assert f'5 masks with a prediction, mean IoU {np.mean(ious):.4f}' in out
+  from segment_anything_tfds import evaluation, viz
+  ex = _dataset_example(data_dir, 13)
+  by_image = [(p[1], p[2], p[3], p[4]) for p in
+              evaluation.parse_predictions(str(path)) if p[0] == 13]
+  scored = viz.evaluation_ious(ex, by_image)
+  assert [s[0] for s in scored] == [1, 2, 3, 4, 5]
+  np.testing.assert_allclose([s[1] for s in scored], ious, atol=1e-7)
+  for _, _, pred, gt in scored:
+    assert pred.shape == gt.shape == (30, 40)
+
+
+# ------------------------------------------------------- optional modules
+
+
+@pytest.mark.parametrize('command, module, package', [
+    ('stats', 'matplotlib', 'matplotlib'), ('show', 'PIL', 'Pillow')])
+def test_missing_optional_module_is_one_line_before_any_work(
+    command, module, package, tmp_path, capsys, monkeypatch):
+  monkeypatch.setitem(sys.modules, module, None)  # `import` now fails.
+  # An unprepared data dir: the check comes before reading anything.
+  argv = [command, '--config', 'first_1', '--data_dir', tmp_path / 'none',
+          '--out', tmp_path / 'out']
+  if command == 'show':
+    argv += ['--index', '0']
+  code, _, err = run(capsys, *argv)
+  assert code == 1
+  [line] = err.strip().splitlines()
+  assert line == (f'segment-anything-tfds {command}: error: {command} needs'
+                  f' {package}, which is not installed: pip install'
+                  ' "segment_anything_tfds[viz]"')
+  assert not (tmp_path / 'out').exists()
 
 
 # ------------------------------------------------------------ check-links

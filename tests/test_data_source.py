@@ -147,7 +147,7 @@ def test_cli_reads_array_record(dirs, tmp_path, capsys):
                    '--index', '5', '--out', str(tmp_path), '--no_progress'])
   assert code == 0
   out, err = capsys.readouterr()
-  assert 'image id 12, 9x1, 2 masks' in out, err
+  assert 'image id 12, 513x57, 2 masks' in out, err  # 9x1, scaled up.
   assert len(list(tmp_path.glob('sa_*.png'))) == 2  # Index 5 is not id 12.
 
 

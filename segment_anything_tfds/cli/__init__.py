@@ -1,9 +1,11 @@
-"""`segment-anything-tfds`: build, check links, statistics and pictures.
+"""`segment-anything-tfds`: build, check-links, stats, show, evaluate, export.
 
   segment-anything-tfds build --config first_1 --manual_dir DIR --data_dir D
   segment-anything-tfds check-links --manual_dir DIR [--probe]
   segment-anything-tfds stats --config first_1 --data_dir D --out OUT
   segment-anything-tfds show --config first_1 --data_dir D --index 0,3 --out OUT
+  segment-anything-tfds evaluate --config first_1 --data_dir D --predictions P
+  segment-anything-tfds export --tars 0 --data_dir D --format coco --out OUT
 
 One module per command (`build.py`, `check_links.py`, ...), each with
 `add_parser` and `run`; `common.py` holds what they share.
@@ -26,18 +28,21 @@ from segment_anything_tfds import logs
 from segment_anything_tfds.cli import build
 from segment_anything_tfds.cli import check_links
 from segment_anything_tfds.cli import common
+from segment_anything_tfds.cli import evaluate
+from segment_anything_tfds.cli import export
 from segment_anything_tfds.cli import show
 from segment_anything_tfds.cli import stats
 
 PROG = common.PROG
-COMMANDS = (build, check_links, stats, show)
+COMMANDS = (build, check_links, stats, show, evaluate, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog=PROG, allow_abbrev=False,
       description='SA-1B (Segment Anything) for TensorFlow Datasets: prepare'
-      ' the dataset, check a links file, compute statistics, draw examples.',
+      ' the dataset, check a links file, compute statistics, draw examples,'
+      ' score predictions, export to other formats.',
       epilog='Exit codes: 0 ok, 1 failure (one-line error), 2 bad usage. Run'
       f' `{PROG} COMMAND --help` for each command.')
   parser.add_argument('--version', action='version',

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -53,6 +54,17 @@ def first_line(e: BaseException) -> str:
   return lines[0] if lines else text
 
 
+def require(module: str, *, command: str, extra: str,
+            package: str | None = None) -> None:
+  """A one-line error, before any work, if an optional module is missing."""
+  try:
+    importlib.import_module(module)
+  except ImportError:
+    raise errors.ConfigError(
+        f'{command} needs {package or module}, which is not installed: pip'
+        f' install "segment_anything_tfds[{extra}]"') from None
+
+
 # ---------------------------------------------------------- argument types
 
 
@@ -86,6 +98,29 @@ def positive_int(value: str) -> int:
     raise argparse.ArgumentTypeError(
         f'expected a positive integer, got {value!r}')
   return n
+
+
+def non_negative_int(value: str) -> int:
+  try:
+    n = int(value)
+  except ValueError:
+    n = -1
+  if n < 0:
+    raise argparse.ArgumentTypeError(
+        f'expected a non-negative integer, got {value!r}')
+  return n
+
+
+def unit_interval(value: str) -> float:
+  """A number in [0, 1]."""
+  try:
+    x = float(value)
+  except ValueError:
+    x = float('nan')
+  if not 0.0 <= x <= 1.0:  # Also refuses nan.
+    raise argparse.ArgumentTypeError(
+        f'expected a number from 0 to 1, got {value!r}')
+  return x
 
 
 def download_option(field: str, parse: type):
@@ -205,19 +240,28 @@ def is_array_record(builder) -> bool:
   return builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
 
 
+def as_dataset(builder, split: str):
+  """`split` as a tf.data dataset, JPEG bytes undecoded, in order."""
+  try:
+    return builder.as_dataset(split=split, decoders=skip_image_decoding(),
+                              shuffle_files=False)
+  except (KeyError, AssertionError, ValueError) as e:
+    raise errors.ConfigError(f'bad split {split!r}: {first_line(e)}') from None
+
+
 def iterate_examples(builder, split: str, *, show_progress: bool, desc: str):
   """Numpy examples of `split`, JPEG bytes undecoded, in the split's order."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  try:
-    if is_array_record(builder):
+  if is_array_record(builder):
+    try:
       source = builder.as_data_source(split=split,
                                       decoders=skip_image_decoding())
-      examples = (source[i] for i in range(len(source)))
-    else:
-      examples = tfds.as_numpy(builder.as_dataset(
-          split=split, decoders=skip_image_decoding(), shuffle_files=False))
-  except (KeyError, AssertionError, ValueError) as e:
-    raise errors.ConfigError(f'bad split {split!r}: {first_line(e)}') from None
+    except (KeyError, AssertionError, ValueError) as e:
+      raise errors.ConfigError(
+          f'bad split {split!r}: {first_line(e)}') from None
+    examples = (source[i] for i in range(len(source)))
+  else:
+    examples = tfds.as_numpy(as_dataset(builder, split))
   total = split_size(builder, split)
   return progress(examples, enabled=show_progress, total=total, desc=desc,
                   unit='img')

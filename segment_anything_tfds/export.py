@@ -1,0 +1,584 @@
+"""Exports of prepared SA-1B examples to the formats other trainers read.
+
+Each writer takes numpy examples (from `tfds.as_numpy` or a data source,
+read with `SkipDecoding` so that `image/content` holds the JPEG bytes) one
+at a time and writes one format into an output dir:
+
+* `semantic_sam_tsv` (`TsvWriter`): shards `sa1b-000000.tsv`, ... of rows
+  ``file_name \\t json \\t base64(jpeg) \\n``, each with its line index
+  `sa1b-000000.lineidx` (the byte offset of each row, one per line). This is
+  what Semantic-SAM's `TSVFile` reads (the JSON is column 1, the image the
+  last column) and the `<name>-<number>.tsv` naming its SA-1B mapper lists.
+* `coco` (`CocoWriter`): one COCO instance file `annotations.json` and the
+  JPEGs in `images/sa_<id>.jpg`. One category, ``{"id": 1, "name":
+  "object"}``; each annotation has its RLE `segmentation`, `area`, `bbox`,
+  ``iscrowd: 0``, ``category_id: 1`` and SA-1B's `predicted_iou`,
+  `stability_score`, `point_coords` and `crop_box`.
+* `webdataset` (`WebDatasetWriter`): tar shards `sa1b-000000.tar`, ... with
+  `sa_<id>.jpg` and `sa_<id>.json` next to each other, as the `webdataset`
+  package reads them.
+
+Round trip: the JPEG bytes are the dataset's, byte for byte, and every RLE
+`counts` string is the dataset's (SA-1B's) string. The JSON of the TSV and
+webdataset formats is the image's SA-1B record (`sa1b_record`): the same
+fields, in the same order, with the same values as the SA-1B file.
+
+Boxes: the dataset stores TFDS boxes, ``[y/H, x/W, (y+h)/H, (x+w)/W]`` as
+float32. `pixel_box` recovers SA-1B's ``[x, y, w, h]`` in pixels: SA-1B's
+boxes are whole pixels, and float32 keeps ``v/W`` within ``W * 2**-25`` px
+of the truth, so rounding gives back the exact integers for any image under
+2**24 px a side. Boxes are exported as SA-1B has them: inclusive extents,
+so ``w`` and ``h`` are one less than pycocotools' `toBbox` of the mask (the
+COCO `bbox` too). They are never "fixed".
+
+Atomic writes: every file is written under a hidden temporary name
+(``.<name>.partial``) and renamed into place once complete; a killed
+export leaves only `.partial` files, never a truncated file under a final
+name. A shard's line index is renamed before its TSV, and the COCO
+`annotations.json`, which needs every image, is written last. `export`
+ends by writing `export.json`, the manifest of what was written.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from segment_anything_tfds import errors
+
+__all__ = ['FORMATS', 'MANIFEST', 'pixel_box', 'sa1b_record',
+           'coco_image', 'coco_annotation', 'TsvWriter', 'CocoWriter',
+           'WebDatasetWriter', 'make_writer', 'export']
+
+MANIFEST = 'export.json'
+PARTIAL_SUFFIX = '.partial'
+SHARD_PREFIX = 'sa1b'
+COCO_CATEGORY = {'id': 1, 'name': 'object', 'supercategory': 'object'}
+DEFAULT_SHARD_SIZE = 1 << 30  # 1 GiB.
+# How far a recovered pixel coordinate may be from an integer and still be
+# taken as that integer: float32 boxes are within W * 2**-25 px of the
+# truth, i.e. 2**-10 px up to 2**15 px a side.
+_INTEGER_TOLERANCE = 2.0 ** -10
+
+
+# ------------------------------------------------------------ SA-1B records
+
+
+def _pixel(value: float) -> int | float:
+  nearest = round(value)
+  return int(nearest) if abs(value - nearest) <= _INTEGER_TOLERANCE else value
+
+
+def pixel_box(box: Any, *, height: int, width: int) -> list[int | float]:
+  """A TFDS box ``[ymin, xmin, ymax, xmax]`` (normalized) as SA-1B's pixels.
+
+  Args:
+    box: 4 numbers, as the dataset's `bbox` or `crop_box`.
+    height: the image height, in pixels.
+    width: the image width.
+
+  Returns:
+    ``[x, y, w, h]``: integers when the pixel values are whole (always for
+    SA-1B), else the nearest float64 values.
+  """
+  ymin, xmin, ymax, xmax = (float(v) for v in np.asarray(box).ravel())
+  x, y = _pixel(xmin * width), _pixel(ymin * height)
+  x2, y2 = _pixel(xmax * width), _pixel(ymax * height)
+  return [x, y, x2 - x, y2 - y]
+
+
+def _text(value: Any) -> str:
+  return value.decode('ascii') if isinstance(value, bytes) else str(value)
+
+
+def _image_fields(example: Mapping[str, Any]) -> dict[str, Any]:
+  image = example['image']
+  return {'image_id': int(image['image_id']), 'width': int(image['width']),
+          'height': int(image['height']),
+          'file_name': _text(image['file_name'])}
+
+
+def _annotations(example: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """The SA-1B annotations of an example, in SA-1B's field order."""
+  height = int(example['image']['height'])
+  width = int(example['image']['width'])
+  ann = example['annotations']
+  seg = ann['segmentation']
+  out = []
+  for i in range(len(ann['id'])):
+    out.append({
+        'bbox': pixel_box(ann['bbox'][i], height=height, width=width),
+        'area': int(ann['area'][i]),
+        'segmentation': {'size': [int(v) for v in seg['size'][i]],
+                         'counts': _text(seg['counts'][i])},
+        'predicted_iou': float(ann['predicted_iou'][i]),
+        'point_coords': np.asarray(ann['point_coords'][i],
+                                   np.float64).reshape(-1, 2).tolist(),
+        'crop_box': pixel_box(ann['crop_box'][i], height=height, width=width),
+        'id': int(ann['id'][i]),
+        'stability_score': float(ann['stability_score'][i]),
+    })
+  return out
+
+
+def sa1b_record(example: Mapping[str, Any]) -> dict[str, Any]:
+  """The image's SA-1B JSON record, rebuilt from a dataset example.
+
+  Returns:
+    ``{"image": {image_id, width, height, file_name}, "annotations": [...]}``
+    with SA-1B's fields, order and values (boxes in pixels, see
+    `pixel_box`).
+  """
+  return {'image': _image_fields(example), 'annotations': _annotations(example)}
+
+
+def coco_image(example: Mapping[str, Any]) -> dict[str, Any]:
+  """The COCO `images` entry of an example (its id is SA-1B's image id)."""
+  fields = _image_fields(example)
+  return {'id': fields['image_id'], 'file_name': fields['file_name'],
+          'height': fields['height'], 'width': fields['width']}
+
+
+def coco_annotation(annotation: Mapping[str, Any],
+                    image_id: int) -> dict[str, Any]:
+  """A COCO annotation from one SA-1B annotation (`sa1b_record` entry)."""
+  return {
+      'id': annotation['id'],
+      'image_id': image_id,
+      'category_id': COCO_CATEGORY['id'],
+      'segmentation': annotation['segmentation'],
+      'area': annotation['area'],
+      'bbox': annotation['bbox'],
+      'iscrowd': 0,
+      'predicted_iou': annotation['predicted_iou'],
+      'stability_score': annotation['stability_score'],
+      'point_coords': annotation['point_coords'],
+      'crop_box': annotation['crop_box'],
+  }
+
+
+def _json_bytes(obj: Any) -> bytes:
+  """Compact ASCII JSON: no tab or newline, RLE backslashes escaped."""
+  return json.dumps(obj, separators=(',', ':')).encode('ascii')
+
+
+def _jpeg(example: Mapping[str, Any]) -> bytes:
+  content = example['image']['content']
+  if not isinstance(content, (bytes, np.bytes_)):
+    raise errors.ConfigError(
+        'export needs image/content as JPEG bytes; read the dataset'
+        " with decoders={'image': {'content': tfds.decode.SkipDecoding()}}")
+  return bytes(content)
+
+
+# ------------------------------------------------------------ atomic files
+
+
+class PendingFile:
+  """A file written as `.<name>.partial` and renamed to `name` by `commit`.
+
+  Until `commit`, the final name does not exist (or keeps what it held);
+  `discard` removes the partial file.
+  """
+
+  def __init__(self, path: str | os.PathLike, *, sync: bool = True):
+    self.path = os.fspath(path)
+    head, tail = os.path.split(self.path)
+    self.partial = os.path.join(head, f'.{tail}{PARTIAL_SUFFIX}')
+    self.sync = sync
+    self.file = open(self.partial, 'wb')
+
+  def write(self, data: bytes) -> int:
+    return self.file.write(data)
+
+  def tell(self) -> int:
+    return self.file.tell()
+
+  def commit(self) -> str:
+    self.file.flush()
+    if self.sync:
+      os.fsync(self.file.fileno())
+    self.file.close()
+    os.replace(self.partial, self.path)
+    return self.path
+
+  def discard(self) -> None:
+    self.file.close()
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(self.partial)
+
+
+def write_atomically(path: str | os.PathLike, data: bytes, *,
+                     sync: bool = True) -> str:
+  """Writes `data` to `path` through a `PendingFile`."""
+  pending = PendingFile(path, sync=sync)
+  try:
+    pending.write(data)
+  except BaseException:
+    pending.discard()
+    raise
+  return pending.commit()
+
+
+# ------------------------------------------------------------------ writers
+
+
+class _Writer:
+  """Base of the writers: `add` examples, then `close` (or `abort`).
+
+  Attributes:
+    out_dir: the output dir.
+    images: examples written.
+    masks: annotations written.
+    files: final paths written so far (relative to `out_dir`).
+  """
+
+  # Regular expressions of the names a writer writes (relative paths).
+  OUTPUTS: tuple[str, ...] = ()
+
+  def __init__(self, out_dir: str | os.PathLike):
+    self.out_dir = os.fspath(out_dir)
+    self.images = 0
+    self.masks = 0
+    self.files: list[str] = []
+
+  def add(self, example: Mapping[str, Any]) -> None:
+    raise NotImplementedError
+
+  def close(self) -> None:
+    raise NotImplementedError
+
+  def abort(self) -> None:
+    """Removes the partial files; final files written so far stay."""
+
+  def _done(self, path: str) -> None:
+    self.files.append(os.path.relpath(path, self.out_dir))
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    if exc_type is None:
+      self.close()
+    else:
+      self.abort()
+
+
+class _ShardedWriter(_Writer):
+  """Writes shards `sa1b-000000.<ext>`, ... of at most `shard_size` bytes.
+
+  A new shard starts when the next image would take the current one past
+  `shard_size`; an image larger than that gets a shard of its own.
+  """
+
+  def __init__(self, out_dir, *, shard_size: int = DEFAULT_SHARD_SIZE):
+    super().__init__(out_dir)
+    if shard_size < 1:
+      raise errors.ConfigError(
+          f'the shard size must be at least 1 byte, got {shard_size}')
+    self.shard_size = int(shard_size)
+    self.shard_index = -1
+    self.shard_images = 0
+
+  def shard_path(self, index: int, ext: str) -> str:
+    return os.path.join(self.out_dir, f'{SHARD_PREFIX}-{index:06d}.{ext}')
+
+  def _next_shard(self, size: int) -> None:
+    """Opens the first shard, or the next one if `size` bytes do not fit."""
+    if self.shard_index >= 0:
+      if not self.shard_images or self._size_with(size) <= self.shard_size:
+        return
+      self._close_shard()
+    self.shard_index += 1
+    self.shard_images = 0
+    self._open_shard()
+
+  def _size_with(self, size: int) -> int:
+    """The current shard's size once closed, with `size` more bytes."""
+    raise NotImplementedError
+
+  def _open_shard(self) -> None:
+    raise NotImplementedError
+
+  def _close_shard(self) -> None:
+    raise NotImplementedError
+
+  def close(self) -> None:
+    if self.shard_index >= 0:
+      self._close_shard()
+
+
+class TsvWriter(_ShardedWriter):
+  """Semantic-SAM's TSV: `sa1b-NNNNNN.tsv` and `sa1b-NNNNNN.lineidx`."""
+
+  OUTPUTS = (rf'{SHARD_PREFIX}-\d{{6}}\.tsv',
+             rf'{SHARD_PREFIX}-\d{{6}}\.lineidx')
+
+  def __init__(self, out_dir, *, shard_size: int = DEFAULT_SHARD_SIZE):
+    super().__init__(out_dir, shard_size=shard_size)
+    self._tsv: PendingFile | None = None
+    self._index: PendingFile | None = None
+
+  @staticmethod
+  def row(example: Mapping[str, Any]) -> bytes:
+    """One TSV row: ``file_name \\t SA-1B json \\t base64(jpeg) \\n``."""
+    record = sa1b_record(example)
+    return b'\t'.join((record['image']['file_name'].encode('ascii'),
+                       _json_bytes(record),
+                       base64.b64encode(_jpeg(example)))) + b'\n'
+
+  def add(self, example):
+    row = self.row(example)
+    self._next_shard(len(row))
+    self._index.write(b'%d\n' % self._tsv.tell())
+    self._tsv.write(row)
+    self.shard_images += 1
+    self.images += 1
+    self.masks += len(example['annotations']['id'])
+
+  def _size_with(self, size):
+    return self._tsv.tell() + size
+
+  def _open_shard(self):
+    self._tsv = PendingFile(self.shard_path(self.shard_index, 'tsv'))
+    self._index = PendingFile(self.shard_path(self.shard_index, 'lineidx'))
+
+  def _close_shard(self):
+    # The index first: a TSV under its final name always has its index.
+    self._done(self._index.commit())
+    self._done(self._tsv.commit())
+    self._tsv = self._index = None
+
+  def abort(self):
+    for pending in (self._tsv, self._index):
+      if pending is not None:
+        pending.discard()
+
+
+class WebDatasetWriter(_ShardedWriter):
+  """Tar shards `sa1b-NNNNNN.tar` of `sa_<id>.jpg` + `sa_<id>.json`."""
+
+  OUTPUTS = (rf'{SHARD_PREFIX}-\d{{6}}\.tar',)
+  _BLOCK = tarfile.BLOCKSIZE
+  _MTIME = 1680000000  # Fixed, so the same data gives the same bytes.
+
+  def __init__(self, out_dir, *, shard_size: int = DEFAULT_SHARD_SIZE):
+    super().__init__(out_dir, shard_size=shard_size)
+    self._file: PendingFile | None = None
+    self._tar: tarfile.TarFile | None = None
+
+  @classmethod
+  def _member_bytes(cls, size: int) -> int:
+    return cls._BLOCK + -(-size // cls._BLOCK) * cls._BLOCK
+
+  def add(self, example):
+    record = sa1b_record(example)
+    stem = os.path.splitext(record['image']['file_name'])[0]
+    members = ((f'{stem}.jpg', _jpeg(example)),
+               (f'{stem}.json', _json_bytes(record)))
+    self._next_shard(sum(self._member_bytes(len(d)) for _, d in members))
+    for name, data in members:
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      info.mtime = self._MTIME
+      info.mode = 0o644
+      self._tar.addfile(info, io.BytesIO(data))
+    self.shard_images += 1
+    self.images += 1
+    self.masks += len(record['annotations'])
+
+  def _size_with(self, size):
+    # Closed, a shard ends with two zero blocks and is padded to tarfile's
+    # record size.
+    end = self._tar.offset + size + 2 * self._BLOCK
+    return -(-end // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+  def _open_shard(self):
+    self._file = PendingFile(self.shard_path(self.shard_index, 'tar'))
+    self._tar = tarfile.open(fileobj=self._file.file, mode='w',
+                             format=tarfile.USTAR_FORMAT)
+
+  def _close_shard(self):
+    self._tar.close()  # Writes the end blocks; leaves the file open.
+    self._done(self._file.commit())
+    self._tar = self._file = None
+
+  def abort(self):
+    if self._file is not None:
+      self._file.discard()
+
+
+class CocoWriter(_Writer):
+  """`annotations.json` (COCO instances) and `images/sa_<id>.jpg`.
+
+  The `images` and `annotations` lists are streamed to two partial files
+  while the JPEGs are written, and joined into `annotations.json` at
+  `close`, so memory stays flat however many images are exported.
+  """
+
+  IMAGES_DIR = 'images'
+  ANNOTATIONS = 'annotations.json'
+  OUTPUTS = (rf'{IMAGES_DIR}/sa_\d+\.jpg', re.escape(ANNOTATIONS))
+
+  def __init__(self, out_dir, *, info: Mapping[str, Any] | None = None):
+    super().__init__(out_dir)
+    self.info = dict(info or {})
+    os.makedirs(os.path.join(self.out_dir, self.IMAGES_DIR), exist_ok=True)
+    self._lists = {
+        key: PendingFile(os.path.join(self.out_dir, f'{key}.list'),
+                         sync=False)
+        for key in ('images', 'annotations')}
+    self._annotations_written = 0
+
+  def add(self, example):
+    record = sa1b_record(example)
+    image = coco_image(example)
+    path = os.path.join(self.out_dir, self.IMAGES_DIR, image['file_name'])
+    self._done(write_atomically(path, _jpeg(example), sync=False))
+    self._append('images', image, self.images)
+    for ann in record['annotations']:
+      self._append('annotations', coco_annotation(ann, image['id']),
+                   self._annotations_written)
+      self._annotations_written += 1
+    self.images += 1
+    self.masks += len(record['annotations'])
+
+  def _append(self, key: str, entry: Mapping[str, Any], index: int) -> None:
+    self._lists[key].write((b',' if index else b'') + _json_bytes(entry))
+
+  def close(self):
+    head = _json_bytes({'info': self.info, 'licenses': [],
+                        'categories': [COCO_CATEGORY]})[:-1]
+    out = PendingFile(os.path.join(self.out_dir, self.ANNOTATIONS))
+    try:
+      out.write(head)
+      for key in ('images', 'annotations'):
+        pending = self._lists[key]
+        pending.file.flush()
+        out.write(b',"%s":[' % key.encode())
+        with open(pending.partial, 'rb') as f:
+          shutil.copyfileobj(f, out.file, 1 << 20)
+        out.write(b']')
+      out.write(b'}')
+    except BaseException:
+      out.discard()
+      raise
+    finally:
+      for pending in self._lists.values():
+        pending.discard()
+    self._done(out.commit())
+
+  def abort(self):
+    for pending in self._lists.values():
+      pending.discard()
+
+
+FORMATS = {'semantic_sam_tsv': TsvWriter, 'coco': CocoWriter,
+           'webdataset': WebDatasetWriter}
+
+
+def make_writer(fmt: str, out_dir: str | os.PathLike, *,
+                shard_size: int = DEFAULT_SHARD_SIZE,
+                info: Mapping[str, Any] | None = None) -> _Writer:
+  """The writer of format `fmt` (a `FORMATS` key) into `out_dir`."""
+  if fmt not in FORMATS:
+    raise errors.ConfigError(
+        f'unknown export format {fmt!r}; expected one of {sorted(FORMATS)}')
+  if fmt == 'coco':
+    return CocoWriter(out_dir, info=info)
+  return FORMATS[fmt](out_dir, shard_size=shard_size)
+
+
+# ----------------------------------------------------------------- export
+
+
+def _is_partial(name: str) -> bool:
+  return name.startswith('.') and name.endswith(PARTIAL_SUFFIX)
+
+
+def _previous_outputs(out_dir: str) -> list[str]:
+  """Paths (relative) of what any format or a stale run left in `out_dir`."""
+  patterns = [re.compile(p) for cls in FORMATS.values() for p in cls.OUTPUTS]
+  patterns.append(re.compile(re.escape(MANIFEST)))
+  found = []
+  for root, _, names in os.walk(out_dir):
+    rel_root = os.path.relpath(root, out_dir)
+    for name in names:
+      rel = name if rel_root == '.' else f'{rel_root}/{name}'
+      if _is_partial(name) or any(p.fullmatch(rel) for p in patterns):
+        found.append(rel)
+  return sorted(found)
+
+
+def prepare_out_dir(out_dir: str | os.PathLike, *,
+                    overwrite: bool = False) -> None:
+  """Creates `out_dir`; refuses (or with `overwrite`, removes) an export.
+
+  Partial files of a killed export are always removed. Files that no
+  format writes are never touched.
+
+  Raises:
+    ConfigError: `out_dir` holds an export and `overwrite` is False, or is
+      not a directory.
+  """
+  out_dir = os.fspath(out_dir)
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise errors.ConfigError(f'{out_dir} is not a directory')
+  os.makedirs(out_dir, exist_ok=True)
+  previous = _previous_outputs(out_dir)
+  finished = [p for p in previous if not _is_partial(os.path.basename(p))]
+  if finished and not overwrite:
+    raise errors.ConfigError(
+        f'{out_dir} already holds an export ({finished[0]} and'
+        f' {len(finished) - 1} more files); pass --overwrite to replace it'
+        ' or choose another --out')
+  for rel in previous:
+    os.remove(os.path.join(out_dir, rel))
+
+
+def export(examples: Iterable[Mapping[str, Any]], fmt: str,
+           out_dir: str | os.PathLike, *,
+           shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
+           info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Writes `examples` in format `fmt` to `out_dir`, then its manifest.
+
+  Args:
+    examples: numpy examples with the JPEG bytes (see the module doc).
+    fmt: 'semantic_sam_tsv', 'coco' or 'webdataset'.
+    out_dir: the output dir (created).
+    shard_size: the largest shard, in bytes (TSV and webdataset).
+    overwrite: replace an export already in `out_dir`.
+    info: extra manifest fields (e.g. the dataset and split); the COCO
+      `info` too.
+
+  Returns:
+    The manifest written to `out_dir/export.json`: ``{format, images,
+    masks, files, bytes, **info}``.
+  """
+  prepare_out_dir(out_dir, overwrite=overwrite)
+  with make_writer(fmt, out_dir, shard_size=shard_size, info=info) as writer:
+    for example in examples:
+      writer.add(example)
+  out_dir = os.fspath(out_dir)
+  manifest = {
+      **dict(info or {}), 'format': fmt, 'images': writer.images,
+      'masks': writer.masks,
+      'bytes': sum(os.path.getsize(os.path.join(out_dir, f))
+                   for f in writer.files),
+      'files': sorted(f for f in writer.files
+                      if not f.startswith(CocoWriter.IMAGES_DIR + '/')),
+  }
+  if fmt == 'coco':
+    manifest['images_dir'] = CocoWriter.IMAGES_DIR
+  write_atomically(os.path.join(out_dir, MANIFEST),
+                   json.dumps(manifest, indent=2).encode() + b'\n')
+  return manifest

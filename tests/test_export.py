@@ -1,0 +1,437 @@
+"""`segment-anything-tfds export`: each format read back by its own reader.
+
+The ground truth is the dummy data itself (`conftest.read_inputs`, read with
+the stdlib): every JPEG byte, every RLE string and every SA-1B field must
+come back as it is there (the float fields as TFDS stores them, in float32).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import DUMMY_DATA, read_inputs
+from segment_anything_tfds import cli
+from segment_anything_tfds import errors
+from segment_anything_tfds import examples as examples_lib
+from segment_anything_tfds import export
+
+
+def as_stored(record):
+  """`record` with its float fields rounded to float32, as TFDS stores them.
+
+  TFDS keeps float64 features in a tf.train.Example float list (float32);
+  the dummy data's scores are float64 values, SA-1B's float32 ones.
+  """
+  f32 = lambda v: float(np.float32(v))
+  anns = [{**a, 'predicted_iou': f32(a['predicted_iou']),
+           'stability_score': f32(a['stability_score']),
+           'point_coords': [[f32(v) for v in p] for p in a['point_coords']]}
+          for a in record['annotations']]
+  return {**record, 'annotations': anns}
+
+
+INPUTS = {image_id: (jpg, as_stored(js))
+          for image_id, (jpg, js) in read_inputs(DUMMY_DATA).items()}
+NUM_MASKS = sum(len(js['annotations']) for _, js in INPUTS.values())
+
+
+def run(capsys, *argv):
+  code = cli.main([str(a) for a in argv])
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """tars 0-3 of the dummy data built by the CLI (TFRecord)."""
+  path = tmp_path_factory.mktemp('data')
+  assert cli.main(['build', '--tars', '0-3', '--data_dir', str(path),
+                   '--manual_dir', str(DUMMY_DATA), '--no_progress']) == 0
+  return path
+
+
+def export_cli(capsys, data_dir, fmt, out, *extra):
+  code, stdout, err = run(capsys, 'export', '--tars', '0-3', '--data_dir',
+                          data_dir, '--format', fmt, '--out', out,
+                          '--no_progress', *extra)
+  assert code == 0, err
+  return stdout
+
+
+def source_examples():
+  """Dataset-shaped examples made from the inputs by the builder's code."""
+  out = []
+  for image_id, (jpg, js) in sorted(INPUTS.items()):
+    _, ex = examples_lib.make_example(
+        jpg, js, stem=f'sa_{image_id}', where=('t', 'm'))
+    out.append(ex)
+  return out
+
+
+def assert_no_partial_files(out):
+  partial = [p for p in pathlib.Path(out).rglob('*')
+             if p.name.endswith(export.PARTIAL_SUFFIX)]
+  assert not partial
+
+
+# ------------------------------------------------------------- SA-1B fields
+
+
+def test_sa1b_record_is_the_source_json(data_dir):
+  import tensorflow_datasets as tfds
+  from segment_anything_tfds.cli import common
+  builder = tfds.builder_from_directory(
+      data_dir / 'segment_anything' / 'tars_0-3' / '2.0.0')
+  seen = set()
+  for ex in tfds.as_numpy(common.as_dataset(builder, 'train')):
+    record = export.sa1b_record(ex)
+    image_id = record['image']['image_id']
+    _, source = INPUTS[image_id]
+    assert record == source
+    # The same field order as SA-1B's file, too.
+    assert list(record['image']) == list(source['image'])
+    for got, want in zip(record['annotations'], source['annotations']):
+      assert list(got) == list(want)
+      assert type(got['bbox'][0]) is int  # Whole pixels, as in SA-1B.
+    seen.add(image_id)
+  assert seen == set(INPUTS)
+
+
+def test_pixel_box_recovers_whole_pixels_through_float32():
+  # Every coordinate v of a side of W pixels, normalized as the builder
+  # does (float64, then float32 in the TFRecord), comes back exactly.
+  for side in (*range(1, 200), 1499, 1500, 2250, 3000, 4096, 8191, 16384):
+    v = np.arange(side + 1, dtype=np.float64)
+    stored = (v / side).astype(np.float32)
+    got = [export.pixel_box([0, f, 0, f], height=1, width=side)[0]
+           for f in stored[::max(1, side // 500)]]
+    assert got == [int(x) for x in v[::max(1, side // 500)]]
+  box = examples_lib.normalize_box([3, 1499, 2246, 0], height=1500,
+                                   width=2250, where=None, what='bbox')
+  assert export.pixel_box(np.float32(box), height=1500, width=2250) == [
+      3, 1499, 2246, 0]
+  # Not whole pixels: the nearest value, not rounded to an integer.
+  x, y, w, h = export.pixel_box([0.0, 0.25, 0.5, 0.5], height=2, width=2)
+  assert (x, y, w, h) == (0.5, 0, 0.5, 1)
+
+
+# ---------------------------------------------------------- semantic_sam_tsv
+
+
+def read_tsv_rows(out):
+  """Rows by Semantic-SAM's index: seek to each .lineidx offset, readline."""
+  rows = []
+  for index in sorted(pathlib.Path(out).glob('*.lineidx')):
+    tsv = index.with_suffix('.tsv')
+    offsets = [int(line.split()[0]) for line in
+               index.read_text().splitlines()]
+    assert offsets == sorted(offsets) and offsets[0] == 0
+    with open(tsv, 'rb') as f:
+      for offset in offsets:
+        f.seek(offset)
+        rows.append([s.strip() for s in f.readline().split(b'\t')])
+      assert f.tell() == os.path.getsize(tsv)  # The last row ends the file.
+  return rows
+
+
+def test_semantic_sam_tsv_round_trip(data_dir, tmp_path, capsys):
+  out = tmp_path / 'tsv'
+  stdout = export_cli(capsys, data_dir, 'semantic_sam_tsv', out)
+  assert sorted(p.name for p in out.iterdir()) == [
+      'export.json', 'sa1b-000000.lineidx', 'sa1b-000000.tsv']
+  rows = read_tsv_rows(out)
+  assert len(rows) == len(INPUTS)
+  for row in rows:
+    assert len(row) == 3
+    record = json.loads(row[1])  # Semantic-SAM: json is row[1],
+    jpg = base64.b64decode(row[-1])  # the image row[-1].
+    source_jpg, source_json = INPUTS[record['image']['image_id']]
+    assert jpg == source_jpg
+    assert record == source_json
+    assert row[0].decode() == source_json['image']['file_name']
+  manifest = json.loads((out / 'export.json').read_text())
+  assert (manifest['images'], manifest['masks']) == (len(INPUTS), NUM_MASKS)
+  assert 'wrote:    1 shards sa1b-000000.tsv' in stdout
+  assert_no_partial_files(out)
+
+
+def test_semantic_sam_tsv_shards(data_dir, tmp_path, capsys):
+  out = tmp_path / 'tsv'
+  limit = 8000
+  stdout = export_cli(capsys, data_dir, 'semantic_sam_tsv', out,
+                      '--shard_size_mb', limit / 2**20)
+  shards = sorted(out.glob('*.tsv'))
+  assert len(shards) > 2
+  for shard in shards:
+    # Semantic-SAM's mapper parses the shard number from the name.
+    assert int(shard.name.split('.')[0].split('-')[-1]) == shards.index(shard)
+    if len(shard.with_suffix('.lineidx').read_text().split()) > 1:
+      assert shard.stat().st_size <= limit
+  rows = read_tsv_rows(out)
+  assert sorted(json.loads(r[1])['image']['image_id'] for r in rows) == (
+      sorted(INPUTS))
+  assert f'{len(shards)} shards sa1b-{{000000..' in stdout
+
+
+# -------------------------------------------------------------------- coco
+
+
+def test_coco_round_trip(data_dir, tmp_path, capsys):
+  from pycocotools import coco as coco_lib
+  from pycocotools import mask as mask_utils
+  out = tmp_path / 'coco'
+  export_cli(capsys, data_dir, 'coco', out)
+  api = coco_lib.COCO(str(out / 'annotations.json'))
+  capsys.readouterr()
+  assert api.getCatIds() == [1]
+  assert api.loadCats([1]) == [export.COCO_CATEGORY]
+  assert sorted(api.getImgIds()) == sorted(INPUTS)
+  assert len(api.getAnnIds()) == NUM_MASKS
+  for image_id, (jpg, source) in INPUTS.items():
+    [image] = api.loadImgs([image_id])
+    assert image == {'id': image_id,
+                     'file_name': source['image']['file_name'],
+                     'height': source['image']['height'],
+                     'width': source['image']['width']}
+    assert (out / 'images' / image['file_name']).read_bytes() == jpg
+    anns = api.loadAnns(api.getAnnIds(imgIds=[image_id]))
+    assert [a['id'] for a in anns] == [a['id'] for a in
+                                       source['annotations']]
+    for ann, want in zip(anns, source['annotations']):
+      rle = api.annToRLE(ann)
+      assert rle['counts'] == want['segmentation']['counts']
+      assert list(rle['size']) == want['segmentation']['size']
+      assert ann['bbox'] == want['bbox']  # SA-1B's own (inclusive) box.
+      assert [int(v) for v in mask_utils.toBbox(rle)][2:] == [
+          want['bbox'][2] + 1, want['bbox'][3] + 1]
+      assert ann['area'] == want['area'] == int(api.annToMask(ann).sum())
+      assert (ann['iscrowd'], ann['category_id']) == (0, 1)
+      for key in ('predicted_iou', 'stability_score', 'point_coords',
+                  'crop_box'):
+        assert ann[key] == want[key], key
+  assert sorted(p.name for p in (out / 'images').iterdir()) == sorted(
+      f'sa_{i}.jpg' for i in INPUTS)
+  assert_no_partial_files(out)
+
+
+def test_coco_of_a_slice(data_dir, tmp_path, capsys):
+  out = tmp_path / 'coco'
+  stdout = export_cli(capsys, data_dir, 'coco', out, '--split', 'train[:4]')
+  with open(out / 'annotations.json') as f:
+    doc = json.load(f)
+  ids = [im['id'] for im in doc['images']]
+  assert len(ids) == 4
+  assert len(doc['annotations']) == sum(len(INPUTS[i][1]['annotations'])
+                                        for i in ids)
+  assert doc['info']['split'] == 'train[:4]'
+  assert 'images:   4' in stdout
+  # The first 4 of the split, in its order.
+  import tensorflow_datasets as tfds
+  ds = tfds.load('segment_anything/tars_0-3', split='train[:4]',
+                 data_dir=data_dir, shuffle_files=False)
+  assert ids == [int(ex['image']['image_id']) for ex in tfds.as_numpy(ds)]
+
+
+# -------------------------------------------------------------- webdataset
+
+
+def read_webdataset(out):
+  import webdataset as wds
+  urls = [str(p) for p in sorted(pathlib.Path(out).glob('sa1b-*.tar'))]
+  return list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+
+
+def test_webdataset_round_trip(data_dir, tmp_path, capsys):
+  out = tmp_path / 'wds'
+  limit = 24 * 1024
+  export_cli(capsys, data_dir, 'webdataset', out, '--shard_size_mb',
+             limit / 2**20)
+  shards = sorted(out.glob('sa1b-*.tar'))
+  assert len(shards) > 1
+  samples = read_webdataset(out)
+  assert len(samples) == len(INPUTS)
+  for sample in samples:
+    image_id = int(sample['__key__'][len('sa_'):])
+    jpg, source = INPUTS[image_id]
+    assert sample['jpg'] == jpg
+    assert json.loads(sample['json']) == source
+  for shard in shards:
+    with tarfile.open(shard) as t:
+      names = t.getnames()
+    # sa_<id>.jpg then sa_<id>.json, adjacent.
+    assert [n.rsplit('.', 1)[1] for n in names] == ['jpg', 'json'] * (
+        len(names) // 2)
+    assert all(a.split('.')[0] == b.split('.')[0]
+               for a, b in zip(names[::2], names[1::2]))
+    if len(names) > 2:
+      assert shard.stat().st_size <= limit
+  manifest = json.loads((out / 'export.json').read_text())
+  assert manifest['files'] == [s.name for s in shards]
+  assert manifest['bytes'] == sum(s.stat().st_size for s in shards)
+
+
+def test_webdataset_from_array_record(tmp_path, capsys):
+  data = tmp_path / 'data'
+  assert cli.main(['build', '--tars', '1-2', '--data_dir', str(data),
+                   '--manual_dir', str(DUMMY_DATA), '--file_format',
+                   'array_record', '--no_progress']) == 0
+  out = tmp_path / 'wds'
+  code, _, err = run(capsys, 'export', '--tars', '1-2', '--data_dir', data,
+                     '--format', 'webdataset', '--out', out, '--no_progress')
+  assert code == 0, err
+  samples = read_webdataset(out)
+  assert sorted(int(s['__key__'][3:]) for s in samples) == [
+      11, 12, 13, 21, 22, 23]
+  for s in samples:
+    assert s['jpg'] == INPUTS[int(s['__key__'][3:])][0]
+
+
+# --------------------------------------------------------------- atomicity
+
+
+def test_library_export_matches_and_writes_the_manifest_last(tmp_path):
+  out = tmp_path / 'wds'
+  manifest = export.export(source_examples(), 'webdataset', out,
+                           shard_size=20000, info={'split': 'x'})
+  assert manifest['images'] == len(INPUTS)
+  assert manifest['masks'] == NUM_MASKS
+  assert manifest['split'] == 'x'
+  files = sorted(out.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+  assert files[-1].name == 'export.json'
+  assert {json.loads(s['json'])['image']['image_id']
+          for s in read_webdataset(out)} == set(INPUTS)
+
+
+class _Stop(Exception):
+  pass
+
+
+def _failing_after(n):
+  for i, ex in enumerate(source_examples()):
+    if i == n:
+      raise _Stop
+    yield ex
+
+
+@pytest.mark.parametrize('fmt', sorted(export.FORMATS))
+def test_a_failed_export_leaves_no_partial_or_final_looking_file(
+    fmt, tmp_path):
+  out = tmp_path / fmt
+  with pytest.raises(_Stop):
+    export.export(_failing_after(7), fmt, out, shard_size=9000)
+  names = sorted(str(p.relative_to(out)) for p in out.rglob('*'))
+  assert 'export.json' not in names
+  assert 'annotations.json' not in names
+  assert_no_partial_files(out)
+  if fmt == 'webdataset':  # Shards under final names are whole shards.
+    done = read_webdataset(out)
+    assert 0 < len(done) < 7
+  if fmt == 'semantic_sam_tsv':
+    assert 0 < len(read_tsv_rows(out)) < 7
+
+
+_KILL_SCRIPT = textwrap.dedent('''
+    import os, signal, sys
+    sys.path[:0] = [{tests!r}]
+    import test_export
+    from segment_anything_tfds import export
+    def examples():
+      for i, ex in enumerate(test_export.source_examples()):
+        if i == 7:
+          os.kill(os.getpid(), signal.SIGKILL)
+        yield ex
+    export.export(examples(), sys.argv[1], sys.argv[2], shard_size=9000)
+''')
+
+
+@pytest.mark.parametrize('fmt', sorted(export.FORMATS))
+def test_a_killed_export_leaves_only_partial_files(fmt, tmp_path, capsys):
+  out = tmp_path / fmt
+  res = subprocess.run(
+      [sys.executable, '-c',
+       _KILL_SCRIPT.format(tests=str(pathlib.Path(__file__).parent)),
+       fmt, str(out)], capture_output=True, check=False,
+      env={**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path)})
+  assert res.returncode == -signal.SIGKILL, res.stderr.decode()[-2000:]
+  names = [str(p.relative_to(out)) for p in out.rglob('*') if p.is_file()]
+  partial = [n for n in names if n.endswith(export.PARTIAL_SUFFIX)]
+  final = [n for n in names if n not in partial]
+  assert partial  # The file being written when it was killed.
+  assert 'export.json' not in final and 'annotations.json' not in final
+  if fmt == 'coco':
+    # Each JPEG under its final name is whole.
+    for n in final:
+      image_id = int(n.split('_')[1].split('.')[0])
+      assert (out / n).read_bytes() == INPUTS[image_id][0]
+  elif fmt == 'webdataset':
+    assert len(read_webdataset(out)) < 7
+  else:
+    assert len(read_tsv_rows(out)) < 7
+  # Exporting again needs --overwrite when whole files are there, and
+  # removes what the killed run left.
+  if final:
+    with pytest.raises(errors.ConfigError, match='already holds an export'):
+      export.export(source_examples(), fmt, out)
+  export.export(source_examples(), fmt, out, overwrite=True)
+  assert_no_partial_files(out)
+  assert json.loads((out / 'export.json').read_text())['images'] == len(
+      INPUTS)
+
+
+def test_existing_export_is_refused_then_overwritten(data_dir, tmp_path,
+                                                     capsys):
+  out = tmp_path / 'coco'
+  export_cli(capsys, data_dir, 'coco', out)
+  (out / 'notes.txt').write_text('mine')
+  code, _, err = run(capsys, 'export', '--tars', '0-3', '--data_dir',
+                     data_dir, '--format', 'webdataset', '--out', out,
+                     '--no_progress')
+  assert code == 1
+  [line] = err.strip().splitlines()
+  assert line.startswith('segment-anything-tfds export: error: ')
+  assert 'already holds an export' in line and '--overwrite' in line
+  export_cli(capsys, data_dir, 'webdataset', out, '--overwrite')
+  # The COCO files are gone, files no format writes stay.
+  assert sorted(p.name for p in out.iterdir()) == [
+      'export.json', 'images', 'notes.txt', 'sa1b-000000.tar']
+  assert not list((out / 'images').iterdir())
+
+
+@pytest.mark.parametrize('argv', [
+    ['--format', 'yaml'],
+    ['--format', 'coco', '--shard_size_mb', '0'],
+    ['--format', 'coco', '--shard_size_mb', 'nan'],
+    ['--format', 'coco', '--shard_size_mb', 'big'],
+    ['--shard_size_mb', '1'],  # No --format.
+])
+def test_export_usage_errors_exit_2(argv, tmp_path, capsys):
+  code, _, err = run(capsys, 'export', '--tars', '0-3', '--out', tmp_path,
+                     *argv)
+  assert code == 2, err
+  assert 'usage:' in err
+  assert not list(tmp_path.iterdir())
+
+
+def test_export_not_prepared_and_bad_split_exit_1(data_dir, tmp_path,
+                                                  capsys):
+  code, _, err = run(capsys, 'export', '--config', 'first_1', '--data_dir',
+                     tmp_path / 'none', '--format', 'coco', '--out',
+                     tmp_path / 'o')
+  assert code == 1
+  assert 'no prepared dataset' in err and 'Traceback' not in err
+  code, _, err = run(capsys, 'export', '--tars', '0-3', '--data_dir',
+                     data_dir, '--format', 'coco', '--split', 'test',
+                     '--out', tmp_path / 'o2', '--no_progress')
+  assert code == 1
+  assert "bad split 'test'" in err and 'Traceback' not in err
