@@ -162,7 +162,7 @@ class Stream:
   def __init__(self, source: Any, start: int, *,
                read_bytes: int = READ_BYTES):
     self._source = source
-    self._read_bytes = read_bytes
+    self.read_bytes = read_bytes
     self.pos = start
     self._fetched = start  # Bytes before this came from the source.
     self._stop = start
@@ -178,7 +178,7 @@ class Stream:
     have = len(self._buf) - self._off
     if have >= n:
       return
-    size = max(n - have, min(self._read_bytes, self._stop - self._fetched))
+    size = max(n - have, min(self.read_bytes, self._stop - self._fetched))
     data = self._source.read(size)
     self._fetched += len(data)
     self._buf = self._buf[self._off:] + data
@@ -199,7 +199,7 @@ class Stream:
     """Consumes `n` bytes without holding them; returns how many there were."""
     done = 0
     while done < n:
-      step = min(n - done, max(BLOCK, self._read_bytes))
+      step = min(n - done, max(BLOCK, self.read_bytes))
       got = len(self.read(step))
       done += got
       if got < step:
@@ -248,7 +248,7 @@ def find_header(stream: Stream, limit: int) -> int | None:
   `limit` or the end)."""
   while stream.pos < limit:
     span = -(-(limit - stream.pos) // BLOCK) * BLOCK
-    window = stream.peek(min(span, max(BLOCK, READ_BYTES)))
+    window = stream.peek(min(span, max(BLOCK, stream.read_bytes)))
     blocks = len(window) // BLOCK * BLOCK
     if not blocks:
       return None

@@ -196,6 +196,49 @@ def test_damage_stops_a_range_and_drops_the_member_before_it(tmp_path):
         f'sa_{i}{ext}' for i in range(1, 5) for ext in ('.jpg', '.json')}
 
 
+class _CountingFile(io.BytesIO):
+  """A file that counts its reads: each is a request on a bucket."""
+
+  def __init__(self, data: bytes):
+    super().__init__(data)
+    self.reads = 0
+    self.bytes_read = 0
+
+  def read(self, n=-1):
+    data = super().read(n)
+    self.reads += 1
+    self.bytes_read += len(data)
+    return data
+
+
+def test_a_bucket_range_costs_one_read_per_block():
+  rng = np.random.default_rng(5)
+  records = [(i, *fake_data.image_record(rng, i, height=32, width=24,
+                                         num_masks=1)) for i in range(1, 60)]
+  blob = _shuffled_tar(records, rng)
+  shard = shards_lib.Shard(NAME, shards_lib.TAR, 'mem://', size=len(blob))
+  spans = streaming.plan(len(blob), 32 << 10)
+  block = 8192
+  reads = total = 0
+  for i, (start, end) in enumerate(spans):
+    rng_ = streaming.ByteRange(shard, i, len(spans), start, end, len(blob))
+    f = _CountingFile(blob)
+    pos = streaming.read_start(rng_)
+    stream = streaming.Stream(streaming.FileSource(f, pos), pos,
+                              read_bytes=block)
+    events = list(streaming.read_range(rng_, stream, hold_bytes=1 << 20))
+    assert events[-1].damage is None
+    read = f.bytes_read
+    # Reads of one block each, but for the last member's rest past the
+    # end: the cost is in blocks of the bytes read, not in members.
+    assert f.reads <= -(-read // block) + 3, (i, f.reads, read)
+    assert read <= end - start + _slack(blob) + block
+    reads, total = reads + f.reads, total + read
+  members = len(records) * 2
+  assert reads < members / 2
+  assert total <= len(blob) + len(spans) * (_slack(blob) + block)
+
+
 def test_settle_pairs_orphans_and_counts_copies():
   shard = shards_lib.Shard('sa_000003.tar', shards_lib.URL, 'http://x/3')
   other = shards_lib.Shard('sa_000001.tar', shards_lib.URL, 'http://x/1')
@@ -526,3 +569,34 @@ def test_a_tar_damaged_in_the_middle_keeps_what_resyncs(served, tmp_path):
   assert set(theirs) < set(ours)
   assert {k: ours[k] for k in theirs} == theirs
   assert len(ours) == audit['images_indexed'] - audit['skipped_images']
+
+
+def test_copies_in_a_local_tar_and_a_streamed_one(served, tmp_path):
+  # sa_000000.tar is local (indexed, read by seek); sa_000001.tar, streamed
+  # in ranges, holds the same images; sa_000002.tar is streamed too.
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  (manual / 'sa_000000.tar').write_bytes(served['sa_000000.tar'])
+  files = {'sa_000001.tar': served['sa_000000.tar'],
+           'sa_000002.tar': served['sa_000002.tar']}
+  expected = _examples(_build(
+      tmp_path / 'local', _local_manual(tmp_path, {
+          n: served[n] for n in ('sa_000000.tar', 'sa_000002.tar')}),
+      beam=False))
+  with LoopbackServer(files) as srv:
+    fake_data.write_links(manual / links_lib.LINKS_FILE_NAME,
+                          [(n, srv.url(n)) for n in files])
+    builder = within(300, _build, tmp_path / 'data', manual, lenient=True,
+                     range_bytes=16 << 10)
+    with pytest.raises(Exception, match=r'image id \d+ is also in'
+                       r' sa_00000[01]\.tar \[duplicate_id\]'):
+      within(300, _build, tmp_path / 'strict', manual, range_bytes=16 << 10)
+  assert _examples(builder) == expected
+  audit = builder.info.metadata['audit']
+  assert audit['skipped_by_reason'] == {examples.DUPLICATE_ID: 15}
+  assert audit['images_indexed'] - audit['skipped_images'] == len(expected)
+  records = [json.loads(line) for p in (pathlib.Path(builder.data_dir) /
+                                        'audit').glob('*.jsonl')
+             for line in p.read_text().splitlines()]
+  assert {r['tar'] for r in records if r['kind'] == 'skip'} == {
+      'sa_000001.tar'}
