@@ -18,12 +18,13 @@ both builds wrote the same files, and prints requests per tar, bytes read
 per byte of tar and of output, and projections to a real SA-1B tar (22 k
 members, 10.5 GB) and to 1000 tars, with GCS class B operations at $0.0004
 per 1000 (what reading tars in a bucket costs; links cost no operations).
-The bucket rows are a model (8 MiB reads per range, see `streaming.py`), not
-measured here; seeks on a bucket are assumed to cost what they cost on a
-link (both read through a buffer of about 1 MiB). `--range_mib` scales the 1 GiB ranges of a real build to the
-small tars here (≈10 ranges per tar either way); a range's overhead (the
-look-back and the rest of its last member) does not scale, so projections
-use the measured overhead per range, not the ratio.
+The bucket rows are a model (8 MiB reads per range, see `streaming.py`),
+not measured here; seeks on a bucket are assumed to cost what they cost on
+a link (both read through a buffer of about 1 MiB). `--range_mib` scales
+the 1 GiB ranges of a real build to the small tars here (≈10 ranges per
+tar either way); a range's overhead (the look-back and the rest of its last
+member) does not scale, so projections use the measured overhead per
+range, not the ratio.
 """
 
 from __future__ import annotations

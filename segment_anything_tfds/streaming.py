@@ -30,10 +30,13 @@ and each range is read once, front to back:
   one for the bytes past its end; buckets are read in `READ_BYTES` reads.
 
 A damaged tar (a bad header, cut short, no end-of-archive block) stops the
-range where the damage is. Its last member before the damage is dropped, as
-in `tars.index_shard`. Ranges after the damage are read as usual; their
-first header cannot be checked against a chain that broke, so a lenient
-build keeps their images (see the README).
+range where the damage is; its last member before the damage is dropped, as
+in `tars.index_shard`. Strict builds fail naming the tar and offset. Ranges
+after the damaged one are read as usual, and a lenient build keeps their
+images too: at least the images an indexed build keeps, often more. The
+first header of the range after the damage cannot be checked against a
+chain that broke, so there (only there) a header-like block inside a
+member's data would go unnoticed.
 """
 
 from __future__ import annotations
