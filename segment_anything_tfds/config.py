@@ -11,6 +11,9 @@ import tensorflow_datasets as tfds
 from segment_anything_tfds import errors
 
 _SPEC_RE = re.compile(r'[0-9]+(-[0-9]+)?')
+# Remote tars in Beam builds: bytes per range, and held per range for pairs.
+RANGE_BYTES = 1 << 30
+HOLD_BYTES = 256 << 20
 
 
 @dataclasses.dataclass
@@ -27,13 +30,33 @@ class SegmentAnythingConfig(tfds.core.BuilderConfig):
     tars: explicit tar numbers (e.g. (0, 1, 7)); overrides `num_tars`.
     lenient: skip bad images, recording each skip in the dataset's metadata,
       instead of failing on the first one.
-    chunk_size: images per unit of parallel work.
+    chunk_size: images per unit of parallel work (local tars, Beam).
+    range_bytes: bytes per unit of parallel work of a remote tar (a link
+      streamed, a tar in a bucket) in Beam builds, each read in one
+      sequential pass; None reads remote tars as local ones (index, then a
+      request per member).
+    hold_bytes: bytes each range of a remote tar holds while members wait
+      for their partner; members past it are read again by seek.
   """
 
   num_tars: int | None = None
   tars: tuple[int, ...] | None = None
   lenient: bool = False
   chunk_size: int = 64
+  range_bytes: int | None = RANGE_BYTES
+  hold_bytes: int = HOLD_BYTES
+
+  def __post_init__(self):
+    if self.range_bytes is not None and (
+        isinstance(self.range_bytes, bool) or
+        not isinstance(self.range_bytes, int) or self.range_bytes < 512):
+      raise errors.ConfigError(
+          f'range_bytes={self.range_bytes!r}: expected None or an integer of'
+          ' at least 512')
+    if isinstance(self.hold_bytes, bool) or not isinstance(
+        self.hold_bytes, int) or self.hold_bytes < 0:
+      raise errors.ConfigError(
+          f'hold_bytes={self.hold_bytes!r}: expected an integer >= 0')
 
 
 def parse_tar_spec(spec: str) -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""HTTP(S): the package's one client, and a seekable file over Range requests.
+"""HTTP(S): the package's one client; seekable and sequential Range readers.
 
 Downloads, HEAD probes (the build's and `check-links --probe`) and streamed
 tars all go through `Client`, a `requests.Session` with:
@@ -560,3 +560,108 @@ class RangeFile(io.RawIOBase):
   def close(self):
     self._client.close()
     super().close()
+
+
+class RangeStream:
+  """Sequential reads of an HTTP object from a position, in few requests.
+
+  A request asks for the bytes from the position up to `stop` (moved on by
+  `want`, and at least the read's size), so reading `[a, b)` after
+  `want(b)` costs one request however many `read` calls it takes. A
+  transfer cut short or timed out is resumed with a new Range request from
+  the byte reached, within the options' retry budget. A `read(n)` holds at
+  most `n` bytes; a server that ignores Range fails at once, unread.
+
+  Attributes:
+    size: the object's length (given: from the build's HEAD requests).
+    requests: Range requests sent so far.
+  """
+
+  def __init__(self, url: str, *, start: int, size: int,
+               options: options_lib.DownloadOptions | None = None,
+               name: str | None = None):
+    self.url = url
+    self.name = name or links_lib.redact(url)
+    self.size = size
+    self.requests = 0
+    self._client = Client(options)
+    self._pos = start
+    self._stop = start
+    self._resp: requests.Response | None = None
+    self._resp_end = start  # Where the open request's bytes end.
+
+  def tell(self) -> int:
+    return self._pos
+
+  def want(self, stop: int) -> None:
+    """Says the bytes up to `stop` will be read: one request can cover them."""
+    self._stop = max(self._stop, min(stop, self.size))
+
+  def seek(self, pos: int) -> None:
+    """Moves to `pos`; the next read starts a new request there."""
+    if pos != self._pos:
+      self._drop_response()
+      self._pos = pos
+
+  def read(self, n: int) -> bytes:
+    """The next `n` bytes (fewer only at the end of the object)."""
+    n = max(0, min(n, self.size - self._pos))
+    out = bytearray()
+    while len(out) < n:
+      out += self._client.retrying(lambda: self._read_some(n - len(out)),
+                                   what=f'{self.name} @{self._pos}')
+    return bytes(out)
+
+  def _read_some(self, n: int) -> bytes:
+    """Up to `n` bytes from the open request (opened if need be)."""
+    if self._resp is None or self._pos >= self._resp_end:
+      self._open(max(self._stop, self._pos + n))
+    try:
+      data = self._resp.raw.read(min(n, self._resp_end - self._pos),
+                                 decode_content=False)
+    except (urllib3.exceptions.HTTPError, requests.RequestException,
+            OSError) as e:
+      self._drop_response()
+      raise TransientError(f'{self.name}: transfer cut at byte {self._pos}:'
+                           f' {_root(e)}') from None
+    if not data:
+      self._drop_response()
+      raise TransientError(f'{self.name}: transfer cut at byte {self._pos}')
+    self._pos += len(data)
+    return data
+
+  def _open(self, stop: int) -> None:
+    self._drop_response()
+    end = min(self.size, stop)
+    resp = self._client.request('GET', self.url,
+                                {'Range': f'bytes={self._pos}-{end - 1}'})
+    self.requests += 1
+    try:
+      if resp.status_code == 200:
+        raise errors.DownloadError(ignores_range_message(self.name, self.url))
+      if resp.status_code != 206:
+        raise errors.DownloadError(f'{self.name}: unexpected HTTP'
+                                   f' {resp.status_code} to a Range request')
+      first, last, _ = content_range(resp, self.url)
+      if first != self._pos:
+        raise TransientError(f'{self.name}: asked for byte {self._pos}, got'
+                             f' {first}')
+    except BaseException:
+      resp.close()
+      raise
+    self._resp, self._resp_end = resp, min(end, last + 1)
+
+  def _drop_response(self) -> None:
+    if self._resp is not None:
+      resp, self._resp = self._resp, None
+      resp.close()
+
+  def close(self) -> None:
+    self._drop_response()
+    self._client.close()
+
+  def __enter__(self) -> 'RangeStream':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

@@ -77,12 +77,15 @@ class Shard:
   def local(self) -> bool:
     return self.kind != URL and is_local(self.location)
 
-  def open(self) -> BinaryIO:
-    """Opens a tar for seekable binary reading, in place (never a copy)."""
+  def open(self, *, block_size: int = 1 << 20) -> BinaryIO:
+    """Opens a tar for seekable binary reading, in place (never a copy).
+
+    A link's reads fetch at least `block_size` bytes per request.
+    """
     if self.kind == URL:
       from segment_anything_tfds import http  # pylint: disable=g-import-not-at-top
       return http.RangeFile(self.location, size=self.size, name=self.name,
-                            options=self.options)
+                            options=self.options, block_size=block_size)
     if self.kind != TAR:
       raise errors.SourceError(
           f'{self.name}: {self.location} is a folder, not a tar')

@@ -124,6 +124,35 @@ def _is_unsafe(name: str) -> bool:
   return name.startswith('/') or '..' in name.replace('\\', '/').split('/')
 
 
+def member_fault(member: Member, *, ext: str, tar: str
+                 ) -> errors.BadInputError | None:
+  """Why an image member can never be read (unsafe, special, too large).
+
+  The one rule for both ways of reading a tar: `pair_members` and the byte
+  range reader (`streaming.py`) call it on each `sa_<id>.jpg|json` member.
+  """
+  if _is_unsafe(member.name):
+    return errors.BadInputError(
+        examples_lib.UNSAFE_MEMBER, tar, member.name,
+        'absolute or ".." member path; it is never read or written')
+  if member.kind == OUTSIDE:
+    return errors.BadInputError(
+        examples_lib.UNSAFE_MEMBER, tar, member.name,
+        'a symlink out of manual_dir; it is never followed or read')
+  if member.kind != REGULAR:
+    return errors.BadInputError(
+        examples_lib.SPECIAL_MEMBER, tar, member.name,
+        f'{member.name} is a {member.kind}, not a regular file; it is never'
+        ' followed or read')
+  limit = MAX_JPEG_BYTES if ext == '.jpg' else MAX_JSON_BYTES
+  if member.size > limit:
+    return errors.BadInputError(
+        examples_lib.MEMBER_TOO_LARGE, tar, member.name,
+        f'{member.size} bytes is over the {limit} byte limit for {ext}'
+        ' members')
+  return None
+
+
 def pair_members(members: Iterable[Member], *, tar: str) -> Index:
   """Pairs `sa_<id>.jpg` with `sa_<id>.json` by stem; pure.
 
@@ -144,24 +173,9 @@ def pair_members(members: Iterable[Member], *, tar: str) -> Index:
       ignored.append(m.name)
       continue
     stem, ext = found
-    if _is_unsafe(m.name):
-      problem(stem, examples_lib.UNSAFE_MEMBER, m.name,
-              'absolute or ".." member path; it is never read or written')
-      continue
-    if m.kind == OUTSIDE:
-      problem(stem, examples_lib.UNSAFE_MEMBER, m.name,
-              'a symlink out of manual_dir; it is never followed or read')
-      continue
-    if m.kind != REGULAR:
-      problem(stem, examples_lib.SPECIAL_MEMBER, m.name,
-              f'{m.name} is a {m.kind}, not a regular file; it is never'
-              ' followed or read')
-      continue
-    limit = MAX_JPEG_BYTES if ext == '.jpg' else MAX_JSON_BYTES
-    if m.size > limit:
-      problem(stem, examples_lib.MEMBER_TOO_LARGE, m.name,
-              f'{m.size} bytes is over the {limit} byte limit for {ext}'
-              ' members')
+    fault = member_fault(m, ext=ext, tar=tar)
+    if fault is not None:
+      problems.setdefault(stem, fault)
       continue
     table = jpgs if ext == '.jpg' else jsons
     if stem in table:
@@ -202,8 +216,32 @@ def no_images_error(index: Index) -> errors.BadInputError:
       f' members{": " + seen if seen else ""}')
 
 
-def _corrupt(tar: str, where: str, detail: str) -> errors.BadInputError:
+def corrupt(tar: str, where: str, detail: str) -> errors.BadInputError:
+  """A `corrupt_tar` error at `where` (a member, or `@<byte offset>`)."""
   return errors.BadInputError(examples_lib.CORRUPT_TAR, tar, where, detail)
+
+
+
+
+def member_of(info: tarfile.TarInfo, data_offset: int) -> Member | None:
+  """The `Member` of a tar entry whose data starts at `data_offset`.
+
+  None for a folder entry not named like an image (structure, not a
+  member). Entries other than regular files keep their kind and size 0.
+  """
+  kind = REGULAR if info.isreg() else _TAR_KINDS.get(info.type, 'special')
+  if info.isdir() and canonical_stem(info.name.rstrip('/')) is None:
+    return None
+  return Member(info.name, data_offset, info.size if kind == REGULAR else 0,
+                kind)
+
+
+def data_blocks(info: tarfile.TarInfo) -> int:
+  """Bytes of data after an entry's header, padded to 512 (tarfile's rule:
+  only regular files and unknown types have data)."""
+  if info.isreg() or info.type not in tarfile.SUPPORTED_TYPES:
+    return -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+  return 0
 
 
 def index_members(fileobj: BinaryIO, *, tar: str
@@ -225,13 +263,12 @@ def index_members(fileobj: BinaryIO, *, tar: str
           break
         header = tf.offset
         tf.members = []  # Keep the index flat in memory for huge tars.
-        kind = REGULAR if info.isreg() else _TAR_KINDS.get(info.type, 'special')
-        if info.isdir() and canonical_stem(info.name.rstrip('/')) is None:
-          continue  # A folder entry: structure, not a member.
-        members.append(Member(info.name, info.offset_data,
-                               info.size if kind == REGULAR else 0, kind))
+        member = member_of(info, info.offset_data)
+        if member is None:
+          continue
+        members.append(member)
         if len(members) > MAX_MEMBERS:
-          return members, _corrupt(
+          return members, corrupt(
               tar, f'@{info.offset}', f'more than {MAX_MEMBERS} members: not'
               ' an SA-1B tar')
       end = tf.offset
@@ -239,7 +276,7 @@ def index_members(fileobj: BinaryIO, *, tar: str
     tail = fileobj.read(512)
   except (tarfile.TarError, EOFError, OSError) as e:
     what = 'not a tar' if not members else 'corrupt or truncated tar'
-    return members, _corrupt(tar, f'@{header}',
+    return members, corrupt(tar, f'@{header}',
                              f'{what}: unreadable header at byte {header}'
                              f' ({e})')
   # tarfile stops quietly at a bad header after the first member; only an
@@ -247,7 +284,7 @@ def index_members(fileobj: BinaryIO, *, tar: str
   if len(tail) < 512 or tail.count(0) != 512:
     after = f' after {members[-1].name}' if members else ''
     what = 'not a tar' if not members else 'corrupt or truncated tar'
-    return members, _corrupt(
+    return members, corrupt(
         tar, f'@{end}', f'{what}: no end-of-archive marker at byte {end}'
         f'{after}')
   return members, _check_end(fileobj, members, tar=tar)
@@ -263,7 +300,7 @@ def _check_end(fileobj: BinaryIO, members: Sequence[Member], *, tar: str
   fileobj.seek(0, os.SEEK_END)
   size = fileobj.tell()
   if size < end:
-    return _corrupt(tar, last.name, f'truncated tar: {last.name} needs bytes'
+    return corrupt(tar, last.name, f'truncated tar: {last.name} needs bytes'
                     f' up to {end} but the file has {size}')
   return None
 
@@ -368,7 +405,7 @@ def read_member(fileobj: BinaryIO, member: Member, *, tar: str) -> bytes:
   fileobj.seek(member.offset)
   data = fileobj.read(member.size)
   if len(data) != member.size:
-    raise _corrupt(tar, member.name,
+    raise corrupt(tar, member.name,
                    f'truncated tar: read {len(data)} of {member.size} bytes'
                    f' at offset {member.offset}')
   return data
@@ -446,7 +483,17 @@ def read_example(reader: ShardReader, pair: Pair) -> tuple[int, dict]:
   Raises:
     BadInputError: naming the tar, the member and what is wrong.
   """
-  where = (reader.shard.name, pair.json.name)
-  jpg = reader.read(pair.jpg)
-  record = examples_lib.parse_json(reader.read(pair.json), where=where)
+  return build_example(reader.shard.name, pair, reader.read(pair.jpg),
+                       reader.read(pair.json))
+
+
+def build_example(tar: str, pair: Pair, jpg: bytes, json_bytes: bytes
+                  ) -> tuple[int, dict]:
+  """An image's example from its two members' bytes (key, example).
+
+  Raises:
+    BadInputError: naming the tar, the json member and what is wrong.
+  """
+  where = (tar, pair.json.name)
+  record = examples_lib.parse_json(json_bytes, where=where)
   return examples_lib.make_example(jpg, record, stem=pair.stem, where=where)

@@ -30,6 +30,7 @@ Lasting behaviours, per file name, for every request:
 Every request is logged as (method, name, Range header, status, target),
 where target is the request line's URL: a proxy gets the absolute URL
 (`http://host/path`), so the server also stands in for a forward proxy.
+`server.sent[name]` counts the body bytes written to clients for a file.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class LoopbackServer:
     self.no_head: set[str] = set()
     self.endless_cap = endless_cap
     self.endless_sent = 0
+    self.sent: collections.Counter = collections.Counter()
     self.log: list[tuple[str, str, str | None, int, str]] = []
     self.honour_expiry = honour_expiry
     self._lock = threading.Lock()
@@ -72,6 +74,13 @@ class LoopbackServer:
 
       def _log(self, name, rng, status):
         server.log.append((self.command, name, rng, status, self.path))
+
+      def _write(self, name, data):
+        """Writes a body, counting the bytes that went out."""
+        for i in range(0, len(data), _CHUNK):
+          self.wfile.write(data[i:i + _CHUNK])
+          with server._lock:  # pylint: disable=protected-access
+            server.sent[name] += len(data[i:i + _CHUNK])
 
       def _status(self, status, head, extra=()):
         body = f'error {status}\n'.encode()
@@ -174,22 +183,25 @@ class LoopbackServer:
         if head:
           return
         if kind in ('cut', 'ignore_range_cut', 'no_length_cut'):
-          self.wfile.write(body[:fault[1]])
+          self._write(name, body[:fault[1]])
           self.wfile.flush()
           self.close_connection = True
           return
         if kind == 'overstate':
-          self.wfile.write(body)
+          self._write(name, body)
           self.wfile.flush()
           self.close_connection = True
           return
         if kind == 'pause':
           n, event = fault[1]
-          self.wfile.write(body[:n])
+          self._write(name, body[:n])
           self.wfile.flush()
           event.wait(60)
           body = body[n:]
-        self.wfile.write(body)
+        try:
+          self._write(name, body)
+        except OSError:  # The client hung up.
+          self.close_connection = True
 
       def do_GET(self):  # pylint: disable=invalid-name
         self._serve(head=False)

@@ -21,6 +21,7 @@ from segment_anything_tfds import options as options_lib
 from segment_anything_tfds import runners
 from segment_anything_tfds import shards as shards_lib
 from segment_anything_tfds import sources
+from segment_anything_tfds import streaming
 
 _LOG = logging.getLogger(__name__)
 _HOMEPAGE = 'https://ai.meta.com/datasets/segment-anything-downloads'
@@ -126,6 +127,8 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         audit_dir=self.data_path / audit.AUDIT_DIR,
         chunk_size=self.builder_config.chunk_size,
         lenient=self.builder_config.lenient,
+        range_bytes=self.builder_config.range_bytes,
+        hold_bytes=self.builder_config.hold_bytes,
     )
 
   def _log_download_bytes(self) -> None:
@@ -264,6 +267,12 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             'max_examples_per_split works in local builds only: a Beam build'
             ' cannot stop after N images. Build locally, or pick fewer tars'
             ' (tars_config / --tars).')
+      if self.builder_config.range_bytes and any(
+          streaming.is_remote_tar(s) for s in self._shards):
+        # Byte-range reads may write an image id twice; the writer keeps
+        # one, the pipeline audits (or, strict, refuses) the others.
+        download_config = dataclasses.replace(download_config,
+                                              ignore_duplicates=True)
       super()._download_and_prepare(dl_manager, download_config)
       self._finish_metadata()
       return
