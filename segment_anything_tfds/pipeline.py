@@ -68,7 +68,7 @@ _AUDIT = 'audit'
 _IDS = 'ids'
 _REPORTS = 'reports'
 _COUNTS = 'counts'
-_NAMESPACE = 'segment_anything'
+NAMESPACE = 'segment_anything'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,14 @@ class Chunk:
 
 
 def _counter(name: str):
-  return beam.metrics.Metrics.counter(_NAMESPACE, name)
+  return beam.metrics.Metrics.counter(NAMESPACE, name)
+
+
+def _count_written(example: dict[str, Any]) -> None:
+  """Counters of what goes to the writer: the build's summary, and progress
+  on Dataflow's job page."""
+  _counter('images_written').inc()
+  _counter('masks_written').inc(len(example['annotations']['id']))
 
 
 def _skip_record(error: errors.BadInputError, *, lenient: bool,
@@ -173,7 +180,7 @@ def read_chunk(
       except errors.BadInputError as e:
         yield _problem(e, lenient=lenient)
         continue
-      _counter('images_written').inc()
+      _count_written(example)
       yield key, example
       if emit_ids:
         yield beam.pvalue.TaggedOutput(_IDS, (pair.image_id, streaming.Paired(
@@ -205,7 +212,7 @@ def _build_local(shard: shards_lib.Shard, local: streaming.LocalPair, *,
   except errors.BadInputError as e:
     yield _problem(e, lenient=lenient)
   else:
-    _counter('images_written').inc()
+    _count_written(example)
     written = True
     yield key, example
   yield beam.pvalue.TaggedOutput(_IDS, (pair.image_id, streaming.Paired(
@@ -234,7 +241,7 @@ def read_range(rng: streaming.ByteRange, *, hold_bytes: int,
         if event.damage is not None and not lenient:
           raise event.damage
         beam.metrics.Metrics.distribution(
-            _NAMESPACE, 'range_held_bytes').update(event.held_peak)
+            NAMESPACE, 'range_held_bytes').update(event.held_peak)
         yield beam.pvalue.TaggedOutput(_REPORTS, (event.tar, event))
   finally:
     source.close()
@@ -279,7 +286,7 @@ def pair_orphans(item: tuple[int, Iterable[Any]], *, lenient: bool
   except errors.BadInputError as e:
     yield _problem(e, lenient=lenient)
     return
-  _counter('images_written').inc()
+  _count_written(example)
   yield key, example
 
 

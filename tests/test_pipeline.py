@@ -74,3 +74,20 @@ def test_strict_fails_naming_tar_and_member(tmp_path):
   with pytest.raises(Exception, match=r'sa_000001\.tar:sa_1[1-4]\.js(on|pg)|'
                      r'sa_000001\.tar:sa_1[1-4]\.jpg|sa_000001\.tar:sa_2\.jpg'):
     p.run().wait_until_finish()
+
+
+def test_beam_build_counts_go_to_metadata(tmp_path):
+  """A Beam build's summary comes from its counters, not a second read."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import segment_anything_tfds  # pylint: disable=g-import-not-at-top,unused-import
+  from segment_anything_tfds import runners  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder('segment_anything', config='all', data_dir=tmp_path)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=DUMMY_DATA, beam_runner=runners.local_runner()))
+  inputs = read_inputs(DUMMY_DATA)
+  build = json.loads((builder.data_path / 'metadata.json').read_text())['build']
+  assert build['engine'] == 'beam'
+  assert build['images'] == len(inputs) == builder.info.splits[
+      'train'].num_examples
+  assert build['masks'] == sum(len(js['annotations'])
+                               for _, js in inputs.values())

@@ -131,6 +131,27 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         hold_bytes=self.builder_config.hold_bytes,
     )
 
+  def _process_pipeline_result(self, pipeline_result) -> None:
+    """Beam builds: the counters become the build's counts in metadata.json,
+    so the summary reads nothing back (as the local build's)."""
+    from apache_beam.metrics import metric  # pylint: disable=g-import-not-at-top
+    from segment_anything_tfds import pipeline  # pylint: disable=g-import-not-at-top
+    counts = {}
+    query = pipeline_result.metrics().query(
+        metric.MetricsFilter().with_namespace(pipeline.NAMESPACE))
+    for counter in query['counters']:
+      name = counter.key.metric.name
+      value = counter.committed
+      if value is None:  # Some runners report attempted values only.
+        value = counter.attempted
+      if isinstance(value, int):
+        counts[name] = counts.get(name, 0) + value
+    self.info.metadata['build'] = {
+        'engine': 'beam', 'images': counts.get('images_written', 0),
+        'masks': counts.get('masks_written', 0),
+        'counters': dict(sorted(counts.items())),
+    }
+
   def _log_download_bytes(self) -> None:
     """TFDS prints 'Downloading and preparing dataset Unknown size ...'."""
     _LOG.info('Preparing %s into %s', self.info.full_name, self.data_dir)
