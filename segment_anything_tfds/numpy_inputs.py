@@ -492,13 +492,9 @@ class _OpenSource:
   data_dir: str | None
 
   def __call__(self):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    import segment_anything_tfds  # pylint: disable=g-import-not-at-top,unused-import  # Registers the builder.
-    name, _, config = self.name.partition('/')
-    return tfds.data_source(
-        name, split=self.split, data_dir=self.data_dir,
-        builder_kwargs={'config': config} if config else None,
-        decoders=_skip_decoding(), download=False)
+    from segment_anything_tfds import reading  # pylint: disable=g-import-not-at-top
+    builder = reading.prepared_builder(self.name, data_dir=self.data_dir)
+    return builder.as_data_source(split=self.split, decoders=_skip_decoding())
 
 
 def load_sam_data_source(split: str = 'train', *, data_dir: str | None = None,
@@ -509,7 +505,8 @@ def load_sam_data_source(split: str = 'train', *, data_dir: str | None = None,
   The numpy counterpart of `sam_inputs.load_sam_dataset`. The dataset must
   have been prepared with ``file_format='array_record'``; `name` may carry a
   config, e.g. ``'segment_anything/first_1'``. JPEGs are read undecoded and
-  decoded in the transform. Nothing is downloaded or built.
+  decoded in the transform. Nothing is downloaded or built: a dataset that
+  is not prepared raises `errors.NotPreparedError` saying how to build it.
   """
   return SamDataset(_OpenSource(name, split, data_dir), **kwargs)
 

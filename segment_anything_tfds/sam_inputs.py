@@ -415,15 +415,24 @@ def load_sam_dataset(
     data_dir: str | None = None,
     name: str = 'segment_anything',
     read_config: Any = None,
+    download: bool = False,
+    download_and_prepare_kwargs: Any = None,
     **kwargs: Any,
 ) -> tf.data.Dataset:
-  """`sam_dataset` over ``tfds.load(name, split=split, data_dir=data_dir)``.
+  """`sam_dataset` over the prepared split of `name` in `data_dir`.
 
   The JPEGs are read undecoded and decoded in the SAM map. `name` may carry a
-  config, e.g. ``'segment_anything/first_1'``.
+  config, e.g. ``'segment_anything/first_1'``. Reading never builds: a
+  dataset that is not prepared raises `errors.NotPreparedError` saying how
+  to build it, unless `download=True` (then `download_and_prepare_kwargs`,
+  e.g. a `download_config` with a manual_dir, are used).
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  dataset = tfds.load(
-      name, split=split, data_dir=data_dir, read_config=read_config,
+  from segment_anything_tfds import reading  # pylint: disable=g-import-not-at-top
+  builder = reading.prepared_builder(
+      name, data_dir=data_dir, download=download,
+      download_and_prepare_kwargs=download_and_prepare_kwargs)
+  dataset = builder.as_dataset(
+      split=split, read_config=read_config,
       decoders={'image': {'content': tfds.decode.SkipDecoding()}})
   return sam_dataset(dataset, batch_size=batch_size, **kwargs)

@@ -274,7 +274,7 @@ def test_stats_not_prepared_exit_1(tmp_path, capsys):
   code, _, err = run(capsys, 'stats', '--config', 'first_1', '--data_dir',
                      tmp_path, '--out', tmp_path / 'o')
   assert code == 1
-  assert 'no prepared dataset' in err
+  assert 'is not prepared in' in err
   assert 'Traceback' not in err
 
 

@@ -429,7 +429,7 @@ def test_export_not_prepared_and_bad_split_exit_1(data_dir, tmp_path,
                      tmp_path / 'none', '--format', 'coco', '--out',
                      tmp_path / 'o')
   assert code == 1
-  assert 'no prepared dataset' in err and 'Traceback' not in err
+  assert 'is not prepared in' in err and 'Traceback' not in err
   code, _, err = run(capsys, 'export', '--tars', '0-3', '--data_dir',
                      data_dir, '--format', 'coco', '--split', 'test',
                      '--out', tmp_path / 'o2', '--no_progress')

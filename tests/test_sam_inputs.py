@@ -388,3 +388,27 @@ def test_holdout_splits_by_image_id():
   assert len(list(batches)) == len(held)
   with pytest.raises(ValueError, match='validation_fraction'):
     sam.holdout_filter(1.5)
+
+
+def test_reading_never_builds(tmp_path):
+  """load_sam_dataset on an unprepared data_dir says what to build, and
+  leaves nothing behind; download=True builds."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds import errors  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds import sam_inputs  # pylint: disable=g-import-not-at-top
+  from conftest import DUMMY_DATA  # pylint: disable=g-import-not-at-top
+  with pytest.raises(errors.NotPreparedError) as e:
+    sam_inputs.load_sam_dataset(name='segment_anything/first_1',
+                                data_dir=str(tmp_path), batch_size=2)
+  msg = str(e.value)
+  assert 'segment_anything (config first_1, version 2.0.0) is not prepared' \
+      in msg and str(tmp_path) in msg
+  assert 'segment-anything-tfds build --config first_1 --manual_dir DIR' in msg
+  assert list(tmp_path.iterdir()) == [] or not list(tmp_path.rglob('*.tfrecord*'))
+  assert not (tmp_path / 'downloads').exists()
+  ds = sam_inputs.load_sam_dataset(
+      name='segment_anything/first_1', data_dir=str(tmp_path), batch_size=1,
+      download=True, download_and_prepare_kwargs={
+          'download_config': tfds.download.DownloadConfig(
+              manual_dir=DUMMY_DATA)})
+  assert next(iter(ds)) is not None

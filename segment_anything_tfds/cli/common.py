@@ -215,11 +215,11 @@ def make_builder(args: argparse.Namespace, **builder_kwargs: Any):
 
 
 def prepared_builder(args: argparse.Namespace):
+  """The builder the flags name, prepared (reading commands never build)."""
+  from segment_anything_tfds import reading  # pylint: disable=g-import-not-at-top
   builder = make_builder(args)
   if not builder.is_prepared():
-    raise errors.NotPreparedError(
-        f'no prepared dataset at {builder.data_dir}; run `{PROG} build` with'
-        ' the same --config/--tars/--lenient and --data_dir first')
+    raise reading.not_prepared(builder)
   return builder
 
 
