@@ -1109,3 +1109,35 @@ def test_beam_build_does_not_parse_the_callers_argv(tmp_path, monkeypatch,
   assert not [r for r in caplog.records
               if 'Unparseable' in r.getMessage()
               or 'Converting string literal' in r.getMessage()]
+
+
+def test_readme_lists_every_flag_of_every_command():
+  """The README's CLI section and each command's --help agree."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  text = (REPO / 'README.md').read_text()
+  cli_section = text[text.index('## Command-line tool'):]
+  cli_section = cli_section[:cli_section.index('\n## ', 10)]
+  parser = cli.build_parser()
+  sub = next(a for a in parser._actions  # pylint: disable=protected-access
+             if isinstance(a, argparse._SubParsersAction))  # pylint: disable=protected-access
+  assert set(sub.choices) == {m.add_parser.__module__.rsplit('.', 1)[-1]
+                              .replace('_', '-') for m in cli.COMMANDS}
+  for name, command in sub.choices.items():
+    m = re.search(rf'^### {re.escape(name)}\n(.*?)(?=^### |\Z)', cli_section,
+                  re.S | re.M)
+    assert m, f'no "### {name}" subsection in the README CLI section'
+    documented = m.group(1)
+    for action in command._actions:  # pylint: disable=protected-access
+      for flag in action.option_strings:
+        if flag in ('-h', '--help', '--no_progress', '-v', '--verbose'):
+          continue
+        if flag.startswith('--'):
+          assert f'`{flag}' in documented, (
+              f'{name} {flag} is in --help but not in the README')
+    for flag in set(re.findall(r'`(--[a-z_]+)', documented)):
+      known = {f for a in command._actions for f in a.option_strings}  # pylint: disable=protected-access
+      assert flag in known or name == 'build', (
+          f'the README documents {name} {flag}, which --help does not have')
+  for flag in ('--no_progress', '--verbose'):
+    assert f'`{flag}' in cli_section[:cli_section.index('### ')]
