@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import re
 import sys
@@ -115,18 +116,23 @@ def download_config(args: argparse.Namespace, leftover: Sequence[str]):
       num_shards=args.num_shards, **kwargs)
 
 
-# Beam loggers that print a worker's traceback when a build fails; the CLI
-# reports the error itself, on one line.
+# Where Beam logs a failed build's worker traceback; the CLI reports the error
+# itself, on one line. The PortableRunner's job service logs it, and forwards
+# it to the root logger as a job message, so the root logger is in the list.
 _BEAM_ERROR_LOGGERS = ('apache_beam.runners.common',
-                       'apache_beam.runners.worker.sdk_worker')
+                       'apache_beam.runners.worker.sdk_worker',
+                       'apache_beam.runners.portability.local_job_service',
+                       '')
+_BEAM_RUNNERS_DIR = f'{os.sep}apache_beam{os.sep}runners{os.sep}'
 
 
 class _DropErrors:
-  """A logging filter that drops ERROR records (and their tracebacks)."""
+  """A logging filter that drops Beam's runners' ERROR records."""
 
   def filter(self, record) -> bool:
     import logging  # pylint: disable=g-import-not-at-top
-    return record.levelno < logging.ERROR
+    return (record.levelno < logging.ERROR
+            or _BEAM_RUNNERS_DIR not in record.pathname)
 
 
 _DROP_ERRORS = _DropErrors()
@@ -136,7 +142,7 @@ def _quiet_beam_worker_log(quiet: bool) -> None:
   """Hides (or shows again) Beam's worker tracebacks of a failed build."""
   import logging  # pylint: disable=g-import-not-at-top
   for name in _BEAM_ERROR_LOGGERS:
-    logger = logging.getLogger(name)
+    logger = logging.getLogger(name or None)
     if quiet:
       logger.addFilter(_DROP_ERRORS)
     else:
