@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import re
 import sys
@@ -30,24 +29,7 @@ EXAMPLE = f'example: {common.PROG} build --config first_10 --manual_dir ~/sa1b'
 
 def _beam_flags(args: argparse.Namespace, leftover: Sequence[str]) -> list[str]:
   """Beam flags: leftovers, --beam_pipeline_options, runner and workers."""
-  flags = []
-  items = list(leftover)
-  i = 0
-  while i < len(items):  # `--k=v`, `--k v` and boolean `--k`.
-    item = items[i]
-    if not item.startswith('--') or item == '--':
-      raise common.UsageError(f'unexpected argument {item!r}')
-    if ('=' not in item and i + 1 < len(items)
-        and not items[i + 1].startswith('--')):
-      flags.append(f'{item}={items[i + 1]}')
-      i += 2
-    else:
-      flags.append(item)
-      i += 1
-  if args.beam_pipeline_options:
-    for opt in args.beam_pipeline_options.split(','):
-      if opt.strip():
-        flags.append('--' + opt.strip().lstrip('-'))
+  flags = common.beam_flag_list(leftover, args.beam_pipeline_options)
   named = [f for f in flags if re.match(r'^--runner(=|$)', f)]
   if args.runner != LOCAL:
     if named:
@@ -75,21 +57,6 @@ def _beam_flags(args: argparse.Namespace, leftover: Sequence[str]) -> list[str]:
   return flags
 
 
-def _check_beam_flags(flags: Sequence[str]) -> None:
-  """Rejects flags that are not Beam pipeline options (e.g. typos)."""
-  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
-  known = set(pipeline_options.PipelineOptions([]).get_all_options())
-  unknown = []
-  for flag in flags:
-    name = flag[2:].split('=', 1)[0].replace('-', '_')
-    if name not in known and not name.startswith('no_'):
-      unknown.append(flag.split('=', 1)[0])
-  if unknown:
-    raise common.UsageError(
-        f'unknown option(s) {", ".join(unknown)}: neither {common.PROG} build flags'
-        ' nor Beam pipeline options')
-
-
 def download_config(args: argparse.Namespace, leftover: Sequence[str]):
   """The DownloadConfig of a `build`: manual_dir, modes, Beam options.
 
@@ -100,7 +67,7 @@ def download_config(args: argparse.Namespace, leftover: Sequence[str]):
   flags = _beam_flags(args, leftover)
   beam_options = None
   if flags:
-    _check_beam_flags(flags)
+    common.check_beam_flags(flags, command='build')
     from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
     beam_options = pipeline_options.PipelineOptions(flags)
   kwargs = {}
@@ -114,39 +81,6 @@ def download_config(args: argparse.Namespace, leftover: Sequence[str]):
                      tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS),
       max_examples_per_split=args.max_examples_per_split,
       num_shards=args.num_shards, **kwargs)
-
-
-# Where Beam logs a failed build's worker traceback; the CLI reports the error
-# itself, on one line. The PortableRunner's job service logs it, and forwards
-# it to the root logger as a job message, so the root logger is in the list.
-_BEAM_ERROR_LOGGERS = ('apache_beam.runners.common',
-                       'apache_beam.runners.worker.sdk_worker',
-                       'apache_beam.runners.portability.local_job_service',
-                       '')
-_BEAM_RUNNERS_DIR = f'{os.sep}apache_beam{os.sep}runners{os.sep}'
-
-
-class _DropErrors:
-  """A logging filter that drops Beam's runners' ERROR records."""
-
-  def filter(self, record) -> bool:
-    import logging  # pylint: disable=g-import-not-at-top
-    return (record.levelno < logging.ERROR
-            or _BEAM_RUNNERS_DIR not in record.pathname)
-
-
-_DROP_ERRORS = _DropErrors()
-
-
-def _quiet_beam_worker_log(quiet: bool) -> None:
-  """Hides (or shows again) Beam's worker tracebacks of a failed build."""
-  import logging  # pylint: disable=g-import-not-at-top
-  for name in _BEAM_ERROR_LOGGERS:
-    logger = logging.getLogger(name or None)
-    if quiet:
-      logger.addFilter(_DROP_ERRORS)
-    else:
-      logger.removeFilter(_DROP_ERRORS)
 
 
 def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
@@ -172,7 +106,7 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   print(f'Preparing {builder.info.full_name} ({builder.builder_config.name})'
         f' into {builder.data_dir}: {engine}, {args.file_format}',
         file=sys.stderr)
-  _quiet_beam_worker_log(not args.verbose)
+  common.quiet_beam_errors(not args.verbose)
   try:
     builder.download_and_prepare(
         download_dir=args.download_dir, download_config=dl_config,
@@ -187,7 +121,7 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
       ) from None
     raise
   finally:
-    _quiet_beam_worker_log(False)
+    common.quiet_beam_errors(False)
   _print_build_summary(builder, args, common.seconds_since_start(),
                        was_prepared)
   return 0
