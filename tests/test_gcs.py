@@ -57,16 +57,21 @@ def _loopback(host) -> bool:
     return False
 
 
-def _audit(event: str, args) -> None:
-  """Records every Python connect or name lookup off loopback."""
-  if not _WATCH['on']:
+def _audit(event: str, args, watch=_WATCH, outside=_OUTSIDE,
+           loopback=_loopback) -> None:
+  """Records every Python connect or name lookup off loopback.
+
+  Audit hooks stay for the whole process (its shutdown included), so what
+  it uses is bound here, not looked up in this module's globals.
+  """
+  if not watch['on']:
     return
   if event == 'socket.connect':
     address = args[1]
-    if isinstance(address, tuple) and not _loopback(address[0]):
-      _OUTSIDE.append(f'connect {address}')
-  elif event == 'socket.getaddrinfo' and not _loopback(args[0]):
-    _OUTSIDE.append(f'getaddrinfo {args[0]}')
+    if isinstance(address, tuple) and not loopback(address[0]):
+      outside.append(f'connect {address}')
+  elif event == 'socket.getaddrinfo' and not loopback(args[0]):
+    outside.append(f'getaddrinfo {args[0]}')
 
 
 sys.addaudithook(_audit)
