@@ -133,12 +133,13 @@ def main(argv=None) -> None:
         f' {platform.python_version()}')
   print(f'{images} full-size images built on a worker pool in {seconds:.0f} s')
   print(f'  tar (jpg + json) bytes / image:        {raw / images:12,.0f}')
-  print(f'  serialized example bytes / image:      {s["payload"] / images:12,.0f}')
+  payload, reference = s['payload'] / images, s['reference'] / images
+  print(f'  serialized example bytes / image:      {payload:12,.0f}')
   print(f'  shuffled by TFDS\'s writer / image:     {per_image:12,.0f}'
         f'  ({ratio:.3f} x the tar bytes)')
-  print(f'  the same with a 48-byte reference:     {s["reference"] / images:12,.0f}')
-  print(f'SA-1B ({SA1B_TAR_BYTES / 1e12:.1f} TB of tars, ≈{SA1B_IMAGES / 1e6:.0f} M'
-        f' images) at ${args.price_per_gb}/GB:')
+  print(f'  the same with a 48-byte reference:     {reference:12,.0f}')
+  print(f'SA-1B ({SA1B_TAR_BYTES / 1e12:.1f} TB of tars,'
+        f' ≈{SA1B_IMAGES / 1e6:.0f} M images) at ${args.price_per_gb}/GB:')
   print(f'  examples shuffled:   {projected / 1e12:6.2f} TB  ->'
         f' ${figures["sa1b_shuffle_usd"]:,.0f}')
   print(f'  references shuffled: {ref_projected / 1e9:6.2f} GB  ->'

@@ -254,8 +254,8 @@ def _fetch_named(tar: Tar, **kwargs) -> tuple[str, str]:
   return tar.name, fetch_tar(tar, **kwargs)
 
 
-def mirror(tars: Sequence[Tar], dest: epath.PathLike, *,
-           beam_options=None, options: options_lib.DownloadOptions | None = None,
+def mirror(tars: Sequence[Tar], dest: epath.PathLike, *, beam_options=None,
+           options: options_lib.DownloadOptions | None = None,
            stage_dir: str | None = None) -> Summary:
   """Mirrors `tars` into `dest` with a Beam pipeline; checks the result.
 

@@ -99,8 +99,8 @@ class WorkerPool:
     deadline = time.monotonic() + START_TIMEOUT
     while not listening(self.port):
       if self._proc.poll() is not None:
-        raise RuntimeError(f'the worker pool exited with {self._proc.returncode}:'
-                           f' {self.log_tail()}')
+        raise RuntimeError(f'the worker pool exited with'
+                           f' {self._proc.returncode}: {self.log_tail()}')
       if time.monotonic() > deadline:
         self.stop()
         raise RuntimeError(f'the worker pool did not listen on port'

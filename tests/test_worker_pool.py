@@ -62,7 +62,8 @@ def _records(builder) -> list[tuple[int, bytes, tuple[str, ...]]]:
   ds = builder.as_dataset(split='train', shuffle_files=False, decoders={
       'image': {'content': tfds.decode.SkipDecoding()}})
   return [(int(e['image']['image_id']), e['image']['content'],
-           tuple(c.decode() for c in e['annotations']['segmentation']['counts']))
+           tuple(c.decode()
+                 for c in e['annotations']['segmentation']['counts']))
           for e in tfds.as_numpy(ds)]
 
 
