@@ -29,6 +29,14 @@ _TEST = [
     'pytest>=7',
     'dill',  # tfds.testing needs it and TFDS does not declare it.
     'psutil',  # benchmarks/prepare.py measures peak RSS with it.
+    # tests/test_gcs.py: a GCS-API server on loopback; gcsfs (epath's fsspec
+    # backend) and google-cloud-storage (Beam's gs:// file system) reach it
+    # through STORAGE_EMULATOR_HOST; cryptography makes the certificate of
+    # the TLS front that TensorFlow's GCS client reaches it through.
+    'gcp-storage-emulator',
+    'gcsfs',
+    'google-cloud-storage',
+    'cryptography',
     *_BEAM,
     *_PYCOCOTOOLS,
     *_VIZ,

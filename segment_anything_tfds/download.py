@@ -152,11 +152,16 @@ def tar_problem(path: epath.PathLike) -> str | None:
 
   Reads 1.5 kB: a valid first header (its checksum), a size that is a
   multiple of 512, and the end-of-archive blocks. What is wrong starts with
-  `not a tar` or `truncated`.
+  `not a tar` or `truncated`. `path` may be local or in a bucket.
   """
-  path = os.fspath(path)
-  size = os.path.getsize(path)
-  with open(path, 'rb') as f:
+  if shards_lib.is_local(path):
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    opened = open(path, 'rb')
+  else:
+    size = shards_lib.size_of(path)
+    opened = epath.Path(path).open('rb')
+  with opened as f:
     return _header_problem(f.read(_BLOCK)) or _end_problem(f, size)
 
 

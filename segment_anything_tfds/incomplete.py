@@ -25,9 +25,14 @@ _HELD: dict[str, int] = {}
 
 
 def claim(tmp_data_dir) -> None:
-  """Marks `tmp_data_dir` as this live process's build (until `release`)."""
+  """Marks `tmp_data_dir` as this live process's build (until `release`).
+
+  Only local dirs are claimed: a bucket (`gs://...`) has no file locks, and
+  `remove_stale` leaves buckets alone.
+  """
   path = os.fspath(tmp_data_dir)
-  if not os.path.basename(path).startswith(PREFIX) or path in _HELD:
+  if (not os.path.basename(path).startswith(PREFIX) or path in _HELD
+      or '://' in path):
     return
   fd = os.open(path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT, 0o644)
   fcntl.flock(fd, fcntl.LOCK_EX)

@@ -31,9 +31,11 @@ import dataclasses
 import multiprocessing
 import os
 import shutil
+import tempfile
 import time
 from typing import Any, Callable, Sequence
 
+from etils import epath
 import numpy as np
 
 from segment_anything_tfds import audit
@@ -330,15 +332,25 @@ def _parts_per_shard(num_shards: int, workers: int, file_format) -> int:
   return -(-workers // num_shards)
 
 
-def _join_parts(paths: Sequence[str], dest: str) -> None:
+def _join_parts(paths: Sequence[str], dest: epath.Path, tmp: str) -> None:
+  """Joins a shard's parts into `dest`; a bucket's shard is staged in `tmp`.
+
+  A shard for a bucket (`gs://...`) is joined on local disk, then copied
+  into the bucket and deleted: local disk holds the shards in flight only.
+  """
+  remote = not shards_lib.is_local(dest)
+  joined = os.path.join(tmp, dest.name) if remote else os.fspath(dest)
   if len(paths) == 1:
-    os.replace(paths[0], dest)
-    return
-  with open(dest, 'wb') as out:
-    for p in paths:
-      with open(p, 'rb') as f:
-        shutil.copyfileobj(f, out, 1 << 22)
-      os.remove(p)
+    os.replace(paths[0], joined)
+  else:
+    with open(joined, 'wb') as out:
+      for p in paths:
+        with open(p, 'rb') as f:
+          shutil.copyfileobj(f, out, 1 << 22)
+        os.remove(p)
+  if remote:
+    epath.Path(joined).copy(dest, overwrite=True)
+    os.remove(joined)
 
 
 def build(
@@ -369,8 +381,13 @@ def build(
   ctx = multiprocessing.get_context('spawn')
   counter = ctx.Value('q', 0)
   pool = None
-  tmp = os.path.join(output.data_dir, '.local_build')
-  os.makedirs(tmp, exist_ok=True)
+  # Parts are written to local disk: next to the output, or for a bucket
+  # (which cannot be appended to or renamed cheaply) in a local temp dir.
+  if shards_lib.is_local(output.data_dir):
+    tmp = os.path.join(output.data_dir, '.local_build')
+    os.makedirs(tmp, exist_ok=True)
+  else:
+    tmp = tempfile.mkdtemp(prefix='segment_anything_tfds-')
   try:
     # ---- index
     with _bar(show_progress, total=len(shards), desc='Indexing tars',
@@ -447,8 +464,8 @@ def build(
         if len(done_parts[result.shard]) == parts_each:
           ordered = sorted(done_parts.pop(result.shard), key=lambda r: r.part)
           _join_parts([r.path for r in ordered],
-                      os.fspath(tfds_seam.shard_path(
-                          template, result.shard, num_shards)))
+                      tfds_seam.shard_path(template, result.shard, num_shards),
+                      tmp)
         _sync(bar, counter)
     if not sum(lengths):
       raise errors.SourceError(_nothing_to_write(records, len(shards)))
@@ -494,11 +511,10 @@ def _drop_empty_shards(template, lengths: list[int]) -> list[int]:
   kept = [i for i, n in enumerate(lengths) if n]
   for new, old in enumerate(kept):
     src = tfds_seam.shard_path(template, old, len(lengths))
-    os.replace(os.fspath(src),
-               os.fspath(tfds_seam.shard_path(template, new, len(kept))))
+    src.replace(tfds_seam.shard_path(template, new, len(kept)))
   for i, n in enumerate(lengths):
     if not n:
-      os.remove(os.fspath(tfds_seam.shard_path(template, i, len(lengths))))
+      tfds_seam.shard_path(template, i, len(lengths)).unlink()
   return [lengths[i] for i in kept]
 
 

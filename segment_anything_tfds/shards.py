@@ -122,6 +122,9 @@ class _RemoteFile:
     else:
       self._file, self._ctx = self._ctx, None
     self.name = os.fspath(path)
+    size = getattr(self._file, 'size', None)
+    if callable(size):  # tf.io.gfile opens lazily: a missing object fails
+      size()  # here, at open, not at the first read (one stat, cached by TF).
 
   def __getattr__(self, attr: str) -> Any:
     return getattr(self._file, attr)

@@ -2,6 +2,7 @@
 
   segment-anything-tfds build --config first_1 --manual_dir DIR --data_dir D
   segment-anything-tfds check-links --manual_dir DIR [--probe]
+  segment-anything-tfds mirror --links FILE --dest gs://BUCKET/sa1b [--runner R]
   segment-anything-tfds stats --config first_1 --data_dir D --out OUT
   segment-anything-tfds show --config first_1 --data_dir D --index 0,3 --out OUT
   segment-anything-tfds evaluate --config first_1 --data_dir D --predictions P
@@ -30,19 +31,21 @@ from segment_anything_tfds.cli import check_links
 from segment_anything_tfds.cli import common
 from segment_anything_tfds.cli import evaluate
 from segment_anything_tfds.cli import export
+from segment_anything_tfds.cli import mirror
 from segment_anything_tfds.cli import show
 from segment_anything_tfds.cli import stats
 
 PROG = common.PROG
-COMMANDS = (build, check_links, stats, show, evaluate, export)
+COMMANDS = (build, check_links, mirror, stats, show, evaluate, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog=PROG, allow_abbrev=False,
       description='SA-1B (Segment Anything) for TensorFlow Datasets: prepare'
-      ' the dataset, check a links file, compute statistics, draw examples,'
-      ' score predictions, export to other formats.',
+      ' the dataset, check a links file, mirror the tars into a bucket,'
+      ' compute statistics, draw examples, score predictions, export to'
+      ' other formats.',
       epilog='Exit codes: 0 ok, 1 failure (one-line error), 2 bad usage. Run'
       f' `{PROG} COMMAND --help` for each command.')
   parser.add_argument('--version', action='version',
@@ -98,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     error = errors.from_exception(e)
     if error is None:
       raise  # A bug: keep its traceback.
-    if args.command == 'build':
+    if args.command in ('build', 'mirror'):
       sys.stderr.write('\n')  # End a progress bar's line.
     print(f'{PROG} {args.command}: error: {error.message}', file=sys.stderr)
     return 1

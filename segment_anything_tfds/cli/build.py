@@ -30,24 +30,7 @@ EXAMPLE = f'example: {common.PROG} build --config first_10 --manual_dir ~/sa1b'
 
 def _beam_flags(args: argparse.Namespace, leftover: Sequence[str]) -> list[str]:
   """Beam flags: leftovers, --beam_pipeline_options, runner and workers."""
-  flags = []
-  items = list(leftover)
-  i = 0
-  while i < len(items):  # `--k=v`, `--k v` and boolean `--k`.
-    item = items[i]
-    if not item.startswith('--') or item == '--':
-      raise common.UsageError(f'unexpected argument {item!r}')
-    if ('=' not in item and i + 1 < len(items)
-        and not items[i + 1].startswith('--')):
-      flags.append(f'{item}={items[i + 1]}')
-      i += 2
-    else:
-      flags.append(item)
-      i += 1
-  if args.beam_pipeline_options:
-    for opt in args.beam_pipeline_options.split(','):
-      if opt.strip():
-        flags.append('--' + opt.strip().lstrip('-'))
+  flags = common.beam_flag_list(leftover, args.beam_pipeline_options)
   named = [f for f in flags if re.match(r'^--runner(=|$)', f)]
   if args.runner != LOCAL:
     if named:
@@ -75,22 +58,6 @@ def _beam_flags(args: argparse.Namespace, leftover: Sequence[str]) -> list[str]:
   return flags
 
 
-def _check_beam_flags(flags: Sequence[str]) -> None:
-  """Rejects flags that are not Beam pipeline options (e.g. typos)."""
-  runners.require_beam()
-  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
-  known = set(pipeline_options.PipelineOptions([]).get_all_options())
-  unknown = []
-  for flag in flags:
-    name = flag[2:].split('=', 1)[0].replace('-', '_')
-    if name not in known and not name.startswith('no_'):
-      unknown.append(flag.split('=', 1)[0])
-  if unknown:
-    raise common.UsageError(
-        f'unknown option(s) {", ".join(unknown)}: neither {common.PROG} build flags'
-        ' nor Beam pipeline options')
-
-
 def download_config(args: argparse.Namespace, leftover: Sequence[str]):
   """The DownloadConfig of a `build`: manual_dir, modes, Beam options.
 
@@ -101,7 +68,7 @@ def download_config(args: argparse.Namespace, leftover: Sequence[str]):
   flags = _beam_flags(args, leftover)
   beam_options = None
   if flags:
-    _check_beam_flags(flags)
+    common.check_beam_flags(flags, command='build')
     from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
     beam_options = pipeline_options.PipelineOptions(flags)
   kwargs = {}
@@ -115,34 +82,6 @@ def download_config(args: argparse.Namespace, leftover: Sequence[str]):
                      tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS),
       max_examples_per_split=args.max_examples_per_split,
       num_shards=args.num_shards, **kwargs)
-
-
-# Beam loggers that print a worker's traceback when a build fails; the CLI
-# reports the error itself, on one line.
-_BEAM_ERROR_LOGGERS = ('apache_beam.runners.common',
-                       'apache_beam.runners.worker.sdk_worker')
-
-
-class _DropErrors:
-  """A logging filter that drops ERROR records (and their tracebacks)."""
-
-  def filter(self, record) -> bool:
-    import logging  # pylint: disable=g-import-not-at-top
-    return record.levelno < logging.ERROR
-
-
-_DROP_ERRORS = _DropErrors()
-
-
-def _quiet_beam_worker_log(quiet: bool) -> None:
-  """Hides (or shows again) Beam's worker tracebacks of a failed build."""
-  import logging  # pylint: disable=g-import-not-at-top
-  for name in _BEAM_ERROR_LOGGERS:
-    logger = logging.getLogger(name)
-    if quiet:
-      logger.addFilter(_DROP_ERRORS)
-    else:
-      logger.removeFilter(_DROP_ERRORS)
 
 
 def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
@@ -168,7 +107,7 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   print(f'Preparing {builder.info.full_name} ({builder.builder_config.name})'
         f' into {builder.data_dir}: {engine}, {args.file_format}',
         file=sys.stderr)
-  _quiet_beam_worker_log(not args.verbose)
+  common.quiet_beam_errors(not args.verbose)
   try:
     builder.download_and_prepare(
         download_dir=args.download_dir, download_config=dl_config,
@@ -183,7 +122,7 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
       ) from None
     raise
   finally:
-    _quiet_beam_worker_log(False)
+    common.quiet_beam_errors(False)
   _print_build_summary(builder, args, common.seconds_since_start(),
                        was_prepared)
   return 0

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from etils import epath
 
@@ -145,6 +146,85 @@ def download_option(field: str, parse: type):
 
   convert.__name__ = field  # argparse names the type in some messages.
   return convert
+
+
+# ------------------------------------------------------------------ Beam
+
+
+def beam_flag_list(leftover: Sequence[str],
+                   beam_pipeline_options: str | None) -> list[str]:
+  """Beam flags from leftover arguments and `--beam_pipeline_options`.
+
+  Leftovers may be `--k=v`, `--k v` or a boolean `--k`; the option string is
+  `k=v,k2=v2` as in `tfds build`.
+  """
+  flags = []
+  items = list(leftover)
+  i = 0
+  while i < len(items):
+    item = items[i]
+    if not item.startswith('--') or item == '--':
+      raise UsageError(f'unexpected argument {item!r}')
+    if ('=' not in item and i + 1 < len(items)
+        and not items[i + 1].startswith('--')):
+      flags.append(f'{item}={items[i + 1]}')
+      i += 2
+    else:
+      flags.append(item)
+      i += 1
+  if beam_pipeline_options:
+    for opt in beam_pipeline_options.split(','):
+      if opt.strip():
+        flags.append('--' + opt.strip().lstrip('-'))
+  return flags
+
+
+def check_beam_flags(flags: Sequence[str], *, command: str) -> None:
+  """Rejects flags that are not Beam pipeline options (e.g. typos)."""
+  from segment_anything_tfds import runners  # pylint: disable=g-import-not-at-top
+  runners.require_beam()
+  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+  known = set(pipeline_options.PipelineOptions([]).get_all_options())
+  unknown = []
+  for flag in flags:
+    name = flag[2:].split('=', 1)[0].replace('-', '_')
+    if name not in known and not name.startswith('no_'):
+      unknown.append(flag.split('=', 1)[0])
+  if unknown:
+    raise UsageError(
+        f'unknown option(s) {", ".join(unknown)}: neither {PROG} {command}'
+        ' flags nor Beam pipeline options')
+
+
+# Where Beam logs a failed pipeline's worker traceback; the CLI reports the
+# error itself, on one line. The PortableRunner's job service logs it, and
+# forwards it to the root logger as a job message: the root logger is listed.
+_BEAM_ERROR_LOGGERS = ('apache_beam.runners.common',
+                       'apache_beam.runners.worker.sdk_worker',
+                       'apache_beam.runners.portability.local_job_service',
+                       '')
+_BEAM_RUNNERS_DIR = f'{os.sep}apache_beam{os.sep}runners{os.sep}'
+
+
+class _DropErrors:
+  """A logging filter that drops Beam's runners' ERROR records."""
+
+  def filter(self, record) -> bool:
+    return (record.levelno < logging.ERROR
+            or _BEAM_RUNNERS_DIR not in record.pathname)
+
+
+_DROP_ERRORS = _DropErrors()
+
+
+def quiet_beam_errors(quiet: bool) -> None:
+  """Hides (or shows again) Beam's worker tracebacks of a failed pipeline."""
+  for name in _BEAM_ERROR_LOGGERS:
+    logger = logging.getLogger(name or None)
+    if quiet:
+      logger.addFilter(_DROP_ERRORS)
+    else:
+      logger.removeFilter(_DROP_ERRORS)
 
 
 # ------------------------------------------------------------ the dataset

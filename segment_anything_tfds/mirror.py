@@ -1,0 +1,300 @@
+"""Mirrors SA-1B tars into a bucket (or any dir), on Beam workers, in parallel.
+
+Downloading on the launcher (`disk_mode='keep'`) pulls ≈10 TB through one
+machine before a build starts. `MirrorTars` fetches on the workers instead,
+one tar per element, with the guarantees of `download.py`:
+
+  'CreateTars'     one element per tar still to mirror
+  'ReshuffleTars'  spread them over the workers
+  'FetchTars'      per tar, on a worker: nothing to do if `dest` holds it
+                   whole (and verified); else `download.download_all` into a
+                   worker-local cache keyed by name (resumed, locked,
+                   retried within the download options' budget, checked as
+                   a whole tar), its checksum verified if a list is given,
+                   then copied to `dest/<name>.part` and renamed to
+                   `dest/<name>`.
+
+So a `sa_NNNNNN.tar` in `dest` is always a whole, checked tar, and a rerun
+downloads only what is missing. Signed links past their `oe=` fail in `plan`,
+before any pipeline starts. With a checksum list, a verified tar gets a
+`<name>.verified` marker (digest and size) next to it, so reruns do not hash
+it again. `dest` then serves as a build's `manual_dir`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+from typing import Sequence
+
+import apache_beam as beam
+from etils import epath
+
+from segment_anything_tfds import checksums
+from segment_anything_tfds import config as config_lib
+from segment_anything_tfds import download
+from segment_anything_tfds import errors
+from segment_anything_tfds import links as links_lib
+from segment_anything_tfds import options as options_lib
+from segment_anything_tfds import runners
+from segment_anything_tfds import shards as shards_lib
+
+_LOG = logging.getLogger(__name__)
+_NAMESPACE = 'segment_anything_mirror'
+STAGE_SUBDIR = 'segment_anything_tfds-mirror'
+
+
+@dataclasses.dataclass(frozen=True)
+class Tar:
+  """One tar to mirror: its name, link, and expected (algo, hex) or None."""
+
+  name: str
+  url: str
+  checksum: tuple[str, str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+  """What `mirror` did: tars fetched now, and tars `dest` already held."""
+
+  dest: str
+  fetched: tuple[str, ...]
+  present: tuple[str, ...]
+
+
+def _counter(name: str):
+  return beam.metrics.Metrics.counter(_NAMESPACE, name)
+
+
+# ---------------------------------------------------------------- planning
+
+
+def _links_file(links: epath.PathLike) -> epath.Path:
+  """The links file itself, or the one in a dir (a manual_dir)."""
+  path = epath.Path(links)
+  if path.is_dir():
+    path = path / links_lib.LINKS_FILE_NAME
+  if not path.exists():
+    raise errors.SourceError(
+        f'{path} does not exist: give the links file'
+        f' ({links_lib.LINKS_FILE_NAME}) or the dir holding it')
+  return path
+
+
+def plan(links: epath.PathLike, *, tars: str | None = None,
+         checksums_file: epath.PathLike | None = None,
+         now: float | None = None) -> list[Tar]:
+  """The tars to mirror from a links file (or the dir holding it).
+
+  Args:
+    links: the links file, or a dir holding `segment_anything_links.txt`.
+    tars: a tar spec (`"0-9,42"`); None for every tar of the file.
+    checksums_file: a `<md5 or sha256>  sa_NNNNNN.tar` list to verify with.
+    now: the time expiry is checked against (tests).
+
+  Raises:
+    errors.LinksError, errors.SourceError, errors.ChecksumError;
+    errors.LinksExpiredError if a chosen link is past its `oe=`: before any
+    request.
+  """
+  path = _links_file(links)
+  rows = links_lib.read_links(path).shards
+  if tars is not None:
+    names = [links_lib.shard_name(i) for i in config_lib.parse_tar_spec(tars)]
+    missing = [n for n in names if n not in rows]
+    if missing:
+      raise errors.SourceError(
+          f'{", ".join(missing[:5])}{" ..." if len(missing) > 5 else ""}'
+          f' ({len(missing)} tars) asked for but not in {path}')
+    rows = {n: rows[n] for n in names}
+  other = sorted(n for n, u in rows.items() if not links_lib.is_http(u))
+  if other:
+    _LOG.warning('%d rows of %s are not http(s) links, not mirrored: %s',
+                 len(other), path, ', '.join(other[:5]))
+  rows = {n: u for n, u in sorted(rows.items()) if links_lib.is_http(u)}
+  if not rows:
+    raise errors.SourceError(f'{path} lists no http(s) tar link to mirror')
+  download.check_expiry(rows, now=now, source=os.fspath(path))
+  sums = (checksums.read_checksums(checksums_file)
+          if checksums_file is not None else {})
+  return [Tar(n, u, sums.get(n)) for n, u in rows.items()]
+
+
+# ------------------------------------------------------- the destination
+
+
+def _marker_text(checksum: tuple[str, str], size: int) -> str:
+  algo, digest = checksum
+  return f'{algo}:{digest} {size}\n'
+
+
+def _marker(target: epath.Path) -> epath.Path:
+  return target.parent / (target.name + checksums.VERIFIED_SUFFIX)
+
+
+def _marked(target: epath.Path, checksum: tuple[str, str]) -> bool:
+  marker = _marker(target)
+  try:
+    return marker.exists() and marker.read_text() == _marker_text(
+        checksum, shards_lib.size_of(target))
+  except (OSError, NotImplementedError):
+    return False
+
+
+def _whole(target: epath.Path) -> bool:
+  """Whether `target` exists and looks like a whole tar (1.5 kB read)."""
+  if not target.exists():
+    return False
+  problem = download.tar_problem(target)
+  if problem is not None:
+    _LOG.warning('%s is %s; it is fetched again', target, problem)
+  return problem is None
+
+
+def is_present(dest: epath.PathLike, tar: Tar) -> bool:
+  """Whether `dest` holds `tar` whole, and verified if it has a checksum."""
+  target = epath.Path(dest) / tar.name
+  return _whole(target) and (tar.checksum is None or _marked(target,
+                                                             tar.checksum))
+
+
+def _verify_in_place(target: epath.Path, tar: Tar) -> None:
+  """Hashes a whole tar found in `dest` without a marker; marks it."""
+  problem = checksums.verify(target, tar.checksum)
+  if problem is not None:
+    raise errors.ChecksumError(
+        f'{tar.name}: {target} is in the destination but its {problem}; it'
+        ' is left as it is: remove it and rerun to fetch it again')
+  _marker(target).write_text(_marker_text(tar.checksum,
+                                          shards_lib.size_of(target)))
+
+
+def _publish(local: str, target: epath.Path) -> None:
+  """Copies a checked local tar to `target` via `<target>.part`."""
+  target.parent.mkdir(parents=True, exist_ok=True)
+  part = target.parent / (target.name + download.PART_SUFFIX)
+  epath.Path(local).copy(part, overwrite=True)
+  part.replace(target)  # Only a whole copy ever bears the tar's name.
+
+
+# ------------------------------------------------------------ fetching
+
+
+def default_stage_dir() -> str:
+  """Where a worker stages its downloads: its local temp dir."""
+  return os.path.join(tempfile.gettempdir(), STAGE_SUBDIR)
+
+
+def _download(tar: Tar, stage_dir: str,
+              options: options_lib.DownloadOptions) -> str:
+  """Downloads `tar` into the worker's stage (resumed, checked); its path."""
+  result = download.download_all({tar.name: tar.url}, stage_dir,
+                                 options=options)
+  if tar.name in result.errors:
+    raise errors.DownloadError(  # The error names the tar and the host.
+        f'{result.errors[tar.name]} (a rerun resumes it)')
+  local = result.paths[tar.name]
+  if tar.checksum is not None:
+    problem = checksums.verify(local, tar.checksum)
+    if problem is not None:
+      where = checksums.quarantine(local)
+      raise errors.ChecksumError(
+          f'{tar.name}: the download\'s {problem}; moved to {where} on the'
+          ' worker, not mirrored')
+  return local
+
+
+def fetch_tar(tar: Tar, *, dest: str, options: options_lib.DownloadOptions,
+              stage_dir: str | None = None) -> str:
+  """Makes `dest/<name>` a whole, checked copy of `tar`; runs on a worker.
+
+  Returns:
+    'present' if `dest` held it already, else 'fetched'.
+  """
+  target = epath.Path(dest) / tar.name
+  if _whole(target):
+    if tar.checksum is not None and not _marked(target, tar.checksum):
+      _verify_in_place(target, tar)
+    _counter('tars_present').inc()
+    return 'present'
+  local = _download(tar, stage_dir or default_stage_dir(), options)
+  size = os.path.getsize(local)
+  _publish(local, target)
+  if tar.checksum is not None:
+    _marker(target).write_text(_marker_text(tar.checksum, size))
+  download.remove_downloaded([local])  # Worker disk: the tars in flight.
+  _counter('tars_fetched').inc()
+  _counter('bytes_fetched').inc(size)
+  _LOG.info('Mirrored %s (%d bytes) to %s', tar.name, size, target)
+  return 'fetched'
+
+
+@beam.ptransform_fn
+def MirrorTars(  # pylint: disable=invalid-name
+    pipeline: beam.pvalue.PBegin,
+    tars: Sequence[Tar],
+    *,
+    dest: str,
+    options: options_lib.DownloadOptions,
+    stage_dir: str | None = None,
+) -> beam.PCollection:
+  """Fetches `tars` into `dest` on the workers; (name, outcome) pairs."""
+  return (
+      pipeline
+      | 'CreateTars' >> beam.Create(list(tars))
+      | 'ReshuffleTars' >> beam.Reshuffle()
+      | 'FetchTars' >> beam.Map(_fetch_named, dest=dest, options=options,
+                                 stage_dir=stage_dir)
+  )
+
+
+def _fetch_named(tar: Tar, **kwargs) -> tuple[str, str]:
+  return tar.name, fetch_tar(tar, **kwargs)
+
+
+def mirror(tars: Sequence[Tar], dest: epath.PathLike, *, beam_options=None,
+           options: options_lib.DownloadOptions | None = None,
+           stage_dir: str | None = None) -> Summary:
+  """Mirrors `tars` into `dest` with a Beam pipeline; checks the result.
+
+  Tars `dest` already holds (whole, and verified when they have a checksum)
+  are skipped before the pipeline starts; with none left, no pipeline runs.
+
+  Args:
+    tars: from `plan`.
+    dest: a bucket (`gs://...`) or any dir epath writes to.
+    beam_options: Beam `PipelineOptions`, given explicitly (never parsed
+      from sys.argv); with no runner in them, Beam's in-process FnApiRunner.
+    options: download options of the workers (retries, timeout, ...).
+    stage_dir: where workers stage downloads (default: their temp dir).
+
+  Raises:
+    errors.DownloadError: a tar is not in `dest` after the pipeline.
+  """
+  options = (options or options_lib.DownloadOptions()).replace(
+      progress=False, workers=1, check_disk=False)
+  dest = os.fspath(dest)
+  present = [t.name for t in tars if is_present(dest, t)]
+  todo = [t for t in tars if t.name not in present]
+  if todo:
+    _run(todo, dest, beam_options=beam_options, options=options,
+         stage_dir=stage_dir)
+  missing = [t.name for t in todo if not is_present(dest, t)]
+  if missing:
+    raise errors.DownloadError(
+        f'{len(missing)} tars are not in {dest} after the mirror pipeline:'
+        f' {", ".join(missing[:5])}')
+  return Summary(dest, tuple(t.name for t in todo), tuple(present))
+
+
+def _run(tars: Sequence[Tar], dest: str, *, beam_options, options,
+         stage_dir) -> None:
+  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+  beam_options = beam_options or pipeline_options.PipelineOptions([])
+  standard = beam_options.view_as(pipeline_options.StandardOptions)
+  runner = None if standard.runner else runners.local_runner()
+  with beam.Pipeline(runner=runner, options=beam_options) as p:
+    _ = p | 'Mirror' >> MirrorTars(  # pylint: disable=no-value-for-parameter
+        tars, dest=dest, options=options, stage_dir=stage_dir)

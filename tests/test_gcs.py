@@ -1,0 +1,242 @@
+"""gs:// manual_dir and data_dir against a bucket that answers like GCS.
+
+`_gcs_server.GcsServer` runs the gcp-storage-emulator on loopback, with a
+TLS front for TensorFlow's GCS client (whose endpoints are fixed). Every
+code path the package and TFDS use for gs:// reaches it:
+
+  TF's gs:// file system   tf.io.gfile, epath on a machine with TensorFlow,
+                           TFDS's TFRecord writer and reader (via the front)
+  gcsfs                    epath's fsspec backend (EPATH_USE_TF=false)
+  google-cloud-storage     Beam's own gs:// file system ('WriteAudit')
+
+Builds from a gs:// manual_dir into a gs:// data_dir, locally and on a
+worker pool, must hold exactly what a build from a local dir holds. Python
+connections and name lookups are watched: nothing but loopback is reached.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import os
+import pathlib
+import shutil
+import sys
+
+from apache_beam.options import pipeline_options
+from etils.epath import gpath
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import segment_anything_tfds  # pylint: disable=unused-import
+from segment_anything_tfds import config as config_lib
+from segment_anything_tfds import errors
+from segment_anything_tfds import fake_data
+from segment_anything_tfds import links as links_lib
+
+from _gcs_server import GcsServer
+from _worker_pool import WorkerPool
+from conftest import DUMMY_DATA, read_inputs
+
+BUCKET = 'sa1b'
+TARS = [f'sa_00000{i}.tar' for i in range(3)]
+CONFIG = config_lib.tars_config('0-2')
+TF_AGENT = 'TSL'  # TF's GCS client (tsl/platform/cloud).
+
+_OUTSIDE: list[str] = []
+_WATCH = {'on': False}
+
+
+def _loopback(host) -> bool:
+  if host in (None, '', 'localhost'):
+    return True
+  try:
+    return ipaddress.ip_address(str(host).split('%')[0]).is_loopback
+  except ValueError:
+    return False
+
+
+def _audit(event: str, args, watch=_WATCH, outside=_OUTSIDE,
+           loopback=_loopback) -> None:
+  """Records every Python connect or name lookup off loopback.
+
+  Audit hooks stay for the whole process (its shutdown included), so what
+  it uses is bound here, not looked up in this module's globals.
+  """
+  if not watch['on']:
+    return
+  if event == 'socket.connect':
+    address = args[1]
+    if isinstance(address, tuple) and not loopback(address[0]):
+      outside.append(f'connect {address}')
+  elif event == 'socket.getaddrinfo' and not loopback(args[0]):
+    outside.append(f'getaddrinfo {args[0]}')
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.fixture(scope='module')
+def gcs(tmp_path_factory):
+  """The server, with the tars in gs://sa1b/in, and the environment set."""
+  server = GcsServer(tmp_path_factory.mktemp('gcs'))
+  with server, pytest.MonkeyPatch.context() as mp:
+    for key, value in server.env().items():
+      mp.setenv(key, value)
+    server.create_bucket(BUCKET)
+    for name in TARS:
+      server.upload(BUCKET, f'in/{name}', (DUMMY_DATA / name).read_bytes())
+    _WATCH['on'] = True
+    try:
+      yield server
+    finally:
+      _WATCH['on'] = False
+  assert _OUTSIDE == [], f'reached off loopback: {_OUTSIDE[:5]}'
+
+
+@pytest.fixture(scope='module')
+def baseline(tmp_path_factory) -> dict:
+  """What the three tars hold, read with the stdlib from a local copy."""
+  local = tmp_path_factory.mktemp('local_tars')
+  for name in TARS:
+    shutil.copy(DUMMY_DATA / name, local / name)
+  return {i: (jpg, tuple(a['segmentation']['counts']
+                         for a in js['annotations']))
+          for i, (jpg, js) in read_inputs(local).items()}
+
+
+def _build(data_dir: str, manual_dir: str, *, config=CONFIG,
+           **download_config):
+  # workers=1: a local build of bucket tars would start a process per core.
+  builder = tfds.builder('segment_anything', config=config,
+                         data_dir=data_dir, progress=False, workers=1)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=manual_dir, **download_config))
+  return builder
+
+
+def _examples(data_dir: str) -> dict:
+  """The prepared split, read back by a new builder (from data_dir)."""
+  builder = tfds.builder('segment_anything', config=CONFIG,
+                         data_dir=data_dir)
+  assert builder.is_prepared()
+  ds = builder.as_dataset(split='train', shuffle_files=False, decoders={
+      'image': {'content': tfds.decode.SkipDecoding()}})
+  out = {}
+  for e in tfds.as_numpy(ds):
+    image_id = int(e['image']['image_id'])
+    assert image_id not in out, f'image {image_id} written twice'
+    out[image_id] = (e['image']['content'], tuple(
+        c.decode() for c in e['annotations']['segmentation']['counts']))
+  return out
+
+
+def _tar_reads(requests) -> dict[str, list[dict]]:
+  """The requests that read a tar's bytes (not its metadata), by tar name."""
+  out = collections.defaultdict(list)
+  for r in requests:
+    name = r['path'].rsplit('/', 1)[-1]
+    if r['path'].startswith('/storage/v1/'):  # Metadata: stat, list.
+      continue
+    if name in TARS and r['method'] == 'GET' and r['status'] in (200, 206):
+      out[name].append(r)
+  return out
+
+
+def test_tf_gfile_reaches_the_emulator(gcs):
+  """TF's own GCS client: write, stat, list, read a range, rename."""
+  data = bytes(range(256)) * 9
+  root = f'gs://{BUCKET}/gfile'
+  with tf.io.gfile.GFile(f'{root}/a.bin', 'wb') as f:
+    f.write(data)
+  assert gcs.download(BUCKET, 'gfile/a.bin') == data
+  assert tf.io.gfile.stat(f'{root}/a.bin').length == len(data)
+  tf.io.gfile.rename(f'{root}/a.bin', f'{root}/b.bin')
+  assert tf.io.gfile.listdir(root) == ['b.bin']
+  with tf.io.gfile.GFile(f'{root}/b.bin', 'rb') as f:
+    f.seek(1000)
+    assert f.read(300) == data[1000:1300]
+  assert any(r['agent'] == TF_AGENT and r['range'] for r in gcs.requests())
+
+
+def test_local_build_from_and_into_a_bucket(gcs, baseline, tmp_path,
+                                            monkeypatch):
+  monkeypatch.chdir(tmp_path)  # A path mistaken for local would land here.
+  gcs.clear_log()
+  data_dir = f'gs://{BUCKET}/local_build'
+  builder = _build(data_dir, f'gs://{BUCKET}/in')
+  assert builder.info.metadata['build']['engine'] == 'local'
+  requests = gcs.requests()
+  assert _examples(data_dir) == baseline
+  # Every tar was read in place, by TF's client, with Range requests.
+  reads = _tar_reads(requests)
+  assert sorted(reads) == TARS
+  assert all(r['range'] and r['agent'] == TF_AGENT
+             for rs in reads.values() for r in rs), reads
+  # The records went into the bucket, nowhere else.
+  names = [p.rsplit('/', 1)[-1] for p in tf.io.gfile.glob(
+      f'{data_dir}/segment_anything/{CONFIG.name}/2.0.0/*.tfrecord*')]
+  assert names and list(tmp_path.iterdir()) == []
+  assert not pathlib.Path('gs:').exists()
+
+
+@pytest.fixture(scope='module')
+def pool(gcs, tmp_path_factory):
+  """A worker pool whose workers reach the emulator as the tests do."""
+  wp = WorkerPool(tmp_path_factory.mktemp('gcs_pool'), env=gcs.env())
+  wp.start()
+  yield wp
+  assert wp.stop() == []
+
+
+def test_worker_pool_build_from_and_into_a_bucket(gcs, pool, baseline):
+  gcs.clear_log()
+  data_dir = f'gs://{BUCKET}/beam_build'
+  options = pipeline_options.PipelineOptions(pool.beam_flags())
+  _build(data_dir, f'gs://{BUCKET}/in', beam_options=options)
+  requests = gcs.requests()
+  assert _examples(data_dir) == baseline
+  agents = collections.Counter(r['agent'].split('/')[0] for r in requests)
+  # Tars and records through TF's client; the audit ('WriteAudit') through
+  # Beam's gs:// file system (google-cloud-storage).
+  assert agents[TF_AGENT] and agents['gcloud-python'], agents
+  assert sorted(_tar_reads(requests)) == TARS
+  audit = tf.io.gfile.glob(
+      f'{data_dir}/segment_anything/{CONFIG.name}/2.0.0/audit/*.jsonl')
+  assert audit
+
+
+def test_fsspec_backend_reads_a_bucket_manual_dir(gcs, baseline, tmp_path,
+                                                  monkeypatch):
+  """epath's other gs:// backend: gcsfs, chosen by EPATH_USE_TF=false."""
+  monkeypatch.setenv('EPATH_USE_TF', 'false')
+  gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
+  try:
+    gcs.clear_log()
+    _build(os.fspath(tmp_path / 'data'), f'gs://{BUCKET}/in')
+    requests = gcs.requests()
+  finally:
+    monkeypatch.undo()
+    gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
+  assert _examples(os.fspath(tmp_path / 'data')) == baseline
+  reads = _tar_reads(requests)
+  assert sorted(reads) == TARS
+  assert all(r['agent'].startswith('python-gcsfs') and r['range']
+             for rs in reads.values() for r in rs)
+
+
+def test_a_missing_bucket_tar_is_one_clear_error(gcs, tmp_path):
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  fake_data.write_links(manual / links_lib.LINKS_FILE_NAME, [
+      (TARS[0], f'gs://{BUCKET}/in/{TARS[0]}'),
+      ('sa_000001.tar', f'gs://{BUCKET}/nowhere/sa_000001.tar')])
+  with pytest.raises(Exception) as e:
+    _build(os.fspath(tmp_path / 'data'), os.fspath(manual),
+           config=config_lib.tars_config('0-1'))
+  error = errors.from_exception(e.value)
+  assert isinstance(error, errors.SourceError), repr(e.value)[:500]
+  assert error.message.startswith(
+      f'sa_000001.tar: cannot open gs://{BUCKET}/nowhere/sa_000001.tar')
+  assert '\n' not in error.message
