@@ -19,7 +19,6 @@ from typing import Sequence
 
 from segment_anything_tfds import errors
 from segment_anything_tfds import links as links_lib
-from segment_anything_tfds import runners
 from segment_anything_tfds import shards as shards_lib
 from segment_anything_tfds.cli import common
 
