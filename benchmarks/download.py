@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
-import http.server
 import io
 import os
 import platform
@@ -40,6 +38,8 @@ import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import loopback  # pylint: disable=g-import-not-at-top,wrong-import-position
 from segment_anything_tfds import download  # pylint: disable=g-import-not-at-top,wrong-import-position
 from segment_anything_tfds import options  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -70,23 +70,8 @@ def make_tar(path: str, size: int) -> None:
     t.addfile(info, io.BufferedReader(_Zeros(size), 1 << 20))
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-
-  def log_message(self, *args):
-    pass
-
-
-@contextlib.contextmanager
 def serve(directory: str):
-  handler = functools.partial(_QuietHandler, directory=directory)
-  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-  thread = threading.Thread(target=server.serve_forever, daemon=True)
-  thread.start()
-  try:
-    yield f'http://127.0.0.1:{server.server_address[1]}'
-  finally:
-    server.shutdown()
-    server.server_close()
+  return loopback.serve(directory, threaded=True)
 
 
 @contextlib.contextmanager

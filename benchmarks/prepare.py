@@ -72,10 +72,7 @@ The default run (comparison):
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import hashlib
-import http.server
 import json
 import os
 import platform
@@ -130,24 +127,7 @@ def disable_rle_check() -> None:
 # ---------------------------------------------------------------- server
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-
-  def log_message(self, *args):
-    pass
-
-
-@contextlib.contextmanager
-def serve(directory: str):
-  """Serves `directory` on 127.0.0.1, one request at a time."""
-  handler = functools.partial(_QuietHandler, directory=directory)
-  server = http.server.HTTPServer(('127.0.0.1', 0), handler)
-  thread = threading.Thread(target=server.serve_forever, daemon=True)
-  thread.start()
-  try:
-    yield f'http://127.0.0.1:{server.server_address[1]}'
-  finally:
-    server.shutdown()
-    server.server_close()
+from loopback import serve  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def write_links(path: str, base_url: str, tar_paths) -> None:

@@ -211,22 +211,11 @@ def to_sam_inputs(
   Args:
     example: a `segment_anything` example; 'image/content' may be the decoded
       uint8 image or the JPEG bytes (``tfds.decode.SkipDecoding()``).
-    image_size: S, the side of the square model input.
-    mask_size: M, the side of the square mask targets (None: S // 4).
-    num_masks: K, masks per image (padded with zero weight when fewer).
-    min_predicted_iou: keep masks with predicted_iou >= this.
-    min_stability_score: keep masks with stability_score >= this.
-    min_area_fraction: keep masks with area / (height * width) >= this.
-    max_area_fraction: keep masks with area / (height * width) <= this.
-    box_jitter: std of the box noise, as a fraction of the box side; 0 for
-      exact boxes. SAM uses 0.1.
-    max_box_jitter: clip the box noise to this many pixels. SAM uses 20.
-    seed: with a seed, the sampled masks, points, prompts and box noise
-      depend only on (seed, image_id) (`sampling`): reproducible under any
-      parallelism or sharding, and equal to `numpy_inputs`. None draws a
-      random seed per image.
-    layout: 'sam' or 'keras_hub' (`sam_layouts`).
-    prompt: 'keras_hub' layout: 'point', 'box' or 'mixed' (the default).
+    image_size, mask_size, num_masks, min_predicted_iou, min_stability_score,
+      min_area_fraction, max_area_fraction, box_jitter, max_box_jitter, seed,
+      layout, prompt: the fields of `sam_layouts.SamOptions`, described
+      there once (with a seed, the sample depends only on (seed, image_id)
+      and equals `numpy_inputs`'; None draws a random seed per image).
     backend: mask decoder, 'tf' or 'pycocotools' (see `decode_masks`).
     fast_jpeg: when 'image/content' holds JPEG bytes, decode it with libjpeg's
       DCT scaling (1/2, 1/4 or 1/8) as long as the long side stays >=

@@ -57,6 +57,19 @@ def read_inputs(manual_dir: os.PathLike) -> dict[int, tuple[bytes, dict]]:
   return {k: (v['jpg'], json.loads(v['json'])) for k, v in found.items()}
 
 
+def make_manual_dir(tmp_path: pathlib.Path, rows=(), tars=()) -> pathlib.Path:
+  """tmp_path/manual holding copies of dummy tars and a links file of `rows`."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds import links as links_lib  # pylint: disable=g-import-not-at-top
+  m = tmp_path / 'manual'
+  m.mkdir()
+  for n in tars:
+    shutil.copy(DUMMY_DATA / n, m / n)
+  if rows:
+    fake_data.write_links(m / links_lib.LINKS_FILE_NAME, rows)
+  return m
+
+
 def make_bad_manual_dir(tmp_path: pathlib.Path) -> pathlib.Path:
   """Two tars: one clean, one holding one image for each kind of fault."""
   tmp_path.mkdir()

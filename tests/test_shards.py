@@ -14,22 +14,14 @@ from segment_anything_tfds import links as links_lib
 from segment_anything_tfds import shards
 from segment_anything_tfds import tars as tars_lib
 
+from conftest import make_manual_dir
+
 DUMMY = pathlib.Path(__file__).resolve().parent.parent / 'dummy_data'
 TAR0 = (DUMMY / 'sa_000000.tar').read_bytes()
 
 
-def _manual(tmp_path, rows=(), tars=()):
-  m = tmp_path / 'manual'
-  m.mkdir()
-  for n in tars:
-    shutil.copy(DUMMY / n, m / n)
-  if rows:
-    fake_data.write_links(m / links_lib.LINKS_FILE_NAME, rows)
-  return m
-
-
 def test_find_shards_precedence(tmp_path):
-  m = _manual(tmp_path, rows=[
+  m = make_manual_dir(tmp_path, rows=[
       ('sa_000000.tar', 'https://x/sa_000000.tar'),
       ('sa_000001.tar', 'gs://bucket/sa_000001.tar'),
       ('sa_000002.tar', 'rel/sa_000002.tar'),
@@ -53,7 +45,7 @@ def test_find_shards_precedence(tmp_path):
 def test_find_shards_errors(tmp_path):
   with pytest.raises(errors.SourceError, match='does not exist'):
     shards.find_shards(tmp_path / 'nope')
-  m = _manual(tmp_path, rows=[('sa_000000.tar', 'ftp://x/a')])
+  m = make_manual_dir(tmp_path, rows=[('sa_000000.tar', 'ftp://x/a')])
   with pytest.raises(errors.LinksError, match='ftp://'):
     shards.find_shards(m)
 

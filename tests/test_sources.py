@@ -19,22 +19,14 @@ from segment_anything_tfds import shards
 from segment_anything_tfds import sources
 from segment_anything_tfds import tars as tars_lib
 
+from conftest import make_manual_dir
+
 from _loopback_server import LoopbackServer
 
 DUMMY = pathlib.Path(__file__).resolve().parent.parent / 'dummy_data'
 TAR0 = (DUMMY / 'sa_000000.tar').read_bytes()
 FAST = options.DownloadOptions(retries=2, backoff=0.01, max_backoff=0.02,
                                timeout=5, progress=False)
-
-
-def _manual(tmp_path, rows=(), tars=()):
-  m = tmp_path / 'manual'
-  m.mkdir()
-  for n in tars:
-    shutil.copy(DUMMY / n, m / n)
-  if rows:
-    fake_data.write_links(m / links_lib.LINKS_FILE_NAME, rows)
-  return m
 
 
 def test_materialize_uses_cache_by_name_with_no_request(tmp_path):
@@ -76,7 +68,7 @@ def test_materialize_stream_mode_keeps_urls_with_sizes(tmp_path):
 
 
 def test_checksums_manual_tar_is_named_not_moved(tmp_path):
-  m = _manual(tmp_path, tars=['sa_000000.tar', 'sa_000001.tar'])
+  m = make_manual_dir(tmp_path, tars=['sa_000000.tar', 'sa_000001.tar'])
   good = hashlib.md5(TAR0).hexdigest()
   (m / checksums.CHECKSUMS_FILE_NAME).write_text(
       f'{good}  sa_000000.tar\n{"0" * 64}  sa_000001.tar\n')

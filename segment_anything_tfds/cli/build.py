@@ -202,17 +202,6 @@ def _download_options(args: argparse.Namespace) -> dict:
   return out
 
 
-def _non_negative_int(value: str) -> int:
-  try:
-    n = int(value)
-  except ValueError:
-    n = -1
-  if n < 0:
-    raise argparse.ArgumentTypeError(
-        f'expected 0 or a positive integer, got {value!r}')
-  return n
-
-
 def add_parser(sub, parents) -> argparse.ArgumentParser:
   """The `build` subcommand's parser."""
   p = sub.add_parser(
@@ -238,7 +227,7 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
                  ' partial set is recorded, and every load warns)')
   p.add_argument('--download_only', action='store_true',
                  help='fetch and verify the config\'s tars, then stop')
-  p.add_argument('--workers', type=_non_negative_int, default=0, metavar='N',
+  p.add_argument('--workers', type=common.non_negative_int, default=0, metavar='N',
                  help='local build: worker processes (default 0: one per'
                  ' core)')
   p.add_argument('--runner', default=LOCAL, metavar='NAME',
@@ -259,7 +248,7 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
   p.add_argument('--max_shard_size_mb', type=common.positive_int,
                  default=None, metavar='MB',
                  help='largest output shard (default 1024)')
-  p.add_argument('--max_examples_per_split', type=_non_negative_int,
+  p.add_argument('--max_examples_per_split', type=common.non_negative_int,
                  default=None, metavar='N',
                  help='write at most N images (the first, by tar): for quick'
                  ' trials. Local builds only; Beam builds refuse it')
