@@ -17,6 +17,8 @@ import os
 import shutil
 import time
 
+from segment_anything_tfds import shards as shards_lib
+
 _LOG = logging.getLogger(__name__)
 PREFIX = 'incomplete.'
 LOCK_SUFFIX = '.lock'
@@ -32,7 +34,7 @@ def claim(tmp_data_dir) -> None:
   """
   path = os.fspath(tmp_data_dir)
   if (not os.path.basename(path).startswith(PREFIX) or path in _HELD
-      or '://' in path):
+      or not shards_lib.is_local(path)):
     return
   fd = os.open(path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT, 0o644)
   fcntl.flock(fd, fcntl.LOCK_EX)
@@ -69,7 +71,7 @@ def remove_stale(data_dir, *, now: float | None = None) -> list[str]:
   """Removes the stale incomplete dirs next to `data_dir`; returns them."""
   data_dir = os.fspath(data_dir)
   parent, version = os.path.split(data_dir.rstrip('/'))
-  if '://' in parent or not os.path.isdir(parent):
+  if not shards_lib.is_local(parent) or not os.path.isdir(parent):
     return []
   now = time.time() if now is None else now
   removed = []

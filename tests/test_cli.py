@@ -1142,3 +1142,19 @@ def test_readme_lists_every_flag_of_every_command():
           f'the README documents {name} {flag}, which --help does not have')
   for flag in ('--no_progress', '--verbose'):
     assert f'`{flag}' in cli_section[:cli_section.index('### ')]
+
+
+def test_links_row_pointing_at_a_directory_is_one_line(tmp_path, capsys):
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  folder = tmp_path / 'not_a_tar'
+  folder.mkdir()
+  (manual / 'segment_anything_links.txt').write_text(
+      f'file_name\tcdn_link\nsa_000005.tar\t{folder}\n')
+  code, out, err = run(capsys, 'build', '--tars', '5', '--manual_dir', manual,
+                       '--data_dir', tmp_path / 'data', '--no_progress')
+  assert code == 1, err
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert 'Traceback' not in err
+  assert lines[-1].startswith('segment-anything-tfds build: error: ')
+  assert 'sa_000005.tar' in lines[-1]
