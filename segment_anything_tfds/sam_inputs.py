@@ -388,6 +388,9 @@ def sam_dataset(
   if repeat:
     dataset = dataset.repeat()
 
+  # `to_sam_inputs` is plain TF ops: nothing for autograph to convert (it
+  # would only warn about this closure).
+  @tf.autograph.experimental.do_not_convert
   def to_inputs(example):
     return to_sam_inputs(example, **sam_kwargs)
 
