@@ -29,6 +29,19 @@ def no_proxy_from_the_environment():
     yield
 
 
+def load_example(name: str):
+  """The script `examples/<name>.py` as a module (registered by name, so its
+  classes pickle)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      name, REPO / 'examples' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
 def read_inputs(manual_dir: os.PathLike) -> dict[int, tuple[bytes, dict]]:
   """{image_id: (jpg bytes, parsed json)} of every image in manual_dir.
 

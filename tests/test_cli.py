@@ -552,11 +552,8 @@ def test_show_copy_paste_draws_the_ops_output(built, tmp_path, capsys):
 
 
 def test_readme_pictures_are_what_show_makes(tmp_path, monkeypatch, capsys):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      'docs_pictures', REPO / 'examples' / 'docs_pictures.py')
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
+  from conftest import load_example  # pylint: disable=g-import-not-at-top
+  script = load_example('docs_pictures')
   monkeypatch.setattr(sys, 'argv', ['docs_pictures.py', '--out',
                                     str(tmp_path)])
   script.main()

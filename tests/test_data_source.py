@@ -7,7 +7,6 @@ ArrayRecord examples, read by index, must equal the tf.data ones by image id.
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import pickle
 import sys
@@ -19,22 +18,15 @@ import tensorflow_datasets as tfds
 import segment_anything_tfds
 from segment_anything_tfds import cli
 
+from conftest import load_example
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DUMMY = REPO / 'dummy_data'
 IMAGE_IDS = {1, 2, 3, 11, 12, 13, 21, 22, 23, 31, 32}
 SKIP = {'image': {'content': tfds.decode.SkipDecoding()}}
 
 
-def _load_example_module():
-  spec = importlib.util.spec_from_file_location(
-      'random_access', REPO / 'examples' / 'random_access.py')
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # So its classes pickle by name.
-  spec.loader.exec_module(module)
-  return module
-
-
-random_access = _load_example_module()
+random_access = load_example('random_access')
 
 
 @pytest.fixture(scope='module')

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import pathlib
 
 import numpy as np
 import pytest
+
+from conftest import load_example
 
 keras = pytest.importorskip('keras')
 pytest.importorskip('keras_hub')
@@ -15,16 +16,8 @@ pytest.importorskip('keras_hub')
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _load_example():
-  spec = importlib.util.spec_from_file_location(
-      'finetune_sam', REPO / 'examples' / 'finetune_sam.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_finetunes_tiny_sam_and_saves_a_model_that_reloads(tmp_path, capsys):
-  finetune_sam = _load_example()
+  finetune_sam = load_example('finetune_sam')
   out = tmp_path / 'sam.keras'
   result = finetune_sam.main([
       '--tiny', '--manual_dir', str(REPO / 'dummy_data'), '--data_dir',
@@ -53,7 +46,7 @@ def test_finetunes_tiny_sam_and_saves_a_model_that_reloads(tmp_path, capsys):
 
 
 def test_bad_flags():
-  finetune_sam = _load_example()
+  finetune_sam = load_example('finetune_sam')
   with pytest.raises(SystemExit):
     finetune_sam.main(['--tiny', '--preset', 'sam_base_sa1b', '--data_dir',
                        '/tmp/none'])

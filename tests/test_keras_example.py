@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import pathlib
 
 import numpy as np
 import pytest
 
+from conftest import load_example
+
 pytest.importorskip('keras')
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _load_example():
-  spec = importlib.util.spec_from_file_location(
-      'train_keras', REPO / 'examples' / 'train_keras.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_trains_on_prepared_dummy_data(prepared_dummy, capsys):
-  train_keras = _load_example()
+  train_keras = load_example('train_keras')
   result = train_keras.main(['--data_dir', str(prepared_dummy), '--config',
                              'all', '--steps', '12', '--batch_size', '2',
                              '--overfit_batches', '1'])
@@ -38,7 +31,7 @@ def test_trains_on_prepared_dummy_data(prepared_dummy, capsys):
 
 
 def test_prepares_from_manual_dir(tmp_path):
-  train_keras = _load_example()
+  train_keras = load_example('train_keras')
   result = train_keras.main([
       '--data_dir', str(tmp_path), '--manual_dir', str(REPO / 'dummy_data'),
       '--config', 'first_1', '--steps', '2', '--image_size', '32',

@@ -90,26 +90,22 @@ def int_list(value: str) -> list[int]:
   return out
 
 
-def positive_int(value: str) -> int:
+def _int_from(value: str, lowest: int, what: str) -> int:
   try:
     n = int(value)
   except ValueError:
-    n = 0
-  if n < 1:
-    raise argparse.ArgumentTypeError(
-        f'expected a positive integer, got {value!r}')
+    n = lowest - 1
+  if n < lowest:
+    raise argparse.ArgumentTypeError(f'expected {what}, got {value!r}')
   return n
+
+
+def positive_int(value: str) -> int:
+  return _int_from(value, 1, 'a positive integer')
 
 
 def non_negative_int(value: str) -> int:
-  try:
-    n = int(value)
-  except ValueError:
-    n = -1
-  if n < 0:
-    raise argparse.ArgumentTypeError(
-        f'expected a non-negative integer, got {value!r}')
-  return n
+  return _int_from(value, 0, 'a non-negative integer')
 
 
 def unit_interval(value: str) -> float:
