@@ -79,10 +79,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   import segment_anything_tfds  # pylint: disable=g-import-not-at-top,unused-import
 
   name = f'segment_anything/{args.config}'
-  if args.manual_dir:
-    builder = tfds.builder(name, data_dir=args.data_dir)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=args.manual_dir))
+  # With --manual_dir the dataset is built first if it is not there yet;
+  # without it, reading never builds (a missing dataset says how to).
+  prepare = dict(download=bool(args.manual_dir), download_and_prepare_kwargs={
+      'download_config': tfds.download.DownloadConfig(
+          manual_dir=args.manual_dir)})
 
   keras.utils.set_random_seed(args.seed)
   backbone = _backbone(args)
@@ -98,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                  seed=args.seed, validation_fraction=args.validation_fraction)
   dataset = sam_inputs.load_sam_dataset(
       args.split, name=name, data_dir=args.data_dir,
-      batch_size=args.batch_size, shuffle_buffer=64, repeat=True, **options)
+      batch_size=args.batch_size, shuffle_buffer=64, repeat=True, **prepare,
+      **options)
   trainer.build_on(next(iter(dataset))[0])
   # One step per "epoch" so the history holds the loss of every step.
   history = trainer.fit(dataset, steps_per_epoch=1, epochs=args.steps,
@@ -122,6 +124,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == '__main__':
-  # Beam (preparing with --manual_dir) parses sys.argv: hide our flags.
-  argv, sys.argv = sys.argv[1:], sys.argv[:1]
-  main(argv)
+  main(sys.argv[1:])

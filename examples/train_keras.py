@@ -110,17 +110,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   import segment_anything_tfds  # pylint: disable=g-import-not-at-top,unused-import
 
   name = f'segment_anything/{args.config}'
-  if args.manual_dir:
-    builder = tfds.builder(name, data_dir=args.data_dir)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=args.manual_dir))
+  # With --manual_dir the dataset is built first if it is not there yet;
+  # without it, reading never builds (a missing dataset says how to).
+  prepare = dict(download=bool(args.manual_dir), download_and_prepare_kwargs={
+      'download_config': tfds.download.DownloadConfig(
+          manual_dir=args.manual_dir)})
 
   keras.utils.set_random_seed(args.seed)
   options = dict(image_size=args.image_size, mask_size=args.mask_size,
                  num_masks=args.num_masks, seed=args.seed)
   dataset = sam_inputs.load_sam_dataset(
       args.split, name=name, data_dir=args.data_dir,
-      batch_size=args.batch_size, shuffle_buffer=64, repeat=True, **options)
+      batch_size=args.batch_size, shuffle_buffer=64, repeat=True, **prepare,
+      **options)
   if args.overfit_batches:
     dataset = dataset.take(args.overfit_batches).cache().repeat()
   model = build_model(image_size=args.image_size, mask_size=args.mask_size,

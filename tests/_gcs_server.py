@@ -27,6 +27,7 @@ as a JSON line, so tests count requests per object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -433,3 +434,15 @@ def main(argv=None) -> None:
 
 if __name__ == '__main__':
   main()
+
+
+@contextlib.contextmanager
+def serving(root: pathlib.Path, bucket: str):
+  """A started `GcsServer` with `bucket` made and its environment set."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  server = GcsServer(root)
+  with server, pytest.MonkeyPatch.context() as mp:
+    for key, value in server.env().items():
+      mp.setenv(key, value)
+    server.create_bucket(bucket)
+    yield server

@@ -35,7 +35,7 @@ from segment_anything_tfds import errors
 from segment_anything_tfds import fake_data
 from segment_anything_tfds import links as links_lib
 
-from _gcs_server import GcsServer
+import _gcs_server
 from _worker_pool import WorkerPool
 from conftest import DUMMY_DATA, read_inputs
 
@@ -80,11 +80,7 @@ sys.addaudithook(_audit)
 @pytest.fixture(scope='module')
 def gcs(tmp_path_factory):
   """The server, with the tars in gs://sa1b/in, and the environment set."""
-  server = GcsServer(tmp_path_factory.mktemp('gcs'))
-  with server, pytest.MonkeyPatch.context() as mp:
-    for key, value in server.env().items():
-      mp.setenv(key, value)
-    server.create_bucket(BUCKET)
+  with _gcs_server.serving(tmp_path_factory.mktemp('gcs'), BUCKET) as server:
     for name in TARS:
       server.upload(BUCKET, f'in/{name}', (DUMMY_DATA / name).read_bytes())
     _WATCH['on'] = True

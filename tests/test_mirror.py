@@ -26,7 +26,7 @@ from segment_anything_tfds import links as links_lib
 from segment_anything_tfds import mirror
 from segment_anything_tfds import options as options_lib
 
-from _gcs_server import GcsServer
+import _gcs_server
 from _loopback_server import LoopbackServer
 from _worker_pool import WorkerPool
 
@@ -66,11 +66,7 @@ def _links_dir(path: pathlib.Path, rows, tars=None) -> pathlib.Path:
 
 @pytest.fixture(scope='module')
 def gcs(tmp_path_factory):
-  server = GcsServer(tmp_path_factory.mktemp('gcs'))
-  with server, pytest.MonkeyPatch.context() as mp:
-    for key, value in server.env().items():
-      mp.setenv(key, value)
-    server.create_bucket(BUCKET)
+  with _gcs_server.serving(tmp_path_factory.mktemp('gcs'), BUCKET) as server:
     yield server
 
 
