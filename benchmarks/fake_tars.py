@@ -78,11 +78,16 @@ def _full_pools(seed: int):
   return jpegs, anns
 
 
-def make_tars(tar_dir: str, num_tars: int, images_per_tar: int) -> list[str]:
-  """The first `num_tars` full-size tars under `tar_dir`, made if missing."""
+def _to_make(tar_dir: str, num_tars: int) -> tuple[list[str], list[int]]:
+  """The tars' paths, and the numbers of those not made yet."""
   os.makedirs(tar_dir, exist_ok=True)
   paths = tar_paths(tar_dir, num_tars)
-  missing = [t for t, p in enumerate(paths) if not os.path.exists(p)]
+  return paths, [t for t, p in enumerate(paths) if not os.path.exists(p)]
+
+
+def make_tars(tar_dir: str, num_tars: int, images_per_tar: int) -> list[str]:
+  """The first `num_tars` full-size tars under `tar_dir`, made if missing."""
+  paths, missing = _to_make(tar_dir, num_tars)
   if not missing:
     return paths
   t0 = time.time()
@@ -143,9 +148,7 @@ def make_scale_tars(tar_dir: str, num_tars: int,
 
   Tars are made in parallel, one process per core.
   """
-  os.makedirs(tar_dir, exist_ok=True)
-  paths = tar_paths(tar_dir, num_tars)
-  missing = [t for t, p in enumerate(paths) if not os.path.exists(p)]
+  paths, missing = _to_make(tar_dir, num_tars)
   if not missing:
     return paths
   t0 = time.time()
