@@ -681,6 +681,20 @@ def test_evaluate_select_choices_match_the_library():
     ('[{"image_id": 1, "id": 1000}]', 'prediction 0 is not'),
     ('[{"segmentation": {"size": [3, 3], "counts": "9"}, "image_id": 1,'
      ' "id": 1000}]', 'has size [3, 3], its ground truth [24, 32]'),
+    # RLE strings TensorFlow's decoder refuses: checked before scoring.
+    *[(json.dumps([{'segmentation': {'size': [24, 32], 'counts': 'Ph0'},
+                    'image_id': 1, 'id': 1000},
+                   {'segmentation': {'size': [24, 32], 'counts': counts},
+                    'image_id': 2, 'id': 7}]),
+       'p.json: prediction 1 (image_id 2, id 7): segmentation.counts '
+       + problem) for counts, problem in (
+           ('zz~', "has the character 'z' outside"),
+           ('0P', 'ends inside a count'),
+           ('01', 'has runs summing to 1, not h*w = 24*32 = 768'),
+           ('0@', 'decodes to a negative run length'))],
+    ('[{"segmentation": {"size": [-1, 3], "counts": "0"}, "image_id": 1,'
+     ' "id": 5}]', 'prediction 0 (image_id 1, id 5): segmentation.size'
+     ' [-1, 3] is not two int64 sides >= 0'),
 ])
 def test_evaluate_bad_predictions_exit_1(built, content, message, tmp_path,
                                          capsys):
@@ -694,6 +708,31 @@ def test_evaluate_bad_predictions_exit_1(built, content, message, tmp_path,
   [line] = err.strip().splitlines()
   assert line.startswith('segment-anything-tfds evaluate: error:')
   assert message in line
+
+
+def test_evaluate_json_into_a_new_dir_or_a_bad_one(built, predictions,
+                                                   tmp_path, capsys):
+  data_dir, _ = built
+  path, _, _ = predictions
+  argv = ('evaluate', '--tars', '0-3', '--data_dir', data_dir,
+          '--predictions', path, '--no_progress', '--json')
+  # A dir that does not exist yet is created.
+  report = tmp_path / 'new' / 'dir' / 'r.json'
+  code, out, err = run(capsys, *argv, report)
+  assert code == 0, err
+  assert json.loads(report.read_text())['num_gt_masks'] == DUMMY_MASKS
+  assert f'wrote {report}' in out
+  # One that cannot be made, or a dir given as the file: one line, before
+  # any scoring (nothing on stdout).
+  (tmp_path / 'file').write_text('x')
+  for target, message in ((tmp_path / 'file' / 'r.json',
+                           'cannot create the dir of --json'),
+                          (tmp_path / 'new', 'is a directory')):
+    code, out, err = run(capsys, *argv, target)
+    assert code == 1 and not out
+    [line] = err.strip().splitlines()
+    assert line.startswith('segment-anything-tfds evaluate: error: ')
+    assert message in line and str(target) in line
 
 
 def test_evaluate_usage_errors_exit_2(capsys):
