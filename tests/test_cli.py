@@ -551,7 +551,7 @@ def test_show_copy_paste_draws_the_ops_output(built, tmp_path, capsys):
   np.testing.assert_array_equal(right[outside], result['image'][outside])
 
 
-def test_docs_pictures_are_what_show_and_stats_make(tmp_path, monkeypatch, capsys):
+def test_docs_pictures_are_what_the_cli_makes(tmp_path, monkeypatch, capsys):
   from conftest import load_example  # pylint: disable=g-import-not-at-top
   script = load_example('docs_pictures')
   monkeypatch.setattr(sys, 'argv', ['docs_pictures.py', '--out',

@@ -14,7 +14,9 @@ The program's table of commands links each to its section (`## NAME`), so
 The package is imported when the page is rendered, not when mkdocs loads
 this file, so the site builds wherever `segment_anything_tfds` imports.
 `reference_page(text)` is what the hook does to the page; the tests call it.
+It reads argparse's parsers through their (stable) private attributes.
 """
+# pylint: disable=protected-access
 
 from __future__ import annotations
 
@@ -37,8 +39,8 @@ def parsers() -> dict[str, argparse.ArgumentParser]:
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> argparse.Action:
-  return next(a for a in parser._actions  # pylint: disable=protected-access
-              if isinstance(a, argparse._SubParsersAction))  # pylint: disable=protected-access
+  return next(a for a in parser._actions
+              if isinstance(a, argparse._SubParsersAction))
 
 
 def reference_page(text: str) -> str:
@@ -56,17 +58,17 @@ def reference_page(text: str) -> str:
 def render(parser: argparse.ArgumentParser) -> str:
   """Markdown for one parser: usage, description, example, flag tables."""
   formatter = parser.formatter_class(prog=parser.prog, width=_USAGE_WIDTH)
-  formatter.add_usage(parser.usage, parser._actions,  # pylint: disable=protected-access
-                      parser._mutually_exclusive_groups)  # pylint: disable=protected-access
+  formatter.add_usage(parser.usage, parser._actions,
+                      parser._mutually_exclusive_groups)
   out = ['```text', formatter.format_help().strip(), '```', '']
   if parser.description:
     out += [_inline(parser.description), '']
   out += _epilog(parser.epilog)
-  for group in parser._action_groups:  # pylint: disable=protected-access
+  for group in parser._action_groups:
     out += _group_table(parser, group)
-  for group in parser._mutually_exclusive_groups:  # pylint: disable=protected-access
+  for group in parser._mutually_exclusive_groups:
     flags = ', '.join(f'`{a.option_strings[0]}`'
-                      for a in group._group_actions)  # pylint: disable=protected-access
+                      for a in group._group_actions)
     need = 'exactly one' if group.required else 'at most one'
     out += [f'Of {flags}: {need}.', '']
   return '\n'.join(out)
@@ -82,8 +84,8 @@ def _epilog(epilog: str | None) -> list[str]:
 
 
 def _group_table(parser, group) -> list[str]:
-  actions = [a for a in group._group_actions  # pylint: disable=protected-access
-             if not isinstance(a, argparse._HelpAction)]  # pylint: disable=protected-access
+  actions = [a for a in group._group_actions
+             if not isinstance(a, argparse._HelpAction)]
   if not actions:
     return []
   out = [f'**{_inline(group.title)}**', '']
@@ -98,7 +100,7 @@ def _group_table(parser, group) -> list[str]:
 
 def _flag(action: argparse.Action) -> str:
   """`--name METAVAR` (each option string), or a positional's name."""
-  if isinstance(action, argparse._SubParsersAction):  # pylint: disable=protected-access
+  if isinstance(action, argparse._SubParsersAction):
     return f'`{action.metavar or action.dest}`'
   value = _metavar(action)
   names = action.option_strings or [value]
@@ -126,9 +128,9 @@ def _default(action: argparse.Action) -> str:
 
 
 def _help(parser, action: argparse.Action) -> str:
-  if isinstance(action, argparse._SubParsersAction):  # pylint: disable=protected-access
+  if isinstance(action, argparse._SubParsersAction):
     return '<br>'.join(f'[`{c.dest}`](#{c.dest}): {_inline(c.help or "")}'
-                       for c in action._choices_actions)  # pylint: disable=protected-access
+                       for c in action._choices_actions)
   text = action.help or ''
   if '%(' in text:  # As argparse expands it in --help.
     text = text % dict(vars(action), prog=parser.prog)
@@ -151,7 +153,7 @@ def _literal(text: str) -> str:
                 html.escape(text, quote=False))
 
 
-def on_page_markdown(markdown: str, page, **kwargs) -> str:  # pylint: disable=unused-argument
+def on_page_markdown(markdown: str, page, **unused_kwargs) -> str:
   """mkdocs event: fills in the CLI reference page."""
   if page.file.src_uri != PAGE:
     return markdown
