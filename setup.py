@@ -23,6 +23,9 @@ _KERAS_HUB = ['keras-hub>=0.32,<0.33']
 # decode with pycocotools and PIL; Grain's loader on top (tested with 0.2.18).
 _NUMPY_INPUTS = [*_ARRAY_RECORD, *_PYCOCOTOOLS, 'pillow>=9']
 _GRAIN = ['grain>=0.2.18,<0.3', *_NUMPY_INPUTS]
+# The docs site (mkdocs.yml); tested with mkdocs 1.6.0 and 1.6.1,
+# mkdocs-material 9.5.0 and 9.8.2.
+_DOCS = ['mkdocs>=1.6,<2', 'mkdocs-material>=9.5,<10']
 _TEST = [
     *_TF,
     *_TFDS_CLI,
@@ -108,6 +111,7 @@ setuptools.setup(
         # yours to install (CPU or CUDA build).
         'pytorch': _NUMPY_INPUTS,
         'test': _TEST,
+        'docs': _DOCS,
     },
     entry_points={
         'console_scripts': [

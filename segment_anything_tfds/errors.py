@@ -14,6 +14,7 @@ code 1; anything else is a bug and keeps its traceback.
   │   └── LinksExpiredError   signed links past their `oe=`, or a 403
   ├── ChecksumError       tars that do not match the checksum list
   ├── DiskSpaceError      too little free disk for the build
+  ├── WorkerError         a local build's worker process died
   ├── NotPreparedError    reading data that was never built
   └── BadRecordError      a prepared example that breaks the dataset's rules
 
@@ -162,6 +163,14 @@ class DiskSpaceError(Error, OSError):
   """Too little free disk for the chosen config and disk mode."""
 
 
+class WorkerError(Error, RuntimeError):
+  """A local build's worker process died (killed, out of memory, crashed).
+
+  Not the input's fault: says how the worker ended, if known, and that a
+  rerun builds again (tars already downloaded are kept).
+  """
+
+
 class NotPreparedError(Error, FileNotFoundError):
   """Reading a dataset that was never prepared; says how to build it."""
 
@@ -177,8 +186,8 @@ class BadRecordError(Error, ValueError):
 
 _BY_NAME = {cls.__name__: cls for cls in (
     Error, BadInputError, ConfigError, SourceError, LinksError, DownloadError,
-    LinksExpiredError, ChecksumError, DiskSpaceError, NotPreparedError,
-    BadRecordError)}
+    LinksExpiredError, ChecksumError, DiskSpaceError, WorkerError,
+    NotPreparedError, BadRecordError)}
 # How a worker's error reads once Beam has turned it into text.
 _WRAPPED_RE = re.compile(
     r'segment_anything_tfds\.[\w.]*?\.?(\w+): (.*?)(?: \[while running .*)?$',

@@ -555,7 +555,7 @@ def test_show_copy_paste_draws_the_ops_output(built, tmp_path, capsys):
   np.testing.assert_array_equal(right[outside], result['image'][outside])
 
 
-def test_readme_pictures_are_what_show_makes(tmp_path, monkeypatch, capsys):
+def test_docs_pictures_are_what_the_cli_makes(tmp_path, monkeypatch, capsys):
   from conftest import load_example  # pylint: disable=g-import-not-at-top
   script = load_example('docs_pictures')
   monkeypatch.setattr(sys, 'argv', ['docs_pictures.py', '--out',
@@ -564,7 +564,7 @@ def test_readme_pictures_are_what_show_makes(tmp_path, monkeypatch, capsys):
   out = capsys.readouterr().out
   assert '3 objects of image id 2 pasted' in out
   assert '6 masks with a prediction, mean IoU' in out
-  for name in ('copy_paste.png', 'evaluation.png'):
+  for name in ('copy_paste.png', 'evaluation.png', 'show.png', 'stats.png'):
     committed = REPO / 'docs' / name
     assert committed.stat().st_size < 200_000
     with Image.open(tmp_path / name) as made, Image.open(committed) as doc:
@@ -1063,10 +1063,12 @@ def test_build_download_flags_map_to_download_options():
 
 
 def _doc_commands(prefix: str) -> list[list[str]]:
-  """Commands in README.md starting with `prefix`, continuations joined."""
+  """Commands in README.md and docs/ starting with `prefix`, continuations
+  joined."""
   import re
   import shlex
-  text = (REPO / "README.md").read_text()
+  pages = [REPO / 'README.md', *sorted((REPO / 'docs').glob('*.md'))]
+  text = '\n'.join(p.read_text() for p in pages)
   text = text.replace('\\\n', ' ')
   out = []
   for line in text.splitlines():
@@ -1080,7 +1082,7 @@ def _doc_commands(prefix: str) -> list[list[str]]:
 def test_documented_dataflow_commands_parse():
   commands = [c for c in _doc_commands('segment-anything-tfds build')
               if 'DataflowRunner' in c]
-  assert len(commands) == 2
+  assert len(commands) == 2  # The runbook's smoke test and full build.
   for command in commands:
     args, leftover = cli.build_parser().parse_known_args(command[1:])
     cfg = cli.build.download_config(args, leftover)
@@ -1296,37 +1298,52 @@ def test_beam_build_does_not_parse_the_callers_argv(tmp_path, monkeypatch,
               or 'Converting string literal' in r.getMessage()]
 
 
-def test_readme_lists_every_flag_of_every_command():
-  """The README's CLI section and each command's --help agree."""
+def _cli_reference_hook():
+  """docs/hooks/cli_reference.py: the mkdocs hook that writes the CLI page."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      'cli_reference', REPO / 'docs' / 'hooks' / 'cli_reference.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_cli_reference_lists_every_flag_of_every_command():
+  """The generated CLI page: every flag of every command, with its help."""
   import argparse  # pylint: disable=g-import-not-at-top
   import re  # pylint: disable=g-import-not-at-top
-  text = (REPO / 'README.md').read_text()
-  cli_section = text[text.index('## Command-line tool'):]
-  cli_section = cli_section[:cli_section.index('\n## ', 10)]
+  hook = _cli_reference_hook()
+  assert 'docs/hooks/cli_reference.py' in (REPO / 'mkdocs.yml').read_text()
+  text = (REPO / 'docs' / hook.PAGE).read_text()
+  page = hook.reference_page(text)
   parser = cli.build_parser()
   sub = next(a for a in parser._actions  # pylint: disable=protected-access
              if isinstance(a, argparse._SubParsersAction))  # pylint: disable=protected-access
   assert set(sub.choices) == {m.add_parser.__module__.rsplit('.', 1)[-1]
                               .replace('_', '-') for m in cli.COMMANDS}
-  for name, command in sub.choices.items():
-    m = re.search(rf'^### {re.escape(name)}\n(.*?)(?=^### |\Z)', cli_section,
+  sections = {'': page[:page.index('\n## ')]}
+  for name in sub.choices:
+    m = re.search(rf'^## {re.escape(name)}\n(.*?)(?=^## |\Z)', page,
                   re.S | re.M)
-    assert m, f'no "### {name}" subsection in the README CLI section'
-    documented = m.group(1)
+    assert m, f'no "## {name}" section on the CLI page'
+    sections[name] = m.group(1)
+  for name, command in [('', parser), *sub.choices.items()]:
+    section = sections[name]
+    assert f'usage: {command.prog} ' in section, name
     for action in command._actions:  # pylint: disable=protected-access
+      if isinstance(action, argparse._HelpAction):  # pylint: disable=protected-access
+        continue
       for flag in action.option_strings:
-        if flag in ('-h', '--help', '--no_progress', '-v', '--verbose'):
-          continue
-        if flag.startswith('--'):
-          assert f'`{flag}' in documented, (
-              f'{name} {flag} is in --help but not in the README')
-    for flag in set(re.findall(r'`(--[a-z_]+)', documented)):
-      known = {f for a in command._actions for f in a.option_strings}  # pylint: disable=protected-access
-      # build and mirror pass other --flag=value to Beam: the README names some.
-      assert flag in known or name in ('build', 'mirror'), (
-          f'the README documents {name} {flag}, which --help does not have')
-  for flag in ('--no_progress', '--verbose'):
-    assert f'`{flag}' in cli_section[:cli_section.index('### ')]
+        # In the first cell of a table row: `-v`, `--verbose` or `--x N`.
+        assert re.search(rf'^\| [^|\n]*`{re.escape(flag)}[ `]', section,
+                         re.M), (
+            f'{name} {flag} is in --help but not on the CLI page')
+      if action.help and action.option_strings:
+        assert hook._inline(action.help) in section, (  # pylint: disable=protected-access
+            f'{name} {action.option_strings}: help text not on the page')
+  # A command left without its marker fails the docs build.
+  with pytest.raises(ValueError, match=r"without a marker \['export'\]"):
+    hook.reference_page(text.replace('<!-- cli: export -->', ''))
 
 
 def test_links_row_pointing_at_a_directory_is_one_line(tmp_path, capsys):

@@ -122,8 +122,9 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
     raise
   finally:
     common.quiet_beam_errors(False)
+  # Prepared before, or meanwhile by a build this one waited for.
   _print_build_summary(builder, args, common.seconds_since_start(),
-                       was_prepared)
+                       builder.reused)
   return 0
 
 
