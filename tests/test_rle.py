@@ -638,8 +638,9 @@ def test_c_check_reference_and_decoders_agree_on_every_input():
     _, h, w = corpus[int(picks[-1])]
     counts = [corpus[int(i)][0] for i in picks]
     if rng.random() < 0.2:  # Not text: refused as such.
-      counts.insert(int(rng.integers(len(counts))), rng.choice(
-          [None, b'0', 0, ['0']]))
+      not_text = [None, b'0', 0, ['0']]
+      counts.insert(int(rng.integers(len(counts))),
+                    not_text[int(rng.integers(len(not_text)))])
     assert (examples._rlecheck.first_bad(counts, h, w)
             == examples.first_bad_reference(counts, h, w)), (counts, h, w)
 
