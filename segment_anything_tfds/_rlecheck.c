@@ -4,9 +4,10 @@
  * image of a build: about 100 strings and 65-200 k characters. The format is
  * stated in `rle.py`; this parses it exactly as pycocotools' `rleFrString`
  * does, and stops at the first string that cannot decode to a height x width
- * mask with `rle.decode`. It is the one validator: `examples.first_problem`
- * is its plain-Python reference (the tests' oracle, and the fallback when
- * this extension is not built), and the two must agree on every input.
+ * mask with `rle.decode`. It is the one validator; its plain-Python
+ * reference, `examples.first_bad_reference` (`first_problem` per string), is
+ * the tests' oracle and the fallback when this extension is not built. The
+ * two must agree on every input.
  *
  * All arithmetic is unsigned or checked: no input can overflow or shift a
  * negative value (both undefined in C).

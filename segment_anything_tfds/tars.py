@@ -248,6 +248,7 @@ _EXTENDED_TYPES = {
     **_PAX_TYPES, tarfile.GNUTYPE_LONGNAME: 'GNU long name',
     tarfile.GNUTYPE_LONGLINK: 'GNU long link name',
 }
+_CHECKED_TYPES = frozenset(_EXTENDED_TYPES) | {tarfile.GNUTYPE_SPARSE}
 _PAX_LENGTH = re.compile(rb'([0-9]{1,20}) ')  # As CPython's fixed parser.
 _DIGIT_RUN = re.compile(rb'[0-9]{%d}' % (MAX_PAX_DIGITS + 1))
 
@@ -261,8 +262,9 @@ def pax_fault(data: bytes) -> str | None:
   longer than `MAX_PAX_DIGITS`. Linear in the data's length.
   """
   if _DIGIT_RUN.search(data):
-    return (f'a run of more than {MAX_PAX_DIGITS} digits (such records take'
-            ' quadratic time to parse before CPython 3.12.6, CVE-2024-6232)')
+    return (f'a run of more than {MAX_PAX_DIGITS} digits (tarfile parses'
+            ' such records in quadratic time where CPython lacks the'
+            ' CVE-2024-6232 fix)')
   pos = 0
   while pos < len(data) and data[pos] != 0:
     found = _PAX_LENGTH.match(data, pos)
@@ -288,9 +290,9 @@ def check_header(info: tarfile.TarInfo, read: Callable[[int], bytes], *,
 
   Both ways of walking a tar (`index_members` and `streaming.read_run`)
   call it on every header block: tarfile reads an extended header whole,
-  in one read, and parses pax records in quadratic time before CPython
-  3.12.6 (CVE-2024-6232). An extended header is read here, at most
-  `MAX_EXTENDED_BYTES`, and checked.
+  in one read, and parses pax records in quadratic time where CPython
+  lacks the CVE-2024-6232 fix (3.11.7, for one). An extended header is
+  read here, at most `MAX_EXTENDED_BYTES`, and checked.
 
   Args:
     info: the block, as `tarfile.TarInfo.frombuf` reads it.
@@ -333,12 +335,23 @@ def check_header(info: tarfile.TarInfo, read: Callable[[int], bytes], *,
   return data
 
 
+def _plain(block: bytes) -> bool:
+  """Whether `check_header` passes a header block without a look at more
+  than its raw bytes: not a type it checks, and a size field that cannot
+  be negative (base-256 starts with 0xff, octal has a '-'). Parsing every
+  header twice would double the cost of indexing."""
+  return (block[156:157] not in _CHECKED_TYPES and block[124:125] != b'\xff'
+          and b'-' not in block[124:136])
+
+
 def _check_headers(fileobj: BinaryIO, at: int, *, tar: str) -> None:
   """`check_header` on the headers of the member at `at`, before tarfile
   reads them (up to its own header; damage is left to tarfile)."""
   fileobj.seek(at)
   for before in range(MAX_EXTENDED_HEADERS + 1):
     block = fileobj.read(tarfile.BLOCKSIZE)
+    if _plain(block):
+      return
     try:
       info = tarfile.TarInfo.frombuf(block, tarfile.ENCODING,
                                      'surrogateescape')

@@ -54,10 +54,10 @@ def record(keyword: bytes, value: bytes) -> bytes:
   return str(length).encode() + body
 
 
-def negative_size(name: str) -> bytes:
-  """A header whose size field is -1024 in GNU base-256."""
+def negative_size(name: str, field: bytes) -> bytes:
+  """A header whose size field is `field` (12 bytes), e.g. negative."""
   block = bytearray(header(name, 0))
-  block[124:136] = b'\xff' + ((1 << 88) - 1024).to_bytes(11, 'big')
+  block[124:136] = field
   block[148:156] = b' ' * 8
   block[148:156] = b'%06o\0 ' % sum(block)
   return bytes(block)
@@ -112,8 +112,12 @@ CASES = {
         r'more than 8 extended headers before one member'),
     'old GNU sparse member': (
         sparse('sa_2.jpg'), r'a sparse member at byte \d+: not supported'),
-    'negative size': (
-        negative_size('sa_2.jpg'), r'a header with a negative size \(-1024\)'),
+    'negative size (GNU base-256)': (
+        negative_size('sa_2.jpg', b'\xff' + ((1 << 88) - 1024).to_bytes(
+            11, 'big')), r'a header with a negative size \(-1024\)'),
+    'negative size (octal)': (
+        negative_size('sa_2.jpg', b'-0000002000\0'),
+        r'a header with a negative size \(-1024\)'),
 }
 
 

@@ -29,6 +29,7 @@ from segment_anything_tfds import checksums
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import download
 from segment_anything_tfds import errors
+from segment_anything_tfds import examples
 from segment_anything_tfds import fake_data
 from segment_anything_tfds import links as links_lib
 from segment_anything_tfds import options as options_lib
@@ -498,7 +499,6 @@ def test_lone_surrogate_counts_are_bad_rle_in_builds(tmp_path, monkeypatch):
   """Without orjson, `json` parses "\\ud800" into a lone surrogate: strict
   builds fail with `bad_rle`, lenient ones skip the image and audit it
   (before: a UnicodeEncodeError traceback in both)."""
-  from segment_anything_tfds import examples  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(examples, '_orjson', None)
   rng = np.random.default_rng(11)
   jpg1, js1 = _records_of(rng, 1)
