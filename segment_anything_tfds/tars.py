@@ -274,6 +274,8 @@ def index_members(fileobj: BinaryIO, *, tar: str
       end = tf.offset
     fileobj.seek(end)
     tail = fileobj.read(512)
+  except errors.DownloadError:
+    raise  # A link that could not be read: no verdict on the tar.
   except (tarfile.TarError, EOFError, OSError) as e:
     what = 'not a tar' if not members else 'corrupt or truncated tar'
     return members, corrupt(tar, f'@{header}',
