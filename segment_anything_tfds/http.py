@@ -96,9 +96,13 @@ class Cancelled(Exception):
 # ------------------------------------------------------------ messages
 
 
+def _host(parts: urllib.parse.SplitResult) -> str:
+  return parts.netloc.rsplit('@', 1)[-1]  # Never a user or password.
+
+
 def host_of(url: str) -> str:
-  """`https://host:443/x?sig` -> `host:443`."""
-  return urllib.parse.urlsplit(url).netloc or url
+  """`https://user@host:443/x?sig` -> `host:443`."""
+  return _host(urllib.parse.urlsplit(url)) or url
 
 
 def _where(url: str) -> str:
@@ -106,7 +110,8 @@ def _where(url: str) -> str:
   parts = urllib.parse.urlsplit(url)
   if parts.scheme in links_lib.HTTP_SCHEMES:
     return links_lib.redact(url)
-  return urllib.parse.urlunsplit(parts._replace(query='', fragment=''))
+  return urllib.parse.urlunsplit(
+      parts._replace(netloc=_host(parts), query='', fragment=''))
 
 
 def _signed(url: str) -> bool:
@@ -273,29 +278,35 @@ def content_range(resp: requests.Response, url: str, *, start: int,
   """
   value = (resp.headers.get('Content-Range') or '').strip()
   m = _CONTENT_RANGE_RE.fullmatch(value)
-  asked = f'bytes={start}-{"" if end is None else end}'
-  why = None
-  if not m:
-    why = 'malformed'
-  else:
+  if m:
     first, last = int(m.group(1)), int(m.group(2))
     total = None if m.group(3) == '*' else int(m.group(3))
-    if first != start:
-      why = f'it starts at byte {first}'
-    elif last < first:
-      why = f'its last byte {last} is before its first'
-    elif end is not None and last > end:
-      why = f'its last byte {last} is past the {end} asked for'
-    elif total is not None and size is not None and total != size:
-      why = f'its total {total} disagrees with the size {size} known'
-    elif total is not None and last >= total:
-      why = f'its last byte {last} is past its total {total}'
+    why = _range_problem(first, last, total, start=start, end=end, size=size)
+  else:
+    why = 'malformed'
   if why:
+    asked = f'bytes={start}-{"" if end is None else end}'
     raise errors.DownloadError(
         f'{links_lib.redact(url)}: the answer to Range {asked} has'
         f' Content-Range {value[:80]!r}: {why}; this server cannot be read'
         ' by ranges')
   return last, total
+
+
+def _range_problem(first: int, last: int, total: int | None, *, start: int,
+                   end: int | None, size: int | None) -> str | None:
+  """What makes `bytes first-last/total` no answer to the Range, or None."""
+  if first != start:
+    return f'it starts at byte {first}'
+  if last < first:
+    return f'its last byte {last} is before its first'
+  if end is not None and last > end:
+    return f'its last byte {last} is past the {end} asked for'
+  if total is not None and size is not None and total != size:
+    return f'its total {total} disagrees with the size {size} known'
+  if total is not None and last >= total:
+    return f'its last byte {last} is past its total {total}'
+  return None
 
 
 # ------------------------------------------------------------ deadlines
@@ -323,8 +334,8 @@ class _Guard:
 def _call(stop: Callable[[], None]) -> None:
   try:
     stop()
-  except (OSError, ValueError, RuntimeError):  # Closed, or released.
-    pass
+  except Exception:  # pylint: disable=broad-except
+    pass  # Closed, or released: nothing left to stop. The watchdog lives on.
 
 
 class _Watchdog:
@@ -610,9 +621,7 @@ class Client:
     proxy = requests.utils.select_proxy(url, proxies)
     if not proxy:
       return None
-    parts = urllib.parse.urlsplit(proxy if '://' in proxy
-                                  else 'http://' + proxy)
-    return parts.netloc.rsplit('@', 1)[-1]  # Never its credentials.
+    return host_of(proxy if '://' in proxy else 'http://' + proxy)
 
   def status_error(self, resp: requests.Response, url: str) -> Exception:
     """The error a >= 400 answer means: transient, forbidden, or final."""
@@ -728,7 +737,7 @@ def _redirect(first: str, url: str, location: str) -> str:
   """Where a redirect from `url` leads; a `DownloadError` if nowhere."""
   try:
     target = urllib.parse.urljoin(url, location)
-    urllib.parse.urlsplit(target).port  # pylint: disable=expression-not-assigned
+    _ = urllib.parse.urlsplit(target).port  # Raises if it is no port.
   except ValueError as e:
     raise errors.DownloadError(
         f'{links_lib.redact(first)}: redirected to an invalid URL'

@@ -15,14 +15,16 @@ one tar per element, with the guarantees of `download.py`:
                    `dest/<name>`.
 
 So a `sa_NNNNNN.tar` in `dest` is always a whole, checked tar, and a rerun
-downloads only what is missing. The stage is private: by default
-`<temp dir>/segment_anything_tfds-mirror-<uid>`, mode 0700 (`default_stage_dir`),
-and in any stage only this user's files are used (`download.trusted_file`),
-so another local user can neither plant a tar to be mirrored nor a `.part`
-symlink to be written through. Signed links past their `oe=` fail in `plan`,
-before any pipeline starts. With a checksum list, a verified tar gets a
-`<name>.verified` marker (digest and size) next to it, so reruns do not hash
-it again. `dest` then serves as a build's `manual_dir`.
+downloads only what is missing. Signed links past their `oe=` fail in
+`plan`, before any pipeline starts. With a checksum list, a verified tar
+gets a `<name>.verified` marker (digest and size) next to it, so reruns do
+not hash it again. `dest` then serves as a build's `manual_dir`.
+
+The stage is private: by default `<temp dir>/segment_anything_tfds-mirror-
+<uid>`, mode 0700 (`default_stage_dir`), and in any stage only this user's
+files are used (`download.trusted_file`), so another local user can plant
+neither a tar to be mirrored nor a `.part` symlink to be written through.
+A local `dest` is written the same way (`download.open_owned`).
 """
 
 from __future__ import annotations

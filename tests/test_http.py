@@ -257,6 +257,20 @@ def test_hostile_headers_are_one_line_from_build_and_probe(
     assert 'redirected to an invalid URL' in line
 
 
+def test_a_links_row_that_is_no_url_is_one_line(tmp_path, capsys):
+  manual = _links_file(tmp_path, 'http://[::1/x?oh=SECRET')
+  code, out, err = _cli(capsys, 'check-links', '--manual_dir', manual,
+                        '--probe', '--no_progress', '--summary_only')
+  assert code == 0, err
+  assert ("2: sa_000000.tar: not a usable URL (Invalid IPv6 URL):"
+          " 'http://[::1/x'") in out
+  code, line = _build_cli(capsys, tmp_path, 'http://[::1/x?oh=SECRET')
+  assert code == 1
+  assert line.endswith("2: sa_000000.tar: not a usable URL (Invalid IPv6"
+                       " URL): 'http://[::1/x'"), line
+  assert 'SECRET' not in out + line
+
+
 @pytest.mark.parametrize('kind', ['slow_headers', 'continue', 'slow_body'])
 def test_probe_of_a_trickling_server_ends_in_time(kind, tmp_path, capsys):
   # Each byte comes well within --timeout 1; the answer never completes.
