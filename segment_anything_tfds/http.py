@@ -58,7 +58,7 @@ from segment_anything_tfds import options as options_lib
 _T = TypeVar('_T')
 USER_AGENT = 'segment_anything_tfds'
 MAX_REDIRECTS = 10
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # The most one read of a body returns.
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # Header numbers: ASCII digits only ('²'.isdigit() is True). A size too
 # large to accept is still read as one (and refused as such); past 1000
@@ -338,6 +338,11 @@ def _call(stop: Callable[[], None]) -> None:
     pass  # Closed, or released: nothing left to stop. The watchdog lives on.
 
 
+# Seconds an idle watchdog sleeps: less than the usual timeouts (60 s), so
+# a new guard seldom needs to wake it.
+_IDLE_WAKE = 10.0
+
+
 class _Watchdog:
   """One daemon thread that stops the work of guards past their deadline.
 
@@ -361,7 +366,7 @@ class _Watchdog:
         self._thread.start()
       self._guards.add(g)
       if self._next is None or g.deadline < self._next:
-        self._cond.notify()  # Else the thread wakes early enough anyway.
+        self._cond.notify()  # Else the thread wakes in time anyway.
     return g
 
   def cancel(self, g: _Guard) -> bool:
@@ -378,9 +383,11 @@ class _Watchdog:
         for g in due:
           g.fired = True
           self._guards.discard(g)
-        if not due:
-          self._next = min((g.deadline for g in self._guards), default=None)
-          self._cond.wait(None if self._next is None else self._next - now)
+        if not due:  # Idle, it looks again now and then: most guards
+          # are cancelled long before their deadline, and need no wake-up.
+          self._next = min((g.deadline for g in self._guards),
+                           default=now + _IDLE_WAKE)
+          self._cond.wait(self._next - now)
           continue
       for g in due:
         g.stop()
