@@ -555,7 +555,7 @@ def _local_cache(cache: epath.PathLike) -> str:
         f'the download dir {cache} is not local; downloads need a local disk'
         ' to resume into. Use a local --download_dir, or copy the tars into'
         ' the bucket (gsutil -m cp) and use it as manual_dir.')
-  os.makedirs(cache, exist_ok=True)
+  os.makedirs(cache, mode=0o755, exist_ok=True)  # Even under umask 0.
   check_cache_dir(cache)
   return cache
 

@@ -214,7 +214,8 @@ def _publish(local: str, target: epath.Path, name: str) -> None:
 
 
 def _private_dir(path: str) -> bool:
-  """Whether `path` is a dir (not a symlink) of this user's only (0700)."""
+  """Makes the dir `path` (mode 0700) unless something is there already;
+  whether it is now a dir (not a symlink) that only this user can use."""
   try:
     os.mkdir(path, 0o700)
   except FileExistsError:

@@ -262,6 +262,7 @@ def test_a_part_symlink_in_the_stage_dir_is_never_written_through(
   victim = tmp_path / 'victim'
   victim.write_bytes(b'precious')
   stage = mirror.default_stage_dir()
+  os.makedirs(stage, exist_ok=True)
   os.symlink(victim, os.path.join(stage, a + '.part'))
   dest = tmp_path / 'dest'
   with pytest.raises(errors.DownloadError, match='is a symbolic link'):
