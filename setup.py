@@ -96,6 +96,9 @@ setuptools.setup(
         'tqdm',
         # The one HTTP client: downloads, HEAD probes and streamed tars.
         'requests>=2.28',
+        # HTTPResponse.read1 and .shutdown: bodies read as they arrive, and
+        # a read stopped at its deadline (http.Body).
+        'urllib3>=2.3',
         # Speed only: a faster JSON parser, and the C CRC-32C that lets local
         # builds write TFRecords without importing TensorFlow.
         'orjson',

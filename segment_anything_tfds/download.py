@@ -20,6 +20,14 @@ header, and it ends with the two zero blocks that end a tar (so its size is
 a multiple of 512). A body larger than `max_bytes` is stopped. Two processes
 sharing a download dir never write one tar at once: each tar is fetched
 under an exclusive lock, and whoever comes second reuses the finished tar.
+
+Only this user's files are trusted (`open_owned`, `check_cache_dir`): the
+cache dir must belong to this user (or root) and be writable by no one else
+unless it has the sticky bit (as /tmp does); a tar, `.part` or `.lock` in it
+must be a regular file of this user (or root). Anything else (a symlink, a
+file another user made) is never read, appended to or written through: the
+download fails with a one-line `DownloadError` naming the path, its owner
+and what to do, before any request.
 """
 
 from __future__ import annotations
@@ -27,14 +35,16 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import logging
 import os
 import shutil
+import stat
 import tarfile
 import threading
 import time
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import BinaryIO, Callable, Iterable, Iterator, Mapping
 
 from etils import epath
 
@@ -77,6 +87,108 @@ def _remove(path: str) -> None:
     os.remove(path)
   except FileNotFoundError:
     pass
+
+
+# ------------------------------------------------------- trusted files
+
+
+def _trusted_uid(uid: int) -> bool:
+  return uid in (os.geteuid(), 0)
+
+
+def _owner(uid: int) -> str:
+  return f'belongs to uid {uid}, not to this user (uid {os.geteuid()})'
+
+
+def check_cache_dir(path: str) -> None:
+  """Raises unless only this user (or root) can put files in `path`.
+
+  The dir must belong to this user (or root), and be writable by no one
+  else unless it has the sticky bit (then others cannot replace this
+  user's files; theirs are refused one by one, see `open_owned`).
+  """
+  st = os.stat(path)
+  problem = None
+  if not _trusted_uid(st.st_uid):
+    problem = _owner(st.st_uid)
+  elif st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+    problem = (f'is writable by other users (mode {stat.filemode(st.st_mode)})'
+               ' without the sticky bit')
+  if problem:
+    raise DownloadError(
+        f'the download cache {path} {problem}: a tar or partial download'
+        ' there could be someone else\'s, so it is not used; use a'
+        ' download dir of your own')
+
+
+def _file_problem(path: str, st: os.stat_result) -> str | None:
+  if stat.S_ISLNK(st.st_mode):
+    return f'{path} is a symbolic link: it is never followed'
+  if not stat.S_ISREG(st.st_mode):
+    return f'{path} is not a regular file'
+  if not _trusted_uid(st.st_uid):
+    return f'{path} {_owner(st.st_uid)}: it is not used'
+  return None
+
+
+def _refuse(what: str, problem: str) -> DownloadError:
+  return DownloadError(f'{what}: {problem} (someone else may have put it'
+                       ' there); remove it and rerun')
+
+
+def trusted_file(path: str, what: str) -> bool:
+  """Whether `path` exists; raises if it is not to be trusted.
+
+  Trusted: a regular file (not a symlink) of this user (or root), in a
+  dir that passes `check_cache_dir`.
+
+  Raises:
+    DownloadError: naming `what` (e.g. the tar), the path and why.
+  """
+  try:
+    st = os.lstat(path)
+  except FileNotFoundError:
+    return False
+  check_cache_dir(os.path.dirname(path) or '.')
+  problem = _file_problem(path, st)
+  if problem:
+    raise _refuse(what, problem)
+  return True
+
+
+def _open_fd(path: str, flags: int, what: str) -> int:
+  """`os.open`, never through a symlink, of a trusted file (or a new one)."""
+  flags |= os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+  try:
+    fd = os.open(path, flags, 0o644)
+  except OSError as e:
+    if e.errno == errno.ELOOP:
+      raise _refuse(what, f'{path} is a symbolic link: it is never written'
+                    ' through') from None
+    raise DownloadError(f'{what}: cannot open {path}: {e.strerror}') from None
+  problem = _file_problem(path, os.fstat(fd))
+  if problem:
+    os.close(fd)
+    raise _refuse(what, problem)
+  return fd
+
+
+def open_owned(path: str, mode: str, what: str) -> BinaryIO:
+  """Opens `path` to write, never through a symlink, only if this user's.
+
+  Args:
+    path: a file to create, or one of this user's (or root's) to reuse.
+    mode: 'wb' (emptied) or 'ab' (appended to).
+    what: named in errors (e.g. the tar).
+  Raises:
+    DownloadError: `path` is a symlink, not a regular file, or belongs to
+      another user (it is left as it is), or cannot be opened.
+  """
+  fd = _open_fd(path, os.O_WRONLY | (os.O_APPEND if mode == 'ab' else 0),
+                what)
+  if mode == 'wb':
+    os.ftruncate(fd, 0)  # Only now: the file is known to be this user's.
+  return os.fdopen(fd, mode)
 
 
 # ---------------------------------------------------------------- expiry
@@ -170,8 +282,11 @@ def cached_tar(path: str) -> bool:
 
   A file there that fails `tar_problem` (from an older version, or a disk
   fault) is moved to `quarantine/` and logged, so it is fetched again.
+
+  Raises:
+    DownloadError: the file is not to be trusted (`trusted_file`).
   """
-  if not os.path.isfile(path):
+  if not trusted_file(path, os.path.basename(path)):
     return False
   problem = tar_problem(path)
   if problem is None:
@@ -205,7 +320,7 @@ def tar_lock(dest: str, *, cancel: threading.Event | None = None
   saying so once, until it is released (or `cancel` is set).
   """
   lock = dest + LOCK_SUFFIX
-  fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+  fd = _open_fd(lock, os.O_RDWR, os.path.basename(dest))
   try:
     if not _try_lock(fd):
       logging.warning('waiting for another process downloading %s (it holds'
@@ -260,6 +375,8 @@ class _Transfer:
   Attributes:
     furthest: the furthest byte ever written: the measure of progress (a
       restart from 0 that gets no further is not progress).
+    total: the object's size, once an answer said it; a resume's
+      Content-Range must agree.
   """
 
   url: str
@@ -270,6 +387,7 @@ class _Transfer:
   on_total: Callable[[int], None]
   cancel: threading.Event | None
   furthest: int = 0
+  total: int | None = None
   told_total: bool = False
 
   def check_cancel(self) -> None:
@@ -296,14 +414,17 @@ def fetch(url: str, dest: str, *, client: http.Client,
 
   Raises:
     errors.DownloadError: the retry budget is spent, or a failure not worth
-      retrying (404, not a tar, over `max_bytes`, ...).
-    errors.LinksExpiredError: a 403.
+      retrying (404, not a tar, over `max_bytes`, a `.part` that is not to
+      be trusted, ...).
+    errors.LinksExpiredError: a 403 to a signed link.
   """
+  name = os.path.basename(dest)
   t = _Transfer(url=url, part=dest + PART_SUFFIX,
-                what=f'{os.path.basename(dest)} from {http.host_of(url)}',
+                what=f'{name} from {http.host_of(url)}',
                 max_bytes=client.options.max_bytes, on_bytes=on_bytes,
                 on_total=on_total, cancel=cancel)
-  t.furthest = _size(t.part)
+  if trusted_file(t.part, name):  # Refused before any request.
+    t.furthest = _size(t.part)
 
   def attempt() -> int:
     t.check_cancel()
@@ -328,10 +449,10 @@ def _attempt(t: _Transfer, client: http.Client) -> int:
           f'{t.what}: the server refuses to resume at byte {offset} (HTTP'
           ' 416); restarting from 0')
     if resp.status_code >= 400:
-      raise http.status_error(resp, t.url)
-    start, total = _body_start(t, resp, offset)
+      raise client.status_error(resp, t.url)
+    start, stop, total = _body_start(t, resp, offset)
     _check_total(t, total)
-    _write_body(t, resp, start)
+    _write_body(t, client.body(resp, t.url), start, stop)
   size = _size(t.part)
   if total is not None and size < total:
     raise http.TransientError(f'{t.what}: transfer cut at byte {size} of'
@@ -343,51 +464,55 @@ def _attempt(t: _Transfer, client: http.Client) -> int:
   return size
 
 
-def _body_start(t: _Transfer, resp, offset: int) -> tuple[int, int | None]:
-  """(where the body goes in the partial file, the object's total size)."""
+def _body_start(t: _Transfer, resp, offset: int
+                ) -> tuple[int, int | None, int | None]:
+  """Where the body goes in the partial file, where it must end (or None),
+  and the object's total size (or None)."""
   if resp.status_code == 206:
-    first, _, total = http.content_range(resp, t.url)
-    if first != offset:
-      raise http.TransientError(
-          f'{t.what}: asked to resume at byte {offset}, the server sent'
-          f' bytes from {first}')
-    return offset, total
+    try:
+      last, total = http.content_range(resp, t.url, start=offset,
+                                       size=t.total)
+    except DownloadError as e:
+      raise DownloadError(f'{t.what}: {e.message}') from None
+    return offset, last + 1, total
   if resp.status_code == 200:
     if offset:
       logging.warning('%s: the server ignored the Range request (HTTP 200):'
                       ' restarting from 0', t.what)
       t.on_bytes(-offset)
-    return 0, http.content_length(resp)
+    total = http.content_length(resp)
+    return 0, total, total
   raise DownloadError(f'{t.what}: unexpected HTTP {resp.status_code}')
-
-
-def _too_large(t: _Transfer, what: str) -> DownloadError:
-  t.discard('over max_bytes')
-  return DownloadError(
-      f'{t.what}: {what} max_bytes={t.max_bytes}: not an SA-1B tar (they are'
-      ' about 11 GB); check the link, or raise download_options max_bytes')
 
 
 def _check_total(t: _Transfer, total: int | None) -> None:
   if total is None:
     return
-  if total > t.max_bytes:
-    raise _too_large(t, f'the server announces {total} bytes, over')
+  try:
+    http.check_size(total, t.what, t.max_bytes)
+  except DownloadError:
+    t.discard('over max_bytes')
+    raise
+  t.total = total
   if not t.told_total:
     t.told_total = True
     t.on_total(total)
 
 
-def _write_body(t: _Transfer, resp, start: int) -> None:
-  """Appends (or, from 0, writes) the body to `t.part`, within max_bytes."""
+def _write_body(t: _Transfer, body: http.Body, start: int,
+                stop: int | None) -> None:
+  """Appends (or, from 0, writes) the body to `t.part`, up to `stop` (if
+  known) and within max_bytes."""
   pos = start
-  over = False
-  with open(t.part, 'ab' if start else 'wb') as f:
-    for chunk in http.iter_body(resp, t.url):
+  with open_owned(t.part, 'ab' if start else 'wb', t.what) as f:
+    while stop is None or pos < stop:
+      chunk = body.read(http.CHUNK if stop is None else stop - pos)
+      if not chunk:
+        break
       t.check_cancel()
       if pos + len(chunk) > t.max_bytes:
-        over = True
-        break
+        t.discard('over max_bytes')
+        raise http.too_large(t.what, 'the body went on past', t.max_bytes)
       try:
         f.write(chunk)
       except OSError as e:
@@ -395,8 +520,6 @@ def _write_body(t: _Transfer, resp, start: int) -> None:
       pos += len(chunk)
       t.furthest = max(t.furthest, pos)
       t.on_bytes(len(chunk))
-  if over:
-    raise _too_large(t, 'the body went on past')
 
 
 def _check_part(t: _Transfer) -> None:
@@ -432,7 +555,8 @@ def _local_cache(cache: epath.PathLike) -> str:
         f'the download dir {cache} is not local; downloads need a local disk'
         ' to resume into. Use a local --download_dir, or copy the tars into'
         ' the bucket (gsutil -m cp) and use it as manual_dir.')
-  os.makedirs(cache, exist_ok=True)
+  os.makedirs(cache, mode=0o755, exist_ok=True)  # Even under umask 0.
+  check_cache_dir(cache)
   return cache
 
 
@@ -447,8 +571,10 @@ def download_all(
   finished meanwhile is reused, not fetched again.
 
   Raises:
-    LinksExpiredError: a server answered 403; the other downloads stop
-      (their partial files stay, for resuming).
+    LinksExpiredError: a server answered 403 to a signed link; the other
+      downloads stop (their partial files stay, for resuming).
+    DownloadError: the cache, or a tar in it, is not to be trusted
+      (`check_cache_dir`, `trusted_file`).
   Returns:
     The tars' paths, and the error of each tar that failed.
   """
@@ -517,19 +643,20 @@ def download_all(
 # --------------------------------------------------------------- sizes
 
 
-def _head_size(client: http.Client, url: str) -> int | None:
+def _head_size(client: http.Client, name: str, url: str) -> int | None:
   try:
     status, size = client.head(url)
   except DownloadError as e:
     logging.info('%s; assuming %d bytes', e, EST_TAR_BYTES)
     return None
   if status == 403:
-    raise LinksExpiredError(http.expired_message(url))
+    raise client.forbidden(url)
   if not 200 <= status < 300:
     logging.info('HEAD %s: HTTP %d; assuming %d bytes',
                  links_lib.redact(url), status, EST_TAR_BYTES)
     return None
-  return size
+  return http.check_size(size, f'{name} from {http.host_of(url)}',
+                         client.options.max_bytes)
 
 
 def head_sizes(links: Mapping[str, str], *,
@@ -537,15 +664,17 @@ def head_sizes(links: Mapping[str, str], *,
                ) -> dict[str, int | None]:
   """Content-Length of each http link by HEAD; None where unknown.
 
-  A 403 raises `LinksExpiredError` (before anything is downloaded); any other
-  failure leaves the size unknown (the estimate is used).
+  A 403 raises (`LinksExpiredError` for a signed link) before anything is
+  downloaded, and so does a size over `max_bytes` (`DownloadError`: not an
+  SA-1B tar); any other failure leaves the size unknown (the estimate is
+  used).
   """
   if not links:
     return {}
   options = options or options_lib.DownloadOptions()
   workers = max(1, min(options.workers * 2, len(links)))
   with http.ClientPool(options) as pool, _threads(workers) as ex:
-    sizes = ex.map(lambda url: _head_size(pool.get(), url), links.values())
+    sizes = ex.map(lambda item: _head_size(pool.get(), *item), links.items())
     return dict(zip(links, sizes))
 
 
@@ -611,7 +740,7 @@ def remove_downloaded(paths: Iterable[str]) -> list[str]:
 
 __all__ = [
     'CACHE_SUBDIR', 'DiskSpaceError', 'DownloadError', 'LinksExpiredError',
-    'Result', 'cache_dir', 'cached_tar', 'check_expiry', 'download_all',
-    'fetch', 'head_sizes', 'preflight', 'remove_downloaded', 'tar_lock',
-    'tar_problem',
+    'Result', 'cache_dir', 'cached_tar', 'check_cache_dir', 'check_expiry',
+    'download_all', 'fetch', 'head_sizes', 'open_owned', 'preflight',
+    'remove_downloaded', 'tar_lock', 'tar_problem', 'trusted_file',
 ]

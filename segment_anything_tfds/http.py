@@ -8,14 +8,25 @@ tars all go through `Client`, a `requests.Session` with:
 * **Proxies** from `http_proxy`/`https_proxy`/`no_proxy` (requests reads the
   environment), or `DownloadOptions.proxies`, which win over it.
 * **Retries** (`Client.retrying`), with the budget of `DownloadOptions`:
-  5xx, 408, 429, timeouts, resets and bodies cut short are retried after
-  `options.wait(failures)`, or the server's `Retry-After` (seconds or an HTTP
-  date) up to `max_backoff`; at most `retries` failures in a row without
-  progress, and `max_attempts` attempts in all. Not retried: a 403
-  (`LinksExpiredError`), other 4xx, a refused connection and a host that does
-  not resolve (`DownloadError` naming the host): those fail at once.
-* **Bounded reads.** Bodies are streamed; nothing reads a body it does not
-  know the end of into memory, and error pages are not read at all.
+  5xx, 408, 429, timeouts, resets, bodies cut short and servers too slow
+  (below) are retried after `options.wait(failures)`, or the server's
+  `Retry-After` (seconds or an HTTP date) up to `max_backoff`; at most
+  `retries` failures in a row without progress, and `max_attempts` attempts
+  in all. Not retried: a 403 (`LinksExpiredError` for a signed link, else
+  `DownloadError`), other 4xx, a refused connection, a host that does not
+  resolve, a bad URL (`DownloadError` naming the host): those fail at once.
+* **Deadlines.** An attempt gets its answer head (status line and headers)
+  within `timeout` seconds in all, however the server trickles it (one
+  watchdog thread shuts the socket at the deadline); its body must then
+  bring `min_rate` bytes a second over every `timeout` seconds spent
+  waiting, and no read of it may wait longer than `timeout`.
+* **Bounded reads.** Bodies are read as they arrive, in pieces of at most
+  `CHUNK`, into buffers that grow with what arrived (never sized by what a
+  request asked for); error pages are not read at all. A 206 is read only
+  if its Content-Range answers the Range asked for (`content_range`).
+* **Header numbers** (Content-Length, Content-Range, Retry-After) are ASCII
+  digits only (`header_int`); a size over `max_bytes` is refused
+  (`check_size`).
 
 Only `errors.DownloadError` (and `LinksExpiredError`) reach callers;
 `TransientError` lives inside `Client.retrying`.
@@ -28,6 +39,7 @@ import datetime
 import email.utils
 import io
 import logging
+import os
 import re
 import socket
 import ssl
@@ -36,8 +48,8 @@ import time
 import urllib.parse
 from typing import Callable, Iterator, TypeVar
 
-import requests
-import urllib3
+import requests  # Imports requests.adapters.
+import urllib3  # Imports urllib3.connection.
 
 from segment_anything_tfds import errors
 from segment_anything_tfds import links as links_lib
@@ -46,9 +58,20 @@ from segment_anything_tfds import options as options_lib
 _T = TypeVar('_T')
 USER_AGENT = 'segment_anything_tfds'
 MAX_REDIRECTS = 10
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # The most one read of a body returns.
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_CONTENT_RANGE_RE = re.compile(r'^bytes (\d+)-(\d+)/(\d+|\*)$')
+# Header numbers: ASCII digits only ('²'.isdigit() is True). A size too
+# large to accept is still read as one (and refused as such); past 1000
+# digits a header is no number at all.
+_INT_RE = re.compile(r'[0-9]{1,1000}')
+_DIGITS = r'[0-9]{1,20}'  # Any byte position this package could accept.
+_CONTENT_RANGE_RE = re.compile(
+    rf'bytes ({_DIGITS})-({_DIGITS})/({_DIGITS}|\*)')
+# Query parameters of signed links (Meta's CDN, S3, GCS, Azure): a 403 to a
+# link with one may mean it expired; to any other it means forbidden.
+_SIGNED_PARAMS = frozenset({
+    'oe', 'oh', 'expires', 'signature', 'x-amz-signature', 'x-amz-expires',
+    'x-goog-signature', 'x-goog-expires', 'sig', 'se'})
 
 
 class TransientError(Exception):
@@ -73,9 +96,13 @@ class Cancelled(Exception):
 # ------------------------------------------------------------ messages
 
 
+def _host(parts: urllib.parse.SplitResult) -> str:
+  return parts.netloc.rsplit('@', 1)[-1]  # Never a user or password.
+
+
 def host_of(url: str) -> str:
-  """`https://host:443/x?sig` -> `host:443`."""
-  return urllib.parse.urlsplit(url).netloc or url
+  """`https://user@host:443/x?sig` -> `host:443`."""
+  return _host(urllib.parse.urlsplit(url)) or url
 
 
 def _where(url: str) -> str:
@@ -83,17 +110,43 @@ def _where(url: str) -> str:
   parts = urllib.parse.urlsplit(url)
   if parts.scheme in links_lib.HTTP_SCHEMES:
     return links_lib.redact(url)
-  return f'{parts.scheme}://{parts.netloc}{parts.path}'
+  return urllib.parse.urlunsplit(
+      parts._replace(netloc=_host(parts), query='', fragment=''))
 
 
-def expired_message(url: str) -> str:
-  """The one-line message of a 403: expired or revoked, and what to do."""
+def _signed(url: str) -> bool:
+  """Whether `url` carries a signature or an expiry (`oe=`, ...)."""
+  query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query,
+                                keep_blank_values=True)
+  return any(k.lower() in _SIGNED_PARAMS for k in query)
+
+
+def expired_message(url: str, via: str = '') -> str:
+  """The one-line message of a 403 to a signed link: expired or revoked."""
   exp = links_lib.expiry(url)
   since = (f'; its oe= says it expired {links_lib.format_time(exp)}'
            if exp is not None and exp < time.time() else '')
   return (f'{links_lib.redact(url)}: the server answered HTTP 403'
-          f' (forbidden): the signed link expired or was revoked{since}. '
-          + errors.refresh_hint())
+          f' (forbidden){via}: the signed link expired or was revoked{since}.'
+          ' ' + errors.refresh_hint())
+
+
+def forbidden_error(url: str, proxy: str | None = None
+                    ) -> errors.DownloadError:
+  """The error of a 403: an expired link only if `url` is a signed one.
+
+  Args:
+    url: the link answered 403.
+    proxy: the proxy the request went through (`host:port`), if any: it
+      may be the one that refused.
+  """
+  via = f' (through the proxy {proxy})' if proxy else ''
+  if _signed(url):
+    return errors.LinksExpiredError(expired_message(url, via))
+  return errors.DownloadError(
+      f'{links_lib.redact(url)}: HTTP 403 forbidden from {host_of(url)}{via}:'
+      ' the server refuses this link; check it (and the proxy settings, if'
+      ' any)')
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -152,7 +205,7 @@ def transport_error(exc: BaseException, url: str) -> Exception:
   if isinstance(exc, (requests.exceptions.InvalidURL,
                       requests.exceptions.InvalidSchema,
                       requests.exceptions.MissingSchema,
-                      urllib3.exceptions.LocationParseError)):
+                      urllib3.exceptions.LocationParseError, ValueError)):
     return errors.DownloadError(f'{where}: not a usable URL: {_root(exc)}')
   if isinstance(exc, (requests.exceptions.Timeout,
                       urllib3.exceptions.TimeoutError, TimeoutError)):
@@ -162,17 +215,23 @@ def transport_error(exc: BaseException, url: str) -> Exception:
                         f' {_root(exc)}')
 
 
+def header_int(value: str | None) -> int | None:
+  """A header's number: ASCII digits only (at most 1000), else None."""
+  value = (value or '').strip()
+  return int(value) if _INT_RE.fullmatch(value) else None
+
+
 def retry_after(value: str | None, *, now: float | None = None
                 ) -> float | None:
   """Seconds to wait from a `Retry-After` header (seconds or HTTP date)."""
   if not value:
     return None
-  value = value.strip()
-  if value.isdigit():
-    return float(value)
+  seconds = header_int(value)
+  if seconds is not None:
+    return float(seconds)
   try:
-    when = email.utils.parsedate_to_datetime(value)
-  except (TypeError, ValueError, IndexError):
+    when = email.utils.parsedate_to_datetime(value.strip())
+  except (TypeError, ValueError, IndexError, OverflowError):
     return None
   if when is None:
     return None
@@ -185,64 +244,302 @@ def _transient_status(status: int) -> bool:
   return status >= 500 or status in (408, 429)
 
 
-def status_error(resp: requests.Response, url: str) -> Exception:
-  """The error a >= 400 answer means: transient, expired link, or final."""
-  status, reason = resp.status_code, resp.reason or ''
-  where = links_lib.redact(url)
-  if status == 403:
-    return errors.LinksExpiredError(expired_message(url))
-  if _transient_status(status):
-    return TransientError(
-        f'{where}: HTTP {status} {reason}'.rstrip(),
-        retry_after=retry_after(resp.headers.get('Retry-After')))
-  return errors.DownloadError(f'{where}: HTTP {status} {reason}'.rstrip())
-
-
 def content_length(resp: requests.Response) -> int | None:
-  value = (resp.headers.get('Content-Length') or '').strip()
-  return int(value) if value.isdigit() else None
+  return header_int(resp.headers.get('Content-Length'))
 
 
-def content_range(resp: requests.Response, url: str
-                  ) -> tuple[int, int, int | None]:
-  """(first, last, total) of a 206's Content-Range; total None if `*`."""
+def too_large(what: str, detail: str, max_bytes: int) -> errors.DownloadError:
+  """The error of a size over `max_bytes`: not an SA-1B tar."""
+  return errors.DownloadError(
+      f'{what}: {detail} max_bytes={max_bytes}: not an SA-1B tar (they are'
+      ' about 11 GB); check the link, or raise download_options max_bytes')
+
+
+def check_size(size: int | None, what: str, max_bytes: int) -> int | None:
+  """`size` (from a server), refused if over `max_bytes` (implausible)."""
+  if size is not None and size > max_bytes:
+    raise too_large(what, f'the server announces {size} bytes, over',
+                    max_bytes)
+  return size
+
+
+def content_range(resp: requests.Response, url: str, *, start: int,
+                  end: int | None = None, size: int | None = None
+                  ) -> tuple[int, int | None]:
+  """(last byte, total) of a 206 answering `Range: bytes=start-[end]`.
+
+  The one check of a 206 (`RangeFile`, `RangeStream`, resumed downloads):
+  its Content-Range must start at `start`, end neither before its first
+  byte nor past `end` (if given) or its total, and its total (unless `*`)
+  must be `size` (if known). So the body read is never more than asked.
+
+  Raises:
+    errors.DownloadError: it does not answer (naming the header and why).
+  """
   value = (resp.headers.get('Content-Range') or '').strip()
-  m = _CONTENT_RANGE_RE.match(value)
-  if not m:
-    raise TransientError(f'{links_lib.redact(url)}: a 206 with a malformed'
-                         f' Content-Range {value!r:.80}')
-  total = None if m.group(3) == '*' else int(m.group(3))
-  return int(m.group(1)), int(m.group(2)), total
+  m = _CONTENT_RANGE_RE.fullmatch(value)
+  if m:
+    first, last = int(m.group(1)), int(m.group(2))
+    total = None if m.group(3) == '*' else int(m.group(3))
+    why = _range_problem(first, last, total, start=start, end=end, size=size)
+  else:
+    why = 'malformed'
+  if why:
+    asked = f'bytes={start}-{"" if end is None else end}'
+    raise errors.DownloadError(
+        f'{links_lib.redact(url)}: the answer to Range {asked} has'
+        f' Content-Range {value[:80]!r}: {why}; this server cannot be read'
+        ' by ranges')
+  return last, total
+
+
+def _range_problem(first: int, last: int, total: int | None, *, start: int,
+                   end: int | None, size: int | None) -> str | None:
+  """What makes `bytes first-last/total` no answer to the Range, or None."""
+  if first != start:
+    return f'it starts at byte {first}'
+  if last < first:
+    return f'its last byte {last} is before its first'
+  if end is not None and last > end:
+    return f'its last byte {last} is past the {end} asked for'
+  if total is not None and size is not None and total != size:
+    return f'its total {total} disagrees with the size {size} known'
+  if total is not None and last >= total:
+    return f'its last byte {last} is past its total {total}'
+  return None
+
+
+# ------------------------------------------------------------ deadlines
+
+
+class _Guard:
+  """A deadline, and how to stop what runs past it (`_Watchdog`)."""
+
+  def __init__(self, deadline: float):
+    self.deadline = deadline
+    self.fired = False
+    self._stops: list[Callable[[], None]] = []
+
+  def add(self, stop: Callable[[], None]) -> None:
+    """Adds a way to stop the work (e.g. a socket's shutdown)."""
+    self._stops.append(stop)
+    if self.fired:
+      _call(stop)
+
+  def stop(self) -> None:
+    for stop in list(self._stops):
+      _call(stop)
+
+
+def _call(stop: Callable[[], None]) -> None:
+  try:
+    stop()
+  except Exception:  # pylint: disable=broad-except
+    pass  # Closed, or released: nothing left to stop. The watchdog lives on.
+
+
+# Seconds an idle watchdog sleeps: less than the usual timeouts (60 s), so
+# a new guard seldom needs to wake it.
+_IDLE_WAKE = 10.0
+
+
+class _Watchdog:
+  """One daemon thread that stops the work of guards past their deadline.
+
+  A blocked socket read returns once its socket is shut down: that is how
+  a deadline interrupts a server that trickles its answer byte by byte.
+  """
+
+  def __init__(self):
+    self._cond = threading.Condition()
+    self._guards: set[_Guard] = set()
+    self._thread: threading.Thread | None = None
+    self._next: float | None = None  # When the thread wakes next.
+
+  def guard(self, seconds: float) -> _Guard:
+    """A guard `seconds` from now; `cancel` it when the work is done."""
+    g = _Guard(time.monotonic() + seconds)
+    with self._cond:
+      if self._thread is None:
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name='sa1b-http-deadlines')
+        self._thread.start()
+      self._guards.add(g)
+      if self._next is None or g.deadline < self._next:
+        self._cond.notify()  # Else the thread wakes in time anyway.
+    return g
+
+  def cancel(self, g: _Guard) -> bool:
+    """Forgets `g`; returns whether its deadline had passed."""
+    with self._cond:
+      self._guards.discard(g)
+      return g.fired
+
+  def _run(self) -> None:
+    while True:
+      with self._cond:
+        now = time.monotonic()
+        due = [g for g in self._guards if g.deadline <= now]
+        for g in due:
+          g.fired = True
+          self._guards.discard(g)
+        if not due:  # Idle, it looks again now and then: most guards
+          # are cancelled long before their deadline, and need no wake-up.
+          self._next = min((g.deadline for g in self._guards),
+                           default=now + _IDLE_WAKE)
+          self._cond.wait(self._next - now)
+          continue
+      for g in due:
+        g.stop()
+
+
+_WATCHDOG = _Watchdog()
+# The guard of the request this thread is sending (its answer head), for
+# the connection classes below to hand their sockets to.
+_SENDING = threading.local()
+
+
+def _reset_after_fork() -> None:
+  global _WATCHDOG  # pylint: disable=global-statement
+  _WATCHDOG = _Watchdog()  # The parent's thread is not in the child.
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _guard_socket(sock) -> None:
+  g = getattr(_SENDING, 'guard', None)
+  if g is not None and sock is not None:
+    g.add(lambda: sock.shutdown(socket.SHUT_RDWR))
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+  """Hands its socket to the deadline of the request being sent."""
+
+  def _new_conn(self):  # Connecting (and a proxy's CONNECT, TLS).
+    sock = super()._new_conn()
+    _guard_socket(sock)
+    return sock
+
+  def getresponse(self):  # A kept-alive connection: only this.
+    _guard_socket(self.sock)
+    return super().getresponse()
+
+
+class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+  """`_HTTPConnection` for https."""
+
+  def _new_conn(self):
+    sock = super()._new_conn()
+    _guard_socket(sock)
+    return sock
+
+  def getresponse(self):
+    _guard_socket(self.sock)
+    return super().getresponse()
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+  ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+  ConnectionCls = _HTTPSConnection
+
+
+_POOLS = {'http': _HTTPPool, 'https': _HTTPSPool}
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+  """requests' adapter, with connections that honour the deadlines."""
+
+  def init_poolmanager(self, *args, **kwargs):
+    super().init_poolmanager(*args, **kwargs)
+    self.poolmanager.pool_classes_by_scheme = _POOLS
+
+  def proxy_manager_for(self, proxy, **proxy_kwargs):
+    manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+    if type(manager) is urllib3.ProxyManager:  # Not SOCKS: its own pools.
+      manager.pool_classes_by_scheme = _POOLS
+    return manager
 
 
 # ------------------------------------------------------------ bodies
 
 
-def iter_body(resp: requests.Response, url: str,
-              chunk: int = CHUNK) -> Iterator[bytes]:
-  """The raw body (no content decoding) in chunks; a cut is transient.
+class Body:
+  """A response's body, read as it arrives, within the attempt's rules.
 
-  A body shorter than its Content-Length raises (urllib3 enforces it).
+  `read(n)` returns what has arrived (1 to min(n, `CHUNK`) bytes; b'' at
+  the end) and never waits longer than `timeout`; over every `timeout`
+  seconds spent waiting, the body must bring `min_rate` bytes a second.
+  Either failure, a cut and a body shorter than its Content-Length are
+  `TransientError`s.
   """
-  try:
-    yield from resp.raw.stream(chunk, decode_content=False)
-  except (urllib3.exceptions.HTTPError, requests.RequestException,
-          OSError) as e:
-    raise TransientError(f'{links_lib.redact(url)}: transfer cut:'
-                         f' {_root(e)}') from None
 
+  def __init__(self, resp: requests.Response, url: str,
+               options: options_lib.DownloadOptions):
+    self._resp = resp
+    self._url = url
+    self._timeout = options.timeout
+    self._min_rate = options.min_rate
+    self._waited = 0.0  # Seconds spent waiting in this window...
+    self._got = 0  # ... and the bytes they brought.
 
-def read_at_most(resp: requests.Response, url: str, limit: int) -> bytes:
-  """Up to `limit` bytes of the body; the rest is never read."""
-  out = bytearray()
-  for piece in iter_body(resp, url, chunk=min(CHUNK, max(1, limit))):
-    out += piece[:limit - len(out)]
-    if len(out) >= limit:
-      break
-  return bytes(out)
+  def read(self, n: int) -> bytes:
+    if n <= 0:  # Never an unbounded read.
+      raise ValueError(f'read of {n} bytes')
+    started = time.monotonic()
+    g = _WATCHDOG.guard(self._timeout)
+    g.add(self._resp.raw.shutdown)
+    try:
+      data = self._resp.raw.read1(min(n, CHUNK), decode_content=False)
+    except (urllib3.exceptions.HTTPError, requests.RequestException,
+            OSError) as e:
+      if _WATCHDOG.cancel(g):
+        raise self._stalled() from None
+      raise TransientError(f'{links_lib.redact(self._url)}: transfer cut:'
+                           f' {_root(e)}') from None
+    if _WATCHDOG.cancel(g):
+      raise self._stalled()
+    self._meter(len(data), time.monotonic() - started)
+    return data
+
+  def __iter__(self) -> Iterator[bytes]:
+    """The rest of the body, in pieces as they arrive."""
+    while data := self.read(CHUNK):
+      yield data
+
+  def _stalled(self) -> TransientError:
+    return TransientError(
+        f'{links_lib.redact(self._url)}: {host_of(self._url)} sent nothing'
+        f' for {self._timeout:g} s')
+
+  def _meter(self, got: int, waited: float) -> None:
+    self._got += got
+    self._waited += waited
+    if self._waited < self._timeout:
+      return
+    if self._got < self._min_rate * self._waited:
+      raise TransientError(
+          f'{links_lib.redact(self._url)}: {host_of(self._url)} sent'
+          f' {self._got} bytes in {self._waited:.1f} s, under the minimum'
+          f' rate of {self._min_rate:g} bytes/s (download option min_rate)')
+    self._got, self._waited = 0, 0.0
 
 
 # ------------------------------------------------------------ the client
+
+
+class _Session(requests.Session):
+  """requests' Session; redirects are `Client.send`'s alone.
+
+  (requests prepares the next request of a redirect even when not asked to
+  follow it, and raises on a Location it cannot parse.)
+  """
+
+  def get_redirect_target(self, resp):
+    return None
 
 
 class Client:
@@ -253,7 +550,9 @@ class Client:
 
   def __init__(self, options: options_lib.DownloadOptions | None = None):
     self.options = options or options_lib.DownloadOptions()
-    self._session = requests.Session()  # trust_env: the *_proxy variables.
+    self._session = _Session()  # trust_env: the *_proxy variables.
+    for prefix in ('http://', 'https://'):
+      self._session.mount(prefix, _Adapter())
     self._session.headers.update({'User-Agent': USER_AGENT,
                                   'Accept-Encoding': 'identity'})
     self._proxies = (dict(self.options.proxies)
@@ -272,12 +571,12 @@ class Client:
            headers: dict[str, str] | None = None) -> requests.Response:
     """One request, redirects followed; the final answer, any status.
 
-    The body is not read: the caller reads (bounded) and closes it.
+    The body is not read: the caller reads it (`body`) and closes it.
 
     Raises:
-      errors.DownloadError: a refused connection, an unknown host, a
-        redirect to another scheme or more than `MAX_REDIRECTS`.
-      TransientError: a timeout or a reset.
+      errors.DownloadError: a refused connection, an unknown host, a bad
+        URL, a redirect to another scheme or more than `MAX_REDIRECTS`.
+      TransientError: a timeout, a reset, or no answer head in time.
     """
     first = url
     for _ in range(MAX_REDIRECTS + 1):
@@ -287,7 +586,7 @@ class Client:
       if resp.status_code not in _REDIRECTS or not location:
         return resp
       resp.close()  # A redirect's body is never read.
-      url = urllib.parse.urljoin(url, location)
+      url = _redirect(first, url, location)
       if resp.status_code == 303 and method != 'HEAD':
         method = 'GET'
     raise errors.DownloadError(
@@ -295,14 +594,61 @@ class Client:
         f' (the last to {_where(url)})')
 
   def _send_once(self, method, url, headers) -> requests.Response:
+    """One request; its answer head within `timeout` seconds in all."""
     timeout = self.options.timeout
+    resp = error = None
+    g = _SENDING.guard = _WATCHDOG.guard(timeout)
     try:
-      return self._session.request(
+      resp = self._session.request(
           method, url, headers=headers, stream=True, allow_redirects=False,
           timeout=(timeout, timeout), proxies=self._proxies)
     except (requests.RequestException, urllib3.exceptions.HTTPError,
-            OSError) as e:
-      raise transport_error(e, url) from None
+            OSError, ValueError) as e:
+      error = e
+    finally:
+      _SENDING.guard = None
+      fired = _WATCHDOG.cancel(g)
+    if fired:  # Even an answer just in time: its socket may be shut.
+      if resp is not None:
+        resp.close()
+      raise self._no_answer(url)
+    if error is not None:
+      raise transport_error(error, url)
+    return resp
+
+  def _no_answer(self, url: str) -> TransientError:
+    return TransientError(
+        f'{links_lib.redact(url)}: no complete answer (status line and'
+        f' headers) from {host_of(url)} within {self.options.timeout:g} s')
+
+  def proxy_for(self, url: str) -> str | None:
+    """`host:port` of the proxy a request for `url` goes through, or None."""
+    proxies = self._session.merge_environment_settings(
+        url, dict(self._proxies or {}), True, None, None)['proxies']
+    proxy = requests.utils.select_proxy(url, proxies)
+    if not proxy:
+      return None
+    return host_of(proxy if '://' in proxy else 'http://' + proxy)
+
+  def status_error(self, resp: requests.Response, url: str) -> Exception:
+    """The error a >= 400 answer means: transient, forbidden, or final."""
+    status, reason = resp.status_code, resp.reason or ''
+    if status == 403:
+      return forbidden_error(url, self.proxy_for(url))
+    where = links_lib.redact(url)
+    if _transient_status(status):
+      return TransientError(
+          f'{where}: HTTP {status} {reason}'.rstrip(),
+          retry_after=retry_after(resp.headers.get('Retry-After')))
+    return errors.DownloadError(f'{where}: HTTP {status} {reason}'.rstrip())
+
+  def forbidden(self, url: str) -> errors.DownloadError:
+    """The error of a 403 to `url` (e.g. to a HEAD)."""
+    return forbidden_error(url, self.proxy_for(url))
+
+  def body(self, resp: requests.Response, url: str) -> Body:
+    """The body of `resp`, read within this client's options."""
+    return Body(resp, url, self.options)
 
   def request(self, method: str, url: str,
               headers: dict[str, str] | None = None) -> requests.Response:
@@ -310,7 +656,7 @@ class Client:
     resp = self.send(method, url, headers)
     if resp.status_code >= 400:
       resp.close()
-      raise status_error(resp, url)
+      raise self.status_error(resp, url)
     return resp
 
   def head(self, url: str) -> tuple[int, int | None]:
@@ -322,7 +668,7 @@ class Client:
     def attempt():
       with contextlib.closing(self.send('HEAD', url)) as resp:
         if _transient_status(resp.status_code):
-          raise status_error(resp, url)
+          raise self.status_error(resp, url)
         return resp.status_code, content_length(resp)
     return self.retrying(attempt, what=f'HEAD {links_lib.redact(url)}')
 
@@ -383,14 +729,27 @@ def pause(seconds: float, cancel: threading.Event | None = None) -> None:
 
 
 def _check_scheme(url: str, first: str) -> None:
-  scheme = links_lib.scheme(url)
+  scheme = urllib.parse.urlsplit(url).scheme  # Lower case, `//` or not.
   if scheme in links_lib.HTTP_SCHEMES:
     return
   if url == first:
     raise errors.DownloadError(f'{_where(url)}: not an http(s) URL')
   raise errors.DownloadError(
-      f'{links_lib.redact(first)}: redirected to a {scheme}:// URL'
-      f' ({_where(url)}); only http:// and https:// redirects are followed')
+      f'{links_lib.redact(first)}: redirected to a {scheme or "relative"}:'
+      f' URL ({_where(url)}); only http:// and https:// redirects are'
+      ' followed')
+
+
+def _redirect(first: str, url: str, location: str) -> str:
+  """Where a redirect from `url` leads; a `DownloadError` if nowhere."""
+  try:
+    target = urllib.parse.urljoin(url, location)
+    _ = urllib.parse.urlsplit(target).port  # Raises if it is no port.
+  except ValueError as e:
+    raise errors.DownloadError(
+        f'{links_lib.redact(first)}: redirected to an invalid URL'
+        f' {location.split("?", 1)[0][:100]!r} ({e})') from None
+  return target
 
 
 class ClientPool:
@@ -432,14 +791,42 @@ def ignores_range_message(name: str, url: str) -> str:
           " streamed; use disk_mode='keep' (or 'delete') to download it")
 
 
+def get_range(client: Client, url: str, *, name: str, start: int, end: int,
+              size: int | None) -> tuple[requests.Response, int, int | None]:
+  """A 206 for bytes `start`..`end` (inclusive), its body not yet read.
+
+  Returns:
+    The response, the last byte it holds, and the object's total size.
+  Raises:
+    errors.DownloadError: the server ignores Range (its body is not read),
+      or its Content-Range does not answer (`content_range`).
+  """
+  resp = client.request('GET', url, {'Range': f'bytes={start}-{end}'})
+  try:
+    if resp.status_code == 200:
+      raise errors.DownloadError(ignores_range_message(name, url))
+    if resp.status_code != 206:
+      raise errors.DownloadError(f'{name}: unexpected HTTP'
+                                 f' {resp.status_code} to a Range request')
+    try:
+      last, total = content_range(resp, url, start=start, end=end, size=size)
+    except errors.DownloadError as e:
+      raise errors.DownloadError(f'{name}: {e.message}') from None
+  except BaseException:
+    resp.close()
+    raise
+  return resp, last, total
+
+
 class RangeFile(io.RawIOBase):
   """A read-only, seekable file over HTTP Range requests, nothing on disk.
 
-  Each read past the cached block fetches `block_size` bytes (or the read's
-  size if larger) at the current position, so indexing a tar costs about
-  one request per member skipped and reading a member one request. A server
-  that ignores Range fails at once (`DownloadError`), without reading its
-  body.
+  A read within `block_size` past the cached block fetches a block at the
+  current position, so indexing a tar costs about one request per member
+  skipped; a larger read is one request of its own, its bytes going
+  straight into the result as they arrive (memory: what arrived, never
+  what was asked for). A server that ignores Range fails at once
+  (`DownloadError`), without reading its body.
 
   Attributes:
     size: the object's length, from a HEAD (or given).
@@ -456,58 +843,62 @@ class RangeFile(io.RawIOBase):
     self._pos = 0
     self._buf = b''
     self._buf_start = 0
+    self.size = size
     try:
-      self.size = size if size is not None else self._probe_size()
+      if size is None:
+        self.size = self._probe_size()
     except BaseException:
       self._client.close()
       raise
 
+  def _what(self) -> str:
+    return f'{self.name} from {host_of(self.url)}'
+
   def _probe_size(self) -> int:
     status, size = self._client.head(self.url)
     if status == 403:
-      raise errors.LinksExpiredError(expired_message(self.url))
+      raise self._client.forbidden(self.url)
     if status == 405:  # No HEAD here: ask for a byte instead.
       size = None
     elif status >= 400:
       raise errors.DownloadError(
           f'{self.name}: HEAD {links_lib.redact(self.url)}: HTTP {status}')
-    if size is not None:
-      return size
-    # No size from HEAD: ask for one byte; the Content-Range has the total.
-    _, total = self._client.retrying(
-        lambda: self._get_range(0, 0), what=self.name)
-    if total is None:
+    if size is None:
+      # No size from HEAD: ask for one byte; the Content-Range has the total.
+      size = self._fetch_into(io.BytesIO(), 0, 0)
+    if size is None:
       raise errors.DownloadError(f'{self.name}: the server reports no size;'
                                  " it cannot be streamed (use disk_mode="
                                  "'keep')")
+    return check_size(size, self._what(), self._client.options.max_bytes)
+
+  def _get_range(self, start: int, end: int, sink: io.BytesIO
+                 ) -> int | None:
+    """Appends bytes start..end (inclusive) to `sink`, one request.
+
+    Returns:
+      The object's total size (None if the server says `*`).
+    """
+    resp, _, total = get_range(self._client, self.url, name=self.name,
+                               start=start, end=end, size=self.size)
+    pos = start
+    with contextlib.closing(resp):
+      body = self._client.body(resp, self.url)
+      while pos <= end and (data := body.read(end - pos + 1)):
+        sink.write(data)
+        pos += len(data)
+    if pos <= end:
+      raise TransientError(f'{self.name}: got {pos - start} of'
+                           f' {end - start + 1} bytes at {start}')
     return total
 
-  def _get_range(self, start: int, end: int) -> tuple[bytes, int | None]:
-    """Bytes start..end (inclusive) and the object's total, one request."""
-    want = end - start + 1
-    resp = self._client.request('GET', self.url,
-                                {'Range': f'bytes={start}-{end}'})
-    with contextlib.closing(resp):
-      if resp.status_code == 200:
-        raise errors.DownloadError(ignores_range_message(self.name, self.url))
-      if resp.status_code != 206:
-        raise errors.DownloadError(f'{self.name}: unexpected HTTP'
-                                   f' {resp.status_code} to a Range request')
-      first, _, total = content_range(resp, self.url)
-      if first != start:
-        raise TransientError(f'{self.name}: asked for byte {start}, got'
-                             f' {first}')
-      data = read_at_most(resp, self.url, want)
-    if len(data) != want:
-      raise TransientError(f'{self.name}: got {len(data)} of {want} bytes at'
-                           f' {start}')
-    return data, total
-
-  def _fetch(self, start: int, length: int) -> bytes:
-    end = min(self.size, start + length) - 1
-    data, _ = self._client.retrying(lambda: self._get_range(start, end),
-                                    what=f'{self.name} @{start}')
-    return data
+  def _fetch_into(self, sink: io.BytesIO, start: int, end: int
+                  ) -> int | None:
+    """Appends bytes start..end to `sink`; a cut resumes where it stopped."""
+    base = sink.tell()
+    return self._client.retrying(
+        lambda: self._get_range(start + sink.tell() - base, end, sink),
+        what=f'{self.name} @{start}', progress=lambda: sink.tell() - base)
 
   def readable(self) -> bool:
     return True
@@ -533,29 +924,31 @@ class RangeFile(io.RawIOBase):
     return pos
 
   def readinto(self, b) -> int:
-    n = len(b)
-    if n == 0 or self._pos >= self.size:
-      return 0
-    offset = self._pos - self._buf_start
-    if not 0 <= offset < len(self._buf):
-      self._buf = self._fetch(self._pos, max(n, self._block_size))
-      self._buf_start, offset = self._pos, 0
-    chunk = self._buf[offset:offset + n]
-    b[:len(chunk)] = chunk
-    self._pos += len(chunk)
-    return len(chunk)
+    data = self.read(len(b))
+    b[:len(data)] = data
+    return len(data)
 
   def read(self, size: int = -1) -> bytes:
-    if size is None or size < 0:
-      size = max(0, self.size - self._pos)
-    out = bytearray()
-    while len(out) < size:
-      got = bytearray(size - len(out))
-      n = self.readinto(memoryview(got))
-      if not n:
-        break
-      out += got[:n]
-    return bytes(out)
+    """Up to `size` bytes (all that is left if negative), as they arrive."""
+    left = max(0, self.size - self._pos)
+    size = left if size is None or size < 0 else min(size, left)
+    out = io.BytesIO()  # Grows with what arrives; getvalue() copies nothing.
+    while out.tell() < size:
+      need = size - out.tell()
+      offset = self._pos - self._buf_start
+      if 0 <= offset < len(self._buf):
+        piece = memoryview(self._buf)[offset:offset + need]
+        out.write(piece)
+        self._pos += len(piece)
+      elif need > self._block_size:  # One request, straight into `out`.
+        self._fetch_into(out, self._pos, self._pos + need - 1)
+        self._pos += need
+      else:
+        block = io.BytesIO()
+        end = min(self.size, self._pos + self._block_size) - 1
+        self._fetch_into(block, self._pos, end)
+        self._buf, self._buf_start = block.getvalue(), self._pos
+    return out.getvalue()
 
   def close(self):
     self._client.close()
@@ -568,9 +961,10 @@ class RangeStream:
   A request asks for the bytes from the position up to `stop` (moved on by
   `want`, and at least the read's size), so reading `[a, b)` after
   `want(b)` costs one request however many `read` calls it takes. A
-  transfer cut short or timed out is resumed with a new Range request from
-  the byte reached, within the options' retry budget. A `read(n)` holds at
-  most `n` bytes; a server that ignores Range fails at once, unread.
+  transfer cut short, timed out or too slow is resumed with a new Range
+  request from the byte reached, within the options' retry budget. A
+  `read(n)` holds at most the bytes that arrived (at most `n`); a server
+  that ignores Range fails at once, unread.
 
   Attributes:
     size: the object's length (given: from the build's HEAD requests).
@@ -588,6 +982,7 @@ class RangeStream:
     self._pos = start
     self._stop = start
     self._resp: requests.Response | None = None
+    self._body: Body | None = None
     self._resp_end = start  # Where the open request's bytes end.
 
   def tell(self) -> int:
@@ -606,24 +1001,21 @@ class RangeStream:
   def read(self, n: int) -> bytes:
     """The next `n` bytes (fewer only at the end of the object)."""
     n = max(0, min(n, self.size - self._pos))
-    out = bytearray()
-    while len(out) < n:
-      out += self._client.retrying(lambda: self._read_some(n - len(out)),
-                                   what=f'{self.name} @{self._pos}')
-    return bytes(out)
+    out = io.BytesIO()  # Grows with what arrives; getvalue() copies nothing.
+    while out.tell() < n:
+      out.write(self._client.retrying(lambda: self._read_some(n - out.tell()),
+                                      what=f'{self.name} @{self._pos}'))
+    return out.getvalue()
 
   def _read_some(self, n: int) -> bytes:
-    """Up to `n` bytes from the open request (opened if need be)."""
+    """1 to `n` bytes from the open request (opened if need be)."""
     if self._resp is None or self._pos >= self._resp_end:
       self._open(max(self._stop, self._pos + n))
     try:
-      data = self._resp.raw.read(min(n, self._resp_end - self._pos),
-                                 decode_content=False)
-    except (urllib3.exceptions.HTTPError, requests.RequestException,
-            OSError) as e:
+      data = self._body.read(min(n, self._resp_end - self._pos))
+    except TransientError:
       self._drop_response()
-      raise TransientError(f'{self.name}: transfer cut at byte {self._pos}:'
-                           f' {_root(e)}') from None
+      raise
     if not data:
       self._drop_response()
       raise TransientError(f'{self.name}: transfer cut at byte {self._pos}')
@@ -633,27 +1025,15 @@ class RangeStream:
   def _open(self, stop: int) -> None:
     self._drop_response()
     end = min(self.size, stop)
-    resp = self._client.request('GET', self.url,
-                                {'Range': f'bytes={self._pos}-{end - 1}'})
+    resp, last, _ = get_range(self._client, self.url, name=self.name,
+                              start=self._pos, end=end - 1, size=self.size)
     self.requests += 1
-    try:
-      if resp.status_code == 200:
-        raise errors.DownloadError(ignores_range_message(self.name, self.url))
-      if resp.status_code != 206:
-        raise errors.DownloadError(f'{self.name}: unexpected HTTP'
-                                   f' {resp.status_code} to a Range request')
-      first, last, _ = content_range(resp, self.url)
-      if first != self._pos:
-        raise TransientError(f'{self.name}: asked for byte {self._pos}, got'
-                             f' {first}')
-    except BaseException:
-      resp.close()
-      raise
-    self._resp, self._resp_end = resp, min(end, last + 1)
+    self._resp, self._resp_end = resp, last + 1
+    self._body = self._client.body(resp, self.url)
 
   def _drop_response(self) -> None:
     if self._resp is not None:
-      resp, self._resp = self._resp, None
+      resp, self._resp, self._body = self._resp, None, None
       resp.close()
 
   def close(self) -> None:

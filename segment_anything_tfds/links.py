@@ -91,8 +91,9 @@ class Problem:
 
   Attributes:
     lineno: the line, counted from 1.
-    kind: 'columns' (not two tab-separated columns), 'scheme' (an
-      unsupported URL scheme) or 'duplicate' (a name listed again).
+    kind: 'columns' (not two tab-separated columns), 'url' (a link that
+      does not parse as a URL), 'scheme' (an unsupported URL scheme) or
+      'duplicate' (a name listed again).
     message: the one-line error, `file:line: ...`, as `parse_links` raises it.
   """
 
@@ -160,6 +161,13 @@ def _parse_row(lineno: int, line: str, source: str
         f' cdn_link), got {len(cols)}: {line!r:.120}'))
   row = Row(lineno, cols[0].strip(), cols[1].strip())
   s = scheme(row.url)
+  if s is not None:
+    try:
+      _ = urllib.parse.urlsplit(row.url).port  # Raises if no URL.
+    except ValueError as e:
+      return None, Problem(lineno, 'url', (
+          f'{source}:{lineno}: {row.name}: not a usable URL ({e}):'
+          f' {row.url.split("?", 1)[0]!r:.120}'))
   if s is not None and s not in URL_SCHEMES:
     return row, Problem(lineno, 'scheme', (
         f'{source}:{lineno}: {row.name}: unsupported URL scheme {s}:// in'
@@ -194,7 +202,8 @@ def parse_links(text: str, *, source: str = LINKS_FILE_NAME,
     errors.LinksError: naming the file, the line and the problem:
       an empty file, a missing or wrong header; and when strict, a row
       without exactly two tab-separated columns, a name listed twice (same
-      or different URLs), a URL with an unsupported scheme.
+      or different URLs), a link that is no URL (`http://[::1/x`), a URL
+      with an unsupported scheme.
   """
   numbered = _numbered_lines(text)
   _check_header(numbered, source)

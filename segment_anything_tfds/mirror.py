@@ -15,10 +15,16 @@ one tar per element, with the guarantees of `download.py`:
                    `dest/<name>`.
 
 So a `sa_NNNNNN.tar` in `dest` is always a whole, checked tar, and a rerun
-downloads only what is missing. Signed links past their `oe=` fail in `plan`,
-before any pipeline starts. With a checksum list, a verified tar gets a
-`<name>.verified` marker (digest and size) next to it, so reruns do not hash
-it again. `dest` then serves as a build's `manual_dir`.
+downloads only what is missing. Signed links past their `oe=` fail in
+`plan`, before any pipeline starts. With a checksum list, a verified tar
+gets a `<name>.verified` marker (digest and size) next to it, so reruns do
+not hash it again. `dest` then serves as a build's `manual_dir`.
+
+The stage is private: by default `<temp dir>/segment_anything_tfds-mirror-
+<uid>`, mode 0700 (`default_stage_dir`), and in any stage only this user's
+files are used (`download.trusted_file`), so another local user can plant
+neither a tar to be mirrored nor a `.part` symlink to be written through.
+A local `dest` is written the same way (`download.open_owned`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
+import stat
 import tempfile
 from typing import Sequence
 
@@ -167,24 +175,75 @@ def _verify_in_place(target: epath.Path, tar: Tar) -> None:
     raise errors.ChecksumError(
         f'{tar.name}: {target} is in the destination but its {problem}; it'
         ' is left as it is: remove it and rerun to fetch it again')
-  _marker(target).write_text(_marker_text(tar.checksum,
-                                          shards_lib.size_of(target)))
+  _write(_marker(target), tar.name,
+         text=_marker_text(tar.checksum, shards_lib.size_of(target)))
 
 
-def _publish(local: str, target: epath.Path) -> None:
+def _write(target: epath.Path, what: str, copy_from: str | None = None,
+           text: str = '') -> None:
+  """Writes `text` (or a copy of the file `copy_from`) to `target`.
+
+  A local file is written as `download.open_owned` does: never through a
+  symlink, nor over another user's file.
+  """
+  if not shards_lib.is_local(target):
+    if copy_from is not None:
+      epath.Path(copy_from).copy(target, overwrite=True)
+    else:
+      target.write_text(text)
+    return
+  with download.open_owned(os.fspath(target), 'wb', what) as f:
+    if copy_from is None:
+      f.write(text.encode())
+      return
+    with open(copy_from, 'rb') as src:
+      shutil.copyfileobj(src, f, 1 << 20)
+
+
+def _publish(local: str, target: epath.Path, name: str) -> None:
   """Copies a checked local tar to `target` via `<target>.part`."""
   target.parent.mkdir(parents=True, exist_ok=True)
   part = target.parent / (target.name + download.PART_SUFFIX)
-  epath.Path(local).copy(part, overwrite=True)
+  if shards_lib.is_local(part) and os.path.islink(part):
+    os.remove(part)  # Replaced, not written through.
+  _write(part, name, copy_from=local)
   part.replace(target)  # Only a whole copy ever bears the tar's name.
 
 
 # ------------------------------------------------------------ fetching
 
 
+def _private_dir(path: str) -> bool:
+  """Makes the dir `path` (mode 0700) unless something is there already;
+  whether it is now a dir (not a symlink) that only this user can use."""
+  try:
+    os.mkdir(path, 0o700)
+  except FileExistsError:
+    pass
+  st = os.lstat(path)
+  if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+    return False
+  if stat.S_IMODE(st.st_mode) & 0o077:
+    return False  # Others could have put files in it already.
+  return True
+
+
 def default_stage_dir() -> str:
-  """Where a worker stages its downloads: its local temp dir."""
-  return os.path.join(tempfile.gettempdir(), STAGE_SUBDIR)
+  """Where a worker stages its downloads: a private dir in its temp dir.
+
+  `<temp dir>/segment_anything_tfds-mirror-<uid>`, made mode 0700, so a
+  rerun resumes its partial downloads. If that path is anything else (a
+  dir of another user, a symlink, a dir others may write to), it is not
+  touched: a fresh private dir (`mkdtemp`) is used, with a warning.
+  """
+  path = os.path.join(tempfile.gettempdir(),
+                      f'{STAGE_SUBDIR}-{os.geteuid()}')
+  if _private_dir(path):
+    return path
+  fresh = tempfile.mkdtemp(prefix=f'{STAGE_SUBDIR}-{os.geteuid()}-')
+  _LOG.warning('%s is not a private dir of this user (another user may have'
+               ' made it); staging downloads in %s instead', path, fresh)
+  return fresh
 
 
 def _download(tar: Tar, stage_dir: str,
@@ -221,9 +280,9 @@ def fetch_tar(tar: Tar, *, dest: str, options: options_lib.DownloadOptions,
     return 'present'
   local = _download(tar, stage_dir or default_stage_dir(), options)
   size = os.path.getsize(local)
-  _publish(local, target)
+  _publish(local, target, tar.name)
   if tar.checksum is not None:
-    _marker(target).write_text(_marker_text(tar.checksum, size))
+    _write(_marker(target), tar.name, text=_marker_text(tar.checksum, size))
   download.remove_downloaded([local])  # Worker disk: the tars in flight.
   _counter('tars_fetched').inc()
   _counter('bytes_fetched').inc(size)
@@ -268,7 +327,8 @@ def mirror(tars: Sequence[Tar], dest: epath.PathLike, *, beam_options=None,
     beam_options: Beam `PipelineOptions`, given explicitly (never parsed
       from sys.argv); with no runner in them, Beam's in-process FnApiRunner.
     options: download options of the workers (retries, timeout, ...).
-    stage_dir: where workers stage downloads (default: their temp dir).
+    stage_dir: where workers stage downloads (default: a private dir in
+      their temp dir, `default_stage_dir`).
 
   Raises:
     errors.DownloadError: a tar is not in `dest` after the pipeline.

@@ -33,6 +33,8 @@ class DiskMode(str, enum.Enum):
 
 # SA-1B tars are 10-11.5 GB; a download that grows past this is not one.
 MAX_DOWNLOAD_BYTES = 64 << 30
+# Bytes a second: a body slower than this fails the attempt (see timeout).
+MIN_RATE = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +55,16 @@ class DownloadOptions:
       up to `max_backoff`. A server's `Retry-After` (seconds or an HTTP
       date) is honoured up to `max_backoff`.
     max_backoff: longest wait between attempts, in seconds.
-    timeout: seconds to connect, and to wait for each read.
+    timeout: seconds; bounds each attempt (a request, and its body):
+      connecting and receiving the answer's status line and headers take
+      at most `timeout` in all, however slowly a server trickles them; no
+      read of the body waits longer than `timeout`; and the body must
+      bring at least `min_rate` bytes a second, measured over every
+      `timeout` seconds spent waiting for it. An attempt that breaks a rule
+      fails as transient (retried within `retries`).
+    min_rate: the slowest body accepted, in bytes a second (see
+      `timeout`); 0 turns the check off. At the default, 10 kB/s, one
+      SA-1B tar would take 12 days.
     max_bytes: the largest download accepted (an SA-1B tar is ≈11 GB): a
       larger Content-Length is refused at once, a body without one is
       stopped there.
@@ -72,6 +83,7 @@ class DownloadOptions:
   backoff: float = 1.0
   max_backoff: float = 60.0
   timeout: float = 60.0
+  min_rate: float = MIN_RATE
   max_bytes: int = MAX_DOWNLOAD_BYTES
   proxies: Mapping[str, str] | None = None
   check_disk: bool = True
@@ -90,6 +102,7 @@ class DownloadOptions:
     _check_range('backoff', self.backoff, 0, 3600)
     _check_range('max_backoff', self.max_backoff, 0, 24 * 3600)
     _check_range('timeout', self.timeout, 0.001, 24 * 3600)
+    _check_range('min_rate', self.min_rate, 0, 1e12)
     _check_range('max_bytes', self.max_bytes, 1, 1 << 50, integer=True)
     if self.proxies is not None and not isinstance(self.proxies, Mapping):
       raise errors.ConfigError(

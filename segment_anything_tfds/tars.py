@@ -413,6 +413,8 @@ def index_members(fileobj: BinaryIO, *, tar: str
       end = tf.offset
     fileobj.seek(end)
     tail = fileobj.read(512)
+  except errors.DownloadError:
+    raise  # A link that could not be read: no verdict on the tar.
   except errors.BadInputError as e:
     return members, e
   except (tarfile.TarError, EOFError, OSError) as e:

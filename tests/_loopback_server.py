@@ -26,11 +26,21 @@ Lasting behaviours, per file name, for every request:
                                       never ends (it stops after
                                       `endless_cap` bytes, or when the client
                                       hangs up), whatever the Range
+  server.answers[name] = (status, [(header, value), ...])
+                                      that answer, without a body, to every
+                                      request (HEAD and GET)
+  server.content_ranges[name] = 'bytes {start}-5/{size}'
+                                      a 206's Content-Range header, formatted
+                                      with the Range asked for and the size
+                                      (the body is still the bytes asked for)
 
 Every request is logged as (method, name, Range header, status, target),
 where target is the request line's URL: a proxy gets the absolute URL
 (`http://host/path`), so the server also stands in for a forward proxy.
 `server.sent[name]` counts the body bytes written to clients for a file.
+
+`HostileServer` is a raw-socket server for what `http.server` cannot send:
+answers that trickle, or never end.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from __future__ import annotations
 import collections
 import http.server
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -57,6 +68,8 @@ class LoopbackServer:
     self.redirects: dict[str, str] = {}
     self.endless: set[str] = set()
     self.no_head: set[str] = set()
+    self.answers: dict[str, tuple[int, list[tuple[str, str]]]] = {}
+    self.content_ranges: dict[str, str] = {}
     self.endless_cap = endless_cap
     self.endless_sent = 0
     self.sent: collections.Counter = collections.Counter()
@@ -92,6 +105,15 @@ class LoopbackServer:
         if not head:
           self.wfile.write(body)
 
+      def _answer(self, name, rng, status, headers):
+        self._log(name, rng, status)
+        self.send_response(status)
+        for k, v in headers:
+          self.send_header(k, v)
+        self.send_header('Connection', 'close')
+        self.end_headers()
+        self.close_connection = True
+
       def _endless(self, name, rng, head):
         self._log(name, rng, 200)
         self.send_response(200)
@@ -123,6 +145,9 @@ class LoopbackServer:
           return
         if name in server.endless:
           self._endless(name, rng, head)
+          return
+        if name in server.answers:
+          self._answer(name, rng, *server.answers[name])
           return
         if head and name in server.no_head:
           self._log(name, rng, 405)
@@ -165,12 +190,13 @@ class LoopbackServer:
             self.end_headers()
             return
           self.send_response(206)
-          self.send_header('Content-Range',
-                           f'bytes {start}-{end}/{len(data)}')
+          self.send_header('Content-Range', server.content_ranges.get(
+              name, 'bytes {start}-{end}/{size}').format(
+                  start=start, end=end, size=len(data)))
           server.log[-1] = server.log[-1][:3] + (206, self.path)
         else:
           self.send_response(200)
-        body = data[start:end + 1]
+        body = memoryview(data)[start:end + 1]  # No copy: tests bound memory.
         kind = fault[0] if fault else None
         if kind == 'no_length_cut':
           self.send_header('Connection', 'close')
@@ -293,3 +319,135 @@ def within(seconds: float, fn, *args, **kwargs):
   if 'error' in box:
     raise box['error']
   return box['value']
+
+
+class HostileServer:
+  """A server on 127.0.0.1 whose answers never end in reasonable time.
+
+  Every connection gets the same behaviour (`kind`):
+
+    'slow_headers'  the answer (status line and headers) one byte per
+                    `interval` seconds: each byte well within a per-read
+                    timeout, the whole far beyond any deadline.
+    'continue'      `HTTP/1.1 100 Continue` again and again, every
+                    `interval` seconds, and never a final answer.
+    'slow_body'     a prompt, correct answer head (HEAD too: 200 with the
+                    size; a Range GET gets a 206 and its Content-Range),
+                    then the body one byte per `interval` seconds.
+
+  A connection's handler stops when the client hangs up, when the server
+  stops, or after `max_seconds`: nothing outlives the test. `requests`
+  counts the requests received.
+  """
+
+  def __init__(self, kind: str, *, size: int = 1 << 20,
+               interval: float = 0.2, max_seconds: float = 60):
+    assert kind in ('slow_headers', 'continue', 'slow_body'), kind
+    self.kind = kind
+    self.size = size
+    self.interval = interval
+    self.max_seconds = max_seconds
+    self.requests = 0
+    self._stopping = threading.Event()
+    self._listener = socket.create_server(('127.0.0.1', 0))
+    self._listener.settimeout(0.05)
+    self.port = self._listener.getsockname()[1]
+    self._threads: list[threading.Thread] = []
+    self._lock = threading.Lock()
+
+  def url(self, name: str) -> str:
+    return f'http://127.0.0.1:{self.port}/m/{name}'
+
+  def _accept(self) -> None:
+    while not self._stopping.is_set():
+      try:
+        conn, _ = self._listener.accept()
+      except (socket.timeout, OSError):
+        continue
+      thread = threading.Thread(target=self._serve, args=(conn,),
+                                daemon=True)
+      with self._lock:
+        self._threads.append(thread)
+      thread.start()
+
+  def _head(self, conn: socket.socket) -> tuple[str, str | None] | None:
+    """(method, Range header) of the request, or None if there is none."""
+    conn.settimeout(5)
+    data = b''
+    while b'\r\n\r\n' not in data and len(data) < 65536:
+      piece = conn.recv(4096)
+      if not piece:
+        return None
+      data += piece
+    lines = data.split(b'\r\n\r\n', 1)[0].decode('latin-1').split('\r\n')
+    headers = dict(l.split(':', 1) for l in lines[1:] if ':' in l)
+    rng = {k.strip().lower(): v.strip() for k, v in headers.items()}.get(
+        'range')
+    return lines[0].split(' ', 1)[0], rng
+
+  def _answer_head(self, method: str, rng: str | None) -> bytes:
+    m = _RANGE_RE.match(rng or '') if method == 'GET' else None
+    if m:
+      start = int(m.group(1))
+      end = min(self.size - 1, int(m.group(2))) if m.group(2) else (
+          self.size - 1)
+      return (f'HTTP/1.1 206 Partial Content\r\nContent-Range: bytes'
+              f' {start}-{end}/{self.size}\r\nContent-Length:'
+              f' {end - start + 1}\r\n\r\n').encode()
+    return (f'HTTP/1.1 200 OK\r\nContent-Length: {self.size}\r\n'
+            'Accept-Ranges: bytes\r\n\r\n').encode()
+
+  def _trickle(self, conn: socket.socket, data: bytes, repeat: bool) -> None:
+    """Sends `data` one byte per interval (again and again if `repeat`)."""
+    deadline = time.monotonic() + self.max_seconds
+    i = 0
+    while not self._stopping.is_set() and time.monotonic() < deadline:
+      if i == len(data):
+        if not repeat:
+          return
+        i = 0
+      conn.sendall(data[i:i + 1])
+      i += 1
+      self._stopping.wait(self.interval)
+
+  def _serve(self, conn: socket.socket) -> None:
+    try:
+      with conn:
+        head = self._head(conn)
+        if head is None:
+          return
+        with self._lock:
+          self.requests += 1
+        method, rng = head
+        if self.kind == 'continue':
+          self._trickle(conn, b'HTTP/1.1 100 Continue\r\n\r\n', repeat=True)
+        elif self.kind == 'slow_headers':
+          self._trickle(conn, self._answer_head(method, rng) + b'\0' * (
+              self.size if method == 'GET' else 0), repeat=False)
+        else:
+          conn.sendall(self._answer_head(method, rng))
+          if method == 'GET':
+            self._trickle(conn, b'\0' * self.size, repeat=False)
+    except OSError:  # The client hung up.
+      pass
+
+  def start(self) -> 'HostileServer':
+    thread = threading.Thread(target=self._accept, daemon=True)
+    with self._lock:
+      self._threads.append(thread)
+    thread.start()
+    return self
+
+  def stop(self) -> None:
+    self._stopping.set()
+    with self._lock:
+      threads = list(self._threads)
+    for thread in threads:
+      thread.join(5)
+    self._listener.close()
+
+  def __enter__(self) -> 'HostileServer':
+    return self.start()
+
+  def __exit__(self, *exc) -> None:
+    self.stop()

@@ -6,6 +6,7 @@ import hashlib
 import io
 import logging
 import os
+import stat
 import subprocess
 import sys
 import tarfile
@@ -563,6 +564,186 @@ def test_stream_from_server_ignoring_range_fails_fast(server, size):
   assert took < 5, took
   assert peak < 16 << 20, peak
   assert server.endless_sent < 64 << 20
+
+
+def _peak(fn):
+  """(fn(), the peak of memory traced while it ran)."""
+  tracemalloc.start()
+  try:
+    value = fn()
+    return value, tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+
+
+def test_range_file_reads_allocate_only_what_arrives():
+  big = bytes(range(256)) * (32 << 12)  # 32 MiB.
+  with LoopbackServer({'big.tar': big}) as srv:
+    with http_lib.RangeFile(srv.url('big.tar'), options=OPTS,
+                            block_size=1 << 20) as f:
+      # A huge read near the end holds only what is left (tarfile asks for
+      # whatever size a header claims).
+      f.seek(len(big) - 1000)
+      data, peak = _peak(lambda: f.read(1 << 30))
+      assert data == big[-1000:]
+      assert peak < 4 << 20, peak
+      # A read of 32 MiB that all arrives: the result, and a constant.
+      f.seek(0)
+      data, peak = _peak(lambda: f.read(1 << 30))
+      assert len(data) == len(big) and data == big
+      assert peak < len(data) * 1.2 + (4 << 20), peak
+  assert len([g for g in srv.gets() if g[3] == 206]) == 2
+
+
+def test_range_stream_reads_allocate_only_what_arrives():
+  big = bytes(range(256)) * (32 << 12)  # 32 MiB.
+  with LoopbackServer({'big.tar': big}) as srv:
+    with http_lib.RangeStream(srv.url('big.tar'), start=0, size=len(big),
+                              options=OPTS) as s:
+      s.want(len(big))
+      data, peak = _peak(lambda: s.read(1 << 30))
+      assert len(data) == len(big) and data == big
+      assert peak < len(data) * 1.2 + (4 << 20), peak
+      assert s.requests == 1
+
+
+# A 206 whose Content-Range does not answer the Range asked for: each is
+# refused at once, before its body is read.
+LIES = {
+    'bytes {start}-5/{size}': 'is before its first',
+    'bytes {start}-99999999/{size}': 'is past the',
+    'bytes {start}-{end}/7': 'disagrees with the size',
+    'bytes 0-{end}/{size}': 'starts at byte 0',
+    'bytes {start}-{end}/\u00b2': 'malformed',
+}
+
+
+@pytest.mark.parametrize('lie', sorted(LIES))
+@pytest.mark.parametrize('reader', ['file', 'stream'])
+def test_a_content_range_that_does_not_answer_is_refused(lie, reader):
+  big = b'\0' * (64 << 20)
+  with LoopbackServer({'big.tar': big}) as srv:
+    srv.content_ranges['big.tar'] = lie
+    if reader == 'file':
+      f = http_lib.RangeFile(srv.url('big.tar'), options=OPTS,
+                             size=len(big), block_size=1000)
+      f.seek(100)
+    else:
+      f = http_lib.RangeStream(srv.url('big.tar'), start=100, size=len(big),
+                               options=OPTS)
+      f.want(len(big))  # One request for all the rest.
+    with f:
+      error, took, peak = _bounded(20, lambda: f.read(10))
+  msg = str(error)
+  assert 'Content-Range' in msg and LIES[lie] in msg, msg
+  assert 'big.tar' in msg
+  assert took < 5 and peak < 16 << 20, (took, peak)
+  assert len(srv.gets('big.tar')) == 1  # Not retried.
+
+
+def test_a_resume_whose_content_range_does_not_answer_is_refused(server,
+                                                                  tmp_path):
+  name = 'sa_000001.tar'
+  dest = tmp_path / name
+  (tmp_path / (name + '.part')).write_bytes(DATA[name][:100])
+  server.content_ranges[name] = 'bytes {start}-5/{size}'
+  with pytest.raises(errors.DownloadError, match='is before its first'):
+    _fetch(server, name, tmp_path)
+  assert not dest.exists()
+  assert [g[2:4] for g in server.gets(name)] == [('bytes=100-', 206)]
+
+
+# -------------------------------------------- planted files in the cache
+
+
+NEEDS_ROOT = pytest.mark.skipif(
+    os.geteuid() != 0, reason='making a file of another user needs root')
+OTHER_UID = 65534  # nobody
+
+
+@pytest.mark.parametrize('planted', ['.part', '.lock', ''])
+def test_a_planted_symlink_in_the_cache_is_never_followed(server, tmp_path,
+                                                          planted):
+  name = 'sa_000000.tar'
+  victim = tmp_path / 'victim'
+  victim.write_bytes(b'precious')
+  cache = tmp_path / 'cache'
+  cache.mkdir()
+  os.symlink(victim, cache / (name + planted))
+  with pytest.raises(errors.DownloadError) as e:
+    within(20, _download_one, server, name, cache)
+  msg = str(e.value)
+  assert f'{cache / (name + planted)} is a symbolic link' in msg, msg
+  assert name in msg
+  assert victim.read_bytes() == b'precious'
+  assert os.path.islink(cache / (name + planted))
+  assert server.gets() == []  # Refused before any request.
+
+
+def _download_one(server, name, cache):
+  """download_all of one tar; its error raised."""
+  res = download.download_all({name: server.url(name)}, cache, options=OPTS)
+  if res.errors:
+    raise errors.DownloadError(res.errors[name])
+  return res
+
+
+@NEEDS_ROOT
+@pytest.mark.parametrize('planted', ['', '.part', '.lock'])
+def test_a_file_of_another_user_in_the_cache_is_not_used(server, tmp_path,
+                                                         planted):
+  name = 'sa_000000.tar'
+  cache = tmp_path / 'cache'
+  cache.mkdir()
+  path = cache / (name + planted)
+  path.write_bytes(DATA['sa_000001.tar'] if planted != '.lock' else b'')
+  os.chown(path, OTHER_UID, OTHER_UID)
+  with pytest.raises(errors.DownloadError) as e:
+    within(20, _download_one, server, name, cache)
+  msg = str(e.value)
+  assert (f'{path} belongs to uid {OTHER_UID}, not to this user (uid'
+          f' {os.geteuid()})') in msg, msg
+  assert name in msg
+  assert path.read_bytes() == (DATA['sa_000001.tar'] if planted != '.lock'
+                               else b'')
+  assert server.gets() == []
+
+
+@NEEDS_ROOT
+def test_a_cache_dir_of_another_user_is_refused(server, tmp_path):
+  name = 'sa_000000.tar'
+  cache = tmp_path / 'cache'
+  cache.mkdir()
+  (cache / name).write_bytes(DATA['sa_000001.tar'])  # Ours, but in their dir.
+  os.chown(cache, OTHER_UID, OTHER_UID)
+  with pytest.raises(errors.DownloadError) as e:
+    _download_one(server, name, cache)
+  assert (f'the download cache {cache} belongs to uid {OTHER_UID}, not to'
+          ' this user') in str(e.value)
+  assert server.gets() == []
+
+
+@pytest.mark.parametrize('mode, ok', [(0o777, False), (0o775, False),
+                                      (0o1777, True), (0o755, True)])
+def test_a_cache_dir_others_can_write_needs_the_sticky_bit(server, tmp_path,
+                                                           mode, ok):
+  name = 'sa_000000.tar'
+  cache = tmp_path / 'cache'
+  cache.mkdir()
+  os.chmod(cache, mode)
+  if ok:
+    _download_one(server, name, cache)
+    assert _read(cache / name) == DATA[name]
+    # The finished tar is reused: it is this user's, a regular file.
+    assert _download_one(server, name, cache).downloaded == ()
+    assert len(server.gets()) == 1
+    return
+  with pytest.raises(errors.DownloadError) as e:
+    _download_one(server, name, cache)
+  assert (f'the download cache {cache} is writable by other users (mode'
+          f' {stat.filemode(stat.S_IFDIR | mode)}) without the sticky'
+          ' bit') in str(e.value), str(e.value)
+  assert server.gets() == []
 
 
 # ------------------------------------------------------------- checksums

@@ -36,7 +36,9 @@ from segment_anything_tfds import options as options_lib
 from segment_anything_tfds import tars as tars_lib
 
 import _hostile_tars
+from _loopback_server import HostileServer
 from _loopback_server import LoopbackServer
+from _loopback_server import within
 
 NAMES = [f'sa_00000{i}.tar' for i in range(3)]
 
@@ -192,16 +194,21 @@ def test_expired_links_of_cached_tars_are_fine(server, tars, baseline,
   assert server.log == []
 
 
-def test_403_from_a_mirror_stops_with_the_refresh_message(server, tmp_path):
+def test_403_from_a_mirror_is_forbidden_not_expired(server, tmp_path):
+  # A mirror's links carry no signature: its 403 is no expiry, and a fresh
+  # links file would not help.
   a, b, c = NAMES
   server.add_fault(b, 'status', 403)
   manual = _links(tmp_path / 'manual', [(n, server.mirror_url(n))
                                         for n in NAMES])
   data = tmp_path / 'data'
-  with pytest.raises(errors.LinksExpiredError) as e:
+  with pytest.raises(errors.DownloadError) as e:
     _build(data, manual, workers=1, check_disk=False)
-  assert 'HTTP 403' in str(e.value) and b in str(e.value)
-  assert 'fresh segment_anything_links.txt' in str(e.value)
+  assert not isinstance(e.value, errors.LinksExpiredError)
+  msg = str(e.value)
+  assert f'{b}: {server.mirror_url(b)}: HTTP 403 forbidden from 127.0.0.1:' in (
+      msg), msg
+  assert 'expire' not in msg and 'fresh' not in msg
   assert len(server.gets(b)) == 1  # No retries.
   assert _complete_dirs(data) == []
 
@@ -287,6 +294,33 @@ def test_delete_mode_keeps_tars_when_the_build_fails(server, tmp_path):
     _build(data, manual, disk_mode='delete')
   assert len(list(_cache(data).glob('*.tar'))) == 3  # Not downloaded again.
   assert _complete_dirs(data) == []
+
+
+@pytest.mark.parametrize('disk_mode', ['keep', 'stream'])
+@pytest.mark.parametrize('kind', ['slow_headers', 'continue', 'slow_body'])
+def test_a_trickling_server_fails_the_attempt_in_time(kind, disk_mode, tars,
+                                                      tmp_path):
+  # Every byte comes well within the 1 s timeout, but the answer head never
+  # completes (or the body crawls at 5 bytes/s): the attempt fails at its
+  # deadline (or minimum rate) instead of hanging the build.
+  name = NAMES[0]
+  with HostileServer(kind, size=len(tars[name])) as srv:
+    manual = _links(tmp_path / 'manual', [(name, srv.url(name))])
+    started = time.monotonic()
+    with pytest.raises(errors.DownloadError) as e:
+      within(60, _build, tmp_path / 'data', manual, name='trickle',
+             num_tars=1, disk_mode=disk_mode, timeout=1, retries=1,
+             check_disk=False)
+    took = time.monotonic() - started
+  msg = str(e.value)
+  assert took < 15, (took, msg)
+  assert name in msg and f'127.0.0.1:{srv.port}' in msg, msg
+  if kind == 'slow_body':
+    assert 'under the minimum rate of 10000 bytes/s' in msg, msg
+  else:
+    assert 'no complete answer (status line and headers)' in msg, msg
+    assert 'within 1 s' in msg, msg
+  assert _complete_dirs(tmp_path / 'data') == []
 
 
 def test_preflight_refuses_when_the_disk_is_clearly_too_small(

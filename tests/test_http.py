@@ -7,17 +7,22 @@ Every server is on 127.0.0.1, started and stopped by the test; hosts under
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 import time
 
 import pytest
 
+from segment_anything_tfds import cli
 from segment_anything_tfds import download
 from segment_anything_tfds import errors
+from segment_anything_tfds import fake_data
+from segment_anything_tfds import links as links_lib
 from segment_anything_tfds import options
 from segment_anything_tfds import shards
 from segment_anything_tfds import sources
+from _loopback_server import HostileServer
 from _loopback_server import LoopbackServer
 from _loopback_server import closed_port
 from _loopback_server import within
@@ -179,3 +184,171 @@ def test_one_http_client_in_the_package():
             'urllib.request', 'http.client', 'httplib2', 'aiohttp'):
           users.setdefault(str(path.relative_to(root)), set()).add(name)
   assert users == {'http.py': {'requests', 'urllib3'}}
+
+
+# ------------------------------------------------ hostile answers, by command
+
+
+def _links_file(tmp_path, url) -> str:
+  manual = tmp_path / 'manual'
+  manual.mkdir(exist_ok=True)
+  fake_data.write_links(manual / links_lib.LINKS_FILE_NAME, [(NAME, url)])
+  return os.fspath(manual)
+
+
+def _cli(capsys, *argv) -> tuple[int, str, str]:
+  code = within(60, cli.main, [os.fspath(a) for a in argv])
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def _build_cli(capsys, tmp_path, url, *flags) -> tuple[int, str]:
+  """`build --tars 0` from a links file holding `url`: (exit code, error)."""
+  code, _, err = _cli(capsys, 'build', '--tars', '0', '--manual_dir',
+                      _links_file(tmp_path, url), '--data_dir',
+                      tmp_path / 'data', '--download_retries', '1',
+                      '--download_timeout', '2', '--no_progress', *flags)
+  lines = [l for l in err.splitlines() if l.strip()]
+  return code, lines[-1] if lines else ''
+
+
+def _probe_cli(capsys, tmp_path, url, *flags) -> dict:
+  """`check-links --probe` of a links file holding `url`: its one entry."""
+  report = tmp_path / 'report.json'
+  code, _, err = _cli(capsys, 'check-links', '--links',
+                      os.path.join(_links_file(tmp_path, url),
+                                   links_lib.LINKS_FILE_NAME), '--probe',
+                      '--json', report, '--no_progress', *flags)
+  assert code == 0, err
+  [entry] = json.loads(report.read_text())['links']
+  return entry
+
+
+# Each answer once gave a traceback: '²'.isdigit() is True but int('²')
+# fails, and urljoin raises on a bracket left open.
+HOSTILE_ANSWERS = {
+    'content_length': (200, [('Content-Length', '\u00b2')]),
+    'retry_after': (503, [('Retry-After', '\u00b9'),
+                          ('Content-Length', '0')]),
+    'location': (302, [('Location', 'http://[::1/x'),
+                       ('Content-Length', '0')]),
+}
+
+
+@pytest.mark.parametrize('answer', sorted(HOSTILE_ANSWERS))
+def test_hostile_headers_are_one_line_from_build_and_probe(
+    answer, tmp_path, capsys):
+  with LoopbackServer({NAME: TAR}) as srv:
+    srv.answers[NAME] = HOSTILE_ANSWERS[answer]
+    entry = _probe_cli(capsys, tmp_path, srv.url(NAME))
+    code, line = _build_cli(capsys, tmp_path, srv.url(NAME))
+  assert code == 1
+  assert line.startswith('segment-anything-tfds build: error:'), line
+  assert NAME in line
+  assert entry['size_bytes'] is None
+  if answer == 'content_length':  # An unknown size: fine for a probe.
+    assert entry['probe'] == 'HTTP 200'
+    assert 'not a tar' in line
+  elif answer == 'retry_after':  # No usable Retry-After: the usual wait.
+    assert entry['probe'].startswith('error: gave up after 2 attempts')
+    assert 'HTTP 503' in entry['probe'] and 'HTTP 503' in line
+  else:
+    assert entry['probe'].startswith('error: redirected to an invalid URL')
+    assert 'redirected to an invalid URL' in line
+
+
+def test_a_links_row_that_is_no_url_is_one_line(tmp_path, capsys):
+  manual = _links_file(tmp_path, 'http://[::1/x?oh=SECRET')
+  code, out, err = _cli(capsys, 'check-links', '--manual_dir', manual,
+                        '--probe', '--no_progress', '--summary_only')
+  assert code == 0, err
+  assert ("2: sa_000000.tar: not a usable URL (Invalid IPv6 URL):"
+          " 'http://[::1/x'") in out
+  code, line = _build_cli(capsys, tmp_path, 'http://[::1/x?oh=SECRET')
+  assert code == 1
+  assert line.endswith("2: sa_000000.tar: not a usable URL (Invalid IPv6"
+                       " URL): 'http://[::1/x'"), line
+  assert 'SECRET' not in out + line
+
+
+@pytest.mark.parametrize('kind', ['slow_headers', 'continue', 'slow_body'])
+def test_probe_of_a_trickling_server_ends_in_time(kind, tmp_path, capsys):
+  # Each byte comes well within --timeout 1; the answer never completes.
+  with HostileServer(kind, size=12345) as srv:
+    started = time.monotonic()
+    entry = _probe_cli(capsys, tmp_path, srv.url(NAME), '--timeout', '1')
+    took = time.monotonic() - started
+  assert took < 10, took
+  if kind == 'slow_body':  # A HEAD has no body: the answer is complete.
+    assert (entry['size_bytes'], entry['probe']) == (12345, 'HTTP 200')
+  else:
+    assert entry['size_bytes'] is None
+    assert entry['probe'].startswith('error: gave up after 2 attempts'), entry
+    assert ('no complete answer (status line and headers) from'
+            f' 127.0.0.1:{srv.port} within 1 s') in entry['probe']
+
+
+# --------------------------------------------------------------- wording
+
+
+def test_a_plain_403_names_the_host_and_proxy_not_an_expiry(tmp_path):
+  # A proxy (or a mirror) that forbids a link without a signature: the
+  # link did not expire, and the words must not say so.
+  with LoopbackServer({NAME: TAR}) as proxy:
+    proxy.add_fault(NAME, 'status', 403, times=2)
+    opts = FAST.replace(proxies={'http': proxy.address})
+    plain = f'http://sa1b.example/m1/{NAME}'
+    with pytest.raises(errors.DownloadError) as e:
+      within(20, _materialize, plain, tmp_path, opts)
+    assert not isinstance(e.value, errors.LinksExpiredError)
+    msg = str(e.value)
+    assert 'HTTP 403 forbidden from sa1b.example' in msg, msg
+    assert f'through the proxy 127.0.0.1:{proxy.port}' in msg, msg
+    assert 'expire' not in msg and 'fresh' not in msg
+    # A signed link: the 403 may well mean it expired; the proxy is named.
+    signed = f'{plain}?oh=SIG&oe={int(time.time()) + 3600:X}'
+    with pytest.raises(errors.LinksExpiredError) as e:
+      within(20, _materialize, signed, tmp_path, opts)
+    msg = str(e.value)
+    assert 'expired or was revoked' in msg and 'fresh' in msg
+    assert f'through the proxy 127.0.0.1:{proxy.port}' in msg, msg
+    assert 'SIG' not in msg
+    assert len(proxy.gets(NAME)) == 2  # Neither was retried.
+
+
+@pytest.mark.parametrize('location, scheme', [
+    ('FILE:/etc/passwd', 'file'),
+    ('Ftp://files.example/x?oh=SECRET', 'ftp'),
+    ('javascript:alert(1)', 'javascript'),
+])
+def test_redirect_names_the_scheme_whatever_its_case(tmp_path, location,
+                                                     scheme):
+  with LoopbackServer({NAME: TAR}) as srv:
+    srv.redirects[NAME] = location
+    msg = _fails_fast(srv.url(NAME), tmp_path, FAST)
+  assert f'redirected to a {scheme}: URL' in msg, msg
+  assert 'None' not in msg and 'SECRET' not in msg
+
+
+def test_redirect_with_an_upper_case_http_scheme_is_followed(tmp_path):
+  with LoopbackServer({}) as cdn, LoopbackServer({NAME: TAR}) as mirror:
+    cdn.redirects[NAME] = mirror.mirror_url(NAME).replace('http:', 'HTTP:')
+    [out] = within(20, _materialize, cdn.url(NAME), tmp_path, FAST)
+    with open(out.location, 'rb') as f:
+      assert f.read() == TAR
+
+
+@pytest.mark.parametrize('disk_mode', ['keep', 'stream'])
+def test_an_implausible_size_is_refused_naming_tar_and_host(tmp_path,
+                                                            disk_mode):
+  # 10**30 bytes is no disk-space problem: it is not an SA-1B tar.
+  with LoopbackServer({NAME: TAR}) as srv:
+    srv.answers[NAME] = (200, [('Content-Length', str(10**30))])
+    opts = FAST.replace(check_disk=True, disk_mode=disk_mode)
+    with pytest.raises(errors.DownloadError) as e:
+      within(20, _materialize, srv.url(NAME), tmp_path, opts)
+  msg = str(e.value)
+  assert not isinstance(e.value, errors.DiskSpaceError)
+  assert msg.startswith(f'{NAME} from 127.0.0.1:{srv.port}: the server'
+                        f' announces {10**30} bytes, over max_bytes='), msg
+  assert 'PB' not in msg

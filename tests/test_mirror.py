@@ -10,8 +10,11 @@ nothing.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pathlib
+import stat
+import tempfile
 
 from apache_beam.options import pipeline_options
 import numpy as np
@@ -177,3 +180,111 @@ def test_cli_expired_links_fail_before_any_request(server, tmp_path, capsys):
   assert f'{NAMES[0]}, {NAMES[2]}, in' in line
   assert server.log == []
   assert not (tmp_path / 'dest').exists()
+
+
+# ------------------------------------------------------ the stage dir
+
+
+NEEDS_ROOT = pytest.mark.skipif(
+    os.geteuid() != 0, reason='making a file of another user needs root')
+OTHER_UID = 65534  # nobody
+
+
+@pytest.fixture
+def temp_dir(tmp_path, monkeypatch) -> pathlib.Path:
+  """The temp dir `tempfile` gives, shared by every local user."""
+  shared = tmp_path / 'shared_tmp'
+  shared.mkdir()
+  os.chmod(shared, 0o1777)
+  monkeypatch.setattr(tempfile, 'tempdir', os.fspath(shared))
+  return shared
+
+
+def _private(path: str) -> bool:
+  st = os.lstat(path)
+  return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+          and stat.S_IMODE(st.st_mode) == 0o700)
+
+
+def test_the_default_stage_dir_is_private_to_the_user(temp_dir):
+  path = mirror.default_stage_dir()
+  assert path == os.fspath(temp_dir / f'segment_anything_tfds-mirror-'
+                                      f'{os.geteuid()}')
+  assert _private(path)
+  assert mirror.default_stage_dir() == path  # Reused: resumes work.
+
+
+@pytest.mark.parametrize('planted', ['other_user', 'symlink', 'open_dir'])
+def test_a_planted_stage_dir_is_not_used(temp_dir, tmp_path, planted,
+                                         caplog):
+  if planted == 'other_user' and os.geteuid() != 0:
+    pytest.skip('making a dir of another user needs root')
+  path = temp_dir / f'segment_anything_tfds-mirror-{os.geteuid()}'
+  if planted == 'symlink':
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir(mode=0o700)
+    path.symlink_to(elsewhere)
+  else:
+    path.mkdir()
+    os.chmod(path, 0o777)
+    if planted == 'other_user':
+      os.chown(path, OTHER_UID, OTHER_UID)
+  with caplog.at_level(logging.WARNING):
+    got = mirror.default_stage_dir()
+  assert got != os.fspath(path)
+  assert _private(got) and os.path.dirname(got) == os.fspath(temp_dir)
+  assert f'{path} is not a private dir of this user' in caplog.text
+
+
+@NEEDS_ROOT
+def test_a_tar_planted_in_a_shared_stage_dir_is_never_mirrored(
+    server, tars, temp_dir, tmp_path):
+  # Another user put a tar of their own (whole, but not the link's) where
+  # this user stages downloads: it is refused, not used with 0 requests.
+  a = NAMES[0]
+  stage = temp_dir  # e.g. --stage_dir /tmp
+  planted = stage / a
+  planted.write_bytes(tars[NAMES[1]])
+  os.chown(planted, OTHER_UID, OTHER_UID)
+  dest = tmp_path / 'dest'
+  tar = mirror.Tar(a, server.url(a))
+  with pytest.raises(errors.DownloadError) as e:
+    mirror.fetch_tar(tar, dest=os.fspath(dest), options=OPTIONS,
+                     stage_dir=os.fspath(stage))
+  assert f'{planted} belongs to uid {OTHER_UID}' in str(e.value)
+  assert not (dest / a).exists()
+  assert server.log == []
+
+
+def test_a_part_symlink_in_the_stage_dir_is_never_written_through(
+    server, tars, temp_dir, tmp_path):
+  a = NAMES[0]
+  victim = tmp_path / 'victim'
+  victim.write_bytes(b'precious')
+  stage = mirror.default_stage_dir()
+  os.makedirs(stage, exist_ok=True)
+  os.symlink(victim, os.path.join(stage, a + '.part'))
+  dest = tmp_path / 'dest'
+  with pytest.raises(errors.DownloadError, match='is a symbolic link'):
+    mirror.fetch_tar(mirror.Tar(a, server.url(a)), dest=os.fspath(dest),
+                     options=OPTIONS)
+  assert victim.read_bytes() == b'precious'
+  assert not (dest / a).exists()
+  assert server.log == []
+
+
+def test_a_part_symlink_in_a_local_dest_is_never_written_through(
+    server, tars, tmp_path):
+  a = NAMES[0]
+  victim = tmp_path / 'victim'
+  victim.write_bytes(b'precious')
+  dest = tmp_path / 'dest'
+  dest.mkdir()
+  os.symlink(victim, dest / (a + '.part'))
+  assert mirror.fetch_tar(mirror.Tar(a, server.url(a)), dest=os.fspath(dest),
+                          options=OPTIONS,
+                          stage_dir=os.fspath(tmp_path / 'stage')) == (
+                              'fetched')
+  assert victim.read_bytes() == b'precious'
+  assert (dest / a).read_bytes() == tars[a]
+  assert not (dest / (a + '.part')).exists()

@@ -271,8 +271,12 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
                  ' 4*N attempts per tar in all)')
   p.add_argument('--download_timeout',
                  type=common.download_option('timeout', float), default=None,
-                 metavar='SECONDS', help='seconds to connect, and to wait for'
-                 ' each read, before an attempt counts as failed (default 60)')
+                 metavar='SECONDS', help='bounds each download attempt: the'
+                 ' answer\'s status line and headers must arrive within this'
+                 ' time in all (however slowly a server sends them), no read'
+                 ' may wait longer, and the body must bring at least 10 kB/s'
+                 ' over every window this long; else the attempt fails and is'
+                 ' retried (default 60)')
   p.add_argument('--summary_json', metavar='FILE', default=None,
                  help='also write the summary as JSON')
   p.set_defaults(func=run, allow_leftover=True)

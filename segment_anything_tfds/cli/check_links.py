@@ -71,6 +71,8 @@ def probe(client: http.Client, url: str) -> tuple[int | None, str]:
     return None, 'not probed (not an http(s) link)'
   try:
     status, size = client.head(url)
+    if 200 <= status < 300:
+      http.check_size(size, links_lib.redact(url), client.options.max_bytes)
   except errors.DownloadError as e:
     message = e.message
     for prefix in (f'HEAD {links_lib.redact(url)}: ',
@@ -314,8 +316,9 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
                  metavar='N', help='parallel HEAD requests (default 8)')
   p.add_argument('--timeout', type=common.download_option('timeout', float),
                  default=30.0, metavar='SECONDS',
-                 help='seconds to connect and to wait for an answer, per'
-                 ' --probe request (default 30)')
+                 help='seconds a --probe request may take, in all, to connect'
+                 ' and receive the answer\'s status line and headers (default'
+                 ' 30)')
   p.add_argument('--summary_only', action='store_true',
                  help='no per-link table')
   p.add_argument('--json', metavar='FILE', default=None,

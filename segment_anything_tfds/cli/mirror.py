@@ -86,15 +86,18 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
                  ' tars against')
   p.add_argument('--stage_dir', metavar='DIR', default=None,
                  help='worker-local dir downloads are staged (and resumed)'
-                 ' in (default: the worker\'s temp dir)')
+                 ' in; only this user\'s files in it are used (default: a'
+                 ' private dir, mode 0700, in the worker\'s temp dir)')
   p.add_argument('--download_retries',
                  type=common.download_option('retries', int), default=None,
                  metavar='N', help='failed attempts in a row, without new'
                  ' bytes, before a tar fails (default 8)')
   p.add_argument('--download_timeout',
                  type=common.download_option('timeout', float), default=None,
-                 metavar='SECONDS', help='seconds to connect, and to wait for'
-                 ' each read (default 60)')
+                 metavar='SECONDS', help='bounds each download attempt, as'
+                 ' for build: the answer head within this time in all, no read'
+                 ' waiting longer, and at least 10 kB/s over every window this'
+                 ' long (default 60)')
   p.add_argument('--runner', default=LOCAL, metavar='NAME',
                  help='a Beam runner, e.g. DataflowRunner (default "local":'
                  ' Beam\'s in-process runner, on this machine)')
