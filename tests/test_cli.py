@@ -1034,6 +1034,8 @@ def test_check_links_probe_of_a_closed_port_is_fast(tmp_path, capsys):
     (['--download_timeout', '-1'], 'timeout=-1.0: expected a number from'),
     (['--download_timeout', 'inf'], 'timeout=inf'),
     (['--download_workers', '1000'], 'workers=1000: expected an integer'),
+    (['--download_min_rate', '-5'], 'min_rate=-5.0: expected a number'),
+    (['--download_min_rate', 'fast'], 'expected a number'),
 ])
 def test_build_download_flags_are_validated(argv, message, tmp_path, capsys):
   code, _, err = run(capsys, 'build', '--tars', '0', '--manual_dir', DUMMY,
@@ -1049,14 +1051,21 @@ def test_build_download_flags_map_to_download_options():
   args = cli.build_parser().parse_args(
       ['build', '--tars', '0', '--download_retries', '3',
        '--download_timeout', '2.5', '--download_workers', '2',
-       '--disk_mode', 'stream', '--checksums_file', 'sums.txt',
-       '--no_progress'])
+       '--download_min_rate', '0', '--disk_mode', 'stream',
+       '--checksums_file', 'sums.txt', '--no_progress'])
   mapped = cli.build._download_options(args)
   assert mapped == {'retries': 3, 'timeout': 2.5, 'workers': 2,
-                    'disk_mode': 'stream', 'checksums_file': 'sums.txt',
-                    'progress': False}
+                    'min_rate': 0.0, 'disk_mode': 'stream',
+                    'checksums_file': 'sums.txt', 'progress': False}
   opts = options_lib.DownloadOptions.make(mapped)
-  assert (opts.retries, opts.timeout, opts.max_attempts) == (3, 2.5, 12)
+  assert (opts.retries, opts.timeout, opts.max_attempts, opts.min_rate) == (
+      3, 2.5, 12, 0.0)
+  # mirror takes the same flags (but no --download_workers).
+  args = cli.build_parser().parse_args(
+      ['mirror', '--links', 'l.txt', '--dest', '/tmp/d',
+       '--download_retries', '2', '--download_min_rate', '5000'])
+  opts = cli.mirror.download_options(args)
+  assert (opts.retries, opts.min_rate) == (2, 5000.0)
   # Flags not given leave the defaults alone.
   args = cli.build_parser().parse_args(['build', '--tars', '0'])
   assert cli.build._download_options(args) == {}

@@ -187,17 +187,13 @@ def _print_build_summary(builder, args, elapsed: float, was_prepared: bool):
         json.dumps(summary, indent=2) + '\n', encoding='utf-8')
 
 
-# `build` flag -> `DownloadOptions` field; flags not given keep the defaults.
-_DOWNLOAD_FLAGS = (
-    ('disk_mode', 'disk_mode'), ('checksums_file', 'checksums_file'),
-    ('workers', 'download_workers'), ('retries', 'download_retries'),
-    ('timeout', 'download_timeout'))
-
-
 def _download_options(args: argparse.Namespace) -> dict:
-  """The `download_options` the flags ask for (a dict of fields)."""
-  out = {field: getattr(args, flag) for field, flag in _DOWNLOAD_FLAGS
-         if getattr(args, flag, None) is not None}
+  """The `download_options` the flags ask for (a dict of fields); flags not
+  given keep the defaults."""
+  out = common.download_fields(args)
+  for field in ('disk_mode', 'checksums_file'):
+    if getattr(args, field, None) is not None:
+      out[field] = getattr(args, field)
   if getattr(args, 'progress', True) is False:
     out['progress'] = False
   return out
@@ -261,22 +257,7 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
                  help='"<md5 or sha256>  sa_NNNNNN.tar" lines to verify tars'
                  ' against (default: segment_anything_checksums.txt in'
                  ' --manual_dir, if there)')
-  p.add_argument('--download_workers',
-                 type=common.download_option('workers', int), default=None,
-                 metavar='N', help='tars downloaded at once (default 4)')
-  p.add_argument('--download_retries',
-                 type=common.download_option('retries', int), default=None,
-                 metavar='N', help='failed attempts in a row, without new'
-                 ' bytes, before a tar\'s download fails (default 8; at most'
-                 ' 4*N attempts per tar in all)')
-  p.add_argument('--download_timeout',
-                 type=common.download_option('timeout', float), default=None,
-                 metavar='SECONDS', help='bounds each download attempt: the'
-                 ' answer\'s status line and headers must arrive within this'
-                 ' time in all (however slowly a server sends them), no read'
-                 ' may wait longer, and the body must bring at least 10 kB/s'
-                 ' over every window this long; else the attempt fails and is'
-                 ' retried (default 60)')
+  common.add_download_args(p)
   p.add_argument('--summary_json', metavar='FILE', default=None,
                  help='also write the summary as JSON')
   p.set_defaults(func=run, allow_leftover=True)

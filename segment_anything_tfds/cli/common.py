@@ -144,6 +144,46 @@ def download_option(field: str, parse: type):
   return convert
 
 
+# `--download_*` flag -> `DownloadOptions` field.
+_DOWNLOAD_FLAGS = (('download_workers', 'workers'),
+                   ('download_retries', 'retries'),
+                   ('download_timeout', 'timeout'),
+                   ('download_min_rate', 'min_rate'))
+
+
+def add_download_args(p: argparse.ArgumentParser, *,
+                      workers: bool = True) -> None:
+  """The flags of how tars are fetched, for every command that fetches."""
+  if workers:
+    p.add_argument('--download_workers',
+                   type=download_option('workers', int), default=None,
+                   metavar='N', help='tars downloaded at once (default 4)')
+  p.add_argument('--download_retries',
+                 type=download_option('retries', int), default=None,
+                 metavar='N', help='failed attempts in a row, without new'
+                 ' bytes, before a tar\'s download fails (default 8; at most'
+                 ' 4*N attempts per tar in all)')
+  p.add_argument('--download_timeout',
+                 type=download_option('timeout', float), default=None,
+                 metavar='SECONDS', help='bounds each download attempt: the'
+                 ' answer\'s status line and headers must arrive within this'
+                 ' time in all (however slowly a server sends them), no read'
+                 ' may wait longer, and the body must bring at least'
+                 ' --download_min_rate over every window this long; else the'
+                 ' attempt fails and is retried (default 60)')
+  p.add_argument('--download_min_rate',
+                 type=download_option('min_rate', float), default=None,
+                 metavar='BYTES_PER_S', help='the slowest body accepted,'
+                 ' measured over every --download_timeout window of waiting'
+                 ' (default 10000; 0 turns the check off)')
+
+
+def download_fields(args: argparse.Namespace) -> dict:
+  """The `DownloadOptions` fields the `--download_*` flags set."""
+  return {field: getattr(args, flag) for flag, field in _DOWNLOAD_FLAGS
+          if getattr(args, flag, None) is not None}
+
+
 # ------------------------------------------------------------------ Beam
 
 

@@ -40,10 +40,7 @@ def beam_options(args: argparse.Namespace, leftover: Sequence[str]):
 
 
 def download_options(args: argparse.Namespace) -> options_lib.DownloadOptions:
-  fields = {'retries': args.download_retries,
-            'timeout': args.download_timeout}
-  return options_lib.DownloadOptions(
-      **{k: v for k, v in fields.items() if v is not None})
+  return options_lib.DownloadOptions(**common.download_fields(args))
 
 
 def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
@@ -88,16 +85,7 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
                  help='worker-local dir downloads are staged (and resumed)'
                  ' in; only this user\'s files in it are used (default: a'
                  ' private dir, mode 0700, in the worker\'s temp dir)')
-  p.add_argument('--download_retries',
-                 type=common.download_option('retries', int), default=None,
-                 metavar='N', help='failed attempts in a row, without new'
-                 ' bytes, before a tar fails (default 8)')
-  p.add_argument('--download_timeout',
-                 type=common.download_option('timeout', float), default=None,
-                 metavar='SECONDS', help='bounds each download attempt, as'
-                 ' for build: the answer head within this time in all, no read'
-                 ' waiting longer, and at least 10 kB/s over every window this'
-                 ' long (default 60)')
+  common.add_download_args(p, workers=False)
   p.add_argument('--runner', default=LOCAL, metavar='NAME',
                  help='a Beam runner, e.g. DataflowRunner (default "local":'
                  ' Beam\'s in-process runner, on this machine)')
