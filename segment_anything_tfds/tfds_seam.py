@@ -102,7 +102,7 @@ Record = Union[bytes, Sequence[bytes]]
 
 # Pieces are gathered up to this many bytes or pieces (under IOV_MAX), then
 # written with one system call.
-_GATHER_BYTES = 1 << 22
+_GATHER_BYTES = 1 << 20
 _GATHER_PIECES = 512
 
 
