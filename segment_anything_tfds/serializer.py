@@ -30,18 +30,16 @@ What TFDS writes for the features of `features.py` (TFDS 4.9), and so this:
 
 Only `example` as `examples.make_example` returns it is supported: the
 fields it checks (box ranges, ids that fit in uint64, sizes) are not
-checked again. The functions are pure and import neither TensorFlow nor
-TFDS, so a Beam DoFn or a worker process can call them (or pickle them).
+checked again. The functions are pure and need numpy only (no TensorFlow,
+no TFDS), so a Beam DoFn or a worker process can call them, or pickle them.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Union
+from typing import Any, Mapping
 
 import numpy as np
-
-Buffer = Union[bytes, bytearray, memoryview]
 
 # Field tags (field number << 3 | wire type 2, length-delimited).
 _EXAMPLE_FEATURES = b'\n'  # Example.features = 1; Features.feature = 1.
@@ -60,6 +58,8 @@ def varint(n: int) -> bytes:
   """The protobuf varint of an integer in [0, 2**64)."""
   if n < 0x80:
     return _SMALL[n]
+  if n < 0x4000:
+    return bytes((n & 0x7F | 0x80, n >> 7))
   out = bytearray()
   while n >= 0x80:
     out.append((n & 0x7F) | 0x80)
@@ -110,10 +110,11 @@ _INTS = frozenset(('area', 'id', 'height', 'image_id', 'width'))
 
 def _entry_start(key: bytes, list_tag: bytes, body_size: int) -> bytes:
   """A map entry's bytes up to its list's body, of `body_size` bytes."""
-  feature = 1 + len(varint(body_size)) + body_size
-  entry = len(key) + len(varint(feature)) + feature
-  return (_EXAMPLE_FEATURES + varint(entry) + key + varint(feature)
-          + list_tag + varint(body_size))
+  body = varint(body_size)
+  feature_size = 1 + len(body) + body_size
+  feature = varint(feature_size)
+  entry = varint(len(key) + len(feature) + feature_size)
+  return b''.join((_EXAMPLE_FEATURES, entry, key, feature, list_tag, body))
 
 
 def _packed(key: bytes, list_tag: bytes, data: bytes) -> bytes:
@@ -125,6 +126,10 @@ def _packed(key: bytes, list_tag: bytes, data: bytes) -> bytes:
 
 
 def _ints(key: bytes, values: Any) -> bytes:
+  if type(values) is int:  # One value (the image's): no numpy.  pylint: disable=unidiomatic-typecheck
+    if not 0 <= values < 1 << 64:
+      raise OverflowError(f'{values} does not fit in uint64')
+    return _packed(key, _INT64_LIST, varint(values))
   return _packed(key, _INT64_LIST, varints(np.asarray(values, np.uint64)))
 
 
@@ -133,11 +138,11 @@ def _floats(key: bytes, values: Any) -> bytes:
                  np.asarray(values).astype('<f4', copy=False).tobytes())
 
 
-def _as_bytes(value: Any) -> Buffer:
+def _as_bytes(value: Any) -> bytes:
   """A `bytes_list` value as TFDS takes it: text as UTF-8, bytes as is."""
   if isinstance(value, str):
     return value.encode('utf-8')
-  if isinstance(value, (bytes, bytearray, memoryview)):
+  if isinstance(value, bytes):
     return value
   raise TypeError(f'expected bytes or text, got {value!r:.80}')
 
@@ -148,21 +153,14 @@ def _value_start(size: int) -> bytes:
   return _VALUE + varint(size)
 
 
-def _nbytes(data: Buffer) -> int:
-  return data.nbytes if isinstance(data, memoryview) else len(data)
-
-
-def _bytes_entry(key: bytes, values) -> list[Buffer]:
+def _bytes_entry(key: bytes, values) -> list[bytes]:
   """A whole `bytes_list` map entry, as pieces (the values not copied)."""
   pieces = []
   size = 0
   for value in values:
-    if type(value) is str:  # The common case, first.  pylint: disable=unidiomatic-typecheck
-      data = value.encode('utf-8')
-      n = len(data)
-    else:
-      data = _as_bytes(value)
-      n = _nbytes(data)
+    # The common case (an RLE string) first, then any other.
+    data = value.encode('utf-8') if type(value) is str else _as_bytes(value)  # pylint: disable=unidiomatic-typecheck
+    n = len(data)
     start = _value_start(n)
     pieces.append(start)
     pieces.append(data)
@@ -182,7 +180,8 @@ def _check_lengths(annotations: Mapping[str, Any]) -> None:
                        f' {n} as annotations/id')
 
 
-def serialize_pieces(example: Mapping[str, Any]) -> tuple[Buffer, ...]:
+def serialize_pieces(example: Mapping[str, Any]
+                     ) -> tuple[bytes, bytes, bytes]:
   """The serialized example as (head, JPEG bytes, tail), the JPEG uncopied.
 
   `b''.join(pieces)` is `serialize(example)`. A writer can write (and
@@ -200,7 +199,7 @@ def serialize_pieces(example: Mapping[str, Any]) -> tuple[Buffer, ...]:
     head.append(_floats(_STABILITY_KEY, annotations['stability_score']))
   # The head ends with the start of `image/content`'s entry, up to the JPEG.
   jpeg = _as_bytes(image['content'])
-  size = _nbytes(jpeg)
+  size = len(jpeg)
   value_start = _value_start(size)
   head.append(_entry_start(_CONTENT_KEY, _BYTES_LIST, len(value_start) + size)
               + value_start)
@@ -210,10 +209,9 @@ def serialize_pieces(example: Mapping[str, Any]) -> tuple[Buffer, ...]:
       tail.append(_ints(key, image[f]))
     else:
       tail += _bytes_entry(key, (image[f],))
-  head = b''.join(head)
   tail = b''.join(tail)
-  return (_EXAMPLE_FEATURES + varint(len(head) + size + len(tail)) + head,
-          jpeg, tail)
+  total = sum(map(len, head)) + size + len(tail)
+  return b''.join([_EXAMPLE_FEATURES, varint(total), *head]), jpeg, tail
 
 
 def serialize(example: Mapping[str, Any]) -> bytes:

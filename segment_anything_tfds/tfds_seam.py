@@ -2,11 +2,12 @@
 
 The local build (`local_build.py`) writes a split's shard files itself, so
 it needs four things TFDS does not export as public API: its example
-serializer, how it picks the number of shards, how it names shard files, and
-its file adapters (for formats other than TFRecord). They
-are wrapped here, and `tests/test_tfds_seam.py` checks each against the
-installed TFDS, failing with a message that names the TFDS version when one
-changes. Everything else in the package uses TFDS's public surface
+serializer (the reference the direct serializer, `serializer.py`, is
+checked against byte for byte), how it picks the number of shards, how it
+names shard files, and its file adapters (for formats other than TFRecord).
+They are wrapped here, and `tests/test_tfds_seam.py` checks each against
+the installed TFDS, failing with a message that names the TFDS version when
+one changes. Everything else in the package uses TFDS's public surface
 (`tfds.core.GeneratorBasedBuilder` and its hooks, `tfds.core.SplitInfo`,
 `tfds.features`).
 """
@@ -29,6 +30,9 @@ def tfds_version() -> str:
 
 class Serializer:
   """Encodes and serializes examples as TFDS does, but deterministically.
+
+  The reference: builds write with `serializer.serialize_pieces`, which
+  `tests/test_serializer.py` checks gives exactly these bytes.
 
   TFDS's `features.serialize_example` writes the `tf.train.Example` feature
   map in an order that varies between processes; this writes it sorted, so
@@ -155,7 +159,7 @@ def write_records(path: epath.PathLike, file_format: tfds.core.FileFormat,
   """Writes serialized examples to one file in a TFDS file format.
 
   `records` is consumed as the file is written, so memory holds one record
-  at a time (and up to 4 MiB of records gathered for one write). A record
+  at a time (and up to 1 MiB of records gathered for one write). A record
   given in pieces is written piece by piece, never joined, so an image's
   bytes are not copied between their read and the write. TFRecord files
   are framed here, byte-identical to `tf.io.TFRecordWriter` (tested), so a
