@@ -232,3 +232,28 @@ def test_picklable_and_no_tensorflow():
       '  serializer.serialize(tars.read_example(r, pair)[1])\n'
       'assert "tensorflow" not in sys.modules, "imported TensorFlow"\n')
   subprocess.run([sys.executable, '-c', code], check=True)
+
+
+def test_fast_and_checked_columns_agree(jpegs):
+  """make_example's fast path builds the arrays its checked path does."""
+  rng = np.random.default_rng(9)
+  sizes = sorted(jpegs)
+  for k in range(100):
+    height, width = sizes[k % len(sizes)]
+    record = _random_record(rng, 3, int(rng.integers(0, 12)), height=height,
+                            width=width)
+    for a in record['annotations']:  # Ids over 2**63 take the checked path.
+      a['id'] = int(rng.integers(0, 2**63))
+    record = examples.parse_json(json.dumps(record).encode(),
+                                 where=('t.tar', 'x.json'))
+    anns = record['annotations']
+    fast = examples._fast_columns(anns, height=height, width=width)  # pylint: disable=protected-access
+    checked = examples._checked_columns(anns, height=height, width=width,  # pylint: disable=protected-access
+                                        where=('t.tar', 'x.json'))
+    assert fast is not None, f'record {k} took the checked path'
+    for a, b in zip(fast, checked, strict=True):
+      assert (a.dtype, a.shape) == (b.dtype, b.shape), k
+      if a.dtype == object:
+        assert a.tolist() == b.tolist(), k
+      else:
+        assert a.tobytes() == b.tobytes(), k
