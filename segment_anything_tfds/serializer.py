@@ -71,11 +71,15 @@ def varint(n: int) -> bytes:
 _SHIFTS = np.arange(0, 70, 7, dtype=np.uint64)  # 7 bits per varint byte.
 
 
+# Fewer values than this are written one by one: numpy's calls cost more.
+_FEW = 32
+
+
 def varints(values: np.ndarray) -> bytes:
   """The packed varints of a uint64 array's values, in C order."""
   v = values.reshape(-1)
-  if not v.size:
-    return b''
+  if v.size < _FEW:
+    return b''.join([varint(x) for x in v.tolist()])
   top = int(v.max())
   if top < 0x80:
     return v.astype(np.uint8).tobytes()

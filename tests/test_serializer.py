@@ -205,7 +205,8 @@ def test_varints_agree_with_the_scalar_writer():
       rng.integers(0, U64_MAX, size=500, dtype=np.uint64, endpoint=True),
       (np.uint64(1) << rng.integers(0, 64, size=200).astype(np.uint64))
       - np.uint64(1)])
-  for chunk in (values[:1], values[:3], values, values.reshape(-1, 2)):
+  for chunk in (values[:1], values[:3], values[:31], values[:32], values,
+                values.reshape(-1, 2), values[:100] & np.uint64(0x7F)):
     assert serializer.varints(chunk) == b''.join(
         serializer.varint(int(v)) for v in chunk.reshape(-1))
   assert serializer.varints(np.zeros(0, np.uint64)) == b''
