@@ -8,6 +8,7 @@ naming the installed TFDS version.
 """
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import tensorflow_datasets as tfds
 from segment_anything_tfds import examples
 from segment_anything_tfds import fake_data
 from segment_anything_tfds import features as features_lib
+from segment_anything_tfds import local_build
 from segment_anything_tfds import serializer
 from segment_anything_tfds import shards
 from segment_anything_tfds import tars
@@ -258,3 +260,25 @@ def test_fast_and_checked_columns_agree(jpegs):
         assert a.tolist() == b.tolist(), k
       else:
         assert a.tobytes() == b.tobytes(), k
+
+
+def test_builds_write_the_files_tfds_serializer_wrote(tmp_path, monkeypatch):
+  """Data prepared with TFDS's serializer (earlier versions) keeps its bytes:
+  whole shard files of a build, against the same build written with it."""
+
+  def build(name):
+    out = tmp_path / name
+    out.mkdir()
+    local_build.build(
+        list(shards.find_shards(DUMMY_DATA).shards.values()),
+        local_build.Output(os.fspath(out), 'segment_anything', 'train',
+                           tfds.core.FileFormat.TFRECORD, num_shards=2),
+        lenient=False, workers=1, show_progress=False)
+    return {p.name: p.read_bytes() for p in out.iterdir()
+            if '.tfrecord' in p.name}
+
+  ours = build('ours')
+  monkeypatch.setattr(serializer, 'serialize_pieces',
+                      lambda example: (REFERENCE(example),))
+  theirs = build('theirs')
+  assert len(ours) == 2 and ours == theirs, VERSION
