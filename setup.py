@@ -23,6 +23,9 @@ _KERAS_HUB = ['keras-hub>=0.32,<0.33']
 # decode with pycocotools and PIL; Grain's loader on top (tested with 0.2.18).
 _NUMPY_INPUTS = [*_ARRAY_RECORD, *_PYCOCOTOOLS, 'pillow>=9']
 _GRAIN = ['grain>=0.2.18,<0.3', *_NUMPY_INPUTS]
+# The docs site (mkdocs.yml); tested with mkdocs 1.6.0 and 1.6.1,
+# mkdocs-material 9.5.0 and 9.8.2.
+_DOCS = ['mkdocs>=1.6,<2', 'mkdocs-material>=9.5,<10']
 _TEST = [
     *_TF,
     *_TFDS_CLI,
@@ -61,6 +64,12 @@ setuptools.setup(
     long_description=(_HERE / 'README.md').read_text(encoding='utf-8'),
     long_description_content_type='text/markdown',
     license='Apache-2.0',
+    # CPython's tarfile parses pax headers in time quadratic in their
+    # length before 3.10.15, 3.11.10, 3.12.6 and 3.13.0 (CVE-2024-6232,
+    # also fixed in 3.8.20 and 3.9.20); prefer those or later. The floor
+    # is not raised to them (CI and the dev machine run 3.11.7): tars.py
+    # checks every tar header before tarfile reads it (extended headers at
+    # most 64 KiB and well formed), which bounds that cost on every version.
     python_requires='>=3.10',
     packages=setuptools.find_packages(include=['segment_anything_tfds*']),
     package_data={
@@ -72,8 +81,9 @@ setuptools.setup(
         ],
     },
     include_package_data=True,
-    # Build-time RLE check in C (examples.check_counts): ~50x numpy's speed.
-    # Optional: without a compiler the package falls back to numpy.
+    # The build-time RLE check (examples.check_counts), in C. Optional:
+    # without a compiler, builds run its plain-Python reference
+    # (examples.first_bad_reference) instead: the same verdicts, slower.
     ext_modules=[setuptools.Extension(
         'segment_anything_tfds._rlecheck',
         ['segment_anything_tfds/_rlecheck.c'], optional=True)],
@@ -108,6 +118,7 @@ setuptools.setup(
         # yours to install (CPU or CUDA build).
         'pytorch': _NUMPY_INPUTS,
         'test': _TEST,
+        'docs': _DOCS,
     },
     entry_points={
         'console_scripts': [

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Makes the README's pictures of copy-paste and evaluation with `show`.
+"""Makes the docs' pictures with `show` and `stats`.
 
   python examples/docs_pictures.py [--out docs]
 
@@ -8,10 +8,14 @@ images (shapes on a gradient, each shape a mask, its RLE and fields by
 pycocotools as in SA-1B), written as an SA-1B tar and prepared by
 `segment-anything-tfds build`. Then `segment-anything-tfds show` draws
 
+* OUT/show.png: image 1 with its masks, their boxes and prompt points;
 * OUT/copy_paste.png: `--paste_from`, objects of image 2 pasted into
   image 1 by `copy_paste.paste_from_example`;
 * OUT/evaluation.png: `--predictions`, predictions (each mask moved,
-  grown or shrunk by a few pixels) against the ground truth.
+  grown or shrunk by a few pixels) against the ground truth;
+
+and `segment-anything-tfds stats` draws OUT/stats.png of the bundled
+dummy data (`dummy_data/`, built as config `all`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from segment_anything_tfds import cli
 from segment_anything_tfds import fake_data
 
 HEIGHT, WIDTH = 192, 256
+DUMMY_DATA = os.path.join(os.path.dirname(__file__), '..', 'dummy_data')
 
 
 def _shape(kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -141,9 +146,17 @@ def main() -> None:
     _cli('show', *common, '--image_id', 1, '--predictions',
          os.path.join(tmp, 'predictions.json'), '--max_masks', 4,
          '--min_size', 0, '--out', shown)
+    _cli('show', *common, '--image_id', 1, '--boxes', '--points', '--out',
+         shown)
+    dummy = ['--config', 'all', '--data_dir', os.path.join(tmp, 'dummy'),
+             '--no_progress']
+    _cli('build', '--manual_dir', DUMMY_DATA, *dummy)
+    _cli('stats', *dummy, '--out', shown)
     os.makedirs(args.out, exist_ok=True)
     for name, dest in (('sa_1_paste2x3_seed3_min0.png', 'copy_paste.png'),
-                       ('sa_1_eval_max4_min0.png', 'evaluation.png')):
+                       ('sa_1_eval_max4_min0.png', 'evaluation.png'),
+                       ('sa_1_boxes_points.png', 'show.png'),
+                       ('stats.png', 'stats.png')):
       shutil.copy(os.path.join(shown, name), os.path.join(args.out, dest))
       print(f'wrote {os.path.join(args.out, dest)}')
 

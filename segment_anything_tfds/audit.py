@@ -39,8 +39,8 @@ def problem(error: errors.BadInputError, *, lenient: bool,
   """
   if not lenient:
     raise error
-  _LOG.warning('Skipping %s %s: %s [%s]', 'image' if kind == 'skip'
-                  else 'tar', error.where, error.detail, error.reason)
+  _LOG.warning('Skipping %s %s', 'image' if kind == 'skip' else 'tar',
+               error.message)
   return skip_record(error, kind=kind)
 
 

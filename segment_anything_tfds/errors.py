@@ -14,7 +14,9 @@ code 1; anything else is a bug and keeps its traceback.
   │   └── LinksExpiredError   signed links past their `oe=`, or a 403
   ├── ChecksumError       tars that do not match the checksum list
   ├── DiskSpaceError      too little free disk for the build
-  └── NotPreparedError    reading data that was never built
+  ├── WorkerError         a local build's worker process died
+  ├── NotPreparedError    reading data that was never built
+  └── BadRecordError      a prepared example that breaks the dataset's rules
 
 In process, Beam re-raises the package's errors as they are (they are
 tagged, see `Error._tagged_with_step`). Across processes the original object
@@ -22,6 +24,11 @@ is gone: the runner raises a `RuntimeError` whose text holds the worker's
 traceback, ending `<module>.<Class>: <message>`. `from_exception` turns either back into the
 package's error: it walks the exception chain, then looks the class name up
 in this module (a lookup, not a guess at the text).
+
+Names from input (tar members, file names, URLs) can hold terminal escape
+codes. `printable` shows them as visible escapes; every message goes
+through it, so no error or log line sends a control character to a
+terminal. Records (the audit, JSON files) keep the raw names.
 """
 
 from __future__ import annotations
@@ -42,6 +49,33 @@ def refresh_hint(links_source: str = LINKS_FILE_NAME) -> str:
       ' themselves (sa_NNNNNN.tar) in manual_dir.')
 
 
+def _escape(char: str) -> str:
+  """A printable character as it is, any other as Python writes it."""
+  if char.isprintable():
+    return char
+  code = ord(char)
+  if code < 0x100:
+    return f'\\x{code:02x}'
+  return f'\\u{code:04x}' if code < 0x10000 else f'\\U{code:08x}'
+
+
+def printable(text: str) -> str:
+  """`text` with each unprintable character as a visible escape.
+
+  Unprintable is what `str.isprintable` says: C0 and C1 controls and DEL
+  (``'\\x1b'`` becomes the four characters ``\\x1b``), format characters
+  such as the bidi overrides (U+202E becomes ``\\u202e``), line and
+  paragraph separators, spaces other than ' ', lone surrogates (the
+  undecodable bytes of a name) and unassigned code points. Printable text,
+  non-ASCII letters included, is returned as it is, so applying it twice
+  changes nothing more.
+  """
+  text = str(text)
+  if text.isprintable():
+    return text
+  return ''.join(map(_escape, text))
+
+
 class Error(Exception):
   """Base of every error this package raises on purpose (one-line message)."""
 
@@ -55,7 +89,11 @@ class Error(Exception):
 
   @property
   def message(self) -> str:
-    return self.args[0]
+    """The one-line message, safe to print (see `printable`)."""
+    return printable(self.args[0])
+
+  def __str__(self) -> str:
+    return self.message
 
   def __reduce__(self):  # Picklable, so Beam can ship it between workers.
     return (type(self), self.args)
@@ -85,10 +123,7 @@ class BadInputError(Error, ValueError):
 
   @property
   def message(self) -> str:
-    return f'{self.where}: {self.detail} [{self.reason}]'
-
-  def __str__(self) -> str:
-    return self.message
+    return printable(f'{self.where}: {self.detail} [{self.reason}]')
 
   @classmethod
   def from_message(cls, message: str) -> 'BadInputError':
@@ -128,13 +163,31 @@ class DiskSpaceError(Error, OSError):
   """Too little free disk for the chosen config and disk mode."""
 
 
+class WorkerError(Error, RuntimeError):
+  """A local build's worker process died (killed, out of memory, crashed).
+
+  Not the input's fault: says how the worker ended, if known, and that a
+  rerun builds again (tars already downloaded are kept).
+  """
+
+
 class NotPreparedError(Error, FileNotFoundError):
   """Reading a dataset that was never prepared; says how to build it."""
 
 
+class BadRecordError(Error, ValueError):
+  """A prepared example that breaks the dataset's own rules; names it.
+
+  A prepared dataset is input like any other (datasets get shared): e.g.
+  `export` refuses an example whose `image/file_name` is not
+  `sa_<image_id>.jpg`.
+  """
+
+
 _BY_NAME = {cls.__name__: cls for cls in (
     Error, BadInputError, ConfigError, SourceError, LinksError, DownloadError,
-    LinksExpiredError, ChecksumError, DiskSpaceError, NotPreparedError)}
+    LinksExpiredError, ChecksumError, DiskSpaceError, WorkerError,
+    NotPreparedError, BadRecordError)}
 # How a worker's error reads once Beam has turned it into text.
 _WRAPPED_RE = re.compile(
     r'segment_anything_tfds\.[\w.]*?\.?(\w+): (.*?)(?: \[while running .*)?$',

@@ -35,6 +35,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from segment_anything_tfds import errors
+from segment_anything_tfds import examples
 from segment_anything_tfds import rle
 
 __all__ = ['THRESHOLDS', 'MaskIoU', 'binarize', 'resize_and_binarize',
@@ -280,13 +282,43 @@ def _prediction_key(i: int, p: Any) -> tuple[int, int, bytes, tuple, float]:
     size = tuple(int(v) for v in seg['size'])
     if not isinstance(counts, bytes) or len(size) != 2:
       raise TypeError
-    return (int(p['image_id']), int(p['id']), counts, size,
-            float(p.get('score', 0.0)))
-  except (KeyError, TypeError, ValueError, UnicodeEncodeError) as e:
+    key = (int(p['image_id']), int(p['id']), counts, size,
+           float(p.get('score', 0.0)))
+  except (KeyError, TypeError, ValueError, OverflowError,
+          UnicodeEncodeError) as e:
     raise ValueError(
         f'evaluate_predictions: prediction {i} is not {{"segmentation":'
         ' {"size": [h, w], "counts": str}, "image_id": int, "id": int,'
         f' "score"?: float}}: {str(p)[:200]}') from e
+  _check_rle(i, *key[:4])
+  return key
+
+
+_NO_AREA = np.zeros(1, np.int64)
+
+
+def _check_rle(i: int, image_id: int, ann_id: int, counts: bytes,
+               size: tuple[int, int]) -> None:
+  """Refuses an RLE that cannot decode to its size, as the build does.
+
+  The check is the build's (`examples.check_counts`), so that no string
+  reaches the TensorFlow decoder that it would refuse mid-evaluation.
+
+  Raises:
+    ValueError: naming prediction `i`, its image and mask ids, and what is
+      wrong.
+  """
+  where = f'prediction {i} (image_id {image_id}, id {ann_id})'
+  if not all(0 <= side < 2**63 for side in size):
+    raise ValueError(f'evaluate_predictions: {where}: segmentation.size'
+                     f' {list(size)} is not two int64 sides >= 0')
+  try:
+    examples.check_counts(np.array([counts.decode('latin-1')], object),
+                          _NO_AREA, height=size[0], width=size[1],
+                          where=('predictions', where))
+  except errors.BadInputError as e:
+    problem = e.detail.removeprefix('annotations[0].')
+    raise ValueError(f'evaluate_predictions: {where}: {problem}') from None
 
 
 def parse_predictions(predictions: Any

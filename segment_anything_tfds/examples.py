@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Mapping, Tuple
+from typing import Any, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -325,44 +325,52 @@ def _fast_columns(
 # A count of more than this many characters (40 bits) is refused, as by the
 # TensorFlow decoder (`rle._MAX_CHARS_PER_COUNT`).
 _MAX_CHARS_PER_COUNT = 8
-
+# The decoder's size rule (`rle._static_size`): int64 pixel indices.
+_MAX_SIDE = 1 << 62
+_MAX_INDEX = (1 << 63) - 1
+# Totals past h*w are reported up to this (the C pass's uint64).
+_MAX_TOTAL = (1 << 64) - 1
 
 # Why an RLE string cannot decode: the codes `_rlecheck.first_bad` returns.
-_EMPTY, _CHARACTER, _UNFINISHED, _TOO_LONG, _NEGATIVE, _TOTAL, _NOT_TEXT = (
-    range(1, 8))
+(_EMPTY, _CHARACTER, _UNFINISHED, _TOO_LONG, _NEGATIVE, _TOTAL, _NOT_TEXT,
+ _SIZE) = range(1, 9)
 
-try:  # The C pass (setup.py builds it); numpy below when it is not built.
+try:  # The C pass (setup.py builds it); the Python reference if not built.
   from segment_anything_tfds import _rlecheck  # pylint: disable=g-import-not-at-top
 except ImportError:  # pragma: no cover - exercised where the build failed.
   _rlecheck = None
 
 
-def first_problem(counts: str, height: int, width: int
+def first_problem(counts: Any, height: int, width: int
                   ) -> tuple[int, int] | None:
   """(code, value) of what stops `counts` decoding to h x w, or None.
 
-  Plain Python, one string: the reference for the fast passes, and how the
-  numpy pass words its error. Parses as pycocotools' `rleFrString` does.
+  Plain Python, one string: the reference that `_rlecheck.first_bad` must
+  agree with on every input (the tests' oracle), and the check itself when
+  the C pass is not built. Parses code points as pycocotools' `rleFrString`
+  parses bytes, and accepts exactly what `rle.decode` decodes.
   """
+  if (not 0 <= height <= _MAX_SIDE or not 0 <= width <= _MAX_SIDE
+      or (height + 1) * (width + 1) > _MAX_INDEX):
+    return _SIZE, 0
   if not isinstance(counts, str):
     return _NOT_TEXT, 0
-  data = counts.encode('utf-8')
-  if not data:
-    return _EMPTY, 0
   pixels = height * width
-  total, runs, p = 0, [], 0
-  while p < len(data):
+  if not counts:  # No runs: right for an empty mask only.
+    return None if pixels == 0 else (_EMPTY, 0)
+  total, runs, p, n = 0, [], 0, len(counts)
+  while p < n:
     x, k, more = 0, 0, True
     while more:
-      if p >= len(data):
+      if p >= n:
         return _UNFINISHED, 0
-      c = data[p]
+      c = ord(counts[p])
       if not 48 <= c <= 111:
         return _CHARACTER, c
       c -= 48
       if k == _MAX_CHARS_PER_COUNT:
         chars = k
-        while p < len(data) and 80 <= data[p] <= 111:
+        while p < n and 80 <= ord(counts[p]) <= 111:
           p, chars = p + 1, chars + 1
         return _TOO_LONG, chars + 1
       x |= (c & 0x1f) << (5 * k)
@@ -375,74 +383,20 @@ def first_problem(counts: str, height: int, width: int
     if x < 0:
       return _NEGATIVE, 0
     total += x
-    if total > pixels:
-      break
+    if total > pixels:  # Runs are not negative: it cannot come back down.
+      return _TOTAL, min(total, _MAX_TOTAL)
     runs.append(x)
   return None if total == pixels else (_TOTAL, total)
 
 
-def _first_bad_numpy(counts: np.ndarray, height: int, width: int
-                     ) -> tuple[int, int, int] | None:
-  """`_rlecheck.first_bad` in numpy: one vectorized pass over all strings."""
-  n = len(counts)
-  # An empty, non-ASCII or non-text string, a bad character or an unfinished
-  # count also spoils the parse of the strings after it: only the strings
-  # before the first such one (`limit`) are parsed and checked further.
-  limit = next((k for k, t in enumerate(counts)
-                if not isinstance(t, str) or not t or not t.isascii()), n)
-  bad = np.zeros(n + 1, bool)  # bad[n]: a sentinel.
-  bad[limit] = True
-  lengths = np.fromiter(map(len, counts[:limit]), np.int64, limit)
-  ends = np.cumsum(lengths)
-  c = np.frombuffer(''.join(counts[:limit]).encode('ascii'), np.uint8)
-  c = c - np.uint8(48)  # Wraps below '0'.
-  if len(c) and c.max() > 63:
-    limit = int(np.searchsorted(ends, int(np.argmax(c > 63)), side='right'))
-  unfinished = c[ends[:limit] - 1] >= 32
-  if unfinished.any():
-    limit = int(np.argmax(unfinished))
-  bad[limit] = True
-  if limit:
-    c = c[:ends[limit - 1]]
-    ends = ends[:limit]
-    # Counts: each ends at a character without the continuation bit 0x20.
-    last = np.flatnonzero(c < 32)
-    chars = np.diff(last, prepend=-1)
-    first = last - chars + 1
-    mask = np.searchsorted(ends, last, side='right')
-    bad[mask[chars > _MAX_CHARS_PER_COUNT]] = True
-    # Each count's value: 5 data bits per character, little-endian,
-    # sign-extended from bit 0x10 of its last character.
-    longest = min(int(chars.max()), _MAX_CHARS_PER_COUNT)
-    values = (c[first] & 31).astype(np.int64)
-    for k in range(1, longest):
-      longer = np.flatnonzero(chars > k)
-      values[longer] |= (c[first[longer] + k] & 31).astype(np.int64) << (5 * k)
-    sign = (c[last] >> 4) & 1
-    values -= sign.astype(np.int64) << (5 * np.minimum(chars, 12))
-    per_mask = np.bincount(mask, minlength=limit)
-    mask_start = np.cumsum(per_mask) - per_mask
-    pos = np.arange(len(values)) - np.repeat(mask_start, per_mask)
-    # Count m >= 3 is a delta against count m - 2: runs are running sums over
-    # each mask's odd positions, and over its even positions from 2 on.
-    # Running sums over the whole array by index parity, minus their value at
-    # the mask's start (even) or just before it (odd), give them at once.
-    lag2 = np.empty_like(values)
-    lag2[0::2] = np.cumsum(values[0::2])
-    lag2[1::2] = np.cumsum(values[1::2])
-    base_even = lag2[mask_start]
-    base_odd = np.where(mask_start > 0,
-                        lag2[np.maximum(mask_start - 1, 0)], 0)
-    runs = lag2 - np.where((pos & 1).astype(bool),
-                           np.repeat(base_odd, per_mask),
-                           np.repeat(base_even, per_mask))
-    runs[mask_start] = values[mask_start]  # Position 0: no delta.
-    bad[mask[runs < 0]] = True
-    bad[:limit] |= np.add.reduceat(runs, mask_start) != height * width
-  i = int(np.argmax(bad))
-  if i == n:
-    return None
-  return (i, *first_problem(counts[i], height, width))
+def first_bad_reference(counts: Sequence[Any], height: int, width: int
+                        ) -> tuple[int, int, int] | None:
+  """`_rlecheck.first_bad` in plain Python: (index, code, value) or None."""
+  for i, text in enumerate(counts):
+    found = first_problem(text, height, width)
+    if found is not None:
+      return (i, *found)
+  return None
 
 
 def check_counts(counts: np.ndarray, area: np.ndarray, *, height: int,
@@ -450,10 +404,12 @@ def check_counts(counts: np.ndarray, area: np.ndarray, *, height: int,
   """Checks that every RLE string decodes to an `height` x `width` mask.
 
   The format is COCO compressed RLE (stated in `rle.py`). One pass over all
-  of an image's strings (in C: `_rlecheck`; else numpy) finds the first bad
-  one: an empty string, characters outside '0'..'o' (48..111), a count left
+  of an image's strings (in C: `_rlecheck`; without it, the slower
+  `first_bad_reference`, with the same verdicts) finds the first bad one:
+  an empty string, characters outside '0'..'o' (48..111), a count left
   unfinished, a count over 8 characters, a negative run, or runs that do not
-  sum to h*w. An `area` over h*w is refused too.
+  sum to h*w; or a size too large to decode. An `area` over h*w is refused
+  too.
 
   Raises:
     BadInputError: `bad_rle` (or `bad_value` for the area), naming the
@@ -461,10 +417,9 @@ def check_counts(counts: np.ndarray, area: np.ndarray, *, height: int,
   """
   if not len(counts):
     return
-  if _rlecheck is not None:
-    found = _rlecheck.first_bad(counts, height, width)
-  else:
-    found = _first_bad_numpy(counts, height, width)
+  first_bad = (first_bad_reference if _rlecheck is None
+               else _rlecheck.first_bad)
+  found = first_bad(counts, height, width)
   if found is not None:
     i, code, value = found
     raise bad_input(BAD_RLE, where, f'annotations[{i}].segmentation.counts'
@@ -481,7 +436,7 @@ def _rle_problem(code: int, value: int, height: int, width: int) -> str:
   if code == _EMPTY:
     return 'is empty'
   if code == _CHARACTER:
-    what = chr(value) if value < 128 else f'byte 0x{value:02x} (non-ASCII)'
+    what = chr(value) if value < 128 else f'U+{value:04X} (non-ASCII)'
     return f'has the character {what!r} outside "0".."o"'
   if code == _UNFINISHED:
     return 'ends inside a count (an unfinished continuation character)'
@@ -493,6 +448,10 @@ def _rle_problem(code: int, value: int, height: int, width: int) -> str:
   if code == _TOTAL:
     return (f'has runs summing to {value}{"+" if value > height * width else ""},'
             f' not h*w = {height}*{width} = {height * width}')
+  if code == _SIZE:
+    return (f'cannot decode at the size {height} x {width}: height and width'
+            ' must be at most 2**62 and (height + 1) * (width + 1) below'
+            ' 2**63 (int64 pixel indices)')
   return 'is not text'
 
 

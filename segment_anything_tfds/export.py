@@ -31,12 +31,22 @@ of the truth, so rounding gives back the exact integers for any image under
 so ``w`` and ``h`` are one less than pycocotools' `toBbox` of the mask (the
 COCO `bbox` too). They are never "fixed".
 
+Names: a prepared dataset is input like any other (datasets get shared),
+so no output name comes from its text. Every image is `sa_<image_id>.jpg`
+(COCO's `images/`, webdataset's members, the TSV's first column), and an
+example whose `image/file_name` is not exactly that is refused
+(`BadRecordError`, naming the example and the image id). Every path is
+checked to resolve inside the output dir before it is written.
+
 Atomic writes: every file is written under a hidden temporary name
-(``.<name>.partial``) and renamed into place once complete; a killed
+(``.<name>.partial``, created with ``O_EXCL | O_NOFOLLOW``: never through a
+file or link that was there) and renamed into place once complete; a killed
 export leaves only `.partial` files, never a truncated file under a final
-name. A shard's line index is renamed before its TSV, and the COCO
-`annotations.json`, which needs every image, is written last. `export`
-ends by writing `export.json`, the manifest of what was written.
+name. The next export into the dir removes them if they are regular files
+of this user, and refuses to start if one is anything else (a symlink,
+another user's file). A shard's line index is renamed before its TSV, and
+the COCO `annotations.json`, which needs every image, is written last.
+`export` ends by writing `export.json`, the manifest of what was written.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tarfile
 from typing import Any, Iterable, Mapping
 
@@ -55,9 +66,9 @@ import numpy as np
 
 from segment_anything_tfds import errors
 
-__all__ = ['FORMATS', 'MANIFEST', 'pixel_box', 'sa1b_record',
-           'coco_image', 'coco_annotation', 'TsvWriter', 'CocoWriter',
-           'WebDatasetWriter', 'make_writer', 'export']
+__all__ = ['FORMATS', 'MANIFEST', 'pixel_box', 'image_file_name',
+           'sa1b_record', 'coco_image', 'coco_annotation', 'TsvWriter',
+           'CocoWriter', 'WebDatasetWriter', 'make_writer', 'export']
 
 MANIFEST = 'export.json'
 PARTIAL_SUFFIX = '.partial'
@@ -96,15 +107,68 @@ def pixel_box(box: Any, *, height: int, width: int) -> list[int | float]:
   return [x, y, x2 - x, y2 - y]
 
 
-def _text(value: Any) -> str:
-  return value.decode('ascii') if isinstance(value, bytes) else str(value)
+# How much of a refused name an error shows.
+_SHOWN_CHARS = 80
+
+
+def _shown(value: Any) -> str:
+  """A value from a record, quoted and cut for an error message."""
+  if isinstance(value, (bytes, np.bytes_)):
+    value = bytes(value).decode('utf-8', 'backslashreplace')
+  text = str(value)
+  if len(text) > _SHOWN_CHARS:
+    text = text[:_SHOWN_CHARS] + '...'
+  return f"'{errors.printable(text)}'"
+
+
+def _image_id(example: Mapping[str, Any]) -> int:
+  """The example's image id, a non-negative integer, or BadRecordError."""
+  value = example['image']['image_id']
+  number = np.asarray(value)
+  if number.ndim or number.dtype.kind not in 'iu' or number < 0:
+    raise errors.BadRecordError(
+        f'image/image_id {_shown(value)} is not an integer >= 0')
+  return int(number)
+
+
+def image_file_name(example: Mapping[str, Any]) -> str:
+  """`sa_<image_id>.jpg`: the one name an exported image gets.
+
+  Raises:
+    BadRecordError: the example's `image/file_name` is not exactly that
+      (e.g. a path, `../x.jpg`, or bytes that are not even text), or its
+      `image/image_id` is not an integer >= 0.
+  """
+  image_id = _image_id(example)
+  name = f'sa_{image_id}.jpg'
+  given = example['image']['file_name']
+  if isinstance(given, (bytes, np.bytes_)):
+    matches = bytes(given) == name.encode('ascii')
+  else:
+    matches = isinstance(given, str) and given == name
+  if not matches:
+    raise errors.BadRecordError(
+        f'image_id {image_id}: image/file_name {_shown(given)} is not {name};'
+        ' export names every image sa_<image_id>.jpg and refuses other names')
+  return name
+
+
+def _text(value: Any, *, what: str, example: Mapping[str, Any]) -> str:
+  if not isinstance(value, (bytes, np.bytes_)):
+    return str(value)
+  try:
+    return bytes(value).decode('ascii')
+  except UnicodeDecodeError:
+    raise errors.BadRecordError(
+        f'image_id {_image_id(example)}: {what} {_shown(value)} is not ASCII'
+    ) from None
 
 
 def _image_fields(example: Mapping[str, Any]) -> dict[str, Any]:
   image = example['image']
-  return {'image_id': int(image['image_id']), 'width': int(image['width']),
+  return {'image_id': _image_id(example), 'width': int(image['width']),
           'height': int(image['height']),
-          'file_name': _text(image['file_name'])}
+          'file_name': image_file_name(example)}
 
 
 def _annotations(example: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -115,11 +179,13 @@ def _annotations(example: Mapping[str, Any]) -> list[dict[str, Any]]:
   seg = ann['segmentation']
   out = []
   for i in range(len(ann['id'])):
+    counts = _text(seg['counts'][i], example=example,
+                   what=f'annotations[{i}].segmentation.counts')
     out.append({
         'bbox': pixel_box(ann['bbox'][i], height=height, width=width),
         'area': int(ann['area'][i]),
         'segmentation': {'size': [int(v) for v in seg['size'][i]],
-                         'counts': _text(seg['counts'][i])},
+                         'counts': counts},
         'predicted_iou': float(ann['predicted_iou'][i]),
         'point_coords': np.asarray(ann['point_coords'][i],
                                    np.float64).reshape(-1, 2).tolist(),
@@ -183,11 +249,39 @@ def _jpeg(example: Mapping[str, Any]) -> bytes:
 # ------------------------------------------------------------ atomic files
 
 
+# A partial file is always a new file: never one that was there, never
+# through a symlink.
+_PARTIAL_FLAGS = (os.O_RDWR | os.O_CREAT | os.O_EXCL
+                  | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_CLOEXEC', 0))
+
+
+def inside(out_dir: str | os.PathLike, *parts: str) -> str:
+  """`out_dir/parts...`, if it resolves inside `out_dir`.
+
+  Raises:
+    SourceError: the path, symlinks resolved, is not below `out_dir`.
+  """
+  out_dir = os.fspath(out_dir)
+  path = os.path.join(out_dir, *parts)
+  root = os.path.realpath(out_dir)
+  real = os.path.realpath(path)
+  if real == root or os.path.commonpath([root, real]) != root:
+    raise errors.SourceError(
+        f'refusing to write {path}: it resolves to {real}, outside the'
+        f' output dir {out_dir}')
+  return path
+
+
 class PendingFile:
   """A file written as `.<name>.partial` and renamed to `name` by `commit`.
 
   Until `commit`, the final name does not exist (or keeps what it held);
-  `discard` removes the partial file.
+  `discard` removes the partial file. The partial file is created new
+  (`O_EXCL | O_NOFOLLOW`), opened for reading back too (`file`, 'w+b').
+
+  Raises:
+    SourceError: the partial file exists already (another export writing
+      into the same dir, or something put there).
   """
 
   def __init__(self, path: str | os.PathLike, *, sync: bool = True):
@@ -195,7 +289,13 @@ class PendingFile:
     head, tail = os.path.split(self.path)
     self.partial = os.path.join(head, f'.{tail}{PARTIAL_SUFFIX}')
     self.sync = sync
-    self.file = open(self.partial, 'wb')
+    try:
+      fd = os.open(self.partial, _PARTIAL_FLAGS, 0o666)
+    except FileExistsError:
+      raise errors.SourceError(
+          f'{self.partial} exists: another export is writing into this dir,'
+          ' or something was put there; it is not written through') from None
+    self.file = os.fdopen(fd, 'w+b')
 
   def write(self, data: bytes) -> int:
     return self.file.write(data)
@@ -252,6 +352,19 @@ class _Writer:
     self.files: list[str] = []
 
   def add(self, example: Mapping[str, Any]) -> None:
+    """Writes one example.
+
+    Raises:
+      BadRecordError: naming the example (its index among those added) and
+        its image id, before anything of it is written.
+    """
+    try:
+      self._add(example)
+    except errors.BadRecordError as e:
+      raise errors.BadRecordError(f'example {self.images}, {e.args[0]}'
+                                  ) from None
+
+  def _add(self, example: Mapping[str, Any]) -> None:
     raise NotImplementedError
 
   def close(self) -> None:
@@ -259,6 +372,9 @@ class _Writer:
 
   def abort(self) -> None:
     """Removes the partial files; final files written so far stay."""
+
+  def _path(self, *parts: str) -> str:
+    return inside(self.out_dir, *parts)
 
   def _done(self, path: str) -> None:
     self.files.append(os.path.relpath(path, self.out_dir))
@@ -290,7 +406,7 @@ class _ShardedWriter(_Writer):
     self.shard_images = 0
 
   def shard_path(self, index: int, ext: str) -> str:
-    return os.path.join(self.out_dir, f'{SHARD_PREFIX}-{index:06d}.{ext}')
+    return self._path(f'{SHARD_PREFIX}-{index:06d}.{ext}')
 
   def _next_shard(self, size: int) -> None:
     """Opens the first shard, or the next one if `size` bytes do not fit."""
@@ -332,11 +448,11 @@ class TsvWriter(_ShardedWriter):
   def row(example: Mapping[str, Any]) -> bytes:
     """One TSV row: ``file_name \\t SA-1B json \\t base64(jpeg) \\n``."""
     record = sa1b_record(example)
-    return b'\t'.join((record['image']['file_name'].encode('ascii'),
+    return b'\t'.join((image_file_name(example).encode('ascii'),
                        _json_bytes(record),
                        base64.b64encode(_jpeg(example)))) + b'\n'
 
-  def add(self, example):
+  def _add(self, example):
     row = self.row(example)
     self._next_shard(len(row))
     self._index.write(b'%d\n' % self._tsv.tell())
@@ -380,9 +496,9 @@ class WebDatasetWriter(_ShardedWriter):
   def _member_bytes(cls, size: int) -> int:
     return cls._BLOCK + -(-size // cls._BLOCK) * cls._BLOCK
 
-  def add(self, example):
+  def _add(self, example):
     record = sa1b_record(example)
-    stem = os.path.splitext(record['image']['file_name'])[0]
+    stem = os.path.splitext(image_file_name(example))[0]
     members = ((f'{stem}.jpg', _jpeg(example)),
                (f'{stem}.json', _json_bytes(record)))
     self._next_shard(sum(self._member_bytes(len(d)) for _, d in members))
@@ -432,17 +548,16 @@ class CocoWriter(_Writer):
   def __init__(self, out_dir, *, info: Mapping[str, Any] | None = None):
     super().__init__(out_dir)
     self.info = dict(info or {})
-    os.makedirs(os.path.join(self.out_dir, self.IMAGES_DIR), exist_ok=True)
+    os.makedirs(self._path(self.IMAGES_DIR), exist_ok=True)
     self._lists = {
-        key: PendingFile(os.path.join(self.out_dir, f'{key}.list'),
-                         sync=False)
+        key: PendingFile(self._path(f'{key}.list'), sync=False)
         for key in ('images', 'annotations')}
     self._annotations_written = 0
 
-  def add(self, example):
+  def _add(self, example):
     record = sa1b_record(example)
     image = coco_image(example)
-    path = os.path.join(self.out_dir, self.IMAGES_DIR, image['file_name'])
+    path = self._path(self.IMAGES_DIR, image['file_name'])
     self._done(write_atomically(path, _jpeg(example), sync=False))
     self._append('images', image, self.images)
     for ann in record['annotations']:
@@ -458,15 +573,14 @@ class CocoWriter(_Writer):
   def close(self):
     head = _json_bytes({'info': self.info, 'licenses': [],
                         'categories': [COCO_CATEGORY]})[:-1]
-    out = PendingFile(os.path.join(self.out_dir, self.ANNOTATIONS))
+    out = PendingFile(self._path(self.ANNOTATIONS))
     try:
       out.write(head)
       for key in ('images', 'annotations'):
         pending = self._lists[key]
-        pending.file.flush()
+        pending.file.seek(0)  # Read back through the file written.
         out.write(b',"%s":[' % key.encode())
-        with open(pending.partial, 'rb') as f:
-          shutil.copyfileobj(f, out.file, 1 << 20)
+        shutil.copyfileobj(pending.file, out.file, 1 << 20)
         out.write(b']')
       out.write(b'}')
     except BaseException:
@@ -519,16 +633,36 @@ def _previous_outputs(out_dir: str) -> list[str]:
   return sorted(found)
 
 
+def _check_stale_partial(path: str) -> None:
+  """Refuses a partial file that no export of this user left."""
+  st = os.lstat(path)
+  if stat.S_ISLNK(st.st_mode):
+    what = 'a symlink'
+  elif not stat.S_ISREG(st.st_mode):
+    what = 'not a regular file'
+  elif st.st_uid != os.getuid():
+    what = f'owned by another user (uid {st.st_uid})'
+  else:
+    return
+  raise errors.SourceError(
+      f'{path} is {what}, not a partial file left by an export of yours;'
+      ' it is not removed nor written through: remove it yourself, or'
+      ' choose another --out')
+
+
 def prepare_out_dir(out_dir: str | os.PathLike, *,
                     overwrite: bool = False) -> None:
   """Creates `out_dir`; refuses (or with `overwrite`, removes) an export.
 
-  Partial files of a killed export are always removed. Files that no
-  format writes are never touched.
+  Partial files of a killed export (regular files of this user) are always
+  removed; any other file with a partial file's name stops the export.
+  Files that no format writes are never touched; symlinks are removed, never
+  followed.
 
   Raises:
     ConfigError: `out_dir` holds an export and `overwrite` is False, or is
       not a directory.
+    SourceError: a partial file that is a symlink, or not this user's.
   """
   out_dir = os.fspath(out_dir)
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -541,6 +675,9 @@ def prepare_out_dir(out_dir: str | os.PathLike, *,
         f'{out_dir} already holds an export ({finished[0]} and'
         f' {len(finished) - 1} more files); pass --overwrite to replace it'
         ' or choose another --out')
+  for rel in previous:
+    if _is_partial(os.path.basename(rel)):
+      _check_stale_partial(os.path.join(out_dir, rel))
   for rel in previous:
     os.remove(os.path.join(out_dir, rel))
 
@@ -579,6 +716,6 @@ def export(examples: Iterable[Mapping[str, Any]], fmt: str,
   }
   if fmt == 'coco':
     manifest['images_dir'] = CocoWriter.IMAGES_DIR
-  write_atomically(os.path.join(out_dir, MANIFEST),
+  write_atomically(inside(out_dir, MANIFEST),
                    json.dumps(manifest, indent=2).encode() + b'\n')
   return manifest

@@ -1,96 +1,122 @@
-"""Stale `incomplete.*` dirs: TFDS's temporary build dirs left by killed builds.
+"""Builds of one dataset version take turns; killed builds' dirs are removed.
 
 TFDS writes a dataset into `<config>/incomplete.<id>_<version>/` and renames
-it only on success, so a killed build leaves that dir behind; reruns never
-reuse or remove it. A running build here holds an exclusive lock on
-`<that dir>.lock` (`claim`). `remove_stale` deletes the incomplete dirs of
-the same version whose lock nobody holds: their build is gone. A dir with no
-lock file at all is removed only once it is an hour old (a build that has
-just started has not claimed it yet).
+it to `<config>/<version>/` only on success, so a killed build leaves that
+dir behind, and TFDS never reuses or removes it. Two builds of one version
+into one data dir would each do the whole work, and the second to finish
+would then fail to rename.
+
+So a build holds an exclusive lock on `<config>/<version>.lock` from before
+it looks at the data dir until it is done (`build_lock`). A build that finds
+the lock held says so and waits; then it finds the dataset prepared and
+reuses it, or, if the other build failed, builds it. The lock goes with its
+process, so a killed build never blocks the next one; and while a build
+holds the lock, every `incomplete.*_<version>` dir there is a dead build's,
+which `remove_stale` removes.
+
+Only local data dirs are locked: a bucket (`gs://...`) has no file locks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import shutil
-import time
+from typing import Iterator
 
 from segment_anything_tfds import shards as shards_lib
 
 _LOG = logging.getLogger(__name__)
 PREFIX = 'incomplete.'
 LOCK_SUFFIX = '.lock'
-UNCLAIMED_AGE = 3600.0
-_HELD: dict[str, int] = {}
 
 
-def claim(tmp_data_dir) -> None:
-  """Marks `tmp_data_dir` as this live process's build (until `release`).
+@contextlib.contextmanager
+def build_lock(data_dir) -> Iterator[None]:
+  """Holds the build lock of `data_dir` (`<config>/<version>`) while inside.
 
-  Only local dirs are claimed: a bucket (`gs://...`) has no file locks, and
-  `remove_stale` leaves buckets alone.
+  Waits while another build holds it, saying so once. A bucket's data dir
+  is not locked.
   """
-  path = os.fspath(tmp_data_dir)
-  if (not os.path.basename(path).startswith(PREFIX) or path in _HELD
-      or not shards_lib.is_local(path)):
+  data_dir = os.fspath(data_dir).rstrip('/')
+  if not shards_lib.is_local(data_dir):
+    yield
     return
-  fd = os.open(path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT, 0o644)
-  fcntl.flock(fd, fcntl.LOCK_EX)
-  os.write(fd, f'{os.getpid()}\n'.encode())
-  _HELD[path] = fd
-
-
-def release() -> None:
-  """Drops this process's claims and their lock files."""
-  for path, fd in list(_HELD.items()):
-    try:
-      os.remove(path + LOCK_SUFFIX)
-    except FileNotFoundError:
-      pass
-    os.close(fd)
-    del _HELD[path]
-
-
-def _is_held(lock_path: str) -> bool:
+  os.makedirs(os.path.dirname(data_dir), exist_ok=True)
+  path = data_dir + LOCK_SUFFIX
+  fd = _lock(path, data_dir)
   try:
-    fd = os.open(lock_path, os.O_RDWR)
+    yield
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(path)  # Before letting go: see `_lock`.
+    os.close(fd)
+
+
+def _lock(path: str, data_dir: str) -> int:
+  """An open fd of `path` that holds its exclusive lock, once it is free.
+
+  A holder removes the file before it lets go, so a waiter may be granted
+  the lock of a file that is gone: it then locks the file now at `path`.
+  """
+  said = False
+  while True:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        if not said:
+          _say_waiting(fd, data_dir)
+          said = True
+        fcntl.flock(fd, fcntl.LOCK_EX)
+      if _is_at(fd, path):
+        os.ftruncate(fd, 0)
+        os.write(fd, f'{os.getpid()}\n'.encode())
+        return fd
+    except BaseException:
+      os.close(fd)
+      raise
+    os.close(fd)
+
+
+def _is_at(fd: int, path: str) -> bool:
+  try:
+    return os.path.samestat(os.fstat(fd), os.stat(path))
   except FileNotFoundError:
     return False
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    return True
-  finally:
-    os.close(fd)
-  return False
 
 
-def remove_stale(data_dir, *, now: float | None = None) -> list[str]:
-  """Removes the stale incomplete dirs next to `data_dir`; returns them."""
-  data_dir = os.fspath(data_dir)
-  parent, version = os.path.split(data_dir.rstrip('/'))
+def _say_waiting(fd: int, data_dir: str) -> None:
+  holder = os.pread(fd, 32, 0).decode('ascii', 'replace').strip()
+  pid = f' (pid {holder})' if holder.isdigit() else ''
+  _LOG.warning('another build%s is preparing %s; waiting for it to finish',
+               pid, data_dir)
+
+
+def remove_stale(data_dir) -> list[str]:
+  """Removes the incomplete dirs of `data_dir`'s version; returns them.
+
+  Call it holding `build_lock(data_dir)`: then no live build has one.
+  """
+  data_dir = os.fspath(data_dir).rstrip('/')
+  parent, version = os.path.split(data_dir)
   if not shards_lib.is_local(parent) or not os.path.isdir(parent):
     return []
-  now = time.time() if now is None else now
   removed = []
   for name in sorted(os.listdir(parent)):
     path = os.path.join(parent, name)
-    if (not name.startswith(PREFIX) or not name.endswith('_' + version)
-        or not os.path.isdir(path) or path in _HELD):
+    if not name.startswith(PREFIX):
       continue
-    lock = path + LOCK_SUFFIX
-    if os.path.exists(lock):
-      if _is_held(lock):
-        continue
-    elif now - os.path.getmtime(path) < UNCLAIMED_AGE:
-      continue
-    shutil.rmtree(path, ignore_errors=True)
-    try:
-      os.remove(lock)
-    except FileNotFoundError:
-      pass
-    removed.append(path)
-    _LOG.warning('Removed %s, left by a build that did not finish', path)
+    if name.endswith(f'_{version}{LOCK_SUFFIX}'):  # Older releases' locks.
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+    elif (name.endswith('_' + version) and os.path.isdir(path)
+          and not os.path.islink(path)):
+      shutil.rmtree(path, ignore_errors=True)
+      if not os.path.exists(path):
+        removed.append(path)
+        _LOG.warning('Removed %s, left by a build that did not finish', path)
   return removed

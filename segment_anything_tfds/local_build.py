@@ -21,17 +21,25 @@ member: right for local disks; see the README for network file systems.
 
 Records are those of the Beam build (`pipeline.py`), which Dataflow runs;
 only the order differs (the hash here is `image_order`).
+
+Workers end with the build's process, even when it is killed. A worker that
+dies (killed, out of memory) fails the build with `errors.WorkerError`.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import concurrent.futures.process
+import ctypes
 import dataclasses
 import multiprocessing
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -206,11 +214,13 @@ class _Worker:
 
 
 _WORKER: _Worker | None = None
+_PR_SET_PDEATHSIG = 1  # From <linux/prctl.h>.
 
 
-def _init_worker(shards, file_format, lenient, counter, verbose):
+def _init_worker(shards, file_format, lenient, counter, verbose, parent):
   """Sets up a worker process; `counter` is a shared count of images."""
   global _WORKER
+  _die_with_parent(parent)
   if verbose is not None:  # The parent's CLI output settings.
     logs.configure(verbose)
 
@@ -219,6 +229,42 @@ def _init_worker(shards, file_format, lenient, counter, verbose):
       counter.value += n
 
   _WORKER = _Worker(shards, file_format, lenient, tick)
+
+
+def _die_with_parent(parent: int) -> None:
+  """Ends this worker as soon as `parent`, the build's process, is gone.
+
+  A worker holds both ends of the pool's pipes itself, so once the build is
+  killed it would wait on them forever. On Linux the kernel kills it
+  (PR_SET_PDEATHSIG). That signal comes when the parent *thread* that
+  started the worker ends: the pool starts workers from the thread that
+  submits work, the one running `build`, and `build` shuts the pool down
+  before it returns. Elsewhere a thread checks the parent every second. A
+  parent gone before either was set up is caught by the check after it.
+  """
+  if not _signal_on_parent_death(signal.SIGKILL):
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
+                     name='watch-build-process').start()
+  if os.getppid() != parent:
+    os._exit(1)  # pylint: disable=protected-access
+
+
+def _signal_on_parent_death(sig: int) -> bool:
+  """Asks Linux for `sig` when the parent dies; False where it cannot."""
+  if not sys.platform.startswith('linux'):
+    return False
+  try:
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+  except (OSError, AttributeError):
+    return False
+  return prctl(ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(int(sig)),
+               ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)) == 0
+
+
+def _watch_parent(parent: int) -> None:
+  while os.getppid() == parent:
+    time.sleep(1.0)
+  os._exit(1)  # pylint: disable=protected-access
 
 
 def _write_part(part: Part) -> PartResult:
@@ -471,6 +517,8 @@ def build(
       raise errors.SourceError(_nothing_to_write(records, len(shards)))
     if 0 in lengths:  # Every image of a shard was skipped: renumber.
       lengths = _drop_empty_shards(template, lengths)
+  except concurrent.futures.process.BrokenProcessPool as e:
+    raise _worker_died(pool) from e
   finally:
     if pool is not None:
       pool.shutdown(cancel_futures=True)
@@ -543,7 +591,32 @@ def _pool(ctx, workers: int, shards, output: Output, lenient: bool, counter):
   return concurrent.futures.ProcessPoolExecutor(
       workers, mp_context=ctx, initializer=_init_worker,
       initargs=(list(shards), output.file_format, lenient, counter,
-                logs.configured()))
+                logs.configured(), os.getpid()))
+
+
+def _worker_died(pool) -> errors.WorkerError:
+  """The error for a pool one of whose workers died: how, if known."""
+  # The pool's processes (a private attribute, hence getattr), taken before
+  # shutdown drops them; shutdown reaps them all, so each has its exit code.
+  processes = list((getattr(pool, '_processes', None) or {}).values())
+  pool.shutdown(wait=True, cancel_futures=True)
+  codes = [p.exitcode for p in processes if p.exitcode]
+  # Once one has died, the pool ends the others with SIGTERM.
+  codes = [c for c in codes if c != -signal.SIGTERM] or codes
+  how = 'died'
+  if codes and codes[0] < 0:
+    try:
+      how = f'was killed by {signal.Signals(-codes[0]).name}'
+    except ValueError:
+      how = f'was killed by signal {-codes[0]}'
+    if codes[0] == -signal.SIGKILL:
+      how += (' (the out-of-memory killer sends it: check free memory, or'
+              ' build with fewer workers)')
+  elif codes:
+    how = f'exited with code {codes[0]}'
+  return errors.WorkerError(
+      f'a worker process of the build {how}; the dataset was not prepared:'
+      ' run the build again (tars already downloaded are reused)')
 
 
 def _as_completed(futures, on_wait: Callable[[], None] | None = None):

@@ -124,7 +124,7 @@ def index_shard(
     yield _problem(problem, lenient=lenient)
   for name in index.ignored:
     _LOG.info('%s:%s: not an SA-1B image member; ignored', shard.name,
-                 name)
+              errors.printable(name))
   _counter('images_indexed').inc(index.images)
   yield beam.pvalue.TaggedOutput(_AUDIT, audit.shard_record(
       index.tar, images=index.images, problems=len(index.problems),
@@ -314,7 +314,8 @@ def check_ranges(item: tuple[str, dict[str, Iterable[Any]]], *,
     yield _skip_record(tars_lib.no_images_error(
         tars_lib.Index(tar, [], [], ignored)), lenient=lenient, kind='tar')
   for name in ignored:
-    _LOG.info('%s:%s: not an SA-1B image member; ignored', tar, name)
+    _LOG.info('%s:%s: not an SA-1B image member; ignored', tar,
+              errors.printable(name))
   _counter('images_indexed').inc(images)
   yield audit.shard_record(tar, images=images, problems=problems,
                            ignored=ignored)

@@ -56,11 +56,6 @@ BLOCK = tarfile.BLOCKSIZE
 READ_BYTES = 8 << 20
 # How far before its start a range looks for a header run's first header.
 LOOKBACK = 8 << 10
-# GNU long names and pax records larger than this are damage.
-MAX_EXTENDED_BYTES = 1 << 20
-_EXTENDED = frozenset({tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK,
-                       tarfile.XHDTYPE, tarfile.XGLTYPE,
-                       tarfile.SOLARIS_XHDTYPE})
 
 
 # ------------------------------------------------------------------ plans
@@ -312,6 +307,11 @@ def read_run(stream: Stream, *, tar: str, first: bool = False) -> Run | None:
   start = stream.pos
   what = 'not a tar' if first else 'corrupt or truncated tar'
   blocks: list[bytes] = []
+
+  def read(n: int) -> bytes:  # An extended header's data.
+    stream.want(stream.pos + n + BLOCK)
+    return stream.read(n)
+
   while True:
     at = stream.pos
     stream.want(at + BLOCK)
@@ -329,24 +329,13 @@ def read_run(stream: Stream, *, tar: str, first: bool = False) -> Run | None:
       raise tars_lib.corrupt(tar, f'@{at}', f'{what}: unreadable header at'
                              f' byte {at} ({e})') from None
     blocks.append(block)
-    if info.type not in _EXTENDED:
+    data = tars_lib.check_header(info, read, tar=tar, at=at,
+                                 before=len(blocks) // 2)
+    if data is None:
       break
-    if info.size > MAX_EXTENDED_BYTES:
-      raise tars_lib.corrupt(tar, f'@{at}', f'{what}: an extended header of'
-                             f' {info.size} bytes at byte {at} (at most'
-                             f' {MAX_EXTENDED_BYTES} in byte-range reads)')
-    padded = -(-info.size // BLOCK) * BLOCK
-    stream.want(stream.pos + padded + BLOCK)
-    data = stream.read(padded)
-    if len(data) < padded:
-      raise tars_lib.corrupt(tar, f'@{at}', f'{what}: the file ends inside'
-                             f' the extended header at byte {at}')
     blocks.append(data)
   if len(blocks) > 1:
     info = _run_info(blocks, start, tar)
-  if info.issparse():
-    raise tars_lib.corrupt(tar, info.name, 'a sparse member: not supported'
-                           ' in byte-range reads')
   return Run(start, info, stream.pos, stream.pos + tars_lib.data_blocks(info))
 
 

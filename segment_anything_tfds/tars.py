@@ -18,6 +18,12 @@ Hostile input is refused, never followed:
 * Stems are canonical: `sa_` and ASCII digits without leading zeros. Other
   names (`sa_01.jpg`, `SA_1.JPG`, `sa_١.jpg`) are ignored members, listed in
   the audit, so two names never map to one image id.
+* Every header is checked before `tarfile` reads what follows it
+  (`check_header`): extended headers (GNU long names, pax records) are
+  small and well formed, and sparse members are refused. So no tar makes
+  tarfile read a huge header whole, or parse pax records in the quadratic
+  time of CPython's tarfile before 3.8.20, 3.9.20, 3.10.15, 3.11.10,
+  3.12.6 and 3.13.0 (CVE-2024-6232), whatever the Python version.
 
 `pair_members` is pure. `index_shard` returns an `Index`: the pairs, one
 `BadInputError` per image that cannot be built (the lenient audit counts
@@ -31,9 +37,10 @@ import dataclasses
 import errno
 import os
 import posixpath
+import re
 import stat
 import tarfile
-from typing import BinaryIO, Iterable, Sequence
+from typing import BinaryIO, Callable, Iterable, Sequence
 
 from segment_anything_tfds import errors
 from segment_anything_tfds import examples as examples_lib
@@ -44,6 +51,16 @@ MAX_JSON_BYTES = 64 << 20
 MAX_JPEG_BYTES = 256 << 20
 # An SA-1B tar holds ≈22 k members; a tar listing far more is not one.
 MAX_MEMBERS = 1 << 20
+# Extended headers (GNU long names and links, pax records) come before a
+# member's own header; SA-1B tars have none, and a long name is a few
+# hundred bytes. Larger ones, or more of them before one member, are
+# damage (`check_header`).
+MAX_EXTENDED_BYTES = 64 << 10
+MAX_EXTENDED_HEADERS = 8
+# A run of more digits than this in pax records is refused: it is what
+# makes CPython's tarfile before the CVE-2024-6232 fix parse them in
+# quadratic time.
+MAX_PAX_DIGITS = 32
 
 REGULAR = 'regular file'
 OUTSIDE = 'symlink out of manual_dir'
@@ -223,6 +240,129 @@ def corrupt(tar: str, where: str, detail: str) -> errors.BadInputError:
 
 
 
+_PAX_TYPES = {
+    tarfile.XHDTYPE: 'pax header', tarfile.XGLTYPE: 'pax global header',
+    tarfile.SOLARIS_XHDTYPE: 'Solaris pax header',
+}
+_EXTENDED_TYPES = {
+    **_PAX_TYPES, tarfile.GNUTYPE_LONGNAME: 'GNU long name',
+    tarfile.GNUTYPE_LONGLINK: 'GNU long link name',
+}
+_CHECKED_TYPES = frozenset(_EXTENDED_TYPES) | {tarfile.GNUTYPE_SPARSE}
+_PAX_LENGTH = re.compile(rb'([0-9]{1,20}) ')  # As CPython's fixed parser.
+_DIGIT_RUN = re.compile(rb'[0-9]{%d}' % (MAX_PAX_DIGITS + 1))
+
+
+def pax_fault(data: bytes) -> str | None:
+  """What is wrong with the records of a pax header, or None.
+
+  Records are `<length> <keyword>=<value>\\n` back to back, then NUL bytes,
+  as CPython's fixed parser reads them; a `size` is ASCII digits, no
+  record is for a sparse member (unsupported), and no run of digits is
+  longer than `MAX_PAX_DIGITS`. Linear in the data's length.
+  """
+  if _DIGIT_RUN.search(data):
+    return (f'a run of more than {MAX_PAX_DIGITS} digits (tarfile parses'
+            ' such records in quadratic time where CPython lacks the'
+            ' CVE-2024-6232 fix)')
+  pos = 0
+  while pos < len(data) and data[pos] != 0:
+    found = _PAX_LENGTH.match(data, pos)
+    end = pos + int(found.group(1)) if found else pos
+    if end - pos < 5 or end > len(data) or data[end - 1] != ord('\n'):
+      return f'a malformed pax record at byte {pos} of its data'
+    keyword, equals, value = data[found.end():end - 1].partition(b'=')
+    if not keyword or not equals:
+      return f'a malformed pax record at byte {pos} of its data'
+    if keyword.startswith(b'GNU.sparse.'):
+      return 'GNU sparse records: sparse members are not supported'
+    if keyword == b'size' and not value.isdigit():
+      return f'a size that is not a number ({value[:40]!r})'
+    pos = end
+  if data.count(0, pos) != len(data) - pos:
+    return f'bytes after its records, at byte {pos} of its data'
+  return None
+
+
+def check_header(info: tarfile.TarInfo, read: Callable[[int], bytes], *,
+                 tar: str, at: int, before: int) -> bytes | None:
+  """Checks a header block before tarfile reads anything after it.
+
+  Both ways of walking a tar (`index_members` and `streaming.read_run`)
+  call it on every header block: tarfile reads an extended header whole,
+  in one read, and parses pax records in quadratic time where CPython
+  lacks the CVE-2024-6232 fix (3.11.7, for one). An extended header is
+  read here, at most `MAX_EXTENDED_BYTES`, and checked.
+
+  Args:
+    info: the block, as `tarfile.TarInfo.frombuf` reads it.
+    read: reads n bytes from just after the block.
+    tar: the tar's name, for errors.
+    at: the block's offset in the tar.
+    before: extended headers before this one, for the same member.
+
+  Returns:
+    The extended header's data (padded to 512 bytes), or None for a
+    member's own header (nothing read).
+
+  Raises:
+    BadInputError: `corrupt_tar`: a negative size, a sparse member, too
+      many extended headers, one too large, cut short or malformed.
+  """
+  where = f'@{at}'
+  if info.size < 0:
+    raise corrupt(tar, where, f'a header with a negative size ({info.size})'
+                  f' at byte {at}')
+  if info.type == tarfile.GNUTYPE_SPARSE:
+    raise corrupt(tar, where, f'a sparse member at byte {at}: not supported')
+  kind = _EXTENDED_TYPES.get(info.type)
+  if kind is None:
+    return None
+  what = f'{kind} of {info.size} bytes at byte {at}'
+  if before >= MAX_EXTENDED_HEADERS:
+    raise corrupt(tar, where, f'a {what}: more than {MAX_EXTENDED_HEADERS}'
+                  ' extended headers before one member')
+  if info.size > MAX_EXTENDED_BYTES:
+    raise corrupt(tar, where, f'a {what}: over the {MAX_EXTENDED_BYTES} byte'
+                  ' limit for extended headers (names, pax records)')
+  padded = -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+  data = read(padded)
+  if len(data) < padded:
+    raise corrupt(tar, where, f'a {what}: the file ends inside it')
+  fault = pax_fault(data[:info.size]) if info.type in _PAX_TYPES else None
+  if fault is not None:
+    raise corrupt(tar, where, f'a {what}: {fault}')
+  return data
+
+
+def _plain(block: bytes) -> bool:
+  """Whether `check_header` passes a header block without a look at more
+  than its raw bytes: not a type it checks, and a size field that cannot
+  be negative (base-256 starts with 0xff, octal has a '-'). Parsing every
+  header twice would double the cost of indexing."""
+  return (block[156:157] not in _CHECKED_TYPES and block[124:125] != b'\xff'
+          and b'-' not in block[124:136])
+
+
+def _check_headers(fileobj: BinaryIO, at: int, *, tar: str) -> None:
+  """`check_header` on the headers of the member at `at`, before tarfile
+  reads them (up to its own header; damage is left to tarfile)."""
+  fileobj.seek(at)
+  for before in range(MAX_EXTENDED_HEADERS + 1):
+    block = fileobj.read(tarfile.BLOCKSIZE)
+    if _plain(block):
+      return
+    try:
+      info = tarfile.TarInfo.frombuf(block, tarfile.ENCODING,
+                                     'surrogateescape')
+    except tarfile.HeaderError:
+      return
+    if check_header(info, fileobj.read, tar=tar, at=at,
+                    before=before) is None:
+      return
+    at = fileobj.tell()
+
+
 def member_of(info: tarfile.TarInfo, data_offset: int) -> Member | None:
   """The `Member` of a tar entry whose data starts at `data_offset`.
 
@@ -256,24 +396,25 @@ def index_members(fileobj: BinaryIO, *, tar: str
   members: list[Member] = []
   header = 0  # Where the next header starts.
   try:
-    with tarfile.open(fileobj=fileobj, mode='r:') as tf:
-      while True:
-        info = tf.next()
-        if info is None:
-          break
+    _check_headers(fileobj, header, tar=tar)
+    fileobj.seek(header)
+    with tarfile.open(fileobj=fileobj, mode='r:') as tf:  # Reads member 0.
+      while (info := tf.next()) is not None:
         header = tf.offset
         tf.members = []  # Keep the index flat in memory for huge tars.
         member = member_of(info, info.offset_data)
-        if member is None:
-          continue
-        members.append(member)
+        if member is not None:
+          members.append(member)
         if len(members) > MAX_MEMBERS:
           return members, corrupt(
               tar, f'@{info.offset}', f'more than {MAX_MEMBERS} members: not'
               ' an SA-1B tar')
+        _check_headers(fileobj, header, tar=tar)  # Before tf.next() does.
       end = tf.offset
     fileobj.seek(end)
     tail = fileobj.read(512)
+  except errors.BadInputError as e:
+    return members, e
   except (tarfile.TarError, EOFError, OSError) as e:
     what = 'not a tar' if not members else 'corrupt or truncated tar'
     return members, corrupt(tar, f'@{header}',

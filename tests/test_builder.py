@@ -101,32 +101,66 @@ def test_reuse_warns_when_manual_dir_offers_other_tars(tmp_path, caplog):
       'audit']['tars'] == ['sa_000000.tar', 'sa_000001.tar', 'sa_000002.tar']
 
 
-def test_stale_incomplete_dirs_are_removed_live_ones_kept(tmp_path):
-  import fcntl  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
+def test_stale_incomplete_dirs_are_removed(tmp_path):
+  """Builds take turns, so the next one removes every incomplete dir of its
+  version, whatever its age, with older releases' lock files."""
   config_dir = tmp_path / 'segment_anything' / 'all'
-  stale = config_dir / 'incomplete.dead_2.0.0'
-  live = config_dir / 'incomplete.live_2.0.0'
-  old_unclaimed = config_dir / 'incomplete.old_2.0.0'
-  young_unclaimed = config_dir / 'incomplete.young_2.0.0'
-  for d in (stale, live, old_unclaimed, young_unclaimed):
+  stale = [config_dir / f'incomplete.{x}_2.0.0' for x in ('dead', 'young')]
+  other_version = config_dir / 'incomplete.other_1.0.0'
+  for d in (*stale, other_version):
     d.mkdir(parents=True)
     (d / 'x').write_text('x')
   (config_dir / 'incomplete.dead_2.0.0.lock').write_text('1\n')
-  lock = open(config_dir / 'incomplete.live_2.0.0.lock', 'w')
-  fcntl.flock(lock, fcntl.LOCK_EX)  # Held, as by a running build.
-  old = time.time() - 2 * 3600
-  os.utime(old_unclaimed, (old, old))
-  try:
-    builder = tfds.builder('segment_anything', config='all',
-                           data_dir=tmp_path)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=DUMMY_DATA))
-  finally:
-    lock.close()
+  builder = tfds.builder('segment_anything', config='all', data_dir=tmp_path)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=DUMMY_DATA))
   left = sorted(p.name for p in config_dir.iterdir())
-  assert left == ['2.0.0', 'incomplete.live_2.0.0', 'incomplete.live_2.0.0.lock',
-                  'incomplete.young_2.0.0'], left
+  assert left == ['2.0.0', 'incomplete.other_1.0.0'], left
+
+
+def test_build_lock_waits_for_the_holder_then_holds_the_file_in_place(
+    tmp_path):
+  """A holder removes the lock file as it lets go; the waiter it let in must
+  then hold the lock of the file at that path, not of the removed one."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  import logging  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds import incomplete  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path / 'segment_anything' / 'all' / '2.0.0'
+  lock_path = tmp_path / 'segment_anything' / 'all' / '2.0.0.lock'
+  waiting, inside, leave = (threading.Event(), threading.Event(),
+                            threading.Event())
+
+  class Seen(logging.Handler):
+
+    def emit(self, record):
+      if 'waiting for it' in record.getMessage():
+        waiting.set()
+
+  def second():
+    with incomplete.build_lock(data_dir):
+      inside.set()
+      leave.wait(30)
+
+  seen = Seen()
+  logger = logging.getLogger(incomplete.__name__)
+  logger.addHandler(seen)
+  try:
+    with incomplete.build_lock(data_dir):
+      assert lock_path.read_text() == f'{os.getpid()}\n'
+      thread = threading.Thread(target=second, daemon=True)
+      thread.start()
+      assert waiting.wait(30)
+      assert not inside.is_set()
+    assert inside.wait(30)
+    with open(lock_path, 'rb') as f:  # The file now at the path is held.
+      with pytest.raises(BlockingIOError):
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  finally:
+    leave.set()
+    logger.removeHandler(seen)
+  thread.join(30)
+  assert not lock_path.exists()
 
 
 def _load(data_dir, config='all'):

@@ -8,12 +8,14 @@ from __future__ import annotations
 import datetime
 import functools
 import http.server
+import io
 import json
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 
@@ -22,6 +24,8 @@ from PIL import Image
 import pytest
 
 from segment_anything_tfds import cli
+from segment_anything_tfds import errors
+from segment_anything_tfds import fake_data
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DUMMY = REPO / 'dummy_data'
@@ -551,7 +555,7 @@ def test_show_copy_paste_draws_the_ops_output(built, tmp_path, capsys):
   np.testing.assert_array_equal(right[outside], result['image'][outside])
 
 
-def test_readme_pictures_are_what_show_makes(tmp_path, monkeypatch, capsys):
+def test_docs_pictures_are_what_the_cli_makes(tmp_path, monkeypatch, capsys):
   from conftest import load_example  # pylint: disable=g-import-not-at-top
   script = load_example('docs_pictures')
   monkeypatch.setattr(sys, 'argv', ['docs_pictures.py', '--out',
@@ -560,7 +564,7 @@ def test_readme_pictures_are_what_show_makes(tmp_path, monkeypatch, capsys):
   out = capsys.readouterr().out
   assert '3 objects of image id 2 pasted' in out
   assert '6 masks with a prediction, mean IoU' in out
-  for name in ('copy_paste.png', 'evaluation.png'):
+  for name in ('copy_paste.png', 'evaluation.png', 'show.png', 'stats.png'):
     committed = REPO / 'docs' / name
     assert committed.stat().st_size < 200_000
     with Image.open(tmp_path / name) as made, Image.open(committed) as doc:
@@ -681,6 +685,20 @@ def test_evaluate_select_choices_match_the_library():
     ('[{"image_id": 1, "id": 1000}]', 'prediction 0 is not'),
     ('[{"segmentation": {"size": [3, 3], "counts": "9"}, "image_id": 1,'
      ' "id": 1000}]', 'has size [3, 3], its ground truth [24, 32]'),
+    # RLE strings TensorFlow's decoder refuses: checked before scoring.
+    *[(json.dumps([{'segmentation': {'size': [24, 32], 'counts': 'Ph0'},
+                    'image_id': 1, 'id': 1000},
+                   {'segmentation': {'size': [24, 32], 'counts': counts},
+                    'image_id': 2, 'id': 7}]),
+       'p.json: prediction 1 (image_id 2, id 7): segmentation.counts '
+       + problem) for counts, problem in (
+           ('zz~', "has the character 'z' outside"),
+           ('0P', 'ends inside a count'),
+           ('01', 'has runs summing to 1, not h*w = 24*32 = 768'),
+           ('0@', 'decodes to a negative run length'))],
+    ('[{"segmentation": {"size": [-1, 3], "counts": "0"}, "image_id": 1,'
+     ' "id": 5}]', 'prediction 0 (image_id 1, id 5): segmentation.size'
+     ' [-1, 3] is not two int64 sides >= 0'),
 ])
 def test_evaluate_bad_predictions_exit_1(built, content, message, tmp_path,
                                          capsys):
@@ -694,6 +712,31 @@ def test_evaluate_bad_predictions_exit_1(built, content, message, tmp_path,
   [line] = err.strip().splitlines()
   assert line.startswith('segment-anything-tfds evaluate: error:')
   assert message in line
+
+
+def test_evaluate_json_into_a_new_dir_or_a_bad_one(built, predictions,
+                                                   tmp_path, capsys):
+  data_dir, _ = built
+  path, _, _ = predictions
+  argv = ('evaluate', '--tars', '0-3', '--data_dir', data_dir,
+          '--predictions', path, '--no_progress', '--json')
+  # A dir that does not exist yet is created.
+  report = tmp_path / 'new' / 'dir' / 'r.json'
+  code, out, err = run(capsys, *argv, report)
+  assert code == 0, err
+  assert json.loads(report.read_text())['num_gt_masks'] == DUMMY_MASKS
+  assert f'wrote {report}' in out
+  # One that cannot be made, or a dir given as the file: one line, before
+  # any scoring (nothing on stdout).
+  (tmp_path / 'file').write_text('x')
+  for target, message in ((tmp_path / 'file' / 'r.json',
+                           'cannot create the dir of --json'),
+                          (tmp_path / 'new', 'is a directory')):
+    code, out, err = run(capsys, *argv, target)
+    assert code == 1 and not out
+    [line] = err.strip().splitlines()
+    assert line.startswith('segment-anything-tfds evaluate: error: ')
+    assert message in line and str(target) in line
 
 
 def test_evaluate_usage_errors_exit_2(capsys):
@@ -1020,10 +1063,12 @@ def test_build_download_flags_map_to_download_options():
 
 
 def _doc_commands(prefix: str) -> list[list[str]]:
-  """Commands in README.md starting with `prefix`, continuations joined."""
+  """Commands in README.md and docs/ starting with `prefix`, continuations
+  joined."""
   import re
   import shlex
-  text = (REPO / "README.md").read_text()
+  pages = [REPO / 'README.md', *sorted((REPO / 'docs').glob('*.md'))]
+  text = '\n'.join(p.read_text() for p in pages)
   text = text.replace('\\\n', ' ')
   out = []
   for line in text.splitlines():
@@ -1037,7 +1082,7 @@ def _doc_commands(prefix: str) -> list[list[str]]:
 def test_documented_dataflow_commands_parse():
   commands = [c for c in _doc_commands('segment-anything-tfds build')
               if 'DataflowRunner' in c]
-  assert len(commands) == 2
+  assert len(commands) == 2  # The runbook's smoke test and full build.
   for command in commands:
     args, leftover = cli.build_parser().parse_known_args(command[1:])
     cfg = cli.build.download_config(args, leftover)
@@ -1092,6 +1137,151 @@ def test_readme_command_1_is_quiet_and_fits_one_screen(tmp_path):
   assert 'segment-anything-tfds: info: Preparing' in out.stderr, out.stderr
 
 
+@functools.lru_cache(maxsize=None)
+def _tensorflow_load_notes() -> tuple[str, ...]:
+  """What `import tensorflow` alone prints here, without its timestamps."""
+  res = subprocess.run([sys.executable, '-c', 'import tensorflow'],
+                       capture_output=True, text=True, timeout=300,
+                       check=True)
+  return tuple(sorted({l.split('] ', 1)[-1] for l in res.stderr.splitlines()
+                       if l.strip()}))
+
+
+def _quiet_commands(data_dir, predictions, out):
+  common = ['--tars', '0-3', '--data_dir', data_dir, '--no_progress']
+  return {
+      'build': ['build', *common, '--manual_dir', DUMMY],
+      'check-links': ['check-links', '--manual_dir', DUMMY],
+      'stats': ['stats', *common, '--out', out / 'stats'],
+      'show': ['show', *common, '--index', '0', '--out', out / 'show'],
+      'export': ['export', *common, '--format', 'coco', '--out',
+                 out / 'coco'],
+      'evaluate': ['evaluate', *common, '--predictions', predictions],
+  }
+
+
+@pytest.mark.parametrize('command', ['build', 'check-links', 'stats', 'show',
+                                     'export', 'evaluate'])
+def test_every_command_is_quiet_unless_verbose(command, built, predictions,
+                                               tmp_path):
+  argv = _quiet_commands(built[0], predictions[0], tmp_path)[command]
+  run_cli = lambda *extra: subprocess.run(
+      [sys.executable, '-m', 'segment_anything_tfds', argv[0], *extra,
+       *map(str, argv[1:])], capture_output=True, text=True, timeout=300,
+      cwd=REPO, env={k: v for k, v in os.environ.items()
+                     if not k.startswith('TF_CPP_')})
+  res = run_cli()
+  assert res.returncode == 0, res.stderr[-2000:]
+  text = res.stdout + res.stderr
+  for noise in (*_NOISE, *_tensorflow_load_notes()):
+    assert noise not in text, f'{noise!r} in:\n{text}'
+  assert len([l for l in text.splitlines() if l.strip()]) <= 20, text
+  if command == 'stats':
+    # -v shows them all: TensorFlow's own start-up lines included.
+    assert _tensorflow_load_notes()
+    res = run_cli('-v')
+    assert res.returncode == 0, res.stderr[-2000:]
+    for note in _tensorflow_load_notes():
+      assert note in res.stderr
+
+
+def test_tensorflow_load_notes_dropped_other_lines_kept(capfd, monkeypatch):
+  from segment_anything_tfds import logs  # pylint: disable=g-import-not-at-top
+  lines = [b'WARNING: All log messages before absl::InitializeLog() is called'
+           b' are written to STDERR\n',
+           b'I0000 00:00:1796497641.376161   17041 port.cc:153] oneDNN on\n',
+           b'E0000 00:00:1796497641.376763   17041 cuda.cc:52] cuInit\n',
+           b'F0000 00:00:1796497641.376763   17041 x.cc:1] fatal\n',
+           b'a line of its own\n']
+  monkeypatch.setenv('TF_CPP_MIN_LOG_LEVEL', '3')
+  with logs._load_notes_dropped():  # pylint: disable=protected-access
+    os.write(2, b''.join(lines))
+  assert capfd.readouterr().err.encode() == lines[3] + lines[4]
+  monkeypatch.setenv('TF_CPP_MIN_LOG_LEVEL', '1')
+  with logs._load_notes_dropped():  # pylint: disable=protected-access
+    os.write(2, b''.join(lines))
+  assert capfd.readouterr().err.encode() == b''.join(lines[2:])
+  # A failed import: every line is passed on.
+  with pytest.raises(ImportError):
+    with logs._load_notes_dropped():  # pylint: disable=protected-access
+      os.write(2, b''.join(lines))
+      raise ImportError('no')
+  assert capfd.readouterr().err.encode() == b''.join(lines)
+
+
+def test_printable_escapes_what_a_terminal_would_obey():
+  cases = {
+      '\x1b[2J\x1b]0;owned\x07/sa_9.jpg': '\\x1b[2J\\x1b]0;owned\\x07/sa_9.jpg',
+      'a\tb\nc\rd\x00\x7f': 'a\\x09b\\x0ac\\x0dd\\x00\\x7f',
+      '\x9b31m': '\\x9b31m',  # C1: the one-byte CSI.
+      'gpj.\u202eexe': 'gpj.\\u202eexe',  # Bidi override.
+      '\u2066x\u2069\u200f': '\\u2066x\\u2069\\u200f',
+      'a\u2028b\u00a0c': 'a\\u2028b\\xa0c',
+      'sa_\udcff.jpg': 'sa_\\udcff.jpg',  # An undecodable byte.
+      '\U000e0041': '\\U000e0041',  # A tag character.
+      'sa_1.jpg café 日本 \\x1b': 'sa_1.jpg café 日本 \\x1b',  # As it is.
+  }
+  for raw, shown in cases.items():
+    assert errors.printable(raw) == shown
+    assert errors.printable(shown) == shown
+    assert shown.isprintable()
+  e = errors.BadInputError('bad_value', 't\x1b.tar', 'm\x07', 'd\x1b[31m')
+  assert e.message == str(e) == 't\\x1b.tar:m\\x07: d\\x1b[31m [bad_value]'
+  assert (e.tar, e.member, e.detail) == ('t\x1b.tar', 'm\x07', 'd\x1b[31m')
+  assert errors.SourceError('x\x1by').message == 'x\\x1by'
+
+
+_EVIL_DIRS = ('\x1b[2J\x1b]0;owned\x07/', 'x\u202egpj.\x9b/')
+
+
+def test_hostile_member_names_are_escaped_in_errors_and_warnings(tmp_path):
+  rng = np.random.default_rng(12)
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  entries = list(zip(('sa_5.jpg', 'sa_5.json'), fake_data.image_record(
+      rng, 5, height=10, width=8, num_masks=1)))
+  for i, evil in enumerate(_EVIL_DIRS):
+    jpg, _ = fake_data.image_record(rng, 8 + i, height=10, width=8,
+                                    num_masks=1)
+    entries += [(f'{evil}sa_{8 + i}.jpg', jpg),
+                (f'{evil}sa_{8 + i}.json', b'{')]  # Malformed JSON.
+  buf = io.BytesIO()
+  with tarfile.open(fileobj=buf, mode='w', format=tarfile.GNU_FORMAT) as t:
+    for name, data in entries:
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      t.addfile(info, io.BytesIO(data))
+  (manual / 'sa_000000.tar').write_bytes(buf.getvalue())
+  raw = ('\x1b', '\x07', '\x9b', '\u202e')
+  for mode in ('strict', 'lenient'):
+    res = subprocess.run(
+        [sys.executable, '-m', 'segment_anything_tfds', 'build', '--tars',
+         '0', '--manual_dir', str(manual), '--data_dir', str(tmp_path / mode),
+         '--no_progress', *(['--lenient'] if mode == 'lenient' else [])],
+        capture_output=True, text=True, timeout=300, errors='surrogateescape')
+    assert res.returncode == (1 if mode == 'strict' else 0), res.stderr
+    assert 'Traceback' not in res.stderr
+    for char in raw:
+      assert char not in res.stdout + res.stderr, (mode, res.stderr)
+    shown = [errors.printable(evil) for evil in _EVIL_DIRS]
+    assert shown[0] == '\\x1b[2J\\x1b]0;owned\\x07/'
+    if mode == 'strict':
+      [line] = [l for l in res.stderr.splitlines() if 'error' in l]
+      assert line.startswith('segment-anything-tfds build: error:'
+                             f' sa_000000.tar:{shown[0]}sa_8.json: malformed'
+                             ' JSON'), line
+    else:
+      for i, name in enumerate(shown):
+        assert (f'warning: Skipping image sa_000000.tar:{name}sa_{8 + i}.json:'
+                ' malformed JSON') in res.stderr
+  # The audit keeps the raw names (JSON escapes them).
+  records = [json.loads(l)
+             for p in (tmp_path / 'lenient').rglob('audit/*.jsonl')
+             for l in p.read_text().splitlines()]
+  assert sorted(r['member'] for r in records if r['kind'] == 'skip') == [
+      f'{evil}sa_{8 + i}.json' for i, evil in enumerate(_EVIL_DIRS)]
+
+
 def test_beam_build_does_not_parse_the_callers_argv(tmp_path, monkeypatch,
                                                     caplog):
   """beam_options=None must not let Beam parse the caller's sys.argv."""
@@ -1108,37 +1298,52 @@ def test_beam_build_does_not_parse_the_callers_argv(tmp_path, monkeypatch,
               or 'Converting string literal' in r.getMessage()]
 
 
-def test_readme_lists_every_flag_of_every_command():
-  """The README's CLI section and each command's --help agree."""
+def _cli_reference_hook():
+  """docs/hooks/cli_reference.py: the mkdocs hook that writes the CLI page."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      'cli_reference', REPO / 'docs' / 'hooks' / 'cli_reference.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_cli_reference_lists_every_flag_of_every_command():
+  """The generated CLI page: every flag of every command, with its help."""
   import argparse  # pylint: disable=g-import-not-at-top
   import re  # pylint: disable=g-import-not-at-top
-  text = (REPO / 'README.md').read_text()
-  cli_section = text[text.index('## Command-line tool'):]
-  cli_section = cli_section[:cli_section.index('\n## ', 10)]
+  hook = _cli_reference_hook()
+  assert 'docs/hooks/cli_reference.py' in (REPO / 'mkdocs.yml').read_text()
+  text = (REPO / 'docs' / hook.PAGE).read_text()
+  page = hook.reference_page(text)
   parser = cli.build_parser()
   sub = next(a for a in parser._actions  # pylint: disable=protected-access
              if isinstance(a, argparse._SubParsersAction))  # pylint: disable=protected-access
   assert set(sub.choices) == {m.add_parser.__module__.rsplit('.', 1)[-1]
                               .replace('_', '-') for m in cli.COMMANDS}
-  for name, command in sub.choices.items():
-    m = re.search(rf'^### {re.escape(name)}\n(.*?)(?=^### |\Z)', cli_section,
+  sections = {'': page[:page.index('\n## ')]}
+  for name in sub.choices:
+    m = re.search(rf'^## {re.escape(name)}\n(.*?)(?=^## |\Z)', page,
                   re.S | re.M)
-    assert m, f'no "### {name}" subsection in the README CLI section'
-    documented = m.group(1)
+    assert m, f'no "## {name}" section on the CLI page'
+    sections[name] = m.group(1)
+  for name, command in [('', parser), *sub.choices.items()]:
+    section = sections[name]
+    assert f'usage: {command.prog} ' in section, name
     for action in command._actions:  # pylint: disable=protected-access
+      if isinstance(action, argparse._HelpAction):  # pylint: disable=protected-access
+        continue
       for flag in action.option_strings:
-        if flag in ('-h', '--help', '--no_progress', '-v', '--verbose'):
-          continue
-        if flag.startswith('--'):
-          assert f'`{flag}' in documented, (
-              f'{name} {flag} is in --help but not in the README')
-    for flag in set(re.findall(r'`(--[a-z_]+)', documented)):
-      known = {f for a in command._actions for f in a.option_strings}  # pylint: disable=protected-access
-      # build and mirror pass other --flag=value to Beam: the README names some.
-      assert flag in known or name in ('build', 'mirror'), (
-          f'the README documents {name} {flag}, which --help does not have')
-  for flag in ('--no_progress', '--verbose'):
-    assert f'`{flag}' in cli_section[:cli_section.index('### ')]
+        # In the first cell of a table row: `-v`, `--verbose` or `--x N`.
+        assert re.search(rf'^\| [^|\n]*`{re.escape(flag)}[ `]', section,
+                         re.M), (
+            f'{name} {flag} is in --help but not on the CLI page')
+      if action.help and action.option_strings:
+        assert hook._inline(action.help) in section, (  # pylint: disable=protected-access
+            f'{name} {action.option_strings}: help text not on the page')
+  # A command left without its marker fails the docs build.
+  with pytest.raises(ValueError, match=r"without a marker \['export'\]"):
+    hook.reference_page(text.replace('<!-- cli: export -->', ''))
 
 
 def test_links_row_pointing_at_a_directory_is_one_line(tmp_path, capsys):

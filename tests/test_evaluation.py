@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import keras
 import numpy as np
@@ -285,10 +286,21 @@ def test_evaluate_predictions_without_matches_and_errors(gt_and_predictions):
   assert result['num_gt_masks'] == 7 and result['mean_iou'] is None
   assert 'n/a' in evaluation.format_table(result)
   wrong_size = dict(predictions[0], segmentation={'size': [18, 25],
-                                                  'counts': '0'})
+                                                  'counts': 'R>'})
   with pytest.raises(ValueError, match=r'prediction 0 .*size \[18, 25\]'):
     evaluation.evaluate_predictions([wrong_size], ds)
   with pytest.raises(ValueError, match='prediction 1 is not'):
     evaluation.evaluate_predictions([predictions[0], {'image_id': 7}], ds)
+  infinite = dict(predictions[0], segmentation={'size': [math.inf, 25],
+                                                'counts': 'R>'})
+  with pytest.raises(ValueError, match='prediction 0 is not'):
+    evaluation.evaluate_predictions([infinite], ds)
+  # Strings the decoder refuses, refused before any scoring.
+  for counts in ('zz~', '0P', '01', '0@', ''):
+    bad = dict(predictions[0], segmentation={'size': [18, 25],
+                                             'counts': counts})
+    with pytest.raises(ValueError, match=r'prediction 1 \(image_id \d+, id'
+                       r' \d+\): segmentation.counts (has|ends|decodes|is)'):
+      evaluation.evaluate_predictions([predictions[0], bad], ds)
   with pytest.raises(ValueError, match='select'):
     evaluation.evaluate_predictions([], ds, select='first')

@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -406,6 +407,239 @@ def test_existing_export_is_refused_then_overwritten(data_dir, tmp_path,
   assert sorted(p.name for p in out.iterdir()) == [
       'export.json', 'images', 'notes.txt', 'sa1b-000000.tar']
   assert not list((out / 'images').iterdir())
+
+
+# ------------------------------------------------------------ hostile input
+
+
+def _tree(root) -> dict[str, bytes | str]:
+  """Every file (bytes) and symlink (target) under `root`."""
+  out = {}
+  for p in sorted(pathlib.Path(root).rglob('*')):
+    if p.is_symlink():
+      out[str(p)] = os.readlink(p)
+    elif p.is_file():
+      out[str(p)] = p.read_bytes()
+  return out
+
+
+def _with_image(example, **fields):
+  return {**example, 'image': {**example['image'], **fields}}
+
+
+@pytest.fixture
+def victim(tmp_path):
+  """A file outside the output dir that an export must leave as it is."""
+  path = tmp_path / 'victim' / 'x.jpg'
+  path.parent.mkdir()
+  path.write_bytes(b'precious')
+  return path
+
+
+_HOSTILE_NAMES = [
+    b'../../victim/x.jpg', '../victim/x.jpg', b'images/sa_%d.jpg',
+    b'sa_%d.jpg/', b'./sa_%d.jpg', b'sa_0%d.jpg', b'sa_%d.JPG', b'sa_%d.png',
+    b'SA_%d.jpg', b'sa_%d.jpg\x00', b'sa_%d.jpg ', b'', b'sa_1234.jpg',
+    b'\xff\xfe\x00.jpg', b'sa_\xd9\xa1.jpg', 'sa_\udcff.jpg', 'sä_%d.jpg',
+    b'\x1b[2J\x1b]0;owned\x07.jpg', 'sa_%d\u202egpj.jpg', b'x' * 5000,
+]
+
+
+@pytest.mark.parametrize('fmt', sorted(export.FORMATS))
+@pytest.mark.parametrize('name', _HOSTILE_NAMES + ['VICTIM'])
+def test_file_names_not_made_from_the_image_id_are_refused(
+    fmt, name, tmp_path, victim):
+  first, second = source_examples()[:2]
+  image_id = int(second['image']['image_id'])
+  if name == 'VICTIM':  # An absolute path.
+    name = str(victim).encode()
+  elif b'%d' in (name if isinstance(name, bytes) else b''):
+    name = name.replace(b'%d', str(image_id).encode())
+  elif isinstance(name, str) and '%d' in name:
+    name = name.replace('%d', str(image_id))
+  before = _tree(tmp_path)
+  out = tmp_path / 'out'
+  with pytest.raises(errors.BadRecordError) as raised:
+    export.export([first, _with_image(second, file_name=name)], fmt, out,
+                  shard_size=100)
+  message = raised.value.message
+  assert message.startswith(
+      f'example 1, image_id {image_id}: image/file_name ')
+  assert message.endswith(f' is not sa_{image_id}.jpg; export names every'
+                          ' image sa_<image_id>.jpg and refuses other names')
+  assert message.isprintable() and len(message) < 300
+  # Nothing outside the output dir changed; inside, no partial file.
+  after = _tree(tmp_path)
+  assert {k: v for k, v in after.items() if not k.startswith(f'{out}/')
+          } == before
+  assert victim.read_bytes() == b'precious'
+  assert_no_partial_files(out)
+  assert 'export.json' not in os.listdir(out)
+
+
+def test_exported_names_come_from_the_image_id(tmp_path):
+  # bytes (TFDS) or str file names, numpy or int ids.
+  examples = source_examples()
+  examples[1] = _with_image(
+      examples[1], file_name=examples[1]['image']['file_name'].encode(),
+      image_id=np.int64(examples[1]['image']['image_id']))
+  names = sorted(f'sa_{i}' for i in INPUTS)
+  out = tmp_path / 'coco'
+  export.export(examples, 'coco', out)
+  assert sorted(p.stem for p in (out / 'images').iterdir()) == names
+  coco = json.loads((out / 'annotations.json').read_text())
+  assert sorted(i['file_name'] for i in coco['images']) == [
+      f'{n}.jpg' for n in names]
+  export.export(examples, 'webdataset', tmp_path / 'wds')
+  assert sorted(s['__key__'] for s in read_webdataset(tmp_path / 'wds')) == (
+      names)
+  export.export(examples, 'semantic_sam_tsv', tmp_path / 'tsv')
+  assert sorted(r[0].decode()[:-4] for r in read_tsv_rows(tmp_path / 'tsv')
+                ) == names
+
+
+@pytest.mark.parametrize('image_id', [-1, 1.5, True, 'sa_1', np.array([1, 2])])
+def test_bad_image_ids_are_refused(image_id, tmp_path):
+  example = _with_image(source_examples()[0], image_id=image_id,
+                        file_name=b'sa_1.jpg')
+  with pytest.raises(errors.BadRecordError,
+                     match=r'^example 0, image/image_id .* is not an integer'
+                     ' >= 0$'):
+    export.export([example], 'webdataset', tmp_path / 'o')
+
+
+def test_non_ascii_counts_are_refused_not_a_traceback(tmp_path):
+  example = source_examples()[0]
+  ann = example['annotations']
+  counts = list(ann['segmentation']['counts'])
+  counts[1] = b'\xff\x1b['
+  example = {**example, 'annotations': {
+      **ann, 'segmentation': {**ann['segmentation'], 'counts': counts}}}
+  image_id = int(example['image']['image_id'])
+  with pytest.raises(errors.BadRecordError, match=re.escape(
+      f'example 0, image_id {image_id}: annotations[1].segmentation.counts'
+      " '\\xff\\x1b[' is not ASCII")):
+    export.export([example], 'coco', tmp_path / 'o')
+
+
+def test_a_symlinked_images_dir_is_not_written_through(tmp_path, victim):
+  out = tmp_path / 'coco'
+  out.mkdir()
+  (out / 'images').symlink_to(victim.parent)
+  before = _tree(victim.parent)
+  with pytest.raises(errors.SourceError, match=(
+      f'refusing to write {out}/images: it resolves to {victim.parent},'
+      f' outside the output dir {out}')):
+    export.export(source_examples(), 'coco', out)
+  assert _tree(victim.parent) == before
+
+
+@pytest.mark.parametrize('fmt', sorted(export.FORMATS))
+def test_planted_partial_files_are_never_written_through(fmt, tmp_path,
+                                                         victim):
+  first = {'coco': 'images/.sa_{}.jpg.partial',
+           'webdataset': '.sa1b-000000.tar.partial',
+           'semantic_sam_tsv': '.sa1b-000000.tsv.partial'}[fmt].format(
+               int(source_examples()[0]['image']['image_id']))
+  out = tmp_path / fmt
+  (out / 'images').mkdir(parents=True)
+  link = out / first
+  link.symlink_to(victim)
+  # Before the export: refused, and left as it is.
+  with pytest.raises(errors.SourceError, match=re.escape(
+      f'{link} is a symlink, not a partial file left by an export of yours')):
+    export.export(source_examples(), fmt, out)
+  assert link.is_symlink() and victim.read_bytes() == b'precious'
+  # Planted once the export started: not opened, the export stops.
+  link.unlink()
+  export.prepare_out_dir(out)
+  writer = export.make_writer(fmt, out)
+  link.symlink_to(victim)
+  with pytest.raises(errors.SourceError, match=re.escape(
+      f'{link} exists: another export is writing into this dir, or something'
+      ' was put there; it is not written through')):
+    with writer:
+      writer.add(source_examples()[0])
+  assert link.is_symlink() and victim.read_bytes() == b'precious'
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='needs root to chown')
+def test_another_users_partial_file_is_left_alone(tmp_path):
+  out = tmp_path / 'wds'
+  out.mkdir()
+  partial = out / '.sa1b-000000.tar.partial'
+  partial.write_bytes(b'theirs')
+  os.chown(partial, 65534, -1)
+  with pytest.raises(errors.SourceError, match='owned by another user'):
+    export.export(source_examples(), 'webdataset', out)
+  assert partial.read_bytes() == b'theirs'
+
+
+def _rewrite_file_names(dataset_dir, names: dict[int, bytes]) -> None:
+  """Sets `image/file_name` of the images `names` lists, in the TFRecords."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  files = sorted(pathlib.Path(dataset_dir).glob('*.tfrecord*'))
+  assert files
+  for path in files:
+    records = []
+    for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+      ex = tf.train.Example.FromString(raw)
+      feature = ex.features.feature
+      image_id = feature['image/image_id'].int64_list.value[0]
+      if image_id in names:
+        feature['image/file_name'].bytes_list.value[:] = [names[image_id]]
+      records.append(ex.SerializeToString())
+    with tf.io.TFRecordWriter(str(path)) as w:
+      for r in records:
+        w.write(r)
+
+
+@pytest.fixture(scope='module')
+def hostile_data_dir(tmp_path_factory):
+  """tar 1 of the dummy data, built, then images 12 and 13 renamed."""
+  root = tmp_path_factory.mktemp('hostile')
+  assert cli.main(['build', '--tars', '1', '--data_dir', str(root / 'data'),
+                   '--manual_dir', str(DUMMY_DATA), '--no_progress']) == 0
+  victim = root / 'victim' / 'x.jpg'
+  victim.parent.mkdir()
+  _rewrite_file_names(root / 'data' / 'segment_anything' / 'tars_1' / '2.0.0',
+                      {12: str(victim).encode(), 13: b'../../victim/x.jpg'})
+  return root
+
+
+@pytest.mark.parametrize('fmt', sorted(export.FORMATS))
+def test_export_of_a_hostile_dataset_stops_in_one_line(fmt, hostile_data_dir,
+                                                        capsys):
+  root = hostile_data_dir
+  victim = root / 'victim' / 'x.jpg'
+  victim.write_bytes(b'precious')
+  out = root / f'out-{fmt}'
+  before = _tree(root)
+  code, stdout, err = run(capsys, 'export', '--tars', '1', '--data_dir',
+                          root / 'data', '--format', fmt, '--out', out,
+                          '--no_progress')
+  assert code == 1 and not stdout
+  [line] = err.strip().splitlines()
+  assert re.fullmatch(
+      r"segment-anything-tfds export: error: example \d, image_id 1[23]:"
+      r" image/file_name '(/|\.\./\.\./)\S*victim/x.jpg' is not"
+      r' sa_1[23].jpg; export names every image sa_<image_id>.jpg and'
+      r' refuses other names', line), line
+  assert victim.read_bytes() == b'precious'
+  after = _tree(root)
+  assert {k: v for k, v in after.items() if not k.startswith(f'{out}/')
+          } == before
+  assert_no_partial_files(out)
+  for member in (_tar_names(out) if fmt == 'webdataset' else []):
+    assert re.fullmatch(r'sa_\d+\.(jpg|json)', member)
+
+
+def _tar_names(out):
+  names = []
+  for path in sorted(pathlib.Path(out).glob('*.tar')):
+    with tarfile.open(path) as t:
+      names += t.getnames()
+  return names
 
 
 @pytest.mark.parametrize('argv', [

@@ -17,6 +17,7 @@ import re
 import shutil
 import tarfile
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -28,11 +29,13 @@ from segment_anything_tfds import checksums
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import download
 from segment_anything_tfds import errors
+from segment_anything_tfds import examples
 from segment_anything_tfds import fake_data
 from segment_anything_tfds import links as links_lib
 from segment_anything_tfds import options as options_lib
 from segment_anything_tfds import tars as tars_lib
 
+import _hostile_tars
 from _loopback_server import LoopbackServer
 
 NAMES = [f'sa_00000{i}.tar' for i in range(3)]
@@ -448,3 +451,77 @@ def test_corrupt_jpeg_strict_rejects_lenient_audits(tmp_path):
   skipped = {r['member']: r['message'] for r in recs if r['kind'] == 'skip'}
   assert 'not a JPEG' in skipped['sa_2.json']
   assert 'no end-of-image marker' in skipped['sa_3.json']
+
+
+def _audit_records(builder) -> list[dict]:
+  return [json.loads(line) for p in (pathlib.Path(builder.data_dir) /
+                                     audit.AUDIT_DIR).glob('*.jsonl')
+          for line in p.read_text().splitlines()]
+
+
+def test_a_huge_extended_header_is_damage_strict_and_lenient(tmp_path):
+  """A 512 MiB pax header (a hole in a sparse file) is refused from its
+  header block: strict builds fail naming the tar and offset, lenient ones
+  keep the images before it; it is never read (before: 512 MiB read whole
+  into memory, and the build went on)."""
+  rng = np.random.default_rng(10)
+  before = []
+  for i in (1, 2):
+    jpg, js = _records_of(rng, i)
+    before += [(f'sa_{i}.jpg', jpg), (f'sa_{i}.json', js)]
+  before.append(('README', b'not an image member'))
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  at = _hostile_tars.huge_header_tar(manual / 'sa_000000.tar', b'x',
+                                     512 << 20, before)
+  error = (rf'sa_000000.tar:@{at}: a pax header of {512 << 20} bytes at byte'
+           rf' {at}: over the 65536 byte limit .*\[corrupt_tar\]')
+  tracemalloc.start()
+  try:
+    with pytest.raises(errors.BadInputError, match=error):
+      _build(tmp_path / 'strict', manual, num_tars=1, build_workers=1)
+    builder = _build(tmp_path / 'lenient', manual, num_tars=1,
+                     build_workers=1, lenient=True)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert peak < 64 << 20
+  assert _complete_dirs(tmp_path / 'strict') == []
+  assert sorted(_examples(builder)) == [1, 2]
+  [skipped] = builder.info.metadata['audit']['skipped_tars']
+  assert skipped['tar'] == 'sa_000000.tar'
+  assert skipped['reason'] == 'corrupt_tar'
+  assert (f'a pax header of {512 << 20} bytes at byte {at}: over the 65536'
+          ' byte limit') in skipped['message']
+
+
+def test_lone_surrogate_counts_are_bad_rle_in_builds(tmp_path, monkeypatch):
+  """Without orjson, `json` parses "\\ud800" into a lone surrogate: strict
+  builds fail with `bad_rle`, lenient ones skip the image and audit it
+  (before: a UnicodeEncodeError traceback in both)."""
+  monkeypatch.setattr(examples, '_orjson', None)
+  rng = np.random.default_rng(11)
+  jpg1, js1 = _records_of(rng, 1)
+  jpg2, js2 = _records_of(rng, 2)
+  record = json.loads(js2)
+  record['annotations'][0]['segmentation']['counts'] = 'SURROGATE'
+  js2 = json.dumps(record).encode().replace(b'SURROGATE', rb'\ud800')
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  (manual / 'sa_000000.tar').write_bytes(_tar_bytes([
+      ('sa_1.jpg', jpg1), ('sa_1.json', js1),
+      ('sa_2.jpg', jpg2), ('sa_2.json', js2)]))
+  message = ("annotations[0].segmentation.counts has the character"
+             " 'U+D800 (non-ASCII)' outside \"0\"..\"o\"")
+  with pytest.raises(errors.BadInputError) as e:
+    _build(tmp_path / 'strict', manual, num_tars=1, build_workers=1)
+  assert str(e.value) == f'sa_000000.tar:sa_2.json: {message} [bad_rle]'
+  assert _complete_dirs(tmp_path / 'strict') == []
+  builder = _build(tmp_path / 'lenient', manual, num_tars=1,
+                   build_workers=1, lenient=True)
+  assert sorted(_examples(builder)) == [1]
+  assert builder.info.metadata['audit']['skipped_by_reason'] == {
+      'bad_rle': 1}
+  [skip] = [r for r in _audit_records(builder) if r['kind'] == 'skip']
+  assert (skip['member'], skip['reason']) == ('sa_2.json', 'bad_rle')
+  assert message in skip['message']

@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
+import psutil
 import pytest
 import tensorflow_datasets as tfds
 
@@ -20,6 +25,8 @@ from segment_anything_tfds import shards as shards_lib
 from conftest import DUMMY_DATA
 from conftest import make_bad_manual_dir
 from conftest import read_inputs
+from conftest import REPO
+from _worker_pool import worker_env
 
 
 def _build(tmp_path, manual, *, workers, num_shards=None, lenient=False,
@@ -176,3 +183,163 @@ def test_builder_records_the_build_in_metadata(tmp_path):
   assert sorted(meta['build']['per_tar']) == [f'sa_00000{i}.tar'
                                               for i in range(4)]
   assert not list(pathlib.Path(builder.data_dir).glob('.local_build*'))
+
+
+# ------------------------------------------- killed and concurrent builds
+#
+# Real `build` commands in their own process groups, on scale tars (benchmarks/
+# fake_tars.py) big enough for the pool and a write step of a few seconds.
+
+_WAIT = 180.0  # Bound on each wait for a build's progress or end.
+_GONE_WITHIN = 10.0  # Seconds for a dead build's processes to go.
+
+
+@pytest.fixture(scope='module')
+def scale_manual(tmp_path_factory) -> pathlib.Path:
+  """Two tars of 4000 small images: ≈35 MB, over `MIN_BYTES`."""
+  manual = tmp_path_factory.mktemp('scale')
+  with pytest.MonkeyPatch.context() as mp:
+    mp.syspath_prepend(str(REPO / 'benchmarks'))
+    import fake_tars  # pylint: disable=g-import-not-at-top
+    fake_tars.make_scale_tars(os.fspath(manual), 2, 4000)
+  assert local_build.MIN_BYTES < sum(
+      p.stat().st_size for p in manual.iterdir())
+  return manual
+
+
+class _Builds:
+  """Starts `build` commands; kills whatever of them is left at the end."""
+
+  def __init__(self, tmp_path, manual):
+    self.data_dir = tmp_path / 'data'
+    self.config_dir = self.data_dir / 'segment_anything' / 'tars_0-1'
+    self._tmp = tmp_path
+    self._manual = manual
+    self._groups = []
+
+  def start(self, name: str):
+    """A `build` with 2 workers; stdout and stderr go to files `name.*`."""
+    with open(self._tmp / f'{name}.out', 'wb') as out, open(
+        self._tmp / f'{name}.err', 'wb') as err:
+      proc = subprocess.Popen(
+          [sys.executable, '-m', 'segment_anything_tfds', 'build', '--tars',
+           '0-1', '--manual_dir', os.fspath(self._manual), '--data_dir',
+           os.fspath(self.data_dir), '--workers', '2', '--no_progress'],
+          stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=worker_env(),
+          start_new_session=True)
+    self._groups.append(proc.pid)
+    return proc
+
+  def output(self, name: str) -> tuple[str, str]:
+    return ((self._tmp / f'{name}.out').read_text(errors='replace'),
+            (self._tmp / f'{name}.err').read_text(errors='replace'))
+
+  def wait_for(self, ready, proc, what: str):
+    """Polls `ready()` while `proc` runs; fails after `_WAIT` seconds."""
+    deadline = time.monotonic() + _WAIT
+    while not ready():
+      assert proc.poll() is None, f'the build ended before {what}'
+      assert time.monotonic() < deadline, f'no {what} in {_WAIT} s'
+      time.sleep(0.02)
+
+  def writing(self) -> bool:
+    """Whether a build writes shard parts now."""
+    return bool(list(self.config_dir.glob('incomplete.*/.local_build/*')))
+
+  def close(self):
+    for pgid in self._groups:
+      try:
+        os.killpg(pgid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def builds(tmp_path, scale_manual):
+  b = _Builds(tmp_path, scale_manual)
+  try:
+    yield b
+  finally:
+    b.close()
+
+
+def _alive(procs) -> list:
+  """The processes of `procs` still running (zombies are dead)."""
+  out = []
+  for p in procs:
+    try:
+      if p.status() != psutil.STATUS_ZOMBIE:
+        out.append(p)
+    except psutil.NoSuchProcess:
+      pass
+  return out
+
+
+def _gone_within(procs, seconds: float) -> list:
+  """Waits up to `seconds` for `procs` to end; returns those still alive."""
+  deadline = time.monotonic() + seconds
+  while _alive(procs) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  return _alive(procs)
+
+
+def _workers(proc) -> list:
+  return [p for p in psutil.Process(proc.pid).children(recursive=True)
+          if 'spawn_main' in ' '.join(p.cmdline())]
+
+
+def test_workers_end_when_the_build_process_is_killed(builds):
+  proc = builds.start('build')
+  builds.wait_for(builds.writing, proc, 'write step')
+  family = psutil.Process(proc.pid).children(recursive=True)
+  assert len(_workers(proc)) == 2, family
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait(_WAIT)
+  left = _gone_within(family, _GONE_WITHIN)
+  assert not left, [(p.pid, p.cmdline()) for p in left]
+
+
+def test_a_killed_worker_fails_the_build_in_one_line(builds):
+  proc = builds.start('build')
+  builds.wait_for(builds.writing, proc, 'write step')
+  family = psutil.Process(proc.pid).children(recursive=True)
+  os.kill(_workers(proc)[0].pid, signal.SIGKILL)
+  assert proc.wait(_WAIT) == 1
+  _, err = builds.output('build')
+  assert 'Traceback' not in err, err
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert lines[-1].startswith(
+      'segment-anything-tfds build: error: a worker process of the build was'
+      ' killed by SIGKILL (the out-of-memory killer sends it'), err
+  assert 'run the build again' in lines[-1]
+  assert sum('error' in l for l in lines) == 1, err
+  assert not _gone_within(family, _GONE_WITHIN)
+  assert not list(builds.config_dir.iterdir())  # No dataset, lock or parts.
+
+
+def test_concurrent_builds_into_one_data_dir_build_once(builds):
+  """The second build waits for the first, then reuses its dataset."""
+  first = builds.start('first')
+  builds.wait_for(builds.writing, first, 'write step')
+  # Hold the first build mid-write until the second has reached the data dir.
+  os.killpg(first.pid, signal.SIGSTOP)
+  try:
+    second = builds.start('second')
+    builds.wait_for(lambda: 'waiting for it' in builds.output('second')[1],
+                    second, 'waiting message')
+  finally:
+    os.killpg(first.pid, signal.SIGCONT)
+  assert first.wait(_WAIT) == 0, builds.output('first')[1]
+  assert second.wait(_WAIT) == 0, builds.output('second')[1]
+  out1, err1 = builds.output('first')
+  out2, err2 = builds.output('second')
+  assert 'Already prepared' not in out1
+  assert out2.startswith('Already prepared; reused.'), out2
+  assert 'images:    8,000' in out1 and 'images:    8,000' in out2
+  waiting = [l for l in err2.splitlines() if 'warning' in l]
+  assert waiting == [
+      f'segment-anything-tfds: warning: another build (pid {first.pid}) is'
+      f' preparing {builds.config_dir / "2.0.0"}; waiting for it to'
+      ' finish'], err2
+  assert 'Traceback' not in err1 + err2
+  assert sorted(p.name for p in builds.config_dir.iterdir()) == ['2.0.0']

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from segment_anything_tfds import errors
+from segment_anything_tfds import examples
 from segment_anything_tfds import fake_data
 from segment_anything_tfds import rle
 
@@ -472,6 +476,210 @@ def test_output_size_overflow_raises():
   with pytest.raises(tf.errors.InvalidArgumentError, match='2\\*\\*63'):
     tf.function(lambda c: rle.decode(c, (3, 4), output_size=(2**62, 2**62)))(
         tf.constant(counts))
+
+
+# ------------------------------------------------- the build-time check
+#
+# Builds refuse what cannot decode (`examples.check_counts`) with one
+# validator: the C pass `_rlecheck.first_bad`, and its plain-Python
+# reference `examples.first_bad_reference` (the fallback when the C pass is
+# not built). Both must give the same verdict as each other and as the
+# decoder, on every input.
+
+# Sizes at the edges of the decoder's size rule (sides at most 2**62,
+# (h + 1) * (w + 1) below 2**63), and ones whose product wraps int64.
+EDGE_SIZES = [
+    (0, 0), (0, 5), (5, 0), (1, 1), (-1, 5), (5, -1), (2**62, 0),
+    (2**62 + 1, 0), (2**63 - 2, 0), (2**64, 0), (2**31 - 1, 2**32 - 2),
+    (2**31, 2**32 - 1), (2**31, 2**31), (2**32, 2**32), (2**40, 2**40),
+    (2**32 + 1, 2**32),
+]
+# One character of each class: counts' ends ('0'..'O'), continuations
+# ('P'..'o'), just outside, control, Latin-1, BMP, astral, lone surrogates.
+CHARACTER_CLASSES = [
+    [chr(c) for c in range(48, 80)], [chr(c) for c in range(80, 112)],
+    ['/', 'p', ' ', '\x7f', '\x00', '\n'], ['\u00e9', '\u00ff'],
+    ['\u20ac', '\uffff'], ['\U0001f600'], ['\ud800', '\udfff', '\udc80'],
+]
+
+
+def _text(counts: bytes) -> str:
+  return counts.decode('ascii')
+
+
+def _mutants(rng, good: str, n: int) -> list[str]:
+  """Strings near `good`: characters changed, cut, added, made to continue."""
+  out = []
+  for _ in range(n):
+    s = list(good)
+    kind = rng.integers(7)
+    at = int(rng.integers(len(s)))
+    if kind == 0:
+      s[at] = chr(int(rng.integers(32, 127)))
+    elif kind == 1:
+      s = s[:at]
+    elif kind == 2:
+      s.insert(at, chr(int(rng.integers(48, 112))))
+    elif kind == 3:
+      s[at] = chr(int(rng.integers(80, 112)))  # A continuation character.
+    elif kind == 4:
+      s += list('P' * int(rng.integers(1, 10)))
+    elif kind == 5:
+      s[at] = str(rng.choice(sum(CHARACTER_CLASSES[3:], [])))
+    else:
+      s[at] = chr(int(rng.integers(48, 80)))  # An end character.
+    out.append(''.join(s))
+  return out
+
+
+def _random_string(rng) -> str:
+  """Characters drawn mostly from the alphabet, some from every class."""
+  weights = np.array([40, 40, 2, 1, 1, 1, 1], float)
+  classes = rng.choice(len(CHARACTER_CLASSES), size=int(rng.integers(0, 30)),
+                       p=weights / weights.sum())
+  return ''.join(str(rng.choice(CHARACTER_CLASSES[c])) for c in classes)
+
+
+def _check_corpus() -> list[tuple[str, int, int]]:
+  """(counts, height, width) cases, valid and hostile, for every checker."""
+  rng = np.random.default_rng(2024)
+  out = []
+  # Real strings: pycocotools' encodings, and SA-1B records (backslashes).
+  real = []
+  for shape in SHAPES + [(300, 400)]:
+    real += [(_text(c), *shape) for c in _counts(_random_masks(rng, shape, 6))]
+  _, js = fake_data.image_record(rng, 7, height=40, width=30, num_masks=6,
+                                 need_backslash=True)
+  real += [(a['segmentation']['counts'], 40, 30)
+           for a in json.loads(js)['annotations']]
+  # Valid runs of random sizes, empty runs (non-canonical) included.
+  for _ in range(300):
+    h, w = (int(v) for v in rng.integers(1, 60, size=2))
+    cuts = np.sort(rng.integers(0, h * w + 1, size=int(rng.integers(0, 12))))
+    runs = np.diff(np.concatenate([[0], cuts, [h * w]])).tolist()
+    real.append((_text(_count_string(runs)), h, w))
+  out += real
+  for text, h, w in real[::3]:
+    out += [(m, h, w) for m in _mutants(rng, text, 8)]
+  # Random strings, at small sizes and at the edges of the size rule.
+  for _ in range(1000):
+    h, w = (int(v) for v in rng.integers(0, 6, size=2))
+    out.append((_random_string(rng), h, w))
+  for h, w in EDGE_SIZES:
+    out += [(_random_string(rng), h, w) for _ in range(3)]
+    out += [('0', h, w), ('', h, w), (_text(_count_string([2**32])), h, w)]
+  # Runs whose sum wraps int64 or uint64 to h*w, or lands past 2**63.
+  for h, w in ((2, 3), (1500, 2250), (2**31 - 1, 2**32 - 2)):
+    for total in (2**63 + h * w, 2**64 + h * w, 2**64 - 1, 2**65 + h * w,
+                  h * w - 2**64, 2**62 + h * w):
+      if total >= 0:
+        out.append((_text(_count_string(_runs_summing_to(total))), h, w))
+  huge = _runs_summing_to(2**62)
+  out.append((_text(_count_string(huge)), 2**31, 2**31))  # Valid.
+  out.append((_text(_count_string(huge)), 2**31, 2**31 - 1))
+  # Counts at and past 8 characters (40 bits), negative runs and deltas.
+  for runs in ([2**39 - 1], [2**39], [-2**39], [-2**39 - 1], [0, 2**39 - 1],
+               [3, -1, 4], [5, -2, 9], [2, 3, 1, -5], [0, 6, 0, -6 + 12]):
+    for h, w in ((3, 4), (1, 2**39 - 1), (2**20, 2**19)):
+      out.append((_text(_count_string(runs)), h, w))
+  for k in range(6, 11):
+    for end in '0OP':
+      out.append(('1' + 'o' * k + end, 2, 2**38))
+      out.append(('1' + 'P' * k + end, 2, 2))
+  return out
+
+
+def _decodes(counts: str, h: int, w: int) -> bool:
+  """Whether the TF codec reads `counts` at size (h, w).
+
+  Larger sizes are checked with `rle.area`, which parses with the same
+  checks as `decode` but allocates nothing from the size.
+  """
+  if max(h, w) >= 2**64:
+    return False  # Not even a uint64 tensor holds the size.
+  data = counts.encode('utf-8', 'surrogatepass')
+  size = (tf.constant([h, w], tf.uint64) if max(h, w) >= 2**63 else [h, w])
+  try:
+    if 0 <= min(h, w) and max(h, w) <= 10**5:
+      rle.decode(data, size)
+    else:
+      rle.area(data, size)
+  except tf.errors.InvalidArgumentError:
+    return False
+  return True
+
+
+def test_c_check_reference_and_decoders_agree_on_every_input():
+  """The C pass and the Python reference give the same (index, code,
+  detail) on real, mutated, random and adversarial strings; what they pass
+  the TF codec decodes and what they refuse it refuses; and what they pass
+  at a small size pycocotools decodes to the same mask."""
+  if examples._rlecheck is None:
+    pytest.skip('the C extension is not built here')
+  corpus = _check_corpus()
+  assert len(corpus) > 1500
+  accepted = 0
+  for counts, h, w in corpus:
+    c_verdict = examples._rlecheck.first_bad([counts], h, w)
+    reference = examples.first_bad_reference([counts], h, w)
+    assert c_verdict == reference, (counts[:80], h, w)
+    ok = reference is None
+    assert _decodes(counts, h, w) == ok, (counts[:80], h, w, reference)
+    accepted += ok
+    if ok and 0 < h * w <= 10**5:
+      np.testing.assert_array_equal(
+          mask_utils.decode({'size': [h, w], 'counts': counts.encode()}),
+          rle.decode(counts, [h, w]).numpy())
+  assert 300 < accepted < len(corpus) - 1000
+  # Lists of strings: the first bad one, by index, the same in both.
+  rng = np.random.default_rng(7)
+  for _ in range(300):
+    picks = rng.integers(len(corpus), size=int(rng.integers(1, 6)))
+    _, h, w = corpus[int(picks[-1])]
+    counts = [corpus[int(i)][0] for i in picks]
+    if rng.random() < 0.2:  # Not text: refused as such.
+      not_text = [None, b'0', 0, ['0']]
+      counts.insert(int(rng.integers(len(counts))),
+                    not_text[int(rng.integers(len(not_text)))])
+    assert (examples._rlecheck.first_bad(counts, h, w)
+            == examples.first_bad_reference(counts, h, w)), (counts, h, w)
+
+
+def test_counts_whose_runs_wrap_int64_are_refused_by_every_checker(
+    monkeypatch):
+  """Runs summing to 2**64 + h*w (h*w in int64 arithmetic) are refused with
+  the C pass and without it, as the decoder refuses them."""
+  h, w = 1500, 2250
+  counts = _text(_count_string(_runs_summing_to(2**64 + h * w)))
+  assert len(counts) < 200_000
+  assert not _decodes(counts, h, w)
+  checks = [None] if examples._rlecheck is None else [examples._rlecheck,
+                                                      None]
+  for check in checks:
+    monkeypatch.setattr(examples, '_rlecheck', check)
+    with pytest.raises(errors.BadInputError,
+                       match=r'annotations\[1\].segmentation.counts has runs'
+                       rf' summing to \d+\+, not h\*w = {h}\*{w}'):
+      examples.check_counts(
+          np.array([_text(_count_string([h * w])), counts], object),
+          np.zeros(2, np.uint64), height=h, width=w, where=('t', 'm'))
+
+
+@pytest.mark.parametrize('h, w', [(2**32, 2**32), (2**40, 2**40),
+                                  (2**63, 2), (2**31, 2**32 - 1)])
+def test_sizes_past_int64_are_refused_by_every_checker(monkeypatch, h, w):
+  """h*w wraps int64 (once "0" passed): refused before any count is read."""
+  assert not _decodes('0', h, w)
+  checks = [None] if examples._rlecheck is None else [examples._rlecheck,
+                                                      None]
+  for check in checks:
+    monkeypatch.setattr(examples, '_rlecheck', check)
+    with pytest.raises(errors.BadInputError,
+                       match=rf'annotations\[0\].segmentation.counts cannot'
+                       rf' decode at the size {h} x {w}: .* \[bad_rle\]$'):
+      examples.check_counts(np.array(['0', '0'], object),
+                            np.zeros(2, np.uint64), height=h, width=w,
+                            where=('t', 'm'))
 
 
 # ------------------------------------------------------------ iou and merge

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import tarfile
 
 import numpy as np
@@ -31,6 +32,7 @@ from segment_anything_tfds import shards as shards_lib
 from segment_anything_tfds import streaming
 from segment_anything_tfds import tars
 
+import _hostile_tars
 from _loopback_server import LoopbackServer
 from _loopback_server import within
 from conftest import make_bad_manual_dir
@@ -194,6 +196,22 @@ def test_damage_stops_a_range_and_drops_the_member_before_it(tmp_path):
     assert {n for n, _, _ in found} == {n for n, _ in kept_by_index}
     assert {n for n, _ in kept_by_index} == {
         f'sa_{i}{ext}' for i in range(1, 5) for ext in ('.jpg', '.json')}
+
+
+@pytest.mark.parametrize('case', list(_hostile_tars.CASES))
+def test_hostile_headers_are_damage_as_in_the_index(case):
+  """Byte-range reads refuse each hostile run of headers before tarfile
+  reads it, with the same error as the index (one rule, `check_header`)."""
+  run, detail = _hostile_tars.CASES[case]
+  blob = _hostile_tars.hostile_tar(run, [('sa_1.jpg', b'j' * 100),
+                                         ('sa_1.json', b'{}')])
+  with _hostile_tars.deadline(20):
+    _, expected = tars.index_members(io.BytesIO(blob), tar=NAME)
+    [events] = _read_ranges(blob, 1 << 30)
+  report = events[-1]
+  assert re.search(detail, report.damage.detail), report.damage.detail
+  assert (report.damage.where, report.damage.detail) == (expected.where,
+                                                         expected.detail)
 
 
 class _CountingFile(io.BytesIO):

@@ -3,7 +3,9 @@
 import io
 import json
 import os
+import re
 import tarfile
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ from segment_anything_tfds import examples
 from segment_anything_tfds import fake_data
 from segment_anything_tfds import shards
 from segment_anything_tfds import tars
+
+import _hostile_tars
 
 
 def M(name, offset=0, size=10):
@@ -181,6 +185,67 @@ def test_damaged_tar_keeps_the_images_before_the_damage(tmp_path):
     for p in index.pairs:
       key, _ = tars.read_example(r, p)
       assert key == p.image_id
+
+
+@pytest.mark.parametrize('case', list(_hostile_tars.CASES))
+def test_hostile_headers_are_refused_before_tarfile_reads_them(case):
+  """Each hostile run of headers is damage found before tarfile reads it,
+  fast, and the images before it stay readable (lenient builds keep them).
+  Before, tarfile read them whole, parsed a 256 KiB pax header of digits for
+  about a minute (CVE-2024-6232), or raised RecursionError or ValueError."""
+  run, detail = _hostile_tars.CASES[case]
+  before = [('sa_1.jpg', b'j' * 100), ('sa_1.json', b'{}'),
+            ('sa_3.jpg', b'k' * 100)]
+  blob = _hostile_tars.hostile_tar(run, before)
+  with _hostile_tars.deadline(20), io.BytesIO(blob) as f:
+    members, damage = tars.index_members(f, tar='sa_000005.tar')
+  assert damage.reason == examples.CORRUPT_TAR
+  assert re.fullmatch(r'sa_000005.tar:@\d+', damage.where)
+  assert re.search(detail, damage.detail), damage.detail
+  assert [m.name for m in members] == ['sa_1.jpg', 'sa_1.json', 'sa_3.jpg']
+
+
+@pytest.mark.parametrize('kind', [b'L', b'K', b'x', b'g'])
+def test_a_huge_extended_header_is_never_read(tmp_path, kind):
+  """A 64 MiB long name or pax header is refused from its header block:
+  nothing near its size is allocated (before, tarfile read it whole)."""
+  path = tmp_path / 'sa_000006.tar'
+  at = _hostile_tars.huge_header_tar(path, kind, 64 << 20, before=[
+      ('sa_1.jpg', b'j' * 100), ('sa_1.json', b'{}')])
+  shard = shards.Shard(path.name, shards.TAR, str(path))
+  tracemalloc.start()
+  try:
+    index = tars.index_shard(shard)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert peak < 4 << 20
+  assert index.damage.reason == examples.CORRUPT_TAR
+  assert str(index.damage).startswith(
+      f'sa_000006.tar:@{at}: a ')
+  assert f'of {64 << 20} bytes at byte {at}: over the' in str(index.damage)
+  # Lenient builds keep the images before the damage, as for any damage
+  # (the last member before it is dropped).
+  assert index.pairs == [] and [p.member for p in index.problems] == [
+      'sa_1.jpg']
+
+
+def test_extended_headers_that_real_tars_hold_still_index(tmp_path):
+  """Long and non-ASCII names (GNU 'L', pax 'x'), a pax global header and
+  sub-second times, as GNU tar and tarfile write them, index as before."""
+  names = ['x' * 150 + '/sa_1.jpg', 'é' * 60 + '/sa_1.json']
+  for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w', format=fmt, pax_headers={
+        'comment': 'SA-1B ' * 100}) as t:
+      for name in names:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime = 5, 1680000000.25
+        t.addfile(info, io.BytesIO(b'12345'))
+    buf.seek(0)
+    members, damage = tars.index_members(buf, tar='t')
+    assert damage is None
+    assert [(m.name, m.size) for m in members] == [(n, 5) for n in names]
 
 
 def test_index_reads_headers_not_data(tmp_path):

@@ -92,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   except common.UsageError as e:
     sub.print_usage(sys.stderr)
-    print(f'{PROG} {args.command}: error: {e}', file=sys.stderr)
+    print(f'{PROG} {args.command}: error: {errors.printable(e)}',
+          file=sys.stderr)
     return 2
   except KeyboardInterrupt:
     print(f'{PROG}: interrupted', file=sys.stderr)
@@ -103,7 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise  # A bug: keep its traceback.
     if args.command in ('build', 'mirror'):
       sys.stderr.write('\n')  # End a progress bar's line.
-    print(f'{PROG} {args.command}: error: {error.message}', file=sys.stderr)
+    # `message` is escaped already; once more, as the last line of defence.
+    print(f'{PROG} {args.command}: error: {errors.printable(error.message)}',
+          file=sys.stderr)
     return 1
 
 

@@ -122,8 +122,9 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
     raise
   finally:
     common.quiet_beam_errors(False)
+  # Prepared before, or meanwhile by a build this one waited for.
   _print_build_summary(builder, args, common.seconds_since_start(),
-                       was_prepared)
+                       builder.reused)
   return 0
 
 
@@ -132,7 +133,7 @@ def _download_only(builder, dl_config, download_dir) -> int:
   found = builder.fetch_shards(dl_config, download_dir=download_dir)
   print(f'{len(found)} tars ready for {builder.builder_config.name}:')
   for shard in found:
-    print(f'  {shard.name}  {shard.location}')
+    print(errors.printable(f'  {shard.name}  {shard.location}'))
   return 0
 
 

@@ -288,7 +288,8 @@ def _print_links_report(report: dict[str, Any], rows: list[LinkRow], args):
       if entry['duplicate']:
         line += '  DUPLICATE'
       out.append(line)
-  print('\n'.join(out))
+  # Names, URLs and servers' words come from input: shown escaped.
+  print('\n'.join(map(errors.printable, out)))
 
 
 def add_parser(sub, parents) -> argparse.ArgumentParser:

@@ -41,9 +41,35 @@ def read_predictions(path: str) -> Any:
     ) from None
 
 
+def prepare_json_output(path: str) -> None:
+  """Creates the dir of `--json`; a one-line error before any scoring."""
+  if os.path.isdir(path):
+    raise errors.ConfigError(f'--json {path} is a directory; give a file')
+  parent = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(parent, exist_ok=True)
+  except OSError as e:
+    raise errors.SourceError(
+        f'cannot create the dir of --json {path}: {common.first_line(e)}'
+    ) from None
+
+
+def write_json(path: str, report: Any) -> None:
+  """Writes the result; a one-line error if it cannot."""
+  try:
+    with open(path, 'w', encoding='utf-8') as f:
+      json.dump(report, f, indent=2)
+      f.write('\n')
+  except OSError as e:
+    raise errors.SourceError(
+        f'cannot write --json {path}: {common.first_line(e)}') from None
+
+
 def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   del leftover
   from segment_anything_tfds import evaluation  # pylint: disable=g-import-not-at-top
+  if args.json:
+    prepare_json_output(args.json)
   predictions = read_predictions(args.predictions)
   builder = common.prepared_builder(args)
   dataset = common.as_dataset(builder, args.split)
@@ -64,9 +90,7 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
     report = {'dataset': builder.info.full_name, 'split': args.split,
               'predictions': os.path.abspath(args.predictions),
               'select': args.select, **result}
-    with open(args.json, 'w', encoding='utf-8') as f:
-      json.dump(report, f, indent=2)
-      f.write('\n')
+    write_json(args.json, report)
     print(f'\nwrote {args.json}')
   return 0
 
@@ -92,6 +116,7 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
                  ' (best_iou, SAM\'s multimask convention; default) or the'
                  ' highest score (score)')
   p.add_argument('--json', metavar='OUT',
-                 help='also write the result as JSON to OUT')
+                 help='also write the result as JSON to OUT (its dir is'
+                 ' created)')
   p.set_defaults(func=run, allow_leftover=False)
   return p

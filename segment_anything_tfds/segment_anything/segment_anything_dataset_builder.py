@@ -115,6 +115,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._progress = progress
     self._allow_partial = allow_partial
     self._shards = None  # Set by _download_and_prepare.
+    self._reused = False
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     """The Beam path: one split, built by `pipeline.BuildExamples`."""
@@ -192,29 +193,38 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def download_and_prepare(self, *, download_dir=None, download_config=None,
                            file_format=None):
-    """As TFDS's, plus checks around it.
+    """As TFDS's, one build of this version in this data dir at a time.
 
-    A dataset already prepared is compared with what manual_dir offers now
-    (a warning says when they differ). Stale `incomplete.*` dirs left by
-    killed builds are removed first. With `disk_mode='delete'`, downloaded
-    tars are deleted after a successful build.
+    While another build of it runs (in any process), this one waits, then
+    reuses its dataset (`reused`), or builds if that build failed. A dataset
+    already prepared is compared with what manual_dir offers now (a warning
+    says when they differ). Stale `incomplete.*` dirs left by killed builds
+    are removed first. With `disk_mode='delete'`, downloaded tars are
+    deleted after a successful build.
     """
     config = download_config or tfds.download.DownloadConfig()
     reuse = config.download_mode == (
         tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
-    if self.is_prepared() and reuse:
-      self._check_reuse(config.manual_dir)
-    else:
-      incomplete.remove_stale(self.data_dir)
-    try:
+    with incomplete.build_lock(self.data_dir):
+      self._reused = reuse and self.is_prepared()
+      if self._reused:
+        # It may have been prepared since this builder read the data dir.
+        self.info.read_from_directory(self.data_path)
+        self._check_reuse(config.manual_dir)
+      else:
+        incomplete.remove_stale(self.data_dir)
       result = super().download_and_prepare(
           download_dir=download_dir, download_config=download_config,
           file_format=file_format)
-    finally:
-      incomplete.release()
     sources.release(self._shards or (), options=self._download_options)
     audit.log_skips(self.info.metadata, self.data_dir)
     return result
+
+  @property
+  def reused(self) -> bool:
+    """Whether the last `download_and_prepare` found the dataset prepared
+    (before it started, or by a build it waited for) and used it as it is."""
+    return self._reused
 
   def _check_reuse(self, manual_dir) -> None:
     """Warns when manual_dir now offers other tars than were built."""
@@ -266,7 +276,6 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     per core (or `direct_num_workers`), memory flat in the number of images.
     """
     download_config = download_config or tfds.download.DownloadConfig()
-    incomplete.claim(self.data_path)
     # A builder that had loaded a prepared dataset holds its metadata (lazily):
     # this build's audit and counts replace it.
     metadata = self.info.metadata
