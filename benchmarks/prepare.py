@@ -42,11 +42,20 @@ The default run (comparison):
     under --work so reruns skip it;
   * prepares 1, 4 and 8 tars (--tars; --images-per-tar each) with every
     build above, checks the records and prints the goals: wall builtin/ours
-    >= 3x from local tars and >= 2x from links, peak disk / output <= 1.2
+    >= 10x from local tars and >= 2x from links, peak disk / output <= 1.2
     from local tars, identical records, peak RSS flat across tar counts;
   * builds the most tars once more as ours-1w without build-time RLE
     validation (as in --scale below), for its cost on full-size images;
-  * measures the plain I/O cost: read the tars and write the same bytes;
+  * one worker vs plain I/O: builds the most tars as ours-1w and measures
+    plain I/O (read the tars, write the same bytes to new files), --best-of
+    runs each, interleaved, the fastest counting: ms per image and the
+    ratio (goal <= 4x); then builds them once more writing with TFDS's own
+    serializer (`tfds_seam.Serializer`, the reference) and compares the
+    shard files byte for byte;
+  * where one worker's time goes: each step of the per-image path (index,
+    read, parse, make_example, the RLE check, serialize, CRC + write) timed
+    in this process on the same tars, next to TFDS's serializer;
+  * projects one worker's ms per image to all 11 M images (core-hours);
   * measures cost per image from 100 to 800 images (--scaling) with `ours`
     and `ours-beam`, and estimates the full build on Dataflow from the
     `ours-beam` figure (Dataflow runs the Beam path).
@@ -111,6 +120,15 @@ GB = 1 << 30
 # script as `__mp_main__`, see the end of this file).
 NO_RLE_CHECK_ENV = 'SEGMENT_ANYTHING_TFDS_BENCH_NO_RLE_CHECK'
 _RLE_CHECKS_SKIPPED = [0]
+# Set (to '1') in a build's environment to write records with TFDS's own
+# encoder and serializer (`tfds_seam.Serializer`, the path of earlier
+# versions) instead of `serializer.serialize_pieces`: the reference whose
+# shard files the default build's must equal byte for byte.
+REFERENCE_SERIALIZER_ENV = 'SEGMENT_ANYTHING_TFDS_BENCH_REFERENCE_SERIALIZER'
+
+IO_GOAL = 4.0  # One worker: at most 4x plain I/O (issue 20).
+BUILTIN_GOAL = 10.0  # The default build: 10x the builtin from local tars.
+LINKS_GOAL = 2.0  # The default build: 2x the builtin from links.
 
 
 def disable_rle_check() -> None:
@@ -122,6 +140,23 @@ def disable_rle_check() -> None:
     _RLE_CHECKS_SKIPPED[0] += 1
 
   examples.check_counts = skip
+
+
+def use_reference_serializer() -> None:
+  """Local builds in this process write with TFDS's serializer."""
+  from segment_anything_tfds import features  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds import serializer  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds import tfds_seam  # pylint: disable=g-import-not-at-top
+  reference = tfds_seam.Serializer(features.features())
+  serializer.serialize_pieces = lambda example: (reference(example),)
+
+
+def _apply_env_switches() -> None:
+  """The switches a build's environment sets (also in its workers)."""
+  if os.environ.get(NO_RLE_CHECK_ENV) == '1':
+    disable_rle_check()
+  if os.environ.get(REFERENCE_SERIALIZER_ENV) == '1':
+    use_reference_serializer()
 
 
 # ---------------------------------------------------------------- server
@@ -218,7 +253,8 @@ def run_build(spec: dict, work: str) -> dict:
   """Runs one build in a subprocess; returns its measurements.
 
   `spec`: kind, label, tars, manual_dir, data_dir; optional workers (local
-  builds; 0 is one per core), no_rle_check, digest, profile.
+  builds; 0 is one per core), no_rle_check, reference_serializer, digest,
+  profile.
   """
   data_dir = spec['data_dir']
   shutil.rmtree(data_dir, ignore_errors=True)
@@ -228,8 +264,11 @@ def run_build(spec: dict, work: str) -> dict:
   spec = dict(spec, result=result_path)
   env = dict(os.environ)
   env.pop(NO_RLE_CHECK_ENV, None)
+  env.pop(REFERENCE_SERIALIZER_ENV, None)
   if spec.get('no_rle_check'):
     env[NO_RLE_CHECK_ENV] = '1'
+  if spec.get('reference_serializer'):
+    env[REFERENCE_SERIALIZER_ENV] = '1'
   log_path = os.path.join(work, 'logs', f'{spec["label"]}.log')
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
   with open(log_path, 'w') as log:
@@ -330,11 +369,30 @@ def _our_builder(spec: dict):
   return lambda: tfds.builder('segment_anything', **kwargs), config
 
 
+def _time_local_builds() -> dict:
+  """Times `local_build.build` calls in this process, to the microsecond.
+
+  (metadata.json rounds a build's seconds to 0.1 s.)
+  """
+  from segment_anything_tfds import local_build  # pylint: disable=g-import-not-at-top
+  build, timing = local_build.build, {}
+
+  def timed(*args, **kwargs):
+    t0 = time.perf_counter()
+    try:
+      return build(*args, **kwargs)
+    finally:
+      timing['seconds'] = time.perf_counter() - t0
+
+  local_build.build = timed
+  return timing
+
+
 def _build(spec: dict) -> dict:
   """Runs the build of `spec` in this process; returns its figures."""
   import resource  # pylint: disable=g-import-not-at-top
-  if os.environ.get(NO_RLE_CHECK_ENV) == '1':
-    disable_rle_check()
+  _apply_env_switches()
+  local_timing = _time_local_builds() if spec['kind'] != BUILTIN else {}
   make, config = (_builtin_builder(spec) if spec['kind'] == BUILTIN
                   else _our_builder(spec))
   profiler = None
@@ -363,7 +421,7 @@ def _build(spec: dict) -> dict:
       'engine': build.get('engine', 'beam' if spec['kind'] != BUILTIN
                           else 'builtin'),
       'workers_used': build.get('workers'),
-      'build_seconds': build.get('seconds'),
+      'build_seconds': local_timing.get('seconds', build.get('seconds')),
       # A local build with google-crc32c never imports TensorFlow.
       'imported_tf': 'tensorflow' in sys.modules,
       'rle_check_disabled': os.environ.get(NO_RLE_CHECK_ENV) == '1',
@@ -734,6 +792,199 @@ def rle_cost_full_size(bench: Bench, table, n: int) -> dict:
           'cost': cost, 'cpu_cost': cpu_cost}
 
 
+def same_shard_files(a_dir: str, b_dir: str) -> tuple[bool, int]:
+  """Whether two builds wrote the same shard files, byte for byte."""
+  import filecmp  # pylint: disable=g-import-not-at-top
+  names = sorted(n for n in os.listdir(a_dir) if '.tfrecord' in n)
+  if not names or names != sorted(
+      n for n in os.listdir(b_dir) if '.tfrecord' in n):
+    return False, len(names)
+  return all(filecmp.cmp(os.path.join(a_dir, n), os.path.join(b_dir, n),
+                         shallow=False) for n in names), len(names)
+
+
+def one_worker(bench: Bench, n: int, runs: int, workers: int) -> dict:
+  """ours-1w of `n` tars vs plain I/O: best of `runs` each, interleaved.
+
+  Then the default build (`workers`) writing with TFDS's serializer (the
+  reference): its shard files must equal the timed builds' byte for byte,
+  whatever the serializer and the number of workers.
+  """
+  images = n * bench.ipt
+  print(f'\n== One worker vs plain I/O: {n} tars, {images} images, best of'
+        f' {runs} each, interleaved ==', flush=True)
+  io_walls, best = [], None
+  label = f'onew{n}'
+  for run in range(runs):
+    io_walls.append(io_baseline(bench.tars[:n], bench.work))
+    r = bench.run(OURS_1W, n, label, section='one-worker', workers=1)
+    print(f'  run {run + 1}: plain I/O {io_walls[-1]:.3f} s, ours-1w'
+          f' {r.get("wall", float("nan")):.3f} s (local build'
+          f' {r.get("build_seconds") or float("nan"):.3f} s, CPU'
+          f' {r.get("cpu", float("nan")):.3f} s); load'
+          f' {os.getloadavg()[0]:.1f}', flush=True)
+    _print_failure(r)
+    _check_build(OURS_1W, r, images)
+    if _ok(r) and (best is None or r['wall'] < best['wall']):
+      best = r
+    if run < runs - 1:
+      bench.drop_data(label)
+  io_wall = min(io_walls)
+  out = {'tars': n, 'images': images, 'io_wall': io_wall,
+         'io_walls': io_walls}
+  if best is None:
+    return out
+  ref = bench.run(OURS, n, 'onew-reference', section='one-worker',
+                  workers=workers, reference_serializer=True)
+  if _ok(ref):  # The last timed build's files (every run writes the same).
+    same, files = same_shard_files(best['output_dir'], ref['output_dir'])
+    out['same_shard_files'] = same
+    print(f'shard files of ours-1w and of the default build'
+          f' ({ref.get("workers_used")} workers) writing with TFDS\'s'
+          f' serializer (the reference): {files} files'
+          f' {"identical" if same else "DIFFERENT"}: {_verdict(same)}')
+  else:
+    _print_failure(ref)
+  bench.drop_data(label)
+  bench.drop_data('onew-reference')
+
+  def ms(seconds):
+    return seconds / images * 1e3
+
+  out.update(wall=best['wall'], build_seconds=best.get('build_seconds'),
+             cpu=best['cpu'], ms_per_image=ms(best['wall']),
+             ratio=best['wall'] / io_wall)
+  print(f'plain I/O (read the tars, write the same bytes to new files):'
+        f' {io_wall:.3f} s = {ms(io_wall):.2f} ms/image')
+  print(f'ours-1w, download_and_prepare: {best["wall"]:.3f} s ='
+        f' {ms(best["wall"]):.2f} ms/image = {out["ratio"]:.1f}x plain I/O'
+        f' (goal <= {IO_GOAL:.0f}x): {_verdict(out["ratio"] <= IO_GOAL)}')
+  if best.get('build_seconds'):
+    out['build_ratio'] = best['build_seconds'] / io_wall
+    print(f'  of which the local build (index, plan, write):'
+          f' {best["build_seconds"]:.3f} s = {ms(best["build_seconds"]):.2f}'
+          f' ms/image = {out["build_ratio"]:.1f}x plain I/O; the rest is'
+          ' TFDS\'s builder (creating it, writing its metadata)')
+  print(f'  CPU (the build process): {ms(best["cpu"]):.2f} ms/image')
+  return out
+
+
+def step_breakdown(tar_paths, work: str, runs: int) -> dict:
+  """Per-step cost of one worker's per-image path, in this process.
+
+  The steps of `local_build`'s write loop, timed on the same tars: index
+  the tars, read each image's two members, parse the JSON, build and check
+  the example (the C RLE check counted apart), serialize, frame with CRCs
+  and write. Best of `runs` for each step; wall and CPU time.
+  """
+  from segment_anything_tfds import examples  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds import features  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds import serializer  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds import shards as shards_lib  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds import tars  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds import tfds_seam  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  found = shards_lib.find_shards(os.path.dirname(tar_paths[0])).shards
+  wanted = {os.path.abspath(p) for p in tar_paths}
+  shards = [sh for sh in found.values()
+            if os.path.abspath(sh.location) in wanted]
+  check_counts = examples.check_counts
+  steps = ('index tars', 'read members', 'parse JSON',
+           'make_example (checks, columns)', 'RLE check (C, one call)',
+           'serialize', 'CRC + write (+ the loop)')
+  best = {k: [float('inf'), float('inf')] for k in steps + ('total',)}
+  clocks = (time.perf_counter, time.process_time)
+  spent = {}
+
+  def timed(step, fn, *args, **kwargs):
+    t = [c() for c in clocks]
+    try:
+      return fn(*args, **kwargs)
+    finally:
+      acc = spent.setdefault(step, [0.0, 0.0])
+      for i, c in enumerate(clocks):
+        acc[i] += c() - t[i]
+
+  examples_made = []
+  out_path = os.path.join(work, 'steps.tfrecord')
+  try:
+    examples.check_counts = lambda *a, **k: timed(
+        'RLE check (C, one call)', check_counts, *a, **k)
+    for run in range(runs):
+      spent.clear()
+      start = [c() for c in clocks]
+      indexed = [(sh, timed('index tars', tars.index_shard, sh))
+                 for sh in shards]
+
+      def records():
+        for sh, index in indexed:  # pylint: disable=cell-var-from-loop
+          with tars.ShardReader(sh) as reader:
+            for pair in index.pairs:
+              jpg = timed('read members', reader.read, pair.jpg)
+              js = timed('read members', reader.read, pair.json)
+              where = (sh.name, pair.json.name)
+              record = timed('parse JSON', examples.parse_json, js,
+                             where=where)
+              _, example = timed('make_example (checks, columns)',
+                                 examples.make_example, jpg, record,
+                                 stem=pair.stem, where=where)
+              if run == 0 and len(examples_made) < 50:
+                examples_made.append(example)
+              yield timed('serialize', serializer.serialize_pieces, example)
+
+      tfds_seam.write_records(out_path, tfds.core.FileFormat.TFRECORD,
+                              records())
+      total = [c() - t for c, t in zip(clocks, start)]
+      spent['CRC + write (+ the loop)'] = [
+          t - sum(v[i] for k, v in spent.items()
+                  if k != 'RLE check (C, one call)')
+          for i, t in enumerate(total)]
+      spent['make_example (checks, columns)'] = [
+          a - b for a, b in zip(spent['make_example (checks, columns)'],
+                                spent['RLE check (C, one call)'])]
+      spent['total'] = total
+      for k, v in spent.items():
+        best[k] = [min(a, b) for a, b in zip(best[k], v)]
+  finally:
+    examples.check_counts = check_counts
+    if os.path.exists(out_path):
+      os.remove(out_path)
+  images = sum(len(index.pairs) for _, index in indexed)
+  reference = tfds_seam.Serializer(features.features())
+  t0 = time.perf_counter()
+  for example in examples_made:
+    reference(example)
+  tfds_ms = (time.perf_counter() - t0) / len(examples_made) * 1e3
+  print(f'\n== Where one worker\'s time goes: {len(shards)} tars, {images}'
+        f' images, best of {runs} per step ==')
+  print(f'{"step":<32} {"wall ms/img":>11} {"CPU ms/img":>10} {"share":>6}')
+  for k in steps + ('total',):
+    wall, cpu = best[k]
+    print(f'{k:<32} {wall / images * 1e3:>11.3f} {cpu / images * 1e3:>10.3f}'
+          f' {wall / best["total"][0] * 100:>5.0f}%')
+  print(f'(TFDS\'s encode_example + serializer on the same examples:'
+        f' {tfds_ms:.2f} ms/image; the direct serializer above)')
+  return {'images': images, 'tfds_serializer_ms': tfds_ms,
+          **{k: {'wall': v[0] / images, 'cpu': v[1] / images}
+             for k, v in best.items()}}
+
+
+def print_projection(one: dict) -> None:
+  """ms/image of one worker projected to all of SA-1B."""
+  if 'cpu' not in one:
+    return
+  print('\n== Projection (not a measurement): all of SA-1B,'
+        f' {SA1B_IMAGES / 1e6:.0f} M images ==')
+  for what, seconds in (('wall of one worker', one['wall']),
+                        ('CPU of one worker', one['cpu'])):
+    per_image = seconds / one['images']
+    hours = per_image * SA1B_IMAGES / 3600
+    print(f'{what}: {per_image * 1e3:.2f} ms/image -> {hours:.1f} core-hours'
+          f' ({hours / 16:.2f} h on 16 cores, if the disks keep up:'
+          f' {16 / per_image * 1.23 / 1e3:.1f} GB/s of reads and as much'
+          ' written)')
+
+
 def print_ratios(table, tar_counts, stats, io_rate, io_wall) -> None:
   print('\n== Ratios (builtin / ours; ours / plain I/O) ==')
   for n in tar_counts:
@@ -757,14 +1008,22 @@ def print_ratios(table, tar_counts, stats, io_rate, io_wall) -> None:
         f' {io_wall:.2f} s = {io_rate:.0f} img/s')
 
 
-def compare_goals(table, tar_counts) -> dict:
+def compare_goals(table, tar_counts, one: dict) -> dict:
   """Prints the goals of the comparison run, PASS or FAIL; returns figures."""
   print('\n== Goals (this package\'s default builds) ==')
   goals = {}
   n = max(tar_counts)
+  if 'ratio' in one:
+    goals['one_worker_over_io'] = one['ratio']
+    print(f'one worker, {one["images"]} images: {one["ratio"]:.1f}x plain I/O'
+          f' (goal <= {IO_GOAL:.0f}x): {_verdict(one["ratio"] <= IO_GOAL)}')
+  if 'same_shard_files' in one:
+    goals['same_shard_files_as_reference'] = one['same_shard_files']
+    print('shard files equal those written with TFDS\'s serializer:'
+          f' {_verdict(one["same_shard_files"])}')
   theirs = table.get((BUILTIN, n))
-  for kind, goal, where in ((OURS, 3.0, 'local tars'),
-                            (OURS_LINKS, 2.0, 'from links')):
+  for kind, goal, where in ((OURS, BUILTIN_GOAL, 'local tars'),
+                            (OURS_LINKS, LINKS_GOAL, 'from links')):
     r = table.get((kind, n))
     if _ok(r) and _ok(theirs):
       ratio = theirs['wall'] / r['wall']
@@ -875,11 +1134,15 @@ def run_compare(args, work: str) -> dict:
   results['rle_cost'] = rle_cost_full_size(bench, table, max(tar_counts))
 
   n = max(tar_counts)
-  io_wall = min(io_baseline(bench.tars[:n], work) for _ in range(3))
+  one = results['one_worker'] = one_worker(bench, n, args.best_of,
+                                                args.workers)
+  results['steps'] = step_breakdown(bench.tars[:n], work, args.best_of)
+  io_wall = one['io_wall']
   io_rate = stats[n]['images'] / io_wall
   results['io'] = {'tars': n, 'wall': io_wall, 'images_per_s': io_rate}
   print_ratios(table, tar_counts, stats, io_rate, io_wall)
-  results['goals'] = compare_goals(table, tar_counts)
+  results['goals'] = compare_goals(table, tar_counts, one)
+  print_projection(one)
   print_bytes_per_example(table, tar_counts, stats)
   results['marginal'] = print_marginal(table, tar_counts, ipt)
   if scaling:
@@ -1101,6 +1364,10 @@ def parse_args(argv):
   compare.add_argument('--skip-beam', action='store_true',
                        help='skip the Beam builds (ours-beam, links-beam,'
                        ' the ours-beam scaling and the Dataflow estimate)')
+  compare.add_argument('--best-of', type=int, default=3,
+                       help='runs of the one-worker build, of plain I/O and'
+                       ' of each step of the breakdown; the fastest counts'
+                       ' (default: %(default)s)')
   compare.add_argument('--links-beam', action='store_true',
                        help='also build from the links file with Beam'
                        ' (links-beam)')
@@ -1128,9 +1395,9 @@ def parse_args(argv):
   parser.add_argument('--_digest', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.workers < 0 or args.repeat < 1 or args.images_per_tar < 1 or (
-      args.scale_images < 1):
-    parser.error('--workers must be >= 0; --repeat, --images-per-tar and'
-                 ' --scale-images >= 1')
+      args.scale_images < 1 or args.best_of < 1):
+    parser.error('--workers must be >= 0; --repeat, --best-of,'
+                 ' --images-per-tar and --scale-images >= 1')
   return args
 
 
@@ -1170,6 +1437,6 @@ def main(argv=None) -> None:
 
 if __name__ == '__main__':
   main()
-elif __name__ == '__mp_main__' and os.environ.get(NO_RLE_CHECK_ENV) == '1':
+elif __name__ == '__mp_main__':
   # A worker process the build spawned: it imports this script first.
-  disable_rle_check()
+  _apply_env_switches()

@@ -301,9 +301,9 @@ def _fast_columns(
       area.append(a)
       iou.append(q)
       stability.append(st)
-      points.append(point)
-      bbox.append(boxes[0])
-      crop_box.append(boxes[1])
+      points += point  # Flat lists: numpy converts them faster than nested.
+      bbox += boxes[0]
+      crop_box += boxes[1]
       counts.append(rle_counts)
   except KeyError:
     return None

@@ -49,8 +49,8 @@ import numpy as np
 from segment_anything_tfds import audit
 from segment_anything_tfds import errors
 from segment_anything_tfds import examples as examples_lib
-from segment_anything_tfds import features as features_lib
 from segment_anything_tfds import logs
+from segment_anything_tfds import serializer
 from segment_anything_tfds import shards as shards_lib
 from segment_anything_tfds import tars as tars_lib
 from segment_anything_tfds import tfds_seam
@@ -162,7 +162,7 @@ class _Worker:
     self.file_format = file_format
     self.lenient = lenient
     self.tick = tick  # Reports images written, as they are.
-    self.serialize = tfds_seam.Serializer(features_lib.features())
+    self.serialize = serializer.serialize_pieces  # (head, JPEG, tail)
     self.readers: collections.OrderedDict[int, tars_lib.ShardReader] = (
         collections.OrderedDict())
 
@@ -200,7 +200,7 @@ class _Worker:
         record = self.serialize(example)
         tally[0] += 1
         tally[1] += len(example['annotations']['id'])
-        tally[2] += len(record)
+        tally[2] += sum(map(len, record))
         done += 1
         if done % _PROGRESS_EVERY == 0:
           self.tick(_PROGRESS_EVERY)

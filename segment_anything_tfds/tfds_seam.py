@@ -2,11 +2,12 @@
 
 The local build (`local_build.py`) writes a split's shard files itself, so
 it needs four things TFDS does not export as public API: its example
-serializer, how it picks the number of shards, how it names shard files, and
-its file adapters (for formats other than TFRecord). They
-are wrapped here, and `tests/test_tfds_seam.py` checks each against the
-installed TFDS, failing with a message that names the TFDS version when one
-changes. Everything else in the package uses TFDS's public surface
+serializer (the reference the direct serializer, `serializer.py`, is
+checked against byte for byte), how it picks the number of shards, how it
+names shard files, and its file adapters (for formats other than TFRecord).
+They are wrapped here, and `tests/test_tfds_seam.py` checks each against
+the installed TFDS, failing with a message that names the TFDS version when
+one changes. Everything else in the package uses TFDS's public surface
 (`tfds.core.GeneratorBasedBuilder` and its hooks, `tfds.core.SplitInfo`,
 `tfds.features`).
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Iterable
+from typing import Iterable, Sequence, Union
 
 from etils import epath
 import tensorflow_datasets as tfds
@@ -29,6 +30,9 @@ def tfds_version() -> str:
 
 class Serializer:
   """Encodes and serializes examples as TFDS does, but deterministically.
+
+  The reference: builds write with `serializer.serialize_pieces`, which
+  `tests/test_serializer.py` checks gives exactly these bytes.
 
   TFDS's `features.serialize_example` writes the `tf.train.Example` feature
   map in an order that varies between processes; this writes it sorted, so
@@ -82,40 +86,91 @@ TFRECORD_OVERHEAD = 16
 
 
 def _crc32c():
-  """google_crc32c's C CRC-32C, or None if it is not installed."""
+  """google_crc32c's C `extend(crc, data)`, or None if it is not installed."""
   try:
     import google_crc32c  # pylint: disable=g-import-not-at-top
   except ImportError:
     return None
   if google_crc32c.implementation != 'c':
     return None  # The pure-Python fallback is far slower than TensorFlow's.
-  return google_crc32c.value
+  return google_crc32c.extend
 
 
-def _masked_crc(data: bytes, crc32c) -> bytes:
-  crc = crc32c(data)
+def _masked(crc: int) -> bytes:
   return struct.pack(
       '<I', (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
 
 
+# A record: its bytes, or its pieces in order (`serializer.serialize_pieces`).
+Record = Union[bytes, Sequence[bytes]]
+
+# Pieces are gathered up to this many bytes or pieces (under IOV_MAX), then
+# written with one system call.
+_GATHER_BYTES = 1 << 20
+_GATHER_PIECES = 512
+
+
+def _write_all(fd: int, pieces: list[bytes]) -> None:
+  """Writes the pieces in order, as few system calls as it takes."""
+  if not hasattr(os, 'writev'):  # pragma: no cover - not POSIX.
+    for piece in pieces:
+      view = memoryview(piece)
+      while view:
+        view = view[os.write(fd, view):]
+    return
+  first = 0
+  while first < len(pieces):
+    written = os.writev(fd, pieces[first:first + _GATHER_PIECES])
+    if not written and any(pieces[first:first + _GATHER_PIECES]):
+      raise OSError(f'write to fd {fd} wrote nothing')
+    while first < len(pieces) and written >= len(pieces[first]):
+      written -= len(pieces[first])
+      first += 1
+    if written:  # Part of a piece was written.
+      pieces[first] = memoryview(pieces[first])[written:]
+
+
+def _write_tfrecord(path: str, records: Iterable[Record], extend) -> None:
+  """TFRecord framing (`tf.io.TFRecordWriter`'s bytes), pieces uncopied."""
+  fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+  try:
+    gathered, size = [], 0
+    for record in records:
+      pieces = (record,) if isinstance(record, bytes) else record
+      length, crc = 0, 0
+      for piece in pieces:
+        length += len(piece)
+        crc = extend(crc, piece)
+      head = struct.pack('<Q', length)
+      gathered.append(head + _masked(extend(0, head)))
+      gathered.extend(pieces)
+      gathered.append(_masked(crc))
+      size += length
+      if size >= _GATHER_BYTES or len(gathered) >= _GATHER_PIECES:
+        _write_all(fd, gathered)
+        gathered, size = [], 0
+    _write_all(fd, gathered)
+  finally:
+    os.close(fd)
+
+
 def write_records(path: epath.PathLike, file_format: tfds.core.FileFormat,
-                  records: Iterable[bytes]) -> None:
+                  records: Iterable[Record]) -> None:
   """Writes serialized examples to one file in a TFDS file format.
 
   `records` is consumed as the file is written, so memory holds one record
-  at a time. TFRecord files are framed here, byte-identical to
-  `tf.io.TFRecordWriter` (tested), so a local build never imports
-  TensorFlow; other formats go through TFDS's own file adapter.
+  at a time (and up to 1 MiB of records gathered for one write). A record
+  given in pieces is written piece by piece, never joined, so an image's
+  bytes are not copied between their read and the write. TFRecord files
+  are framed here, byte-identical to `tf.io.TFRecordWriter` (tested), so a
+  local build never imports TensorFlow; other formats go through TFDS's
+  own file adapter.
   """
-  crc32c = _crc32c()
-  if file_format == tfds.core.FileFormat.TFRECORD and crc32c is not None:
-    with open(os.fspath(path), 'wb', buffering=1 << 22) as f:
-      for record in records:
-        length = struct.pack('<Q', len(record))
-        f.write(length + _masked_crc(length, crc32c))
-        f.write(record)
-        f.write(_masked_crc(record, crc32c))
+  extend = _crc32c()
+  if file_format == tfds.core.FileFormat.TFRECORD and extend is not None:
+    _write_tfrecord(os.fspath(path), records, extend)
     return
   from tensorflow_datasets.core import file_adapters  # pylint: disable=g-import-not-at-top
   adapter = file_adapters.ADAPTER_FOR_FORMAT[file_format]
-  adapter.write_examples(path, ((None, r) for r in records))
+  adapter.write_examples(path, ((None, r if isinstance(r, bytes)
+                                 else b''.join(r)) for r in records))
