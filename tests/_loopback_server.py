@@ -37,7 +37,7 @@ Lasting behaviours, per file name, for every request:
 Every request is logged as (method, name, Range header, status, target),
 where target is the request line's URL: a proxy gets the absolute URL
 (`http://host/path`), so the server also stands in for a forward proxy.
-`server.sent[name]` counts the body bytes written to clients for a file.
+`server.sent[name]` counts the body bytes handed to clients for a file.
 
 `HostileServer` is a raw-socket server for what `http.server` cannot send:
 answers that trickle, or never end.
@@ -89,11 +89,16 @@ class LoopbackServer:
         server.log.append((self.command, name, rng, status, self.path))
 
       def _write(self, name, data):
-        """Writes a body, counting the bytes that went out."""
+        """Writes a body, counting the bytes handed to the socket.
+
+        Counted before each write: a client that has read the bytes must
+        find them counted (counting after the write raced with it). A write
+        the client hangs up on is counted too, so `sent` bounds from above.
+        """
         for i in range(0, len(data), _CHUNK):
-          self.wfile.write(data[i:i + _CHUNK])
           with server._lock:  # pylint: disable=protected-access
             server.sent[name] += len(data[i:i + _CHUNK])
+          self.wfile.write(data[i:i + _CHUNK])
 
       def _status(self, status, head, extra=()):
         body = f'error {status}\n'.encode()
