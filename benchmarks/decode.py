@@ -49,8 +49,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
 import tensorflow as tf
 from pycocotools import mask as mask_utils
 
-from segment_anything_tfds import rle
-from segment_anything_tfds import sam_inputs
+from segment_anything_tfds.read import rle
+from segment_anything_tfds.read import sam_inputs
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 HEIGHT, WIDTH, NUM_MASKS = 1500, 2250, 100
@@ -192,7 +192,7 @@ def bench_merge(gt_rles, dt_rles, repeats: int) -> dict:
 
 def make_manual_dir(work: str, num_images: int, seed: int = 0) -> str:
   """One SA-1B-like tar of full-size images (cached)."""
-  from segment_anything_tfds import fake_data  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.tools import fake_data  # pylint: disable=g-import-not-at-top
   manual_dir = os.path.join(work, f'manual_{num_images}')
   tar = os.path.join(manual_dir, 'sa_000000.tar')
   if os.path.exists(tar):
@@ -247,8 +247,8 @@ def _naive_masks(counts: np.ndarray, height, width, index: np.ndarray,
 
 def naive_dataset(ds, *, batch_size: int, image_size: int, mask_size: int,
                   num_masks: int, seed: int) -> tf.data.Dataset:
-  from segment_anything_tfds import masks as masks_lib  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds import sampling  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.read import masks as masks_lib  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.read import sampling  # pylint: disable=g-import-not-at-top
 
   def fn(example):
     ann = example['annotations']
@@ -306,7 +306,7 @@ def bench_e2e(work: str, num_images: int, batches: int) -> dict:
   naive_ips = images_per_s(naive, batch_size=batch_size, warmup=1,
                            batches=max(2, batches // 4))
   # Masks only: the decode part of the SAM pipeline, without the image.
-  from segment_anything_tfds import masks as masks_lib  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.read import masks as masks_lib  # pylint: disable=g-import-not-at-top
   masks_only = load({'image': {'content': tfds.decode.SkipDecoding()}}).map(
       lambda ex: masks_lib.decode_masks(ex, num_masks=64,
                                         output_size=(256, 256), seed=0)[

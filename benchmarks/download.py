@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import loopback  # pylint: disable=g-import-not-at-top,wrong-import-position
-from segment_anything_tfds import download  # pylint: disable=g-import-not-at-top,wrong-import-position
+from segment_anything_tfds.sources import download  # pylint: disable=g-import-not-at-top,wrong-import-position
 from segment_anything_tfds import options  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 NAME = 'sa_000000.tar'

@@ -42,7 +42,7 @@ SCALE_GEN_VERSION = 1  # Bump when the scale data changes.
 
 
 def _fake_data():
-  from segment_anything_tfds import fake_data  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.tools import fake_data  # pylint: disable=g-import-not-at-top
   return fake_data
 
 

@@ -9,7 +9,7 @@
 
 Builds (each in its own subprocess):
   ours        this package's default: a local build (no Beam runner named,
-              `segment_anything_tfds.local_build`), one worker process per
+              `segment_anything_tfds.prepare.local`), one worker process per
               core (--workers to change);
   ours-1w     the same with workers=1 (everything in the build's process);
   ours-beam   this package's Beam pipeline on Beam's in-process FnApiRunner
@@ -133,7 +133,7 @@ LINKS_GOAL = 2.0  # The default build: 2x the builtin from links.
 
 def disable_rle_check() -> None:
   """Replaces `examples.check_counts` by a counter (this process only)."""
-  from segment_anything_tfds import examples  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import records as examples  # pylint: disable=g-import-not-at-top
 
   def skip(*args, **kwargs):
     del args, kwargs
@@ -145,7 +145,7 @@ def disable_rle_check() -> None:
 def use_reference_serializer() -> None:
   """Local builds in this process write with TFDS's serializer."""
   from segment_anything_tfds import features  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds import serializer  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import serializer  # pylint: disable=g-import-not-at-top
   from segment_anything_tfds import tfds_seam  # pylint: disable=g-import-not-at-top
   reference = tfds_seam.Serializer(features.features())
   serializer.serialize_pieces = lambda example: (reference(example),)
@@ -166,7 +166,7 @@ from loopback import serve  # pylint: disable=g-import-not-at-top,wrong-import-p
 
 
 def write_links(path: str, base_url: str, tar_paths) -> None:
-  from segment_anything_tfds import fake_data  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.tools import fake_data  # pylint: disable=g-import-not-at-top
   fake_data.write_links(path, [
       (os.path.basename(p), f'{base_url}/{os.path.basename(p)}?sig=fake')
       for p in tar_paths])
@@ -340,7 +340,7 @@ def _builtin_builder(spec: dict):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.core.download import extractor  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.datasets.segment_anything import segment_anything_dataset_builder as builtin  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds import runners  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import runners  # pylint: disable=g-import-not-at-top
   # TFDS's extractor runs each tar's extraction in a pool of 4 x cores
   # threads and queues that tar's file copies in the same pool: once
   # 4 x cores tars wait on their copies, nothing runs (a deadlock, seen
@@ -358,7 +358,7 @@ def _our_builder(spec: dict):
   """This package's builder and its download config (local or Beam)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   import segment_anything_tfds  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  from segment_anything_tfds import runners  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import runners  # pylint: disable=g-import-not-at-top
   kwargs = dict(config='all', data_dir=spec['data_dir'], progress=False)
   if spec['kind'] in BEAM_KINDS:
     config = tfds.download.DownloadConfig(
@@ -374,7 +374,7 @@ def _time_local_builds() -> dict:
 
   (metadata.json rounds a build's seconds to 0.1 s.)
   """
-  from segment_anything_tfds import local_build  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import local as local_build  # pylint: disable=g-import-not-at-top
   build, timing = local_build.build, {}
 
   def timed(*args, **kwargs):
@@ -594,7 +594,7 @@ def check_requirements(need_beam: bool) -> None:
     print('WARNING: google-crc32c (C extension) is missing: local builds fall'
           ' back to TensorFlow\'s TFRecord writer, so they import TensorFlow'
           ' and are slower than the figures in the README.', flush=True)
-  from segment_anything_tfds import examples  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import records as examples  # pylint: disable=g-import-not-at-top
   if examples._rlecheck is None:  # pylint: disable=protected-access
     print('WARNING: the C RLE check (segment_anything_tfds._rlecheck) is not'
           ' built: builds check RLE strings with its plain-Python reference,'
@@ -635,7 +635,7 @@ class Bench:
       except OSError:
         by_path.append(p)
     if by_path:
-      from segment_anything_tfds import fake_data  # pylint: disable=g-import-not-at-top
+      from segment_anything_tfds.tools import fake_data  # pylint: disable=g-import-not-at-top
       fake_data.write_links(links, [(os.path.basename(p), p)
                                     for p in by_path])
     return d
@@ -665,7 +665,7 @@ class Bench:
 
 def local_build_default_workers() -> int:
   """The workers a local build uses by default (one per core)."""
-  from segment_anything_tfds import local_build  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import local as local_build  # pylint: disable=g-import-not-at-top
   return local_build.default_workers()
 
 
@@ -877,11 +877,11 @@ def step_breakdown(tar_paths, work: str, runs: int) -> dict:
   the example (the C RLE check counted apart), serialize, frame with CRCs
   and write. Best of `runs` for each step; wall and CPU time.
   """
-  from segment_anything_tfds import examples  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import records as examples  # pylint: disable=g-import-not-at-top
   from segment_anything_tfds import features  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds import serializer  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds import shards as shards_lib  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds import tars  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import serializer  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.sources import manual_dir as shards_lib  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import tars  # pylint: disable=g-import-not-at-top
   from segment_anything_tfds import tfds_seam  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   found = shards_lib.find_shards(os.path.dirname(tar_paths[0])).shards

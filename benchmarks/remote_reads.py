@@ -50,10 +50,10 @@ import tensorflow_datasets as tfds
 
 import segment_anything_tfds  # pylint: disable=unused-import
 from segment_anything_tfds import config as config_lib
-from segment_anything_tfds import fake_data
-from segment_anything_tfds import links as links_lib
-from segment_anything_tfds import runners
-from segment_anything_tfds import streaming
+from segment_anything_tfds.tools import fake_data
+from segment_anything_tfds.sources import links as links_lib
+from segment_anything_tfds.prepare import runners
+from segment_anything_tfds.prepare import streaming
 from _loopback_server import LoopbackServer
 # pylint: enable=g-import-not-at-top,wrong-import-position
 

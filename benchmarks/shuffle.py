@@ -75,7 +75,7 @@ def shuffled_sizes(builder) -> dict:
   from apache_beam import coders  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.core import hashing  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds import local_build  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import local as local_build  # pylint: disable=g-import-not-at-top
   info = builder.info.splits['train']
   hasher = hashing.Hasher('train')
   coder = coders.registry.get_coder(object)  # What an untyped Map emits.

@@ -42,9 +42,9 @@ sys.path.insert(0, os.path.join(_HERE, '..'))
 sys.path.insert(0, _HERE)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from segment_anything_tfds import numpy_inputs
-from segment_anything_tfds import sam_layouts
-from segment_anything_tfds import sampling
+from segment_anything_tfds.read import numpy_inputs
+from segment_anything_tfds.read import sam_layouts
+from segment_anything_tfds.read import sampling
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 BATCH = 4
@@ -91,7 +91,7 @@ def _dataset(data_dir: str) -> numpy_inputs.SamDataset:
 
 
 def bench_tf(data_dir: str, timed: int) -> float:
-  from segment_anything_tfds import sam_inputs  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.read import sam_inputs  # pylint: disable=g-import-not-at-top
   ds = sam_inputs.load_sam_dataset('train', name='segment_anything/all',
                                    data_dir=data_dir, batch_size=BATCH,
                                    repeat=True, **OPTIONS)

@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
-from segment_anything_tfds import fake_data  # pylint: disable=g-import-not-at-top
+from segment_anything_tfds.tools import fake_data  # pylint: disable=g-import-not-at-top
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # (shard, layout, [(image_id, height, width, num_masks)])

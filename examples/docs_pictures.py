@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from segment_anything_tfds import cli
-from segment_anything_tfds import fake_data
+from segment_anything_tfds.tools import fake_data
 
 HEIGHT, WIDTH = 192, 256
 DUMMY_DATA = os.path.join(os.path.dirname(__file__), '..', 'dummy_data')

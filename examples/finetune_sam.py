@@ -27,8 +27,8 @@ from typing import Any, Sequence
 
 import keras
 
-from segment_anything_tfds import keras_sam
-from segment_anything_tfds import sam_inputs
+from segment_anything_tfds.train import keras_sam
+from segment_anything_tfds.read import sam_inputs
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@
   python examples/train_keras.py --data_dir ~/tensorflow_datasets --config all
   python examples/train_keras.py --data_dir /tmp/sa --manual_dir dummy_data
 
-The data come from `segment_anything_tfds.sam_inputs.load_sam_dataset`:
+The data come from `segment_anything_tfds.read.sam_inputs.load_sam_dataset`:
 images resized and padded to --image_size, --num_masks masks per image
 decoded by the pure-TensorFlow RLE decoder straight at --mask_size, one point
 and one box prompt per mask, and a validity weight per mask. The batches go
@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import keras
 
-from segment_anything_tfds import sam_inputs
+from segment_anything_tfds.read import sam_inputs
 
 
 def build_model(*, image_size: int, mask_size: int, num_masks: int,

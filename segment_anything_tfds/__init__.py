@@ -30,6 +30,7 @@ if _importlib_util.find_spec('tensorflow') is None:
       ' "segment_anything_tfds[tensorflow]" (or "[tensorflow-cpu]"); see the'
       ' README, "Installing".')
 
+from segment_anything_tfds import _compat
 from segment_anything_tfds import registration as _registration
 from segment_anything_tfds.config import lenient_config
 from segment_anything_tfds.config import SegmentAnythingConfig
@@ -46,30 +47,35 @@ _registration.register(Builder)
 # The read-time API imports TensorFlow, which preparing does not need: it is
 # loaded on first use, so `import segment_anything_tfds` stays light.
 _LAZY = {
-    'rle': ('segment_anything_tfds.rle', None),
-    'decode_masks': ('segment_anything_tfds.masks', 'decode_masks'),
-    'evaluate_predictions': ('segment_anything_tfds.evaluation',
+    'rle': ('segment_anything_tfds.read.rle', None),
+    'decode_masks': ('segment_anything_tfds.read.masks', 'decode_masks'),
+    'evaluate_predictions': ('segment_anything_tfds.train.evaluation',
                              'evaluate_predictions'),
-    'format_table': ('segment_anything_tfds.evaluation', 'format_table'),
-    'MaskIoU': ('segment_anything_tfds.evaluation', 'MaskIoU'),
-    'paste_from_example': ('segment_anything_tfds.copy_paste',
+    'format_table': ('segment_anything_tfds.train.evaluation', 'format_table'),
+    'MaskIoU': ('segment_anything_tfds.train.evaluation', 'MaskIoU'),
+    'paste_from_example': ('segment_anything_tfds.read.copy_paste',
                            'paste_from_example'),
-    'paste_objects': ('segment_anything_tfds.copy_paste', 'paste_objects'),
-    'load_sam_dataset': ('segment_anything_tfds.sam_inputs', 'load_sam_dataset'),
-    'sam_dataset': ('segment_anything_tfds.sam_inputs', 'sam_dataset'),
-    'to_sam_inputs': ('segment_anything_tfds.sam_inputs', 'to_sam_inputs'),
-    'SamDataset': ('segment_anything_tfds.numpy_inputs', 'SamDataset'),
-    'load_sam_data_source': ('segment_anything_tfds.numpy_inputs',
+    'paste_objects': ('segment_anything_tfds.read.copy_paste', 'paste_objects'),
+    'load_sam_dataset': ('segment_anything_tfds.read.sam_inputs', 'load_sam_dataset'),
+    'sam_dataset': ('segment_anything_tfds.read.sam_inputs', 'sam_dataset'),
+    'to_sam_inputs': ('segment_anything_tfds.read.sam_inputs', 'to_sam_inputs'),
+    'SamDataset': ('segment_anything_tfds.read.numpy_inputs', 'SamDataset'),
+    'load_sam_data_source': ('segment_anything_tfds.read.numpy_inputs',
                              'load_sam_data_source'),
-    'grain_loader': ('segment_anything_tfds.numpy_inputs', 'grain_loader'),
-    'to_sam_inputs_np': ('segment_anything_tfds.numpy_inputs',
+    'grain_loader': ('segment_anything_tfds.read.numpy_inputs', 'grain_loader'),
+    'to_sam_inputs_np': ('segment_anything_tfds.read.numpy_inputs',
                          'to_sam_inputs_np'),
-    'SAMTrainer': ('segment_anything_tfds.keras_sam', 'SAMTrainer'),
-    'sam_loss': ('segment_anything_tfds.keras_sam', 'sam_loss'),
+    'SAMTrainer': ('segment_anything_tfds.train.keras_sam', 'SAMTrainer'),
+    'sam_loss': ('segment_anything_tfds.train.keras_sam', 'sam_loss'),
 }
 
 
+_compat.install()
+
+
 def __getattr__(name: str):
+  if name in _compat.MOVED and name not in _LAZY:
+    return _compat.moved_module(name)
   if name not in _LAZY:
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
   module, attr = _LAZY[name]

@@ -39,6 +39,35 @@ HOMEPAGE = 'https://ai.meta.com/datasets/segment-anything-downloads'
 LINKS_FILE_NAME = 'segment_anything_links.txt'
 
 
+# Reason codes of `BadInputError`, as counted in the lenient audit.
+MISSING_JSON = 'missing_json'
+MISSING_JPG = 'missing_jpg'
+DUPLICATE_MEMBER = 'duplicate_member'
+MALFORMED_JSON = 'malformed_json'
+MISSING_FIELD = 'missing_field'
+BAD_VALUE = 'bad_value'
+ID_MISMATCH = 'id_mismatch'
+SIZE_MISMATCH = 'size_mismatch'
+ZERO_SIZE = 'zero_size'
+DUPLICATE_ID = 'duplicate_id'
+CORRUPT_JPEG = 'corrupt_jpeg'
+MEMBER_TOO_LARGE = 'member_too_large'
+UNSAFE_MEMBER = 'unsafe_member'
+SPECIAL_MEMBER = 'special_member'
+BAD_RLE = 'bad_rle'
+# Whole-tar reasons: the tar is skipped (lenient) with the images before the
+# damage, if any, kept.
+CORRUPT_TAR = 'corrupt_tar'
+NO_IMAGES = 'no_images'
+
+REASONS = (
+    MISSING_JSON, MISSING_JPG, DUPLICATE_MEMBER, MALFORMED_JSON,
+    MISSING_FIELD, BAD_VALUE, BAD_RLE, ID_MISMATCH, SIZE_MISMATCH, ZERO_SIZE,
+    DUPLICATE_ID, CORRUPT_JPEG, MEMBER_TOO_LARGE, UNSAFE_MEMBER,
+    SPECIAL_MEMBER, CORRUPT_TAR, NO_IMAGES,
+)
+
+
 def refresh_hint(links_source: str = LINKS_FILE_NAME) -> str:
   """How to go on when links expired: written once, used by every message."""
   return (
@@ -103,7 +132,7 @@ class BadInputError(Error, ValueError):
   """An SA-1B image, member or tar that cannot become examples.
 
   Attributes:
-    reason: a reason code (`examples.REASONS`), counted in the lenient audit.
+    reason: a reason code (`REASONS`), counted in the lenient audit.
     tar: the shard's name, e.g. `sa_000001.tar`.
     member: the member (or folder file) at fault, or `@<offset>` in a tar.
     detail: what is wrong, without the location.

@@ -44,7 +44,7 @@ def annotation_features() -> tfds.features.FeaturesDict:
                   doc=(
                       'COCO compressed RLE string, byte for byte as in SA-1B'
                       ' (column-major runs). Decode with'
-                      ' segment_anything_tfds.rle.decode or pycocotools.'
+                      ' segment_anything_tfds.read.rle.decode or pycocotools.'
                   ),
               ),
               'size': tfds.features.Tensor(

@@ -16,7 +16,7 @@ import os
 import signal
 import tarfile
 
-from segment_anything_tfds import tars
+from segment_anything_tfds.prepare import tars
 
 BLOCK = tarfile.BLOCKSIZE
 CAP = tars.MAX_EXTENDED_BYTES

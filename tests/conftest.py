@@ -11,7 +11,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from segment_anything_tfds import fake_data
+from segment_anything_tfds.tools import fake_data
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DUMMY_DATA = REPO / 'dummy_data'
@@ -73,7 +73,7 @@ def read_inputs(manual_dir: os.PathLike) -> dict[int, tuple[bytes, dict]]:
 def make_manual_dir(tmp_path: pathlib.Path, rows=(), tars=()) -> pathlib.Path:
   """tmp_path/manual holding copies of dummy tars and a links file of `rows`."""
   import shutil  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds import links as links_lib  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.sources import links as links_lib  # pylint: disable=g-import-not-at-top
   m = tmp_path / 'manual'
   m.mkdir()
   for n in tars:

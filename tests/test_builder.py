@@ -125,7 +125,7 @@ def test_build_lock_waits_for_the_holder_then_holds_the_file_in_place(
   import fcntl  # pylint: disable=g-import-not-at-top
   import logging  # pylint: disable=g-import-not-at-top
   import threading  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds import incomplete  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import incomplete  # pylint: disable=g-import-not-at-top
   data_dir = tmp_path / 'segment_anything' / 'all' / '2.0.0'
   lock_path = tmp_path / 'segment_anything' / 'all' / '2.0.0.lock'
   waiting, inside, leave = (threading.Event(), threading.Event(),
@@ -371,7 +371,7 @@ def builtin_data(tmp_path_factory):
   """A data_dir holding only TFDS's builtin segment_anything 1.0.0, prepared
   by the builtin builder from the dummy tars served on 127.0.0.1."""
   from _loopback_server import LoopbackServer  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds import fake_data  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.tools import fake_data  # pylint: disable=g-import-not-at-top
   builtin = ours._builtin_cls()  # pylint: disable=protected-access
   tars = {p.name: p.read_bytes() for p in sorted(DUMMY_DATA.glob('*.tar'))}
   manual = tmp_path_factory.mktemp('builtin_manual')

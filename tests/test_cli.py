@@ -25,7 +25,7 @@ import pytest
 
 from segment_anything_tfds import cli
 from segment_anything_tfds import errors
-from segment_anything_tfds import fake_data
+from segment_anything_tfds.tools import fake_data
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DUMMY = REPO / 'dummy_data'
@@ -178,7 +178,7 @@ def test_build_bad_input_strict_fails_lenient_audits(tmp_path, capsys):
 
 def test_download_config_local_build_and_workers():
   from apache_beam.options import pipeline_options
-  from segment_anything_tfds import runners
+  from segment_anything_tfds.prepare import runners
   parser = cli.build_parser()
   # Local (no runner): no Beam options at all; --workers goes to the builder.
   args, leftover = parser.parse_known_args(
@@ -284,7 +284,7 @@ def test_stats_not_prepared_exit_1(tmp_path, capsys):
 
 def test_stats_figure_panels():
   from matplotlib import collections as mcollections
-  from segment_anything_tfds import stats as stats_lib
+  from segment_anything_tfds.tools import stats as stats_lib
   rng = np.random.default_rng(0)
   acc = stats_lib.Accumulator()
   for _ in range(40):
@@ -381,7 +381,7 @@ def test_show_by_image_id_draws_masks(built, tmp_path, capsys):
     with Image.open(tmp_path / f'sa_{image_id}_alpha1_min0.png') as im:
       assert im.size == (w, h)
   # The overlay differs from the plain JPEG wherever masks are.
-  from segment_anything_tfds import viz
+  from segment_anything_tfds.tools import viz
   ex = _dataset_example(data_dir, 32)
   plain = viz.image_array(ex['image']['content'])
   masks = viz.decode_masks(ex['annotations'], *plain.shape[:2])
@@ -400,7 +400,7 @@ def test_show_upscales_pixels_and_masks_alike(built, tmp_path, capsys):
                      '--image_id', '12', '--min_size', '90', '--out',
                      tmp_path, '--no_progress')
   assert code == 0, err
-  from segment_anything_tfds import viz
+  from segment_anything_tfds.tools import viz
   ex = _dataset_example(data_dir, 12)  # 1 x 9 pixels, 2 masks.
   plain = viz.image_array(ex['image']['content'])
   masks = viz.decode_masks(ex['annotations'], 1, 9)
@@ -433,7 +433,7 @@ def _nested_example(num=100, size=256, seed=0):
 
 
 def test_show_alpha_blends_each_pixel_once_under_100_masks():
-  from segment_anything_tfds import viz
+  from segment_anything_tfds.tools import viz
   photo, ex = _nested_example()
   alpha = viz.DEFAULT_ALPHA
   drawn = np.asarray(viz.render(ex, outline=False)).astype(np.float64)
@@ -455,7 +455,7 @@ def test_show_alpha_blends_each_pixel_once_under_100_masks():
 
 
 def test_show_selects_masks_by_predicted_iou():
-  from segment_anything_tfds import viz
+  from segment_anything_tfds.tools import viz
   ann = {'segmentation': {'counts': np.array([b''] * 6, object)},
          'predicted_iou': np.array([0.9, 0.7, 0.95, 0.88, 0.99, 0.88])}
   assert viz.select_masks(ann).tolist() == [0, 1, 2, 3, 4, 5]
@@ -511,7 +511,8 @@ def test_show_option_conflicts_exit_2(built, tmp_path, capsys):
 
 def test_show_copy_paste_draws_the_ops_output(built, tmp_path, capsys):
   import tensorflow as tf
-  from segment_anything_tfds import copy_paste, viz
+  from segment_anything_tfds.read import copy_paste
+  from segment_anything_tfds.tools import viz
   data_dir, _ = built
   code, out, err = run(capsys, 'show', '--tars', '0-3', '--data_dir',
                        data_dir, '--image_id', '13', '--paste_from', '0',
@@ -674,7 +675,7 @@ def test_evaluate_a_slice(built, predictions, capsys):
 
 
 def test_evaluate_select_choices_match_the_library():
-  from segment_anything_tfds import evaluation
+  from segment_anything_tfds.train import evaluation
   assert cli.evaluate.SELECT == evaluation.SELECT
 
 
@@ -759,7 +760,8 @@ def test_show_predictions_tiles_and_scores(built, predictions, tmp_path,
   start = sum(DUMMY_IMAGES[i][2] - 1 for i in (1, 2, 3, 11, 12))
   ious = expected['best_iou'][start:start + 5]
   assert f'5 masks with a prediction, mean IoU {np.mean(ious):.4f}' in out
-  from segment_anything_tfds import evaluation, viz
+  from segment_anything_tfds.train import evaluation
+  from segment_anything_tfds.tools import viz
   ex = _dataset_example(data_dir, 13)
   by_image = [(p[1], p[2], p[3], p[4]) for p in
               evaluation.parse_predictions(str(path)) if p[0] == 13]
@@ -914,7 +916,7 @@ def test_check_links_accepts_a_bom_like_the_builder(tmp_path, capsys):
   text = (DUMMY / 'segment_anything_links.txt').read_text(encoding='utf-8')
   links = tmp_path / 'segment_anything_links.txt'
   links.write_bytes(b'\xef\xbb\xbf' + text.encode('utf-8'))
-  from segment_anything_tfds import links as links_lib
+  from segment_anything_tfds.sources import links as links_lib
   assert len(links_lib.read_links(links).shards) == 4
   code, out, err = run(capsys, 'check-links', '--links', links,
                        '--summary_only')
@@ -1295,7 +1297,7 @@ def test_beam_build_does_not_parse_the_callers_argv(tmp_path, monkeypatch,
                                                     caplog):
   """beam_options=None must not let Beam parse the caller's sys.argv."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds import runners  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import runners  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(sys, 'argv', ['train.py', '--lr=0.1', 'positional'])
   builder = tfds.builder('segment_anything', config='first_1',
                          data_dir=tmp_path)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from segment_anything_tfds import copy_paste as cp
-from segment_anything_tfds import rle
+from segment_anything_tfds.read import copy_paste as cp
+from segment_anything_tfds.read import rle
 
 mask_utils = pytest.importorskip('pycocotools.mask')
 from test_masks import examples_dataset, make_example  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -266,7 +266,7 @@ def test_public_names_are_exported_lazily():
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   import segment_anything_tfds as pkg  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds import evaluation  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.train import evaluation  # pylint: disable=g-import-not-at-top
   assert pkg.paste_objects is cp.paste_objects
   assert pkg.paste_from_example is cp.paste_from_example
   assert pkg.MaskIoU is evaluation.MaskIoU

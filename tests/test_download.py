@@ -16,13 +16,13 @@ import tracemalloc
 
 import pytest
 
-from segment_anything_tfds import checksums
-from segment_anything_tfds import download
+from segment_anything_tfds.sources import checksums
+from segment_anything_tfds.sources import download
 from segment_anything_tfds import errors
-from segment_anything_tfds import http as http_lib
+from segment_anything_tfds.sources import http as http_lib
 from segment_anything_tfds import options
-from segment_anything_tfds import shards
-from segment_anything_tfds import sources
+from segment_anything_tfds.sources import manual_dir as shards
+from segment_anything_tfds.sources import materialize as sources
 from _loopback_server import LoopbackServer
 from _loopback_server import within
 
@@ -365,7 +365,8 @@ def test_content_length_over_max_bytes_is_refused_at_once(server, tmp_path):
 
 _CHILD = '''
 import logging, sys
-from segment_anything_tfds import download, options
+from segment_anything_tfds.sources import download
+from segment_anything_tfds import options
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                     format='%(message)s')
 res = download.download_all(
@@ -549,7 +550,7 @@ def test_stream_from_server_ignoring_range_fails_fast(server, size):
   # probing the size with `bytes=0-0`) must not read the whole object.
   name = 'sa_000000.tar'
   server.endless.add(name)
-  shard = shards.Shard(name, shards.URL, server.url(name), size=size,
+  shard = shards.Shard(name, shards.URL, server.url(name), known_size=size,
                        options=OPTS)
 
   def read_a_block():

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from segment_anything_tfds import evaluation
-from segment_anything_tfds import fake_data
-from segment_anything_tfds import rle
+from segment_anything_tfds.train import evaluation
+from segment_anything_tfds.tools import fake_data
+from segment_anything_tfds.read import rle
 
 mask_utils = pytest.importorskip('pycocotools.mask')
 from test_masks import examples_dataset, make_example  # pylint: disable=g-import-not-at-top,wrong-import-position

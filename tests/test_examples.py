@@ -11,8 +11,8 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from segment_anything_tfds import errors
-from segment_anything_tfds import examples
-from segment_anything_tfds import fake_data
+from segment_anything_tfds.prepare import records as examples
+from segment_anything_tfds.tools import fake_data
 
 
 def _record(seed=0, image_id=7, height=20, width=30, num_masks=3):
@@ -84,22 +84,22 @@ def _mutated(path, value):
 
 
 @pytest.mark.parametrize('path,value,reason,needle', [
-    (('image', 'image_id'), 8, examples.ID_MISMATCH, 'image_id 8'),
-    (('image', 'file_name'), 'sa_8.jpg', examples.ID_MISMATCH, "'sa_8.jpg'"),
-    (('image', 'height'), 0, examples.ZERO_SIZE, '0x30'),
-    (('image', 'width'), KeyError, examples.MISSING_FIELD, '"width"'),
-    (('annotations',), KeyError, examples.MISSING_FIELD, '"annotations"'),
-    (('annotations', 1, 'bbox'), [1, 2, 3], examples.BAD_VALUE,
+    (('image', 'image_id'), 8, errors.ID_MISMATCH, 'image_id 8'),
+    (('image', 'file_name'), 'sa_8.jpg', errors.ID_MISMATCH, "'sa_8.jpg'"),
+    (('image', 'height'), 0, errors.ZERO_SIZE, '0x30'),
+    (('image', 'width'), KeyError, errors.MISSING_FIELD, '"width"'),
+    (('annotations',), KeyError, errors.MISSING_FIELD, '"annotations"'),
+    (('annotations', 1, 'bbox'), [1, 2, 3], errors.BAD_VALUE,
      'annotations[1].bbox must have 4 numbers'),
     (('annotations', 0, 'segmentation', 'size'), [21, 30],
-     examples.SIZE_MISMATCH, 'annotations[0].segmentation.size'),
-    (('annotations', 2, 'segmentation', 'counts'), 7, examples.BAD_VALUE,
+     errors.SIZE_MISMATCH, 'annotations[0].segmentation.size'),
+    (('annotations', 2, 'segmentation', 'counts'), 7, errors.BAD_VALUE,
      'counts must be a non-empty string'),
-    (('annotations', 0, 'point_coords'), [1, 2], examples.BAD_VALUE,
+    (('annotations', 0, 'point_coords'), [1, 2], errors.BAD_VALUE,
      'point_coords must be [[x, y]]'),
-    (('annotations', 0, 'predicted_iou'), 'high', examples.BAD_VALUE,
+    (('annotations', 0, 'predicted_iou'), 'high', errors.BAD_VALUE,
      'predicted_iou must be a number'),
-    (('annotations', 0, 'crop_box'), [0, 0, 31, 20], examples.BAD_VALUE,
+    (('annotations', 0, 'crop_box'), [0, 0, 31, 20], errors.BAD_VALUE,
      'does not fit'),
 ])
 def test_bad_records_name_the_member_and_the_problem(path, value, reason, needle):
@@ -114,7 +114,7 @@ def test_bad_records_name_the_member_and_the_problem(path, value, reason, needle
 def test_malformed_json():
   with pytest.raises(errors.BadInputError) as e:
     examples.parse_json(b'{"image": ', where=('a.tar', 'sa_1.json'))
-  assert e.value.reason == examples.MALFORMED_JSON
+  assert e.value.reason == errors.MALFORMED_JSON
   assert 'a.tar:sa_1.json' in str(e.value)
 
 
@@ -128,7 +128,7 @@ def test_jpeg_checks():
                       (buf.getvalue(), 'JPEG header says 9x5')]:
     with pytest.raises(errors.BadInputError) as e:
       examples.make_example(bad, record, stem='sa_7', where=('t.tar', 'sa_7.jpg'))
-    assert e.value.reason == examples.CORRUPT_JPEG
+    assert e.value.reason == errors.CORRUPT_JPEG
     assert needle in str(e.value)
 
 
@@ -226,7 +226,7 @@ def test_check_counts_refuses_what_cannot_decode(rle_checker, bad, detail):
   with pytest.raises(errors.BadInputError) as e:
     examples.check_counts(counts, area, height=h, width=w,
                           where=('sa_000001.tar', 'sa_7.json'))
-  assert e.value.reason == examples.BAD_RLE
+  assert e.value.reason == errors.BAD_RLE
   assert re.search(r'^sa_000001.tar:sa_7.json: annotations\[2\]'
                    r'.segmentation.counts .*' + detail, str(e.value)), str(
                        e.value)

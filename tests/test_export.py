@@ -24,8 +24,8 @@ import pytest
 from conftest import DUMMY_DATA, read_inputs
 from segment_anything_tfds import cli
 from segment_anything_tfds import errors
-from segment_anything_tfds import examples as examples_lib
-from segment_anything_tfds import export
+from segment_anything_tfds.prepare import records as records_lib
+from segment_anything_tfds.tools import export
 
 
 def as_stored(record):
@@ -74,7 +74,7 @@ def source_examples():
   """Dataset-shaped examples made from the inputs by the builder's code."""
   out = []
   for image_id, (jpg, js) in sorted(INPUTS.items()):
-    _, ex = examples_lib.make_example(
+    _, ex = records_lib.make_example(
         jpg, js, stem=f'sa_{image_id}', where=('t', 'm'))
     out.append(ex)
   return out
@@ -118,7 +118,7 @@ def test_pixel_box_recovers_whole_pixels_through_float32():
     got = [export.pixel_box([0, f, 0, f], height=1, width=side)[0]
            for f in stored[::max(1, side // 500)]]
     assert got == [int(x) for x in v[::max(1, side // 500)]]
-  box = examples_lib.normalize_box([3, 1499, 2246, 0], height=1500,
+  box = records_lib.normalize_box([3, 1499, 2246, 0], height=1500,
                                    width=2250, where=None, what='bbox')
   assert export.pixel_box(np.float32(box), height=1500, width=2250) == [
       3, 1499, 2246, 0]
@@ -346,7 +346,7 @@ _KILL_SCRIPT = textwrap.dedent('''
     import os, signal, sys
     sys.path[:0] = [{tests!r}]
     import test_export
-    from segment_anything_tfds import export
+    from segment_anything_tfds.tools import export
     def examples():
       for i, ex in enumerate(test_export.source_examples()):
         if i == 7:

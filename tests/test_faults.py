@@ -24,16 +24,16 @@ import pytest
 import tensorflow_datasets as tfds
 
 import segment_anything_tfds  # pylint: disable=unused-import
-from segment_anything_tfds import audit
-from segment_anything_tfds import checksums
+from segment_anything_tfds.prepare import audit
+from segment_anything_tfds.sources import checksums
 from segment_anything_tfds import config as config_lib
-from segment_anything_tfds import download
+from segment_anything_tfds.sources import download
 from segment_anything_tfds import errors
-from segment_anything_tfds import examples
-from segment_anything_tfds import fake_data
-from segment_anything_tfds import links as links_lib
+from segment_anything_tfds.prepare import records as examples
+from segment_anything_tfds.tools import fake_data
+from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds import options as options_lib
-from segment_anything_tfds import tars as tars_lib
+from segment_anything_tfds.prepare import tars as tars_lib
 
 import _hostile_tars
 from _loopback_server import HostileServer

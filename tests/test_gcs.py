@@ -32,8 +32,8 @@ import tensorflow_datasets as tfds
 import segment_anything_tfds  # pylint: disable=unused-import
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import errors
-from segment_anything_tfds import fake_data
-from segment_anything_tfds import links as links_lib
+from segment_anything_tfds.tools import fake_data
+from segment_anything_tfds.sources import links as links_lib
 
 import _gcs_server
 from _worker_pool import WorkerPool

@@ -15,13 +15,13 @@ import time
 import pytest
 
 from segment_anything_tfds import cli
-from segment_anything_tfds import download
+from segment_anything_tfds.sources import download
 from segment_anything_tfds import errors
-from segment_anything_tfds import fake_data
-from segment_anything_tfds import links as links_lib
+from segment_anything_tfds.tools import fake_data
+from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds import options
-from segment_anything_tfds import shards
-from segment_anything_tfds import sources
+from segment_anything_tfds.sources import manual_dir as shards
+from segment_anything_tfds.sources import materialize as sources
 from _loopback_server import HostileServer
 from _loopback_server import LoopbackServer
 from _loopback_server import closed_port
@@ -162,7 +162,7 @@ def test_stream_mode_goes_through_the_proxy(tmp_path, monkeypatch):
 
 
 def test_one_http_client_in_the_package():
-  # Every request goes through segment_anything_tfds/http.py: no module
+  # Every request goes through segment_anything_tfds/sources/http.py: no module
   # opens its own connection (urllib, http.client) or session.
   import ast
   import pathlib
@@ -183,7 +183,7 @@ def test_one_http_client_in_the_package():
         if name.split('.')[0] in ('requests', 'urllib3') or name in (
             'urllib.request', 'http.client', 'httplib2', 'aiohttp'):
           users.setdefault(str(path.relative_to(root)), set()).add(name)
-  assert users == {'http.py': {'requests', 'urllib3'}}
+  assert users == {'sources/http.py': {'requests', 'urllib3'}}
 
 
 # ------------------------------------------------ hostile answers, by command

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 keras = pytest.importorskip('keras')
 keras_hub = pytest.importorskip('keras_hub')
-from segment_anything_tfds import keras_sam  # pylint: disable=g-import-not-at-top,wrong-import-position
+from segment_anything_tfds.train import keras_sam  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 S, B, K = 64, 2, 5
 

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from segment_anything_tfds import download
+from segment_anything_tfds.sources import download
 from segment_anything_tfds import errors
-from segment_anything_tfds import links as links_lib
+from segment_anything_tfds.sources import links as links_lib
 
 HEADER = 'file_name\tcdn_link\n'
 CDN = ('https://scontent.example/m1/v/t6/{n}?ccb=10-5&oh=00_SIG'

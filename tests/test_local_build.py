@@ -17,10 +17,10 @@ import tensorflow_datasets as tfds
 
 import segment_anything_tfds  # pylint: disable=unused-import
 from segment_anything_tfds import errors
-from segment_anything_tfds import examples
-from segment_anything_tfds import fake_data
-from segment_anything_tfds import local_build
-from segment_anything_tfds import shards as shards_lib
+from segment_anything_tfds.prepare import records as examples
+from segment_anything_tfds.tools import fake_data
+from segment_anything_tfds.prepare import local as local_build
+from segment_anything_tfds.sources import manual_dir as shards_lib
 
 from conftest import DUMMY_DATA
 from conftest import make_bad_manual_dir
@@ -117,7 +117,7 @@ def test_lenient_audit_adds_up(tmp_path, monkeypatch):
   manual = make_bad_manual_dir(tmp_path / 'in')
   result, files, records = _build(tmp_path, manual, workers=2, lenient=True,
                                   monkeypatch=monkeypatch)
-  from segment_anything_tfds import audit  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import audit  # pylint: disable=g-import-not-at-top
   summary = audit.summarize(records)
   assert sorted(i for i, _, _ in _read(files)) == [1, 2, 3, 10]
   assert summary['images_indexed'] - summary['skipped_images'] == (
@@ -151,9 +151,9 @@ def test_corrupt_and_empty_tars_are_skipped_whole_in_lenient_mode(tmp_path):
   assert result.images_written == 3
   tar_skips = {r['tar']: r['reason'] for r in audit_records
                if r['kind'] == 'tar'}
-  assert tar_skips == {'sa_000001.tar': examples.CORRUPT_TAR,
-                       'sa_000002.tar': examples.CORRUPT_TAR,
-                       'sa_000003.tar': examples.NO_IMAGES}
+  assert tar_skips == {'sa_000001.tar': errors.CORRUPT_TAR,
+                       'sa_000002.tar': errors.CORRUPT_TAR,
+                       'sa_000003.tar': errors.NO_IMAGES}
   no_images = next(r for r in audit_records if r['tar'] == 'sa_000003.tar'
                    and r['kind'] == 'tar')
   assert 'SA_1.JPG' in no_images['message'] and 'README' in no_images['message']

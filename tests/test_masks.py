@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from segment_anything_tfds import masks as masks_lib
+from segment_anything_tfds.read import masks as masks_lib
 
 mask_utils = pytest.importorskip('pycocotools.mask')
 

@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from segment_anything_tfds import checksums
+from segment_anything_tfds.sources import checksums
 from segment_anything_tfds import cli
 from segment_anything_tfds import errors
-from segment_anything_tfds import fake_data
-from segment_anything_tfds import links as links_lib
-from segment_anything_tfds import mirror
+from segment_anything_tfds.tools import fake_data
+from segment_anything_tfds.sources import links as links_lib
+from segment_anything_tfds.sources import mirror
 from segment_anything_tfds import options as options_lib
 
 import _gcs_server

@@ -19,10 +19,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from segment_anything_tfds import numpy_inputs as npi
-from segment_anything_tfds import rle
-from segment_anything_tfds import sam_inputs
-from segment_anything_tfds import sampling
+from segment_anything_tfds.read import numpy_inputs as npi
+from segment_anything_tfds.read import rle
+from segment_anything_tfds.read import sam_inputs
+from segment_anything_tfds.read import sampling
 
 mask_utils = pytest.importorskip('pycocotools.mask')
 pytest.importorskip('PIL')

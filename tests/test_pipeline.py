@@ -8,11 +8,12 @@ from apache_beam.testing import util as beam_util
 import numpy as np
 import pytest
 
-from segment_anything_tfds import examples
-from segment_anything_tfds import fake_data
-from segment_anything_tfds import pipeline
-from segment_anything_tfds import runners
-from segment_anything_tfds import shards as shards_lib
+from segment_anything_tfds import errors
+from segment_anything_tfds.prepare import records as examples
+from segment_anything_tfds.tools import fake_data
+from segment_anything_tfds.prepare import beam as pipeline
+from segment_anything_tfds.prepare import runners
+from segment_anything_tfds.sources import manual_dir as shards_lib
 
 from conftest import DUMMY_DATA, make_bad_manual_dir, read_inputs
 
@@ -59,11 +60,11 @@ def test_lenient_skips_and_audits_every_bad_image(tmp_path):
       for f in (tmp_path / 'audit').glob('*.jsonl')
       for r in map(json.loads, f.read_text().splitlines()) if r['kind'] == 'skip')
   assert skips == [
-      (examples.DUPLICATE_ID, 'sa_000001.tar', 'sa_2.jpg'),
-      (examples.MALFORMED_JSON, 'sa_000001.tar', 'sa_11.json'),
-      (examples.MISSING_JPG, 'sa_000001.tar', 'sa_13.json'),
-      (examples.MISSING_JSON, 'sa_000001.tar', 'sa_12.jpg'),
-      (examples.ZERO_SIZE, 'sa_000001.tar', 'sa_14.json'),
+      (errors.DUPLICATE_ID, 'sa_000001.tar', 'sa_2.jpg'),
+      (errors.MALFORMED_JSON, 'sa_000001.tar', 'sa_11.json'),
+      (errors.MISSING_JPG, 'sa_000001.tar', 'sa_13.json'),
+      (errors.MISSING_JSON, 'sa_000001.tar', 'sa_12.jpg'),
+      (errors.ZERO_SIZE, 'sa_000001.tar', 'sa_14.json'),
   ]
 
 
@@ -80,7 +81,7 @@ def test_beam_build_counts_go_to_metadata(tmp_path):
   """A Beam build's summary comes from its counters, not a second read."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   import segment_anything_tfds  # pylint: disable=g-import-not-at-top,unused-import
-  from segment_anything_tfds import runners  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import runners  # pylint: disable=g-import-not-at-top
   builder = tfds.builder('segment_anything', config='all', data_dir=tmp_path)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=DUMMY_DATA, beam_runner=runners.local_runner()))

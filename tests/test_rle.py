@@ -1,4 +1,4 @@
-"""segment_anything_tfds.rle against pycocotools, eagerly and in graphs."""
+"""segment_anything_tfds.read.rle against pycocotools, eagerly and in graphs."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import tensorflow as tf
 
 from segment_anything_tfds import errors
-from segment_anything_tfds import examples
-from segment_anything_tfds import fake_data
-from segment_anything_tfds import rle
+from segment_anything_tfds.prepare import records as examples
+from segment_anything_tfds.tools import fake_data
+from segment_anything_tfds.read import rle
 
 mask_utils = pytest.importorskip('pycocotools.mask')
 from test_tf_data_service import PYTHON_OPS, _dataset_ops, _op_types  # pylint: disable=g-import-not-at-top,wrong-import-position

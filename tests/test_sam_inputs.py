@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from segment_anything_tfds import masks as masks_lib
-from segment_anything_tfds import sam_inputs as sam
-from segment_anything_tfds import sampling
+from segment_anything_tfds.read import masks as masks_lib
+from segment_anything_tfds.read import sam_inputs as sam
+from segment_anything_tfds.read import sampling
 
 mask_utils = pytest.importorskip('pycocotools.mask')
 from test_masks import examples_dataset, make_example  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -395,7 +395,7 @@ def test_reading_never_builds(tmp_path):
   leaves nothing behind; download=True builds."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from segment_anything_tfds import errors  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds import sam_inputs  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.read import sam_inputs  # pylint: disable=g-import-not-at-top
   from conftest import DUMMY_DATA  # pylint: disable=g-import-not-at-top
   with pytest.raises(errors.NotPreparedError) as e:
     sam_inputs.load_sam_dataset(name='segment_anything/first_1',

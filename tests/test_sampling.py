@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from segment_anything_tfds import sampling
+from segment_anything_tfds.read import sampling
 
 # (seed, image_id) pairs, with the edges of the 64-bit words.
 CASES = [(0, 0), (7, 12), (-1, 2**64 - 1), (2**40 + 3, 11_000_000),

@@ -18,13 +18,13 @@ from pycocotools import mask as mask_utils
 import pytest
 import tensorflow_datasets as tfds
 
-from segment_anything_tfds import examples
-from segment_anything_tfds import fake_data
+from segment_anything_tfds.prepare import records as examples
+from segment_anything_tfds.tools import fake_data
 from segment_anything_tfds import features as features_lib
-from segment_anything_tfds import local_build
-from segment_anything_tfds import serializer
-from segment_anything_tfds import shards
-from segment_anything_tfds import tars
+from segment_anything_tfds.prepare import local as local_build
+from segment_anything_tfds.prepare import serializer
+from segment_anything_tfds.sources import manual_dir as shards
+from segment_anything_tfds.prepare import tars
 from segment_anything_tfds import tfds_seam
 
 from conftest import DUMMY_DATA

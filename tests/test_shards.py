@@ -9,10 +9,10 @@ import shutil
 import pytest
 
 from segment_anything_tfds import errors
-from segment_anything_tfds import fake_data
-from segment_anything_tfds import links as links_lib
-from segment_anything_tfds import shards
-from segment_anything_tfds import tars as tars_lib
+from segment_anything_tfds.tools import fake_data
+from segment_anything_tfds.sources import links as links_lib
+from segment_anything_tfds.sources import manual_dir as shards
+from segment_anything_tfds.prepare import tars as tars_lib
 
 from conftest import make_manual_dir
 

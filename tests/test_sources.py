@@ -9,15 +9,15 @@ import shutil
 
 import pytest
 
-from segment_anything_tfds import checksums
-from segment_anything_tfds import download
+from segment_anything_tfds.sources import checksums
+from segment_anything_tfds.sources import download
 from segment_anything_tfds import errors
-from segment_anything_tfds import fake_data
-from segment_anything_tfds import links as links_lib
+from segment_anything_tfds.tools import fake_data
+from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds import options
-from segment_anything_tfds import shards
-from segment_anything_tfds import sources
-from segment_anything_tfds import tars as tars_lib
+from segment_anything_tfds.sources import manual_dir as shards
+from segment_anything_tfds.sources import materialize as sources
+from segment_anything_tfds.prepare import tars as tars_lib
 
 from conftest import make_manual_dir
 
@@ -56,7 +56,7 @@ def test_materialize_stream_mode_keeps_urls_with_sizes(tmp_path):
     opts = FAST.replace(disk_mode='stream')
     [out] = sources.materialize([shard], download_dir=tmp_path / 'dl',
                                 options=opts)
-    assert out.kind == 'url' and out.size == len(TAR0)
+    assert out.kind == 'url' and out.size() == len(TAR0)
     assert [e[0] for e in srv.log] == ['HEAD']
     with out.open() as f:  # Seekable, over Range requests; nothing on disk.
       members, damage = tars_lib.index_members(f, tar=out.name)

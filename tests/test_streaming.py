@@ -23,14 +23,14 @@ import tensorflow_datasets as tfds
 import segment_anything_tfds  # pylint: disable=unused-import
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import errors
-from segment_anything_tfds import examples
-from segment_anything_tfds import fake_data
-from segment_anything_tfds import http
-from segment_anything_tfds import links as links_lib
-from segment_anything_tfds import runners
-from segment_anything_tfds import shards as shards_lib
-from segment_anything_tfds import streaming
-from segment_anything_tfds import tars
+from segment_anything_tfds.prepare import records as examples
+from segment_anything_tfds.tools import fake_data
+from segment_anything_tfds.sources import http
+from segment_anything_tfds.sources import links as links_lib
+from segment_anything_tfds.prepare import runners
+from segment_anything_tfds.sources import manual_dir as shards_lib
+from segment_anything_tfds.prepare import streaming
+from segment_anything_tfds.prepare import tars
 
 import _hostile_tars
 from _loopback_server import LoopbackServer
@@ -54,7 +54,7 @@ def _tar(entries, fmt=tarfile.GNU_FORMAT) -> bytes:
 def _read_ranges(blob: bytes, range_bytes: int, *, hold_bytes=1 << 30,
                  read_bytes=4096):
   """Every range of `blob` read from bytes: (events of each range)."""
-  shard = shards_lib.Shard(NAME, shards_lib.TAR, 'mem://', size=len(blob))
+  shard = shards_lib.Shard(NAME, shards_lib.TAR, 'mem://', known_size=len(blob))
   spans = streaming.plan(len(blob), range_bytes)
   out = []
   for i, (start, end) in enumerate(spans):
@@ -161,7 +161,7 @@ def test_a_tar_inside_a_member_makes_the_ranges_disagree():
   # resync on its headers: the ranges before disagree, and say so.
   ranges = _read_ranges(blob, 4096)
   error = streaming.check_chain([e[-1] for e in ranges], len(blob))
-  assert error.reason == examples.CORRUPT_TAR and error.tar == NAME
+  assert error.reason == errors.CORRUPT_TAR and error.tar == NAME
   assert 'byte ranges disagree' in str(error)
   assert "disk_mode='keep'" in str(error)
 
@@ -234,7 +234,7 @@ def test_a_bucket_range_costs_one_read_per_block():
   records = [(i, *fake_data.image_record(rng, i, height=32, width=24,
                                          num_masks=1)) for i in range(1, 60)]
   blob = _shuffled_tar(records, rng)
-  shard = shards_lib.Shard(NAME, shards_lib.TAR, 'mem://', size=len(blob))
+  shard = shards_lib.Shard(NAME, shards_lib.TAR, 'mem://', known_size=len(blob))
   spans = streaming.plan(len(blob), 32 << 10)
   block = 8192
   reads = total = 0
@@ -274,24 +274,24 @@ def test_settle_pairs_orphans_and_counts_copies():
   settled = streaming.settle_image(5, orphans + [written])
   assert settled.build is None
   assert [(e.reason, e.tar) for e in settled.skips] == [
-      (examples.DUPLICATE_ID, 'sa_000003.tar')]
+      (errors.DUPLICATE_ID, 'sa_000003.tar')]
   assert settled.duplicate_tars == [(1, 'sa_000001.tar'),
                                     (3, 'sa_000003.tar')]
   # Two copies written (two tars): the writer keeps one, one is skipped.
   again = streaming.Paired(3, shard.name, 'sa_5.jpg', 'sa_5.json', True)
   settled = streaming.settle_image(5, [again, written])
   assert [(e.reason, e.tar, e.member) for e in settled.skips] == [
-      (examples.DUPLICATE_ID, 'sa_000003.tar', 'sa_5.jpg')]
+      (errors.DUPLICATE_ID, 'sa_000003.tar', 'sa_5.jpg')]
   # A stray member beside a pair of its own tar: one more copy, skipped.
   stray = streaming.Orphan(shard, 2, tars.Member('x/sa_5.jpg', 9000, 3), b'')
   settled = streaming.settle_image(5, [again, stray])
   assert [(e.reason, e.member) for e in settled.skips] == [
-      (examples.DUPLICATE_MEMBER, 'x/sa_5.jpg')]
+      (errors.DUPLICATE_MEMBER, 'x/sa_5.jpg')]
   assert settled.counts == {'sa_000003.tar': [1, 1]}
   # Unpaired in every range: one problem, as pair_members says.
   settled = streaming.settle_image(5, orphans[:1])
   assert [(e.reason, e.member) for e in settled.skips] == [
-      (examples.MISSING_JPG, 'sa_5.json')]
+      (errors.MISSING_JPG, 'sa_5.json')]
 
 
 # ------------------------------------------------------------ HTTP stream
@@ -529,8 +529,8 @@ def test_lenient_audit_of_bad_input_adds_up_as_in_the_local_build(
     assert got[key] == expected[key], key
   assert [(t['tar'], t['reason']) for t in got['skipped_tars']] == [
       (t['tar'], t['reason']) for t in expected['skipped_tars']] == [
-          ('sa_000002.tar', examples.CORRUPT_TAR),
-          ('sa_000003.tar', examples.NO_IMAGES)]
+          ('sa_000002.tar', errors.CORRUPT_TAR),
+          ('sa_000003.tar', errors.NO_IMAGES)]
   ours, theirs = _examples(builder), _examples(local)
   assert sorted(ours) == sorted(theirs)
   assert len(ours) == got['images_indexed'] - got['skipped_images']
@@ -542,7 +542,7 @@ def test_lenient_audit_of_bad_input_adds_up_as_in_the_local_build(
              for line in p.read_text().splitlines()]
   skips = sorted((r['reason'], r['tar'], r['member']) for r in records
                  if r['kind'] == 'skip')
-  assert (examples.DUPLICATE_ID, 'sa_000001.tar', 'sa_2.jpg') in skips
+  assert (errors.DUPLICATE_ID, 'sa_000001.tar', 'sa_2.jpg') in skips
 
 
 def test_strict_streamed_build_names_the_tar(served, tmp_path):
@@ -580,7 +580,7 @@ def test_a_tar_damaged_in_the_middle_keeps_what_resyncs(served, tmp_path):
       within(300, _build, tmp_path / 'strict', manual, range_bytes=16 << 10)
   audit = builder.info.metadata['audit']
   assert [(t['tar'], t['reason']) for t in audit['skipped_tars']] == [
-      (NAME, examples.CORRUPT_TAR)]
+      (NAME, errors.CORRUPT_TAR)]
   ours, theirs = _examples(builder), _examples(local)
   # The images before the damage, as the local build keeps them, and
   # those of the ranges after the damaged one (they resync).
@@ -611,7 +611,7 @@ def test_copies_in_a_local_tar_and_a_streamed_one(served, tmp_path):
       within(300, _build, tmp_path / 'strict', manual, range_bytes=16 << 10)
   assert _examples(builder) == expected
   audit = builder.info.metadata['audit']
-  assert audit['skipped_by_reason'] == {examples.DUPLICATE_ID: 15}
+  assert audit['skipped_by_reason'] == {errors.DUPLICATE_ID: 15}
   assert audit['images_indexed'] - audit['skipped_images'] == len(expected)
   records = [json.loads(line) for p in (pathlib.Path(builder.data_dir) /
                                         'audit').glob('*.jsonl')

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from segment_anything_tfds import errors
-from segment_anything_tfds import examples
-from segment_anything_tfds import fake_data
-from segment_anything_tfds import shards
-from segment_anything_tfds import tars
+from segment_anything_tfds.prepare import records as examples
+from segment_anything_tfds.tools import fake_data
+from segment_anything_tfds.sources import manual_dir as shards
+from segment_anything_tfds.prepare import tars
 
 import _hostile_tars
 
@@ -47,15 +47,15 @@ def test_unpaired_duplicated_unsafe_and_oversized_members_are_problems():
   got = {(p.reason, p.member) for p in index.problems}
   # One problem per image: sa_3 is stored twice, so neither copy is used.
   assert got == {
-      (examples.MISSING_JSON, 'sa_1.jpg'),
-      (examples.MISSING_JPG, 'sa_2.json'),
-      (examples.DUPLICATE_MEMBER, 'x/sa_3.jpg'),
-      (examples.UNSAFE_MEMBER, '../sa_4.jpg'),
-      (examples.UNSAFE_MEMBER, '/abs/sa_5.json'),
-      (examples.MEMBER_TOO_LARGE, 'sa_6.json'),
+      (errors.MISSING_JSON, 'sa_1.jpg'),
+      (errors.MISSING_JPG, 'sa_2.json'),
+      (errors.DUPLICATE_MEMBER, 'x/sa_3.jpg'),
+      (errors.UNSAFE_MEMBER, '../sa_4.jpg'),
+      (errors.UNSAFE_MEMBER, '/abs/sa_5.json'),
+      (errors.MEMBER_TOO_LARGE, 'sa_6.json'),
   }
   assert index.images == 7 == len(index.pairs) + len(index.problems)
-  dup = [p for p in index.problems if p.reason == examples.DUPLICATE_MEMBER]
+  dup = [p for p in index.problems if p.reason == errors.DUPLICATE_MEMBER]
   assert 'as sa_3.jpg and as x/sa_3.jpg' in str(dup[0])
   for p in index.problems:
     assert str(p).startswith(f't.tar:{p.member}: ')
@@ -99,13 +99,13 @@ def test_special_members_are_reported_as_what_they_are(tmp_path):
   assert [p.stem for p in index.pairs] == ['sa_5']
   got = {p.member: (p.reason, p.detail) for p in index.problems}
   assert got == {
-      'sa_6.jpg': (examples.SPECIAL_MEMBER, 'sa_6.jpg is a symlink, not a'
+      'sa_6.jpg': (errors.SPECIAL_MEMBER, 'sa_6.jpg is a symlink, not a'
                    ' regular file; it is never followed or read'),
-      'sa_7.jpg': (examples.SPECIAL_MEMBER, 'sa_7.jpg is a hardlink, not a'
+      'sa_7.jpg': (errors.SPECIAL_MEMBER, 'sa_7.jpg is a hardlink, not a'
                    ' regular file; it is never followed or read'),
-      'sa_8.jpg': (examples.SPECIAL_MEMBER, 'sa_8.jpg is a FIFO, not a'
+      'sa_8.jpg': (errors.SPECIAL_MEMBER, 'sa_8.jpg is a FIFO, not a'
                    ' regular file; it is never followed or read'),
-      'sa_9.jpg': (examples.SPECIAL_MEMBER, 'sa_9.jpg is a character device,'
+      'sa_9.jpg': (errors.SPECIAL_MEMBER, 'sa_9.jpg is a character device,'
                    ' not a regular file; it is never followed or read'),
   }
 
@@ -149,7 +149,7 @@ def test_truncated_tar_names_tar_member_and_offset(tmp_path):
   cut.write_bytes(data[:last.offset + last.size // 2])
   with open(cut, 'rb') as f:
     members, damage = tars.index_members(f, tar='sa_000001.tar')
-  assert damage.reason == examples.CORRUPT_TAR
+  assert damage.reason == errors.CORRUPT_TAR
   assert str(damage).startswith('sa_000001.tar:')
   assert last.name in str(damage) or '@' in str(damage)
   garbage = tmp_path / 'garbage.tar'
@@ -179,7 +179,7 @@ def test_damaged_tar_keeps_the_images_before_the_damage(tmp_path):
   path.write_bytes(data[:jpg4.offset + 10])
   index = tars.index_shard(shards.Shard(path.name, shards.TAR, str(path)))
   assert index.damage is not None
-  assert index.damage.reason == examples.CORRUPT_TAR
+  assert index.damage.reason == errors.CORRUPT_TAR
   assert [p.image_id for p in index.pairs] == [1, 2, 3]
   with tars.ShardReader(shards.Shard(path.name, shards.TAR, str(path))) as r:
     for p in index.pairs:
@@ -199,7 +199,7 @@ def test_hostile_headers_are_refused_before_tarfile_reads_them(case):
   blob = _hostile_tars.hostile_tar(run, before)
   with _hostile_tars.deadline(20), io.BytesIO(blob) as f:
     members, damage = tars.index_members(f, tar='sa_000005.tar')
-  assert damage.reason == examples.CORRUPT_TAR
+  assert damage.reason == errors.CORRUPT_TAR
   assert re.fullmatch(r'sa_000005.tar:@\d+', damage.where)
   assert re.search(detail, damage.detail), damage.detail
   assert [m.name for m in members] == ['sa_1.jpg', 'sa_1.json', 'sa_3.jpg']
@@ -220,7 +220,7 @@ def test_a_huge_extended_header_is_never_read(tmp_path, kind):
   finally:
     tracemalloc.stop()
   assert peak < 4 << 20
-  assert index.damage.reason == examples.CORRUPT_TAR
+  assert index.damage.reason == errors.CORRUPT_TAR
   assert str(index.damage).startswith(
       f'sa_000006.tar:@{at}: a ')
   assert f'of {64 << 20} bytes at byte {at}: over the' in str(index.damage)
@@ -312,9 +312,9 @@ def test_hostile_folder_is_refused_without_hanging_or_reading_outside(
   index = tars.index_shard(shard)
   assert [p.image_id for p in index.pairs] == [1, 8]
   got = {p.member: p.reason for p in index.problems}
-  assert got == {'sa_5.jpg': examples.SPECIAL_MEMBER,
-                 'sa_6.jpg': examples.UNSAFE_MEMBER,
-                 'sa_7.json': examples.UNSAFE_MEMBER}
+  assert got == {'sa_5.jpg': errors.SPECIAL_MEMBER,
+                 'sa_6.jpg': errors.UNSAFE_MEMBER,
+                 'sa_7.json': errors.UNSAFE_MEMBER}
   assert 'FIFO' in next(str(p) for p in index.problems
                         if p.member == 'sa_5.jpg')
   # Nothing under /usr/share was listed; the loop added nothing.

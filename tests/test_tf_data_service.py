@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from segment_anything_tfds import masks as masks_lib
-from segment_anything_tfds import rle
-from segment_anything_tfds import sam_inputs as sam
+from segment_anything_tfds.read import masks as masks_lib
+from segment_anything_tfds.read import rle
+from segment_anything_tfds.read import sam_inputs as sam
 
 mask_utils = pytest.importorskip('pycocotools.mask')
 from test_masks import make_example  # pylint: disable=g-import-not-at-top,wrong-import-position

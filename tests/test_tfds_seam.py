@@ -10,8 +10,8 @@ import tensorflow_datasets as tfds
 
 import segment_anything_tfds
 from segment_anything_tfds import features as features_lib
-from segment_anything_tfds import shards
-from segment_anything_tfds import tars
+from segment_anything_tfds.sources import manual_dir as shards
+from segment_anything_tfds.prepare import tars
 from segment_anything_tfds import tfds_seam
 
 from conftest import DUMMY_DATA

@@ -18,8 +18,8 @@ import sys
 from typing import Sequence
 
 from segment_anything_tfds import errors
-from segment_anything_tfds import links as links_lib
-from segment_anything_tfds import shards as shards_lib
+from segment_anything_tfds.sources import links as links_lib
+from segment_anything_tfds.sources import manual_dir as shards_lib
 from segment_anything_tfds.cli import common
 
 LOCAL = 'local'

@@ -22,10 +22,10 @@ from typing import Any, Sequence
 from etils import epath
 
 from segment_anything_tfds import errors
-from segment_anything_tfds import http
-from segment_anything_tfds import links as links_lib
+from segment_anything_tfds.sources import http
+from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds import options as options_lib
-from segment_anything_tfds import shards as shards_lib
+from segment_anything_tfds.sources import manual_dir as shards_lib
 from segment_anything_tfds.cli import common
 
 EXAMPLE = f'example: {common.PROG} check-links --manual_dir ~/sa1b --probe'

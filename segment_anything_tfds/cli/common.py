@@ -217,7 +217,7 @@ def beam_flag_list(leftover: Sequence[str],
 
 def check_beam_flags(flags: Sequence[str], *, command: str) -> None:
   """Rejects flags that are not Beam pipeline options (e.g. typos)."""
-  from segment_anything_tfds import runners  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import runners  # pylint: disable=g-import-not-at-top
   runners.require_beam()
   from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
   known = set(pipeline_options.PipelineOptions([]).get_all_options())
@@ -332,7 +332,7 @@ def make_builder(args: argparse.Namespace, **builder_kwargs: Any):
 
 def prepared_builder(args: argparse.Namespace):
   """The builder the flags name, prepared (reading commands never build)."""
-  from segment_anything_tfds import reading  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.read import prepared as reading  # pylint: disable=g-import-not-at-top
   builder = make_builder(args)
   if not builder.is_prepared():
     raise reading.not_prepared(builder)

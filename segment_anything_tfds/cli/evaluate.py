@@ -67,7 +67,7 @@ def write_json(path: str, report: Any) -> None:
 
 def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   del leftover
-  from segment_anything_tfds import evaluation  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.train import evaluation  # pylint: disable=g-import-not-at-top
   if args.json:
     prepare_json_output(args.json)
   predictions = read_predictions(args.predictions)

@@ -3,7 +3,7 @@
   segment-anything-tfds export --config all --split 'train[:100]' \\
       --format coco --out DIR
 
-The writers are `segment_anything_tfds.export`; this module picks the
+The writers are `segment_anything_tfds.tools.export`; this module picks the
 examples and reports.
 """
 
@@ -65,7 +65,7 @@ def _report(manifest, out_dir: str) -> str:
 
 def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   del leftover
-  from segment_anything_tfds import export as export_lib  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.tools import export as export_lib  # pylint: disable=g-import-not-at-top
   builder = common.prepared_builder(args)
   out_dir = os.path.abspath(args.out)
   # Refuses an existing export before reading anything.

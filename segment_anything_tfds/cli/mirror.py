@@ -4,7 +4,7 @@
       --dest gs://BUCKET/sa1b --runner DataflowRunner --project P ...
 
 The tars of the links file are downloaded on the workers, in parallel, and
-copied whole and checked into --dest (`segment_anything_tfds.mirror`), which
+copied whole and checked into --dest (`segment_anything_tfds.sources.mirror`), which
 then serves as a build's --manual_dir. Without --runner, Beam's in-process
 runner fetches them on this machine. Other --flag=value arguments go to
 Beam's PipelineOptions.
@@ -44,7 +44,7 @@ def download_options(args: argparse.Namespace) -> options_lib.DownloadOptions:
 
 
 def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
-  from segment_anything_tfds import mirror  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.sources import mirror  # pylint: disable=g-import-not-at-top
   options = beam_options(args, leftover)
   tars = mirror.plan(args.links, tars=args.tars,
                      checksums_file=args.checksums_file)

@@ -2,7 +2,7 @@
 
   segment-anything-tfds show --config first_1 --index 0,3 --out /tmp/sa1b_show
 
-Three pictures (`segment_anything_tfds.viz` draws them):
+Three pictures (`segment_anything_tfds.tools.viz` draws them):
 
 * the image with its masks (optionally their boxes and points);
 * `--paste_from I`: the copy-paste op's output, with the objects of the
@@ -18,7 +18,7 @@ import pathlib
 from typing import Any, Sequence
 
 from segment_anything_tfds import errors
-from segment_anything_tfds import viz
+from segment_anything_tfds.tools import viz
 from segment_anything_tfds.cli import common
 from segment_anything_tfds.cli import evaluate
 
@@ -120,7 +120,7 @@ def _check_combinations(args) -> None:
 
 def _load_predictions(args) -> dict[int, list[tuple[int, bytes, Any, float]]]:
   """{image_id: [(id, counts, size, score)]} of the --predictions file."""
-  from segment_anything_tfds import evaluation  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.train import evaluation  # pylint: disable=g-import-not-at-top
   data = evaluate.read_predictions(args.predictions)
   try:
     parsed = evaluation.parse_predictions(data)

@@ -10,18 +10,18 @@ from typing import Any, Mapping
 from etils import epath
 import tensorflow_datasets as tfds
 
-from segment_anything_tfds import audit
+from segment_anything_tfds.prepare import audit
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import errors
 from segment_anything_tfds import features as features_lib
-from segment_anything_tfds import incomplete
-from segment_anything_tfds import links as links_lib
-from segment_anything_tfds import local_build
+from segment_anything_tfds.prepare import incomplete
+from segment_anything_tfds.sources import links as links_lib
+from segment_anything_tfds.prepare import local as local_build
 from segment_anything_tfds import options as options_lib
-from segment_anything_tfds import runners
-from segment_anything_tfds import shards as shards_lib
-from segment_anything_tfds import sources
-from segment_anything_tfds import streaming
+from segment_anything_tfds.prepare import runners
+from segment_anything_tfds.sources import manual_dir as shards_lib
+from segment_anything_tfds.sources import materialize as sources
+from segment_anything_tfds.prepare import streaming
 
 _LOG = logging.getLogger(__name__)
 _HOMEPAGE = 'https://ai.meta.com/datasets/segment-anything-downloads'
@@ -122,7 +122,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {'train': self._generate_examples(self._shards)}
 
   def _generate_examples(self, shards):
-    from segment_anything_tfds import pipeline  # pylint: disable=g-import-not-at-top
+    from segment_anything_tfds.prepare import beam as pipeline  # pylint: disable=g-import-not-at-top
     return pipeline.BuildExamples(  # pylint: disable=no-value-for-parameter
         shards,
         audit_dir=self.data_path / audit.AUDIT_DIR,
@@ -136,7 +136,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Beam builds: the counters become the build's counts in metadata.json,
     so the summary reads nothing back (as the local build's)."""
     from apache_beam.metrics import metric  # pylint: disable=g-import-not-at-top
-    from segment_anything_tfds import pipeline  # pylint: disable=g-import-not-at-top
+    from segment_anything_tfds.prepare import beam as pipeline  # pylint: disable=g-import-not-at-top
     counts = {}
     query = pipeline_result.metrics().query(
         metric.MetricsFilter().with_namespace(pipeline.NAMESPACE))

@@ -40,14 +40,14 @@ from typing import Sequence
 import apache_beam as beam
 from etils import epath
 
-from segment_anything_tfds import checksums
+from segment_anything_tfds.sources import checksums
 from segment_anything_tfds import config as config_lib
-from segment_anything_tfds import download
+from segment_anything_tfds.sources import download
 from segment_anything_tfds import errors
-from segment_anything_tfds import links as links_lib
+from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds import options as options_lib
-from segment_anything_tfds import runners
-from segment_anything_tfds import shards as shards_lib
+from segment_anything_tfds.prepare import runners
+from segment_anything_tfds.sources import manual_dir as shards_lib
 
 _LOG = logging.getLogger(__name__)
 _NAMESPACE = 'segment_anything_mirror'

@@ -18,7 +18,7 @@ import time
 
 from etils import epath
 
-from segment_anything_tfds import shards as shards_lib
+from segment_anything_tfds.sources import manual_dir as shards_lib
 from segment_anything_tfds.errors import ChecksumError
 
 CHECKSUMS_FILE_NAME = 'segment_anything_checksums.txt'

@@ -21,34 +21,6 @@ try:  # A faster JSON parser, used when installed; same results as `json`.
 except ImportError:  # pragma: no cover - exercised where orjson is absent.
   _orjson = None
 
-# Reason codes of `BadInputError`, as counted in the lenient audit.
-MISSING_JSON = 'missing_json'
-MISSING_JPG = 'missing_jpg'
-DUPLICATE_MEMBER = 'duplicate_member'
-MALFORMED_JSON = 'malformed_json'
-MISSING_FIELD = 'missing_field'
-BAD_VALUE = 'bad_value'
-ID_MISMATCH = 'id_mismatch'
-SIZE_MISMATCH = 'size_mismatch'
-ZERO_SIZE = 'zero_size'
-DUPLICATE_ID = 'duplicate_id'
-CORRUPT_JPEG = 'corrupt_jpeg'
-MEMBER_TOO_LARGE = 'member_too_large'
-UNSAFE_MEMBER = 'unsafe_member'
-SPECIAL_MEMBER = 'special_member'
-BAD_RLE = 'bad_rle'
-# Whole-tar reasons: the tar is skipped (lenient) with the images before the
-# damage, if any, kept.
-CORRUPT_TAR = 'corrupt_tar'
-NO_IMAGES = 'no_images'
-
-REASONS = (
-    MISSING_JSON, MISSING_JPG, DUPLICATE_MEMBER, MALFORMED_JSON,
-    MISSING_FIELD, BAD_VALUE, BAD_RLE, ID_MISMATCH, SIZE_MISMATCH, ZERO_SIZE,
-    DUPLICATE_ID, CORRUPT_JPEG, MEMBER_TOO_LARGE, UNSAFE_MEMBER,
-    SPECIAL_MEMBER, CORRUPT_TAR, NO_IMAGES,
-)
-
 # Canonical image stems: `sa_` and ASCII digits, no leading zeros, so that
 # one image id has exactly one name.
 _STEM_RE = re.compile(r'sa_(0|[1-9][0-9]*)')
@@ -75,7 +47,7 @@ def parse_json(data: bytes, *, where: Where) -> Any:
       return _orjson.loads(data)
     return json.loads(data)
   except (ValueError, UnicodeDecodeError) as e:
-    raise bad_input(MALFORMED_JSON, where, f'malformed JSON: {e}') from None
+    raise bad_input(errors.MALFORMED_JSON, where, f'malformed JSON: {e}') from None
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -118,41 +90,41 @@ def check_jpeg(data: bytes, *, height: int, width: int, where: Where) -> None:
   size = jpeg_size(data)
   if size is None:
     raise bad_input(
-        CORRUPT_JPEG, where, 'not a JPEG: no SOI/SOF header could be read'
+        errors.CORRUPT_JPEG, where, 'not a JPEG: no SOI/SOF header could be read'
     )
   if size != (height, width):
     raise bad_input(
-        CORRUPT_JPEG, where,
+        errors.CORRUPT_JPEG, where,
         f'JPEG header says {size[0]}x{size[1]} (h x w) but the JSON says'
         f' {height}x{width}',
     )
   # A JPEG ends with EOI (FF D9); some writers pad after it.
   if data.rfind(b'\xff\xd9', max(0, len(data) - 1024)) < 0:
     raise bad_input(
-        CORRUPT_JPEG, where, 'JPEG is truncated: no end-of-image marker'
+        errors.CORRUPT_JPEG, where, 'JPEG is truncated: no end-of-image marker'
     )
 
 
 def _field(obj: Any, key: str, *, where: Where, what: str) -> Any:
   if not isinstance(obj, Mapping):
     raise bad_input(
-        MISSING_FIELD, where, f'{what} must be an object, got {obj!r:.80}'
+        errors.MISSING_FIELD, where, f'{what} must be an object, got {obj!r:.80}'
     )
   if key not in obj:
-    raise bad_input(MISSING_FIELD, where, f'{what} has no "{key}" field')
+    raise bad_input(errors.MISSING_FIELD, where, f'{what} has no "{key}" field')
   return obj[key]
 
 
 def _number(v: Any, *, where: Where, what: str) -> float:
   if isinstance(v, bool) or not isinstance(v, (int, float)):
-    raise bad_input(BAD_VALUE, where, f'{what} must be a number, got {v!r:.80}')
+    raise bad_input(errors.BAD_VALUE, where, f'{what} must be a number, got {v!r:.80}')
   return v
 
 
 def _int(v: Any, *, where: Where, what: str) -> int:
   if isinstance(v, bool) or not isinstance(v, int) or v < 0:
     raise bad_input(
-        BAD_VALUE, where, f'{what} must be a non-negative integer, got {v!r:.80}'
+        errors.BAD_VALUE, where, f'{what} must be a non-negative integer, got {v!r:.80}'
     )
   return v
 
@@ -160,7 +132,7 @@ def _int(v: Any, *, where: Where, what: str) -> int:
 def _numbers(v: Any, n: int, *, where: Where, what: str) -> list[float]:
   if not isinstance(v, (list, tuple)) or len(v) != n:
     raise bad_input(
-        BAD_VALUE, where, f'{what} must have {n} numbers, got {v!r:.80}'
+        errors.BAD_VALUE, where, f'{what} must have {n} numbers, got {v!r:.80}'
     )
   return [_number(x, where=where, what=what) for x in v]
 
@@ -177,7 +149,7 @@ def normalize_box(
   out = [y / height, x / width, (y + h) / height, (x + w) / width]
   if not (0.0 <= out[0] <= out[2] <= 1.0 and 0.0 <= out[1] <= out[3] <= 1.0):
     raise bad_input(
-        BAD_VALUE, where,
+        errors.BAD_VALUE, where,
         f'{what} {box!r} does not fit in the {height}x{width} image',
     )
   return out
@@ -208,7 +180,7 @@ def _checked_columns(
     point = get('point_coords')
     if not isinstance(point, list) or len(point) != 1:
       raise bad_input(
-          BAD_VALUE, where,
+          errors.BAD_VALUE, where,
           f'{what}.point_coords must be [[x, y]], got {point!r:.80}',
       )
     points[i, 0] = _numbers(point[0], 2, where=where, what=f'{what}.point_coords')
@@ -223,13 +195,13 @@ def _checked_columns(
     rle_counts = _field(seg, 'counts', where=where, what=f'{what}.segmentation')
     if size != [height, width]:
       raise bad_input(
-          SIZE_MISMATCH, where,
+          errors.SIZE_MISMATCH, where,
           f'{what}.segmentation.size {size!r:.40} differs from the image'
           f' size [{height}, {width}]',
       )
     if not isinstance(rle_counts, str) or not rle_counts:
       raise bad_input(
-          BAD_VALUE, where,
+          errors.BAD_VALUE, where,
           f'{what}.segmentation.counts must be a non-empty string, got'
           f' {rle_counts!r:.80}',
       )
@@ -422,13 +394,13 @@ def check_counts(counts: np.ndarray, area: np.ndarray, *, height: int,
   found = first_bad(counts, height, width)
   if found is not None:
     i, code, value = found
-    raise bad_input(BAD_RLE, where, f'annotations[{i}].segmentation.counts'
+    raise bad_input(errors.BAD_RLE, where, f'annotations[{i}].segmentation.counts'
                     f' {_rle_problem(code, value, height, width)}')
   pixels = height * width
   over = area > pixels
   if over.any():
     i = int(np.argmax(over))
-    raise bad_input(BAD_VALUE, where, f'annotations[{i}].area {area[i]} is'
+    raise bad_input(errors.BAD_VALUE, where, f'annotations[{i}].area {area[i]} is'
                     f' over h*w = {pixels}')
 
 
@@ -483,24 +455,24 @@ def make_example(
   expected_id = image_id_from_stem(stem)
   if expected_id != image_id:
     raise bad_input(
-        ID_MISMATCH, where,
+        errors.ID_MISMATCH, where,
         f'image_id {image_id} disagrees with the member name {stem!r}',
     )
   if file_name != f'{stem}.jpg':
     raise bad_input(
-        ID_MISMATCH, where,
+        errors.ID_MISMATCH, where,
         f'file_name {file_name!r} disagrees with the member name {stem}.jpg',
     )
   if height == 0 or width == 0:
     raise bad_input(
-        ZERO_SIZE, where, f'image size is {height}x{width} (h x w)'
+        errors.ZERO_SIZE, where, f'image size is {height}x{width} (h x w)'
     )
   check_jpeg(jpeg, height=height, width=width, where=where)
 
   annotations = _field(record, 'annotations', where=where, what='the JSON')
   if not isinstance(annotations, list):
     raise bad_input(
-        BAD_VALUE, where, f'"annotations" must be a list, got {annotations!r:.80}'
+        errors.BAD_VALUE, where, f'"annotations" must be a list, got {annotations!r:.80}'
     )
   columns = _fast_columns(annotations, height=height, width=width)
   if columns is None:  # Something is off: find and report it exactly.

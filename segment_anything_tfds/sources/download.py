@@ -48,12 +48,12 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Mapping
 
 from etils import epath
 
-from segment_anything_tfds import checksums
+from segment_anything_tfds.sources import checksums
 from segment_anything_tfds import errors as errors_lib
-from segment_anything_tfds import http
-from segment_anything_tfds import links as links_lib
+from segment_anything_tfds.sources import http
+from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds import options as options_lib
-from segment_anything_tfds import shards as shards_lib
+from segment_anything_tfds.sources import manual_dir as shards_lib
 from segment_anything_tfds import units
 from segment_anything_tfds.errors import DiskSpaceError
 from segment_anything_tfds.errors import DownloadError

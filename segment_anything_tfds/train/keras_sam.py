@@ -48,7 +48,7 @@ def _import_keras_hub():
   try:
     import keras_hub  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError('segment_anything_tfds.keras_sam needs KerasHub: pip'
+    raise ImportError('segment_anything_tfds.train.keras_sam needs KerasHub: pip'
                       ' install segment_anything_tfds[keras_hub]') from e
   return keras_hub
 

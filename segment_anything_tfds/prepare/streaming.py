@@ -47,9 +47,9 @@ import tarfile
 from typing import Any, BinaryIO, Iterable, Iterator, Sequence, Union
 
 from segment_anything_tfds import errors
-from segment_anything_tfds import examples as examples_lib
-from segment_anything_tfds import shards as shards_lib
-from segment_anything_tfds import tars as tars_lib
+from segment_anything_tfds.prepare import records as records_lib
+from segment_anything_tfds.sources import manual_dir as shards_lib
+from segment_anything_tfds.prepare import tars as tars_lib
 
 BLOCK = tarfile.BLOCKSIZE
 # Bytes per read of a bucket object (one request each).
@@ -88,9 +88,9 @@ def plan(size: int, range_bytes: int) -> list[tuple[int, int]]:
 def tar_size(shard: shards_lib.Shard) -> int:
   """A remote tar's size: from the build's HEAD (links) or a stat (buckets)."""
   if shard.kind == shards_lib.URL:
-    if shard.size is not None:
-      return shard.size
-    from segment_anything_tfds import http  # pylint: disable=g-import-not-at-top
+    if shard.known_size is not None:
+      return shard.known_size
+    from segment_anything_tfds.sources import http  # pylint: disable=g-import-not-at-top
     f = http.RangeFile(shard.location, options=shard.options, name=shard.name)
     f.close()
     return f.size
@@ -107,7 +107,7 @@ def byte_ranges(shard: shards_lib.Shard, range_bytes: int
                 ) -> list[ByteRange]:
   """The ranges of a remote tar (its size fixed in the shard for reads)."""
   size = tar_size(shard)
-  shard = dataclasses.replace(shard, size=size)
+  shard = dataclasses.replace(shard, known_size=size)
   spans = plan(size, range_bytes)
   return [ByteRange(shard, i, len(spans), start, end, size)
           for i, (start, end) in enumerate(spans)]
@@ -218,7 +218,7 @@ def open_stream(rng: ByteRange, pos: int) -> tuple[Stream, Any]:
   """A stream of the range's tar from `pos`, and its source (to close)."""
   shard = rng.shard
   if shard.kind == shards_lib.URL:
-    from segment_anything_tfds import http  # pylint: disable=g-import-not-at-top
+    from segment_anything_tfds.sources import http  # pylint: disable=g-import-not-at-top
     source = http.RangeStream(shard.location, start=pos, size=rng.size,
                               options=shard.options, name=shard.name)
   else:
@@ -747,7 +747,7 @@ def _stray(tar: str, orphans: list[Orphan], kept: Paired
            ) -> errors.BadInputError:
   names = ', '.join(o.member.name for o in orphans)
   return errors.BadInputError(
-      examples_lib.DUPLICATE_MEMBER, tar, orphans[0].member.name,
+      errors.DUPLICATE_MEMBER, tar, orphans[0].member.name,
       f'image {kept.jpg} + {kept.json} is stored again as {names}; the first'
       ' pair is kept, the other members are not read')
 
@@ -797,12 +797,12 @@ def settle_image(image_id: int, records: Iterable[Orphan | Paired]
     keep = candidates[0][0].name if candidates else None
   for shard, pair, _ in skipped:
     settlement.skips.append(errors.BadInputError(
-        examples_lib.DUPLICATE_ID, shard.name, pair.jpg.name,
+        errors.DUPLICATE_ID, shard.name, pair.jpg.name,
         f'image id {image_id} is kept from {keep}'))
   names = [p.tar for p in written]
   for p in written[1:]:
-    reason = (examples_lib.DUPLICATE_MEMBER if p.tar == written[0].tar
-              else examples_lib.DUPLICATE_ID)
+    reason = (errors.DUPLICATE_MEMBER if p.tar == written[0].tar
+              else errors.DUPLICATE_ID)
     settlement.skips.append(
         _copies_error(image_id, p.tar, p.jpg, reason, names))
   return settlement

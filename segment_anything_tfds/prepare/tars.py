@@ -34,17 +34,18 @@ tar, if any (a lenient build keeps the images before it).
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
 import posixpath
 import re
-import stat
 import tarfile
 from typing import BinaryIO, Callable, Iterable, Sequence
 
 from segment_anything_tfds import errors
-from segment_anything_tfds import examples as examples_lib
-from segment_anything_tfds import shards as shards_lib
+from segment_anything_tfds.prepare import records as records_lib
+from segment_anything_tfds.sources import base
+from segment_anything_tfds.sources.base import Member
+from segment_anything_tfds.sources.base import OUTSIDE
+from segment_anything_tfds.sources.base import REGULAR
 
 # Members larger than this are rejected, not read (hostile or corrupt input).
 MAX_JSON_BYTES = 64 << 20
@@ -62,30 +63,11 @@ MAX_EXTENDED_HEADERS = 8
 # quadratic time.
 MAX_PAX_DIGITS = 32
 
-REGULAR = 'regular file'
-OUTSIDE = 'symlink out of manual_dir'
 _TAR_KINDS = {
     tarfile.SYMTYPE: 'symlink', tarfile.LNKTYPE: 'hardlink',
     tarfile.FIFOTYPE: 'FIFO', tarfile.CHRTYPE: 'character device',
     tarfile.BLKTYPE: 'block device', tarfile.DIRTYPE: 'directory',
 }
-
-
-@dataclasses.dataclass(frozen=True, order=True)
-class Member:
-  """One file of a shard: a tar member, or a file of an extracted folder.
-
-  Attributes:
-    name: as stored, e.g. `./sa_1.jpg` or `images/sa_1.jpg`.
-    offset: where the data starts in the tar; 0 for a folder's file.
-    size: the data's size in bytes.
-    kind: `REGULAR`, or what else the entry is (e.g. 'symlink', 'FIFO').
-  """
-
-  name: str
-  offset: int
-  size: int
-  kind: str = REGULAR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +80,7 @@ class Pair:
 
   @property
   def image_id(self) -> int:
-    return examples_lib.image_id_from_stem(self.stem)
+    return records_lib.image_id_from_stem(self.stem)
 
 
 @dataclasses.dataclass
@@ -131,7 +113,7 @@ class Index:
 def canonical_stem(name: str) -> tuple[str, str] | None:
   """(`sa_<id>`, '.jpg' or '.json') for an SA-1B image member, else None."""
   stem, ext = posixpath.splitext(posixpath.basename(name))
-  if ext not in ('.jpg', '.json') or examples_lib.image_id_from_stem(
+  if ext not in ('.jpg', '.json') or records_lib.image_id_from_stem(
       stem) is None:
     return None
   return stem, ext
@@ -150,21 +132,21 @@ def member_fault(member: Member, *, ext: str, tar: str
   """
   if _is_unsafe(member.name):
     return errors.BadInputError(
-        examples_lib.UNSAFE_MEMBER, tar, member.name,
+        errors.UNSAFE_MEMBER, tar, member.name,
         'absolute or ".." member path; it is never read or written')
   if member.kind == OUTSIDE:
     return errors.BadInputError(
-        examples_lib.UNSAFE_MEMBER, tar, member.name,
+        errors.UNSAFE_MEMBER, tar, member.name,
         'a symlink out of manual_dir; it is never followed or read')
   if member.kind != REGULAR:
     return errors.BadInputError(
-        examples_lib.SPECIAL_MEMBER, tar, member.name,
+        errors.SPECIAL_MEMBER, tar, member.name,
         f'{member.name} is a {member.kind}, not a regular file; it is never'
         ' followed or read')
   limit = MAX_JPEG_BYTES if ext == '.jpg' else MAX_JSON_BYTES
   if member.size > limit:
     return errors.BadInputError(
-        examples_lib.MEMBER_TOO_LARGE, tar, member.name,
+        errors.MEMBER_TOO_LARGE, tar, member.name,
         f'{member.size} bytes is over the {limit} byte limit for {ext}'
         ' members')
   return None
@@ -196,7 +178,7 @@ def pair_members(members: Iterable[Member], *, tar: str) -> Index:
       continue
     table = jpgs if ext == '.jpg' else jsons
     if stem in table:
-      problem(stem, examples_lib.DUPLICATE_MEMBER, m.name,
+      problem(stem, errors.DUPLICATE_MEMBER, m.name,
               f'{stem}{ext} is stored twice: as {table[stem].name} and as'
               f' {m.name}')
       continue
@@ -207,10 +189,10 @@ def pair_members(members: Iterable[Member], *, tar: str) -> Index:
     if stem in problems:
       continue
     if jpg is None:
-      problem(stem, examples_lib.MISSING_JPG, js.name,
+      problem(stem, errors.MISSING_JPG, js.name,
               f'{stem}.json has no {stem}.jpg')
     elif js is None:
-      problem(stem, examples_lib.MISSING_JSON, jpg.name,
+      problem(stem, errors.MISSING_JSON, jpg.name,
               f'{stem}.jpg has no {stem}.json')
     else:
       pairs.append(Pair(stem, jpg, js))
@@ -218,7 +200,7 @@ def pair_members(members: Iterable[Member], *, tar: str) -> Index:
   return Index(
       tar, pairs,
       [problems[s] for s in sorted(problems,
-                                   key=examples_lib.image_id_from_stem)],
+                                   key=records_lib.image_id_from_stem)],
       ignored)
 
 
@@ -227,7 +209,7 @@ def no_images_error(index: Index) -> errors.BadInputError:
   seen = ', '.join(index.ignored[:8]) + (' ...' if len(index.ignored) > 8
                                           else '')
   return errors.BadInputError(
-      examples_lib.NO_IMAGES, index.tar, '-',
+      errors.NO_IMAGES, index.tar, '-',
       'no SA-1B image members (sa_<id>.jpg + sa_<id>.json, <id> in ASCII'
       f' digits without leading zeros) among its {len(index.ignored)}'
       f' members{": " + seen if seen else ""}')
@@ -235,7 +217,7 @@ def no_images_error(index: Index) -> errors.BadInputError:
 
 def corrupt(tar: str, where: str, detail: str) -> errors.BadInputError:
   """A `corrupt_tar` error at `where` (a member, or `@<byte offset>`)."""
-  return errors.BadInputError(examples_lib.CORRUPT_TAR, tar, where, detail)
+  return errors.BadInputError(errors.CORRUPT_TAR, tar, where, detail)
 
 
 
@@ -459,82 +441,13 @@ def _before_damage(members: list[Member], fileobj: BinaryIO) -> list[Member]:
   return [m for m in members[:-1] if m.offset + m.size <= size]
 
 
-def _index_dir(root: str, *, within: str) -> list[Member]:
-  """The entries of an extracted folder, without following a way out.
-
-  Symlinks are followed only when they resolve inside `within` (manual_dir);
-  directories are visited once each (no symlink loops). Other entries are
-  listed with their kind (`OUTSIDE`, 'FIFO', ...) and never opened.
-  """
-  within = os.path.realpath(within)
-  members: list[Member] = []
-  seen = {os.path.realpath(root)}
-  todo = [root]
-  while todo:
-    folder = todo.pop()
-    try:
-      entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError as e:
-      raise errors.SourceError(f'cannot list {folder}: {e.strerror}') from None
-    for entry in entries:
-      rel = os.path.relpath(entry.path, root).replace(os.sep, '/')
-      real = os.path.realpath(entry.path)
-      if entry.is_symlink() and os.path.commonpath([real, within]) != within:
-        members.append(Member(rel, 0, 0, OUTSIDE))
-        continue
-      try:
-        st = os.stat(entry.path)
-      except OSError:  # A dangling symlink, a permission problem.
-        members.append(Member(rel, 0, 0, 'unreadable entry'))
-        continue
-      if stat.S_ISDIR(st.st_mode):
-        if real not in seen:
-          seen.add(real)
-          todo.append(entry.path)
-      elif stat.S_ISREG(st.st_mode):
-        members.append(Member(rel, 0, st.st_size))
-      else:
-        members.append(Member(rel, 0, 0, _file_kind(st.st_mode)))
-  return members
-
-
-def _file_kind(mode: int) -> str:
-  if stat.S_ISFIFO(mode):
-    return 'FIFO'
-  if stat.S_ISSOCK(mode):
-    return 'socket'
-  if stat.S_ISCHR(mode):
-    return 'character device'
-  if stat.S_ISBLK(mode):
-    return 'block device'
-  return 'special file'
-
-
-def _index_remote_dir(root: shards_lib.Path) -> list[Member]:
-  """The files of a folder in a bucket (no symlinks or devices there)."""
-  members = []
-  for dirpath, _, files in root.walk():
-    for name in sorted(files):
-      path = dirpath / name
-      rel = os.fspath(path.relative_to(root))
-      members.append(Member(rel, 0, shards_lib.size_of(path)))
-  return members
-
-
-def index_shard(shard: shards_lib.Shard) -> Index:
+def index_shard(shard: base.Source) -> Index:
   """Indexes a shard: a tar's headers, or a folder's files.
 
-  A local folder's symlinks are followed only within the dir that holds the
-  folder (manual_dir). A tar's damage is in `Index.damage`, not raised.
+  A tar's damage is in `Index.damage`, not raised.
   """
-  if shard.kind == shards_lib.DIR:
-    if not shards_lib.is_local(shard.location):
-      return pair_members(
-          _index_remote_dir(shards_lib.Path(shard.location)), tar=shard.name)
-    return pair_members(
-        _index_dir(shard.location, within=os.path.dirname(
-            os.path.abspath(shard.location))),
-        tar=shard.name)
+  if shard.folder:
+    return pair_members(shard.list_members(), tar=shard.name)
   with shard.open() as f:
     members, damage = index_members(f, tar=shard.name)
     readable = members if damage is None else _before_damage(members, f)
@@ -554,45 +467,15 @@ def read_member(fileobj: BinaryIO, member: Member, *, tar: str) -> bytes:
   return data
 
 
-def read_file(path: str, member: Member, *, tar: str) -> bytes:
-  """Reads a folder's regular file, at most `member.size` bytes.
-
-  Opened without blocking (a FIFO swapped in cannot hang the build), checked
-  to be a regular file of the indexed size, and read with a bound.
-  """
-  try:
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, 'O_NOFOLLOW',
-                                                              0))
-  except OSError as e:
-    if e.errno == errno.ELOOP:  # A symlink: it was checked when indexing.
-      fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    else:
-      raise errors.BadInputError(examples_lib.CORRUPT_TAR, tar, member.name,
-                                 f'cannot open: {e.strerror}') from None
-  with os.fdopen(fd, 'rb') as f:
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-      raise errors.BadInputError(
-          examples_lib.SPECIAL_MEMBER, tar, member.name,
-          f'is now a {_file_kind(st.st_mode)}, not a regular file')
-    data = f.read(member.size + 1)
-  if len(data) != member.size:
-    raise errors.BadInputError(
-        examples_lib.CORRUPT_TAR, tar, member.name,
-        f'has {len(data)}{"+" if len(data) > member.size else ""} bytes; it'
-        f' had {member.size} when indexed')
-  return data
-
-
 class ShardReader:
   """Reads members of one shard: seeks in a tar, or opens a folder's files."""
 
-  def __init__(self, shard: shards_lib.Shard):
+  def __init__(self, shard: base.Source):
     self.shard = shard
     self._file = None
 
   def __enter__(self) -> 'ShardReader':
-    if self.shard.kind != shards_lib.DIR:
+    if not self.shard.folder:
       self._file = self.shard.open()
     return self
 
@@ -607,17 +490,7 @@ class ShardReader:
   def read(self, member: Member) -> bytes:
     if self._file is not None:
       return read_member(self._file, member, tar=self.shard.name)
-    if shards_lib.is_local(self.shard.location):
-      return read_file(os.path.join(self.shard.location, member.name), member,
-                       tar=self.shard.name)
-    path = shards_lib.Path(self.shard.location) / member.name
-    with path.open('rb') as f:
-      data = f.read(member.size + 1)
-    if len(data) != member.size:
-      raise errors.BadInputError(
-          examples_lib.CORRUPT_TAR, self.shard.name, member.name,
-          f'read {len(data)} bytes, the folder listed {member.size}')
-    return data
+    return self.shard.read_member(member)
 
 
 def read_example(reader: ShardReader, pair: Pair) -> tuple[int, dict]:
@@ -638,5 +511,5 @@ def build_example(tar: str, pair: Pair, jpg: bytes, json_bytes: bytes
     BadInputError: naming the tar, the json member and what is wrong.
   """
   where = (tar, pair.json.name)
-  record = examples_lib.parse_json(json_bytes, where=where)
-  return examples_lib.make_example(jpg, record, stem=pair.stem, where=where)
+  record = records_lib.parse_json(json_bytes, where=where)
+  return records_lib.make_example(jpg, record, stem=pair.stem, where=where)

@@ -52,7 +52,7 @@ import requests  # Imports requests.adapters.
 import urllib3  # Imports urllib3.connection.
 
 from segment_anything_tfds import errors
-from segment_anything_tfds import links as links_lib
+from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds import options as options_lib
 
 _T = TypeVar('_T')

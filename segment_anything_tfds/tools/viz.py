@@ -60,7 +60,7 @@ def decode_masks(annotations: Mapping[str, Any], height: int, width: int
                  ) -> np.ndarray:
   """All masks of an example as bool [num_masks, height, width].
 
-  Uses pycocotools when installed, else `segment_anything_tfds.rle.decode`.
+  Uses pycocotools when installed, else `segment_anything_tfds.read.rle.decode`.
   """
   seg = annotations['segmentation']
   # bytes() also turns numpy.bytes_, which pycocotools refuses, into bytes.
@@ -78,7 +78,7 @@ def decode_masks(annotations: Mapping[str, Any], height: int, width: int
     masks = mask_utils.decode(rles)  # [h, w, n], Fortran order.
     return np.moveaxis(masks, -1, 0).astype(bool)
   try:
-    from segment_anything_tfds import rle  # pylint: disable=g-import-not-at-top
+    from segment_anything_tfds.read import rle  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise ImportError(
         'drawing masks needs pycocotools (pip install'
@@ -289,7 +289,7 @@ def render_copy_paste(target: Mapping[str, Any], source: Mapping[str, Any],
     (PIL image, the op's result as numpy).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds import copy_paste  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.read import copy_paste  # pylint: disable=g-import-not-at-top
 
   target_pixels = image_array(target['image']['content'])
   source_pixels = image_array(source['image']['content'])
@@ -350,7 +350,7 @@ def evaluation_ious(example: Mapping[str, Any],
   Raises:
     ValueError: a prediction whose size is not the ground truth's.
   """
-  from segment_anything_tfds import evaluation  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.train import evaluation  # pylint: disable=g-import-not-at-top
   ann = example['annotations']
   height = int(example['image']['height'])
   width = int(example['image']['width'])

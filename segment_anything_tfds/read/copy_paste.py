@@ -29,8 +29,8 @@ from typing import Any, Mapping, Sequence
 
 import tensorflow as tf
 
-from segment_anything_tfds import rle
-from segment_anything_tfds import sampling
+from segment_anything_tfds.read import rle
+from segment_anything_tfds.read import sampling
 
 __all__ = ['paste_objects', 'paste_from_example', 'sample_objects',
            'object_boxes', 'sample_placements', 'place_objects', 'composite',

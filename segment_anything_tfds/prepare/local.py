@@ -46,13 +46,13 @@ from typing import Any, Callable, Sequence
 from etils import epath
 import numpy as np
 
-from segment_anything_tfds import audit
+from segment_anything_tfds.prepare import audit
 from segment_anything_tfds import errors
-from segment_anything_tfds import examples as examples_lib
+from segment_anything_tfds.prepare import records as records_lib
 from segment_anything_tfds import logs
-from segment_anything_tfds import serializer
-from segment_anything_tfds import shards as shards_lib
-from segment_anything_tfds import tars as tars_lib
+from segment_anything_tfds.prepare import serializer
+from segment_anything_tfds.sources import manual_dir as shards_lib
+from segment_anything_tfds.prepare import tars as tars_lib
 from segment_anything_tfds import tfds_seam
 
 # One image: its tar (index into the build's shard list), id, members.
@@ -356,7 +356,7 @@ def _drop_duplicates(entries: np.ndarray, shards: Sequence[shards_lib.Shard],
     entry = entries[by_id[k]]
     keep = shards[entries[by_id[group_first[k]]]['shard']].name
     error = errors.BadInputError(
-        examples_lib.DUPLICATE_ID, shards[entry['shard']].name,
+        errors.DUPLICATE_ID, shards[entry['shard']].name,
         _pair(entry, dirs[int(entry['shard'])]).jpg.name,
         f'image id {int(entry["image_id"])} is also in {keep}'
         + ('; it is kept from there' if lenient else ''))

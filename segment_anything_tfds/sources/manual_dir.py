@@ -11,6 +11,7 @@ manual_dir and nothing but regular files and folders is ever used.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import stat
@@ -20,7 +21,9 @@ from etils import epath
 
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import errors
-from segment_anything_tfds import links as links_lib
+from segment_anything_tfds.sources import base
+from segment_anything_tfds.sources import links as links_lib
+from segment_anything_tfds.sources.base import Member
 
 _LOG = logging.getLogger(__name__)
 
@@ -47,16 +50,23 @@ def size_of(path: epath.PathLike) -> int:
   return size if size is not None else st.length
 
 
+# Bytes per request of a remote tar read front to back.
+SEQUENTIAL_READ_BYTES = 8 << 20
+
+
 @dataclasses.dataclass(frozen=True)
-class Shard:
-  """One SA-1B shard.
+class Shard(base.Source):
+  """One SA-1B shard, of any kind: the `Source` implementation for now.
+
+  The kind tests below are the only ones in the package: everything else
+  uses the `Source` methods.
 
   Attributes:
     name: the tar's name, e.g. `sa_000000.tar`.
     kind: `TAR` (a tar file, local or in a bucket), `DIR` (an extracted
       folder) or `URL` (an http(s) link; `open` streams it).
     location: the path of the tar or folder, or the URL.
-    size: the tar's size in bytes when known (saves a HEAD per open).
+    known_size: the tar's size in bytes when known (saves a HEAD per open).
     downloaded: a tar in the download cache (`disk_mode='delete'` removes it
       after a successful build).
     options: the download options a `URL` shard is streamed with.
@@ -65,17 +75,88 @@ class Shard:
   name: str
   kind: str
   location: str
-  size: int | None = None
+  known_size: int | None = None
   downloaded: bool = False
   options: Any = None
 
   @property
   def index(self) -> int:
-    return links_lib.shard_index(self.name)
+    return self.tar_index
 
   @property
   def local(self) -> bool:
     return self.kind != URL and is_local(self.location)
+
+  # ------------------------------------------------------- the protocol
+
+  @property
+  def where(self) -> str:
+    return (links_lib.redact(self.location) if self.kind == URL
+            else self.location)
+
+  @property
+  def remote(self) -> bool:
+    return not self.local
+
+  @property
+  def folder(self) -> bool:
+    return self.kind == DIR
+
+  def size(self) -> int | None:
+    if self.kind == DIR:
+      return None
+    if self.kind == URL:
+      if self.known_size is not None:
+        return self.known_size
+      from segment_anything_tfds.sources import http  # pylint: disable=g-import-not-at-top
+      f = http.RangeFile(self.location, options=self.options, name=self.name)
+      f.close()
+      return f.size
+    try:
+      return size_of(self.location)
+    except Exception as e:  # pylint: disable=broad-except
+      # epath's backends raise their own types (tf.errors.*, gcsfs's).
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+      raise errors.SourceError(
+          f'{self.name}: cannot stat {self.location}: {first}') from None
+
+  def open_random(self) -> base.RandomReader:
+    return _SeekingReader(self.open(block_size=1), self.name)
+
+  def open_sequential(self, start: int = 0) -> base.SequentialReader:
+    if self.kind == URL:
+      from segment_anything_tfds.sources import http  # pylint: disable=g-import-not-at-top
+      size = self.size()
+      stream = http.RangeStream(self.location, start=start, size=size,
+                                options=self.options, name=self.name)
+      stream.want(size)
+      return _HttpSequential(stream)
+    return _FileSequential(self.open(), start,
+                           SEQUENTIAL_READ_BYTES if self.remote else 1 << 20)
+
+  def list_members(self) -> list[Member]:
+    if self.kind != DIR:
+      raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'
+                               ' folder')
+    if self.remote:
+      return _list_remote_folder(Path(self.location))
+    return _list_folder(self.location, within=os.path.dirname(
+        os.path.abspath(self.location)))
+
+  def read_member(self, member: Member) -> bytes:
+    if self.remote:
+      path = Path(self.location) / member.name
+      with path.open('rb') as f:
+        data = f.read(member.size + 1)
+      if len(data) != member.size:
+        raise errors.BadInputError(
+            errors.CORRUPT_TAR, self.name, member.name,
+            f'read {len(data)} bytes, the folder listed {member.size}')
+      return data
+    return _read_file(os.path.join(self.location, member.name), member,
+                      tar=self.name)
+
+  # ------------------------------------------------------------ legacy
 
   def open(self, *, block_size: int = 1 << 20) -> BinaryIO:
     """Opens a tar for seekable binary reading, in place (never a copy).
@@ -83,9 +164,10 @@ class Shard:
     A link's reads fetch at least `block_size` bytes per request.
     """
     if self.kind == URL:
-      from segment_anything_tfds import http  # pylint: disable=g-import-not-at-top
-      return http.RangeFile(self.location, size=self.size, name=self.name,
-                            options=self.options, block_size=block_size)
+      from segment_anything_tfds.sources import http  # pylint: disable=g-import-not-at-top
+      return http.RangeFile(self.location, size=self.known_size,
+                            name=self.name, options=self.options,
+                            block_size=block_size)
     if self.kind != TAR:
       raise errors.SourceError(
           f'{self.name}: {self.location} is a folder, not a tar')
@@ -106,6 +188,180 @@ class Shard:
       first = (str(e).strip().splitlines() or [type(e).__name__])[0]
       raise errors.SourceError(
           f'{self.name}: cannot open {self.location}: {first}') from None
+
+
+class _SeekingReader:
+  """`RandomReader` over a seekable file: exactly n bytes, fewer at EOF."""
+
+  def __init__(self, fileobj: BinaryIO, name: str):
+    self._file = fileobj
+    self._name = name
+
+  def read_at(self, offset: int, size: int) -> bytes:
+    self._file.seek(offset)
+    out = bytearray()
+    while len(out) < size:
+      data = self._file.read(size - len(out))
+      if not data:
+        break
+      out += data
+    return bytes(out)
+
+  def close(self) -> None:
+    self._file.close()
+
+
+class _FileSequential:
+  """`SequentialReader` over a seekable file, in reads of `chunk` bytes."""
+
+  def __init__(self, fileobj: BinaryIO, start: int, chunk: int):
+    self._file = fileobj
+    self._file.seek(start)
+    self._pos = start
+    self._chunk = chunk
+
+  def tell(self) -> int:
+    return self._pos
+
+  def read(self, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+      data = self._file.read(min(n - len(out), max(self._chunk, 1)))
+      if not data:
+        break
+      out += data
+    self._pos += len(out)
+    return bytes(out)
+
+  def skip(self, n: int) -> int:
+    done = 0
+    while done < n:
+      got = len(self.read(min(n - done, self._chunk)))
+      done += got
+      if not got:
+        break
+    return done
+
+  def close(self) -> None:
+    self._file.close()
+
+
+class _HttpSequential:
+  """`SequentialReader` over `http.RangeStream`: one request to the end,
+  resumed on a cut."""
+
+  def __init__(self, stream):
+    self._stream = stream
+
+  def tell(self) -> int:
+    return self._stream.tell()
+
+  def read(self, n: int) -> bytes:
+    return self._stream.read(n)
+
+  def skip(self, n: int) -> int:
+    done = 0
+    while done < n:
+      got = len(self._stream.read(min(n - done, 1 << 20)))
+      done += got
+      if not got:
+        break
+    return done
+
+  def close(self) -> None:
+    self._stream.close()
+
+
+def _list_folder(root: str, *, within: str) -> list[Member]:
+  """The entries of an extracted folder, without following a way out.
+
+  Symlinks are followed only when they resolve inside `within` (manual_dir);
+  directories are visited once each (no symlink loops). Other entries are
+  listed with their kind (`OUTSIDE`, 'FIFO', ...) and never opened.
+  """
+  within = os.path.realpath(within)
+  members: list[Member] = []
+  seen = {os.path.realpath(root)}
+  todo = [root]
+  while todo:
+    folder = todo.pop()
+    try:
+      entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+      raise errors.SourceError(f'cannot list {folder}: {e.strerror}') from None
+    for entry in entries:
+      rel = os.path.relpath(entry.path, root).replace(os.sep, '/')
+      real = os.path.realpath(entry.path)
+      if entry.is_symlink() and os.path.commonpath([real, within]) != within:
+        members.append(Member(rel, 0, 0, base.OUTSIDE))
+        continue
+      try:
+        st = os.stat(entry.path)
+      except OSError:  # A dangling symlink, a permission problem.
+        members.append(Member(rel, 0, 0, 'unreadable entry'))
+        continue
+      if stat.S_ISDIR(st.st_mode):
+        if real not in seen:
+          seen.add(real)
+          todo.append(entry.path)
+      elif stat.S_ISREG(st.st_mode):
+        members.append(Member(rel, 0, st.st_size))
+      else:
+        members.append(Member(rel, 0, 0, _file_kind(st.st_mode)))
+  return members
+
+
+def _file_kind(mode: int) -> str:
+  if stat.S_ISFIFO(mode):
+    return 'FIFO'
+  if stat.S_ISSOCK(mode):
+    return 'socket'
+  if stat.S_ISCHR(mode):
+    return 'character device'
+  if stat.S_ISBLK(mode):
+    return 'block device'
+  return 'special file'
+
+
+def _list_remote_folder(root: epath.Path) -> list[Member]:
+  """The files of a folder in a bucket (no symlinks or devices there)."""
+  members = []
+  for dirpath, _, files in root.walk():
+    for name in sorted(files):
+      path = dirpath / name
+      rel = os.fspath(path.relative_to(root))
+      members.append(Member(rel, 0, size_of(path)))
+  return members
+
+
+def _read_file(path: str, member: Member, *, tar: str) -> bytes:
+  """Reads a folder's regular file, at most `member.size` bytes.
+
+  Opened without blocking (a FIFO swapped in cannot hang the build), checked
+  to be a regular file of the indexed size, and read with a bound.
+  """
+  try:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, 'O_NOFOLLOW',
+                                                              0))
+  except OSError as e:
+    if e.errno == errno.ELOOP:  # A symlink: it was checked when indexing.
+      fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    else:
+      raise errors.BadInputError(errors.CORRUPT_TAR, tar, member.name,
+                                 f'cannot open: {e.strerror}') from None
+  with os.fdopen(fd, 'rb') as f:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+      raise errors.BadInputError(
+          errors.SPECIAL_MEMBER, tar, member.name,
+          f'is now a {_file_kind(st.st_mode)}, not a regular file')
+    data = f.read(member.size + 1)
+  if len(data) != member.size:
+    raise errors.BadInputError(
+        errors.CORRUPT_TAR, tar, member.name,
+        f'has {len(data)}{"+" if len(data) > member.size else ""} bytes; it'
+        f' had {member.size} when indexed')
+  return data
 
 
 class _RemoteFile:

@@ -36,8 +36,8 @@ import numpy as np
 import tensorflow as tf
 
 from segment_anything_tfds import errors
-from segment_anything_tfds import examples
-from segment_anything_tfds import rle
+from segment_anything_tfds.prepare import records as examples
+from segment_anything_tfds.read import rle
 
 __all__ = ['THRESHOLDS', 'MaskIoU', 'binarize', 'resize_and_binarize',
            'mask_iou', 'best_candidate_iou', 'rle_best_iou', 'summarize',

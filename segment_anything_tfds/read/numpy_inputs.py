@@ -37,8 +37,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from segment_anything_tfds import sam_layouts
-from segment_anything_tfds import sampling
+from segment_anything_tfds.read import sam_layouts
+from segment_anything_tfds.read import sampling
 
 __all__ = ['to_sam_inputs_np', 'SamTransform', 'SamDataset',
            'load_sam_data_source', 'grain_loader', 'nearest_indices_np',
@@ -55,7 +55,7 @@ def _pil():
   try:
     from PIL import Image  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError('segment_anything_tfds.numpy_inputs needs Pillow: pip'
+    raise ImportError('segment_anything_tfds.read.numpy_inputs needs Pillow: pip'
                       ' install segment_anything_tfds[grain]') from e
   return Image
 
@@ -64,7 +64,7 @@ def _mask_utils():
   try:
     from pycocotools import mask as mask_utils  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError('segment_anything_tfds.numpy_inputs needs pycocotools:'
+    raise ImportError('segment_anything_tfds.read.numpy_inputs needs pycocotools:'
                       ' pip install segment_anything_tfds[grain]') from e
   return mask_utils
 
@@ -492,7 +492,7 @@ class _OpenSource:
   data_dir: str | None
 
   def __call__(self):
-    from segment_anything_tfds import reading  # pylint: disable=g-import-not-at-top
+    from segment_anything_tfds.read import prepared as reading  # pylint: disable=g-import-not-at-top
     builder = reading.prepared_builder(self.name, data_dir=self.data_dir)
     return builder.as_data_source(split=self.split, decoders=_skip_decoding())
 

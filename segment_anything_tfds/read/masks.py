@@ -4,7 +4,7 @@
 example of the `segment_anything` dataset, decoding only a sampled subset of
 the masks, optionally straight at a low resolution. Two backends:
 
-* ``'tf'`` (default): `segment_anything_tfds.rle`, pure TensorFlow, fast, works
+* ``'tf'`` (default): `segment_anything_tfds.read.rle`, pure TensorFlow, fast, works
   under tf.data service and in any graph.
 * ``'pycocotools'``: ``pycocotools.mask.decode`` through ``tf.numpy_function``
   (`decode_pycocotools`), the reference implementation; needs
@@ -18,8 +18,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from segment_anything_tfds import rle
-from segment_anything_tfds import sampling
+from segment_anything_tfds.read import rle
+from segment_anything_tfds.read import sampling
 
 __all__ = ['decode_masks', 'decode_pycocotools', 'image_id']
 

@@ -18,13 +18,13 @@ from typing import Sequence
 
 from etils import epath
 
-from segment_anything_tfds import checksums
-from segment_anything_tfds import download as download_lib
+from segment_anything_tfds.sources import checksums
+from segment_anything_tfds.sources import download as download_lib
 from segment_anything_tfds import errors
-from segment_anything_tfds import links as links_lib
+from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds import options as options_lib
-from segment_anything_tfds import shards as shards_lib
-from segment_anything_tfds.shards import TAR, URL, Shard
+from segment_anything_tfds.sources import manual_dir as shards_lib
+from segment_anything_tfds.sources.manual_dir import TAR, URL, Shard
 
 
 def _size(path: str) -> int | None:
@@ -155,7 +155,8 @@ def materialize(
               f' {"stream" if stream else "download"}, disk_mode='
               f'{options.disk_mode})'))
   if needed and stream:
-    out = [dataclasses.replace(s, size=sizes.get(s.name), options=options)
+    out = [dataclasses.replace(s, known_size=sizes.get(s.name),
+                               options=options)
            if s.kind == URL else s for s in out]
   elif needed:
     started = time.time()

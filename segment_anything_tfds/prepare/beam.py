@@ -54,13 +54,13 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import apache_beam as beam
 from etils import epath
 
-from segment_anything_tfds import audit
+from segment_anything_tfds.prepare import audit
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import errors
-from segment_anything_tfds import examples as examples_lib
-from segment_anything_tfds import shards as shards_lib
-from segment_anything_tfds import streaming
-from segment_anything_tfds import tars as tars_lib
+from segment_anything_tfds.prepare import records as records_lib
+from segment_anything_tfds.sources import manual_dir as shards_lib
+from segment_anything_tfds.prepare import streaming
+from segment_anything_tfds.prepare import tars as tars_lib
 
 _LOG = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def find_duplicates(
   names = [name for _, name in shards]
   if not lenient:
     raise errors.BadInputError(
-        examples_lib.DUPLICATE_ID, names[1], f'sa_{image_id}.jpg',
+        errors.DUPLICATE_ID, names[1], f'sa_{image_id}.jpg',
         f'image id {image_id} is also in'
         f' {", ".join(n for n in names if n != names[1])}')
   yield image_id, names[0]
@@ -172,7 +172,7 @@ def read_chunk(
       keep = duplicates.get(pair.image_id)
       if keep is not None and keep != shard.name:
         yield _problem(errors.BadInputError(
-            examples_lib.DUPLICATE_ID, shard.name, pair.jpg.name,
+            errors.DUPLICATE_ID, shard.name, pair.jpg.name,
             f'image id {pair.image_id} is kept from {keep}'), lenient=lenient)
         continue
       try:
@@ -198,7 +198,7 @@ def plan_ranges(shard: shards_lib.Shard, *, range_bytes: int
 
 def _image_id(member: tars_lib.Member) -> int:
   stem, _ = tars_lib.canonical_stem(member.name)
-  return examples_lib.image_id_from_stem(stem)
+  return records_lib.image_id_from_stem(stem)
 
 
 def _build_local(shard: shards_lib.Shard, local: streaming.LocalPair, *,

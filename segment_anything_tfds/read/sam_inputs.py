@@ -18,10 +18,10 @@ from typing import Any, Mapping
 
 import tensorflow as tf
 
-from segment_anything_tfds import masks as masks_lib
-from segment_anything_tfds import rle
-from segment_anything_tfds import sam_layouts
-from segment_anything_tfds import sampling
+from segment_anything_tfds.read import masks as masks_lib
+from segment_anything_tfds.read import rle
+from segment_anything_tfds.read import sam_layouts
+from segment_anything_tfds.read import sampling
 
 __all__ = ['to_sam_inputs', 'sam_dataset', 'load_sam_dataset',
            'holdout_filter', 'PIXEL_MEAN', 'PIXEL_STD']
@@ -420,7 +420,7 @@ def load_sam_dataset(
   e.g. a `download_config` with a manual_dir, are used).
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds import reading  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.read import prepared as reading  # pylint: disable=g-import-not-at-top
   builder = reading.prepared_builder(
       name, data_dir=data_dir, download=download,
       download_and_prepare_kwargs=download_and_prepare_kwargs)

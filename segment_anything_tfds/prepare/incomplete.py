@@ -26,7 +26,7 @@ import os
 import shutil
 from typing import Iterator
 
-from segment_anything_tfds import shards as shards_lib
+from segment_anything_tfds.sources import manual_dir as shards_lib
 
 _LOG = logging.getLogger(__name__)
 PREFIX = 'incomplete.'

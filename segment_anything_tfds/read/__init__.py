@@ -1,0 +1,1 @@
+"""From records to training inputs: RLE decoding, masks, SAM inputs (tf.data and numpy), copy-paste."""

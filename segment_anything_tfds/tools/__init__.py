@@ -1,0 +1,1 @@
+"""Exports, statistics, pictures and fake data."""

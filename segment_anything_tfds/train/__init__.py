@@ -1,0 +1,1 @@
+"""Training and scoring: KerasHub SAM fine-tuning, mask IoU evaluation."""

@@ -1,0 +1,151 @@
+"""The `Source` contract (`sources/base.py`), for every kind of source.
+
+Every source a build can read (a local tar, a local folder, a tar and a
+folder in a bucket, an HTTP link) gives the same bytes through the same
+methods, and remote tars read front to back cost few requests.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import tarfile
+
+import numpy as np
+import pytest
+
+from segment_anything_tfds.sources import base
+from segment_anything_tfds.sources import manual_dir
+from segment_anything_tfds.tools import fake_data
+
+import _ram_epath
+from _loopback_server import LoopbackServer
+
+NAME = 'sa_000007.tar'
+
+
+def _tar_bytes() -> bytes:
+  rng = np.random.default_rng(3)
+  records = [(i, *fake_data.image_record(rng, i, height=24, width=20,
+                                         num_masks=2)) for i in (1, 2, 3)]
+  buf = io.BytesIO()
+  with tarfile.open(fileobj=buf, mode='w') as t:
+    for image_id, jpg, js in records:
+      for ext, data in (('.jpg', jpg), ('.json', js)):
+        info = tarfile.TarInfo(f'sa_{image_id}{ext}')
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    info = tarfile.TarInfo('padding.bin')
+    info.size = 3 << 20  # Make sequential reads span several blocks.
+    t.addfile(info, io.BytesIO(bytes(info.size)))
+  return buf.getvalue()
+
+
+BLOB = _tar_bytes()
+
+
+@pytest.fixture(scope='module')
+def server():
+  with LoopbackServer({NAME: BLOB}) as srv:
+    yield srv
+
+
+def _folder(tmp_path: pathlib.Path) -> pathlib.Path:
+  folder = tmp_path / 'sa_000007'
+  folder.mkdir()
+  with tarfile.open(fileobj=io.BytesIO(BLOB)) as t:
+    for m in t.getmembers():
+      if m.name.startswith('sa_'):
+        (folder / m.name).write_bytes(t.extractfile(m).read())
+  return folder
+
+
+def _tar_sources(tmp_path, server):
+  local = tmp_path / NAME
+  local.write_bytes(BLOB)
+  _ram_epath.enable()
+  remote = f'ram://contract-{os.getpid()}-{tmp_path.name}/{NAME}'
+  _ram_epath.upload(os.fspath(local), remote)
+  return {
+      'local tar': manual_dir.Shard(NAME, manual_dir.TAR, os.fspath(local)),
+      'bucket tar': manual_dir.Shard(NAME, manual_dir.TAR, remote),
+      'http tar': manual_dir.Shard(NAME, manual_dir.URL,
+                                   server.mirror_url(NAME)),
+  }
+
+
+@pytest.mark.parametrize('kind', ['local tar', 'bucket tar', 'http tar'])
+def test_a_tar_source_gives_its_bytes_sequentially_and_at_random(
+    kind, tmp_path, server):
+  source = _tar_sources(tmp_path, server)[kind]
+  assert isinstance(source, base.Source)
+  assert (source.name, source.tar_index, source.folder) == (NAME, 7, False)
+  assert source.remote == (kind != 'local tar')
+  assert source.size() == len(BLOB)
+  reader = source.open_sequential(0)
+  try:
+    got = reader.read(1000)
+    assert reader.skip(5000) == 5000
+    assert reader.tell() == 6000
+    rest = reader.read(len(BLOB))  # More than is left: what there is.
+  finally:
+    reader.close()
+  assert got == BLOB[:1000] and rest == BLOB[6000:]
+  reader = source.open_sequential(4096)
+  try:
+    assert reader.read(10) == BLOB[4096:4106]
+  finally:
+    reader.close()
+  reader = source.open_random()
+  try:
+    for offset, size in ((0, 512), (len(BLOB) - 100, 100), (12345, 7),
+                         (len(BLOB) - 10, 100)):
+      assert reader.read_at(offset, size) == BLOB[offset:offset + size]
+  finally:
+    reader.close()
+
+
+def test_an_http_tar_read_front_to_back_is_one_request(server, tmp_path):
+  source = _tar_sources(tmp_path, server)['http tar']
+  before = len(server.gets(NAME))
+  reader = source.open_sequential(0)
+  try:
+    data = bytearray()
+    while True:
+      chunk = reader.read(100_000)
+      if not chunk:
+        break
+      data += chunk
+  finally:
+    reader.close()
+  assert bytes(data) == BLOB
+  assert len(server.gets(NAME)) - before == 1
+
+
+@pytest.mark.parametrize('where', ['local', 'bucket'])
+def test_a_folder_source_lists_and_reads_its_files(where, tmp_path):
+  folder = _folder(tmp_path)
+  location = os.fspath(folder)
+  if where == 'bucket':
+    _ram_epath.enable()
+    location = f'ram://contract-{os.getpid()}-{tmp_path.name}/sa_000007'
+    for f in folder.iterdir():
+      _ram_epath.upload(os.fspath(f), f'{location}/{f.name}')
+  source = manual_dir.Shard('sa_000007.tar', manual_dir.DIR, location)
+  assert isinstance(source, base.Source)
+  assert source.folder and source.size() is None
+  assert source.remote == (where == 'bucket')
+  members = sorted(source.list_members())
+  assert [m.name for m in members] == sorted(
+      p.name for p in folder.iterdir())
+  for m in members:
+    assert m.kind == base.REGULAR
+    assert source.read_member(m) == (folder / m.name).read_bytes()
+
+
+def test_sources_pickle_without_open_handles(tmp_path, server):
+  import pickle  # pylint: disable=g-import-not-at-top
+  for source in _tar_sources(tmp_path, server).values():
+    again = pickle.loads(pickle.dumps(source))
+    assert again == source and again.size() == len(BLOB)
