@@ -116,7 +116,7 @@ def make_bad_manual_dir(tmp_path: pathlib.Path) -> pathlib.Path:
 
 @pytest.fixture(scope='session')
 def prepared_dummy(tmp_path_factory) -> pathlib.Path:
-  """A data_dir holding config `all` prepared from dummy_data/ by Beam."""
+  """A data_dir holding config `all` prepared from dummy_data/ (local build)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   import segment_anything_tfds  # pylint: disable=g-import-not-at-top,unused-import
 

@@ -674,11 +674,6 @@ def test_evaluate_a_slice(built, predictions, capsys):
   assert table['gt masks with a prediction'] == str(masks - 2)
 
 
-def test_evaluate_select_choices_match_the_library():
-  from segment_anything_tfds.train import evaluation
-  assert cli.evaluate.SELECT == evaluation.SELECT
-
-
 @pytest.mark.parametrize('content, message', [
     (None, 'does not exist'),
     ('[{"image_id": 1', 'is not JSON'),

@@ -22,7 +22,6 @@ from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds.sources import manual_dir as shards_lib
 from segment_anything_tfds.cli import common
 
-LOCAL = 'local'
 FILE_FORMATS = ('tfrecord', 'array_record')
 EXAMPLE = f'example: {common.PROG} build --config first_10 --manual_dir ~/sa1b'
 
@@ -31,7 +30,7 @@ def _beam_flags(args: argparse.Namespace, leftover: Sequence[str]) -> list[str]:
   """Beam flags: leftovers, --beam_pipeline_options, runner and workers."""
   flags = common.beam_flag_list(leftover, args.beam_pipeline_options)
   named = [f for f in flags if re.match(r'^--runner(=|$)', f)]
-  if args.runner != LOCAL:
+  if args.runner != common.LOCAL_RUNNER:
     if named:
       raise common.UsageError('give the runner once: --runner NAME')
     flags.append(f'--runner={args.runner}')
@@ -102,7 +101,7 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
     builder = make()
   was_prepared = builder.is_prepared()
   engine = ('local' if dl_config.beam_options is None else
-            f'Beam {args.runner if args.runner != LOCAL else ""}'.strip())
+            f'Beam {args.runner if args.runner != common.LOCAL_RUNNER else ""}'.strip())
   print(f'Preparing {builder.info.full_name} ({builder.builder_config.name})'
         f' into {builder.data_dir}: {engine}, {args.file_format}',
         file=sys.stderr)
@@ -227,7 +226,7 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
   p.add_argument('--workers', type=common.non_negative_int, default=0, metavar='N',
                  help='local build: worker processes (default 0: one per'
                  ' core)')
-  p.add_argument('--runner', default=LOCAL, metavar='NAME',
+  p.add_argument('--runner', default=common.LOCAL_RUNNER, metavar='NAME',
                  help='"local" (default: no Beam) or a Beam runner name,'
                  ' e.g. DataflowRunner')
   p.add_argument('--num_workers', type=common.positive_int, default=None,

@@ -14,10 +14,13 @@ from etils import epath
 
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import errors
+from segment_anything_tfds import logs
 from segment_anything_tfds.units import human_bytes  # pylint: disable=unused-import
 from segment_anything_tfds import options as options_lib
 
-PROG = 'segment-anything-tfds'
+PROG = logs.PROG
+# `--runner` value of builds and mirrors run by Beam's in-process runner.
+LOCAL_RUNNER = 'local'
 DATASET = 'segment_anything'
 _IMPORTED = time.perf_counter()
 

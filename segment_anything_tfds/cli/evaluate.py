@@ -15,10 +15,10 @@ from typing import Any, Sequence
 
 from segment_anything_tfds import errors
 from segment_anything_tfds.cli import common
+from segment_anything_tfds.train import SELECT
 
 EXAMPLE = (f'example: {common.PROG} evaluate --config first_1 --split'
            " 'train[:100]' --predictions preds.json --json result.json")
-SELECT = ('best_iou', 'score')
 
 
 def read_predictions(path: str) -> Any:

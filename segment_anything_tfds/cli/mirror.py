@@ -18,7 +18,6 @@ from typing import Sequence
 from segment_anything_tfds import options as options_lib
 from segment_anything_tfds.cli import common
 
-LOCAL = 'local'
 EXAMPLE = (f'example: {common.PROG} mirror --links segment_anything_links.txt'
            ' --dest gs://BUCKET/sa1b --runner DataflowRunner --project P'
            ' --region R --temp_location gs://BUCKET/tmp --setup_file'
@@ -30,7 +29,7 @@ def beam_options(args: argparse.Namespace, leftover: Sequence[str]):
   flags = common.beam_flag_list(leftover, args.beam_pipeline_options)
   if any(f.startswith('--runner') for f in flags):
     raise common.UsageError('give the runner as --runner NAME')
-  if args.runner != LOCAL:
+  if args.runner != common.LOCAL_RUNNER:
     flags.append(f'--runner={args.runner}')
   if args.num_workers:
     flags.append(f'--num_workers={args.num_workers}')
@@ -86,7 +85,7 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
                  ' in; only this user\'s files in it are used (default: a'
                  ' private dir, mode 0700, in the worker\'s temp dir)')
   common.add_download_args(p, workers=False)
-  p.add_argument('--runner', default=LOCAL, metavar='NAME',
+  p.add_argument('--runner', default=common.LOCAL_RUNNER, metavar='NAME',
                  help='a Beam runner, e.g. DataflowRunner (default "local":'
                  ' Beam\'s in-process runner, on this machine)')
   p.add_argument('--num_workers', type=common.positive_int, default=None,

@@ -12,8 +12,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from segment_anything_tfds import errors
-
-PROG = 'segment-anything-tfds'
+from segment_anything_tfds.logs import PROG
 
 
 def not_prepared(builder) -> errors.NotPreparedError:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import collections
 import json
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -127,11 +127,6 @@ class Accumulator:
       self.area_fraction.add(np.asarray(ann['area'], np.float64) / pixels)
       self.predicted_iou.add(ann['predicted_iou'])
       self.stability_score.add(ann['stability_score'])
-
-  def add_all(self, examples: Iterable[Mapping[str, Any]]) -> 'Accumulator':
-    for example in examples:
-      self.add(example)
-    return self
 
   def masks_histogram(self, max_bins: int = 50) -> dict[str, Any]:
     """Masks per image as {edges, counts}: integer bins, at most max_bins."""

@@ -38,6 +38,7 @@ import tensorflow as tf
 from segment_anything_tfds import errors
 from segment_anything_tfds.prepare import records as examples
 from segment_anything_tfds.read import rle
+from segment_anything_tfds.train import SELECT
 
 __all__ = ['THRESHOLDS', 'MaskIoU', 'binarize', 'resize_and_binarize',
            'mask_iou', 'best_candidate_iou', 'rle_best_iou', 'summarize',
@@ -259,7 +260,6 @@ class MaskIoU(keras.metrics.Metric):
 # --------------------------------------------------- predictions vs dataset
 
 
-SELECT = ('best_iou', 'score')
 
 
 def _load_predictions(predictions: Any) -> list[Mapping[str, Any]]:
