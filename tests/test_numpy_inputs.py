@@ -322,7 +322,7 @@ def test_fork_after_read_is_a_clear_error(array_record_dir):
 
 def test_package_import_stays_light():
   code = ('import sys, segment_anything_tfds;'
-          ' from segment_anything_tfds import numpy_inputs, sampling;'
+          ' from segment_anything_tfds.read import numpy_inputs, sampling;'
           ' print(sorted(m for m in ("tensorflow", "torch", "grain",'
           ' "keras_hub", "keras", "jax") if m in sys.modules))')
   out = subprocess.run([sys.executable, '-c', code], check=True,
