@@ -270,7 +270,8 @@ def quiet_beam_errors(quiet: bool) -> None:
 
 
 def add_dataset_args(p: argparse.ArgumentParser, *, build: bool) -> None:
-  """--config | --tars (| --dataset_dir), --lenient, --data_dir."""
+  """--config | --tars (| --dataset_dir), --lenient, --data_dir; readers
+  (`build=False`) also take --split."""
   which = p.add_argument_group('which dataset')
   group = which.add_mutually_exclusive_group(required=True)
   group.add_argument(
@@ -292,6 +293,10 @@ def add_dataset_args(p: argparse.ArgumentParser, *, build: bool) -> None:
   which.add_argument(
       '--data_dir', metavar='DIR', default=None,
       help='TFDS data dir (default: TFDS default, ~/tensorflow_datasets)')
+  if not build:
+    which.add_argument(
+        '--split', default='train',
+        help="a split or slice, e.g. 'train[:100]' (default train)")
 
 
 def builder_config(

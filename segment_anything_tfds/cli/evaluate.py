@@ -107,8 +107,6 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
       ' print the mean IoU and the fractions of masks with IoU >= 0.5 and'
       ' >= 0.75, over the ground-truth masks that have a prediction.')
   common.add_dataset_args(p, build=False)
-  p.add_argument('--split', default='train',
-                 help="a split or slice, e.g. 'train[:100]' (default train)")
   p.add_argument('--predictions', required=True, metavar='FILE',
                  help='the predictions JSON file')
   p.add_argument('--select', choices=SELECT, default='best_iou',

@@ -101,8 +101,6 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
       ' for byte. Files appear under their final names only once complete;'
       ' OUT/export.json, written last, lists them.')
   common.add_dataset_args(p, build=False)
-  p.add_argument('--split', default='train',
-                 help="a split or slice, e.g. 'train[:100]' (default train)")
   p.add_argument(
       '--format', required=True, choices=FORMATS,
       help='semantic_sam_tsv: sa1b-NNNNNN.tsv + .lineidx; coco:'

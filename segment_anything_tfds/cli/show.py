@@ -203,8 +203,6 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
       ' non-default option, so pictures made with other options do not'
       ' overwrite each other.')
   common.add_dataset_args(p, build=False)
-  p.add_argument('--split', default='train',
-                 help="a split or slice, e.g. 'train[:10]' (default train)")
   pick = p.add_mutually_exclusive_group(required=True)
   pick.add_argument('--index', type=common.int_list, metavar='I,J',
                     help='positions in the split, e.g. 0,3')

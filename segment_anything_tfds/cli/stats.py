@@ -76,8 +76,6 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
       " SAM's 0.88 and 0.95 thresholds), image sizes (2-D histogram)."
       ' Writes OUT/stats.json and OUT/stats.png; needs matplotlib.')
   common.add_dataset_args(p, build=False)
-  p.add_argument('--split', default='train',
-                 help="a split or slice, e.g. 'train[:10]' (default train)")
   p.add_argument('--out', required=True, metavar='DIR',
                  help='output dir for stats.json and stats.png')
   p.set_defaults(func=run, allow_leftover=False)
