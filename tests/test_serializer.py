@@ -228,7 +228,8 @@ def test_picklable_and_no_tensorflow():
       serializer.serialize)
   code = (
       'import sys\n'
-      'from segment_anything_tfds import serializer, shards, tars\n'
+      'from segment_anything_tfds.prepare import serializer, tars\n'
+      'from segment_anything_tfds.sources import manual_dir as shards\n'
       f'shard = shards.find_shards({str(DUMMY_DATA)!r}).shards[0]\n'
       'with tars.ShardReader(shard) as r:\n'
       '  pair = tars.index_shard(shard).pairs[0]\n'
