@@ -36,7 +36,6 @@ from etils import epath
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import errors
 from segment_anything_tfds.sources import _legacy
-from segment_anything_tfds.sources import base
 from segment_anything_tfds.sources import bucket
 from segment_anything_tfds.sources import http_tar
 from segment_anything_tfds.sources import links as links_lib
