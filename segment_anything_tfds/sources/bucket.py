@@ -33,9 +33,18 @@ _CHUNK = 8 << 20
 
 
 def filesystem(uri: str) -> tuple[Any, str]:
-  """(fsspec filesystem, path in it) of `uri`."""
+  """(fsspec filesystem, path in it) of `uri`.
+
+  Raises:
+    errors.SourceError: no file system serves its scheme here (e.g. s3://
+      without s3fs installed), saying so.
+  """
   import fsspec  # pylint: disable=g-import-not-at-top
-  return fsspec.core.url_to_fs(uri)
+  try:
+    return fsspec.core.url_to_fs(uri)
+  except (ImportError, ValueError) as e:
+    raise errors.SourceError(
+        f'{uri}: cannot read it here: {_first_line(e)}') from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -66,11 +75,6 @@ def list_dir(uri: str) -> list[tuple[str, str, int | None]]:
     if name:
       out.append((name, info.get('type', 'file'), info.get('size')))
   return sorted(out)
-
-
-def is_dir(uri: str) -> bool:
-  fs, path = filesystem(uri)
-  return fs.isdir(path)
 
 
 def _open(uri: str, name: str, **kwargs) -> Any:

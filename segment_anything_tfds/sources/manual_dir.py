@@ -193,8 +193,9 @@ def _link_source(name: str, url: str, links_dir: str) -> Source:
 def _is_dir(path: str) -> bool:
   if paths.is_local(path):
     return os.path.isdir(path)
+  fs, inside = bucket.filesystem(path)  # Says if nothing reads the scheme.
   try:
-    return bucket.is_dir(path)
+    return fs.isdir(inside)
   except Exception:  # pylint: disable=broad-except
     return False  # fsspec's backends raise their own types.
 
