@@ -656,6 +656,9 @@ class _Retry(urllib3.Retry):
 
   def increment(self, method=None, url=None, response=None, error=None,
                 _pool=None, _stacktrace=None) -> '_Retry':
+    if self.budget is None:  # Not from `of`: urllib3's own rules.
+      return super().increment(method, url, response, error, _pool,
+                               _stacktrace)
     if error is not None:
       failure = self._failure(error)
       if not isinstance(failure, TransientError):
@@ -681,12 +684,17 @@ class _Retry(urllib3.Retry):
     return transport_error(error, self.url)
 
   def get_backoff_time(self) -> float:
+    if self.budget is None:
+      return super().get_backoff_time()
     return self.budget.backoff()
 
   def get_retry_after(self, response) -> float | None:
     return retry_after(response.headers.get('Retry-After'))
 
   def sleep(self, response=None) -> None:
+    if self.budget is None:
+      super().sleep(response)
+      return
     asked = None
     if response is not None and self.respect_retry_after_header:
       asked = self.get_retry_after(response)
