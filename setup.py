@@ -96,6 +96,9 @@ setuptools.setup(
         'tqdm',
         # The one HTTP client: downloads, HEAD probes and streamed tars.
         'requests>=2.28',
+        # Buckets (gs://) are read with fsspec: gcsfs (sources/bucket.py),
+        # on the launcher and on Dataflow's workers alike.
+        'gcsfs',
         # HTTPResponse.read1 and .shutdown: bodies read as they arrive, and
         # a read stopped at its deadline (http.Body).
         'urllib3>=2.3',

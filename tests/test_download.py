@@ -1,4 +1,4 @@
-"""The downloader and the Range file against a loopback HTTP server."""
+"""The downloader and the HTTP tar source against a loopback HTTP server."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from segment_anything_tfds.sources import download
 from segment_anything_tfds import errors
 from segment_anything_tfds.sources import http as http_lib
 from segment_anything_tfds import options
-from segment_anything_tfds.sources import manual_dir as shards
+from segment_anything_tfds.sources import local
 from segment_anything_tfds.sources import materialize as sources
+from segment_anything_tfds.sources.http_tar import HttpTar
 from _loopback_server import LoopbackServer
 from _loopback_server import within
 
@@ -250,7 +251,7 @@ def test_html_page_is_never_cached(server, tmp_path):
   name = 'sa_000000.tar'
   server.files[name] = HTML
   cache = download.cache_dir(tmp_path / 'dl')
-  shard = shards.Shard(name, shards.URL, server.url(name))
+  shard = HttpTar(name, server.url(name))
   with pytest.raises(errors.DownloadError) as e:
     within(20, sources.materialize, [shard], download_dir=tmp_path / 'dl',
            options=OPTS)
@@ -265,7 +266,7 @@ def test_cut_body_without_length_is_never_cached(server, tmp_path):
   name = 'sa_000002.tar'
   server.add_fault(name, 'no_length_cut', 6000, times=100)
   cache = download.cache_dir(tmp_path / 'dl')
-  shard = shards.Shard(name, shards.URL, server.url(name))
+  shard = HttpTar(name, server.url(name))
   opts = OPTS.replace(retries=3)
   with pytest.raises(errors.DownloadError) as e:
     within(20, sources.materialize, [shard], download_dir=tmp_path / 'dl',
@@ -293,11 +294,11 @@ def test_garbage_cached_tar_is_quarantined_and_fetched_again(server, tmp_path,
   cache = download.cache_dir(tmp_path / 'dl')
   cache.mkdir(parents=True)
   (cache / name).write_bytes(HTML)  # E.g. left by an older version.
-  shard = shards.Shard(name, shards.URL, server.url(name))
+  shard = HttpTar(name, server.url(name))
   with caplog.at_level(logging.WARNING):
     [out] = within(20, sources.materialize, [shard],
                    download_dir=tmp_path / 'dl', options=OPTS)
-  assert out.kind == shards.TAR and out.downloaded
+  assert isinstance(out, local.LocalTar) and out.downloaded
   assert _read(out.location) == DATA[name]
   assert (cache / checksums.QUARANTINE_SUBDIR / name).read_bytes() == HTML
   assert any(os.fspath(cache / name) in r.getMessage() and 'quarantine' in
@@ -319,7 +320,7 @@ def test_tar_problem(tmp_path):
   def problem(data):
     path = tmp_path / 'x.tar'
     path.write_bytes(data)
-    return download.tar_problem(path)
+    return download.tar_problem(local.LocalTar(path.name, str(path)))
 
   assert problem(DATA['sa_000000.tar']) is None
   assert 'not a tar' in problem(HTML)
@@ -483,51 +484,63 @@ def test_download_all_403_raises_expired(server, tmp_path):
   assert len(server.gets('sa_000002.tar')) == 1
 
 
-# ------------------------------------------------------------ Range files
+# ------------------------------------------------------------ HTTP tars
 
 
-def test_range_file_streams_without_disk(server):
+def test_http_tar_reads_at_random_one_request_each(server):
   name = 'sa_000002.tar'
   data = DATA[name]
-  f = http_lib.RangeFile(server.url(name), options=OPTS, block_size=1000)
-  assert f.size == len(data) and f.seekable()
-  f.seek(100)
-  assert f.read(10) == data[100:110]
-  assert f.read(50) == data[110:160]  # From the cached block.
-  n = len(server.gets())
-  f.seek(-20, os.SEEK_END)
-  assert f.read() == data[-20:]
-  assert f.read(5) == b''
-  f.seek(5000)
-  assert f.read(3000) == data[5000:8000]  # A read larger than a block.
-  assert len(server.gets()) == n + 2
-  f.close()
+  tar = HttpTar(name, server.url(name), options=OPTS)
+  assert tar.size() == len(data)
+  assert [e[0] for e in server.log] == ['HEAD']
+  reader = tar.open_random()
+  try:
+    assert reader.read_at(100, 10) == data[100:110]
+    assert reader.read_at(110, 50) == data[110:160]
+    assert reader.read_at(len(data) - 20, 100) == data[-20:]  # At the end.
+    assert reader.read_at(len(data), 5) == b''  # Past it: no request.
+    assert reader.read_at(5000, 3000) == data[5000:8000]
+  finally:
+    reader.close()
+  assert [g[2] for g in server.gets()] == [
+      'bytes=100-109', 'bytes=110-159',
+      f'bytes={len(data) - 20}-{len(data) - 1}', 'bytes=5000-7999']
+  assert tar.size() == len(data) and len(server.log) == 5  # Asked once.
 
 
-def test_range_file_retries_5xx_and_cuts(server):
+def test_http_tar_random_reads_retry_5xx_and_resume_cuts(server):
   name = 'sa_000001.tar'
   server.add_fault(name, 'status', 500)
   server.add_fault(name, 'cut', 10)
-  f = http_lib.RangeFile(server.url(name), options=OPTS, block_size=4096)
-  assert f.read(4096) == DATA[name][:4096]
-  f.close()
+  reader = HttpTar(name, server.url(name), len(DATA[name]),
+                   OPTS).open_random()
+  try:
+    assert reader.read_at(0, 4096) == DATA[name][:4096]
+  finally:
+    reader.close()
+  assert [(g[2], g[3]) for g in server.gets(name)] == [
+      ('bytes=0-4095', 500), ('bytes=0-4095', 206), ('bytes=10-4095', 206)]
 
 
-def test_range_file_without_head_asks_for_a_byte(server):
+def test_http_tar_without_head_asks_for_a_byte(server):
   name = 'sa_000003.tar'
   server.no_head.add(name)
-  with http_lib.RangeFile(server.url(name), options=OPTS) as f:
-    assert f.size == len(DATA[name])
-    f.seek(700)
-    assert f.read(300) == DATA[name][700:1000]
+  tar = HttpTar(name, server.url(name), options=OPTS)
+  assert tar.size() == len(DATA[name])
+  reader = tar.open_random()
+  try:
+    assert reader.read_at(700, 300) == DATA[name][700:1000]
+  finally:
+    reader.close()
   assert [(e[0], e[2], e[3]) for e in server.log] == [
       ('HEAD', None, 405), ('GET', 'bytes=0-0', 206),
-      ('GET', f'bytes=700-{len(DATA[name]) - 1}', 206)]
+      ('GET', 'bytes=700-999', 206)]
 
 
-def test_range_file_403(server):
+def test_http_tar_403(server):
   with pytest.raises(errors.LinksExpiredError):
-    http_lib.RangeFile(server.url('sa_000000.tar', oe=5), options=OPTS)
+    HttpTar('sa_000000.tar', server.url('sa_000000.tar', oe=5),
+            options=OPTS).size()
 
 
 def _bounded(seconds, fn):
@@ -544,19 +557,23 @@ def _bounded(seconds, fn):
   return e.value, took, peak
 
 
+@pytest.mark.parametrize('read', ['random', 'sequential'])
 @pytest.mark.parametrize('size', [None, 20480])
-def test_stream_from_server_ignoring_range_fails_fast(server, size):
+def test_stream_from_server_ignoring_range_fails_fast(server, size, read):
   # The server ignores Range and its body never ends. Reading a block (or
   # probing the size with `bytes=0-0`) must not read the whole object.
   name = 'sa_000000.tar'
   server.endless.add(name)
-  shard = shards.Shard(name, shards.URL, server.url(name), known_size=size,
-                       options=OPTS)
+  tar = HttpTar(name, server.url(name), size, OPTS)
 
   def read_a_block():
-    with shard.open() as f:
-      f.seek(1000)
-      return f.read(100)
+    reader = tar.open_random() if read == 'random' else (
+        tar.open_sequential(1000))
+    try:
+      return (reader.read_at(1000, 100) if read == 'random' else
+              reader.read(100))
+    finally:
+      reader.close()
 
   error, took, peak = _bounded(20, read_a_block)
   msg = str(error)
@@ -577,22 +594,23 @@ def _peak(fn):
     tracemalloc.stop()
 
 
-def test_range_file_reads_allocate_only_what_arrives():
+def test_http_tar_random_reads_allocate_only_what_arrives():
   big = bytes(range(256)) * (32 << 12)  # 32 MiB.
   with LoopbackServer({'big.tar': big}) as srv:
-    with http_lib.RangeFile(srv.url('big.tar'), options=OPTS,
-                            block_size=1 << 20) as f:
-      # A huge read near the end holds only what is left (tarfile asks for
-      # whatever size a header claims).
-      f.seek(len(big) - 1000)
-      data, peak = _peak(lambda: f.read(1 << 30))
+    reader = HttpTar('big.tar', srv.url('big.tar'), len(big),
+                     OPTS).open_random()
+    try:
+      # A huge read near the end holds only what is left (a header may
+      # claim any size).
+      data, peak = _peak(lambda: reader.read_at(len(big) - 1000, 1 << 30))
       assert data == big[-1000:]
       assert peak < 4 << 20, peak
       # A read of 32 MiB that all arrives: the result, and a constant.
-      f.seek(0)
-      data, peak = _peak(lambda: f.read(1 << 30))
+      data, peak = _peak(lambda: reader.read_at(0, 1 << 30))
       assert len(data) == len(big) and data == big
       assert peak < len(data) * 1.2 + (4 << 20), peak
+    finally:
+      reader.close()
   assert len([g for g in srv.gets() if g[3] == 206]) == 2
 
 
@@ -620,21 +638,22 @@ LIES = {
 
 
 @pytest.mark.parametrize('lie', sorted(LIES))
-@pytest.mark.parametrize('reader', ['file', 'stream'])
+@pytest.mark.parametrize('reader', ['random', 'stream'])
 def test_a_content_range_that_does_not_answer_is_refused(lie, reader):
   big = b'\0' * (64 << 20)
   with LoopbackServer({'big.tar': big}) as srv:
     srv.content_ranges['big.tar'] = lie
-    if reader == 'file':
-      f = http_lib.RangeFile(srv.url('big.tar'), options=OPTS,
-                             size=len(big), block_size=1000)
-      f.seek(100)
+    tar = HttpTar('big.tar', srv.url('big.tar'), len(big), OPTS)
+    if reader == 'random':
+      f = tar.open_random()
+      read = lambda: f.read_at(100, 10)
     else:
-      f = http_lib.RangeStream(srv.url('big.tar'), start=100, size=len(big),
-                               options=OPTS)
-      f.want(len(big))  # One request for all the rest.
-    with f:
-      error, took, peak = _bounded(20, lambda: f.read(10))
+      f = tar.open_sequential(100)  # One request for all the rest.
+      read = lambda: f.read(10)
+    try:
+      error, took, peak = _bounded(20, read)
+    finally:
+      f.close()
   msg = str(error)
   assert 'Content-Range' in msg and LIES[lie] in msg, msg
   assert 'big.tar' in msg
@@ -761,13 +780,14 @@ def test_checksums_parse_and_verify(tmp_path):
       source='sums.txt')
   assert sums == {'sa_000000.tar': ('md5', md5),
                   'sa_000001.tar': ('sha256', sha)}
-  assert checksums.verify(p, sums['sa_000000.tar']) is None
+  tar = local.LocalTar(p.name, str(p))
+  assert checksums.verify(tar, sums['sa_000000.tar']) is None
   assert os.path.exists(str(p) + checksums.VERIFIED_SUFFIX)
-  assert checksums.verify(p, ('sha256', sha)) is None
-  assert 'md5 is' in checksums.verify(p, ('md5', '0' * 32))
+  assert checksums.verify(tar, ('sha256', sha)) is None
+  assert 'md5 is' in checksums.verify(tar, ('md5', '0' * 32))
   # Changing the file invalidates the marker.
   p.write_bytes(b'other bytes!')
-  assert checksums.verify(p, sums['sa_000000.tar']) is not None
+  assert checksums.verify(tar, sums['sa_000000.tar']) is not None
   with pytest.raises(errors.ChecksumError,
                      match='sums.txt:1: .*neither an md5'):
     checksums.parse_checksums('abc  sa_000000.tar', source='sums.txt')

@@ -6,7 +6,9 @@ code path the package and TFDS use for gs:// reaches it:
 
   TF's gs:// file system   tf.io.gfile, epath on a machine with TensorFlow,
                            TFDS's TFRecord writer and reader (via the front)
-  gcsfs                    epath's fsspec backend (EPATH_USE_TF=false)
+  gcsfs                    the package's bucket sources (fsspec), which read
+                           the tars; epath's fsspec backend
+                           (EPATH_USE_TF=false)
   google-cloud-storage     Beam's own gs:// file system ('WriteAudit')
 
 Builds from a gs:// manual_dir into a gs:// data_dir, locally and on a
@@ -25,6 +27,7 @@ import sys
 
 from apache_beam.options import pipeline_options
 from etils.epath import gpath
+import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -33,6 +36,7 @@ import segment_anything_tfds  # pylint: disable=unused-import
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import errors
 from segment_anything_tfds.tools import fake_data
+from segment_anything_tfds.sources import bucket
 from segment_anything_tfds.sources import links as links_lib
 
 import _gcs_server
@@ -165,10 +169,11 @@ def test_local_build_from_and_into_a_bucket(gcs, baseline, tmp_path,
   assert builder.info.metadata['build']['engine'] == 'local'
   requests = gcs.requests()
   assert _examples(data_dir) == baseline
-  # Every tar was read in place, by TF's client, with Range requests.
+  # Every tar was read in place, by the bucket sources (fsspec: gcsfs),
+  # with Range requests.
   reads = _tar_reads(requests)
   assert sorted(reads) == TARS
-  assert all(r['range'] and r['agent'] == TF_AGENT
+  assert all(r['range'] and r['agent'].startswith('python-gcsfs')
              for rs in reads.values() for r in rs), reads
   # The records went into the bucket, nowhere else.
   names = [p.rsplit('/', 1)[-1] for p in tf.io.gfile.glob(
@@ -220,6 +225,40 @@ def test_fsspec_backend_reads_a_bucket_manual_dir(gcs, baseline, tmp_path,
   assert sorted(reads) == TARS
   assert all(r['agent'].startswith('python-gcsfs') and r['range']
              for rs in reads.values() for r in rs)
+
+
+def test_a_bucket_tar_source_reads_by_few_or_exact_requests(gcs, tmp_path):
+  """gcsfs as the bucket sources use it: one GET per 8 MiB front to back,
+  one GET of exactly its bytes per random read."""
+  blob = np.random.default_rng(6).bytes(20 << 20)
+  gcs.upload(BUCKET, 'big/sa_000009.tar', blob)
+  source = bucket.BucketTar('sa_000009.tar', f'gs://{BUCKET}/big/sa_000009.tar')
+  gcs.clear_log()
+  reader = source.open_sequential(0)
+  try:
+    pos = 0
+    while chunk := reader.read(1 << 20):
+      assert chunk == blob[pos:pos + len(chunk)]
+      pos += len(chunk) + reader.skip(1 << 20)
+  finally:
+    reader.close()
+  assert pos == len(blob)
+  spans = [[int(x) for x in r['range'][len('bytes='):].split('-')]
+           for r in gcs.requests() if r['method'] == 'GET' and r['range']]
+  sizes = [last + 1 - first for first, last in spans]
+  assert 1 < len(sizes) <= -(-len(blob) // bucket.SEQUENTIAL_READ_BYTES)
+  assert all(n >= bucket.SEQUENTIAL_READ_BYTES for n in sizes[:-1]), sizes
+  gcs.clear_log()
+  reader = source.open_random()
+  try:
+    for offset in (512, 9 << 20, len(blob) - 100):
+      assert reader.read_at(offset, 512) == blob[offset:offset + 512]
+  finally:
+    reader.close()
+  assert [r['range'] for r in gcs.requests()
+          if r['method'] == 'GET' and r['range']] == [
+              'bytes=512-1023', f'bytes={9 << 20}-{(9 << 20) + 511}',
+              f'bytes={len(blob) - 100}-{len(blob) - 1}']
 
 
 def test_a_missing_bucket_tar_is_one_clear_error(gcs, tmp_path):

@@ -6,8 +6,10 @@ Every server is on 127.0.0.1, started and stopped by the test; hosts under
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 import os
 import tarfile
 import time
@@ -16,12 +18,13 @@ import pytest
 
 from segment_anything_tfds import cli
 from segment_anything_tfds.sources import download
+from segment_anything_tfds.sources import http
 from segment_anything_tfds import errors
 from segment_anything_tfds.tools import fake_data
 from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds import options
-from segment_anything_tfds.sources import manual_dir as shards
 from segment_anything_tfds.sources import materialize as sources
+from segment_anything_tfds.sources.http_tar import HttpTar
 from _loopback_server import HostileServer
 from _loopback_server import LoopbackServer
 from _loopback_server import closed_port
@@ -48,8 +51,8 @@ TAR = _tar()
 
 
 def _materialize(url, tmp_path, opts):
-  shard = shards.Shard(NAME, shards.URL, url)
-  return sources.materialize([shard], download_dir=tmp_path / 'dl',
+  return sources.materialize([HttpTar(NAME, url)],
+                             download_dir=tmp_path / 'dl',
                              options=opts)
 
 
@@ -75,13 +78,22 @@ def test_unresolvable_host_fails_fast_naming_the_host(tmp_path):
   assert NAME in msg
 
 
-def test_range_file_on_a_closed_port_fails_fast():
+@pytest.mark.parametrize('known_size', [None, 4096])
+def test_an_http_tar_on_a_closed_port_fails_fast(known_size):
   port = closed_port()
-  shard = shards.Shard(NAME, shards.URL, f'http://127.0.0.1:{port}/{NAME}',
-                       options=options.DownloadOptions())
+  tar = HttpTar(NAME, f'http://127.0.0.1:{port}/{NAME}', known_size,
+                options.DownloadOptions())
+
+  def read():
+    reader = tar.open_random()
+    try:
+      return reader.read_at(0, 512)
+    finally:
+      reader.close()
+
   started = time.monotonic()
   with pytest.raises(errors.DownloadError, match=f'127.0.0.1:{port}.*refused'):
-    within(60, shard.open)
+    within(60, read)
   assert time.monotonic() - started < 5
 
 
@@ -154,11 +166,41 @@ def test_stream_mode_goes_through_the_proxy(tmp_path, monkeypatch):
     url = f'http://sa1b.example/m1/{NAME}'
     [out] = within(20, _materialize, url, tmp_path,
                    FAST.replace(disk_mode='stream', check_disk=True))
-    with out.open() as f:
-      f.seek(512)
-      assert f.read(100) == b'j' * 100
+    reader = out.open_random()
+    try:
+      assert reader.read_at(512, 100) == b'j' * 100
+    finally:
+      reader.close()
     assert {e[4] for e in proxy.log} == {url}
     assert [e[0] for e in proxy.log] == ['HEAD', 'GET']
+
+
+def test_urllib3_retries_a_5xx_the_error_page_unread():
+  with LoopbackServer({NAME: TAR}) as srv:
+    srv.add_fault(NAME, 'status', 503)
+    with http.Client(FAST) as client:
+      resp = within(20, client.request, 'GET', srv.url(NAME))
+      with contextlib.closing(resp):
+        assert resp.status_code == 200 and resp.raw.read() == TAR
+        # The same request, retried by urllib3's Retry (mounted on the
+        # session), not a new one from the caller.
+        assert [h.status for h in resp.raw.retries.history] == [503]
+    assert [g[3] for g in srv.gets(NAME)] == [503, 200]
+
+
+def test_retries_are_logged_once_without_the_query(caplog):
+  with HostileServer('slow_headers') as srv:
+    opts = FAST.replace(timeout=0.5, retries=2)
+    with caplog.at_level(logging.WARNING), http.Client(opts) as client:
+      with pytest.raises(errors.DownloadError, match='gave up after 2'):
+        within(20, client.head, srv.url(NAME) + '?oh=SECRET')
+  # urllib3 warns of each retry too, naming the path with its query (a
+  # signature): only the package's warning is shown.
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelno >= logging.WARNING]
+  assert len(warnings) == 1 and 'attempt 2 of at most' in warnings[0], (
+      warnings)
+  assert 'SECRET' not in warnings[0]
 
 
 def test_one_http_client_in_the_package():

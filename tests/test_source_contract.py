@@ -2,7 +2,9 @@
 
 Every source a build can read (a local tar, a local folder, a tar and a
 folder in a bucket, an HTTP link) gives the same bytes through the same
-methods, and remote tars read front to back cost few requests.
+methods, and remote tars read front to back cost few requests: one per
+8 MiB from a bucket, one in all over HTTP; a random read of a remote tar is
+one request for exactly its bytes.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import numpy as np
 import pytest
 
 from segment_anything_tfds.sources import base
+from segment_anything_tfds.sources import bucket
+from segment_anything_tfds.sources import local as local_lib
 from segment_anything_tfds.sources import manual_dir
+from segment_anything_tfds.sources.http_tar import HttpTar
 from segment_anything_tfds.tools import fake_data
 
 import _ram_epath
@@ -68,10 +73,9 @@ def _tar_sources(tmp_path, server):
   remote = f'ram://contract-{os.getpid()}-{tmp_path.name}/{NAME}'
   _ram_epath.upload(os.fspath(local), remote)
   return {
-      'local tar': manual_dir.Shard(NAME, manual_dir.TAR, os.fspath(local)),
-      'bucket tar': manual_dir.Shard(NAME, manual_dir.TAR, remote),
-      'http tar': manual_dir.Shard(NAME, manual_dir.URL,
-                                   server.mirror_url(NAME)),
+      'local tar': local_lib.LocalTar(NAME, os.fspath(local)),
+      'bucket tar': bucket.BucketTar(NAME, remote),
+      'http tar': HttpTar(NAME, server.mirror_url(NAME)),
   }
 
 
@@ -106,6 +110,51 @@ def test_a_tar_source_gives_its_bytes_sequentially_and_at_random(
     reader.close()
 
 
+def test_the_factory_gives_each_location_its_kind(tmp_path, server):
+  kinds = {kind: type(s) for kind, s in _tar_sources(tmp_path, server).items()}
+  for kind, source in _tar_sources(tmp_path, server).items():
+    again = manual_dir.tar_source(NAME, source.location)
+    assert type(again) is kinds[kind] and again == source
+  assert type(manual_dir.folder_source(NAME, os.fspath(tmp_path))) is (
+      local_lib.LocalFolder)
+  assert type(manual_dir.folder_source(NAME, 'ram://b/sa_000007')) is (
+      bucket.BucketFolder)
+
+
+def test_a_bucket_tar_costs_a_request_per_8_mib_or_per_random_read(
+    tmp_path):
+  big = np.random.default_rng(4).bytes(20 << 20)
+  (tmp_path / NAME).write_bytes(big)
+  _ram_epath.enable()
+  remote = f'ram://contract-{os.getpid()}-{tmp_path.name}/{NAME}'
+  _ram_epath.upload(os.fspath(tmp_path / NAME), remote)
+  source = bucket.BucketTar(NAME, remote)
+  reads = _ram_epath.RamFileSystem.reads
+  reader = source.open_sequential(0)
+  del reads[:]
+  try:
+    pos = 0
+    while chunk := reader.read(100_000):  # Headers and members...
+      assert chunk == big[pos:pos + len(chunk)]
+      pos += len(chunk)
+      pos += reader.skip(300_000)  # ... and members skipped.
+  finally:
+    reader.close()
+  assert pos == len(big)
+  sizes = [end - start for _, start, end in reads]
+  assert len(sizes) == -(-len(big) // bucket.SEQUENTIAL_READ_BYTES), sizes
+  assert all(n >= bucket.SEQUENTIAL_READ_BYTES for n in sizes[:-1]), sizes
+  reader = source.open_random()
+  del reads[:]
+  try:
+    for offset in (0, 512, 70_000, len(big) - 512):
+      assert reader.read_at(offset, 512) == big[offset:offset + 512]
+  finally:
+    reader.close()
+  assert [(start, end) for _, start, end in reads] == [
+      (0, 512), (512, 1024), (70_000, 70_512), (len(big) - 512, len(big))]
+
+
 def test_an_http_tar_read_front_to_back_is_one_request(server, tmp_path):
   source = _tar_sources(tmp_path, server)['http tar']
   before = len(server.gets(NAME))
@@ -132,7 +181,8 @@ def test_a_folder_source_lists_and_reads_its_files(where, tmp_path):
     location = f'ram://contract-{os.getpid()}-{tmp_path.name}/sa_000007'
     for f in folder.iterdir():
       _ram_epath.upload(os.fspath(f), f'{location}/{f.name}')
-  source = manual_dir.Shard('sa_000007.tar', manual_dir.DIR, location)
+  source = (bucket.BucketFolder if where == 'bucket' else
+            local_lib.LocalFolder)('sa_000007.tar', location)
   assert isinstance(source, base.Source)
   assert source.folder and source.size() is None
   assert source.remote == (where == 'bucket')

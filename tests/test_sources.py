@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pathlib
@@ -15,9 +16,10 @@ from segment_anything_tfds import errors
 from segment_anything_tfds.tools import fake_data
 from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds import options
+from segment_anything_tfds.sources import local
 from segment_anything_tfds.sources import manual_dir as shards
 from segment_anything_tfds.sources import materialize as sources
-from segment_anything_tfds.prepare import tars as tars_lib
+from segment_anything_tfds.sources.http_tar import HttpTar
 
 from conftest import make_manual_dir
 
@@ -34,17 +36,17 @@ def test_materialize_uses_cache_by_name_with_no_request(tmp_path):
     cache = download.cache_dir(tmp_path / 'dl')
     cache.mkdir(parents=True)
     (cache / 'sa_000000.tar').write_bytes(TAR0)
-    shard = shards.Shard('sa_000000.tar', 'url', srv.url('sa_000000.tar'))
+    shard = HttpTar('sa_000000.tar', srv.url('sa_000000.tar'))
     out = sources.materialize([shard], download_dir=tmp_path / 'dl',
                               options=FAST)
-    assert out == [shards.Shard('sa_000000.tar', 'tar',
-                                 os.fspath(cache / 'sa_000000.tar'),
-                                 downloaded=True)]
+    assert out == [local.LocalTar('sa_000000.tar',
+                                  os.fspath(cache / 'sa_000000.tar'),
+                                  downloaded=True)]
     assert srv.log == []
 
 
 def test_materialize_missing_linked_path(tmp_path):
-  shard = shards.Shard('sa_000000.tar', 'tar', os.fspath(tmp_path / 'x.tar'))
+  shard = local.LocalTar('sa_000000.tar', os.fspath(tmp_path / 'x.tar'))
   with pytest.raises(errors.SourceError, match='sa_000000.tar: .*x.tar does'
                      ' not exist'):
     sources.materialize([shard], download_dir=tmp_path, options=FAST)
@@ -52,18 +54,20 @@ def test_materialize_missing_linked_path(tmp_path):
 
 def test_materialize_stream_mode_keeps_urls_with_sizes(tmp_path):
   with LoopbackServer({'sa_000000.tar': TAR0}) as srv:
-    shard = shards.Shard('sa_000000.tar', 'url', srv.url('sa_000000.tar'))
+    shard = HttpTar('sa_000000.tar', srv.url('sa_000000.tar'))
     opts = FAST.replace(disk_mode='stream')
     [out] = sources.materialize([shard], download_dir=tmp_path / 'dl',
                                 options=opts)
-    assert out.kind == 'url' and out.size() == len(TAR0)
-    assert [e[0] for e in srv.log] == ['HEAD']
-    with out.open() as f:  # Seekable, over Range requests; nothing on disk.
-      members, damage = tars_lib.index_members(f, tar=out.name)
-      assert damage is None
-      first = min(members, key=lambda m: m.offset)
-      data = tars_lib.read_member(f, first, tar=out.name)
-    assert data == TAR0[first.offset:first.offset + first.size]
+    assert out == dataclasses.replace(shard, options=opts)
+    assert out.size() == len(TAR0)
+    assert [e[0] for e in srv.log] == ['HEAD']  # The size is the HEAD's.
+    reader = out.open_sequential(0)  # Over one Range request; no disk.
+    try:
+      assert reader.read(len(TAR0) + 1) == TAR0
+    finally:
+      reader.close()
+    assert [(e[0], e[2]) for e in srv.log] == [
+        ('HEAD', None), ('GET', f'bytes=0-{len(TAR0) - 1}')]
     assert not (tmp_path / 'dl').exists()
 
 
@@ -109,8 +113,8 @@ def test_release_only_in_delete_mode(tmp_path):
   p.write_bytes(b'x')
   mine = tmp_path / 'sa_000001.tar'
   mine.write_bytes(b'y')
-  both = [shards.Shard(p.name, 'tar', os.fspath(p), downloaded=True),
-          shards.Shard(mine.name, 'tar', os.fspath(mine))]
+  both = [local.LocalTar(p.name, os.fspath(p), downloaded=True),
+          local.LocalTar(mine.name, os.fspath(mine))]
   assert sources.release(both, options=FAST) == []
   assert sources.release(both, options=FAST.replace(
       disk_mode='delete')) == [os.fspath(p)]

@@ -25,7 +25,8 @@ from segment_anything_tfds import errors
 from segment_anything_tfds.sources import http
 from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds import options as options_lib
-from segment_anything_tfds.sources import manual_dir as shards_lib
+from segment_anything_tfds.sources import base
+from segment_anything_tfds.sources import manual_dir as manual_dir_lib
 from segment_anything_tfds.cli import common
 
 EXAMPLE = f'example: {common.PROG} check-links --manual_dir ~/sa1b --probe'
@@ -105,11 +106,17 @@ def _fmt_time(t: datetime.datetime | None) -> str:
   return t.strftime('%Y-%m-%d %H:%M UTC') if t else '-'
 
 
-def _local_shards(manual_dir: str) -> dict[int, shards_lib.Shard]:
-  """The tars and folders in `manual_dir` (not its links-file rows)."""
+def _local_shards(manual_dir: str) -> dict[int, base.Source]:
+  """The tars and folders in `manual_dir` (not its links-file rows), as
+  the builder finds them."""
   if not epath.Path(manual_dir).is_dir():
     raise errors.SourceError(f'--manual_dir {manual_dir} is not a directory')
-  return dict(sorted(shards_lib.local_shards(manual_dir).shards.items()))
+  return dict(sorted(manual_dir_lib.local_shards(manual_dir).shards.items()))
+
+
+def _form(source: base.Source) -> str:
+  """How a shard is in manual_dir: 'tar' or 'dir' (an extracted folder)."""
+  return 'dir' if source.folder else 'tar'
 
 
 def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
@@ -156,7 +163,7 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
         'kind': 'sa1b_tar' if r.shard is not None else 'other',
         'expires': r.expires.isoformat() if r.expires else None,
         'expired': bool(r.expires and r.expires <= now),
-        'local': (local[r.shard].kind if r.shard in local else None),
+        'local': _form(local[r.shard]) if r.shard in local else None,
         'duplicate': r.name in duplicates,
     }
     if args.probe:

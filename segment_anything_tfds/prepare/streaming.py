@@ -87,20 +87,7 @@ def plan(size: int, range_bytes: int) -> list[tuple[int, int]]:
 
 def tar_size(shard: shards_lib.Shard) -> int:
   """A remote tar's size: from the build's HEAD (links) or a stat (buckets)."""
-  if shard.kind == shards_lib.URL:
-    if shard.known_size is not None:
-      return shard.known_size
-    from segment_anything_tfds.sources import http  # pylint: disable=g-import-not-at-top
-    f = http.RangeFile(shard.location, options=shard.options, name=shard.name)
-    f.close()
-    return f.size
-  try:
-    return shards_lib.size_of(shard.location)
-  except Exception as e:  # pylint: disable=broad-except
-    # epath's backends raise their own types (tf.errors.*, gcsfs's).
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    raise errors.SourceError(
-        f'{shard.name}: cannot stat {shard.location}: {first}') from None
+  return shard.size()
 
 
 def byte_ranges(shard: shards_lib.Shard, range_bytes: int

@@ -137,7 +137,7 @@ def member_fault(member: Member, *, ext: str, tar: str
   if member.kind == OUTSIDE:
     return errors.BadInputError(
         errors.UNSAFE_MEMBER, tar, member.name,
-        'a symlink out of manual_dir; it is never followed or read')
+        'a symlink out of its folder; it is never followed or read')
   if member.kind != REGULAR:
     return errors.BadInputError(
         errors.SPECIAL_MEMBER, tar, member.name,

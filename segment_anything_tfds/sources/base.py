@@ -31,7 +31,7 @@ from typing import Protocol
 from segment_anything_tfds.sources import links as links_lib
 
 REGULAR = 'regular file'
-OUTSIDE = 'symlink out of manual_dir'
+OUTSIDE = 'symlink out of its folder'
 
 
 @dataclasses.dataclass(frozen=True, order=True)

@@ -18,8 +18,9 @@ import time
 
 from etils import epath
 
-from segment_anything_tfds.sources import manual_dir as shards_lib
 from segment_anything_tfds.errors import ChecksumError
+from segment_anything_tfds.sources import base
+from segment_anything_tfds.sources import local
 
 CHECKSUMS_FILE_NAME = 'segment_anything_checksums.txt'
 QUARANTINE_SUBDIR = 'quarantine'
@@ -90,11 +91,15 @@ def read_checksums(path: epath.PathLike) -> dict[str, tuple[str, str]]:
   return parse_checksums(text, source=os.fspath(path))
 
 
-def file_digest(path: epath.PathLike, algo: str) -> str:
+def file_digest(source: base.Source, algo: str) -> str:
+  """The `algo` digest of the tar `source`, read front to back."""
   h = hashlib.new(algo)
-  with epath.Path(path).open('rb') as f:
-    while chunk := f.read(_CHUNK):
+  reader = source.open_sequential(0)
+  try:
+    while chunk := reader.read(_CHUNK):
       h.update(chunk)
+  finally:
+    reader.close()
   return h.hexdigest()
 
 
@@ -103,30 +108,30 @@ def _marker(path: str, algo: str, digest: str) -> str:
   return f'{algo}:{digest} {st.st_size} {st.st_mtime_ns}\n'
 
 
-def verify(path: epath.PathLike, expected: tuple[str, str]) -> str | None:
-  """None if `path` has the `expected` (algo, hex); else what is wrong.
+def verify(source: base.Source, expected: tuple[str, str]) -> str | None:
+  """None if the tar `source` has the `expected` (algo, hex); else what is
+  wrong.
 
-  A local file that passed leaves a `.verified` marker next to it (digest,
+  A local tar that passed leaves a `.verified` marker next to it (digest,
   size, mtime), so an unchanged file is not hashed again on a rerun.
   """
   algo, digest = expected
-  path_str = os.fspath(path)
-  marker = path_str + VERIFIED_SUFFIX
-  local = shards_lib.is_local(path_str)
-  if local and os.path.exists(marker):
+  path = source.location if isinstance(source, local.LocalTar) else None
+  marker = f'{path}{VERIFIED_SUFFIX}'
+  if path is not None and os.path.exists(marker):
     try:
       with open(marker) as f:
-        if f.read() == _marker(path_str, algo, digest):
+        if f.read() == _marker(path, algo, digest):
           return None
     except OSError:
       pass
-  got = file_digest(path, algo)
+  got = file_digest(source, algo)
   if got != digest:
     return f'{algo} is {got}, the checksum list says {digest}'
-  if local:
+  if path is not None:
     try:
       with open(marker, 'w') as f:
-        f.write(_marker(path_str, algo, digest))
+        f.write(_marker(path, algo, digest))
     except OSError:  # A read-only folder: hash again next time.
       pass
   return None

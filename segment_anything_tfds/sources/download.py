@@ -53,7 +53,9 @@ from segment_anything_tfds import errors as errors_lib
 from segment_anything_tfds.sources import http
 from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds import options as options_lib
-from segment_anything_tfds.sources import manual_dir as shards_lib
+from segment_anything_tfds.sources import base
+from segment_anything_tfds.sources import local
+from segment_anything_tfds.sources import paths
 from segment_anything_tfds import units
 from segment_anything_tfds.errors import DiskSpaceError
 from segment_anything_tfds.errors import DownloadError
@@ -245,36 +247,37 @@ def _header_problem(block: bytes) -> str | None:
   return None
 
 
-def _end_problem(f, size: int) -> str | None:
+def _end_problem(reader: base.RandomReader, size: int) -> str | None:
   """What is wrong with a tar's end (its two zero blocks), or None."""
   if size % _BLOCK:
     return (f'truncated: {size} bytes is not a whole number of 512-byte tar'
             ' blocks')
   if size < _BLOCK + _END:
     return f'truncated: {size} bytes, no room for the end-of-archive blocks'
-  f.seek(size - _END)
-  if f.read(_END).count(0) != _END:
+  if reader.read_at(size - _END, _END).count(0) != _END:
     return (f'truncated: its last 1024 bytes are not the two zero blocks'
             f' that end a tar (size {size})')
   return None
 
 
-def tar_problem(path: epath.PathLike) -> str | None:
-  """None if the file at `path` looks like a whole tar; else what is wrong.
+def tar_problem(source: base.Source) -> str | None:
+  """None if the tar `source` looks whole; else what is wrong.
 
   Reads 1.5 kB: a valid first header (its checksum), a size that is a
   multiple of 512, and the end-of-archive blocks. What is wrong starts with
-  `not a tar` or `truncated`. `path` may be local or in a bucket.
+  `not a tar` or `truncated`.
   """
-  if shards_lib.is_local(path):
-    path = os.fspath(path)
-    size = os.path.getsize(path)
-    opened = open(path, 'rb')
-  else:
-    size = shards_lib.size_of(path)
-    opened = epath.Path(path).open('rb')
-  with opened as f:
-    return _header_problem(f.read(_BLOCK)) or _end_problem(f, size)
+  size = source.size()
+  reader = source.open_random()
+  try:
+    return (_header_problem(reader.read_at(0, _BLOCK))
+            or _end_problem(reader, size))
+  finally:
+    reader.close()
+
+
+def _local_tar(path: str) -> local.LocalTar:
+  return local.LocalTar(os.path.basename(path), path)
 
 
 def cached_tar(path: str) -> bool:
@@ -288,7 +291,7 @@ def cached_tar(path: str) -> bool:
   """
   if not trusted_file(path, os.path.basename(path)):
     return False
-  problem = tar_problem(path)
+  problem = tar_problem(_local_tar(path))
   if problem is None:
     return True
   try:
@@ -524,7 +527,7 @@ def _write_body(t: _Transfer, body: http.Body, start: int,
 
 def _check_part(t: _Transfer) -> None:
   """Raises unless the finished `t.part` looks like a whole tar."""
-  problem = tar_problem(t.part)
+  problem = tar_problem(_local_tar(t.part))
   if problem is None:
     return
   t.discard(problem)
@@ -550,7 +553,7 @@ def _threads(n: int) -> concurrent.futures.ThreadPoolExecutor:
 
 def _local_cache(cache: epath.PathLike) -> str:
   cache = os.fspath(cache)
-  if not shards_lib.is_local(cache):
+  if not paths.is_local(cache):
     raise DownloadError(
         f'the download dir {cache} is not local; downloads need a local disk'
         ' to resume into. Use a local --download_dir, or copy the tars into'
@@ -703,7 +706,7 @@ def preflight(*, download_bytes: int, download_dir: epath.PathLike | None,
   needs: dict[tuple, list] = {}
   for label, path, n in (('downloads', download_dir, download_bytes),
                          ('output', data_dir, output_bytes)):
-    if path is None or n <= 0 or not shards_lib.is_local(path):
+    if path is None or n <= 0 or not paths.is_local(path):
       continue
     root = _existing(os.fspath(path))
     key = (os.stat(root).st_dev,)

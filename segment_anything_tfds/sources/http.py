@@ -1,4 +1,4 @@
-"""HTTP(S): the package's one client; seekable and sequential Range readers.
+"""HTTP(S): the package's one client, and its sequential and ranged reads.
 
 Downloads, HEAD probes (the build's and `check-links --probe`) and streamed
 tars all go through `Client`, a `requests.Session` with:
@@ -7,14 +7,19 @@ tars all go through `Client`, a `requests.Session` with:
   `file://` is refused, naming the scheme), at most `MAX_REDIRECTS`.
 * **Proxies** from `http_proxy`/`https_proxy`/`no_proxy` (requests reads the
   environment), or `DownloadOptions.proxies`, which win over it.
-* **Retries** (`Client.retrying`), with the budget of `DownloadOptions`:
-  5xx, 408, 429, timeouts, resets, bodies cut short and servers too slow
-  (below) are retried after `options.wait(failures)`, or the server's
-  `Retry-After` (seconds or an HTTP date) up to `max_backoff`; at most
-  `retries` failures in a row without progress, and `max_attempts` attempts
-  in all. Not retried: a 403 (`LinksExpiredError` for a signed link, else
-  `DownloadError`), other 4xx, a refused connection, a host that does not
-  resolve, a bad URL (`DownloadError` naming the host): those fail at once.
+* **Retries**, with the budget of `DownloadOptions`: at most `retries`
+  failed attempts in a row without progress, and `max_attempts` attempts in
+  all, each after `options.wait(failures)` or the server's `Retry-After`
+  (seconds or an HTTP date) up to `max_backoff`. A request that fails
+  before its body (5xx, 408, 429, a timeout, a reset, no answer head in
+  time) is retried by urllib3's `Retry`, mounted on the session
+  (`_Retry`); a body cut short or too slow is resumed by the caller from
+  the byte reached (`Client.retrying`: urllib3 retries requests, not
+  half-read bodies). Both count against one budget per operation
+  (`_Budget`). Not retried: a 403 (`LinksExpiredError` for a signed link,
+  else `DownloadError`), other 4xx, a refused connection, a host that does
+  not resolve, a bad certificate or URL (`DownloadError` naming the host):
+  those fail at once.
 * **Deadlines.** An attempt gets its answer head (status line and headers)
   within `timeout` seconds in all, however the server trickles it (one
   watchdog thread shuts the socket at the deadline); its body must then
@@ -30,6 +35,10 @@ tars all go through `Client`, a `requests.Session` with:
 
 Only `errors.DownloadError` (and `LinksExpiredError`) reach callers;
 `TransientError` lives inside `Client.retrying`.
+
+Ranged reads: `read_range` (bytes `[start, end]` in one request, a cut
+resumed) and `RangeStream` (front to back from a position, in one request
+resumed on cuts); `probe_size` asks a server for an object's size.
 """
 
 from __future__ import annotations
@@ -60,6 +69,8 @@ USER_AGENT = 'segment_anything_tfds'
 MAX_REDIRECTS = 10
 CHUNK = 1 << 20  # The most one read of a body returns.
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Answers another attempt may fix: 5xx, timeout (408), too many (429).
+_RETRIED_STATUSES = frozenset(range(500, 1000)) | {408, 429}
 # Header numbers: ASCII digits only ('²'.isdigit() is True). A size too
 # large to accept is still read as one (and refused as such); past 1000
 # digits a header is no number at all.
@@ -184,7 +195,8 @@ def transport_error(exc: BaseException, url: str) -> Exception:
   """
   where, host = links_lib.redact(url), host_of(url)
   causes = list(_causes(exc))
-  proxied = any(isinstance(e, requests.exceptions.ProxyError)
+  proxied = any(isinstance(e, (requests.exceptions.ProxyError,
+                               urllib3.exceptions.ProxyError))
                 for e in causes)
   if proxied:
     host = f'the proxy for {host}'
@@ -241,7 +253,7 @@ def retry_after(value: str | None, *, now: float | None = None
 
 
 def _transient_status(status: int) -> bool:
-  return status >= 500 or status in (408, 429)
+  return status in _RETRIED_STATUSES
 
 
 def content_length(resp: requests.Response) -> int | None:
@@ -268,7 +280,7 @@ def content_range(resp: requests.Response, url: str, *, start: int,
                   ) -> tuple[int, int | None]:
   """(last byte, total) of a 206 answering `Range: bytes=start-[end]`.
 
-  The one check of a 206 (`RangeFile`, `RangeStream`, resumed downloads):
+  The one check of a 206 (`read_range`, `RangeStream`, resumed downloads):
   its Content-Range must start at `start`, end neither before its first
   byte nor past `end` (if given) or its total, and its total (unless `*`)
   must be `size` (if known). So the body read is never more than asked.
@@ -394,8 +406,9 @@ class _Watchdog:
 
 
 _WATCHDOG = _Watchdog()
-# The guard of the request this thread is sending (its answer head), for
-# the connection classes below to hand their sockets to.
+# Per thread: `seconds`, the deadline of each attempt of the request being
+# sent (None when none is); `guard`, the deadline of the attempt under way,
+# for the connection classes below to hand their sockets to.
 _SENDING = threading.local()
 
 
@@ -413,8 +426,37 @@ def _guard_socket(sock) -> None:
     g.add(lambda: sock.shutdown(socket.SHUT_RDWR))
 
 
+class _NoAnswer(urllib3.exceptions.ReadTimeoutError):
+  """An attempt's answer head did not come within its deadline."""
+
+
+def _within_deadline(pool, url: str, call: Callable[[], _T]) -> _T:
+  """`call()`, one attempt's connect, request and answer head, stopped at
+  the deadline (`_SENDING.seconds` from its start): then `_NoAnswer`, a
+  timeout urllib3's `Retry` counts as a failed attempt."""
+  seconds = getattr(_SENDING, 'seconds', None)
+  if seconds is None:
+    return call()
+  g = _SENDING.guard = _WATCHDOG.guard(seconds)
+  result = error = None
+  try:
+    result = call()
+  except Exception as e:  # pylint: disable=broad-except
+    error = e
+  finally:
+    _SENDING.guard = None
+    fired = _WATCHDOG.cancel(g)
+  if fired:  # Even an answer just in time: its socket may be shut.
+    if result is not None:
+      result.close()
+    raise _NoAnswer(pool, url, f'no complete answer within {seconds:g} s')
+  if error is not None:
+    raise error
+  return result
+
+
 class _HTTPConnection(urllib3.connection.HTTPConnection):
-  """Hands its socket to the deadline of the request being sent."""
+  """Hands its socket to the deadline of the attempt under way."""
 
   def _new_conn(self):  # Connecting (and a proxy's CONNECT, TLS).
     sock = super()._new_conn()
@@ -440,11 +482,27 @@ class _HTTPSConnection(urllib3.connection.HTTPSConnection):
 
 
 class _HTTPPool(urllib3.HTTPConnectionPool):
+  """Each attempt (urllib3 retries within `urlopen`) has its deadline."""
+
   ConnectionCls = _HTTPConnection
+
+  def _make_request(self, conn, method, url, *args, **kwargs):
+    return _within_deadline(self, url, lambda: super(
+        _HTTPPool, self)._make_request(conn, method, url, *args, **kwargs))
 
 
 class _HTTPSPool(urllib3.HTTPSConnectionPool):
+  """`_HTTPPool` for https; a proxy's CONNECT is in the deadline too."""
+
   ConnectionCls = _HTTPSConnection
+
+  def _make_request(self, conn, method, url, *args, **kwargs):
+    return _within_deadline(self, url, lambda: super(
+        _HTTPSPool, self)._make_request(conn, method, url, *args, **kwargs))
+
+  def _prepare_proxy(self, conn):
+    return _within_deadline(self, self.proxy.url, lambda: super(
+        _HTTPSPool, self)._prepare_proxy(conn))
 
 
 _POOLS = {'http': _HTTPPool, 'https': _HTTPSPool}
@@ -462,6 +520,185 @@ class _Adapter(requests.adapters.HTTPAdapter):
     if type(manager) is urllib3.ProxyManager:  # Not SOCKS: its own pools.
       manager.pool_classes_by_scheme = _POOLS
     return manager
+
+
+class _QuietRetries(logging.Filter):
+  """Drops urllib3's own warning of each retry of this client's requests:
+  `_Budget` logs them, with the attempt count and the URL without its
+  query (a signature)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (hasattr(record, '__urllib3-retry-warning')
+                and getattr(_SENDING, 'seconds', None) is not None)
+
+
+logging.getLogger('urllib3.connectionpool').addFilter(_QuietRetries())
+
+
+# ------------------------------------------------------------ retries
+
+
+class _Budget:
+  """The retry budget of one operation (a download, a read, a HEAD).
+
+  urllib3's `Retry` (`_Retry`) retries a request that failed before its
+  body; `Client.retrying` retries what it cannot, a body cut short or too
+  slow (the caller resumes it). Both count each failed attempt here, so
+  the operation makes at most `max_attempts` attempts, and at most
+  `retries` failed ones in a row without progress: `progress()`, if
+  given, is the furthest point reached (e.g. the furthest byte written);
+  a failure after it moved on starts a new row.
+  """
+
+  def __init__(self, options: options_lib.DownloadOptions, what: str,
+               progress: Callable[[], int] | None = None,
+               cancel: threading.Event | None = None):
+    self.options = options
+    self.what = what
+    self._progress = progress
+    self._cancel = cancel
+    self._best = progress() if progress else 0
+    self.attempts = 0  # Failed attempts, in all.
+    self.failures = 0  # Failed attempts in a row without progress.
+    self._last = ''
+
+  def failed(self, message: str) -> None:
+    """Counts a failed attempt (`message` says why).
+
+    Raises:
+      errors.DownloadError: the budget is spent (naming `what`, the number
+        of attempts and the last error).
+    """
+    self.attempts += 1
+    now = self._progress() if self._progress else 0
+    if now > self._best:
+      self.failures, self._best = 0, now
+    self.failures += 1
+    self._last = _without_prefix(message, self.what)
+    opts = self.options
+    if self.failures >= opts.retries or self.attempts >= opts.max_attempts:
+      raise errors.DownloadError(
+          f'{self.what}: gave up after {self.attempts} attempts'
+          f' ({self.failures} in a row without progress); last error:'
+          f' {self._last}')
+
+  def retries_left(self) -> int:
+    """Failed attempts still allowed after the next one fails."""
+    opts = self.options
+    return max(0, min(opts.retries - self.failures,
+                      opts.max_attempts - self.attempts) - 1)
+
+  def backoff(self) -> float:
+    """The wait after the last failure: `backoff`, doubling per failure."""
+    return self.options.wait(self.failures)
+
+  def delay(self, asked: float | None) -> float:
+    """The backoff, or the server's `Retry-After` up to `max_backoff`."""
+    if asked is None:
+      return self.backoff()
+    return min(self.options.max_backoff, max(self.backoff(), asked))
+
+  def wait(self, delay: float) -> None:
+    """Waits `delay` seconds before the next attempt, saying so.
+
+    Raises:
+      Cancelled: the operation's cancel event was set meanwhile.
+    """
+    logging.warning('%s: %s; attempt %d of at most %d in %.1f s', self.what,
+                    self._last, self.attempts + 1, self.options.max_attempts,
+                    delay)
+    pause(delay, self._cancel)
+
+
+class _Stop(Exception):
+  """Ends urllib3's retries with `error`: the budget is spent, or the
+  failure is not worth retrying. Not an `OSError`, so requests passes it
+  through unwrapped."""
+
+  def __init__(self, error: errors.DownloadError):
+    super().__init__(error)
+    self.error = error
+
+
+class _Retry(urllib3.Retry):
+  """urllib3's `Retry`, counting against a `_Budget`.
+
+  Retried: a connection or read failure before the answer (a timeout, a
+  reset, `_NoAnswer`) and a 5xx, 408 or 429 answer (whose body is never
+  read), after `get_backoff_time()` or the answer's `Retry-After`
+  (`get_retry_after`), capped by `backoff_max`. A failure not worth
+  retrying, or one that spends the budget, stops the request (`_Stop`).
+  """
+
+  RETRY_AFTER_STATUS_CODES = frozenset({429, 503})
+
+  def __init__(self, *args, budget: _Budget | None = None, url: str = '',
+               **kwargs):
+    super().__init__(*args, **kwargs)
+    self.budget = budget
+    self.url = url  # Whole (urllib3 gives `increment` only the path).
+
+  @classmethod
+  def of(cls, budget: _Budget, url: str) -> '_Retry':
+    """The retries of one request for `url` within `budget`."""
+    opts = budget.options
+    return cls(total=budget.retries_left(), redirect=False,
+               status_forcelist=_RETRIED_STATUSES,
+               allowed_methods=frozenset({'GET', 'HEAD'}),
+               backoff_factor=opts.backoff, backoff_max=opts.max_backoff,
+               respect_retry_after_header=True, raise_on_status=False,
+               raise_on_redirect=False, budget=budget, url=url)
+
+  def new(self, **kwargs) -> '_Retry':
+    retry = super().new(**kwargs)
+    retry.budget, retry.url = self.budget, self.url
+    return retry
+
+  def increment(self, method=None, url=None, response=None, error=None,
+                _pool=None, _stacktrace=None) -> '_Retry':
+    if self.budget is None:  # Not from `of`: urllib3's own rules.
+      return super().increment(method, url, response, error, _pool,
+                               _stacktrace)
+    if error is not None:
+      failure = self._failure(error)
+      if not isinstance(failure, TransientError):
+        raise _Stop(failure)
+    else:
+      response.close()  # Never read an error page (urllib3 drains it).
+      failure = TransientError(f'{links_lib.redact(self.url)}: HTTP'
+                               f' {response.status} {response.reason or ""}'
+                               .rstrip())
+    try:
+      self.budget.failed(str(failure))
+    except errors.DownloadError as e:
+      raise _Stop(e) from None
+    return super().increment(method, url, response, error, _pool,
+                             _stacktrace)
+
+  def _failure(self, error: BaseException) -> Exception:
+    if any(isinstance(e, _NoAnswer) for e in _causes(error)):
+      return TransientError(
+          f'{links_lib.redact(self.url)}: no complete answer (status line'
+          f' and headers) from {host_of(self.url)} within'
+          f' {self.budget.options.timeout:g} s')
+    return transport_error(error, self.url)
+
+  def get_backoff_time(self) -> float:
+    if self.budget is None:
+      return super().get_backoff_time()
+    return self.budget.backoff()
+
+  def get_retry_after(self, response) -> float | None:
+    return retry_after(response.headers.get('Retry-After'))
+
+  def sleep(self, response=None) -> None:
+    if self.budget is None:
+      super().sleep(response)
+      return
+    asked = None
+    if response is not None and self.respect_retry_after_header:
+      asked = self.get_retry_after(response)
+    self.budget.wait(self.budget.delay(asked))
 
 
 # ------------------------------------------------------------ bodies
@@ -545,14 +782,18 @@ class _Session(requests.Session):
 class Client:
   """One `requests.Session` and the retry budget of `DownloadOptions`.
 
+  Its adapters retry each request with `_Retry`, within the budget of the
+  operation under way (`retrying`), or of the request alone.
+
   Not thread-safe: one per thread (see `ClientPool`).
   """
 
   def __init__(self, options: options_lib.DownloadOptions | None = None):
     self.options = options or options_lib.DownloadOptions()
     self._session = _Session()  # trust_env: the *_proxy variables.
+    self._budget: _Budget | None = None  # Of the operation under way.
     for prefix in ('http://', 'https://'):
-      self._session.mount(prefix, _Adapter())
+      self._session.mount(prefix, _Adapter(max_retries=_Retry(0)))
     self._session.headers.update({'User-Agent': USER_AGENT,
                                   'Accept-Encoding': 'identity'})
     self._proxies = (dict(self.options.proxies)
@@ -594,32 +835,23 @@ class Client:
         f' (the last to {_where(url)})')
 
   def _send_once(self, method, url, headers) -> requests.Response:
-    """One request; its answer head within `timeout` seconds in all."""
+    """One request, retried by urllib3 (`_Retry`) within the budget; each
+    attempt's answer head within `timeout` seconds in all."""
     timeout = self.options.timeout
-    resp = error = None
-    g = _SENDING.guard = _WATCHDOG.guard(timeout)
+    budget = self._budget or _Budget(self.options, links_lib.redact(url))
+    self._session.get_adapter(url).max_retries = _Retry.of(budget, url)
+    _SENDING.seconds = timeout
     try:
-      resp = self._session.request(
+      return self._session.request(
           method, url, headers=headers, stream=True, allow_redirects=False,
           timeout=(timeout, timeout), proxies=self._proxies)
+    except _Stop as e:
+      raise e.error from None
     except (requests.RequestException, urllib3.exceptions.HTTPError,
             OSError, ValueError) as e:
-      error = e
+      raise transport_error(e, url) from None
     finally:
-      _SENDING.guard = None
-      fired = _WATCHDOG.cancel(g)
-    if fired:  # Even an answer just in time: its socket may be shut.
-      if resp is not None:
-        resp.close()
-      raise self._no_answer(url)
-    if error is not None:
-      raise transport_error(error, url)
-    return resp
-
-  def _no_answer(self, url: str) -> TransientError:
-    return TransientError(
-        f'{links_lib.redact(url)}: no complete answer (status line and'
-        f' headers) from {host_of(url)} within {self.options.timeout:g} s')
+      _SENDING.seconds = None
 
   def proxy_for(self, url: str) -> str | None:
     """`host:port` of the proxy a request for `url` goes through, or None."""
@@ -675,8 +907,11 @@ class Client:
   def retrying(self, attempt: Callable[[], _T], *, what: str,
                progress: Callable[[], int] | None = None,
                cancel: threading.Event | None = None) -> _T:
-    """Runs `attempt()` until it returns, within the options' budget.
+    """Runs `attempt()` until it returns, within one budget (`_Budget`).
 
+    The requests `attempt` sends are retried by urllib3 within the same
+    budget; a `TransientError` it raises (a body cut short or too slow) is
+    retried here: `attempt` resumes from where the last one got to.
     `progress()`, if given, is the furthest point reached so far (e.g. the
     furthest byte ever written): a failed attempt that moved it on is not
     counted against `retries`. `max_attempts` bounds the attempts in all.
@@ -686,33 +921,20 @@ class Client:
         of attempts and the last error), or a failure not worth retrying.
       Cancelled: `cancel` was set while waiting.
     """
-    opts = self.options
-    failures = 0
-    best = progress() if progress else 0
-    for n in range(1, opts.max_attempts + 1):
-      try:
-        return attempt()
-      except TransientError as e:
-        now = progress() if progress else 0
-        if now > best:
-          failures, best = 0, now
-        failures += 1
-        last = _without_prefix(str(e), what)
-        if failures >= opts.retries or n >= opts.max_attempts:
-          raise errors.DownloadError(
-              f'{what}: gave up after {n} attempts ({failures} in a row'
-              f' without progress); last error: {last}') from None
-        delay = self._delay(failures, e.retry_after)
-        logging.warning('%s: %s; attempt %d of at most %d in %.1f s', what,
-                        last, n + 1, opts.max_attempts, delay)
-        pause(delay, cancel)
-    raise AssertionError('unreachable')  # The loop returns or raises.
-
-  def _delay(self, failures: int, asked: float | None) -> float:
-    delay = self.options.wait(failures)
-    if asked is not None:
-      delay = min(self.options.max_backoff, max(delay, asked))
-    return delay
+    budget = _Budget(self.options, what, progress, cancel)
+    outer, self._budget = self._budget, budget
+    try:
+      while True:
+        try:
+          return attempt()
+        except TransientError as e:
+          try:
+            budget.failed(str(e))
+          except errors.DownloadError as spent:
+            raise spent from None
+          budget.wait(budget.delay(e.retry_after))
+    finally:
+      self._budget = outer
 
 
 def _without_prefix(message: str, what: str) -> str:
@@ -782,7 +1004,7 @@ class ClientPool:
     self.close()
 
 
-# ------------------------------------------------------------ Range files
+# ------------------------------------------------------------ ranges
 
 
 def ignores_range_message(name: str, url: str) -> str:
@@ -818,141 +1040,61 @@ def get_range(client: Client, url: str, *, name: str, start: int, end: int,
   return resp, last, total
 
 
-class RangeFile(io.RawIOBase):
-  """A read-only, seekable file over HTTP Range requests, nothing on disk.
+def read_range(client: Client, url: str, *, name: str, start: int, end: int,
+               size: int | None) -> tuple[bytes, int | None]:
+  """Bytes `start`..`end` (inclusive) in one request; a cut is resumed from
+  the byte reached, within the client's retry budget.
 
-  A read within `block_size` past the cached block fetches a block at the
-  current position, so indexing a tar costs about one request per member
-  skipped; a larger read is one request of its own, its bytes going
-  straight into the result as they arrive (memory: what arrived, never
-  what was asked for). A server that ignores Range fails at once
-  (`DownloadError`), without reading its body.
+  The result grows with what arrives, never sized by what was asked for.
 
-  Attributes:
-    size: the object's length, from a HEAD (or given).
+  Returns:
+    The bytes, and the object's total size (None if the server says `*`).
+  Raises:
+    errors.DownloadError: as `get_range`, or the budget is spent.
   """
+  out = io.BytesIO()
 
-  def __init__(self, url: str, *, size: int | None = None,
-               options: options_lib.DownloadOptions | None = None,
-               block_size: int = 1 << 20, name: str | None = None):
-    super().__init__()
-    self.url = url
-    self.name = name or links_lib.redact(url)
-    self._client = Client(options)
-    self._block_size = block_size
-    self._pos = 0
-    self._buf = b''
-    self._buf_start = 0
-    self.size = size
-    try:
-      if size is None:
-        self.size = self._probe_size()
-    except BaseException:
-      self._client.close()
-      raise
-
-  def _what(self) -> str:
-    return f'{self.name} from {host_of(self.url)}'
-
-  def _probe_size(self) -> int:
-    status, size = self._client.head(self.url)
-    if status == 403:
-      raise self._client.forbidden(self.url)
-    if status == 405:  # No HEAD here: ask for a byte instead.
-      size = None
-    elif status >= 400:
-      raise errors.DownloadError(
-          f'{self.name}: HEAD {links_lib.redact(self.url)}: HTTP {status}')
-    if size is None:
-      # No size from HEAD: ask for one byte; the Content-Range has the total.
-      size = self._fetch_into(io.BytesIO(), 0, 0)
-    if size is None:
-      raise errors.DownloadError(f'{self.name}: the server reports no size;'
-                                 " it cannot be streamed (use disk_mode="
-                                 "'keep')")
-    return check_size(size, self._what(), self._client.options.max_bytes)
-
-  def _get_range(self, start: int, end: int, sink: io.BytesIO
-                 ) -> int | None:
-    """Appends bytes start..end (inclusive) to `sink`, one request.
-
-    Returns:
-      The object's total size (None if the server says `*`).
-    """
-    resp, _, total = get_range(self._client, self.url, name=self.name,
-                               start=start, end=end, size=self.size)
-    pos = start
+  def attempt() -> int | None:
+    pos = start + out.tell()
+    resp, _, total = get_range(client, url, name=name, start=pos, end=end,
+                               size=size)
     with contextlib.closing(resp):
-      body = self._client.body(resp, self.url)
+      body = client.body(resp, url)
       while pos <= end and (data := body.read(end - pos + 1)):
-        sink.write(data)
+        out.write(data)
         pos += len(data)
     if pos <= end:
-      raise TransientError(f'{self.name}: got {pos - start} of'
-                           f' {end - start + 1} bytes at {start}')
+      raise TransientError(f'{name}: got {pos - start} of {end - start + 1}'
+                           f' bytes at {start}')
     return total
 
-  def _fetch_into(self, sink: io.BytesIO, start: int, end: int
-                  ) -> int | None:
-    """Appends bytes start..end to `sink`; a cut resumes where it stopped."""
-    base = sink.tell()
-    return self._client.retrying(
-        lambda: self._get_range(start + sink.tell() - base, end, sink),
-        what=f'{self.name} @{start}', progress=lambda: sink.tell() - base)
+  total = client.retrying(attempt, what=f'{name} @{start}',
+                          progress=out.tell)
+  return out.getvalue(), total
 
-  def readable(self) -> bool:
-    return True
 
-  def seekable(self) -> bool:
-    return True
+def probe_size(client: Client, url: str, *, name: str) -> int:
+  """An object's size: a HEAD's Content-Length, else a 1-byte Range's total.
 
-  def tell(self) -> int:
-    return self._pos
-
-  def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-    if whence == io.SEEK_SET:
-      pos = offset
-    elif whence == io.SEEK_CUR:
-      pos = self._pos + offset
-    elif whence == io.SEEK_END:
-      pos = self.size + offset
-    else:
-      raise ValueError(f'bad whence {whence}')
-    if pos < 0:
-      raise OSError(f'{self.name}: seek to negative position {pos}')
-    self._pos = pos
-    return pos
-
-  def readinto(self, b) -> int:
-    data = self.read(len(b))
-    b[:len(data)] = data
-    return len(data)
-
-  def read(self, size: int = -1) -> bytes:
-    """Up to `size` bytes (all that is left if negative), as they arrive."""
-    left = max(0, self.size - self._pos)
-    size = left if size is None or size < 0 else min(size, left)
-    out = io.BytesIO()  # Grows with what arrives; getvalue() copies nothing.
-    while out.tell() < size:
-      need = size - out.tell()
-      offset = self._pos - self._buf_start
-      if 0 <= offset < len(self._buf):
-        piece = memoryview(self._buf)[offset:offset + need]
-        out.write(piece)
-        self._pos += len(piece)
-      elif need > self._block_size:  # One request, straight into `out`.
-        self._fetch_into(out, self._pos, self._pos + need - 1)
-        self._pos += need
-      else:
-        block = io.BytesIO()
-        end = min(self.size, self._pos + self._block_size) - 1
-        self._fetch_into(block, self._pos, end)
-        self._buf, self._buf_start = block.getvalue(), self._pos
-    return out.getvalue()
-
-  def close(self):
-    self._client.close()
-    super().close()
+  Raises:
+    errors.DownloadError: the server refuses (`LinksExpiredError` for a
+      403 to a signed link), reports no size, or one over `max_bytes`.
+  """
+  status, size = client.head(url)
+  if status == 403:
+    raise client.forbidden(url)
+  if status == 405:  # No HEAD here: ask for a byte instead.
+    size = None
+  elif status >= 400:
+    raise errors.DownloadError(
+        f'{name}: HEAD {links_lib.redact(url)}: HTTP {status}')
+  if size is None:  # The Content-Range of one byte has the total.
+    _, size = read_range(client, url, name=name, start=0, end=0, size=None)
+  if size is None:
+    raise errors.DownloadError(f'{name}: the server reports no size; it'
+                               " cannot be streamed (use disk_mode='keep')")
+  return check_size(size, f'{name} from {host_of(url)}',
+                    client.options.max_bytes)
 
 
 class RangeStream:

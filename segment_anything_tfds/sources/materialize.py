@@ -1,11 +1,13 @@
 """Makes a build's shards readable: download, stream or use in place.
 
-`shards.find_shards` lists what manual_dir offers. A tar present in
-manual_dir is read in place and never downloaded; so is a link to a `gs://`
-object or a local path. `materialize` makes the rest readable: by default it
-downloads them into the cache (`download.cache_dir(download_dir)`), keyed by
-tar name; with `disk_mode='stream'` they are read straight from their URLs by
-HTTP Range requests. `release` deletes downloads after a build when asked.
+`manual_dir.find_shards` lists what manual_dir offers, as sources. A tar or
+folder in manual_dir is read in place and never downloaded; so is a link to
+a `gs://` object or a local path. `materialize` makes the links readable:
+by default it downloads them into the cache (`download.cache_dir`), keyed
+by tar name, where they become local tars (`LocalTar(downloaded=True)`);
+with `disk_mode='stream'` they stay `HttpTar`s, read straight from their
+URLs by HTTP Range requests. `release` deletes downloads after a build when
+asked.
 """
 
 from __future__ import annotations
@@ -18,19 +20,27 @@ from typing import Sequence
 
 from etils import epath
 
+from segment_anything_tfds import errors
+from segment_anything_tfds import options as options_lib
 from segment_anything_tfds.sources import checksums
 from segment_anything_tfds.sources import download as download_lib
-from segment_anything_tfds import errors
 from segment_anything_tfds.sources import links as links_lib
-from segment_anything_tfds import options as options_lib
-from segment_anything_tfds.sources import manual_dir as shards_lib
-from segment_anything_tfds.sources.manual_dir import TAR, URL, Shard
+from segment_anything_tfds.sources import local
+from segment_anything_tfds.sources.base import Source
+from segment_anything_tfds.sources.http_tar import HttpTar
 
 
-def _size(path: str) -> int | None:
+def _downloaded(name: str, path: str) -> local.LocalTar:
+  return local.LocalTar(name, path, downloaded=True)
+
+
+def _size(source: Source) -> int | None:
+  """A local tar's size; None for anything that costs a request to ask."""
+  if source.remote or source.folder:
+    return None
   try:
-    return shards_lib.size_of(path)
-  except (OSError, NotImplementedError):
+    return source.size()
+  except errors.SourceError:
     return None
 
 
@@ -46,20 +56,21 @@ def _checksums(options: options_lib.DownloadOptions,
   return None, None
 
 
-def _verify(shards: Sequence[Shard], source: str, sums: dict) -> None:
+def _verify(sources: Sequence[Source], source: str, sums: dict) -> None:
   """Checks tars against the list; bad cached tars are quarantined."""
   bad, unlisted = [], []
-  for s in shards:
-    if s.kind != TAR:
-      if s.kind == URL:
-        logging.warning('%s is streamed; its checksum cannot be verified'
-                        ' without reading it whole', s.name)
+  for s in sources:
+    if s.folder:
+      continue
+    if isinstance(s, HttpTar):
+      logging.warning('%s is streamed; its checksum cannot be verified'
+                      ' without reading it whole', s.name)
       continue
     expected = sums.get(s.name)
     if expected is None:
       unlisted.append(s.name)
       continue
-    problem = checksums.verify(s.location, expected)
+    problem = checksums.verify(s, expected)
     if problem is None:
       continue
     if s.downloaded:
@@ -67,7 +78,7 @@ def _verify(shards: Sequence[Shard], source: str, sums: dict) -> None:
       bad.append(f'{s.name}: {problem}; moved to {where} (the next run'
                  ' downloads it again)')
     else:
-      bad.append(f'{s.name} ({s.location}): {problem}; not used (your file'
+      bad.append(f'{s.name} ({s.where}): {problem}; not used (your file'
                  ' is left where it is)')
   if unlisted:
     logging.warning('%s lists no checksum for %d tars, not verified: %s',
@@ -78,20 +89,21 @@ def _verify(shards: Sequence[Shard], source: str, sums: dict) -> None:
 
 
 def materialize(
-    shards: Sequence[Shard], *, download_dir: epath.PathLike,
+    sources: Sequence[Source], *, download_dir: epath.PathLike,
     data_dir: epath.PathLike | None = None,
     manual_dir: epath.PathLike | None = None,
     options: options_lib.DownloadOptions | None = None,
     now: float | None = None,
-) -> list[Shard]:
-  """Makes every shard readable in place.
+) -> list[Source]:
+  """Makes every source readable in place.
 
-  URL shards already in the download cache are used from there (whatever
-  their links' signatures); a cached file that is not a whole tar is moved
-  to quarantine and fetched again. The others, with the default
-  `disk_mode='keep'` or `'delete'`, are downloaded into the cache (checked,
-  under a lock per tar); with `'stream'` they stay URL shards and are read
-  by HTTP Range requests.
+  Links (`HttpTar`) already in the download cache are used from there
+  (whatever their signatures), as `LocalTar(downloaded=True)`; a cached
+  file that is not a whole tar is moved to quarantine and fetched again.
+  The others, with the default `disk_mode='keep'` or `'delete'`, are
+  downloaded into the cache (checked, under a lock per tar) and become
+  local tars the same way; with `'stream'` they stay `HttpTar`s, with the
+  size of their HEAD, read by HTTP Range requests.
 
   Before any request, the checksum list is read (`checksums_file`, or
   `segment_anything_checksums.txt` in manual_dir) and links with a past
@@ -103,20 +115,19 @@ def materialize(
     errors.ChecksumError, errors.SourceError.
   """
   options = options or options_lib.DownloadOptions()
-  source, sums = _checksums(options, manual_dir)  # A bad list fails first.
+  listed, sums = _checksums(options, manual_dir)  # A bad list fails first.
   cache = download_lib.cache_dir(download_dir)
-  out: list[Shard] = []
+  out: list[Source] = []
   needed: dict[str, str] = {}
-  for s in shards:
-    if s.kind == URL:
+  for s in sources:
+    if isinstance(s, HttpTar):
       cached = os.fspath(cache / s.name)
       if download_lib.cached_tar(cached):
-        out.append(Shard(s.name, TAR, cached, downloaded=True))
+        out.append(_downloaded(s.name, cached))
       else:
         out.append(s)
         needed[s.name] = s.location
-    elif s.kind == TAR and shards_lib.is_local(
-        s.location) and not os.path.exists(s.location):
+    elif isinstance(s, local.LocalTar) and not os.path.exists(s.location):
       # Remote paths are not stat'ed one by one; opening them names them.
       raise errors.SourceError(
           f'{s.name}: {s.location} does not exist (listed in the links file'
@@ -133,31 +144,12 @@ def materialize(
   if needed and (stream or options.check_disk):
     sizes = download_lib.head_sizes(needed, options=options)
   if options.check_disk:
-    total = 0
-    for s in out:
-      if s.kind == URL:
-        total += sizes.get(s.name) or download_lib.EST_TAR_BYTES
-      elif s.kind == TAR:
-        total += (_size(s.location) if shards_lib.is_local(s.location)
-                  else None) or download_lib.EST_TAR_BYTES
-    download_bytes = 0
-    if not stream:
-      for name in needed:
-        part = os.fspath(cache / (name + download_lib.PART_SUFFIX))
-        have = os.path.getsize(part) if os.path.isfile(part) else 0
-        download_bytes += (sizes.get(name) or
-                           download_lib.EST_TAR_BYTES) - have
-    download_lib.preflight(
-        download_bytes=download_bytes, download_dir=cache,
-        output_bytes=int(total * download_lib.OUTPUT_RATIO),
-        data_dir=data_dir,
-        what=(f'This build ({len(out)} tars, {len(needed)} to'
-              f' {"stream" if stream else "download"}, disk_mode='
-              f'{options.disk_mode})'))
+    _preflight(out, needed, sizes, cache=cache, data_dir=data_dir,
+               options=options)
   if needed and stream:
     out = [dataclasses.replace(s, known_size=sizes.get(s.name),
                                options=options)
-           if s.kind == URL else s for s in out]
+           if s.name in needed else s for s in out]
   elif needed:
     started = time.time()
     result = download_lib.download_all(
@@ -170,21 +162,49 @@ def materialize(
               f'{n}: {e}' for n, e in sorted(result.errors.items())))
     logging.info('Downloaded %d tars into %s in %.0fs', len(needed), cache,
                  time.time() - started)
-    out = [Shard(s.name, TAR, result.paths[s.name], downloaded=True)
-           if s.kind == URL else s for s in out]
+    out = [_downloaded(s.name, result.paths[s.name]) if s.name in needed
+           else s for s in out]
   if sums:
-    _verify(out, source, sums)
+    _verify(out, listed, sums)
   return out
 
 
-def release(shards: Sequence[Shard], *,
+def _preflight(sources: Sequence[Source], needed: dict[str, str],
+               sizes: dict[str, int | None], *, cache: epath.Path,
+               data_dir: epath.PathLike | None,
+               options: options_lib.DownloadOptions) -> None:
+  """Compares free disk with what the build needs (`download.preflight`)."""
+  stream = options.disk_mode == options_lib.DiskMode.STREAM
+  total = 0
+  for s in sources:
+    if s.name in needed:
+      total += sizes.get(s.name) or download_lib.EST_TAR_BYTES
+    elif not s.folder:
+      total += _size(s) or download_lib.EST_TAR_BYTES
+  download_bytes = 0
+  if not stream:
+    for name in needed:
+      part = os.fspath(cache / (name + download_lib.PART_SUFFIX))
+      have = os.path.getsize(part) if os.path.isfile(part) else 0
+      download_bytes += (sizes.get(name) or
+                         download_lib.EST_TAR_BYTES) - have
+  download_lib.preflight(
+      download_bytes=download_bytes, download_dir=cache,
+      output_bytes=int(total * download_lib.OUTPUT_RATIO),
+      data_dir=data_dir,
+      what=(f'This build ({len(sources)} tars, {len(needed)} to'
+            f' {"stream" if stream else "download"}, disk_mode='
+            f'{options.disk_mode})'))
+
+
+def release(sources: Sequence[Source], *,
             options: options_lib.DownloadOptions) -> list[str]:
   """After a successful build with `disk_mode='delete'`, deletes the tars
   that came from the download cache. Returns the deleted paths."""
   if options.disk_mode != options_lib.DiskMode.DELETE:
     return []
   removed = download_lib.remove_downloaded(
-      s.location for s in shards if s.downloaded and s.kind == TAR)
+      s.location for s in sources if s.downloaded)
   if removed:
     logging.info('disk_mode=delete: removed %d downloaded tars: %s',
                  len(removed), ', '.join(removed[:5]))

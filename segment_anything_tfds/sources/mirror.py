@@ -47,7 +47,9 @@ from segment_anything_tfds import errors
 from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds import options as options_lib
 from segment_anything_tfds.prepare import runners
-from segment_anything_tfds.sources import manual_dir as shards_lib
+from segment_anything_tfds.sources import local as local_lib
+from segment_anything_tfds.sources import manual_dir
+from segment_anything_tfds.sources import paths
 
 _LOG = logging.getLogger(__name__)
 _NAMESPACE = 'segment_anything_mirror'
@@ -142,11 +144,16 @@ def _marker(target: epath.Path) -> epath.Path:
   return target.parent / (target.name + checksums.VERIFIED_SUFFIX)
 
 
+def _source(target: epath.Path):
+  """The tar at `target` in the destination, as a build would read it."""
+  return manual_dir.tar_source(target.name, os.fspath(target))
+
+
 def _marked(target: epath.Path, checksum: tuple[str, str]) -> bool:
   marker = _marker(target)
   try:
     return marker.exists() and marker.read_text() == _marker_text(
-        checksum, shards_lib.size_of(target))
+        checksum, _source(target).size())
   except (OSError, NotImplementedError):
     return False
 
@@ -155,7 +162,7 @@ def _whole(target: epath.Path) -> bool:
   """Whether `target` exists and looks like a whole tar (1.5 kB read)."""
   if not target.exists():
     return False
-  problem = download.tar_problem(target)
+  problem = download.tar_problem(_source(target))
   if problem is not None:
     _LOG.warning('%s is %s; it is fetched again', target, problem)
   return problem is None
@@ -170,13 +177,14 @@ def is_present(dest: epath.PathLike, tar: Tar) -> bool:
 
 def _verify_in_place(target: epath.Path, tar: Tar) -> None:
   """Hashes a whole tar found in `dest` without a marker; marks it."""
-  problem = checksums.verify(target, tar.checksum)
+  source = _source(target)
+  problem = checksums.verify(source, tar.checksum)
   if problem is not None:
     raise errors.ChecksumError(
         f'{tar.name}: {target} is in the destination but its {problem}; it'
         ' is left as it is: remove it and rerun to fetch it again')
   _write(_marker(target), tar.name,
-         text=_marker_text(tar.checksum, shards_lib.size_of(target)))
+         text=_marker_text(tar.checksum, source.size()))
 
 
 def _write(target: epath.Path, what: str, copy_from: str | None = None,
@@ -186,7 +194,7 @@ def _write(target: epath.Path, what: str, copy_from: str | None = None,
   A local file is written as `download.open_owned` does: never through a
   symlink, nor over another user's file.
   """
-  if not shards_lib.is_local(target):
+  if not paths.is_local(target):
     if copy_from is not None:
       epath.Path(copy_from).copy(target, overwrite=True)
     else:
@@ -204,7 +212,7 @@ def _publish(local: str, target: epath.Path, name: str) -> None:
   """Copies a checked local tar to `target` via `<target>.part`."""
   target.parent.mkdir(parents=True, exist_ok=True)
   part = target.parent / (target.name + download.PART_SUFFIX)
-  if shards_lib.is_local(part) and os.path.islink(part):
+  if paths.is_local(part) and os.path.islink(part):
     os.remove(part)  # Replaced, not written through.
   _write(part, name, copy_from=local)
   part.replace(target)  # Only a whole copy ever bears the tar's name.
@@ -256,7 +264,8 @@ def _download(tar: Tar, stage_dir: str,
         f'{result.errors[tar.name]} (a rerun resumes it)')
   local = result.paths[tar.name]
   if tar.checksum is not None:
-    problem = checksums.verify(local, tar.checksum)
+    problem = checksums.verify(local_lib.LocalTar(tar.name, local),
+                               tar.checksum)
     if problem is not None:
       where = checksums.quarantine(local)
       raise errors.ChecksumError(

@@ -1,0 +1,327 @@
+"""Sources on this machine: a tar file, and an extracted `sa_NNNNNN/` folder.
+
+A tar is read by `os.pread` on one file descriptor (random reads) or with
+large buffered reads (sequential). A folder's files are listed without
+leaving the folder and read one by one, each bounded by its listed size.
+
+What is never opened: FIFOs, sockets and devices (a FIFO would block a
+read forever, a device may never end or act when opened), and inside a
+folder, anything a symlink reaches outside that folder's real path. Such
+entries are listed with a kind saying what they are (`base.OUTSIDE`,
+'FIFO', ...), so the build reports them instead of reading them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import io
+import os
+import stat
+from typing import BinaryIO
+
+from segment_anything_tfds import errors
+from segment_anything_tfds.sources import _legacy
+from segment_anything_tfds.sources import base
+from segment_anything_tfds.sources.base import Member
+
+# The most one read asks the OS for: results grow with what arrives, so a
+# size read from a header costs no more memory than the bytes that exist.
+_CHUNK = 8 << 20
+# The read buffer of a local tar read front to back.
+SEQUENTIAL_BUFFER = 1 << 20
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def file_kind(mode: int) -> str:
+  """What a file that is not regular is, in words ('FIFO', ...)."""
+  if stat.S_ISDIR(mode):
+    return 'directory'
+  if stat.S_ISFIFO(mode):
+    return 'FIFO'
+  if stat.S_ISSOCK(mode):
+    return 'socket'
+  if stat.S_ISCHR(mode):
+    return 'character device'
+  if stat.S_ISBLK(mode):
+    return 'block device'
+  return 'special file'
+
+
+def _within(path: str, root: str) -> bool:
+  """Whether the real path `path` is `root` or under it (both real)."""
+  return os.path.commonpath([path, root]) == root
+
+
+def pread(fd: int, offset: int, size: int) -> bytes:
+  """Exactly `size` bytes at `offset`, fewer only at the end of the file.
+
+  Read in pieces of at most `_CHUNK`, so a large `size` costs memory only
+  for the bytes that are there.
+  """
+  if size <= 0:
+    return b''
+  first = os.pread(fd, min(size, _CHUNK), offset)
+  if len(first) == size or not first:
+    return first
+  out = bytearray(first)
+  while len(out) < size:
+    data = os.pread(fd, min(size - len(out), _CHUNK), offset + len(out))
+    if not data:
+      break
+    out += data
+  return bytes(out)
+
+
+def _open_tar(path: str, name: str) -> int:
+  """A read-only fd of the regular file `path` (symlinks followed).
+
+  A FIFO or device is refused before it is opened (and once opened,
+  without blocking, checked again).
+  """
+  try:
+    st = os.stat(path)
+    fd = os.open(path, _OPEN_FLAGS) if stat.S_ISREG(st.st_mode) else None
+  except OSError as e:
+    raise errors.SourceError(
+        f'{name}: cannot open {path}: {e.strerror}') from None
+  if fd is not None:
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode):
+      return fd
+    os.close(fd)
+  raise errors.SourceError(
+      f'{name}: {path} is a {file_kind(st.st_mode)}, not a regular file; it'
+      ' is never read')
+
+
+class _PreadReader:
+  """`RandomReader` of a local file: `os.pread` on one descriptor."""
+
+  def __init__(self, fd: int):
+    self._fd = fd
+
+  def read_at(self, offset: int, size: int) -> bytes:
+    return pread(self._fd, offset, size)
+
+  def close(self) -> None:
+    fd, self._fd = self._fd, -1
+    if fd >= 0:
+      os.close(fd)
+
+
+class _BufferedSequential:
+  """`SequentialReader` of a local file: buffered reads, skips by seeking."""
+
+  def __init__(self, fd: int, start: int):
+    self._file = io.open(fd, 'rb', buffering=SEQUENTIAL_BUFFER)
+    self._file.seek(start)
+    self._pos = start
+
+  def tell(self) -> int:
+    return self._pos
+
+  def read(self, n: int) -> bytes:
+    if n <= 0:
+      return b''
+    first = self._file.read(min(n, _CHUNK))
+    out = first if len(first) == n or not first else bytearray(first)
+    while len(out) < n:
+      data = self._file.read(min(n - len(out), _CHUNK))
+      if not data:
+        break
+      out += data
+    self._pos += len(out)
+    return bytes(out)
+
+  def skip(self, n: int) -> int:
+    left = os.fstat(self._file.fileno()).st_size - self._pos
+    n = max(0, min(n, left))
+    self._pos = self._file.seek(self._pos + n)
+    return n
+
+  def close(self) -> None:
+    self._file.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalTar(base.Source, _legacy.LegacyShard):
+  """A tar file on this machine.
+
+  Attributes:
+    name: the tar's name, e.g. `sa_000012.tar`.
+    location: its path (a symlink is followed: the user put it there).
+    downloaded: a tar in the download cache (`disk_mode='delete'` removes
+      it after a successful build).
+  """
+
+  name: str
+  location: str
+  downloaded: bool = False
+
+  remote = False
+  folder = False
+  kind = _legacy.TAR
+
+  @property
+  def where(self) -> str:
+    return self.location
+
+  def size(self) -> int:
+    try:
+      return os.stat(self.location).st_size
+    except OSError as e:
+      raise errors.SourceError(
+          f'{self.name}: cannot open {self.location}: {e.strerror}') from None
+
+  def open_random(self) -> base.RandomReader:
+    return _PreadReader(_open_tar(self.location, self.name))
+
+  def open_sequential(self, start: int = 0) -> base.SequentialReader:
+    return _BufferedSequential(_open_tar(self.location, self.name), start)
+
+  def list_members(self) -> list[Member]:
+    raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'
+                             ' folder')
+
+  def read_member(self, member: Member) -> bytes:
+    raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'
+                             ' folder')
+
+  def open(self, *, block_size: int = 1 << 20) -> BinaryIO:  # Legacy.
+    del block_size
+    # Unbuffered: indexing reads 512-byte headers between seeks, and the
+    # local build reads whole members at random offsets; a read buffer
+    # would fetch a full buffer per read and throw most of it away.
+    return io.open(_open_tar(self.location, self.name), 'rb', buffering=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalFolder(base.Source, _legacy.LegacyShard):
+  """An extracted `sa_NNNNNN/` folder on this machine.
+
+  Its files are listed (`list_folder`) and read (`read_file`) without
+  leaving the folder's real path.
+
+  Attributes:
+    name: the tar's name, e.g. `sa_000012.tar`.
+    location: the folder's path (a symlink is followed: the user put it
+      there).
+  """
+
+  name: str
+  location: str
+
+  remote = False
+  folder = True
+  downloaded = False
+  kind = _legacy.DIR
+
+  @property
+  def where(self) -> str:
+    return self.location
+
+  def size(self) -> None:
+    return None
+
+  def open_random(self) -> base.RandomReader:
+    raise errors.SourceError(f'{self.name}: {self.where} is a folder, not a'
+                             ' tar')
+
+  def open_sequential(self, start: int = 0) -> base.SequentialReader:
+    raise errors.SourceError(f'{self.name}: {self.where} is a folder, not a'
+                             ' tar')
+
+  def list_members(self) -> list[Member]:
+    return list_folder(self.location)
+
+  def read_member(self, member: Member) -> bytes:
+    return read_file(self.location, member, tar=self.name)
+
+
+def list_folder(root: str) -> list[Member]:
+  """The entries of an extracted folder, without leaving it.
+
+  Symlinks are followed only when they resolve inside the folder's real
+  path; directories are visited once each (no symlink loops). Other
+  entries are listed with their kind (`base.OUTSIDE`, 'FIFO', ...) and
+  never opened.
+
+  Raises:
+    errors.SourceError: the folder cannot be listed.
+  """
+  within = os.path.realpath(root)
+  members: list[Member] = []
+  seen = {within}
+  todo = [root]
+  while todo:
+    folder = todo.pop()
+    try:
+      entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+      raise errors.SourceError(f'cannot list {folder}: {e.strerror}') from None
+    for entry in entries:
+      rel = os.path.relpath(entry.path, root).replace(os.sep, '/')
+      real = os.path.realpath(entry.path)
+      if entry.is_symlink() and not _within(real, within):
+        members.append(Member(rel, 0, 0, base.OUTSIDE))
+        continue
+      try:
+        st = os.stat(entry.path)
+      except OSError:  # A dangling symlink, a permission problem.
+        members.append(Member(rel, 0, 0, 'unreadable entry'))
+        continue
+      if stat.S_ISDIR(st.st_mode):
+        if real not in seen:
+          seen.add(real)
+          todo.append(entry.path)
+      elif stat.S_ISREG(st.st_mode):
+        members.append(Member(rel, 0, st.st_size))
+      else:
+        members.append(Member(rel, 0, 0, file_kind(st.st_mode)))
+  return members
+
+
+def read_file(root: str, member: Member, *, tar: str) -> bytes:
+  """Reads a folder's regular file, exactly `member.size` bytes.
+
+  The file's real path is checked to be inside the folder's (a symlink
+  swapped in after listing leads nowhere else), it is opened without
+  following a symlink and without blocking (a FIFO swapped in cannot hang
+  the build), checked to be a regular file, and read with a bound.
+
+  Raises:
+    errors.BadInputError: naming the tar and member: a way out of the
+      folder, not a regular file, or not the size listed.
+  """
+  real = os.path.realpath(os.path.join(root, member.name))
+  if not _within(real, os.path.realpath(root)):
+    raise errors.BadInputError(
+        errors.UNSAFE_MEMBER, tar, member.name,
+        'a symlink out of its folder; it is never followed or read')
+  try:
+    _check_regular(os.stat(real), member, tar)  # Never open a device.
+    fd = os.open(real, _OPEN_FLAGS | getattr(os, 'O_NOFOLLOW', 0))
+  except OSError as e:
+    why = ('was swapped for a symlink' if e.errno == errno.ELOOP else
+           e.strerror)
+    raise errors.BadInputError(errors.CORRUPT_TAR, tar, member.name,
+                               f'cannot open: {why}') from None
+  try:
+    _check_regular(os.fstat(fd), member, tar)
+    data = pread(fd, 0, member.size + 1)
+  finally:
+    os.close(fd)
+  if len(data) != member.size:
+    raise errors.BadInputError(
+        errors.CORRUPT_TAR, tar, member.name,
+        f'has {len(data)}{"+" if len(data) > member.size else ""} bytes; it'
+        f' had {member.size} when indexed')
+  return data
+
+
+def _check_regular(st: os.stat_result, member: Member, tar: str) -> None:
+  if not stat.S_ISREG(st.st_mode):
+    raise errors.BadInputError(
+        errors.SPECIAL_MEMBER, tar, member.name,
+        f'is now a {file_kind(st.st_mode)}, not a regular file')
