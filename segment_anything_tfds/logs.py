@@ -36,7 +36,7 @@ PACKAGE = 'segment_anything_tfds'
 PROG = 'segment-anything-tfds'
 # Third-party loggers silenced below ERROR unless verbose.
 _QUIET = ('absl', 'apache_beam', 'tensorflow', 'tensorflow_datasets',
-          'etils', 'urllib3', 'grpc')
+          'etils', 'urllib3', 'grpc', 'fsspec', 'gcsfs', 'google')
 # Modules whose warnings go to the root logger (e.g. Beam's "apitools not
 # found"), found by the path of the file that logged them.
 _QUIET_PATHS = tuple(f'{os.sep}{name}{os.sep}' for name in _QUIET)
