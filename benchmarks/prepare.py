@@ -913,7 +913,7 @@ def step_breakdown(tar_paths, work: str, runs: int) -> dict:
     for run in range(runs):
       spent.clear()
       start = [c() for c in clocks]
-      indexed = [(sh, timed('index tars', tars.index_shard, sh))
+      indexed = [(sh, timed('index tars', tars.index, sh))
                  for sh in shards]
 
       def records():

@@ -93,7 +93,7 @@ def test_special_members_are_reported_as_what_they_are(tmp_path):
       info.linkname = 'sa_5.jpg' if kind in (tarfile.SYMTYPE,
                                              tarfile.LNKTYPE) else ''
       t.addfile(info)
-  index = tars.index_shard(shards.Shard(path.name, shards.TAR,
+  index = tars.index(shards.Shard(path.name, shards.TAR,
                                         str(path)))
   assert index.damage is None
   assert [p.stem for p in index.pairs] == ['sa_5']
@@ -177,7 +177,7 @@ def test_damaged_tar_keeps_the_images_before_the_damage(tmp_path):
   # Cut inside the data of image 4's jpg: images 1-3 are whole.
   jpg4 = next(m for m in members if m.name.endswith('sa_4.jpg'))
   path.write_bytes(data[:jpg4.offset + 10])
-  index = tars.index_shard(shards.Shard(path.name, shards.TAR, str(path)))
+  index = tars.index(shards.Shard(path.name, shards.TAR, str(path)))
   assert index.damage is not None
   assert index.damage.reason == errors.CORRUPT_TAR
   assert [p.image_id for p in index.pairs] == [1, 2, 3]
@@ -202,7 +202,9 @@ def test_hostile_headers_are_refused_before_tarfile_reads_them(case):
   assert damage.reason == errors.CORRUPT_TAR
   assert re.fullmatch(r'sa_000005.tar:@\d+', damage.where)
   assert re.search(detail, damage.detail), damage.detail
-  assert [m.name for m in members] == ['sa_1.jpg', 'sa_1.json', 'sa_3.jpg']
+  # The whole members before it: the last one (sa_3.jpg) may be where the
+  # damage is, so it is not listed.
+  assert [m.name for m in members] == ['sa_1.jpg', 'sa_1.json']
 
 
 @pytest.mark.parametrize('kind', [b'L', b'K', b'x', b'g'])
@@ -215,7 +217,7 @@ def test_a_huge_extended_header_is_never_read(tmp_path, kind):
   shard = shards.Shard(path.name, shards.TAR, str(path))
   tracemalloc.start()
   try:
-    index = tars.index_shard(shard)
+    index = tars.index(shard)
     peak = tracemalloc.get_traced_memory()[1]
   finally:
     tracemalloc.stop()
@@ -309,7 +311,7 @@ def test_hostile_folder_is_refused_without_hanging_or_reading_outside(
   (folder / 'sa_8.jpg').symlink_to(other / 'sa_8.jpg')  # Inside: followed.
   (folder / 'sa_8.json').symlink_to('../other/sa_8.json')
   shard = shards.Shard('sa_000005.tar', shards.DIR, str(folder))
-  index = tars.index_shard(shard)
+  index = tars.index(shard)
   assert [p.image_id for p in index.pairs] == [1, 8]
   got = {p.member: p.reason for p in index.problems}
   assert got == {'sa_5.jpg': errors.SPECIAL_MEMBER,
@@ -337,7 +339,7 @@ def test_reads_are_bounded_by_the_indexed_size(tmp_path):
   folder.mkdir()
   _pair_files(folder, 3, rng)
   shard = shards.Shard('sa_000006.tar', shards.DIR, str(folder))
-  [pair] = tars.index_shard(shard).pairs
+  [pair] = tars.index(shard).pairs
   with open(folder / 'sa_3.json', 'ab') as f:
     f.write(b' ' * (1 << 20))
   with tars.ShardReader(shard) as r, pytest.raises(

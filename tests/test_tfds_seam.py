@@ -74,7 +74,7 @@ def test_tfrecord_writer_finishes_partial_writes(tmp_path, monkeypatch):
 
 def test_serializer_matches_tfds_features(tmp_path):
   shard = shards.find_shards(DUMMY_DATA).shards[0]
-  pair = tars.index_shard(shard).pairs[0]
+  pair = tars.index(shard).pairs[0]
   with tars.ShardReader(shard) as r:
     _, example = tars.read_example(r, pair)
   features = features_lib.features()
