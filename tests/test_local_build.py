@@ -8,6 +8,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -345,3 +346,30 @@ def test_concurrent_builds_into_one_data_dir_build_once(builds):
       ' finish'], err2
   assert 'Traceback' not in err1 + err2
   assert sorted(p.name for p in builds.config_dir.iterdir()) == ['2.0.0']
+
+
+def test_a_worker_imports_neither_tensorflow_nor_tfds(tmp_path):
+  """What a worker process runs (its module, the state it unpickles, an
+  index and a write of a part) in a fresh process: no TensorFlow, no TFDS,
+  no Beam (issue 20: workers that import TFDS cost more than the work)."""
+  script = textwrap.dedent(f"""
+      import pickle, sys
+      from segment_anything_tfds.prepare import local
+      from segment_anything_tfds.sources import manual_dir
+      sources = list(manual_dir.find_shards({str(DUMMY_DATA)!r}).shards.values())
+      state = pickle.loads(pickle.dumps(
+          (sources, 'tfrecord', False, 1 << 20, {str(tmp_path / 'spill')!r})))
+      worker = local._Worker(*state, lambda n: None)
+      indexed = worker.index(0)
+      part = local.Part(0, 0, {str(tmp_path / 'part')!r}, indexed.entries,
+                        {{0: indexed.dirs}}, [], range(0))
+      result = pickle.loads(pickle.dumps(worker.write(part)))
+      assert result.records == len(indexed.entries) > 0, result
+      heavy = {{'tensorflow', 'tensorflow_datasets', 'apache_beam'}}
+      print('HEAVY', sorted(heavy & set(sys.modules)))
+  """)
+  out = subprocess.run([sys.executable, '-c', script], capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path,
+                       env=worker_env())
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'HEAVY []' in out.stdout, out.stdout

@@ -133,7 +133,7 @@ def _download_only(builder, dl_config, download_dir) -> int:
   found = builder.fetch_shards(dl_config, download_dir=download_dir)
   print(f'{len(found)} tars ready for {builder.builder_config.name}:')
   for shard in found:
-    print(errors.printable(f'  {shard.name}  {shard.location}'))
+    print(errors.printable(f'  {shard.name}  {shard.where}'))
   return 0
 
 
