@@ -42,7 +42,8 @@ from segment_anything_tfds.options import DownloadOptions
 
 __version__ = '2.0.0'
 
-_BUILDER = 'segment_anything_tfds.segment_anything.segment_anything_dataset_builder'
+_BUILDER = ('segment_anything_tfds.segment_anything'
+            '.segment_anything_dataset_builder')
 
 
 def _builder_cls():

@@ -92,8 +92,8 @@ def parse_tar_spec(spec: str) -> tuple[int, ...]:
     lo, _, hi = part.partition('-')
     lo, hi = int(lo), int(hi or lo)
     if hi < lo or hi > 999:
-      raise errors.ConfigError(f'bad tar range {part!r} in {spec!r}: SA-1B has tars'
-                       ' 0-999')
+      raise errors.ConfigError(f'bad tar range {part!r} in {spec!r}: SA-1B'
+                               ' has tars 0-999')
     out.update(range(lo, hi + 1))
   return tuple(sorted(out))
 

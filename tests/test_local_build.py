@@ -89,7 +89,8 @@ def test_workers_write_the_same_bytes_as_one_process(tmp_path, monkeypatch):
   ids = np.array([i for i, _, _ in got])
   assert (np.diff(plan.image_order(ids).astype(np.float64)) > 0).all()
   # Counts collected on the way: nothing is read back.
-  assert two.tallies.total('masks') == sum(len(js['annotations']) for _, js in inputs.values())
+  assert two.tallies.total('masks') == sum(
+      len(js['annotations']) for _, js in inputs.values())
   assert two.num_bytes == sum(f.stat().st_size for f in files2) - 16 * len(
       inputs)
 
@@ -356,7 +357,8 @@ def test_a_worker_imports_neither_tensorflow_nor_tfds(tmp_path):
       import pickle, sys
       from segment_anything_tfds.prepare import local
       from segment_anything_tfds.sources import manual_dir
-      sources = list(manual_dir.find_shards({str(DUMMY_DATA)!r}).shards.values())
+      found = manual_dir.find_shards({str(DUMMY_DATA)!r})
+      sources = list(found.shards.values())
       state = pickle.loads(pickle.dumps(
           (sources, 'tfrecord', False, 1 << 20, {str(tmp_path / 'spill')!r})))
       worker = local._Worker(*state, lambda n: None)

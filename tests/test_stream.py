@@ -422,3 +422,43 @@ def test_strict_streamed_builds_name_the_tar(hostile, tmp_path, beam):
   assert (error.tar, error.reason) == ('sa_000002.tar', errors.CORRUPT_TAR)
   assert 'truncated tar' in error.detail
   assert not list(tmp_path.rglob('dataset_info.json'))
+
+
+def test_the_spill_is_deleted_bucket_by_bucket(big_tars, tmp_path,
+                                               monkeypatch):
+  """The local engine spills the records of a streamed tar and copies them
+  into the shards, deleting each bucket of the spill once every shard
+  spanning it is written: local disk peaks near the output plus a
+  sixteenth of it (plus a shard), not twice the output."""
+  from segment_anything_tfds.prepare import local  # pylint: disable=g-import-not-at-top
+  name = 'sa_000001.tar'
+  files = {name: big_tars[name]}
+  seen = []
+  remove = local.remove_bucket
+
+  def used(root: pathlib.Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob('*') if p.is_file())
+
+  def watched(spill_dir, bucket):
+    data = pathlib.Path(spill_dir).parent.parent
+    seen.append((bucket, used(data)))
+    remove(spill_dir, bucket)
+
+  monkeypatch.setattr(local, 'remove_bucket', watched)
+  with LoopbackServer(files) as srv:
+    manual = _links(tmp_path, srv, files)
+    config = config_lib.SegmentAnythingConfig(name='spilled')
+    builder = tfds.builder('segment_anything', config=config,
+                           data_dir=os.fspath(tmp_path / 'data'),
+                           progress=False, workers=1,
+                           download_options={'disk_mode': 'stream'})
+    within(600, builder.download_and_prepare,
+           download_config=tfds.download.DownloadConfig(
+               manual_dir=os.fspath(manual), num_shards=8))
+  assert sorted(b for b, _ in seen) == list(range(16))  # Each bucket once.
+  output = sum(p.stat().st_size for p in
+               pathlib.Path(builder.data_dir).glob('*.tfrecord*'))
+  peak = max(u for _, u in seen)
+  assert output < peak <= output * (1 + 1 / 16 + 1 / 8) + (1 << 20), (
+      peak, output)
+  assert builder.info.splits['train'].num_examples == 2000

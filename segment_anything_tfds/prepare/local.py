@@ -714,6 +714,8 @@ def build(sources: Sequence[base.Source], output: plan.Output, *,
     errors.BadInputError: in strict mode, for the first bad input.
   """
   started = time.monotonic()
+  if not sources:
+    raise errors.SourceError('nothing to build: no tars were given')
   # Parts and the spill are on local disk: next to the output, or for a
   # bucket (which cannot be appended to or renamed cheaply) in a temp dir.
   if shards_lib.is_local(output.data_dir):

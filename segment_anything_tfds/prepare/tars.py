@@ -1,10 +1,19 @@
 """Index, pair and read the members of SA-1B shards, in place and safely.
 
-A tar is indexed once, reading only its 512-byte headers and seeking past the
-data. Members pair by stem (`sa_<id>.jpg` + `sa_<id>.json`) wherever they sit
-(root, `./`, a folder) and in any order. Readers then seek straight to each
-pair's bytes. Extracted `sa_NNNNNN/` folders are indexed the same way, one
-file per member.
+One walker (`walk`) reads a tar's headers, for both ways of reading it:
+
+  index    a local tar (`tars.index`): its 512-byte headers only, seeking
+           past the data; images are then read by a seek per member
+           (`ShardReader`). An extracted `sa_NNNNNN/` folder is listed.
+  stream   a remote tar, where every read is a request (`tars.stream`):
+           read once, front to back (`Source.open_sequential`), members
+           paired as they go by, their bytes held up to a cap; pairs past
+           it are read again by seek at the end.
+
+Both find the same pairs, problems, ignored members and damage. Members
+pair by stem (`sa_<id>.jpg` + `sa_<id>.json`) wherever they sit (root,
+`./`, a folder) and in any order (`Pairing`). Sources are read only through
+the `Source` protocol (`sources/base.py`).
 
 Hostile input is refused, never followed:
 
@@ -25,10 +34,10 @@ Hostile input is refused, never followed:
   time of CPython's tarfile before 3.8.20, 3.9.20, 3.10.15, 3.11.10,
   3.12.6 and 3.13.0 (CVE-2024-6232), whatever the Python version.
 
-`pair_members` is pure. `index_shard` returns an `Index`: the pairs, one
-`BadInputError` per image that cannot be built (the lenient audit counts
-these), the ignored members, and the damage that stopped indexing a corrupt
-tar, if any (a lenient build keeps the images before it).
+`pair_members` is pure. `index` and `stream` give an `Index`: the pairs,
+one `BadInputError` per image that cannot be built (the lenient audit
+counts these), the ignored members, and the damage that stopped reading a
+corrupt tar, if any (a lenient build keeps the images before it).
 """
 
 from __future__ import annotations
@@ -129,8 +138,8 @@ def member_fault(member: Member, *, ext: str, tar: str
                  ) -> errors.BadInputError | None:
   """Why an image member can never be read (unsafe, special, too large).
 
-  The one rule for both ways of reading a tar: `pair_members` and the byte
-  range reader (`streaming.py`) call it on each `sa_<id>.jpg|json` member.
+  The one rule for every member named like an image (`Pairing` calls it),
+  however the tar is read.
   """
   if _is_unsafe(member.name):
     return errors.BadInputError(
@@ -296,11 +305,11 @@ def check_header(info: tarfile.TarInfo, read: Callable[[int], bytes], *,
                  tar: str, at: int, before: int) -> bytes | None:
   """Checks a header block before tarfile reads anything after it.
 
-  Both ways of walking a tar (`index_members` and `streaming.read_run`)
-  call it on every header block: tarfile reads an extended header whole,
-  in one read, and parses pax records in quadratic time where CPython
-  lacks the CVE-2024-6232 fix (3.11.7, for one). An extended header is
-  read here, at most `MAX_EXTENDED_BYTES`, and checked.
+  The walker (`walk`, for both ways of reading a tar) calls it on every
+  header block: tarfile reads an extended header whole, in one read, and
+  parses pax records in quadratic time where CPython lacks the
+  CVE-2024-6232 fix (3.11.7, for one). An extended header is read here, at
+  most `MAX_EXTENDED_BYTES`, and checked.
 
   Args:
     info: the block, as `tarfile.TarInfo.frombuf` reads it.
@@ -587,11 +596,11 @@ class _FileReader:
 
   def read_at(self, offset: int, size: int) -> bytes:
     self._file.seek(offset)
-    out = bytearray()
-    while len(out) < size:
-      data = self._file.read(size - len(out))
-      if not data:
-        break
+    data = self._file.read(size)  # Whole, but for a short read.
+    if len(data) == size or not data:
+      return data
+    out = bytearray(data)
+    while len(out) < size and (data := self._file.read(size - len(out))):
       out += data
     return bytes(out)
 
