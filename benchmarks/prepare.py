@@ -9,12 +9,12 @@
 
 Builds (each in its own subprocess):
   ours        this package's default: a local build (no Beam runner named,
-              `segment_anything_tfds.prepare.local`), one worker process per
-              core (--workers to change);
+              `segment_anything_tfds.prepare.local`), worker processes (one
+              per core, --workers to change) when the work is worth them;
   ours-1w     the same with workers=1 (everything in the build's process);
   ours-beam   this package's Beam pipeline on Beam's in-process FnApiRunner
-              (`runners.local_runner()`), the path Dataflow runs, with TFDS's
-              Beam writer;
+              (`runners.local_runner()`), the path Dataflow runs, with its
+              own shard writer;
   builtin     TFDS's builtin `segment_anything` builder on the same tars,
               served by a loopback HTTP server that handles one request at a
               time (TFDS's extractor deadlocks if 4 x cores downloads end at
@@ -22,11 +22,11 @@ Builds (each in its own subprocess):
   ours-links  a local build from a links file pointing at that server (the
               tars are downloaded first); links-beam (--links-beam) the same
               built with Beam.
-Every ours* build must write the same SET of records as `ours` (the local
-build orders records by its own hash, TFDS's Beam writer by another, and
-TFDS serializes feature maps in an order that varies per process): the
-digest compared is the SHA-256 of the sorted SHA-256s of every record parsed
-and re-serialized deterministically.
+Every ours* build must write the same SET of records as `ours` (both
+engines write the same files, but the builtin and older builds order
+records otherwise, and TFDS serializes feature maps in an order that varies
+per process): the digest compared is the SHA-256 of the sorted SHA-256s of
+every record parsed and re-serialized deterministically.
 
 For each build it reports the wall time of `download_and_prepare` (builder
 creation included, Python imports not), images/s, the workers the local
@@ -887,7 +887,7 @@ def step_breakdown(tar_paths, work: str, runs: int) -> dict:
   found = shards_lib.find_shards(os.path.dirname(tar_paths[0])).shards
   wanted = {os.path.abspath(p) for p in tar_paths}
   shards = [sh for sh in found.values()
-            if os.path.abspath(sh.location) in wanted]
+            if os.path.abspath(sh.where) in wanted]
   check_counts = examples.check_counts
   steps = ('index tars', 'read members', 'parse JSON',
            'make_example (checks, columns)', 'RLE check (C, one call)',
@@ -913,7 +913,7 @@ def step_breakdown(tar_paths, work: str, runs: int) -> dict:
     for run in range(runs):
       spent.clear()
       start = [c() for c in clocks]
-      indexed = [(sh, timed('index tars', tars.index_shard, sh))
+      indexed = [(sh, timed('index tars', tars.index, sh))
                  for sh in shards]
 
       def records():

@@ -1,30 +1,28 @@
 #!/usr/bin/env python
-"""Requests and bytes per remote tar in Beam builds: byte ranges vs seeks.
+"""Requests and bytes per remote tar, on both engines, against seeks.
 
-  python benchmarks/remote_reads.py                  # 2 tars x 24 images
-  python benchmarks/remote_reads.py --tars 3 --images 40 --range_mib 4
+  python benchmarks/remote_reads.py                   # 2 tars x 2000 images
+  python benchmarks/remote_reads.py --tars 3 --images 500 --hold_mib 1
 
-Serves fake SA-1B tars (members of SA-1B's size: a ≈0.7 MB JPEG and a JSON
-of 100 masks per image) from a loopback HTTP server, and builds them twice
-with Beam's local runner in `disk_mode='stream'`, in the same run:
+Serves fake SA-1B tars (≈11.5 kB per image, like SA-1B's members in
+number per byte of a 23 MB tar of 2,000 images; the second tar's members
+shuffled) from a loopback HTTP server, and in the same run:
 
-  * seeks (the baseline: `range_bytes=None`): each tar indexed header by
-    header, then a seek to each member, through `http.RangeFile`;
-  * ranges (the default): each tar cut into byte ranges, each read in one
-    sequential pass (`streaming.py`).
+  * seeks (the baseline): a tar indexed header by header and each member
+    read at its offset through the source's `open_random`, one request per
+    read: what reading a remote tar like a local one costs (on a smaller
+    tar of the same images, `--seek_images`: its cost is per member);
+  * local: the default (local) engine in `disk_mode='stream'`: each tar
+    read once, front to back (`tars.stream`), records spilled;
+  * beam: the Beam engine (Beam's local runner), the same way.
 
 It counts the server's GET requests and body bytes per tar, checks that
-both builds wrote the same files, and prints requests per tar, bytes read
-per byte of tar and of output, and projections to a real SA-1B tar (22 k
-members, 10.5 GB) and to 1000 tars, with GCS class B operations at $0.0004
-per 1000 (what reading tars in a bucket costs; links cost no operations).
-The bucket rows are a model (8 MiB reads per range, see `streaming.py`),
-not measured here; seeks on a bucket are assumed to cost what they cost on
-a link (both read through a buffer of about 1 MiB). `--range_mib` scales
-the 1 GiB ranges of a real build to the small tars here (≈10 ranges per
-tar either way); a range's overhead (the look-back and the rest of its last
-member) does not scale, so projections use the measured overhead per
-range, not the ratio.
+both engines wrote the same shard files, and prints requests per tar,
+bytes read per byte of tar, and projections to a real SA-1B tar (22 k
+members, 10.5 GB) and to 1000 tars, with GCS class B operations at
+$0.0004 per 1000 (what reading tars in a bucket costs; links cost no
+operations). Bucket tars are read in 8 MiB requests by their source
+(`sources/`), so their row is a model, not a measurement here.
 """
 
 from __future__ import annotations
@@ -50,10 +48,13 @@ import tensorflow_datasets as tfds
 
 import segment_anything_tfds  # pylint: disable=unused-import
 from segment_anything_tfds import config as config_lib
-from segment_anything_tfds.tools import fake_data
-from segment_anything_tfds.sources import links as links_lib
+from segment_anything_tfds import options as options_lib
 from segment_anything_tfds.prepare import runners
-from segment_anything_tfds.prepare import streaming
+from segment_anything_tfds.prepare import tars as tars_lib
+from segment_anything_tfds.sources import links as links_lib
+from segment_anything_tfds.sources import manual_dir
+from segment_anything_tfds.sources import materialize
+from segment_anything_tfds.tools import fake_data
 from _loopback_server import LoopbackServer
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -61,150 +62,155 @@ REAL_TAR_BYTES = 10.5e9
 REAL_TAR_MEMBERS = 22_000
 TARS = 1000
 CLASS_B_PER_1000 = 0.0004  # GCS class B operations (reads), USD.
+BUCKET_READ_BYTES = 8 << 20
 
 
-def one_image(rng: np.random.Generator, height: int, width: int,
-              masks: int) -> tuple[bytes, dict]:
-  jpg, js = fake_data.image_record(rng, 1, height=height, width=width,
-                                   num_masks=masks)
-  return jpg, json.loads(js)
-
-
-def with_id(record: dict, image_id: int) -> bytes:
-  record = dict(record, image=dict(record['image'], image_id=image_id,
-                                   file_name=f'sa_{image_id}.jpg'))
-  return json.dumps(record).encode()
-
-
-def make_tars(out: pathlib.Path, tars: int, images: int, image) -> dict:
-  jpg, record = image
+def make_tars(out: pathlib.Path, sizes: dict[int, int]) -> dict[str, bytes]:
+  """Tars of `sizes[t]` images each; odd tars' members shuffled."""
+  rng = np.random.default_rng(0)
+  jpg, js = fake_data.image_record(rng, 1, height=60, width=80, num_masks=3)
+  record = json.loads(js)
   files = {}
-  for t in range(tars):
+  out.mkdir(exist_ok=True)
+  for t, images in sizes.items():
     name = f'sa_{t:06d}.tar'
-    ids = range(t * images + 1, (t + 1) * images + 1)
-    fake_data.write_tar(out / name, [(i, jpg, with_id(record, i))
-                                     for i in ids])
+    rows = []
+    for i in range(t * images + 1, (t + 1) * images + 1):
+      data = json.dumps(dict(record, image=dict(
+          record['image'], image_id=i, file_name=f'sa_{i}.jpg'))).encode()
+      rows.append((i, jpg, data + b' ' * (10000 - len(jpg) - len(data))))
+    fake_data.write_tar(out / name, rows, rng=rng if t % 2 else None)
     files[name] = (out / name).read_bytes()
   return files
 
 
-def build(data_dir: pathlib.Path, manual: pathlib.Path,
-          range_bytes: int | None) -> tfds.core.DatasetBuilder:
-  config = config_lib.SegmentAnythingConfig(
-      name='ranges' if range_bytes else 'seeks', range_bytes=range_bytes)
+def build(data_dir: pathlib.Path, manual: pathlib.Path, *, beam: bool,
+          hold_bytes: int):
+  config = config_lib.SegmentAnythingConfig(name='streamed',
+                                            hold_bytes=hold_bytes)
   builder = tfds.builder('segment_anything', config=config,
                          data_dir=os.fspath(data_dir), progress=False,
                          download_options={'disk_mode': 'stream',
                                            'progress': False})
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=os.fspath(manual), beam_runner=runners.local_runner()))
+      manual_dir=os.fspath(manual),
+      beam_runner=runners.local_runner() if beam else None))
   return builder
 
 
-def record_digests(builder) -> list[str]:
-  return sorted(hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in pathlib.Path(builder.data_dir).glob('*.tfrecord*'))
+def seeks(manual: pathlib.Path, work: pathlib.Path) -> None:
+  """The baseline: index each tar, then read every member at its offset."""
+  options = options_lib.DownloadOptions(disk_mode='stream', progress=False)
+  offered = list(manual_dir.find_shards(manual).shards.values())
+  for source in materialize.materialize(offered, download_dir=work / 'dl',
+                                        manual_dir=manual, options=options):
+    index = tars_lib.index(source)
+    with tars_lib.ShardReader(source) as reader:
+      for pair in index.pairs:
+        reader.read(pair.jpg)
+        reader.read(pair.json)
 
 
-def measure(srv: LoopbackServer, files: dict, work: pathlib.Path,
-            range_bytes: int | None) -> dict:
+def shard_digest(builder) -> str:
+  paths = sorted(pathlib.Path(builder.data_dir).glob('*.tfrecord*'))
+  return hashlib.sha256(b''.join(p.read_bytes() for p in paths)).hexdigest()
+
+
+def measure(srv: LoopbackServer, files: dict, run) -> dict:
   srv.log.clear()
   srv.sent.clear()
   started = time.perf_counter()
-  builder = build(work / f'data_{range_bytes}', work / 'manual', range_bytes)
-  seconds = time.perf_counter() - started
-  gets = {n: len(srv.gets(n)) for n in files}
-  return {'builder': builder, 'seconds': seconds, 'gets': gets,
-          'sent': dict(srv.sent),
-          'output': builder.info.splits['train'].num_bytes}
+  out = run()
+  return {'seconds': time.perf_counter() - started, 'result': out,
+          'gets': sum(len(srv.gets(n)) for n in files),
+          'sent': sum(srv.sent[n] for n in files)}
 
 
-def report(name: str, m: dict, files: dict, members: int,
-           ranges: int | None) -> dict:
+def report(name: str, m: dict, files: dict, members: int) -> dict:
   tar_bytes = sum(map(len, files.values()))
-  gets = sum(m['gets'].values())
-  sent = sum(m['sent'].values())
-  per_tar = gets / len(files)
-  print(f'{name:<7} {m["seconds"]:6.1f} s  GETs/tar {per_tar:8.1f}'
-        f'  (per member {gets / members:.2f})  bytes read / tar bytes'
-        f' {sent / tar_bytes:.3f}, / output bytes {sent / m["output"]:.3f}')
-  out = {'gets': gets, 'sent': sent, 'tar_bytes': tar_bytes}
-  if ranges:
-    out['gets_per_range'] = gets / ranges
-    out['extra_per_range'] = (sent - tar_bytes) / ranges
-  else:
-    out['gets_per_member'] = gets / members
-    out['sent_per_member'] = sent / members
-  return out
+  per_tar = m['gets'] / len(files)
+  per_byte = m['sent'] / tar_bytes
+  print(f'{name:<6} {m["seconds"]:6.1f} s  GETs/tar {per_tar:8.1f}'
+        f'  (per member {m["gets"] / members:.3f})  bytes read / tar bytes'
+        f' {per_byte:.3f}')
+  return {'gets_per_tar': per_tar, 'gets_per_member': m['gets'] / members,
+          'bytes_per_tar_byte': per_byte}
 
 
-def project(seeks: dict, ranges: dict, read_mib: int) -> None:
-  """Per real tar and per 1000 tars, from the measured constants."""
-  real_ranges = math.ceil(REAL_TAR_BYTES / config_lib.RANGE_BYTES)
-  rows = {
-      'seeks (links; buckets alike?)': (
-          seeks['gets_per_member'] * REAL_TAR_MEMBERS,
-          seeks['sent_per_member'] * REAL_TAR_MEMBERS),
-      'ranges, links (HTTP)': (
-          ranges['gets_per_range'] * real_ranges,
-          REAL_TAR_BYTES + ranges['extra_per_range'] * real_ranges),
-  }
-  range_bytes = REAL_TAR_BYTES / real_ranges + ranges['extra_per_range']
-  rows[f'ranges, bucket ({read_mib} MiB reads; model)'] = (
-      real_ranges * (math.ceil(range_bytes / (read_mib << 20)) + 1),
-      REAL_TAR_BYTES + ranges['extra_per_range'] * real_ranges)
+def project(rows: dict) -> None:
   print(f'\nprojected to a real tar ({REAL_TAR_MEMBERS} members,'
-        f' {REAL_TAR_BYTES / 1e9:.1f} GB; {real_ranges} ranges of'
-        f' {config_lib.RANGE_BYTES >> 20} MiB) and to {TARS} tars:')
-  for name, (requests, sent) in rows.items():
+        f' {REAL_TAR_BYTES / 1e9:.1f} GB) and to {TARS} tars:')
+  seek = rows['seeks']
+  model = {
+      'seeks (links or buckets)': (
+          seek['gets_per_member'] * REAL_TAR_MEMBERS,
+          seek['bytes_per_tar_byte']),
+      'front to back, links (HTTP)': (
+          max(rows['local']['gets_per_tar'], rows['beam']['gets_per_tar']),
+          max(rows['local']['bytes_per_tar_byte'],
+              rows['beam']['bytes_per_tar_byte'])),
+      'front to back, bucket (8 MiB reads; model)': (
+          math.ceil(REAL_TAR_BYTES / BUCKET_READ_BYTES), 1.0),
+  }
+  for name, (requests, per_byte) in model.items():
     cost = requests * TARS * CLASS_B_PER_1000 / 1000
-    print(f'  {name:<34} {requests:9,.0f} requests/tar'
-          f'  {sent / REAL_TAR_BYTES:6.3f} bytes read per tar byte'
-          f'  {requests * TARS / 1e6:8.3f} M requests'
-          f'  ${cost:8.2f} if GCS class B')
+    print(f'  {name:<42} {requests:9,.0f} requests/tar  {per_byte:6.3f}'
+          f' bytes read per tar byte  {requests * TARS / 1e6:8.3f} M'
+          f' requests  ${cost:8.2f} if GCS class B')
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--tars', type=int, default=2)
-  parser.add_argument('--images', type=int, default=24,
-                      help='images per tar (default 24)')
-  parser.add_argument('--range_mib', type=float, default=2,
-                      help='range size here, MiB (default 2: ≈10 per tar)')
-  parser.add_argument('--height', type=int, default=1000)
-  parser.add_argument('--width', type=int, default=1500)
-  parser.add_argument('--masks', type=int, default=100)
+  parser.add_argument('--images', type=int, default=2000,
+                      help='images per tar (default 2000)')
+  parser.add_argument('--seek_images', type=int, default=100,
+                      help='images of the tar read by seeks (default 100)')
+  parser.add_argument('--hold_mib', type=float, default=256,
+                      help='hold_bytes, MiB (default 256, the default)')
+  parser.add_argument('--json', default=None, help='write the figures here')
   args = parser.parse_args(argv)
   print(f'machine: {platform.platform()}, {os.cpu_count()} cores,'
-        f' Python {platform.python_version()}')
-  image = one_image(np.random.default_rng(0), args.height, args.width,
-                    args.masks)
-  range_bytes = int(args.range_mib * (1 << 20))
+        f' Python {platform.python_version()}, load'
+        f' {os.getloadavg()[0]:.2f}')
+  hold = int(args.hold_mib * (1 << 20))
   with tempfile.TemporaryDirectory() as tmp:
     work = pathlib.Path(tmp)
-    (work / 'tars').mkdir()
-    files = make_tars(work / 'tars', args.tars, args.images, image)
-    members = 2 * args.images * args.tars
-    tar_mb = sum(map(len, files.values())) / len(files) / 1e6
-    ranges = sum(len(streaming.plan(len(b), range_bytes))
-                 for b in files.values())
-    print(f'{args.tars} tars of {args.images} images ({tar_mb:.1f} MB each;'
-          f' jpg {len(image[0]) / 1e3:.0f} kB, json'
-          f' {len(with_id(image[1], 1)) / 1e3:.0f} kB); ranges of'
-          f' {args.range_mib:g} MiB: {ranges / len(files):.0f} per tar')
-    with LoopbackServer(files) as srv:
-      (work / 'manual').mkdir()
-      fake_data.write_links(work / 'manual' / links_lib.LINKS_FILE_NAME,
-                            [(n, srv.url(n)) for n in files])
-      seeks = measure(srv, files, work, None)
-      ranged = measure(srv, files, work, range_bytes)
-    same = record_digests(seeks['builder']) == record_digests(
-        ranged['builder'])
-    print(f'same records written by both: {same}')
-    a = report('seeks', seeks, files, members, None)
-    b = report('ranges', ranged, files, members, ranges)
-    print(f'GETs, ranges / seeks: {b["gets"] / a["gets"]:.3f}')
-  project(a, b, streaming.READ_BYTES >> 20)
+    files = make_tars(work / 'tars', dict.fromkeys(range(args.tars),
+                                                   args.images))
+    seek_files = make_tars(work / 'seek_tars', {999: args.seek_images})
+    print(f'{args.tars} tars of {args.images} images'
+          f' ({sum(map(len, files.values())) / len(files) / 1e6:.1f} MB'
+          f' each), hold_bytes {args.hold_mib:g} MiB; seeks on a tar of'
+          f' {args.seek_images} images')
+    with LoopbackServer({**files, **seek_files}) as srv:
+      manual, seek_manual = work / 'manual', work / 'seek_manual'
+      for folder, names in ((manual, files), (seek_manual, seek_files)):
+        folder.mkdir()
+        fake_data.write_links(folder / links_lib.LINKS_FILE_NAME,
+                              [(n, srv.url(n)) for n in names])
+      runs = {
+          'seeks': measure(srv, seek_files, lambda: seeks(seek_manual,
+                                                          work)),
+          'local': measure(srv, files, lambda: build(
+              work / 'local', manual, beam=False, hold_bytes=hold)),
+          'beam': measure(srv, files, lambda: build(
+              work / 'beam', manual, beam=True, hold_bytes=hold)),
+      }
+    same = shard_digest(runs['local']['result']) == shard_digest(
+        runs['beam']['result'])
+    print(f'both engines wrote the same shard files: {same}')
+    rows = {'seeks': report('seeks', runs['seeks'], seek_files,
+                            2 * args.seek_images)}
+    for name in ('local', 'beam'):
+      rows[name] = report(name, runs[name], files,
+                          2 * args.images * args.tars)
+    ratio = rows['local']['gets_per_member'] / rows['seeks'][
+        'gets_per_member']
+    print(f'GETs per member, front to back / seeks: {ratio:.5f}')
+  project(rows)
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(rows, indent=2) + '\n')
   return 0 if same else 1
 
 

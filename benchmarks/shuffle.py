@@ -8,19 +8,19 @@
 What it does:
   * makes one fake SA-1B tar at full size (`prepare.make_tars`: 1500x2250
     JPEGs of ~1 MB, 90-110 masks per image), cached under --work;
-  * builds it with the Beam pipeline on separate SDK worker processes (a
-    worker pool, PortableRunner, as Dataflow runs it: eager examples into
-    TFDS's Beam writer);
+  * builds it with the Beam engine on separate SDK worker processes (a
+    worker pool, PortableRunner, as Dataflow runs it);
   * reads the records back and encodes, with Beam's coder, each element
-    TFDS's writer groups in its one big shuffle ('GroupShards': shard id,
-    hashed key, serialized example), and the same element if it carried the
-    local engine's 48-byte reference to the image's members instead;
+    the engine's writer groups in its one big shuffle ('GroupShards':
+    shard, (image id, `beam.Built`: the copy's tar and member, sizes and
+    serialized example)), and the same element if it carried the local
+    engine's 48-byte reference to the image's members instead;
   * projects both to SA-1B by the ratio of shuffled bytes to tar bytes, and
     prices them at Dataflow Shuffle's batch rate (--price_per_gb).
 
 Only the writer's shuffle is counted: the pipeline's other shuffles
-('ReshuffleShards', 'ReshuffleChunks', 'GroupImageIds') carry names,
-offsets and ids, a few hundred bytes per image at most.
+('ReshuffleSources', 'GroupIds') carry sources and ids, a few hundred
+bytes per image at most.
 """
 
 from __future__ import annotations
@@ -71,24 +71,27 @@ def build_on_workers(tar_dir: str, data_dir: str):
 
 
 def shuffled_sizes(builder) -> dict:
-  """Encoded bytes per element of TFDS's 'GroupShards', and with references."""
+  """Encoded bytes per element of the engine's 'GroupShards', and with
+  references instead of examples."""
   from apache_beam import coders  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tensorflow_datasets.core import hashing  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import beam as beam_engine  # pylint: disable=g-import-not-at-top
   from segment_anything_tfds.prepare import local as local_build  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import rules  # pylint: disable=g-import-not-at-top
   info = builder.info.splits['train']
-  hasher = hashing.Hasher('train')
   coder = coders.registry.get_coder(object)  # What an untyped Map emits.
   files = [os.fspath(f) for f in info.filepaths]
   payload = element = reference = count = 0
   ref = b'\0' * local_build.ENTRY.itemsize
+  copy = rules.Copy(0, 'sa_000000.tar', 'sa_1234567.jpg')
   for raw in tf.data.TFRecordDataset(files):
     example = raw.numpy()
-    key = hasher.hash_key(count)  # 128 bits, as for any image id.
+    image_id = 1_000_000 + count
     shard = count % max(1, info.num_shards)
     payload += len(example)
-    element += len(coder.encode((shard, (key, example))))
-    reference += len(coder.encode((shard, (key, ref))))
+    built = beam_engine.Built(copy, len(example), 100, example)
+    element += len(coder.encode((shard, (image_id, built))))
+    reference += len(coder.encode((shard, (image_id, ref))))
     count += 1
   return {'records': count, 'num_bytes': info.num_bytes,
           'payload': payload, 'element': element, 'reference': reference}
@@ -135,7 +138,7 @@ def main(argv=None) -> None:
   print(f'  tar (jpg + json) bytes / image:        {raw / images:12,.0f}')
   payload, reference = s['payload'] / images, s['reference'] / images
   print(f'  serialized example bytes / image:      {payload:12,.0f}')
-  print(f'  shuffled by TFDS\'s writer / image:     {per_image:12,.0f}'
+  print(f'  shuffled by the writer / image:        {per_image:12,.0f}'
         f'  ({ratio:.3f} x the tar bytes)')
   print(f'  the same with a 48-byte reference:     {reference:12,.0f}')
   print(f'SA-1B ({SA1B_TAR_BYTES / 1e12:.1f} TB of tars,'

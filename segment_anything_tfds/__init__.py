@@ -3,7 +3,9 @@
 `import segment_anything_tfds` makes `tfds.builder('segment_anything')`,
 `tfds.load('segment_anything', ...)` and `tfds build segment_anything
 --imports segment_anything_tfds` use this package's builder, whatever was
-imported or resolved before.
+imported or resolved before. The import itself is light: it loads neither
+TensorFlow, TFDS, Beam nor the build engines; the builder's module is
+imported when TFDS asks for the name (or `Builder` is used).
 
 Public API:
   Builder, SegmentAnythingConfig, tars_config, lenient_config: preparing.
@@ -31,22 +33,32 @@ if _importlib_util.find_spec('tensorflow') is None:
       ' README, "Installing".')
 
 from segment_anything_tfds import _compat
-from segment_anything_tfds import registration as _registration
+from segment_anything_tfds import tfds_seam as _tfds_seam
 from segment_anything_tfds.config import lenient_config
-from segment_anything_tfds.config import SegmentAnythingConfig
 from segment_anything_tfds.config import tars_config
 from segment_anything_tfds import errors
 from segment_anything_tfds.errors import BadInputError
 from segment_anything_tfds.options import DownloadOptions
-from segment_anything_tfds.segment_anything.segment_anything_dataset_builder import Builder
 
 __version__ = '2.0.0'
 
-_registration.register(Builder)
+_BUILDER = ('segment_anything_tfds.segment_anything'
+            '.segment_anything_dataset_builder')
 
-# The read-time API imports TensorFlow, which preparing does not need: it is
-# loaded on first use, so `import segment_anything_tfds` stays light.
+
+def _builder_cls():
+  return _importlib.import_module(_BUILDER).Builder
+
+
+_tfds_seam.register('segment_anything', _builder_cls)
+
+# What imports TFDS or TensorFlow (the builder, the config class, the
+# read-time API) is loaded on first use, so `import segment_anything_tfds`
+# stays light: the build's worker processes import it too.
 _LAZY = {
+    'Builder': (_BUILDER, 'Builder'),
+    'SegmentAnythingConfig': ('segment_anything_tfds.config',
+                              'SegmentAnythingConfig'),
     'rle': ('segment_anything_tfds.read.rle', None),
     'decode_masks': ('segment_anything_tfds.read.masks', 'decode_masks'),
     'evaluate_predictions': ('segment_anything_tfds.train.evaluation',

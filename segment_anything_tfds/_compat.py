@@ -23,7 +23,7 @@ PACKAGE = 'segment_anything_tfds'
 
 # Old module name -> its new home.
 MOVED = {
-    'audit': 'prepare.audit',
+    'audit': 'prepare.rules',
     'checksums': 'sources.checksums',
     'copy_paste': 'read.copy_paste',
     'download': 'sources.download',
@@ -47,7 +47,6 @@ MOVED = {
     'sampling': 'read.sampling',
     'shards': 'sources.manual_dir',
     'stats': 'tools.stats',
-    'streaming': 'prepare.streaming',
     'tars': 'prepare.tars',
     'viz': 'tools.viz',
 }

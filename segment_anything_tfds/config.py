@@ -1,62 +1,84 @@
-"""Builder configs: the first 1, 10 or 100 tars, all tars, or a chosen list."""
+"""Builder configs: the first 1, 10 or 100 tars, all tars, or a chosen list.
+
+The config class derives from TFDS's `BuilderConfig`, so it is defined when
+first used (`SegmentAnythingConfig`, `BUILDER_CONFIGS`, `tars_config`,
+`lenient_config`): importing this module, as the build's worker processes
+do (through the sources they unpickle), does not import TFDS.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Sequence
-
-import tensorflow_datasets as tfds
+from typing import Any, Sequence
 
 from segment_anything_tfds import errors
 
 _SPEC_RE = re.compile(r'[0-9]+(-[0-9]+)?')
-# Remote tars in Beam builds: bytes per range, and held per range for pairs.
-RANGE_BYTES = 1 << 30
+# Remote tars: bytes held while members wait for their partner.
 HOLD_BYTES = 256 << 20
 
 
-@dataclasses.dataclass
-class SegmentAnythingConfig(tfds.core.BuilderConfig):
-  """Which SA-1B tars to prepare, and how strictly.
+def _define() -> None:
+  """Defines the config class and the named configs (imports TFDS)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  Only what changes the prepared data is here. How tars are fetched is the
-  builder's `download_options` (`options.DownloadOptions`).
+  @dataclasses.dataclass
+  class SegmentAnythingConfig(tfds.core.BuilderConfig):
+    """Which SA-1B tars to prepare, and how strictly.
 
-  Attributes:
-    num_tars: take the first `num_tars` shards that `manual_dir` offers (local
-      tars and folders, and tars listed in the links file), by tar number;
-      None means all of them.
-    tars: explicit tar numbers (e.g. (0, 1, 7)); overrides `num_tars`.
-    lenient: skip bad images, recording each skip in the dataset's metadata,
-      instead of failing on the first one.
-    chunk_size: images per unit of parallel work (local tars, Beam).
-    range_bytes: bytes per unit of parallel work of a remote tar (a link
-      streamed, a tar in a bucket) in Beam builds, each read in one
-      sequential pass; None reads remote tars as local ones (index, then a
-      request per member).
-    hold_bytes: bytes each range of a remote tar holds while members wait
-      for their partner; members past it are read again by seek.
-  """
+    Only what changes the prepared data is here, and `hold_bytes`. How tars
+    are fetched is the builder's `download_options`
+    (`options.DownloadOptions`), and how many processes build is its
+    `workers`.
 
-  num_tars: int | None = None
-  tars: tuple[int, ...] | None = None
-  lenient: bool = False
-  chunk_size: int = 64
-  range_bytes: int | None = RANGE_BYTES
-  hold_bytes: int = HOLD_BYTES
+    Attributes:
+      num_tars: take the first `num_tars` shards that `manual_dir` offers
+        (local tars and folders, and tars listed in the links file), by tar
+        number; None means all of them.
+      tars: explicit tar numbers (e.g. (0, 1, 7)); overrides `num_tars`.
+      lenient: skip bad images, recording each skip in the dataset's
+        metadata, instead of failing on the first one.
+      hold_bytes: bytes a remote tar (a link streamed, a tar in a bucket),
+        read front to back, holds while members wait for their partner;
+        pairs past it are read again by seek at the end of the tar.
+    """
 
-  def __post_init__(self):
-    if self.range_bytes is not None and (
-        isinstance(self.range_bytes, bool) or
-        not isinstance(self.range_bytes, int) or self.range_bytes < 512):
-      raise errors.ConfigError(
-          f'range_bytes={self.range_bytes!r}: expected None or an integer of'
-          ' at least 512')
-    if isinstance(self.hold_bytes, bool) or not isinstance(
-        self.hold_bytes, int) or self.hold_bytes < 0:
-      raise errors.ConfigError(
-          f'hold_bytes={self.hold_bytes!r}: expected an integer >= 0')
+    num_tars: int | None = None
+    tars: tuple[int, ...] | None = None
+    lenient: bool = False
+    hold_bytes: int = HOLD_BYTES
+
+    def __post_init__(self):
+      if isinstance(self.hold_bytes, bool) or not isinstance(
+          self.hold_bytes, int) or self.hold_bytes < 0:
+        raise errors.ConfigError(
+            f'hold_bytes={self.hold_bytes!r}: expected an integer >= 0')
+
+  SegmentAnythingConfig.__module__ = __name__
+  SegmentAnythingConfig.__qualname__ = 'SegmentAnythingConfig'
+  globals()['SegmentAnythingConfig'] = SegmentAnythingConfig
+  globals()['BUILDER_CONFIGS'] = [
+      SegmentAnythingConfig(
+          name='all', description='All SA-1B tars manual_dir offers (1000'
+          ' for the full dataset: 11 M images, 1.1 B masks).'),
+      SegmentAnythingConfig(
+          name='first_1', num_tars=1,
+          description='The first tar (≈11 k images, ≈10 GB).'),
+      SegmentAnythingConfig(
+          name='first_10', num_tars=10,
+          description='The first 10 tars (≈110 k images, ≈100 GB).'),
+      SegmentAnythingConfig(
+          name='first_100', num_tars=100,
+          description='The first 100 tars (≈1.1 M images, ≈1 TB).'),
+  ]
+
+
+def __getattr__(name: str) -> Any:
+  if name in ('SegmentAnythingConfig', 'BUILDER_CONFIGS'):
+    _define()
+    return globals()[name]
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 def parse_tar_spec(spec: str) -> tuple[int, ...]:
@@ -70,8 +92,8 @@ def parse_tar_spec(spec: str) -> tuple[int, ...]:
     lo, _, hi = part.partition('-')
     lo, hi = int(lo), int(hi or lo)
     if hi < lo or hi > 999:
-      raise errors.ConfigError(f'bad tar range {part!r} in {spec!r}: SA-1B has tars'
-                       ' 0-999')
+      raise errors.ConfigError(f'bad tar range {part!r} in {spec!r}: SA-1B'
+                               ' has tars 0-999')
     out.update(range(lo, hi + 1))
   return tuple(sorted(out))
 
@@ -87,7 +109,7 @@ def format_tar_spec(tars: Sequence[int]) -> str:
   return ','.join(str(lo) if lo == hi else f'{lo}-{hi}' for lo, hi in parts)
 
 
-def tars_config(spec: str, *, lenient: bool = False) -> SegmentAnythingConfig:
+def tars_config(spec: str, *, lenient: bool = False):
   """A config for an explicit list or range of tars, e.g. `'0-9,42'`.
 
   Its name comes from the parsed set (`tars_0-9_42`), so `'0-2'` and
@@ -95,47 +117,34 @@ def tars_config(spec: str, *, lenient: bool = False) -> SegmentAnythingConfig:
   """
   tars = parse_tar_spec(spec)
   canonical = format_tar_spec(tars)
-  config = SegmentAnythingConfig(
+  config = __getattr__('SegmentAnythingConfig')(
       name='tars_' + canonical.replace(',', '_'), tars=tars,
       description=f'SA-1B tars {canonical}: {len(tars)} tars.')
   return lenient_config(config) if lenient else config
 
 
-def _named(config: str | SegmentAnythingConfig) -> SegmentAnythingConfig:
+def _named(config):
   if not isinstance(config, str):
     return config
-  by_name = {c.name: c for c in BUILDER_CONFIGS}
+  by_name = {c.name: c for c in __getattr__('BUILDER_CONFIGS')}
   if config not in by_name:
     raise errors.ConfigError(
         f'unknown config {config!r}; expected one of {sorted(by_name)}')
   return by_name[config]
 
 
-def lenient_config(config: str | SegmentAnythingConfig) -> SegmentAnythingConfig:
+def lenient_config(config):
   """The lenient variant of a config, e.g. `first_10` -> `first_10_lenient`.
 
   It skips bad images instead of failing, and records every skip (tar,
   member, reason) in the dataset's metadata. Its own name keeps its data,
   which may hold fewer images, apart from the strict build's.
+
+  Args:
+    config: a config, or a config's name.
   """
   config = _named(config)
   return dataclasses.replace(
       config, name=f'{config.name}_lenient', lenient=True,
       description=f'{config.description} Lenient: bad images are skipped'
       ' and audited.')
-
-
-BUILDER_CONFIGS = [
-    SegmentAnythingConfig(
-        name='all', description='All SA-1B tars manual_dir offers (1000 for'
-        ' the full dataset: 11 M images, 1.1 B masks).'),
-    SegmentAnythingConfig(
-        name='first_1', num_tars=1,
-        description='The first tar (≈11 k images, ≈10 GB).'),
-    SegmentAnythingConfig(
-        name='first_10', num_tars=10,
-        description='The first 10 tars (≈110 k images, ≈100 GB).'),
-    SegmentAnythingConfig(
-        name='first_100', num_tars=100,
-        description='The first 100 tars (≈1.1 M images, ≈1 TB).'),
-]

@@ -1,31 +1,163 @@
 """Every touchpoint with TensorFlow Datasets' internals, in one place.
 
-The local build (`local_build.py`) writes a split's shard files itself, so
-it needs four things TFDS does not export as public API: its example
-serializer (the reference the direct serializer, `serializer.py`, is
-checked against byte for byte), how it picks the number of shards, how it
-names shard files, and its file adapters (for formats other than TFRecord).
-They are wrapped here, and `tests/test_tfds_seam.py` checks each against
-the installed TFDS, failing with a message that names the TFDS version when
-one changes. Everything else in the package uses TFDS's public surface
-(`tfds.core.GeneratorBasedBuilder` and its hooks, `tfds.core.SplitInfo`,
-`tfds.features`).
+The builder and the engines need some things TFDS does not export as
+public API. They are wrapped here, and `tests/test_tfds_seam.py` checks
+each against the installed TFDS, failing with a message that names the TFDS
+version when one changes:
+
+  register           the dataset-builder provider registry: the name
+                     `segment_anything` resolves to this package's builder,
+                     whatever was imported before, the builder's module
+                     imported only when TFDS asks for the name
+  builtin_builder    TFDS's own builder of that name (for its 1.x data)
+  Serializer         TFDS's example serializer: the reference that the
+                     direct serializer (`prepare/serializer.py`) is checked
+                     against byte for byte
+  number_of_shards   how many shards TFDS's writer would choose
+  filename_template, shard_path, split_info
+                     how TFDS names shard files and describes a split
+  write_records      a shard file in a TFDS file format (TFRecord framed
+                     here; other formats through TFDS's file adapters)
+  LogHooks           the builder's start/end lines, instead of TFDS's
+
+TFDS itself is imported by each function when it is called: the engines'
+worker processes, which only write TFRecord files, never import it.
+Everything else in the package uses TFDS's public surface
+(`tfds.core.GeneratorBasedBuilder`, `tfds.core.SplitInfo`, `tfds.features`).
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
+import logging
 import os
 import struct
-from typing import Iterable, Sequence, Union
+import sys
+from typing import Any, Callable, Iterable, Sequence, Union
 
-from etils import epath
-import tensorflow_datasets as tfds
+_LOG = logging.getLogger(__name__)
+_TFDS = 'tensorflow_datasets'
 
 TESTED_TFDS_VERSIONS = ('4.9.',)
 
 
 def tfds_version() -> str:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   return tfds.__version__
+
+
+# ------------------------------------------------------------ registration
+
+
+class _Provider:
+  """A TFDS dataset-builder provider for one name, its class loaded late."""
+
+  def __init__(self, name: str, load: Callable[[], type]):
+    self.name = name
+    self.load = load
+
+  def has_dataset(self, name: str) -> bool:
+    return name == self.name
+
+  def get_builder_cls(self, name: str) -> type:
+    del name
+    return self.load()
+
+
+def _add_provider(name: str, load: Callable[[], type]) -> None:
+  """Puts a provider of `name` first in TFDS's registry, once."""
+  from tensorflow_datasets.core import registered  # pylint: disable=g-import-not-at-top
+  for provider in registered._DATASET_PROVIDER_REGISTRY:  # pylint: disable=protected-access
+    if isinstance(provider, _Provider) and provider.name == name:
+      return
+  registered.add_dataset_builder_provider(_Provider(name, load), index=0)
+
+
+class _AfterLoad(importlib.abc.Loader):
+  """Runs a module's loader, then `then()`."""
+
+  def __init__(self, loader, then: Callable[[], None]):
+    self.loader = loader
+    self.then = then
+
+  def create_module(self, spec):
+    return self.loader.create_module(spec)
+
+  def exec_module(self, module):
+    # The module sees its own loader, as if imported without this one.
+    module.__loader__ = module.__spec__.loader = self.loader
+    self.loader.exec_module(module)
+    self.then()
+
+
+class _WhenTfdsLoads(importlib.abc.MetaPathFinder):
+  """Finds `tensorflow_datasets` as the next finders do; once it is loaded,
+  registers the providers waiting for it. Removes itself then."""
+
+  def __init__(self):
+    self.waiting: list[tuple[str, Callable[[], type]]] = []
+
+  def find_spec(self, name, path=None, target=None):
+    if name != _TFDS:
+      return None
+    for finder in sys.meta_path:
+      find = getattr(finder, 'find_spec', None)
+      spec = None if finder is self or find is None else find(name, path,
+                                                              target)
+      if spec is not None:
+        if spec.loader is not None:
+          spec.loader = _AfterLoad(spec.loader, self.register)
+        return spec
+    return None
+
+  def register(self) -> None:
+    if self in sys.meta_path:
+      sys.meta_path.remove(self)
+    waiting, self.waiting = self.waiting, []
+    for name, load in waiting:
+      _add_provider(name, load)
+
+
+def register(name: str, load: Callable[[], type]) -> None:
+  """Makes TFDS resolve `name` with `load()` (a builder class), first.
+
+  TFDS refuses a second class registered under a name, and its builtin
+  `segment_anything` may already be imported; so the builder class skips
+  registration, and a provider placed first in TFDS's provider list
+  answers for the name, in every import order. If TFDS is not imported
+  yet, the provider is added as soon as it is: registering imports
+  neither TFDS nor the builder.
+  """
+  if _TFDS in sys.modules:
+    _add_provider(name, load)
+    return
+  hook = next((f for f in sys.meta_path if isinstance(f, _WhenTfdsLoads)),
+              None)
+  if hook is None:
+    hook = _WhenTfdsLoads()
+    sys.meta_path.insert(0, hook)
+  hook.waiting.append((name, load))
+
+
+def builtin_builder() -> type:
+  """TFDS's own `segment_anything` builder class (its 1.x versions)."""
+  from tensorflow_datasets.datasets.segment_anything import segment_anything_dataset_builder as builtin  # pylint: disable=g-import-not-at-top
+  return builtin.Builder
+
+
+class LogHooks:
+  """The builder's own lines where TFDS logs its download and prepare
+  (TFDS's line says 'Downloading ... Unknown size')."""
+
+  def _log_download_bytes(self) -> None:
+    _LOG.info('Preparing %s into %s', self.info.full_name, self.data_dir)
+
+  def _log_download_done(self) -> None:
+    _LOG.info('Prepared %s in %s', self.info.full_name, self.data_dir)
+
+
+# -------------------------------------------------------------- writing
 
 
 class Serializer:
@@ -67,18 +199,33 @@ def number_of_shards(*, total_size: int, num_examples: int,
                                   uses_precise_sharding=False)
 
 
-def filename_template(data_dir: epath.PathLike, *, dataset_name: str,
-                      split: str, file_format: tfds.core.FileFormat):
+def format_of(value: Any):
+  """TFDS's `FileFormat` of a format or its value ('tfrecord', ...)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds.core.FileFormat(getattr(value, 'value', value))
+
+
+def filename_template(data_dir: Any, *, dataset_name: str, split: str,
+                      file_format: Any):
   """TFDS's template of a split's shard file names."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.core import naming  # pylint: disable=g-import-not-at-top
   return naming.ShardedFileTemplate(
       data_dir=epath.Path(data_dir), dataset_name=dataset_name, split=split,
-      filetype_suffix=file_format.file_suffix)
+      filetype_suffix=format_of(file_format).file_suffix)
 
 
-def shard_path(template, index: int, count: int) -> epath.Path:
+def shard_path(template, index: int, count: int):
   """The path of shard `index` of `count` (`...-00003-of-00016`)."""
   return template.sharded_filepath(shard_index=index, num_shards=count)
+
+
+def split_info(*, name: str, shard_lengths: Sequence[int], num_bytes: int,
+               template):
+  """TFDS's description of a split written with `template`."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds.core.SplitInfo(name=name, shard_lengths=list(shard_lengths),
+                             num_bytes=num_bytes, filename_template=template)
 
 
 # TFRecord framing: length (8) + its masked CRC (4) + data + data CRC (4).
@@ -110,8 +257,9 @@ _GATHER_BYTES = 1 << 20
 _GATHER_PIECES = 512
 
 
-def _write_all(fd: int, pieces: list[bytes]) -> None:
-  """Writes the pieces in order, as few system calls as it takes."""
+def write_all(fd: int, pieces: list[bytes]) -> None:
+  """Writes the pieces in order, as few system calls as it takes (the list
+  is used up)."""
   if not hasattr(os, 'writev'):  # pragma: no cover - not POSIX.
     for piece in pieces:
       view = memoryview(piece)
@@ -147,14 +295,14 @@ def _write_tfrecord(path: str, records: Iterable[Record], extend) -> None:
       gathered.append(_masked(crc))
       size += length
       if size >= _GATHER_BYTES or len(gathered) >= _GATHER_PIECES:
-        _write_all(fd, gathered)
+        write_all(fd, gathered)
         gathered, size = [], 0
-    _write_all(fd, gathered)
+    write_all(fd, gathered)
   finally:
     os.close(fd)
 
 
-def write_records(path: epath.PathLike, file_format: tfds.core.FileFormat,
+def write_records(path: Any, file_format: Any,
                   records: Iterable[Record]) -> None:
   """Writes serialized examples to one file in a TFDS file format.
 
@@ -163,14 +311,14 @@ def write_records(path: epath.PathLike, file_format: tfds.core.FileFormat,
   given in pieces is written piece by piece, never joined, so an image's
   bytes are not copied between their read and the write. TFRecord files
   are framed here, byte-identical to `tf.io.TFRecordWriter` (tested), so a
-  local build never imports TensorFlow; other formats go through TFDS's
-  own file adapter.
+  build never imports TensorFlow (nor TFDS); other formats go through
+  TFDS's own file adapter.
   """
   extend = _crc32c()
-  if file_format == tfds.core.FileFormat.TFRECORD and extend is not None:
+  if getattr(file_format, 'value', file_format) == 'tfrecord' and extend:
     _write_tfrecord(os.fspath(path), records, extend)
     return
   from tensorflow_datasets.core import file_adapters  # pylint: disable=g-import-not-at-top
-  adapter = file_adapters.ADAPTER_FOR_FORMAT[file_format]
+  adapter = file_adapters.ADAPTER_FOR_FORMAT[format_of(file_format)]
   adapter.write_examples(path, ((None, r if isinstance(r, bytes)
                                  else b''.join(r)) for r in records))

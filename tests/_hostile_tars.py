@@ -5,8 +5,8 @@ before `tarfile` reads it: extended headers over the size cap (GNU long
 names, pax records), pax records that CPython's tarfile before 3.12.6 parses
 in quadratic time (CVE-2024-6232), malformed or sparse records, too many
 extended headers before one member, sparse and negative-size members. The
-tests read them with both tar walkers (tests/test_tars.py,
-tests/test_streaming.py) and build them (tests/test_faults.py).
+tests read them with the tar walker, indexed and streamed (tests/test_tars.py,
+tests/test_stream.py) and build them (tests/test_faults.py).
 """
 
 from __future__ import annotations

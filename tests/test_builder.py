@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 import segment_anything_tfds
 from segment_anything_tfds.segment_anything import segment_anything_dataset_builder as ours
+from segment_anything_tfds import tfds_seam
 
 from conftest import DUMMY_DATA, REPO, make_bad_manual_dir, read_inputs
 
@@ -372,7 +373,7 @@ def builtin_data(tmp_path_factory):
   by the builtin builder from the dummy tars served on 127.0.0.1."""
   from _loopback_server import LoopbackServer  # pylint: disable=g-import-not-at-top
   from segment_anything_tfds.tools import fake_data  # pylint: disable=g-import-not-at-top
-  builtin = ours._builtin_cls()  # pylint: disable=protected-access
+  builtin = tfds_seam.builtin_builder()
   tars = {p.name: p.read_bytes() for p in sorted(DUMMY_DATA.glob('*.tar'))}
   manual = tmp_path_factory.mktemp('builtin_manual')
   data = tmp_path_factory.mktemp('builtin_data')

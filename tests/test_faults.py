@@ -24,7 +24,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import segment_anything_tfds  # pylint: disable=unused-import
-from segment_anything_tfds.prepare import audit
+from segment_anything_tfds.prepare import rules as audit
 from segment_anything_tfds.sources import checksums
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds.sources import download

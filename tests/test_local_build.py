@@ -8,6 +8,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -20,6 +21,7 @@ from segment_anything_tfds import errors
 from segment_anything_tfds.prepare import records as examples
 from segment_anything_tfds.tools import fake_data
 from segment_anything_tfds.prepare import local as local_build
+from segment_anything_tfds.prepare import plan
 from segment_anything_tfds.sources import manual_dir as shards_lib
 
 from conftest import DUMMY_DATA
@@ -31,22 +33,22 @@ from _worker_pool import worker_env
 
 def _build(tmp_path, manual, *, workers, num_shards=None, lenient=False,
            monkeypatch=None, name='out'):
-  """Runs `local_build.build` into tmp_path/name; returns (result, files)."""
+  """Runs `local_build.build` into tmp_path/name; returns (result, shard
+  files, audit records)."""
   if monkeypatch is not None and workers > 1:  # Force the pool on tiny data.
-    monkeypatch.setattr(local_build, 'MIN_BYTES', 0)
+    monkeypatch.setattr(local_build, 'POOL_SECONDS', 0)
   out = tmp_path / name
   out.mkdir()
   shards = list(shards_lib.find_shards(manual).shards.values())
-  records = []
   result = local_build.build(
-      shards, local_build.Output(
+      shards, plan.Output(
           data_dir=os.fspath(out), dataset_name='segment_anything',
-          split='train', file_format=tfds.core.FileFormat.TFRECORD,
-          num_shards=num_shards),
-      lenient=lenient, workers=workers, show_progress=False,
-      audit_records=records)
-  files = sorted(p for p in out.iterdir())
-  return result, files, records
+          split='train', file_format='tfrecord', num_shards=num_shards),
+      lenient=lenient, workers=workers, show_progress=False)
+  files = sorted(p for p in out.iterdir() if '.tfrecord' in p.name)
+  assert sorted(p.name for p in out.iterdir()) == sorted(
+      [f.name for f in files] + (['audit'] if result.audit else []))
+  return result, files, result.audit
 
 
 def _read(files):
@@ -85,9 +87,10 @@ def test_workers_write_the_same_bytes_as_one_process(tmp_path, monkeypatch):
                            for a in inputs[image_id][1]['annotations'])
   # The order is the hash order, whatever the workers.
   ids = np.array([i for i, _, _ in got])
-  assert (np.diff(local_build.image_order(ids).astype(np.float64)) > 0).all()
+  assert (np.diff(plan.image_order(ids).astype(np.float64)) > 0).all()
   # Counts collected on the way: nothing is read back.
-  assert two.masks == sum(len(js['annotations']) for _, js in inputs.values())
+  assert two.tallies.total('masks') == sum(
+      len(js['annotations']) for _, js in inputs.values())
   assert two.num_bytes == sum(f.stat().st_size for f in files2) - 16 * len(
       inputs)
 
@@ -117,15 +120,16 @@ def test_lenient_audit_adds_up(tmp_path, monkeypatch):
   manual = make_bad_manual_dir(tmp_path / 'in')
   result, files, records = _build(tmp_path, manual, workers=2, lenient=True,
                                   monkeypatch=monkeypatch)
-  from segment_anything_tfds.prepare import audit  # pylint: disable=g-import-not-at-top
-  summary = audit.summarize(records)
+  from segment_anything_tfds.prepare import rules  # pylint: disable=g-import-not-at-top
+  summary = rules.summarize(records)
   assert sorted(i for i, _, _ in _read(files)) == [1, 2, 3, 10]
   assert summary['images_indexed'] - summary['skipped_images'] == (
-      result.images_written) == 4
+      result.images) == 4
   assert summary['skipped_by_reason'] == {
       'duplicate_id': 1, 'malformed_json': 1, 'missing_jpg': 1,
       'missing_json': 1, 'zero_size': 1}
-  assert result.per_tar['sa_000001.tar']['skipped'] == 2  # Read-time skips.
+  # Skipped when built (not in the index, nor duplicates).
+  assert result.tallies.as_dict()['sa_000001.tar']['skipped'] == 2
 
 
 def test_corrupt_and_empty_tars_are_skipped_whole_in_lenient_mode(tmp_path):
@@ -148,7 +152,7 @@ def test_corrupt_and_empty_tars_are_skipped_whole_in_lenient_mode(tmp_path):
     _build(tmp_path, manual, workers=1, name='strict')
   result, _, audit_records = _build(tmp_path, manual, workers=1,
                                     lenient=True)
-  assert result.images_written == 3
+  assert result.images == 3
   tar_skips = {r['tar']: r['reason'] for r in audit_records
                if r['kind'] == 'tar'}
   assert tar_skips == {'sa_000001.tar': errors.CORRUPT_TAR,
@@ -196,14 +200,14 @@ _GONE_WITHIN = 10.0  # Seconds for a dead build's processes to go.
 
 @pytest.fixture(scope='module')
 def scale_manual(tmp_path_factory) -> pathlib.Path:
-  """Two tars of 4000 small images: ≈35 MB, over `MIN_BYTES`."""
+  """Two tars of 4000 small images: ≈35 MB, worth worker processes."""
   manual = tmp_path_factory.mktemp('scale')
   with pytest.MonkeyPatch.context() as mp:
     mp.syspath_prepend(str(REPO / 'benchmarks'))
     import fake_tars  # pylint: disable=g-import-not-at-top
     fake_tars.make_scale_tars(os.fspath(manual), 2, 4000)
-  assert local_build.MIN_BYTES < sum(
-      p.stat().st_size for p in manual.iterdir())
+  # Worth worker processes for the write step.
+  assert 8000 * local_build._SECONDS_PER_IMAGE >= local_build.POOL_SECONDS  # pylint: disable=protected-access
   return manual
 
 
@@ -343,3 +347,31 @@ def test_concurrent_builds_into_one_data_dir_build_once(builds):
       ' finish'], err2
   assert 'Traceback' not in err1 + err2
   assert sorted(p.name for p in builds.config_dir.iterdir()) == ['2.0.0']
+
+
+def test_a_worker_imports_neither_tensorflow_nor_tfds(tmp_path):
+  """What a worker process runs (its module, the state it unpickles, an
+  index and a write of a part) in a fresh process: no TensorFlow, no TFDS,
+  no Beam (issue 20: workers that import TFDS cost more than the work)."""
+  script = textwrap.dedent(f"""
+      import pickle, sys
+      from segment_anything_tfds.prepare import local
+      from segment_anything_tfds.sources import manual_dir
+      found = manual_dir.find_shards({str(DUMMY_DATA)!r})
+      sources = list(found.shards.values())
+      state = pickle.loads(pickle.dumps(
+          (sources, 'tfrecord', False, 1 << 20, {str(tmp_path / 'spill')!r})))
+      worker = local._Worker(*state, lambda n: None)
+      indexed = worker.index(0)
+      part = local.Part(0, 0, {str(tmp_path / 'part')!r}, indexed.entries,
+                        {{0: indexed.dirs}}, [], range(0))
+      result = pickle.loads(pickle.dumps(worker.write(part)))
+      assert result.records == len(indexed.entries) > 0, result
+      heavy = {{'tensorflow', 'tensorflow_datasets', 'apache_beam'}}
+      print('HEAVY', sorted(heavy & set(sys.modules)))
+  """)
+  out = subprocess.run([sys.executable, '-c', script], capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path,
+                       env=worker_env())
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'HEAVY []' in out.stdout, out.stdout

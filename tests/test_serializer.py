@@ -22,6 +22,7 @@ from segment_anything_tfds.prepare import records as examples
 from segment_anything_tfds.tools import fake_data
 from segment_anything_tfds import features as features_lib
 from segment_anything_tfds.prepare import local as local_build
+from segment_anything_tfds.prepare import plan
 from segment_anything_tfds.prepare import serializer
 from segment_anything_tfds.sources import manual_dir as shards
 from segment_anything_tfds.prepare import tars
@@ -59,11 +60,11 @@ def _example(jpg: bytes, record, image_id: int):
 
 def test_every_dummy_data_image():
   found = shards.find_shards(DUMMY_DATA).shards
-  assert any(s.kind == shards.DIR for s in found.values())  # sa_000003/
+  assert any(s.folder for s in found.values())  # sa_000003/
   count = 0
   for shard in found.values():
     with tars.ShardReader(shard) as reader:
-      for pair in tars.index_shard(shard).pairs:
+      for pair in tars.index(shard).pairs:
         _, example = tars.read_example(reader, pair)
         _assert_same(example, f'{shard.name}:{pair.stem}')
         count += 1
@@ -229,12 +230,13 @@ def test_picklable_and_no_tensorflow():
   code = (
       'import sys\n'
       'from segment_anything_tfds.prepare import serializer, tars\n'
-      'from segment_anything_tfds.sources import manual_dir as shards\n'
-      f'shard = shards.find_shards({str(DUMMY_DATA)!r}).shards[0]\n'
+      'from segment_anything_tfds.sources import manual_dir\n'
+      f'shard = manual_dir.find_shards({str(DUMMY_DATA)!r}).shards[0]\n'
       'with tars.ShardReader(shard) as r:\n'
-      '  pair = tars.index_shard(shard).pairs[0]\n'
+      '  pair = tars.index(shard).pairs[0]\n'
       '  serializer.serialize(tars.read_example(r, pair)[1])\n'
-      'assert "tensorflow" not in sys.modules, "imported TensorFlow"\n')
+      'heavy = {"tensorflow", "tensorflow_datasets"} & set(sys.modules)\n'
+      'assert not heavy, f"imported {heavy}"\n')
   subprocess.run([sys.executable, '-c', code], check=True)
 
 
@@ -272,8 +274,8 @@ def test_builds_write_the_files_tfds_serializer_wrote(tmp_path, monkeypatch):
     out.mkdir()
     local_build.build(
         list(shards.find_shards(DUMMY_DATA).shards.values()),
-        local_build.Output(os.fspath(out), 'segment_anything', 'train',
-                           tfds.core.FileFormat.TFRECORD, num_shards=2),
+        plan.Output(os.fspath(out), 'segment_anything', 'train',
+                    'tfrecord', num_shards=2),
         lenient=False, workers=1, show_progress=False)
     return {p.name: p.read_bytes() for p in out.iterdir()
             if '.tfrecord' in p.name}

@@ -1,7 +1,11 @@
-"""The TFDS internals the local build relies on, checked against the
-installed TFDS: if one changes, these fail naming the TFDS version."""
+"""The TFDS internals the package relies on (`tfds_seam.py`), checked
+against the installed TFDS: if one changes, these fail naming the TFDS
+version."""
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -74,7 +78,7 @@ def test_tfrecord_writer_finishes_partial_writes(tmp_path, monkeypatch):
 
 def test_serializer_matches_tfds_features(tmp_path):
   shard = shards.find_shards(DUMMY_DATA).shards[0]
-  pair = tars.index_shard(shard).pairs[0]
+  pair = tars.index(shard).pairs[0]
   with tars.ShardReader(shard) as r:
     _, example = tars.read_example(r, pair)
   features = features_lib.features()
@@ -119,3 +123,57 @@ def test_array_record_adapter_writes_readable_files(tmp_path):
   from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
   source = array_record_data_source.ArrayRecordDataSource([os.fspath(path)])
   assert [source[i] for i in range(len(source))] == records, VERSION
+
+
+def test_split_info_lists_the_files_written(tmp_path):
+  template = tfds_seam.filename_template(
+      tmp_path, dataset_name='segment_anything', split='train',
+      file_format='tfrecord')
+  info = tfds_seam.split_info(name='train', shard_lengths=[3, 4],
+                              num_bytes=100, template=template)
+  assert info.num_examples == 7 and info.num_shards == 2, VERSION
+  assert [os.fspath(p) for p in info.filepaths] == [
+      os.fspath(tfds_seam.shard_path(template, i, 2)) for i in range(2)], (
+          VERSION)
+
+
+def test_builtin_builder_is_tfds_own():
+  builtin = tfds_seam.builtin_builder()
+  assert builtin.name == 'segment_anything', VERSION
+  assert str(builtin.VERSION).startswith('1.'), VERSION
+  assert builtin is not segment_anything_tfds.Builder
+
+
+def test_log_hooks_are_the_ones_tfds_calls():
+  """The builder's own start and end lines replace TFDS's, by name."""
+  for hook in ('_log_download_bytes', '_log_download_done'):
+    assert callable(getattr(tfds.core.DatasetBuilder, hook, None)), (
+        f'{VERSION}: no DatasetBuilder.{hook}')
+    assert getattr(segment_anything_tfds.Builder, hook) is getattr(
+        tfds_seam.LogHooks, hook)
+
+
+@pytest.mark.parametrize('first', ['ours', 'tfds'])
+def test_the_provider_answers_for_the_name_without_importing_the_builder(
+    first):
+  """Registered in either import order; the builder's module (and with it
+  the engines) is imported only when TFDS asks for the name."""
+  imports = ['import segment_anything_tfds',
+             'import tensorflow_datasets as tfds']
+  script = textwrap.dedent(f"""
+      import sys
+      {imports[0] if first == 'ours' else imports[1]}
+      {imports[1] if first == 'ours' else imports[0]}
+      builder = ('segment_anything_tfds.segment_anything'
+                 '.segment_anything_dataset_builder')
+      assert builder not in sys.modules
+      assert 'segment_anything_tfds.prepare.local' not in sys.modules
+      cls = tfds.builder_cls('segment_anything')
+      assert cls is sys.modules[builder].Builder, cls
+      assert 'apache_beam' not in sys.modules
+      print('OK')
+  """)
+  out = subprocess.run([sys.executable, '-c', script], capture_output=True,
+                       text=True, timeout=120, check=False)
+  assert out.returncode == 0, f'{VERSION}: {out.stderr[-2000:]}'
+  assert out.stdout.strip() == 'OK'

@@ -3,11 +3,9 @@
 A worker pool (`_worker_pool.WorkerPool`) runs the Beam pipeline eagerly in
 SDK worker processes: pickled DoFns, side inputs and shuffles cross process
 boundaries, and nothing is shared with the launcher. Each build is compared
-with the default local build of the same tars.
-
-The two engines order records differently (the local engine by a hash of the
-image id, TFDS's Beam writer by its own key hash), so shard lengths may
-differ; the split's example count, byte count and number of shards do not.
+with the default local build of the same tars: both engines follow one plan
+(`prepare/plan.py`), so they write the same shard files, byte for byte, and
+the same audit.
 """
 
 from __future__ import annotations
@@ -76,6 +74,16 @@ def _split_numbers(builder) -> dict:
           'num_bytes': int(split['numBytes']), 'num_shards': len(lengths)}
 
 
+def _shard_files(builder) -> dict[str, bytes]:
+  return {p.name: p.read_bytes() for p in
+          pathlib.Path(builder.data_dir).glob('*.tfrecord*')}
+
+
+def _audit_file(builder) -> bytes:
+  return (pathlib.Path(builder.data_dir) / 'audit' / 'records.jsonl'
+          ).read_bytes()
+
+
 def _metadata(builder) -> dict:
   return json.loads((pathlib.Path(builder.data_dir) / 'metadata.json'
                      ).read_text())
@@ -110,12 +118,14 @@ def test_worker_pool_build_equals_the_local_build(pool, tmp_path):
 
   numbers = _split_numbers(beam)
   assert numbers == _split_numbers(local)
+  assert _shard_files(beam) == _shard_files(local)
   assert numbers['num_examples'] == len(inputs)
   assert numbers['num_shards'] == 3
   # The audit, written by the workers ('WriteAudit'), adds up as the local one.
   audit_beam, audit_local = _metadata(beam)['audit'], _metadata(local)['audit']
   assert audit_beam == audit_local
   assert audit_beam['images_indexed'] == len(inputs)
+  assert _audit_file(beam) == _audit_file(local)
 
 
 def test_strict_error_crosses_the_process_boundary(pool, tmp_path):
@@ -184,3 +194,5 @@ def test_lenient_audit_written_by_workers_is_complete(pool, tmp_path):
       for r in map(json.loads, p.read_text().splitlines())
       if r['kind'] == 'skip')
   assert skips(beam) == skips(local) and len(skips(beam)) == 5
+  assert _audit_file(beam) == _audit_file(local)
+  assert _shard_files(beam) == _shard_files(local)

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from segment_anything_tfds import errors
 from segment_anything_tfds.sources import links as links_lib
-from segment_anything_tfds.sources import manual_dir as shards_lib
+from segment_anything_tfds.sources import paths as paths_lib
 from segment_anything_tfds.cli import common
 
 FILE_FORMATS = ('tfrecord', 'array_record')
@@ -84,7 +84,7 @@ def download_config(args: argparse.Namespace, leftover: Sequence[str]):
 
 def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   dl_config = download_config(args, leftover)
-  if args.manual_dir and shards_lib.is_local(args.manual_dir):
+  if args.manual_dir and paths_lib.is_local(args.manual_dir):
     if not pathlib.Path(args.manual_dir).is_dir():
       raise errors.SourceError(
           f'--manual_dir {args.manual_dir} is not a directory')
@@ -132,7 +132,7 @@ def _download_only(builder, dl_config, download_dir) -> int:
   found = builder.fetch_shards(dl_config, download_dir=download_dir)
   print(f'{len(found)} tars ready for {builder.builder_config.name}:')
   for shard in found:
-    print(errors.printable(f'  {shard.name}  {shard.location}'))
+    print(errors.printable(f'  {shard.name}  {shard.where}'))
   return 0
 
 

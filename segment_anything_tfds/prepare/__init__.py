@@ -1,1 +1,2 @@
-"""From tars to records: members, the record format, the rules both engines share, the local and Beam engines."""
+"""From tars to records: the tar walker, the record format, the rules and
+plan both engines share, the local and Beam engines."""

@@ -1,429 +1,401 @@
-"""Beam transforms: shards -> (image id, example), streaming from the tars.
+"""The Beam engine: one element per source, and its own shard writer.
 
-Local tars and folders (and folders in buckets) are indexed, then read by
-seeking to each member:
+What Dataflow runs. Beam is imported here only. The steps, by label:
 
-  'CreateShards'      one element per tar or folder
-  'ReshuffleShards'   spread shards over workers
-  'IndexShards'       read headers only; pair members; cut into chunks
-  'KeyImageIds'/'GroupImageIds'/'FindDuplicateIds'
-                      image ids seen in more than one shard (small data)
-  'ReshuffleChunks'   fan out: the unit of work is a chunk, not a tar
-  'ReadExamples'      seek to each pair, read, parse, build the example
+  'CreateSources' / 'ReshuffleSources'
+                      one element per tar or folder, spread over workers
+  'ReadSources'       a source read by one worker: a remote tar front to
+                      back, once (`tars.stream`), a local one indexed then
+                      read by seeks in tar order (`tars.index`). Each image
+                      is built and serialized there; out come its copy
+                      (image id -> `Built`: tar, member, record or error),
+                      a small note of where it is (for 'GroupIds'), and the
+                      tar's audit records (`rules.audit_index`)
+  'GroupIds' / 'FindDuplicates'
+                      image ids in more than one tar, and images a tar
+                      took back (stored twice, found after they were
+                      built): `rules.duplicates` keeps the lowest tar's
+                      copy. Small data, a side input for the next step
+  'DropDuplicates'    the other copies go
+  'KeyOrders' / 'PlanShards'
+                      the plan (`plan.py`): every kept image's
+                      `image_order` (8 bytes) and size, in one combine, cut
+                      into as many shards as TFDS would choose
+  'AssignShards' / 'GroupShards' / 'WriteShards'
+                      each record to its shard; each shard sorted and
+                      written (`tfds_seam.write_records`)
+  'ResultsToJson' / 'WriteResults', 'AuditToJson' / 'WriteAudit'
+                      what each shard holds, and the audit records, read
+                      back by the launcher, which writes the audit file
+                      (`rules.write_audit`)
 
-Remote tars (links in `disk_mode='stream'`, tars in buckets), where every
-seek is a request, are read in byte ranges instead (`streaming.py`):
+The plan, the rules and the record format are the local engine's, so both
+engines write the same shard files and the same audit for the same inputs.
+A shard is sorted in one worker's memory: it holds at most
+`max_shard_size` (1 GiB by default) of records.
 
-  'CreateRemoteTars'/'ReshuffleRemoteTars'
-  'PlanRanges'        each tar cut into ranges of `range_bytes` (1 GiB)
-  'ReshuffleRanges'   fan out: the unit of work is a range
-  'ReadRanges'        one sequential read per range; images whose members
-                      meet in the range are built at once; the others'
-                      members (orphans) and a record per image go on
-  'GroupOrphans'/'PairOrphans'
-                      by image id: orphans paired (a member over the hold
-                      cap is read again by seek), copies of an id found
-  'GroupRanges'/'CheckRanges'
-                      per tar: consecutive ranges must agree on where
-                      members start (else `corrupt_tar`, lenient or not);
-                      the tar's audit record
-
-Then, for all shards:
-
-  'WriteAudit'        every skipped image (lenient mode) and per-shard counts
-
-Only shard names, member offsets, image ids and orphans are grouped or
-reshuffled; image bytes flow straight from the read to TFDS's writer (whose
-shuffle groups them: on Dataflow a disk-backed service). Local builds do not
-use this pipeline but `local_build.py`, which shuffles only 48-byte entries.
-
-Copies of an image id in byte-range reads: an image is built as soon as its
-members meet, before the other tars are read, so two tars (or two ranges of
-one tar) may both write it. The builder then sets TFDS's
-`DownloadConfig.ignore_duplicates`: the writer keeps one copy, and each
-other copy is audited as a `duplicate_id` (or `duplicate_member`) skip, so
-the audit adds up. Which copy is kept is not determined. Strict builds fail
-on any copy, naming the tars, as with indexed tars.
+Beam counters (namespace `segment_anything`: images indexed and written,
+masks, skips per reason) show progress on Dataflow's job page and go to
+`metadata.json`.
 """
 
+from __future__ import annotations
+
+import array
 import dataclasses
 import json
 import logging
-from typing import Any, Iterable, Iterator, Optional, Sequence
+import os
+import tempfile
+import time
+from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
+from apache_beam.metrics import metric
 from etils import epath
+import numpy as np
 
-from segment_anything_tfds.prepare import audit
-from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import errors
-from segment_anything_tfds.prepare import records as records_lib
-from segment_anything_tfds.sources import manual_dir as shards_lib
-from segment_anything_tfds.prepare import streaming
+from segment_anything_tfds import tfds_seam
+from segment_anything_tfds.prepare import plan
+from segment_anything_tfds.prepare import rules
+from segment_anything_tfds.prepare import serializer
 from segment_anything_tfds.prepare import tars as tars_lib
+from segment_anything_tfds.sources import base
+from segment_anything_tfds.sources import paths as paths_lib
 
 _LOG = logging.getLogger(__name__)
 
+NAMESPACE = 'segment_anything'
 _AUDIT = 'audit'
 _IDS = 'ids'
-_REPORTS = 'reports'
-_COUNTS = 'counts'
-NAMESPACE = 'segment_anything'
-
-
-@dataclasses.dataclass(frozen=True)
-class Chunk:
-  """A slice of one shard's pairs: the unit of parallel work."""
-
-  shard: shards_lib.Shard
-  pairs: tuple[tars_lib.Pair, ...]
+_WORK_DIR = '.beam_build'
 
 
 def _counter(name: str):
   return beam.metrics.Metrics.counter(NAMESPACE, name)
 
 
-def _count_written(example: dict[str, Any]) -> None:
-  """Counters of what goes to the writer: the build's summary, and progress
-  on Dataflow's job page."""
-  _counter('images_written').inc()
-  _counter('masks_written').inc(len(example['annotations']['id']))
+@dataclasses.dataclass(frozen=True)
+class Built:
+  """One copy of an image, built: its record, or why it has none.
 
-
-def _skip_record(error: errors.BadInputError, *, lenient: bool,
-                 kind: str = 'skip') -> dict:
-  """Raises in strict mode; returns the audit record in lenient mode."""
-  record = audit.problem(error, lenient=lenient, kind=kind)
-  _counter(f'skipped_{error.reason}').inc()
-  return record
-
-
-def _problem(error: errors.BadInputError, *, lenient: bool,
-             kind: str = 'skip'):
-  """Raises in strict mode; returns an audit output in lenient mode."""
-  return beam.pvalue.TaggedOutput(
-      _AUDIT, _skip_record(error, lenient=lenient, kind=kind))
-
-
-def index_shard(
-    shard: shards_lib.Shard, *, chunk_size: int, lenient: bool
-) -> Iterator[Any]:
-  """Indexes one shard; yields `Chunk`s and audit records.
-
-  Strict: the first problem raises. Lenient: a damaged tar is audited as a
-  skipped tar and the images indexed before the damage are kept; each image
-  that cannot be built is audited as a skipped image.
+  Attributes:
+    copy: where it is (its tar and jpg member).
+    input_bytes: its members' bytes (the plan's shard count uses them).
+    masks: its number of masks.
+    record: the serialized example, or None if the build failed.
+    error: why it failed (lenient builds; a strict one raised it).
   """
-  index = tars_lib.index_shard(shard)
-  if index.damage is not None:
-    yield _problem(index.damage, lenient=lenient, kind='tar')
-  elif not index.images:
-    yield _problem(tars_lib.no_images_error(index), lenient=lenient,
-                   kind='tar')
-  for problem in index.problems:
-    yield _problem(problem, lenient=lenient)
-  for name in index.ignored:
-    _LOG.info('%s:%s: not an SA-1B image member; ignored', shard.name,
-              errors.printable(name))
+
+  copy: rules.Copy
+  input_bytes: int
+  masks: int = 0
+  record: bytes | None = None
+  error: errors.BadInputError | None = None
+
+
+def _build(source: base.Source, pair: tars_lib.Pair, jpg: bytes,
+           json_bytes: bytes, *, lenient: bool) -> Built:
+  copy = rules.Copy(source.tar_index, source.name, pair.jpg.name)
+  size = pair.jpg.size + pair.json.size
+  try:
+    _, example = tars_lib.build_example(source.name, pair, jpg, json_bytes)
+  except errors.BadInputError as e:
+    if not lenient:
+      raise
+    return Built(copy, size, error=e)
+  return Built(copy, size, len(example['annotations']['id']),
+               b''.join(serializer.serialize_pieces(example)))
+
+
+def _audit(index: tars_lib.Index, *, lenient: bool) -> Iterator[Any]:
   _counter('images_indexed').inc(index.images)
-  yield beam.pvalue.TaggedOutput(_AUDIT, audit.shard_record(
-      index.tar, images=index.images, problems=len(index.problems),
-      ignored=index.ignored))
-  pairs = index.pairs
-  for start in range(0, len(pairs), chunk_size):
-    yield Chunk(shard, tuple(pairs[start:start + chunk_size]))
+  for record in rules.audit_index(index, lenient=lenient):
+    if record['kind'] != 'shard':
+      _counter(f'skipped_{record["reason"]}').inc()
+    yield beam.pvalue.TaggedOutput(_AUDIT, record)
 
 
-def image_ids(chunk: Chunk) -> Iterator[tuple[int, tuple[int, str]]]:
-  for pair in chunk.pairs:
-    yield pair.image_id, (chunk.shard.index, chunk.shard.name)
+def _note(image_id: int, built: Built, *, took_back: bool = False):
+  return beam.pvalue.TaggedOutput(_IDS, (image_id, (built.copy, took_back)))
 
 
-def find_duplicates(
-    image_id_shards: tuple[int, Iterable[tuple[int, str]]], *, lenient: bool
-) -> Iterator[tuple[int, str]]:
-  """Yields (image id, the one tar to keep it from) for ids in many tars."""
-  image_id, shards = image_id_shards
-  shards = sorted(set(shards))
-  if len(shards) < 2:
-    return
-  names = [name for _, name in shards]
-  if not lenient:
-    raise errors.BadInputError(
-        errors.DUPLICATE_ID, names[1], f'sa_{image_id}.jpg',
-        f'image id {image_id} is also in'
-        f' {", ".join(n for n in names if n != names[1])}')
-  yield image_id, names[0]
+def read_source(source: base.Source, *, hold_bytes: int, lenient: bool
+                ) -> Iterator[Any]:
+  """Reads one source, building every image.
 
-
-def read_chunk(
-    chunk: Chunk, duplicates: dict[int, str], *, lenient: bool,
-    emit_ids: bool = False,
-) -> Iterator[Any]:
-  """Reads a chunk's pairs; yields (image id, example) and audit records.
-
-  With `emit_ids` (a build that also reads remote tars in byte ranges),
-  each image written is also told to 'PairOrphans' (a `streaming.Paired`
-  on the 'ids' output), which finds its copies in those tars.
+  Yields (image id, `Built`); on 'ids', (image id, (`rules.Copy`, took
+  back)); on 'audit', the source's audit records. Strict: the first
+  problem raises.
   """
-  shard = chunk.shard
-  with tars_lib.ShardReader(shard) as reader:
-    for pair in chunk.pairs:
-      keep = duplicates.get(pair.image_id)
-      if keep is not None and keep != shard.name:
-        yield _problem(errors.BadInputError(
-            errors.DUPLICATE_ID, shard.name, pair.jpg.name,
-            f'image id {pair.image_id} is kept from {keep}'), lenient=lenient)
-        continue
+  if source.remote and not source.folder:
+    yield from _read_stream(source, hold_bytes=hold_bytes, lenient=lenient)
+    return
+  index = tars_lib.index(source)
+  yield from _audit(index, lenient=lenient)
+  with tars_lib.ShardReader(source) as reader:
+    for pair in sorted(index.pairs, key=lambda p: p.jpg.offset):
       try:
-        key, example = tars_lib.read_example(reader, pair)
+        jpg, js = reader.read(pair.jpg), reader.read(pair.json)
       except errors.BadInputError as e:
-        yield _problem(e, lenient=lenient)
-        continue
-      _count_written(example)
-      yield key, example
-      if emit_ids:
-        yield beam.pvalue.TaggedOutput(_IDS, (pair.image_id, streaming.Paired(
-            shard.index, shard.name, pair.jpg.name, pair.json.name, True)))
-
-
-# ------------------------------------------------------------ byte ranges
-
-
-def plan_ranges(shard: shards_lib.Shard, *, range_bytes: int
-                ) -> Iterator[streaming.ByteRange]:
-  """The byte ranges of a remote tar (its size from HEAD or a stat)."""
-  yield from streaming.byte_ranges(shard, range_bytes)
-
-
-def _image_id(member: tars_lib.Member) -> int:
-  stem, _ = tars_lib.canonical_stem(member.name)
-  return records_lib.image_id_from_stem(stem)
-
-
-def _build_local(shard: shards_lib.Shard, local: streaming.LocalPair, *,
-                 lenient: bool) -> Iterator[Any]:
-  """A pair met within a range: its example (or skip), and its id record."""
-  pair = local.pair
-  written = False
-  try:
-    key, example = tars_lib.build_example(shard.name, pair, local.jpg,
-                                          local.json)
-  except errors.BadInputError as e:
-    yield _problem(e, lenient=lenient)
-  else:
-    _count_written(example)
-    written = True
-    yield key, example
-  yield beam.pvalue.TaggedOutput(_IDS, (pair.image_id, streaming.Paired(
-      shard.index, shard.name, pair.jpg.name, pair.json.name, written)))
-
-
-def read_range(rng: streaming.ByteRange, *, hold_bytes: int,
-               lenient: bool) -> Iterator[Any]:
-  """Reads one byte range front to back.
-
-  Yields (image id, example) for the images whose members meet in the
-  range; on the 'ids' output, (image id, `streaming.Paired`) for each of
-  them and (image id, `streaming.Orphan`) for every other image member; on
-  'reports', (tar, `streaming.Report`). Strict: damage raises here.
-  """
-  pos = streaming.read_start(rng)
-  stream, source = streaming.open_stream(rng, pos)
-  try:
-    for event in streaming.read_range(rng, stream, hold_bytes=hold_bytes):
-      if isinstance(event, streaming.LocalPair):
-        yield from _build_local(rng.shard, event, lenient=lenient)
-      elif isinstance(event, streaming.Orphan):
-        _counter('orphan_members').inc()
-        yield beam.pvalue.TaggedOutput(_IDS, (_image_id(event.member), event))
+        if not lenient:
+          raise
+        built = Built(rules.Copy(source.tar_index, source.name,
+                                 pair.jpg.name),
+                      pair.jpg.size + pair.json.size, error=e)
       else:
-        if event.damage is not None and not lenient:
-          raise event.damage
-        beam.metrics.Metrics.distribution(
-            NAMESPACE, 'range_held_bytes').update(event.held_peak)
-        yield beam.pvalue.TaggedOutput(_REPORTS, (event.tar, event))
-  finally:
-    source.close()
+        built = _build(source, pair, jpg, js, lenient=lenient)
+      yield _note(pair.image_id, built)
+      yield pair.image_id, built
 
 
-def _read_by_seek(shard: shards_lib.Shard, members: Sequence[tars_lib.Member]
-                  ) -> dict[str, bytes]:
-  """Members not held (over the cap), read by seek, one request each."""
-  out = {}
-  with shard.open(block_size=1) as f:
-    for m in members:
-      _counter('orphan_reads').inc()
-      out[m.name] = tars_lib.read_member(f, m, tar=shard.name)
-  return out
-
-
-def pair_orphans(item: tuple[int, Iterable[Any]], *, lenient: bool
+def _read_stream(source: base.Source, *, hold_bytes: int, lenient: bool
                  ) -> Iterator[Any]:
-  """One image id's orphans and copies, settled (`streaming.settle_image`).
+  """A remote tar, read front to back once (`tars.stream`)."""
+  given: dict[str, tuple[int, Built]] = {}
+  for event in tars_lib.stream(source, hold_bytes=hold_bytes):
+    if isinstance(event, tars_lib.Index):
+      final = {p.stem for p in event.pairs}
+      for stem, (image_id, built) in given.items():
+        if stem not in final:  # Stored twice: a problem of its index.
+          yield _note(image_id, built, took_back=True)
+      yield from _audit(event, lenient=lenient)
+      return
+    pair = event.pair
+    built = _build(source, pair, event.jpg, event.json, lenient=lenient)
+    given[pair.stem] = pair.image_id, dataclasses.replace(built, record=None)
+    yield _note(pair.image_id, built)
+    yield pair.image_id, built
 
-  Yields the example built from orphans, if any; audit records of the
-  copies and problems skipped; on 'counts', (tar, (images, problems))
-  settled here for the tar's audit record.
-  """
-  image_id, records = item
-  settled = streaming.settle_image(image_id, records)
-  if settled.duplicate_tars and not lenient:
-    list(find_duplicates((image_id, settled.duplicate_tars), lenient=False))
-  for tar, counts in settled.counts.items():
-    yield beam.pvalue.TaggedOutput(_COUNTS, (tar, tuple(counts)))
-  for error in settled.skips:
-    yield _problem(error, lenient=lenient)
-  if settled.build is None:
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+  """What becomes of an image id's copies: the tar kept (None if none),
+  and the tars whose copy was taken back."""
+
+  kept: int | None
+  took_back: frozenset[int]
+
+
+def find_duplicates(item: tuple[int, Iterable[tuple[rules.Copy, bool]]], *,
+                    lenient: bool) -> Iterator[Any]:
+  """An image id's copies (`rules.duplicates`); yields its `Verdict` if
+  more than one tar has it or one took it back, and the skips."""
+  image_id, notes = item
+  notes = list(notes)
+  took_back = frozenset(c.tar_index for c, back in notes if back)
+  copies = [c for c, back in notes if not back and c.tar_index not in
+            took_back]
+  if len(copies) < 2 and not took_back:
     return
-  shard, pair, data = settled.build
+  kept = None
+  if copies:
+    first, skips = rules.duplicates(image_id, copies, lenient=lenient)
+    kept = first.tar_index
+    for record in skips:
+      _counter(f'skipped_{record["reason"]}').inc()
+      yield beam.pvalue.TaggedOutput(_AUDIT, record)
+  yield image_id, Verdict(kept, took_back)
+
+
+def drop_duplicates(item: tuple[int, Built], verdicts: dict[int, Verdict]
+                    ) -> Iterator[tuple[int, Built]]:
+  """Keeps a copy unless its tar took it back or another tar keeps it."""
+  image_id, built = item
+  verdict = verdicts.get(image_id)
+  if verdict is not None and (built.copy.tar_index in verdict.took_back or
+                              built.copy.tar_index != verdict.kept):
+    return
+  yield item
+
+
+class PlanShards(beam.CombineFn):
+  """The plan: every kept image's `image_order` (8 bytes each) and their
+  members' bytes, then the shard count and the cuts (`plan.py`)."""
+
+  def __init__(self, output: plan.Output):
+    super().__init__()
+    self._output = output
+
+  def create_accumulator(self):
+    return array.array('Q'), 0
+
+  def add_input(self, acc, item):
+    orders, total = acc
+    image_id, size = item
+    orders.append(_order(image_id))
+    return orders, total + size
+
+  def merge_accumulators(self, accumulators):
+    orders, total = array.array('Q'), 0
+    for more, size in accumulators:
+      orders.extend(more)
+      total += size
+    return orders, total
+
+  def extract_output(self, acc):
+    orders, total = acc
+    ordered = np.sort(np.frombuffer(orders, np.uint64))
+    if not len(ordered):
+      return 0, []
+    count = self._output.shard_count(images=len(ordered), input_bytes=total)
+    return count, plan.boundaries(ordered, count).tolist()
+
+
+def _order(image_id: int) -> int:
+  return int(plan.image_order(np.uint64(image_id)))
+
+
+def assign_shard(item: tuple[int, Built], shards: tuple[int, list[int]]
+                 ) -> tuple[int, tuple[int, Built]]:
+  """(shard, (image id, copy)): the shard of the copy's image."""
+  shard = plan.shard_of(_order(item[0]), np.array(shards[1], np.uint64))
+  return int(shard), item
+
+
+def _write_file(path, file_format: str, records: Iterable[bytes]) -> None:
+  """Writes a shard file; one for a bucket is written locally first."""
+  if paths_lib.is_local(path):
+    tfds_seam.write_records(path, file_format, records)
+    return
+  fd, local = tempfile.mkstemp(prefix='segment_anything_tfds-shard-')
+  os.close(fd)
   try:
-    missing = [m for m in (pair.jpg, pair.json) if m.name not in data]
-    if missing:
-      data = {**data, **_read_by_seek(shard, missing)}
-    key, example = tars_lib.build_example(shard.name, pair, data[pair.jpg.name],
-                                          data[pair.json.name])
-  except errors.BadInputError as e:
-    yield _problem(e, lenient=lenient)
-    return
-  _count_written(example)
-  yield key, example
+    tfds_seam.write_records(local, file_format, records)
+    epath.Path(local).copy(path, overwrite=True)
+  finally:
+    os.remove(local)
 
 
-def check_ranges(item: tuple[str, dict[str, Iterable[Any]]], *,
-                 lenient: bool) -> Iterator[dict]:
-  """One remote tar's ranges, checked; yields its audit records.
-
-  Ranges that disagree on where members start fail the build, lenient or
-  not (`streaming.check_chain`). A damaged tar, or one without images, is
-  a skipped tar (strict: an error), as with indexed tars.
-  """
-  tar, grouped = item
-  reports = sorted(grouped[_REPORTS], key=lambda r: r.index)
-  counts = list(grouped[_COUNTS])
-  error = streaming.check_chain(reports, reports[-1].end)
-  if error is not None:
-    raise error
-  images = sum(r.images for r in reports) + sum(c[0] for c in counts)
-  problems = sum(c[1] for c in counts)
-  ignored = [name for r in reports for name in r.ignored]
-  damage = next((r.damage for r in reports if r.damage is not None), None)
-  if damage is not None:
-    yield _skip_record(damage, lenient=lenient, kind='tar')
-  elif not images:
-    yield _skip_record(tars_lib.no_images_error(
-        tars_lib.Index(tar, [], [], ignored)), lenient=lenient, kind='tar')
-  for name in ignored:
-    _LOG.info('%s:%s: not an SA-1B image member; ignored', tar,
-              errors.printable(name))
-  _counter('images_indexed').inc(images)
-  yield audit.shard_record(tar, images=images, problems=problems,
-                           ignored=ignored)
+def write_shard(item: tuple[int, Iterable[tuple[int, Built]]],
+                shards: tuple[int, list[int]], *, output: plan.Output,
+                lenient: bool) -> Iterator[Any]:
+  """Writes one shard, its records in `image_order`; yields what it holds
+  (JSON) and, on 'audit', the images skipped for a failed build."""
+  shard, copies = item
+  count = shards[0]
+  tallies = rules.Tallies()
+  records = []
+  for _, built in sorted(copies, key=lambda c: _order(c[0])):
+    if built.error is not None:
+      record = rules.problem(built.error, lenient=lenient)
+      _counter(f'skipped_{built.error.reason}').inc()
+      tallies.skipped(built.copy.tar)
+      yield beam.pvalue.TaggedOutput(_AUDIT, record)
+      continue
+    records.append(built.record)
+    tallies.written(built.copy.tar, masks=built.masks,
+                    nbytes=len(built.record))
+    _counter('images_written').inc()
+    _counter('masks_written').inc(built.masks)
+  _write_file(output.shard_path(shard, count), output.file_format, records)
+  yield json.dumps({'shard': shard, 'count': count, 'records': len(records),
+                    'tallies': tallies.per_tar})
 
 
-def _index_and_seek(pipeline, shards, *, chunk_size, lenient, emit_ids):
-  """Local shards: index, then seek to each pair. (examples, audit, ids)"""
-  indexed = (
-      pipeline
-      | 'CreateShards' >> beam.Create(list(shards))
-      | 'ReshuffleShards' >> beam.Reshuffle()
-      | 'IndexShards' >> beam.FlatMap(
-          index_shard, chunk_size=chunk_size, lenient=lenient
-      ).with_outputs(_AUDIT, main='chunks')
-  )
-  chunks = indexed.chunks
-  duplicates = (
-      chunks
-      | 'KeyImageIds' >> beam.FlatMap(image_ids)
-      | 'GroupImageIds' >> beam.GroupByKey()
-      | 'FindDuplicateIds' >> beam.FlatMap(find_duplicates, lenient=lenient)
-  )
+def _pipeline(root, sources: Sequence[base.Source], output: plan.Output,
+              work_dir: str, *, lenient: bool, hold_bytes: int) -> None:
   read = (
-      chunks
-      | 'ReshuffleChunks' >> beam.Reshuffle()
-      | 'ReadExamples' >> beam.FlatMap(
-          read_chunk, beam.pvalue.AsDict(duplicates), lenient=lenient,
-          emit_ids=emit_ids,
-      ).with_outputs(_AUDIT, _IDS, main='examples')
+      root
+      | 'CreateSources' >> beam.Create(list(sources))
+      | 'ReshuffleSources' >> beam.Reshuffle()
+      | 'ReadSources' >> beam.FlatMap(
+          read_source, hold_bytes=hold_bytes, lenient=lenient
+      ).with_outputs(_AUDIT, _IDS, main='copies')
   )
-  return read.examples, [indexed[_AUDIT], read[_AUDIT]], [read[_IDS]]
-
-
-def _read_in_ranges(pipeline, shards, index_ids, *, range_bytes, hold_bytes,
-                    lenient):
-  """Remote tars: byte ranges read once each. (examples, audit)"""
-  read = (
-      pipeline
-      | 'CreateRemoteTars' >> beam.Create(list(shards))
-      | 'ReshuffleRemoteTars' >> beam.Reshuffle()
-      | 'PlanRanges' >> beam.FlatMap(plan_ranges, range_bytes=range_bytes)
-      | 'ReshuffleRanges' >> beam.Reshuffle()
-      | 'ReadRanges' >> beam.FlatMap(
-          read_range, hold_bytes=hold_bytes, lenient=lenient
-      ).with_outputs(_AUDIT, _IDS, _REPORTS, main='examples')
+  verdicts = (
+      read[_IDS]
+      | 'GroupIds' >> beam.GroupByKey()
+      | 'FindDuplicates' >> beam.FlatMap(find_duplicates, lenient=lenient
+                                         ).with_outputs(_AUDIT,
+                                                        main='verdicts')
   )
-  settled = (
-      [read[_IDS], *index_ids]
-      | 'MergeImageIds' >> beam.Flatten()
-      | 'GroupOrphans' >> beam.GroupByKey()
-      | 'PairOrphans' >> beam.FlatMap(pair_orphans, lenient=lenient
-                                      ).with_outputs(_AUDIT, _COUNTS,
-                                                     main='examples')
+  kept = read.copies | 'DropDuplicates' >> beam.FlatMap(
+      drop_duplicates, beam.pvalue.AsDict(verdicts.verdicts))
+  shards = (
+      kept
+      | 'KeyOrders' >> beam.Map(lambda kv: (kv[0], kv[1].input_bytes))
+      | 'PlanShards' >> beam.CombineGlobally(PlanShards(output))
   )
-  checked = (
-      {_REPORTS: read[_REPORTS], _COUNTS: settled[_COUNTS]}
-      | 'GroupRanges' >> beam.CoGroupByKey()
-      | 'CheckRanges' >> beam.FlatMap(check_ranges, lenient=lenient)
+  written = (
+      kept
+      | 'AssignShards' >> beam.Map(assign_shard, beam.pvalue.AsSingleton(
+          shards))
+      | 'GroupShards' >> beam.GroupByKey()
+      | 'WriteShards' >> beam.FlatMap(
+          write_shard, beam.pvalue.AsSingleton(shards), output=output,
+          lenient=lenient).with_outputs(_AUDIT, main='results')
   )
-  return ([read.examples, settled.examples],
-          [read[_AUDIT], settled[_AUDIT], checked])
-
-
-@beam.ptransform_fn
-def BuildExamples(  # pylint: disable=invalid-name
-    pipeline: beam.pvalue.PBegin,
-    shards: Sequence[shards_lib.Shard],
-    *,
-    audit_dir: epath.PathLike,
-    chunk_size: int = 64,
-    lenient: bool = False,
-    range_bytes: Optional[int] = config_lib.RANGE_BYTES,
-    hold_bytes: int = config_lib.HOLD_BYTES,
-) -> beam.PCollection:
-  """All examples of `shards`, as (image id, example) pairs.
-
-  Args:
-    pipeline: the pipeline root.
-    shards: the shards to read, each readable in place.
-    audit_dir: where JSON-lines audit records are written.
-    chunk_size: images per unit of work (indexed shards).
-    lenient: skip (and audit) bad images instead of failing.
-    range_bytes: bytes per unit of work of a remote tar (a link streamed,
-      a tar in a bucket), read in one sequential pass; None indexes remote
-      tars and seeks to each member, as local ones (a request per member).
-    hold_bytes: bytes a range holds waiting for partners; members past it
-      are read again by seek.
-  """
-  remote = [s for s in shards if range_bytes and streaming.is_remote_tar(s)]
-  local = [s for s in shards if s not in remote]
-  examples, audits, ids = [], [], []
-  if local:
-    read, audit_parts, ids = _index_and_seek(
-        pipeline, local, chunk_size=chunk_size, lenient=lenient,
-        emit_ids=bool(remote))
-    examples.append(read)
-    audits += audit_parts
-  if remote:
-    read, audit_parts = _read_in_ranges(
-        pipeline, remote, ids, range_bytes=range_bytes,
-        hold_bytes=hold_bytes, lenient=lenient)
-    examples += read
-    audits += audit_parts
+  _ = (written.results
+       | 'WriteResults' >> beam.io.WriteToText(f'{work_dir}/results'))
   _ = (
-      audits
+      [read[_AUDIT], verdicts[_AUDIT], written[_AUDIT]]
       | 'MergeAudit' >> beam.Flatten()
       | 'AuditToJson' >> beam.Map(json.dumps, sort_keys=True)
-      | 'WriteAudit' >> beam.io.WriteToText(
-          str(epath.Path(audit_dir) / audit.AUDIT_PREFIX), file_name_suffix='.jsonl')
+      | 'WriteAudit' >> beam.io.WriteToText(f'{work_dir}/audit')
   )
-  return examples | 'MergeExamples' >> beam.Flatten()
+
+
+def _read_lines(work_dir: epath.Path, prefix: str) -> list[Any]:
+  return [json.loads(line) for path in sorted(work_dir.glob(f'{prefix}*'))
+          for line in path.read_text().splitlines() if line.strip()]
+
+
+def _counters(pipeline_result) -> dict[str, int]:
+  counts: dict[str, int] = {}
+  query = pipeline_result.metrics().query(
+      metric.MetricsFilter().with_namespace(NAMESPACE))
+  for counter in query['counters']:
+    value = counter.committed
+    if value is None:  # Some runners report attempted values only.
+      value = counter.attempted
+    if isinstance(value, int):
+      name = counter.key.metric.name
+      counts[name] = counts.get(name, 0) + value
+  return counts
+
+
+def build(sources: Sequence[base.Source], output: plan.Output, *,
+          lenient: bool, hold_bytes: int, runner: Any = None,
+          options: Any = None) -> plan.Result:
+  """Writes the split of `sources` with Beam, on `runner` with `options`
+  (both given explicitly: Beam never parses the caller's `sys.argv`).
+
+  Returns:
+    What was written, its counts and counters, and the audit records (also
+    written to `<data_dir>/audit/`).
+
+  Raises:
+    errors.BadInputError: in strict mode, for the first bad input (on
+      other runners, an error that `errors.from_exception` maps back).
+  """
+  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+  started = time.monotonic()
+  work_dir = epath.Path(output.data_dir) / _WORK_DIR
+  if options is None:
+    options = pipeline_options.PipelineOptions([])
+  root = beam.Pipeline(runner=runner, options=options)
+  _pipeline(root, sources, output, os.fspath(work_dir), lenient=lenient,
+            hold_bytes=hold_bytes)
+  pipeline_result = root.run()
+  pipeline_result.wait_until_finish()
+  counters = _counters(pipeline_result)
+  results = _read_lines(work_dir, 'results')
+  audit = _read_lines(work_dir, 'audit')
+  work_dir.rmtree(missing_ok=True)
+  if not results:
+    raise errors.SourceError(rules.nothing_to_write(audit, len(sources)))
+  lengths = [0] * results[0]['count']
+  tallies = rules.Tallies()
+  for r in results:
+    lengths[r['shard']] = r['records']
+    tallies.add(rules.Tallies(r['tallies']))
+  if not sum(lengths):
+    raise errors.SourceError(rules.nothing_to_write(audit, len(sources)))
+  lengths = plan.drop_empty_shards(output, lengths)
+  rules.write_audit(output.data_dir, audit)
+  return plan.Result(engine='beam', shard_lengths=lengths,
+                     num_bytes=tallies.total('bytes'), tallies=tallies,
+                     audit=audit, seconds=time.monotonic() - started,
+                     counters=counters)

@@ -26,7 +26,7 @@ import os
 import shutil
 from typing import Iterator
 
-from segment_anything_tfds.sources import manual_dir as shards_lib
+from segment_anything_tfds.sources import paths as paths_lib
 
 _LOG = logging.getLogger(__name__)
 PREFIX = 'incomplete.'
@@ -41,7 +41,7 @@ def build_lock(data_dir) -> Iterator[None]:
   is not locked.
   """
   data_dir = os.fspath(data_dir).rstrip('/')
-  if not shards_lib.is_local(data_dir):
+  if not paths_lib.is_local(data_dir):
     yield
     return
   os.makedirs(os.path.dirname(data_dir), exist_ok=True)
@@ -103,7 +103,7 @@ def remove_stale(data_dir) -> list[str]:
   """
   data_dir = os.fspath(data_dir).rstrip('/')
   parent, version = os.path.split(data_dir)
-  if not shards_lib.is_local(parent) or not os.path.isdir(parent):
+  if not paths_lib.is_local(parent) or not os.path.isdir(parent):
     return []
   removed = []
   for name in sorted(os.listdir(parent)):

@@ -1,29 +1,34 @@
-"""The local build: every core, memory flat in the number of images.
+"""The local engine: every core, memory flat in the number of images.
 
-A local build (no Beam runner named) writes the split itself, in three
-steps, with one worker process per core:
+A build that names no Beam runner writes the split itself, in three steps,
+in worker processes (one per core, when the work is worth starting them):
 
-  index   each tar's headers (or folder's files) are read and paired, in
-          parallel. What comes back per image is a fixed-size entry of
-          48 bytes: its tar, its id, and where its two members are.
-  plan    the main process drops ids seen in more than one tar (the lowest
-          tar keeps the image), orders all entries by a hash of the image
-          id (the deterministic global shuffle) and cuts that order into
-          output shards, as many as TFDS would choose.
-  write   workers take one output shard (or a part of one) each, read its
-          images from the tars in order, check and serialize them, and
+  index   each source is indexed (`tars.index`: a tar's headers, seeking
+          past the data; or a folder's files), in parallel. What comes back
+          per image is a fixed-size entry of 48 bytes: its tar, its id, and
+          where its two members are. A remote tar (every read a request) is
+          instead read once, front to back (`tars.stream`): each image is
+          built and serialized there, its record appended to a local spill
+          (`_Spill`), and its entry points into the spill.
+  plan    the main process applies the rules (`rules.py`: audit, duplicate
+          ids), orders the entries by `plan.image_order` and cuts them into
+          output shards, as many as TFDS would choose (`plan.py`).
+  write   workers take one output shard (or a part of one) each: they read
+          its images from the tars in order (a seek per member) and check
+          and serialize them, or copy their records from the spill, and
           write the shard file; lenient skips come back as audit records.
 
 Only the entries (48 bytes per image, ≈0.5 GB for SA-1B's 11 M images) are
-held in memory, never examples or stand-ins, and each image is read and
-parsed once. Reads in the write step are in shuffled order, one seek per
-member: right for local disks; see the README for network file systems.
+held in memory, never examples, and each image is read and parsed once.
+The spill is cut into buckets by the high bits of `image_order`; shards are
+written in that order, so a bucket is deleted as soon as every shard that
+spans it is written: at its peak, the spill holds about a sixteenth of the
+output.
 
-Records are those of the Beam build (`pipeline.py`), which Dataflow runs;
-only the order differs (the hash here is `image_order`).
-
-Workers end with the build's process, even when it is killed. A worker that
-dies (killed, out of memory) fails the build with `errors.WorkerError`.
+Workers import neither TensorFlow nor TFDS (tars, records, the serializer
+and a TFRecord writer need neither), and end with the build's process, even
+when it is killed. A worker that dies (killed, out of memory) fails the
+build with `errors.WorkerError`.
 """
 
 from __future__ import annotations
@@ -37,33 +42,47 @@ import multiprocessing
 import os
 import shutil
 import signal
+import struct
 import sys
 import tempfile
 import threading
 import time
 from typing import Any, Callable, Sequence
 
-from etils import epath
 import numpy as np
 
-from segment_anything_tfds.prepare import audit
 from segment_anything_tfds import errors
-from segment_anything_tfds.prepare import records as records_lib
 from segment_anything_tfds import logs
-from segment_anything_tfds.prepare import serializer
-from segment_anything_tfds.sources import manual_dir as shards_lib
-from segment_anything_tfds.prepare import tars as tars_lib
 from segment_anything_tfds import tfds_seam
+from segment_anything_tfds.prepare import plan
+from segment_anything_tfds.prepare import rules
+from segment_anything_tfds.prepare import serializer
+from segment_anything_tfds.prepare import tars as tars_lib
+from segment_anything_tfds.sources import base
+from segment_anything_tfds.sources import paths as paths_lib
 
-# One image: its tar (index into the build's shard list), id, members.
+# One image: its tar (index into the build's sources), id, members. The
+# members' offsets and sizes, for an image of a seekable source. For one
+# built in the index step, `json_offset` says how it went (`_FAILED`, or
+# `_SPILLED - n` for spill file n), `json_size` holds its members' bytes and
+# `jpg_offset`, `jpg_size` where its record is in the spill file.
 ENTRY = np.dtype([
     ('shard', '<i4'), ('jpg_dir', '<i2'), ('json_dir', '<i2'),
     ('image_id', '<i8'), ('jpg_offset', '<i8'), ('jpg_size', '<i8'),
     ('json_offset', '<i8'), ('json_size', '<i8'),
 ])
-# Builds of less input than this run in one process: starting workers would
-# cost more than it saves.
-MIN_BYTES = 16 << 20
+_FAILED = -1
+_SPILLED = -2
+# A spilled record: its number of masks, then the serialized example.
+_SPILL_HEAD = struct.Struct('<Q')
+# The spill's buckets: the top bits of `image_order`.
+SPILL_BITS = 4
+# Worker processes are started only for work estimated at more than this
+# many seconds in one process (they take a fraction of a second to start).
+POOL_SECONDS = 1.0
+# The estimate of the write step: per image, plus per byte of members.
+_SECONDS_PER_IMAGE = 0.5e-3
+_BYTES_PER_SECOND = 1e9
 _PROGRESS_EVERY = 16
 
 
@@ -75,48 +94,163 @@ def default_workers() -> int:
     return os.cpu_count() or 1
 
 
-def image_order(image_ids: np.ndarray) -> np.ndarray:
-  """A 64-bit hash of each image id (splitmix64): the shuffled order."""
-  z = image_ids.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-  z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-  z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-  return z ^ (z >> np.uint64(31))
+def input_bytes(entries: np.ndarray) -> np.ndarray:
+  """Each entry's member bytes (jpg + json)."""
+  built = entries['json_offset'] <= _SPILLED
+  return np.where(built, entries['json_size'],
+                  entries['jpg_size'] + entries['json_size'])
+
+
+def spill_bucket(image_ids: np.ndarray) -> np.ndarray:
+  """The spill bucket of each image: the top bits of its `image_order`."""
+  return (plan.image_order(image_ids) >> np.uint64(64 - SPILL_BITS)
+          ).astype(np.int64)
 
 
 # ------------------------------------------------------------------ index
 
 
+class _Spill:
+  """Records of images built in the index step, one file per bucket, here
+  (one process), appended to; opened on first use."""
+
+  def __init__(self, root: str):
+    self.root = root
+    self._files: dict[int, int] = {}
+
+  def path(self, bucket: int) -> str:
+    return os.path.join(self.root,
+                        f'bucket-{bucket:02d}.{os.getpid()}.spill')
+
+  def add(self, image_id: int, masks: int, pieces: Sequence[bytes]
+          ) -> tuple[str, int, int]:
+    """Appends a record; returns (its file, offset, length)."""
+    bucket = int(spill_bucket(np.array([image_id]))[0])
+    fd = self._files.get(bucket)
+    if fd is None:
+      os.makedirs(self.root, exist_ok=True)
+      fd = os.open(self.path(bucket), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                   0o600)
+      self._files[bucket] = fd
+    data = [_SPILL_HEAD.pack(masks), *pieces]
+    offset = os.lseek(fd, 0, os.SEEK_END)
+    tfds_seam.write_all(fd, list(data))
+    return self.path(bucket), offset, sum(map(len, data))
+
+  def close(self) -> None:
+    for fd in self._files.values():
+      os.close(fd)
+    self._files.clear()
+
+
+def remove_bucket(root: str, bucket: int) -> None:
+  """Deletes every process's spill file of a bucket."""
+  prefix = f'bucket-{bucket:02d}.'
+  if os.path.isdir(root):
+    for name in os.listdir(root):
+      if name.startswith(prefix):
+        os.remove(os.path.join(root, name))
+
+
 @dataclasses.dataclass
 class Indexed:
-  """What indexing one shard returns to the main process."""
+  """What indexing one source returns to the main process.
+
+  Attributes:
+    shard: the source's position in the build.
+    entries: ENTRY, one per image kept by its index, by image id.
+    dirs: member folders; an entry's names are dir + sa_<id>.ext.
+    index: problems, ignored members, damage; pairs emptied.
+    images: images indexed (pairs + problems).
+    failures: image id -> the error of an image built here that failed.
+    spills: the spill files entries point into (`_SPILLED - i`: spills[i]).
+  """
 
   shard: int
-  entries: np.ndarray  # ENTRY, one per pair, by image id.
-  dirs: list[str]  # Member folders; an entry's names are dir + sa_<id>.ext.
-  index: tars_lib.Index  # Problems, ignored members, damage; pairs emptied.
-  images: int  # Images indexed (pairs + problems).
+  entries: np.ndarray
+  dirs: list[str]
+  index: tars_lib.Index
+  images: int
+  failures: dict[int, errors.BadInputError]
+  spills: list[str]
 
 
 def _split_name(name: str) -> str:
   """The folder part of a member name (`./`, `a/b/`, '')."""
-  cut = name.rfind('/') + 1
-  return name[:cut]
+  return name[:name.rfind('/') + 1]
 
 
-def index_one(shard_number: int, shard: shards_lib.Shard) -> Indexed:
-  """Indexes a shard into compact entries (runs in a worker)."""
-  index = tars_lib.index_shard(shard)
-  dirs: dict[str, int] = {}
-  entries = np.zeros(len(index.pairs), ENTRY)
-  for i, pair in enumerate(index.pairs):
-    jpg_dir = dirs.setdefault(_split_name(pair.jpg.name), len(dirs))
-    json_dir = dirs.setdefault(_split_name(pair.json.name), len(dirs))
-    entries[i] = (shard_number, jpg_dir, json_dir, pair.image_id,
-                  pair.jpg.offset, pair.jpg.size, pair.json.offset,
-                  pair.json.size)
+class _Dirs:
+  """Member folders, numbered as they come."""
+
+  def __init__(self):
+    self.numbers: dict[str, int] = {}
+
+  def of(self, member: base.Member) -> int:
+    return self.numbers.setdefault(_split_name(member.name), len(self.numbers))
+
+
+def _entries(shard: int, pairs, dirs: _Dirs, built: dict[str, tuple]
+             ) -> np.ndarray:
+  """The entries of an index's pairs; `built`: stem -> (offset, size,
+  code, member bytes) of those built in the index step."""
+  entries = np.zeros(len(pairs), ENTRY)
+  for i, pair in enumerate(pairs):
+    where = built.get(pair.stem) or (pair.jpg.offset, pair.jpg.size,
+                                     pair.json.offset, pair.json.size)
+    entries[i] = (shard, dirs.of(pair.jpg), dirs.of(pair.json), pair.image_id,
+                  *where)
+  return entries
+
+
+def _stream_one(shard: int, source: base.Source, hold_bytes: int,
+                spill: _Spill) -> Indexed:
+  """A remote tar read front to back, each image built and spilled."""
+  built: dict[str, tuple] = {}
+  failures: dict[int, errors.BadInputError] = {}
+  spills: dict[str, int] = {}
+  index = None
+  for event in tars_lib.stream(source, hold_bytes=hold_bytes):
+    if isinstance(event, tars_lib.Index):
+      index = event
+      continue
+    pair = event.pair
+    member_bytes = pair.jpg.size + pair.json.size
+    try:
+      _, example = tars_lib.build_example(source.name, pair, event.jpg,
+                                          event.json)
+    except errors.BadInputError as e:
+      failures[pair.image_id] = e
+      built[pair.stem] = (pair.jpg.offset, pair.jpg.size, _FAILED,
+                          pair.json.size)
+      continue
+    path, offset, size = spill.add(pair.image_id,
+                                   len(example['annotations']['id']),
+                                   serializer.serialize_pieces(example))
+    code = _SPILLED - spills.setdefault(path, len(spills))
+    built[pair.stem] = (offset, size, code, member_bytes)
+  final = {p.stem for p in index.pairs}  # A stem stored twice is not.
+  built = {stem: v for stem, v in built.items() if stem in final}
+  failures = {i: e for i, e in failures.items() if f'sa_{i}' in final}
+  dirs = _Dirs()
+  entries = _entries(shard, index.pairs, dirs, built)
   images = index.images
-  index.pairs = []  # The entries carry them.
-  return Indexed(shard_number, entries, list(dirs), index, images)
+  index.pairs = []
+  return Indexed(shard, entries, list(dirs.numbers), index, images, failures,
+                 list(spills))
+
+
+def index_one(shard: int, source: base.Source, hold_bytes: int,
+              spill: _Spill) -> Indexed:
+  """Indexes a source into compact entries (runs in a worker)."""
+  if source.remote and not source.folder:
+    return _stream_one(shard, source, hold_bytes, spill)
+  index = tars_lib.index(source)
+  dirs = _Dirs()
+  entries = _entries(shard, index.pairs, dirs, {})
+  images = index.images
+  index.pairs = []
+  return Indexed(shard, entries, list(dirs.numbers), index, images, {}, [])
 
 
 def _pair(entry, dirs: Sequence[str]) -> tars_lib.Pair:
@@ -141,6 +275,8 @@ class Part:
   path: str
   entries: np.ndarray  # ENTRY, in write order.
   dirs: dict[int, list[str]]  # Member folders of the tars it reads.
+  spills: list[str]  # The build's spill files.
+  buckets: range  # The spill buckets its entries are in.
 
 
 @dataclasses.dataclass
@@ -149,58 +285,87 @@ class PartResult:
   part: int
   path: str
   records: int
-  bytes: int
-  per_tar: dict[str, list[int]]  # tar -> [written, masks, bytes, skipped]
+  tallies: rules.Tallies
   skips: list[dict[str, Any]]
+  buckets: range
 
 
 class _Worker:
-  """A worker's state: the shards, open tars, the serializer."""
+  """A worker's state: the sources, open readers, the spill."""
 
-  def __init__(self, shards, file_format, lenient, tick):
-    self.shards = shards
+  def __init__(self, sources, file_format, lenient, hold_bytes, spill_dir,
+               tick):
+    self.sources = sources
     self.file_format = file_format
     self.lenient = lenient
+    self.hold_bytes = hold_bytes
+    self.spill = _Spill(spill_dir)
     self.tick = tick  # Reports images written, as they are.
-    self.serialize = serializer.serialize_pieces  # (head, JPEG, tail)
     self.readers: collections.OrderedDict[int, tars_lib.ShardReader] = (
         collections.OrderedDict())
+    self.spilled: dict[str, int] = {}  # Spill file -> fd.
 
-  def reader(self, shard_number: int) -> tars_lib.ShardReader:
-    reader = self.readers.pop(shard_number, None)
+  def reader(self, shard: int) -> tars_lib.ShardReader:
+    reader = self.readers.pop(shard, None)
     if reader is None:
-      reader = tars_lib.ShardReader(self.shards[shard_number]).__enter__()
+      reader = tars_lib.ShardReader(self.sources[shard])
       if len(self.readers) >= 32:  # Each holds an open file.
         self.readers.popitem(last=False)[1].close()
-    self.readers[shard_number] = reader
+    self.readers[shard] = reader
     return reader
 
   def close(self):
     for reader in self.readers.values():
       reader.close()
     self.readers.clear()
+    for fd in self.spilled.values():
+      os.close(fd)
+    self.spilled.clear()
+    self.spill.close()
+
+  def index(self, shard: int) -> Indexed:
+    return index_one(shard, self.sources[shard], self.hold_bytes, self.spill)
+
+  def _spilled(self, path: str, entry) -> tuple[int, bytes]:
+    """(masks, record) of an image built in the index step."""
+    fd = self.spilled.get(path)
+    if fd is None:
+      fd = self.spilled[path] = os.open(path, os.O_RDONLY)
+    size = int(entry['jpg_size'])
+    data = os.pread(fd, size, int(entry['jpg_offset']))
+    if len(data) != size:
+      raise OSError(f'{path}: read {len(data)} of {size} bytes')
+    (masks,) = _SPILL_HEAD.unpack_from(data)
+    return masks, data[_SPILL_HEAD.size:]
+
+  def _record(self, entry, part: Part):
+    """(masks, record or its pieces) of an entry; BadInputError if bad."""
+    code = int(entry['json_offset'])
+    if code <= _SPILLED:
+      return self._spilled(part.spills[_SPILLED - code], entry)
+    shard = int(entry['shard'])
+    _, example = tars_lib.read_example(
+        self.reader(shard), _pair(entry, part.dirs[shard]))
+    return (len(example['annotations']['id']),
+            serializer.serialize_pieces(example))
 
   def write(self, part: Part) -> PartResult:
-    per_tar = collections.defaultdict(lambda: [0, 0, 0, 0])
+    tallies = rules.Tallies()
     skips: list[dict[str, Any]] = []
 
     def records():
       done = 0
       for entry in part.entries:
-        shard = self.shards[entry['shard']]
-        tally = per_tar[shard.name]
+        tar = self.sources[entry['shard']].name
         try:
-          _, example = tars_lib.read_example(
-              self.reader(int(entry['shard'])),
-              _pair(entry, part.dirs[int(entry['shard'])]))
+          masks, record = self._record(entry, part)
         except errors.BadInputError as e:
-          skips.append(audit.problem(e, lenient=self.lenient, kind='skip'))
-          tally[3] += 1
+          skips.append(rules.problem(e, lenient=self.lenient))
+          tallies.skipped(tar)
           continue
-        record = self.serialize(example)
-        tally[0] += 1
-        tally[1] += len(example['annotations']['id'])
-        tally[2] += sum(map(len, record))
+        size = len(record) if isinstance(record, bytes) else sum(
+            map(len, record))
+        tallies.written(tar, masks=masks, nbytes=size)
         done += 1
         if done % _PROGRESS_EVERY == 0:
           self.tick(_PROGRESS_EVERY)
@@ -209,15 +374,14 @@ class _Worker:
 
     tfds_seam.write_records(part.path, self.file_format, records())
     return PartResult(part.shard, part.part, part.path,
-                      sum(t[0] for t in per_tar.values()),
-                      sum(t[2] for t in per_tar.values()), dict(per_tar), skips)
+                      tallies.total('written'), tallies, skips, part.buckets)
 
 
 _WORKER: _Worker | None = None
 _PR_SET_PDEATHSIG = 1  # From <linux/prctl.h>.
 
 
-def _init_worker(shards, file_format, lenient, counter, verbose, parent):
+def _init_worker(state, counter, verbose, parent):
   """Sets up a worker process; `counter` is a shared count of images."""
   global _WORKER
   _die_with_parent(parent)
@@ -228,7 +392,7 @@ def _init_worker(shards, file_format, lenient, counter, verbose, parent):
     with counter.get_lock():
       counter.value += n
 
-  _WORKER = _Worker(shards, file_format, lenient, tick)
+  _WORKER = _Worker(*state, tick)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -271,16 +435,20 @@ def _write_part(part: Part) -> PartResult:
   return _WORKER.write(part)
 
 
-def _index_shard(args) -> Indexed:
-  return index_one(*args)
+def _index_source(shard: int) -> Indexed:
+  return _WORKER.index(shard)
 
 
 class _InProcess:
-  """The pool's stand-in for small builds: tasks run here, one by one."""
+  """The pool's stand-in: tasks run here, one by one, when waited for."""
 
-  def __init__(self, shards, file_format, lenient, tick):
+  def __init__(self, state, counter):
     global _WORKER
-    _WORKER = _Worker(shards, file_format, lenient, tick)
+
+    def tick(n):
+      counter.value += n
+
+    _WORKER = _Worker(*state, tick)
 
   def submit(self, fn, *args):
     return _Deferred(fn, args)
@@ -307,84 +475,204 @@ class _Deferred:
 # ----------------------------------------------------------------- build
 
 
-@dataclasses.dataclass
-class Result:
-  """What a local build wrote, and what it counted on the way."""
+class _Pools:
+  """This process, and worker processes once the work is worth them."""
 
-  shard_lengths: list[int]
-  num_bytes: int
-  images_written: int
-  masks: int
-  per_tar: dict[str, dict[str, int]]
-  workers: int
-  seconds: float
+  def __init__(self, state, workers: int):
+    self.state = state
+    self.workers = workers
+    self.ctx = multiprocessing.get_context('spawn')
+    self.counter = self.ctx.Value('q', 0)
+    self.here = _InProcess(state, self.counter)
+    self.pool = None
 
+  def choose(self, seconds: float):
+    """The pool for work estimated at `seconds` in one process."""
+    if self.pool is None and self.workers > 1 and seconds >= POOL_SECONDS:
+      self.pool = concurrent.futures.ProcessPoolExecutor(
+          self.workers, mp_context=self.ctx, initializer=_init_worker,
+          initargs=(self.state, self.counter, logs.configured(),
+                    os.getpid()))
+    return self.pool or self.here
 
-@dataclasses.dataclass
-class Output:
-  """Where and how to write the split."""
+  @property
+  def used(self) -> int:
+    return self.workers if self.pool is not None else 1
 
-  data_dir: str
-  dataset_name: str
-  split: str
-  file_format: Any  # tfds.core.FileFormat
-  num_shards: int | None = None
-  min_shard_size: int = 64 << 20
-  max_shard_size: int = 1 << 30
-
-
-def _problem(error: errors.BadInputError, *, lenient: bool, kind: str,
-             records: list[dict[str, Any]]) -> None:
-  records.append(audit.problem(error, lenient=lenient, kind=kind))
-
-
-def _drop_duplicates(entries: np.ndarray, shards: Sequence[shards_lib.Shard],
-                     dirs: dict[int, list[str]], *, lenient: bool,
-                     records: list[dict[str, Any]]) -> np.ndarray:
-  """Keeps each image id once, from the lowest tar; the others are skipped.
-
-  Strict: the first duplicate raises, naming both tars.
-  """
-  by_id = np.lexsort((entries['shard'], entries['image_id']))
-  ids = entries['image_id'][by_id]
-  starts = np.r_[True, ids[1:] != ids[:-1]]
-  if starts.all():
-    return entries
-  group_first = np.maximum.accumulate(np.where(starts, np.arange(len(ids)), 0))
-  again = np.flatnonzero(~starts)
-  for k in again:
-    entry = entries[by_id[k]]
-    keep = shards[entries[by_id[group_first[k]]]['shard']].name
-    error = errors.BadInputError(
-        errors.DUPLICATE_ID, shards[entry['shard']].name,
-        _pair(entry, dirs[int(entry['shard'])]).jpg.name,
-        f'image id {int(entry["image_id"])} is also in {keep}'
-        + ('; it is kept from there' if lenient else ''))
-    _problem(error, lenient=lenient, kind='skip', records=records)
-  keep_mask = np.ones(len(entries), bool)
-  keep_mask[by_id[again]] = False
-  return entries[keep_mask]
+  def shutdown(self) -> None:
+    if self.pool is not None:
+      self.pool.shutdown(cancel_futures=True)
+    self.here.shutdown()
 
 
-def _parts_per_shard(num_shards: int, workers: int, file_format) -> int:
+class Build:
+  """One local build's state: what the steps pass on."""
+
+  def __init__(self, sources, output: plan.Output, *, lenient: bool,
+               workers: int, hold_bytes: int, show_progress: bool, tmp: str):
+    self.sources = list(sources)
+    self.output = output
+    self.lenient = lenient
+    self.show_progress = show_progress
+    self.tmp = tmp
+    self.spill_dir = os.path.join(tmp, 'spill')
+    self.records: list[dict[str, Any]] = []
+    self.tallies = rules.Tallies()
+    self.pools = _Pools((self.sources, output.file_format, lenient,
+                         hold_bytes, self.spill_dir), workers)
+
+  # ---- index
+
+  def index(self) -> list[Indexed]:
+    """Indexes every source: the first here, the others in workers if the
+    first says they are worth it."""
+    with _bar(self.show_progress, total=len(self.sources),
+              desc='Indexing tars', unit='tar') as bar:
+      started = time.monotonic()
+      indexed = [self.pools.here.submit(_index_source, 0).result()]
+      bar.update(1)
+      rest = len(self.sources) - 1
+      pool = self.pools.choose((time.monotonic() - started) * rest)
+      futures = [pool.submit(_index_source, i) for i in range(1, rest + 1)]
+      for fut in _as_completed(futures):
+        indexed.append(fut.result())
+        bar.update(1)
+    return sorted(indexed, key=lambda x: x.shard)
+
+  # ---- plan
+
+  def plan(self, indexed: list[Indexed], max_examples: int | None
+           ) -> tuple[np.ndarray, list[str], dict[int, list[str]]]:
+    """The entries to write, in write order; the spill files; the dirs."""
+    for x in indexed:
+      self.records += rules.audit_index(x.index, lenient=self.lenient,
+                                        images=x.images)
+    spills: list[str] = []
+    for x in indexed:
+      built = x.entries['json_offset'] <= _SPILLED
+      codes = [_SPILLED - len(spills) - i for i in range(len(x.spills))]
+      x.entries['json_offset'][built] = np.array(codes, np.int64)[
+          _SPILLED - x.entries['json_offset'][built]]
+      spills += x.spills
+    dirs = {x.shard: x.dirs for x in indexed}
+    entries = np.concatenate([x.entries for x in indexed])
+    for x in indexed:
+      x.entries = None  # Held once, in `entries`.
+    entries = self._drop_duplicates(entries, dirs)
+    if max_examples is not None:
+      entries = entries[:max_examples]
+    if not len(entries):
+      raise errors.SourceError(rules.nothing_to_write(self.records,
+                                                      len(self.sources)))
+    order = np.argsort(plan.image_order(entries['image_id']), kind='stable')
+    entries = entries[order]
+    self._failed(entries, {(x.shard, i): e for x in indexed
+                           for i, e in x.failures.items()})
+    return entries, spills, dirs
+
+  def _drop_duplicates(self, entries: np.ndarray,
+                       dirs: dict[int, list[str]]) -> np.ndarray:
+    """Keeps each image id once, from the lowest tar (`rules.duplicates`)."""
+    tar_index = np.array([s.tar_index for s in self.sources])
+    dropped, kept = rules.duplicate_rows(entries['image_id'],
+                                         tar_index[entries['shard']])
+    for drop, keep in zip(dropped, kept):
+      copy, first = (self._copy(entries[i], dirs) for i in (drop, keep))
+      error = rules.duplicate_error(int(entries[drop]['image_id']), copy,
+                                    first, lenient=self.lenient)
+      self.records.append(rules.problem(error, lenient=self.lenient))
+    if not len(dropped):
+      return entries
+    return np.delete(entries, dropped)
+
+  def _copy(self, entry, dirs) -> rules.Copy:
+    source = self.sources[int(entry['shard'])]
+    return rules.Copy(source.tar_index, source.name,
+                      _pair(entry, dirs[int(entry['shard'])]).jpg.name)
+
+  def _failed(self, entries: np.ndarray, failures) -> None:
+    """Images whose build failed in the index step: skipped now (they keep
+    their place in the plan, as those that fail in the write step)."""
+    for entry in entries[entries['json_offset'] == _FAILED]:
+      error = failures[int(entry['shard']), int(entry['image_id'])]
+      self.records.append(rules.problem(error, lenient=self.lenient))
+      self.tallies.skipped(error.tar)
+
+  # ---- write
+
+  def write(self, entries: np.ndarray, spills: list[str],
+            dirs: dict[int, list[str]]) -> list[int]:
+    """Writes the shards; returns their lengths."""
+    output = self.output
+    total = int(input_bytes(entries).sum())
+    num_shards = output.shard_count(images=len(entries), input_bytes=total)
+    bounds = plan.cuts(len(entries), num_shards)
+    pool = self.pools.choose(len(entries) * _SECONDS_PER_IMAGE
+                             + total / _BYTES_PER_SECOND)
+    parts_each = _parts_per_shard(num_shards, self.pools.used,
+                                  output.file_format)
+    buckets = spill_bucket(entries['image_id'])
+    parts = []
+    for s in range(num_shards):
+      cuts = plan.cuts(bounds[s + 1] - bounds[s], parts_each)
+      for p in range(parts_each):
+        lo, hi = bounds[s] + cuts[p], bounds[s] + cuts[p + 1]
+        chunk = entries[lo:hi]
+        chunk = chunk[chunk['json_offset'] != _FAILED]
+        used = {int(k) for k in np.unique(chunk['shard'])}
+        span = (range(int(buckets[lo]), int(buckets[hi - 1]) + 1) if hi > lo
+                else range(0))
+        parts.append(Part(s, p, os.path.join(self.tmp,
+                                              f'shard-{s:05d}.part-{p:03d}'),
+                          chunk, {k: dirs[k] for k in used}, spills, span))
+    return self._write_parts(pool, parts, num_shards, parts_each)
+
+  def _write_parts(self, pool, parts: list[Part], num_shards: int,
+                   parts_each: int) -> list[int]:
+    lengths = [0] * num_shards
+    done = collections.defaultdict(list)
+    waiting = collections.Counter(b for part in parts for b in part.buckets)
+    counter = self.pools.counter
+    with _bar(self.show_progress, total=sum(len(p.entries) for p in parts),
+              desc='Writing images', unit='img') as bar:
+      futures = [pool.submit(_write_part, part) for part in parts]
+      for fut in _as_completed(futures, on_wait=lambda: _sync(bar, counter)):
+        result = fut.result()
+        lengths[result.shard] += result.records
+        self.tallies.add(result.tallies)
+        self.records.extend(result.skips)
+        for b in result.buckets:
+          waiting[b] -= 1
+          if not waiting[b]:
+            remove_bucket(self.spill_dir, b)
+        done[result.shard].append(result)
+        if len(done[result.shard]) == parts_each:
+          ordered = sorted(done.pop(result.shard), key=lambda r: r.part)
+          _join_parts([r.path for r in ordered],
+                      self.output.shard_path(result.shard, num_shards),
+                      self.tmp)
+        _sync(bar, counter)
+    return lengths
+
+
+def _parts_per_shard(num_shards: int, workers: int, file_format: str) -> int:
   """Parts per output shard, so that small builds keep every worker busy.
 
   Parts are TFRecord files concatenated afterwards; other formats cannot
   be concatenated, so they are written one shard per worker.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  if file_format != tfds.core.FileFormat.TFRECORD or num_shards >= workers:
+  if file_format != 'tfrecord' or num_shards >= workers:
     return 1
   return -(-workers // num_shards)
 
 
-def _join_parts(paths: Sequence[str], dest: epath.Path, tmp: str) -> None:
+def _join_parts(paths: Sequence[str], dest, tmp: str) -> None:
   """Joins a shard's parts into `dest`; a bucket's shard is staged in `tmp`.
 
   A shard for a bucket (`gs://...`) is joined on local disk, then copied
   into the bucket and deleted: local disk holds the shards in flight only.
   """
-  remote = not shards_lib.is_local(dest)
+  remote = not paths_lib.is_local(dest)
   joined = os.path.join(tmp, dest.name) if remote else os.fspath(dest)
   if len(paths) == 1:
     os.replace(paths[0], joined)
@@ -395,203 +683,67 @@ def _join_parts(paths: Sequence[str], dest: epath.Path, tmp: str) -> None:
           shutil.copyfileobj(f, out, 1 << 22)
         os.remove(p)
   if remote:
+    from etils import epath  # pylint: disable=g-import-not-at-top
     epath.Path(joined).copy(dest, overwrite=True)
     os.remove(joined)
 
 
-def build(
-    shards: Sequence[shards_lib.Shard], output: Output, *, lenient: bool,
-    workers: int = 0, show_progress: bool = True,
-    max_examples: int | None = None,
-    audit_records: list[dict[str, Any]] | None = None,
-) -> Result:
-  """Writes the split of `shards` into `output.data_dir`.
+def build(sources: Sequence[base.Source], output: plan.Output, *,
+          lenient: bool, workers: int = 0,
+          hold_bytes: int = 256 << 20, show_progress: bool = True,
+          max_examples: int | None = None) -> plan.Result:
+  """Writes the split of `sources` into `output.data_dir`.
 
   Args:
-    shards: the shards, each readable in place.
+    sources: the sources, in tar order.
     output: where and how to write.
     lenient: skip and audit bad images instead of failing.
-    workers: worker processes; 0 means one per core. Small builds run in
-      this process.
+    workers: worker processes at most; 0 means one per core. Small builds
+      run in this process.
+    hold_bytes: bytes a remote tar holds for members waiting for their
+      partner (`tars.stream`).
     show_progress: show progress bars (tars indexed; images written, with
       the rate and an ETA).
     max_examples: write at most this many images (the first, by tar).
-    audit_records: where to append the audit records (shard, skip, tar).
+
+  Returns:
+    What was written, its counts, and the audit records (also written to
+    `<data_dir>/audit/`).
 
   Raises:
     errors.BadInputError: in strict mode, for the first bad input.
   """
   started = time.monotonic()
-  records = audit_records if audit_records is not None else []
-  workers = workers or default_workers()
-  ctx = multiprocessing.get_context('spawn')
-  counter = ctx.Value('q', 0)
-  pool = None
-  # Parts are written to local disk: next to the output, or for a bucket
-  # (which cannot be appended to or renamed cheaply) in a local temp dir.
-  if shards_lib.is_local(output.data_dir):
+  if not sources:
+    raise errors.SourceError('nothing to build: no tars were given')
+  # Parts and the spill are on local disk: next to the output, or for a
+  # bucket (which cannot be appended to or renamed cheaply) in a temp dir.
+  if paths_lib.is_local(output.data_dir):
     tmp = os.path.join(output.data_dir, '.local_build')
     os.makedirs(tmp, exist_ok=True)
   else:
     tmp = tempfile.mkdtemp(prefix='segment_anything_tfds-')
+  run = Build(sources, output, lenient=lenient,
+              workers=workers or default_workers(), hold_bytes=hold_bytes,
+              show_progress=show_progress, tmp=tmp)
   try:
-    # ---- index
-    with _bar(show_progress, total=len(shards), desc='Indexing tars',
-              unit='tar') as bar:
-      use_pool = workers > 1 and not _small(shards)
-      pool = _pool(ctx, workers if use_pool else 1, shards, output, lenient,
-                   counter)
-      futures = [pool.submit(_index_shard, (i, s))
-                 for i, s in enumerate(shards)]
-      indexed: list[Indexed] = []
-      for fut in _as_completed(futures):
-        indexed.append(fut.result())
-        bar.update(1)
-    indexed.sort(key=lambda x: x.shard)
-    dirs = {x.shard: x.dirs for x in indexed}
-    for x in indexed:
-      _audit_index(x, lenient=lenient, records=records)
-    entries = np.concatenate([x.entries for x in indexed]) if indexed else (
-        np.zeros(0, ENTRY))
-    for x in indexed:
-      x.entries = None  # Held once, in `entries`.
-    entries = _drop_duplicates(entries, shards, dirs, lenient=lenient,
-                               records=records)
-    if max_examples is not None:
-      entries = entries[:max_examples]
-    if not len(entries):
-      raise errors.SourceError(_nothing_to_write(records, len(shards)))
-    # ---- plan
-    order = np.argsort(image_order(entries['image_id']), kind='stable')
-    entries = entries[order]
-    del order
-    total = int(entries['jpg_size'].sum() + entries['json_size'].sum())
-    num_shards = output.num_shards or tfds_seam.number_of_shards(
-        total_size=total, num_examples=len(entries),
-        min_shard_size=output.min_shard_size,
-        max_shard_size=output.max_shard_size)
-    num_shards = max(1, min(num_shards, len(entries)))
-    bounds = [len(entries) * i // num_shards for i in range(num_shards + 1)]
-    if use_pool and total < MIN_BYTES:
-      pool.shutdown()
-      pool = _pool(ctx, 1, shards, output, lenient, counter)
-      use_pool = False
-    parts_each = _parts_per_shard(num_shards, workers if use_pool else 1,
-                                  output.file_format)
-    template = tfds_seam.filename_template(
-        output.data_dir, dataset_name=output.dataset_name, split=output.split,
-        file_format=output.file_format)
-    # ---- write
-    lengths = [0] * num_shards
-    num_bytes = 0
-    per_tar: dict[str, list[int]] = collections.defaultdict(
-        lambda: [0, 0, 0, 0])
-    done_parts = collections.defaultdict(list)
-    with _bar(show_progress, total=len(entries), desc='Writing images',
-              unit='img') as bar:
-      futures = []
-      for s in range(num_shards):
-        chunk = entries[bounds[s]:bounds[s + 1]]
-        cuts = [len(chunk) * p // parts_each for p in range(parts_each + 1)]
-        for p in range(parts_each):
-          part = chunk[cuts[p]:cuts[p + 1]]
-          used = {int(k) for k in np.unique(part['shard'])}
-          futures.append(pool.submit(_write_part, Part(
-              s, p, os.path.join(tmp, f'shard-{s:05d}.part-{p:03d}'), part,
-              {k: dirs[k] for k in used})))
-      for fut in _as_completed(futures, on_wait=lambda: _sync(bar, counter)):
-        result = fut.result()
-        lengths[result.shard] += result.records
-        num_bytes += result.bytes
-        for tar, tally in result.per_tar.items():
-          per_tar[tar] = [a + b for a, b in zip(per_tar[tar], tally)]
-        records.extend(result.skips)
-        done_parts[result.shard].append(result)
-        if len(done_parts[result.shard]) == parts_each:
-          ordered = sorted(done_parts.pop(result.shard), key=lambda r: r.part)
-          _join_parts([r.path for r in ordered],
-                      tfds_seam.shard_path(template, result.shard, num_shards),
-                      tmp)
-        _sync(bar, counter)
+    entries, spills, dirs = run.plan(run.index(), max_examples)
+    lengths = run.write(entries, spills, dirs)
     if not sum(lengths):
-      raise errors.SourceError(_nothing_to_write(records, len(shards)))
-    if 0 in lengths:  # Every image of a shard was skipped: renumber.
-      lengths = _drop_empty_shards(template, lengths)
+      raise errors.SourceError(rules.nothing_to_write(run.records,
+                                                      len(run.sources)))
+    lengths = plan.drop_empty_shards(output, lengths)
   except concurrent.futures.process.BrokenProcessPool as e:
-    raise _worker_died(pool) from e
+    raise _worker_died(run.pools.pool) from e
   finally:
-    if pool is not None:
-      pool.shutdown(cancel_futures=True)
+    run.pools.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
-  return Result(
-      shard_lengths=lengths, num_bytes=num_bytes,
-      images_written=sum(lengths), masks=sum(t[1] for t in per_tar.values()),
-      per_tar={k: dict(zip(('written', 'masks', 'bytes', 'skipped'), v))
-               for k, v in sorted(per_tar.items())},
-      workers=workers if use_pool else 1,
+  rules.write_audit(output.data_dir, run.records)
+  return plan.Result(
+      engine='local', shard_lengths=lengths,
+      num_bytes=run.tallies.total('bytes'), tallies=run.tallies,
+      audit=run.records, workers=run.pools.used,
       seconds=time.monotonic() - started)
-
-
-def _audit_index(x: Indexed, *, lenient: bool, records: list) -> None:
-  index = x.index
-  if index.damage is not None:
-    _problem(index.damage, lenient=lenient, kind='tar', records=records)
-  elif not x.images:
-    _problem(tars_lib.no_images_error(index), lenient=lenient, kind='tar',
-             records=records)
-  for problem in index.problems:
-    _problem(problem, lenient=lenient, kind='skip', records=records)
-  records.append(audit.shard_record(index.tar, images=x.images,
-                                    problems=len(index.problems),
-                                    ignored=index.ignored))
-
-
-def _nothing_to_write(records: list[dict[str, Any]], num_shards: int) -> str:
-  summary = audit.summarize(records)
-  return (f'nothing to write: {num_shards} tars offered'
-          f' {summary["images_indexed"]} images and all were skipped'
-          f' ({summary["skipped_by_reason"]}; whole tars skipped:'
-          f' {[t["tar"] for t in summary["skipped_tars"]]})')
-
-
-def _drop_empty_shards(template, lengths: list[int]) -> list[int]:
-  """Renames shard files so that only non-empty ones are numbered."""
-  kept = [i for i, n in enumerate(lengths) if n]
-  for new, old in enumerate(kept):
-    src = tfds_seam.shard_path(template, old, len(lengths))
-    src.replace(tfds_seam.shard_path(template, new, len(kept)))
-  for i, n in enumerate(lengths):
-    if not n:
-      tfds_seam.shard_path(template, i, len(lengths)).unlink()
-  return [lengths[i] for i in kept]
-
-
-def _small(shards: Sequence[shards_lib.Shard]) -> bool:
-  """Whether local shards hold less than `MIN_BYTES` in all."""
-  total = 0
-  for shard in shards:
-    if not shard.local:
-      return False
-    if shard.kind == shards_lib.TAR:
-      total += shards_lib.size_of(shard.location)
-    else:
-      for root, _, files in os.walk(shard.location):
-        total += sum(os.path.getsize(os.path.join(root, f)) for f in files
-                     if os.path.isfile(os.path.join(root, f)))
-    if total >= MIN_BYTES:
-      return False
-  return True
-
-
-def _pool(ctx, workers: int, shards, output: Output, lenient: bool, counter):
-  if workers <= 1:
-    def tick(n):
-      counter.value += n
-    return _InProcess(list(shards), output.file_format, lenient, tick)
-  return concurrent.futures.ProcessPoolExecutor(
-      workers, mp_context=ctx, initializer=_init_worker,
-      initargs=(list(shards), output.file_format, lenient, counter,
-                logs.configured(), os.getpid()))
 
 
 def _worker_died(pool) -> errors.WorkerError:

@@ -1,6 +1,7 @@
-"""Which engine builds: the local writer, or the Beam runner named.
+"""Beam runners: whether a build names one, and Beam's offline runner.
 
-A build that names no Beam runner is local (`local_build`): no Beam at all.
+A build that names no Beam runner is local (`prepare/local.py`): no Beam
+at all (`engines.for_config` chooses).
 Beam's default DirectRunner (2.77) would first try to download the Prism
 binary from GitHub; to run the Beam pipeline in this process, offline, pass
 `DownloadConfig(beam_runner=runners.local_runner())` (Beam's FnApiRunner).
@@ -8,7 +9,7 @@ binary from GitHub; to run the Beam pipeline in this process, offline, pass
 
 from __future__ import annotations
 
-import tensorflow_datasets as tfds
+from typing import Any
 
 from segment_anything_tfds import errors
 
@@ -30,17 +31,17 @@ def local_runner():
   return fn_api_runner.FnApiRunner()
 
 
-def _options(config: tfds.download.DownloadConfig):
+def _options(config: Any):
   if config.beam_options is None:
     return None
   from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
   return config.beam_options.view_as(pipeline_options.PipelineOptions)
 
 
-def names_runner(config: tfds.download.DownloadConfig) -> bool:
+def names_runner(config: Any) -> bool:
   """Whether `config` asks for Beam: a runner object, or one in its options.
 
-  Builds that name no runner are local builds (`local_build`), which need
+  Builds that name no runner are local builds (`prepare/local.py`), which need
   no Beam at all.
   """
   if config.beam_runner is not None:
@@ -52,7 +53,7 @@ def names_runner(config: tfds.download.DownloadConfig) -> bool:
   return options.view_as(pipeline_options.StandardOptions).runner is not None
 
 
-def local_workers(config: tfds.download.DownloadConfig, workers: int) -> int:
+def local_workers(config: Any, workers: int) -> int:
   """Workers of a local build: Beam's `direct_num_workers` if set, else
   `workers` (0: one per core)."""
   options = _options(config)

@@ -1,10 +1,19 @@
 """Index, pair and read the members of SA-1B shards, in place and safely.
 
-A tar is indexed once, reading only its 512-byte headers and seeking past the
-data. Members pair by stem (`sa_<id>.jpg` + `sa_<id>.json`) wherever they sit
-(root, `./`, a folder) and in any order. Readers then seek straight to each
-pair's bytes. Extracted `sa_NNNNNN/` folders are indexed the same way, one
-file per member.
+One walker (`walk`) reads a tar's headers, for both ways of reading it:
+
+  index    a local tar (`tars.index`): its 512-byte headers only, seeking
+           past the data; images are then read by a seek per member
+           (`ShardReader`). An extracted `sa_NNNNNN/` folder is listed.
+  stream   a remote tar, where every read is a request (`tars.stream`):
+           read once, front to back (`Source.open_sequential`), members
+           paired as they go by, their bytes held up to a cap; pairs past
+           it are read again by seek at the end.
+
+Both find the same pairs, problems, ignored members and damage. Members
+pair by stem (`sa_<id>.jpg` + `sa_<id>.json`) wherever they sit (root,
+`./`, a folder) and in any order (`Pairing`). Sources are read only through
+the `Source` protocol (`sources/base.py`).
 
 Hostile input is refused, never followed:
 
@@ -25,20 +34,22 @@ Hostile input is refused, never followed:
   time of CPython's tarfile before 3.8.20, 3.9.20, 3.10.15, 3.11.10,
   3.12.6 and 3.13.0 (CVE-2024-6232), whatever the Python version.
 
-`pair_members` is pure. `index_shard` returns an `Index`: the pairs, one
-`BadInputError` per image that cannot be built (the lenient audit counts
-these), the ignored members, and the damage that stopped indexing a corrupt
-tar, if any (a lenient build keeps the images before it).
+`pair_members` is pure. `index` and `stream` give an `Index`: the pairs,
+one `BadInputError` per image that cannot be built (the lenient audit
+counts these), the ignored members, and the damage that stopped reading a
+corrupt tar, if any (a lenient build keeps the images before it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import posixpath
 import re
 import tarfile
-from typing import BinaryIO, Callable, Iterable, Sequence
+from typing import (Any, BinaryIO, Callable, Generator, Iterable, Iterator,
+                    Protocol)
 
 from segment_anything_tfds import errors
 from segment_anything_tfds.prepare import records as records_lib
@@ -127,8 +138,8 @@ def member_fault(member: Member, *, ext: str, tar: str
                  ) -> errors.BadInputError | None:
   """Why an image member can never be read (unsafe, special, too large).
 
-  The one rule for both ways of reading a tar: `pair_members` and the byte
-  range reader (`streaming.py`) call it on each `sa_<id>.jpg|json` member.
+  The one rule for every member named like an image (`Pairing` calls it),
+  however the tar is read.
   """
   if _is_unsafe(member.name):
     return errors.BadInputError(
@@ -152,67 +163,91 @@ def member_fault(member: Member, *, ext: str, tar: str
   return None
 
 
-def pair_members(members: Iterable[Member], *, tar: str) -> Index:
-  """Pairs `sa_<id>.jpg` with `sa_<id>.json` by stem; pure.
+class Pairing:
+  """Pairs members by stem as they come (`pair_members`, one at a time).
 
   Every image (stem) seen ends as one pair or one problem, never both; a
-  stem with several faults is reported once, for its first fault.
+  stem with several faults is reported once, for its first fault. A stem
+  whose two members have come is complete (`add` says so) until a third
+  member of it comes: then it is a `duplicate_member` problem. So a pair is
+  final only at `finish`.
   """
-  jpgs: dict[str, Member] = {}
-  jsons: dict[str, Member] = {}
-  problems: dict[str, errors.BadInputError] = {}
-  ignored: list[str] = []
 
-  def problem(stem, reason, member, detail):
-    problems.setdefault(stem, errors.BadInputError(reason, tar, member, detail))
+  def __init__(self, tar: str):
+    self.tar = tar
+    self._members: tuple[dict[str, Member], dict[str, Member]] = ({}, {})
+    self._problems: dict[str, errors.BadInputError] = {}
+    self._ignored: list[str] = []
 
-  for m in members:
-    found = canonical_stem(m.name)
+  def failed(self, stem: str) -> bool:
+    """Whether the stem is already a problem."""
+    return stem in self._problems
+
+  def member(self, stem: str, ext: str) -> Member | None:
+    """The stem's member with that extension, if it came."""
+    return self._members[ext == '.json'].get(stem)
+
+  def add(self, member: Member) -> str | None:
+    """Adds a member; returns its stem if that completes a pair."""
+    found = canonical_stem(member.name)
     if found is None:
-      ignored.append(m.name)
-      continue
+      self._ignored.append(member.name)
+      return None
     stem, ext = found
-    fault = member_fault(m, ext=ext, tar=tar)
+    fault = member_fault(member, ext=ext, tar=self.tar)
     if fault is not None:
-      problems.setdefault(stem, fault)
-      continue
-    table = jpgs if ext == '.jpg' else jsons
+      self._problems.setdefault(stem, fault)
+      return None
+    table = self._members[ext == '.json']
     if stem in table:
-      problem(stem, errors.DUPLICATE_MEMBER, m.name,
-              f'{stem}{ext} is stored twice: as {table[stem].name} and as'
-              f' {m.name}')
-      continue
-    table[stem] = m
-  pairs = []
-  for stem in jpgs.keys() | jsons.keys():
-    jpg, js = jpgs.get(stem), jsons.get(stem)
-    if stem in problems:
-      continue
-    if jpg is None:
-      problem(stem, errors.MISSING_JPG, js.name,
-              f'{stem}.json has no {stem}.jpg')
-    elif js is None:
-      problem(stem, errors.MISSING_JSON, jpg.name,
-              f'{stem}.jpg has no {stem}.json')
-    else:
-      pairs.append(Pair(stem, jpg, js))
-  pairs.sort(key=lambda p: p.image_id)
-  return Index(
-      tar, pairs,
-      [problems[s] for s in sorted(problems,
-                                   key=records_lib.image_id_from_stem)],
-      ignored)
+      self._problems.setdefault(stem, errors.BadInputError(
+          errors.DUPLICATE_MEMBER, self.tar, member.name,
+          f'{stem}{ext} is stored twice: as {table[stem].name} and as'
+          f' {member.name}'))
+      return None
+    table[stem] = member
+    if stem not in self._problems and self.member(stem, other(ext)):
+      return stem
+    return None
+
+  def finish(self) -> Index:
+    """The pairs and problems: the same whatever the members' order."""
+    jpgs, jsons = self._members
+    problems = self._problems
+    pairs = []
+    for stem in jpgs.keys() | jsons.keys():
+      jpg, js = jpgs.get(stem), jsons.get(stem)
+      if stem in problems:
+        continue
+      if jpg is None:
+        problems[stem] = errors.BadInputError(
+            errors.MISSING_JPG, self.tar, js.name,
+            f'{stem}.json has no {stem}.jpg')
+      elif js is None:
+        problems[stem] = errors.BadInputError(
+            errors.MISSING_JSON, self.tar, jpg.name,
+            f'{stem}.jpg has no {stem}.json')
+      else:
+        pairs.append(Pair(stem, jpg, js))
+    pairs.sort(key=lambda p: p.image_id)
+    return Index(
+        self.tar, pairs,
+        [problems[s] for s in sorted(problems,
+                                     key=records_lib.image_id_from_stem)],
+        list(self._ignored))
 
 
-def no_images_error(index: Index) -> errors.BadInputError:
-  """Why a shard offered no image at all: the members seen and ignored."""
-  seen = ', '.join(index.ignored[:8]) + (' ...' if len(index.ignored) > 8
-                                          else '')
-  return errors.BadInputError(
-      errors.NO_IMAGES, index.tar, '-',
-      'no SA-1B image members (sa_<id>.jpg + sa_<id>.json, <id> in ASCII'
-      f' digits without leading zeros) among its {len(index.ignored)}'
-      f' members{": " + seen if seen else ""}')
+def other(ext: str) -> str:
+  """The partner's extension: '.json' for '.jpg' and back."""
+  return '.json' if ext == '.jpg' else '.jpg'
+
+
+def pair_members(members: Iterable[Member], *, tar: str) -> Index:
+  """Pairs `sa_<id>.jpg` with `sa_<id>.json` by stem; pure (`Pairing`)."""
+  pairing = Pairing(tar)
+  for m in members:
+    pairing.add(m)
+  return pairing.finish()
 
 
 def corrupt(tar: str, where: str, detail: str) -> errors.BadInputError:
@@ -270,11 +305,11 @@ def check_header(info: tarfile.TarInfo, read: Callable[[int], bytes], *,
                  tar: str, at: int, before: int) -> bytes | None:
   """Checks a header block before tarfile reads anything after it.
 
-  Both ways of walking a tar (`index_members` and `streaming.read_run`)
-  call it on every header block: tarfile reads an extended header whole,
-  in one read, and parses pax records in quadratic time where CPython
-  lacks the CVE-2024-6232 fix (3.11.7, for one). An extended header is
-  read here, at most `MAX_EXTENDED_BYTES`, and checked.
+  The walker (`walk`, for both ways of reading a tar) calls it on every
+  header block: tarfile reads an extended header whole, in one read, and
+  parses pax records in quadratic time where CPython lacks the
+  CVE-2024-6232 fix (3.11.7, for one). An extended header is read here, at
+  most `MAX_EXTENDED_BYTES`, and checked.
 
   Args:
     info: the block, as `tarfile.TarInfo.frombuf` reads it.
@@ -317,34 +352,6 @@ def check_header(info: tarfile.TarInfo, read: Callable[[int], bytes], *,
   return data
 
 
-def _plain(block: bytes) -> bool:
-  """Whether `check_header` passes a header block without a look at more
-  than its raw bytes: not a type it checks, and a size field that cannot
-  be negative (base-256 starts with 0xff, octal has a '-'). Parsing every
-  header twice would double the cost of indexing."""
-  return (block[156:157] not in _CHECKED_TYPES and block[124:125] != b'\xff'
-          and b'-' not in block[124:136])
-
-
-def _check_headers(fileobj: BinaryIO, at: int, *, tar: str) -> None:
-  """`check_header` on the headers of the member at `at`, before tarfile
-  reads them (up to its own header; damage is left to tarfile)."""
-  fileobj.seek(at)
-  for before in range(MAX_EXTENDED_HEADERS + 1):
-    block = fileobj.read(tarfile.BLOCKSIZE)
-    if _plain(block):
-      return
-    try:
-      info = tarfile.TarInfo.frombuf(block, tarfile.ENCODING,
-                                     'surrogateescape')
-    except tarfile.HeaderError:
-      return
-    if check_header(info, fileobj.read, tar=tar, at=at,
-                    before=before) is None:
-      return
-    at = fileobj.tell()
-
-
 def member_of(info: tarfile.TarInfo, data_offset: int) -> Member | None:
   """The `Member` of a tar entry whose data starts at `data_offset`.
 
@@ -366,131 +373,314 @@ def data_blocks(info: tarfile.TarInfo) -> int:
   return 0
 
 
-def index_members(fileobj: BinaryIO, *, tar: str
-                  ) -> tuple[list[Member], errors.BadInputError | None]:
-  """Lists a tar's entries from its headers, skipping the data.
 
-  Returns:
-    (members, damage): the entries before any damage, and the error that
-    stopped the listing (a bad header, no end-of-archive marker, a member
-    cut short), or None for a whole tar.
+# ------------------------------------------------------------- the walker
+
+
+class Cursor(Protocol):
+  """Where the walker reads a tar: `SequentialReader`'s methods."""
+
+  def tell(self) -> int:
+    ...
+
+  def read(self, n: int) -> bytes:
+    ...
+
+  def skip(self, n: int) -> int:
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One tar entry, its headers read and checked.
+
+  Attributes:
+    member: the member (`member_of`), or None for a folder entry.
+    start: the offset of its first header (extended ones included).
+    next: the offset of the header after its data.
   """
-  members: list[Member] = []
-  header = 0  # Where the next header starts.
+
+  member: Member | None
+  start: int
+  next: int
+
+
+def _parse(block: bytes, *, tar: str, at: int, what: str
+           ) -> tarfile.TarInfo:
   try:
-    _check_headers(fileobj, header, tar=tar)
-    fileobj.seek(header)
-    with tarfile.open(fileobj=fileobj, mode='r:') as tf:  # Reads member 0.
-      while (info := tf.next()) is not None:
-        header = tf.offset
-        tf.members = []  # Keep the index flat in memory for huge tars.
-        member = member_of(info, info.offset_data)
-        if member is not None:
-          members.append(member)
-        if len(members) > MAX_MEMBERS:
-          return members, corrupt(
-              tar, f'@{info.offset}', f'more than {MAX_MEMBERS} members: not'
-              ' an SA-1B tar')
-        _check_headers(fileobj, header, tar=tar)  # Before tf.next() does.
-      end = tf.offset
-    fileobj.seek(end)
-    tail = fileobj.read(512)
-  except errors.DownloadError:
-    raise  # A link that could not be read: no verdict on the tar.
-  except errors.BadInputError as e:
-    return members, e
-  except (tarfile.TarError, EOFError, OSError) as e:
-    what = 'not a tar' if not members else 'corrupt or truncated tar'
-    return members, corrupt(tar, f'@{header}',
-                             f'{what}: unreadable header at byte {header}'
-                             f' ({e})')
-  # tarfile stops quietly at a bad header after the first member; only an
-  # end-of-archive block (512 zero bytes) means the tar really ended there.
-  if len(tail) < 512 or tail.count(0) != 512:
-    after = f' after {members[-1].name}' if members else ''
-    what = 'not a tar' if not members else 'corrupt or truncated tar'
-    return members, corrupt(
-        tar, f'@{end}', f'{what}: no end-of-archive marker at byte {end}'
-        f'{after}')
-  return members, _check_end(fileobj, members, tar=tar)
+    return tarfile.TarInfo.frombuf(block, tarfile.ENCODING,
+                                   'surrogateescape')
+  except tarfile.HeaderError as e:
+    raise corrupt(tar, f'@{at}', f'{what}: unreadable header at byte {at}'
+                  f' ({e})') from None
 
 
-def _check_end(fileobj: BinaryIO, members: Sequence[Member], *, tar: str
-               ) -> errors.BadInputError | None:
-  """A tar cut inside its last member still lists it: check it is whole."""
-  if not members:
-    return None
-  last = max(members, key=lambda m: m.offset + m.size)
-  end = last.offset + last.size
-  fileobj.seek(0, os.SEEK_END)
-  size = fileobj.tell()
-  if size < end:
-    return corrupt(tar, last.name, f'truncated tar: {last.name} needs bytes'
-                    f' up to {end} but the file has {size}')
-  return None
+def _run_info(blocks: list[bytes], start: int, tar: str) -> tarfile.TarInfo:
+  """The member of a run of headers with extended ones, as tarfile reads it
+  (their sizes and records were checked by `check_header`)."""
+  raw = b''.join(blocks) + bytes(2 * tarfile.BLOCKSIZE)
+  try:
+    with tarfile.open(fileobj=io.BytesIO(raw), mode='r:') as tf:
+      info = tf.next()
+  except (tarfile.TarError, EOFError) as e:
+    info, why = None, str(e)
+  else:
+    why = 'no member after them'
+  if info is None:
+    raise corrupt(tar, f'@{start}', 'corrupt or truncated tar: unreadable'
+                  f' extended headers at byte {start} ({why})')
+  return info
 
 
-def _before_damage(members: list[Member], fileobj: BinaryIO) -> list[Member]:
-  """The members of a damaged tar that are safe to read.
+def _read_run(cursor: Cursor, *, tar: str
+              ) -> tuple[tarfile.TarInfo, int] | None:
+  """Reads one entry's headers: (its info, where they start), or None at
+  the end-of-archive block.
 
-  The last member listed is dropped (its data may be where the damage is),
-  and so is any whose data runs past the end of the file.
+  Raises:
+    BadInputError: `corrupt_tar`, naming the byte offset.
   """
-  fileobj.seek(0, os.SEEK_END)
-  size = fileobj.tell()
-  return [m for m in members[:-1] if m.offset + m.size <= size]
+  start = cursor.tell()
+  what = 'not a tar' if start == 0 else 'corrupt or truncated tar'
+  blocks: list[bytes] = []
+  while True:
+    at = cursor.tell()
+    block = cursor.read(tarfile.BLOCKSIZE)
+    if len(block) < tarfile.BLOCKSIZE:
+      raise corrupt(tar, f'@{at}', f'{what}: no end-of-archive marker at'
+                    f' byte {at} (the file ends at byte {at + len(block)})')
+    if not blocks and block.count(0) == tarfile.BLOCKSIZE:
+      return None
+    info = _parse(block, tar=tar, at=at, what=what)
+    blocks.append(block)
+    data = check_header(info, cursor.read, tar=tar, at=at,
+                        before=len(blocks) // 2)
+    if data is None:
+      break
+    blocks.append(data)
+  if len(blocks) > 1:
+    info = _run_info(blocks, start, tar)
+  return info, start
 
 
-def index_shard(shard: base.Source) -> Index:
-  """Indexes a shard: a tar's headers, or a folder's files.
+def truncated(tar: str, member: str, end: int, size: int
+              ) -> errors.BadInputError:
+  """The error of a tar that ends at `size`, before `end`, the end of
+  `member`'s data."""
+  return corrupt(tar, member, f'truncated tar: {member} needs bytes up to'
+                 f' {end} but the file has {size}')
 
-  A tar's damage is in `Index.damage`, not raised.
+
+def walk(cursor: Cursor, *, tar: str) -> Iterator[Entry]:
+  """The entries of a tar, from its headers: the one walker of tars.
+
+  Every header is checked (`check_header`) before tarfile reads what
+  follows it. After an entry is yielded, the caller may read its member's
+  data from `cursor` (`read_data`); the walker then moves on to the next
+  header with `cursor.skip`. A cursor that seeks reads headers only; one
+  that streams reads the tar front to back.
+
+  Raises:
+    BadInputError: `corrupt_tar` at the damage (a bad header, a member cut
+      short, no end-of-archive block, too many members), after the entries
+      before it. The last member before damage may be where the damage is
+      (`_members` drops it).
   """
-  if shard.folder:
-    return pair_members(shard.list_members(), tar=shard.name)
-  with shard.open() as f:
-    members, damage = index_members(f, tar=shard.name)
-    readable = members if damage is None else _before_damage(members, f)
-  index = pair_members(readable, tar=shard.name)
-  index.damage = damage
-  return index
+  entries = 0
+  while True:
+    run = _read_run(cursor, tar=tar)
+    if run is None:
+      return
+    info, start = run
+    entries += 1
+    if entries > MAX_MEMBERS:
+      raise corrupt(tar, f'@{start}', f'more than {MAX_MEMBERS} members:'
+                    ' not an SA-1B tar')
+    data = cursor.tell()
+    end = data + data_blocks(info)
+    yield Entry(member_of(info, data), start, end)
+    rest = end - cursor.tell()
+    if rest > 0 and cursor.skip(rest) < rest:
+      raise truncated(tar, info.name, data + info.size, cursor.tell())
 
 
-def read_member(fileobj: BinaryIO, member: Member, *, tar: str) -> bytes:
-  """Reads one tar member's bytes at its offset (exactly `member.size`)."""
-  fileobj.seek(member.offset)
-  data = fileobj.read(member.size)
-  if len(data) != member.size:
-    raise corrupt(tar, member.name,
-                   f'truncated tar: read {len(data)} of {member.size} bytes'
-                   f' at offset {member.offset}')
+def read_data(cursor: Cursor, member: Member, *, tar: str) -> bytes:
+  """A member's data, read from the cursor just after its headers."""
+  data = cursor.read(member.size)
+  if len(data) < member.size:
+    raise truncated(tar, member.name, member.offset + member.size,
+                    member.offset + len(data))
   return data
 
 
-class ShardReader:
-  """Reads members of one shard: seeks in a tar, or opens a folder's files."""
+Damage = errors.BadInputError | None
 
-  def __init__(self, shard: base.Source):
-    self.shard = shard
-    self._file = None
+
+def _members(cursor: Cursor, *, tar: str,
+             keep: Callable[[Member], bool],
+             act: Callable[[Member, bytes | None], Any],
+             ) -> Generator[Any, None, Damage]:
+  """Walks a tar, acting on each whole member; returns the damage, if any.
+
+  A member is whole once the header after it is read sound: so each is
+  acted on one entry late, and at damage the last member seen is dropped
+  (its data may be where the damage is), whatever the cursor. Members
+  `keep` says yes to are read (else skipped) and given to `act` with their
+  data; what `act` returns, if not None, is yielded.
+  """
+  pending: tuple[Member, bytes | None] | None = None
+  try:
+    for entry in walk(cursor, tar=tar):
+      if entry.member is None:
+        continue
+      if pending is not None and (out := act(*pending)) is not None:
+        yield out
+      data = (read_data(cursor, entry.member, tar=tar)
+              if keep(entry.member) else None)
+      pending = entry.member, data
+  except errors.BadInputError as e:
+    return e
+  except errors.Error:
+    raise  # A link or a source that could not be read: no verdict.
+  except OSError as e:
+    at = cursor.tell()
+    what = 'not a tar' if at == 0 else 'corrupt or truncated tar'
+    return corrupt(tar, f'@{at}', f'{what}: unreadable at byte {at} ({e})')
+  if pending is not None and (out := act(*pending)) is not None:
+    yield out
+  return None
+
+
+def _listed(cursor: Cursor, *, tar: str
+            ) -> tuple[list[Member], Damage]:
+  members: list[Member] = []
+  walk_ = _members(cursor, tar=tar, keep=lambda m: False,
+                   act=lambda m, _: members.append(m))
+  try:
+    while True:
+      next(walk_)
+  except StopIteration as end:
+    return members, end.value
+
+
+class _Seeking:
+  """A cursor over a `RandomReader` that seeks past data (index mode)."""
+
+  def __init__(self, reader: base.RandomReader, size: int):
+    self._reader = reader
+    self._size = size
+    self._pos = 0
+
+  def tell(self) -> int:
+    return self._pos
+
+  def read(self, n: int) -> bytes:
+    data = self._reader.read_at(self._pos, n)
+    self._pos += len(data)
+    return data
+
+  def skip(self, n: int) -> int:
+    done = max(0, min(n, self._size - self._pos))
+    self._pos += done
+    return done
+
+
+# ------------------------------------------------------------ index mode
+
+
+class _FileReader:
+  """`RandomReader` over a seekable file object."""
+
+  def __init__(self, fileobj: BinaryIO):
+    self._file = fileobj
+
+  def read_at(self, offset: int, size: int) -> bytes:
+    self._file.seek(offset)
+    data = self._file.read(size)  # Whole, but for a short read.
+    if len(data) == size or not data:
+      return data
+    out = bytearray(data)
+    while len(out) < size and (data := self._file.read(size - len(out))):
+      out += data
+    return bytes(out)
+
+  def close(self) -> None:
+    pass
+
+
+def index_members(fileobj: BinaryIO, *, tar: str
+                  ) -> tuple[list[Member], Damage]:
+  """Lists a tar file's members from its headers, seeking past the data.
+
+  Returns:
+    (members, damage): the whole members (before any damage, less the last
+    one: see `_members`), and the error that stopped the listing, or None
+    for a whole tar.
+  """
+  fileobj.seek(0, os.SEEK_END)
+  size = fileobj.tell()
+  return _listed(_Seeking(_FileReader(fileobj), size), tar=tar)
+
+
+def index(source: base.Source) -> Index:
+  """Indexes a seekable source: a tar's headers, or a folder's files.
+
+  A tar's damage is in `Index.damage`, not raised; the pairs and problems
+  are those of the whole members before it.
+  """
+  if source.folder:
+    return pair_members(source.list_members(), tar=source.name)
+  reader = source.open_random()
+  try:
+    members, damage = _listed(_Seeking(reader, source.size()),
+                              tar=source.name)
+  finally:
+    reader.close()
+  result = pair_members(members, tar=source.name)
+  result.damage = damage
+  return result
+
+
+def _read_at(reader: base.RandomReader, member: Member, *, tar: str
+             ) -> bytes:
+  data = reader.read_at(member.offset, member.size)
+  if len(data) != member.size:
+    raise corrupt(tar, member.name,
+                  f'truncated tar: read {len(data)} of {member.size} bytes'
+                  f' at offset {member.offset}')
+  return data
+
+
+def read_member(fileobj: BinaryIO, member: Member, *, tar: str) -> bytes:
+  """Reads one tar member's bytes from a file (exactly `member.size`)."""
+  return _read_at(_FileReader(fileobj), member, tar=tar)
+
+
+class ShardReader:
+  """Reads members of one source: at their offsets in a tar (one
+  `open_random` reader, opened on first use), or a folder's files."""
+
+  def __init__(self, source: base.Source):
+    self.shard = source
+    self._reader: base.RandomReader | None = None
 
   def __enter__(self) -> 'ShardReader':
-    if not self.shard.folder:
-      self._file = self.shard.open()
     return self
 
   def __exit__(self, *exc) -> None:
     self.close()
 
   def close(self) -> None:
-    if self._file is not None:
-      self._file.close()
-      self._file = None
+    if self._reader is not None:
+      self._reader.close()
+      self._reader = None
 
   def read(self, member: Member) -> bytes:
-    if self._file is not None:
-      return read_member(self._file, member, tar=self.shard.name)
-    return self.shard.read_member(member)
+    if self.shard.folder:
+      return self.shard.read_member(member)
+    if self._reader is None:
+      self._reader = self.shard.open_random()
+    return _read_at(self._reader, member, tar=self.shard.name)
 
 
 def read_example(reader: ShardReader, pair: Pair) -> tuple[int, dict]:
@@ -513,3 +703,121 @@ def build_example(tar: str, pair: Pair, jpg: bytes, json_bytes: bytes
   where = (tar, pair.json.name)
   record = records_lib.parse_json(json_bytes, where=where)
   return records_lib.make_example(jpg, record, stem=pair.stem, where=where)
+
+
+# ----------------------------------------------------------- stream mode
+
+
+@dataclasses.dataclass(frozen=True)
+class PairBytes:
+  """An image whose two members were read: ready to build."""
+
+  pair: Pair
+  jpg: bytes
+  json: bytes
+
+
+class _Held:
+  """Members waiting for their partner, their bytes held up to a cap."""
+
+  def __init__(self, cap: int):
+    self.cap = cap
+    self.bytes = 0
+    self.peak = 0
+    self._data: dict[str, bytes] = {}  # Stem -> the waiting member's bytes.
+
+  def has(self, stem: str) -> bool:
+    return stem in self._data
+
+  def room(self, size: int) -> bool:
+    return self.bytes + size <= self.cap
+
+  def put(self, stem: str, data: bytes) -> None:
+    self._data[stem] = data
+    self.bytes += len(data)
+    self.peak = max(self.peak, self.bytes)
+
+  def take(self, stem: str) -> bytes | None:
+    data = self._data.pop(stem, None)
+    if data is not None:
+      self.bytes -= len(data)
+    return data
+
+
+class _Stream:
+  """One tar read front to back: members paired as they go by."""
+
+  def __init__(self, tar: str, hold_bytes: int):
+    self.pairing = Pairing(tar)
+    self.held = _Held(hold_bytes)
+    self.later: set[str] = set()  # Paired, a member not held: read again.
+
+  def keep(self, member: Member) -> bool:
+    """Whether to keep a member's bytes as they go by."""
+    found = canonical_stem(member.name)
+    if found is None or member_fault(member, ext=found[1],
+                                     tar=self.pairing.tar):
+      return False
+    stem, ext = found
+    if self.pairing.failed(stem) or self.pairing.member(stem, ext):
+      return False  # A problem already, or stored twice: never built.
+    if self.pairing.member(stem, other(ext)):
+      return self.held.has(stem)  # Built at once if its partner is held.
+    return self.held.room(member.size)
+
+  def add(self, member: Member, data: bytes | None) -> PairBytes | None:
+    """A whole member: held, paired (the pair, if both members' bytes are
+    in hand; else it is read again at the end), or a problem."""
+    completed = self.pairing.add(member)
+    found = canonical_stem(member.name)
+    if found is None:
+      return None
+    stem, ext = found
+    if completed is None:
+      if self.pairing.failed(stem):
+        self.held.take(stem)
+      elif data is not None and not self.pairing.member(stem, other(ext)):
+        self.held.put(stem, data)
+      return None
+    partner = self.held.take(stem)
+    if partner is None or data is None:
+      self.later.add(stem)
+      return None
+    jpg, js = (data, partner) if ext == '.jpg' else (partner, data)
+    return PairBytes(Pair(stem, self.pairing.member(stem, '.jpg'),
+                          self.pairing.member(stem, '.json')), jpg, js)
+
+
+def stream(source: base.Source, *, hold_bytes: int
+           ) -> Iterator[PairBytes | Index]:
+  """Reads a tar once, front to back (`open_sequential`), pairing members
+  as they go by: for remote tars, where every read is a request.
+
+  Yields each image whose members were both read, as soon as they were
+  (`PairBytes`). A member waits for its partner with its bytes held, up to
+  `hold_bytes` in all; past that only where it is is kept, and once the
+  tar is read such pairs are read again (`open_random`, a request per
+  member) and yielded. Last comes the tar's `Index`, exactly what `index`
+  would find (pairs, problems, ignored members, damage): an image yielded
+  whose stem comes again later (stored twice) is not among its pairs, but
+  among its problems.
+  """
+  tar = source.name
+  state = _Stream(tar, hold_bytes)
+  cursor = source.open_sequential(0)
+  try:
+    damage = yield from _members(cursor, tar=tar, keep=state.keep,
+                                 act=state.add)
+  finally:
+    cursor.close()
+  result = state.pairing.finish()
+  result.damage = damage
+  again = [p for p in result.pairs if p.stem in state.later]
+  if again:
+    reader = ShardReader(source)
+    try:
+      for pair in sorted(again, key=lambda p: p.jpg.offset):
+        yield PairBytes(pair, reader.read(pair.jpg), reader.read(pair.json))
+    finally:
+      reader.close()
+  yield result

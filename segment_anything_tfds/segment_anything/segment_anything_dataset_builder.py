@@ -1,8 +1,14 @@
-"""segment_anything: SA-1B, streamed from its tars into TFDS records."""
+"""segment_anything: SA-1B, read in place from its tars into TFDS records.
+
+The builder is thin: its configs and features, and `_download_and_prepare`,
+which finds the config's sources, has the engine chosen by the download
+config (`prepare.engines`) write the split, then sets the split and folds
+the build's counts and audit into the metadata, once. TFDS internals are
+reached through `tfds_seam` only.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from typing import Any, Mapping
@@ -10,25 +16,27 @@ from typing import Any, Mapping
 from etils import epath
 import tensorflow_datasets as tfds
 
-from segment_anything_tfds.prepare import audit
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import errors
 from segment_anything_tfds import features as features_lib
-from segment_anything_tfds.prepare import incomplete
-from segment_anything_tfds.sources import links as links_lib
-from segment_anything_tfds.prepare import local as local_build
 from segment_anything_tfds import options as options_lib
-from segment_anything_tfds.prepare import runners
+from segment_anything_tfds import tfds_seam
+from segment_anything_tfds.prepare import engines
+from segment_anything_tfds.prepare import incomplete
+from segment_anything_tfds.prepare import plan
+from segment_anything_tfds.prepare import rules
+from segment_anything_tfds.sources import links as links_lib
+from segment_anything_tfds.sources import base
 from segment_anything_tfds.sources import manual_dir as shards_lib
 from segment_anything_tfds.sources import materialize as sources
-from segment_anything_tfds.prepare import streaming
 
 _LOG = logging.getLogger(__name__)
 _HOMEPAGE = 'https://ai.meta.com/datasets/segment-anything-downloads'
 
 
-class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """SA-1B: 11 M images and 1.1 B masks, prepared with Beam from the tars.
+class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
+              skip_registration=True):
+  """SA-1B: 11 M images and 1.1 B masks, prepared from the tars in place.
 
   Registered under the name `segment_anything` by `import
   segment_anything_tfds`, ahead of TFDS's builtin builder of that name.
@@ -45,7 +53,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           ' Features as in the builtin 1.0.0.'
       ),
   }
-  BUILDER_CONFIGS = config_lib.BUILDER_CONFIGS
+  BUILDER_CONFIGS = config_lib.BUILDER_CONFIGS  # pylint: disable=no-member
   DEFAULT_CONFIG_NAME = 'all'
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
   Put any mix of these in `manual_dir`:
@@ -75,7 +83,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if cls is Builder and _wants_builtin(kwargs.get('version'),
                                          kwargs.get('data_dir'),
                                          kwargs.get('config')):
-      return _builtin_cls()(*args, **{
+      return tfds_seam.builtin_builder()(*args, **{
           k: v for k, v in kwargs.items()
           if k in ('data_dir', 'version', 'file_format')})
     return super().__new__(cls)
@@ -117,50 +125,17 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._shards = None  # Set by _download_and_prepare.
     self._reused = False
 
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    """The Beam path: one split, built by `pipeline.BuildExamples`."""
-    return {'train': self._generate_examples(self._shards)}
+  def _split_generators(self, dl_manager):
+    """Unused: `_download_and_prepare` has an engine write the split."""
+    raise NotImplementedError('segment_anything is written by its engines'
+                              ' (prepare/engines.py)')
 
-  def _generate_examples(self, shards):
-    from segment_anything_tfds.prepare import beam as pipeline  # pylint: disable=g-import-not-at-top
-    return pipeline.BuildExamples(  # pylint: disable=no-value-for-parameter
-        shards,
-        audit_dir=self.data_path / audit.AUDIT_DIR,
-        chunk_size=self.builder_config.chunk_size,
-        lenient=self.builder_config.lenient,
-        range_bytes=self.builder_config.range_bytes,
-        hold_bytes=self.builder_config.hold_bytes,
-    )
+  def _generate_examples(self):
+    """Unused, as `_split_generators`."""
+    raise NotImplementedError('segment_anything is written by its engines'
+                              ' (prepare/engines.py)')
 
-  def _process_pipeline_result(self, pipeline_result) -> None:
-    """Beam builds: the counters become the build's counts in metadata.json,
-    so the summary reads nothing back (as the local build's)."""
-    from apache_beam.metrics import metric  # pylint: disable=g-import-not-at-top
-    from segment_anything_tfds.prepare import beam as pipeline  # pylint: disable=g-import-not-at-top
-    counts = {}
-    query = pipeline_result.metrics().query(
-        metric.MetricsFilter().with_namespace(pipeline.NAMESPACE))
-    for counter in query['counters']:
-      name = counter.key.metric.name
-      value = counter.committed
-      if value is None:  # Some runners report attempted values only.
-        value = counter.attempted
-      if isinstance(value, int):
-        counts[name] = counts.get(name, 0) + value
-    self.info.metadata['build'] = {
-        'engine': 'beam', 'images': counts.get('images_written', 0),
-        'masks': counts.get('masks_written', 0),
-        'counters': dict(sorted(counts.items())),
-    }
-
-  def _log_download_bytes(self) -> None:
-    """TFDS prints 'Downloading and preparing dataset Unknown size ...'."""
-    _LOG.info('Preparing %s into %s', self.info.full_name, self.data_dir)
-
-  def _log_download_done(self) -> None:
-    _LOG.info('Prepared %s in %s', self.info.full_name, self.data_dir)
-
-  def _offered(self, manual_dir) -> list[shards_lib.Shard]:
+  def _offered(self, manual_dir) -> list[base.Source]:
     """The shards of this config that manual_dir offers (nothing fetched)."""
     cfg = self.builder_config
     found = shards_lib.find_shards(manual_dir)
@@ -169,7 +144,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                              config_name=f'config {cfg.name}',
                              refused=found.refused)
 
-  def _find_shards(self, manual_dir, download_dir) -> list[shards_lib.Shard]:
+  def _find_shards(self, manual_dir, download_dir) -> list[base.Source]:
     """The config's shards, downloaded if need be, readable in place."""
     chosen = self._offered(manual_dir)
     return sources.materialize(chosen, download_dir=download_dir,
@@ -178,7 +153,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def fetch_shards(self, download_config: tfds.download.DownloadConfig, *,
                    download_dir: epath.PathLike | None = None
-                   ) -> list[shards_lib.Shard]:
+                   ) -> list[base.Source]:
     """Fetches (and verifies) the config's tars without building.
 
     The tars land where a build would look for them (`download_dir`, by
@@ -217,7 +192,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           download_dir=download_dir, download_config=download_config,
           file_format=file_format)
     sources.release(self._shards or (), options=self._download_options)
-    audit.log_skips(self.info.metadata, self.data_dir)
+    rules.log_skips(self.info.metadata, self.data_dir)
     return result
 
   @property
@@ -269,91 +244,52 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return super().as_data_source(*args, **kwargs)
 
   def _download_and_prepare(self, dl_manager, download_config=None):
-    """Finds the shards, then builds locally or with the Beam runner named.
+    """Finds the sources, has the engine write the split, sets it, and folds
+    the build into the metadata.
 
     Without a Beam runner (in `download_config.beam_runner` or its
-    `beam_options`), the split is written by `local_build` with one process
-    per core (or `direct_num_workers`), memory flat in the number of images.
+    `beam_options`) the local engine writes the split, one process per
+    core (or `direct_num_workers`), memory flat in the number of images.
     """
     download_config = download_config or tfds.download.DownloadConfig()
-    # A builder that had loaded a prepared dataset holds its metadata (lazily):
-    # this build's audit and counts replace it.
-    metadata = self.info.metadata
-    for key in list(metadata.keys()):
-      if key in ('audit', 'build'):
-        del metadata[key]
+    engine = engines.for_config(download_config, workers=self._workers,
+                                show_progress=self._progress)
     self._shards = self._find_shards(dl_manager.manual_dir,
                                      dl_manager.download_dir)
-    if runners.names_runner(download_config):
-      runners.require_beam()
-      if download_config.beam_options is None:
-        # Explicit options: TFDS would otherwise let Beam parse sys.argv.
-        from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
-        download_config = dataclasses.replace(
-            download_config,
-            beam_options=pipeline_options.PipelineOptions([]))
-      if download_config.max_examples_per_split is not None:
-        raise errors.ConfigError(
-            'max_examples_per_split works in local builds only: a Beam build'
-            ' cannot stop after N images. Build locally, or pick fewer tars'
-            ' (tars_config / --tars).')
-      if self.builder_config.range_bytes and any(
-          streaming.is_remote_tar(s) for s in self._shards):
-        # Byte-range reads may write an image id twice; the writer keeps
-        # one, the pipeline audits (or, strict, refuses) the others.
-        download_config = dataclasses.replace(download_config,
-                                              ignore_duplicates=True)
-      super()._download_and_prepare(dl_manager, download_config)
-      self._finish_metadata()
-      return
-    output = local_build.Output(
+    output = plan.Output(
         data_dir=os.fspath(self.data_path), dataset_name=self.name,
         split='train', file_format=self.info.file_format,
         num_shards=download_config.num_shards,
         min_shard_size=download_config.min_shard_size,
         max_shard_size=download_config.max_shard_size)
-    records: list[dict[str, Any]] = []
-    try:
-      result = local_build.build(
-          self._shards, output, lenient=self.builder_config.lenient,
-          workers=runners.local_workers(download_config, self._workers),
-          show_progress=self._progress,
-          max_examples=download_config.max_examples_per_split,
-          audit_records=records)
-    finally:
-      audit.write_records(self.data_path, records)
-    self.info.set_splits(tfds.core.SplitDict([tfds.core.SplitInfo(
+    config = self.builder_config
+    result = engine.build(self._shards, output, lenient=config.lenient,
+                          hold_bytes=config.hold_bytes)
+    self.info.set_splits(tfds.core.SplitDict([tfds_seam.split_info(
         name='train', shard_lengths=result.shard_lengths,
-        num_bytes=result.num_bytes,
-        filename_template=self._get_filename_template('train'))]))
-    self.info.metadata['build'] = {
-        'engine': 'local', 'workers': result.workers,
-        'images': result.images_written, 'masks': result.masks,
-        'bytes': result.num_bytes, 'seconds': round(result.seconds, 1),
-        'per_tar': result.per_tar,
-    }
-    self._finish_metadata()
+        num_bytes=result.num_bytes, template=output.template())]))
+    self._fold_metadata(result)
 
-  def _finish_metadata(self) -> None:
-    """Folds the audit records into the metadata; records a partial set."""
-    records = audit.read_records(self.data_path)
-    if records:
-      self.info.metadata['audit'] = audit.summarize(records)
+  def _fold_metadata(self, result: plan.Result) -> None:
+    """The build's counts and audit summary, and a partial set's tars,
+    into the metadata (replacing those of a dataset loaded before)."""
+    metadata = self.info.metadata
+    for key in ('audit', 'build'):
+      if key in metadata:
+        del metadata[key]
+    metadata['build'] = result.metadata()
+    if result.audit:
+      metadata['audit'] = rules.summarize(result.audit)
     num_tars = self.builder_config.num_tars
     if num_tars is None or len(self._shards) >= num_tars:
       return
     built = [s.name for s in self._shards]
-    self.info.metadata.setdefault('build', {})['partial'] = {
+    metadata['build']['partial'] = {
         'config_tars': num_tars, 'built': built,
         'missing': [links_lib.shard_name(i) for i in range(num_tars)
                     if links_lib.shard_name(i) not in built][
                         :num_tars - len(built)],
     }
-
-
-def _builtin_cls():
-  from tensorflow_datasets.datasets.segment_anything import segment_anything_dataset_builder as builtin  # pylint: disable=g-import-not-at-top
-  return builtin.Builder
 
 
 def _wants_builtin(version: Any, data_dir: Any, config: Any) -> bool:

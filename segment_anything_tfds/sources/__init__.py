@@ -12,5 +12,4 @@
   checksums.py     checksum lists, verifying, quarantine
   mirror.py        tars mirrored into a bucket on Beam workers
   paths.py         whether a dir is local (data_dir, download_dir)
-  _legacy.py       what prepare/ calls until it uses `Source` alone
 """

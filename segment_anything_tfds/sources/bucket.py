@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
-from typing import Any, BinaryIO
+from typing import Any
 
 from segment_anything_tfds import errors
-from segment_anything_tfds.sources import _legacy
 from segment_anything_tfds.sources import base
 from segment_anything_tfds.sources.base import Member
 
@@ -151,7 +150,7 @@ class _Sized:
 
 
 @dataclasses.dataclass(frozen=True)
-class BucketTar(_Sized, base.Source, _legacy.LegacyShard):
+class BucketTar(_Sized, base.Source):
   """A tar in a bucket, e.g. `gs://b/sa1b/sa_000012.tar`.
 
   Attributes:
@@ -168,7 +167,6 @@ class BucketTar(_Sized, base.Source, _legacy.LegacyShard):
   remote = True
   folder = False
   downloaded = False
-  kind = _legacy.TAR
 
   @property
   def where(self) -> str:
@@ -191,13 +189,10 @@ class BucketTar(_Sized, base.Source, _legacy.LegacyShard):
     raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'
                              ' folder')
 
-  def open(self, *, block_size: int = 1 << 20) -> BinaryIO:  # Legacy.
-    return _open(self.location, self.name, block_size=max(block_size, 1),
-                 cache_type='readahead' if block_size > 1 else 'none')
 
 
 @dataclasses.dataclass(frozen=True)
-class BucketFolder(base.Source, _legacy.LegacyShard):
+class BucketFolder(base.Source):
   """An extracted `sa_NNNNNN/` folder in a bucket.
 
   Attributes:
@@ -211,7 +206,6 @@ class BucketFolder(base.Source, _legacy.LegacyShard):
   remote = True
   folder = True
   downloaded = False
-  kind = _legacy.DIR
 
   @property
   def where(self) -> str:

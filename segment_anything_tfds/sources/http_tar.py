@@ -14,10 +14,9 @@ A server that ignores Range (answers 200) fails at once, its body unread.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, BinaryIO
+from typing import Any
 
 from segment_anything_tfds import errors
-from segment_anything_tfds.sources import _legacy
 from segment_anything_tfds.sources import base
 from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds.sources.base import Member
@@ -82,7 +81,7 @@ class _Sequential:
 
 
 @dataclasses.dataclass(frozen=True)
-class HttpTar(base.Source, _legacy.LegacyShard):
+class HttpTar(base.Source):
   """A tar behind an http(s) URL, read by Range requests.
 
   Attributes:
@@ -101,7 +100,6 @@ class HttpTar(base.Source, _legacy.LegacyShard):
   remote = True
   folder = False
   downloaded = False
-  kind = _legacy.URL
 
   @property
   def where(self) -> str:
@@ -133,5 +131,3 @@ class HttpTar(base.Source, _legacy.LegacyShard):
     raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'
                              ' folder')
 
-  def open(self, *, block_size: int = 1 << 20) -> BinaryIO:  # Legacy.
-    return _legacy.open_random_file(self, block_size)

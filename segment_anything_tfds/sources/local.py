@@ -18,10 +18,8 @@ import errno
 import io
 import os
 import stat
-from typing import BinaryIO
 
 from segment_anything_tfds import errors
-from segment_anything_tfds.sources import _legacy
 from segment_anything_tfds.sources import base
 from segment_anything_tfds.sources.base import Member
 
@@ -145,7 +143,7 @@ class _BufferedSequential:
 
 
 @dataclasses.dataclass(frozen=True)
-class LocalTar(base.Source, _legacy.LegacyShard):
+class LocalTar(base.Source):
   """A tar file on this machine.
 
   Attributes:
@@ -161,7 +159,6 @@ class LocalTar(base.Source, _legacy.LegacyShard):
 
   remote = False
   folder = False
-  kind = _legacy.TAR
 
   @property
   def where(self) -> str:
@@ -188,16 +185,10 @@ class LocalTar(base.Source, _legacy.LegacyShard):
     raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'
                              ' folder')
 
-  def open(self, *, block_size: int = 1 << 20) -> BinaryIO:  # Legacy.
-    del block_size
-    # Unbuffered: indexing reads 512-byte headers between seeks, and the
-    # local build reads whole members at random offsets; a read buffer
-    # would fetch a full buffer per read and throw most of it away.
-    return io.open(_open_tar(self.location, self.name), 'rb', buffering=0)
 
 
 @dataclasses.dataclass(frozen=True)
-class LocalFolder(base.Source, _legacy.LegacyShard):
+class LocalFolder(base.Source):
   """An extracted `sa_NNNNNN/` folder on this machine.
 
   Its files are listed (`list_folder`) and read (`read_file`) without
@@ -215,7 +206,6 @@ class LocalFolder(base.Source, _legacy.LegacyShard):
   remote = False
   folder = True
   downloaded = False
-  kind = _legacy.DIR
 
   @property
   def where(self) -> str:

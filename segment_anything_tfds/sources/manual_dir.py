@@ -24,7 +24,6 @@ of that folder's real path is refused (`local.list_folder`).
 
 from __future__ import annotations
 
-import abc
 import dataclasses
 import logging
 import os
@@ -35,7 +34,6 @@ from etils import epath
 
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import errors
-from segment_anything_tfds.sources import _legacy
 from segment_anything_tfds.sources import bucket
 from segment_anything_tfds.sources import http_tar
 from segment_anything_tfds.sources import links as links_lib
@@ -45,10 +43,6 @@ from segment_anything_tfds.sources.base import Source
 
 _LOG = logging.getLogger(__name__)
 
-# What prepare/ still uses until it reads shards through `Source` alone.
-TAR, DIR, URL = _legacy.TAR, _legacy.DIR, _legacy.URL
-is_local = paths.is_local
-size_of = paths.size_of
 
 
 def tar_source(name: str, location: str, *, known_size: int | None = None,
@@ -68,30 +62,6 @@ def folder_source(name: str, location: str) -> Source:
   if not paths.is_local(location):
     return bucket.BucketFolder(name, location)
   return local.LocalFolder(name, location)
-
-
-class Shard(abc.ABC):
-  """Any shard's source, as a type; `Shard(name, kind, location, ...)`
-  makes the source of a shard given by its kind ('tar', 'dir' or 'url').
-
-  What `Shard` was before one class per kind: `tar_source` and
-  `folder_source` choose the class from the location.
-  """
-
-  def __new__(cls, name: str, kind: str, location: str,
-              known_size: int | None = None, downloaded: bool = False,
-              options: Any = None) -> Source:
-    if kind == DIR:
-      return folder_source(name, location)
-    if kind == URL:
-      return http_tar.HttpTar(name, location, known_size, options)
-    return tar_source(name, location, known_size=known_size,
-                      options=options, downloaded=downloaded)
-
-
-for _kind in (local.LocalTar, local.LocalFolder, bucket.BucketTar,
-              bucket.BucketFolder, http_tar.HttpTar):
-  Shard.register(_kind)
 
 
 @dataclasses.dataclass
