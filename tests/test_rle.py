@@ -478,6 +478,39 @@ def test_output_size_overflow_raises():
         tf.constant(counts))
 
 
+# Results without pixels whose other side is as large as the size rule
+# lets it be: (counts, size, output_size or None, expected shape).
+EMPTY_RESULTS = [
+    (b'0', [2**62, 0], None, (2**62, 0)),
+    (b'0', [0, 2**62], None, (0, 2**62)),
+    ([b'0', b''], [2**40, 0], None, (2, 2**40, 0)),
+    ([], [2**31, 2**31], None, (0, 2**31, 2**31)),
+    ([], [2**31, 2**31], (2**31, 2**31), (0, 2**31, 2**31)),
+    (b'0', [0, 3], (0, 2**62), (0, 2**62)),
+    (b'<', [3, 4], (2**62, 0), (2**62, 0)),  # '<': one run of 12.
+]
+
+
+def test_empty_results_allocate_nothing_per_row_or_column():
+  """A mask of 2**62 x 0 pixels decodes to an empty array, eagerly, in a
+  graph and in a dataset map, without a tensor over its 2**62 rows."""
+  for counts, size, output_size, shape in EMPTY_RESULTS:
+    got = rle.decode(counts, size, output_size=output_size)
+    assert got.shape == shape and got.dtype == tf.uint8, (size, output_size)
+  counts, size, _, shape = EMPTY_RESULTS[0]
+  graph = tf.function(lambda c, s: rle.decode(c, s), input_signature=[
+      tf.TensorSpec([], tf.string), tf.TensorSpec([2], tf.int64)])
+  assert graph(counts, size).shape == shape
+  sizes = tf.data.Dataset.from_tensor_slices(
+      tf.constant([s for _, s, o, _ in EMPTY_RESULTS[:2]], tf.int64))
+  got = list(sizes.map(lambda s: rle.decode(b'0', s), num_parallel_calls=2,
+                       deterministic=True))
+  assert [tuple(t.shape) for t in got] == [(2**62, 0), (0, 2**62)]
+  # Bad counts are still refused at such sizes.
+  with pytest.raises(tf.errors.InvalidArgumentError, match='sum'):
+    rle.decode(b'1', [2**62, 0])
+
+
 # ------------------------------------------------- the build-time check
 #
 # Builds refuse what cannot decode (`examples.check_counts`) with one

@@ -437,6 +437,19 @@ def _decode(counts: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
     b = tf.identity(runs.boundaries)
     height, width, out_h, out_w = (
         tf.identity(t) for t in (height, width, out_h, out_w))
+  # An empty result (no masks, or a side 0) is made without a range or a
+  # table over the other side, which may be up to 2**62 long.
+  empty = tf.equal(runs.num_masks * out_h * out_w, 0)
+  return tf.cond(
+      empty,
+      lambda: tf.zeros(tf.stack([runs.num_masks, out_h, out_w]), tf.uint8),
+      lambda: _decode_nonempty(runs, b, height, width, out_h, out_w, full))
+
+
+def _decode_nonempty(runs: _Runs, b: tf.Tensor, height: tf.Tensor,
+                     width: tf.Tensor, out_h: tf.Tensor, out_w: tf.Tensor,
+                     full: bool) -> tf.Tensor:
+  """`_decode` of checked runs whose result has pixels."""
   if not full:
     rows = nearest_indices(height, out_h)
     cols = nearest_indices(width, out_w)
