@@ -49,8 +49,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
 import tensorflow as tf
 from pycocotools import mask as mask_utils
 
+from segment_anything_tfds.read import backend
 from segment_anything_tfds.read import rle
 from segment_anything_tfds.read import sam_inputs
+from segment_anything_tfds.read import sam_layouts
+from segment_anything_tfds.read import sam_steps
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 HEIGHT, WIDTH, NUM_MASKS = 1500, 2250, 100
@@ -264,7 +267,13 @@ def naive_dataset(ds, *, batch_size: int, image_size: int, mask_size: int,
     masks = tf.reshape(masks, [-1, mask_size, mask_size])
     pad = num_masks - tf.shape(masks)[0]
     masks = tf.pad(tf.cast(masks, tf.float32), [[0, pad], [0, 0], [0, 0]])
-    image = sam_inputs._image(example, image_size)  # pylint: disable=protected-access
+    image = sam_inputs._resized_image(  # pylint: disable=protected-access
+        example['image']['content'],
+        tf.cast(example['image']['height'], tf.int64),
+        tf.cast(example['image']['width'], tf.int64), image_size)
+    image = sam_steps._layout_image(  # pylint: disable=protected-access
+        image, sam_layouts.SamOptions(image_size=image_size),
+        backend.tf_ops())
     return {'image': image}, masks
 
   return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE).batch(

@@ -19,9 +19,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from segment_anything_tfds.read import backend
+from segment_anything_tfds.read import geometry
 from segment_anything_tfds.read import numpy_inputs as npi
 from segment_anything_tfds.read import rle
 from segment_anything_tfds.read import sam_inputs
+from segment_anything_tfds.read import sam_steps
 from segment_anything_tfds.read import sampling
 
 mask_utils = pytest.importorskip('pycocotools.mask')
@@ -66,6 +69,8 @@ def assert_same_inputs(tf_out, np_out, *, image_atol: float):
 
 
 def test_nearest_indices_and_resized_size_twins():
+  """The geometry, written once, gives the same numbers over numpy and TF."""
+  tf_ops = backend.tf_ops()
   for in_size in (1, 2, 3, 7, 16, 100, 1500, 2250):
     for out_size in (1, 2, 5, 16, 64, 256, 1024):
       np.testing.assert_array_equal(
@@ -74,8 +79,29 @@ def test_nearest_indices_and_resized_size_twins():
   for h, w in [(1, 9), (30, 40), (1500, 2250), (2250, 1500), (7, 7)]:
     for long_side in (16, 64, 256, 1024):
       got = npi.resized_size_np(h, w, long_side)
-      new_h, new_w, scale = sam_inputs._resized_size(h, w, long_side)  # pylint: disable=protected-access
+      new_h, new_w, scale = geometry.resized_size(h, w, long_side, tf_ops)
       assert got == (int(new_h), int(new_w), float(scale))
+      assert new_h.dtype == new_w.dtype == tf.int32
+
+
+def test_geometry_in_dataset_map_equals_numpy():
+  """The TF geometry in a tf.data map (graph) gives the numpy numbers."""
+  tf_ops = backend.tf_ops()
+  sizes = [(1, 9), (30, 40), (1500, 2250), (2250, 1500), (7, 7)]
+
+  def geometry_tf(size):
+    new_h, new_w, scale = geometry.resized_size(size[0], size[1], 256, tf_ops)
+    return (new_h, new_w, scale,
+            geometry.nearest_indices(size[0], new_h, tf_ops),
+            geometry.nearest_indices(size[1], new_w, tf_ops))
+
+  ds = tf.data.Dataset.from_tensor_slices(tf.constant(sizes, tf.int64))
+  for (h, w), got in zip(sizes, ds.map(geometry_tf, num_parallel_calls=2,
+                                       deterministic=True)):
+    new_h, new_w, scale = npi.resized_size_np(h, w, 256)
+    assert (int(got[0]), int(got[1]), float(got[2])) == (new_h, new_w, scale)
+    np.testing.assert_array_equal(got[3], npi.nearest_indices_np(h, new_h))
+    np.testing.assert_array_equal(got[4], npi.nearest_indices_np(w, new_w))
 
 
 def test_decode_masks_np_equals_rle_decode():
@@ -92,7 +118,7 @@ def test_decode_masks_np_equals_rle_decode():
 
 
 def test_point_pixel_is_the_rth_mask_pixel():
-  """Both twins pick pixel r = below(count) of each mask, row-major."""
+  """Over both backends, pixel r = below(count) of each mask, row-major."""
   rng = np.random.default_rng(6)
   masks = (rng.random((40, 13, 17)) < rng.random((40, 1, 1))).astype(np.uint8)
   masks[:3] = 0  # Empty masks give pixel 0.
@@ -101,12 +127,14 @@ def test_point_pixel_is_the_rth_mask_pixel():
   key = sampling.key_np(7, 123, sampling.POINTS)
   r = sampling.below_np(key, index, masks.reshape(40, -1).sum(axis=1))
   expected = [np.flatnonzero(m)[i] if m.any() else 0 for m, i in zip(masks, r)]
-  got_np = npi._point_pixels_np(masks, key, index)  # pylint: disable=protected-access
-  got_tf = sam_inputs._point_pixels(  # pylint: disable=protected-access
+  row, col = sam_steps.point_pixels(masks, key, index, backend.NUMPY)
+  assert (row * 17 + col).tolist() == expected
+  assert row.dtype == col.dtype == np.int32
+  row, col = sam_steps.point_pixels(
       tf.constant(masks), sampling.key_tf(7, tf.constant(123, tf.int64),
-                                          sampling.POINTS), index)
-  assert got_np.tolist() == expected
-  assert got_tf.numpy().tolist() == expected
+                                          sampling.POINTS),
+      tf.constant(index), backend.tf_ops())
+  assert (row * 17 + col).numpy().tolist() == expected
   assert len(set(expected[3:])) > 30  # Spread out, not a fixed pixel.
 
 
@@ -296,6 +324,51 @@ def test_map_style_protocol(array_record_dir):
   assert len(listed) == 3
   assert_same_inputs(npi.to_sam_inputs_np(examples[2], **KWARGS), listed[2],
                      image_atol=0.0)
+
+
+def _sampled(outputs) -> dict[str, np.ndarray]:
+  """Everything an (inputs, targets, weights) holds but the image."""
+  flat = _flat(outputs)
+  del flat['image']
+  return flat
+
+
+def test_tf_data_grain_and_pytorch_sample_the_same(prepared_dummy,
+                                                   array_record_dir):
+  """The three paths, each run as users run it, on the same images: the same
+  masks, points, prompt kinds, box jitter and weights, bit for bit."""
+  pytest.importorskip('grain')
+  torch = pytest.importorskip('torch')
+  kwargs = dict(image_size=64, num_masks=6, seed=11, layout='keras_hub',
+                box_jitter=0.2)
+  ds = tfds.load('segment_anything/all', split='train',
+                 data_dir=prepared_dummy, decoders=SKIP)
+  ds = ds.map(lambda ex: (ex['image']['image_id'],
+                          sam_inputs.to_sam_inputs(ex, **kwargs)),
+              num_parallel_calls=2, deterministic=True)
+  by_tf = {int(i): _as_numpy(out) for i, out in ds}
+  dataset = _dataset(array_record_dir, **kwargs)
+  ids = [int(i) for i in dataset.image_ids()]
+  loader = npi.grain_loader(dataset, batch_size=3, shuffle=False,
+                            drop_remainder=False)
+  by_grain = dict(zip(ids, _unbatch(list(loader))))
+  loader = torch.utils.data.DataLoader(dataset, batch_size=3)
+  by_torch = dict(zip(ids, _unbatch(
+      [tf.nest.map_structure(lambda t: t.numpy(), b) for b in loader])))
+  assert sorted(by_tf) == sorted(by_grain) == sorted(by_torch)
+  structure = dataset[0]
+  boxes_used = 0
+  for image_id, tf_out in by_tf.items():
+    grain_out = tf.nest.pack_sequence_as(structure, by_grain[image_id])
+    torch_out = tf.nest.pack_sequence_as(structure, by_torch[image_id])
+    expected = _sampled(tf_out)
+    for got in (grain_out, torch_out):
+      got = _sampled(got)
+      for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    assert_same_inputs(tf_out, grain_out, image_atol=8.0)
+    boxes_used += int((expected['labels'] == -1).sum())
+  assert boxes_used > 0  # 'mixed' prompts: some rows prompted by boxes.
 
 
 def _read_in_child(dataset, queue):

@@ -37,13 +37,17 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from segment_anything_tfds.read import backend
+from segment_anything_tfds.read import geometry
 from segment_anything_tfds.read import sam_layouts
+from segment_anything_tfds.read import sam_steps
 from segment_anything_tfds.read import sampling
 
 __all__ = ['to_sam_inputs_np', 'SamTransform', 'SamDataset',
            'load_sam_data_source', 'grain_loader', 'nearest_indices_np',
            'decode_masks_np']
 
+NUMPY = backend.NUMPY
 # Masks decoded at full resolution at once (memory: chunk x H x W bytes).
 _CHUNK = 16
 # The process that read ArrayRecord records through a SamDataset. A fork of
@@ -69,24 +73,20 @@ def _mask_utils():
   return mask_utils
 
 
-# ------------------------------------------------------------ geometry twins
+# ----------------------------------------------------------------- geometry
 
 
 def resized_size_np(height: int, width: int,
                     long_side: int) -> tuple[int, int, float]:
-  """(new_h, new_w, scale), as `sam_inputs._resized_size` (float64)."""
-  scale = long_side / max(float(height), float(width), 1.0)
-  new_h = int(np.floor(float(height) * scale + 0.5))
-  new_w = int(np.floor(float(width) * scale + 0.5))
-  return max(new_h, 1), max(new_w, 1), scale
+  """(new_h, new_w, scale) of `geometry.resized_size`, as Python numbers."""
+  new_h, new_w, scale = geometry.resized_size(height, width, long_side)
+  return int(new_h), int(new_w), float(scale)
 
 
 def nearest_indices_np(in_size: int, out_size: int) -> np.ndarray:
   """`rle.nearest_indices` in numpy: the rows/columns TF's nearest resize
-  samples, ``min(floor((i + 0.5) * (in / out)), in - 1)`` in float32."""
-  scale = np.float32(in_size) / np.float32(max(out_size, 1))
-  x = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale
-  return np.clip(np.floor(x).astype(np.int64), 0, max(in_size - 1, 0))
+  samples (`geometry.nearest_indices`)."""
+  return geometry.nearest_indices(in_size, out_size)
 
 
 def decode_masks_np(counts: Sequence[bytes], height: int, width: int,
@@ -111,6 +111,16 @@ def decode_masks_np(counts: Sequence[bytes], height: int, width: int,
   return out
 
 
+def _decode_targets(counts, height, width, mask_hw, padded):
+  """`sam_steps.MaskDecoder`: the masks, and the zero-padded targets."""
+  mask_h, mask_w = (int(v) for v in mask_hw)
+  num_masks, mask_size = padded
+  masks = decode_masks_np(counts, height, width, (mask_h, mask_w))
+  targets = np.zeros((num_masks, mask_size, mask_size), np.float32)
+  targets[:len(masks), :mask_h, :mask_w] = masks
+  return masks, targets
+
+
 # ------------------------------------------------------------------ example
 
 
@@ -130,74 +140,26 @@ def _counts(value: Any) -> list[bytes]:
           (value.tolist() if isinstance(value, np.ndarray) else list(value))]
 
 
-def _keep_np(ann: Mapping[str, Any], height: int, width: int,
-             opts: sam_layouts.SamOptions) -> np.ndarray:
-  area_fraction = _leaf(ann['area'], np.float64) / np.float64(
-      max(height * width, 1))
-  keep = (_leaf(ann['predicted_iou'], np.float64) >= opts.min_predicted_iou)
-  keep &= (_leaf(ann['stability_score'], np.float64)
-           >= opts.min_stability_score)
-  keep &= area_fraction >= opts.min_area_fraction
-  keep &= area_fraction <= opts.max_area_fraction
-  return keep.reshape(-1)
+def _read(seed: int | None):
+  """The `sam_steps` read step of a numpy `segment_anything` example."""
 
+  def read(example):
+    image, ann = example['image'], example['annotations']
+    return {
+        'height': int(image['height']),
+        'width': int(image['width']),
+        'image_id': int(image.get('image_id', 0)),
+        'seed': NUMPY.random_seed() if seed is None else seed,
+        'content': image['content'],
+        'area': _leaf(ann['area'], np.float64),
+        'predicted_iou': _leaf(ann['predicted_iou'], np.float64),
+        'stability_score': _leaf(ann['stability_score'], np.float64),
+        'counts': _counts(ann['segmentation']['counts']),
+        'bbox': _leaf(ann['bbox'], np.float32).reshape(-1, 4),
+        'point_coords': _leaf(ann['point_coords']).reshape(-1, 2),
+    }
 
-def _point_pixels_np(masks: np.ndarray, key: np.ndarray,
-                     index: np.ndarray) -> np.ndarray:
-  """The r-th mask pixel (row-major), r = below(count): `_point_pixels`."""
-  k, _, w = masks.shape
-  m = (masks > 0).astype(np.int64)
-  row_counts = m.sum(axis=2)  # [k, h]
-  row_cum = np.cumsum(row_counts, axis=1)
-  r = sampling.below_np(key, index, row_cum[:, -1])
-  row = np.argmax(row_cum > r[:, None], axis=1)
-  rows = np.arange(k)
-  before = (row_cum - row_counts)[rows, row]
-  line = np.cumsum(m[rows, row], axis=1)  # [k, w]
-  col = np.argmax(line > (r - before)[:, None], axis=1)
-  return (row * w + col).astype(np.int32)
-
-
-def _points_np(pixel: np.ndarray, mask_w: int, nonempty: np.ndarray,
-               given: np.ndarray, stride: float, offset: float) -> np.ndarray:
-  f32 = np.float32
-  py = ((pixel // mask_w).astype(f32) + f32(0.5)) * f32(stride) - f32(offset)
-  px = ((pixel % mask_w).astype(f32) + f32(0.5)) * f32(stride) - f32(offset)
-  return np.where(nonempty[:, None], np.stack([px, py], axis=1),
-                  given).astype(f32)
-
-
-def _boxes_np(bbox: np.ndarray, frame_h: np.float32, frame_w: np.float32,
-              key: np.ndarray, index: np.ndarray,
-              opts: sam_layouts.SamOptions) -> np.ndarray:
-  f32 = np.float32
-  ymin, xmin, ymax, xmax = bbox.astype(f32).reshape(-1, 4).T
-  boxes = np.stack([xmin * frame_w, ymin * frame_h, xmax * frame_w,
-                    ymax * frame_h], axis=1)
-  if opts.box_jitter > 0:
-    sides = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]],
-                     axis=1)
-    sides = np.tile(sides, [1, 2])
-    counter = index.astype(np.int64)[:, None] * 4 + np.arange(4)
-    noise = sampling.bell_np(key, counter).astype(f32)
-    noise = noise * f32(opts.box_jitter) * sides
-    boxes = boxes + np.clip(noise, f32(-opts.max_box_jitter),
-                            f32(opts.max_box_jitter))
-  limit = np.array([frame_w, frame_h, frame_w, frame_h], f32)
-  return np.clip(boxes, f32(0.0), limit).astype(f32)
-
-
-def _use_box_np(key: np.ndarray, index: np.ndarray, prompt: str) -> np.ndarray:
-  if prompt == 'point':
-    return np.zeros(index.shape, bool)
-  if prompt == 'box':
-    return np.ones(index.shape, bool)
-  return sampling.below_np(key, index, 2) == 1
-
-
-def _pad_rows(a: np.ndarray, num: int, value: float = 0) -> np.ndarray:
-  return np.pad(a, [(0, num - len(a))] + [(0, 0)] * (a.ndim - 1),
-                constant_values=value)
+  return read
 
 
 def _resized_image_np(content: Any, height: int, width: int, image_size: int,
@@ -221,20 +183,6 @@ def _resized_image_np(content: Any, height: int, width: int, image_size: int,
   return np.asarray(image, np.float32)
 
 
-def _layout_image_np(image: np.ndarray, image_size: int,
-                     layout: str) -> np.ndarray:
-  new_h, new_w = image.shape[:2]
-  if layout == 'sam':
-    out = np.zeros((image_size, image_size, 3), np.float32)
-    out[:new_h, :new_w] = ((image - np.float32(sam_layouts.PIXEL_MEAN))
-                           / np.float32(sam_layouts.PIXEL_STD))
-  else:
-    out = np.empty((image_size, image_size, 3), np.float32)
-    out[:] = np.float32(sam_layouts.KERAS_HUB_PAD)
-    out[:new_h, :new_w] = image / np.float32(255.0)
-  return out
-
-
 def to_sam_inputs_np(
     example: Mapping[str, Any],
     *,
@@ -243,8 +191,8 @@ def to_sam_inputs_np(
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
   """One `segment_anything` example -> (inputs, targets, sample_weight).
 
-  The numpy twin of `sam_inputs.to_sam_inputs` (same options and layouts,
-  see `sam_layouts`; masks are always decoded by pycocotools).
+  The numpy twin of `sam_inputs.to_sam_inputs`: the same `sam_steps` (same
+  options and layouts, see `sam_layouts`), over numpy.
 
   Args:
     example: a `segment_anything` example as ``tfds.data_source`` gives it
@@ -278,68 +226,19 @@ class SamTransform:
     object.__setattr__(self, 'options', sam_layouts.SamOptions(**options))
     object.__setattr__(self, 'fast_jpeg', fast_jpeg)
 
+  def steps(self) -> list[sam_steps.Step]:
+    """The `sam_steps` this transform runs, over numpy."""
+    fast_jpeg = self.fast_jpeg
+
+    def image_decoder(content, height, width, image_size):
+      return _resized_image_np(content, height, width, image_size, fast_jpeg)
+
+    return sam_steps.steps(self.options, NUMPY, read=_read(self.options.seed),
+                           mask_decoder=_decode_targets,
+                           image_decoder=image_decoder)
+
   def __call__(self, example: Mapping[str, Any]):
-    opts = self.options
-    image, ann = example['image'], example['annotations']
-    height, width = int(image['height']), int(image['width'])
-    seed = opts.seed
-    if seed is None:
-      seed = int(np.random.default_rng().integers(0, 2**62))
-    image_id = int(image.get('image_id', 0))
-
-    def key(stream):
-      return sampling.key_np(seed, image_id, stream)
-
-    index = sampling.choose_np(_keep_np(ann, height, width, opts),
-                               opts.num_masks, key(sampling.SAMPLE))
-    counts = _counts(ann['segmentation']['counts'])
-    mask_h, mask_w, _ = resized_size_np(height, width, opts.mask_size)
-    masks = decode_masks_np([counts[i] for i in index], height, width,
-                            (mask_h, mask_w))
-    nonempty = masks.reshape(len(masks), mask_h * mask_w).any(axis=1)
-
-    _, _, scale = resized_size_np(height, width, opts.image_size)
-    scale = np.float32(scale)
-    given = _leaf(ann['point_coords']).reshape(-1, 1, 2)[index]
-    given = given.astype(np.float32)[:, 0, :] * scale
-    keras_hub = opts.layout == 'keras_hub'
-    points = _points_np(_point_pixels_np(masks, key(sampling.POINTS), index),
-                        mask_w, nonempty, given,
-                        stride=opts.image_size / opts.mask_size,
-                        offset=0.5 if keras_hub else 0.0)
-    frame_h = np.float32(height) * scale
-    frame_w = np.float32(width) * scale
-    bbox = _leaf(ann['bbox'], np.float32).reshape(-1, 4)[index]
-    boxes = _boxes_np(bbox, frame_h, frame_w, key(sampling.BOXES), index,
-                      opts)
-
-    k, m = opts.num_masks, opts.mask_size
-    padded = np.zeros((len(masks), m, m), np.float32)
-    padded[:, :mask_h, :mask_w] = masks
-    targets = _pad_rows(padded, k)
-    weights = _pad_rows(nonempty.astype(np.float32), k)
-    resized = _resized_image_np(image['content'], height, width,
-                                opts.image_size, self.fast_jpeg)
-    image_out = _layout_image_np(resized, opts.image_size, opts.layout)
-    if not keras_hub:
-      inputs = {
-          'image': image_out,
-          'points': _pad_rows(points, k)[:, None],
-          'point_labels': _pad_rows(np.ones((len(index), 1), np.int32), k,
-                                    -1),
-          'boxes': _pad_rows(boxes, k),
-      }
-      return inputs, targets, weights
-    use_box = _use_box_np(key(sampling.PROMPTS), index, opts.prompt_kind)
-    labels = np.where(use_box, np.float32(-1), np.float32(1))[:, None]
-    points = np.where(use_box[:, None], np.float32(0), points)
-    inputs = {
-        'images': image_out,
-        'points': _pad_rows(points.astype(np.float32), k)[:, None],
-        'labels': _pad_rows(labels.astype(np.float32), k, -1),
-        'boxes': _pad_rows(boxes, k).reshape(k, 1, 2, 2),
-    }
-    return inputs, targets, weights
+    return sam_steps.compose(*self.steps())(example)
 
 
 # ----------------------------------------------------------------- datasets
