@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from segment_anything_tfds import errors
 from segment_anything_tfds.read import backend
 from segment_anything_tfds.read import geometry
 from segment_anything_tfds.read import numpy_inputs as npi
@@ -221,6 +222,27 @@ def test_no_usable_masks_and_unseeded():
                                num_masks=5) for _ in range(4)]
   assert all(r[2].sum() > 0 for r in runs)
   assert any(not np.array_equal(runs[0][1], r[1]) for r in runs[1:])
+
+
+@pytest.mark.parametrize('with_c', [True, False])
+def test_bad_counts_name_the_image_and_the_annotation(monkeypatch, with_c):
+  """A record whose RLE does not decode: BadRecordError naming the image
+  and the annotation, with the C decoder and without it."""
+  if with_c and npi._rle is None:  # pylint: disable=protected-access
+    pytest.skip('the C extension is not built here')
+  if not with_c:
+    monkeypatch.setattr(npi, '_rle', None)
+  example, _ = make_example(np.random.default_rng(9), height=10, width=12,
+                            num_masks=5, image_id=4321)
+  example = _as_numpy(example)
+  counts = example['annotations']['segmentation']['counts'].copy()
+  counts[3] = counts[3] + b'1'  # One run too many: past h*w.
+  example['annotations']['segmentation']['counts'] = counts
+  where = (r'annotations\[3\]\.segmentation\.counts has runs summing to'
+           r' \d+\+, not h\*w = 10\*12'
+           if with_c else 'its sampled masks: rle: runs do not sum')
+  with pytest.raises(errors.BadRecordError, match=rf'^image 4321: {where}'):
+    npi.to_sam_inputs_np(example, image_size=32, num_masks=8, seed=0)
 
 
 def test_bad_options():

@@ -6,9 +6,9 @@ masks, points, prompt kinds and box jitter (`sampling`), and its targets are
 bit for bit those of the tf.data path. Only the image pixels may differ
 slightly, from another JPEG decoder and resizer (PIL).
 
-* Masks: ``pycocotools.mask.decode`` of the sampled masks only, in chunks,
-  then straight to the target size by indexing the rows and columns that
-  TF's 'nearest' resize samples (`nearest_indices_np`).
+* Masks: only the sampled ones, decoded by C straight at the target size
+  with the tf.data path's sampling rule (`decode_masks_np`), written
+  straight into the float32 targets.
 * Image: PIL, with JPEG draft mode (libjpeg's DCT scaling, as `fast_jpeg`
   does in the tf.data path), then a bilinear (antialiased) resize.
 
@@ -25,7 +25,7 @@ TensorFlow.
   the tf.data path (`sampling.in_holdout_np`).
 
 Needs ``pip install segment_anything_tfds[grain]`` (grain, array_record,
-pycocotools, pillow); PyTorch users need ``[pytorch]`` and their own torch.
+pillow); PyTorch users need ``[pytorch]`` and their own torch.
 """
 
 from __future__ import annotations
@@ -33,10 +33,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from segment_anything_tfds import errors
+from segment_anything_tfds.prepare import records
 from segment_anything_tfds.read import backend
 from segment_anything_tfds.read import geometry
 from segment_anything_tfds.read import sam_layouts
@@ -47,9 +50,12 @@ __all__ = ['to_sam_inputs_np', 'SamTransform', 'SamDataset',
            'load_sam_data_source', 'grain_loader', 'nearest_indices_np',
            'decode_masks_np']
 
+try:  # The C decoder (setup.py builds it); rle.decode if not built.
+  from segment_anything_tfds import _rle  # pylint: disable=g-import-not-at-top
+except ImportError:  # pragma: no cover - exercised where the build failed.
+  _rle = None
+
 NUMPY = backend.NUMPY
-# Masks decoded at full resolution at once (memory: chunk x H x W bytes).
-_CHUNK = 16
 # The process that read ArrayRecord records through a SamDataset. A fork of
 # it inherits array_record's C++ state and crashes (SIGSEGV) when it reads.
 _READ_PID: int | None = None
@@ -62,15 +68,6 @@ def _pil():
     raise ImportError('segment_anything_tfds.read.numpy_inputs needs Pillow: pip'
                       ' install segment_anything_tfds[grain]') from e
   return Image
-
-
-def _mask_utils():
-  try:
-    from pycocotools import mask as mask_utils  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError('segment_anything_tfds.read.numpy_inputs needs pycocotools:'
-                      ' pip install segment_anything_tfds[grain]') from e
-  return mask_utils
 
 
 # ----------------------------------------------------------------- geometry
@@ -89,35 +86,96 @@ def nearest_indices_np(in_size: int, out_size: int) -> np.ndarray:
   return geometry.nearest_indices(in_size, out_size)
 
 
-def decode_masks_np(counts: Sequence[bytes], height: int, width: int,
-                    output_size: tuple[int, int]) -> np.ndarray:
-  """uint8 [N, h, w]: pycocotools decode, then nearest to output_size.
+def decode_masks_np(counts: Sequence[bytes | str], height: int, width: int,
+                    output_size: tuple[int, int], *,
+                    out: np.ndarray | None = None) -> np.ndarray:
+  """Masks decoded straight at `output_size`, without the full masks.
 
-  Exactly ``rle.decode(counts, (height, width), output_size)``. Decodes
-  `_CHUNK` masks at a time at full resolution.
+  Exactly ``rle.decode(counts, (height, width), output_size)``: the same
+  sampling rule (`geometry.nearest_indices`), bit for bit, and the same
+  strings refused. In C (`_rle.decode`: the cost is the runs plus the ones
+  written); where the extension is not built, by `rle.decode` run eagerly.
+
+  Args:
+    counts: N COCO RLE strings (bytes or str) of height x width masks.
+    height: the masks' height.
+    width: the masks' width.
+    output_size: (h, w).
+    out: where to write: zeros, uint8 or float32, of shape [N, h, w] (a
+      view, e.g. of zero-padded targets, is fine). None: a new uint8 array.
+
+  Returns:
+    `out`, or a new uint8 [N, h, w] array; values 0/1.
+
+  Raises:
+    errors.BadRecordError: a string that does not decode at this size
+      ('counts[i] ...', saying what is wrong as the build-time check says
+      it), or a non-empty output_size for masks without pixels.
   """
-  out_h, out_w = output_size
-  out = np.zeros((len(counts), out_h, out_w), np.uint8)
-  if not len(counts):
-    return out
-  mask_utils = _mask_utils()
-  rows = nearest_indices_np(height, out_h)
-  cols = nearest_indices_np(width, out_w)
-  for start in range(0, len(counts), _CHUNK):
-    chunk = [{'size': [int(height), int(width)], 'counts': bytes(c)}
-             for c in counts[start:start + _CHUNK]]
-    full = mask_utils.decode(chunk)  # [H, W, n], Fortran order.
-    out[start:start + len(chunk)] = full[np.ix_(rows, cols)].transpose(2, 0, 1)
+  out_h, out_w = (int(v) for v in output_size)
+  if out is None:
+    out = np.zeros((len(counts), out_h, out_w), np.uint8)
+  found = _decode_into(counts, height, width, out)
+  if found is not None:
+    i, problem = found
+    raise errors.BadRecordError(problem if i is None else
+                                f'counts[{i}] {problem}')
   return out
 
 
-def _decode_targets(counts, height, width, mask_hw, padded):
-  """`sam_steps.MaskDecoder`: the masks, and the zero-padded targets."""
+def _decode_into(counts, height: int, width: int, out: np.ndarray
+                 ) -> tuple[int | None, str] | None:
+  """Decodes into `out` [N, h, w]; the first bad string's (index, what is
+  wrong), (None, what is wrong) for the call, or None."""
+  if not len(counts):
+    return None
+  if _rle is None:
+    return _decode_into_tf(counts, height, width, out)
+  rows = geometry.nearest_indices(height, out.shape[1])
+  cols = geometry.nearest_indices(width, out.shape[2])
+  try:
+    verdict = _rle.decode(counts, height, width, rows, cols, out)
+  except ValueError as e:  # An empty mask asked at a non-empty size.
+    return None, str(e)
+  if verdict is None:
+    return None
+  i, code, value = verdict
+  return i, records._rle_problem(code, value, height, width)  # pylint: disable=protected-access
+
+
+def _decode_into_tf(counts, height: int, width: int, out: np.ndarray):
+  """`_decode_into` by `rle.decode`, eagerly (without the C extension)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.read import rle  # pylint: disable=g-import-not-at-top
+  counts = [c.encode('utf-8', 'surrogatepass') if isinstance(c, str)
+            else bytes(c) for c in counts]
+  try:
+    masks = rle.decode(counts, (height, width), output_size=out.shape[1:])
+  except tf.errors.InvalidArgumentError as e:
+    # A failed tf.debugging.Assert prints its data as [a] [b] ...
+    found = re.search(r'assertion failed: (.*)', e.message)
+    if found is None:
+      return None, e.message.split('\n')[0]
+    return None, ' '.join(re.findall(r'\[(.*?)\](?= \[|$)', found.group(1)))
+  out[...] = masks.numpy()
+  return None
+
+
+def _decode_targets(features, mask_hw, padded):
+  """`sam_steps.MaskDecoder`: the masks written straight into zero-padded
+  float32 targets (no other copy of them)."""
   mask_h, mask_w = (int(v) for v in mask_hw)
   num_masks, mask_size = padded
-  masks = decode_masks_np(counts, height, width, (mask_h, mask_w))
+  counts = features['counts']
   targets = np.zeros((num_masks, mask_size, mask_size), np.float32)
-  targets[:len(masks), :mask_h, :mask_w] = masks
+  masks = targets[:len(counts), :mask_h, :mask_w]
+  found = _decode_into(counts, features['height'], features['width'], masks)
+  if found is not None:
+    i, problem = found
+    where = ('its sampled masks:' if i is None else
+             f'annotations[{features["index"][i]}].segmentation.counts')
+    raise errors.BadRecordError(
+        f'image {features["image_id"]}: {where} {problem}')
   return masks, targets
 
 

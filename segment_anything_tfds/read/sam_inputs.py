@@ -77,10 +77,11 @@ def _mask_decoder(backend: str):
   """`sam_steps.MaskDecoder` over `rle.decode` or pycocotools."""
   decode = rle.decode if backend == 'tf' else masks_lib.decode_pycocotools
 
-  def decoder(counts, height, width, mask_hw, padded):
+  def decoder(features, mask_hw, padded):
     mask_h, mask_w = mask_hw
     num_masks, mask_size = padded
-    masks = decode(counts, tf.stack([height, width]),
+    masks = decode(features['counts'],
+                   tf.stack([features['height'], features['width']]),
                    output_size=tf.stack([mask_h, mask_w]))
     targets = tf.ensure_shape(
         tf.pad(masks, [[0, 0], [0, mask_size - mask_h],

@@ -54,8 +54,9 @@ __all__ = ['Step', 'compose', 'steps', 'filter_masks', 'sample_masks',
 
 Features = Mapping[str, Any]
 Step = Callable[[Features], Any]
-# decoder(counts [k], height, width, (h, w), (K, M)) -> (masks [k, h, w],
-#   targets float32 [K, M, M]): the masks at (h, w), exactly a 'nearest'
+# decoder(features, (h, w), (K, M)) -> (masks [k, h, w], targets float32
+#   [K, M, M]): the sampled masks (features['counts'], of the size
+#   features['height'] x features['width']) at (h, w), exactly a 'nearest'
 #   resize of the full masks, and the same zero-padded.
 MaskDecoder = Callable[..., tuple[Any, Any]]
 # image_decoder(content, height, width, image_size) -> float32 [h, w, 3] on
@@ -127,8 +128,7 @@ def decode_masks(opts: sam_layouts.SamOptions, xp,
   def step(f):
     mask_h, mask_w, _ = geometry.resized_size(f['height'], f['width'],
                                               opts.mask_size, xp)
-    masks, targets = decoder(f['counts'], f['height'], f['width'],
-                             (mask_h, mask_w),
+    masks, targets = decoder(f, (mask_h, mask_w),
                              (opts.num_masks, opts.mask_size))
     return {**f, 'masks': masks, 'targets': targets,
             'nonempty': xp.any(masks > 0, axis=(1, 2))}
