@@ -11,6 +11,11 @@ sizes and sample the same mask pixels, bit for bit.
   ``min(floor((i + 0.5) * (in / out)), in - 1)``, in float32 exactly like
   the ``ResizeNearestNeighbor`` kernel. `rle.decode` (TF) and the C decoder
   of the numpy path (`numpy_inputs.decode_masks_np`) both sample with it.
+* `jpeg_scale`: which DCT scaling (libjpeg's 1/2, 1/4, 1/8) decodes a
+  JPEG at the size needed: the smallest keeping the long side at least the
+  target's. Both paths decode with it (TF's ``decode_jpeg(ratio=...)``,
+  PIL's ``draft``), with the same libjpeg rule (the accurate integer IDCT),
+  so they decode the same pixels.
 """
 
 from __future__ import annotations
@@ -19,7 +24,11 @@ from typing import Any
 
 from segment_anything_tfds.read import backend
 
-__all__ = ['resized_size', 'nearest_source', 'nearest_indices']
+__all__ = ['resized_size', 'nearest_source', 'nearest_indices',
+           'JPEG_RATIOS', 'jpeg_scale']
+
+# libjpeg's DCT scalings: decode at 1/r of the size.
+JPEG_RATIOS = (1, 2, 4, 8)
 
 
 def resized_size(height: Any, width: Any, long_side: int,
@@ -55,3 +64,19 @@ def nearest_indices(in_size: Any, out_size: Any, xp=backend.NUMPY) -> Any:
   """int64 [out_size]: the non-decreasing source indices sampled by
   ``tf.image.resize(..., method='nearest')`` along one axis."""
   return nearest_source(xp.arange(out_size), in_size, out_size, xp)
+
+
+def jpeg_scale(height: Any, width: Any, image_size: int,
+               xp=backend.NUMPY) -> Any:
+  """int32 index in `JPEG_RATIOS` of the DCT scaling that decodes a height x
+  width JPEG at the size needed for `image_size`: the largest r with
+  ``max(height, width) >= r * image_size`` and ``min(height, width) >= r``
+  (PIL does not scale a side below one pixel)."""
+  long_side = xp.maximum(height, width)
+  short_side = xp.minimum(height, width)
+  index = None
+  for ratio in JPEG_RATIOS[1:]:
+    fits = xp.cast((long_side >= ratio * image_size) & (short_side >= ratio),
+                   'int32')
+    index = fits if index is None else index + fits
+  return index

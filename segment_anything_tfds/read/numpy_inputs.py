@@ -220,25 +220,31 @@ def _read(seed: int | None):
   return read
 
 
+def _decoded_image_np(content: Any, height: int, width: int, image_size: int,
+                      fast_jpeg: bool):
+  """A PIL RGB image: `sam_inputs._decoded_image` in PIL (libjpeg with the
+  same DCT scaling, `geometry.jpeg_scale`, and the same IDCT: the same
+  pixels)."""
+  image_lib = _pil()
+  if not isinstance(content, (bytes, np.bytes_)):
+    return image_lib.fromarray(np.asarray(content, np.uint8)).convert('RGB')
+  image = image_lib.open(io.BytesIO(bytes(content)))
+  if fast_jpeg and image.format == 'JPEG':
+    ratio = geometry.JPEG_RATIOS[int(geometry.jpeg_scale(height, width,
+                                                          image_size))]
+    image.draft('RGB', (max(width // ratio, 1), max(height // ratio, 1)))
+  return image if image.mode == 'RGB' else image.convert('RGB')
+
+
 def _resized_image_np(content: Any, height: int, width: int, image_size: int,
                       fast_jpeg: bool) -> np.ndarray:
-  """float32 [new_h, new_w, 3], 0..255: PIL's twin of `_resized_image`."""
-  image_lib = _pil()
+  """uint8 [new_h, new_w, 3]: `sam_inputs._resized_image` in PIL (its
+  bilinear resize, antialiased, rounds to whole grey levels)."""
+  image = _decoded_image_np(content, height, width, image_size, fast_jpeg)
   new_h, new_w, _ = resized_size_np(height, width, image_size)
-  if isinstance(content, (bytes, np.bytes_)):
-    image = image_lib.open(io.BytesIO(bytes(content)))
-    if fast_jpeg and image.format == 'JPEG':
-      # The DCT scale the tf.data path picks: the largest of 1/2, 1/4, 1/8
-      # keeping the long side >= image_size.
-      ratio = max([1] + [r for r in (2, 4, 8)
-                         if max(height, width) >= r * image_size])
-      image.draft('RGB', (max(width // ratio, 1), max(height // ratio, 1)))
-    image = image.convert('RGB')
-  else:
-    image = image_lib.fromarray(np.asarray(content, np.uint8)).convert('RGB')
   if image.size != (new_w, new_h):
-    image = image.resize((new_w, new_h), image_lib.BILINEAR)
-  return np.asarray(image, np.float32)
+    image = image.resize((new_w, new_h), _pil().BILINEAR)
+  return np.asarray(image)
 
 
 def to_sam_inputs_np(

@@ -34,17 +34,36 @@ PIXEL_STD = sam_layouts.PIXEL_STD
 _TF = backend_lib.tf_ops()
 
 
-def _decode_jpeg_scaled(content: tf.Tensor, long_side: tf.Tensor,
-                        image_size: int) -> tf.Tensor:
-  """Decodes a JPEG with DCT scaling (1/2, 1/4, 1/8) when that still leaves
-  at least `image_size` pixels on the long side: much faster than a full
-  decode followed by a big downscale, and itself a good low-pass filter."""
-  ratios = (1, 2, 4, 8)
-  index = tf.reduce_sum(tf.cast(
-      tf.stack([long_side >= r * image_size for r in ratios[1:]]), tf.int32))
-  return tf.switch_case(index, [
-      (lambda r=r: tf.io.decode_jpeg(content, channels=3, ratio=r))
-      for r in ratios])
+# libjpeg's accurate integer IDCT: PIL's, so both paths decode JPEGs to the
+# same pixels (TF's default, 'INTEGER_FAST', differs by a few grey levels).
+_DCT_METHOD = 'INTEGER_ACCURATE'
+
+
+def _decoded_image(content: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
+                   image_size: int, fast_jpeg: bool = True) -> tf.Tensor:
+  """uint8 [h, w, 3]: `content` decoded, or as it is if already pixels.
+
+  With `fast_jpeg`, a JPEG is decoded with DCT scaling
+  (`geometry.jpeg_scale`): much faster than a full decode followed by a big
+  downscale, and itself a good low-pass filter.
+  """
+  if content.dtype != tf.string:
+    return content
+
+  def jpeg(ratio):
+    return tf.io.decode_jpeg(content, channels=3, ratio=ratio,
+                             dct_method=_DCT_METHOD)
+
+  if fast_jpeg:
+    index = geometry.jpeg_scale(height, width, image_size, _TF)
+    decode_jpeg = lambda: tf.switch_case(index, [  # pylint: disable=g-long-lambda
+        (lambda r=r: jpeg(r)) for r in geometry.JPEG_RATIOS])
+  else:
+    decode_jpeg = lambda: jpeg(1)
+  is_jpeg = tf.equal(tf.strings.substr(content, 0, 3), b'\xff\xd8\xff')
+  return tf.cond(is_jpeg, decode_jpeg,
+                 lambda: tf.io.decode_image(content, channels=3,
+                                            expand_animations=False))
 
 
 def _resized_image(content: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
@@ -53,23 +72,13 @@ def _resized_image(content: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
 
   `content` is the decoded uint8 image or its encoded bytes.
   """
-  if content.dtype == tf.string:
-    if fast_jpeg:
-      is_jpeg = tf.equal(tf.strings.substr(content, 0, 3), b'\xff\xd8\xff')
-      content = tf.cond(
-          is_jpeg,
-          lambda: _decode_jpeg_scaled(content, tf.maximum(height, width),
-                                      image_size),
-          lambda: tf.io.decode_image(content, channels=3,
-                                     expand_animations=False))
-    else:
-      content = tf.io.decode_image(content, channels=3,
-                                   expand_animations=False)
-  content = tf.ensure_shape(content, [None, None, 3])
+  image = tf.ensure_shape(
+      _decoded_image(content, height, width, image_size, fast_jpeg),
+      [None, None, 3])
   # The target size comes from the true image size (the decoded one may be
   # scaled), so that image and masks line up.
   new_h, new_w, _ = geometry.resized_size(height, width, image_size, _TF)
-  return tf.image.resize(content, tf.stack([new_h, new_w]),
+  return tf.image.resize(image, tf.stack([new_h, new_w]),
                          method='bilinear', antialias=True)
 
 
@@ -83,11 +92,13 @@ def _mask_decoder(backend: str):
     masks = decode(features['counts'],
                    tf.stack([features['height'], features['width']]),
                    output_size=tf.stack([mask_h, mask_w]))
-    targets = tf.ensure_shape(
-        tf.pad(masks, [[0, 0], [0, mask_size - mask_h],
-                       [0, mask_size - mask_w]]),
-        [None, mask_size, mask_size])
-    return masks, _TF.pad_rows(tf.cast(targets, tf.float32), num_masks)
+    # Padded as uint8, then made float32 once.
+    targets = tf.pad(masks, [[0, num_masks - tf.shape(masks)[0]],
+                             [0, mask_size - mask_h],
+                             [0, mask_size - mask_w]])
+    targets = tf.ensure_shape(tf.cast(targets, tf.float32),
+                              [num_masks, mask_size, mask_size])
+    return masks, targets
 
   return decoder
 

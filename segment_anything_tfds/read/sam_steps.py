@@ -32,11 +32,12 @@ Added by the steps:
   index: int32 [k], the sampled masks; counts, bbox, point_coords: their
     rows (`sample_masks`);
   masks: [k, h, w] at the mask resolution (long side M); targets: float32
-    [K, M, M], zero-padded; nonempty: bool [k] (`decode_masks`);
+    [K, M, M], zero-padded; row_counts: int32 [k, h], the pixels in each
+    row of each mask; nonempty: bool [k] (`decode_masks`);
   points: float32 [k, 2]; boxes: float32 [k, 4]; use_box: bool [k],
     layout 'keras_hub' only (`prompts`);
-  image: float32 [h, w, 3] on the 0..255 scale, long side S
-    (`resize_image`).
+  image: [h, w, 3] on the 0..255 scale (float32; uint8 in numpy), long
+    side S (`resize_image`).
 `layout` returns ``(inputs, targets, sample_weight)``.
 """
 
@@ -59,8 +60,8 @@ Step = Callable[[Features], Any]
 #   features['height'] x features['width']) at (h, w), exactly a 'nearest'
 #   resize of the full masks, and the same zero-padded.
 MaskDecoder = Callable[..., tuple[Any, Any]]
-# image_decoder(content, height, width, image_size) -> float32 [h, w, 3] on
-#   the 0..255 scale, the long side image_size (`geometry.resized_size`).
+# image_decoder(content, height, width, image_size) -> [h, w, 3] on the
+#   0..255 scale, the long side image_size (`geometry.resized_size`).
 ImageDecoder = Callable[..., Any]
 
 
@@ -130,27 +131,29 @@ def decode_masks(opts: sam_layouts.SamOptions, xp,
                                               opts.mask_size, xp)
     masks, targets = decoder(f, (mask_h, mask_w),
                              (opts.num_masks, opts.mask_size))
+    row_counts = xp.sum(masks > 0, axis=2, dtype='int32')
     return {**f, 'masks': masks, 'targets': targets,
-            'nonempty': xp.any(masks > 0, axis=(1, 2))}
+            'row_counts': row_counts,
+            'nonempty': xp.sum(row_counts, axis=1) > 0}
 
   return step
 
 
-def point_pixels(masks: Any, key: Any, index: Any, xp) -> tuple[Any, Any]:
+def point_pixels(masks: Any, row_counts: Any, key: Any, index: Any,
+                 xp) -> tuple[Any, Any]:
   """(row, col), int32 [k]: a uniformly drawn pixel of each mask.
 
   The r-th pixel of the mask in row-major order, r = below(count) (pixel
   (0, 0) if the mask is empty). Found in two steps, the row from running
-  row counts, then the column in that row: ~10x cheaper than a running
-  count of all pixels.
+  row counts (`row_counts`: int32 [k, h], the pixels of each row), then the
+  column in that row: ~10x cheaper than a running count of all pixels.
   """
-  m = xp.cast(masks > 0, 'int32')
-  row_counts = xp.sum(m, axis=2)  # [k, h]
   row_cum = xp.cumsum(row_counts, axis=1)
   r = xp.cast(sampling.below(key, index, row_cum[:, -1], xp), 'int32')
   row = xp.argmax(row_cum > r[:, None], axis=1)
   before = xp.gather_rows(row_cum - row_counts, row)
-  line = xp.cumsum(xp.gather_rows(m, row), axis=1)  # [k, w]
+  line = xp.cumsum(xp.cast(xp.gather_rows(masks, row) > 0, 'int32'),
+                   axis=1)  # [k, w]
   col = xp.argmax(line > (r - before)[:, None], axis=1)
   return row, col
 
@@ -202,8 +205,8 @@ def prompts(opts: sam_layouts.SamOptions, xp) -> Step:
                                         opts.image_size, xp)
     scale = xp.cast(scale, 'float32')
     given = xp.cast(xp.reshape(f['point_coords'], [-1, 2]), 'float32') * scale
-    row, col = point_pixels(f['masks'], _key(f, sampling.POINTS, xp), index,
-                            xp)
+    row, col = point_pixels(f['masks'], f['row_counts'],
+                            _key(f, sampling.POINTS, xp), index, xp)
     py = (xp.cast(row, 'float32') + 0.5) * stride - offset
     px = (xp.cast(col, 'float32') + 0.5) * stride - offset
     points = xp.where(f['nonempty'][:, None], xp.stack([px, py], axis=1),
@@ -235,11 +238,11 @@ def resize_image(opts: sam_layouts.SamOptions,
 def _layout_image(image: Any, opts: sam_layouts.SamOptions, xp) -> Any:
   """float32 [S, S, 3]: normalized and padded for the layout."""
   if opts.layout == 'sam':
-    image = ((image - xp.const(sam_layouts.PIXEL_MEAN, 'float32'))
-             / xp.const(sam_layouts.PIXEL_STD, 'float32'))
-    return xp.pad_image(image, opts.image_size, (0.0, 0.0, 0.0))
-  return xp.pad_image(image / 255.0, opts.image_size,
-                      sam_layouts.KERAS_HUB_PAD)
+    return xp.normalize_pad(image, sam_layouts.PIXEL_MEAN,
+                            sam_layouts.PIXEL_STD, opts.image_size,
+                            (0.0, 0.0, 0.0))
+  return xp.normalize_pad(image, (0.0, 0.0, 0.0), (255.0, 255.0, 255.0),
+                          opts.image_size, sam_layouts.KERAS_HUB_PAD)
 
 
 def layout(opts: sam_layouts.SamOptions, xp) -> Step:
