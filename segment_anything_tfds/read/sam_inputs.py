@@ -54,12 +54,13 @@ def _decoded_image(content: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
     return tf.io.decode_jpeg(content, channels=3, ratio=ratio,
                              dct_method=_DCT_METHOD)
 
-  if fast_jpeg:
+  def decode_jpeg():
+    if not fast_jpeg:
+      return jpeg(1)
     index = geometry.jpeg_scale(height, width, image_size, _TF)
-    decode_jpeg = lambda: tf.switch_case(index, [  # pylint: disable=g-long-lambda
-        (lambda r=r: jpeg(r)) for r in geometry.JPEG_RATIOS])
-  else:
-    decode_jpeg = lambda: jpeg(1)
+    return tf.switch_case(index, [(lambda r=r: jpeg(r))
+                                  for r in geometry.JPEG_RATIOS])
+
   is_jpeg = tf.equal(tf.strings.substr(content, 0, 3), b'\xff\xd8\xff')
   return tf.cond(is_jpeg, decode_jpeg,
                  lambda: tf.io.decode_image(content, channels=3,
