@@ -10,9 +10,11 @@ image by image.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -502,6 +504,37 @@ def test_grain_loader(array_record_dir, worker_count):
   # Two epochs: every kept image twice, transformed as dataset[i].
   assert got == sorted(expected * 2)
   del batches, first  # Release Grain's shared memory before shutdown.
+
+
+class _CountingDataset(npi.SamDataset):
+  """Counts the records transformed."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.transformed = 0
+
+  def __getitem__(self, index):
+    self.transformed += 1
+    return super().__getitem__(index)
+
+
+def test_grain_loader_reads_a_bounded_number_ahead():
+  """Grain's default read-ahead (500 records, 16 threads) would hold about
+  15 GB of 1024^2 SAM inputs: the loader reads about two batches ahead."""
+  pytest.importorskip('grain')
+  examples = [_as_numpy(make_example(np.random.default_rng(i), height=9,
+                                     width=11, num_masks=2,
+                                     image_id=i)[0]) for i in range(64)]
+  dataset = _CountingDataset(examples, **KWARGS)
+  loader = npi.grain_loader(dataset, batch_size=2, num_epochs=1)
+  it = iter(loader)
+  next(it)
+  deadline = time.monotonic() + 1.0
+  while time.monotonic() < deadline:  # Let read-ahead run.
+    time.sleep(0.05)
+  assert 2 <= dataset.transformed <= 2 + max(4, os.cpu_count()) + 2, (
+      dataset.transformed)
+  assert len(list(it)) == 31  # And the epoch still ends.
 
 
 def test_grain_map_dataset(array_record_dir):
