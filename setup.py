@@ -81,12 +81,15 @@ setuptools.setup(
         ],
     },
     include_package_data=True,
-    # The build-time RLE check (examples.check_counts), in C. Optional:
-    # without a compiler, builds run its plain-Python reference
-    # (examples.first_bad_reference) instead: the same verdicts, slower.
+    # COCO RLE in C: the build-time check (prepare/records.check_counts)
+    # and the numpy path's low-resolution mask decoder
+    # (read/numpy_inputs.decode_masks_np). Optional: without a compiler,
+    # builds run the check's plain-Python reference (the same verdicts,
+    # slower) and the numpy path decodes with TensorFlow's `rle.decode`
+    # (the same masks, slower).
     ext_modules=[setuptools.Extension(
-        'segment_anything_tfds._rlecheck',
-        ['segment_anything_tfds/_rlecheck.c'], optional=True)],
+        'segment_anything_tfds._rle',
+        ['segment_anything_tfds/_rle.c'], optional=True)],
     install_requires=[
         # The local build relies on a few TFDS internals (tfds_seam.py),
         # checked by tests/test_tfds_seam.py on the versions below.

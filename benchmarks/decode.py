@@ -13,9 +13,13 @@ compares against a baseline measured in the same run, on the same inputs.
         rle.decode(counts, size) vs pycocotools.mask.decode (its own [H,W,N]
         Fortran output; and, like for like, made a contiguous [N,H,W] array).
   low:  straight to 256x256.
-        rle.decode(..., output_size=(256, 256)) vs pycocotools full decode +
+        rle.decode(..., output_size=(256, 256)) (TF) and the numpy path's C
+        decoder (numpy_inputs.decode_masks_np) vs pycocotools full decode +
         nearest resize (the same pixels, by numpy indexing; and by
         tf.image.resize).
+  check: the build-time RLE check (_rle.first_bad, in C) on one image's
+        strings: ms per image and ns per character; and its plain-Python
+        reference (records.first_bad_reference), its fallback.
   iou:  rle.iou of 100 "predictions" (the masks shifted by a few pixels) vs
         the 100 masks, vs pycocotools.mask.iou (same [100, 100] matrix).
   merge: rle.merge vs pycocotools.mask.merge: the union of the 100 masks, and
@@ -49,8 +53,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
 import tensorflow as tf
 from pycocotools import mask as mask_utils
 
+from segment_anything_tfds.read import backend
+from segment_anything_tfds.read import numpy_inputs
 from segment_anything_tfds.read import rle
 from segment_anything_tfds.read import sam_inputs
+from segment_anything_tfds.read import sam_layouts
+from segment_anything_tfds.read import sam_steps
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 HEIGHT, WIDTH, NUM_MASKS = 1500, 2250, 100
@@ -130,17 +138,46 @@ def bench_low(rles, counts, repeats: int, out: int = 256) -> dict:
     return tf.image.resize(full.transpose(2, 0, 1)[..., None], (out, out),
                            method='nearest')[..., 0].numpy()
 
+  as_bytes = [r['counts'] for r in rles]
+
+  def numpy_c():
+    return numpy_inputs.decode_masks_np(as_bytes, HEIGHT, WIDTH, (out, out))
+
   got = rle.decode(counts, size, output_size=(out, out)).numpy()
   assert np.array_equal(got, coco_tf_resize()), 'low-res decode differs'
   assert np.array_equal(got, coco_index())
+  assert np.array_equal(got, numpy_c()), 'the numpy decoder differs'
   t_index = timeit(coco_index, repeats=repeats)
   t_resize = timeit(coco_tf_resize, repeats=repeats)
   t_rle = timeit(lambda: rle.decode(counts, size, output_size=(out, out)),
                  repeats=repeats)
+  t_numpy = timeit(numpy_c, repeats=repeats)
   return {'pycocotools_index_s': t_index, 'pycocotools_tf_resize_s': t_resize,
           'rle_s': t_rle, 'speedup': t_index / t_rle,
           'speedup_vs_tf_resize': t_resize / t_rle,
-          'masks_per_s': NUM_MASKS / t_rle}
+          'masks_per_s': NUM_MASKS / t_rle,
+          'numpy_decoder': 'C' if numpy_inputs._rle else 'rle.decode',  # pylint: disable=protected-access
+          'numpy_s': t_numpy, 'numpy_speedup': t_index / t_numpy}
+
+
+def bench_check(rles, repeats: int) -> dict:
+  """The build-time check of one image's strings: C and plain Python."""
+  from segment_anything_tfds.prepare import records  # pylint: disable=g-import-not-at-top
+  strings = [r['counts'].decode('ascii') for r in rles]
+  chars = sum(map(len, strings))
+  result = {'chars': chars}
+  c_check = getattr(records._rlecheck, 'first_bad', None)  # pylint: disable=protected-access
+  if c_check is not None:
+    assert c_check(strings, HEIGHT, WIDTH) is None
+    # Best of `repeats` runs of 20 calls: the check takes well under 1 ms.
+    t_c = min(timeit(lambda: [c_check(strings, HEIGHT, WIDTH)
+                              for _ in range(20)], repeats=1) / 20
+              for _ in range(repeats))
+    result.update(c_s=t_c, c_ns_per_char=t_c / chars * 1e9)
+  t_py = timeit(lambda: records.first_bad_reference(strings, HEIGHT, WIDTH),
+                repeats=1)
+  result.update(python_s=t_py, python_ns_per_char=t_py / chars * 1e9)
+  return result
 
 
 def shifted(masks: np.ndarray, dy: int = 3, dx: int = -2) -> np.ndarray:
@@ -264,7 +301,13 @@ def naive_dataset(ds, *, batch_size: int, image_size: int, mask_size: int,
     masks = tf.reshape(masks, [-1, mask_size, mask_size])
     pad = num_masks - tf.shape(masks)[0]
     masks = tf.pad(tf.cast(masks, tf.float32), [[0, pad], [0, 0], [0, 0]])
-    image = sam_inputs._image(example, image_size)  # pylint: disable=protected-access
+    image = sam_inputs._resized_image(  # pylint: disable=protected-access
+        example['image']['content'],
+        tf.cast(example['image']['height'], tf.int64),
+        tf.cast(example['image']['width'], tf.int64), image_size)
+    image = sam_steps._layout_image(  # pylint: disable=protected-access
+        image, sam_layouts.SamOptions(image_size=image_size),
+        backend.tf_ops())
     return {'image': image}, masks
 
   return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE).batch(
@@ -324,8 +367,9 @@ def bench_e2e(work: str, num_images: int, batches: int) -> dict:
 
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('--only', default='full,low,iou,merge,e2e',
-                 help='Comma-separated subset of full,low,iou,merge,e2e.')
+  p.add_argument('--only', default='full,low,check,iou,merge,e2e',
+                 help='Comma-separated subset of full,low,check,iou,merge,'
+                 'e2e.')
   p.add_argument('--repeats', type=int, default=7)
   p.add_argument('--images', type=int, default=8,
                  help='Images in the prepared end-to-end dataset.')
@@ -344,7 +388,7 @@ def main(argv=None) -> dict:
   print(f'machine: {platform.machine()}, {os.cpu_count()} cores,'
         f' TF {tf.__version__}, GPUs: {len(tf.config.list_physical_devices("GPU"))}')
   results = {}
-  if only & {'full', 'low', 'iou', 'merge'}:
+  if only & {'full', 'low', 'check', 'iou', 'merge'}:
     rng = np.random.default_rng(args.seed)
     masks = blob_masks(rng, height=HEIGHT, width=WIDTH, num_masks=NUM_MASKS)
     rles = encode(masks)
@@ -369,7 +413,16 @@ def main(argv=None) -> dict:
             f' {r["pycocotools_index_s"] * 1e3:.1f} ms'
             f' (+tf.image.resize {r["pycocotools_tf_resize_s"] * 1e3:.1f} ms)'
             f' -> {r["speedup"]:.1f}x ({r["speedup_vs_tf_resize"]:.1f}x),'
-            f' {r["masks_per_s"]:.0f} masks/s')
+            f' {r["masks_per_s"]:.0f} masks/s; numpy path'
+            f' ({r["numpy_decoder"]}) {r["numpy_s"] * 1e3:.2f} ms ->'
+            f' {r["numpy_speedup"]:.0f}x')
+    if 'check' in only:
+      r = results['check'] = bench_check(rles, args.repeats)
+      c = (f'C {r["c_s"] * 1e3:.3f} ms ({r["c_ns_per_char"]:.2f} ns/char)'
+           if 'c_s' in r else 'C not built')
+      print(f'build-time check of {r["chars"]} characters: {c}; Python'
+            f' reference {r["python_s"] * 1e3:.1f} ms'
+            f' ({r["python_ns_per_char"]:.0f} ns/char)')
     if 'iou' in only:
       r = results['iou'] = bench_iou(rles, dt_rles, args.repeats)
       print(f'iou, 100 x 100 masks ({r["pairs_with_overlap"] * 100:.1f}% of'
@@ -403,7 +456,8 @@ def main(argv=None) -> dict:
         print(f'complex masks ({chars:.0f} chars on average), 256x256:'
               f' rle {r["rle_s"] * 1e3:.1f} ms, pycocotools+index'
               f' {r["pycocotools_index_s"] * 1e3:.1f} ms ->'
-              f' {r["speedup"]:.1f}x')
+              f' {r["speedup"]:.1f}x; numpy path {r["numpy_s"] * 1e3:.2f} ms'
+              f' -> {r["numpy_speedup"]:.0f}x')
   if 'e2e' in only:
     r = results['e2e'] = bench_e2e(args.work, args.images, args.batches)
     print(f'end to end (1024 image, 64 masks at 256x256):'

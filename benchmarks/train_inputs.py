@@ -1,29 +1,34 @@
 #!/usr/bin/env python
 """Benchmarks the training-input paths: images/s for each framework.
 
-  python benchmarks/train_inputs.py                 # all paths, ~3 min
-  python benchmarks/train_inputs.py --only tf,grain0 --batches 8
+  python benchmarks/train_inputs.py                 # the main paths, ~4 min
+  python benchmarks/train_inputs.py --only decode,tf,grain0 --repeats 1
 
-Every path makes the same thing: KerasHub's SAM inputs (layout 'keras_hub')
-of 1024x1024 images with K = 64 masks at 256x256, batches of 4, from the
-same 8 SA-1B-sized images (1500x2250, 90-110 masks each, as in
+Every path but `decode` makes the same thing: KerasHub's SAM inputs (layout
+'keras_hub') of 1024x1024 images with K = 64 masks at 256x256, batches of 4,
+from the same SA-1B-sized images (1500x2250, 90-110 masks each, as in
 `benchmarks/decode.py`), prepared by this package's builder twice: TFRecord
 for tf.data, ArrayRecord for the numpy paths.
 
+  decode    baseline: a tf.data pipeline that only decodes the same JPEGs at
+            full size (TFRecord, tf.io.decode_jpeg, AUTOTUNE: every core),
+            batched.
   tf        sam_inputs.load_sam_dataset(layout='keras_hub'), tf.data with
-            AUTOTUNE parallelism.
+            AUTOTUNE parallelism (every core).
   grain0    numpy_inputs.grain_loader, worker_count=0 (this process).
   grain2    the same with 2 worker processes.
   torch0    torch.utils.data.DataLoader(SamDataset), num_workers=0 (if torch
   torch2    is installed); and 2 workers (spawn).
-  naive     baseline, measured in the same run: decode.py's naive path
-            (tfds.load, pycocotools decode of every mask in a parallel
-            tf.numpy_function map, sample 64, resize).
-  naive_np  baseline for the numpy paths, in this process: pycocotools decode
-            of every mask, sample 64, nearest resize, PIL image.
+  naive     (not run by default) decode.py's naive path: tfds.load,
+            pycocotools decode of every mask in a parallel
+            tf.numpy_function map, sample 64, resize.
+  naive_np  (not run by default) the naive numpy loader, in this process:
+            pycocotools decode of every mask, sample 64, nearest resize, PIL
+            image.
 
-Ratios compare each path with both baselines. Worker start-up is in the
-warm-up batches, not in the timing.
+Each path's rate is the best of --repeats runs (the machine may be shared);
+its ratios to `decode` and to `tf` are computed from the same run. Worker
+start-up is in the warm-up batches, not in the timing.
 """
 
 from __future__ import annotations
@@ -49,7 +54,9 @@ from segment_anything_tfds.read import sampling
 
 BATCH = 4
 OPTIONS = dict(image_size=1024, num_masks=64, seed=0, layout='keras_hub')
-PATHS = ('tf', 'grain0', 'grain2', 'torch0', 'torch2', 'naive', 'naive_np')
+PATHS = ('decode', 'tf', 'grain0', 'grain2', 'torch0', 'torch2', 'naive',
+         'naive_np')
+DEFAULT_PATHS = PATHS[:6]
 
 
 def _decode_bench():
@@ -88,6 +95,18 @@ def images_per_s(batches, *, warmup: int, timed: int) -> float:
 def _dataset(data_dir: str) -> numpy_inputs.SamDataset:
   return numpy_inputs.load_sam_data_source(
       'train', data_dir=data_dir, name='segment_anything/all', **OPTIONS)
+
+
+def bench_decode(data_dir: str, timed: int) -> float:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  ds = tfds.load('segment_anything/all', split='train', data_dir=data_dir,
+                 decoders={'image': {'content': tfds.decode.SkipDecoding()}})
+  ds = ds.repeat().map(
+      lambda ex: tf.io.decode_jpeg(ex['image']['content'], channels=3),
+      num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(BATCH).prefetch(tf.data.AUTOTUNE)
+  return images_per_s(ds, warmup=2, timed=timed)
 
 
 def bench_tf(data_dir: str, timed: int) -> float:
@@ -162,14 +181,20 @@ def bench_naive_np(data_dir: str, timed: int) -> float:
   return images_per_s(batches(), warmup=1, timed=max(2, timed // 3))
 
 
+def _load() -> str:
+  return f'{os.getloadavg()[0]:.1f}'
+
+
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('--only', default=','.join(PATHS),
+  p.add_argument('--only', default=','.join(DEFAULT_PATHS),
                  help=f'Comma-separated subset of {",".join(PATHS)}.')
   p.add_argument('--images', type=int, default=8,
                  help='Images in the prepared datasets.')
   p.add_argument('--batches', type=int, default=12,
                  help='Timed batches (of 4 images) per path.')
+  p.add_argument('--repeats', type=int, default=3,
+                 help='Runs per path; the best counts.')
   p.add_argument('--work', default='/tmp/segment_anything_tfds_bench')
   args = p.parse_args(argv)
   sys.argv = sys.argv[:1]  # Beam (preparing) parses sys.argv.
@@ -181,10 +206,11 @@ def main(argv=None) -> dict:
   tfrecord_dir = decode_bench.prepare(args.work, args.images)
   array_record_dir = prepare_array_record(args.work, args.images)
   print(f'machine: {platform.machine()}, {os.cpu_count()} cores, load'
-        f' {os.getloadavg()[0]:.1f}; {args.images} images of'
+        f' {_load()}; {args.images} images of'
         f' {decode_bench.HEIGHT}x{decode_bench.WIDTH}, 1024 input, 64 masks'
         ' at 256x256, batches of 4', flush=True)
   runs = {
+      'decode': lambda: bench_decode(tfrecord_dir, args.batches),
       'tf': lambda: bench_tf(tfrecord_dir, args.batches),
       'grain0': lambda: bench_grain(array_record_dir, args.batches, 0),
       'grain2': lambda: bench_grain(array_record_dir, args.batches, 2),
@@ -201,14 +227,18 @@ def main(argv=None) -> dict:
       except ImportError:
         print(f'{name}: skipped (torch is not installed)')
         continue
-    results[name] = runs[name]()
-    print(f'{name}: {results[name]:.2f} images/s', flush=True)
-  for base in ('naive', 'naive_np'):
-    if base in results:
-      print(f'vs {base}: ' + ', '.join(
-          f'{k} {v / results[base]:.1f}x' for k, v in results.items()
-          if not k.startswith('naive')))
-  print(f'load average at the end: {os.getloadavg()[0]:.1f}')
+    rates = []
+    for _ in range(args.repeats):
+      rates.append(runs[name]())
+      print(f'  {name}: {rates[-1]:.2f} images/s (load {_load()})',
+            flush=True)
+    results[name] = max(rates)
+  print(f'best of {args.repeats}, load average at the end: {_load()}')
+  print(f'{"path":10} {"images/s":>9} {"x decode":>9} {"x tf":>6}')
+  for name, rate in results.items():
+    ratios = [f'{rate / results[base]:.2f}' if base in results else '-'
+              for base in ('decode', 'tf')]
+    print(f'{name:10} {rate:9.2f} {ratios[0]:>9} {ratios[1]:>6}')
   print(json.dumps(results, indent=1))
   return results
 

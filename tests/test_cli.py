@@ -384,7 +384,7 @@ def test_show_by_image_id_draws_masks(built, tmp_path, capsys):
   from segment_anything_tfds.tools import viz
   ex = _dataset_example(data_dir, 32)
   plain = viz.image_array(ex['image']['content'])
-  masks = viz.decode_masks(ex['annotations'], *plain.shape[:2])
+  masks = viz.full_masks(ex['annotations'], *plain.shape[:2])
   with Image.open(tmp_path / 'sa_32_alpha1_min0.png') as im:
     drawn = np.asarray(im)
   covered = masks.any(axis=0)
@@ -403,7 +403,7 @@ def test_show_upscales_pixels_and_masks_alike(built, tmp_path, capsys):
   from segment_anything_tfds.tools import viz
   ex = _dataset_example(data_dir, 12)  # 1 x 9 pixels, 2 masks.
   plain = viz.image_array(ex['image']['content'])
-  masks = viz.decode_masks(ex['annotations'], 1, 9)
+  masks = viz.full_masks(ex['annotations'], 1, 9)
   with Image.open(tmp_path / 'sa_12_min90.png') as im:
     drawn = np.asarray(im)
   assert drawn.shape == (10, 90, 3)  # Factor 10: nearest, every pixel a block.
@@ -437,7 +437,7 @@ def test_show_alpha_blends_each_pixel_once_under_100_masks():
   photo, ex = _nested_example()
   alpha = viz.DEFAULT_ALPHA
   drawn = np.asarray(viz.render(ex, outline=False)).astype(np.float64)
-  masks = viz.decode_masks(ex['annotations'], 256, 256)
+  masks = viz.full_masks(ex['annotations'], 256, 256)
   assert masks.sum(0).max() == 100
   area = masks.reshape(len(masks), -1).sum(1)
   assert len(set(area)) == 100
@@ -545,7 +545,7 @@ def test_show_copy_paste_draws_the_ops_output(built, tmp_path, capsys):
       direct['pasted_counts'].numpy())
   assert len(result['pasted_indices']) > 0
   # Its right panel: the pasted image, untouched outside the pasted masks.
-  masks = viz.decode_masks({'segmentation': {
+  masks = viz.full_masks({'segmentation': {
       'counts': result['pasted_counts'],
       'size': [[30, 40]] * len(result['pasted_counts'])}}, 30, 40)
   panel = np.asarray(picture)

@@ -11,6 +11,8 @@ import tensorflow as tf
 from segment_anything_tfds import errors
 from segment_anything_tfds.prepare import records as examples
 from segment_anything_tfds.tools import fake_data
+from segment_anything_tfds.read import geometry
+from segment_anything_tfds.read import numpy_inputs as npi
 from segment_anything_tfds.read import rle
 
 mask_utils = pytest.importorskip('pycocotools.mask')
@@ -478,6 +480,39 @@ def test_output_size_overflow_raises():
         tf.constant(counts))
 
 
+# Results without pixels whose other side is as large as the size rule
+# lets it be: (counts, size, output_size or None, expected shape).
+EMPTY_RESULTS = [
+    (b'0', [2**62, 0], None, (2**62, 0)),
+    (b'0', [0, 2**62], None, (0, 2**62)),
+    ([b'0', b''], [2**40, 0], None, (2, 2**40, 0)),
+    ([], [2**31, 2**31], None, (0, 2**31, 2**31)),
+    ([], [2**31, 2**31], (2**31, 2**31), (0, 2**31, 2**31)),
+    (b'0', [0, 3], (0, 2**62), (0, 2**62)),
+    (b'<', [3, 4], (2**62, 0), (2**62, 0)),  # '<': one run of 12.
+]
+
+
+def test_empty_results_allocate_nothing_per_row_or_column():
+  """A mask of 2**62 x 0 pixels decodes to an empty array, eagerly, in a
+  graph and in a dataset map, without a tensor over its 2**62 rows."""
+  for counts, size, output_size, shape in EMPTY_RESULTS:
+    got = rle.decode(counts, size, output_size=output_size)
+    assert got.shape == shape and got.dtype == tf.uint8, (size, output_size)
+  counts, size, _, shape = EMPTY_RESULTS[0]
+  graph = tf.function(lambda c, s: rle.decode(c, s), input_signature=[
+      tf.TensorSpec([], tf.string), tf.TensorSpec([2], tf.int64)])
+  assert graph(counts, size).shape == shape
+  sizes = tf.data.Dataset.from_tensor_slices(
+      tf.constant([s for _, s, o, _ in EMPTY_RESULTS[:2]], tf.int64))
+  got = list(sizes.map(lambda s: rle.decode(b'0', s), num_parallel_calls=2,
+                       deterministic=True))
+  assert [tuple(t.shape) for t in got] == [(2**62, 0), (0, 2**62)]
+  # Bad counts are still refused at such sizes.
+  with pytest.raises(tf.errors.InvalidArgumentError, match='sum'):
+    rle.decode(b'1', [2**62, 0])
+
+
 # ------------------------------------------------- the build-time check
 #
 # Builds refuse what cannot decode (`examples.check_counts`) with one
@@ -680,6 +715,175 @@ def test_sizes_past_int64_are_refused_by_every_checker(monkeypatch, h, w):
       examples.check_counts(np.array(['0', '0'], object),
                             np.zeros(2, np.uint64), height=h, width=w,
                             where=('t', 'm'))
+
+
+# ------------------------------------------------- the numpy path's decoder
+#
+# `numpy_inputs.decode_masks_np` decodes straight at a low resolution, in C
+# (`_rle.decode`, the check's parser), or by `rle.decode` run eagerly where
+# the extension is not built. The same masks as `rle.decode`, bit for bit,
+# and the same strings refused as the check refuses.
+
+_c_rle = npi._rle  # pylint: disable=protected-access
+_DECODERS = ['c', 'tf'] if _c_rle is not None else ['tf']
+
+
+@pytest.fixture(params=_DECODERS)
+def np_decoder(request, monkeypatch):
+  """decode_masks_np with the C decoder ('c') and without it ('tf')."""
+  if request.param == 'tf':
+    monkeypatch.setattr(npi, '_rle', None)
+  return request.param
+
+
+def _sa1b_counts(rng, shape, n: int) -> list[bytes]:
+  """pycocotools' counts of SA-1B-like blobs (fake_data), as SA-1B has."""
+  masks = np.stack([fake_data.random_mask(rng, *shape) for _ in range(n)])
+  return _counts(masks.astype(np.uint8))
+
+
+# (source size, output sizes): what SAM inputs use (long side 256 and 64 for
+# SA-1B's 1500 x 2250), odd sizes, 1 x 1, and upsampling.
+DECODE_SIZES = [
+    ((1500, 2250), [(171, 256), (43, 64), (256, 256), (37, 41), (1, 1)]),
+    ((2250, 1500), [(256, 171), (64, 43)]),
+    ((23, 31), [(256, 256), (64, 43), (23, 31), (5, 13), (40, 17)]),
+    ((1, 9), [(1, 1), (3, 4), (64, 64)]),
+]
+
+
+def test_numpy_decoder_equals_rle_decode(np_decoder):
+  """On SA-1B-like strings and on random masks (noise, stripes, empty,
+  full), at every output size used, into uint8, float32 and strided
+  views of zero-padded targets."""
+  rng = np.random.default_rng(22)
+  for shape, sizes in DECODE_SIZES:
+    counts = _sa1b_counts(rng, shape, 4 if shape[0] > 100 else 6)
+    if shape[0] < 100:
+      counts += _counts(_random_masks(rng, shape, 12))
+    for out_h, out_w in sizes:
+      expected = rle.decode(counts, shape, output_size=(out_h, out_w)).numpy()
+      got = npi.decode_masks_np(counts, *shape, (out_h, out_w))
+      assert got.dtype == np.uint8
+      np.testing.assert_array_equal(got, expected, err_msg=(shape, out_h))
+      padded = np.zeros((len(counts) + 2, out_h + 3, out_w + 5), np.float32)
+      view = padded[1:-1, 2:2 + out_h, :out_w]
+      assert npi.decode_masks_np([c.decode() for c in counts], *shape,
+                                 (out_h, out_w), out=view) is view
+      np.testing.assert_array_equal(view, expected)
+      assert padded.sum() == expected.sum()  # Nothing outside the view.
+  assert npi.decode_masks_np([], 5, 7, (2, 3)).shape == (0, 2, 3)
+
+
+def _c_verdict(counts: list, h: int, w: int):
+  """_rle.decode's verdict on strings of an h x w mask, at a small size."""
+  fits = examples.first_problem('', h, w) != (examples._SIZE, 0)  # pylint: disable=protected-access
+  out_h, out_w = (2, 3) if fits and h * w > 0 else (0, 0)
+  rows = (geometry.nearest_indices(h, out_h) if fits
+          else np.zeros(out_h, np.int64))
+  cols = (geometry.nearest_indices(w, out_w) if fits
+          else np.zeros(out_w, np.int64))
+  out = np.zeros((len(counts), out_h, out_w), np.uint8)
+  return _c_rle.decode(counts, h, w, rows, cols, out), out
+
+
+def test_c_decoder_refuses_what_the_check_refuses():
+  """The same (index, code, detail) as the build-time check on real,
+  mutated, random and adversarial strings (as str, and as bytes where they
+  are one byte per character); what it accepts it paints as rle.decode."""
+  if _c_rle is None:
+    pytest.skip('the C extension is not built here')
+  painted = 0
+  for counts, h, w in _check_corpus():
+    reference = examples.first_bad_reference([counts], h, w)
+    got, out = _c_verdict([counts], h, w)
+    assert got == reference, (counts[:80], h, w)
+    try:
+      as_bytes = counts.encode('latin-1')
+    except UnicodeEncodeError:
+      continue
+    got, out = _c_verdict([as_bytes, as_bytes], h, w)
+    assert got == reference, (counts[:80], h, w)
+    if reference is None and out.size and painted < 200:
+      painted += 1
+      expected = rle.decode(as_bytes, [h, w], output_size=(2, 3)).numpy()
+      np.testing.assert_array_equal(out, [expected, expected])
+  assert painted == 200
+
+
+def test_c_decoder_survives_random_bytes():
+  """Random bytes (every byte value) at random small sizes: never a crash,
+  the check's verdict, and the TF decoder's pixels when they decode."""
+  if _c_rle is None:
+    pytest.skip('the C extension is not built here')
+  rng = np.random.default_rng(5)
+  alphabet = np.concatenate([np.arange(48, 112)] * 6 + [np.arange(256)])
+  decoded = 0
+  for _ in range(5000):
+    h, w = (int(v) for v in rng.integers(0, 5, size=2))
+    if rng.random() < 0.3:  # Any bytes.
+      data = bytes(rng.choice(alphabet, size=int(rng.integers(0, 12))
+                              ).astype(np.uint8))
+    else:  # Valid runs, a few bytes changed to any value.
+      cuts = np.sort(rng.integers(0, h * w + 1, size=int(rng.integers(0, 6))))
+      data = bytearray(_count_string(
+          np.diff(np.concatenate([[0], cuts, [h * w]])).tolist()))
+      for _ in range(int(rng.integers(0, 3))):
+        data[int(rng.integers(len(data)))] = int(rng.integers(256))
+      data = bytes(data)
+    reference = examples.first_bad_reference([data.decode('latin-1')], h, w)
+    got, out = _c_verdict([data], h, w)
+    assert got == reference, (data, h, w)
+    if reference is None and out.size and decoded < 100:
+      decoded += 1
+      np.testing.assert_array_equal(
+          out[0], rle.decode(data, [h, w], output_size=(2, 3)).numpy())
+  assert decoded == 100
+
+
+def test_numpy_decoder_errors(np_decoder):
+  """A bad string is a BadRecordError naming it, with and without C."""
+  good = _counts(np.ones((1, 3, 4), np.uint8))[0]
+  with pytest.raises(errors.BadRecordError, match=r'(counts\[1\]|mask).*'
+                     r'(outside "0".."o"|outside)'):
+    npi.decode_masks_np([good, b'a!'], 3, 4, (2, 2))
+  with pytest.raises(errors.BadRecordError, match='sum'):
+    npi.decode_masks_np([good], 3, 5, (2, 2))
+  if np_decoder == 'c':
+    with pytest.raises(errors.BadRecordError,
+                       match=r'counts\[0\] cannot decode at the size'):
+      npi.decode_masks_np([good], 2**62, 2**62, (2, 2))
+  with pytest.raises(errors.BadRecordError, match='empty|non-empty'):
+    npi.decode_masks_np([b'0'], 0, 4, (2, 2))
+  # An empty result needs no pixels.
+  assert npi.decode_masks_np([b'0'], 0, 4, (0, 2)).shape == (1, 0, 2)
+
+
+def test_c_decoder_argument_checks():
+  if _c_rle is None:
+    pytest.skip('the C extension is not built here')
+  counts = _counts(np.ones((2, 3, 4), np.uint8))
+  rows, cols = np.array([0, 2]), np.array([0, 1, 3])
+  bad_outs = [np.zeros((2, 2, 3), np.int32), np.zeros((2, 3, 3), np.uint8),
+              np.zeros((1, 2, 3), np.float32),
+              np.zeros((2, 2, 3), np.uint8)[:, :, ::1].copy().view('i1')]
+  for out in bad_outs:
+    with pytest.raises(ValueError, match='out must'):
+      _c_rle.decode(counts, 3, 4, rows, cols, out)
+  out = np.zeros((2, 2, 3), np.uint8)
+  for rows_, cols_ in [(np.array([0, 3]), cols), (np.array([2, 0]), cols),
+                       (rows, np.array([0, 1, 4])),
+                       (rows, np.array([0, 1, -1]))]:
+    with pytest.raises(ValueError, match='non-decreasing indices inside'):
+      _c_rle.decode(counts, 3, 4, rows_, cols_, out)
+  with pytest.raises(ValueError, match='int64'):
+    _c_rle.decode(counts, 3, 4, rows.astype(np.int32), cols, out)
+  read_only = out.copy()
+  read_only.flags.writeable = False
+  with pytest.raises((BufferError, ValueError), match='read-only'):
+    _c_rle.decode(counts, 3, 4, rows, cols, read_only)
+  assert _c_rle.decode(counts, 3, 4, rows, cols, out) is None
+  assert out.all()
 
 
 # ------------------------------------------------------------ iou and merge

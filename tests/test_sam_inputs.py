@@ -83,8 +83,9 @@ def test_jpeg_bytes_input_matches_decoded():
                             num_masks=3)
   jpeg = tf.io.encode_jpeg(example['image']['content'])
   decoded = dict(example)
-  decoded['image'] = dict(example['image'],
-                          content=tf.io.decode_jpeg(jpeg, channels=3))
+  # The path decodes JPEGs with libjpeg's accurate IDCT (PIL's).
+  decoded['image'] = dict(example['image'], content=tf.io.decode_jpeg(
+      jpeg, channels=3, dct_method='INTEGER_ACCURATE'))
   raw = dict(example)
   raw['image'] = dict(example['image'], content=jpeg)
   a, ta, _ = sam.to_sam_inputs(decoded, image_size=S, mask_size=M, num_masks=4,

@@ -308,7 +308,7 @@ _MAX_TOTAL = (1 << 64) - 1
  _SIZE) = range(1, 9)
 
 try:  # The C pass (setup.py builds it); the Python reference if not built.
-  from segment_anything_tfds import _rlecheck  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds import _rle as _rlecheck  # pylint: disable=g-import-not-at-top
 except ImportError:  # pragma: no cover - exercised where the build failed.
   _rlecheck = None
 

@@ -73,6 +73,9 @@ from typing import Sequence, Union
 import numpy as np
 import tensorflow as tf
 
+from segment_anything_tfds.read import backend
+from segment_anything_tfds.read import geometry
+
 __all__ = ['decode', 'encode', 'area', 'to_bbox', 'iou', 'merge',
            'nearest_indices', 'nearest_source']
 
@@ -324,7 +327,8 @@ def nearest_indices(in_size: TensorLike, out_size: TensorLike) -> tf.Tensor:
 
   TF 2's nearest resize uses ``half_pixel_centers=True`` and
   ``align_corners=False``: ``min(floor((i + 0.5) * (in / out)), in - 1)``,
-  computed in float32 exactly like the ``ResizeNearestNeighbor`` kernel.
+  computed in float32 exactly like the ``ResizeNearestNeighbor`` kernel
+  (`geometry.nearest_source`, the rule's one home).
 
   Args:
     in_size: source length (int scalar).
@@ -333,8 +337,7 @@ def nearest_indices(in_size: TensorLike, out_size: TensorLike) -> tf.Tensor:
   Returns:
     int64 [out_size] non-decreasing source indices.
   """
-  return nearest_source(tf.range(tf.cast(out_size, tf.int64)), in_size,
-                        out_size)
+  return geometry.nearest_indices(in_size, out_size, backend.tf_ops())
 
 
 def nearest_source(index: TensorLike, in_size: TensorLike,
@@ -349,14 +352,7 @@ def nearest_source(index: TensorLike, in_size: TensorLike,
   Returns:
     int64 source indices, clipped to [0, in_size - 1].
   """
-  index = tf.cast(index, tf.int64)
-  in_size = tf.cast(in_size, tf.int64)
-  out_size = tf.cast(out_size, tf.int64)
-  scale = tf.cast(in_size, tf.float32) / tf.cast(tf.maximum(out_size, 1),
-                                                 tf.float32)
-  x = (tf.cast(index, tf.float32) + 0.5) * scale
-  idx = tf.cast(tf.floor(x), tf.int64)
-  return tf.maximum(tf.minimum(idx, in_size - 1), 0)
+  return geometry.nearest_source(index, in_size, out_size, backend.tf_ops())
 
 
 # Plain TF ops, no Python control flow on tensors: nothing to convert.
@@ -437,6 +433,19 @@ def _decode(counts: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
     b = tf.identity(runs.boundaries)
     height, width, out_h, out_w = (
         tf.identity(t) for t in (height, width, out_h, out_w))
+  # An empty result (no masks, or a side 0) is made without a range or a
+  # table over the other side, which may be up to 2**62 long.
+  empty = tf.equal(runs.num_masks * out_h * out_w, 0)
+  return tf.cond(
+      empty,
+      lambda: tf.zeros(tf.stack([runs.num_masks, out_h, out_w]), tf.uint8),
+      lambda: _decode_nonempty(runs, b, height, width, out_h, out_w, full))
+
+
+def _decode_nonempty(runs: _Runs, b: tf.Tensor, height: tf.Tensor,
+                     width: tf.Tensor, out_h: tf.Tensor, out_w: tf.Tensor,
+                     full: bool) -> tf.Tensor:
+  """`_decode` of checked runs whose result has pixels."""
   if not full:
     rows = nearest_indices(height, out_h)
     cols = nearest_indices(width, out_w)

@@ -18,9 +18,12 @@ from typing import Any, Mapping
 
 import tensorflow as tf
 
+from segment_anything_tfds.read import backend as backend_lib
+from segment_anything_tfds.read import geometry
 from segment_anything_tfds.read import masks as masks_lib
 from segment_anything_tfds.read import rle
 from segment_anything_tfds.read import sam_layouts
+from segment_anything_tfds.read import sam_steps
 from segment_anything_tfds.read import sampling
 
 __all__ = ['to_sam_inputs', 'sam_dataset', 'load_sam_dataset',
@@ -28,159 +31,114 @@ __all__ = ['to_sam_inputs', 'sam_dataset', 'load_sam_dataset',
 
 PIXEL_MEAN = sam_layouts.PIXEL_MEAN
 PIXEL_STD = sam_layouts.PIXEL_STD
+_TF = backend_lib.tf_ops()
 
 
-def _resized_size(height: tf.Tensor, width: tf.Tensor,
-                  long_side: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-  """(new_h, new_w, scale) with the long side = long_side (SAM's rounding)."""
-  h = tf.cast(height, tf.float64)
-  w = tf.cast(width, tf.float64)
-  scale = long_side / tf.maximum(tf.maximum(h, w), 1.0)
-  new_h = tf.cast(tf.floor(h * scale + 0.5), tf.int32)
-  new_w = tf.cast(tf.floor(w * scale + 0.5), tf.int32)
-  return tf.maximum(new_h, 1), tf.maximum(new_w, 1), scale
+# libjpeg's accurate integer IDCT: PIL's, so both paths decode JPEGs to the
+# same pixels (TF's default, 'INTEGER_FAST', differs by a few grey levels).
+_DCT_METHOD = 'INTEGER_ACCURATE'
 
 
-def _decode_jpeg_scaled(content: tf.Tensor, long_side: tf.Tensor,
-                        image_size: int) -> tf.Tensor:
-  """Decodes a JPEG with DCT scaling (1/2, 1/4, 1/8) when that still leaves
-  at least `image_size` pixels on the long side: much faster than a full
-  decode followed by a big downscale, and itself a good low-pass filter."""
-  ratios = (1, 2, 4, 8)
-  index = tf.reduce_sum(tf.cast(
-      tf.stack([long_side >= r * image_size for r in ratios[1:]]), tf.int32))
-  return tf.switch_case(index, [
-      (lambda r=r: tf.io.decode_jpeg(content, channels=3, ratio=r))
-      for r in ratios])
+def _decoded_image(content: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
+                   image_size: int, fast_jpeg: bool = True) -> tf.Tensor:
+  """uint8 [h, w, 3]: `content` decoded, or as it is if already pixels.
+
+  With `fast_jpeg`, a JPEG is decoded with DCT scaling
+  (`geometry.jpeg_scale`): much faster than a full decode followed by a big
+  downscale, and itself a good low-pass filter.
+  """
+  if content.dtype != tf.string:
+    return content
+
+  def jpeg(ratio):
+    return tf.io.decode_jpeg(content, channels=3, ratio=ratio,
+                             dct_method=_DCT_METHOD)
+
+  def decode_jpeg():
+    if not fast_jpeg:
+      return jpeg(1)
+    index = geometry.jpeg_scale(height, width, image_size, _TF)
+    return tf.switch_case(index, [(lambda r=r: jpeg(r))
+                                  for r in geometry.JPEG_RATIOS])
+
+  is_jpeg = tf.equal(tf.strings.substr(content, 0, 3), b'\xff\xd8\xff')
+  return tf.cond(is_jpeg, decode_jpeg,
+                 lambda: tf.io.decode_image(content, channels=3,
+                                            expand_animations=False))
 
 
-def _resized_image(example: Mapping[str, Any], image_size: int,
-                   fast_jpeg: bool = True) -> tf.Tensor:
-  """float32 [new_h, new_w, 3] on the 0..255 scale, long side image_size."""
-  height = tf.cast(example['image']['height'], tf.int64)
-  width = tf.cast(example['image']['width'], tf.int64)
-  content = example['image']['content']
-  if content.dtype == tf.string:
-    if fast_jpeg:
-      is_jpeg = tf.equal(tf.strings.substr(content, 0, 3), b'\xff\xd8\xff')
-      content = tf.cond(
-          is_jpeg,
-          lambda: _decode_jpeg_scaled(content, tf.maximum(height, width),
-                                      image_size),
-          lambda: tf.io.decode_image(content, channels=3,
-                                     expand_animations=False))
-    else:
-      content = tf.io.decode_image(content, channels=3,
-                                   expand_animations=False)
-  content = tf.ensure_shape(content, [None, None, 3])
+def _resized_image(content: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
+                   image_size: int, fast_jpeg: bool = True) -> tf.Tensor:
+  """float32 [new_h, new_w, 3] on the 0..255 scale, long side image_size.
+
+  `content` is the decoded uint8 image or its encoded bytes.
+  """
+  image = tf.ensure_shape(
+      _decoded_image(content, height, width, image_size, fast_jpeg),
+      [None, None, 3])
   # The target size comes from the true image size (the decoded one may be
   # scaled), so that image and masks line up.
-  new_h, new_w, _ = _resized_size(height, width, image_size)
-  return tf.image.resize(content, tf.stack([new_h, new_w]),
+  new_h, new_w, _ = geometry.resized_size(height, width, image_size, _TF)
+  return tf.image.resize(image, tf.stack([new_h, new_w]),
                          method='bilinear', antialias=True)
 
 
-def _layout_image(image: tf.Tensor, image_size: int,
-                  layout: str) -> tf.Tensor:
-  """Normalizes and pads a resized image to [S, S, 3] for the layout."""
-  new_h, new_w = tf.shape(image)[0], tf.shape(image)[1]
-  paddings = [[0, image_size - new_h], [0, image_size - new_w], [0, 0]]
-  if layout == 'sam':
-    image = (image - tf.constant(PIXEL_MEAN)) / tf.constant(PIXEL_STD)
-    image = tf.pad(image, paddings)
-  else:
-    inside = tf.pad(tf.ones([new_h, new_w, 1], tf.bool), paddings)
-    image = tf.where(inside, tf.pad(image / 255.0, paddings),
-                     tf.constant(sam_layouts.KERAS_HUB_PAD, tf.float32))
-  return tf.ensure_shape(image, [image_size, image_size, 3])
+def _mask_decoder(backend: str):
+  """`sam_steps.MaskDecoder` over `rle.decode` or pycocotools."""
+  decode = rle.decode if backend == 'tf' else masks_lib.decode_pycocotools
+
+  def decoder(features, mask_hw, padded):
+    mask_h, mask_w = mask_hw
+    num_masks, mask_size = padded
+    masks = decode(features['counts'],
+                   tf.stack([features['height'], features['width']]),
+                   output_size=tf.stack([mask_h, mask_w]))
+    # Padded as uint8, then made float32 once.
+    targets = tf.pad(masks, [[0, num_masks - tf.shape(masks)[0]],
+                             [0, mask_size - mask_h],
+                             [0, mask_size - mask_w]])
+    targets = tf.ensure_shape(tf.cast(targets, tf.float32),
+                              [num_masks, mask_size, mask_size])
+    return masks, targets
+
+  return decoder
 
 
-def _image(example: Mapping[str, Any], image_size: int,
-           fast_jpeg: bool = True, layout: str = 'sam') -> tf.Tensor:
-  return _layout_image(_resized_image(example, image_size, fast_jpeg),
-                       image_size, layout)
+def _read(seed: int | None):
+  """The `sam_steps` read step of a `segment_anything` example."""
+
+  def read(example):
+    annotations = example['annotations']
+    return {
+        'height': tf.cast(example['image']['height'], tf.int64),
+        'width': tf.cast(example['image']['width'], tf.int64),
+        'image_id': masks_lib.image_id(example),
+        'seed': sampling.random_seed_tf() if seed is None else seed,
+        'content': example['image']['content'],
+        'area': annotations['area'],
+        'predicted_iou': annotations['predicted_iou'],
+        'stability_score': annotations['stability_score'],
+        'counts': annotations['segmentation']['counts'],
+        'bbox': annotations['bbox'],
+        'point_coords': annotations['point_coords'],
+    }
+
+  return read
 
 
-def _keep(annotations: Mapping[str, Any], height: tf.Tensor, width: tf.Tensor,
-          opts: sam_layouts.SamOptions) -> tf.Tensor:
-  """bool [N]: the masks passing the quality and area filters."""
-  area_fraction = tf.cast(annotations['area'], tf.float64) / tf.cast(
-      tf.maximum(height * width, 1), tf.float64)
-  keep = tf.logical_and(
-      tf.cast(annotations['predicted_iou'], tf.float64)
-      >= opts.min_predicted_iou,
-      tf.cast(annotations['stability_score'], tf.float64)
-      >= opts.min_stability_score)
-  return tf.logical_and(keep, tf.logical_and(
-      area_fraction >= opts.min_area_fraction,
-      area_fraction <= opts.max_area_fraction))
+def sam_steps_tf(opts: sam_layouts.SamOptions, backend: str = 'tf',
+                 fast_jpeg: bool = True) -> list[sam_steps.Step]:
+  """The `sam_steps` of `to_sam_inputs`, in TensorFlow ops."""
+  if backend not in masks_lib.BACKENDS:
+    raise ValueError(f'to_sam_inputs: backend must be one of'
+                     f' {masks_lib.BACKENDS}, got {backend!r}.')
 
+  def image_decoder(content, height, width, image_size):
+    return _resized_image(content, height, width, image_size, fast_jpeg)
 
-def _point_pixels(masks: tf.Tensor, key: tf.Tensor,
-                  index: tf.Tensor) -> tf.Tensor:
-  """int32 [k]: a uniformly drawn pixel of each mask, flat row-major index.
-
-  The r-th pixel of the mask in row-major order, r = below(count) (0 if the
-  mask is empty). Found in two steps, the row from running row counts, then
-  the column in that row: ~10x cheaper than a running count of all pixels.
-  """
-  m = tf.cast(masks > 0, tf.int32)
-  row_counts = tf.reduce_sum(m, axis=2)  # [k, h]
-  row_cum = tf.cumsum(row_counts, axis=1)
-  r = tf.cast(sampling.below_tf(key, index, row_cum[:, -1]), tf.int32)
-  row = tf.argmax(row_cum > r[:, None], axis=1, output_type=tf.int32)
-  before = tf.gather(row_cum - row_counts, row, batch_dims=1)
-  line = tf.cumsum(tf.gather(m, row, batch_dims=1), axis=1)  # [k, w]
-  col = tf.argmax(line > (r - before)[:, None], axis=1, output_type=tf.int32)
-  return row * tf.shape(masks)[2] + col
-
-
-def _points(pixel: tf.Tensor, mask_w: tf.Tensor, nonempty: tf.Tensor,
-            given: tf.Tensor, stride: float, offset: float) -> tf.Tensor:
-  """float32 [k, 2] (x, y): the centre of each chosen mask pixel, in
-  resized-image pixels, minus `offset`; masks vanishing at the decoded
-  resolution keep the dataset's (scaled) point `given`."""
-  py = (tf.cast(pixel // mask_w, tf.float32) + 0.5) * stride - offset
-  px = (tf.cast(pixel % mask_w, tf.float32) + 0.5) * stride - offset
-  return tf.where(nonempty[:, None], tf.stack([px, py], axis=1), given)
-
-
-def _boxes(bbox: tf.Tensor, frame_h: tf.Tensor, frame_w: tf.Tensor,
-           key: tf.Tensor, index: tf.Tensor,
-           opts: sam_layouts.SamOptions) -> tf.Tensor:
-  """float32 [k, 4] (x0, y0, x1, y1) in resized-image pixels, jittered."""
-  ymin, xmin, ymax, xmax = tf.unstack(tf.cast(bbox, tf.float32), 4, axis=1)
-  boxes = tf.stack([xmin * frame_w, ymin * frame_h, xmax * frame_w,
-                    ymax * frame_h], axis=1)
-  if opts.box_jitter > 0:
-    sides = tf.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]],
-                     axis=1)
-    sides = tf.tile(sides, [1, 2])
-    counter = (tf.cast(index, tf.int64)[:, None] * 4
-               + tf.range(4, dtype=tf.int64))
-    noise = tf.cast(sampling.bell_tf(key, counter), tf.float32)
-    noise = noise * opts.box_jitter * sides
-    boxes = boxes + tf.clip_by_value(noise, -opts.max_box_jitter,
-                                     opts.max_box_jitter)
-  limit = tf.stack([frame_w, frame_h, frame_w, frame_h])
-  return tf.clip_by_value(boxes, 0.0, limit)
-
-
-def _use_box(key: tf.Tensor, index: tf.Tensor, prompt: str) -> tf.Tensor:
-  """bool [k]: which masks the 'keras_hub' layout prompts by their box."""
-  if prompt == 'point':
-    return tf.zeros(tf.shape(index), tf.bool)
-  if prompt == 'box':
-    return tf.ones(tf.shape(index), tf.bool)
-  return tf.equal(sampling.below_tf(key, index, 2), 1)
-
-
-def _pad_rows(t: tf.Tensor, num: int, value: float = 0) -> tf.Tensor:
-  """Pads axis 0 of t to `num` rows with `value`, static shape."""
-  pad = num - tf.shape(t)[0]
-  paddings = [[0, pad]] + [[0, 0]] * (t.shape.rank - 1)
-  out = tf.pad(t, paddings, constant_values=tf.cast(value, t.dtype))
-  return tf.ensure_shape(out, [num] + t.shape[1:].as_list())
+  return sam_steps.steps(opts, _TF, read=_read(opts.seed),
+                         mask_decoder=_mask_decoder(backend),
+                         image_decoder=image_decoder)
 
 
 # Plain TF ops, no Python control flow on tensors: nothing to convert.
@@ -205,7 +163,8 @@ def to_sam_inputs(
 ) -> tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
   """One `segment_anything` example -> SAM-style (inputs, targets, weights).
 
-  See `sam_layouts` for the outputs of each layout. Use inside
+  See `sam_layouts` for the outputs of each layout, and `sam_steps` for the
+  steps (filter, sample, decode, prompts, layout) this composes. Use inside
   ``Dataset.map`` (`sam_dataset` does it for you).
 
   Args:
@@ -232,75 +191,7 @@ def to_sam_inputs(
       min_area_fraction=min_area_fraction,
       max_area_fraction=max_area_fraction, box_jitter=box_jitter,
       max_box_jitter=max_box_jitter, seed=seed, layout=layout, prompt=prompt)
-  if backend not in masks_lib.BACKENDS:
-    raise ValueError(f'to_sam_inputs: backend must be one of'
-                     f' {masks_lib.BACKENDS}, got {backend!r}.')
-  annotations = example['annotations']
-  height = tf.cast(example['image']['height'], tf.int64)
-  width = tf.cast(example['image']['width'], tf.int64)
-  image_id = masks_lib.image_id(example)
-  seed = sampling.random_seed_tf() if seed is None else seed
-
-  def key(stream):
-    return sampling.key_tf(seed, image_id, stream)
-
-  # Filter, then sample up to K of the usable masks.
-  index = sampling.choose_tf(_keep(annotations, height, width, opts),
-                             opts.num_masks, key(sampling.SAMPLE))
-  counts = tf.gather(annotations['segmentation']['counts'], index)
-
-  # Masks at the resolution where the long side is M.
-  mask_h, mask_w, _ = _resized_size(height, width, opts.mask_size)
-  size = tf.stack([height, width])
-  output_size = tf.stack([mask_h, mask_w])
-  if backend == 'tf':
-    masks = rle.decode(counts, size, output_size=output_size)
-  else:
-    masks = masks_lib.decode_pycocotools(counts, size,
-                                         output_size=output_size)
-  nonempty = tf.reduce_any(masks > 0, axis=[1, 2])
-
-  # Prompts, in resized-image pixels.
-  _, _, scale = _resized_size(height, width, opts.image_size)
-  scale = tf.cast(scale, tf.float32)
-  given = tf.cast(tf.gather(annotations['point_coords'], index),
-                  tf.float32)[:, 0, :] * scale
-  keras_hub = opts.layout == 'keras_hub'
-  points = _points(_point_pixels(masks, key(sampling.POINTS), index), mask_w,
-                   nonempty, given, stride=opts.image_size / opts.mask_size,
-                   offset=0.5 if keras_hub else 0.0)
-  frame_h = tf.cast(height, tf.float32) * scale
-  frame_w = tf.cast(width, tf.float32) * scale
-  boxes = _boxes(tf.gather(annotations['bbox'], index), frame_h, frame_w,
-                 key(sampling.BOXES), index, opts)
-
-  k = opts.num_masks
-  masks = tf.ensure_shape(
-      tf.pad(masks, [[0, 0], [0, opts.mask_size - mask_h],
-                     [0, opts.mask_size - mask_w]]),
-      [None, opts.mask_size, opts.mask_size])
-  targets = _pad_rows(tf.cast(masks, tf.float32), k)
-  weights = _pad_rows(tf.cast(nonempty, tf.float32), k)
-  image = _image(example, opts.image_size, fast_jpeg, opts.layout)
-  if not keras_hub:
-    inputs = {
-        'image': image,
-        'points': _pad_rows(points, k)[:, None],
-        'point_labels': _pad_rows(tf.ones([tf.size(index), 1], tf.int32), k,
-                                  -1),
-        'boxes': _pad_rows(boxes, k),
-    }
-    return inputs, targets, weights
-  use_box = _use_box(key(sampling.PROMPTS), index, opts.prompt_kind)
-  labels = tf.where(use_box, -1.0, 1.0)[:, None]
-  points = tf.where(use_box[:, None], 0.0, points)
-  inputs = {
-      'images': image,
-      'points': _pad_rows(points, k)[:, None],
-      'labels': _pad_rows(labels, k, -1),
-      'boxes': tf.reshape(_pad_rows(boxes, k), [k, 1, 2, 2]),
-  }
-  return inputs, targets, weights
+  return sam_steps.compose(*sam_steps_tf(opts, backend, fast_jpeg))(example)
 
 
 def holdout_filter(validation_fraction: float, validation: bool = False):

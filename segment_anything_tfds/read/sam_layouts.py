@@ -1,12 +1,12 @@
 """SAM training inputs: the options and the two layouts, stated once.
 
-Two implementations make these inputs from a `segment_anything` example: the
-tf.data path (`sam_inputs.to_sam_inputs`, TensorFlow ops only) and the numpy
-path (`numpy_inputs.to_sam_inputs_np`, numpy and pycocotools, for Grain and
-PyTorch). Both take the options of `SamOptions` and return
-``(inputs, targets, sample_weight)`` for one image. With the same seed they
-give the same masks, prompts and weights; only the image pixels may differ
-slightly (another JPEG decoder and resizer).
+Two paths make these inputs from a `segment_anything` example: the tf.data
+path (`sam_inputs.to_sam_inputs`, TensorFlow ops only) and the numpy path
+(`numpy_inputs.to_sam_inputs_np`, for Grain and PyTorch). Both take the
+options of `SamOptions` and run the same steps (`sam_steps`, written once
+over numpy and TF) to ``(inputs, targets, sample_weight)`` for one image.
+With the same seed they give the same masks, prompts and weights, bit for
+bit; only the image pixels may differ slightly (another resizer).
 
 What both paths do
 ------------------

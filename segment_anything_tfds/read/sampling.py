@@ -7,10 +7,12 @@ points, prompt kinds and box jitter in both paths, whatever the order,
 sharding, parallelism or framework. The validation holdout is the same kind
 of function of the image id alone.
 
-Each function comes in two twins, ``*_np`` (numpy) and ``*_tf`` (TensorFlow
-ops only, usable in any graph and under the tf.data service), and the tests
-check that they are equal. This module imports TensorFlow only when a ``*_tf``
-function is called, so the numpy path runs without it.
+Each function is written once, over the array ops of `backend` (its ``xp``
+argument: `backend.NUMPY` or `backend.tf_ops()`), and bound to both as
+``*_np`` (numpy) and ``*_tf`` (TensorFlow ops only, usable in any graph and
+under the tf.data service); the tests check that the two are equal. This
+module imports TensorFlow only when a ``*_tf`` function is called, so the
+numpy path runs without it.
 
 The generator
 -------------
@@ -36,13 +38,15 @@ bits, so choices never tie. From the bits:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
-import numpy as np
+from segment_anything_tfds.read import backend
 
 __all__ = [
     'SAMPLE', 'POINTS', 'BOXES', 'PROMPTS', 'HOLDOUT', 'COPY_PASTE',
+    'key', 'bits', 'uniform', 'below', 'bell', 'choose', 'in_holdout',
     'key_np', 'bits_np', 'uniform_np', 'below_np', 'bell_np', 'choose_np',
     'in_holdout_np',
     'key_tf', 'bits_tf', 'uniform_tf', 'below_tf', 'bell_tf', 'choose_tf',
@@ -59,197 +63,121 @@ _M1, _M2 = 0x7FEB352D, 0x846CA68B
 _MASK32 = 0xFFFFFFFF
 _SQRT3 = math.sqrt(3.0)
 
-
-def _words(value: int) -> tuple[int, int]:
-  value = int(value) & 0xFFFFFFFFFFFFFFFF
-  return value & _MASK32, value >> 32
+NUMPY = backend.NUMPY
 
 
-# ------------------------------------------------------------------- numpy
+def _mix(x, xp):
+  """lowbias32 on uint32 values."""
+  x = xp.xor(x, xp.shr(x, 16))
+  x = xp.mul(x, xp.const(_M1, 'uint32'))
+  x = xp.xor(x, xp.shr(x, 15))
+  x = xp.mul(x, xp.const(_M2, 'uint32'))
+  return xp.xor(x, xp.shr(x, 16))
 
 
-def _mix_np(x: np.ndarray) -> np.ndarray:
-  x = np.asarray(x, np.uint32)
-  with np.errstate(over='ignore'):
-    x = x ^ (x >> np.uint32(16))
-    x = x * np.uint32(_M1)
-    x = x ^ (x >> np.uint32(15))
-    x = x * np.uint32(_M2)
-    x = x ^ (x >> np.uint32(16))
-  return np.asarray(x, np.uint32)
+def _words(value: Any, xp) -> tuple[Any, Any]:
+  """(lo, hi) uint32 words of int / int64 / uint64 values, modulo 2**64."""
+  if isinstance(value, int):
+    value &= 0xFFFFFFFFFFFFFFFF
+    return xp.const(value & _MASK32, 'uint32'), xp.const(value >> 32,
+                                                         'uint32')
+  value = xp.as_uint64(value)
+  return (xp.cast(xp.and_(value, xp.const(_MASK32, 'uint64')), 'uint32'),
+          xp.cast(xp.shr(value, 32), 'uint32'))
 
 
-def _id_words_np(image_id: Any) -> tuple[np.ndarray, np.ndarray]:
-  ids = np.asarray(image_id)
-  if ids.dtype != np.uint64:
-    ids = ids.astype(np.int64).astype(np.uint64)  # Modulo 2**64.
-  return ((ids & np.uint64(_MASK32)).astype(np.uint32),
-          (ids >> np.uint64(32)).astype(np.uint32))
+def key(seed: Any, image_id: Any, stream: int, xp=NUMPY):
+  """The uint32 key of (seed, image_id, stream); image_id may be an array.
 
-
-def key_np(seed: int, image_id: Any, stream: int) -> np.ndarray:
-  """The uint32 key of (seed, image_id, stream); image_id may be an array."""
-  h = np.array(_GOLDEN, np.uint32)
-  for word in (*_words(seed), *_id_words_np(image_id), stream & _MASK32):
-    h = _mix_np(h ^ np.asarray(word, np.uint32))
+  seed is a Python int or an integer array (tensor); so is image_id.
+  """
+  h = xp.const(_GOLDEN, 'uint32')
+  for word in (*_words(seed, xp), *_words(image_id, xp),
+               xp.const(stream & _MASK32, 'uint32')):
+    h = _mix(xp.xor(h, word), xp)
   return h
 
 
-def bits_np(key: Any, counter: Any) -> np.ndarray:
+def bits(key_: Any, counter: Any, xp=NUMPY):
   """uint32 bits of each counter (any int array, taken modulo 2**32)."""
-  counter = (np.asarray(counter, np.int64) & _MASK32).astype(np.uint32)
-  key = np.asarray(key, np.uint32)
-  return _mix_np(_mix_np(counter ^ key) ^ key)
+  counter = xp.cast(xp.and_(xp.cast(counter, 'int64'),
+                            xp.const(_MASK32, 'int64')), 'uint32')
+  key_ = xp.cast(key_, 'uint32')
+  return _mix(xp.xor(_mix(xp.xor(counter, key_), xp), key_), xp)
 
 
-def uniform_np(key: Any, counter: Any) -> np.ndarray:
+def uniform(key_: Any, counter: Any, xp=NUMPY):
   """float64 in [0, 1) for each counter."""
-  return bits_np(key, counter).astype(np.float64) * 2.0**-32
+  return xp.cast(bits(key_, counter, xp), 'float64') * 2.0**-32
 
 
-def below_np(key: Any, counter: Any, n: Any) -> np.ndarray:
+def below(key_: Any, counter: Any, n: Any, xp=NUMPY):
   """int64 in [0, n) for each counter (0 where n == 0); n < 2**32."""
-  bits = bits_np(key, counter).astype(np.uint64)
-  n = np.asarray(n, np.int64).astype(np.uint64)
-  return ((bits * n) >> np.uint64(32)).astype(np.int64)
+  b = xp.cast(bits(key_, counter, xp), 'uint64')
+  n = xp.cast(xp.cast(n, 'int64'), 'uint64')
+  return xp.cast(xp.shr(xp.mul(b, n), 32), 'int64')
 
 
-def bell_np(key: Any, counter: Any) -> np.ndarray:
+def bell(key_: Any, counter: Any, xp=NUMPY):
   """float64 bell-shaped noise, mean 0 and variance 1, for each counter."""
-  counter = np.asarray(counter, np.int64)
-  total = np.zeros(counter.shape, np.float64)
-  for j in range(4):
-    total = total + uniform_np(key, counter * 4 + j)
+  counter = xp.cast(counter, 'int64')
+  total = uniform(key_, counter * 4, xp)
+  for j in range(1, 4):
+    total = total + uniform(key_, counter * 4 + j, xp)
   return (total - 2.0) * _SQRT3
 
 
-def choose_np(keep: Any, num: int | None, key: Any) -> np.ndarray:
-  """int64 indices of up to `num` kept entries (all if None), increasing."""
-  keep = np.asarray(keep, bool).reshape(-1)
+def choose(keep: Any, num: int | None, key_: Any, xp=NUMPY):
+  """int32 indices of up to `num` kept entries (all if None), increasing."""
+  keep = xp.reshape(xp.cast(keep, 'bool'), [-1])
   if num is None:
-    return np.flatnonzero(keep).astype(np.int64)
-  k = min(int(num), int(keep.sum()))
-  score = keep.astype(np.int64) * 2**32 + bits_np(
-      key, np.arange(keep.size)).astype(np.int64)
-  # Scores are distinct, so the order is that of tf.math.top_k.
-  return np.sort(np.argsort(-score, kind='stable')[:k]).astype(np.int64)
+    return xp.cast(xp.nonzero(keep), 'int32')
+  score = xp.cast(keep, 'int64') * 2**32 + xp.cast(
+      bits(key_, xp.arange(xp.size(keep)), xp), 'int64')
+  k = xp.minimum(xp.cast(num, 'int32'), xp.sum(keep, dtype='int32'))
+  # Scores are distinct, so every backend picks the same top k.
+  return xp.cast(xp.top_k_sorted(score, k), 'int32')
 
 
-def in_holdout_np(image_id: Any, fraction: float) -> np.ndarray:
-  """bool: is the image in the holdout of this fraction? (`in_holdout_tf`)"""
-  key = key_np(_HOLDOUT_SEED, image_id, HOLDOUT)
-  return uniform_np(key, np.zeros(np.shape(key), np.int64)) < float(fraction)
-
-
-# -------------------------------------------------------------- TensorFlow
-
-
-def _tf():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf
-
-
-def _mix_tf(x):
-  tf = _tf()
-  x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(
-      x, tf.constant(16, tf.uint32)))
-  x = x * tf.constant(_M1, tf.uint32)
-  x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(
-      x, tf.constant(15, tf.uint32)))
-  x = x * tf.constant(_M2, tf.uint32)
-  return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(
-      x, tf.constant(16, tf.uint32)))
-
-
-def _words_tf(value):
-  """(lo, hi) uint32 words of an int64/uint64 tensor, modulo 2**64."""
-  tf = _tf()
-  value = tf.convert_to_tensor(value)
-  if value.dtype != tf.uint64:
-    value = tf.bitcast(tf.cast(value, tf.int64), tf.uint64)
-  lo = tf.cast(tf.bitwise.bitwise_and(value, tf.constant(_MASK32, tf.uint64)),
-               tf.uint32)
-  hi = tf.cast(tf.bitwise.right_shift(value, tf.constant(32, tf.uint64)),
-               tf.uint32)
-  return lo, hi
-
-
-def random_seed_tf():
-  """A random int64 seed from TF's global generator (for seed=None)."""
-  tf = _tf()
-  return tf.random.uniform([], minval=0, maxval=2**62, dtype=tf.int64)
-
-
-def key_tf(seed, image_id, stream: int):
-  """`key_np` in TF ops; seed is a Python int or an int64 tensor."""
-  tf = _tf()
-  if isinstance(seed, int):
-    seed_words = [tf.constant(w, tf.uint32) for w in _words(seed)]
-  else:
-    seed_words = list(_words_tf(seed))
-  h = tf.constant(_GOLDEN, tf.uint32)
-  for word in (*seed_words, *_words_tf(image_id),
-               tf.constant(stream & _MASK32, tf.uint32)):
-    h = _mix_tf(tf.bitwise.bitwise_xor(h, word))
-  return h
-
-
-def _counter_tf(counter):
-  tf = _tf()
-  counter = tf.cast(counter, tf.int64)
-  return tf.cast(tf.bitwise.bitwise_and(counter, _MASK32), tf.uint32)
-
-
-def bits_tf(key, counter):
-  tf = _tf()
-  c = _counter_tf(counter)
-  return _mix_tf(tf.bitwise.bitwise_xor(
-      _mix_tf(tf.bitwise.bitwise_xor(c, key)), key))
-
-
-def uniform_tf(key, counter):
-  tf = _tf()
-  return tf.cast(bits_tf(key, counter), tf.float64) * 2.0**-32
-
-
-def below_tf(key, counter, n):
-  tf = _tf()
-  bits = tf.cast(bits_tf(key, counter), tf.uint64)
-  n = tf.cast(tf.cast(n, tf.int64), tf.uint64)
-  return tf.cast(tf.bitwise.right_shift(bits * n, tf.constant(32, tf.uint64)),
-                 tf.int64)
-
-
-def bell_tf(key, counter):
-  tf = _tf()
-  counter = tf.cast(counter, tf.int64)
-  total = tf.zeros(tf.shape(counter), tf.float64)
-  for j in range(4):
-    total = total + uniform_tf(key, counter * 4 + j)
-  return (total - 2.0) * _SQRT3
-
-
-def choose_tf(keep, num: int | None, key):
-  """`choose_np` in TF ops: int32 indices, increasing."""
-  tf = _tf()
-  keep = tf.reshape(tf.convert_to_tensor(keep, tf.bool), [-1])
-  if num is None:
-    return tf.cast(tf.where(keep)[:, 0], tf.int32)
-  n = tf.size(keep)
-  score = tf.cast(keep, tf.int64) * 2**32 + tf.cast(
-      bits_tf(key, tf.range(n)), tf.int64)
-  k = tf.minimum(tf.cast(num, tf.int32),
-                 tf.reduce_sum(tf.cast(keep, tf.int32)))
-  return tf.sort(tf.math.top_k(score, k=k, sorted=True).indices)
-
-
-def in_holdout_tf(image_id, fraction: float):
-  """Is the image in the holdout of this fraction (bool tensor)?
+def in_holdout(image_id: Any, fraction: float, xp=NUMPY):
+  """Is the image in the holdout of this fraction? (bool, per image id)
 
   The holdout is ``uniform(key(0x5A1B, image_id, HOLDOUT), 0) < fraction``: it
   depends on the image id only, so it is the same in every config, build,
   file format and path, and a larger fraction holds out a superset.
   """
-  tf = _tf()
-  key = key_tf(_HOLDOUT_SEED, image_id, HOLDOUT)
-  return uniform_tf(key, tf.constant(0, tf.int64)) < float(fraction)
+  k = key(_HOLDOUT_SEED, image_id, HOLDOUT, xp)
+  return uniform(k, 0, xp) < float(fraction)
+
+
+# The numpy and TensorFlow bindings (the TF ones import TF on first use).
+
+key_np = key
+bits_np = bits
+uniform_np = uniform
+below_np = below
+bell_np = bell
+choose_np = choose
+in_holdout_np = in_holdout
+
+
+def _on_tf(fn):
+  @functools.wraps(fn)
+  def bound(*args, **kwargs):
+    return fn(*args, xp=backend.tf_ops(), **kwargs)
+  bound.__doc__ = f'`{fn.__name__}` in TensorFlow ops.'
+  return bound
+
+
+key_tf = _on_tf(key)
+bits_tf = _on_tf(bits)
+uniform_tf = _on_tf(uniform)
+below_tf = _on_tf(below)
+bell_tf = _on_tf(bell)
+choose_tf = _on_tf(choose)
+in_holdout_tf = _on_tf(in_holdout)
+
+
+def random_seed_tf():
+  """A random int64 seed from TF's global generator (for seed=None)."""
+  return backend.tf_ops().random_seed()

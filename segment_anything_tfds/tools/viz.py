@@ -56,9 +56,11 @@ def colors(n: int) -> np.ndarray:
   return out
 
 
-def decode_masks(annotations: Mapping[str, Any], height: int, width: int
-                 ) -> np.ndarray:
-  """All masks of an example as bool [num_masks, height, width].
+def full_masks(annotations: Mapping[str, Any], height: int, width: int
+               ) -> np.ndarray:
+  """All masks of an example as bool [num_masks, height, width], at full
+  resolution, for drawing (not `segment_anything_tfds.decode_masks`, the
+  tf.data map that samples and decodes an example's masks).
 
   Uses pycocotools when installed, else `segment_anything_tfds.read.rle.decode`.
   """
@@ -193,7 +195,7 @@ def render(
   ann = take(example['annotations'], select_masks(
       example['annotations'], max_masks=max_masks,
       min_predicted_iou=min_predicted_iou))
-  masks = decode_masks(ann, height, width)
+  masks = full_masks(ann, height, width)
   factor = upscale_factor(height, width, min_size)
   palette = colors(len(masks))
   image = Image.fromarray(blend(upscale(pixels, factor),
@@ -368,8 +370,8 @@ def evaluation_ious(example: Mapping[str, Any],
             f'the prediction of mask {ann_id} has size'
             f' {list(predictions[r][2])}, its ground truth'
             f' {[height, width]}')
-    gt = decode_masks(take(ann, [g]), height, width)[0]
-    preds = decode_masks({'segmentation': {
+    gt = full_masks(take(ann, [g]), height, width)[0]
+    preds = full_masks({'segmentation': {
         'counts': [predictions[r][1] for r in rows],
         'size': [predictions[r][2] for r in rows]}}, height, width)
     ious = evaluation.mask_iou(preds, gt[None]).numpy()
