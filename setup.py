@@ -20,8 +20,9 @@ _ARRAY_RECORD = ['array_record>=0.5']
 # Fine-tuning KerasHub's SAM (keras_sam.py); tested with keras-hub 0.32.
 _KERAS_HUB = ['keras-hub>=0.32,<0.33']
 # The numpy training inputs (numpy_inputs.py) read ArrayRecord builds and
-# decode with pycocotools and PIL; Grain's loader on top (tested with 0.2.18).
-_NUMPY_INPUTS = [*_ARRAY_RECORD, *_PYCOCOTOOLS, 'pillow>=9']
+# decode JPEGs with PIL and masks with the C extension (_rle; its fallback is
+# the TF decoder); Grain's loader on top (tested with 0.2.18).
+_NUMPY_INPUTS = [*_ARRAY_RECORD, 'pillow>=9']
 _GRAIN = ['grain>=0.2.18,<0.3', *_NUMPY_INPUTS]
 # The docs site (mkdocs.yml); tested with mkdocs 1.6.0 and 1.6.1,
 # mkdocs-material 9.5.0 and 9.8.2.

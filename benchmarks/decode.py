@@ -166,7 +166,7 @@ def bench_check(rles, repeats: int) -> dict:
   strings = [r['counts'].decode('ascii') for r in rles]
   chars = sum(map(len, strings))
   result = {'chars': chars}
-  c_check = getattr(records._rlecheck, 'first_bad', None)  # pylint: disable=protected-access
+  c_check = getattr(records._rle, 'first_bad', None)  # pylint: disable=protected-access
   if c_check is not None:
     assert c_check(strings, HEIGHT, WIDTH) is None
     # Best of `repeats` runs of 20 calls: the check takes well under 1 ms.

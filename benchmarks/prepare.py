@@ -595,8 +595,8 @@ def check_requirements(need_beam: bool) -> None:
           ' back to TensorFlow\'s TFRecord writer, so they import TensorFlow'
           ' and are slower than the figures in the README.', flush=True)
   from segment_anything_tfds.prepare import records as examples  # pylint: disable=g-import-not-at-top
-  if examples._rlecheck is None:  # pylint: disable=protected-access
-    print('WARNING: the C RLE check (segment_anything_tfds._rlecheck) is not'
+  if examples._rle is None:  # pylint: disable=protected-access
+    print('WARNING: the C RLE check (segment_anything_tfds._rle) is not'
           ' built: builds check RLE strings with its plain-Python reference,'
           ' the same verdicts ~150x slower (~60 ms per SA-1B image), so'
           ' builds are slower than the figures in the README.', flush=True)

@@ -175,10 +175,10 @@ def test_rle_string_writer_matches_pycocotools():
 def rle_checker(request, monkeypatch):
   """Runs a test with each RLE validator: the C pass, and the Python
   reference that stands in when the C pass is not built."""
-  if request.param == 'c' and examples._rlecheck is None:
+  if request.param == 'c' and examples._rle is None:
     pytest.skip('the C extension is not built here')
   if request.param == 'reference':
-    monkeypatch.setattr(examples, '_rlecheck', None)
+    monkeypatch.setattr(examples, '_rle', None)
   return request.param
 
 

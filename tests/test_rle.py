@@ -516,7 +516,7 @@ def test_empty_results_allocate_nothing_per_row_or_column():
 # ------------------------------------------------- the build-time check
 #
 # Builds refuse what cannot decode (`examples.check_counts`) with one
-# validator: the C pass `_rlecheck.first_bad`, and its plain-Python
+# validator: the C pass `_rle.first_bad`, and its plain-Python
 # reference `examples.first_bad_reference` (the fallback when the C pass is
 # not built). Both must give the same verdict as each other and as the
 # decoder, on every input.
@@ -649,13 +649,13 @@ def test_c_check_reference_and_decoders_agree_on_every_input():
   detail) on real, mutated, random and adversarial strings; what they pass
   the TF codec decodes and what they refuse it refuses; and what they pass
   at a small size pycocotools decodes to the same mask."""
-  if examples._rlecheck is None:
+  if examples._rle is None:
     pytest.skip('the C extension is not built here')
   corpus = _check_corpus()
   assert len(corpus) > 1500
   accepted = 0
   for counts, h, w in corpus:
-    c_verdict = examples._rlecheck.first_bad([counts], h, w)
+    c_verdict = examples._rle.first_bad([counts], h, w)
     reference = examples.first_bad_reference([counts], h, w)
     assert c_verdict == reference, (counts[:80], h, w)
     ok = reference is None
@@ -676,7 +676,7 @@ def test_c_check_reference_and_decoders_agree_on_every_input():
       not_text = [None, b'0', 0, ['0']]
       counts.insert(int(rng.integers(len(counts))),
                     not_text[int(rng.integers(len(not_text)))])
-    assert (examples._rlecheck.first_bad(counts, h, w)
+    assert (examples._rle.first_bad(counts, h, w)
             == examples.first_bad_reference(counts, h, w)), (counts, h, w)
 
 
@@ -688,10 +688,10 @@ def test_counts_whose_runs_wrap_int64_are_refused_by_every_checker(
   counts = _text(_count_string(_runs_summing_to(2**64 + h * w)))
   assert len(counts) < 200_000
   assert not _decodes(counts, h, w)
-  checks = [None] if examples._rlecheck is None else [examples._rlecheck,
+  checks = [None] if examples._rle is None else [examples._rle,
                                                       None]
   for check in checks:
-    monkeypatch.setattr(examples, '_rlecheck', check)
+    monkeypatch.setattr(examples, '_rle', check)
     with pytest.raises(errors.BadInputError,
                        match=r'annotations\[1\].segmentation.counts has runs'
                        rf' summing to \d+\+, not h\*w = {h}\*{w}'):
@@ -705,10 +705,10 @@ def test_counts_whose_runs_wrap_int64_are_refused_by_every_checker(
 def test_sizes_past_int64_are_refused_by_every_checker(monkeypatch, h, w):
   """h*w wraps int64 (once "0" passed): refused before any count is read."""
   assert not _decodes('0', h, w)
-  checks = [None] if examples._rlecheck is None else [examples._rlecheck,
+  checks = [None] if examples._rle is None else [examples._rle,
                                                       None]
   for check in checks:
-    monkeypatch.setattr(examples, '_rlecheck', check)
+    monkeypatch.setattr(examples, '_rle', check)
     with pytest.raises(errors.BadInputError,
                        match=rf'annotations\[0\].segmentation.counts cannot'
                        rf' decode at the size {h} x {w}: .* \[bad_rle\]$'):

@@ -303,21 +303,21 @@ _MAX_INDEX = (1 << 63) - 1
 # Totals past h*w are reported up to this (the C pass's uint64).
 _MAX_TOTAL = (1 << 64) - 1
 
-# Why an RLE string cannot decode: the codes `_rlecheck.first_bad` returns.
+# Why an RLE string cannot decode: the codes `_rle.first_bad` returns.
 (_EMPTY, _CHARACTER, _UNFINISHED, _TOO_LONG, _NEGATIVE, _TOTAL, _NOT_TEXT,
  _SIZE) = range(1, 9)
 
 try:  # The C pass (setup.py builds it); the Python reference if not built.
-  from segment_anything_tfds import _rle as _rlecheck  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds import _rle  # pylint: disable=g-import-not-at-top
 except ImportError:  # pragma: no cover - exercised where the build failed.
-  _rlecheck = None
+  _rle = None
 
 
 def first_problem(counts: Any, height: int, width: int
                   ) -> tuple[int, int] | None:
   """(code, value) of what stops `counts` decoding to h x w, or None.
 
-  Plain Python, one string: the reference that `_rlecheck.first_bad` must
+  Plain Python, one string: the reference that `_rle.first_bad` must
   agree with on every input (the tests' oracle), and the check itself when
   the C pass is not built. Parses code points as pycocotools' `rleFrString`
   parses bytes, and accepts exactly what `rle.decode` decodes.
@@ -363,7 +363,7 @@ def first_problem(counts: Any, height: int, width: int
 
 def first_bad_reference(counts: Sequence[Any], height: int, width: int
                         ) -> tuple[int, int, int] | None:
-  """`_rlecheck.first_bad` in plain Python: (index, code, value) or None."""
+  """`_rle.first_bad` in plain Python: (index, code, value) or None."""
   for i, text in enumerate(counts):
     found = first_problem(text, height, width)
     if found is not None:
@@ -376,7 +376,7 @@ def check_counts(counts: np.ndarray, area: np.ndarray, *, height: int,
   """Checks that every RLE string decodes to an `height` x `width` mask.
 
   The format is COCO compressed RLE (stated in `rle.py`). One pass over all
-  of an image's strings (in C: `_rlecheck`; without it, the slower
+  of an image's strings (in C: `_rle`; without it, the slower
   `first_bad_reference`, with the same verdicts) finds the first bad one:
   an empty string, characters outside '0'..'o' (48..111), a count left
   unfinished, a count over 8 characters, a negative run, or runs that do not
@@ -389,8 +389,8 @@ def check_counts(counts: np.ndarray, area: np.ndarray, *, height: int,
   """
   if not len(counts):
     return
-  first_bad = (first_bad_reference if _rlecheck is None
-               else _rlecheck.first_bad)
+  first_bad = (first_bad_reference if _rle is None
+               else _rle.first_bad)
   found = first_bad(counts, height, width)
   if found is not None:
     i, code, value = found
