@@ -8,7 +8,8 @@ TensorFlow, TFDS, Beam nor the build engines; the builder's module is
 imported when TFDS asks for the name (or `Builder` is used).
 
 Public API:
-  Builder, SegmentAnythingConfig, tars_config, lenient_config: preparing.
+  Builder, SegmentAnythingConfig, tars_config, lenient_config,
+    images_config: preparing.
   errors: the package's exceptions (`errors.Error` and its subclasses;
     `BadInputError` is what a strict build raises on bad input).
   DownloadOptions: how tars are fetched (the builder's `download_options`).
@@ -34,6 +35,7 @@ if _importlib_util.find_spec('tensorflow') is None:
 
 from segment_anything_tfds import _compat
 from segment_anything_tfds import tfds_seam as _tfds_seam
+from segment_anything_tfds.config import images_config
 from segment_anything_tfds.config import lenient_config
 from segment_anything_tfds.config import tars_config
 from segment_anything_tfds import errors
@@ -111,6 +113,7 @@ __all__ = [
     'evaluate_predictions',
     'format_table',
     'grain_loader',
+    'images_config',
     'lenient_config',
     'load_sam_data_source',
     'load_sam_dataset',

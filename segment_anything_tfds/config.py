@@ -1,9 +1,11 @@
-"""Builder configs: the first 1, 10 or 100 tars, all tars, or a chosen list.
+"""Builder configs: the first 1, 10 or 100 tars, all tars, or a chosen list;
+of tars (`tars_config`) and of images (`images_config`).
 
 The config class derives from TFDS's `BuilderConfig`, so it is defined when
 first used (`SegmentAnythingConfig`, `BUILDER_CONFIGS`, `tars_config`,
-`lenient_config`): importing this module, as the build's worker processes
-do (through the sources they unpickle), does not import TFDS.
+`lenient_config`, `images_config`): importing this module, as the build's
+worker processes do (through the sources they unpickle), does not import
+TFDS.
 """
 
 from __future__ import annotations
@@ -42,18 +44,28 @@ def _define() -> None:
       hold_bytes: bytes a remote tar (a link streamed, a tar in a bucket),
         read front to back, holds while members wait for their partner;
         pairs past it are read again by seek at the end of the tar.
+      images: an image list (`image_list.ImageList`): build only the images
+        it names, from the tars the rest of the config takes. Made by
+        `images_config`, whose name carries the list's hash.
     """
 
     num_tars: int | None = None
     tars: tuple[int, ...] | None = None
     lenient: bool = False
     hold_bytes: int = HOLD_BYTES
+    images: Any = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self):
       if isinstance(self.hold_bytes, bool) or not isinstance(
           self.hold_bytes, int) or self.hold_bytes < 0:
         raise errors.ConfigError(
             f'hold_bytes={self.hold_bytes!r}: expected an integer >= 0')
+      if self.images is not None and _IMAGES_TAG + self.images.short not in (
+          self.name):
+        raise errors.ConfigError(
+            f'config {self.name!r} has an image list but not its hash in its'
+            ' name: make it with images_config(config, images), so that'
+            ' different lists never share a data dir')
 
   SegmentAnythingConfig.__module__ = __name__
   SegmentAnythingConfig.__qualname__ = 'SegmentAnythingConfig'
@@ -148,3 +160,43 @@ def lenient_config(config):
       config, name=f'{config.name}_lenient', lenient=True,
       description=f'{config.description} Lenient: bad images are skipped'
       ' and audited.')
+
+
+_IMAGES_TAG = '_images_'
+_LENIENT = '_lenient'
+
+
+def images_config(config, images):
+  """The variant of a config that builds only the images of a list.
+
+  Its name is the config's with `_images_<hash>` (the first 12 hex digits
+  of the list's SHA-256, `image_list`), before any `_lenient`: e.g.
+  `all_images_1a2b3c4d5e6f`, `tars_0-9_images_1a2b3c4d5e6f_lenient`. So
+  different lists never share a data dir, and the same images listed in
+  any form or order share one.
+
+  Args:
+    config: a config, or a config's name (`'all'`: every tar offered).
+    images: a list file (text, one id or `sa_<id>.jpg` name per line; or
+      JSON: a list of those, or a COCO-style `{"images": [...]}` like
+      MASA's), a list of ids or names, or an `image_list.ImageList`.
+
+  Raises:
+    errors.ConfigError: a list that cannot be read (naming the file and
+      line), or a config with a list already.
+  """
+  from segment_anything_tfds.prepare import image_list  # pylint: disable=g-import-not-at-top
+  config = _named(config)
+  if config.images is not None:
+    raise errors.ConfigError(
+        f'config {config.name} has an image list already; start from the'
+        ' config without one')
+  listed = image_list.make(images)
+  base = config.name
+  suffix = _LENIENT if config.lenient and base.endswith(_LENIENT) else ''
+  base = base[:len(base) - len(suffix)]
+  return dataclasses.replace(
+      config, name=f'{base}{_IMAGES_TAG}{listed.short}{suffix}',
+      images=listed,
+      description=f'{config.description} Only the {len(listed)} images of'
+      f' an image list (sha256 {listed.sha256}).')

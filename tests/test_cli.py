@@ -88,8 +88,8 @@ def test_console_script_help_and_usage():
   res = subprocess.run([exe, '--help'], capture_output=True, text=True,
                        check=False)
   assert res.returncode == 0
-  for command in ('build', 'check-links', 'stats', 'show', 'evaluate',
-                  'export'):
+  for command in ('build', 'index', 'check-links', 'stats', 'show',
+                  'evaluate', 'export'):
     assert command in res.stdout
   res = subprocess.run([sys.executable, '-m', 'segment_anything_tfds',
                         'build', '--tars', 'x-y'], capture_output=True,
@@ -113,6 +113,10 @@ def test_console_script_help_and_usage():
     ['show', '--config', 'first_1', '--out', '/tmp/x', '--index', 'a'],
     ['check-links'],  # Neither --links nor --manual_dir.
     ['check-links', '--links', 'f', '--extra'],
+    ['index', '--out', 'i.jsonl'],  # Neither --manual_dir nor --from.
+    ['index', '--manual_dir', '/x'],  # Neither --out nor --images.
+    ['index', '--from', 'i.jsonl', '--out', 'j.jsonl'],
+    ['index', '--manual_dir', '/x', '--out', 'i.jsonl', '--json', 'r.json'],
 ])
 def test_usage_errors_exit_2(argv, capsys):
   code, _, err = run(capsys, *argv)
@@ -121,7 +125,8 @@ def test_usage_errors_exit_2(argv, capsys):
 
 
 def test_help_exits_0(capsys):
-  for argv in (['--help'], ['build', '--help'], ['check-links', '--help'],
+  for argv in (['--help'], ['build', '--help'], ['index', '--help'],
+               ['check-links', '--help'],
                ['stats', '--help'], ['show', '--help'], ['evaluate', '--help'],
                ['export', '--help']):
     code, out, _ = run(capsys, *argv)
@@ -1158,6 +1163,8 @@ def _quiet_commands(data_dir, predictions, out):
   return {
       'build': ['build', *common, '--manual_dir', DUMMY],
       'check-links': ['check-links', '--manual_dir', DUMMY],
+      'index': ['index', '--manual_dir', DUMMY, '--out', out / 'i.jsonl',
+                '--no_progress'],
       'stats': ['stats', *common, '--out', out / 'stats'],
       'show': ['show', *common, '--index', '0', '--out', out / 'show'],
       'export': ['export', *common, '--format', 'coco', '--out',
@@ -1166,8 +1173,8 @@ def _quiet_commands(data_dir, predictions, out):
   }
 
 
-@pytest.mark.parametrize('command', ['build', 'check-links', 'stats', 'show',
-                                     'export', 'evaluate'])
+@pytest.mark.parametrize('command', ['build', 'index', 'check-links',
+                                     'stats', 'show', 'export', 'evaluate'])
 def test_every_command_is_quiet_unless_verbose(command, built, predictions,
                                                tmp_path):
   argv = _quiet_commands(built[0], predictions[0], tmp_path)[command]

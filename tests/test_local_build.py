@@ -352,21 +352,24 @@ def test_concurrent_builds_into_one_data_dir_build_once(builds):
 def test_a_worker_imports_neither_tensorflow_nor_tfds(tmp_path):
   """What a worker process runs (its module, the state it unpickles, an
   index and a write of a part) in a fresh process: no TensorFlow, no TFDS,
-  no Beam (issue 20: workers that import TFDS cost more than the work)."""
+  no Beam (issue 20: workers that import TFDS cost more than the work);
+  an image list too."""
   script = textwrap.dedent(f"""
       import pickle, sys
+      from segment_anything_tfds.prepare import image_list
       from segment_anything_tfds.prepare import local
       from segment_anything_tfds.sources import manual_dir
       found = manual_dir.find_shards({str(DUMMY_DATA)!r})
       sources = list(found.shards.values())
       state = pickle.loads(pickle.dumps(
-          (sources, 'tfrecord', False, 1 << 20, {str(tmp_path / 'spill')!r})))
+          (sources, 'tfrecord', False, 1 << 20, {str(tmp_path / 'spill')!r},
+           image_list.make([1, 3]))))
       worker = local._Worker(*state, lambda n: None)
       indexed = worker.index(0)
       part = local.Part(0, 0, {str(tmp_path / 'part')!r}, indexed.entries,
                         {{0: indexed.dirs}}, [], range(0))
       result = pickle.loads(pickle.dumps(worker.write(part)))
-      assert result.records == len(indexed.entries) > 0, result
+      assert result.records == len(indexed.entries) == 2, result
       heavy = {{'tensorflow', 'tensorflow_datasets', 'apache_beam'}}
       print('HEAVY', sorted(heavy & set(sys.modules)))
   """)

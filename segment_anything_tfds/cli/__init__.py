@@ -1,6 +1,8 @@
-"""`segment-anything-tfds`: build, check-links, stats, show, evaluate, export.
+"""`segment-anything-tfds`: build, index, check-links, mirror, stats, show,
+evaluate, export.
 
   segment-anything-tfds build --config first_1 --manual_dir DIR --data_dir D
+  segment-anything-tfds index --manual_dir DIR --out index.parquet [--images L]
   segment-anything-tfds check-links --manual_dir DIR [--probe]
   segment-anything-tfds mirror --links FILE --dest gs://BUCKET/sa1b [--runner R]
   segment-anything-tfds stats --config first_1 --data_dir D --out OUT
@@ -31,19 +33,21 @@ from segment_anything_tfds.cli import check_links
 from segment_anything_tfds.cli import common
 from segment_anything_tfds.cli import evaluate
 from segment_anything_tfds.cli import export
+from segment_anything_tfds.cli import index
 from segment_anything_tfds.cli import mirror
 from segment_anything_tfds.cli import show
 from segment_anything_tfds.cli import stats
 
 PROG = common.PROG
-COMMANDS = (build, check_links, mirror, stats, show, evaluate, export)
+COMMANDS = (build, index, check_links, mirror, stats, show, evaluate, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog=PROG, allow_abbrev=False,
       description='SA-1B (Segment Anything) for TensorFlow Datasets: prepare'
-      ' the dataset, check a links file, mirror the tars into a bucket,'
+      ' the dataset, index the tars, check a links file, mirror the tars'
+      ' into a bucket,'
       ' compute statistics, draw examples, score predictions, export to'
       ' other formats.',
       epilog='Exit codes: 0 ok, 1 failure (one-line error), 2 bad usage. Run'
@@ -102,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     error = errors.from_exception(e)
     if error is None:
       raise  # A bug: keep its traceback.
-    if args.command in ('build', 'mirror'):
+    if args.command in ('build', 'index', 'mirror'):
       sys.stderr.write('\n')  # End a progress bar's line.
     # `message` is escaped already; once more, as the last line of defence.
     print(f'{PROG} {args.command}: error: {errors.printable(error.message)}',

@@ -144,6 +144,7 @@ def _print_build_summary(builder, args, elapsed: float, was_prepared: bool):
   metadata = dict(info.metadata or {})
   audit = metadata.get('audit', {})
   built = metadata.get('build', {})
+  listed = metadata.get('images', {})
   summary = {
       'dataset': info.full_name,
       'config': builder.builder_config.name if builder.builder_config else None,
@@ -158,6 +159,9 @@ def _print_build_summary(builder, args, elapsed: float, was_prepared: bool):
       'seconds': round(elapsed, 1),
       'reused': was_prepared,
   }
+  if listed:
+    summary['images_listed'] = listed['listed']
+    summary['images_missing'] = listed['missing']
   masks = summary['masks']
   lines = [
       '' if not was_prepared else 'Already prepared; reused.',
@@ -168,6 +172,11 @@ def _print_build_summary(builder, args, elapsed: float, was_prepared: bool):
       f'format:    {summary["file_format"]}',
       f'data dir:  {summary["data_dir"]}',
   ]
+  if listed:
+    lines.append(f'list:      {listed["listed"]:,} images listed'
+                 + (f', {listed["missing"]:,} in no tar (first:'
+                    f' {", ".join(map(str, listed["missing_ids"][:5]))})'
+                    if listed['missing'] else ''))
   if audit:
     lines.append(f'tars:      {len(audit.get("tars", []))}')
     if audit.get('skipped_images') or summary['skipped_tars']:
@@ -219,8 +228,10 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
                  help='rebuild even if the dataset is already prepared'
                  ' (downloaded tars are reused)')
   p.add_argument('--allow_partial', action='store_true',
-                 help='build a first_N config from fewer than N tars (the'
-                 ' partial set is recorded, and every load warns)')
+                 help='build a first_N config from fewer than N tars, or'
+                 ' the images of an --images list found in the tars when'
+                 ' some are in none (what is missing is recorded, and every'
+                 ' load warns)')
   p.add_argument('--download_only', action='store_true',
                  help='fetch and verify the config\'s tars, then stop')
   p.add_argument('--workers', type=common.non_negative_int, default=0, metavar='N',

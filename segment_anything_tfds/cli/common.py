@@ -270,8 +270,8 @@ def quiet_beam_errors(quiet: bool) -> None:
 
 
 def add_dataset_args(p: argparse.ArgumentParser, *, build: bool) -> None:
-  """--config | --tars (| --dataset_dir), --lenient, --data_dir; readers
-  (`build=False`) also take --split."""
+  """--config | --tars (| --dataset_dir), --images, --lenient, --data_dir;
+  readers (`build=False`) also take --split."""
   which = p.add_argument_group('which dataset')
   group = which.add_mutually_exclusive_group(required=True)
   group.add_argument(
@@ -286,6 +286,12 @@ def add_dataset_args(p: argparse.ArgumentParser, *, build: bool) -> None:
         '--dataset_dir', metavar='DIR',
         help='a prepared dataset dir (.../segment_anything/<config>/2.0.0)'
         ' instead of --config/--tars and --data_dir')
+  which.add_argument(
+      '--images', metavar='FILE', default=None,
+      help='only the images of this list, from the tars the config takes:'
+      ' image ids or sa_<id>.jpg names, one per line, or a JSON list of'
+      ' them (or {"images": [{"file_name": ...}]}, as MASA\'s). Its config'
+      ' is named <config>_images_<hash of the list>')
   which.add_argument(
       '--lenient', action='store_true',
       help='the lenient variant: skips bad images and audits them (its'
@@ -304,7 +310,8 @@ def builder_config(
   """The config that --config/--tars/--lenient name.
 
   A lenient build gets its own config name (`<name>_lenient`), so it never
-  shares a data dir with the strict build of the same tars.
+  shares a data dir with the strict build of the same tars; so does a build
+  of an image list (`<name>_images_<hash>`).
   """
   if getattr(args, 'tars', None):
     cfg = config_lib.tars_config(args.tars)
@@ -312,6 +319,8 @@ def builder_config(
     cfg = {c.name: c for c in config_lib.BUILDER_CONFIGS}[args.config]
   if args.lenient:
     cfg = config_lib.lenient_config(cfg)
+  if getattr(args, 'images', None):
+    cfg = config_lib.images_config(cfg, args.images)
   return cfg
 
 

@@ -10,13 +10,18 @@ What Dataflow runs. Beam is imported here only. The steps, by label:
                       is built and serialized there; out come its copy
                       (image id -> `Built`: tar, member, record or error),
                       a small note of where it is (for 'GroupIds'), and the
-                      tar's audit records (`rules.audit_index`)
+                      tar's audit records (`rules.audit_index`). With an
+                      image list, the listed images only, and the ids
+                      found (for 'FindMissing')
   'GroupIds' / 'FindDuplicates'
                       image ids in more than one tar, and images a tar
                       took back (stored twice, found after they were
                       built): `rules.duplicates` keeps the lowest tar's
                       copy. Small data, a side input for the next step
   'DropDuplicates'    the other copies go
+  'FindMissing' / 'MissingToJson' / 'WriteMissing'
+                      with an image list: its images found in no tar
+                      (`rules.missing_images`: strict, the build fails)
   'KeyOrders' / 'PlanShards'
                       the plan (`plan.py`): every kept image's
                       `image_order` (8 bytes) and size, in one combine, cut
@@ -69,6 +74,7 @@ _LOG = logging.getLogger(__name__)
 NAMESPACE = 'segment_anything'
 _AUDIT = 'audit'
 _IDS = 'ids'
+_FOUND = 'found'
 _WORK_DIR = '.beam_build'
 
 
@@ -115,24 +121,28 @@ def _audit(index: tars_lib.Index, *, lenient: bool) -> Iterator[Any]:
     if record['kind'] != 'shard':
       _counter(f'skipped_{record["reason"]}').inc()
     yield beam.pvalue.TaggedOutput(_AUDIT, record)
+  if index.unlisted is not None:  # An image list: the ids it found.
+    yield beam.pvalue.TaggedOutput(_FOUND, index.image_ids().tolist())
 
 
 def _note(image_id: int, built: Built, *, took_back: bool = False):
   return beam.pvalue.TaggedOutput(_IDS, (image_id, (built.copy, took_back)))
 
 
-def read_source(source: base.Source, *, hold_bytes: int, lenient: bool
-                ) -> Iterator[Any]:
-  """Reads one source, building every image.
+def read_source(source: base.Source, *, hold_bytes: int, lenient: bool,
+                images=None) -> Iterator[Any]:
+  """Reads one source, building every image (with an image list,
+  `image_list.ImageList`, every listed image).
 
   Yields (image id, `Built`); on 'ids', (image id, (`rules.Copy`, took
-  back)); on 'audit', the source's audit records. Strict: the first
-  problem raises.
+  back)); on 'audit', the source's audit records; with a list, on 'found',
+  the ids of its images indexed. Strict: the first problem raises.
   """
   if source.remote and not source.folder:
-    yield from _read_stream(source, hold_bytes=hold_bytes, lenient=lenient)
+    yield from _read_stream(source, hold_bytes=hold_bytes, lenient=lenient,
+                            images=images)
     return
-  index = tars_lib.index(source)
+  index = tars_lib.index(source, images=images)
   yield from _audit(index, lenient=lenient)
   with tars_lib.ShardReader(source) as reader:
     for pair in sorted(index.pairs, key=lambda p: p.jpg.offset):
@@ -150,11 +160,11 @@ def read_source(source: base.Source, *, hold_bytes: int, lenient: bool
       yield pair.image_id, built
 
 
-def _read_stream(source: base.Source, *, hold_bytes: int, lenient: bool
-                 ) -> Iterator[Any]:
+def _read_stream(source: base.Source, *, hold_bytes: int, lenient: bool,
+                 images) -> Iterator[Any]:
   """A remote tar, read front to back once (`tars.stream`)."""
   given: dict[str, tuple[int, Built]] = {}
-  for event in tars_lib.stream(source, hold_bytes=hold_bytes):
+  for event in tars_lib.stream(source, hold_bytes=hold_bytes, images=images):
     if isinstance(event, tars_lib.Index):
       final = {p.stem for p in event.pairs}
       for stem, (image_id, built) in given.items():
@@ -247,6 +257,34 @@ def _order(image_id: int) -> int:
   return int(plan.image_order(np.uint64(image_id)))
 
 
+class FindMissing(beam.CombineFn):
+  """The listed images found in no tar, from each source's found ids
+  (`rules.missing_images`; strict, it raises)."""
+
+  def __init__(self, images, *, allow_partial: bool, tars: int):
+    super().__init__()
+    self._images = images
+    self._allow_partial = allow_partial
+    self._tars = tars
+
+  def create_accumulator(self):
+    return []
+
+  def add_input(self, acc, ids):
+    acc.append(np.asarray(ids, np.int64))
+    return acc
+
+  def merge_accumulators(self, accumulators):
+    return [np.unique(np.concatenate([a for acc in accumulators for a in acc]
+                                     or [np.zeros(0, np.int64)]))]
+
+  def extract_output(self, acc):
+    found = np.concatenate(acc) if acc else np.zeros(0, np.int64)
+    return rules.missing_images(self._images, found,
+                                allow_partial=self._allow_partial,
+                                tars=self._tars).tolist()
+
+
 def assign_shard(item: tuple[int, Built], shards: tuple[int, list[int]]
                  ) -> tuple[int, tuple[int, Built]]:
   """(shard, (image id, copy)): the shard of the copy's image."""
@@ -295,15 +333,24 @@ def write_shard(item: tuple[int, Iterable[tuple[int, Built]]],
 
 
 def _pipeline(root, sources: Sequence[base.Source], output: plan.Output,
-              work_dir: str, *, lenient: bool, hold_bytes: int) -> None:
+              work_dir: str, *, lenient: bool, hold_bytes: int, images,
+              allow_partial: bool) -> None:
   read = (
       root
       | 'CreateSources' >> beam.Create(list(sources))
       | 'ReshuffleSources' >> beam.Reshuffle()
       | 'ReadSources' >> beam.FlatMap(
-          read_source, hold_bytes=hold_bytes, lenient=lenient
-      ).with_outputs(_AUDIT, _IDS, main='copies')
+          read_source, hold_bytes=hold_bytes, lenient=lenient, images=images
+      ).with_outputs(_AUDIT, _IDS, _FOUND, main='copies')
   )
+  if images is not None:
+    _ = (
+        read[_FOUND]
+        | 'FindMissing' >> beam.CombineGlobally(FindMissing(
+            images, allow_partial=allow_partial, tars=len(sources)))
+        | 'MissingToJson' >> beam.Map(json.dumps)
+        | 'WriteMissing' >> beam.io.WriteToText(f'{work_dir}/missing')
+    )
   verdicts = (
       read[_IDS]
       | 'GroupIds' >> beam.GroupByKey()
@@ -358,9 +405,13 @@ def _counters(pipeline_result) -> dict[str, int]:
 
 def build(sources: Sequence[base.Source], output: plan.Output, *,
           lenient: bool, hold_bytes: int, runner: Any = None,
-          options: Any = None) -> plan.Result:
+          options: Any = None, images=None,
+          allow_partial: bool = False) -> plan.Result:
   """Writes the split of `sources` with Beam, on `runner` with `options`
   (both given explicitly: Beam never parses the caller's `sys.argv`).
+
+  With `images` (an `image_list.ImageList`), the listed images only; those
+  found in no tar fail the build unless `allow_partial`.
 
   Returns:
     What was written, its counts and counters, and the audit records (also
@@ -377,12 +428,15 @@ def build(sources: Sequence[base.Source], output: plan.Output, *,
     options = pipeline_options.PipelineOptions([])
   root = beam.Pipeline(runner=runner, options=options)
   _pipeline(root, sources, output, os.fspath(work_dir), lenient=lenient,
-            hold_bytes=hold_bytes)
+            hold_bytes=hold_bytes, images=images, allow_partial=allow_partial)
   pipeline_result = root.run()
   pipeline_result.wait_until_finish()
   counters = _counters(pipeline_result)
   results = _read_lines(work_dir, 'results')
   audit = _read_lines(work_dir, 'audit')
+  missing = None
+  if images is not None:
+    missing = np.array(_read_lines(work_dir, 'missing')[0], np.int64)
   work_dir.rmtree(missing_ok=True)
   if not results:
     raise errors.SourceError(rules.nothing_to_write(audit, len(sources)))
@@ -398,4 +452,4 @@ def build(sources: Sequence[base.Source], output: plan.Output, *,
   return plan.Result(engine='beam', shard_lengths=lengths,
                      num_bytes=tallies.total('bytes'), tallies=tallies,
                      audit=audit, seconds=time.monotonic() - started,
-                     counters=counters)
+                     counters=counters, missing_images=missing)

@@ -25,7 +25,11 @@ class Engine(Protocol):
   """Writes a split from sources."""
 
   def build(self, sources: Sequence[base.Source], output: plan.Output, *,
-            lenient: bool, hold_bytes: int) -> plan.Result:
+            lenient: bool, hold_bytes: int, images: Any = None,
+            allow_partial: bool = False) -> plan.Result:
+    """Writes the split; with `images` (an `image_list.ImageList`), the
+    listed images only: found in no tar, they are an error unless
+    `allow_partial` (`rules.missing_images`)."""
     ...
 
 
@@ -37,12 +41,14 @@ class Local:
   show_progress: bool = True
   max_examples: int | None = None
 
-  def build(self, sources, output, *, lenient, hold_bytes):
+  def build(self, sources, output, *, lenient, hold_bytes, images=None,
+            allow_partial=False):
     from segment_anything_tfds.prepare import local  # pylint: disable=g-import-not-at-top
     return local.build(sources, output, lenient=lenient,
                        workers=self.workers, hold_bytes=hold_bytes,
                        show_progress=self.show_progress,
-                       max_examples=self.max_examples)
+                       max_examples=self.max_examples, images=images,
+                       allow_partial=allow_partial)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +58,13 @@ class Beam:
   runner: Any = None
   options: Any = None
 
-  def build(self, sources, output, *, lenient, hold_bytes):
+  def build(self, sources, output, *, lenient, hold_bytes, images=None,
+            allow_partial=False):
     from segment_anything_tfds.prepare import beam  # pylint: disable=g-import-not-at-top
     return beam.build(sources, output, lenient=lenient,
                       hold_bytes=hold_bytes, runner=self.runner,
-                      options=self.options)
+                      options=self.options, images=images,
+                      allow_partial=allow_partial)
 
 
 def for_config(download_config: Any, *, workers: int = 0,

@@ -9,10 +9,12 @@ in worker processes (one per core, when the work is worth starting them):
           where its two members are. A remote tar (every read a request) is
           instead read once, front to back (`tars.stream`): each image is
           built and serialized there, its record appended to a local spill
-          (`_Spill`), and its entry points into the spill.
+          (`_Spill`), and its entry points into the spill. With an image
+          list, both take the listed images only.
   plan    the main process applies the rules (`rules.py`: audit, duplicate
-          ids), orders the entries by `plan.image_order` and cuts them into
-          output shards, as many as TFDS would choose (`plan.py`).
+          ids, listed images found in no tar), orders the entries by
+          `plan.image_order` and cuts them into output shards, as many as
+          TFDS would choose (`plan.py`).
   write   workers take one output shard (or a part of one) each: they read
           its images from the tars in order (a seek per member) and check
           and serialize them, or copy their records from the spill, and
@@ -164,6 +166,7 @@ class Indexed:
     images: images indexed (pairs + problems).
     failures: image id -> the error of an image built here that failed.
     spills: the spill files entries point into (`_SPILLED - i`: spills[i]).
+    found: with an image list, the ids of the images indexed; else None.
   """
 
   shard: int
@@ -173,6 +176,19 @@ class Indexed:
   images: int
   failures: dict[int, errors.BadInputError]
   spills: list[str]
+  found: np.ndarray | None = None
+
+
+def _indexed(shard: int, index: tars_lib.Index, built: dict[str, tuple],
+             failures, spills: list[str]) -> Indexed:
+  """An index in compact form: its pairs become entries, then are dropped."""
+  dirs = _Dirs()
+  entries = _entries(shard, index.pairs, dirs, built)
+  images = index.images
+  found = None if index.unlisted is None else index.image_ids()
+  index.pairs = []
+  return Indexed(shard, entries, list(dirs.numbers), index, images, failures,
+                 spills, found)
 
 
 def _split_name(name: str) -> str:
@@ -204,13 +220,13 @@ def _entries(shard: int, pairs, dirs: _Dirs, built: dict[str, tuple]
 
 
 def _stream_one(shard: int, source: base.Source, hold_bytes: int,
-                spill: _Spill) -> Indexed:
+                spill: _Spill, images) -> Indexed:
   """A remote tar read front to back, each image built and spilled."""
   built: dict[str, tuple] = {}
   failures: dict[int, errors.BadInputError] = {}
   spills: dict[str, int] = {}
   index = None
-  for event in tars_lib.stream(source, hold_bytes=hold_bytes):
+  for event in tars_lib.stream(source, hold_bytes=hold_bytes, images=images):
     if isinstance(event, tars_lib.Index):
       index = event
       continue
@@ -232,25 +248,16 @@ def _stream_one(shard: int, source: base.Source, hold_bytes: int,
   final = {p.stem for p in index.pairs}  # A stem stored twice is not.
   built = {stem: v for stem, v in built.items() if stem in final}
   failures = {i: e for i, e in failures.items() if f'sa_{i}' in final}
-  dirs = _Dirs()
-  entries = _entries(shard, index.pairs, dirs, built)
-  images = index.images
-  index.pairs = []
-  return Indexed(shard, entries, list(dirs.numbers), index, images, failures,
-                 list(spills))
+  return _indexed(shard, index, built, failures, list(spills))
 
 
 def index_one(shard: int, source: base.Source, hold_bytes: int,
-              spill: _Spill) -> Indexed:
-  """Indexes a source into compact entries (runs in a worker)."""
+              spill: _Spill, images=None) -> Indexed:
+  """Indexes a source into compact entries (runs in a worker); with an
+  image list (`image_list.ImageList`), its images only."""
   if source.remote and not source.folder:
-    return _stream_one(shard, source, hold_bytes, spill)
-  index = tars_lib.index(source)
-  dirs = _Dirs()
-  entries = _entries(shard, index.pairs, dirs, {})
-  images = index.images
-  index.pairs = []
-  return Indexed(shard, entries, list(dirs.numbers), index, images, {}, [])
+    return _stream_one(shard, source, hold_bytes, spill, images)
+  return _indexed(shard, tars_lib.index(source, images=images), {}, {}, [])
 
 
 def _pair(entry, dirs: Sequence[str]) -> tars_lib.Pair:
@@ -294,11 +301,12 @@ class _Worker:
   """A worker's state: the sources, open readers, the spill."""
 
   def __init__(self, sources, file_format, lenient, hold_bytes, spill_dir,
-               tick):
+               images, tick):
     self.sources = sources
     self.file_format = file_format
     self.lenient = lenient
     self.hold_bytes = hold_bytes
+    self.images = images
     self.spill = _Spill(spill_dir)
     self.tick = tick  # Reports images written, as they are.
     self.readers: collections.OrderedDict[int, tars_lib.ShardReader] = (
@@ -324,7 +332,8 @@ class _Worker:
     self.spill.close()
 
   def index(self, shard: int) -> Indexed:
-    return index_one(shard, self.sources[shard], self.hold_bytes, self.spill)
+    return index_one(shard, self.sources[shard], self.hold_bytes, self.spill,
+                     self.images)
 
   def _spilled(self, path: str, entry) -> tuple[int, bytes]:
     """(masks, record) of an image built in the index step."""
@@ -509,7 +518,8 @@ class Build:
   """One local build's state: what the steps pass on."""
 
   def __init__(self, sources, output: plan.Output, *, lenient: bool,
-               workers: int, hold_bytes: int, show_progress: bool, tmp: str):
+               workers: int, hold_bytes: int, show_progress: bool, tmp: str,
+               images=None, allow_partial: bool = False):
     self.sources = list(sources)
     self.output = output
     self.lenient = lenient
@@ -518,8 +528,11 @@ class Build:
     self.spill_dir = os.path.join(tmp, 'spill')
     self.records: list[dict[str, Any]] = []
     self.tallies = rules.Tallies()
+    self.images = images
+    self.allow_partial = allow_partial
+    self.missing: np.ndarray | None = None
     self.pools = _Pools((self.sources, output.file_format, lenient,
-                         hold_bytes, self.spill_dir), workers)
+                         hold_bytes, self.spill_dir, images), workers)
 
   # ---- index
 
@@ -547,6 +560,10 @@ class Build:
     for x in indexed:
       self.records += rules.audit_index(x.index, lenient=self.lenient,
                                         images=x.images)
+    if self.images is not None:
+      self.missing = rules.missing_images(
+          self.images, np.concatenate([x.found for x in indexed]),
+          allow_partial=self.allow_partial, tars=len(self.sources))
     spills: list[str] = []
     for x in indexed:
       built = x.entries['json_offset'] <= _SPILLED
@@ -691,7 +708,8 @@ def _join_parts(paths: Sequence[str], dest, tmp: str) -> None:
 def build(sources: Sequence[base.Source], output: plan.Output, *,
           lenient: bool, workers: int = 0,
           hold_bytes: int = 256 << 20, show_progress: bool = True,
-          max_examples: int | None = None) -> plan.Result:
+          max_examples: int | None = None, images=None,
+          allow_partial: bool = False) -> plan.Result:
   """Writes the split of `sources` into `output.data_dir`.
 
   Args:
@@ -705,6 +723,9 @@ def build(sources: Sequence[base.Source], output: plan.Output, *,
     show_progress: show progress bars (tars indexed; images written, with
       the rate and an ETA).
     max_examples: write at most this many images (the first, by tar).
+    images: an `image_list.ImageList`: build the images it lists only.
+    allow_partial: with `images`, build those found if some are in no tar
+      (else `rules.missing_images` raises).
 
   Returns:
     What was written, its counts, and the audit records (also written to
@@ -725,7 +746,8 @@ def build(sources: Sequence[base.Source], output: plan.Output, *,
     tmp = tempfile.mkdtemp(prefix='segment_anything_tfds-')
   run = Build(sources, output, lenient=lenient,
               workers=workers or default_workers(), hold_bytes=hold_bytes,
-              show_progress=show_progress, tmp=tmp)
+              show_progress=show_progress, tmp=tmp, images=images,
+              allow_partial=allow_partial)
   try:
     entries, spills, dirs = run.plan(run.index(), max_examples)
     lengths = run.write(entries, spills, dirs)
@@ -743,7 +765,7 @@ def build(sources: Sequence[base.Source], output: plan.Output, *,
       engine='local', shard_lengths=lengths,
       num_bytes=run.tallies.total('bytes'), tallies=run.tallies,
       audit=run.records, workers=run.pools.used,
-      seconds=time.monotonic() - started)
+      seconds=time.monotonic() - started, missing_images=run.missing)
 
 
 def _worker_died(pool) -> errors.WorkerError:

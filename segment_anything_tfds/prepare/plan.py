@@ -89,6 +89,8 @@ class Result:
     workers: processes of a local build (None for Beam).
     seconds: the build's wall time.
     counters: a Beam build's counters.
+    missing_images: with an image list, its ids found in no tar (sorted;
+      empty if none); None without a list.
   """
 
   engine: str
@@ -99,6 +101,7 @@ class Result:
   workers: int | None = None
   seconds: float = 0.0
   counters: dict[str, int] = dataclasses.field(default_factory=dict)
+  missing_images: Any = None
 
   @property
   def images(self) -> int:

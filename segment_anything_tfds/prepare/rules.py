@@ -5,6 +5,8 @@ about what goes in, what is skipped and how it is recorded is made here:
 
   audit_index      a tar's index (or stream report): damage, no images,
                    per-image problems, and its shard record
+  missing_images   with an image list: listed images found in no tar, an
+                   error unless the build allows a partial list
   duplicates       an image id in more than one tar: the lowest tar keeps
                    it, the others are `duplicate_id` skips (one wording);
                    a strict build raises on the first
@@ -62,10 +64,14 @@ def problem(error: errors.BadInputError, *, lenient: bool,
 
 
 def shard_record(tar: str, *, images: int, problems: int,
-                 ignored: list[str]) -> dict:
-  """The record of one indexed shard: images in, problems, ignored members."""
-  return {'kind': 'shard', 'tar': tar, 'images': images,
-          'problems': problems, 'ignored_members': ignored}
+                 ignored: list[str], unlisted: int | None = None) -> dict:
+  """The record of one indexed shard: images in, problems, ignored members;
+  with an image list, the images it holds that the list does not name."""
+  record = {'kind': 'shard', 'tar': tar, 'images': images,
+            'problems': problems, 'ignored_members': ignored}
+  if unlisted is not None:
+    record['unlisted'] = unlisted
+  return record
 
 
 # ----------------------------------------------------------------- index
@@ -90,13 +96,15 @@ def audit_index(index, *, lenient: bool, images: int | None = None
   A damaged tar, or one without images, is a skipped tar (its images
   before the damage are kept); each image that cannot be built from its
   members is a skipped image; then comes the shard's record. Strict: the
-  first of these raises.
+  first of these raises. With an image list, the index holds the listed
+  images only: a tar whose images are all unlisted is not skipped, merely
+  not needed.
   """
   records = []
   images = index.images if images is None else images
   if index.damage is not None:
     records.append(problem(index.damage, lenient=lenient, kind='tar'))
-  elif not images:
+  elif not images and not index.unlisted:
     records.append(problem(no_images_error(index.tar, index.ignored),
                            lenient=lenient, kind='tar'))
   for error in index.problems:
@@ -106,8 +114,59 @@ def audit_index(index, *, lenient: bool, images: int | None = None
               errors.printable(name))
   records.append(shard_record(index.tar, images=images,
                               problems=len(index.problems),
-                              ignored=list(index.ignored)))
+                              ignored=list(index.ignored),
+                              unlisted=index.unlisted))
   return records
+
+
+# ------------------------------------------------------------ image list
+
+# Ids named in a missing-images error, and kept in `metadata.json`.
+MISSING_IN_ERROR = 10
+MISSING_IN_METADATA = 10_000
+
+
+def _first(ids: np.ndarray, limit: int) -> str:
+  shown = ', '.join(str(i) for i in ids[:limit].tolist())
+  return shown + (', ...' if len(ids) > limit else '')
+
+
+def missing_images(images, found: np.ndarray, *, allow_partial: bool,
+                   tars: int) -> np.ndarray:
+  """The listed images found in no tar (sorted); an error unless
+  `allow_partial`.
+
+  Args:
+    images: the build's `image_list.ImageList`.
+    found: the ids of the images its tars hold (readable or not).
+    allow_partial: return them instead of raising.
+    tars: the tars (and folders) read, for the message.
+
+  Raises:
+    errors.SourceError: naming the first `MISSING_IN_ERROR` and the count.
+  """
+  missing = images.ids[~np.isin(images.ids, found)]
+  if len(missing) and not allow_partial:
+    raise errors.SourceError(
+        f'{len(missing)} of the {len(images)} images listed in'
+        f' {images.origin} {"is" if len(missing) == 1 else "are"} in none of'
+        f' the {tars} tars read:'
+        f' {_first(missing, MISSING_IN_ERROR)}. Find their tars with'
+        ' `segment-anything-tfds index --images`, or build the others with'
+        ' allow_partial=True (--allow_partial)')
+  return missing
+
+
+def images_metadata(images, missing: np.ndarray) -> dict[str, Any]:
+  """The `images` block of `metadata.json`: the list's hash and size, and
+  the ids found in no tar (all of them, or the first `MISSING_IN_METADATA`:
+  `missing_ids_complete` says which)."""
+  out = {'list_sha256': images.sha256, 'listed': len(images),
+         'missing': len(missing)}
+  if len(missing):
+    out['missing_ids'] = missing[:MISSING_IN_METADATA].tolist()
+    out['missing_ids_complete'] = len(missing) <= MISSING_IN_METADATA
+  return out
 
 
 # ------------------------------------------------------------ duplicates
@@ -246,6 +305,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
   (readable, or with a problem of its own), and once in `skipped_images` if
   it was not written. Tars skipped whole (`corrupt_tar`, `no_images`) are in
   `skipped_tars`; the images indexed before a tar's damage count as usual.
+  With an image list only listed images are indexed; `images_unlisted`
+  counts the others the tars hold.
   """
   shards = sorted((r for r in records if r['kind'] == 'shard'),
                   key=lambda r: r['tar'])
@@ -253,7 +314,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
   tar_skips = sorted((r for r in records if r['kind'] == 'tar'),
                      key=lambda r: r['tar'])
   by_reason = collections.Counter(r['reason'] for r in skips)
-  return {
+  summary = {
       'tars': [r['tar'] for r in shards],
       'images_indexed': sum(r['images'] for r in shards),
       'images_per_tar': {r['tar']: r['images'] for r in shards},
@@ -264,6 +325,9 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
       'skipped_tars': [{k: r[k] for k in ('tar', 'reason', 'message')}
                        for r in tar_skips],
   }
+  if any('unlisted' in r for r in shards):
+    summary['images_unlisted'] = sum(r.get('unlisted', 0) for r in shards)
+  return summary
 
 
 def nothing_to_write(records: list[dict[str, Any]], tars: int) -> str:

@@ -38,6 +38,12 @@ Hostile input is refused, never followed:
 one `BadInputError` per image that cannot be built (the lenient audit
 counts these), the ignored members, and the damage that stopped reading a
 corrupt tar, if any (a lenient build keeps the images before it).
+
+With an image list (`images`, an `image_list.ImageList`), `Pairing` drops
+every image not listed as its first member comes by: an unlisted image is
+neither paired, held, read nor built, and none of its faults is reported;
+the `Index` only counts such images (`unlisted`). Both engines and both
+modes filter here, once.
 """
 
 from __future__ import annotations
@@ -48,8 +54,10 @@ import os
 import posixpath
 import re
 import tarfile
-from typing import (Any, BinaryIO, Callable, Generator, Iterable, Iterator,
-                    Protocol)
+from typing import (Any, BinaryIO, Callable, Container, Generator, Iterable,
+                    Iterator, Protocol)
+
+import numpy as np
 
 from segment_anything_tfds import errors
 from segment_anything_tfds.prepare import records as records_lib
@@ -107,6 +115,8 @@ class Index:
       `SA_1.JPG`), reported, never read.
     damage: the error that stopped indexing a corrupt or truncated tar, or
       None. The pairs and problems are those of the members before it.
+    unlisted: with an image list, the images (stems) seen that it does not
+      list, dropped; None without a list.
   """
 
   tar: str
@@ -114,11 +124,23 @@ class Index:
   problems: list[errors.BadInputError]
   ignored: list[str]
   damage: errors.BadInputError | None = None
+  unlisted: int | None = None
 
   @property
   def images(self) -> int:
     """Images indexed: those readable plus those skipped for a problem."""
     return len(self.pairs) + len(self.problems)
+
+  def image_ids(self) -> np.ndarray:
+    """The ids of the images indexed (pairs and problems), sorted."""
+    ids = [p.image_id for p in self.pairs] + [
+        problem_id(e) for e in self.problems]
+    return np.unique(np.array(ids, np.int64))
+
+
+def problem_id(error: errors.BadInputError) -> int:
+  """The image id of a per-image problem (its member is named like one)."""
+  return records_lib.image_id_from_stem(canonical_stem(error.member)[0])
 
 
 def canonical_stem(name: str) -> tuple[str, str] | None:
@@ -171,13 +193,29 @@ class Pairing:
   whose two members have come is complete (`add` says so) until a third
   member of it comes: then it is a `duplicate_member` problem. So a pair is
   final only at `finish`.
+
+  With an image list (`images`: anything that answers `image_id in
+  images`), a stem it does not list is only counted (`Index.unlisted`).
   """
 
-  def __init__(self, tar: str):
+  def __init__(self, tar: str, images: Container[int] | None = None):
     self.tar = tar
+    self.images = images
     self._members: tuple[dict[str, Member], dict[str, Member]] = ({}, {})
     self._problems: dict[str, errors.BadInputError] = {}
     self._ignored: list[str] = []
+    self._unlisted: set[str] = set()
+
+  def listed(self, stem: str) -> bool:
+    """Whether the image list (if any) takes the image of a stem."""
+    if self.images is None:
+      return True
+    if stem in self._unlisted:
+      return False
+    if records_lib.image_id_from_stem(stem) in self.images:
+      return True
+    self._unlisted.add(stem)
+    return False
 
   def failed(self, stem: str) -> bool:
     """Whether the stem is already a problem."""
@@ -194,6 +232,8 @@ class Pairing:
       self._ignored.append(member.name)
       return None
     stem, ext = found
+    if not self.listed(stem):
+      return None
     fault = member_fault(member, ext=ext, tar=self.tar)
     if fault is not None:
       self._problems.setdefault(stem, fault)
@@ -234,7 +274,8 @@ class Pairing:
         self.tar, pairs,
         [problems[s] for s in sorted(problems,
                                      key=records_lib.image_id_from_stem)],
-        list(self._ignored))
+        list(self._ignored),
+        unlisted=None if self.images is None else len(self._unlisted))
 
 
 def other(ext: str) -> str:
@@ -242,9 +283,10 @@ def other(ext: str) -> str:
   return '.json' if ext == '.jpg' else '.jpg'
 
 
-def pair_members(members: Iterable[Member], *, tar: str) -> Index:
+def pair_members(members: Iterable[Member], *, tar: str,
+                 images: Container[int] | None = None) -> Index:
   """Pairs `sa_<id>.jpg` with `sa_<id>.json` by stem; pure (`Pairing`)."""
-  pairing = Pairing(tar)
+  pairing = Pairing(tar, images)
   for m in members:
     pairing.add(m)
   return pairing.finish()
@@ -571,6 +613,9 @@ class _Seeking:
     self._size = size
     self._pos = 0
 
+  def close(self) -> None:
+    self._reader.close()
+
   def tell(self) -> int:
     return self._pos
 
@@ -622,21 +667,32 @@ def index_members(fileobj: BinaryIO, *, tar: str
   return _listed(_Seeking(_FileReader(fileobj), size), tar=tar)
 
 
-def index(source: base.Source) -> Index:
-  """Indexes a seekable source: a tar's headers, or a folder's files.
+def index(source: base.Source, *, images: Container[int] | None = None
+          ) -> Index:
+  """Indexes a source: a tar's headers, or a folder's files; with an image
+  list, its images only.
+
+  A local tar's headers are read by seek, past the data. A remote tar's
+  headers are spread through it, one before each member: reading only them
+  would take a request per member (about 22,000 for an SA-1B tar, one after
+  the other), so a remote tar is read front to back instead, once, its data
+  skipped as it goes by (`open_sequential`).
 
   A tar's damage is in `Index.damage`, not raised; the pairs and problems
   are those of the whole members before it.
   """
   if source.folder:
-    return pair_members(source.list_members(), tar=source.name)
-  reader = source.open_random()
+    return pair_members(source.list_members(), tar=source.name,
+                        images=images)
+  if source.remote:
+    cursor = source.open_sequential(0)
+  else:
+    cursor = _Seeking(source.open_random(), source.size())
   try:
-    members, damage = _listed(_Seeking(reader, source.size()),
-                              tar=source.name)
+    members, damage = _listed(cursor, tar=source.name)
   finally:
-    reader.close()
-  result = pair_members(members, tar=source.name)
+    cursor.close()
+  result = pair_members(members, tar=source.name, images=images)
   result.damage = damage
   return result
 
@@ -747,8 +803,9 @@ class _Held:
 class _Stream:
   """One tar read front to back: members paired as they go by."""
 
-  def __init__(self, tar: str, hold_bytes: int):
-    self.pairing = Pairing(tar)
+  def __init__(self, tar: str, hold_bytes: int,
+               images: Container[int] | None):
+    self.pairing = Pairing(tar, images)
     self.held = _Held(hold_bytes)
     self.later: set[str] = set()  # Paired, a member not held: read again.
 
@@ -759,6 +816,8 @@ class _Stream:
                                      tar=self.pairing.tar):
       return False
     stem, ext = found
+    if not self.pairing.listed(stem):
+      return False  # Not in the image list: never built.
     if self.pairing.failed(stem) or self.pairing.member(stem, ext):
       return False  # A problem already, or stored twice: never built.
     if self.pairing.member(stem, other(ext)):
@@ -788,7 +847,8 @@ class _Stream:
                           self.pairing.member(stem, '.json')), jpg, js)
 
 
-def stream(source: base.Source, *, hold_bytes: int
+def stream(source: base.Source, *, hold_bytes: int,
+           images: Container[int] | None = None
            ) -> Iterator[PairBytes | Index]:
   """Reads a tar once, front to back (`open_sequential`), pairing members
   as they go by: for remote tars, where every read is a request.
@@ -800,10 +860,10 @@ def stream(source: base.Source, *, hold_bytes: int
   member) and yielded. Last comes the tar's `Index`, exactly what `index`
   would find (pairs, problems, ignored members, damage): an image yielded
   whose stem comes again later (stored twice) is not among its pairs, but
-  among its problems.
+  among its problems. With an image list (`images`), only its images.
   """
   tar = source.name
-  state = _Stream(tar, hold_bytes)
+  state = _Stream(tar, hold_bytes, images)
   cursor = source.open_sequential(0)
   try:
     damage = yield from _members(cursor, tar=tar, keep=state.keep,

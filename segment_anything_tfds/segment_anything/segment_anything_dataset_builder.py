@@ -80,9 +80,8 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
     `data_dir` that holds only the builtin's 1.0.0 data, resolve to TFDS's
     builtin builder, so datasets prepared by it stay loadable by name.
     """
-    if cls is Builder and _wants_builtin(kwargs.get('version'),
-                                         kwargs.get('data_dir'),
-                                         kwargs.get('config')):
+    if cls is Builder and kwargs.get('images') is None and _wants_builtin(
+        kwargs.get('version'), kwargs.get('data_dir'), kwargs.get('config')):
       return tfds_seam.builtin_builder()(*args, **{
           k: v for k, v in kwargs.items()
           if k in ('data_dir', 'version', 'file_format')})
@@ -95,11 +94,14 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
       workers: int = 0,
       progress: bool = True,
       allow_partial: bool = False,
+      images: Any = None,
       **kwargs):
     """As TFDS's, plus how tars are fetched and how many cores build.
 
-    None of these change the prepared data, so a named config keeps its
-    name and data dir whatever they are.
+    None of these but `images` change the prepared data, so a named config
+    keeps its name and data dir whatever they are. `images` makes the
+    config its `images_config` variant, with a name (and data dir) of its
+    own.
 
     Args:
       download_options: an `options.DownloadOptions`, or a dict of its
@@ -107,11 +109,19 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
       workers: worker processes of a local build; 0 (the default) is one
         per core. Beam's `direct_num_workers` option, if given, wins.
       progress: show progress bars while building.
-      allow_partial: build a `first_N` config from fewer than N tars
-        (instead of failing); the partial set is recorded in the metadata
-        and every load warns about it.
+      allow_partial: build a `first_N` config from fewer than N tars, or an
+        image list some of whose images are in no tar (instead of
+        failing); what is missing is recorded in the metadata and every
+        load warns about it.
+      images: build only these images (`config.images_config`): a list
+        file (ids or `sa_<id>.jpg` names, one per line; or JSON), or a list
+        of ids or names. The config (default `all`) says which tars are
+        read.
       **kwargs: TFDS's builder arguments (`config`, `data_dir`, ...).
     """
+    if images is not None:
+      kwargs['config'] = config_lib.images_config(
+          kwargs.get('config') or self.DEFAULT_CONFIG_NAME, images)
     super().__init__(**kwargs)
     self._download_options = options_lib.DownloadOptions.make(
         download_options)
@@ -185,6 +195,7 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
       if self._reused:
         # It may have been prepared since this builder read the data dir.
         self.info.read_from_directory(self.data_path)
+        self._check_list()
         self._check_reuse(config.manual_dir)
       else:
         incomplete.remove_stale(self.data_dir)
@@ -224,22 +235,50 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
           f'{"; " if added else ""}not offered now: {", ".join(gone[:5])}'
           if gone else '')
 
+  def _check_list(self) -> None:
+    """Refuses prepared data whose image list is not this config's.
+
+    The config's name carries its list's hash, so another list cannot
+    share its data dir; the full hash in the metadata is compared all the
+    same (a copied or edited dir).
+    """
+    images = self.builder_config.images
+    if images is None or not self.is_prepared():
+      return
+    stored = (self.info.metadata or {}).get('images', {}).get('list_sha256')
+    if stored != images.sha256:
+      raise errors.ConfigError(
+          f'{self.data_path} was not prepared from this image list: its'
+          f' metadata says list sha256 {stored}, the list given'
+          f' ({images.origin}) has {images.sha256}. Rebuild it with'
+          ' --overwrite, or use another --data_dir')
+
   def _warn_partial(self) -> None:
-    partial = (self.info.metadata or {}).get('build', {}).get('partial')
+    metadata = self.info.metadata or {}
+    partial = metadata.get('build', {}).get('partial')
     if partial:
       _LOG.warning(
           '%s is a partial build: config %s takes %d tars, it holds %d'
           ' (missing %s)', self.info.full_name, self.builder_config.name,
           partial['config_tars'], len(partial['built']),
           ', '.join(partial['missing'][:5]))
+    listed = metadata.get('images', {})
+    if listed.get('missing'):
+      _LOG.warning(
+          '%s is a partial build: %d of the %d images of its image list'
+          ' were in no tar (first: %s)', self.info.full_name,
+          listed['missing'], listed['listed'],
+          ', '.join(str(i) for i in listed['missing_ids'][:5]))
 
   def as_dataset(self, *args, **kwargs):
     """As TFDS's; warns if the data is a partial build (`allow_partial`)."""
+    self._check_list()
     self._warn_partial()
     return super().as_dataset(*args, **kwargs)
 
   def as_data_source(self, *args, **kwargs):
     """As TFDS's; warns if the data is a partial build (`allow_partial`)."""
+    self._check_list()
     self._warn_partial()
     return super().as_data_source(*args, **kwargs)
 
@@ -264,22 +303,27 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
         max_shard_size=download_config.max_shard_size)
     config = self.builder_config
     result = engine.build(self._shards, output, lenient=config.lenient,
-                          hold_bytes=config.hold_bytes)
+                          hold_bytes=config.hold_bytes, images=config.images,
+                          allow_partial=self._allow_partial)
     self.info.set_splits(tfds.core.SplitDict([tfds_seam.split_info(
         name='train', shard_lengths=result.shard_lengths,
         num_bytes=result.num_bytes, template=output.template())]))
     self._fold_metadata(result)
 
   def _fold_metadata(self, result: plan.Result) -> None:
-    """The build's counts and audit summary, and a partial set's tars,
-    into the metadata (replacing those of a dataset loaded before)."""
+    """The build's counts and audit summary, an image list's hash and
+    missing images, and a partial set's tars, into the metadata (replacing
+    those of a dataset loaded before)."""
     metadata = self.info.metadata
-    for key in ('audit', 'build'):
+    for key in ('audit', 'build', 'images'):
       if key in metadata:
         del metadata[key]
     metadata['build'] = result.metadata()
     if result.audit:
       metadata['audit'] = rules.summarize(result.audit)
+    if self.builder_config.images is not None:
+      metadata['images'] = rules.images_metadata(self.builder_config.images,
+                                                 result.missing_images)
     num_tars = self.builder_config.num_tars
     if num_tars is None or len(self._shards) >= num_tars:
       return

@@ -1,0 +1,514 @@
+"""Subsets by image list (issue 21, part 3): lists, configs, builds on both
+engines, missing images, and the `index` command."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import segment_anything_tfds
+from segment_anything_tfds import cli
+from segment_anything_tfds import config as config_lib
+from segment_anything_tfds import errors
+from segment_anything_tfds.prepare import image_index
+from segment_anything_tfds.prepare import image_list
+from segment_anything_tfds.prepare import rules
+from segment_anything_tfds.prepare import runners
+from segment_anything_tfds.prepare import tars
+from segment_anything_tfds.sources import links as links_lib
+from segment_anything_tfds.sources import manual_dir as shards_lib
+from segment_anything_tfds.tools import fake_data
+
+from conftest import DUMMY_DATA, make_bad_manual_dir, read_inputs
+from _loopback_server import LoopbackServer
+from _loopback_server import within
+
+INPUTS = read_inputs(DUMMY_DATA)  # Ids 1-3, 11-13, 21-23 (tars), 31-32.
+LISTED = [2, 12, 13, 23, 31]  # In every tar and the folder.
+
+
+def _canonical_sha(ids) -> str:
+  """The documented hash, computed here independently."""
+  text = ''.join(f'{i}\n' for i in sorted(set(ids)))
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ------------------------------------------------------------- the list
+
+
+def _forms(tmp_path):
+  ids = LISTED
+  names = [f'sa_{i}.jpg' for i in ids]
+  files = {
+      'ids.txt': '\n'.join(map(str, ids)) + '\n',
+      'names.txt': '\n'.join(names),
+      'mixed.txt': '\ufeff  12\r\nsa_2.jpg\r\n\r\n23\nsa_13.jpg\n31\n12\n',
+      'ids.json': json.dumps(ids),
+      'names.json': json.dumps(names[::-1]),
+      'strings.json': json.dumps([str(i) for i in ids]),
+      'masa.json': json.dumps({'images': [
+          {'id': i, 'width': 1500, 'height': 2250, 'file_name': n}
+          for i, n in zip(ids, names)]}),
+      'coco_names.json': json.dumps({'images': [{'file_name': n}
+                                                for n in names]}),
+  }
+  paths = []
+  for name, text in files.items():
+    (tmp_path / name).write_text(text, encoding='utf-8')
+    paths.append(tmp_path / name)
+  return [*paths, ids, names, np.array(ids[::-1]), [2, 'sa_12.jpg', '13',
+                                                    23, 'sa_31.jpg']]
+
+
+def test_every_accepted_form_gives_one_canonical_list(tmp_path):
+  made = [image_list.make(form) for form in _forms(tmp_path)]
+  for listed in made:
+    assert listed.ids.tolist() == sorted(LISTED), listed
+    assert listed.sha256 == _canonical_sha(LISTED)
+    assert listed.short == listed.sha256[:12]
+  assert [2 in made[0], 3 in made[0], 31 in made[0]] == [True, False, True]
+  assert made[0].isin(np.array([1, 2, 31, 99])).tolist() == [
+      False, True, True, False]
+
+
+@pytest.mark.parametrize('name, content, message', [
+    ('l.txt', '1\n2\nsa_01.jpg\n', "l.txt:3: 'sa_01.jpg': expected an image"),
+    ('l.txt', '1\n\n012\n', "l.txt:3: '012': expected"),
+    ('l.txt', '1\nsa_2.json\n', "l.txt:2: 'sa_2.json'"),
+    ('l.txt', 'sa_1.jpg sa_2.jpg\n', 'l.txt:1:'),
+    ('l.txt', '-3\n', "l.txt:1: '-3'"),
+    ('l.txt', '١٢\n', 'l.txt:1:'),  # Not ASCII digits.
+    ('l.txt', '1\n99999999999999999999\n', 'l.txt:2:'),
+    ('l.txt', '\n \n', 'l.txt: no image ids'),
+    ('l.json', '[1, 2, "x"]', "l.json: entry 3: 'x'"),
+    ('l.json', '[1, true]', 'l.json: entry 2: True'),
+    ('l.json', '[1, 2.5]', 'l.json: entry 2: 2.5'),
+    ('l.json', '[]', 'l.json: no image ids'),
+    ('l.json', '[1,\n2,\n', 'l.json:3: not valid JSON'),
+    ('l.json', '{"files": [1]}', 'l.json: expected a JSON list'),
+    ('l.json', '{"images": [{"file_name": "sa_1.jpg"}, {"w": 3}]}',
+     'l.json: "images" entry 2:'),
+    ('l.json', '{"images": [{"id": 5, "file_name": "sa_6.jpg"}]}',
+     '"file_name" \'sa_6.jpg\' and "id" 5 name different images'),
+])
+def test_bad_lists_are_one_line_errors_naming_file_and_line(
+    tmp_path, name, content, message):
+  path = tmp_path / name
+  path.write_text(content, encoding='utf-8')
+  with pytest.raises(errors.ConfigError) as e:
+    image_list.make(path)
+  text = str(e.value)
+  assert '\n' not in text
+  assert text.startswith(str(path))
+  assert message in text, text
+
+
+def test_unreadable_lists(tmp_path):
+  (tmp_path / 'bin.txt').write_bytes(b'1\n2\n\xff\xfe\n')
+  with pytest.raises(errors.ConfigError, match=r'bin.txt:3: not UTF-8'):
+    image_list.make(tmp_path / 'bin.txt')
+  with pytest.raises(errors.SourceError, match='no such file'):
+    image_list.make(tmp_path / 'absent.txt')
+  for bad in (b'1\n', {'images': []}, 7, None):
+    with pytest.raises(errors.ConfigError, match='expected a path'):
+      image_list.make(bad)
+
+
+# ------------------------------------------------------------ the config
+
+
+def test_config_names_carry_the_list_and_commute_with_lenient(tmp_path):
+  short = _canonical_sha(LISTED)[:12]
+  one = config_lib.images_config('all', LISTED)
+  assert one.name == f'all_images_{short}' and not one.lenient
+  assert 'images=' not in repr(one)  # A long list stays out of reprs.
+  lenient = config_lib.lenient_config(one)
+  assert lenient.name == f'all_images_{short}_lenient'
+  assert config_lib.images_config(config_lib.lenient_config('all'),
+                                  LISTED[::-1]).name == lenient.name
+  assert config_lib.images_config(config_lib.tars_config('0-2'),
+                                  LISTED).name == f'tars_0-2_images_{short}'
+  other = config_lib.images_config('all', LISTED + [1])
+  assert other.name != one.name
+  with pytest.raises(errors.ConfigError, match='has an image list already'):
+    config_lib.images_config(one, [1])
+  with pytest.raises(errors.ConfigError, match='make it with images_config'):
+    config_lib.SegmentAnythingConfig(name='mine', images=one.images)
+
+
+def test_different_lists_never_share_a_data_dir(tmp_path):
+  dirs = {tfds.builder('segment_anything', images=ids,
+                       data_dir=tmp_path).data_dir
+          for ids in ([1], [2], [1, 2], ['sa_2.jpg', 1])}
+  assert len(dirs) == 3
+
+
+# ----------------------------------------------------------------- builds
+
+
+def _build(data_dir, manual, images, *, beam=False, lenient=False,
+           allow_partial=False, stream=False, config='all'):
+  config = config_lib.images_config(config, images)
+  if lenient:
+    config = config_lib.lenient_config(config)
+  builder = tfds.builder(
+      'segment_anything', config=config, data_dir=os.fspath(data_dir),
+      progress=False, allow_partial=allow_partial,
+      download_options={'disk_mode': 'stream' if stream else 'keep',
+                        'backoff': 0.01, 'retries': 3, 'timeout': 10})
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=os.fspath(manual),
+      beam_runner=runners.local_runner() if beam else None))
+  return builder
+
+
+def _examples(builder):
+  return list(tfds.as_numpy(builder.as_dataset(
+      split='train', shuffle_files=False,
+      decoders={'image': {'content': tfds.decode.SkipDecoding()}})))
+
+
+def _metadata(builder):
+  return json.loads((builder.data_path / 'metadata.json').read_text())
+
+
+def _shard_files(builder) -> dict[str, bytes]:
+  return {p.name: p.read_bytes()
+          for p in pathlib.Path(builder.data_dir).glob('*.tfrecord*')}
+
+
+def _audit_file(builder) -> bytes:
+  return (pathlib.Path(builder.data_dir) / 'audit' /
+          'records.jsonl').read_bytes()
+
+
+def test_a_list_builds_exactly_its_images_byte_exact(tmp_path):
+  builder = _build(tmp_path, DUMMY_DATA, LISTED)
+  examples = _examples(builder)
+  assert sorted(int(e['image']['image_id']) for e in examples) == LISTED
+  for e in examples:
+    jpg, record = INPUTS[int(e['image']['image_id'])]
+    assert e['image']['content'] == jpg
+    assert [c.decode() for c in e['annotations']['segmentation']['counts']
+            ] == [a['segmentation']['counts'] for a in record['annotations']]
+  meta = _metadata(builder)
+  assert meta['images'] == {'list_sha256': _canonical_sha(LISTED),
+                            'listed': 5, 'missing': 0}
+  audit = meta['audit']
+  # Every image counted in and out: listed ones indexed and written, the
+  # others read past.
+  assert audit['images_indexed'] == 5 == meta['build']['images']
+  assert audit['skipped_images'] == 0
+  assert audit['images_unlisted'] == len(INPUTS) - 5
+  assert audit['images_per_tar'] == {'sa_000000.tar': 1, 'sa_000001.tar': 2,
+                                     'sa_000002.tar': 1, 'sa_000003.tar': 1}
+  assert builder.info.splits['train'].num_examples == 5
+
+
+def test_images_found_in_no_tar_fail_naming_ten_and_the_count(tmp_path):
+  absent = list(range(100, 112))
+  with pytest.raises(errors.SourceError) as e:
+    _build(tmp_path, DUMMY_DATA, LISTED + absent)
+  text = str(e.value)
+  assert text.startswith('12 of the 17 images listed in the list given are'
+                         ' in none of the 4 tars read: 100, 101, 102, 103,'
+                         ' 104, 105, 106, 107, 108, 109, ...'), text
+  assert '110' not in text and '--allow_partial' in text and '\n' not in text
+  builder = tfds.builder('segment_anything', images=LISTED + absent,
+                         data_dir=tmp_path)
+  assert not builder.is_prepared()
+
+
+def test_allow_partial_records_the_missing_and_every_load_warns(tmp_path,
+                                                                caplog):
+  builder = _build(tmp_path, DUMMY_DATA, LISTED + [98, 99],
+                   allow_partial=True)
+  assert _metadata(builder)['images'] == {
+      'list_sha256': _canonical_sha(LISTED + [98, 99]), 'listed': 7,
+      'missing': 2, 'missing_ids': [98, 99], 'missing_ids_complete': True}
+  caplog.clear()
+  again = tfds.builder('segment_anything', images=LISTED + [99, 98],
+                       data_dir=tmp_path)
+  assert sorted(int(e['image']['image_id']) for e in _examples(again)
+                ) == LISTED
+  assert any('partial build: 2 of the 7 images of its image list were in no'
+             ' tar (first: 98, 99)' in r.getMessage()
+             for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_missing_ids_in_the_metadata_say_whether_they_are_all(monkeypatch):
+  listed = image_list.make(range(1, 31))
+  monkeypatch.setattr(rules, 'MISSING_IN_METADATA', 10)
+  block = rules.images_metadata(listed, listed.ids[5:])
+  assert block['missing'] == 25 and block['missing_ids'] == list(range(6, 16))
+  assert block['missing_ids_complete'] is False
+
+
+def test_reuse_checks_the_stored_list(tmp_path):
+  builder = _build(tmp_path, DUMMY_DATA, LISTED)
+  path = builder.data_path / 'metadata.json'
+  meta = json.loads(path.read_text())
+  meta['images']['list_sha256'] = '0' * 64  # A copied or edited dir.
+  path.write_text(json.dumps(meta))
+  with pytest.raises(errors.ConfigError, match='not prepared from this image'
+                     ' list: its metadata says list sha256 0000'):
+    _build(tmp_path, DUMMY_DATA, LISTED)
+  with pytest.raises(errors.ConfigError, match='not prepared from this'):
+    tfds.builder('segment_anything', images=LISTED,
+                 data_dir=tmp_path).as_dataset(split='train')
+
+
+def test_unlisted_bad_images_do_not_stop_a_strict_build(tmp_path):
+  """Tar 1 of the bad manual dir holds a bad image of every kind; a list
+  without them builds strictly, and their faults are nowhere."""
+  manual = make_bad_manual_dir(tmp_path / 'in')
+  builder = _build(tmp_path / 'data', manual, [1, 3, 10])
+  assert sorted(int(e['image']['image_id']) for e in _examples(builder)) == [
+      1, 3, 10]
+  assert not [r for r in rules.read_records(builder.data_dir)
+              if r['kind'] != 'shard']
+  # A tar whose images are all unlisted is not a tar without images.
+  builder = _build(tmp_path / 'data', manual, [1])
+  assert _metadata(builder)['audit']['skipped_tars'] == []
+
+
+def test_both_engines_same_records_from_files_and_links(tmp_path):
+  """A lenient list build of hostile tars, by both engines, from local
+  files and streamed from links: the same shard files, audit file and
+  metadata; only listed images are audited."""
+  manual = make_bad_manual_dir(tmp_path / 'in')
+  listed = [1, 2, 10, 11, 13, 40]  # 2: in both tars; 11, 13: bad; 40: none.
+  files = {p.name: p.read_bytes() for p in sorted(manual.iterdir())}
+  builds = {}
+  for engine in ('local', 'beam'):
+    builds['files', engine] = _build(
+        tmp_path / f'files_{engine}', manual, listed, beam=engine == 'beam',
+        lenient=True, allow_partial=True)
+  with LoopbackServer(files) as srv:
+    links = tmp_path / 'links'
+    links.mkdir()
+    fake_data.write_links(links / links_lib.LINKS_FILE_NAME,
+                          [(n, srv.url(n)) for n in files])
+    for engine in ('local', 'beam'):
+      builds['links', engine] = within(
+          600, _build, tmp_path / f'links_{engine}', links, listed,
+          beam=engine == 'beam', lenient=True, allow_partial=True,
+          stream=True)
+    for name in files:
+      assert len(srv.gets(name)) == 2  # One per streamed build.
+  first = builds['files', 'local']
+  meta = _metadata(first)
+  for key, builder in builds.items():
+    assert _shard_files(builder) == _shard_files(first), key
+    assert _audit_file(builder) == _audit_file(first), key
+    other = _metadata(builder)
+    assert other['build']['engine'] == key[1], key
+    assert other['audit'] == meta['audit'], key
+    assert other['images'] == meta['images'], key
+  assert meta['images']['missing_ids'] == [40]
+  audit = meta['audit']
+  assert audit['skipped_by_reason'] == {'duplicate_id': 1, 'malformed_json': 1,
+                                        'missing_jpg': 1}
+  assert audit['images_indexed'] == 6  # 1, 2, 10, 11, 13 and 2 again.
+  assert audit['images_unlisted'] == 3  # 3; 12 and 14.
+  assert sorted(int(e['image']['image_id']) for e in _examples(first)) == [
+      1, 2, 10]
+
+
+def test_stream_and_index_take_the_same_listed_images(tmp_path):
+  """The walker's two modes filter alike, and a stream holds nothing of
+  an unlisted image."""
+  rng = np.random.default_rng(3)
+  records = [(i, *fake_data.image_record(rng, i, height=8, width=6,
+                                         num_masks=2)) for i in range(1, 41)]
+  fake_data.write_tar(tmp_path / 'sa_000000.tar', records)
+  source = shards_lib.find_shards(tmp_path).shards[0]
+  listed = image_list.make([3, 17, 40, 77])
+  indexed = tars.index(source, images=listed)
+  assert [p.image_id for p in indexed.pairs] == [3, 17, 40]
+  assert indexed.unlisted == 37
+  held = []
+  real_put = tars._Held.put  # pylint: disable=protected-access
+
+  def put(self, stem, data):
+    held.append(stem)
+    real_put(self, stem, data)
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(tars._Held, 'put', put)  # pylint: disable=protected-access
+    events = list(tars.stream(source, hold_bytes=1 << 30, images=listed))
+  built = [e.pair.image_id for e in events[:-1]]
+  assert sorted(built) == [3, 17, 40]
+  assert set(held) <= {'sa_3', 'sa_17', 'sa_40'}
+  assert events[-1] == indexed
+
+
+# ------------------------------------------------------------- the index
+
+
+def run(capsys, *argv):
+  code = cli.main([str(a) for a in argv])
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def _truth():
+  """(tar, member) -> (data offset or None, size), read with tarfile and
+  plain file reads."""
+  truth = {}
+  for path in sorted(DUMMY_DATA.iterdir()):
+    if path.suffix == '.tar':
+      with tarfile.open(path) as t:
+        for m in t.getmembers():
+          truth[path.name, m.name] = (m.offset_data, m.size)
+    elif path.is_dir():
+      for f in path.iterdir():
+        truth[path.name + '.tar', f.name] = (None, f.stat().st_size)
+  assert any('/' in member for _, member in truth)  # Members in folders.
+  return truth
+
+
+def _read_rows(path):
+  if path.suffix == '.jsonl':
+    return [json.loads(l) for l in path.read_text().splitlines()]
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  return pq.read_table(path).to_pylist()
+
+
+@pytest.mark.parametrize('ext', ['.jsonl', '.parquet'])
+def test_index_file_matches_the_tars(tmp_path, capsys, ext):
+  out = tmp_path / f'index{ext}'
+  code, _, err = run(capsys, 'index', '--manual_dir', DUMMY_DATA, '--out',
+                     out, '--no_progress')
+  assert code == 0, err
+  assert f'wrote {out}: 11 images in 4 tars' in err
+  rows = _read_rows(out)
+  assert [list(r) for r in rows[:1]] == [list(image_index.COLUMNS)]
+  assert sorted(r['image_id'] for r in rows) == sorted(INPUTS)
+  truth = _truth()
+  for r in rows:
+    for ext_ in ('jpg', 'json'):
+      assert r[ext_].rsplit('/', 1)[-1] == f'sa_{r["image_id"]}.{ext_}'
+      assert (r[f'{ext_}_offset'], r[f'{ext_}_size']) == truth[
+          r['tar'], r[ext_]], r
+  # The offsets read the members' bytes back exactly.
+  for r in rows:
+    if r['jpg_offset'] is not None:
+      blob = (DUMMY_DATA / r['tar']).read_bytes()
+      jpg = blob[r['jpg_offset']:r['jpg_offset'] + r['jpg_size']]
+      assert jpg == INPUTS[r['image_id']][0]
+  assert not list(tmp_path.glob('*.part'))
+
+
+def test_index_images_says_which_tars_and_which_are_in_none(tmp_path,
+                                                           capsys):
+  listed = tmp_path / 'list.json'
+  listed.write_text(json.dumps(['sa_2.jpg', 3, 12, 32, 98, 99]))
+  out = tmp_path / 'index.parquet'
+  code, printed, err = run(capsys, 'index', '--manual_dir', DUMMY_DATA,
+                           '--out', out, '--images', listed, '--json',
+                           tmp_path / 'r.json', '--no_progress')
+  assert code == 0, err
+  assert printed.splitlines() == [
+      'sa_000000.tar\t2', 'sa_000001.tar\t1', 'sa_000003.tar\t1',
+      '4 of the 6 listed images are in 3 tars (--tars 0-1,3); 2 are in'
+      ' none: 98, 99']
+  report = json.loads((tmp_path / 'r.json').read_text())
+  assert report['missing'] == [98, 99] and report['tar_spec'] == '0-1,3'
+  assert report['list_sha256'] == _canonical_sha([2, 3, 12, 32, 98, 99])
+  # The same answer from the index file, without the tars.
+  code, again, err = run(capsys, 'index', '--from', out, '--images', listed)
+  assert code == 0, err
+  assert again == printed
+
+
+def test_index_counts_an_image_in_two_tars_in_the_lowest(tmp_path):
+  manual = make_bad_manual_dir(tmp_path / 'in')  # Id 2 in tars 0 and 1.
+  listed = tmp_path / 'l.txt'
+  listed.write_text('2\n10\n')
+  # A process of its own: the CLI's warnings go to its stderr.
+  res = subprocess.run(
+      [sys.executable, '-m', 'segment_anything_tfds', 'index',
+       '--manual_dir', str(manual), '--images', str(listed),
+       '--no_progress'], capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stderr
+  assert res.stdout.splitlines()[:2] == ['sa_000000.tar\t1',
+                                         'sa_000001.tar\t1']
+  # Images whose members cannot be read are left out, with a warning (the
+  # index is of members: JSON is not parsed).
+  assert res.stderr.splitlines() == [
+      'segment-anything-tfds: warning: sa_000001.tar: 2 images left out'
+      ' (missing_jpg, missing_json), e.g. sa_000001.tar:sa_12.jpg:'
+      ' sa_12.jpg has no sa_12.json [missing_json]'], res.stderr
+
+
+def test_index_errors_are_one_line(tmp_path, capsys, monkeypatch):
+  bad_rows = tmp_path / 'bad.jsonl'
+  bad_rows.write_text('{"image_id": 1, "tar": "sa_000000.tar"}\n'
+                      '{"image_id": "2", "tar": "sa_000000.tar"}\n')
+  listed = tmp_path / 'l.txt'
+  listed.write_text('1\n')
+  cases = [
+      (['--from', bad_rows, '--images', listed],
+       f"{bad_rows}:2: image_id '2' is not an image id"),
+      (['--manual_dir', DUMMY_DATA, '--out', tmp_path / 'i.csv'],
+       'i.csv: an index file name ends in .jsonl or .parquet'),
+      (['--from', tmp_path / 'none.jsonl', '--images', listed],
+       'no such file'),
+  ]
+  for argv, message in cases:
+    code, _, err = run(capsys, 'index', *argv, '--no_progress')
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+  # Without pyarrow: a hint, before any work.
+  monkeypatch.setitem(sys.modules, 'pyarrow', None)
+  code, _, err = run(capsys, 'index', '--manual_dir', DUMMY_DATA, '--out',
+                     tmp_path / 'i.parquet', '--no_progress')
+  assert code == 1
+  assert err.strip() == ('segment-anything-tfds index: error: parquet needs'
+                         ' pyarrow, which is not installed: pip install'
+                         ' pyarrow, or use a .jsonl index (always'
+                         ' available)')
+  assert not list(tmp_path.glob('i.parquet*'))
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def test_cli_build_with_a_list(tmp_path, capsys):
+  listed = tmp_path / 'l.txt'
+  listed.write_text('sa_2.jpg\n31\n98\n')
+  base = ['build', '--config', 'all', '--images', listed, '--manual_dir',
+          DUMMY_DATA, '--data_dir', tmp_path / 'd', '--no_progress']
+  code, _, err = run(capsys, *base)
+  assert code == 1
+  assert err.strip().splitlines()[-1] == (
+      f'segment-anything-tfds build: error: 1 of the 3 images listed in'
+      f' {listed} is in none of the 4 tars read: 98. Find their tars with'
+      ' `segment-anything-tfds index --images`, or build the others with'
+      ' allow_partial=True (--allow_partial)')
+  code, out, err = run(capsys, *base, '--allow_partial', '--summary_json',
+                       tmp_path / 's.json')
+  assert code == 0, err
+  assert 'list:      3 images listed, 1 in no tar (first: 98)' in out
+  summary = json.loads((tmp_path / 's.json').read_text())
+  assert summary['images'] == 2 and summary['images_missing'] == 1
+  assert summary['config'] == 'all_images_' + _canonical_sha([2, 31, 98])[:12]
+  listed.write_text('2\nsa_3.JPG\n')
+  code, _, err = run(capsys, *base)
+  assert code == 1
+  assert err.strip().splitlines()[-1] == (
+      f"segment-anything-tfds build: error: {listed}:2: 'sa_3.JPG': expected"
+      ' an image id or an sa_<id>.jpg name, e.g. 223750 or sa_223750.jpg'
+      ' (ids in ASCII digits without leading zeros, as in the tars)')
