@@ -22,9 +22,12 @@ from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import errors
 from segment_anything_tfds.prepare import image_index
 from segment_anything_tfds.prepare import image_list
+from segment_anything_tfds.prepare import local
+from segment_anything_tfds.prepare import plan
 from segment_anything_tfds.prepare import rules
 from segment_anything_tfds.prepare import runners
 from segment_anything_tfds.prepare import tars
+from segment_anything_tfds.sources import base
 from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds.sources import manual_dir as shards_lib
 from segment_anything_tfds.tools import fake_data
@@ -353,6 +356,84 @@ def test_stream_and_index_take_the_same_listed_images(tmp_path):
   assert events[-1] == indexed
 
 
+class _Counted(base.Source):
+  """A local tar whose reads are counted (`reads`: bytes per read)."""
+
+  reads: list[int] = []
+  remote = False
+  folder = False
+  downloaded = False
+
+  def __init__(self, inner: base.Source):
+    self.inner = inner
+    self.name = inner.name
+    self.where = inner.where
+
+  def size(self):
+    return self.inner.size()
+
+  def open_random(self):
+    return _CountedReader(self.inner.open_random())
+
+  def open_sequential(self, start=0):
+    raise AssertionError('a local tar is never read front to back')
+
+  def list_members(self):
+    return self.inner.list_members()
+
+  def read_member(self, member):
+    return self.inner.read_member(member)
+
+
+class _CountedReader:
+
+  def __init__(self, reader):
+    self.reader = reader
+
+  def read_at(self, offset, size):
+    data = self.reader.read_at(offset, size)
+    _Counted.reads.append(len(data))
+    return data
+
+  def close(self):
+    self.reader.close()
+
+
+@pytest.mark.parametrize('engine', ['local', 'beam'])
+def test_a_list_reads_only_headers_and_the_listed_members(tmp_path, engine):
+  """A local tar of 300 images, 3 listed: exactly a 512-byte read per
+  header and one read per listed member."""
+  rng = np.random.default_rng(11)
+  records = [(i, *fake_data.image_record(rng, i, height=64, width=64,
+                                         num_masks=6)) for i in range(1, 301)]
+  manual = tmp_path / 'in'
+  manual.mkdir()
+  members = fake_data.write_tar(manual / 'sa_000000.tar', records, rng=rng)
+  listed = image_list.make([7, 150, 299])
+  source = _Counted(shards_lib.find_shards(manual).shards[0])
+  output = plan.Output(os.fspath(tmp_path / 'out'), 'segment_anything',
+                       'train')
+  os.makedirs(output.data_dir)
+  _Counted.reads.clear()
+  if engine == 'local':
+    result = local.build([source], output, lenient=False, workers=1,
+                         show_progress=False, images=listed)
+  else:
+    from segment_anything_tfds.prepare import beam  # pylint: disable=g-import-not-at-top
+    result = beam.build([source], output, lenient=False, hold_bytes=0,
+                        runner=runners.local_runner(), images=listed)
+  assert result.images == 3 and result.missing_images.tolist() == []
+  listed_bytes = sum(len(jpg) + len(js) for i, jpg, js in records
+                     if i in listed)
+  assert sorted(_Counted.reads) == sorted(
+      [512] * (members + 1) + [len(b) for i, jpg, js in records
+                               if i in listed for b in (jpg, js)])
+  assert sum(_Counted.reads) == 512 * (members + 1) + listed_bytes
+  # Tiny members: the headers are a sixth of this tar (of an SA-1B tar, a
+  # thousandth).
+  assert sum(_Counted.reads) < source.size() / 5
+
+
 # ------------------------------------------------------------- the index
 
 
@@ -450,6 +531,31 @@ def test_index_counts_an_image_in_two_tars_in_the_lowest(tmp_path):
       'segment-anything-tfds: warning: sa_000001.tar: 2 images left out'
       ' (missing_jpg, missing_json), e.g. sa_000001.tar:sa_12.jpg:'
       ' sa_12.jpg has no sa_12.json [missing_json]'], res.stderr
+
+
+def test_index_of_links_reads_each_tar_once_front_to_back(tmp_path, capsys):
+  names = ['sa_000000.tar', 'sa_000001.tar', 'sa_000002.tar']
+  files = {n: (DUMMY_DATA / n).read_bytes() for n in names}
+  local_dir = tmp_path / 'local'
+  local_dir.mkdir()
+  for n in names:
+    (local_dir / n).write_bytes(files[n])
+  code, _, err = run(capsys, 'index', '--manual_dir', local_dir, '--out',
+                     tmp_path / 'local.jsonl', '--no_progress')
+  assert code == 0, err
+  with LoopbackServer(files) as srv:
+    links = tmp_path / 'links'
+    links.mkdir()
+    fake_data.write_links(links / links_lib.LINKS_FILE_NAME,
+                          [(n, srv.url(n)) for n in names])
+    code, _, err = within(120, run, capsys, 'index', '--manual_dir', links,
+                          '--out', tmp_path / 'remote.jsonl',
+                          '--no_progress')
+    assert code == 0, err
+    for n in names:
+      assert [g[2] for g in srv.gets(n)] == [f'bytes=0-{len(files[n]) - 1}']
+  assert (tmp_path / 'remote.jsonl').read_text() == (
+      tmp_path / 'local.jsonl').read_text()
 
 
 def test_index_errors_are_one_line(tmp_path, capsys, monkeypatch):

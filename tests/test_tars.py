@@ -62,16 +62,22 @@ def test_unpaired_duplicated_unsafe_and_oversized_members_are_problems():
 
 def test_non_canonical_stems_are_ignored_never_merged():
   """`sa_1` and `sa_01` (or `sa_١`) are not two names of image 1."""
+  # Ids beyond int64 (the build's entries) name no image either, however
+  # many digits (Python refuses int() of more than 4300).
+  huge = [f'sa_{1 << 63}.jpg', f'sa_{1 << 63}.json', f'sa_{"9" * 5000}.jpg',
+          f'sa_{"9" * 5000}.json']
   members = [M('sa_1.jpg'), M('sa_1.json'), M('sa_01.jpg'), M('sa_01.json'),
              M('sa_\u0661.jpg'), M('sa_\u0661.json'), M('SA_2.JPG'),
              M('sa_12a.jpg'), M('sa_3.jpeg'), M('sa_1\n.jpg'), M('sa_.json'),
-             M('sa_0.jpg'), M('sa_0.json')]
+             M('sa_0.jpg'), M('sa_0.json'), *map(M, huge),
+             M(f'sa_{(1 << 63) - 1}.jpg'), M(f'sa_{(1 << 63) - 1}.json')]
   index = tars.pair_members(members, tar='t.tar')
-  assert [p.image_id for p in index.pairs] == [0, 1]
+  assert [p.image_id for p in index.pairs] == [0, 1, (1 << 63) - 1]
   assert index.problems == []
   assert sorted(index.ignored) == sorted([
       'sa_01.jpg', 'sa_01.json', 'sa_\u0661.jpg', 'sa_\u0661.json',
-      'SA_2.JPG', 'sa_12a.jpg', 'sa_3.jpeg', 'sa_1\n.jpg', 'sa_.json'])
+      'SA_2.JPG', 'sa_12a.jpg', 'sa_3.jpeg', 'sa_1\n.jpg', 'sa_.json',
+      *huge])
 
 
 def test_special_members_are_reported_as_what_they_are(tmp_path):

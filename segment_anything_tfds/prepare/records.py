@@ -24,6 +24,9 @@ except ImportError:  # pragma: no cover - exercised where orjson is absent.
 # Canonical image stems: `sa_` and ASCII digits, no leading zeros, so that
 # one image id has exactly one name.
 _STEM_RE = re.compile(r'sa_(0|[1-9][0-9]*)')
+# Image ids are int64 in a build (its entries, `plan.image_order`); a larger
+# number names no SA-1B image (whose ids are below 12 M).
+MAX_IMAGE_ID = (1 << 63) - 1
 
 
 Where = Tuple[str, str]  # (tar, member) of the input at fault.
@@ -35,9 +38,13 @@ def bad_input(reason: str, where: Where, detail: str) -> errors.BadInputError:
 
 
 def image_id_from_stem(stem: str) -> int | None:
-  """`sa_123` -> 123; None for any other stem (`sa_0123`, `sa_١`, `SA_1`)."""
+  """`sa_123` -> 123; None for any other stem (`sa_0123`, `sa_١`, `SA_1`,
+  an id over `MAX_IMAGE_ID`)."""
   m = _STEM_RE.fullmatch(stem)
-  return int(m.group(1)) if m else None
+  if m is None or len(m.group(1)) > len(str(MAX_IMAGE_ID)):
+    return None
+  image_id = int(m.group(1))
+  return image_id if image_id <= MAX_IMAGE_ID else None
 
 
 def parse_json(data: bytes, *, where: Where) -> Any:
