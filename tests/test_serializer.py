@@ -155,7 +155,8 @@ def test_random_examples(jpegs):
   sizes = sorted(jpegs)
   for k in range(300):
     height, width = sizes[k % len(sizes)]
-    image_id = _IDS[k % len(_IDS)] if k % 3 == 0 else int(rng.integers(2**31))
+    image_id = (min(_IDS[k % len(_IDS)], examples.MAX_IMAGE_ID) if k % 3 == 0
+                else int(rng.integers(2**31)))
     record = _random_record(rng, image_id, int(rng.integers(0, 25)),
                             height=height, width=width)
     # Through JSON text, as a build reads it (orjson where installed).
@@ -193,11 +194,14 @@ def test_values_json_cannot_hold(jpegs):
 
 
 def test_uint64_extremes(jpegs):
-  record = _random_record(np.random.default_rng(6), U64_MAX, len(_IDS),
+  # Image ids stop at 2**63 - 1 (larger names are no image's); annotation
+  # ids and areas take every uint64.
+  top = examples.MAX_IMAGE_ID
+  record = _random_record(np.random.default_rng(6), top, len(_IDS),
                           height=1, width=1)
   for a, ann_id in zip(record['annotations'], _IDS):
     a['id'] = ann_id
-  ours = _assert_same(_example(jpegs[1, 1], record, U64_MAX), 'uint64 ids')
+  ours = _assert_same(_example(jpegs[1, 1], record, top), 'uint64 ids')
   assert b'\xff' * 9 + b'\x01' in ours  # 2**64 - 1: a 10-byte varint.
 
 
