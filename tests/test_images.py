@@ -568,7 +568,16 @@ def test_index_errors_are_one_line(tmp_path, capsys, monkeypatch):
                       '{"image_id": "2", "tar": "sa_000000.tar"}\n')
   listed = tmp_path / 'l.txt'
   listed.write_text('1\n')
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  pq.write_table(pa.table({'id': [1, 2]}), tmp_path / 'other.parquet')
+  (tmp_path / 'text.parquet').write_text('hello')
   cases = [
+      (['--from', tmp_path / 'other.parquet', '--images', listed],
+       'other.parquet: not an image index: no image_id and tar columns (it'
+       ' has id)'),
+      (['--from', tmp_path / 'text.parquet', '--images', listed],
+       'text.parquet: not a parquet file ('),
       (['--from', bad_rows, '--images', listed],
        f"{bad_rows}:2: image_id '2' is not an image id"),
       (['--manual_dir', DUMMY_DATA, '--out', tmp_path / 'i.csv'],

@@ -130,7 +130,8 @@ def _schema(pa):
 
 
 def _bad(path: str, where: Any, detail: str) -> errors.ConfigError:
-  return errors.ConfigError(f'{path}:{where}: {detail}')
+  return errors.ConfigError(f'{path}{"" if where is None else f":{where}"}:'
+                            f' {detail}')
 
 
 def _check_row(path: str, where: Any, image_id: Any, tar: Any
@@ -168,18 +169,26 @@ def read_pairs(path: epath.PathLike) -> Iterator[tuple[int, int]]:
         yield _check_row(path_text, number, row.get('image_id'),
                          row.get('tar'))
       return
-    pa = _pyarrow()
-    try:
-      table = pa.parquet.ParquetFile(f)
-      batches = table.iter_batches(columns=['image_id', 'tar'])
-      first = 0
-      for batch in batches:
-        for i, (image_id, tar) in enumerate(zip(
-            batch.column(0).to_pylist(), batch.column(1).to_pylist())):
-          yield _check_row(path_text, f'row {first + i + 1}', image_id, tar)
-        first += batch.num_rows
-    except (pa.ArrowException, ValueError, KeyError) as e:
-      raise _bad(path_text, '-', f'not an image index ({e})') from None
+    yield from _parquet_pairs(f, path_text)
+
+
+def _parquet_pairs(f, path: str) -> Iterator[tuple[int, int]]:
+  pa = _pyarrow()
+  try:
+    table = pa.parquet.ParquetFile(f)
+    columns = set(table.schema_arrow.names)
+    batches = table.iter_batches(columns=['image_id', 'tar'])
+  except (pa.ArrowException, ValueError) as e:
+    raise _bad(path, None, f'not a parquet file ({e})') from None
+  if not {'image_id', 'tar'} <= columns:
+    raise _bad(path, None, 'not an image index: no image_id and tar'
+               f' columns (it has {", ".join(sorted(columns)[:8])})')
+  first = 0
+  for batch in batches:
+    for i, (image_id, tar) in enumerate(zip(
+        batch.column('image_id').to_pylist(), batch.column('tar').to_pylist())):
+      yield _check_row(path, f'row {first + i + 1}', image_id, tar)
+    first += batch.num_rows
 
 
 # --------------------------------------------------------- which tars
