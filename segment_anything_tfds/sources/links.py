@@ -19,7 +19,6 @@ from segment_anything_tfds import errors
 
 LINKS_FILE_NAME = errors.LINKS_FILE_NAME
 HEADER = ('file_name', 'cdn_link')
-HOMEPAGE = errors.HOMEPAGE
 # Schemes a link may use; a link without a scheme is a local path.
 URL_SCHEMES = ('http', 'https', 'gs')
 HTTP_SCHEMES = ('http', 'https')
@@ -134,7 +133,7 @@ def _check_header(numbered: list[tuple[int, str]], source: str) -> None:
   if not numbered:
     raise errors.LinksError(
         f'{source}: the links file is empty; download it again from'
-        f' {HOMEPAGE} (a TSV with the header file_name<TAB>cdn_link)')
+        f' {errors.HOMEPAGE} (a TSV with the header file_name<TAB>cdn_link)')
   first_no, first = numbered[0]
   header = tuple(c.strip() for c in first.split('\t'))
   if header == HEADER:
