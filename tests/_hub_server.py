@@ -56,6 +56,8 @@ class HubServer:
     self.cdn = LoopbackServer({
         posixpath.basename(path): data
         for files in repos.values() for path, data in files.items()})
+    # Its URLs are signed for a GET (as S3's): a HEAD is refused.
+    self.cdn.no_head.update(self.cdn.files)
     hub = self
 
     class Handler(http.server.BaseHTTPRequestHandler):

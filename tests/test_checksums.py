@@ -96,7 +96,7 @@ def test_the_known_list_is_the_published_file_as_it_is():
   known = checksums.known()
   assert len(known.sums) == 1000
   assert known.expected('sa_000000.tar') == checksums.Expected(
-      'md5', KNOWN_0, checksums.KNOWN_LIST)
+      'md5', KNOWN_0, 'the published SA-1B md5 list')
   assert 'XuyangShen/SA-1B-Fast-Downloader' in checksums.KNOWN_LIST
   readme = (REPO / 'segment_anything_tfds/sources/data/README.md').read_text()
   assert ('https://github.com/XuyangShen/SA-1B-Fast-Downloader' in readme
@@ -420,7 +420,7 @@ def test_known_checks_every_tar_and_names_both_md5s(server, tmp_path):
   msg = str(e.value)
   assert msg.startswith(f'3 tars do not match {checksums.KNOWN_LIST}:')
   assert (f'sa_000000.tar from 127.0.0.1:{server.port}: the download\'s md5'
-          f' is {MD5["sa_000000.tar"]}, {checksums.KNOWN_LIST} says'
+          f' is {MD5["sa_000000.tar"]}, the published SA-1B md5 list says'
           f' {KNOWN_0}; moved to') in msg
   cache = download.cache_dir(tmp_path / 'dl')
   assert sorted(os.listdir(cache / checksums.QUARANTINE_SUBDIR)) == NAMES

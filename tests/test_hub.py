@@ -90,6 +90,8 @@ def _assert_token_only_to_the_hub(server, *others):
   credential."""
   assert server.requests
   assert set(_authorizations(server.requests)) == {f'Bearer {TOKEN}'}
+  # The Hub's redirect answers a HEAD (its size): the CDN gets GETs alone.
+  assert {m for m, _, _ in server.cdn.headers} <= {'GET'}
   for other in (server.cdn, *others):
     assert other.headers, 'the other server got no request'
     for _, target, headers in other.headers:
@@ -399,4 +401,4 @@ def test_a_streamed_hf_tar_is_checked_as_it_is_read(gated, tmp_path):
   # The dummy tars are not the real ones: the published md5 says so.
   assert verdict.reason == errors.CHECKSUM_MISMATCH
   assert verdict.detail.endswith(
-      f'{checksums.KNOWN_LIST} says 78d0f487c735a3de86ae6e1b0ff24ea9')
+      'the published SA-1B md5 list says 78d0f487c735a3de86ae6e1b0ff24ea9')

@@ -61,6 +61,8 @@ NONE = 'none'
 KNOWN_ORIGIN = ('XuyangShen/SA-1B-Fast-Downloader checklist.txt at commit'
                 ' 7ddfd31')
 KNOWN_LIST = f'the published SA-1B md5s ({KNOWN_ORIGIN})'
+# How a mismatch names it (the error's first words name `KNOWN_LIST`).
+KNOWN_SHORT = 'the published SA-1B md5 list'
 _KNOWN_FILE = 'data/checklist.txt'
 # 1000 sha256 lines are about 85 kB; anything far larger is not a list.
 MAX_CHECKSUMS_FILE_BYTES = 16 << 20
@@ -97,10 +99,12 @@ class Checklist:
 
   source: str
   sums: dict[str, tuple[str, str]]
+  short: str | None = None  # How a mismatch names it (default: `source`).
 
   def expected(self, name: str) -> Expected | None:
     entry = self.sums.get(name)
-    return None if entry is None else Expected(*entry, self.source)
+    return None if entry is None else Expected(*entry,
+                                               self.short or self.source)
 
 
 # ------------------------------------------------------------- lists
@@ -176,7 +180,8 @@ def known_text() -> bytes:
 def known() -> Checklist:
   """The published md5s of the 1000 SA-1B tars (`KNOWN_LIST`)."""
   return Checklist(KNOWN_LIST, parse_checksums(known_text().decode('ascii'),
-                                               source=KNOWN_LIST))
+                                               source=KNOWN_LIST),
+                   KNOWN_SHORT)
 
 
 def checklist(choice: str | None,

@@ -838,7 +838,8 @@ class Client:
       resp = self._send_once(method, url, self._hop_headers(first, url,
                                                             headers))
       location = resp.headers.get('Location')
-      if resp.status_code not in _REDIRECTS or not location:
+      if resp.status_code not in _REDIRECTS or not location or (
+          method == 'HEAD' and _hub_linked_size(resp, url) is not None):
         return resp
       resp.close()  # A redirect's body is never read.
       url = _redirect(first, url, location)
@@ -954,12 +955,17 @@ class Client:
     """(status, Content-Length) of a HEAD, transient failures retried.
 
     Any final status is returned (a 404 is an answer); a 5xx that lasts
-    through the retry budget raises.
+    through the retry budget raises. The Hub's redirect of a download
+    says its size (`X-Linked-Size`): that answers the HEAD, as 200 (the
+    storage's signed URL it leads to is for a GET alone).
     """
     def attempt():
       with contextlib.closing(self.send('HEAD', url)) as resp:
         if _transient_status(resp.status_code):
           raise self.status_error(resp, url)
+        linked = _hub_linked_size(resp, resp.url or url)
+        if linked is not None:
+          return 200, linked
         return resp.status_code, content_length(resp)
     return self.retrying(attempt, what=f'HEAD {links_lib.redact(url)}')
 
@@ -1007,6 +1013,14 @@ def pause(seconds: float, cancel: threading.Event | None = None) -> None:
     time.sleep(seconds)
   elif cancel.wait(seconds):
     raise Cancelled()
+
+
+def _hub_linked_size(resp: requests.Response, url: str) -> int | None:
+  """The size a Hub origin's redirect of a download announces
+  (`X-Linked-Size`), or None for any other answer."""
+  if resp.status_code not in _REDIRECTS or not hub.is_hub(url):
+    return None
+  return header_int(resp.headers.get('X-Linked-Size'))
 
 
 def _check_scheme(url: str, first: str) -> None:

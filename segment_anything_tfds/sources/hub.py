@@ -68,13 +68,23 @@ def is_hub(url: str) -> bool:
 
 def token() -> str | None:
   """The user's Hub token, or None: `huggingface_hub`'s own lookup
-  (`HF_TOKEN`, then the stored login); without it, `HF_TOKEN`."""
+  (`HF_TOKEN`, then the stored login); without it, `HF_TOKEN`.
+
+  Raises:
+    errors.AccessError: the lookup failed (e.g. an OIDC exchange asked for
+      with `HF_OIDC_RESOURCE`).
+  """
   try:
     import huggingface_hub  # pylint: disable=g-import-not-at-top
   except ImportError:
     return (os.environ.get('HF_TOKEN')
             or os.environ.get('HUGGING_FACE_HUB_TOKEN') or None)
-  return huggingface_hub.get_token()
+  try:
+    return huggingface_hub.get_token()
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.AccessError(
+        'cannot get the Hugging Face token (huggingface_hub.get_token):'
+        f' {type(e).__name__}') from None
 
 
 def token_for(url: str, lookup=token) -> str | None:
@@ -96,12 +106,16 @@ def repo_of(url: str) -> str | None:
   return '/'.join(parts[:2]) if len(parts) >= 2 else None
 
 
+def _host(url: str) -> str:
+  """`host:port` of a URL, never a user or password."""
+  return urllib.parse.urlsplit(url).netloc.rsplit('@', 1)[-1]
+
+
 def repo_page(url: str) -> str:
   """The page of the repo of a Hub URL, where its terms are accepted."""
-  parts = urllib.parse.urlsplit(url)
   repo = repo_of(url)
-  return f'{parts.scheme}://{parts.netloc}/{repo}' if repo else (
-      f'{parts.scheme}://{parts.netloc}')
+  site = f'{urllib.parse.urlsplit(url).scheme}://{_host(url)}'
+  return f'{site}/{repo}' if repo else site
 
 
 def access_error(url: str, status: int, *, token_sent: bool,
@@ -119,7 +133,7 @@ def access_error(url: str, status: int, *, token_sent: bool,
            f' {page} (or log in with `hf auth login`)')
   return errors.AccessError(
       f'{what or links_lib.redact(url)}: HTTP {status} from the Hugging Face'
-      f' Hub ({urllib.parse.urlsplit(url).netloc}) for'
+      f' Hub ({_host(url)}) for'
       f' {repo or "this URL"}: {why}')
 
 
@@ -193,7 +207,7 @@ def _first_line(e: BaseException) -> str:
 def _listing_error(e: Exception, where: HubDir) -> errors.Error:
   """The package's error for a failure of `huggingface_hub`'s listing."""
   from huggingface_hub import errors as hf_errors  # pylint: disable=g-import-not-at-top
-  uri, host = where.uri(), urllib.parse.urlsplit(endpoint()).netloc
+  uri, host = where.uri(), _host(endpoint())
   status = getattr(getattr(e, 'response', None), 'status_code', None)
   page = f'{endpoint()}/datasets/{where.repo}'
   if isinstance(e, hf_errors.GatedRepoError) or (

@@ -90,13 +90,14 @@ def format_time(unix: float) -> str:
 
 
 def redact(url: str) -> str:
-  """A URL without its query (signatures) for messages and logs."""
+  """A URL for messages and logs: without its query (signatures) and
+  without a user or password before its host."""
   if not is_http(url):
     return url
   parts = urllib.parse.urlsplit(url)
   return urllib.parse.urlunsplit(
-      (parts.scheme, parts.netloc, parts.path, '...' if parts.query else '',
-       ''))
+      (parts.scheme, parts.netloc.rsplit('@', 1)[-1], parts.path,
+       '...' if parts.query else '', ''))
 
 
 @dataclasses.dataclass(frozen=True)
