@@ -103,16 +103,16 @@ def test_the_known_list_is_the_published_file_as_it_is():
           and '7ddfd3193a72909a38337ac2f0749b15a30137a2' in readme)
 
 
-def test_the_known_list_is_package_data():
-  from distutils import core  # pylint: disable=g-import-not-at-top,deprecated-module
-  cwd = os.getcwd()
-  os.chdir(REPO)
-  try:
-    dist = core.run_setup('setup.py', stop_after='init')
-  finally:
-    os.chdir(cwd)
-  data = dist.package_data['segment_anything_tfds.sources']
+def test_the_known_list_is_package_data(monkeypatch):
+  import runpy  # pylint: disable=g-import-not-at-top
+  import setuptools  # pylint: disable=g-import-not-at-top
+  given = {}
+  monkeypatch.setattr(setuptools, 'setup', given.update)
+  runpy.run_path(os.fspath(REPO / 'setup.py'))
+  data = given['package_data']['segment_anything_tfds.sources']
   assert {'data/checklist.txt', 'data/README.md'} <= set(data)
+  assert all((REPO / 'segment_anything_tfds/sources' / f).is_file()
+             for f in data)
 
 
 # ------------------------------------------------------------ choosing

@@ -21,9 +21,10 @@ a multiple of 512). With an expected digest (a checksum list), the body is
 hashed as it is written (a resumed `.part` has its first bytes hashed once,
 from disk): a tar that does not match is moved to `quarantine/` (a
 `ChecksumError` naming the tar and both digests), one that matches gets its
-`.verified` marker, so it is not hashed again before the build. A body larger than `max_bytes` is stopped. Two processes
-sharing a download dir never write one tar at once: each tar is fetched
-under an exclusive lock, and whoever comes second reuses the finished tar.
+`.verified` marker, so it is not hashed again before the build. A body
+larger than `max_bytes` is stopped. Two processes sharing a download dir
+never write one tar at once: each tar is fetched under an exclusive lock,
+and whoever comes second reuses the finished tar.
 
 Only this user's files are trusted (`open_owned`, `check_cache_dir`): the
 cache dir must belong to this user (or root) and be writable by no one else
@@ -78,7 +79,6 @@ OUTPUT_RATIO = 1.0
 _BLOCK = tarfile.BLOCKSIZE  # 512
 _END = 2 * _BLOCK  # A tar ends with two zero blocks.
 _LOCK_POLL = 0.2
-_HASH_CHUNK = 8 << 20
 
 
 def cache_dir(download_dir: epath.PathLike) -> epath.Path:
@@ -429,14 +429,12 @@ class _Transfer:
       return
     fd = os.open(self.part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-      while self.hashed < start:
-        data = os.read(fd, min(_HASH_CHUNK, start - self.hashed))
-        if not data:
-          raise http.TransientError(f'{self.what}: {self.part} shrank while'
-                                    ' it was hashed')
-        self.hash(data)
+      self.hashed = checksums.hash_fd(self.hasher, fd, start)
     finally:
       os.close(fd)
+    if self.hashed < start:
+      raise http.TransientError(f'{self.what}: {self.part} shrank while it'
+                                ' was hashed')
 
   def hash(self, data: bytes) -> None:
     if self.hasher is not None:
@@ -757,9 +755,9 @@ def head_sizes(links: Mapping[str, str], *,
 
   A 401 or 403 raises (`LinksExpiredError` for a signed link,
   `AccessError` from the Hugging Face Hub, saying to set HF_TOKEN) before
-  anything is downloaded, and so does a size over `max_bytes` (`DownloadError`: not an
-  SA-1B tar); any other failure leaves the size unknown (the estimate is
-  used).
+  anything is downloaded, and so does a size over `max_bytes`
+  (`DownloadError`: not an SA-1B tar); any other failure leaves the size
+  unknown (the estimate is used).
   """
   if not links:
     return {}

@@ -73,7 +73,7 @@ def pread(fd: int, offset: int, size: int) -> bytes:
   return bytes(out)
 
 
-def _open_tar(path: str, name: str) -> int:
+def open_tar(path: str, name: str) -> int:
   """A read-only fd of the regular file `path` (symlinks followed).
 
   A FIFO or device is refused before it is opened (and once opened,
@@ -175,10 +175,10 @@ class LocalTar(base.Source, _legacy.LegacyShard):
           f'{self.name}: cannot open {self.location}: {e.strerror}') from None
 
   def open_random(self) -> base.RandomReader:
-    return _PreadReader(_open_tar(self.location, self.name))
+    return _PreadReader(open_tar(self.location, self.name))
 
   def open_sequential(self, start: int = 0) -> base.SequentialReader:
-    return _BufferedSequential(_open_tar(self.location, self.name), start)
+    return _BufferedSequential(open_tar(self.location, self.name), start)
 
   def list_members(self) -> list[Member]:
     raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'
@@ -193,7 +193,7 @@ class LocalTar(base.Source, _legacy.LegacyShard):
     # Unbuffered: indexing reads 512-byte headers between seeks, and the
     # local build reads whole members at random offsets; a read buffer
     # would fetch a full buffer per read and throw most of it away.
-    return io.open(_open_tar(self.location, self.name), 'rb', buffering=0)
+    return io.open(open_tar(self.location, self.name), 'rb', buffering=0)
 
 
 @dataclasses.dataclass(frozen=True)

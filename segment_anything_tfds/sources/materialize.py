@@ -110,7 +110,7 @@ def _check_list(sources: Sequence[Source], listed: checksums.Checklist,
   by_name = {s.name: s for s in sources}
   problems = {n: _mismatch(by_name[n], p) for n, p in _verify_local(
       sources, listed, workers).items()}
-  out, unlisted, folders = [], [], 0
+  out, unlisted, folders, streamed = [], [], 0, 0
   for s in sources:
     expected = listed.expected(s.name)
     if s.folder:
@@ -119,7 +119,11 @@ def _check_list(sources: Sequence[Source], listed: checksums.Checklist,
       unlisted.append(s.name)
     elif s.remote:
       s = dataclasses.replace(s, checksum=expected)
+      streamed += 1
     out.append(s)
+  if streamed:
+    logging.info('%d remote tars are checked against %s as the build reads'
+                 ' them', streamed, listed.source)
   if unlisted:
     logging.warning('%s lists no checksum for %d tars, not verified: %s',
                     listed.source, len(unlisted), ', '.join(unlisted[:5]))
