@@ -10,6 +10,10 @@ Read with fsspec (gcsfs for gs://), each read a request:
 * a folder is listed in one walk, with the sizes, and each file is read in
   one request.
 
+With an expected `checksum`, a tar read from byte 0 hashes what goes by
+(skips are read, not sought; `checksums.hashing`); the engine asks
+`checksums.stream_verdict` at the end.
+
 Buckets have no symlinks, FIFOs or devices. Sources hold only their URI;
 each reader opens its own file, on fsspec's filesystem of the process.
 """
@@ -22,6 +26,7 @@ from typing import Any
 
 from segment_anything_tfds import errors
 from segment_anything_tfds.sources import base
+from segment_anything_tfds.sources import checksums
 from segment_anything_tfds.sources.base import Member
 
 # Bytes per request of a bucket tar read front to back.
@@ -158,11 +163,15 @@ class BucketTar(_Sized, base.Source):
     location: its URI.
     known_size: its size in bytes when known (from a listing), else asked
       for once.
+    checksum: the `checksums.Expected` digest of the tar, checked when it
+      is read front to back (None: not checked).
   """
 
   name: str
   location: str
   known_size: int | None = dataclasses.field(default=None, compare=False)
+  checksum: checksums.Expected | None = dataclasses.field(default=None,
+                                                          compare=False)
 
   remote = True
   folder = False
@@ -177,9 +186,9 @@ class BucketTar(_Sized, base.Source):
                    self.size())
 
   def open_sequential(self, start: int = 0) -> base.SequentialReader:
-    return _Sequential(
+    return checksums.hashing(_Sequential(
         _open(self.location, self.name, block_size=SEQUENTIAL_READ_BYTES,
-              cache_type='readahead'), start, self.size())
+              cache_type='readahead'), start, self.size()), self, start)
 
   def list_members(self) -> list[Member]:
     raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'

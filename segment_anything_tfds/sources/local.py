@@ -71,7 +71,7 @@ def pread(fd: int, offset: int, size: int) -> bytes:
   return bytes(out)
 
 
-def _open_tar(path: str, name: str) -> int:
+def open_tar(path: str, name: str) -> int:
   """A read-only fd of the regular file `path` (symlinks followed).
 
   A FIFO or device is refused before it is opened (and once opened,
@@ -172,10 +172,10 @@ class LocalTar(base.Source):
           f'{self.name}: cannot open {self.location}: {e.strerror}') from None
 
   def open_random(self) -> base.RandomReader:
-    return _PreadReader(_open_tar(self.location, self.name))
+    return _PreadReader(open_tar(self.location, self.name))
 
   def open_sequential(self, start: int = 0) -> base.SequentialReader:
-    return _BufferedSequential(_open_tar(self.location, self.name), start)
+    return _BufferedSequential(open_tar(self.location, self.name), start)
 
   def list_members(self) -> list[Member]:
     raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'
