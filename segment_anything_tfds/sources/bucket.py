@@ -155,7 +155,7 @@ class _Sized:
 
 
 @dataclasses.dataclass(frozen=True)
-class BucketTar(_Sized, base.Source):
+class BucketTar(_Sized, base.TarSource):
   """A tar in a bucket, e.g. `gs://b/sa1b/sa_000012.tar`.
 
   Attributes:
@@ -174,12 +174,6 @@ class BucketTar(_Sized, base.Source):
                                                           compare=False)
 
   remote = True
-  folder = False
-  downloaded = False
-
-  @property
-  def where(self) -> str:
-    return self.location
 
   def open_random(self) -> base.RandomReader:
     return _Random(_open(self.location, self.name, cache_type='none'),
@@ -190,18 +184,9 @@ class BucketTar(_Sized, base.Source):
         _open(self.location, self.name, block_size=SEQUENTIAL_READ_BYTES,
               cache_type='readahead'), start, self.size()), self, start)
 
-  def list_members(self) -> list[Member]:
-    raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'
-                             ' folder')
-
-  def read_member(self, member: Member) -> bytes:
-    raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'
-                             ' folder')
-
-
 
 @dataclasses.dataclass(frozen=True)
-class BucketFolder(base.Source):
+class BucketFolder(base.FolderSource):
   """An extracted `sa_NNNNNN/` folder in a bucket.
 
   Attributes:
@@ -213,23 +198,6 @@ class BucketFolder(base.Source):
   location: str
 
   remote = True
-  folder = True
-  downloaded = False
-
-  @property
-  def where(self) -> str:
-    return self.location
-
-  def size(self) -> None:
-    return None
-
-  def open_random(self) -> base.RandomReader:
-    raise errors.SourceError(f'{self.name}: {self.where} is a folder, not a'
-                             ' tar')
-
-  def open_sequential(self, start: int = 0) -> base.SequentialReader:
-    raise errors.SourceError(f'{self.name}: {self.where} is a folder, not a'
-                             ' tar')
 
   def list_members(self) -> list[Member]:
     fs, root = filesystem(self.location)

@@ -20,11 +20,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from segment_anything_tfds import errors
 from segment_anything_tfds.sources import base
 from segment_anything_tfds.sources import checksums
 from segment_anything_tfds.sources import links as links_lib
-from segment_anything_tfds.sources.base import Member
 
 # What one `skip` reads (and drops) at a time of the tar's front-to-back
 # request.
@@ -86,7 +84,7 @@ class _Sequential:
 
 
 @dataclasses.dataclass(frozen=True)
-class HttpTar(base.Source):
+class HttpTar(base.TarSource):
   """A tar behind an http(s) URL, read by Range requests.
 
   Attributes:
@@ -107,8 +105,6 @@ class HttpTar(base.Source):
                                                           compare=False)
 
   remote = True
-  folder = False
-  downloaded = False
 
   @property
   def where(self) -> str:
@@ -131,12 +127,4 @@ class HttpTar(base.Source):
                                  options=self.options, name=self.name)
     stream.want(size)
     return checksums.hashing(_Sequential(stream), self, start)
-
-  def list_members(self) -> list[Member]:
-    raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'
-                             ' folder')
-
-  def read_member(self, member: Member) -> bytes:
-    raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'
-                             ' folder')
 

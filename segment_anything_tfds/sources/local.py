@@ -143,7 +143,7 @@ class _BufferedSequential:
 
 
 @dataclasses.dataclass(frozen=True)
-class LocalTar(base.Source):
+class LocalTar(base.TarSource):
   """A tar file on this machine.
 
   Attributes:
@@ -158,11 +158,6 @@ class LocalTar(base.Source):
   downloaded: bool = False
 
   remote = False
-  folder = False
-
-  @property
-  def where(self) -> str:
-    return self.location
 
   def size(self) -> int:
     try:
@@ -177,18 +172,9 @@ class LocalTar(base.Source):
   def open_sequential(self, start: int = 0) -> base.SequentialReader:
     return _BufferedSequential(open_tar(self.location, self.name), start)
 
-  def list_members(self) -> list[Member]:
-    raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'
-                             ' folder')
-
-  def read_member(self, member: Member) -> bytes:
-    raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'
-                             ' folder')
-
-
 
 @dataclasses.dataclass(frozen=True)
-class LocalFolder(base.Source):
+class LocalFolder(base.FolderSource):
   """An extracted `sa_NNNNNN/` folder on this machine.
 
   Its files are listed (`list_folder`) and read (`read_file`) without
@@ -204,23 +190,6 @@ class LocalFolder(base.Source):
   location: str
 
   remote = False
-  folder = True
-  downloaded = False
-
-  @property
-  def where(self) -> str:
-    return self.location
-
-  def size(self) -> None:
-    return None
-
-  def open_random(self) -> base.RandomReader:
-    raise errors.SourceError(f'{self.name}: {self.where} is a folder, not a'
-                             ' tar')
-
-  def open_sequential(self, start: int = 0) -> base.SequentialReader:
-    raise errors.SourceError(f'{self.name}: {self.where} is a folder, not a'
-                             ' tar')
 
   def list_members(self) -> list[Member]:
     return list_folder(self.location)
