@@ -27,6 +27,10 @@ _GRAIN = ['grain>=0.2.18,<0.3', *_NUMPY_INPUTS]
 # The docs site (mkdocs.yml); tested with mkdocs 1.6.0 and 1.6.1,
 # mkdocs-material 9.5.0 and 9.8.2.
 _DOCS = ['mkdocs>=1.6,<2', 'mkdocs-material>=9.5,<10']
+# manual_dir on the Hugging Face Hub (hf://datasets/...) is listed with it,
+# and its token lookup (HF_TOKEN, the stored login) is used for Hub links;
+# tested with 2.4.0 (sources/hub.py).
+_HUB = ['huggingface_hub>=0.24']
 _TEST = [
     *_TF,
     *_TFDS_CLI,
@@ -53,6 +57,7 @@ _TEST = [
     # `export` writes webdataset shards with the stdlib alone; the tests read
     # them back with the webdataset package.
     'webdataset>=0.2',
+    *_HUB,
 ]
 
 setuptools.setup(
@@ -79,6 +84,12 @@ setuptools.setup(
             'CITATIONS.bib',
             'TAGS.txt',
             'checksums.tsv',
+        ],
+        # The published md5s of the 1000 tars (`checksums='known'`), and
+        # where they come from.
+        'segment_anything_tfds.sources': [
+            'data/checklist.txt',
+            'data/README.md',
         ],
     },
     include_package_data=True,
@@ -127,6 +138,7 @@ setuptools.setup(
         # PyTorch's DataLoader over numpy_inputs.SamDataset; torch itself is
         # yours to install (CPU or CUDA build).
         'pytorch': _NUMPY_INPUTS,
+        'hub': _HUB,
         'test': _TEST,
         'docs': _DOCS,
     },

@@ -6,6 +6,7 @@
   python benchmarks/prepare.py --scale          # many images: RSS, cores, RLE
   python benchmarks/prepare.py --tars 1,4 --scaling '' --skip-builtin
   python benchmarks/prepare.py --profile 4      # cProfile of one 4-tar build
+  python benchmarks/prepare.py --checksums 4    # cost of a checksum list
 
 Builds (each in its own subprocess):
   ours        this package's default: a local build (no Beam runner named,
@@ -360,6 +361,9 @@ def _our_builder(spec: dict):
   import segment_anything_tfds  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from segment_anything_tfds.prepare import runners  # pylint: disable=g-import-not-at-top
   kwargs = dict(config='all', data_dir=spec['data_dir'], progress=False)
+  if spec.get('checksums'):
+    kwargs['download_options'] = {'checksums': spec['checksums'],
+                                  'progress': False}
   if spec['kind'] in BEAM_KINDS:
     config = tfds.download.DownloadConfig(
         manual_dir=spec['manual_dir'], beam_runner=runners.local_runner())
@@ -700,6 +704,90 @@ def run_profile(args, work: str) -> dict:
   stats.sort_stats('tottime').print_stats(30)
   stats.sort_stats('cumulative').print_stats(40)
   return {'builds': bench.builds}
+
+
+# ------------------------------------------------------- checksums run
+
+
+def md5_list(paths, dest: str) -> str:
+  """Writes the md5 list of the tars `paths` to `dest` (`md5sum`'s form)."""
+  with open(dest, 'w') as f:
+    for p in paths:
+      h = hashlib.md5()
+      with open(p, 'rb') as t:
+        while chunk := t.read(8 * MB):
+          h.update(chunk)
+      f.write(f'{h.hexdigest()}  {os.path.basename(p)}\n')
+  return dest
+
+
+def _drop_markers(paths) -> None:
+  """Removes the `.verified` markers of the tars: every run hashes them."""
+  for p in paths:
+    try:
+      os.remove(p + '.verified')
+    except FileNotFoundError:
+      pass
+
+
+def run_checksums(args, work: str) -> dict:
+  """--checksums N: what verifying every tar against a checksum list costs.
+
+  Builds N full-size tars without a list (checksums='none') and with the
+  md5 list of the fake tars, --best-of runs each, interleaved, the fastest
+  counting: `ours` from local tars (each hashed once before the build, its
+  marker removed before every run so each run hashes), and `ours-links`
+  from a links file to a loopback server (each download hashed as it is
+  written). Goal: the list costs <= 10 % of the build's wall time.
+  """
+  import fake_tars  # pylint: disable=g-import-not-at-top
+  ipt, n = args.images_per_tar, args.checksums
+  tar_dir = os.path.join(work, f'tars_v{fake_tars.GEN_VERSION}_{ipt}')
+  bench = Bench(work, fake_tars.make_tars(tar_dir, n, ipt), ipt)
+  sums = md5_list(bench.tars[:n], os.path.join(work, f'md5_{n}x{ipt}.txt'))
+  tar_bytes = sum(os.path.getsize(p) for p in bench.tars[:n])
+  print(f'\n== Checksums: {n} tars ({tar_bytes / GB:.2f} GB), {n * ipt}'
+        f' images, without and with an md5 list, best of {args.best_of},'
+        f' interleaved ==', flush=True)
+  results = {'mode': 'checksums', 'tars': n, 'images_per_tar': ipt,
+             'tar_bytes': tar_bytes, 'runs': args.best_of, 'cost': {}}
+  with serve(tar_dir) as url:
+    for kind, from_links in ((OURS, False), (OURS_LINKS, True)):
+      best: dict[str, dict] = {}
+      for run in range(args.best_of):
+        for listed in ('none', sums):
+          _drop_markers(bench.tars[:n])
+          label = f'sums-{kind}-{"none" if listed == "none" else "md5"}'
+          r = bench.run(kind, n, label, section='checksums',
+                        links_url=url if from_links else None,
+                        workers=args.workers, checksums=listed)
+          _print_failure(r)
+          _check_build(kind, r, n * ipt)
+          print(f'  {kind:<11} run {run + 1}, checksums'
+                f' {"none" if listed == "none" else "md5 list"}:'
+                f' {r.get("wall", float("nan")):.2f} s; load'
+                f' {os.getloadavg()[0]:.1f}', flush=True)
+          key = 'without' if listed == 'none' else 'with'
+          if _ok(r) and (key not in best or r['wall'] < best[key]['wall']):
+            best[key] = r
+          bench.drop_data(label)
+      if _ok(best.get('with')) and _ok(best.get('without')):
+        without, with_ = best['without'], best['with']
+        cost = with_['wall'] / without['wall'] - 1
+        cpu_cost = with_['cpu'] / without['cpu'] - 1
+        results['cost'][kind] = {
+            'without': without['wall'], 'with': with_['wall'], 'cost': cost,
+            'cpu_without': without['cpu'], 'cpu_with': with_['cpu'],
+            'cpu_cost': cpu_cost}
+        print(f'{kind}: {without["wall"]:.2f} s without,'
+              f' {with_["wall"]:.2f} s with the md5 list ='
+              f' {cost * 100:+.1f} % (goal <= +10 %):'
+              f' {_verdict(cost <= 0.10)}; CPU (build process and its'
+              f' workers) {without["cpu"]:.2f} s and {with_["cpu"]:.2f} s ='
+              f' {cpu_cost * 100:+.1f} %', flush=True)
+  _drop_markers(bench.tars[:n])
+  results['builds'] = bench.builds
+  return results
 
 
 # ------------------------------------------------------- comparison run
@@ -1391,6 +1479,12 @@ def parse_args(argv):
                        help='which build --profile runs (default:'
                        ' %(default)s, where all the work is in the profiled'
                        ' process)')
+  sums = parser.add_argument_group('checksums run')
+  sums.add_argument('--checksums', type=int, default=0, metavar='N',
+                    help='instead: build N full-size tars (ours, and'
+                    ' ours-links) without and with an md5 list of them,'
+                    ' --best-of runs each: the cost of verifying (goal <='
+                    ' +10 %%)')
   parser.add_argument('--_child', help=argparse.SUPPRESS)
   parser.add_argument('--_digest', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -1410,13 +1504,15 @@ def main(argv=None) -> None:
     print(*records_digest(args._digest))  # pylint: disable=protected-access
     return
 
-  check_requirements(need_beam=not args.scale)
+  check_requirements(need_beam=not (args.scale or args.checksums))
   t_start = time.time()
   work = os.path.abspath(args.work)
   os.makedirs(work, exist_ok=True)
   print(machine_line(), flush=True)
   if args.profile:
     results = run_profile(args, work)
+  elif args.checksums:
+    results = run_checksums(args, work)
   elif args.scale:
     results = run_scale(args, work)
   else:

@@ -11,7 +11,9 @@ code 1; anything else is a bug and keeps its traceback.
   ├── SourceError         manual_dir, a tar or a path is missing or refused
   ├── LinksError          the links file cannot be used (file:line)
   ├── DownloadError       a tar could not be fetched
-  │   └── LinksExpiredError   signed links past their `oe=`, or a 403
+  │   ├── LinksExpiredError   signed links past their `oe=`, or a 403
+  │   └── AccessError         a 401 or 403 that is no expired link (e.g. a
+  │                           gated Hugging Face repo without a token)
   ├── ChecksumError       tars that do not match the checksum list
   ├── DiskSpaceError      too little free disk for the build
   ├── WorkerError         a local build's worker process died
@@ -59,12 +61,14 @@ BAD_RLE = 'bad_rle'
 # damage, if any, kept.
 CORRUPT_TAR = 'corrupt_tar'
 NO_IMAGES = 'no_images'
+# A tar whose md5 (or sha256) is not the one its checksum list gives.
+CHECKSUM_MISMATCH = 'checksum_mismatch'
 
 REASONS = (
     MISSING_JSON, MISSING_JPG, DUPLICATE_MEMBER, MALFORMED_JSON,
     MISSING_FIELD, BAD_VALUE, BAD_RLE, ID_MISMATCH, SIZE_MISMATCH, ZERO_SIZE,
     DUPLICATE_ID, CORRUPT_JPEG, MEMBER_TOO_LARGE, UNSAFE_MEMBER,
-    SPECIAL_MEMBER, CORRUPT_TAR, NO_IMAGES,
+    SPECIAL_MEMBER, CORRUPT_TAR, NO_IMAGES, CHECKSUM_MISMATCH,
 )
 
 
@@ -184,6 +188,12 @@ class LinksExpiredError(DownloadError):
   """Signed links are past their `oe=` expiry, or a server answered 403."""
 
 
+class AccessError(DownloadError):
+  """A server refuses this user (HTTP 401, or a 403 that is no expired
+  link): a token is missing or refused, or a repo's terms are not accepted.
+  Says what to set, naming the repo or host, never the token."""
+
+
 class ChecksumError(Error, ValueError):
   """Tars that do not match the checksum list; they were not used."""
 
@@ -215,7 +225,7 @@ class BadRecordError(Error, ValueError):
 
 _BY_NAME = {cls.__name__: cls for cls in (
     Error, BadInputError, ConfigError, SourceError, LinksError, DownloadError,
-    LinksExpiredError, ChecksumError, DiskSpaceError, WorkerError,
+    LinksExpiredError, AccessError, ChecksumError, DiskSpaceError, WorkerError,
     NotPreparedError, BadRecordError)}
 # How a worker's error reads once Beam has turned it into text.
 _WRAPPED_RE = re.compile(

@@ -8,14 +8,16 @@ data dir whatever the options:
                download_options={'disk_mode': 'stream', 'workers': 8})
 
 The CLI's `--disk_mode`, `--download_workers`, `--download_retries`,
-`--download_timeout` and `--checksums_file` set the same fields.
+`--download_timeout` and `--checksums` set the same fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 from typing import Any, Mapping
+import warnings
 
 from segment_anything_tfds import errors
 
@@ -44,9 +46,13 @@ class DownloadOptions:
   Attributes:
     disk_mode: `DiskMode` (or its value): 'keep' (default), 'stream' or
       'delete'.
-    checksums_file: a list of `<md5 or sha256>  sa_NNNNNN.tar` lines to verify
-      tars against; by default `segment_anything_checksums.txt` in
-      manual_dir, if there.
+    checksums: which checksums tars are verified against: 'known' (the
+      published md5s of the 1000 SA-1B tars, shipped with this package;
+      recommended for mirrors), a file of `<md5 or sha256>  sa_NNNNNN.tar`
+      lines, or 'none'. None (the default): `segment_anything_checksums.txt`
+      in manual_dir if it is there, else none.
+    checksums_file: deprecated (kept for one release): a file, as
+      `checksums`.
     workers: tars downloaded at once (and HEAD requests in flight, x2).
     retries: failed attempts in a row without progress before a tar's
       download fails (progress: a byte further than any attempt reached).
@@ -77,6 +83,7 @@ class DownloadOptions:
   """
 
   disk_mode: DiskMode = DiskMode.KEEP
+  checksums: str | None = None
   checksums_file: str | None = None
   workers: int = 4
   retries: int = 8
@@ -97,6 +104,14 @@ class DownloadOptions:
           f'disk_mode {self.disk_mode!r}: expected one of'
           f' {", ".join(m.value for m in DiskMode)}') from None
     object.__setattr__(self, 'disk_mode', mode)
+    self._map_checksums_file()
+    if self.checksums is not None:
+      if not isinstance(self.checksums, (str, os.PathLike)) or not (
+          os.fspath(self.checksums)):
+        raise errors.ConfigError(
+            f'checksums={self.checksums!r:.80}: expected "known", "none" or'
+            ' a checksum file')
+      object.__setattr__(self, 'checksums', os.fspath(self.checksums))
     _check_range('workers', self.workers, 1, 256, integer=True)
     _check_range('retries', self.retries, 1, 1000, integer=True)
     _check_range('backoff', self.backoff, 0, 3600)
@@ -108,6 +123,21 @@ class DownloadOptions:
       raise errors.ConfigError(
           f'proxies must be a mapping like {{"https": "http://proxy:3128"}},'
           f' got {self.proxies!r:.80}')
+
+  def _map_checksums_file(self) -> None:
+    """`checksums_file` (deprecated) becomes `checksums`."""
+    if self.checksums_file is None:
+      return
+    warnings.warn('download option checksums_file is deprecated: use'
+                  ' checksums (a file, "known" or "none")',
+                  DeprecationWarning, stacklevel=4)
+    given = os.fspath(self.checksums_file)
+    if self.checksums is not None and os.fspath(self.checksums) != given:
+      raise errors.ConfigError(
+          f'download options checksums={self.checksums!r} and checksums_file='
+          f'{given!r} disagree; give checksums alone')
+    object.__setattr__(self, 'checksums', given)
+    object.__setattr__(self, 'checksums_file', None)
 
   @property
   def max_attempts(self) -> int:

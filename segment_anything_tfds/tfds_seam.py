@@ -42,11 +42,6 @@ _TFDS = 'tensorflow_datasets'
 TESTED_TFDS_VERSIONS = ('4.9.',)
 
 
-def tfds_version() -> str:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return tfds.__version__
-
-
 # ------------------------------------------------------------ registration
 
 
@@ -226,10 +221,6 @@ def split_info(*, name: str, shard_lengths: Sequence[int], num_bytes: int,
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   return tfds.core.SplitInfo(name=name, shard_lengths=list(shard_lengths),
                              num_bytes=num_bytes, filename_template=template)
-
-
-# TFRecord framing: length (8) + its masked CRC (4) + data + data CRC (4).
-TFRECORD_OVERHEAD = 16
 
 
 def _crc32c():

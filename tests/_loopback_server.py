@@ -37,6 +37,8 @@ Lasting behaviours, per file name, for every request:
 Every request is logged as (method, name, Range header, status, target),
 where target is the request line's URL: a proxy gets the absolute URL
 (`http://host/path`), so the server also stands in for a forward proxy.
+`server.headers` holds (method, target, headers) of every request, as
+received (e.g. to check that no credential reached it).
 `server.sent[name]` counts the body bytes handed to clients for a file.
 
 `HostileServer` is a raw-socket server for what `http.server` cannot send:
@@ -74,6 +76,7 @@ class LoopbackServer:
     self.endless_sent = 0
     self.sent: collections.Counter = collections.Counter()
     self.log: list[tuple[str, str, str | None, int, str]] = []
+    self.headers: list[tuple[str, str, dict[str, str]]] = []
     self.honour_expiry = honour_expiry
     self._lock = threading.Lock()
     self._stopping = threading.Event()
@@ -140,6 +143,7 @@ class LoopbackServer:
           server.endless_sent += sent
 
       def _serve(self, head: bool):
+        server.headers.append((self.command, self.path, dict(self.headers)))
         parts = urllib.parse.urlsplit(self.path)
         name = parts.path.rsplit('/', 1)[-1]
         query = urllib.parse.parse_qs(parts.query)

@@ -1054,11 +1054,11 @@ def test_build_download_flags_map_to_download_options():
       ['build', '--tars', '0', '--download_retries', '3',
        '--download_timeout', '2.5', '--download_workers', '2',
        '--download_min_rate', '0', '--disk_mode', 'stream',
-       '--checksums_file', 'sums.txt', '--no_progress'])
+       '--checksums', 'sums.txt', '--no_progress'])
   mapped = cli.build._download_options(args)
   assert mapped == {'retries': 3, 'timeout': 2.5, 'workers': 2,
                     'min_rate': 0.0, 'disk_mode': 'stream',
-                    'checksums_file': 'sums.txt', 'progress': False}
+                    'checksums': 'sums.txt', 'progress': False}
   opts = options_lib.DownloadOptions.make(mapped)
   assert (opts.retries, opts.timeout, opts.max_attempts, opts.min_rate) == (
       3, 2.5, 12, 0.0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -764,48 +763,6 @@ def test_a_cache_dir_others_can_write_needs_the_sticky_bit(server, tmp_path,
           f' {stat.filemode(stat.S_IFDIR | mode)}) without the sticky'
           ' bit') in str(e.value), str(e.value)
   assert server.gets() == []
-
-
-# ------------------------------------------------------------- checksums
-
-
-def test_checksums_parse_and_verify(tmp_path):
-  data = b'hello tar'
-  p = tmp_path / 'sa_000000.tar'
-  p.write_bytes(data)
-  md5 = hashlib.md5(data).hexdigest()
-  sha = hashlib.sha256(data).hexdigest()
-  sums = checksums.parse_checksums(
-      f'{md5}  sa_000000.tar\n{sha} *some/dir/sa_000001.tar\n\n# note\n',
-      source='sums.txt')
-  assert sums == {'sa_000000.tar': ('md5', md5),
-                  'sa_000001.tar': ('sha256', sha)}
-  tar = local.LocalTar(p.name, str(p))
-  assert checksums.verify(tar, sums['sa_000000.tar']) is None
-  assert os.path.exists(str(p) + checksums.VERIFIED_SUFFIX)
-  assert checksums.verify(tar, ('sha256', sha)) is None
-  assert 'md5 is' in checksums.verify(tar, ('md5', '0' * 32))
-  # Changing the file invalidates the marker.
-  p.write_bytes(b'other bytes!')
-  assert checksums.verify(tar, sums['sa_000000.tar']) is not None
-  with pytest.raises(errors.ChecksumError,
-                     match='sums.txt:1: .*neither an md5'):
-    checksums.parse_checksums('abc  sa_000000.tar', source='sums.txt')
-  with pytest.raises(errors.ChecksumError, match='two different'):
-    checksums.parse_checksums(f'{md5}  a.tar\n{sha}  a.tar', source='s')
-  with pytest.raises(errors.ChecksumError, match='empty'):
-    checksums.parse_checksums('\n', source='s')
-
-
-def test_checksums_file_problems_are_checksum_errors(tmp_path):
-  with pytest.raises(errors.ChecksumError, match='missing.txt.*cannot read'):
-    sources.materialize([], download_dir=tmp_path, options=OPTS.replace(
-        checksums_file=os.fspath(tmp_path / 'missing.txt')))
-  binary = tmp_path / 'sums.bin'
-  binary.write_bytes(b'\xff\xfe\x00garbage')
-  with pytest.raises(errors.ChecksumError, match='sums.bin.*not UTF-8'):
-    sources.materialize([], download_dir=tmp_path, options=OPTS.replace(
-        checksums_file=os.fspath(binary)))
 
 
 def test_head_sizes(server):

@@ -19,11 +19,9 @@ connections and name lookups are watched: nothing but loopback is reached.
 from __future__ import annotations
 
 import collections
-import ipaddress
 import os
 import pathlib
 import shutil
-import sys
 
 from apache_beam.options import pipeline_options
 from etils.epath import gpath
@@ -40,6 +38,7 @@ from segment_anything_tfds.sources import bucket
 from segment_anything_tfds.sources import links as links_lib
 
 import _gcs_server
+import _offline
 from _worker_pool import WorkerPool
 from conftest import DUMMY_DATA, read_inputs
 
@@ -48,38 +47,6 @@ TARS = [f'sa_00000{i}.tar' for i in range(3)]
 CONFIG = config_lib.tars_config('0-2')
 TF_AGENT = 'TSL'  # TF's GCS client (tsl/platform/cloud).
 
-_OUTSIDE: list[str] = []
-_WATCH = {'on': False}
-
-
-def _loopback(host) -> bool:
-  if host in (None, '', 'localhost'):
-    return True
-  try:
-    return ipaddress.ip_address(str(host).split('%')[0]).is_loopback
-  except ValueError:
-    return False
-
-
-def _audit(event: str, args, watch=_WATCH, outside=_OUTSIDE,
-           loopback=_loopback) -> None:
-  """Records every Python connect or name lookup off loopback.
-
-  Audit hooks stay for the whole process (its shutdown included), so what
-  it uses is bound here, not looked up in this module's globals.
-  """
-  if not watch['on']:
-    return
-  if event == 'socket.connect':
-    address = args[1]
-    if isinstance(address, tuple) and not loopback(address[0]):
-      outside.append(f'connect {address}')
-  elif event == 'socket.getaddrinfo' and not loopback(args[0]):
-    outside.append(f'getaddrinfo {args[0]}')
-
-
-sys.addaudithook(_audit)
-
 
 @pytest.fixture(scope='module')
 def gcs(tmp_path_factory):
@@ -87,12 +54,9 @@ def gcs(tmp_path_factory):
   with _gcs_server.serving(tmp_path_factory.mktemp('gcs'), BUCKET) as server:
     for name in TARS:
       server.upload(BUCKET, f'in/{name}', (DUMMY_DATA / name).read_bytes())
-    _WATCH['on'] = True
-    try:
+    with _offline.loopback_only() as outside:
       yield server
-    finally:
-      _WATCH['on'] = False
-  assert _OUTSIDE == [], f'reached off loopback: {_OUTSIDE[:5]}'
+  assert outside == [], f'reached off loopback: {outside[:5]}'
 
 
 @pytest.fixture(scope='module')

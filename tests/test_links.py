@@ -75,6 +75,10 @@ def test_expiry_and_redaction():
   assert links_lib.redact(url) == (
       'https://scontent.example/m1/v/t6/sa_000000.tar?...')
   assert links_lib.redact('/local/sa_000000.tar') == '/local/sa_000000.tar'
+  # Credentials in a link are never shown.
+  assert links_lib.redact('https://me:hf_secret@host:8443/d/sa_000000.tar'
+                          '?token=hf_secret') == (
+                              'https://host:8443/d/sa_000000.tar?...')
 
 
 def test_check_expiry_counts_and_dates():

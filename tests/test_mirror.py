@@ -89,8 +89,8 @@ def test_workers_mirror_into_a_bucket_and_a_rerun_fetches_nothing(
   links = _links_dir(tmp_path / 'links', [(n, server.url(n)) for n in NAMES],
                      tars)
   dest = f'gs://{BUCKET}/sa1b'
-  plan = mirror.plan(links, checksums_file=links /
-                     checksums.CHECKSUMS_FILE_NAME)
+  plan = mirror.plan(links, checksums=os.fspath(
+      links / checksums.CHECKSUMS_FILE_NAME))
   beam_options = pipeline_options.PipelineOptions(pool.beam_flags())
   started = pool.workers_started()
   summary = mirror.mirror(plan, dest, beam_options=beam_options,

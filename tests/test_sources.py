@@ -90,7 +90,7 @@ def test_checksums_manual_tar_is_named_not_moved(tmp_path):
   sums.write_text(f'{good}  sa_000000.tar\n')
   out = sources.materialize(
       found[:1], download_dir=tmp_path / 'dl',
-      options=FAST.replace(checksums_file=os.fspath(sums)))
+      options=FAST.replace(checksums=os.fspath(sums)))
   assert out == found[:1]
 
 

@@ -18,6 +18,7 @@ import sys
 from typing import Sequence
 
 from segment_anything_tfds import errors
+from segment_anything_tfds.sources import checksums as checksums_lib
 from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds.sources import paths as paths_lib
 from segment_anything_tfds.cli import common
@@ -199,9 +200,10 @@ def _download_options(args: argparse.Namespace) -> dict:
   """The `download_options` the flags ask for (a dict of fields); flags not
   given keep the defaults."""
   out = common.download_fields(args)
-  for field in ('disk_mode', 'checksums_file'):
-    if getattr(args, field, None) is not None:
-      out[field] = getattr(args, field)
+  if args.disk_mode is not None:
+    out['disk_mode'] = args.disk_mode
+  if (checksums := common.checksums_choice(args)) is not None:
+    out['checksums'] = checksums
   if getattr(args, 'progress', True) is False:
     out['progress'] = False
   return out
@@ -220,7 +222,9 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
   common.add_dataset_args(p, build=True)
   p.add_argument('--manual_dir', metavar='DIR', default=None,
                  help='where the tars, sa_NNNNNN/ folders and'
-                 f' {links_lib.LINKS_FILE_NAME} are (local or gs://)')
+                 f' {links_lib.LINKS_FILE_NAME} are (local or gs://), or a'
+                 ' Hugging Face dataset folder,'
+                 ' hf://datasets/OWNER/REPO[@REV][/PATH]')
   p.add_argument('--download_dir', metavar='DIR', default=None,
                  help='where tars fetched from links are kept (default'
                  ' DATA_DIR/downloads)')
@@ -263,10 +267,9 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
                  default=None, help='tars fetched from links: keep them in'
                  ' the download cache (default), stream them with HTTP Range'
                  ' requests, or delete them after the build succeeds')
-  p.add_argument('--checksums_file', metavar='FILE', default=None,
-                 help='"<md5 or sha256>  sa_NNNNNN.tar" lines to verify tars'
-                 ' against (default: segment_anything_checksums.txt in'
-                 ' --manual_dir, if there)')
+  common.add_checksums_args(
+      p, default=f'{checksums_lib.CHECKSUMS_FILE_NAME} in --manual_dir if'
+      ' there, else none')
   common.add_download_args(p)
   p.add_argument('--summary_json', metavar='FILE', default=None,
                  help='also write the summary as JSON')

@@ -181,6 +181,32 @@ def add_download_args(p: argparse.ArgumentParser, *,
                  ' (default 10000; 0 turns the check off)')
 
 
+def add_checksums_args(p: argparse.ArgumentParser, *, default: str) -> None:
+  """`--checksums` (and its deprecated `--checksums_file`), for every
+  command that fetches or checks tars; `default` says what none does."""
+  p.add_argument('--checksums', metavar='known|FILE|none', default=None,
+                 help='verify every tar: "known" (the published md5s of the'
+                 ' 1000 SA-1B tars, shipped with this package; recommended'
+                 ' for mirrors), a FILE of "<md5 or sha256>  sa_NNNNNN.tar"'
+                 f' lines, or "none" (default: {default})')
+  p.add_argument('--checksums_file', metavar='FILE', default=None,
+                 help='deprecated: use --checksums FILE')
+
+
+def checksums_choice(args: argparse.Namespace) -> str | None:
+  """The `checksums` download option of `--checksums` (or the deprecated
+  `--checksums_file`, noted on stderr); None if neither is given."""
+  chosen, old = args.checksums, args.checksums_file
+  if old is None:
+    return chosen
+  print(f'{PROG}: note: --checksums_file is deprecated; use --checksums'
+        ' FILE', file=sys.stderr)
+  if chosen is not None and chosen != old:
+    raise UsageError('give --checksums alone (--checksums_file is its'
+                     ' deprecated name)')
+  return old
+
+
 def download_fields(args: argparse.Namespace) -> dict:
   """The `DownloadOptions` fields the `--download_*` flags set."""
   return {field: getattr(args, flag) for flag, field in _DOWNLOAD_FLAGS

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   from segment_anything_tfds.sources import mirror  # pylint: disable=g-import-not-at-top
   options = beam_options(args, leftover)
   tars = mirror.plan(args.links, tars=args.tars,
-                     checksums_file=args.checksums_file)
+                     checksums=common.checksums_choice(args))
   common.quiet_beam_errors(not args.verbose)
   try:
     summary = mirror.mirror(tars, args.dest, beam_options=options,
@@ -77,9 +77,7 @@ def add_parser(sub, parents) -> argparse.ArgumentParser:
   p.add_argument('--tars', type=common.tar_spec, default=None,
                  metavar='SPEC', help='only these tars, e.g. "0-99" (default:'
                  ' every tar of the links file)')
-  p.add_argument('--checksums_file', metavar='FILE', default=None,
-                 help='"<md5 or sha256>  sa_NNNNNN.tar" lines to verify the'
-                 ' tars against')
+  common.add_checksums_args(p, default='none')
   p.add_argument('--stage_dir', metavar='DIR', default=None,
                  help='worker-local dir downloads are staged (and resumed)'
                  ' in; only this user\'s files in it are used (default: a'

@@ -301,9 +301,12 @@ def _fast_columns(
   )
 
 
-# A count of more than this many characters (40 bits) is refused, as by the
-# TensorFlow decoder (`rle._MAX_CHARS_PER_COUNT`).
-_MAX_CHARS_PER_COUNT = 8
+# Longest count accepted, in characters: 8 * 5 = 40 bits, signed, so a run
+# may hold up to 2**39 - 1 pixels (pycocotools itself stores 32-bit runs).
+# The validator here, the TensorFlow decoder (`rle.py`) and the C extension
+# (`MAX_CHARS_PER_COUNT` in `_rle.c`, tested against this reference) refuse
+# longer ones.
+MAX_CHARS_PER_COUNT = 8
 # The decoder's size rule (`rle._static_size`): int64 pixel indices.
 _MAX_SIDE = 1 << 62
 _MAX_INDEX = (1 << 63) - 1
@@ -347,7 +350,7 @@ def first_problem(counts: Any, height: int, width: int
       if not 48 <= c <= 111:
         return _CHARACTER, c
       c -= 48
-      if k == _MAX_CHARS_PER_COUNT:
+      if k == MAX_CHARS_PER_COUNT:
         chars = k
         while p < n and 80 <= ord(counts[p]) <= 111:
           p, chars = p + 1, chars + 1
@@ -421,7 +424,7 @@ def _rle_problem(code: int, value: int, height: int, width: int) -> str:
     return 'ends inside a count (an unfinished continuation character)'
   if code == _TOO_LONG:
     return (f'has a count of {value} characters (at most'
-            f' {_MAX_CHARS_PER_COUNT})')
+            f' {MAX_CHARS_PER_COUNT})')
   if code == _NEGATIVE:
     return 'decodes to a negative run length'
   if code == _TOTAL:

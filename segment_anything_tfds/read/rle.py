@@ -73,6 +73,7 @@ from typing import Sequence, Union
 import numpy as np
 import tensorflow as tf
 
+from segment_anything_tfds.prepare import records
 from segment_anything_tfds.read import backend
 from segment_anything_tfds.read import geometry
 
@@ -80,10 +81,6 @@ __all__ = ['decode', 'encode', 'area', 'to_bbox', 'iou', 'merge',
            'nearest_indices', 'nearest_source']
 
 TensorLike = Union[tf.Tensor, Sequence, int, str, bytes]
-
-# Longest count accepted, in characters: 8 * 5 = 40 bits, signed, so a run
-# may hold up to 2**39 - 1 pixels (pycocotools itself stores 32-bit runs).
-_MAX_CHARS_PER_COUNT = 8
 
 
 class _Runs:
@@ -246,11 +243,11 @@ def _parse(counts: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> _Runs:
   count_ids = tf.cumsum(tf.cast(is_end, tf.int64), exclusive=True)
   count_ids = tf.minimum(count_ids, tf.maximum(num_counts - 1, 0))
   k = positions - tf.gather(count_starts, count_ids)
-  too_long = k >= _MAX_CHARS_PER_COUNT
+  too_long = k >= records.MAX_CHARS_PER_COUNT
   check_long = tf.debugging.Assert(
       tf.logical_not(tf.reduce_any(too_long)),
-      ['rle: a count is longer than', _MAX_CHARS_PER_COUNT, 'characters, in'
-       ' mask', tf.searchsorted(
+      ['rle: a count is longer than', records.MAX_CHARS_PER_COUNT,
+       'characters, in mask', tf.searchsorted(
            ends_of_strings,
            tf.argmax(tf.cast(tf.concat([too_long, [False]], 0), tf.int32),
                      output_type=tf.int64)[None],

@@ -31,7 +31,6 @@ from segment_anything_tfds.sources import manual_dir as shards_lib
 from segment_anything_tfds.sources import materialize as sources
 
 _LOG = logging.getLogger(__name__)
-_HOMEPAGE = 'https://ai.meta.com/datasets/segment-anything-downloads'
 
 
 class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
@@ -57,7 +56,7 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
   DEFAULT_CONFIG_NAME = 'all'
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
   Put any mix of these in `manual_dir`:
-  * `{links_lib.LINKS_FILE_NAME}`, the links file from {_HOMEPAGE}
+  * `{links_lib.LINKS_FILE_NAME}`, the links file from {errors.HOMEPAGE}
     (TSV with the header `file_name<TAB>cdn_link`);
   * SA-1B tars `sa_NNNNNN.tar`, read in place and never downloaded again;
   * extracted folders `sa_NNNNNN/` of `sa_<id>.jpg` + `sa_<id>.json`.
@@ -68,8 +67,8 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
     return self.dataset_info_from_configs(
         features=features_lib.features(),
         supervised_keys=None,
-        homepage=_HOMEPAGE,
-        license=f'SA-1B Dataset Research License (see {_HOMEPAGE})',
+        homepage=errors.HOMEPAGE,
+        license=f'SA-1B Dataset Research License (see {errors.HOMEPAGE})',
         metadata=tfds.core.MetadataDict(),
     )
 

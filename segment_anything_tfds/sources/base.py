@@ -20,6 +20,9 @@ object, HTTP Range requests) is each implementation's business.
 Readers never allocate more than the bytes that actually arrived, and never
 read past what they were asked for: a hostile size or a file that grows
 cannot make a read unbounded.
+
+Implementations derive from `TarSource` or `FolderSource`, which refuse the
+other kind's methods in one wording.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import abc
 import dataclasses
 from typing import Protocol
 
+from segment_anything_tfds import errors
 from segment_anything_tfds.sources import links as links_lib
 
 REGULAR = 'regular file'
@@ -115,3 +119,47 @@ class Source(abc.ABC):
   @abc.abstractmethod
   def read_member(self, member: Member) -> bytes:
     """A folder's file, exactly `member.size` bytes (else BadInputError)."""
+
+
+class _Located(Source):
+  """A source at `location` (a path, URI or URL), named by it in messages."""
+
+  location: str
+
+  @property
+  def where(self) -> str:
+    return self.location
+
+  def _not_a(self, what: str) -> errors.SourceError:
+    return errors.SourceError(f'{self.name}: {self.where} is a'
+                              f' {"folder" if self.folder else "tar"}, not a'
+                              f' {what}')
+
+
+class TarSource(_Located):
+  """A tar: its folder methods refuse."""
+
+  folder = False
+  downloaded = False
+
+  def list_members(self) -> list[Member]:
+    raise self._not_a('folder')
+
+  def read_member(self, member: Member) -> bytes:
+    raise self._not_a('folder')
+
+
+class FolderSource(_Located):
+  """An extracted folder: its tar methods refuse."""
+
+  folder = True
+  downloaded = False
+
+  def size(self) -> None:
+    return None
+
+  def open_random(self) -> RandomReader:
+    raise self._not_a('tar')
+
+  def open_sequential(self, start: int = 0) -> SequentialReader:
+    raise self._not_a('tar')

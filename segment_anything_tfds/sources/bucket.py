@@ -10,6 +10,10 @@ Read with fsspec (gcsfs for gs://), each read a request:
 * a folder is listed in one walk, with the sizes, and each file is read in
   one request.
 
+With an expected `checksum`, a tar read from byte 0 hashes what goes by
+(skips are read, not sought; `checksums.hashing`); the engine asks
+`checksums.stream_verdict` at the end.
+
 Buckets have no symlinks, FIFOs or devices. Sources hold only their URI;
 each reader opens its own file, on fsspec's filesystem of the process.
 """
@@ -22,6 +26,7 @@ from typing import Any
 
 from segment_anything_tfds import errors
 from segment_anything_tfds.sources import base
+from segment_anything_tfds.sources import checksums
 from segment_anything_tfds.sources.base import Member
 
 # Bytes per request of a bucket tar read front to back.
@@ -150,7 +155,7 @@ class _Sized:
 
 
 @dataclasses.dataclass(frozen=True)
-class BucketTar(_Sized, base.Source):
+class BucketTar(_Sized, base.TarSource):
   """A tar in a bucket, e.g. `gs://b/sa1b/sa_000012.tar`.
 
   Attributes:
@@ -158,41 +163,30 @@ class BucketTar(_Sized, base.Source):
     location: its URI.
     known_size: its size in bytes when known (from a listing), else asked
       for once.
+    checksum: the `checksums.Expected` digest of the tar, checked when it
+      is read front to back (None: not checked).
   """
 
   name: str
   location: str
   known_size: int | None = dataclasses.field(default=None, compare=False)
+  checksum: checksums.Expected | None = dataclasses.field(default=None,
+                                                          compare=False)
 
   remote = True
-  folder = False
-  downloaded = False
-
-  @property
-  def where(self) -> str:
-    return self.location
 
   def open_random(self) -> base.RandomReader:
     return _Random(_open(self.location, self.name, cache_type='none'),
                    self.size())
 
   def open_sequential(self, start: int = 0) -> base.SequentialReader:
-    return _Sequential(
+    return checksums.hashing(_Sequential(
         _open(self.location, self.name, block_size=SEQUENTIAL_READ_BYTES,
-              cache_type='readahead'), start, self.size())
-
-  def list_members(self) -> list[Member]:
-    raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'
-                             ' folder')
-
-  def read_member(self, member: Member) -> bytes:
-    raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'
-                             ' folder')
-
+              cache_type='readahead'), start, self.size()), self, start)
 
 
 @dataclasses.dataclass(frozen=True)
-class BucketFolder(base.Source):
+class BucketFolder(base.FolderSource):
   """An extracted `sa_NNNNNN/` folder in a bucket.
 
   Attributes:
@@ -204,23 +198,6 @@ class BucketFolder(base.Source):
   location: str
 
   remote = True
-  folder = True
-  downloaded = False
-
-  @property
-  def where(self) -> str:
-    return self.location
-
-  def size(self) -> None:
-    return None
-
-  def open_random(self) -> base.RandomReader:
-    raise errors.SourceError(f'{self.name}: {self.where} is a folder, not a'
-                             ' tar')
-
-  def open_sequential(self, start: int = 0) -> base.SequentialReader:
-    raise errors.SourceError(f'{self.name}: {self.where} is a folder, not a'
-                             ' tar')
 
   def list_members(self) -> list[Member]:
     fs, root = filesystem(self.location)

@@ -1,10 +1,34 @@
 """Checksum lists, verifying tars against them, and moving bad tars aside.
 
+Which list a build checks (`DownloadOptions.checksums`, `--checksums`):
+
+  'known'   the published md5s of the 1000 SA-1B tars, shipped with this
+            package (`data/checklist.txt`, see `data/README.md`: a copy of
+            XuyangShen/SA-1B-Fast-Downloader's checklist.txt at 7ddfd31)
+  FILE      a list of your own
+  'none'    no check
+  None      (the default) `segment_anything_checksums.txt` in manual_dir
+            if it is there, else no check
+
 A checksum list is the output of `md5sum` or `sha256sum`: one
 `<hex>  sa_000000.tar` line per tar (`*name` and paths are accepted; only
 the file name counts). The hex length says the algorithm: 32 is md5, 64 is
 sha256. Every problem with the list itself is a `ChecksumError` naming the
 file and line.
+
+Tars are hashed as their bytes go by, never in a pass of their own when
+something reads them whole anyway:
+
+* a download hashes its body as it writes it (`download.fetch`);
+* a remote tar read front to back (`open_sequential(0)` of a source with a
+  `checksum`) hashes what it reads; the engine asks for the verdict once
+  its walk is done (`stream_verdict`), which reads what is left (the tar's
+  end padding) and compares;
+* a local tar, which the build reads by seeking, is hashed once (`verify`)
+  and the verdict kept in a `<tar>.verified` marker next to it (algorithm,
+  digest, size, mtime): while the file is unchanged it is not hashed again.
+  Markers are written without following a symlink (a new file, renamed
+  into place) and only this user's (or root's) markers are believed.
 
   <download_dir>/segment_anything/quarantine/   downloaded tars that failed
                                                 a check, moved aside
@@ -12,23 +36,81 @@ file and line.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
+import importlib.resources
 import os
+import stat
 import time
 
 from etils import epath
 
+from segment_anything_tfds import errors
 from segment_anything_tfds.errors import ChecksumError
 from segment_anything_tfds.sources import base
+from segment_anything_tfds.sources import hub
 from segment_anything_tfds.sources import local
 
 CHECKSUMS_FILE_NAME = 'segment_anything_checksums.txt'
 QUARANTINE_SUBDIR = 'quarantine'
 VERIFIED_SUFFIX = '.verified'
+KNOWN = 'known'
+NONE = 'none'
+# Where the known md5s come from, for messages and the docs.
+KNOWN_ORIGIN = ('XuyangShen/SA-1B-Fast-Downloader checklist.txt at commit'
+                ' 7ddfd31')
+KNOWN_LIST = f'the published SA-1B md5s ({KNOWN_ORIGIN})'
+# How a mismatch names it (the error's first words name `KNOWN_LIST`).
+KNOWN_SHORT = 'the published SA-1B md5 list'
+_KNOWN_FILE = 'data/checklist.txt'
 # 1000 sha256 lines are about 85 kB; anything far larger is not a list.
 MAX_CHECKSUMS_FILE_BYTES = 16 << 20
+_MAX_MARKER_BYTES = 4096
 _HASHES = {32: 'md5', 64: 'sha256'}
 _CHUNK = 8 << 20
+_SKIP_CHUNK = 1 << 20
+# Local files are hashed through one reused buffer of this size (no new
+# 8 MiB object per read: a quarter less CPU than reading into new bytes).
+_HASH_BUFFER = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Expected:
+  """The digest a tar must have, and the list that says so.
+
+  Attributes:
+    algo: 'md5' or 'sha256'.
+    digest: lower-case hex.
+    listed_in: the list, for messages (a path, or `KNOWN_LIST`).
+  """
+
+  algo: str
+  digest: str
+  listed_in: str = 'the checksum list'
+
+  def problem(self, got: str) -> str | None:
+    """None if `got` is the digest; else what is wrong, in words."""
+    if got == self.digest:
+      return None
+    return f'{self.algo} is {got}, {self.listed_in} says {self.digest}'
+
+
+@dataclasses.dataclass(frozen=True)
+class Checklist:
+  """A parsed checksum list: tar name -> (algorithm, hex digest)."""
+
+  source: str
+  sums: dict[str, tuple[str, str]]
+  short: str | None = None  # How a mismatch names it (default: `source`).
+
+  def expected(self, name: str) -> Expected | None:
+    entry = self.sums.get(name)
+    return None if entry is None else Expected(*entry,
+                                               self.short or self.source)
+
+
+# ------------------------------------------------------------- lists
 
 
 def parse_checksums(text: str, *, source: str) -> dict[str, tuple[str, str]]:
@@ -91,9 +173,72 @@ def read_checksums(path: epath.PathLike) -> dict[str, tuple[str, str]]:
   return parse_checksums(text, source=os.fspath(path))
 
 
+def known_text() -> bytes:
+  """The shipped list of the published md5s, as it is in the package."""
+  return importlib.resources.files(__package__).joinpath(
+      _KNOWN_FILE).read_bytes()
+
+
+@functools.lru_cache(maxsize=1)
+def known() -> Checklist:
+  """The published md5s of the 1000 SA-1B tars (`KNOWN_LIST`)."""
+  return Checklist(KNOWN_LIST, parse_checksums(known_text().decode('ascii'),
+                                               source=KNOWN_LIST),
+                   KNOWN_SHORT)
+
+
+def checklist(choice: str | None,
+              manual_dir: epath.PathLike | None = None) -> Checklist | None:
+  """The list a build checks: `choice` is 'known', 'none', a file, or None
+  for `segment_anything_checksums.txt` in manual_dir if it is there.
+
+  Raises:
+    ChecksumError: the list cannot be used (naming the file and line).
+  """
+  if choice == NONE:
+    return None
+  if choice == KNOWN:
+    return known()
+  if choice is not None:
+    return Checklist(os.fspath(choice), read_checksums(choice))
+  if manual_dir is None or hub.is_hub_uri(manual_dir):
+    return None  # A Hub folder is listed, not searched for files.
+  auto = epath.Path(manual_dir) / CHECKSUMS_FILE_NAME
+  if not auto.exists():
+    return None
+  return Checklist(os.fspath(auto), read_checksums(auto))
+
+
+# ------------------------------------------------------------ hashing
+
+
+def hash_fd(h, fd: int, size: int | None = None) -> int:
+  """Feeds the file `fd` from its position to `h` (`size` bytes at most,
+  None: to its end); returns the bytes hashed."""
+  buf = bytearray(_HASH_BUFFER)
+  view = memoryview(buf)
+  done = 0
+  with open(fd, 'rb', buffering=0, closefd=False) as f:
+    while size is None or done < size:
+      n = f.readinto(view if size is None else view[:min(
+          len(buf), size - done)])
+      if not n:
+        break
+      h.update(view[:n])
+      done += n
+  return done
+
+
 def file_digest(source: base.Source, algo: str) -> str:
   """The `algo` digest of the tar `source`, read front to back."""
   h = hashlib.new(algo)
+  if isinstance(source, local.LocalTar):
+    fd = local.open_tar(source.location, source.name)
+    try:
+      hash_fd(h, fd)
+    finally:
+      os.close(fd)
+    return h.hexdigest()
   reader = source.open_sequential(0)
   try:
     while chunk := reader.read(_CHUNK):
@@ -103,46 +248,181 @@ def file_digest(source: base.Source, algo: str) -> str:
   return h.hexdigest()
 
 
-def _marker(path: str, algo: str, digest: str) -> str:
-  st = os.stat(path)
-  return f'{algo}:{digest} {st.st_size} {st.st_mtime_ns}\n'
+class HashingReader:
+  """A `SequentialReader` of a whole tar that hashes every byte read.
 
-
-def verify(source: base.Source, expected: tuple[str, str]) -> str | None:
-  """None if the tar `source` has the `expected` (algo, hex); else what is
-  wrong.
-
-  A local tar that passed leaves a `.verified` marker next to it (digest,
-  size, mtime), so an unchanged file is not hashed again on a rerun.
+  Skipping reads too (what is skipped is hashed). `verdict()` reads the
+  rest and compares.
   """
-  algo, digest = expected
-  path = source.location if isinstance(source, local.LocalTar) else None
-  marker = f'{path}{VERIFIED_SUFFIX}'
-  if path is not None and os.path.exists(marker):
-    try:
-      with open(marker) as f:
-        if f.read() == _marker(path, algo, digest):
-          return None
-    except OSError:
-      pass
-  got = file_digest(source, algo)
-  if got != digest:
-    return f'{algo} is {got}, the checksum list says {digest}'
-  if path is not None:
-    try:
-      with open(marker, 'w') as f:
-        f.write(_marker(path, algo, digest))
-    except OSError:  # A read-only folder: hash again next time.
-      pass
+
+  def __init__(self, reader: base.SequentialReader, *, name: str,
+               size: int, expected: Expected):
+    self._reader = reader
+    self._name = name
+    self._size = size
+    self._expected = expected
+    self._hash = hashlib.new(expected.algo)
+
+  def tell(self) -> int:
+    return self._reader.tell()
+
+  def read(self, n: int) -> bytes:
+    data = self._reader.read(n)
+    self._hash.update(data)
+    return data
+
+  def skip(self, n: int) -> int:
+    done = 0
+    while done < n:
+      got = len(self.read(min(n - done, _SKIP_CHUNK)))
+      if not got:
+        break
+      done += got
+    return done
+
+  def close(self) -> None:
+    self._reader.close()
+
+  def verdict(self) -> errors.BadInputError | None:
+    """Reads the rest of the tar, hashing it; None if the digest is the
+    one expected, else a `checksum_mismatch` error naming the tar, the
+    digest expected and the one read."""
+    self.skip(self._size - self.tell())
+    if self.tell() != self._size:
+      return errors.BadInputError(
+          errors.CHECKSUM_MISMATCH, self._name, '-',
+          f'ended at byte {self.tell()} of {self._size}: its'
+          f' {self._expected.algo} cannot be checked')
+    problem = self._expected.problem(self._hash.hexdigest())
+    if problem is None:
+      return None
+    return errors.BadInputError(errors.CHECKSUM_MISMATCH, self._name, '-',
+                                problem)
+
+
+def hashing(reader: base.SequentialReader, source: base.Source, start: int
+            ) -> base.SequentialReader:
+  """`reader` of `source` from `start`, hashing if it reads the whole tar
+  (`start` 0) and the source has an expected `checksum`."""
+  expected = getattr(source, 'checksum', None)
+  if expected is None or start != 0:
+    return reader
+  return HashingReader(reader, name=source.name, size=source.size(),
+                       expected=expected)
+
+
+def stream_verdict(reader: base.SequentialReader
+                   ) -> errors.BadInputError | None:
+  """The checksum verdict of a tar read front to back, once the walk of it
+  is done and before `reader` is closed.
+
+  For a reader of `Source.open_sequential(0)` whose source carries an
+  expected checksum, reads what is left of the tar (its end padding: the
+  walk stops at the end-of-archive blocks) and compares; for any other
+  reader, None.
+
+  Returns:
+    None if the tar matches (or nothing is to be checked); else a
+    `BadInputError` with reason `checksum_mismatch`, naming the tar and
+    the digests expected and read. The engine raises it (strict), or drops
+    every record of that tar and audits it as a skipped tar (lenient).
+  """
+  if isinstance(reader, HashingReader):
+    return reader.verdict()
   return None
 
 
-def quarantine(path: str) -> str:
-  """Moves a bad tar aside into `quarantine/` next to it; returns where."""
+# ------------------------------------------------------------ markers
+
+
+def _marker_text(st: os.stat_result, expected: Expected) -> str:
+  return f'{expected.algo}:{expected.digest} {st.st_size} {st.st_mtime_ns}\n'
+
+
+def _read_marker(path: str) -> str | None:
+  """The text of `path`'s marker: a regular file of this user (or root),
+  not through a symlink; None otherwise."""
+  try:
+    fd = os.open(path + VERIFIED_SUFFIX, os.O_RDONLY | os.O_NOFOLLOW
+                 | os.O_NONBLOCK | os.O_CLOEXEC)
+  except OSError:
+    return None
+  try:
+    st = os.fstat(fd)
+    if (not stat.S_ISREG(st.st_mode) or st.st_uid not in (os.geteuid(), 0)
+        or st.st_size > _MAX_MARKER_BYTES):
+      return None
+    return os.read(fd, _MAX_MARKER_BYTES).decode('ascii', 'replace')
+  except OSError:
+    return None
+  finally:
+    os.close(fd)
+
+
+def write_marker(path: str, text: str) -> bool:
+  """Writes `text` to `path`'s marker; whether it was written.
+
+  Into a new file (O_EXCL, O_NOFOLLOW) renamed over the marker: a symlink
+  or a file planted there is replaced, never written through. A folder
+  that cannot be written (read-only tars) leaves no marker.
+  """
+  marker = path + VERIFIED_SUFFIX
+  tmp = f'{marker}.{os.getpid()}.{time.time_ns()}.tmp'
+  try:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                 | os.O_CLOEXEC, 0o644)
+  except OSError:
+    return False
+  try:
+    with os.fdopen(fd, 'w') as f:
+      f.write(text)
+    os.replace(tmp, marker)
+    return True
+  except OSError:
+    try:
+      os.remove(tmp)
+    except OSError:
+      pass
+    return False
+
+
+def mark_verified(path: str, expected: Expected) -> bool:
+  """Records that the local tar `path`, as it is now, has `expected`."""
+  return write_marker(path, _marker_text(os.stat(path), expected))
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+  return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (
+      b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns)
+
+
+def verify(source: base.Source, expected: Expected) -> str | None:
+  """None if the tar `source` has the `expected` digest; else what is wrong.
+
+  A local tar is hashed once: its verdict is kept in a marker next to it
+  (`mark_verified`), believed while the tar's path, size and mtime are
+  unchanged. A remote tar is read whole (a stream checks as it reads,
+  `stream_verdict`).
+  """
+  path = source.location if isinstance(source, local.LocalTar) else None
+  if path is None:
+    return expected.problem(file_digest(source, expected.algo))
+  before = os.stat(path)
+  if _read_marker(path) == _marker_text(before, expected):
+    return None
+  problem = expected.problem(file_digest(source, expected.algo))
+  if problem is None and _same_file(before, os.stat(path)):
+    write_marker(path, _marker_text(before, expected))
+  return problem
+
+
+def quarantine(path: str, name: str | None = None) -> str:
+  """Moves a bad tar aside into `quarantine/` next to it, as `name` (its
+  own name by default); returns where."""
   qdir = os.path.join(os.path.dirname(path), QUARANTINE_SUBDIR)
   os.makedirs(qdir, exist_ok=True)
-  dest = os.path.join(qdir, os.path.basename(path))
-  if os.path.exists(dest):
+  dest = os.path.join(qdir, name or os.path.basename(path))
+  if os.path.lexists(dest):
     dest += f'.{time.time_ns()}'
   os.replace(path, dest)
   try:

@@ -17,9 +17,14 @@ furthest byte ever written, so restarts from 0 are not progress, and
 A download is renamed into place only once checked: its size matches the
 Content-Length (when there is one), its first 512-byte header is a valid tar
 header, and it ends with the two zero blocks that end a tar (so its size is
-a multiple of 512). A body larger than `max_bytes` is stopped. Two processes
-sharing a download dir never write one tar at once: each tar is fetched
-under an exclusive lock, and whoever comes second reuses the finished tar.
+a multiple of 512). With an expected digest (a checksum list), the body is
+hashed as it is written (a resumed `.part` has its first bytes hashed once,
+from disk): a tar that does not match is moved to `quarantine/` (a
+`ChecksumError` naming the tar and both digests), one that matches gets its
+`.verified` marker, so it is not hashed again before the build. A body
+larger than `max_bytes` is stopped. Two processes sharing a download dir
+never write one tar at once: each tar is fetched under an exclusive lock,
+and whoever comes second reuses the finished tar.
 
 Only this user's files are trusted (`open_owned`, `check_cache_dir`): the
 cache dir must belong to this user (or root) and be writable by no one else
@@ -37,6 +42,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import shutil
@@ -44,7 +50,7 @@ import stat
 import tarfile
 import threading
 import time
-from typing import BinaryIO, Callable, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
 
 from etils import epath
 
@@ -57,6 +63,8 @@ from segment_anything_tfds.sources import base
 from segment_anything_tfds.sources import local
 from segment_anything_tfds.sources import paths
 from segment_anything_tfds import units
+from segment_anything_tfds.errors import AccessError
+from segment_anything_tfds.errors import ChecksumError
 from segment_anything_tfds.errors import DiskSpaceError
 from segment_anything_tfds.errors import DownloadError
 from segment_anything_tfds.errors import LinksExpiredError
@@ -392,6 +400,9 @@ class _Transfer:
   furthest: int = 0
   total: int | None = None
   told_total: bool = False
+  expected: checksums.Expected | None = None
+  hasher: Any = None  # Of the partial file's first `hashed` bytes.
+  hashed: int = 0
 
   def check_cancel(self) -> None:
     if self.cancel is not None and self.cancel.is_set():
@@ -401,31 +412,61 @@ class _Transfer:
     """Deletes the partial file and takes its bytes off the progress bar."""
     size = _size(self.part)
     _remove(self.part)
+    self.hasher, self.hashed = None, 0
     if size:
       self.on_bytes(-size)
       logging.info('%s: %s; discarded %d bytes', self.what, why, size)
 
 
+  def hash_from(self, start: int) -> None:
+    """Makes the hash cover the partial file's first `start` bytes (read
+    from disk once, when a download resumes a `.part` of an earlier run)."""
+    if self.expected is None or (self.hasher is not None
+                                 and self.hashed == start):
+      return
+    self.hasher, self.hashed = hashlib.new(self.expected.algo), 0
+    if not start:
+      return
+    fd = os.open(self.part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+      self.hashed = checksums.hash_fd(self.hasher, fd, start)
+    finally:
+      os.close(fd)
+    if self.hashed < start:
+      raise http.TransientError(f'{self.what}: {self.part} shrank while it'
+                                ' was hashed')
+
+  def hash(self, data: bytes) -> None:
+    if self.hasher is not None:
+      self.hasher.update(data)
+      self.hashed += len(data)
+
+
 def fetch(url: str, dest: str, *, client: http.Client,
           on_bytes: Callable[[int], None] = lambda n: None,
           on_total: Callable[[int], None] = lambda n: None,
-          cancel: threading.Event | None = None) -> int:
+          cancel: threading.Event | None = None,
+          expected: checksums.Expected | None = None) -> int:
   """Downloads `url` to `dest` via `dest.part`, resuming; returns the size.
 
-  The download is checked (`tar_problem`) before the rename. The caller
-  holds the tar's lock (`download_all` does).
+  The download is checked (`tar_problem`, and with `expected` its digest,
+  hashed as it is written) before the rename. The caller holds the tar's
+  lock (`download_all` does).
 
   Raises:
     errors.DownloadError: the retry budget is spent, or a failure not worth
       retrying (404, not a tar, over `max_bytes`, a `.part` that is not to
       be trusted, ...).
     errors.LinksExpiredError: a 403 to a signed link.
+    errors.AccessError: a 401, or a 403 from the Hugging Face Hub.
+    errors.ChecksumError: the tar is whole but not the one `expected`; it
+      was moved to `quarantine/`.
   """
   name = os.path.basename(dest)
   t = _Transfer(url=url, part=dest + PART_SUFFIX,
                 what=f'{name} from {http.host_of(url)}',
                 max_bytes=client.options.max_bytes, on_bytes=on_bytes,
-                on_total=on_total, cancel=cancel)
+                on_total=on_total, cancel=cancel, expected=expected)
   if trusted_file(t.part, name):  # Refused before any request.
     t.furthest = _size(t.part)
 
@@ -433,7 +474,10 @@ def fetch(url: str, dest: str, *, client: http.Client,
     t.check_cancel()
     size = _attempt(t, client)
     _check_part(t)
+    _check_digest(t, name)
     os.replace(t.part, dest)  # Atomic: a tar in place is a whole tar.
+    if expected is not None:
+      checksums.mark_verified(dest, expected)
     return size
 
   return client.retrying(attempt, what=t.what, progress=lambda: t.furthest,
@@ -508,6 +552,7 @@ def _write_body(t: _Transfer, body: http.Body, start: int,
   known) and within max_bytes."""
   pos = start
   with open_owned(t.part, 'ab' if start else 'wb', t.what) as f:
+    t.hash_from(start)
     while stop is None or pos < stop:
       chunk = body.read(http.CHUNK if stop is None else stop - pos)
       if not chunk:
@@ -520,6 +565,7 @@ def _write_body(t: _Transfer, body: http.Body, start: int,
         f.write(chunk)
       except OSError as e:
         raise DownloadError(f'{t.what}: cannot write {t.part}: {e}') from e
+      t.hash(chunk)
       pos += len(chunk)
       t.furthest = max(t.furthest, pos)
       t.on_bytes(len(chunk))
@@ -537,13 +583,38 @@ def _check_part(t: _Transfer) -> None:
   raise http.TransientError(message)
 
 
+def _check_digest(t: _Transfer, name: str) -> None:
+  """Raises unless the finished `t.part` has the digest expected (if any);
+  a tar that does not is moved to quarantine, named as the tar."""
+  if t.expected is None:
+    return
+  t.hash_from(_size(t.part))  # Covers the whole file, whatever happened.
+  problem = t.expected.problem(t.hasher.hexdigest())
+  if problem is None:
+    return
+  where = checksums.quarantine(t.part, name)
+  t.hasher, t.hashed = None, 0
+  raise ChecksumError(f'{t.what}: the download\'s {problem}; moved to'
+                      f' {where} (the next run downloads it again)')
+
+
 @dataclasses.dataclass(frozen=True)
 class Result:
-  """Where each tar is, and which failed why."""
+  """Where each tar is, and which failed why.
+
+  Attributes:
+    paths: name -> path of each tar in the cache.
+    errors: name -> why it could not be downloaded.
+    downloaded: names fetched in this call (not found in the cache).
+    mismatched: name -> the `ChecksumError` of a download that is not the
+      tar expected (moved to quarantine; also in `errors`).
+  """
 
   paths: dict[str, str]
   errors: dict[str, str]
-  downloaded: tuple[str, ...]  # Names fetched in this call (not cached).
+  downloaded: tuple[str, ...]
+  mismatched: dict[str, ChecksumError] = dataclasses.field(
+      default_factory=dict)
 
 
 def _threads(n: int) -> concurrent.futures.ThreadPoolExecutor:
@@ -567,15 +638,19 @@ def download_all(
     links: Mapping[str, str], cache: epath.PathLike, *,
     options: options_lib.DownloadOptions | None = None,
     sizes: Mapping[str, int | None] | None = None,
+    expected: Mapping[str, checksums.Expected] | None = None,
 ) -> Result:
   """Downloads each (name -> http URL) not yet in `cache`, `workers` at once.
 
   Each tar is fetched under its lock (`tar_lock`); a tar another process
-  finished meanwhile is reused, not fetched again.
+  finished meanwhile is reused, not fetched again. A tar with an
+  `expected` digest is hashed as it downloads (`fetch`).
 
   Raises:
     LinksExpiredError: a server answered 403 to a signed link; the other
       downloads stop (their partial files stay, for resuming).
+    AccessError: a server refused this user (a 401, a 403 from the Hub):
+      the other downloads stop the same way.
     DownloadError: the cache, or a tar in it, is not to be trusted
       (`check_cache_dir`, `trusted_file`).
   Returns:
@@ -599,8 +674,10 @@ def download_all(
   bar.add(sum(_size(os.path.join(cache, n + PART_SUFFIX)) for n in todo))
   cancel = threading.Event()
   failed: dict[str, str] = {}
-  expired: list[str] = []
+  refused: list[tuple[str, DownloadError]] = []
+  mismatched: dict[str, ChecksumError] = {}
   fetched: list[str] = []
+  expected = expected or {}
 
   def one(name: str, url: str, client: http.Client) -> str:
     dest = os.path.join(cache, name)
@@ -608,7 +685,8 @@ def download_all(
       if cached_tar(dest):  # Another process fetched it meanwhile.
         return dest
       size = fetch(url, dest, client=client, on_bytes=bar.add, cancel=cancel,
-                   on_total=bar.grow if name in unknown else lambda n: None)
+                   on_total=bar.grow if name in unknown else lambda n: None,
+                   expected=expected.get(name))
     fetched.append(name)
     logging.info('Downloaded %s (%d bytes)', dest, size)
     return dest
@@ -624,11 +702,15 @@ def download_all(
           try:
             paths[name] = fut.result()
           except http.Cancelled:
-            failed[name] = 'cancelled after another download failed with 403'
-          except LinksExpiredError as e:
-            expired.append(name)
+            failed[name] = ('cancelled after another download was refused'
+                            ' (HTTP 401 or 403)')
+          except (LinksExpiredError, AccessError) as e:
+            refused.append((name, e))
             failed[name] = str(e)
             cancel.set()
+          except ChecksumError as e:
+            mismatched[name] = e
+            failed[name] = str(e)
           except (DownloadError, OSError) as e:
             failed[name] = str(e)
       except BaseException:  # Ctrl-C: stop the threads; .part files stay.
@@ -636,11 +718,15 @@ def download_all(
         raise
   finally:
     bar.close()
-  if expired:
-    raise LinksExpiredError(
-        f'{len(expired)} of {len(todo)} downloads were refused with HTTP 403'
-        f' ({", ".join(sorted(expired)[:5])}). {failed[expired[0]]}')
-  return Result(paths, failed, tuple(n for n in todo if n in fetched))
+  if refused:
+    names = sorted(n for n, _ in refused)
+    first = min(refused, key=lambda r: r[0])[1]
+    raise type(first)(
+        f'{len(refused)} of {len(todo)} downloads were refused'
+        f' ({", ".join(names[:5])}{" ..." if len(names) > 5 else ""}).'
+        f' {first}')
+  return Result(paths, failed, tuple(n for n in todo if n in fetched),
+                mismatched)
 
 
 # --------------------------------------------------------------- sizes
@@ -652,8 +738,8 @@ def _head_size(client: http.Client, name: str, url: str) -> int | None:
   except DownloadError as e:
     logging.info('%s; assuming %d bytes', e, EST_TAR_BYTES)
     return None
-  if status == 403:
-    raise client.forbidden(url)
+  if status in (401, 403):
+    raise client.refused(url, status)
   if not 200 <= status < 300:
     logging.info('HEAD %s: HTTP %d; assuming %d bytes',
                  links_lib.redact(url), status, EST_TAR_BYTES)
@@ -667,10 +753,11 @@ def head_sizes(links: Mapping[str, str], *,
                ) -> dict[str, int | None]:
   """Content-Length of each http link by HEAD; None where unknown.
 
-  A 403 raises (`LinksExpiredError` for a signed link) before anything is
-  downloaded, and so does a size over `max_bytes` (`DownloadError`: not an
-  SA-1B tar); any other failure leaves the size unknown (the estimate is
-  used).
+  A 401 or 403 raises (`LinksExpiredError` for a signed link,
+  `AccessError` from the Hugging Face Hub, saying to set HF_TOKEN) before
+  anything is downloaded, and so does a size over `max_bytes`
+  (`DownloadError`: not an SA-1B tar); any other failure leaves the size
+  unknown (the estimate is used).
   """
   if not links:
     return {}

@@ -5,6 +5,12 @@ tars all go through `Client`, a `requests.Session` with:
 
 * **Redirects** followed here, http/https only (a redirect to `ftp://` or
   `file://` is refused, naming the scheme), at most `MAX_REDIRECTS`.
+* **Credentials, per request, by host.** The Hugging Face Hub's token goes
+  as `Authorization: Bearer ...` to a Hub origin only (`hub.token_for`):
+  huggingface.co and `HF_ENDPOINT`'s, never to the CDN a download is
+  redirected to, nor to any other host. A caller's own credential headers
+  (`_CREDENTIAL_HEADERS`) go to the first URL's origin only, never past a
+  redirect to another. No credential is ever in a message or a log.
 * **Proxies** from `http_proxy`/`https_proxy`/`no_proxy` (requests reads the
   environment), or `DownloadOptions.proxies`, which win over it.
 * **Retries**, with the budget of `DownloadOptions`: at most `retries`
@@ -33,8 +39,10 @@ tars all go through `Client`, a `requests.Session` with:
   digits only (`header_int`); a size over `max_bytes` is refused
   (`check_size`).
 
-Only `errors.DownloadError` (and `LinksExpiredError`) reach callers;
-`TransientError` lives inside `Client.retrying`.
+Only `errors.DownloadError` (and its `LinksExpiredError`, `AccessError`)
+reach callers; `TransientError` lives inside `Client.retrying`. A 401 or
+403 from the Hub is an `AccessError` that says to set `HF_TOKEN` or accept
+the repo's terms (`hub.access_error`).
 
 Ranged reads: `read_range` (bytes `[start, end]` in one request, a cut
 resumed) and `RangeStream` (front to back from a position, in one request
@@ -61,6 +69,7 @@ import requests  # Imports requests.adapters.
 import urllib3  # Imports urllib3.connection.
 
 from segment_anything_tfds import errors
+from segment_anything_tfds.sources import hub
 from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds import options as options_lib
 
@@ -69,6 +78,9 @@ USER_AGENT = 'segment_anything_tfds'
 MAX_REDIRECTS = 10
 CHUNK = 1 << 20  # The most one read of a body returns.
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Headers that carry credentials: a caller's go to its URL's origin only.
+_CREDENTIAL_HEADERS = frozenset({'authorization', 'cookie'})
+_NOT_LOOKED_UP = object()
 # Answers another attempt may fix: 5xx, timeout (408), too many (429).
 _RETRIED_STATUSES = frozenset(range(500, 1000)) | {408, 429}
 # Header numbers: ASCII digits only ('²'.isdigit() is True). A size too
@@ -798,6 +810,7 @@ class Client:
                                   'Accept-Encoding': 'identity'})
     self._proxies = (dict(self.options.proxies)
                      if self.options.proxies else None)
+    self._hub_token = _NOT_LOOKED_UP  # Looked up at the first Hub request.
 
   def close(self) -> None:
     self._session.close()
@@ -822,9 +835,11 @@ class Client:
     first = url
     for _ in range(MAX_REDIRECTS + 1):
       _check_scheme(url, first)
-      resp = self._send_once(method, url, headers)
+      resp = self._send_once(method, url, self._hop_headers(first, url,
+                                                            headers))
       location = resp.headers.get('Location')
-      if resp.status_code not in _REDIRECTS or not location:
+      if resp.status_code not in _REDIRECTS or not location or (
+          method == 'HEAD' and _hub_linked_size(resp, url) is not None):
         return resp
       resp.close()  # A redirect's body is never read.
       url = _redirect(first, url, location)
@@ -833,6 +848,29 @@ class Client:
     raise errors.DownloadError(
         f'{links_lib.redact(first)}: more than {MAX_REDIRECTS} redirects'
         f' (the last to {_where(url)})')
+
+  def _token(self) -> str | None:
+    """The Hub's token (`hub.token`), looked up once per client."""
+    if self._hub_token is _NOT_LOOKED_UP:
+      self._hub_token = hub.token()
+    return self._hub_token
+
+  def _hop_headers(self, first: str, url: str,
+                   headers: dict[str, str] | None) -> dict[str, str]:
+    """The headers of one hop of a request for `first`, now at `url`.
+
+    The caller's headers, without its credentials once a redirect left the
+    origin of `first`; and the Hub's token for a Hub origin alone
+    (`hub.token_for`), whatever the caller gave.
+    """
+    moved = not links_lib.same_origin(first, url)
+    out = {k: v for k, v in (headers or {}).items()
+           if k.lower() not in _CREDENTIAL_HEADERS or not moved}
+    token = hub.token_for(url, self._token)
+    if token:
+      out = {k: v for k, v in out.items() if k.lower() != 'authorization'}
+      out['Authorization'] = f'Bearer {token}'
+    return out
 
   def _send_once(self, method, url, headers) -> requests.Response:
     """One request, retried by urllib3 (`_Retry`) within the budget; each
@@ -863,10 +901,10 @@ class Client:
     return host_of(proxy if '://' in proxy else 'http://' + proxy)
 
   def status_error(self, resp: requests.Response, url: str) -> Exception:
-    """The error a >= 400 answer means: transient, forbidden, or final."""
+    """The error a >= 400 answer means: transient, refused, or final."""
     status, reason = resp.status_code, resp.reason or ''
-    if status == 403:
-      return forbidden_error(url, self.proxy_for(url))
+    if status in (401, 403):
+      return self.refused(url, status, answered=resp.url)
     where = links_lib.redact(url)
     if _transient_status(status):
       return TransientError(
@@ -874,9 +912,31 @@ class Client:
           retry_after=retry_after(resp.headers.get('Retry-After')))
     return errors.DownloadError(f'{where}: HTTP {status} {reason}'.rstrip())
 
-  def forbidden(self, url: str) -> errors.DownloadError:
-    """The error of a 403 to `url` (e.g. to a HEAD)."""
-    return forbidden_error(url, self.proxy_for(url))
+  def refused(self, url: str, status: int,
+              answered: str | None = None) -> errors.DownloadError:
+    """The error of a 401 or 403 to a request for `url` (e.g. a HEAD).
+
+    Args:
+      url: the URL asked for.
+      status: 401 or 403.
+      answered: the URL that answered (the last hop of its redirects), if
+        known.
+    Returns:
+      From a Hub origin, an `AccessError` saying to set HF_TOKEN or accept
+      the repo's terms (`hub.access_error`); else for a 403, the error of
+      an expired link or a refusal (`forbidden_error`); for a 401, an
+      `AccessError` naming the host.
+    """
+    if hub.is_hub(answered or url):
+      return hub.access_error(url, status,
+                              token_sent=self._token() is not None)
+    if status == 403:
+      return forbidden_error(url, self.proxy_for(url))
+    return errors.AccessError(
+        f'{links_lib.redact(url)}: HTTP 401 unauthorized from'
+        f' {host_of(answered or url)}: the server wants credentials, and this'
+        ' package sends one only to the Hugging Face Hub (its token); use a'
+        ' link that needs none')
 
   def body(self, resp: requests.Response, url: str) -> Body:
     """The body of `resp`, read within this client's options."""
@@ -895,12 +955,17 @@ class Client:
     """(status, Content-Length) of a HEAD, transient failures retried.
 
     Any final status is returned (a 404 is an answer); a 5xx that lasts
-    through the retry budget raises.
+    through the retry budget raises. The Hub's redirect of a download
+    says its size (`X-Linked-Size`): that answers the HEAD, as 200 (the
+    storage's signed URL it leads to is for a GET alone).
     """
     def attempt():
       with contextlib.closing(self.send('HEAD', url)) as resp:
         if _transient_status(resp.status_code):
           raise self.status_error(resp, url)
+        linked = _hub_linked_size(resp, resp.url or url)
+        if linked is not None:
+          return 200, linked
         return resp.status_code, content_length(resp)
     return self.retrying(attempt, what=f'HEAD {links_lib.redact(url)}')
 
@@ -948,6 +1013,14 @@ def pause(seconds: float, cancel: threading.Event | None = None) -> None:
     time.sleep(seconds)
   elif cancel.wait(seconds):
     raise Cancelled()
+
+
+def _hub_linked_size(resp: requests.Response, url: str) -> int | None:
+  """The size a Hub origin's redirect of a download announces
+  (`X-Linked-Size`), or None for any other answer."""
+  if resp.status_code not in _REDIRECTS or not hub.is_hub(url):
+    return None
+  return header_int(resp.headers.get('X-Linked-Size'))
 
 
 def _check_scheme(url: str, first: str) -> None:
@@ -1081,8 +1154,8 @@ def probe_size(client: Client, url: str, *, name: str) -> int:
       403 to a signed link), reports no size, or one over `max_bytes`.
   """
   status, size = client.head(url)
-  if status == 403:
-    raise client.forbidden(url)
+  if status in (401, 403):
+    raise client.refused(url, status)
   if status == 405:  # No HEAD here: ask for a byte instead.
     size = None
   elif status >= 400:

@@ -8,6 +8,10 @@ Read with the package's one HTTP client (`http.py`), never to disk:
 * at random (`open_random`): one Range request per `read_at`, for exactly
   its bytes (`http.read_range`).
 
+With an expected `checksum`, a read from byte 0 hashes what goes by
+(`checksums.hashing`); the engine asks `checksums.stream_verdict` at the
+end.
+
 A server that ignores Range (answers 200) fails at once, its body unread.
 """
 
@@ -16,10 +20,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from segment_anything_tfds import errors
 from segment_anything_tfds.sources import base
+from segment_anything_tfds.sources import checksums
 from segment_anything_tfds.sources import links as links_lib
-from segment_anything_tfds.sources.base import Member
 
 # What one `skip` reads (and drops) at a time of the tar's front-to-back
 # request.
@@ -81,7 +84,7 @@ class _Sequential:
 
 
 @dataclasses.dataclass(frozen=True)
-class HttpTar(base.Source):
+class HttpTar(base.TarSource):
   """A tar behind an http(s) URL, read by Range requests.
 
   Attributes:
@@ -90,16 +93,18 @@ class HttpTar(base.Source):
     known_size: its size in bytes when known (the build's HEAD), else
       asked for once (a HEAD, or a 1-byte Range if HEAD is refused).
     options: the `DownloadOptions` its requests follow (None: defaults).
+    checksum: the `checksums.Expected` digest of the tar, checked when it
+      is read front to back (None: not checked).
   """
 
   name: str
   location: str
   known_size: int | None = dataclasses.field(default=None, compare=False)
   options: Any = None
+  checksum: checksums.Expected | None = dataclasses.field(default=None,
+                                                          compare=False)
 
   remote = True
-  folder = False
-  downloaded = False
 
   @property
   def where(self) -> str:
@@ -121,13 +126,5 @@ class HttpTar(base.Source):
     stream = _http().RangeStream(self.location, start=start, size=size,
                                  options=self.options, name=self.name)
     stream.want(size)
-    return _Sequential(stream)
-
-  def list_members(self) -> list[Member]:
-    raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'
-                             ' folder')
-
-  def read_member(self, member: Member) -> bytes:
-    raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'
-                             ' folder')
+    return checksums.hashing(_Sequential(stream), self, start)
 

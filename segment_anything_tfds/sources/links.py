@@ -19,7 +19,6 @@ from segment_anything_tfds import errors
 
 LINKS_FILE_NAME = errors.LINKS_FILE_NAME
 HEADER = ('file_name', 'cdn_link')
-HOMEPAGE = errors.HOMEPAGE
 # Schemes a link may use; a link without a scheme is a local path.
 URL_SCHEMES = ('http', 'https', 'gs')
 HTTP_SCHEMES = ('http', 'https')
@@ -47,6 +46,29 @@ def is_http(url: str) -> bool:
   return scheme(url) in HTTP_SCHEMES
 
 
+_DEFAULT_PORTS = {'http': 80, 'https': 443}
+
+
+def origin(url: str) -> tuple[str, str, int | None] | None:
+  """(scheme, host, port) of a URL, the default port filled in; None if it
+  has no host. Credentials are sent by origin (`http.Client`)."""
+  try:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port
+  except ValueError:
+    return None
+  scheme = parts.scheme.lower()
+  if not parts.hostname:
+    return None
+  return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS.get(scheme)
+
+
+def same_origin(a: str, b: str) -> bool:
+  """Whether two URLs have one origin (False if either has none)."""
+  here = origin(a)
+  return here is not None and here == origin(b)
+
+
 def expiry(url: str) -> int | None:
   """The unix time a signed CDN link expires (its `oe=` hex), or None."""
   if not is_http(url):
@@ -67,13 +89,14 @@ def format_time(unix: float) -> str:
 
 
 def redact(url: str) -> str:
-  """A URL without its query (signatures) for messages and logs."""
+  """A URL for messages and logs: without its query (signatures) and
+  without a user or password before its host."""
   if not is_http(url):
     return url
   parts = urllib.parse.urlsplit(url)
   return urllib.parse.urlunsplit(
-      (parts.scheme, parts.netloc, parts.path, '...' if parts.query else '',
-       ''))
+      (parts.scheme, parts.netloc.rsplit('@', 1)[-1], parts.path,
+       '...' if parts.query else '', ''))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +157,7 @@ def _check_header(numbered: list[tuple[int, str]], source: str) -> None:
   if not numbered:
     raise errors.LinksError(
         f'{source}: the links file is empty; download it again from'
-        f' {HOMEPAGE} (a TSV with the header file_name<TAB>cdn_link)')
+        f' {errors.HOMEPAGE} (a TSV with the header file_name<TAB>cdn_link)')
   first_no, first = numbered[0]
   header = tuple(c.strip() for c in first.split('\t'))
   if header == HEADER:

@@ -71,7 +71,7 @@ def pread(fd: int, offset: int, size: int) -> bytes:
   return bytes(out)
 
 
-def _open_tar(path: str, name: str) -> int:
+def open_tar(path: str, name: str) -> int:
   """A read-only fd of the regular file `path` (symlinks followed).
 
   A FIFO or device is refused before it is opened (and once opened,
@@ -143,7 +143,7 @@ class _BufferedSequential:
 
 
 @dataclasses.dataclass(frozen=True)
-class LocalTar(base.Source):
+class LocalTar(base.TarSource):
   """A tar file on this machine.
 
   Attributes:
@@ -158,11 +158,6 @@ class LocalTar(base.Source):
   downloaded: bool = False
 
   remote = False
-  folder = False
-
-  @property
-  def where(self) -> str:
-    return self.location
 
   def size(self) -> int:
     try:
@@ -172,23 +167,14 @@ class LocalTar(base.Source):
           f'{self.name}: cannot open {self.location}: {e.strerror}') from None
 
   def open_random(self) -> base.RandomReader:
-    return _PreadReader(_open_tar(self.location, self.name))
+    return _PreadReader(open_tar(self.location, self.name))
 
   def open_sequential(self, start: int = 0) -> base.SequentialReader:
-    return _BufferedSequential(_open_tar(self.location, self.name), start)
-
-  def list_members(self) -> list[Member]:
-    raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'
-                             ' folder')
-
-  def read_member(self, member: Member) -> bytes:
-    raise errors.SourceError(f'{self.name}: {self.where} is a tar, not a'
-                             ' folder')
-
+    return _BufferedSequential(open_tar(self.location, self.name), start)
 
 
 @dataclasses.dataclass(frozen=True)
-class LocalFolder(base.Source):
+class LocalFolder(base.FolderSource):
   """An extracted `sa_NNNNNN/` folder on this machine.
 
   Its files are listed (`list_folder`) and read (`read_file`) without
@@ -204,23 +190,6 @@ class LocalFolder(base.Source):
   location: str
 
   remote = False
-  folder = True
-  downloaded = False
-
-  @property
-  def where(self) -> str:
-    return self.location
-
-  def size(self) -> None:
-    return None
-
-  def open_random(self) -> base.RandomReader:
-    raise errors.SourceError(f'{self.name}: {self.where} is a folder, not a'
-                             ' tar')
-
-  def open_sequential(self, start: int = 0) -> base.SequentialReader:
-    raise errors.SourceError(f'{self.name}: {self.where} is a folder, not a'
-                             ' tar')
 
   def list_members(self) -> list[Member]:
     return list_folder(self.location)

@@ -7,11 +7,15 @@ one class per kind:
                              this machine (local.py)
   BucketTar, BucketFolder    the same in a bucket: gs://, or any fsspec
                              protocol (bucket.py)
-  HttpTar                    an http(s) link of the links file (http_tar.py)
+  HttpTar                    an http(s) link of the links file, or a tar
+                             of a Hugging Face Hub folder (http_tar.py,
+                             hub.py)
 
 `find_shards` lists what manual_dir offers: its own `sa_NNNNNN.tar` files and
 `sa_NNNNNN/` folders, then the links file's rows for the tars not there
-(`tar_source` makes a row's source). `select` picks a config's tars.
+(`tar_source` makes a row's source); for a manual_dir on the Hub
+(`hf://datasets/OWNER/REPO[@REV][/PATH]`), the tars its folder lists
+(`hub.list_tars`). `select` picks a config's tars.
 
 The entries of manual_dir are the user's own choice, followed wherever they
 lead: a symlink to a tar or a folder on another disk works, and so does a
@@ -36,6 +40,7 @@ from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import errors
 from segment_anything_tfds.sources import bucket
 from segment_anything_tfds.sources import http_tar
+from segment_anything_tfds.sources import hub
 from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds.sources import local
 from segment_anything_tfds.sources import paths
@@ -173,6 +178,11 @@ def _is_dir(path: str) -> bool:
 def find_shards(manual_dir: epath.PathLike) -> Found:
   """All shards manual_dir offers, by tar index; local copies win."""
   manual_dir = os.fspath(manual_dir)
+  if hub.is_hub_uri(manual_dir):
+    listing = hub.list_tars(manual_dir)
+    _LOG.info('%s: %d tars at commit %s', manual_dir, len(listing.shards),
+              listing.commit)
+    return Found(dict(sorted(listing.shards.items())), listing.refused)
   if not _is_dir(manual_dir):
     raise errors.SourceError(
         f'manual_dir {manual_dir} does not exist or is not a directory: give'

@@ -6,12 +6,23 @@ a `gs://` object or a local path. `materialize` makes the links readable:
 by default it downloads them into the cache (`download.cache_dir`), keyed
 by tar name, where they become local tars (`LocalTar(downloaded=True)`);
 with `disk_mode='stream'` they stay `HttpTar`s, read straight from their
-URLs by HTTP Range requests. `release` deletes downloads after a build when
+URLs by HTTP Range requests. Links into a Hugging Face Hub repo (rows of
+the links file, or a manual_dir `hf://datasets/...` listed by `hub.py`)
+are links like any other. `release` deletes downloads after a build when
 asked.
+
+Checksums (`checksums.py`): `materialize_all` checks every tar against the
+list the options name, each at no extra pass where something reads it whole
+anyway: a download as it is written, a streamed or bucket tar as the engine
+reads it (the source carries its `checksum`; the engine asks
+`checksums.stream_verdict` at its end), a local tar once (its verdict kept
+in a marker). A strict build raises for the tars that do not match; a
+lenient one leaves them out (`Materialized.skipped`, for the audit).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -24,6 +35,7 @@ from segment_anything_tfds import errors
 from segment_anything_tfds import options as options_lib
 from segment_anything_tfds.sources import checksums
 from segment_anything_tfds.sources import download as download_lib
+from segment_anything_tfds.sources import hub
 from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds.sources import local
 from segment_anything_tfds.sources.base import Source
@@ -44,48 +56,220 @@ def _size(source: Source) -> int | None:
     return None
 
 
-def _checksums(options: options_lib.DownloadOptions,
-               manual_dir: epath.PathLike | None):
-  if options.checksums_file:
-    return options.checksums_file, checksums.read_checksums(
-        options.checksums_file)
-  if manual_dir is not None:
-    auto = epath.Path(manual_dir) / checksums.CHECKSUMS_FILE_NAME
-    if auto.exists():
-      return os.fspath(auto), checksums.read_checksums(auto)
-  return None, None
+@dataclasses.dataclass
+class Materialized:
+  """A build's sources, readable, and the tars left out (lenient builds).
+
+  Attributes:
+    sources: what the engines read, in the order given.
+    skipped: one `BadInputError` (reason `checksum_mismatch`, member '-')
+      per tar left out because it does not match its checksum; the builder
+      audits each as a skipped tar. Always empty in a strict build, which
+      raises instead.
+  """
+
+  sources: list[Source]
+  skipped: list[errors.BadInputError] = dataclasses.field(
+      default_factory=list)
 
 
-def _verify(sources: Sequence[Source], source: str, sums: dict) -> None:
-  """Checks tars against the list; bad cached tars are quarantined."""
-  bad, unlisted = [], []
+def _verify_local(sources: Sequence[Source], listed: checksums.Checklist,
+                  workers: int) -> dict[str, str]:
+  """Hashes the local tars (markers skip unchanged ones), `workers` at
+  once; name -> what is wrong, for those that do not match."""
+  todo = [(s, e) for s in sources
+          if isinstance(s, local.LocalTar)
+          and (e := listed.expected(s.name)) is not None]
+  if not todo:
+    return {}
+  with concurrent.futures.ThreadPoolExecutor(
+      max(1, min(workers, len(todo))),
+      thread_name_prefix='sa1b-verify') as ex:
+    problems = ex.map(lambda item: checksums.verify(*item), todo)
+    return {s.name: p for (s, _), p in zip(todo, problems) if p is not None}
+
+
+def _mismatch(s: Source, problem: str) -> str:
+  """A tar that does not match, where it is now (quarantine or left)."""
+  if s.downloaded:
+    where = checksums.quarantine(s.location)
+    return (f'{s.name}: {problem}; moved to {where} (the next run downloads'
+            ' it again)')
+  return (f'{s.name} ({s.where}): {problem}; not used (your file is left'
+          ' where it is)')
+
+
+def _check_list(sources: Sequence[Source], listed: checksums.Checklist,
+                workers: int) -> tuple[list[Source], dict[str, str]]:
+  """Sources with their checks: local tars hashed now, remote tars given
+  their expected digest (checked as they are read, `stream_verdict`).
+
+  Returns:
+    The sources to read, and name -> why, for the tars that do not match.
+  """
+  by_name = {s.name: s for s in sources}
+  problems = {n: _mismatch(by_name[n], p) for n, p in _verify_local(
+      sources, listed, workers).items()}
+  out, unlisted, folders, streamed = [], [], 0, 0
   for s in sources:
+    expected = listed.expected(s.name)
     if s.folder:
-      continue
-    if isinstance(s, HttpTar):
-      logging.warning('%s is streamed; its checksum cannot be verified'
-                      ' without reading it whole', s.name)
-      continue
-    expected = sums.get(s.name)
-    if expected is None:
+      folders += 1
+    elif expected is None:
       unlisted.append(s.name)
-      continue
-    problem = checksums.verify(s, expected)
-    if problem is None:
-      continue
-    if s.downloaded:
-      where = checksums.quarantine(s.location)
-      bad.append(f'{s.name}: {problem}; moved to {where} (the next run'
-                 ' downloads it again)')
-    else:
-      bad.append(f'{s.name} ({s.where}): {problem}; not used (your file'
-                 ' is left where it is)')
+    elif s.remote:
+      s = dataclasses.replace(s, checksum=expected)
+      streamed += 1
+    out.append(s)
+  if streamed:
+    logging.info('%d remote tars are checked against %s as the build reads'
+                 ' them', streamed, listed.source)
   if unlisted:
     logging.warning('%s lists no checksum for %d tars, not verified: %s',
-                    source, len(unlisted), ', '.join(unlisted[:5]))
-  if bad:
+                    listed.source, len(unlisted), ', '.join(unlisted[:5]))
+  if folders:
+    logging.info('%d extracted folders are not checked against %s (it'
+                 ' lists tars)', folders, listed.source)
+  return out, problems
+
+
+def _access_probes(needed: dict[str, HttpTar]) -> dict[str, str]:
+  """One link per Hub repo (or origin) among those whose size is known (a
+  Hub listing's): a HEAD of it finds a refusal (401, 403) up front."""
+  probes: dict[tuple, tuple[str, str]] = {}
+  for name, s in sorted(needed.items()):
+    if s.known_size is not None:
+      repo = hub.repo_of(s.location) if hub.is_hub(s.location) else None
+      probes.setdefault((repo, links_lib.origin(s.location)),
+                        (name, s.location))
+  return dict(probes.values())
+
+
+def materialize_all(
+    sources: Sequence[Source], *, download_dir: epath.PathLike,
+    data_dir: epath.PathLike | None = None,
+    manual_dir: epath.PathLike | None = None,
+    options: options_lib.DownloadOptions | None = None,
+    now: float | None = None,
+    lenient: bool = False,
+) -> Materialized:
+  """Makes every source readable in place, and checks the tars.
+
+  Links (`HttpTar`) already in the download cache are used from there
+  (whatever their signatures), as `LocalTar(downloaded=True)`; a cached
+  file that is not a whole tar is moved to quarantine and fetched again.
+  The others, with the default `disk_mode='keep'` or `'delete'`, are
+  downloaded into the cache (checked, under a lock per tar) and become
+  local tars the same way; with `'stream'` they stay `HttpTar`s, with the
+  size of their HEAD (or of the Hub's listing), read by HTTP Range
+  requests.
+
+  Before any request, the checksum list is read (`options.checksums`:
+  'known', a file, 'none'; by default `segment_anything_checksums.txt` in
+  manual_dir) and links with a past `oe=` fail fast. Then the links are
+  asked for their sizes (HEAD; for sizes already known, one HEAD per Hub
+  repo): a 401 or 403 fails here, before the disk preflight (unless
+  `check_disk` is off) compares free disk with what is needed.
+
+  With a checksum list, every tar is checked: downloads as they are
+  written, local tars now (once; a marker keeps the verdict), remote tars
+  (streamed links, bucket objects) as the engine reads them: they carry
+  their expected digest (`checksum`) and the engine asks
+  `checksums.stream_verdict` at the end of each.
+
+  Args:
+    lenient: a tar that does not match is left out and returned in
+      `skipped`, instead of failing the build.
+
+  Raises:
+    errors.LinksExpiredError, errors.AccessError, errors.DiskSpaceError,
+    errors.DownloadError, errors.ChecksumError (strict: every tar that
+    does not match, each with both digests), errors.SourceError.
+  """
+  options = options or options_lib.DownloadOptions()
+  listed = checksums.checklist(options.checksums, manual_dir)  # Fails first.
+  cache = download_lib.cache_dir(download_dir)
+  out: list[Source] = []
+  needed: dict[str, HttpTar] = {}
+  for s in sources:
+    if isinstance(s, HttpTar):
+      cached = os.fspath(cache / s.name)
+      if download_lib.cached_tar(cached):
+        out.append(_downloaded(s.name, cached))
+      else:
+        out.append(s)
+        needed[s.name] = s
+    elif isinstance(s, local.LocalTar) and not os.path.exists(s.location):
+      # Remote paths are not stat'ed one by one; opening them names them.
+      raise errors.SourceError(
+          f'{s.name}: {s.location} does not exist (listed in the links file'
+          ' or manual_dir)')
+    else:
+      out.append(s)
+  urls = {n: s.location for n, s in needed.items()}
+  if needed:
+    download_lib.check_expiry(
+        urls, now=now,
+        source=os.fspath(epath.Path(manual_dir) / links_lib.LINKS_FILE_NAME)
+        if manual_dir is not None and not hub.is_hub_uri(manual_dir)
+        else links_lib.LINKS_FILE_NAME)
+  stream = options.disk_mode == options_lib.DiskMode.STREAM
+  sizes = {n: s.known_size for n, s in needed.items()
+           if s.known_size is not None}
+  unknown = {n: u for n, u in urls.items() if n not in sizes}
+  if unknown and (stream or options.check_disk):
+    sizes.update(download_lib.head_sizes(unknown, options=options))
+  download_lib.head_sizes(_access_probes(needed), options=options)
+  if options.check_disk:
+    _preflight(out, urls, sizes, cache=cache, data_dir=data_dir,
+               options=options)
+  problems: dict[str, str] = {}
+  if needed and stream:
+    out = [dataclasses.replace(s, known_size=sizes.get(s.name),
+                               options=options)
+           if s.name in needed else s for s in out]
+  elif needed:
+    started = time.time()
+    expected = {} if listed is None else {
+        n: e for n in needed if (e := listed.expected(n)) is not None}
+    result = download_lib.download_all(
+        urls, cache, options=options, sizes=sizes, expected=expected)
+    problems = {n: str(e) for n, e in result.mismatched.items()}
+    failed = {n: e for n, e in result.errors.items() if n not in problems}
+    if failed:
+      raise errors.DownloadError(
+          f'{len(failed)} of {len(needed)} tars could not be'
+          f' downloaded into {cache} (partial files are kept; a rerun'
+          ' resumes them):\n  ' + '\n  '.join(
+              f'{n}: {e}' for n, e in sorted(failed.items())))
+    logging.info('Downloaded %d tars into %s in %.0fs', len(needed), cache,
+                 time.time() - started)
+    out = [_downloaded(s.name, result.paths[s.name])
+           if s.name in result.paths and s.name in needed else s
+           for s in out if s.name not in problems]
+  if listed is not None:
+    out, local_problems = _check_list(out, listed, options.workers)
+    problems.update(local_problems)
+  return _left_out(out, problems, listed, lenient=lenient)
+
+
+def _left_out(out: list[Source], problems: dict[str, str],
+              listed: checksums.Checklist | None, *,
+              lenient: bool) -> Materialized:
+  """The sources without the tars that do not match: raised (strict) or
+  left out and returned as skipped (lenient)."""
+  if not problems:
+    return Materialized(out)
+  if not lenient:
     raise errors.ChecksumError(
-        f'{len(bad)} tars do not match {source}:\n  ' + '\n  '.join(bad))
+        f'{len(problems)} tars do not match {listed.source}:\n  '
+        + '\n  '.join(problems[n] for n in sorted(problems)))
+  for name in sorted(problems):
+    logging.warning('Skipping tar %s', problems[name])
+  return Materialized(
+      [s for s in out if s.name not in problems],
+      [errors.BadInputError(errors.CHECKSUM_MISMATCH, n, '-', problems[n])
+       for n in sorted(problems)])
 
 
 def materialize(
@@ -95,78 +279,11 @@ def materialize(
     options: options_lib.DownloadOptions | None = None,
     now: float | None = None,
 ) -> list[Source]:
-  """Makes every source readable in place.
-
-  Links (`HttpTar`) already in the download cache are used from there
-  (whatever their signatures), as `LocalTar(downloaded=True)`; a cached
-  file that is not a whole tar is moved to quarantine and fetched again.
-  The others, with the default `disk_mode='keep'` or `'delete'`, are
-  downloaded into the cache (checked, under a lock per tar) and become
-  local tars the same way; with `'stream'` they stay `HttpTar`s, with the
-  size of their HEAD, read by HTTP Range requests.
-
-  Before any request, the checksum list is read (`checksums_file`, or
-  `segment_anything_checksums.txt` in manual_dir) and links with a past
-  `oe=` fail fast; then (unless `check_disk` is off) free disk is compared
-  with what is needed. With a checksum list, tars are verified before use.
-
-  Raises:
-    errors.LinksExpiredError, errors.DiskSpaceError, errors.DownloadError,
-    errors.ChecksumError, errors.SourceError.
-  """
-  options = options or options_lib.DownloadOptions()
-  listed, sums = _checksums(options, manual_dir)  # A bad list fails first.
-  cache = download_lib.cache_dir(download_dir)
-  out: list[Source] = []
-  needed: dict[str, str] = {}
-  for s in sources:
-    if isinstance(s, HttpTar):
-      cached = os.fspath(cache / s.name)
-      if download_lib.cached_tar(cached):
-        out.append(_downloaded(s.name, cached))
-      else:
-        out.append(s)
-        needed[s.name] = s.location
-    elif isinstance(s, local.LocalTar) and not os.path.exists(s.location):
-      # Remote paths are not stat'ed one by one; opening them names them.
-      raise errors.SourceError(
-          f'{s.name}: {s.location} does not exist (listed in the links file'
-          ' or manual_dir)')
-    else:
-      out.append(s)
-  if needed:
-    download_lib.check_expiry(
-        needed, now=now,
-        source=os.fspath(epath.Path(manual_dir) / links_lib.LINKS_FILE_NAME)
-        if manual_dir is not None else links_lib.LINKS_FILE_NAME)
-  sizes: dict[str, int | None] = {}
-  stream = options.disk_mode == options_lib.DiskMode.STREAM
-  if needed and (stream or options.check_disk):
-    sizes = download_lib.head_sizes(needed, options=options)
-  if options.check_disk:
-    _preflight(out, needed, sizes, cache=cache, data_dir=data_dir,
-               options=options)
-  if needed and stream:
-    out = [dataclasses.replace(s, known_size=sizes.get(s.name),
-                               options=options)
-           if s.name in needed else s for s in out]
-  elif needed:
-    started = time.time()
-    result = download_lib.download_all(
-        needed, cache, options=options, sizes=sizes)
-    if result.errors:
-      raise errors.DownloadError(
-          f'{len(result.errors)} of {len(needed)} tars could not be'
-          f' downloaded into {cache} (partial files are kept; a rerun'
-          ' resumes them):\n  ' + '\n  '.join(
-              f'{n}: {e}' for n, e in sorted(result.errors.items())))
-    logging.info('Downloaded %d tars into %s in %.0fs', len(needed), cache,
-                 time.time() - started)
-    out = [_downloaded(s.name, result.paths[s.name]) if s.name in needed
-           else s for s in out]
-  if sums:
-    _verify(out, listed, sums)
-  return out
+  """`materialize_all` of a strict build: its sources (a tar that does not
+  match its checksum raises `ChecksumError`)."""
+  return materialize_all(sources, download_dir=download_dir,
+                         data_dir=data_dir, manual_dir=manual_dir,
+                         options=options, now=now).sources
 
 
 def _preflight(sources: Sequence[Source], needed: dict[str, str],

@@ -10,9 +10,9 @@ one tar per element, with the guarantees of `download.py`:
                    whole (and verified); else `download.download_all` into a
                    worker-local cache keyed by name (resumed, locked,
                    retried within the download options' budget, checked as
-                   a whole tar), its checksum verified if a list is given,
-                   then copied to `dest/<name>.part` and renamed to
-                   `dest/<name>`.
+                   a whole tar, hashed as it downloads if a checksum list
+                   is given), then copied to `dest/<name>.part` and
+                   renamed to `dest/<name>`.
 
 So a `sa_NNNNNN.tar` in `dest` is always a whole, checked tar, and a rerun
 downloads only what is missing. Signed links past their `oe=` fail in
@@ -40,7 +40,7 @@ from typing import Sequence
 import apache_beam as beam
 from etils import epath
 
-from segment_anything_tfds.sources import checksums
+from segment_anything_tfds.sources import checksums as checksums_lib
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds.sources import download
 from segment_anything_tfds import errors
@@ -58,11 +58,11 @@ STAGE_SUBDIR = 'segment_anything_tfds-mirror'
 
 @dataclasses.dataclass(frozen=True)
 class Tar:
-  """One tar to mirror: its name, link, and expected (algo, hex) or None."""
+  """One tar to mirror: its name, link, and `checksums.Expected` or None."""
 
   name: str
   url: str
-  checksum: tuple[str, str] | None = None
+  checksum: checksums_lib.Expected | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +94,7 @@ def _links_file(links: epath.PathLike) -> epath.Path:
 
 
 def plan(links: epath.PathLike, *, tars: str | None = None,
+         checksums: str | None = None,
          checksums_file: epath.PathLike | None = None,
          now: float | None = None) -> list[Tar]:
   """The tars to mirror from a links file (or the dir holding it).
@@ -101,7 +102,10 @@ def plan(links: epath.PathLike, *, tars: str | None = None,
   Args:
     links: the links file, or a dir holding `segment_anything_links.txt`.
     tars: a tar spec (`"0-9,42"`); None for every tar of the file.
-    checksums_file: a `<md5 or sha256>  sa_NNNNNN.tar` list to verify with.
+    checksums: what to verify the tars against: 'known' (the published
+      md5s, recommended), a `<md5 or sha256>  sa_NNNNNN.tar` file, or None
+      / 'none' (no check).
+    checksums_file: deprecated: a file, as `checksums`.
     now: the time expiry is checked against (tests).
 
   Raises:
@@ -127,21 +131,21 @@ def plan(links: epath.PathLike, *, tars: str | None = None,
   if not rows:
     raise errors.SourceError(f'{path} lists no http(s) tar link to mirror')
   download.check_expiry(rows, now=now, source=os.fspath(path))
-  sums = (checksums.read_checksums(checksums_file)
-          if checksums_file is not None else {})
-  return [Tar(n, u, sums.get(n)) for n, u in rows.items()]
+  choice = options_lib.DownloadOptions(
+      checksums=checksums, checksums_file=checksums_file).checksums
+  listed = checksums_lib.checklist(choice or checksums_lib.NONE)
+  return [Tar(n, u, listed and listed.expected(n)) for n, u in rows.items()]
 
 
 # ------------------------------------------------------- the destination
 
 
-def _marker_text(checksum: tuple[str, str], size: int) -> str:
-  algo, digest = checksum
-  return f'{algo}:{digest} {size}\n'
+def _marker_text(checksum: checksums_lib.Expected, size: int) -> str:
+  return f'{checksum.algo}:{checksum.digest} {size}\n'
 
 
 def _marker(target: epath.Path) -> epath.Path:
-  return target.parent / (target.name + checksums.VERIFIED_SUFFIX)
+  return target.parent / (target.name + checksums_lib.VERIFIED_SUFFIX)
 
 
 def _source(target: epath.Path):
@@ -149,7 +153,7 @@ def _source(target: epath.Path):
   return manual_dir.tar_source(target.name, os.fspath(target))
 
 
-def _marked(target: epath.Path, checksum: tuple[str, str]) -> bool:
+def _marked(target: epath.Path, checksum: checksums_lib.Expected) -> bool:
   marker = _marker(target)
   try:
     return marker.exists() and marker.read_text() == _marker_text(
@@ -178,7 +182,7 @@ def is_present(dest: epath.PathLike, tar: Tar) -> bool:
 def _verify_in_place(target: epath.Path, tar: Tar) -> None:
   """Hashes a whole tar found in `dest` without a marker; marks it."""
   source = _source(target)
-  problem = checksums.verify(source, tar.checksum)
+  problem = checksums_lib.verify(source, tar.checksum)
   if problem is not None:
     raise errors.ChecksumError(
         f'{tar.name}: {target} is in the destination but its {problem}; it'
@@ -256,18 +260,23 @@ def default_stage_dir() -> str:
 
 def _download(tar: Tar, stage_dir: str,
               options: options_lib.DownloadOptions) -> str:
-  """Downloads `tar` into the worker's stage (resumed, checked); its path."""
-  result = download.download_all({tar.name: tar.url}, stage_dir,
-                                 options=options)
+  """Downloads `tar` into the worker's stage (resumed, checked, hashed as
+  it downloads); its path."""
+  result = download.download_all(
+      {tar.name: tar.url}, stage_dir, options=options,
+      expected={tar.name: tar.checksum} if tar.checksum else None)
+  if tar.name in result.mismatched:  # Moved to quarantine on the worker.
+    raise errors.ChecksumError(
+        f'{result.mismatched[tar.name]}; not mirrored')
   if tar.name in result.errors:
     raise errors.DownloadError(  # The error names the tar and the host.
         f'{result.errors[tar.name]} (a rerun resumes it)')
   local = result.paths[tar.name]
-  if tar.checksum is not None:
-    problem = checksums.verify(local_lib.LocalTar(tar.name, local),
-                               tar.checksum)
+  if tar.checksum is not None:  # A tar staged by an earlier run.
+    problem = checksums_lib.verify(local_lib.LocalTar(tar.name, local),
+                                   tar.checksum)
     if problem is not None:
-      where = checksums.quarantine(local)
+      where = checksums_lib.quarantine(local)
       raise errors.ChecksumError(
           f'{tar.name}: the download\'s {problem}; moved to {where} on the'
           ' worker, not mirrored')
