@@ -494,3 +494,112 @@ def test_mirror_plans_with_the_known_list(server, tmp_path):
   assert [t.checksum for t in plan] == [
       checksums.known().expected(n) for n in NAMES]
   assert [t.checksum for t in mirror.plan(manual)] == [None] * 3
+
+
+# ------------------------------------------- builds with a tar that is off
+
+
+def _images_of(name: str) -> set[int]:
+  with tarfile.open(DUMMY_DATA / name) as t:
+    return {int(m.name.rsplit('/', 1)[-1][3:-4]) for m in t.getmembers()
+            if m.name.endswith('.jpg')}
+
+
+def _build(data_dir, manual, sums, *, beam=False, lenient=False,
+           disk_mode='stream'):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import segment_anything_tfds  # pylint: disable=g-import-not-at-top,unused-import
+  from segment_anything_tfds import config as config_lib  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import runners  # pylint: disable=g-import-not-at-top
+  config = config_lib.tars_config('0-2', lenient=lenient)
+  builder = tfds.builder(
+      'segment_anything', config=config, data_dir=os.fspath(data_dir),
+      progress=False, download_options=dict(
+          retries=3, backoff=0.01, max_backoff=0.02, timeout=5,
+          progress=False, disk_mode=disk_mode, checksums=os.fspath(sums)))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=os.fspath(manual),
+      beam_runner=runners.local_runner() if beam else None))
+  return builder
+
+
+def _wrong_sums(tmp_path, wrong: str) -> pathlib.Path:
+  sums = tmp_path / 'sums.md5'
+  sums.write_text(''.join(
+      f'{"1" * 32 if n == wrong else MD5[n]}  {n}\n' for n in NAMES))
+  return sums
+
+
+@pytest.mark.parametrize('beam', [False, True], ids=['local', 'beam'])
+def test_a_streamed_tar_that_does_not_match_fails_a_strict_build(
+    server, tmp_path, beam):
+  manual = _links_dir(tmp_path, server)
+  sums = _wrong_sums(tmp_path, NAMES[1])
+  with pytest.raises(errors.BadInputError) as e:
+    _build(tmp_path / 'data', manual, sums, beam=beam)
+  assert (e.value.reason, e.value.tar, e.value.member) == (
+      errors.CHECKSUM_MISMATCH, NAMES[1], '-')
+  assert f'md5 is {MD5[NAMES[1]]}' in e.value.detail
+  assert '1' * 32 in e.value.detail and '\n' not in str(e.value)
+  assert len(server.gets(NAMES[1])) == 1  # Hashed as it was read, once.
+
+
+def test_a_streamed_tar_that_does_not_match_is_left_out_alike(server,
+                                                              tmp_path):
+  """Lenient: none of its images is written or counted, on either engine;
+  the other tars are; both engines write the same shards and audit."""
+  manual = _links_dir(tmp_path, server)
+  sums = _wrong_sums(tmp_path, NAMES[1])
+  out = {}
+  for beam in (False, True):
+    server.log.clear()
+    builder = _build(tmp_path / f'data{beam}', manual, sums, beam=beam,
+                     lenient=True)
+    assert len(server.gets()) == 3  # One request per tar, whole.
+    data = pathlib.Path(builder.data_dir)
+    out[beam] = ({p.name: p.read_bytes() for p in data.glob('*.tfrecord*')},
+                 (data / 'audit' / 'records.jsonl').read_bytes())
+    kept = _images_of(NAMES[0]) | _images_of(NAMES[2])
+    assert builder.info.splits['train'].num_examples == len(kept)
+    ds = builder.as_dataset(split='train')
+    assert {int(e['image']['image_id']) for e in ds.as_numpy_iterator()
+            } == kept
+    audit = builder.info.metadata['audit']
+    assert audit['tars'] == [NAMES[0], NAMES[2]]
+    assert audit['images_indexed'] == len(kept)
+    assert audit['skipped_images'] == 0
+    [skipped] = audit['skipped_tars']
+    assert (skipped['tar'], skipped['reason']) == (NAMES[1],
+                                                   errors.CHECKSUM_MISMATCH)
+    assert f'md5 is {MD5[NAMES[1]]}' in skipped['message']
+  assert out[False] == out[True]
+
+
+def test_a_local_tar_that_does_not_match_is_audited_or_fails(tmp_path):
+  manual = make_manual_dir(tmp_path, tars=NAMES)
+  sums = _wrong_sums(tmp_path, NAMES[2])
+  with pytest.raises(errors.ChecksumError, match=f'{NAMES[2]} .*md5 is'
+                     f' {MD5[NAMES[2]]}'):
+    _build(tmp_path / 'strict', manual, sums, disk_mode='keep')
+  builder = _build(tmp_path / 'lenient', manual, sums, disk_mode='keep',
+                   lenient=True)
+  kept = _images_of(NAMES[0]) | _images_of(NAMES[1])
+  assert builder.info.splits['train'].num_examples == len(kept)
+  audit = builder.info.metadata['audit']
+  assert audit['tars'] == NAMES[:2]
+  assert [(t['tar'], t['reason']) for t in audit['skipped_tars']] == [
+      (NAMES[2], errors.CHECKSUM_MISMATCH)]
+  lines = (pathlib.Path(builder.data_dir) / 'audit' /
+           'records.jsonl').read_text().splitlines()
+  assert sum(f'"reason": "{errors.CHECKSUM_MISMATCH}"' in l
+             for l in lines) == 1
+  assert (manual / NAMES[2]).read_bytes() == TARS[NAMES[2]]  # Left as is.
+
+
+def test_a_lenient_build_whose_every_tar_is_off_says_so(tmp_path):
+  manual = make_manual_dir(tmp_path, tars=NAMES)
+  sums = tmp_path / 'sums.md5'
+  sums.write_text(''.join(f'{"2" * 32}  {n}\n' for n in NAMES))
+  with pytest.raises(errors.SourceError, match='nothing to write: 3 tars'
+                     ' offered 0 images .*whole tars skipped'):
+    _build(tmp_path / 'data', manual, sums, disk_mode='keep', lenient=True)

@@ -9,6 +9,7 @@ headers they get, and none carries it; no log line or error holds it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 
@@ -289,6 +290,25 @@ def test_an_hf_folder_lists_its_tars_at_one_commit(gated, tmp_path):
       ('GET', f'/api/datasets/{REPO}/revision/main')] + [
           ('GET', f'/api/datasets/{REPO}/tree/{SHA}/data')] * 3
   assert set(_authorizations(gated.requests)) == {f'Bearer {TOKEN}'}
+
+
+@pytest.mark.parametrize('disk_mode', ['keep', 'stream'])
+def test_a_build_from_an_hf_folder(gated, tmp_path, inputs, disk_mode):
+  """`manual_dir='hf://...'` builds (TFDS's own manual_dir check would take
+  it for a local path): every image, the token only to the Hub, and with
+  the tars' md5s, each checked as it is read or downloaded."""
+  sums = tmp_path / 'sums.md5'
+  sums.write_text(''.join(f'{hashlib.md5(b).hexdigest()}  {n}\n'
+                          for n, b in TARS.items()))
+  builder = _builder(tmp_path / 'data', disk_mode=disk_mode,
+                     checksums=os.fspath(sums))
+  builder.download_and_prepare(
+      download_dir=os.fspath(tmp_path / 'dl'),
+      download_config=tfds.download.DownloadConfig(
+          manual_dir=f'hf://datasets/{REPO}/data'))
+  assert _built(builder) == inputs
+  assert builder.info.metadata['audit']['tars'] == NAMES
+  _assert_token_only_to_the_hub(gated)
 
 
 @pytest.mark.parametrize('disk_mode', ['keep', 'delete', 'stream'])

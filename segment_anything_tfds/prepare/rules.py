@@ -96,10 +96,15 @@ def audit_index(index, *, lenient: bool, images: int | None = None
   A damaged tar, or one without images, is a skipped tar (its images
   before the damage are kept); each image that cannot be built from its
   members is a skipped image; then comes the shard's record. Strict: the
-  first of these raises. With an image list, the index holds the listed
+  first of these raises. A tar read front to back that does not match its
+  checksum (`Index.mismatch`) is a skipped tar and nothing more: no shard
+  record, no image counted, as a local tar left out before the build
+  (`materialize_all`). With an image list, the index holds the listed
   images only: a tar whose images are all unlisted is not skipped, merely
   not needed.
   """
+  if index.mismatch is not None:  # None of its images is used or counted.
+    return [problem(index.mismatch, lenient=lenient, kind='tar')]
   records = []
   images = index.images if images is None else images
   if index.damage is not None:
@@ -303,8 +308,10 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
   `images_indexed - skipped_images` is the number of examples written. An
   image counts once in `images_indexed` when its tar or folder was indexed
   (readable, or with a problem of its own), and once in `skipped_images` if
-  it was not written. Tars skipped whole (`corrupt_tar`, `no_images`) are in
-  `skipped_tars`; the images indexed before a tar's damage count as usual.
+  it was not written. Tars skipped whole (`corrupt_tar`, `no_images`,
+  `checksum_mismatch`) are in `skipped_tars`; the images indexed before a
+  tar's damage count as usual, those of a tar that does not match its
+  checksum not at all (it is not in `tars`).
   With an image list only listed images are indexed; `images_unlisted`
   counts the others the tars hold.
   """

@@ -62,6 +62,7 @@ import numpy as np
 from segment_anything_tfds import errors
 from segment_anything_tfds.prepare import records as records_lib
 from segment_anything_tfds.sources import base
+from segment_anything_tfds.sources import checksums
 from segment_anything_tfds.sources.base import Member
 from segment_anything_tfds.sources.base import OUTSIDE
 from segment_anything_tfds.sources.base import REGULAR
@@ -117,6 +118,10 @@ class Index:
       None. The pairs and problems are those of the members before it.
     unlisted: with an image list, the images (stems) seen that it does not
       list, dropped; None without a list.
+    mismatch: for a tar read front to back with an expected checksum
+      (`checksums.stream_verdict`), the `checksum_mismatch` error if it
+      does not match, else None. Such an index holds no pairs and no
+      problems: none of the tar's images is used (`without_images`).
   """
 
   tar: str
@@ -125,6 +130,7 @@ class Index:
   ignored: list[str]
   damage: errors.BadInputError | None = None
   unlisted: int | None = None
+  mismatch: errors.BadInputError | None = None
 
   @property
   def images(self) -> int:
@@ -136,6 +142,12 @@ class Index:
     ids = [p.image_id for p in self.pairs] + [
         problem_id(e) for e in self.problems]
     return np.unique(np.array(ids, np.int64))
+
+  def without_images(self, mismatch: errors.BadInputError) -> 'Index':
+    """This index for a tar that does not match its checksum: no image of
+    it is read, built, written or counted; only `mismatch` is recorded."""
+    return Index(self.tar, [], [], [], unlisted=self.unlisted,
+                 mismatch=mismatch)
 
 
 def problem_id(error: errors.BadInputError) -> int:
@@ -679,7 +691,9 @@ def index(source: base.Source, *, images: Container[int] | None = None
   skipped as it goes by (`open_sequential`).
 
   A tar's damage is in `Index.damage`, not raised; the pairs and problems
-  are those of the whole members before it.
+  are those of the whole members before it. A remote tar with an expected
+  checksum is hashed as it is read: if it does not match, the index has no
+  images (`Index.without_images`).
   """
   if source.folder:
     return pair_members(source.list_members(), tar=source.name,
@@ -690,11 +704,12 @@ def index(source: base.Source, *, images: Container[int] | None = None
     cursor = _Seeking(source.open_random(), source.size())
   try:
     members, damage = _listed(cursor, tar=source.name)
+    mismatch = checksums.stream_verdict(cursor)
   finally:
     cursor.close()
   result = pair_members(members, tar=source.name, images=images)
   result.damage = damage
-  return result
+  return result if mismatch is None else result.without_images(mismatch)
 
 
 def _read_at(reader: base.RandomReader, member: Member, *, tar: str
@@ -861,6 +876,11 @@ def stream(source: base.Source, *, hold_bytes: int,
   would find (pairs, problems, ignored members, damage): an image yielded
   whose stem comes again later (stored twice) is not among its pairs, but
   among its problems. With an image list (`images`), only its images.
+
+  A source with an expected checksum is hashed as it is read; if the tar
+  does not match, its `Index` has no pairs (`Index.without_images`): the
+  engines drop every image of it already yielded, as they drop a stem
+  stored twice.
   """
   tar = source.name
   state = _Stream(tar, hold_bytes, images)
@@ -868,10 +888,14 @@ def stream(source: base.Source, *, hold_bytes: int,
   try:
     damage = yield from _members(cursor, tar=tar, keep=state.keep,
                                  act=state.add)
+    mismatch = checksums.stream_verdict(cursor)
   finally:
     cursor.close()
   result = state.pairing.finish()
   result.damage = damage
+  if mismatch is not None:
+    yield result.without_images(mismatch)
+    return
   again = [p for p in result.pairs if p.stem in state.later]
   if again:
     reader = ShardReader(source)

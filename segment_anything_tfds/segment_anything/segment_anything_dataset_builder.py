@@ -27,6 +27,7 @@ from segment_anything_tfds.prepare import plan
 from segment_anything_tfds.prepare import rules
 from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds.sources import base
+from segment_anything_tfds.sources import hub
 from segment_anything_tfds.sources import manual_dir as shards_lib
 from segment_anything_tfds.sources import materialize as sources
 
@@ -60,7 +61,8 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
     (TSV with the header `file_name<TAB>cdn_link`);
   * SA-1B tars `sa_NNNNNN.tar`, read in place and never downloaded again;
   * extracted folders `sa_NNNNNN/` of `sa_<id>.jpg` + `sa_<id>.json`.
-  `manual_dir` may be a local path or a bucket (`gs://...`).
+  `manual_dir` may be a local path, a bucket (`gs://...`) or a folder of
+  tars in a Hugging Face dataset repo (`hf://datasets/OWNER/REPO[/PATH]`).
   """
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -153,12 +155,15 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
                              config_name=f'config {cfg.name}',
                              refused=found.refused)
 
-  def _find_shards(self, manual_dir, download_dir) -> list[base.Source]:
-    """The config's shards, downloaded if need be, readable in place."""
+  def _find_shards(self, manual_dir, download_dir, *, lenient: bool = False
+                   ) -> sources.Materialized:
+    """The config's shards, downloaded if need be, readable in place, and
+    (lenient) those left out for not matching their checksums."""
     chosen = self._offered(manual_dir)
-    return sources.materialize(chosen, download_dir=download_dir,
-                               data_dir=self.data_dir, manual_dir=manual_dir,
-                               options=self._download_options)
+    return sources.materialize_all(
+        chosen, download_dir=download_dir, data_dir=self.data_dir,
+        manual_dir=manual_dir, options=self._download_options,
+        lenient=lenient)
 
   def fetch_shards(self, download_config: tfds.download.DownloadConfig, *,
                    download_dir: epath.PathLike | None = None
@@ -173,7 +178,8 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
                                f' and {links_lib.LINKS_FILE_NAME} are')
     download_dir = download_dir or (
         epath.Path(self.data_dir).parent.parent.parent / 'downloads')
-    return self._find_shards(download_config.manual_dir, download_dir)
+    return self._find_shards(download_config.manual_dir,
+                             download_dir).sources
 
   def download_and_prepare(self, *, download_dir=None, download_config=None,
                            file_format=None):
@@ -292,18 +298,29 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
     download_config = download_config or tfds.download.DownloadConfig()
     engine = engines.for_config(download_config, workers=self._workers,
                                 show_progress=self._progress)
-    self._shards = self._find_shards(dl_manager.manual_dir,
-                                     dl_manager.download_dir)
+    config = self.builder_config
+    manual_dir = download_config.manual_dir
+    if manual_dir is None or not hub.is_hub_uri(manual_dir):
+      manual_dir = dl_manager.manual_dir  # TFDS checks that it exists.
+    ready = self._find_shards(manual_dir, dl_manager.download_dir,
+                              lenient=config.lenient)
+    self._shards = ready.sources
+    left_out = [rules.skip_record(e, kind='tar') for e in ready.skipped]
+    if not self._shards:
+      raise errors.SourceError(rules.nothing_to_write(left_out,
+                                                      len(left_out)))
     output = plan.Output(
         data_dir=os.fspath(self.data_path), dataset_name=self.name,
         split='train', file_format=self.info.file_format,
         num_shards=download_config.num_shards,
         min_shard_size=download_config.min_shard_size,
         max_shard_size=download_config.max_shard_size)
-    config = self.builder_config
     result = engine.build(self._shards, output, lenient=config.lenient,
                           hold_bytes=config.hold_bytes, images=config.images,
                           allow_partial=self._allow_partial)
+    if left_out:  # Tars that do not match their checksums (lenient).
+      result.audit = result.audit + left_out
+      rules.write_audit(output.data_dir, result.audit)
     self.info.set_splits(tfds.core.SplitDict([tfds_seam.split_info(
         name='train', shard_lengths=result.shard_lengths,
         num_bytes=result.num_bytes, template=output.template())]))
