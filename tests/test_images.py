@@ -495,6 +495,31 @@ def test_index_file_matches_the_tars(tmp_path, capsys, ext):
   assert not list(tmp_path.glob('*.part'))
 
 
+def test_index_file_replaces_an_old_one_and_makes_its_folder(tmp_path,
+                                                             capsys):
+  out = tmp_path / 'new' / 'dir' / 'index.jsonl'
+  victim = tmp_path / 'victim'
+  victim.write_text('keep')
+  for _ in range(2):  # The second run replaces the first's file.
+    code, _, err = run(capsys, 'index', '--manual_dir', DUMMY_DATA, '--out',
+                       out, '--no_progress')
+    assert code == 0, err
+    # A symlink planted where an older version wrote its part file.
+    (out.parent / 'index.jsonl.part').symlink_to(victim)
+    assert sorted(r['image_id'] for r in _read_rows(out)) == sorted(INPUTS)
+    (out.parent / 'index.jsonl.part').unlink()
+  assert victim.read_text() == 'keep'
+  assert sorted(p.name for p in out.parent.iterdir()) == ['index.jsonl']
+  (tmp_path / 'file').write_text('')
+  code, _, err = run(capsys, 'index', '--manual_dir', DUMMY_DATA, '--out',
+                     tmp_path / 'file' / 'index.jsonl', '--no_progress')
+  assert code == 1
+  [line] = err.strip().splitlines()
+  assert line.startswith(
+      f'segment-anything-tfds index: error: {tmp_path}/file/index.jsonl:'
+      ' cannot write the index there (')  # File exists: 'file' is a file.
+
+
 def test_index_images_says_which_tars_and_which_are_in_none(tmp_path,
                                                            capsys):
   listed = tmp_path / 'list.json'

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Iterable, Iterator
 
 from etils import epath
@@ -34,6 +35,7 @@ from segment_anything_tfds import errors
 from segment_anything_tfds.prepare import tars as tars_lib
 from segment_anything_tfds.sources import base
 from segment_anything_tfds.sources import links as links_lib
+from segment_anything_tfds.sources import paths as paths_lib
 
 COLUMNS = ('image_id', 'tar', 'jpg', 'jpg_offset', 'jpg_size', 'json',
            'json_offset', 'json_size')
@@ -78,14 +80,27 @@ def _utf8(name: str) -> str:
 
 
 class Writer:
-  """Writes an index file, tar by tar; it appears whole or not at all (a
-  `.part` file renamed by `close`)."""
+  """Writes an index file, tar by tar; it appears whole or not at all: a
+  new `.part` file of this run (on local disk created with O_EXCL and
+  O_NOFOLLOW, never written through a planted symlink) renamed over the
+  destination by `close`, replacing a file already there."""
 
   def __init__(self, path: epath.PathLike):
     self.path = epath.Path(path)
     self.format = index_format(os.fspath(path))
-    self._part = self.path.parent / (self.path.name + '.part')
-    self._file = self._part.open('wb')
+    self._part = self.path.parent / (
+        f'.{self.path.name}.{os.getpid()}.{time.time_ns()}.part')
+    try:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      if paths_lib.is_local(self._part):
+        self._file = os.fdopen(os.open(
+            self._part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            | os.O_CLOEXEC, 0o644), 'wb')
+      else:
+        self._file = self._part.open('wb')
+    except OSError as e:
+      raise errors.ConfigError(f'{path}: cannot write the index there'
+                               f' ({e.strerror or e})') from None
     self._parquet = None
     self.rows = 0
 
@@ -112,7 +127,7 @@ class Writer:
         self._parquet = pa.parquet.ParquetWriter(self._file, _schema(pa))
       self._parquet.close()
     self._file.close()
-    self._part.rename(self.path)
+    self._part.replace(self.path)
 
   def abort(self) -> None:
     """Leaves no file behind."""
