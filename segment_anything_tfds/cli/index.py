@@ -99,6 +99,8 @@ def _index(args: argparse.Namespace, holders) -> None:
 
 def _warn(index) -> int:
   """One warning per tar with images left out; returns how many."""
+  if index.mismatch is not None:  # Only for sources given a checksum.
+    _LOG.warning('%s; none of its images indexed', index.mismatch.message)
   if index.damage is not None:
     _LOG.warning('%s; indexed up to there', index.damage.message)
   if index.problems:
