@@ -1108,6 +1108,21 @@ def test_documented_dataflow_commands_parse():
     assert opts['max_num_workers'] in (4, 100)
 
 
+def test_every_documented_command_parses():
+  """Each `segment-anything-tfds ...` line of the README and docs/ parses
+  as the CLI parses it (Beam's own flags are left over for build and
+  mirror alone); `[...]` marks an optional part, `...` more flags."""
+  commands = [[a for a in c if a != '...'] for c in _doc_commands(
+      'segment-anything-tfds ') if not c[1].endswith(':')]  # Not errors.
+  assert len(commands) >= 40
+  for command in commands:
+    argv = [a.strip('[]') for a in command[1:]]
+    args, leftover = cli.build_parser().parse_known_args(argv)
+    # Only Beam's flags are left over, and only with a Beam runner.
+    assert not leftover or (args.allow_leftover and '--runner' in argv), (
+        command)
+
+
 _NOISE = ('apitools', 'Variant folder', 'oneDNN', 'cudart', 'cuInit',
           'cpu_feature_guard', 'absl::InitializeLog', 'Converting string'
           ' literal', 'Unparseable argument', 'Downloading and preparing',
