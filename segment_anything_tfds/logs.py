@@ -22,14 +22,13 @@ line is passed on (all of them if the import fails).
 from __future__ import annotations
 
 import contextlib
-import importlib.abc
-import importlib.util
 import logging
 import os
 import re
 import sys
 import tempfile
 
+from segment_anything_tfds import _import_hook
 from segment_anything_tfds import errors
 
 PACKAGE = 'segment_anything_tfds'
@@ -112,50 +111,23 @@ def _load_notes_dropped():
                              if failed or not _is_load_note(line, level)))
 
 
-class _QuietLoader(importlib.abc.Loader):
-  """Runs a module's loader with `_load_notes_dropped`, once."""
-
-  def __init__(self, loader):
-    self.loader = loader
-
-  def create_module(self, spec):
-    return self.loader.create_module(spec)
-
-  def exec_module(self, module):
-    # The module sees its own loader, as if imported without this one.
-    module.__loader__ = module.__spec__.loader = self.loader
-    _quiet_tensorflow_import(False)
-    with _load_notes_dropped():
-      self.loader.exec_module(module)
+def _quiet_load(load) -> None:
+  """Loads TensorFlow (`_import_hook.OnImport`) with its notes dropped."""
+  _quiet_tensorflow_import(False)
+  with _load_notes_dropped():
+    load()
 
 
-class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
-  """Finds `tensorflow` as the next finders do, loaded by `_QuietLoader`.
-
-  Asking where TensorFlow is (`importlib.util.find_spec`) loads nothing;
-  the finder is removed once TensorFlow is being loaded.
-  """
-
-  def find_spec(self, name, path=None, target=None):
-    if name != 'tensorflow':
-      return None
-    for finder in sys.meta_path:
-      find = getattr(finder, 'find_spec', None)
-      spec = None if finder is self or find is None else find(name, path,
-                                                              target)
-      if spec is not None:
-        if spec.loader is not None:
-          spec.loader = _QuietLoader(spec.loader)
-        return spec
-    return None
+def _is_quiet_import(finder) -> bool:
+  return isinstance(finder, _import_hook.OnImport) and (
+      finder.run is _quiet_load)
 
 
 def _quiet_tensorflow_import(enabled: bool) -> None:
   """Installs (before TensorFlow is loaded) or removes the quiet import."""
-  sys.meta_path[:] = [f for f in sys.meta_path
-                      if not isinstance(f, _QuietTensorFlowImport)]
+  sys.meta_path[:] = [f for f in sys.meta_path if not _is_quiet_import(f)]
   if enabled and 'tensorflow' not in sys.modules:
-    sys.meta_path.insert(0, _QuietTensorFlowImport())
+    sys.meta_path.insert(0, _import_hook.OnImport('tensorflow', _quiet_load))
 
 
 _CONFIGURED = {'verbose': None}

@@ -28,13 +28,13 @@ Everything else in the package uses TFDS's public surface
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
 import logging
 import os
 import struct
 import sys
 from typing import Any, Callable, Iterable, Sequence, Union
+
+from segment_anything_tfds import _import_hook
 
 _LOG = logging.getLogger(__name__)
 _TFDS = 'tensorflow_datasets'
@@ -69,46 +69,19 @@ def _add_provider(name: str, load: Callable[[], type]) -> None:
   registered.add_dataset_builder_provider(_Provider(name, load), index=0)
 
 
-class _AfterLoad(importlib.abc.Loader):
-  """Runs a module's loader, then `then()`."""
-
-  def __init__(self, loader, then: Callable[[], None]):
-    self.loader = loader
-    self.then = then
-
-  def create_module(self, spec):
-    return self.loader.create_module(spec)
-
-  def exec_module(self, module):
-    # The module sees its own loader, as if imported without this one.
-    module.__loader__ = module.__spec__.loader = self.loader
-    self.loader.exec_module(module)
-    self.then()
-
-
-class _WhenTfdsLoads(importlib.abc.MetaPathFinder):
-  """Finds `tensorflow_datasets` as the next finders do; once it is loaded,
-  registers the providers waiting for it. Removes itself then."""
+class _WhenTfdsLoads:
+  """Once `tensorflow_datasets` is loaded, registers the providers waiting
+  for it (`hook`, an `_import_hook.OnImport` on `sys.meta_path`; removed
+  then)."""
 
   def __init__(self):
     self.waiting: list[tuple[str, Callable[[], type]]] = []
+    self.hook = _import_hook.OnImport(_TFDS, self.load)
 
-  def find_spec(self, name, path=None, target=None):
-    if name != _TFDS:
-      return None
-    for finder in sys.meta_path:
-      find = getattr(finder, 'find_spec', None)
-      spec = None if finder is self or find is None else find(name, path,
-                                                              target)
-      if spec is not None:
-        if spec.loader is not None:
-          spec.loader = _AfterLoad(spec.loader, self.register)
-        return spec
-    return None
-
-  def register(self) -> None:
-    if self in sys.meta_path:
-      sys.meta_path.remove(self)
+  def load(self, load_module: Callable[[], None]) -> None:
+    load_module()
+    if self.hook in sys.meta_path:
+      sys.meta_path.remove(self.hook)
     waiting, self.waiting = self.waiting, []
     for name, load in waiting:
       _add_provider(name, load)
@@ -127,12 +100,13 @@ def register(name: str, load: Callable[[], type]) -> None:
   if _TFDS in sys.modules:
     _add_provider(name, load)
     return
-  hook = next((f for f in sys.meta_path if isinstance(f, _WhenTfdsLoads)),
-              None)
-  if hook is None:
-    hook = _WhenTfdsLoads()
-    sys.meta_path.insert(0, hook)
-  hook.waiting.append((name, load))
+  waiting = next((f.run.__self__ for f in sys.meta_path
+                  if isinstance(f, _import_hook.OnImport)
+                  and f.name == _TFDS), None)
+  if waiting is None:
+    waiting = _WhenTfdsLoads()
+    sys.meta_path.insert(0, waiting.hook)
+  waiting.waiting.append((name, load))
 
 
 def builtin_builder() -> type:
