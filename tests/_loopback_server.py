@@ -17,6 +17,8 @@ file name and each GET consumes one:
                           (the end of the connection is the end of the body)
   ('pause', (n, event))   send n bytes, wait (at most 60 s) for the
                           `threading.Event`, then send the rest
+  ('then_serve', data)    answer as usual; every later request of the name
+                          gets `data` (a source that changes while read)
 
 Lasting behaviours, per file name, for every request:
 
@@ -207,6 +209,8 @@ class LoopbackServer:
           self.send_response(200)
         body = memoryview(data)[start:end + 1]  # No copy: tests bound memory.
         kind = fault[0] if fault else None
+        if kind == 'then_serve':  # This answer has the bytes it had; the
+          server.files[name] = fault[1]  # next ones get these.
         if kind == 'no_length_cut':
           self.send_header('Connection', 'close')
         elif kind == 'overstate':

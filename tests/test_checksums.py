@@ -137,6 +137,41 @@ def test_which_list_a_build_checks(tmp_path):
   assert checksums.checklist(None, 'hf://datasets/o/r') is None
 
 
+def test_a_checksum_list_is_lines_of_digest_and_name():
+  md5 = MD5[NAMES[0]]
+  parse = checksums.parse_checksums
+  # CRLF, a BOM-less '*name', a path, blank lines and comments: one tar.
+  assert parse(f'# made by md5sum\r\n\n{md5.upper()} *dir/{NAMES[0]}\r\n',
+               source='l') == {NAMES[0]: ('md5', md5)}
+  # Lines end at \n only: \v, \x1c or U+2028 in a line is not a new line,
+  # and the line numbers are the file's.
+  for bad in (f'{md5}  {NAMES[0]}\v{md5}  {NAMES[1]}',
+              f'{md5}  {NAMES[0]}\u2028x'):
+    with pytest.raises(errors.ChecksumError,
+                       match=r"^l:2: '.*' is not a file name"):
+      parse(f'# first\n{bad}\n', source='l')
+  # Text after the name is not part of the name.
+  with pytest.raises(errors.ChecksumError, match=(
+      r"^l:1: 'sa_000000.tar  # ok' is not a file name \(no spaces or"
+      r' control characters; a comment goes on a line of its own')):
+    parse(f'{md5}  {NAMES[0]}  # ok\n', source='l')
+  with pytest.raises(errors.ChecksumError, match=r"'sa_000000.tar\\x00'"):
+    parse(f'{md5}  {NAMES[0]}\x00\n', source='l')
+
+
+def test_a_list_that_names_none_of_the_tars_is_an_error(tmp_path):
+  manual = make_manual_dir(tmp_path, tars=NAMES)
+  sums = tmp_path / 'other.md5'
+  sums.write_text(f'{MD5[NAMES[0]]}  sa_000042.tar\n')
+  with pytest.raises(errors.ChecksumError, match=(
+      f'^{re.escape(os.fspath(sums))} lists none of the 3 tars of this build'
+      r' \(sa_000000.tar, sa_000001.tar, sa_000002.tar\): nothing would be'
+      ' verified')):
+    materialize.materialize(_offered(manual), download_dir=tmp_path / 'dl',
+                            manual_dir=manual,
+                            options=FAST.replace(checksums=os.fspath(sums)))
+
+
 def test_options_take_checksums_and_the_deprecated_checksums_file():
   assert options.DownloadOptions().checksums is None
   assert options.DownloadOptions(checksums='known').checksums == 'known'
@@ -183,8 +218,9 @@ def test_a_local_tar_is_hashed_once_while_unchanged(tmp_path):
   assert problem is None and opened == 1
   marker = pathlib.Path(f'{path}{checksums.VERIFIED_SUFFIX}')
   st = path.stat()
-  assert marker.read_text() == (f'md5:{MD5[NAMES[0]]} {st.st_size}'
-                                f' {st.st_mtime_ns}\n')
+  assert marker.read_text() == (
+      f'md5:{MD5[NAMES[0]]} {st.st_size} {st.st_mtime_ns}'
+      f' {st.st_dev}:{st.st_ino} {st.st_ctime_ns}\n')
   problem, opened = _opens(path, checksums.verify, tar, _expected(NAMES[0]))
   assert problem is None and opened == 0  # The marker's verdict.
   # Another list (another digest) is a new question: hashed again.
@@ -199,6 +235,26 @@ def test_a_local_tar_is_hashed_once_while_unchanged(tmp_path):
   path.write_bytes(TARS[NAMES[1]])
   assert checksums.verify(tar, _expected(NAMES[0])) == (
       f'md5 is {MD5[NAMES[1]]}, sums.md5 says {MD5[NAMES[0]]}')
+
+
+def test_a_tar_replaced_with_its_size_and_mtime_is_hashed_again(tmp_path):
+  """`cp -p` or `rsync -t` of another tar of the same size over a verified
+  one keeps size and mtime: its inode or change time still tell."""
+  path = tmp_path / NAMES[0]
+  path.write_bytes(TARS[NAMES[0]])
+  tar = local.LocalTar(NAMES[0], os.fspath(path))
+  assert checksums.verify(tar, _expected(NAMES[0])) is None
+  st = path.stat()
+  other = bytearray(TARS[NAMES[0]])
+  other[-1024] ^= 1  # Same size; inside the end padding.
+  new = tmp_path / 'new'
+  new.write_bytes(bytes(other))
+  os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+  os.replace(new, path)
+  assert (path.stat().st_size, path.stat().st_mtime_ns) == (
+      st.st_size, st.st_mtime_ns)
+  problem, opened = _opens(path, checksums.verify, tar, _expected(NAMES[0]))
+  assert opened == 1 and problem.startswith('md5 is ')
 
 
 def test_a_marker_is_never_written_through_a_symlink(tmp_path):
@@ -603,3 +659,93 @@ def test_a_lenient_build_whose_every_tar_is_off_says_so(tmp_path):
   with pytest.raises(errors.SourceError, match='nothing to write: 3 tars'
                      ' offered 0 images .*whole tars skipped'):
     _build(tmp_path / 'data', manual, sums, disk_mode='keep', lenient=True)
+
+
+@pytest.mark.parametrize('beam', [False, True], ids=['local', 'beam'])
+@pytest.mark.parametrize('lenient', [False, True], ids=['strict', 'lenient'])
+def test_members_read_again_are_the_bytes_verified(server, tmp_path, beam,
+                                                   lenient):
+  """With nothing held (hold_bytes=0), every pair of a streamed tar is read
+  again after its verdict; a source that then serves other bytes (same
+  size) is a mismatch, not a build of unchecked bytes."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds import config as config_lib  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import runners  # pylint: disable=g-import-not-at-top
+  good = TARS[NAMES[0]]
+  old = re.search(rb'"predicted_iou": 0\.\d{6}', good).group()
+  evil = good.replace(old, old[:-6] + b'111111', 1)
+  assert len(evil) == len(good) and evil != good
+  server.add_fault(NAMES[0], 'then_serve', evil)
+  manual = make_manual_dir(tmp_path, rows=[(n, server.url(n))
+                                           for n in NAMES[:2]])
+  sums = tmp_path / 'sums.md5'
+  sums.write_text(''.join(f'{MD5[n]}  {n}\n' for n in NAMES[:2]))
+  config = dataclasses.replace(
+      config_lib.tars_config('0-1', lenient=lenient), hold_bytes=0)
+  builder = tfds.builder(
+      'segment_anything', config=config, data_dir=os.fspath(tmp_path / 'd'),
+      progress=False, download_options=dict(
+          retries=3, backoff=0.01, max_backoff=0.02, timeout=5,
+          progress=False, disk_mode='stream', checksums=os.fspath(sums)))
+  download_config = tfds.download.DownloadConfig(
+      manual_dir=os.fspath(manual),
+      beam_runner=runners.local_runner() if beam else None)
+  if not lenient:
+    with pytest.raises(errors.BadInputError) as e:
+      builder.download_and_prepare(download_config=download_config)
+    assert (e.value.reason, e.value.tar) == (errors.CHECKSUM_MISMATCH,
+                                             NAMES[0])
+    assert 'not the bytes that were checked' in str(e.value)
+  else:
+    builder.download_and_prepare(download_config=download_config)
+    audit = builder.info.metadata['audit']
+    assert audit['tars'] == [NAMES[1]]
+    assert [(t['tar'], t['reason']) for t in audit['skipped_tars']] == [
+        (NAMES[0], errors.CHECKSUM_MISMATCH)]
+    assert builder.info.splits['train'].num_examples == len(
+        _images_of(NAMES[1]))
+  gets = [r for m, n, r, *_ in server.log if m == 'GET' and n == NAMES[0]]
+  assert len(gets) > 2  # The stream, then the members read again.
+
+
+@pytest.mark.parametrize('beam', [False, True], ids=['local', 'beam'])
+@pytest.mark.parametrize('disk_mode', ['stream', 'keep'])
+def test_listed_images_of_a_tar_left_out_are_named_with_it(
+    server, tmp_path, beam, disk_mode):
+  """A lenient build of an image list whose images are in a tar that does
+  not match: the missing-images error says which tar was left out (found
+  as it was read, or before the build)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds import config as config_lib  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import runners  # pylint: disable=g-import-not-at-top
+  manual = _links_dir(tmp_path, server)
+  sums = _wrong_sums(tmp_path, NAMES[1])
+  listed = sorted(_images_of(NAMES[0]))[:1] + sorted(_images_of(NAMES[1]))
+  config = config_lib.images_config(
+      config_lib.tars_config('0-2', lenient=True), listed)
+  download_config = tfds.download.DownloadConfig(
+      manual_dir=os.fspath(manual),
+      beam_runner=runners.local_runner() if beam else None)
+  options = dict(retries=3, backoff=0.01, max_backoff=0.02, timeout=5,
+                 progress=False, disk_mode=disk_mode,
+                 checksums=os.fspath(sums))
+  builder = tfds.builder('segment_anything', config=config, progress=False,
+                         data_dir=os.fspath(tmp_path / 'd'),
+                         download_options=options)
+  with pytest.raises(errors.SourceError) as e:
+    builder.download_and_prepare(download_config=download_config)
+  assert str(e.value).startswith(
+      f'{len(listed) - 1} of the {len(listed)} images listed in the list'
+      ' given are in none of the'
+      f' {3 if disk_mode == "stream" else 2} tars read: ')  # Or left out.
+  assert (f'(tars skipped whole, whose images are not built: {NAMES[1]}'
+          f' ({errors.CHECKSUM_MISMATCH})). Find their tars') in str(e.value)
+  builder = tfds.builder('segment_anything', config=config, progress=False,
+                         data_dir=os.fspath(tmp_path / 'p'),
+                         download_options=options, allow_partial=True)
+  builder.download_and_prepare(download_config=download_config)
+  assert builder.info.splits['train'].num_examples == 1
+  assert builder.info.metadata['images']['missing_ids'] == listed[1:]
+  assert [t['tar'] for t in builder.info.metadata['audit'][
+      'skipped_tars']] == [NAMES[1]]

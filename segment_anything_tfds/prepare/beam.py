@@ -259,12 +259,12 @@ def _order(image_id: int) -> int:
 
 class FindMissing(beam.CombineFn):
   """The listed images found in no tar, from each source's found ids
-  (`rules.missing_images`; strict, it raises)."""
+  (`rules.missing_images`; the launcher checks them with the audit,
+  `rules.check_missing`)."""
 
-  def __init__(self, images, *, allow_partial: bool, tars: int):
+  def __init__(self, images, *, tars: int):
     super().__init__()
     self._images = images
-    self._allow_partial = allow_partial
     self._tars = tars
 
   def create_accumulator(self):
@@ -280,8 +280,7 @@ class FindMissing(beam.CombineFn):
 
   def extract_output(self, acc):
     found = np.concatenate(acc) if acc else np.zeros(0, np.int64)
-    return rules.missing_images(self._images, found,
-                                allow_partial=self._allow_partial,
+    return rules.missing_images(self._images, found, allow_partial=True,
                                 tars=self._tars).tolist()
 
 
@@ -333,8 +332,8 @@ def write_shard(item: tuple[int, Iterable[tuple[int, Built]]],
 
 
 def _pipeline(root, sources: Sequence[base.Source], output: plan.Output,
-              work_dir: str, *, lenient: bool, hold_bytes: int, images,
-              allow_partial: bool) -> None:
+              work_dir: str, *, lenient: bool, hold_bytes: int,
+              images) -> None:
   read = (
       root
       | 'CreateSources' >> beam.Create(list(sources))
@@ -347,7 +346,7 @@ def _pipeline(root, sources: Sequence[base.Source], output: plan.Output,
     _ = (
         read[_FOUND]
         | 'FindMissing' >> beam.CombineGlobally(FindMissing(
-            images, allow_partial=allow_partial, tars=len(sources)))
+            images, tars=len(sources)))
         | 'MissingToJson' >> beam.Map(json.dumps)
         | 'WriteMissing' >> beam.io.WriteToText(f'{work_dir}/missing')
     )
@@ -406,12 +405,15 @@ def _counters(pipeline_result) -> dict[str, int]:
 def build(sources: Sequence[base.Source], output: plan.Output, *,
           lenient: bool, hold_bytes: int, runner: Any = None,
           options: Any = None, images=None,
-          allow_partial: bool = False) -> plan.Result:
+          allow_partial: bool = False,
+          skipped: Sequence[dict[str, Any]] = ()) -> plan.Result:
   """Writes the split of `sources` with Beam, on `runner` with `options`
   (both given explicitly: Beam never parses the caller's `sys.argv`).
 
   With `images` (an `image_list.ImageList`), the listed images only; those
-  found in no tar fail the build unless `allow_partial`.
+  found in no tar fail the build unless `allow_partial`. `skipped`: the
+  audit records of tars left out before the build (a lenient build's tars
+  that do not match their checksums).
 
   Returns:
     What was written, its counts and counters, and the audit records (also
@@ -428,16 +430,19 @@ def build(sources: Sequence[base.Source], output: plan.Output, *,
     options = pipeline_options.PipelineOptions([])
   root = beam.Pipeline(runner=runner, options=options)
   _pipeline(root, sources, output, os.fspath(work_dir), lenient=lenient,
-            hold_bytes=hold_bytes, images=images, allow_partial=allow_partial)
+            hold_bytes=hold_bytes, images=images)
   pipeline_result = root.run()
   pipeline_result.wait_until_finish()
   counters = _counters(pipeline_result)
   results = _read_lines(work_dir, 'results')
-  audit = _read_lines(work_dir, 'audit')
+  audit = list(skipped) + _read_lines(work_dir, 'audit')
   missing = None
   if images is not None:
     missing = np.array(_read_lines(work_dir, 'missing')[0], np.int64)
   work_dir.rmtree(missing_ok=True)
+  if images is not None:
+    rules.check_missing(images, missing, allow_partial=allow_partial,
+                        tars=len(sources), records=audit)
   if not results:
     raise errors.SourceError(rules.nothing_to_write(audit, len(sources)))
   lengths = [0] * results[0]['count']

@@ -26,10 +26,13 @@ class Engine(Protocol):
 
   def build(self, sources: Sequence[base.Source], output: plan.Output, *,
             lenient: bool, hold_bytes: int, images: Any = None,
-            allow_partial: bool = False) -> plan.Result:
+            allow_partial: bool = False,
+            skipped: Sequence[dict[str, Any]] = ()) -> plan.Result:
     """Writes the split; with `images` (an `image_list.ImageList`), the
     listed images only: found in no tar, they are an error unless
-    `allow_partial` (`rules.missing_images`)."""
+    `allow_partial` (`rules.missing_images`). `skipped`: the audit records
+    of tars left out before the build (`rules.skip_record`), written with
+    the others."""
     ...
 
 
@@ -42,13 +45,13 @@ class Local:
   max_examples: int | None = None
 
   def build(self, sources, output, *, lenient, hold_bytes, images=None,
-            allow_partial=False):
+            allow_partial=False, skipped=()):
     from segment_anything_tfds.prepare import local  # pylint: disable=g-import-not-at-top
     return local.build(sources, output, lenient=lenient,
                        workers=self.workers, hold_bytes=hold_bytes,
                        show_progress=self.show_progress,
                        max_examples=self.max_examples, images=images,
-                       allow_partial=allow_partial)
+                       allow_partial=allow_partial, skipped=skipped)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +62,12 @@ class Beam:
   options: Any = None
 
   def build(self, sources, output, *, lenient, hold_bytes, images=None,
-            allow_partial=False):
+            allow_partial=False, skipped=()):
     from segment_anything_tfds.prepare import beam  # pylint: disable=g-import-not-at-top
     return beam.build(sources, output, lenient=lenient,
                       hold_bytes=hold_bytes, runner=self.runner,
                       options=self.options, images=images,
-                      allow_partial=allow_partial)
+                      allow_partial=allow_partial, skipped=skipped)
 
 
 def for_config(download_config: Any, *, workers: int = 0,

@@ -519,14 +519,15 @@ class Build:
 
   def __init__(self, sources, output: plan.Output, *, lenient: bool,
                workers: int, hold_bytes: int, show_progress: bool, tmp: str,
-               images=None, allow_partial: bool = False):
+               images=None, allow_partial: bool = False,
+               skipped: Sequence[dict[str, Any]] = ()):
     self.sources = list(sources)
     self.output = output
     self.lenient = lenient
     self.show_progress = show_progress
     self.tmp = tmp
     self.spill_dir = os.path.join(tmp, 'spill')
-    self.records: list[dict[str, Any]] = []
+    self.records: list[dict[str, Any]] = list(skipped)
     self.tallies = rules.Tallies()
     self.images = images
     self.allow_partial = allow_partial
@@ -563,7 +564,8 @@ class Build:
     if self.images is not None:
       self.missing = rules.missing_images(
           self.images, np.concatenate([x.found for x in indexed]),
-          allow_partial=self.allow_partial, tars=len(self.sources))
+          allow_partial=self.allow_partial, tars=len(self.sources),
+          records=self.records)
     spills: list[str] = []
     for x in indexed:
       built = x.entries['json_offset'] <= _SPILLED
@@ -709,7 +711,8 @@ def build(sources: Sequence[base.Source], output: plan.Output, *,
           lenient: bool, workers: int = 0,
           hold_bytes: int = 256 << 20, show_progress: bool = True,
           max_examples: int | None = None, images=None,
-          allow_partial: bool = False) -> plan.Result:
+          allow_partial: bool = False,
+          skipped: Sequence[dict[str, Any]] = ()) -> plan.Result:
   """Writes the split of `sources` into `output.data_dir`.
 
   Args:
@@ -726,6 +729,8 @@ def build(sources: Sequence[base.Source], output: plan.Output, *,
     images: an `image_list.ImageList`: build the images it lists only.
     allow_partial: with `images`, build those found if some are in no tar
       (else `rules.missing_images` raises).
+    skipped: the audit records of tars left out before the build (a
+      lenient build's tars that do not match their checksums).
 
   Returns:
     What was written, its counts, and the audit records (also written to
@@ -747,7 +752,7 @@ def build(sources: Sequence[base.Source], output: plan.Output, *,
   run = Build(sources, output, lenient=lenient,
               workers=workers or default_workers(), hold_bytes=hold_bytes,
               show_progress=show_progress, tmp=tmp, images=images,
-              allow_partial=allow_partial)
+              allow_partial=allow_partial, skipped=skipped)
   try:
     entries, spills, dirs = run.plan(run.index(), max_examples)
     lengths = run.write(entries, spills, dirs)

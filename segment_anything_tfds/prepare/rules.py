@@ -137,7 +137,7 @@ def _first(ids: np.ndarray, limit: int) -> str:
 
 
 def missing_images(images, found: np.ndarray, *, allow_partial: bool,
-                   tars: int) -> np.ndarray:
+                   tars: int, records: Iterable[dict] = ()) -> np.ndarray:
   """The listed images found in no tar (sorted); an error unless
   `allow_partial`.
 
@@ -146,20 +146,36 @@ def missing_images(images, found: np.ndarray, *, allow_partial: bool,
     found: the ids of the images its tars hold (readable or not).
     allow_partial: return them instead of raising.
     tars: the tars (and folders) read, for the message.
+    records: the build's audit records so far: the message names the
+      tars skipped whole (a corrupt tar, one that does not match its
+      checksum), whose images may be among those missing.
 
   Raises:
     errors.SourceError: naming the first `MISSING_IN_ERROR` and the count.
   """
   missing = images.ids[~np.isin(images.ids, found)]
+  check_missing(images, missing, allow_partial=allow_partial, tars=tars,
+                records=records)
+  return missing
+
+
+def check_missing(images, missing: np.ndarray, *, allow_partial: bool,
+                  tars: int, records: Iterable[dict] = ()) -> None:
+  """Raises for listed images found in no tar, unless `allow_partial`
+  (`missing_images`, for an engine that found them elsewhere)."""
   if len(missing) and not allow_partial:
+    skipped = sorted({(r['tar'], r['reason']) for r in records
+                      if r['kind'] == 'tar'})
     raise errors.SourceError(
         f'{len(missing)} of the {len(images)} images listed in'
         f' {images.origin} {"is" if len(missing) == 1 else "are"} in none of'
         f' the {tars} tars read:'
-        f' {_first(missing, MISSING_IN_ERROR)}. Find their tars with'
-        ' `segment-anything-tfds index --images`, or build the others with'
-        ' allow_partial=True (--allow_partial)')
-  return missing
+        f' {_first(missing, MISSING_IN_ERROR)}'
+        + (f' (tars skipped whole, whose images are not built:'
+           f' {", ".join(f"{t} ({r})" for t, r in skipped[:5])}'
+           f'{", ..." if len(skipped) > 5 else ""})' if skipped else '')
+        + '. Find their tars with `segment-anything-tfds index --images`,'
+        ' or build the others with allow_partial=True (--allow_partial)')
 
 
 def images_metadata(images, missing: np.ndarray) -> dict[str, Any]:

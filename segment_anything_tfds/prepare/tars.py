@@ -49,6 +49,7 @@ modes filter here, once.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import os
 import posixpath
@@ -815,14 +816,26 @@ class _Held:
     return data
 
 
+def _digest(data: bytes) -> bytes:
+  return hashlib.blake2b(data, digest_size=32).digest()
+
+
 class _Stream:
-  """One tar read front to back: members paired as they go by."""
+  """One tar read front to back: members paired as they go by.
+
+  With `verify` (the tar is checked against its checksum as it goes by),
+  the bytes of each member not held are digested instead (`digests`), so
+  that a member read again after the verdict is known to be the bytes
+  verified (`changed`).
+  """
 
   def __init__(self, tar: str, hold_bytes: int,
-               images: Container[int] | None):
+               images: Container[int] | None, *, verify: bool = False):
     self.pairing = Pairing(tar, images)
     self.held = _Held(hold_bytes)
     self.later: set[str] = set()  # Paired, a member not held: read again.
+    self.digests: dict[str, bytes] | None = {} if verify else None
+    self._digest_only: set[str] = set()  # Member names read to digest.
 
   def keep(self, member: Member) -> bool:
     """Whether to keep a member's bytes as they go by."""
@@ -836,12 +849,21 @@ class _Stream:
     if self.pairing.failed(stem) or self.pairing.member(stem, ext):
       return False  # A problem already, or stored twice: never built.
     if self.pairing.member(stem, other(ext)):
-      return self.held.has(stem)  # Built at once if its partner is held.
-    return self.held.room(member.size)
+      wanted = self.held.has(stem)  # Built at once if its partner is held.
+    else:
+      wanted = self.held.room(member.size)
+    if not wanted and self.digests is not None:
+      self._digest_only.add(member.name)  # Read again later: digest it.
+      return True
+    return wanted
 
   def add(self, member: Member, data: bytes | None) -> PairBytes | None:
     """A whole member: held, paired (the pair, if both members' bytes are
     in hand; else it is read again at the end), or a problem."""
+    if member.name in self._digest_only:
+      self._digest_only.discard(member.name)
+      self.digests[member.name] = _digest(data)
+      data = None
     completed = self.pairing.add(member)
     found = canonical_stem(member.name)
     if found is None:
@@ -860,6 +882,19 @@ class _Stream:
     jpg, js = (data, partner) if ext == '.jpg' else (partner, data)
     return PairBytes(Pair(stem, self.pairing.member(stem, '.jpg'),
                           self.pairing.member(stem, '.json')), jpg, js)
+
+  def changed(self, member: Member, data: bytes
+              ) -> errors.BadInputError | None:
+    """With `verify`, the error if a member read again is not the bytes
+    that went by (the source changed after it was verified)."""
+    if self.digests is None or self.digests.get(member.name) == _digest(
+        data):
+      return None
+    return errors.BadInputError(
+        errors.CHECKSUM_MISMATCH, self.pairing.tar, member.name,
+        'read again after the tar matched its checksum, the member is not'
+        ' the bytes that were checked (the source changed while it was'
+        ' read)')
 
 
 def stream(source: base.Source, *, hold_bytes: int,
@@ -880,10 +915,13 @@ def stream(source: base.Source, *, hold_bytes: int,
   A source with an expected checksum is hashed as it is read; if the tar
   does not match, its `Index` has no pairs (`Index.without_images`): the
   engines drop every image of it already yielded, as they drop a stem
-  stored twice.
+  stored twice. The members of such a tar that are read again are checked
+  against digests taken as they went by: one that differs makes the tar a
+  mismatch all the same.
   """
   tar = source.name
-  state = _Stream(tar, hold_bytes, images)
+  state = _Stream(tar, hold_bytes, images,
+                  verify=getattr(source, 'checksum', None) is not None)
   cursor = source.open_sequential(0)
   try:
     damage = yield from _members(cursor, tar=tar, keep=state.keep,
@@ -901,7 +939,13 @@ def stream(source: base.Source, *, hold_bytes: int,
     reader = ShardReader(source)
     try:
       for pair in sorted(again, key=lambda p: p.jpg.offset):
-        yield PairBytes(pair, reader.read(pair.jpg), reader.read(pair.json))
+        jpg, js = reader.read(pair.jpg), reader.read(pair.json)
+        changed = (state.changed(pair.jpg, jpg)
+                   or state.changed(pair.json, js))
+        if changed is not None:  # Those yielded before are dropped too.
+          yield result.without_images(changed)
+          return
+        yield PairBytes(pair, jpg, js)
     finally:
       reader.close()
   yield result

@@ -317,10 +317,7 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
         max_shard_size=download_config.max_shard_size)
     result = engine.build(self._shards, output, lenient=config.lenient,
                           hold_bytes=config.hold_bytes, images=config.images,
-                          allow_partial=self._allow_partial)
-    if left_out:  # Tars that do not match their checksums (lenient).
-      result.audit = result.audit + left_out
-      rules.write_audit(output.data_dir, result.audit)
+                          allow_partial=self._allow_partial, skipped=left_out)
     self.info.set_splits(tfds.core.SplitDict([tfds_seam.split_info(
         name='train', shard_lengths=result.shard_lengths,
         num_bytes=result.num_bytes, template=output.template())]))

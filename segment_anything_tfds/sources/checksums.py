@@ -122,8 +122,8 @@ def parse_checksums(text: str, *, source: str) -> dict[str, tuple[str, str]]:
       different digests, or no line at all.
   """
   out: dict[str, tuple[str, str]] = {}
-  for lineno, line in enumerate(text.splitlines(), start=1):
-    line = line.strip()
+  for lineno, line in enumerate(text.split('\n'), start=1):
+    line = line.strip(' \t\r')  # Lines end in \n alone, as md5sum writes.
     if not line or line.startswith('#'):
       continue
     name, entry = _parse_line(line, source=f'{source}:{lineno}')
@@ -141,8 +141,13 @@ def _parse_line(line: str, *, source: str) -> tuple[str, tuple[str, str]]:
   if len(parts) != 2:
     raise ChecksumError(f'{source}: expected "<hex>  <file name>", got'
                         f' {line!r:.120}')
-  digest, name = parts[0].lower(), parts[1].strip().lstrip('*')
+  digest, name = parts[0].lower(), parts[1].strip(' \t').lstrip('*')
   name = name.replace('\\', '/').rsplit('/', 1)[-1]
+  if not name or not name.isprintable() or any(c.isspace() for c in name):
+    raise ChecksumError(
+        f"{source}: '{errors.printable(name)[:80]}' is not a file name (no"
+        ' spaces or control characters; a comment goes on a line of its'
+        ' own, after #)')
   algo = _HASHES.get(len(digest))
   if algo is None or any(c not in '0123456789abcdef' for c in digest):
     raise ChecksumError(
@@ -336,7 +341,11 @@ def stream_verdict(reader: base.SequentialReader
 
 
 def _marker_text(st: os.stat_result, expected: Expected) -> str:
-  return f'{expected.algo}:{expected.digest} {st.st_size} {st.st_mtime_ns}\n'
+  """A marker's text: the digest, and the file it was taken of. The inode
+  and its change time (which no one can set back) tell a file replaced by
+  another of the same size and modification time (`cp -p`, `rsync -t`)."""
+  return (f'{expected.algo}:{expected.digest} {st.st_size} {st.st_mtime_ns}'
+          f' {st.st_dev}:{st.st_ino} {st.st_ctime_ns}\n')
 
 
 def _read_marker(path: str) -> str | None:
@@ -392,8 +401,8 @@ def mark_verified(path: str, expected: Expected) -> bool:
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-  return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (
-      b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns)
+  return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
+      b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns)
 
 
 def verify(source: base.Source, expected: Expected) -> str | None:

@@ -124,6 +124,12 @@ def _check_list(sources: Sequence[Source], listed: checksums.Checklist,
   if streamed:
     logging.info('%d remote tars are checked against %s as the build reads'
                  ' them', streamed, listed.source)
+  if unlisted and len(unlisted) == len(sources) - folders:
+    raise errors.ChecksumError(
+        f'{listed.source} lists none of the {len(unlisted)} tars of this'
+        f' build ({", ".join(unlisted[:5])}{", ..." if len(unlisted) > 5 else ""}):'
+        ' nothing would be verified. Give the list of these tars, or'
+        ' checksums=none (--checksums none) to check nothing')
   if unlisted:
     logging.warning('%s lists no checksum for %d tars, not verified: %s',
                     listed.source, len(unlisted), ', '.join(unlisted[:5]))
