@@ -13,6 +13,8 @@ import pytest
 
 from segment_anything_tfds.tools import fake_data
 
+import _kinds
+
 try:  # Imported here, not on first use: a test may hide it from sys.modules.
   from pycocotools import mask as mask_utils  # pylint: disable=g-import-not-at-top
 except ImportError:  # The tests that need it skip (pytest.importorskip).
@@ -32,6 +34,25 @@ def no_proxy_from_the_environment():
     for var in PROXY_VARS:
       mp.delenv(var, raising=False)
     yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):  # pylint: disable=unused-argument
+  """Records the running test (its fixtures' setup and teardown included)
+  for _kinds.require_integration: an unmarked test that starts a server, a
+  Beam worker pool, tf.data service or Keras training fails."""
+  _kinds.install_guards()
+  _kinds.current_item = item
+  try:
+    yield
+  finally:
+    _kinds.current_item = None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):  # pylint: disable=unused-argument
+  _kinds.install_guards()  # TensorFlow or Keras imported by the setup.
+  yield
 
 
 def load_example(name: str):

@@ -93,6 +93,7 @@ def service():
   dispatcher.stop()
 
 
+@pytest.mark.integration
 def test_decode_pipeline_under_tf_data_service(service):
   examples = _examples(8)
   expected = {}
@@ -111,6 +112,7 @@ def test_decode_pipeline_under_tf_data_service(service):
   assert seen == {i: 2 for i in expected}
 
 
+@pytest.mark.integration
 def test_sam_pipeline_under_tf_data_service(service):
   examples = [ex for ex, _ in _examples(4)]
   ds = sam.sam_dataset(_as_dataset(examples), batch_size=1, image_size=32,
