@@ -18,6 +18,7 @@ Outside pytest (benchmarks/ use the helpers too) nothing is checked.
 from __future__ import annotations
 
 import functools
+import socket
 import sys
 
 MARKER = 'integration'
@@ -57,7 +58,6 @@ def _guarded(fn, what: str):
 
 
 def _guard_socket() -> None:
-  import socket  # pylint: disable=g-import-not-at-top
   socket.socket.listen = _guarded(socket.socket.listen,
                                   'a server (a listening socket)')
 
