@@ -102,9 +102,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       batch_size=args.batch_size, shuffle_buffer=64, repeat=True, **prepare,
       **options)
   trainer.build_on(next(iter(dataset))[0])
-  # One step per "epoch" so the history holds the loss of every step.
+  # One step per "epoch" so the history holds the loss of every step. The
+  # dataset shuffles itself (shuffle_buffer): Keras ignores `shuffle` for a
+  # tf.data.Dataset, and warns if it is left at True.
   history = trainer.fit(dataset, steps_per_epoch=1, epochs=args.steps,
-                        verbose=0)
+                        shuffle=False, verbose=0)
   losses = [float(v) for v in history.history['loss']]
   print(f'trained {args.steps} steps on {name} ({args.split}), image size'
         f' {image_size}, {args.num_masks} masks per image: loss'

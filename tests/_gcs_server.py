@@ -44,6 +44,8 @@ import time
 import urllib.parse
 import urllib.request
 
+import _kinds
+
 # The hosts TensorFlow's GCS file system calls (tsl gcs_file_system.cc).
 GCS_HOSTS = ('www.googleapis.com', 'storage.googleapis.com')
 START_TIMEOUT = 60.0
@@ -352,6 +354,7 @@ class GcsServer:
     }
 
   def start(self) -> 'GcsServer':
+    _kinds.require_integration('the GCS emulator (GcsServer)')
     ready = self.dir / 'ready'
     log = open(self.dir / 'server.log', 'wb')  # pylint: disable=consider-using-with
     try:

@@ -32,6 +32,7 @@ import posixpath
 import threading
 import urllib.parse
 
+import _kinds
 from _loopback_server import LoopbackServer
 
 SHA = 'c0ffee' + '0' * 34  # The commit `main` points to.
@@ -48,6 +49,7 @@ class HubServer:
   def __init__(self, repos: dict[str, dict[str, bytes]], *,
                token: str | None = None, gated_listing: bool = False,
                page_size: int = 2):
+    _kinds.require_integration('the Hub stand-in (HubServer)')
     self.repos = repos
     self.token = token
     self.gated_listing = gated_listing

@@ -57,6 +57,8 @@ import threading
 import time
 import urllib.parse
 
+import _kinds
+
 _RANGE_RE = re.compile(r'^bytes=(\d+)-(\d*)$')
 _CHUNK = 64 << 10
 
@@ -66,6 +68,7 @@ class LoopbackServer:
 
   def __init__(self, files: dict[str, bytes] | None = None, *,
                honour_expiry: bool = True, endless_cap: int = 256 << 20):
+    _kinds.require_integration('an HTTP server (LoopbackServer)')
     self.files = dict(files or {})
     self.faults: dict[str, collections.deque] = collections.defaultdict(
         collections.deque)
@@ -355,6 +358,7 @@ class HostileServer:
 
   def __init__(self, kind: str, *, size: int = 1 << 20,
                interval: float = 0.2, max_seconds: float = 60):
+    _kinds.require_integration('an HTTP server (HostileServer)')
     assert kind in ('slow_headers', 'continue', 'slow_body'), kind
     self.kind = kind
     self.size = size

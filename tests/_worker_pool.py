@@ -26,6 +26,8 @@ import sys
 import time
 from typing import Mapping
 
+import _kinds
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
@@ -86,6 +88,7 @@ class WorkerPool:
     self._proc: subprocess.Popen | None = None
 
   def start(self) -> 'WorkerPool':
+    _kinds.require_integration('a Beam worker pool (WorkerPool)')
     log = open(self.log_path, 'wb')  # pylint: disable=consider-using-with
     try:
       self._proc = subprocess.Popen(

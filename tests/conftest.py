@@ -13,6 +13,13 @@ import pytest
 
 from segment_anything_tfds.tools import fake_data
 
+import _kinds
+
+try:  # Imported here, not on first use: a test may hide it from sys.modules.
+  from pycocotools import mask as mask_utils  # pylint: disable=g-import-not-at-top
+except ImportError:  # The tests that need it skip (pytest.importorskip).
+  mask_utils = None
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DUMMY_DATA = REPO / 'dummy_data'
 PROXY_VARS = ('http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY',
@@ -27,6 +34,25 @@ def no_proxy_from_the_environment():
     for var in PROXY_VARS:
       mp.delenv(var, raising=False)
     yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):  # pylint: disable=unused-argument
+  """Records the running test (its fixtures' setup and teardown included)
+  for _kinds.require_integration: an unmarked test that starts a server, a
+  Beam worker pool, tf.data service or Keras training fails."""
+  _kinds.install_guards()
+  _kinds.current_item = item
+  try:
+    yield
+  finally:
+    _kinds.current_item = None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):  # pylint: disable=unused-argument
+  _kinds.install_guards()  # TensorFlow or Keras imported by the setup.
+  yield
 
 
 def load_example(name: str):
@@ -112,6 +138,96 @@ def make_bad_manual_dir(tmp_path: pathlib.Path) -> pathlib.Path:
       info.size = len(data)
       t.addfile(info, io.BytesIO(data))
   return tmp_path
+
+
+def make_example(rng: np.random.Generator, *, height: int, width: int,
+                 num_masks: int, image_id: int = 1):
+  """A `segment_anything`-shaped example (tensors) and its true masks.
+
+  `num_masks` random ellipses (each at least one pixel) on a random image,
+  encoded with pycocotools as the builder's features hold them.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  yy, xx = np.ogrid[:height, :width]
+  masks = []
+  for _ in range(num_masks):
+    cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+    ry, rx = rng.uniform(1, height / 2), rng.uniform(1, width / 2)
+    m = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    if not m.any():
+      m[rng.integers(height), rng.integers(width)] = True
+    masks.append(m)
+  masks = np.stack(masks).astype(np.uint8) if masks else np.zeros(
+      (0, height, width), np.uint8)
+  encoded = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+  n = len(encoded)
+  x, y, w, h = (mask_utils.toBbox(encoded).reshape(n, 4).T if n else
+                np.zeros((4, 0)))
+  example = {
+      'image': {
+          'content': tf.constant(
+              rng.integers(0, 256, (height, width, 3)), tf.uint8),
+          'file_name': tf.constant(f'sa_{image_id}.jpg'),
+          'height': tf.constant(height, tf.uint64),
+          'width': tf.constant(width, tf.uint64),
+          'image_id': tf.constant(image_id, tf.uint64),
+      },
+      'annotations': {
+          'area': tf.constant(mask_utils.area(encoded).astype(np.uint64)
+                              if n else np.zeros([0], np.uint64)),
+          'bbox': tf.constant(np.stack(
+              [y / height, x / width, (y + h) / height, (x + w) / width],
+              axis=1).astype(np.float32).reshape(n, 4)),
+          'crop_box': tf.zeros([n, 4], tf.float32),
+          'id': tf.constant(np.arange(100, 100 + n, dtype=np.uint64)),
+          'point_coords': tf.constant(rng.uniform(0, min(height, width),
+                                                  (n, 1, 2))),
+          'predicted_iou': tf.constant(rng.uniform(0.5, 1, n)),
+          'stability_score': tf.constant(rng.uniform(0.5, 1, n)),
+          'segmentation': {
+              'counts': tf.constant([r['counts'] for r in encoded],
+                                    tf.string),
+              'size': tf.constant(np.tile([height, width], (n, 1)).astype(
+                  np.uint64).reshape(n, 2)),
+          },
+      },
+  }
+  return example, masks
+
+
+def examples_dataset(examples: list[dict]):
+  """A tf.data.Dataset of `make_example` examples (shapes differ per image)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  def gen():
+    for ex in examples:
+      yield tf.nest.map_structure(lambda t: t.numpy(), ex)
+
+  spec = tf.nest.map_structure(
+      lambda t: tf.TensorSpec([None] * t.shape.rank, t.dtype), examples[0])
+  return tf.data.Dataset.from_generator(gen, output_signature=spec)
+
+
+# The ops that call back into Python: a graph holding one cannot run under
+# tf.data service, nor be serialized for it.
+PYTHON_OPS = frozenset({'PyFunc', 'PyFuncStateless', 'EagerPyFunc',
+                        'NumpyFunction'})
+
+
+def op_types(graph_def) -> set[str]:
+  """The op types of a tf.compat.v1.GraphDef, its functions' included."""
+  ops = {node.op for node in graph_def.node}
+  for function in graph_def.library.function:
+    ops.update(node.op for node in function.node_def)
+  return ops
+
+
+def dataset_ops(ds) -> set[str]:
+  """The op types of a tf.data.Dataset's serialized graph."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  graph_def = tf.compat.v1.GraphDef()
+  graph_def.ParseFromString(ds._as_serialized_graph().numpy())  # pylint: disable=protected-access
+  return op_types(graph_def)
 
 
 @pytest.fixture(scope='session')

@@ -385,6 +385,7 @@ def builtin_data(tmp_path_factory):
   return data
 
 
+@pytest.mark.integration
 def test_builtin_data_stays_loadable_by_name(builtin_data):
   # The builtin finds the jpgs at the root of each extracted tar only.
   count = sum(sum(1 for n in tarfile_names(p) if '/' not in n.lstrip('./'))

@@ -340,6 +340,7 @@ def _remote_sources(tmp_path, srv, expected):
   }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('kind', ['http', 'bucket'])
 def test_a_remote_tar_read_front_to_back_is_hashed_as_it_goes(tmp_path,
                                                               kind):
@@ -372,6 +373,7 @@ def test_a_remote_tar_read_front_to_back_is_hashed_as_it_goes(tmp_path,
             ('GET', f'bytes=0-{len(PADDED) - 1}')]
 
 
+@pytest.mark.integration
 def test_only_a_whole_read_is_hashed(tmp_path):
   expected = checksums.Expected('md5', '0' * 32, 'l.md5')
   with LoopbackServer({NAMES[0]: PADDED}) as srv:
@@ -390,6 +392,7 @@ def test_only_a_whole_read_is_hashed(tmp_path):
       reader.close()
 
 
+@pytest.mark.integration
 def test_a_stream_cut_short_has_no_verdict_but_a_cut(tmp_path):
   expected = checksums.Expected('md5', hashlib.md5(PADDED).hexdigest(), 'l')
   with LoopbackServer({NAMES[0]: PADDED}) as srv:
@@ -414,6 +417,7 @@ def _fetch(srv, name, dest, expected):
                           expected=expected)
 
 
+@pytest.mark.integration
 def test_a_download_is_hashed_as_it_is_written(server, tmp_path):
   name = NAMES[0]
   dest = tmp_path / name
@@ -425,6 +429,7 @@ def test_a_download_is_hashed_as_it_is_written(server, tmp_path):
   assert problem is None and opened == 0
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('fault', ['cut', 'ignore_range_cut', 'partial'])
 def test_a_resumed_download_hashes_every_byte_once(server, tmp_path, fault):
   name = NAMES[1]
@@ -438,6 +443,7 @@ def test_a_resumed_download_hashes_every_byte_once(server, tmp_path, fault):
   assert pathlib.Path(f'{dest}{checksums.VERIFIED_SUFFIX}').exists()
 
 
+@pytest.mark.integration
 def test_a_download_that_does_not_match_is_quarantined(server, tmp_path):
   name = NAMES[2]
   dest = tmp_path / name
@@ -467,6 +473,7 @@ def _offered(manual):
   return list(manual_dir.find_shards(manual).shards.values())
 
 
+@pytest.mark.integration
 def test_known_checks_every_tar_and_names_both_md5s(server, tmp_path):
   manual = _links_dir(tmp_path, server)
   with pytest.raises(errors.ChecksumError) as e:
@@ -500,6 +507,7 @@ def test_none_checks_nothing_even_with_a_list_in_manual_dir(tmp_path):
   assert out == offered
 
 
+@pytest.mark.integration
 def test_lenient_leaves_out_the_tars_that_do_not_match(server, tmp_path):
   manual = _links_dir(tmp_path, server)
   mine = manual / 'sa_000003.tar'
@@ -523,6 +531,7 @@ def test_lenient_leaves_out_the_tars_that_do_not_match(server, tmp_path):
   assert os.listdir(cache / checksums.QUARANTINE_SUBDIR) == [NAMES[1]]
 
 
+@pytest.mark.integration
 def test_streamed_tars_carry_their_checksum(server, tmp_path):
   manual = _links_dir(tmp_path, server)
   sums = tmp_path / 'sums.md5'
@@ -544,6 +553,7 @@ def test_streamed_tars_carry_their_checksum(server, tmp_path):
   assert len(server.gets()) == 3  # One request per tar: no second pass.
 
 
+@pytest.mark.integration
 def test_mirror_plans_with_the_known_list(server, tmp_path):
   manual = _links_dir(tmp_path, server)
   plan = mirror.plan(manual, checksums='known')

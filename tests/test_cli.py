@@ -824,6 +824,7 @@ def _oe(delta: datetime.timedelta) -> str:
   return format(int((now + delta).timestamp()), 'x')
 
 
+@pytest.mark.integration
 def test_check_links_probe(http_dir, tmp_path, capsys):
   root, base = http_dir
   (root / 'sa_000000.tar').write_bytes(b'a' * 1000)
@@ -986,6 +987,7 @@ def test_check_links_strict_ignores_expired_links_of_local_tars(
   assert '4 expired links of tars to download' in err
 
 
+@pytest.mark.integration
 def test_check_links_probe_uses_the_package_client(tmp_path, capsys,
                                                     monkeypatch):
   # The probe honours http_proxy (`sa1b.example` does not resolve: only the

@@ -10,8 +10,8 @@ from segment_anything_tfds.read import copy_paste as cp
 from segment_anything_tfds.read import rle
 
 mask_utils = pytest.importorskip('pycocotools.mask')
-from test_masks import examples_dataset, make_example  # pylint: disable=g-import-not-at-top,wrong-import-position
-from test_tf_data_service import PYTHON_OPS, _dataset_ops  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import examples_dataset, make_example  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import PYTHON_OPS, dataset_ops  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 HS, WS = 12, 14  # Source image.
 HT, WT = 10, 11  # Target image.
@@ -187,7 +187,7 @@ def test_paste_objects_seeded(scene):
   for out in ds:
     for key in ('image', 'pasted_masks', 'pasted_indices'):
       np.testing.assert_array_equal(out[key], runs[0][key])
-  assert not _dataset_ops(ds) & PYTHON_OPS
+  assert not dataset_ops(ds) & PYTHON_OPS
 
 
 def _paste_graph(source, masks, target, seed, **kwargs):

@@ -26,6 +26,9 @@ from segment_anything_tfds.sources.http_tar import HttpTar
 from _loopback_server import LoopbackServer
 from _loopback_server import within
 
+# Every test but one runs an HTTP server on loopback.
+pytestmark = pytest.mark.integration
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTS = options.DownloadOptions(retries=4, backoff=0.01, max_backoff=0.05,
                                timeout=5, progress=False)

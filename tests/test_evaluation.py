@@ -15,8 +15,8 @@ from segment_anything_tfds.tools import fake_data
 from segment_anything_tfds.read import rle
 
 mask_utils = pytest.importorskip('pycocotools.mask')
-from test_masks import examples_dataset, make_example  # pylint: disable=g-import-not-at-top,wrong-import-position
-from test_tf_data_service import PYTHON_OPS, _dataset_ops  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import examples_dataset, make_example  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import PYTHON_OPS, dataset_ops  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 B, K, C = 2, 5, 3  # Batch, masks per image, candidates per mask.
 H, W = 16, 20  # Ground truth size.
@@ -186,7 +186,7 @@ def test_functions_in_dataset_map(batch):
       score, num_parallel_calls=2, deterministic=True)
   got = np.stack(list(ds.as_numpy_iterator()))
   np.testing.assert_array_equal(got, _reference(gt, logits, 0.0))
-  assert not _dataset_ops(ds) & PYTHON_OPS
+  assert not dataset_ops(ds) & PYTHON_OPS
 
 
 def _encode(masks: np.ndarray) -> list[bytes]:
@@ -211,7 +211,7 @@ def test_rle_best_iou_matches_pycocotools(batch):
       (tf.constant(pred_counts.tolist()), tf.constant(gt_counts))).map(
           lambda p, g: evaluation.rle_best_iou(p, g, (H, W)))
   np.testing.assert_array_equal(next(iter(ds)).numpy(), expected)
-  assert not _dataset_ops(ds) & PYTHON_OPS
+  assert not dataset_ops(ds) & PYTHON_OPS
 
 
 # --------------------------------------------------- evaluate_predictions

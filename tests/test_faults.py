@@ -136,6 +136,7 @@ def _cache(data_dir):
   return pathlib.Path(data_dir) / 'downloads' / download.CACHE_SUBDIR
 
 
+@pytest.mark.integration
 def test_faulty_downloads_then_refreshed_links(server, tars, baseline,
                                                tmp_path):
   a, b, c = NAMES
@@ -166,6 +167,7 @@ def test_faulty_downloads_then_refreshed_links(server, tars, baseline,
   assert server.log == []  # Not even a HEAD.
 
 
+@pytest.mark.integration
 def test_expired_links_fail_before_any_request(server, tmp_path):
   past = int(time.time()) - 3 * 86400
   manual = _links(tmp_path / 'manual',
@@ -182,6 +184,7 @@ def test_expired_links_fail_before_any_request(server, tmp_path):
   assert _complete_dirs(data) == []
 
 
+@pytest.mark.integration
 def test_expired_links_of_cached_tars_are_fine(server, tars, baseline,
                                                tmp_path):
   manual = _links(tmp_path / 'manual', [(n, server.url(n, oe=1000))
@@ -194,6 +197,7 @@ def test_expired_links_of_cached_tars_are_fine(server, tars, baseline,
   assert server.log == []
 
 
+@pytest.mark.integration
 def test_403_from_a_mirror_is_forbidden_not_expired(server, tmp_path):
   # A mirror's links carry no signature: its 403 is no expiry, and a fresh
   # links file would not help.
@@ -213,6 +217,7 @@ def test_403_from_a_mirror_is_forbidden_not_expired(server, tmp_path):
   assert _complete_dirs(data) == []
 
 
+@pytest.mark.integration
 def test_interrupted_download_resumes_on_rerun(server, tars, baseline,
                                                tmp_path):
   a, b, c = NAMES
@@ -231,6 +236,7 @@ def test_interrupted_download_resumes_on_rerun(server, tars, baseline,
   assert [(g[1], g[2]) for g in server.gets()] == [(b, 'bytes=4000-')]
 
 
+@pytest.mark.integration
 def test_bad_downloads_are_never_cached_and_checksums_quarantine(
     server, tars, baseline, tmp_path):
   a, b, c = NAMES
@@ -265,6 +271,7 @@ def test_bad_downloads_are_never_cached_and_checksums_quarantine(
   assert [g[1] for g in server.gets()] == [c]
 
 
+@pytest.mark.integration
 def test_stream_mode_keeps_no_tars(server, baseline, tmp_path):
   manual = _links(tmp_path / 'manual', [(n, server.url(n)) for n in NAMES])
   server.add_fault(NAMES[0], 'status', 500)
@@ -276,6 +283,7 @@ def test_stream_mode_keeps_no_tars(server, baseline, tmp_path):
              if g[3] in (200, 206))
 
 
+@pytest.mark.integration
 def test_delete_mode_removes_tars_after_the_build(server, baseline, tmp_path):
   manual = _links(tmp_path / 'manual', [(n, server.url(n)) for n in NAMES])
   data = tmp_path / 'data'
@@ -283,6 +291,7 @@ def test_delete_mode_removes_tars_after_the_build(server, baseline, tmp_path):
   assert list(_cache(data).glob('*.tar')) == []
 
 
+@pytest.mark.integration
 def test_delete_mode_keeps_tars_when_the_build_fails(server, tmp_path):
   # A whole tar (it passes the download checks) with a malformed JSON.
   jpg, _ = _records_of(np.random.default_rng(3), 21)
@@ -296,6 +305,7 @@ def test_delete_mode_keeps_tars_when_the_build_fails(server, tmp_path):
   assert _complete_dirs(data) == []
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('disk_mode', ['keep', 'stream'])
 @pytest.mark.parametrize('kind', ['slow_headers', 'continue', 'slow_body'])
 def test_a_trickling_server_fails_the_attempt_in_time(kind, disk_mode, tars,
@@ -323,6 +333,7 @@ def test_a_trickling_server_fails_the_attempt_in_time(kind, disk_mode, tars,
   assert _complete_dirs(tmp_path / 'data') == []
 
 
+@pytest.mark.integration
 def test_preflight_refuses_when_the_disk_is_clearly_too_small(
     server, tmp_path, monkeypatch):
   manual = _links(tmp_path / 'manual', [(n, server.url(n)) for n in NAMES])

@@ -16,6 +16,7 @@ pytest.importorskip('keras_hub')
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.integration
 def test_finetunes_tiny_sam_and_saves_a_model_that_reloads(tmp_path, capsys):
   finetune_sam = load_example('finetune_sam')
   out = tmp_path / 'sam.keras'

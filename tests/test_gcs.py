@@ -42,6 +42,9 @@ import _offline
 from _worker_pool import WorkerPool
 from conftest import DUMMY_DATA, read_inputs
 
+# Every test runs the GCS emulator.
+pytestmark = pytest.mark.integration
+
 BUCKET = 'sa1b'
 TARS = [f'sa_00000{i}.tar' for i in range(3)]
 CONFIG = config_lib.tars_config('0-2')

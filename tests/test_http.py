@@ -97,6 +97,7 @@ def test_an_http_tar_on_a_closed_port_fails_fast(known_size):
   assert time.monotonic() - started < 5
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('location', [
     'ftp://files.example/sa_000000.tar?oh=SECRET',
     'file:///etc/passwd',
@@ -111,6 +112,7 @@ def test_redirect_to_another_scheme_is_refused(tmp_path, location):
     assert len(srv.gets(NAME)) == 1  # Not retried.
 
 
+@pytest.mark.integration
 def test_redirect_loop_stops_after_10(tmp_path):
   with LoopbackServer({NAME: TAR}) as srv:
     srv.redirects[NAME] = f'/loop/{NAME}'
@@ -119,6 +121,7 @@ def test_redirect_loop_stops_after_10(tmp_path):
     assert len(srv.gets(NAME)) == 11
 
 
+@pytest.mark.integration
 def test_redirect_to_a_mirror_is_followed(tmp_path):
   with LoopbackServer({}) as cdn, LoopbackServer({NAME: TAR}) as mirror:
     cdn.redirects[NAME] = mirror.mirror_url(NAME)
@@ -129,6 +132,7 @@ def test_redirect_to_a_mirror_is_followed(tmp_path):
     assert [g[3] for g in mirror.gets()] == [200]
 
 
+@pytest.mark.integration
 def test_proxy_from_the_environment_sees_the_request(tmp_path, monkeypatch):
   # `sa1b.example` never resolves: only a proxy can serve it.
   with LoopbackServer({NAME: TAR}) as proxy:
@@ -140,6 +144,7 @@ def test_proxy_from_the_environment_sees_the_request(tmp_path, monkeypatch):
     assert [(e[0], e[4]) for e in proxy.log] == [('GET', url)]
 
 
+@pytest.mark.integration
 def test_no_proxy_bypasses_the_proxy(tmp_path, monkeypatch):
   with LoopbackServer({NAME: TAR}) as proxy, LoopbackServer(
       {NAME: TAR}) as origin:
@@ -150,6 +155,7 @@ def test_no_proxy_bypasses_the_proxy(tmp_path, monkeypatch):
     assert [e[3] for e in origin.gets()] == [200]
 
 
+@pytest.mark.integration
 def test_proxies_option(tmp_path):
   with LoopbackServer({NAME: TAR}) as proxy:
     url = f'http://sa1b.example/m1/{NAME}'
@@ -160,6 +166,7 @@ def test_proxies_option(tmp_path):
     assert [(e[0], e[4]) for e in proxy.log] == [('GET', url)]
 
 
+@pytest.mark.integration
 def test_stream_mode_goes_through_the_proxy(tmp_path, monkeypatch):
   with LoopbackServer({NAME: TAR}) as proxy:
     monkeypatch.setenv('http_proxy', proxy.address)
@@ -175,6 +182,7 @@ def test_stream_mode_goes_through_the_proxy(tmp_path, monkeypatch):
     assert [e[0] for e in proxy.log] == ['HEAD', 'GET']
 
 
+@pytest.mark.integration
 def test_urllib3_retries_a_5xx_the_error_page_unread():
   with LoopbackServer({NAME: TAR}) as srv:
     srv.add_fault(NAME, 'status', 503)
@@ -188,6 +196,7 @@ def test_urllib3_retries_a_5xx_the_error_page_unread():
     assert [g[3] for g in srv.gets(NAME)] == [503, 200]
 
 
+@pytest.mark.integration
 def test_retries_are_logged_once_without_the_query(caplog):
   with HostileServer('slow_headers') as srv:
     opts = FAST.replace(timeout=0.5, retries=2)
@@ -277,6 +286,7 @@ HOSTILE_ANSWERS = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('answer', sorted(HOSTILE_ANSWERS))
 def test_hostile_headers_are_one_line_from_build_and_probe(
     answer, tmp_path, capsys):
@@ -313,6 +323,7 @@ def test_a_links_row_that_is_no_url_is_one_line(tmp_path, capsys):
   assert 'SECRET' not in out + line
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('kind', ['slow_headers', 'continue', 'slow_body'])
 def test_probe_of_a_trickling_server_ends_in_time(kind, tmp_path, capsys):
   # Each byte comes well within --timeout 1; the answer never completes.
@@ -333,6 +344,7 @@ def test_probe_of_a_trickling_server_ends_in_time(kind, tmp_path, capsys):
 # --------------------------------------------------------------- wording
 
 
+@pytest.mark.integration
 def test_a_plain_403_names_the_host_and_proxy_not_an_expiry(tmp_path):
   # A proxy (or a mirror) that forbids a link without a signature: the
   # link did not expire, and the words must not say so.
@@ -358,6 +370,7 @@ def test_a_plain_403_names_the_host_and_proxy_not_an_expiry(tmp_path):
     assert len(proxy.gets(NAME)) == 2  # Neither was retried.
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('location, scheme', [
     ('FILE:/etc/passwd', 'file'),
     ('Ftp://files.example/x?oh=SECRET', 'ftp'),
@@ -372,6 +385,7 @@ def test_redirect_names_the_scheme_whatever_its_case(tmp_path, location,
   assert 'None' not in msg and 'SECRET' not in msg
 
 
+@pytest.mark.integration
 def test_redirect_with_an_upper_case_http_scheme_is_followed(tmp_path):
   with LoopbackServer({}) as cdn, LoopbackServer({NAME: TAR}) as mirror:
     cdn.redirects[NAME] = mirror.mirror_url(NAME).replace('http:', 'HTTP:')
@@ -380,6 +394,7 @@ def test_redirect_with_an_upper_case_http_scheme_is_followed(tmp_path):
       assert f.read() == TAR
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('disk_mode', ['keep', 'stream'])
 def test_an_implausible_size_is_refused_naming_tar_and_host(tmp_path,
                                                             disk_mode):

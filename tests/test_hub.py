@@ -37,6 +37,9 @@ from _hub_server import HubServer
 from _hub_server import SHA
 from _loopback_server import LoopbackServer
 
+# Every test but one runs the Hub stand-in or an HTTP server.
+pytestmark = pytest.mark.integration
+
 TOKEN = 'hf_StandInT0kenThatMustNeverLeaveTheHub'
 REPO = 'sa1b-fans/SA-1B_backup'
 NAMES = [f'sa_00000{i}.tar' for i in range(3)]

@@ -289,6 +289,7 @@ def test_unlisted_bad_images_do_not_stop_a_strict_build(tmp_path):
   assert _metadata(builder)['audit']['skipped_tars'] == []
 
 
+@pytest.mark.integration
 def test_both_engines_same_records_from_files_and_links(tmp_path):
   """A lenient list build of hostile tars, by both engines, from local
   files and streamed from links: the same shard files, audit file and
@@ -562,6 +563,7 @@ def test_index_counts_an_image_in_two_tars_in_the_lowest(tmp_path):
       ' sa_12.jpg has no sa_12.json [missing_json]'], res.stderr
 
 
+@pytest.mark.integration
 def test_index_of_links_reads_each_tar_once_front_to_back(tmp_path, capsys):
   names = ['sa_000000.tar', 'sa_000001.tar', 'sa_000002.tar']
   files = {n: (DUMMY_DATA / n).read_bytes() for n in names}

@@ -12,6 +12,9 @@ from conftest import load_example
 
 pytest.importorskip('keras')
 
+# Every test trains a Keras model.
+pytestmark = pytest.mark.integration
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 

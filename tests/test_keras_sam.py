@@ -138,6 +138,7 @@ def test_trainer_equals_keras_hub_segmenter_per_prompt(trainer):
                                  atol=2e-5)
 
 
+@pytest.mark.integration
 def test_trainer_encodes_each_image_once(monkeypatch):
   trainer = keras_sam.SAMTrainer(keras_sam.tiny_backbone(S, seed=1))
   encoder, decoder = (trainer.backbone.image_encoder,

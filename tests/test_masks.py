@@ -11,56 +11,7 @@ import tensorflow as tf
 from segment_anything_tfds.read import masks as masks_lib
 
 mask_utils = pytest.importorskip('pycocotools.mask')
-
-
-def make_example(rng: np.random.Generator, *, height: int, width: int,
-                 num_masks: int, image_id: int = 1):
-  """A `segment_anything`-shaped example (tensors) and its true masks."""
-  yy, xx = np.ogrid[:height, :width]
-  masks = []
-  for _ in range(num_masks):
-    cy, cx = rng.uniform(0, height), rng.uniform(0, width)
-    ry, rx = rng.uniform(1, height / 2), rng.uniform(1, width / 2)
-    m = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
-    if not m.any():
-      m[rng.integers(height), rng.integers(width)] = True
-    masks.append(m)
-  masks = np.stack(masks).astype(np.uint8) if masks else np.zeros(
-      (0, height, width), np.uint8)
-  encoded = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
-  n = len(encoded)
-  x, y, w, h = (mask_utils.toBbox(encoded).reshape(n, 4).T if n else
-                np.zeros((4, 0)))
-  example = {
-      'image': {
-          'content': tf.constant(
-              rng.integers(0, 256, (height, width, 3)), tf.uint8),
-          'file_name': tf.constant(f'sa_{image_id}.jpg'),
-          'height': tf.constant(height, tf.uint64),
-          'width': tf.constant(width, tf.uint64),
-          'image_id': tf.constant(image_id, tf.uint64),
-      },
-      'annotations': {
-          'area': tf.constant(mask_utils.area(encoded).astype(np.uint64)
-                              if n else np.zeros([0], np.uint64)),
-          'bbox': tf.constant(np.stack(
-              [y / height, x / width, (y + h) / height, (x + w) / width],
-              axis=1).astype(np.float32).reshape(n, 4)),
-          'crop_box': tf.zeros([n, 4], tf.float32),
-          'id': tf.constant(np.arange(100, 100 + n, dtype=np.uint64)),
-          'point_coords': tf.constant(rng.uniform(0, min(height, width),
-                                                  (n, 1, 2))),
-          'predicted_iou': tf.constant(rng.uniform(0.5, 1, n)),
-          'stability_score': tf.constant(rng.uniform(0.5, 1, n)),
-          'segmentation': {
-              'counts': tf.constant([r['counts'] for r in encoded],
-                                    tf.string),
-              'size': tf.constant(np.tile([height, width], (n, 1)).astype(
-                  np.uint64).reshape(n, 2)),
-          },
-      },
-  }
-  return example, masks
+from conftest import examples_dataset, make_example  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _resize(masks: np.ndarray, output_size) -> np.ndarray:
@@ -145,18 +96,6 @@ def test_more_requested_than_present_and_no_masks():
     assert out['annotations']['mask'].shape == (0, 4, 4)
     out = masks_lib.decode_masks(empty, backend=backend)
     assert out['annotations']['mask'].shape == (0, 7, 5)
-
-
-def examples_dataset(examples: list[dict]) -> tf.data.Dataset:
-  """A dataset of `make_example` examples, whose shapes differ per image."""
-
-  def gen():
-    for ex in examples:
-      yield tf.nest.map_structure(lambda t: t.numpy(), ex)
-
-  spec = tf.nest.map_structure(
-      lambda t: tf.TensorSpec([None] * t.shape.rank, t.dtype), examples[0])
-  return tf.data.Dataset.from_generator(gen, output_signature=spec)
 
 
 @pytest.mark.parametrize('backend', ['tf', 'pycocotools'])

@@ -81,6 +81,7 @@ def pool(gcs, tmp_path_factory):
   assert wp.stop() == []
 
 
+@pytest.mark.integration
 def test_workers_mirror_into_a_bucket_and_a_rerun_fetches_nothing(
     server, tars, gcs, pool, tmp_path):
   a, b, c = NAMES
@@ -118,6 +119,7 @@ def test_workers_mirror_into_a_bucket_and_a_rerun_fetches_nothing(
   assert pool.workers_started() == started
 
 
+@pytest.mark.integration
 def test_a_tar_that_keeps_failing_is_one_error_from_the_workers(
     server, tars, pool, tmp_path):
   a = NAMES[0]
@@ -146,6 +148,7 @@ def _cli(capsys, *args) -> tuple[int, str, str]:
   return code, out, err
 
 
+@pytest.mark.integration
 def test_cli_mirrors_into_a_dir_and_refetches_only_a_damaged_tar(
     server, tars, tmp_path, capsys):
   links = _links_dir(tmp_path / 'links', [(n, server.url(n)) for n in NAMES])
@@ -168,6 +171,7 @@ def test_cli_mirrors_into_a_dir_and_refetches_only_a_damaged_tar(
   assert (dest / NAMES[1]).read_bytes() == tars[NAMES[1]]
 
 
+@pytest.mark.integration
 def test_cli_expired_links_fail_before_any_request(server, tmp_path, capsys):
   links = _links_dir(tmp_path / 'links',
                      [(n, server.url(n, oe=1_000_000)) for n in NAMES])
@@ -236,6 +240,7 @@ def test_a_planted_stage_dir_is_not_used(temp_dir, tmp_path, planted,
   assert f'{path} is not a private dir of this user' in caplog.text
 
 
+@pytest.mark.integration
 @NEEDS_ROOT
 def test_a_tar_planted_in_a_shared_stage_dir_is_never_mirrored(
     server, tars, temp_dir, tmp_path):
@@ -256,6 +261,7 @@ def test_a_tar_planted_in_a_shared_stage_dir_is_never_mirrored(
   assert server.log == []
 
 
+@pytest.mark.integration
 def test_a_part_symlink_in_the_stage_dir_is_never_written_through(
     server, tars, temp_dir, tmp_path):
   a = NAMES[0]
@@ -273,6 +279,7 @@ def test_a_part_symlink_in_the_stage_dir_is_never_written_through(
   assert server.log == []
 
 
+@pytest.mark.integration
 def test_a_part_symlink_in_a_local_dest_is_never_written_through(
     server, tars, tmp_path):
   a = NAMES[0]

@@ -34,7 +34,7 @@ from segment_anything_tfds.tools import fake_data
 mask_utils = pytest.importorskip('pycocotools.mask')
 pytest.importorskip('PIL')
 from conftest import DUMMY_DATA  # pylint: disable=g-import-not-at-top,wrong-import-position
-from test_masks import make_example  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import make_example  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SKIP = {'image': {'content': tfds.decode.SkipDecoding()}}
 NAMES = ['boxes', 'image', 'labels', 'points', 'targets', 'weights']

@@ -16,7 +16,7 @@ from segment_anything_tfds.read import numpy_inputs as npi
 from segment_anything_tfds.read import rle
 
 mask_utils = pytest.importorskip('pycocotools.mask')
-from test_tf_data_service import PYTHON_OPS, _dataset_ops, _op_types  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import PYTHON_OPS, dataset_ops, op_types  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SHAPES = [(1, 1), (1, 9), (9, 1), (2, 3), (5, 7), (16, 16), (23, 31),
           (40, 17)]
@@ -1106,7 +1106,7 @@ def test_iou_and_merge_in_tf_function_and_dataset_map(iou_cases):
           tf.constant(shape, tf.int64), tf.constant(crowd))
   traced = tf.function(fn)
   check(traced(*args))
-  ops = _op_types(traced.get_concrete_function(*args).graph.as_graph_def())
+  ops = op_types(traced.get_concrete_function(*args).graph.as_graph_def())
   assert 'UpperBound' in ops and not ops & PYTHON_OPS
   # The last element has a wrong size: the error surfaces in the dataset.
   bad_args = args[:2] + (tf.constant([1, 1], tf.int64), args[3])
@@ -1117,4 +1117,4 @@ def test_iou_and_merge_in_tf_function_and_dataset_map(iou_cases):
     check(next(it))
   with pytest.raises(tf.errors.InvalidArgumentError, match='do not sum'):
     next(it)
-  assert not _dataset_ops(ds) & PYTHON_OPS
+  assert not dataset_ops(ds) & PYTHON_OPS

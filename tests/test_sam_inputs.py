@@ -11,7 +11,7 @@ from segment_anything_tfds.read import sam_inputs as sam
 from segment_anything_tfds.read import sampling
 
 mask_utils = pytest.importorskip('pycocotools.mask')
-from test_masks import examples_dataset, make_example  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import examples_dataset, make_example  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 S, M = 64, 16  # Small image_size / mask_size for tests.
 

@@ -79,6 +79,7 @@ def _tar_sources(tmp_path, server):
   }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('kind', ['local tar', 'bucket tar', 'http tar'])
 def test_a_tar_source_gives_its_bytes_sequentially_and_at_random(
     kind, tmp_path, server):
@@ -110,6 +111,7 @@ def test_a_tar_source_gives_its_bytes_sequentially_and_at_random(
     reader.close()
 
 
+@pytest.mark.integration
 def test_the_factory_gives_each_location_its_kind(tmp_path, server):
   kinds = {kind: type(s) for kind, s in _tar_sources(tmp_path, server).items()}
   for kind, source in _tar_sources(tmp_path, server).items():
@@ -155,6 +157,7 @@ def test_a_bucket_tar_costs_a_request_per_8_mib_or_per_random_read(
       (0, 512), (512, 1024), (70_000, 70_512), (len(big) - 512, len(big))]
 
 
+@pytest.mark.integration
 def test_an_http_tar_read_front_to_back_is_one_request(server, tmp_path):
   source = _tar_sources(tmp_path, server)['http tar']
   before = len(server.gets(NAME))
@@ -194,6 +197,7 @@ def test_a_folder_source_lists_and_reads_its_files(where, tmp_path):
     assert source.read_member(m) == (folder / m.name).read_bytes()
 
 
+@pytest.mark.integration
 def test_sources_pickle_without_open_handles(tmp_path, server):
   import pickle  # pylint: disable=g-import-not-at-top
   for source in _tar_sources(tmp_path, server).values():

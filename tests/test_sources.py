@@ -31,6 +31,7 @@ FAST = options.DownloadOptions(retries=2, backoff=0.01, max_backoff=0.02,
                                timeout=5, progress=False)
 
 
+@pytest.mark.integration
 def test_materialize_uses_cache_by_name_with_no_request(tmp_path):
   with LoopbackServer({'sa_000000.tar': TAR0}) as srv:
     cache = download.cache_dir(tmp_path / 'dl')
@@ -52,6 +53,7 @@ def test_materialize_missing_linked_path(tmp_path):
     sources.materialize([shard], download_dir=tmp_path, options=FAST)
 
 
+@pytest.mark.integration
 def test_materialize_stream_mode_keeps_urls_with_sizes(tmp_path):
   with LoopbackServer({'sa_000000.tar': TAR0}) as srv:
     shard = HttpTar('sa_000000.tar', srv.url('sa_000000.tar'))

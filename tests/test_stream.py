@@ -296,6 +296,7 @@ def _audit_file(builder) -> bytes:
   return path.read_bytes()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('beam', [False, True], ids=['local', 'beam'])
 def test_a_23_mb_tar_of_2000_images_in_few_requests(big_tars, tmp_path,
                                                     beam):
@@ -314,6 +315,7 @@ def test_a_23_mb_tar_of_2000_images_in_few_requests(big_tars, tmp_path,
   assert audit['images_indexed'] == 4000 and audit['skipped_images'] == 0
 
 
+@pytest.mark.integration
 def test_pairs_past_the_cap_cost_a_request_per_member(big_tars, tmp_path):
   """hold_bytes=0 holds nothing: each pair is read again by seek, two
   requests, and only those bytes are read twice."""
@@ -367,6 +369,7 @@ def hostile(tmp_path_factory) -> dict[str, bytes]:
   return _hostile_inputs(tmp_path_factory.mktemp('hostile'))
 
 
+@pytest.mark.integration
 def test_both_engines_write_the_same_audit_and_shards_from_hostile_input(
     hostile, tmp_path):
   """Lenient builds of the same hostile tars, from local files and
@@ -410,6 +413,7 @@ def test_both_engines_write_the_same_audit_and_shards_from_hostile_input(
   assert ids == [1, 2, 3, 10, 20]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('beam', [False, True], ids=['local', 'beam'])
 def test_strict_streamed_builds_name_the_tar(hostile, tmp_path, beam):
   files = {'sa_000002.tar': hostile['sa_000002.tar']}
@@ -424,6 +428,7 @@ def test_strict_streamed_builds_name_the_tar(hostile, tmp_path, beam):
   assert not list(tmp_path.rglob('dataset_info.json'))
 
 
+@pytest.mark.integration
 def test_the_spill_is_deleted_bucket_by_bucket(big_tars, tmp_path,
                                                monkeypatch):
   """The local engine spills the records of a streamed tar and copies them

@@ -11,24 +11,7 @@ from segment_anything_tfds.read import rle
 from segment_anything_tfds.read import sam_inputs as sam
 
 mask_utils = pytest.importorskip('pycocotools.mask')
-from test_masks import make_example  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-PYTHON_OPS = frozenset({'PyFunc', 'PyFuncStateless', 'EagerPyFunc',
-                        'NumpyFunction'})
-
-
-def _op_types(graph_def: tf.compat.v1.GraphDef) -> set[str]:
-  ops = {node.op for node in graph_def.node}
-  for function in graph_def.library.function:
-    ops.update(node.op for node in function.node_def)
-  return ops
-
-
-def _dataset_ops(ds: tf.data.Dataset) -> set[str]:
-  graph_def = tf.compat.v1.GraphDef()
-  graph_def.ParseFromString(ds._as_serialized_graph().numpy())  # pylint: disable=protected-access
-  return _op_types(graph_def)
-
+from conftest import PYTHON_OPS, dataset_ops, make_example, op_types  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 def _examples(n: int):
   rng = np.random.default_rng(0)
@@ -110,6 +93,7 @@ def service():
   dispatcher.stop()
 
 
+@pytest.mark.integration
 def test_decode_pipeline_under_tf_data_service(service):
   examples = _examples(8)
   expected = {}
@@ -128,6 +112,7 @@ def test_decode_pipeline_under_tf_data_service(service):
   assert seen == {i: 2 for i in expected}
 
 
+@pytest.mark.integration
 def test_sam_pipeline_under_tf_data_service(service):
   examples = [ex for ex, _ in _examples(4)]
   ds = sam.sam_dataset(_as_dataset(examples), batch_size=1, image_size=32,
@@ -149,28 +134,28 @@ def test_no_python_ops_in_decode_graphs():
   size = tf.TensorSpec([2], tf.int64)
   for output_size in (None, (16, 16)):
     fn = tf.function(lambda c, s, o=output_size: rle.decode(c, s, o))
-    ops = _op_types(fn.get_concrete_function(counts, size).graph.as_graph_def())
+    ops = op_types(fn.get_concrete_function(counts, size).graph.as_graph_def())
     assert 'Cumsum' in ops or 'Cumsum' in str(ops)  # Sanity: real graph.
     assert not ops & PYTHON_OPS, ops & PYTHON_OPS
   for fn in (rle.area, rle.to_bbox):
     graph = tf.function(fn).get_concrete_function(counts, size).graph
-    assert not _op_types(graph.as_graph_def()) & PYTHON_OPS
+    assert not op_types(graph.as_graph_def()) & PYTHON_OPS
   examples = [ex for ex, _ in _examples(2)]
-  assert not _dataset_ops(_decode_pipeline(_as_dataset(examples))) & PYTHON_OPS
-  assert not _dataset_ops(sam.sam_dataset(
+  assert not dataset_ops(_decode_pipeline(_as_dataset(examples))) & PYTHON_OPS
+  assert not dataset_ops(sam.sam_dataset(
       _as_dataset(examples), batch_size=1, image_size=32, mask_size=8,
       num_masks=2, seed=0)) & PYTHON_OPS
   # The 'keras_hub' layout, mixed prompts and the holdout filter too.
   keras_hub = sam.sam_dataset(
       _as_dataset(examples), batch_size=1, image_size=32, num_masks=2,
       seed=0, layout='keras_hub', validation_fraction=0.5)
-  assert 'FilterDataset' in _dataset_ops(keras_hub)  # Sanity: the filter.
-  assert not _dataset_ops(keras_hub) & PYTHON_OPS
+  assert 'FilterDataset' in dataset_ops(keras_hub)  # Sanity: the filter.
+  assert not dataset_ops(keras_hub) & PYTHON_OPS
 
 
 def test_python_op_detector_catches_pycocotools_backend():
   """The check above can fail: the pycocotools map is a Python op."""
   examples = [ex for ex, _ in _examples(2)]
-  ops = _dataset_ops(_decode_pipeline(_as_dataset(examples),
+  ops = dataset_ops(_decode_pipeline(_as_dataset(examples),
                                       backend='pycocotools'))
   assert ops & PYTHON_OPS

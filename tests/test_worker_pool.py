@@ -28,6 +28,9 @@ from segment_anything_tfds import errors
 from _worker_pool import WorkerPool, listening, worker_env
 from conftest import DUMMY_DATA, make_bad_manual_dir, read_inputs
 
+# Every test builds through a Beam worker pool.
+pytestmark = pytest.mark.integration
+
 # Several output shards (TFDS's size rule gives the tiny dummy data one), so
 # that both engines' sharding is compared.
 SHARDS = {'num_shards': 3}
