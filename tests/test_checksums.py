@@ -596,6 +596,7 @@ def _wrong_sums(tmp_path, wrong: str) -> pathlib.Path:
   return sums
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('beam', [False, True], ids=['local', 'beam'])
 def test_a_streamed_tar_that_does_not_match_fails_a_strict_build(
     server, tmp_path, beam):
@@ -610,6 +611,7 @@ def test_a_streamed_tar_that_does_not_match_fails_a_strict_build(
   assert len(server.gets(NAMES[1])) == 1  # Hashed as it was read, once.
 
 
+@pytest.mark.integration
 def test_a_streamed_tar_that_does_not_match_is_left_out_alike(server,
                                                               tmp_path):
   """Lenient: none of its images is written or counted, on either engine;
@@ -671,6 +673,7 @@ def test_a_lenient_build_whose_every_tar_is_off_says_so(tmp_path):
     _build(tmp_path / 'data', manual, sums, disk_mode='keep', lenient=True)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('beam', [False, True], ids=['local', 'beam'])
 @pytest.mark.parametrize('lenient', [False, True], ids=['strict', 'lenient'])
 def test_members_read_again_are_the_bytes_verified(server, tmp_path, beam,
@@ -719,6 +722,7 @@ def test_members_read_again_are_the_bytes_verified(server, tmp_path, beam,
   assert len(gets) > 2  # The stream, then the members read again.
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('beam', [False, True], ids=['local', 'beam'])
 @pytest.mark.parametrize('disk_mode', ['stream', 'keep'])
 def test_listed_images_of_a_tar_left_out_are_named_with_it(
