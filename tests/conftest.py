@@ -26,6 +26,46 @@ PROXY_VARS = ('http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY',
               'all_proxy', 'ALL_PROXY', 'no_proxy', 'NO_PROXY')
 
 
+# Download options for tests: quick retries, short timeouts, no bars.
+FAST_DOWNLOADS = {'retries': 3, 'backoff': 0.01, 'max_backoff': 0.02,
+                  'timeout': 10, 'progress': False}
+
+
+def build(data_dir: os.PathLike, manual_dir: os.PathLike, config, *,
+          beam: bool = False, download_options: dict | None = None,
+          **builder_kwargs):
+  """Prepares `config` of this package's builder from `manual_dir` into
+  `data_dir`, on the local engine or (`beam`) Beam's offline runner, with
+  `FAST_DOWNLOADS` and `download_options`; returns the builder."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import segment_anything_tfds  # pylint: disable=g-import-not-at-top,unused-import
+  from segment_anything_tfds.prepare import runners  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder(
+      'segment_anything', config=config, data_dir=os.fspath(data_dir),
+      progress=False,
+      download_options={**FAST_DOWNLOADS, **(download_options or {})},
+      **builder_kwargs)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=os.fspath(manual_dir),
+      beam_runner=runners.local_runner() if beam else None))
+  return builder
+
+
+def built_images(builder) -> dict[int, tuple[bytes, tuple[str, ...]]]:
+  """image id -> (JPEG bytes, RLE counts) of a prepared dataset, each
+  image once (asserted)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  ds = builder.as_dataset(split='train', shuffle_files=False, decoders={
+      'image': {'content': tfds.decode.SkipDecoding()}})
+  out = {}
+  for e in tfds.as_numpy(ds):
+    image_id = int(e['image']['image_id'])
+    assert image_id not in out, f'image {image_id} written twice'
+    out[image_id] = (e['image']['content'], tuple(
+        c.decode() for c in e['annotations']['segmentation']['counts']))
+  return out
+
+
 @pytest.fixture(scope='session', autouse=True)
 def no_proxy_from_the_environment():
   """The tests' servers are on 127.0.0.1: never reach them through a proxy

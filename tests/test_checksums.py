@@ -32,6 +32,7 @@ from segment_anything_tfds.sources import mirror
 from segment_anything_tfds.sources.http_tar import HttpTar
 
 from conftest import DUMMY_DATA
+from conftest import build
 from conftest import make_manual_dir
 import _ram_epath
 from _loopback_server import LoopbackServer
@@ -573,20 +574,11 @@ def _images_of(name: str) -> set[int]:
 
 def _build(data_dir, manual, sums, *, beam=False, lenient=False,
            disk_mode='stream'):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  import segment_anything_tfds  # pylint: disable=g-import-not-at-top,unused-import
   from segment_anything_tfds import config as config_lib  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds.prepare import runners  # pylint: disable=g-import-not-at-top
-  config = config_lib.tars_config('0-2', lenient=lenient)
-  builder = tfds.builder(
-      'segment_anything', config=config, data_dir=os.fspath(data_dir),
-      progress=False, download_options=dict(
-          retries=3, backoff=0.01, max_backoff=0.02, timeout=5,
-          progress=False, disk_mode=disk_mode, checksums=os.fspath(sums)))
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=os.fspath(manual),
-      beam_runner=runners.local_runner() if beam else None))
-  return builder
+  return build(data_dir, manual, config_lib.tars_config('0-2',
+                                                        lenient=lenient),
+               beam=beam, download_options={'disk_mode': disk_mode,
+                                            'checksums': os.fspath(sums)})
 
 
 def _wrong_sums(tmp_path, wrong: str) -> pathlib.Path:
@@ -682,9 +674,7 @@ def test_members_read_again_are_the_bytes_verified(server, tmp_path, beam,
   again after its verdict; a source that then serves other bytes (same
   size) is a mismatch, not a build of unchecked bytes."""
   import dataclasses  # pylint: disable=g-import-not-at-top
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from segment_anything_tfds import config as config_lib  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds.prepare import runners  # pylint: disable=g-import-not-at-top
   good = TARS[NAMES[0]]
   old = re.search(rb'"predicted_iou": 0\.\d{6}', good).group()
   evil = good.replace(old, old[:-6] + b'111111', 1)
@@ -696,22 +686,17 @@ def test_members_read_again_are_the_bytes_verified(server, tmp_path, beam,
   sums.write_text(''.join(f'{MD5[n]}  {n}\n' for n in NAMES[:2]))
   config = dataclasses.replace(
       config_lib.tars_config('0-1', lenient=lenient), hold_bytes=0)
-  builder = tfds.builder(
-      'segment_anything', config=config, data_dir=os.fspath(tmp_path / 'd'),
-      progress=False, download_options=dict(
-          retries=3, backoff=0.01, max_backoff=0.02, timeout=5,
-          progress=False, disk_mode='stream', checksums=os.fspath(sums)))
-  download_config = tfds.download.DownloadConfig(
-      manual_dir=os.fspath(manual),
-      beam_runner=runners.local_runner() if beam else None)
+  options = {'disk_mode': 'stream', 'checksums': os.fspath(sums)}
   if not lenient:
     with pytest.raises(errors.BadInputError) as e:
-      builder.download_and_prepare(download_config=download_config)
+      build(tmp_path / 'd', manual, config, beam=beam,
+            download_options=options)
     assert (e.value.reason, e.value.tar) == (errors.CHECKSUM_MISMATCH,
                                              NAMES[0])
     assert 'not the bytes that were checked' in str(e.value)
   else:
-    builder.download_and_prepare(download_config=download_config)
+    builder = build(tmp_path / 'd', manual, config, beam=beam,
+                    download_options=options)
     audit = builder.info.metadata['audit']
     assert audit['tars'] == [NAMES[1]]
     assert [(t['tar'], t['reason']) for t in audit['skipped_tars']] == [
@@ -730,35 +715,24 @@ def test_listed_images_of_a_tar_left_out_are_named_with_it(
   """A lenient build of an image list whose images are in a tar that does
   not match: the missing-images error says which tar was left out (found
   as it was read, or before the build)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from segment_anything_tfds import config as config_lib  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds.prepare import runners  # pylint: disable=g-import-not-at-top
   manual = _links_dir(tmp_path, server)
   sums = _wrong_sums(tmp_path, NAMES[1])
   listed = sorted(_images_of(NAMES[0]))[:1] + sorted(_images_of(NAMES[1]))
   config = config_lib.images_config(
       config_lib.tars_config('0-2', lenient=True), listed)
-  download_config = tfds.download.DownloadConfig(
-      manual_dir=os.fspath(manual),
-      beam_runner=runners.local_runner() if beam else None)
-  options = dict(retries=3, backoff=0.01, max_backoff=0.02, timeout=5,
-                 progress=False, disk_mode=disk_mode,
-                 checksums=os.fspath(sums))
-  builder = tfds.builder('segment_anything', config=config, progress=False,
-                         data_dir=os.fspath(tmp_path / 'd'),
-                         download_options=options)
+  options = {'disk_mode': disk_mode, 'checksums': os.fspath(sums)}
   with pytest.raises(errors.SourceError) as e:
-    builder.download_and_prepare(download_config=download_config)
+    build(tmp_path / 'd', manual, config, beam=beam,
+          download_options=options)
   assert str(e.value).startswith(
       f'{len(listed) - 1} of the {len(listed)} images listed in the list'
       ' given are in none of the'
       f' {3 if disk_mode == "stream" else 2} tars read: ')  # Or left out.
   assert (f'(tars skipped whole, whose images are not built: {NAMES[1]}'
           f' ({errors.CHECKSUM_MISMATCH})). Find their tars') in str(e.value)
-  builder = tfds.builder('segment_anything', config=config, progress=False,
-                         data_dir=os.fspath(tmp_path / 'p'),
-                         download_options=options, allow_partial=True)
-  builder.download_and_prepare(download_config=download_config)
+  builder = build(tmp_path / 'p', manual, config, beam=beam,
+                  download_options=options, allow_partial=True)
   assert builder.info.splits['train'].num_examples == 1
   assert builder.info.metadata['images']['missing_ids'] == listed[1:]
   assert [t['tar'] for t in builder.info.metadata['audit'][

@@ -40,7 +40,7 @@ from segment_anything_tfds.sources import links as links_lib
 import _gcs_server
 import _offline
 from _worker_pool import WorkerPool
-from conftest import DUMMY_DATA, read_inputs
+from conftest import DUMMY_DATA, built_images, read_inputs
 
 # Every test runs the GCS emulator.
 pytestmark = pytest.mark.integration
@@ -88,15 +88,7 @@ def _examples(data_dir: str) -> dict:
   builder = tfds.builder('segment_anything', config=CONFIG,
                          data_dir=data_dir)
   assert builder.is_prepared()
-  ds = builder.as_dataset(split='train', shuffle_files=False, decoders={
-      'image': {'content': tfds.decode.SkipDecoding()}})
-  out = {}
-  for e in tfds.as_numpy(ds):
-    image_id = int(e['image']['image_id'])
-    assert image_id not in out, f'image {image_id} written twice'
-    out[image_id] = (e['image']['content'], tuple(
-        c.decode() for c in e['annotations']['segmentation']['counts']))
-  return out
+  return built_images(builder)
 
 
 def _tar_reads(requests) -> dict[str, list[dict]]:

@@ -32,7 +32,7 @@ from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds.sources import manual_dir as shards_lib
 from segment_anything_tfds.tools import fake_data
 
-from conftest import DUMMY_DATA, make_bad_manual_dir, read_inputs
+from conftest import DUMMY_DATA, build, make_bad_manual_dir, read_inputs
 from _loopback_server import LoopbackServer
 from _loopback_server import within
 
@@ -164,15 +164,9 @@ def _build(data_dir, manual, images, *, beam=False, lenient=False,
   config = config_lib.images_config(config, images)
   if lenient:
     config = config_lib.lenient_config(config)
-  builder = tfds.builder(
-      'segment_anything', config=config, data_dir=os.fspath(data_dir),
-      progress=False, allow_partial=allow_partial,
-      download_options={'disk_mode': 'stream' if stream else 'keep',
-                        'backoff': 0.01, 'retries': 3, 'timeout': 10})
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=os.fspath(manual),
-      beam_runner=runners.local_runner() if beam else None))
-  return builder
+  return build(data_dir, manual, config, beam=beam,
+               allow_partial=allow_partial, download_options={
+                   'disk_mode': 'stream' if stream else 'keep'})
 
 
 def _examples(builder):

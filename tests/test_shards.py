@@ -28,6 +28,7 @@ from segment_anything_tfds.sources.http_tar import HttpTar
 from segment_anything_tfds.tools import fake_data
 
 from conftest import DUMMY_DATA
+from conftest import built_images
 from conftest import make_manual_dir
 from conftest import read_inputs
 from _loopback_server import within
@@ -183,18 +184,6 @@ def _build(manual: pathlib.Path, data_dir: pathlib.Path, **kw):
   return builder
 
 
-def _images(builder) -> dict[int, tuple[bytes, tuple[str, ...]]]:
-  ds = builder.as_dataset(split='train', decoders={
-      'image': {'content': tfds.decode.SkipDecoding()}})
-  out = {}
-  for e in tfds.as_numpy(ds):
-    image_id = int(e['image']['image_id'])
-    assert image_id not in out, f'image {image_id} written twice'
-    out[image_id] = (e['image']['content'], tuple(
-        c.decode() for c in e['annotations']['segmentation']['counts']))
-  return out
-
-
 @pytest.mark.parametrize('layout', [_symlinked_tars, _symlinked_manual_dir,
                                     _symlinked_folder])
 def test_layouts_made_by_hand_build_every_image(layout, tmp_path):
@@ -206,7 +195,7 @@ def test_layouts_made_by_hand_build_every_image(layout, tmp_path):
   expected = {i: (jpg, tuple(a['segmentation']['counts']
                              for a in js['annotations']))
               for i, (jpg, js) in read_inputs(DUMMY).items()}
-  assert _images(builder) == expected
+  assert built_images(builder) == expected
 
 
 def test_special_entries_of_manual_dir_are_refused_never_opened(tmp_path):

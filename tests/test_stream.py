@@ -25,12 +25,12 @@ import tensorflow_datasets as tfds
 import segment_anything_tfds  # pylint: disable=unused-import
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import errors
-from segment_anything_tfds.prepare import runners
 from segment_anything_tfds.prepare import tars
 from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds.sources import manual_dir
 from segment_anything_tfds.tools import fake_data
 
+from conftest import build
 import _hostile_tars
 from _loopback_server import LoopbackServer
 from _loopback_server import within
@@ -275,15 +275,8 @@ def _build(data_dir, manual, *, beam, lenient=False, hold_bytes=None,
   config = config_lib.SegmentAnythingConfig(
       name='streamed', lenient=lenient,
       **({} if hold_bytes is None else {'hold_bytes': hold_bytes}))
-  builder = tfds.builder(
-      'segment_anything', config=config, data_dir=os.fspath(data_dir),
-      progress=False,
-      download_options={'disk_mode': 'stream' if stream else 'keep',
-                        'backoff': 0.01, 'retries': 3, 'timeout': 10})
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=os.fspath(manual),
-      beam_runner=runners.local_runner() if beam else None))
-  return builder
+  return build(data_dir, manual, config, beam=beam, download_options={
+      'disk_mode': 'stream' if stream else 'keep'})
 
 
 def _shard_files(builder) -> dict[str, bytes]:
