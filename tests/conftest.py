@@ -51,6 +51,24 @@ def build(data_dir: os.PathLike, manual_dir: os.PathLike, config, *,
   return builder
 
 
+def tar_bytes(entries, fmt: int = tarfile.GNU_FORMAT, *,
+              mtime: float = 0) -> bytes:
+  """A tar of `entries` (name, data), in order; data None makes a symlink
+  to sa_1.jpg. A float `mtime` gives each member a pax header (PAX)."""
+  buf = io.BytesIO()
+  with tarfile.open(fileobj=buf, mode='w', format=fmt) as t:
+    for name, data in entries:
+      info = tarfile.TarInfo(name)
+      info.mtime = mtime
+      if data is None:
+        info.type, info.linkname = tarfile.SYMTYPE, 'sa_1.jpg'
+        t.addfile(info)
+        continue
+      info.size = len(data)
+      t.addfile(info, io.BytesIO(data))
+  return buf.getvalue()
+
+
 def built_images(builder) -> dict[int, tuple[bytes, tuple[str, ...]]]:
   """image id -> (JPEG bytes, RLE counts) of a prepared dataset, each
   image once (asserted)."""

@@ -8,14 +8,12 @@ from __future__ import annotations
 import datetime
 import functools
 import http.server
-import io
 import json
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 
@@ -26,6 +24,8 @@ import pytest
 from segment_anything_tfds import cli
 from segment_anything_tfds import errors
 from segment_anything_tfds.tools import fake_data
+
+from conftest import tar_bytes
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DUMMY = REPO / 'dummy_data'
@@ -1275,13 +1275,7 @@ def test_hostile_member_names_are_escaped_in_errors_and_warnings(tmp_path):
                                     num_masks=1)
     entries += [(f'{evil}sa_{8 + i}.jpg', jpg),
                 (f'{evil}sa_{8 + i}.json', b'{')]  # Malformed JSON.
-  buf = io.BytesIO()
-  with tarfile.open(fileobj=buf, mode='w', format=tarfile.GNU_FORMAT) as t:
-    for name, data in entries:
-      info = tarfile.TarInfo(name)
-      info.size = len(data)
-      t.addfile(info, io.BytesIO(data))
-  (manual / 'sa_000000.tar').write_bytes(buf.getvalue())
+  (manual / 'sa_000000.tar').write_bytes(tar_bytes(entries))
   raw = ('\x1b', '\x07', '\x9b', '\u202e')
   for mode in ('strict', 'lenient'):
     res = subprocess.run(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pathlib
 import pickle
-import sys
 
 import numpy as np
 import pytest

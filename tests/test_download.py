@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import stat
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 import tracemalloc
@@ -23,6 +21,7 @@ from segment_anything_tfds import options
 from segment_anything_tfds.sources import local
 from segment_anything_tfds.sources import materialize as sources
 from segment_anything_tfds.sources.http_tar import HttpTar
+from conftest import tar_bytes
 from _loopback_server import LoopbackServer
 from _loopback_server import within
 
@@ -36,13 +35,7 @@ OPTS = options.DownloadOptions(retries=4, backoff=0.01, max_backoff=0.05,
 
 def _tar(i: int) -> bytes:
   """A small, whole tar (one member), different for each `i`."""
-  buf = io.BytesIO()
-  with tarfile.open(fileobj=buf, mode='w', format=tarfile.GNU_FORMAT) as t:
-    data = bytes(range(256)) * (40 + 7 * i)
-    info = tarfile.TarInfo(f'sa_{i + 1}.jpg')
-    info.size = len(data)
-    t.addfile(info, io.BytesIO(data))
-  return buf.getvalue()
+  return tar_bytes([(f'sa_{i + 1}.jpg', bytes(range(256)) * (40 + 7 * i))])
 
 
 DATA = {f'sa_00000{i}.tar': _tar(i) for i in range(4)}

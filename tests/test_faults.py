@@ -35,6 +35,7 @@ from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds import options as options_lib
 from segment_anything_tfds.prepare import tars as tars_lib
 
+from conftest import tar_bytes
 import _hostile_tars
 from _loopback_server import HostileServer
 from _loopback_server import LoopbackServer
@@ -368,14 +369,7 @@ def test_ram_manual_dir_is_read_in_place(tars, baseline, tmp_path):
 # ------------------------------------------------------------ hostile tars
 
 
-def _tar_bytes(entries) -> bytes:
-  buf = io.BytesIO()
-  with tarfile.open(fileobj=buf, mode='w', format=tarfile.GNU_FORMAT) as t:
-    for name, data in entries:
-      info = tarfile.TarInfo(name)
-      info.size = len(data)
-      t.addfile(info, io.BytesIO(data))
-  return buf.getvalue()
+_tar_bytes = tar_bytes
 
 
 def _records_of(rng, i):

@@ -7,11 +7,9 @@ Every server is on 127.0.0.1, started and stopped by the test; hosts under
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
-import tarfile
 import time
 
 import pytest
@@ -25,6 +23,7 @@ from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds import options
 from segment_anything_tfds.sources import materialize as sources
 from segment_anything_tfds.sources.http_tar import HttpTar
+from conftest import tar_bytes
 from _loopback_server import HostileServer
 from _loopback_server import LoopbackServer
 from _loopback_server import closed_port
@@ -38,16 +37,7 @@ FAST = options.DownloadOptions(retries=3, backoff=0.01, max_backoff=0.05,
 DEFAULTS = options.DownloadOptions(progress=False, check_disk=False)
 
 
-def _tar() -> bytes:
-  buf = io.BytesIO()
-  with tarfile.open(fileobj=buf, mode='w') as t:
-    info = tarfile.TarInfo('sa_1.jpg')
-    info.size = 3000
-    t.addfile(info, io.BytesIO(b'j' * 3000))
-  return buf.getvalue()
-
-
-TAR = _tar()
+TAR = tar_bytes([('sa_1.jpg', b'j' * 3000)])
 
 
 def _materialize(url, tmp_path, opts):

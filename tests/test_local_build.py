@@ -18,7 +18,6 @@ import tensorflow_datasets as tfds
 
 import segment_anything_tfds  # pylint: disable=unused-import
 from segment_anything_tfds import errors
-from segment_anything_tfds.prepare import records as examples
 from segment_anything_tfds.tools import fake_data
 from segment_anything_tfds.prepare import local as local_build
 from segment_anything_tfds.prepare import plan

@@ -24,6 +24,7 @@ from segment_anything_tfds.sources import manual_dir
 from segment_anything_tfds.sources.http_tar import HttpTar
 from segment_anything_tfds.tools import fake_data
 
+from conftest import tar_bytes
 import _ram_epath
 from _loopback_server import LoopbackServer
 
@@ -34,17 +35,11 @@ def _tar_bytes() -> bytes:
   rng = np.random.default_rng(3)
   records = [(i, *fake_data.image_record(rng, i, height=24, width=20,
                                          num_masks=2)) for i in (1, 2, 3)]
-  buf = io.BytesIO()
-  with tarfile.open(fileobj=buf, mode='w') as t:
-    for image_id, jpg, js in records:
-      for ext, data in (('.jpg', jpg), ('.json', js)):
-        info = tarfile.TarInfo(f'sa_{image_id}{ext}')
-        info.size = len(data)
-        t.addfile(info, io.BytesIO(data))
-    info = tarfile.TarInfo('padding.bin')
-    info.size = 3 << 20  # Make sequential reads span several blocks.
-    t.addfile(info, io.BytesIO(bytes(info.size)))
-  return buf.getvalue()
+  return tar_bytes(
+      [(f'sa_{image_id}{ext}', data) for image_id, jpg, js in records
+       for ext, data in (('.jpg', jpg), ('.json', js))]
+      # Make sequential reads span several blocks.
+      + [('padding.bin', bytes(3 << 20))])
 
 
 BLOB = _tar_bytes()

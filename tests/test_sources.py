@@ -6,15 +6,12 @@ import dataclasses
 import hashlib
 import os
 import pathlib
-import shutil
 
 import pytest
 
 from segment_anything_tfds.sources import checksums
 from segment_anything_tfds.sources import download
 from segment_anything_tfds import errors
-from segment_anything_tfds.tools import fake_data
-from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds import options
 from segment_anything_tfds.sources import local
 from segment_anything_tfds.sources import manual_dir as shards

@@ -31,6 +31,7 @@ from segment_anything_tfds.sources import manual_dir
 from segment_anything_tfds.tools import fake_data
 
 from conftest import build
+from conftest import tar_bytes
 import _hostile_tars
 from _loopback_server import LoopbackServer
 from _loopback_server import within
@@ -40,18 +41,8 @@ NAME = 'sa_000000.tar'
 
 def _tar(entries, fmt=tarfile.GNU_FORMAT) -> bytes:
   """A tar of (name, data) members; data None makes a symlink."""
-  buf = io.BytesIO()
-  with tarfile.open(fileobj=buf, mode='w', format=fmt) as t:
-    for name, data in entries:
-      info = tarfile.TarInfo(name)
-      info.mtime = 1680000000.5  # A float: pax tars get a header each.
-      if data is None:
-        info.type, info.linkname = tarfile.SYMTYPE, 'sa_1.jpg'
-        t.addfile(info)
-        continue
-      info.size = len(data)
-      t.addfile(info, io.BytesIO(data))
-  return buf.getvalue()
+  return tar_bytes(entries, fmt, mtime=1680000000.5)  # A float: pax tars
+  # get a header each.
 
 
 def _source(tmp_path: pathlib.Path, blob: bytes):

@@ -1,7 +1,6 @@
 """Tar indexing and pairing, on tars written in every SA-1B member layout."""
 
 import io
-import json
 import re
 import tarfile
 import tracemalloc
