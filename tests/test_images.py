@@ -127,6 +127,170 @@ def test_unreadable_lists(tmp_path):
       image_list.make(bad)
 
 
+def test_a_list_line_ends_at_a_newline_only(tmp_path):
+  # \v, \f, \x1c-\x1e, \x85, U+2028/9 are in a line, not between lines.
+  path = tmp_path / 'l.txt'
+  for data, where, shown in [
+      (b'1\x0b2\n', 'l.txt:1:', r"'1\x0b2'"),
+      (b'1\x0b2\x1c3\nsa_01.jpg\n', 'l.txt:1:', r"'1\x0b2\x1c3'"),
+      (b'1\n2\x0c\n', 'l.txt:2:', r"'2\x0c'"),
+      (b'1\n\x1c\n', 'l.txt:2:', r"'\x1c'"),
+      ('7\n8\u20289\n'.encode(), 'l.txt:2:', r"'8\u20289'"),
+      ('7\n8\x85\n'.encode(), 'l.txt:2:', r"'8\x85'"),
+      ('7\n\xa012\n'.encode(), 'l.txt:2:', r"'\xa012'"),
+      (b'1\r2\r3\r', 'l.txt:1:', r"'1\r2\r3'"),  # Old Mac lines: one line.
+      (b'1\x0b\n2\x0b\n3\n\nsa_01.jpg\n', 'l.txt:1:', r"'1\x0b'"),
+      (b'5\n6\n\n8\n9\x1d\nsa_01.jpg\n', 'l.txt:5:', r"'9\x1d'"),
+  ]:
+    path.write_bytes(data)
+    with pytest.raises(errors.ConfigError) as e:
+      image_list.make(path)
+    assert str(e.value).startswith(f'{tmp_path}/{where} {shown}:'), (data, e)
+  # Spaces, tabs and a carriage return around an id are not part of it; the
+  # documented recipe then gives the list's hash.
+  path.write_bytes(b'12\r\n \t3 \r\n\r\n\t\nsa_7.jpg\n3\n')
+  assert image_list.make(path).ids.tolist() == [3, 7, 12]
+  path.write_bytes(b'12\n3\n7\n3\n')
+  recipe = subprocess.run(f'sort -n -u {path} | sha256sum', shell=True,
+                          capture_output=True, text=True, check=True)
+  assert recipe.stdout.split()[0] == image_list.make(path).sha256
+
+
+def _lines_as_documented(data: bytes, origin: str) -> list[int]:
+  """The text list rule written plainly: split at b'\n', strip spaces, tabs
+  and carriage returns, each line an id (or refused by `parse_item`)."""
+  data = data.removeprefix(b'\xef\xbb\xbf')
+  try:
+    text = data.decode('utf-8')
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b'\n') + 1
+    raise errors.ConfigError(f'{origin}:{line}: not UTF-8 text') from None
+  ids = []
+  for number, line in enumerate(text.split('\n'), 1):
+    if line := line.strip(' \t\r'):
+      ids.append(image_list.parse_item(line, f'{origin}:{number}'))
+  return ids
+
+
+def test_text_lists_read_from_the_bytes_as_the_rule_says(monkeypatch):
+  # The bytes parser (chunks, a fast path for ids and names) accepts and
+  # refuses exactly what the plain rule does, with the same message.
+  monkeypatch.setattr(image_list, '_CHUNK', 7)  # Many chunks, lines across.
+  pieces = ['1', '0', '00', '01', '10', '9' * 19, '9' * 20,
+            str((1 << 63) - 1), str(1 << 63), 'sa_', '.jpg', 'sa_5.jpg',
+            'sa_05.jpg', 'sa_5.JPG', '5.jpg', ' ', '\t', '\r', '\n', '\n',
+            '\n', '\x0b', '\x0c', '\x1c', '\x85', '\xa0', '\u2028', '١',
+            '+1', '-1', '1_0', '1 2', 'x', '[', ',', '\ufeff']
+  rng = np.random.default_rng(7)
+  outcomes = set()
+  for trial in range(3000):
+    text = ''.join(rng.choice(pieces, rng.integers(0, 12)))
+    data = text.encode()
+    if trial % 10 == 0:  # Some bytes that are not UTF-8.
+      data = data[:len(data) // 2] + b'\xc3' + data[len(data) // 2:]
+    if data.removeprefix(b'\xef\xbb\xbf').lstrip(b' \t\r\n')[:1] in (
+        b'[', b'{'):
+      continue  # JSON.
+    try:
+      want = sorted(set(_lines_as_documented(data, 'f')))
+    except errors.ConfigError as e:
+      want = str(e)
+    try:
+      got = sorted(set(image_list.parse_text(data, 'f').tolist()))
+    except errors.ConfigError as e:
+      got = str(e)
+    assert got == want, data
+    outcomes.add(type(want))
+  assert outcomes == {list, str}
+
+
+def _peak_rss_mb(tmp_path, code):
+  """The growth of a fresh interpreter's peak RSS (MB) while `code` runs."""
+  script = tmp_path / 'peak.py'
+  script.write_text(
+      'def hwm():\n'
+      '  return int(next(l for l in open("/proc/self/status")\n'
+      '                  if l.startswith("VmHWM")).split()[1]) / 1024\n'
+      'from segment_anything_tfds import errors\n'
+      'from segment_anything_tfds.prepare import image_list\n'
+      'from segment_anything_tfds.sources import paths\n'
+      'import etils.epath\n'
+      'before = hwm()\n' + code + '\nprint(hwm() - before)\n')
+  res = subprocess.run([sys.executable, str(script)], capture_output=True,
+                       text=True, timeout=300)
+  assert res.returncode == 0, res.stderr
+  return float(res.stdout.split()[-1])
+
+
+def test_a_list_costs_a_small_multiple_of_its_size(tmp_path):
+  # 1 M distinct names (15 MB): held once, plus 8 bytes per id (it was 14
+  # times the list's size); a file over the cap is refused without a read.
+  names = tmp_path / 'names.txt'
+  names.write_bytes(b''.join(b'sa_%d.jpg\n' % (i * 11 + 1_000_000)
+                             for i in range(1 << 20)))
+  size_mb = names.stat().st_size / 1e6
+  grew = _peak_rss_mb(tmp_path, f'assert len(image_list.make("{names}"))'
+                      ' == 1 << 20')
+  assert grew < 3.5 * size_mb, (grew, size_mb)
+  assert image_list.MAX_LIST_BYTES == 256 << 20
+  big = tmp_path / 'big.txt'
+  with big.open('wb') as f:  # Sparse: no disk, 257 MiB of zero bytes.
+    f.truncate(image_list.MAX_LIST_BYTES + 1)
+  grew = _peak_rss_mb(
+      tmp_path, 'try:\n'
+      f'  image_list.make("{big}")\n'
+      'except errors.ConfigError as e:\n'
+      '  assert "over 256 MiB: not an image list" in str(e), e\n')
+  assert grew < 20, grew
+
+
+def test_lists_that_are_no_regular_file_are_refused_before_a_read(tmp_path):
+  fifo = tmp_path / 'fifo.txt'
+  os.mkfifo(fifo)
+  (tmp_path / 'zero.txt').symlink_to('/dev/zero')
+  (tmp_path / 'dir.txt').mkdir()
+  try:
+    for name, message in [
+        ('fifo.txt', 'not a regular file (a FIFO, device or socket)'),
+        ('zero.txt', 'not a regular file (a FIFO, device or socket)'),
+        ('dir.txt', 'a directory, not a list file')]:
+      with pytest.raises(errors.SourceError) as e:
+        within(30, image_list.make, tmp_path / name)
+      assert str(e.value) == f'image list {tmp_path / name}: {message}'
+  finally:  # Frees a reader an older version left blocked on the FIFO.
+    try:
+      os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+      pass
+
+
+def test_a_deeply_nested_json_list_is_a_one_line_error(tmp_path, capsys):
+  deep = tmp_path / 'deep.json'
+  deep.write_text('[' * 100_000 + ']' * 100_000)
+  with pytest.raises(errors.ConfigError) as e:
+    image_list.make(deep)
+  assert str(e.value) == f'{deep}: not an image list: JSON nested too deeply'
+  # Nested as JSON reads it: the entry is shown, cut, in one line.
+  deep.write_text('[' * 300 + ']' * 300)
+  with pytest.raises(errors.ConfigError) as e:
+    image_list.make(deep)
+  assert str(e.value).startswith(f'{deep}: entry 1: {"[" * 57}...: expected')
+  nested = []
+  for _ in range(100_000):
+    nested = [nested]
+  assert image_list.shown(nested) == 'a list nested too deeply'
+  assert image_list.shown('x' * 10**6) == "'" + 'x' * 56 + '...'
+  deep.write_text('[' * 100_000 + ']' * 100_000)
+  for argv in (['index', '--manual_dir', DUMMY_DATA, '--images', deep],
+               ['build', '--config', 'all', '--images', deep, '--manual_dir',
+                DUMMY_DATA, '--data_dir', tmp_path / 'd']):
+    code, _, err = run(capsys, *argv, '--no_progress')
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f'segment-anything-tfds {argv[0]}: error: {deep}: not an image list:'
+        ' JSON nested too deeply'], err
+
+
 # ------------------------------------------------------------ the config
 
 
