@@ -253,7 +253,7 @@ def test_lists_that_are_no_regular_file_are_refused_before_a_read(tmp_path):
     for name, message in [
         ('fifo.txt', 'not a regular file (a FIFO, device or socket)'),
         ('zero.txt', 'not a regular file (a FIFO, device or socket)'),
-        ('dir.txt', 'a directory, not a list file')]:
+        ('dir.txt', 'a directory, not a file')]:
       with pytest.raises(errors.SourceError) as e:
         within(30, image_list.make, tmp_path / name)
       assert str(e.value) == f'image list {tmp_path / name}: {message}'
@@ -789,6 +789,139 @@ def test_index_errors_are_one_line(tmp_path, capsys, monkeypatch):
                          ' pyarrow, or use a .jsonl index (always'
                          ' available)')
   assert not list(tmp_path.glob('i.parquet*'))
+
+
+def _one_error(capsys, *argv):
+  """The one line of a failed command (exit code 1), after 'error: '."""
+  code, out, err = run(capsys, 'index', *argv, '--no_progress')
+  assert code == 1, (out, err)
+  lines = err.strip().splitlines()
+  assert len(lines) == 1, err
+  return out, lines[0].split(': error: ', 1)[1]
+
+
+def test_index_paths_are_checked_before_any_work(tmp_path, capsys,
+                                                 monkeypatch):
+  listed = tmp_path / 'l.txt'
+  listed.write_text('2\n12\n')
+  index_file = tmp_path / 'i.jsonl'
+  index_file.write_text('{"image_id": 2, "tar": "sa_000000.tar"}\n')
+  for name in ('dir.jsonl', 'out.jsonl', 'report'):
+    (tmp_path / name).mkdir()
+  indexed = []
+  real_index = tars.index
+  monkeypatch.setattr(tars, 'index',
+                      lambda source: indexed.append(source) or
+                      real_index(source))
+  out, line = _one_error(capsys, '--from', tmp_path / 'dir.jsonl',
+                         '--images', listed)
+  assert line == f'index {tmp_path}/dir.jsonl: a directory, not a file'
+  out, line = _one_error(capsys, '--from', index_file, '--images', listed,
+                         '--json', tmp_path / 'report')
+  assert not out  # Refused before the report is printed.
+  assert line == (f'{tmp_path}/report: cannot write the report there (it is'
+                  ' a directory)')
+  out, line = _one_error(capsys, '--manual_dir', DUMMY_DATA, '--out',
+                         tmp_path / 'out.jsonl')
+  assert line == (f'{tmp_path}/out.jsonl: cannot write the index there (it'
+                  ' is a directory)')
+  out, line = _one_error(capsys, '--manual_dir', DUMMY_DATA, '--out',
+                         listed / 'x.jsonl')
+  assert line == (f'{listed}/x.jsonl: cannot write the index there'
+                  f' ({listed} is not a directory)')
+  out, line = _one_error(capsys, '--manual_dir', DUMMY_DATA, '--images',
+                         listed, '--json', listed / 'no' / 'r.json')
+  assert line == (f'{listed}/no/r.json: cannot write the report there'
+                  f' ({listed} is not a directory)')
+  assert not indexed  # No tar was read for any of them.
+  # A report's missing folder is made.
+  code, _, err = run(capsys, 'index', '--from', index_file, '--images',
+                     listed, '--json', tmp_path / 'new' / 'dir' / 'r.json')
+  assert code == 0, err
+  assert json.loads((tmp_path / 'new' / 'dir' / 'r.json').read_text())[
+      'missing'] == [12]
+  # Made a directory while the tars are read: the index cannot be put in
+  # place; one line, and no part file left.
+  late = tmp_path / 'late' / 'index.parquet'
+  real_write = image_index.Writer.write
+
+  def write_then_block(writer, batch):
+    real_write(writer, batch)
+    late.mkdir(exist_ok=True)
+  monkeypatch.setattr(image_index.Writer, 'write', write_then_block)
+  out, line = _one_error(capsys, '--manual_dir', DUMMY_DATA, '--out', late)
+  assert line == f'{late}: cannot write the index there (it is a directory)'
+  assert os.listdir(late.parent) == ['index.parquet']  # The directory.
+  # The same for the report, once it is printed.
+  monkeypatch.setattr(image_index.Holders, 'report', lambda self: (
+      (tmp_path / 'late.json').mkdir(), {
+          'list': 'l', 'listed': 0, 'tars': {}, 'missing': []})[1])
+  out, line = _one_error(capsys, '--from', index_file, '--images', listed,
+                         '--json', tmp_path / 'late.json')
+  assert line == (f'{tmp_path}/late.json: cannot write the report there (it'
+                  ' is a directory)')
+  assert not list(tmp_path.glob('.*.part'))
+
+
+def test_hostile_index_files_are_one_line_errors(tmp_path, capsys):
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  listed = tmp_path / 'l.txt'
+  listed.write_text('1\n2\n')
+  # A good footer, a corrupt data page.
+  n = 100_000
+  pq.write_table(pa.table({'image_id': list(range(n)),
+                           'tar': ['sa_000000.tar'] * n}),
+                 tmp_path / 'good.parquet', compression='snappy')
+  data = bytearray((tmp_path / 'good.parquet').read_bytes())
+  data[100:2000] = b'\xff' * 1900
+  (tmp_path / 'corrupt.parquet').write_bytes(data)
+  _, line = _one_error(capsys, '--from', tmp_path / 'corrupt.parquet',
+                       '--images', listed)
+  assert line.startswith(f'{tmp_path}/corrupt.parquet:row group 1 of 1:'
+                         ' cannot be read ('), line
+  row = b'{"image_id": 1, "tar": "sa_000000.tar"}'
+  files = {
+      'deep.jsonl': (row + b'\n' + b'[' * 100_000 + b']' * 100_000 + b'\n',
+                     ':2: not a JSON object (nested too deeply)'),
+      'long.jsonl': (row + b'\n' + row[:-1] + b', "pad": "' + b'x' * (2 << 20)
+                     + b'"}\n', ':2: a line over 1 MiB: not an index row'),
+      'long_end.jsonl': (row + b'\n' + b'x' * (2 << 20),
+                         ':2: a line over 1 MiB: not an index row'),
+      'huge_id.jsonl': (b'{"image_id": "' + b'A' * 1_000_000 + b'", "tar":'
+                        b' "sa_000000.tar"}\n',
+                        f":1: image_id '{'A' * 56}... is not an image id"),
+      'huge_tar.jsonl': (b'{"image_id": 1, "tar": "' + b'\\u001b' * 1000
+                         + b'"}\n', r":1: tar '\x1b\x1b"),
+  }
+  for name, (content, message) in files.items():
+    (tmp_path / name).write_bytes(content)
+    _, line = _one_error(capsys, '--from', tmp_path / name, '--images',
+                         listed)
+    assert line.startswith(f'{tmp_path}/{name}{message}'), line
+    assert len(line) < 250, line
+  # A line of exactly the cap is a row like any other.
+  pad = image_index.MAX_LINE_BYTES - len(row) - len(b', "pad": ""')
+  (tmp_path / 'edge.jsonl').write_bytes(
+      row[:-1] + b', "pad": "' + b'x' * pad + b'"}\n' + row + b'\n')
+  code, out, err = run(capsys, 'index', '--from', tmp_path / 'edge.jsonl',
+                       '--images', listed)
+  assert code == 0, err
+  assert out.splitlines()[-1].startswith('1 of the 2 listed images')
+  # Endless or blocking files are refused before a read.
+  os.mkfifo(tmp_path / 'fifo.jsonl')
+  (tmp_path / 'zero.jsonl').symlink_to('/dev/zero')
+  try:
+    for name in ('zero.jsonl', 'fifo.jsonl'):
+      _, line = within(30, _one_error, capsys, '--from', tmp_path / name,
+                       '--images', listed)
+      assert line == (f'index {tmp_path}/{name}: not a regular file (a FIFO,'
+                      ' device or socket)')
+  finally:  # Frees a reader an older version left blocked on the FIFO.
+    try:
+      os.close(os.open(tmp_path / 'fifo.jsonl', os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+      pass
 
 
 # ------------------------------------------------------------------ CLI

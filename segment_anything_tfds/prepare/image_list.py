@@ -251,20 +251,24 @@ def parse_text(data: bytes, origin: str) -> np.ndarray:
   return _from_lines(data, start, origin)
 
 
-def _open_local(origin: str):
-  """The regular file at `origin`, opened without blocking on a FIFO with
-  no writer, and checked (kind, size) before anything is read."""
+def open_regular(origin: str, what: str):
+  """The regular local file at `origin`, opened for reading, checked before
+  anything is read: opened without blocking (a FIFO with no writer), then
+  refused, naming `what` and the path, if it is not a regular file (a FIFO,
+  a device such as /dev/zero, a directory).
+
+  Raises:
+    errors.SourceError: not a regular file.
+    OSError: from the open (no such file, no access...).
+  """
   fd = os.open(origin, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
   try:
-    info = os.fstat(fd)
-    if stat.S_ISDIR(info.st_mode):
-      raise errors.SourceError(f'image list {origin}: a directory, not a list'
-                               ' file')
-    if not stat.S_ISREG(info.st_mode):
-      raise errors.SourceError(f'image list {origin}: not a regular file (a'
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISDIR(mode):
+      raise errors.SourceError(f'{what} {origin}: a directory, not a file')
+    if not stat.S_ISREG(mode):
+      raise errors.SourceError(f'{what} {origin}: not a regular file (a'
                                ' FIFO, device or socket)')
-    if info.st_size > MAX_LIST_BYTES:
-      raise _too_large(origin)
     os.set_blocking(fd, True)
     return os.fdopen(fd, 'rb')
   except BaseException:
@@ -284,7 +288,10 @@ def read_file(path: os.PathLike | str) -> np.ndarray:
   origin = os.fspath(path)
   try:
     if paths_lib.is_local(origin):
-      f = _open_local(origin)
+      f = open_regular(origin, 'image list')
+      if os.fstat(f.fileno()).st_size > MAX_LIST_BYTES:
+        f.close()
+        raise _too_large(origin)
     else:
       f = epath.Path(path).open('rb')
     with f:
@@ -294,8 +301,8 @@ def read_file(path: os.PathLike | str) -> np.ndarray:
   except (FileNotFoundError, NotADirectoryError):
     raise errors.SourceError(f'image list {origin}: no such file') from None
   except IsADirectoryError:
-    raise errors.SourceError(f'image list {origin}: a directory, not a list'
-                             ' file') from None
+    raise errors.SourceError(f'image list {origin}: a directory, not a file'
+                             ) from None
   except OSError as e:
     raise errors.SourceError(f'image list {origin}: cannot be read'
                              f' ({e.strerror or e})') from None
