@@ -53,14 +53,18 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   if args.json and image_index.unwritable(args.json):
     raise image_index.cannot_write(args.json, 'the report', None)
   rows = image_index.read_pairs(args.from_file) if args.from_file else None
-  images = image_list.make(args.images) if args.images else None
-  holders = image_index.Holders(images) if images is not None else None
-  if rows is not None:
-    while batch := list(itertools.islice(rows, _BATCH)):
-      ids, tars = zip(*batch)
-      holders.add(ids, np.array(tars))
-  else:
-    _index(args, holders)
+  try:
+    images = image_list.make(args.images) if args.images else None
+    holders = image_index.Holders(images) if images is not None else None
+    if rows is not None:
+      while batch := list(itertools.islice(rows, _BATCH)):
+        ids, tars = zip(*batch)
+        holders.add(ids, np.array(tars))
+    else:
+      _index(args, holders)
+  finally:
+    if rows is not None:
+      rows.close()
   if holders is not None:
     _report(holders.report(), args)
   return 0

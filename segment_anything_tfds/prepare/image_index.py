@@ -95,7 +95,7 @@ def unwritable(path: str) -> str | None:
   if not paths_lib.is_local(path):
     return None
   full = os.path.abspath(path)
-  if os.path.isdir(full):
+  if os.path.isdir(full) and not os.path.islink(full):  # A link is replaced.
     return 'it is a directory'
   folder = os.path.dirname(full)
   while not os.path.lexists(folder):  # The nearest folder there is.
@@ -267,9 +267,27 @@ def read_pairs(path: epath.PathLike) -> Iterator[tuple[int, int]]:
   except OSError as e:
     raise errors.SourceError(f'index {path_text}: cannot be read'
                              f' ({e.strerror or e})') from None
-  if fmt == '.jsonl':
-    return _jsonl_pairs(f, path_text)
-  return _parquet_pairs(f, path_text)
+  return _Rows(f, (_jsonl_pairs if fmt == '.jsonl' else _parquet_pairs)(
+      f, path_text))
+
+
+class _Rows:
+  """The checked rows of an open index file, as iterated; `close` closes
+  the file, read or not (a generator not started would leave it open)."""
+
+  def __init__(self, file, rows: Iterator[tuple[int, int]]):
+    self._file = file
+    self._rows = rows
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> tuple[int, int]:
+    return next(self._rows)
+
+  def close(self) -> None:
+    self._rows.close()
+    self._file.close()
 
 
 def _jsonl_pairs(f, path: str) -> Iterator[tuple[int, int]]:
