@@ -127,6 +127,170 @@ def test_unreadable_lists(tmp_path):
       image_list.make(bad)
 
 
+def test_a_list_line_ends_at_a_newline_only(tmp_path):
+  # \v, \f, \x1c-\x1e, \x85, U+2028/9 are in a line, not between lines.
+  path = tmp_path / 'l.txt'
+  for data, where, shown in [
+      (b'1\x0b2\n', 'l.txt:1:', r"'1\x0b2'"),
+      (b'1\x0b2\x1c3\nsa_01.jpg\n', 'l.txt:1:', r"'1\x0b2\x1c3'"),
+      (b'1\n2\x0c\n', 'l.txt:2:', r"'2\x0c'"),
+      (b'1\n\x1c\n', 'l.txt:2:', r"'\x1c'"),
+      ('7\n8\u20289\n'.encode(), 'l.txt:2:', r"'8\u20289'"),
+      ('7\n8\x85\n'.encode(), 'l.txt:2:', r"'8\x85'"),
+      ('7\n\xa012\n'.encode(), 'l.txt:2:', r"'\xa012'"),
+      (b'1\r2\r3\r', 'l.txt:1:', r"'1\r2\r3'"),  # Old Mac lines: one line.
+      (b'1\x0b\n2\x0b\n3\n\nsa_01.jpg\n', 'l.txt:1:', r"'1\x0b'"),
+      (b'5\n6\n\n8\n9\x1d\nsa_01.jpg\n', 'l.txt:5:', r"'9\x1d'"),
+  ]:
+    path.write_bytes(data)
+    with pytest.raises(errors.ConfigError) as e:
+      image_list.make(path)
+    assert str(e.value).startswith(f'{tmp_path}/{where} {shown}:'), (data, e)
+  # Spaces, tabs and a carriage return around an id are not part of it; the
+  # documented recipe then gives the list's hash.
+  path.write_bytes(b'12\r\n \t3 \r\n\r\n\t\nsa_7.jpg\n3\n')
+  assert image_list.make(path).ids.tolist() == [3, 7, 12]
+  path.write_bytes(b'12\n3\n7\n3\n')
+  recipe = subprocess.run(f'sort -n -u {path} | sha256sum', shell=True,
+                          capture_output=True, text=True, check=True)
+  assert recipe.stdout.split()[0] == image_list.make(path).sha256
+
+
+def _lines_as_documented(data: bytes, origin: str) -> list[int]:
+  """The text list rule written plainly: split at b'\n', strip spaces, tabs
+  and carriage returns, each line an id (or refused by `parse_item`)."""
+  data = data.removeprefix(b'\xef\xbb\xbf')
+  try:
+    text = data.decode('utf-8')
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b'\n') + 1
+    raise errors.ConfigError(f'{origin}:{line}: not UTF-8 text') from None
+  ids = []
+  for number, line in enumerate(text.split('\n'), 1):
+    if line := line.strip(' \t\r'):
+      ids.append(image_list.parse_item(line, f'{origin}:{number}'))
+  return ids
+
+
+def test_text_lists_read_from_the_bytes_as_the_rule_says(monkeypatch):
+  # The bytes parser (chunks, a fast path for ids and names) accepts and
+  # refuses exactly what the plain rule does, with the same message.
+  monkeypatch.setattr(image_list, '_CHUNK', 7)  # Many chunks, lines across.
+  pieces = ['1', '0', '00', '01', '10', '9' * 19, '9' * 20,
+            str((1 << 63) - 1), str(1 << 63), 'sa_', '.jpg', 'sa_5.jpg',
+            'sa_05.jpg', 'sa_5.JPG', '5.jpg', ' ', '\t', '\r', '\n', '\n',
+            '\n', '\x0b', '\x0c', '\x1c', '\x85', '\xa0', '\u2028', '١',
+            '+1', '-1', '1_0', '1 2', 'x', '[', ',', '\ufeff']
+  rng = np.random.default_rng(7)
+  outcomes = set()
+  for trial in range(3000):
+    text = ''.join(rng.choice(pieces, rng.integers(0, 12)))
+    data = text.encode()
+    if trial % 10 == 0:  # Some bytes that are not UTF-8.
+      data = data[:len(data) // 2] + b'\xc3' + data[len(data) // 2:]
+    if data.removeprefix(b'\xef\xbb\xbf').lstrip(b' \t\r\n')[:1] in (
+        b'[', b'{'):
+      continue  # JSON.
+    try:
+      want = sorted(set(_lines_as_documented(data, 'f')))
+    except errors.ConfigError as e:
+      want = str(e)
+    try:
+      got = sorted(set(image_list.parse_text(data, 'f').tolist()))
+    except errors.ConfigError as e:
+      got = str(e)
+    assert got == want, data
+    outcomes.add(type(want))
+  assert outcomes == {list, str}
+
+
+def _peak_rss_mb(tmp_path, code):
+  """The growth of a fresh interpreter's peak RSS (MB) while `code` runs."""
+  script = tmp_path / 'peak.py'
+  script.write_text(
+      'def hwm():\n'
+      '  return int(next(l for l in open("/proc/self/status")\n'
+      '                  if l.startswith("VmHWM")).split()[1]) / 1024\n'
+      'from segment_anything_tfds import errors\n'
+      'from segment_anything_tfds.prepare import image_list\n'
+      'from segment_anything_tfds.sources import paths\n'
+      'import etils.epath\n'
+      'before = hwm()\n' + code + '\nprint(hwm() - before)\n')
+  res = subprocess.run([sys.executable, str(script)], capture_output=True,
+                       text=True, timeout=300)
+  assert res.returncode == 0, res.stderr
+  return float(res.stdout.split()[-1])
+
+
+def test_a_list_costs_a_small_multiple_of_its_size(tmp_path):
+  # 1 M distinct names (15 MB): held once, plus 8 bytes per id (it was 14
+  # times the list's size); a file over the cap is refused without a read.
+  names = tmp_path / 'names.txt'
+  names.write_bytes(b''.join(b'sa_%d.jpg\n' % (i * 11 + 1_000_000)
+                             for i in range(1 << 20)))
+  size_mb = names.stat().st_size / 1e6
+  grew = _peak_rss_mb(tmp_path, f'assert len(image_list.make("{names}"))'
+                      ' == 1 << 20')
+  assert grew < 3.5 * size_mb, (grew, size_mb)
+  assert image_list.MAX_LIST_BYTES == 256 << 20
+  big = tmp_path / 'big.txt'
+  with big.open('wb') as f:  # Sparse: no disk, 257 MiB of zero bytes.
+    f.truncate(image_list.MAX_LIST_BYTES + 1)
+  grew = _peak_rss_mb(
+      tmp_path, 'try:\n'
+      f'  image_list.make("{big}")\n'
+      'except errors.ConfigError as e:\n'
+      '  assert "over 256 MiB: not an image list" in str(e), e\n')
+  assert grew < 20, grew
+
+
+def test_lists_that_are_no_regular_file_are_refused_before_a_read(tmp_path):
+  fifo = tmp_path / 'fifo.txt'
+  os.mkfifo(fifo)
+  (tmp_path / 'zero.txt').symlink_to('/dev/zero')
+  (tmp_path / 'dir.txt').mkdir()
+  try:
+    for name, message in [
+        ('fifo.txt', 'not a regular file (a FIFO, device or socket)'),
+        ('zero.txt', 'not a regular file (a FIFO, device or socket)'),
+        ('dir.txt', 'a directory, not a file')]:
+      with pytest.raises(errors.SourceError) as e:
+        within(30, image_list.make, tmp_path / name)
+      assert str(e.value) == f'image list {tmp_path / name}: {message}'
+  finally:  # Frees a reader an older version left blocked on the FIFO.
+    try:
+      os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+      pass
+
+
+def test_a_deeply_nested_json_list_is_a_one_line_error(tmp_path, capsys):
+  deep = tmp_path / 'deep.json'
+  deep.write_text('[' * 100_000 + ']' * 100_000)
+  with pytest.raises(errors.ConfigError) as e:
+    image_list.make(deep)
+  assert str(e.value) == f'{deep}: not an image list: JSON nested too deeply'
+  # Nested as JSON reads it: the entry is shown, cut, in one line.
+  deep.write_text('[' * 300 + ']' * 300)
+  with pytest.raises(errors.ConfigError) as e:
+    image_list.make(deep)
+  assert str(e.value).startswith(f'{deep}: entry 1: {"[" * 57}...: expected')
+  nested = []
+  for _ in range(100_000):
+    nested = [nested]
+  assert image_list.shown(nested) == 'a list nested too deeply'
+  assert image_list.shown('x' * 10**6) == "'" + 'x' * 56 + '...'
+  deep.write_text('[' * 100_000 + ']' * 100_000)
+  for argv in (['index', '--manual_dir', DUMMY_DATA, '--images', deep],
+               ['build', '--config', 'all', '--images', deep, '--manual_dir',
+                DUMMY_DATA, '--data_dir', tmp_path / 'd']):
+    code, _, err = run(capsys, *argv, '--no_progress')
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f'segment-anything-tfds {argv[0]}: error: {deep}: not an image list:'
+        ' JSON nested too deeply'], err
+
+
 # ------------------------------------------------------------ the config
 
 
@@ -621,6 +785,139 @@ def test_index_errors_are_one_line(tmp_path, capsys, monkeypatch):
                          ' pyarrow, or use a .jsonl index (always'
                          ' available)')
   assert not list(tmp_path.glob('i.parquet*'))
+
+
+def _one_error(capsys, *argv):
+  """The one line of a failed command (exit code 1), after 'error: '."""
+  code, out, err = run(capsys, 'index', *argv, '--no_progress')
+  assert code == 1, (out, err)
+  lines = err.strip().splitlines()
+  assert len(lines) == 1, err
+  return out, lines[0].split(': error: ', 1)[1]
+
+
+def test_index_paths_are_checked_before_any_work(tmp_path, capsys,
+                                                 monkeypatch):
+  listed = tmp_path / 'l.txt'
+  listed.write_text('2\n12\n')
+  index_file = tmp_path / 'i.jsonl'
+  index_file.write_text('{"image_id": 2, "tar": "sa_000000.tar"}\n')
+  for name in ('dir.jsonl', 'out.jsonl', 'report'):
+    (tmp_path / name).mkdir()
+  indexed = []
+  real_index = tars.index
+  monkeypatch.setattr(tars, 'index',
+                      lambda source: indexed.append(source) or
+                      real_index(source))
+  out, line = _one_error(capsys, '--from', tmp_path / 'dir.jsonl',
+                         '--images', listed)
+  assert line == f'index {tmp_path}/dir.jsonl: a directory, not a file'
+  out, line = _one_error(capsys, '--from', index_file, '--images', listed,
+                         '--json', tmp_path / 'report')
+  assert not out  # Refused before the report is printed.
+  assert line == (f'{tmp_path}/report: cannot write the report there (it is'
+                  ' a directory)')
+  out, line = _one_error(capsys, '--manual_dir', DUMMY_DATA, '--out',
+                         tmp_path / 'out.jsonl')
+  assert line == (f'{tmp_path}/out.jsonl: cannot write the index there (it'
+                  ' is a directory)')
+  out, line = _one_error(capsys, '--manual_dir', DUMMY_DATA, '--out',
+                         listed / 'x.jsonl')
+  assert line == (f'{listed}/x.jsonl: cannot write the index there'
+                  f' ({listed} is not a directory)')
+  out, line = _one_error(capsys, '--manual_dir', DUMMY_DATA, '--images',
+                         listed, '--json', listed / 'no' / 'r.json')
+  assert line == (f'{listed}/no/r.json: cannot write the report there'
+                  f' ({listed} is not a directory)')
+  assert not indexed  # No tar was read for any of them.
+  # A report's missing folder is made.
+  code, _, err = run(capsys, 'index', '--from', index_file, '--images',
+                     listed, '--json', tmp_path / 'new' / 'dir' / 'r.json')
+  assert code == 0, err
+  assert json.loads((tmp_path / 'new' / 'dir' / 'r.json').read_text())[
+      'missing'] == [12]
+  # Made a directory while the tars are read: the index cannot be put in
+  # place; one line, and no part file left.
+  late = tmp_path / 'late' / 'index.parquet'
+  real_write = image_index.Writer.write
+
+  def write_then_block(writer, batch):
+    real_write(writer, batch)
+    late.mkdir(exist_ok=True)
+  monkeypatch.setattr(image_index.Writer, 'write', write_then_block)
+  out, line = _one_error(capsys, '--manual_dir', DUMMY_DATA, '--out', late)
+  assert line == f'{late}: cannot write the index there (it is a directory)'
+  assert os.listdir(late.parent) == ['index.parquet']  # The directory.
+  # The same for the report, once it is printed.
+  monkeypatch.setattr(image_index.Holders, 'report', lambda self: (
+      (tmp_path / 'late.json').mkdir(), {
+          'list': 'l', 'listed': 0, 'tars': {}, 'missing': []})[1])
+  out, line = _one_error(capsys, '--from', index_file, '--images', listed,
+                         '--json', tmp_path / 'late.json')
+  assert line == (f'{tmp_path}/late.json: cannot write the report there (it'
+                  ' is a directory)')
+  assert not list(tmp_path.glob('.*.part'))
+
+
+def test_hostile_index_files_are_one_line_errors(tmp_path, capsys):
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  listed = tmp_path / 'l.txt'
+  listed.write_text('1\n2\n')
+  # A good footer, a corrupt data page.
+  n = 100_000
+  pq.write_table(pa.table({'image_id': list(range(n)),
+                           'tar': ['sa_000000.tar'] * n}),
+                 tmp_path / 'good.parquet', compression='snappy')
+  data = bytearray((tmp_path / 'good.parquet').read_bytes())
+  data[100:2000] = b'\xff' * 1900
+  (tmp_path / 'corrupt.parquet').write_bytes(data)
+  _, line = _one_error(capsys, '--from', tmp_path / 'corrupt.parquet',
+                       '--images', listed)
+  assert line.startswith(f'{tmp_path}/corrupt.parquet:row group 1 of 1:'
+                         ' cannot be read ('), line
+  row = b'{"image_id": 1, "tar": "sa_000000.tar"}'
+  files = {
+      'deep.jsonl': (row + b'\n' + b'[' * 100_000 + b']' * 100_000 + b'\n',
+                     ':2: not a JSON object (nested too deeply)'),
+      'long.jsonl': (row + b'\n' + row[:-1] + b', "pad": "' + b'x' * (2 << 20)
+                     + b'"}\n', ':2: a line over 1 MiB: not an index row'),
+      'long_end.jsonl': (row + b'\n' + b'x' * (2 << 20),
+                         ':2: a line over 1 MiB: not an index row'),
+      'huge_id.jsonl': (b'{"image_id": "' + b'A' * 1_000_000 + b'", "tar":'
+                        b' "sa_000000.tar"}\n',
+                        f":1: image_id '{'A' * 56}... is not an image id"),
+      'huge_tar.jsonl': (b'{"image_id": 1, "tar": "' + b'\\u001b' * 1000
+                         + b'"}\n', r":1: tar '\x1b\x1b"),
+  }
+  for name, (content, message) in files.items():
+    (tmp_path / name).write_bytes(content)
+    _, line = _one_error(capsys, '--from', tmp_path / name, '--images',
+                         listed)
+    assert line.startswith(f'{tmp_path}/{name}{message}'), line
+    assert len(line) < 250, line
+  # A line of exactly the cap is a row like any other.
+  pad = image_index.MAX_LINE_BYTES - len(row) - len(b', "pad": ""')
+  (tmp_path / 'edge.jsonl').write_bytes(
+      row[:-1] + b', "pad": "' + b'x' * pad + b'"}\n' + row + b'\n')
+  code, out, err = run(capsys, 'index', '--from', tmp_path / 'edge.jsonl',
+                       '--images', listed)
+  assert code == 0, err
+  assert out.splitlines()[-1].startswith('1 of the 2 listed images')
+  # Endless or blocking files are refused before a read.
+  os.mkfifo(tmp_path / 'fifo.jsonl')
+  (tmp_path / 'zero.jsonl').symlink_to('/dev/zero')
+  try:
+    for name in ('zero.jsonl', 'fifo.jsonl'):
+      _, line = within(30, _one_error, capsys, '--from', tmp_path / name,
+                       '--images', listed)
+      assert line == (f'index {tmp_path}/{name}: not a regular file (a FIFO,'
+                      ' device or socket)')
+  finally:  # Frees a reader an older version left blocked on the FIFO.
+    try:
+      os.close(os.open(tmp_path / 'fifo.jsonl', os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+      pass
 
 
 # ------------------------------------------------------------------ CLI

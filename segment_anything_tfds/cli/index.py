@@ -16,7 +16,6 @@ import argparse
 import itertools
 import json
 import logging
-import pathlib
 import sys
 from typing import Sequence
 
@@ -46,17 +45,26 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
                             ' --manual_dir')
   if args.json and not args.images:
     raise common.UsageError('--json writes the report of --images')
+  # A bad name or path fails before any work.
   if args.out:
-    image_index.index_format(args.out)  # A bad name fails before any work.
-  images = image_list.make(args.images) if args.images else None
-  holders = image_index.Holders(images) if images is not None else None
-  if args.from_file:
-    rows = image_index.read_pairs(args.from_file)
-    while batch := list(itertools.islice(rows, _BATCH)):
-      ids, tars = zip(*batch)
-      holders.add(ids, np.array(tars))
-  else:
-    _index(args, holders)
+    image_index.index_format(args.out)
+    if image_index.unwritable(args.out):
+      raise image_index.cannot_write(args.out, 'the index', None)
+  if args.json and image_index.unwritable(args.json):
+    raise image_index.cannot_write(args.json, 'the report', None)
+  rows = image_index.read_pairs(args.from_file) if args.from_file else None
+  try:
+    images = image_list.make(args.images) if args.images else None
+    holders = image_index.Holders(images) if images is not None else None
+    if rows is not None:
+      while batch := list(itertools.islice(rows, _BATCH)):
+        ids, tars = zip(*batch)
+        holders.add(ids, np.array(tars))
+    else:
+      _index(args, holders)
+  finally:
+    if rows is not None:
+      rows.close()
   if holders is not None:
     _report(holders.report(), args)
   return 0
@@ -86,12 +94,13 @@ def _index(args: argparse.Namespace, holders) -> None:
         writer.write(image_index.rows(source, index))
       if holders is not None:
         holders.add((p.image_id for p in index.pairs), source.tar_index)
+    if writer is not None:
+      writer.close()  # Leaves no part file if it fails.
   except BaseException:
     if writer is not None:
       writer.abort()
     raise
   if writer is not None:
-    writer.close()
     print(f'wrote {args.out}: {writer.rows:,} images in {len(sources)} tars'
           + (f' ({problems:,} left out: see the warnings)' if problems
              else ''), file=sys.stderr)
@@ -128,8 +137,9 @@ def _report(report: dict, args: argparse.Namespace) -> None:
              + (', ...' if len(missing) > _SHOWN else ''))
   print(line)
   if args.json:
-    pathlib.Path(args.json).write_text(json.dumps(report, indent=1) + '\n',
-                                       encoding='utf-8')
+    from segment_anything_tfds.prepare import image_index  # pylint: disable=g-import-not-at-top
+    image_index.write_whole(args.json, (json.dumps(report, indent=1) + '\n'
+                                        ).encode('utf-8'), 'the report')
 
 
 def add_parser(sub, parents) -> argparse.ArgumentParser:

@@ -18,6 +18,12 @@ can be read; images with a problem are left out and counted, per tar.
 Rows come tar by tar, by image id within a tar. Formats by extension:
 `.jsonl` (always; names exactly as stored), `.parquet` (with pyarrow;
 a name that is not UTF-8 is written with U+FFFD in place of its bad bytes).
+
+An index file read (`read_pairs`, e.g. one shared by others) is input: a
+local one must be a regular file (checked before a read: no FIFO that
+blocks, no /dev/zero), a `.jsonl` line is at most `MAX_LINE_BYTES`, and
+anything that cannot be read or is no row is one line naming the file and
+the line, row or row group, values cut (`image_list.shown`).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import numpy as np
 
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import errors
+from segment_anything_tfds.prepare import image_list
 from segment_anything_tfds.prepare import tars as tars_lib
 from segment_anything_tfds.sources import base
 from segment_anything_tfds.sources import links as links_lib
@@ -40,6 +47,8 @@ from segment_anything_tfds.sources import paths as paths_lib
 COLUMNS = ('image_id', 'tar', 'jpg', 'jpg_offset', 'jpg_size', 'json',
            'json_offset', 'json_size')
 FORMATS = ('.jsonl', '.parquet')
+# A .jsonl index line longer than this is refused (a row is under 1 kB).
+MAX_LINE_BYTES = 1 << 20
 
 
 def index_format(path: str) -> str:
@@ -79,28 +88,87 @@ def _utf8(name: str) -> str:
   return name.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace')
 
 
+def unwritable(path: str) -> str | None:
+  """Why no file can be written at a local `path`, as far as can be told
+  before writing it (it is a directory, or something on its way is a file),
+  or None (a path in a bucket is not checked)."""
+  if not paths_lib.is_local(path):
+    return None
+  full = os.path.abspath(path)
+  if os.path.isdir(full) and not os.path.islink(full):  # A link is replaced.
+    return 'it is a directory'
+  folder = os.path.dirname(full)
+  while not os.path.lexists(folder):  # The nearest folder there is.
+    folder = os.path.dirname(folder)
+  if not os.path.isdir(folder):
+    return f'{folder} is not a directory'
+  return None
+
+
+def cannot_write(path: epath.PathLike, what: str, error: OSError | None
+                 ) -> errors.ConfigError:
+  """The one-line error for a file (`what`: the index, the report) that
+  cannot be written at `path`."""
+  why = unwritable(os.fspath(path))
+  if why is None:
+    why = (error.strerror or str(error)) if error is not None else 'unknown'
+  return errors.ConfigError(f'{os.fspath(path)}: cannot write {what} there'
+                            f' ({errors.printable(why)})')
+
+
+def _new_part(path: epath.Path):
+  """(name, file) of a new part file next to `path`, for this run only: on
+  local disk created with O_EXCL and O_NOFOLLOW (never written through a
+  planted symlink); its folder is made."""
+  part = path.parent / f'.{path.name}.{os.getpid()}.{time.time_ns()}.part'
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if paths_lib.is_local(part):
+    return part, os.fdopen(os.open(
+        part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        | os.O_CLOEXEC, 0o644), 'wb')
+  return part, part.open('wb')
+
+
+def _discard(part: epath.Path, file) -> None:
+  try:
+    file.close()
+  except OSError:
+    pass  # Nothing of it is kept.
+  part.unlink(missing_ok=True)
+
+
+def write_whole(path: epath.PathLike, data: bytes, what: str) -> None:
+  """Writes `data` at `path` whole or not at all (a part file renamed over
+  it); the folder is made. A one-line error names `what` if it cannot be."""
+  path = epath.Path(path)
+  try:
+    part, file = _new_part(path)
+  except OSError as e:
+    raise cannot_write(path, what, e) from None
+  try:
+    with file:
+      file.write(data)
+    part.replace(path)
+  except BaseException as e:
+    _discard(part, file)
+    if isinstance(e, OSError):
+      raise cannot_write(path, what, e) from None
+    raise
+
+
 class Writer:
   """Writes an index file, tar by tar; it appears whole or not at all: a
-  new `.part` file of this run (on local disk created with O_EXCL and
-  O_NOFOLLOW, never written through a planted symlink) renamed over the
-  destination by `close`, replacing a file already there."""
+  new `.part` file of this run (see `_new_part`) renamed over the
+  destination by `close`, replacing a file already there; on any failure
+  (of `close` too) the part file is removed."""
 
   def __init__(self, path: epath.PathLike):
     self.path = epath.Path(path)
     self.format = index_format(os.fspath(path))
-    self._part = self.path.parent / (
-        f'.{self.path.name}.{os.getpid()}.{time.time_ns()}.part')
     try:
-      self.path.parent.mkdir(parents=True, exist_ok=True)
-      if paths_lib.is_local(self._part):
-        self._file = os.fdopen(os.open(
-            self._part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-            | os.O_CLOEXEC, 0o644), 'wb')
-      else:
-        self._file = self._part.open('wb')
+      self._part, self._file = _new_part(self.path)
     except OSError as e:
-      raise errors.ConfigError(f'{path}: cannot write the index there'
-                               f' ({e.strerror or e})') from None
+      raise cannot_write(path, 'the index', e) from None
     self._parquet = None
     self.rows = 0
 
@@ -120,19 +188,25 @@ class Writer:
     self._parquet.write_table(pa.table(columns, schema=_schema(pa)))
 
   def close(self) -> None:
-    """Finishes the file under its name."""
-    if self.format == '.parquet':
-      if self._parquet is None:  # No rows: an empty table, with its schema.
-        pa = _pyarrow()
-        self._parquet = pa.parquet.ParquetWriter(self._file, _schema(pa))
-      self._parquet.close()
-    self._file.close()
-    self._part.replace(self.path)
+    """Finishes the file under its name; if that fails, leaves none (a
+    one-line error for an OSError)."""
+    try:
+      if self.format == '.parquet':
+        if self._parquet is None:  # No rows: an empty table, its schema.
+          pa = _pyarrow()
+          self._parquet = pa.parquet.ParquetWriter(self._file, _schema(pa))
+        self._parquet.close()
+      self._file.close()
+      self._part.replace(self.path)
+    except BaseException as e:
+      self.abort()
+      if isinstance(e, OSError) and not isinstance(e, errors.Error):
+        raise cannot_write(self.path, 'the index', e) from None
+      raise
 
   def abort(self) -> None:
     """Leaves no file behind."""
-    self._file.close()
-    self._part.unlink(missing_ok=True)
+    _discard(self._part, self._file)
 
 
 def _schema(pa):
@@ -149,61 +223,132 @@ def _bad(path: str, where: Any, detail: str) -> errors.ConfigError:
                             f' {detail}')
 
 
+def _why(e: BaseException) -> str:
+  """An error from a library, in one line of at most 200 characters."""
+  text = str(e) or e.__class__.__name__
+  return errors.printable(text if len(text) <= 200 else text[:197] + '...')
+
+
 def _check_row(path: str, where: Any, image_id: Any, tar: Any
                ) -> tuple[int, int]:
   """(image id, tar index) of a row, or a one-line error naming it."""
   if isinstance(image_id, bool) or not isinstance(image_id, int) or not (
       0 <= image_id < 1 << 63):
-    raise _bad(path, where, f'image_id {image_id!r} is not an image id')
+    raise _bad(path, where, f'image_id {image_list.shown(image_id)} is not an'
+               ' image id')
   tar_index = links_lib.shard_index(tar) if isinstance(tar, str) else None
   if tar_index is None:
-    raise _bad(path, where, f'tar {errors.printable(repr(tar))[:60]} is not'
-               ' an SA-1B tar name (sa_NNNNNN.tar)')
+    raise _bad(path, where, f'tar {image_list.shown(tar)} is not an SA-1B'
+               ' tar name (sa_NNNNNN.tar)')
   return image_id, tar_index
 
 
 def read_pairs(path: epath.PathLike) -> Iterator[tuple[int, int]]:
-  """(image id, tar index) of every row of an index file, checked."""
+  """(image id, tar index) of every row of an index file, checked.
+
+  The file is opened, and a local one checked to be a regular file (not a
+  FIFO, a device or a directory), at once: a bad path fails here, before
+  any work; rows are read as iterated.
+  """
   path_text = os.fspath(path)
   fmt = index_format(path_text)
   try:
-    f = epath.Path(path).open('rb')
-  except FileNotFoundError:
+    if paths_lib.is_local(path_text):
+      f = image_list.open_regular(path_text, 'index')
+    else:
+      f = epath.Path(path).open('rb')
+  except errors.Error:
+    raise
+  except (FileNotFoundError, NotADirectoryError):
     raise errors.SourceError(f'index {path_text}: no such file') from None
+  except IsADirectoryError:
+    raise errors.SourceError(f'index {path_text}: a directory, not a file'
+                             ) from None
+  except OSError as e:
+    raise errors.SourceError(f'index {path_text}: cannot be read'
+                             f' ({e.strerror or e})') from None
+  return _Rows(f, (_jsonl_pairs if fmt == '.jsonl' else _parquet_pairs)(
+      f, path_text))
+
+
+class _Rows:
+  """The checked rows of an open index file, as iterated; `close` closes
+  the file, read or not (a generator not started would leave it open)."""
+
+  def __init__(self, file, rows: Iterator[tuple[int, int]]):
+    self._file = file
+    self._rows = rows
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> tuple[int, int]:
+    return next(self._rows)
+
+  def close(self) -> None:
+    self._rows.close()
+    self._file.close()
+
+
+def _jsonl_pairs(f, path: str) -> Iterator[tuple[int, int]]:
+  """The rows of a .jsonl index: a line at a time, of at most
+  `MAX_LINE_BYTES`."""
   with f:
-    if fmt == '.jsonl':
-      for number, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          row = json.loads(line)
-        except ValueError:
-          raise _bad(path_text, number, 'not a JSON object') from None
-        if not isinstance(row, dict):
-          raise _bad(path_text, number, 'not a JSON object')
-        yield _check_row(path_text, number, row.get('image_id'),
-                         row.get('tar'))
-      return
-    yield from _parquet_pairs(f, path_text)
+    number = 0
+    while line := f.readline(MAX_LINE_BYTES + 1):
+      number += 1
+      if len(line) > MAX_LINE_BYTES and not line.endswith(b'\n'):
+        raise _bad(path, number, f'a line over {MAX_LINE_BYTES >> 20} MiB:'
+                   ' not an index row (one is under 1 kB)')
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except RecursionError:
+        raise _bad(path, number, 'not a JSON object (nested too deeply)'
+                   ) from None
+      except ValueError:
+        raise _bad(path, number, 'not a JSON object') from None
+      if not isinstance(row, dict):
+        raise _bad(path, number, 'not a JSON object')
+      yield _check_row(path, number, row.get('image_id'), row.get('tar'))
 
 
 def _parquet_pairs(f, path: str) -> Iterator[tuple[int, int]]:
+  """The rows of a .parquet index, a batch at a time; a file that cannot
+  be read (a bad footer, a corrupt page) is a one-line error naming the
+  row group."""
   pa = _pyarrow()
-  try:
-    table = pa.parquet.ParquetFile(f)
-    columns = set(table.schema_arrow.names)
-    batches = table.iter_batches(columns=['image_id', 'tar'])
-  except (pa.ArrowException, ValueError) as e:
-    raise _bad(path, None, f'not a parquet file ({e})') from None
-  if not {'image_id', 'tar'} <= columns:
-    raise _bad(path, None, 'not an image index: no image_id and tar'
-               f' columns (it has {", ".join(sorted(columns)[:8])})')
-  first = 0
-  for batch in batches:
-    for i, (image_id, tar) in enumerate(zip(
-        batch.column('image_id').to_pylist(), batch.column('tar').to_pylist())):
-      yield _check_row(path, f'row {first + i + 1}', image_id, tar)
-    first += batch.num_rows
+  failures = (pa.ArrowException, OSError, ValueError)
+  with f:
+    try:
+      table = pa.parquet.ParquetFile(f)
+      columns = set(table.schema_arrow.names)
+      groups = table.num_row_groups
+    except failures as e:
+      raise _bad(path, None, f'not a parquet file ({_why(e)})') from None
+    if not {'image_id', 'tar'} <= columns:
+      raise _bad(path, None, 'not an image index: no image_id and tar'
+                 f' columns (it has {", ".join(sorted(columns)[:8])})')
+    first = 0
+    for group in range(groups):
+      batches = None
+      while True:
+        try:
+          if batches is None:
+            batches = table.iter_batches(columns=['image_id', 'tar'],
+                                         row_groups=[group])
+          batch = next(batches, None)
+          if batch is None:
+            break
+          image_ids = batch.column('image_id').to_pylist()
+          tars = batch.column('tar').to_pylist()
+        except failures as e:
+          raise _bad(path, f'row group {group + 1} of {groups}', 'cannot be'
+                     f' read ({_why(e)})') from None
+        for i, (image_id, tar) in enumerate(zip(image_ids, tars)):
+          yield _check_row(path, f'row {first + i + 1}', image_id, tar)
+        first += len(image_ids)
 
 
 # --------------------------------------------------------- which tars

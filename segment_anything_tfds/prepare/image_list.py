@@ -3,15 +3,25 @@
 A list names images by id (`223750`) or by jpg name (`sa_223750.jpg`), in
 a file or in Python:
 
-  text     one id or name per line (blank lines are skipped)
+  text     one id or name per line: a line ends at a newline (\\n) and
+           nothing else; spaces, tabs and carriage returns around it are
+           dropped, blank lines skipped
   JSON     a list of ids or names (`[1, "sa_2.jpg", "3"]`), or a COCO-style
            object whose "images" entries have a "file_name" and/or an "id",
            like MASA's SA-1B-500K list (`{"images": [{"id": 1, "file_name":
            "sa_1.jpg", ...}, ...]}`)
 
-Ids are written as the tars write them: ASCII digits without leading zeros
-(the one rule, `records.image_id_from_stem`). Anything else is refused in
-one line naming the file and the line (or the JSON entry).
+A file whose first character other than a space, tab, CR or LF is `[` or
+`{` is JSON (a BOM is skipped). Ids are written as the tars write them:
+ASCII digits without leading zeros (the one rule,
+`records.image_id_from_stem`). Anything else is refused in one line naming
+the file and the line (or the JSON entry): a \\v, \\f, U+2028 ... is
+part of its line, not a line break, and so refused.
+
+A list file is at most `MAX_LIST_BYTES` (256 MiB; a local one must be a
+regular file, checked before it is read). A text list is read from its
+bytes: it costs its size plus 8 bytes per id; a JSON list's entries are
+Python objects while read (several times its size).
 
 A list's canonical form is its ids, sorted, each once. Its `sha256` is the
 SHA-256 of that form written as text, one decimal id per line, each line
@@ -22,10 +32,14 @@ share a data dir.
 
 from __future__ import annotations
 
+import array
+import codecs
 import dataclasses
 import hashlib
 import json
 import os
+import re
+import stat
 from typing import Any, Iterable
 
 import numpy as np
@@ -35,8 +49,17 @@ from segment_anything_tfds.prepare import records as records_lib
 
 # Hex digits of the list's SHA-256 in its config's name (48 bits).
 SHORT = 12
-# A list file larger than this is refused (SA-1B's 11 M names take 170 MB).
-MAX_LIST_BYTES = 1 << 30
+# A list file larger than this is refused (SA-1B's 11 M names take 170 MB;
+# a text list is held once, plus 8 bytes per id).
+MAX_LIST_BYTES = 256 << 20
+# Bytes of a text list parsed at a time (and of a list checked as UTF-8).
+_CHUNK = 1 << 20
+# Dropped around a text list's line (which ends at a newline, only).
+_BLANK = b' \t\r'
+# Ids written out at a time to hash a list.
+_HASHED = 1 << 16
+# Before a JSON list's first [ or {.
+_JSON_SPACE = re.compile(rb'[ \t\r\n]*')
 _EXAMPLE = 'expected an image id or an sa_<id>.jpg name, e.g. 223750 or' \
     ' sa_223750.jpg'
 
@@ -60,9 +83,11 @@ class ImageList:
   sha256: str = dataclasses.field(init=False)
 
   def __post_init__(self):
-    text = ''.join(f'{i}\n' for i in self.ids.tolist())
-    object.__setattr__(self, 'sha256',
-                       hashlib.sha256(text.encode('ascii')).hexdigest())
+    digest = hashlib.sha256()
+    for at in range(0, len(self.ids), _HASHED):  # A bounded text at a time.
+      digest.update(''.join(f'{i}\n' for i in self.ids[at:at + _HASHED]
+                            .tolist()).encode('ascii'))
+    object.__setattr__(self, 'sha256', digest.hexdigest())
 
   @property
   def short(self) -> str:
@@ -90,9 +115,18 @@ def _refuse(where: str, detail: str) -> errors.ConfigError:
   return errors.ConfigError(f'{where}: {detail}')
 
 
-def _shown(item: Any) -> str:
-  text = repr(item)
-  return errors.printable(text if len(text) <= 60 else text[:57] + '...')
+def shown(item: Any, width: int = 60) -> str:
+  """A value from input as a message shows it: its repr, at most `width`
+  characters (cut with '...'), control characters escaped. A string is cut
+  before its repr is made, so a huge value costs no more than `width`."""
+  if isinstance(item, str) and len(item) > width:
+    item = item[:width]
+  try:
+    text = repr(item)
+  except RecursionError:
+    text = f'a {type(item).__name__} nested too deeply'
+  return errors.printable(text if len(text) <= width else
+                          text[:width - 3] + '...')
 
 
 def parse_item(item: Any, where: str) -> int:
@@ -108,7 +142,7 @@ def parse_item(item: Any, where: str) -> int:
     stem = item[:-len('.jpg')] if item.endswith('.jpg') else 'sa_' + item
     image_id = records_lib.image_id_from_stem(stem)
   if image_id is None:
-    raise _refuse(where, f'{_shown(item)}: {_EXAMPLE} (ids in ASCII digits'
+    raise _refuse(where, f'{shown(item)}: {_EXAMPLE} (ids in ASCII digits'
                   ' without leading zeros, below 2**63, as in the tars)')
   return image_id
 
@@ -116,82 +150,190 @@ def parse_item(item: Any, where: str) -> int:
 def _coco_entry(entry: Any, where: str) -> int:
   """The id of a COCO-style "images" entry (its file_name and/or id)."""
   if not isinstance(entry, dict) or not ({'file_name', 'id'} & set(entry)):
-    raise _refuse(where, f'{_shown(entry)}: expected an object with a'
+    raise _refuse(where, f'{shown(entry)}: expected an object with a'
                   ' "file_name" (sa_<id>.jpg) and/or an "id"')
   ids = [parse_item(entry[k], f'{where} "{k}"')
          for k in ('file_name', 'id') if k in entry]
   if len(set(ids)) > 1:
-    raise _refuse(where, f'"file_name" {_shown(entry["file_name"])} and'
+    raise _refuse(where, f'"file_name" {shown(entry["file_name"])} and'
                   f' "id" {entry["id"]} name different images')
   return ids[0]
 
 
-def _from_json(text: str, origin: str) -> list[int]:
+def _from_json(text: str, origin: str) -> np.ndarray:
   try:
     value = json.loads(text)
+  except RecursionError:
+    raise _refuse(origin, 'not an image list: JSON nested too deeply') from None
   except ValueError as e:
     line = getattr(e, 'lineno', '?')
     raise _refuse(f'{origin}:{line}', f'not valid JSON ({e.__class__.__name__}:'
                   f' {getattr(e, "msg", e)})') from None
+  del text
   if isinstance(value, list):
-    return [parse_item(v, f'{origin}: entry {i + 1}')
-            for i, v in enumerate(value)]
-  if isinstance(value, dict) and isinstance(value.get('images'), list):
-    return [_coco_entry(v, f'{origin}: "images" entry {i + 1}')
-            for i, v in enumerate(value['images'])]
-  raise _refuse(origin, 'expected a JSON list of image ids or sa_<id>.jpg'
-                ' names, or an object with an "images" list (COCO style,'
-                ' as MASA\'s)')
+    items = ((v, f'{origin}: entry {i + 1}') for i, v in enumerate(value))
+    parse = parse_item
+  elif isinstance(value, dict) and isinstance(value.get('images'), list):
+    value = value['images']
+    items = ((v, f'{origin}: "images" entry {i + 1}')
+             for i, v in enumerate(value))
+    parse = _coco_entry
+  else:
+    raise _refuse(origin, 'expected a JSON list of image ids or sa_<id>.jpg'
+                  ' names, or an object with an "images" list (COCO style,'
+                  ' as MASA\'s)')
+  return np.fromiter((parse(v, where) for v, where in items), np.int64,
+                     count=len(value))
 
 
-def _from_lines(text: str, origin: str) -> list[int]:
-  ids = []
-  for number, line in enumerate(text.splitlines(), 1):
-    line = line.strip()
-    if line:
-      ids.append(parse_item(line, f'{origin}:{number}'))
-  return ids
+def _from_lines(data: bytes, start: int, origin: str) -> np.ndarray:
+  """The ids of a text list from `data[start:]`, `_CHUNK` bytes (whole
+  lines) at a time.
+
+  A line ends at a newline, nothing else; spaces, tabs and carriage returns
+  around it are dropped (`_BLANK`). Ids and names in their one form are read
+  here from the bytes; any other line goes to `parse_item`, which refuses
+  it naming the line. Each chunk's ids go, sorted and each once, into one
+  array of a slot per line, allocated once and touched only as filled.
+  """
+  ids = np.empty(data.count(b'\n', start) + 1, np.int64)
+  filled = 0
+  max_digits = len(str(records_lib.MAX_IMAGE_ID))
+  number = 0
+  while start <= len(data):
+    end = data.find(b'\n', start + _CHUNK)
+    end = len(data) if end < 0 else end
+    chunk = array.array('q')
+    for line in data[start:end].split(b'\n'):
+      number += 1
+      line = line.strip(_BLANK)
+      if not line:
+        continue
+      digits = line[3:-4] if line.startswith(b'sa_') and line.endswith(
+          b'.jpg') else line
+      if (digits.isdigit() and len(digits) <= max_digits
+          and (digits[0] != 0x30 or len(digits) == 1)):
+        image_id = int(digits)
+        if image_id <= records_lib.MAX_IMAGE_ID:
+          chunk.append(image_id)
+          continue
+      chunk.append(parse_item(line.decode('utf-8'), f'{origin}:{number}'))
+    if chunk:
+      chunk = np.unique(np.frombuffer(chunk, np.int64))
+      ids[filled:filled + len(chunk)] = chunk
+      filled += len(chunk)
+    start = end + 1
+  return ids[:filled]
 
 
-def parse_text(data: bytes, origin: str) -> list[int]:
-  """The ids of a list file's bytes, in file order (see the module doc)."""
-  if data.startswith(b'\xef\xbb\xbf'):
-    data = data[3:]
+def _check_utf8(data: bytes, start: int, origin: str) -> None:
+  """Refuses `data[start:]` if it is not UTF-8, naming the line, without
+  holding its text (a chunk at a time)."""
+  decoder = codecs.getincrementaldecoder('utf-8')()
+  for at in range(start, len(data), _CHUNK):
+    pending = len(decoder.getstate()[0])
+    try:
+      decoder.decode(data[at:at + _CHUNK], final=at + _CHUNK >= len(data))
+    except UnicodeDecodeError as e:
+      line = data.count(b'\n', start, at - pending + e.start) + 1
+      raise _refuse(f'{origin}:{line}', 'not UTF-8 text') from None
+
+
+def parse_text(data: bytes, origin: str) -> np.ndarray:
+  """The ids of a list file's bytes (see the module doc), each at least
+  once, in no set order: `canonical` sorts them."""
+  start = 3 if data.startswith(b'\xef\xbb\xbf') else 0  # A BOM.
+  if not data.isascii():
+    _check_utf8(data, start, origin)
+  first = _JSON_SPACE.match(data, start).end()
+  if data[first:first + 1] in (b'[', b'{'):
+    return _from_json(str(memoryview(data)[start:], 'utf-8'), origin)
+  return _from_lines(data, start, origin)
+
+
+def open_regular(origin: str, what: str):
+  """The regular local file at `origin`, opened for reading, checked before
+  anything is read: opened without blocking (a FIFO with no writer), then
+  refused, naming `what` and the path, if it is not a regular file (a FIFO,
+  a device such as /dev/zero, a directory).
+
+  Raises:
+    errors.SourceError: not a regular file.
+    OSError: from the open (no such file, no access...).
+  """
+  fd = os.open(origin, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
   try:
-    text = data.decode('utf-8')
-  except UnicodeDecodeError as e:
-    line = data[:e.start].count(b'\n') + 1
-    raise _refuse(f'{origin}:{line}', 'not UTF-8 text') from None
-  if text.lstrip()[:1] in ('[', '{'):
-    return _from_json(text, origin)
-  return _from_lines(text, origin)
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISDIR(mode):
+      raise errors.SourceError(f'{what} {origin}: a directory, not a file')
+    if not stat.S_ISREG(mode):
+      raise errors.SourceError(f'{what} {origin}: not a regular file (a'
+                               ' FIFO, device or socket)')
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, 'rb')
+  except BaseException:
+    os.close(fd)
+    raise
 
 
-def read_file(path: os.PathLike | str) -> list[int]:
-  """The ids of a list file (local or a bucket), in file order."""
+def read_file(path: os.PathLike | str) -> np.ndarray:
+  """The ids of a list file (local or a bucket), as `parse_text`.
+
+  A local path must name a regular file (not a FIFO or a device, which
+  could block or never end) of at most `MAX_LIST_BYTES`, checked before
+  any read; from a bucket, at most that many bytes are read.
+  """
   from etils import epath  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.sources import paths as paths_lib  # pylint: disable=g-import-not-at-top
   origin = os.fspath(path)
   try:
-    with epath.Path(path).open('rb') as f:
+    if paths_lib.is_local(origin):
+      f = open_regular(origin, 'image list')
+      if os.fstat(f.fileno()).st_size > MAX_LIST_BYTES:
+        f.close()
+        raise _too_large(origin)
+    else:
+      f = epath.Path(path).open('rb')
+    with f:
       data = f.read(MAX_LIST_BYTES + 1)
-  except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+  except errors.Error:
+    raise
+  except (FileNotFoundError, NotADirectoryError):
     raise errors.SourceError(f'image list {origin}: no such file') from None
-  except OSError as e:
-    raise errors.SourceError(f'image list {origin}: cannot be read ({e})'
+  except IsADirectoryError:
+    raise errors.SourceError(f'image list {origin}: a directory, not a file'
                              ) from None
+  except OSError as e:
+    raise errors.SourceError(f'image list {origin}: cannot be read'
+                             f' ({e.strerror or e})') from None
   if len(data) > MAX_LIST_BYTES:
-    raise _refuse(origin, f'over {MAX_LIST_BYTES >> 20} MiB: not an image'
-                  ' list')
+    raise _too_large(origin)
   return parse_text(data, origin)
 
 
-def canonical(ids: Iterable[int], origin: str) -> ImageList:
+def _too_large(origin: str) -> errors.ConfigError:
+  return _refuse(origin, f'over {MAX_LIST_BYTES >> 20} MiB: not an image list'
+                 ' (SA-1B\'s 11 M names take 170 MB)')
+
+
+def canonical(ids: Iterable[int] | np.ndarray, origin: str) -> ImageList:
   """The `ImageList` of ids: sorted, each once; an empty list is refused."""
-  array = np.unique(np.fromiter(ids, np.int64))
-  if not len(array):
+  if isinstance(ids, np.ndarray):
+    return _canonical(np.array(ids, np.int64), origin)
+  return _canonical(np.fromiter(ids, np.int64), origin)
+
+
+def _canonical(ids: np.ndarray, origin: str) -> ImageList:
+  """`canonical` of an int64 array of its own, sorted in place (no copy of
+  a list where each id is once)."""
+  if not len(ids):
     raise _refuse(origin, 'no image ids: an image list names at least one'
                   ' image')
-  return ImageList(array, origin)
+  ids.sort()
+  repeated = ids[1:] == ids[:-1]
+  if repeated.any():
+    ids = ids[np.concatenate([[True], ~repeated])]
+  return ImageList(ids, origin)
 
 
 def make(images: Any) -> ImageList:
@@ -200,10 +342,10 @@ def make(images: Any) -> ImageList:
   if isinstance(images, ImageList):
     return images
   if isinstance(images, (str, os.PathLike)):
-    return canonical(read_file(images), os.fspath(images))
+    return _canonical(read_file(images), os.fspath(images))
   if isinstance(images, (bytes, dict)) or not hasattr(images, '__iter__'):
     raise errors.ConfigError(
-        f'images={_shown(images)}: expected a path to a list file, or a list'
+        f'images={shown(images)}: expected a path to a list file, or a list'
         ' of image ids or sa_<id>.jpg names')
   origin = 'the list given'
   items = images.tolist() if isinstance(images, np.ndarray) else images
