@@ -160,6 +160,20 @@ def test_a_checksum_list_is_lines_of_digest_and_name():
     parse(f'{md5}  {NAMES[0]}\x00\n', source='l')
 
 
+def test_a_checksum_list_that_is_no_regular_file_is_refused_unread(
+    tmp_path):
+  fifo = tmp_path / 'fifo.md5'
+  os.mkfifo(fifo)  # No writer: reading it would block.
+  for path, says in ((fifo, 'not a regular file (a FIFO, device or'
+                      ' socket)'),
+                     ('/dev/zero', 'not a regular file'),
+                     (tmp_path, 'a directory, not a file'),
+                     (tmp_path / 'none.md5', 'no such file')):
+    with pytest.raises(errors.ChecksumError) as e:
+      checksums.read_checksums(path)
+    assert str(e.value).startswith(f'checksum list {path}: {says}')
+
+
 def test_a_list_that_names_none_of_the_tars_is_an_error(tmp_path):
   manual = make_manual_dir(tmp_path, tars=NAMES)
   sums = tmp_path / 'other.md5'

@@ -42,6 +42,7 @@ from segment_anything_tfds.prepare import image_list
 from segment_anything_tfds.prepare import tars as tars_lib
 from segment_anything_tfds.sources import base
 from segment_anything_tfds.sources import links as links_lib
+from segment_anything_tfds.sources import local
 from segment_anything_tfds.sources import paths as paths_lib
 
 COLUMNS = ('image_id', 'tar', 'jpg', 'jpg_offset', 'jpg_size', 'json',
@@ -252,21 +253,7 @@ def read_pairs(path: epath.PathLike) -> Iterator[tuple[int, int]]:
   """
   path_text = os.fspath(path)
   fmt = index_format(path_text)
-  try:
-    if paths_lib.is_local(path_text):
-      f = image_list.open_regular(path_text, 'index')
-    else:
-      f = epath.Path(path).open('rb')
-  except errors.Error:
-    raise
-  except (FileNotFoundError, NotADirectoryError):
-    raise errors.SourceError(f'index {path_text}: no such file') from None
-  except IsADirectoryError:
-    raise errors.SourceError(f'index {path_text}: a directory, not a file'
-                             ) from None
-  except OSError as e:
-    raise errors.SourceError(f'index {path_text}: cannot be read'
-                             f' ({e.strerror or e})') from None
+  f = local.open_input(path_text, 'index')
   return _Rows(f, (_jsonl_pairs if fmt == '.jsonl' else _parquet_pairs)(
       f, path_text))
 

@@ -39,7 +39,6 @@ import hashlib
 import json
 import os
 import re
-import stat
 from typing import Any, Iterable
 
 import numpy as np
@@ -251,31 +250,6 @@ def parse_text(data: bytes, origin: str) -> np.ndarray:
   return _from_lines(data, start, origin)
 
 
-def open_regular(origin: str, what: str):
-  """The regular local file at `origin`, opened for reading, checked before
-  anything is read: opened without blocking (a FIFO with no writer), then
-  refused, naming `what` and the path, if it is not a regular file (a FIFO,
-  a device such as /dev/zero, a directory).
-
-  Raises:
-    errors.SourceError: not a regular file.
-    OSError: from the open (no such file, no access...).
-  """
-  fd = os.open(origin, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-  try:
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISDIR(mode):
-      raise errors.SourceError(f'{what} {origin}: a directory, not a file')
-    if not stat.S_ISREG(mode):
-      raise errors.SourceError(f'{what} {origin}: not a regular file (a'
-                               ' FIFO, device or socket)')
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, 'rb')
-  except BaseException:
-    os.close(fd)
-    raise
-
-
 def read_file(path: os.PathLike | str) -> np.ndarray:
   """The ids of a list file (local or a bucket), as `parse_text`.
 
@@ -283,29 +257,20 @@ def read_file(path: os.PathLike | str) -> np.ndarray:
   could block or never end) of at most `MAX_LIST_BYTES`, checked before
   any read; from a bucket, at most that many bytes are read.
   """
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  from segment_anything_tfds.sources import paths as paths_lib  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.sources import local  # pylint: disable=g-import-not-at-top
   origin = os.fspath(path)
-  try:
-    if paths_lib.is_local(origin):
-      f = open_regular(origin, 'image list')
-      if os.fstat(f.fileno()).st_size > MAX_LIST_BYTES:
-        f.close()
-        raise _too_large(origin)
-    else:
-      f = epath.Path(path).open('rb')
-    with f:
+  with local.open_input(origin, 'image list') as f:
+    try:
+      size = os.fstat(f.fileno()).st_size  # A local file: before a read.
+    except (AttributeError, OSError, ValueError):
+      size = None  # Remote: at most the cap is read.
+    if size is not None and size > MAX_LIST_BYTES:
+      raise _too_large(origin)
+    try:
       data = f.read(MAX_LIST_BYTES + 1)
-  except errors.Error:
-    raise
-  except (FileNotFoundError, NotADirectoryError):
-    raise errors.SourceError(f'image list {origin}: no such file') from None
-  except IsADirectoryError:
-    raise errors.SourceError(f'image list {origin}: a directory, not a file'
-                             ) from None
-  except OSError as e:
-    raise errors.SourceError(f'image list {origin}: cannot be read'
-                             f' ({e.strerror or e})') from None
+    except OSError as e:
+      raise errors.SourceError(f'image list {origin}: cannot be read'
+                               f' ({e.strerror or e})') from None
   if len(data) > MAX_LIST_BYTES:
     raise _too_large(origin)
   return parse_text(data, origin)

@@ -157,16 +157,17 @@ def _parse_line(line: str, *, source: str) -> tuple[str, tuple[str, str]]:
 
 
 def read_checksums(path: epath.PathLike) -> dict[str, tuple[str, str]]:
-  """Reads and parses a checksum list (at most `MAX_CHECKSUMS_FILE_BYTES`)."""
+  """Reads and parses a checksum list (at most `MAX_CHECKSUMS_FILE_BYTES`;
+  a local one must be a regular file, `local.open_input`)."""
   path = epath.Path(path)
-  try:
-    with path.open('rb') as f:
+  with local.open_input(path, 'checksum list', error=ChecksumError) as f:
+    try:
       data = f.read(MAX_CHECKSUMS_FILE_BYTES + 1)
-  except Exception as e:  # pylint: disable=broad-except
-    # epath's backends raise their own types (tf.errors.*, gcsfs's).
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    raise ChecksumError(f'{path}: cannot read the checksum list: {first}'
-                        ) from None
+    except Exception as e:  # pylint: disable=broad-except
+      # epath's backends raise their own types (tf.errors.*, gcsfs's).
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+      raise ChecksumError(f'checksum list {path}: cannot be read ({first})'
+                          ) from None
   if len(data) > MAX_CHECKSUMS_FILE_BYTES:
     raise ChecksumError(f'{path}: over {MAX_CHECKSUMS_FILE_BYTES >> 20} MiB:'
                         ' not a checksum list')

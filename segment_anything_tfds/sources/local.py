@@ -18,9 +18,11 @@ import errno
 import io
 import os
 import stat
+from typing import BinaryIO
 
 from segment_anything_tfds import errors
 from segment_anything_tfds.sources import base
+from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds.sources.base import Member
 
 # The most one read asks the OS for: results grow with what arrives, so a
@@ -284,3 +286,45 @@ def _check_regular(st: os.stat_result, member: Member, tar: str) -> None:
     raise errors.BadInputError(
         errors.SPECIAL_MEMBER, tar, member.name,
         f'is now a {file_kind(st.st_mode)}, not a regular file')
+
+
+def open_input(path, what: str, *,
+               error: type[errors.Error] = errors.SourceError) -> BinaryIO:
+  """A file a user names as input (an image list, an index, a checksum
+  list), opened for reading; every failure is one line naming `what` and
+  the path (`error`).
+
+  A local path must be a regular file, checked before anything is read:
+  it is opened without blocking (a FIFO with no writer would block), then
+  refused if it is a directory, a FIFO, a device (/dev/zero never ends) or
+  a socket. A remote path (gs://...) is opened with epath.
+  """
+  text = os.fspath(path)
+  try:
+    if links_lib.scheme(text) is not None:
+      from etils import epath  # pylint: disable=g-import-not-at-top
+      return epath.Path(text).open('rb')
+    fd = os.open(text, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+  except (FileNotFoundError, NotADirectoryError):
+    raise error(f'{what} {text}: no such file') from None
+  except IsADirectoryError:
+    raise error(f'{what} {text}: a directory, not a file') from None
+  except OSError as e:
+    raise error(f'{what} {text}: cannot be read ({e.strerror or e})'
+                ) from None
+  except Exception as e:  # pylint: disable=broad-except
+    # epath's backends raise their own types (tf.errors.*, gcsfs's).
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise error(f'{what} {text}: cannot be read ({first})') from None
+  try:
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISDIR(mode):
+      raise error(f'{what} {text}: a directory, not a file')
+    if not stat.S_ISREG(mode):
+      raise error(f'{what} {text}: not a regular file (a FIFO, device or'
+                  ' socket)')
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, 'rb')
+  except BaseException:
+    os.close(fd)
+    raise
