@@ -37,6 +37,7 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   del leftover
   from segment_anything_tfds.prepare import image_index  # pylint: disable=g-import-not-at-top
   from segment_anything_tfds.prepare import image_list  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.sources import local  # pylint: disable=g-import-not-at-top
   if not args.out and not args.images:
     raise common.UsageError('give --out FILE (write the index), --images'
                             ' FILE (which tars hold a list), or both')
@@ -48,10 +49,10 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   # A bad name or path fails before any work.
   if args.out:
     image_index.index_format(args.out)
-    if image_index.unwritable(args.out):
-      raise image_index.cannot_write(args.out, 'the index', None)
-  if args.json and image_index.unwritable(args.json):
-    raise image_index.cannot_write(args.json, 'the report', None)
+    if local.unwritable(args.out):
+      raise local.cannot_write(args.out, 'the index', None)
+  if args.json and local.unwritable(args.json):
+    raise local.cannot_write(args.json, 'the report', None)
   rows = image_index.read_pairs(args.from_file) if args.from_file else None
   try:
     images = image_list.make(args.images) if args.images else None
@@ -137,9 +138,9 @@ def _report(report: dict, args: argparse.Namespace) -> None:
              + (', ...' if len(missing) > _SHOWN else ''))
   print(line)
   if args.json:
-    from segment_anything_tfds.prepare import image_index  # pylint: disable=g-import-not-at-top
-    image_index.write_whole(args.json, (json.dumps(report, indent=1) + '\n'
-                                        ).encode('utf-8'), 'the report')
+    from segment_anything_tfds.sources import local  # pylint: disable=g-import-not-at-top
+    local.write_whole(args.json, (json.dumps(report, indent=1) + '\n'
+                                  ).encode('utf-8'), 'the report')
 
 
 def add_parser(sub, parents) -> argparse.ArgumentParser:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any, Iterable, Iterator
 
 from etils import epath
@@ -43,7 +42,6 @@ from segment_anything_tfds.prepare import tars as tars_lib
 from segment_anything_tfds.sources import base
 from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds.sources import local
-from segment_anything_tfds.sources import paths as paths_lib
 
 COLUMNS = ('image_id', 'tar', 'jpg', 'jpg_offset', 'jpg_size', 'json',
            'json_offset', 'json_size')
@@ -89,77 +87,9 @@ def _utf8(name: str) -> str:
   return name.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace')
 
 
-def unwritable(path: str) -> str | None:
-  """Why no file can be written at a local `path`, as far as can be told
-  before writing it (it is a directory, or something on its way is a file),
-  or None (a path in a bucket is not checked)."""
-  if not paths_lib.is_local(path):
-    return None
-  full = os.path.abspath(path)
-  if os.path.isdir(full) and not os.path.islink(full):  # A link is replaced.
-    return 'it is a directory'
-  folder = os.path.dirname(full)
-  while not os.path.lexists(folder):  # The nearest folder there is.
-    folder = os.path.dirname(folder)
-  if not os.path.isdir(folder):
-    return f'{folder} is not a directory'
-  return None
-
-
-def cannot_write(path: epath.PathLike, what: str, error: OSError | None
-                 ) -> errors.ConfigError:
-  """The one-line error for a file (`what`: the index, the report) that
-  cannot be written at `path`."""
-  why = unwritable(os.fspath(path))
-  if why is None:
-    why = (error.strerror or str(error)) if error is not None else 'unknown'
-  return errors.ConfigError(f'{os.fspath(path)}: cannot write {what} there'
-                            f' ({errors.printable(why)})')
-
-
-def _new_part(path: epath.Path):
-  """(name, file) of a new part file next to `path`, for this run only: on
-  local disk created with O_EXCL and O_NOFOLLOW (never written through a
-  planted symlink); its folder is made."""
-  part = path.parent / f'.{path.name}.{os.getpid()}.{time.time_ns()}.part'
-  path.parent.mkdir(parents=True, exist_ok=True)
-  if paths_lib.is_local(part):
-    return part, os.fdopen(os.open(
-        part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        | os.O_CLOEXEC, 0o644), 'wb')
-  return part, part.open('wb')
-
-
-def _discard(part: epath.Path, file) -> None:
-  try:
-    file.close()
-  except OSError:
-    pass  # Nothing of it is kept.
-  part.unlink(missing_ok=True)
-
-
-def write_whole(path: epath.PathLike, data: bytes, what: str) -> None:
-  """Writes `data` at `path` whole or not at all (a part file renamed over
-  it); the folder is made. A one-line error names `what` if it cannot be."""
-  path = epath.Path(path)
-  try:
-    part, file = _new_part(path)
-  except OSError as e:
-    raise cannot_write(path, what, e) from None
-  try:
-    with file:
-      file.write(data)
-    part.replace(path)
-  except BaseException as e:
-    _discard(part, file)
-    if isinstance(e, OSError):
-      raise cannot_write(path, what, e) from None
-    raise
-
-
 class Writer:
   """Writes an index file, tar by tar; it appears whole or not at all: a
-  new `.part` file of this run (see `_new_part`) renamed over the
+  new `.part` file of this run (see `local.new_part`) renamed over the
   destination by `close`, replacing a file already there; on any failure
   (of `close` too) the part file is removed."""
 
@@ -167,9 +97,9 @@ class Writer:
     self.path = epath.Path(path)
     self.format = index_format(os.fspath(path))
     try:
-      self._part, self._file = _new_part(self.path)
+      self._part, self._file = local.new_part(self.path)
     except OSError as e:
-      raise cannot_write(path, 'the index', e) from None
+      raise local.cannot_write(path, 'the index', e) from None
     self._parquet = None
     self.rows = 0
 
@@ -202,12 +132,12 @@ class Writer:
     except BaseException as e:
       self.abort()
       if isinstance(e, OSError) and not isinstance(e, errors.Error):
-        raise cannot_write(self.path, 'the index', e) from None
+        raise local.cannot_write(self.path, 'the index', e) from None
       raise
 
   def abort(self) -> None:
     """Leaves no file behind."""
-    _discard(self._part, self._file)
+    local.discard_part(self._part, self._file)
 
 
 def _schema(pa):

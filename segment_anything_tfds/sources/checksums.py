@@ -372,28 +372,16 @@ def _read_marker(path: str) -> str | None:
 def write_marker(path: str, text: str) -> bool:
   """Writes `text` to `path`'s marker; whether it was written.
 
-  Into a new file (O_EXCL, O_NOFOLLOW) renamed over the marker: a symlink
-  or a file planted there is replaced, never written through. A folder
-  that cannot be written (read-only tars) leaves no marker.
+  Whole, into a new file renamed over the marker (`local.write_whole`): a
+  symlink or a file planted there is replaced, never written through. A
+  folder that cannot be written (read-only tars) leaves no marker.
   """
-  marker = path + VERIFIED_SUFFIX
-  tmp = f'{marker}.{os.getpid()}.{time.time_ns()}.tmp'
   try:
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                 | os.O_CLOEXEC, 0o644)
-  except OSError:
+    local.write_whole(path + VERIFIED_SUFFIX, text.encode('ascii'),
+                      'the marker')
+  except errors.ConfigError:
     return False
-  try:
-    with os.fdopen(fd, 'w') as f:
-      f.write(text)
-    os.replace(tmp, marker)
-    return True
-  except OSError:
-    try:
-      os.remove(tmp)
-    except OSError:
-      pass
-    return False
+  return True
 
 
 def mark_verified(path: str, expected: Expected) -> bool:

@@ -18,6 +18,7 @@ import errno
 import io
 import os
 import stat
+import time
 from typing import BinaryIO
 
 from segment_anything_tfds import errors
@@ -327,4 +328,83 @@ def open_input(path, what: str, *,
     return os.fdopen(fd, 'rb')
   except BaseException:
     os.close(fd)
+    raise
+
+
+# ------------------------------------------------ files written whole
+
+
+def unwritable(path: str) -> str | None:
+  """Why no file can be written at a local `path`, as far as can be told
+  before writing it (it is a directory, or something on its way is a file),
+  or None (a path in a bucket is not checked)."""
+  if links_lib.scheme(path) is not None:
+    return None
+  full = os.path.abspath(path)
+  if os.path.isdir(full) and not os.path.islink(full):  # A link is replaced.
+    return 'it is a directory'
+  folder = os.path.dirname(full)
+  while not os.path.lexists(folder):  # The nearest folder there is.
+    folder = os.path.dirname(folder)
+  if not os.path.isdir(folder):
+    return f'{folder} is not a directory'
+  return None
+
+
+def cannot_write(path, what: str, error: OSError | None
+                 ) -> errors.ConfigError:
+  """The one-line error for a file (`what`: the index, the report) that
+  cannot be written at `path`."""
+  why = unwritable(os.fspath(path))
+  if why is None:
+    why = (error.strerror or str(error)) if error is not None else 'unknown'
+  return errors.ConfigError(f'{os.fspath(path)}: cannot write {what} there'
+                            f' ({errors.printable(why)})')
+
+
+def new_part(path):
+  """(name, file) of a new part file next to `path` (an epath), for this
+  writer only: on local disk created with O_EXCL and O_NOFOLLOW, so never
+  one that was there and never through a planted symlink; its folder is
+  made."""
+  part = path.parent / f'.{path.name}.{os.getpid()}.{time.time_ns()}.part'
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if links_lib.scheme(os.fspath(part)) is None:
+    return part, os.fdopen(os.open(
+        part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        | os.O_CLOEXEC, 0o644), 'wb')
+  return part, part.open('wb')
+
+
+def discard_part(part, file) -> None:
+  """Closes and removes a part file of `new_part` that is not kept."""
+  try:
+    file.close()
+  except OSError:
+    pass  # Nothing of it is kept.
+  part.unlink(missing_ok=True)
+
+
+def write_whole(path, data: bytes, what: str) -> None:
+  """Writes `data` at `path` whole or not at all (a `new_part` renamed over
+  it: a file or symlink there is replaced, never written through); the
+  folder is made. A one-line error names `what` if it cannot be.
+
+  Raises:
+    errors.ConfigError: from `cannot_write`.
+  """
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  path = epath.Path(path)
+  try:
+    part, file = new_part(path)
+  except OSError as e:
+    raise cannot_write(path, what, e) from None
+  try:
+    with file:
+      file.write(data)
+    part.replace(path)
+  except BaseException as e:
+    discard_part(part, file)
+    if isinstance(e, OSError):
+      raise cannot_write(path, what, e) from None
     raise
