@@ -920,9 +920,8 @@ def stream(source: base.Source, *, hold_bytes: int,
   mismatch all the same.
   """
   tar = source.name
-  state = _Stream(tar, hold_bytes, images,
-                  verify=getattr(source, 'checksum', None) is not None)
   cursor = source.open_sequential(0)
+  state = _Stream(tar, hold_bytes, images, verify=checksums.verifies(cursor))
   try:
     damage = yield from _members(cursor, tar=tar, keep=state.keep,
                                  act=state.add)

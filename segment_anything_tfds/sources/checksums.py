@@ -317,6 +317,12 @@ def hashing(reader: base.SequentialReader, source: base.Source, start: int
                        expected=expected)
 
 
+def verifies(reader: base.SequentialReader) -> bool:
+  """Whether `reader` checks the tar it reads (`hashing` made it so), and
+  `stream_verdict` will judge it."""
+  return isinstance(reader, HashingReader)
+
+
 def stream_verdict(reader: base.SequentialReader
                    ) -> errors.BadInputError | None:
   """The checksum verdict of a tar read front to back, once the walk of it
@@ -333,9 +339,7 @@ def stream_verdict(reader: base.SequentialReader
     the digests expected and read. The engine raises it (strict), or drops
     every record of that tar and audits it as a skipped tar (lenient).
   """
-  if isinstance(reader, HashingReader):
-    return reader.verdict()
-  return None
+  return reader.verdict() if verifies(reader) else None
 
 
 # ------------------------------------------------------------ markers
