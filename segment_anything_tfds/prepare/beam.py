@@ -19,9 +19,10 @@ What Dataflow runs. Beam is imported here only. The steps, by label:
                       built): `rules.duplicates` keeps the lowest tar's
                       copy. Small data, a side input for the next step
   'DropDuplicates'    the other copies go
-  'FindMissing' / 'MissingToJson' / 'WriteMissing'
+  'FindMissing' / 'TarSkips' / 'CheckMissing' / 'WriteMissing'
                       with an image list: its images found in no tar
-                      (`rules.missing_images`: strict, the build fails)
+                      (`rules.missing_images`: strict, the build fails,
+                      naming the tars skipped whole)
   'KeyOrders' / 'PlanShards'
                       the plan (`plan.py`): every kept image's
                       `image_order` (8 bytes) and size, in one combine, cut
@@ -259,8 +260,8 @@ def _order(image_id: int) -> int:
 
 class FindMissing(beam.CombineFn):
   """The listed images found in no tar, from each source's found ids
-  (`rules.missing_images`; the launcher checks them with the audit,
-  `rules.check_missing`)."""
+  (`rules.missing_images`; 'CheckMissing' then fails a strict build,
+  `check_missing`)."""
 
   def __init__(self, images, *, tars: int):
     super().__init__()
@@ -282,6 +283,18 @@ class FindMissing(beam.CombineFn):
     found = np.concatenate(acc) if acc else np.zeros(0, np.int64)
     return rules.missing_images(self._images, found, allow_partial=True,
                                 tars=self._tars).tolist()
+
+
+def check_missing(missing: list[int], tar_skips: list[dict], *, images,
+                  allow_partial: bool, tars: int,
+                  skipped: Sequence[dict]) -> list[int]:
+  """`rules.check_missing` of the ids 'FindMissing' found missing, with the
+  tars skipped whole (those left out before the build, `skipped`, and the
+  sources' own); returns them."""
+  rules.check_missing(images, np.array(missing, np.int64),
+                      allow_partial=allow_partial, tars=tars,
+                      records=[*skipped, *tar_skips])
+  return missing
 
 
 def assign_shard(item: tuple[int, Built], shards: tuple[int, list[int]]
@@ -332,8 +345,8 @@ def write_shard(item: tuple[int, Iterable[tuple[int, Built]]],
 
 
 def _pipeline(root, sources: Sequence[base.Source], output: plan.Output,
-              work_dir: str, *, lenient: bool, hold_bytes: int,
-              images) -> None:
+              work_dir: str, *, lenient: bool, hold_bytes: int, images,
+              allow_partial: bool, skipped: Sequence[dict]) -> None:
   read = (
       root
       | 'CreateSources' >> beam.Create(list(sources))
@@ -343,10 +356,16 @@ def _pipeline(root, sources: Sequence[base.Source], output: plan.Output,
       ).with_outputs(_AUDIT, _IDS, _FOUND, main='copies')
   )
   if images is not None:
+    tar_skips = read[_AUDIT] | 'TarSkips' >> beam.Filter(
+        lambda r: r['kind'] == 'tar')
     _ = (
         read[_FOUND]
         | 'FindMissing' >> beam.CombineGlobally(FindMissing(
             images, tars=len(sources)))
+        | 'CheckMissing' >> beam.Map(
+            check_missing, beam.pvalue.AsList(tar_skips), images=images,
+            allow_partial=allow_partial, tars=len(sources),
+            skipped=list(skipped))
         | 'MissingToJson' >> beam.Map(json.dumps)
         | 'WriteMissing' >> beam.io.WriteToText(f'{work_dir}/missing')
     )
@@ -430,7 +449,8 @@ def build(sources: Sequence[base.Source], output: plan.Output, *,
     options = pipeline_options.PipelineOptions([])
   root = beam.Pipeline(runner=runner, options=options)
   _pipeline(root, sources, output, os.fspath(work_dir), lenient=lenient,
-            hold_bytes=hold_bytes, images=images)
+            hold_bytes=hold_bytes, images=images,
+            allow_partial=allow_partial, skipped=skipped)
   pipeline_result = root.run()
   pipeline_result.wait_until_finish()
   counters = _counters(pipeline_result)
@@ -440,9 +460,6 @@ def build(sources: Sequence[base.Source], output: plan.Output, *,
   if images is not None:
     missing = np.array(_read_lines(work_dir, 'missing')[0], np.int64)
   work_dir.rmtree(missing_ok=True)
-  if images is not None:
-    rules.check_missing(images, missing, allow_partial=allow_partial,
-                        tars=len(sources), records=audit)
   if not results:
     raise errors.SourceError(rules.nothing_to_write(audit, len(sources)))
   lengths = [0] * results[0]['count']
