@@ -92,6 +92,15 @@ def _escape(char: str) -> str:
   return f'\\u{code:04x}' if code < 0x10000 else f'\\U{code:08x}'
 
 
+def first_line(e: BaseException) -> str:
+  """The first non-empty line of an exception's message, or its type's name
+  (backends raise their own types: tf.errors.*, gcsfs's, huggingface_hub's),
+  for one-line errors."""
+  text = str(e).strip() or type(e).__name__
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  return lines[0] if lines else text
+
+
 def printable(text: str) -> str:
   """`text` with each unprintable character as a visible escape.
 

@@ -51,13 +51,6 @@ def progress(iterable=None, *, enabled: bool, **kwargs):
                         dynamic_ncols=True, **kwargs)
 
 
-def first_line(e: BaseException) -> str:
-  """The first non-empty line of an exception's message."""
-  text = str(e).strip() or type(e).__name__
-  lines = [l.strip() for l in text.splitlines() if l.strip()]
-  return lines[0] if lines else text
-
-
 def require(module: str, *, command: str, extra: str,
             package: str | None = None) -> None:
   """A one-line error, before any work, if an optional module is missing."""
@@ -405,7 +398,7 @@ def as_dataset(builder, split: str):
     return builder.as_dataset(split=split, decoders=skip_image_decoding(),
                               shuffle_files=False)
   except (KeyError, AssertionError, ValueError) as e:
-    raise errors.ConfigError(f'bad split {split!r}: {first_line(e)}') from None
+    raise errors.ConfigError(f'bad split {split!r}: {errors.first_line(e)}') from None
 
 
 def iterate_examples(builder, split: str, *, show_progress: bool, desc: str):
@@ -417,7 +410,7 @@ def iterate_examples(builder, split: str, *, show_progress: bool, desc: str):
                                       decoders=skip_image_decoding())
     except (KeyError, AssertionError, ValueError) as e:
       raise errors.ConfigError(
-          f'bad split {split!r}: {first_line(e)}') from None
+          f'bad split {split!r}: {errors.first_line(e)}') from None
     examples = (source[i] for i in range(len(source)))
   else:
     examples = tfds.as_numpy(as_dataset(builder, split))

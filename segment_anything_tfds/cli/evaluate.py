@@ -37,7 +37,7 @@ def read_predictions(path: str) -> Any:
     return orjson.loads(data)
   except orjson.JSONDecodeError as e:
     raise errors.ConfigError(
-        f'predictions file {path} is not JSON: {common.first_line(e)}'
+        f'predictions file {path} is not JSON: {errors.first_line(e)}'
     ) from None
 
 
@@ -50,7 +50,7 @@ def prepare_json_output(path: str) -> None:
     os.makedirs(parent, exist_ok=True)
   except OSError as e:
     raise errors.SourceError(
-        f'cannot create the dir of --json {path}: {common.first_line(e)}'
+        f'cannot create the dir of --json {path}: {errors.first_line(e)}'
     ) from None
 
 
@@ -62,7 +62,7 @@ def write_json(path: str, report: Any) -> None:
       f.write('\n')
   except OSError as e:
     raise errors.SourceError(
-        f'cannot write --json {path}: {common.first_line(e)}') from None
+        f'cannot write --json {path}: {errors.first_line(e)}') from None
 
 
 def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:

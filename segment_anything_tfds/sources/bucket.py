@@ -48,16 +48,11 @@ def filesystem(uri: str) -> tuple[Any, str]:
     return fsspec.core.url_to_fs(uri)
   except (ImportError, ValueError) as e:
     raise errors.SourceError(
-        f'{uri}: cannot read it here: {_first_line(e)}') from None
-
-
-def _first_line(e: BaseException) -> str:
-  # fsspec's backends raise their own types (gcsfs's HttpError, ...).
-  return (str(e).strip().splitlines() or [type(e).__name__])[0]
+        f'{uri}: cannot read it here: {errors.first_line(e)}') from None
 
 
 def cannot_open(name: str, uri: str, e: BaseException) -> errors.SourceError:
-  return errors.SourceError(f'{name}: cannot open {uri}: {_first_line(e)}')
+  return errors.SourceError(f'{name}: cannot open {uri}: {errors.first_line(e)}')
 
 
 def stat(uri: str) -> dict[str, Any]:
@@ -72,7 +67,7 @@ def list_dir(uri: str) -> list[tuple[str, str, int | None]]:
   try:
     entries = fs.ls(path, detail=True)
   except Exception as e:  # pylint: disable=broad-except
-    raise errors.SourceError(f'cannot list {uri}: {_first_line(e)}') from None
+    raise errors.SourceError(f'cannot list {uri}: {errors.first_line(e)}') from None
   out = []
   for info in entries:
     name = posixpath.basename(info['name'].rstrip('/'))
@@ -206,7 +201,7 @@ class BucketFolder(base.FolderSource):
       found = fs.find(root, detail=True)
     except Exception as e:  # pylint: disable=broad-except
       raise errors.SourceError(
-          f'{self.name}: cannot list {self.location}: {_first_line(e)}'
+          f'{self.name}: cannot list {self.location}: {errors.first_line(e)}'
       ) from None
     return [Member(path[len(root) + 1:], 0, info['size'])
             for path, info in sorted(found.items())

@@ -164,10 +164,8 @@ def read_checksums(path: epath.PathLike) -> dict[str, tuple[str, str]]:
     try:
       data = f.read(MAX_CHECKSUMS_FILE_BYTES + 1)
     except Exception as e:  # pylint: disable=broad-except
-      # epath's backends raise their own types (tf.errors.*, gcsfs's).
-      first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-      raise ChecksumError(f'checksum list {path}: cannot be read ({first})'
-                          ) from None
+      raise ChecksumError(f'checksum list {path}: cannot be read'
+                          f' ({errors.first_line(e)})') from None
   if len(data) > MAX_CHECKSUMS_FILE_BYTES:
     raise ChecksumError(f'{path}: over {MAX_CHECKSUMS_FILE_BYTES >> 20} MiB:'
                         ' not a checksum list')

@@ -200,10 +200,6 @@ def parse(uri: str) -> HubDir:
   return HubDir(f'{owner}/{name}', revision, '/'.join(path))
 
 
-def _first_line(e: BaseException) -> str:
-  return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
 def _listing_error(e: Exception, where: HubDir) -> errors.Error:
   """The package's error for a failure of `huggingface_hub`'s listing."""
   from huggingface_hub import errors as hf_errors  # pylint: disable=g-import-not-at-top
@@ -229,7 +225,7 @@ def _listing_error(e: Exception, where: HubDir) -> errors.Error:
     return errors.SourceError(f'{uri}: HF_HUB_OFFLINE is set, so the repo'
                               ' cannot be listed; unset it')
   return errors.SourceError(f'{uri}: cannot list it on {host}:'
-                            f' {errors.printable(_first_line(e))[:300]}')
+                            f' {errors.printable(errors.first_line(e))[:300]}')
 
 
 def _api():

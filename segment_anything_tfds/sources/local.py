@@ -314,9 +314,8 @@ def open_input(path, what: str, *,
     raise error(f'{what} {text}: cannot be read ({e.strerror or e})'
                 ) from None
   except Exception as e:  # pylint: disable=broad-except
-    # epath's backends raise their own types (tf.errors.*, gcsfs's).
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    raise error(f'{what} {text}: cannot be read ({first})') from None
+    raise error(f'{what} {text}: cannot be read ({errors.first_line(e)})'
+                ) from None
   try:
     mode = os.fstat(fd).st_mode
     if stat.S_ISDIR(mode):
