@@ -1,5 +1,6 @@
 """segment_anything_tfds: SA-1B (Segment Anything) for TensorFlow Datasets."""
 
+import os
 import pathlib
 
 import setuptools
@@ -99,9 +100,13 @@ setuptools.setup(
     # builds run the check's plain-Python reference (the same verdicts,
     # slower) and the numpy path decodes with TensorFlow's `rle.decode`
     # (the same masks, slower).
+    # Also the numpy path's area resize (numpy_inputs.resize_area_np), TF's
+    # bit for bit: no fused multiply-adds (-ffp-contract=off); without the
+    # extension it runs TensorFlow's kernel itself.
     ext_modules=[setuptools.Extension(
         'segment_anything_tfds._rle',
-        ['segment_anything_tfds/_rle.c'], optional=True)],
+        ['segment_anything_tfds/_rle.c'], optional=True,
+        extra_compile_args=[] if os.name == 'nt' else ['-ffp-contract=off'])],
     install_requires=[
         # The local build relies on a few TFDS internals (tfds_seam.py),
         # checked by tests/test_tfds_seam.py on the versions below.

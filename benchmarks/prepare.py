@@ -753,8 +753,15 @@ def run_checksums(args, work: str) -> dict:
         f' interleaved ==', flush=True)
   results = {'mode': 'checksums', 'tars': n, 'images_per_tar': ipt,
              'tar_bytes': tar_bytes, 'runs': args.best_of, 'cost': {}}
-  with serve(tar_dir) as url:
+  rate = args.link_rate * MB if args.link_rate else None
+  if rate:
+    print(f'links served at most {args.link_rate:g} MB/s per tar', flush=True)
+  results['link_rate_mb_s'] = args.link_rate or None
+  # Real links answer in parallel: so does a rate-limited server.
+  with serve(tar_dir, threaded=bool(rate), rate=rate) as url:
     for kind, from_links in ((OURS, False), (OURS_LINKS, True)):
+      if rate and not from_links:
+        continue  # The rate is the links'; local tars are measured without.
       best: dict[str, dict] = {}
       # Local tars: a third build with the markers the second left (what
       # every build after the first pays).
@@ -1501,6 +1508,11 @@ def parse_args(argv):
                     ' ours-links) without and with an md5 list of them,'
                     ' --best-of runs each: the cost of verifying (goal <='
                     ' +10 %%)')
+  sums.add_argument('--link-rate', type=float, default=0, metavar='MB/S',
+                    help='with --checksums: the loopback server sends each'
+                    ' tar at most this many MB/s, like a real link (0: as'
+                    ' fast as loopback goes, where the download itself is'
+                    ' CPU-bound)')
   parser.add_argument('--_child', help=argparse.SUPPRESS)
   parser.add_argument('--_digest', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)

@@ -168,8 +168,8 @@ def test_same_masks_and_prompts_as_tf(options):
     kwargs = dict(image_size=64, num_masks=8, seed=trial, **options)
     tf_out = sam_inputs.to_sam_inputs(example, **kwargs)
     np_out = npi.to_sam_inputs_np(_as_numpy(example), **kwargs)
-    # Decoded pixels in: PIL rounds its resize to whole grey levels (and
-    # float noise on top).
+    # Decoded pixels in: a shrink is TF's area resize bit for bit; PIL
+    # rounds a growing resize to whole grey levels (and float noise on top).
     assert_same_inputs(tf_out, np_out, image_atol=1.01)
 
 
@@ -220,7 +220,9 @@ JPEG_SIZES = [(1500, 2250, 1024), (200, 300, 64), (400, 300, 48),
 
 def test_both_paths_decode_jpegs_to_the_same_pixels():
   """The same libjpeg rule (DCT scaling, accurate IDCT) in TF and PIL: the
-  decoded images are equal, and the resized ones within a grey level."""
+  decoded images are equal. The fast path's area shrink is TF's bit for bit;
+  PIL's antialiased resize (no fast_jpeg, or an image grown) within a grey
+  level."""
   rng = np.random.default_rng(8)
   for height, width, image_size in JPEG_SIZES:
     jpeg = fake_data.jpeg_bytes(rng, height, width)
@@ -238,9 +240,70 @@ def test_both_paths_decode_jpegs_to_the_same_pixels():
       assert decoded.shape == (-(-height // ratio), -(-width // ratio), 3)
       resized = sam_inputs._resized_image(*tf_args).numpy()  # pylint: disable=protected-access
       resized_np = npi._resized_image_np(jpeg, *args)  # pylint: disable=protected-access
+      if fast_jpeg and all(np.greater_equal(decoded.shape[:2],
+                                            resized.shape[:2])):
+        assert resized_np.dtype == np.float32
+        np.testing.assert_array_equal(resized_np, resized)
+        continue
       assert resized_np.dtype == np.uint8
       diff = np.abs(resized - resized_np)
       assert diff.max() <= 1.0 + 1e-3 and diff.mean() < 0.4, (args, diff.max())
+
+
+@pytest.mark.parametrize('with_c', [True, False])
+def test_resize_area_np_is_tfs_area_resize(monkeypatch, with_c):
+  """`resize_area_np` equals tf.image.resize(method='area') bit for bit, in
+  C and in its fallback (TF's kernel, where the extension is not built):
+  shrinking by any factor, SA-1B's 750x1125 -> 683x1024 after DCT scaling,
+  growing, one pixel, and 1 or 4 channels."""
+  if not with_c:
+    monkeypatch.setattr(npi, '_rle', None)
+  elif npi._rle is None:  # pylint: disable=protected-access
+    pytest.skip('the C extension is not built')
+  rng = np.random.default_rng(11)
+  cases = [(750, 1125, 683, 1024, 3), (1500, 2250, 683, 1024, 3),
+           (100, 37, 91, 20, 3), (5, 5, 9, 13, 3), (64, 48, 17, 3, 1),
+           (64, 48, 17, 3, 4), (3, 1000, 1, 1, 3), (1, 1, 1, 1, 3)]
+  cases += [(int(rng.integers(1, 300)), int(rng.integers(1, 300)),
+             int(rng.integers(1, 300)), int(rng.integers(1, 300)), 3)
+            for _ in range(6)]
+  for h, w, out_h, out_w, c in cases:
+    image = rng.integers(0, 256, (h, w, c), dtype=np.uint8)
+    got = npi.resize_area_np(image, out_h, out_w)
+    assert got.dtype == np.float32 and got.shape == (out_h, out_w, c)
+    np.testing.assert_array_equal(
+        got, tf.image.resize(image, (out_h, out_w), method='area').numpy())
+  # A strided view is copied first, not misread.
+  image = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(
+      npi.resize_area_np(image[::2, ::3], 7, 9),
+      tf.image.resize(image[::2, ::3], (7, 9), method='area').numpy())
+
+
+def test_c_resize_area_refuses_bad_buffers():
+  """The C kernel checks what it is given, rather than reading or writing
+  out of bounds."""
+  c_ext = npi._rle  # pylint: disable=protected-access
+  if c_ext is None:
+    pytest.skip('the C extension is not built')
+  image = np.zeros((8, 8, 3), np.uint8)
+  bad = [
+      (image.astype(np.float32), np.zeros((4, 4, 3), np.float32)),
+      (image, np.zeros((4, 4, 3), np.float64)),
+      (image, np.zeros((4, 4, 1), np.float32)),
+      (image, np.zeros((4, 8, 3), np.float32)[:, ::2]),
+      (image[:, ::2], np.zeros((4, 4, 3), np.float32)),
+      (image, np.zeros((0, 4, 3), np.float32)),
+      (image[:0], np.zeros((4, 4, 3), np.float32)),
+      (image[:, :, 0], np.zeros((4, 4), np.float32)),
+  ]
+  for src, out in bad:  # numpy refuses some views itself.
+    with pytest.raises(ValueError, match='_rle.resize_area|not C-contiguous'):
+      c_ext.resize_area(src, out)
+  frozen = np.zeros((4, 4, 3), np.float32)
+  frozen.flags.writeable = False
+  with pytest.raises((ValueError, BufferError)):
+    c_ext.resize_area(image, frozen)
 
 
 def test_no_usable_masks_and_unseeded():

@@ -306,13 +306,19 @@ class _TensorFlow:
     rows = tf.reshape(image, [h, w * c])
     if any(mean):
       rows = rows - per_channel(mean)
-    image = tf.reshape(rows / per_channel(std), [h, w, c])
+    rows = rows / per_channel(std)
+    image = tf.reshape(rows, [h, w, c])
     if not any(fill):
       out = tf.pad(image, [[0, size - h], [0, size - w], [0, 0]])
     else:  # Pixels copied once, no mask of the inside.
-      fill = tf.constant(fill, tf.float32)
-      out = tf.concat([image, tf.broadcast_to(fill, [h, size - w, c])], 1)
-      out = tf.concat([out, tf.broadcast_to(fill, [size - h, size, c])], 0)
+      # The fill as whole rows of size * C values: broadcasting those is a
+      # row copy, ~5x faster than broadcasting a vector of C = 3.
+      fill_row = tf.constant(np.tile(np.asarray(fill, np.float32), size))
+      right = tf.broadcast_to(fill_row[w * c:], [h, (size - w) * c])
+      out = tf.concat([rows, right], 1)
+      out = tf.concat([out, tf.broadcast_to(fill_row, [size - h, size * c])],
+                      0)
+      out = tf.reshape(out, [size, size, c])
     return tf.ensure_shape(out, [size, size, image.shape[-1]])
 
   def random_seed(self):

@@ -3,14 +3,16 @@
 The numpy twin of `sam_inputs`: `to_sam_inputs_np` takes the same options and
 returns the same layouts (`sam_layouts`). With the same seed it picks the same
 masks, points, prompt kinds and box jitter (`sampling`), and its targets are
-bit for bit those of the tf.data path. Only the image pixels may differ
-slightly, from another JPEG decoder and resizer (PIL).
+bit for bit those of the tf.data path. With `fast_jpeg` (the default) so is
+the image wherever PIL's libjpeg decodes the JPEG to the same pixels as
+TensorFlow's; without it, the pixels differ slightly (PIL's resizer).
 
 * Masks: only the sampled ones, decoded by C straight at the target size
   with the tf.data path's sampling rule (`decode_masks_np`), written
   straight into the float32 targets.
 * Image: PIL, with JPEG draft mode (libjpeg's DCT scaling, as `fast_jpeg`
-  does in the tf.data path), then a bilinear (antialiased) resize.
+  does in the tf.data path), then TF's area shrink in C (`resize_area_np`);
+  without `fast_jpeg`, PIL's bilinear (antialiased) resize.
 
 No TensorFlow, torch, grain or JAX import: the data come from a prepared
 ArrayRecord build through ``tfds.data_source``, which reads without
@@ -48,7 +50,7 @@ from segment_anything_tfds.read import sampling
 
 __all__ = ['to_sam_inputs_np', 'SamTransform', 'SamDataset',
            'load_sam_data_source', 'grain_loader', 'nearest_indices_np',
-           'decode_masks_np']
+           'decode_masks_np', 'resize_area_np']
 
 try:  # The C decoder (setup.py builds it); rle.decode if not built.
   from segment_anything_tfds import _rle  # pylint: disable=g-import-not-at-top
@@ -238,13 +240,35 @@ def _decoded_image_np(content: Any, height: int, width: int, image_size: int,
 
 def _resized_image_np(content: Any, height: int, width: int, image_size: int,
                       fast_jpeg: bool) -> np.ndarray:
-  """uint8 [new_h, new_w, 3]: `sam_inputs._resized_image` in PIL (its
-  bilinear resize, antialiased, rounds to whole grey levels)."""
+  """[new_h, new_w, 3]: `sam_inputs._resized_image` over PIL's decode.
+
+  The fast path's area shrink is TF's own (`resize_area_np`: float32, the
+  same values); otherwise PIL's antialiased bilinear resize (uint8: it
+  rounds to whole grey levels).
+  """
   image = _decoded_image_np(content, height, width, image_size, fast_jpeg)
   new_h, new_w, _ = resized_size_np(height, width, image_size)
+  if fast_jpeg and image.size[0] >= new_w and image.size[1] >= new_h:
+    return resize_area_np(np.asarray(image), new_h, new_w)
   if image.size != (new_w, new_h):
     image = image.resize((new_w, new_h), _pil().BILINEAR)
   return np.asarray(image)
+
+
+def resize_area_np(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """float32 [height, width, C]: ``tf.image.resize(image, (height, width),
+  method='area')`` of a uint8 [h, w, C] image, bit for bit.
+
+  In C (`_rle.resize_area`, the kernel's arithmetic in its order); where the
+  extension is not built, by TensorFlow's kernel run eagerly.
+  """
+  image = np.ascontiguousarray(image, np.uint8)
+  if _rle is None:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf.image.resize(image, (height, width), method='area').numpy()
+  out = np.empty((height, width, image.shape[2]), np.float32)
+  _rle.resize_area(image, out)
+  return out
 
 
 def to_sam_inputs_np(

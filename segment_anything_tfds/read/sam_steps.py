@@ -36,8 +36,8 @@ Added by the steps:
     row of each mask; nonempty: bool [k] (`decode_masks`);
   points: float32 [k, 2]; boxes: float32 [k, 4]; use_box: bool [k],
     layout 'keras_hub' only (`prompts`);
-  image: [h, w, 3] on the 0..255 scale (float32; uint8 in numpy), long
-    side S (`resize_image`).
+  image: [h, w, 3] on the 0..255 scale, long side S (`resize_image`):
+    float32 (in numpy uint8 without fast_jpeg).
 `layout` returns ``(inputs, targets, sample_weight)``.
 """
 
