@@ -7,6 +7,7 @@
   python benchmarks/prepare.py --tars 1,4 --scaling '' --skip-builtin
   python benchmarks/prepare.py --profile 4      # cProfile of one 4-tar build
   python benchmarks/prepare.py --checksums 4    # cost of a checksum list
+  python benchmarks/prepare.py --checksums 8 --link-rate 100  # links at 100 MB/s
 
 Builds (each in its own subprocess):
   ours        this package's default: a local build (no Beam runner named,

@@ -193,7 +193,7 @@ def to_sam_inputs(
       decode it with libjpeg's DCT scaling (1/2, 1/4 or 1/8) as long as the
       long side stays >= `image_size` (SA-1B: 1/2); then shrink by the area
       rule (``tf.image.resize(method='area')``). False: a full decode and
-      the antialiased bilinear resize, about 2.5x the time per image; the
+      the antialiased bilinear resize, about 1.6x the time per image; the
       pixels differ slightly (docs/training.md measures how much).
 
   Returns:
