@@ -3,6 +3,8 @@
 import contextlib
 import functools
 import http.server
+import os
+import re
 import threading
 import time
 
@@ -16,6 +18,30 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
   def log_message(self, *args):
     pass
 
+  def send_head(self):
+    """A `Range: bytes=A-[B]` request gets a 206 with those bytes (streamed
+    builds read tars so); anything else, the whole file."""
+    found = re.fullmatch(r'bytes=(\d+)-(\d*)',
+                         (self.headers.get('Range') or '').strip())
+    path = self.translate_path(self.path)
+    if found is None or not os.path.isfile(path):
+      return super().send_head()
+    size = os.path.getsize(path)
+    start = int(found[1])
+    end = min(int(found[2]) if found[2] else size - 1, size - 1)
+    if start > end:
+      self.send_error(416)
+      return None
+    f = open(path, 'rb')  # pylint: disable=consider-using-with
+    f.seek(start)
+    self.send_response(206)
+    self.send_header('Content-Type', 'application/x-tar')
+    self.send_header('Content-Range', f'bytes {start}-{end}/{size}')
+    self.send_header('Content-Length', str(end - start + 1))
+    self.send_header('Accept-Ranges', 'bytes')
+    self.end_headers()
+    return _Part(f, end - start + 1)
+
   def copyfile(self, source, outputfile):
     if not self.rate:
       return super().copyfile(source, outputfile)
@@ -26,6 +52,22 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
       ahead = sent / self.rate - (time.monotonic() - start)
       if ahead > 0:
         time.sleep(ahead)
+
+
+class _Part:
+  """The first `left` bytes of an open file."""
+
+  def __init__(self, f, left: int):
+    self._f, self._left = f, left
+
+  def read(self, n: int = -1) -> bytes:
+    n = self._left if n is None or n < 0 else min(n, self._left)
+    data = self._f.read(n)
+    self._left -= len(data)
+    return data
+
+  def close(self) -> None:
+    self._f.close()
 
 
 @contextlib.contextmanager

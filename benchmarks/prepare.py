@@ -8,6 +8,7 @@
   python benchmarks/prepare.py --profile 4      # cProfile of one 4-tar build
   python benchmarks/prepare.py --checksums 4    # cost of a checksum list
   python benchmarks/prepare.py --checksums 8 --link-rate 100  # links at 100 MB/s
+  python benchmarks/prepare.py --checksums 8 --link-rate 100 --disk-mode stream
 
 Builds (each in its own subprocess):
   ours        this package's default: a local build (no Beam runner named,
@@ -365,6 +366,8 @@ def _our_builder(spec: dict):
   if spec.get('checksums'):
     kwargs['download_options'] = {'checksums': spec['checksums'],
                                   'progress': False}
+    if spec.get('disk_mode'):
+      kwargs['download_options']['disk_mode'] = spec['disk_mode']
   if spec['kind'] in BEAM_KINDS:
     config = tfds.download.DownloadConfig(
         manual_dir=spec['manual_dir'], beam_runner=runners.local_runner())
@@ -758,6 +761,7 @@ def run_checksums(args, work: str) -> dict:
   if rate:
     print(f'links served at most {args.link_rate:g} MB/s per tar', flush=True)
   results['link_rate_mb_s'] = args.link_rate or None
+  results['disk_mode'] = args.disk_mode
   # Real links answer in parallel: so does a rate-limited server.
   with serve(tar_dir, threaded=bool(rate), rate=rate) as url:
     for kind, from_links in ((OURS, False), (OURS_LINKS, True)):
@@ -780,7 +784,8 @@ def run_checksums(args, work: str) -> dict:
                                             f'sums-{kind}-with')
                         if key == 'marked' else None,
                         links_url=url if from_links else None,
-                        workers=args.workers, checksums=listed)
+                        workers=args.workers, checksums=listed,
+                        disk_mode=args.disk_mode if from_links else None)
           _print_failure(r)
           _check_build(kind, r, n * ipt)
           print(f'  {kind:<11} run {run + 1}, checksums {key}:'
@@ -1514,6 +1519,11 @@ def parse_args(argv):
                     ' tar at most this many MB/s, like a real link (0: as'
                     ' fast as loopback goes, where the download itself is'
                     ' CPU-bound)')
+  sums.add_argument('--disk-mode', default='keep',
+                    choices=['keep', 'stream'],
+                    help='with --checksums: how the links build reads the'
+                    ' tars: download them (keep: hashed as written), or'
+                    ' stream them by Range requests (hashed as read)')
   parser.add_argument('--_child', help=argparse.SUPPRESS)
   parser.add_argument('--_digest', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)

@@ -18,8 +18,10 @@ What both paths do
    the long side is M = `mask_size` (exactly a 'nearest' resize of the full
    mask), zero-padded at the bottom and right to M x M. Target pixel (y, x)
    covers image pixels [y * S/M, (y + 1) * S/M), S = `image_size`.
-3. Resize the image so its long side is S (bilinear, antialiased) and pad it
-   at the bottom and right to S x S.
+3. Resize the image so its long side is S and pad it at the bottom and
+   right to S x S. With `fast_jpeg` (the default), a JPEG is decoded with
+   DCT scaling and shrunk by the area rule; otherwise (or to grow a small
+   image) the resize is bilinear, antialiased.
 4. One point per mask: a pixel of the decoded mask, uniformly (stream
    POINTS: the r-th mask pixel in row-major order, r = below(count)). A mask
    that vanishes at M keeps the dataset's own point, scaled.
