@@ -535,6 +535,41 @@ def test_a_symlinked_images_dir_is_not_written_through(tmp_path, victim):
 
 
 @pytest.mark.parametrize('fmt', sorted(export.FORMATS))
+def test_dirs_swapped_for_symlinks_mid_export_redirect_nothing(
+    fmt, tmp_path, victim):
+  """The output dir (and COCO's images/) is moved away after the first
+  image and a symlink to another dir put in its place: the export goes on
+  in the dir it opened, and writes nothing through the symlinks."""
+  out = tmp_path / fmt
+  moved = tmp_path / f'{fmt}-moved'
+  examples = source_examples()
+  before = _tree(victim.parent)
+
+  def swapped():
+    yield examples[0]
+    if fmt == 'coco':
+      (out / 'images').rename(out / 'images-moved')
+      (out / 'images').symlink_to(victim.parent)
+    out.rename(moved)
+    out.symlink_to(victim.parent)
+    yield from examples[1:]
+
+  manifest = export.export(swapped(), fmt, out, shard_size=1)
+  assert _tree(victim.parent) == before
+  assert manifest['images'] == len(examples)
+  images_dir = moved / 'images-moved' if fmt == 'coco' else None
+  written = {str(p.relative_to(moved)) for p in moved.rglob('*')
+             if p.is_file() and not p.is_symlink()}
+  assert 'export.json' in written
+  for name in manifest['files']:
+    assert name in written, name
+  if images_dir is not None:
+    assert len(list(images_dir.glob('sa_*.jpg'))) == len(examples)
+  else:
+    assert len(manifest['files']) > 1  # One shard per image (shard_size=1).
+
+
+@pytest.mark.parametrize('fmt', sorted(export.FORMATS))
 def test_planted_partial_files_are_never_written_through(fmt, tmp_path,
                                                          victim):
   first = {'coco': 'images/.sa_{}.jpg.partial',

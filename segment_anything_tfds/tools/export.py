@@ -35,8 +35,11 @@ Names: a prepared dataset is input like any other (datasets get shared),
 so no output name comes from its text. Every image is `sa_<image_id>.jpg`
 (COCO's `images/`, webdataset's members, the TSV's first column), and an
 example whose `image/file_name` is not exactly that is refused
-(`BadRecordError`, naming the example and the image id). Every path is
-checked to resolve inside the output dir before it is written.
+(`BadRecordError`, naming the example and the image id). The output dir is
+opened once (`OutDir`), and every file is made, renamed, measured and
+removed relative to that handle, or to one on `images/` opened without
+following a symlink: a symlink planted in the dir, or the dir or `images/`
+swapped for one while the export runs, sends no write outside it.
 
 Atomic writes: every file is written under a hidden temporary name
 (``.<name>.partial``, created with ``O_EXCL | O_NOFOLLOW``: never through a
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import io
 import json
 import os
@@ -253,48 +257,112 @@ def _jpeg(example: Mapping[str, Any]) -> bytes:
 # through a symlink.
 _PARTIAL_FLAGS = (os.O_RDWR | os.O_CREAT | os.O_EXCL
                   | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_CLOEXEC', 0))
+_DIR_FLAGS = (os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0)
+              | getattr(os, 'O_CLOEXEC', 0))
 
 
-def inside(out_dir: str | os.PathLike, *parts: str) -> str:
-  """`out_dir/parts...`, if it resolves inside `out_dir`.
+def _check_name(name: str) -> str:
+  """A file name of one path component (the writers make them all)."""
+  if not name or name in ('.', '..') or '/' in name or os.sep in name:
+    raise errors.SourceError(f'refusing to write {name!r}: not a plain file'
+                             ' name')
+  return name
 
-  Raises:
-    SourceError: the path, symlinks resolved, is not below `out_dir`.
+
+class OutDir:
+  """The output dir, opened once.
+
+  Every file is created, renamed, measured and removed relative to the
+  descriptor of its directory: the output dir as the user named it (a
+  symlink they give is followed once, here), and a subdir (`images/`)
+  opened from it without following a symlink. Swapping the dir or a subdir
+  for a symlink while the export runs then redirects nothing, and no name
+  leads outside it.
   """
-  out_dir = os.fspath(out_dir)
-  path = os.path.join(out_dir, *parts)
-  root = os.path.realpath(out_dir)
-  real = os.path.realpath(path)
-  if real == root or os.path.commonpath([root, real]) != root:
-    raise errors.SourceError(
-        f'refusing to write {path}: it resolves to {real}, outside the'
-        f' output dir {out_dir}')
-  return path
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = os.fspath(path)
+    self.fd = os.open(self.path, _DIR_FLAGS)
+    self._subdirs: dict[str, int] = {}
+
+  def dir_fd(self, subdir: str | None = None, *, create: bool = False
+             ) -> int:
+    """The descriptor of the output dir, or of its `subdir` (made if
+    `create`), which must be a directory, not a symlink.
+
+    Raises:
+      SourceError: `subdir` is a symlink, or not a directory.
+    """
+    if subdir is None:
+      return self.fd
+    if subdir not in self._subdirs:
+      name = _check_name(subdir)
+      if create:
+        try:
+          os.mkdir(name, dir_fd=self.fd)
+        except FileExistsError:
+          pass
+      try:
+        fd = os.open(name, _DIR_FLAGS | getattr(os, 'O_NOFOLLOW', 0),
+                     dir_fd=self.fd)
+      except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+          raise
+        shown = os.path.join(self.path, name)
+        raise errors.SourceError(
+            f'refusing to write {shown}: it resolves to'
+            f' {os.path.realpath(shown)}, outside the output dir'
+            f' {self.path}') from None
+      self._subdirs[subdir] = fd
+    return self._subdirs[subdir]
+
+  def size(self, rel: str) -> int:
+    """The size of the file `rel` (`name` or `subdir/name`) written."""
+    subdir, _, name = rel.rpartition('/')
+    return os.stat(name, dir_fd=self.dir_fd(subdir or None),
+                   follow_symlinks=False).st_size
+
+  def close(self) -> None:
+    for fd in (*self._subdirs.values(), self.fd):
+      os.close(fd)
+    self._subdirs.clear()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
 
 
 class PendingFile:
-  """A file written as `.<name>.partial` and renamed to `name` by `commit`.
+  """A file written as `.<name>.partial` and renamed to `name` by `commit`,
+  both in the directory `dir_fd` (`OutDir.dir_fd`).
 
   Until `commit`, the final name does not exist (or keeps what it held);
   `discard` removes the partial file. The partial file is created new
   (`O_EXCL | O_NOFOLLOW`), opened for reading back too (`file`, 'w+b').
+  `path` (the final name under `shown_dir`) is for messages and the list of
+  files written.
 
   Raises:
     SourceError: the partial file exists already (another export writing
       into the same dir, or something put there).
   """
 
-  def __init__(self, path: str | os.PathLike, *, sync: bool = True):
-    self.path = os.fspath(path)
-    head, tail = os.path.split(self.path)
-    self.partial = os.path.join(head, f'.{tail}{PARTIAL_SUFFIX}')
+  def __init__(self, dir_fd: int, name: str, *, shown_dir: str,
+               sync: bool = True):
+    self.name = _check_name(name)
+    self.dir_fd = dir_fd
+    self.path = os.path.join(shown_dir, name)
+    self.partial = f'.{name}{PARTIAL_SUFFIX}'
     self.sync = sync
     try:
-      fd = os.open(self.partial, _PARTIAL_FLAGS, 0o666)
+      fd = os.open(self.partial, _PARTIAL_FLAGS, 0o666, dir_fd=dir_fd)
     except FileExistsError:
       raise errors.SourceError(
-          f'{self.partial} exists: another export is writing into this dir,'
-          ' or something was put there; it is not written through') from None
+          f'{os.path.join(shown_dir, self.partial)} exists: another export'
+          ' is writing into this dir, or something was put there; it is not'
+          ' written through') from None
     self.file = os.fdopen(fd, 'w+b')
 
   def write(self, data: bytes) -> int:
@@ -308,19 +376,19 @@ class PendingFile:
     if self.sync:
       os.fsync(self.file.fileno())
     self.file.close()
-    os.replace(self.partial, self.path)
+    os.replace(self.partial, self.name, src_dir_fd=self.dir_fd,
+               dst_dir_fd=self.dir_fd)
     return self.path
 
   def discard(self) -> None:
     self.file.close()
     with contextlib.suppress(FileNotFoundError):
-      os.remove(self.partial)
+      os.remove(self.partial, dir_fd=self.dir_fd)
 
 
-def write_atomically(path: str | os.PathLike, data: bytes, *,
-                     sync: bool = True) -> str:
-  """Writes `data` to `path` through a `PendingFile`."""
-  pending = PendingFile(path, sync=sync)
+def write_atomically(pending: PendingFile, data: bytes) -> str:
+  """Writes `data` through `pending` and commits it (discards it if the
+  write fails)."""
   try:
     pending.write(data)
   except BaseException:
@@ -345,8 +413,10 @@ class _Writer:
   # Regular expressions of the names a writer writes (relative paths).
   OUTPUTS: tuple[str, ...] = ()
 
-  def __init__(self, out_dir: str | os.PathLike):
-    self.out_dir = os.fspath(out_dir)
+  def __init__(self, out_dir: str | os.PathLike | OutDir):
+    self._own_dir = not isinstance(out_dir, OutDir)
+    self.dir = OutDir(out_dir) if self._own_dir else out_dir
+    self.out_dir = self.dir.path
     self.images = 0
     self.masks = 0
     self.files: list[str] = []
@@ -373,8 +443,13 @@ class _Writer:
   def abort(self) -> None:
     """Removes the partial files; final files written so far stay."""
 
-  def _path(self, *parts: str) -> str:
-    return inside(self.out_dir, *parts)
+  def _pending(self, name: str, *, subdir: str | None = None,
+               sync: bool = True) -> PendingFile:
+    """A `PendingFile` of `name` in the output dir or its `subdir`."""
+    shown = self.out_dir if subdir is None else os.path.join(self.out_dir,
+                                                             subdir)
+    return PendingFile(self.dir.dir_fd(subdir), name, shown_dir=shown,
+                       sync=sync)
 
   def _done(self, path: str) -> None:
     self.files.append(os.path.relpath(path, self.out_dir))
@@ -383,10 +458,14 @@ class _Writer:
     return self
 
   def __exit__(self, exc_type, exc, tb):
-    if exc_type is None:
-      self.close()
-    else:
-      self.abort()
+    try:
+      if exc_type is None:
+        self.close()
+      else:
+        self.abort()
+    finally:
+      if self._own_dir:
+        self.dir.close()
 
 
 class _ShardedWriter(_Writer):
@@ -405,8 +484,8 @@ class _ShardedWriter(_Writer):
     self.shard_index = -1
     self.shard_images = 0
 
-  def shard_path(self, index: int, ext: str) -> str:
-    return self._path(f'{SHARD_PREFIX}-{index:06d}.{ext}')
+  def _shard(self, index: int, ext: str) -> PendingFile:
+    return self._pending(f'{SHARD_PREFIX}-{index:06d}.{ext}')
 
   def _next_shard(self, size: int) -> None:
     """Opens the first shard, or the next one if `size` bytes do not fit."""
@@ -465,8 +544,8 @@ class TsvWriter(_ShardedWriter):
     return self._tsv.tell() + size
 
   def _open_shard(self):
-    self._tsv = PendingFile(self.shard_path(self.shard_index, 'tsv'))
-    self._index = PendingFile(self.shard_path(self.shard_index, 'lineidx'))
+    self._tsv = self._shard(self.shard_index, 'tsv')
+    self._index = self._shard(self.shard_index, 'lineidx')
 
   def _close_shard(self):
     # The index first: a TSV under its final name always has its index.
@@ -519,7 +598,7 @@ class WebDatasetWriter(_ShardedWriter):
     return -(-end // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
   def _open_shard(self):
-    self._file = PendingFile(self.shard_path(self.shard_index, 'tar'))
+    self._file = self._shard(self.shard_index, 'tar')
     self._tar = tarfile.open(fileobj=self._file.file, mode='w',
                              format=tarfile.USTAR_FORMAT)
 
@@ -548,17 +627,17 @@ class CocoWriter(_Writer):
   def __init__(self, out_dir, *, info: Mapping[str, Any] | None = None):
     super().__init__(out_dir)
     self.info = dict(info or {})
-    os.makedirs(self._path(self.IMAGES_DIR), exist_ok=True)
-    self._lists = {
-        key: PendingFile(self._path(f'{key}.list'), sync=False)
-        for key in ('images', 'annotations')}
+    self.dir.dir_fd(self.IMAGES_DIR, create=True)
+    self._lists = {key: self._pending(f'{key}.list', sync=False)
+                   for key in ('images', 'annotations')}
     self._annotations_written = 0
 
   def _add(self, example):
     record = sa1b_record(example)
     image = coco_image(example)
-    path = self._path(self.IMAGES_DIR, image['file_name'])
-    self._done(write_atomically(path, _jpeg(example), sync=False))
+    jpeg = self._pending(image['file_name'], subdir=self.IMAGES_DIR,
+                         sync=False)
+    self._done(write_atomically(jpeg, _jpeg(example)))
     self._append('images', image, self.images)
     for ann in record['annotations']:
       self._append('annotations', coco_annotation(ann, image['id']),
@@ -573,7 +652,7 @@ class CocoWriter(_Writer):
   def close(self):
     head = _json_bytes({'info': self.info, 'licenses': [],
                         'categories': [COCO_CATEGORY]})[:-1]
-    out = PendingFile(self._path(self.ANNOTATIONS))
+    out = self._pending(self.ANNOTATIONS)
     try:
       out.write(head)
       for key in ('images', 'annotations'):
@@ -600,10 +679,11 @@ FORMATS = {'semantic_sam_tsv': TsvWriter, 'coco': CocoWriter,
            'webdataset': WebDatasetWriter}
 
 
-def make_writer(fmt: str, out_dir: str | os.PathLike, *,
+def make_writer(fmt: str, out_dir: str | os.PathLike | OutDir, *,
                 shard_size: int = DEFAULT_SHARD_SIZE,
                 info: Mapping[str, Any] | None = None) -> _Writer:
-  """The writer of format `fmt` (a `FORMATS` key) into `out_dir`."""
+  """The writer of format `fmt` (a `FORMATS` key) into `out_dir` (a path,
+  opened now, or an `OutDir`)."""
   if fmt not in FORMATS:
     raise errors.ConfigError(
         f'unknown export format {fmt!r}; expected one of {sorted(FORMATS)}')
@@ -619,23 +699,25 @@ def _is_partial(name: str) -> bool:
   return name.startswith('.') and name.endswith(PARTIAL_SUFFIX)
 
 
-def _previous_outputs(out_dir: str) -> list[str]:
-  """Paths (relative) of what any format or a stale run left in `out_dir`."""
+def _previous_outputs(out: OutDir) -> list[tuple[str, int, str]]:
+  """What any format or a stale run left in `out`: (relative path, its
+  directory's descriptor, name), walked by descriptor (`os.fwalk`, no
+  symlink followed). The descriptors are valid until the next call."""
   patterns = [re.compile(p) for cls in FORMATS.values() for p in cls.OUTPUTS]
   patterns.append(re.compile(re.escape(MANIFEST)))
   found = []
-  for root, _, names in os.walk(out_dir):
-    rel_root = os.path.relpath(root, out_dir)
+  for root, _, names, root_fd in os.fwalk(dir_fd=out.fd):
+    rel_root = os.path.normpath(root)
     for name in names:
       rel = name if rel_root == '.' else f'{rel_root}/{name}'
       if _is_partial(name) or any(p.fullmatch(rel) for p in patterns):
-        found.append(rel)
+        found.append((rel, os.dup(root_fd), name))
   return sorted(found)
 
 
-def _check_stale_partial(path: str) -> None:
+def _check_stale_partial(path: str, dir_fd: int, name: str) -> None:
   """Refuses a partial file that no export of this user left."""
-  st = os.lstat(path)
+  st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
   if stat.S_ISLNK(st.st_mode):
     what = 'a symlink'
   elif not stat.S_ISREG(st.st_mode):
@@ -650,7 +732,7 @@ def _check_stale_partial(path: str) -> None:
       ' choose another --out')
 
 
-def prepare_out_dir(out_dir: str | os.PathLike, *,
+def prepare_out_dir(out_dir: str | os.PathLike | OutDir, *,
                     overwrite: bool = False) -> None:
   """Creates `out_dir`; refuses (or with `overwrite`, removes) an export.
 
@@ -664,22 +746,31 @@ def prepare_out_dir(out_dir: str | os.PathLike, *,
       not a directory.
     SourceError: a partial file that is a symlink, or not this user's.
   """
-  out_dir = os.fspath(out_dir)
-  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-    raise errors.ConfigError(f'{out_dir} is not a directory')
-  os.makedirs(out_dir, exist_ok=True)
-  previous = _previous_outputs(out_dir)
-  finished = [p for p in previous if not _is_partial(os.path.basename(p))]
-  if finished and not overwrite:
-    raise errors.ConfigError(
-        f'{out_dir} already holds an export ({finished[0]} and'
-        f' {len(finished) - 1} more files); pass --overwrite to replace it'
-        ' or choose another --out')
-  for rel in previous:
-    if _is_partial(os.path.basename(rel)):
-      _check_stale_partial(os.path.join(out_dir, rel))
-  for rel in previous:
-    os.remove(os.path.join(out_dir, rel))
+  if not isinstance(out_dir, OutDir):
+    path = os.fspath(out_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+      raise errors.ConfigError(f'{path} is not a directory')
+    os.makedirs(path, exist_ok=True)
+    with OutDir(path) as out:
+      prepare_out_dir(out, overwrite=overwrite)
+    return
+  out = out_dir
+  previous = _previous_outputs(out)
+  try:
+    finished = [rel for rel, _, name in previous if not _is_partial(name)]
+    if finished and not overwrite:
+      raise errors.ConfigError(
+          f'{out.path} already holds an export ({finished[0]} and'
+          f' {len(finished) - 1} more files); pass --overwrite to replace it'
+          ' or choose another --out')
+    for rel, dir_fd, name in previous:
+      if _is_partial(name):
+        _check_stale_partial(os.path.join(out.path, rel), dir_fd, name)
+    for _, dir_fd, name in previous:
+      os.remove(name, dir_fd=dir_fd)
+  finally:
+    for _, dir_fd, _ in previous:
+      os.close(dir_fd)
 
 
 def export(examples: Iterable[Mapping[str, Any]], fmt: str,
@@ -701,21 +792,24 @@ def export(examples: Iterable[Mapping[str, Any]], fmt: str,
     The manifest written to `out_dir/export.json`: ``{format, images,
     masks, files, bytes, **info}``.
   """
-  prepare_out_dir(out_dir, overwrite=overwrite)
-  with make_writer(fmt, out_dir, shard_size=shard_size, info=info) as writer:
-    for example in examples:
-      writer.add(example)
-  out_dir = os.fspath(out_dir)
-  manifest = {
-      **dict(info or {}), 'format': fmt, 'images': writer.images,
-      'masks': writer.masks,
-      'bytes': sum(os.path.getsize(os.path.join(out_dir, f))
-                   for f in writer.files),
-      'files': sorted(f for f in writer.files
-                      if not f.startswith(CocoWriter.IMAGES_DIR + '/')),
-  }
-  if fmt == 'coco':
-    manifest['images_dir'] = CocoWriter.IMAGES_DIR
-  write_atomically(inside(out_dir, MANIFEST),
-                   json.dumps(manifest, indent=2).encode() + b'\n')
+  path = os.fspath(out_dir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise errors.ConfigError(f'{path} is not a directory')
+  os.makedirs(path, exist_ok=True)
+  with OutDir(path) as out:  # Everything below goes through this handle.
+    prepare_out_dir(out, overwrite=overwrite)
+    with make_writer(fmt, out, shard_size=shard_size, info=info) as writer:
+      for example in examples:
+        writer.add(example)
+    manifest = {
+        **dict(info or {}), 'format': fmt, 'images': writer.images,
+        'masks': writer.masks,
+        'bytes': sum(out.size(f) for f in writer.files),
+        'files': sorted(f for f in writer.files
+                        if not f.startswith(CocoWriter.IMAGES_DIR + '/')),
+    }
+    if fmt == 'coco':
+      manifest['images_dir'] = CocoWriter.IMAGES_DIR
+    write_atomically(PendingFile(out.fd, MANIFEST, shown_dir=out.path),
+                     json.dumps(manifest, indent=2).encode() + b'\n')
   return manifest
