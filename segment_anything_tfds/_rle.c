@@ -370,11 +370,18 @@ static PyObject *first_bad(PyObject *self, PyObject *args) {
 /* ------------------------------------------------------------ decoding */
 
 /* A C-contiguous 1-D int64 buffer. */
+/* A buffer's struct format without its native byte-order prefix ('B' when
+ * the exporter gives none, as the buffer protocol says). */
+static const char *buffer_format(const Py_buffer *view) {
+  const char *f = view->format != NULL ? view->format : "B";
+  if (f[0] == '@' || f[0] == '=' || f[0] == '<') f++;
+  return f;
+}
+
 static int indices(PyObject *obj, Py_buffer *view, const char *what) {
   if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
     return -1;
-  const char *f = view->format;
-  if (f[0] == '@' || f[0] == '=' || f[0] == '<') f++;
+  const char *f = buffer_format(view);
   if (view->ndim != 1 || view->itemsize != 8 ||
       (strcmp(f, "q") != 0 && strcmp(f, "l") != 0)) {
     PyErr_Format(PyExc_ValueError, "_rle.decode: %s must be a 1-D int64"
@@ -423,8 +430,7 @@ static PyObject *decode(PyObject *self, PyObject *args) {
   have_cols = 1;
   if (PyObject_GetBuffer(out_obj, &out, PyBUF_RECORDS) < 0) goto done;
   have_out = 1;
-  const char *f = out.format;
-  if (f[0] == '@' || f[0] == '=' || f[0] == '<') f++;
+  const char *f = buffer_format(&out);
   const int is_float = strcmp(f, "f") == 0 && out.itemsize == 4;
   if (!is_float && !(strcmp(f, "B") == 0 && out.itemsize == 1)) {
     PyErr_SetString(PyExc_ValueError,
@@ -502,8 +508,7 @@ static int image_buffer(PyObject *obj, Py_buffer *view, int writable,
   int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE
                                                              : 0);
   if (PyObject_GetBuffer(obj, view, flags) < 0) return -1;
-  const char *f = view->format;
-  if (f[0] == '@' || f[0] == '=' || f[0] == '<') f++;
+  const char *f = buffer_format(view);
   if (view->ndim != 3 || strcmp(f, format) != 0 || view->shape[0] <= 0 ||
       view->shape[1] <= 0 || view->shape[2] <= 0) {
     PyErr_Format(PyExc_ValueError, "_rle.resize_area: %s", what);
@@ -528,17 +533,32 @@ static PyObject *resize_area(PyObject *self, PyObject *args) {
   }
   const long long in_h = in.shape[0], in_w = in.shape[1], c = in.shape[2];
   const long long out_h = out.shape[0], out_w = out.shape[1];
-  if (out.shape[2] != c) {
-    PyErr_SetString(PyExc_ValueError, "_rle.resize_area: image and out must"
-                    " have the same channels");
+  const char *in_start = (const char *)in.buf, *out_start = (char *)out.buf;
+  const int overlap = in_start < out_start + out.len &&
+                      out_start < in_start + in.len;
+  if (out.shape[2] != c || overlap) {
+    PyErr_SetString(PyExc_ValueError, overlap ?
+                    "_rle.resize_area: image and out must not share memory"
+                    : "_rle.resize_area: image and out must have the same"
+                    " channels");
     PyBuffer_Release(&out);
     PyBuffer_Release(&in);
     return NULL;
   }
+  const float height_scale = (float)in_h / (float)out_h;
+  const float width_scale = (float)in_w / (float)out_w;
+  /* The most source rows under one output row: the float32 footprints may
+   * reach past the image (then the last row counts again, as in TF). */
+  long long max_rows = 1;
+  for (long long y = 0; y < out_h; y++) {
+    const long long rows = (long long)ceilf((float)(y + 1) * height_scale) -
+                           (long long)floorf((float)y * height_scale);
+    if (rows > max_rows) max_rows = rows;
+  }
   Span *spans = PyMem_Malloc(sizeof(Span) * (size_t)out_w);
-  float *row_scales = PyMem_Malloc(sizeof(float) * (size_t)(in_h + 2));
+  float *row_scales = PyMem_Malloc(sizeof(float) * (size_t)max_rows);
   const unsigned char **row_ptrs =
-      PyMem_Malloc(sizeof(unsigned char *) * (size_t)(in_h + 2));
+      PyMem_Malloc(sizeof(unsigned char *) * (size_t)max_rows);
   if (spans == NULL || row_scales == NULL || row_ptrs == NULL) {
     PyMem_Free(spans);
     PyMem_Free(row_scales);
@@ -550,8 +570,6 @@ static PyObject *resize_area(PyObject *self, PyObject *args) {
   const unsigned char *pixels = (const unsigned char *)in.buf;
   float *dst = (float *)out.buf;
   Py_BEGIN_ALLOW_THREADS
-  const float height_scale = (float)in_h / (float)out_h;
-  const float width_scale = (float)in_w / (float)out_w;
   const float scale = (float)(1.0 / (double)(height_scale * width_scale));
   for (long long x = 0; x < out_w; x++) {
     const float lo = (float)x * width_scale, hi = (float)(x + 1) * width_scale;
@@ -567,7 +585,7 @@ static PyObject *resize_area(PyObject *self, PyObject *args) {
     const long long y_start = (long long)floorf(lo);
     const long long y_end = (long long)ceilf(hi);
     long long rows = 0;
-    for (long long i = y_start; i < y_end && rows < in_h + 2; i++, rows++) {
+    for (long long i = y_start; i < y_end && rows < max_rows; i++, rows++) {
       row_scales[rows] = covered(i, lo, hi, height_scale);
       row_ptrs[rows] = pixels + clamp_index(i, in_h) * in_w * c;
     }

@@ -212,6 +212,33 @@ def test_jpeg_bytes_and_fast_decode_close_to_tf():
     assert diff.mean() < 0.5, diff.mean()
 
 
+@pytest.mark.parametrize('layout', ['sam', 'keras_hub'])
+def test_fast_path_inputs_are_bit_identical_everywhere(layout):
+  """JPEG content shrunk on the fast path: the tf.data path, run eagerly,
+  inside Dataset.map and inside a tf.function of unknown shapes, gives
+  exactly the numpy path's inputs, the image included."""
+  rng = np.random.default_rng(12)
+  example, _ = make_example(rng, height=200, width=300, num_masks=6)
+  example['image']['content'] = tf.constant(
+      fake_data.jpeg_bytes(rng, 200, 300))
+  kwargs = dict(image_size=64, num_masks=4, seed=3, layout=layout)
+  expected = npi.to_sam_inputs_np(_as_numpy(example), **kwargs)
+  content = example['image']['content']
+
+  @tf.autograph.experimental.do_not_convert
+  def with_content(jpeg):
+    return sam_inputs.to_sam_inputs(
+        {**example, 'image': {**example['image'], 'content': jpeg}},
+        **kwargs)
+
+  graph = tf.function(with_content,
+                      input_signature=[tf.TensorSpec([], tf.string)])
+  mapped = next(iter(tf.data.Dataset.from_tensors(content).map(
+      with_content)))
+  for got in (with_content(content), mapped, graph(content)):
+    assert_same_inputs(got, expected, image_atol=0.0)
+
+
 # (height, width, image_size): DCT scaling by 1/2, 1/4, 1/8, none, and none
 # for a small image.
 JPEG_SIZES = [(1500, 2250, 1024), (200, 300, 64), (400, 300, 48),
@@ -304,6 +331,23 @@ def test_c_resize_area_refuses_bad_buffers():
   frozen.flags.writeable = False
   with pytest.raises((ValueError, BufferError)):
     c_ext.resize_area(image, frozen)
+  # The output over the image's own bytes would read what it wrote.
+  shared = np.zeros(8 * 8 * 3, np.uint8)
+  with pytest.raises(ValueError, match='must not share memory'):
+    c_ext.resize_area(shared.reshape(8, 8, 3),
+                      shared[:48].view(np.float32).reshape(2, 2, 3))
+
+
+def test_c_resize_area_of_a_very_tall_image():
+  """Past 2**24 rows the float32 scale is rounded: a footprint then reaches
+  past the last row, which TF counts again; so does the C kernel."""
+  if npi._rle is None:  # pylint: disable=protected-access
+    pytest.skip('the C extension is not built')
+  image = np.zeros((2**26 + 5, 1, 1), np.uint8)
+  image[-1] = 255
+  np.testing.assert_array_equal(
+      npi.resize_area_np(image, 1, 1),
+      tf.image.resize(image, (1, 1), method='area').numpy())
 
 
 def test_no_usable_masks_and_unseeded():

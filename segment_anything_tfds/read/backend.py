@@ -30,6 +30,14 @@ import numpy as np
 __all__ = ['NUMPY', 'tf_ops']
 
 
+def inverse(std) -> tuple[float, ...]:
+  """1 / std per channel: both backends normalize by multiplying with these
+  (as float32), not by dividing: a product is ~20 % faster, and Grappler
+  would turn a division by a constant into that product inside tf.function
+  anyway, so only the product is the same bit for bit everywhere."""
+  return tuple(1.0 / s for s in std)
+
+
 class _Numpy:
   """The ops on numpy arrays."""
 
@@ -155,9 +163,9 @@ class _Numpy:
 
   @staticmethod
   def normalize_pad(image, mean, std, size: int, fill):
-    """float32 [size, size, C]: (image - mean) / std in the top left, the
-    rest `fill`; mean, std and fill are C Python floats. No temporary
-    image."""
+    """float32 [size, size, C]: (image - mean) * (1 / std) in the top left
+    (`inverse`), the rest `fill`; mean, std and fill are C Python floats. No
+    temporary image."""
     h, w, c = image.shape
     out = np.empty((size, size, c), np.float32)
     # As rows of size * C values: ufuncs then run along long rows, ~6x
@@ -171,7 +179,8 @@ class _Numpy:
     if any(mean):
       np.subtract(image, np.tile(np.asarray(mean, np.float32), w), out=inside)
       image = inside
-    np.divide(image, np.tile(np.asarray(std, np.float32), w), out=inside)
+    np.multiply(image, np.tile(np.asarray(inverse(std), np.float32), w),
+                out=inside)
     return out
 
   @staticmethod
@@ -299,14 +308,12 @@ class _TensorFlow:
     def per_channel(values):
       # Along rows of w * C values: elementwise ops broadcasting a vector
       # of C = 3 along the last axis run ~4x slower.
-      if len(set(values)) == 1:
-        return tf.constant(values[0], tf.float32)
       return tf.tile(tf.constant(values, tf.float32), [w])
 
     rows = tf.reshape(image, [h, w * c])
     if any(mean):
       rows = rows - per_channel(mean)
-    rows = rows / per_channel(std)
+    rows = rows * per_channel(inverse(std))
     image = tf.reshape(rows, [h, w, c])
     if not any(fill):
       out = tf.pad(image, [[0, size - h], [0, size - w], [0, 0]])
