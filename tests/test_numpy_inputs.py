@@ -14,6 +14,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -489,6 +490,43 @@ def test_map_style_protocol(array_record_dir):
   assert len(listed) == 3
   assert_same_inputs(npi.to_sam_inputs_np(examples[2], **KWARGS), listed[2],
                      image_atol=0.0)
+
+
+def test_batches_are_transformed_by_threads_in_order(array_record_dir,
+                                                     monkeypatch):
+  """`__getitems__` (what torch's DataLoader calls) transforms a batch in
+  threads, one per core where the dataset was made and one in other
+  processes; the batch is the same, in order, whatever the threads."""
+  order = [5, 0, 3, 3, 1, 7, 2]
+  one = _dataset(array_record_dir, threads=1, **KWARGS)
+  want = one.__getitems__(order)
+  assert one._transform_pool() is None  # pylint: disable=protected-access
+  threaded = _dataset(array_record_dir, threads=3, **KWARGS)
+  got = threaded.__getitems__(order)
+  for g, w in zip(got, want):
+    for a, b in zip(tf.nest.flatten(g), tf.nest.flatten(w)):
+      np.testing.assert_array_equal(a, b)
+  names = set()
+  real = threaded.transform.__class__.__call__
+
+  def spy(transform, example):
+    names.add(threading.current_thread().name)
+    return real(transform, example)
+
+  monkeypatch.setattr(npi.SamTransform, '__call__', spy)
+  threaded.__getitems__(order)
+  assert names and all(n.startswith('sam-transform') for n in names)
+  # By default: the cores here; one thread in another process (a worker),
+  # and a pickled dataset carries no threads.
+  default = _dataset(array_record_dir, **KWARGS)
+  monkeypatch.setattr(npi.machine, 'cores', lambda: 2)
+  assert default._transform_pool()._max_workers == 2  # pylint: disable=protected-access
+  clone = pickle.loads(pickle.dumps(default))
+  assert clone._pool is None  # pylint: disable=protected-access
+  monkeypatch.setattr(npi.os, 'getpid', lambda: -1)
+  assert default._transform_pool() is None  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match='threads must be at least 1'):
+    _dataset(array_record_dir, threads=0, **KWARGS)
 
 
 def _sampled(outputs) -> dict[str, np.ndarray]:

@@ -55,6 +55,7 @@ import numpy as np
 
 from segment_anything_tfds import errors
 from segment_anything_tfds import logs
+from segment_anything_tfds import machine
 from segment_anything_tfds import tfds_seam
 from segment_anything_tfds.prepare import plan
 from segment_anything_tfds.prepare import rules
@@ -90,10 +91,7 @@ _PROGRESS_EVERY = 16
 
 def default_workers() -> int:
   """One worker per core this process may use."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # Not Linux.
-    return os.cpu_count() or 1
+  return machine.cores()
 
 
 def input_bytes(entries: np.ndarray) -> np.ndarray:

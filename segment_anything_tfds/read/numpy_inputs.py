@@ -32,6 +32,7 @@ pillow); PyTorch users need ``[pytorch]`` and their own torch.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import io
 import os
@@ -41,6 +42,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from segment_anything_tfds import errors
+from segment_anything_tfds import machine
 from segment_anything_tfds.prepare import records
 from segment_anything_tfds.read import backend
 from segment_anything_tfds.read import geometry
@@ -364,13 +366,20 @@ class SamDataset:
     image_ids: the image id of every record of `source`, in order (from an
       earlier `image_ids()`), to skip that read.
     fast_jpeg: JPEG draft mode (DCT scaling), as in the tf.data path.
+    threads: threads that transform the examples of a batch
+      (`__getitems__`, which PyTorch's DataLoader calls; JPEG decoding and
+      resizing release the GIL). None: one per core in the process that
+      made the dataset, one in any other (DataLoader worker processes
+      already run side by side).
     **options: `sam_layouts.SamOptions` fields.
   """
 
   def __init__(self, source: Any, *, validation_fraction: float | None = None,
                validation: bool = False,
                image_ids: Sequence[int] | None = None, fast_jpeg: bool = True,
-               **options: Any):
+               threads: int | None = None, **options: Any):
+    if threads is not None and threads < 1:
+      raise ValueError(f'threads must be at least 1, got {threads}.')
     if validation_fraction is not None and not (
         0.0 <= validation_fraction <= 1.0):
       raise ValueError('validation_fraction must be in [0, 1], got'
@@ -384,6 +393,9 @@ class SamDataset:
     self._ids = None if image_ids is None else np.asarray(image_ids,
                                                           np.uint64)
     self._indices = None
+    self._threads = threads
+    self._made_in = os.getpid()
+    self._pool = None  # (pid, ThreadPoolExecutor), made on first use.
 
   @property
   def source(self) -> Any:
@@ -440,6 +452,7 @@ class SamDataset:
     state = dict(self.__dict__)
     if self._open is not None:
       state['_source'] = None  # Reopened in the receiving process.
+    state['_pool'] = None  # Threads are per process.
     return state
 
   def __len__(self) -> int:
@@ -460,9 +473,26 @@ class SamDataset:
     return self.transform(self._read([self._source_index(index)])[0])
 
   def __getitems__(self, indices: Sequence[int]) -> list[Any]:
-    """Batched read (PyTorch's DataLoader uses it when present)."""
+    """Batched read (PyTorch's DataLoader uses it when present); the
+    examples are transformed by `threads` threads, in order."""
     rows = [self._source_index(i) for i in indices]
-    return [self.transform(ex) for ex in self._read(rows)]
+    examples = self._read(rows)
+    pool = self._transform_pool() if len(examples) > 1 else None
+    if pool is None:
+      return [self.transform(ex) for ex in examples]
+    return list(pool.map(self.transform, examples))
+
+  def _transform_pool(self) -> concurrent.futures.ThreadPoolExecutor | None:
+    """This process's threads for `__getitems__` (None: one thread)."""
+    threads = self._threads
+    if threads is None:
+      threads = machine.cores() if os.getpid() == self._made_in else 1
+    if threads <= 1:
+      return None
+    if self._pool is None or self._pool[0] != os.getpid():
+      self._pool = (os.getpid(), concurrent.futures.ThreadPoolExecutor(
+          threads, thread_name_prefix='sam-transform'))
+    return self._pool[1]
 
 
 def _is_array_record(source: Any) -> bool:
@@ -535,7 +565,7 @@ def grain_loader(dataset: SamDataset, *, batch_size: int,
   """
   import grain  # pylint: disable=g-import-not-at-top
   if read_threads is None:
-    read_threads = 1 if worker_count else os.cpu_count() or 1
+    read_threads = 1 if worker_count else machine.cores()
   read_options = grain.ReadOptions(
       num_threads=read_threads,
       prefetch_buffer_size=max(2 * batch_size, read_threads))
