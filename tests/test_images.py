@@ -876,6 +876,20 @@ def test_hostile_index_files_are_one_line_errors(tmp_path, capsys):
                        '--images', listed)
   assert line.startswith(f'{tmp_path}/corrupt.parquet:row group 1 of 1:'
                          ' cannot be read ('), line
+  # A row group with a huge string: refused from the footer, before it is
+  # read (parquet would read the whole column chunk). Shown with a cap of
+  # 1 MiB instead of 256.
+  pq.write_table(pa.table({'image_id': [1, 2],
+                           'tar': ['sa_000000.tar', 'x' * (2 << 20)]}),
+                 tmp_path / 'huge.parquet', compression='zstd')
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(image_index, 'MAX_GROUP_BYTES', 1 << 20)
+    _, line = _one_error(capsys, '--from', tmp_path / 'huge.parquet',
+                         '--images', listed)
+  assert line.startswith(f'{tmp_path}/huge.parquet:row group 1 of 1: its'
+                         ' image_id and tar columns take '), line
+  assert 'over 1 MiB: not read' in line, line
+  assert (tmp_path / 'huge.parquet').stat().st_size < 100_000  # Compressed.
   row = b'{"image_id": 1, "tar": "sa_000000.tar"}'
   files = {
       'deep.jsonl': (row + b'\n' + b'[' * 100_000 + b']' * 100_000 + b'\n',

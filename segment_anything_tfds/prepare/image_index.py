@@ -21,9 +21,11 @@ a name that is not UTF-8 is written with U+FFFD in place of its bad bytes).
 
 An index file read (`read_pairs`, e.g. one shared by others) is input: a
 local one must be a regular file (checked before a read: no FIFO that
-blocks, no /dev/zero), a `.jsonl` line is at most `MAX_LINE_BYTES`, and
-anything that cannot be read or is no row is one line naming the file and
-the line, row or row group, values cut (`image_list.shown`).
+blocks, no /dev/zero), a `.jsonl` line is at most `MAX_LINE_BYTES`, a
+`.parquet` row group's two columns read at most `MAX_GROUP_BYTES` (by its
+footer, checked before the read), and anything that cannot be read or is
+no row is one line naming the file and the line, row or row group, values
+cut (`image_list.shown`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ COLUMNS = ('image_id', 'tar', 'jpg', 'jpg_offset', 'jpg_size', 'json',
 FORMATS = ('.jsonl', '.parquet')
 # A .jsonl index line longer than this is refused (a row is under 1 kB).
 MAX_LINE_BYTES = 1 << 20
+# A .parquet row group whose image_id and tar columns would take more than
+# this once read is refused before it is read (parquet reads a row group's
+# column whole). This package writes one row group per tar: about 0.2 MB.
+MAX_GROUP_BYTES = 256 << 20
 
 
 def index_format(path: str) -> str:
@@ -249,6 +255,7 @@ def _parquet_pairs(f, path: str) -> Iterator[tuple[int, int]]:
                  f' columns (it has {", ".join(sorted(columns)[:8])})')
     first = 0
     for group in range(groups):
+      _check_group_size(table.metadata, group, path)
       batches = None
       while True:
         try:
@@ -266,6 +273,20 @@ def _parquet_pairs(f, path: str) -> Iterator[tuple[int, int]]:
         for i, (image_id, tar) in enumerate(zip(image_ids, tars)):
           yield _check_row(path, f'row {first + i + 1}', image_id, tar)
         first += len(image_ids)
+
+
+def _check_group_size(metadata, group: int, path: str) -> None:
+  """Refuses a row group whose image_id and tar columns would read more
+  than `MAX_GROUP_BYTES` (their uncompressed sizes in the footer)."""
+  row_group = metadata.row_group(group)
+  size = sum(row_group.column(i).total_uncompressed_size
+             for i in range(row_group.num_columns)
+             if row_group.column(i).path_in_schema in ('image_id', 'tar'))
+  if size > MAX_GROUP_BYTES:
+    raise _bad(path, f'row group {group + 1} of {metadata.num_row_groups}',
+               f'its image_id and tar columns take {size} bytes, over'
+               f' {MAX_GROUP_BYTES >> 20} MiB: not read (this package writes'
+               ' a row group per tar, about 0.2 MB)')
 
 
 # --------------------------------------------------------- which tars
