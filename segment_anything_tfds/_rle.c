@@ -1,5 +1,6 @@
 /* COCO compressed RLE in C: the build-time check and a low-resolution
- * decoder, over one parser.
+ * decoder, over one parser; and, below them, the numpy path's image resize
+ * (`resize_area`), TensorFlow's area kernel bit for bit.
  *
  * The format is stated in `read/rle.py`. `parse` reads it exactly as
  * pycocotools' `rleFrString` does, and stops at the first thing that keeps a
