@@ -534,6 +534,25 @@ def test_a_symlinked_images_dir_is_not_written_through(tmp_path, victim):
   assert _tree(victim.parent) == before
 
 
+def test_overwriting_a_large_export_holds_a_descriptor_per_dir(tmp_path):
+  """An export of many images is replaced under a low open-file limit: one
+  descriptor per directory walked, not one per file."""
+  out = tmp_path / 'coco'
+  (out / 'images').mkdir(parents=True)
+  for i in range(400):
+    (out / 'images' / f'sa_{i}.jpg').write_bytes(b'x')
+  (out / 'annotations.json').write_text('{}')
+  code = ('import resource, sys\n'
+          'resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))\n'
+          'from segment_anything_tfds.tools import export\n'
+          'export.prepare_out_dir(sys.argv[1], overwrite=True)\n')
+  done = subprocess.run([sys.executable, '-c', code, str(out)],
+                        capture_output=True, text=True, timeout=120,
+                        check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert sorted(p.name for p in out.rglob('*')) == ['images']
+
+
 @pytest.mark.parametrize('fmt', sorted(export.FORMATS))
 def test_dirs_swapped_for_symlinks_mid_export_redirect_nothing(
     fmt, tmp_path, victim):

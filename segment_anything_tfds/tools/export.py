@@ -699,10 +699,12 @@ def _is_partial(name: str) -> bool:
   return name.startswith('.') and name.endswith(PARTIAL_SUFFIX)
 
 
-def _previous_outputs(out: OutDir) -> list[tuple[str, int, str]]:
+def _previous_outputs(out: OutDir, dirs: dict[str, int]
+                      ) -> list[tuple[str, str, str]]:
   """What any format or a stale run left in `out`: (relative path, its
-  directory's descriptor, name), walked by descriptor (`os.fwalk`, no
-  symlink followed). The descriptors are valid until the next call."""
+  directory, name), walked by descriptor (`os.fwalk`, no symlink followed).
+  `dirs` gets a descriptor of each directory walked (one per directory, not
+  per file), for the caller to use and close."""
   patterns = [re.compile(p) for cls in FORMATS.values() for p in cls.OUTPUTS]
   patterns.append(re.compile(re.escape(MANIFEST)))
   found = []
@@ -711,7 +713,9 @@ def _previous_outputs(out: OutDir) -> list[tuple[str, int, str]]:
     for name in names:
       rel = name if rel_root == '.' else f'{rel_root}/{name}'
       if _is_partial(name) or any(p.fullmatch(rel) for p in patterns):
-        found.append((rel, os.dup(root_fd), name))
+        if rel_root not in dirs:
+          dirs[rel_root] = os.dup(root_fd)
+        found.append((rel, rel_root, name))
   return sorted(found)
 
 
@@ -755,22 +759,23 @@ def prepare_out_dir(out_dir: str | os.PathLike | OutDir, *,
       prepare_out_dir(out, overwrite=overwrite)
     return
   out = out_dir
-  previous = _previous_outputs(out)
+  dirs: dict[str, int] = {}
   try:
+    previous = _previous_outputs(out, dirs)
     finished = [rel for rel, _, name in previous if not _is_partial(name)]
     if finished and not overwrite:
       raise errors.ConfigError(
           f'{out.path} already holds an export ({finished[0]} and'
           f' {len(finished) - 1} more files); pass --overwrite to replace it'
           ' or choose another --out')
-    for rel, dir_fd, name in previous:
+    for rel, where, name in previous:
       if _is_partial(name):
-        _check_stale_partial(os.path.join(out.path, rel), dir_fd, name)
-    for _, dir_fd, name in previous:
-      os.remove(name, dir_fd=dir_fd)
+        _check_stale_partial(os.path.join(out.path, rel), dirs[where], name)
+    for _, where, name in previous:
+      os.remove(name, dir_fd=dirs[where])
   finally:
-    for _, dir_fd, _ in previous:
-      os.close(dir_fd)
+    for fd in dirs.values():
+      os.close(fd)
 
 
 def export(examples: Iterable[Mapping[str, Any]], fmt: str,
