@@ -520,11 +520,15 @@ def test_batches_are_transformed_by_threads_in_order(array_record_dir,
   # and a pickled dataset carries no threads.
   default = _dataset(array_record_dir, **KWARGS)
   monkeypatch.setattr(npi.machine, 'cores', lambda: 2)
-  assert default._transform_pool()._max_workers == 2  # pylint: disable=protected-access
+  pool = default._transform_pool()  # pylint: disable=protected-access
+  assert pool._max_workers == 2  # pylint: disable=protected-access
+  # One pool per process and size, shared by the datasets.
+  other = _dataset(array_record_dir, threads=2, **KWARGS)
+  assert other._transform_pool() is pool  # pylint: disable=protected-access
   clone = pickle.loads(pickle.dumps(default))
-  assert clone._pool is None  # pylint: disable=protected-access
   monkeypatch.setattr(npi.os, 'getpid', lambda: -1)
   assert default._transform_pool() is None  # pylint: disable=protected-access
+  assert clone._transform_pool() is None  # pylint: disable=protected-access
   with pytest.raises(ValueError, match='threads must be at least 1'):
     _dataset(array_record_dir, threads=0, **KWARGS)
 

@@ -37,6 +37,7 @@ import dataclasses
 import io
 import os
 import re
+import threading
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -395,7 +396,6 @@ class SamDataset:
     self._indices = None
     self._threads = threads
     self._made_in = os.getpid()
-    self._pool = None  # (pid, ThreadPoolExecutor), made on first use.
 
   @property
   def source(self) -> Any:
@@ -452,7 +452,6 @@ class SamDataset:
     state = dict(self.__dict__)
     if self._open is not None:
       state['_source'] = None  # Reopened in the receiving process.
-    state['_pool'] = None  # Threads are per process.
     return state
 
   def __len__(self) -> int:
@@ -483,16 +482,24 @@ class SamDataset:
     return list(pool.map(self.transform, examples))
 
   def _transform_pool(self) -> concurrent.futures.ThreadPoolExecutor | None:
-    """This process's threads for `__getitems__` (None: one thread)."""
+    """The threads for `__getitems__` (None: one thread): this process's
+    pool of that many, shared by every `SamDataset` in it."""
     threads = self._threads
     if threads is None:
       threads = machine.cores() if os.getpid() == self._made_in else 1
     if threads <= 1:
       return None
-    if self._pool is None or self._pool[0] != os.getpid():
-      self._pool = (os.getpid(), concurrent.futures.ThreadPoolExecutor(
-          threads, thread_name_prefix='sam-transform'))
-    return self._pool[1]
+    key = (os.getpid(), threads)  # A forked child makes its own.
+    with _POOLS_LOCK:
+      if key not in _POOLS:
+        _POOLS[key] = concurrent.futures.ThreadPoolExecutor(
+            threads, thread_name_prefix='sam-transform')
+      return _POOLS[key]
+
+
+# (pid, threads) -> the transform threads of `SamDataset.__getitems__`.
+_POOLS: dict[tuple[int, int], concurrent.futures.ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
 
 
 def _is_array_record(source: Any) -> bool:
