@@ -723,3 +723,85 @@ def test_export_not_prepared_and_bad_split_exit_1(data_dir, tmp_path,
                      '--out', tmp_path / 'o2', '--no_progress')
   assert code == 1
   assert "bad split 'test'" in err and 'Traceback' not in err
+
+
+def _open_fds() -> int:
+  return len(os.listdir('/proc/self/fd'))
+
+
+def test_writers_that_fail_or_close_without_with_keep_no_descriptor(
+    tmp_path, victim):
+  out = tmp_path / 'o'
+  out.mkdir()
+  before = _open_fds()
+  for _ in range(20):
+    with pytest.raises(errors.ConfigError, match='at least 1 byte'):
+      export.make_writer('webdataset', out, shard_size=0)
+    writer = export.make_writer('semantic_sam_tsv', out)
+    writer.add(source_examples()[0])
+    writer.close()  # No `with`.
+    export.prepare_out_dir(out, overwrite=True)
+  (out / 'images').symlink_to(victim.parent)
+  for _ in range(20):
+    with pytest.raises(errors.SourceError, match='outside the output dir'):
+      export.make_writer('coco', out)
+  assert _open_fds() == before
+  assert not list(out.glob('.*.partial'))
+
+
+@pytest.mark.parametrize('fmt', ['webdataset', 'semantic_sam_tsv'])
+def test_a_failed_commit_leaves_no_partial_file(fmt, tmp_path):
+  """The final name is taken by a directory (planted after the checks):
+  the commit fails and the shard's partial file goes with it."""
+  out = tmp_path / fmt
+  out.mkdir()
+  writer = export.make_writer(fmt, out)
+  writer.add(source_examples()[0])
+  (out / f'sa1b-000000.{"tar" if fmt == "webdataset" else "tsv"}').mkdir()
+  with pytest.raises(OSError):
+    writer.close()
+  assert not list(out.glob('.*.partial'))
+
+
+def test_out_dir_checks_happen_before_the_export(tmp_path, capsys):
+  out = tmp_path / 'o'
+  (out / 'sa1b-000000.tar').mkdir(parents=True)
+  with pytest.raises(errors.ConfigError, match=re.escape(
+      f"{out}/sa1b-000000.tar is not a file but has the name of an export's"
+      ' file')):
+    export.export(source_examples(), 'webdataset', out, overwrite=True)
+  assert not list(out.glob('.*'))
+  # Files in folders no format writes are never looked at nor touched.
+  deep = tmp_path / 'p' / 'mine' / 'deep'
+  deep.mkdir(parents=True)
+  (deep / '.model.bin.partial').write_bytes(b'mine')
+  (deep / '.cfg.partial').symlink_to('/nonexistent')
+  (deep.parent / 'export.json').write_text('mine')
+  export.export(source_examples(), 'coco', tmp_path / 'p')
+  export.export(source_examples(), 'coco', tmp_path / 'p', overwrite=True)
+  assert (deep / '.model.bin.partial').read_bytes() == b'mine'
+  assert (deep / '.cfg.partial').is_symlink()
+  assert (deep.parent / 'export.json').read_text() == 'mine'
+  # `images` that is a file: said so, not "outside the output dir".
+  (tmp_path / 'q').mkdir()
+  (tmp_path / 'q' / 'images').write_text('x')
+  with pytest.raises(errors.SourceError, match=re.escape(
+      f'refusing to write {tmp_path}/q/images: it is not a directory')):
+    export.export(source_examples(), 'coco', tmp_path / 'q')
+
+
+def test_an_image_id_twice_stops_a_coco_export(tmp_path):
+  examples = source_examples()
+  with pytest.raises(errors.BadRecordError, match=re.escape(
+      f'example {len(examples)}, image_id'
+      f' {int(examples[0]["image"]["image_id"])}: exported already')):
+    export.export(examples + examples[:1], 'coco', tmp_path / 'o')
+
+
+def test_export_out_under_a_file_is_one_line(data_dir, tmp_path, capsys):
+  (tmp_path / 'file').write_text('x')
+  code, _, err = run(capsys, 'export', '--tars', '0-3', '--data_dir',
+                     data_dir, '--format', 'coco', '--out',
+                     tmp_path / 'file' / 'o', '--no_progress')
+  assert code == 1, err
+  assert 'Traceback' not in err and len(err.strip().splitlines()) == 1, err

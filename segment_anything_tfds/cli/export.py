@@ -68,15 +68,15 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   from segment_anything_tfds.tools import export as export_lib  # pylint: disable=g-import-not-at-top
   builder = common.prepared_builder(args)
   out_dir = os.path.abspath(args.out)
-  # Refuses an existing export before reading anything.
-  export_lib.prepare_out_dir(out_dir, overwrite=args.overwrite)
-  examples = common.iterate_examples(builder, args.split,
-                                     show_progress=args.progress,
-                                     desc=f'Exporting ({args.format})')
   info = {'dataset': builder.info.full_name, 'split': args.split,
           'description': 'SA-1B (Segment Anything), exported by'
                          ' segment_anything_tfds'}
   try:
+    # Refuses an existing export before reading anything.
+    export_lib.prepare_out_dir(out_dir, overwrite=args.overwrite)
+    examples = common.iterate_examples(builder, args.split,
+                                       show_progress=args.progress,
+                                       desc=f'Exporting ({args.format})')
     manifest = export_lib.export(
         examples, args.format, out_dir,
         shard_size=int(args.shard_size_mb * _MIB), info=info)
@@ -85,7 +85,8 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
       raise
     error = (errors.DiskSpaceError if e.errno == errno.ENOSPC
              else errors.SourceError)
-    raise error(f'export to {out_dir} failed: {e}') from None
+    raise error(f'export to {out_dir} failed: {errors.first_line(e)}'
+                ) from None
   print(_report(manifest, out_dir))
   return 0
 

@@ -371,7 +371,8 @@ class SamDataset:
       (`__getitems__`, which PyTorch's DataLoader calls; JPEG decoding and
       resizing release the GIL). None: one per core in the process that
       made the dataset, one in any other (DataLoader worker processes
-      already run side by side).
+      already run side by side; a dataset pickled into another main
+      process, e.g. by ``torch.multiprocessing.spawn``, should set it).
     **options: `sam_layouts.SamOptions` fields.
   """
 
@@ -500,6 +501,18 @@ class SamDataset:
 # (pid, threads) -> the transform threads of `SamDataset.__getitems__`.
 _POOLS: dict[tuple[int, int], concurrent.futures.ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+  """A forked child has none of its parent's threads, and a lock a thread
+  held at the fork would stay held: it starts afresh."""
+  global _POOLS_LOCK
+  _POOLS_LOCK = threading.Lock()
+  _POOLS.clear()
+
+
+if hasattr(os, 'register_at_fork'):
+  os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _is_array_record(source: Any) -> bool:

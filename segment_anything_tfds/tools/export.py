@@ -45,10 +45,12 @@ Atomic writes: every file is written under a hidden temporary name
 (``.<name>.partial``, created with ``O_EXCL | O_NOFOLLOW``: never through a
 file or link that was there) and renamed into place once complete; a killed
 export leaves only `.partial` files, never a truncated file under a final
-name. The next export into the dir removes them if they are regular files
-of this user, and refuses to start if one is anything else (a symlink,
-another user's file). A shard's line index is renamed before its TSV, and
-the COCO `annotations.json`, which needs every image, is written last.
+name; a write or commit that fails removes its partial file. The next
+export into the dir removes them if they are regular files of this user,
+and refuses to start if one is anything else (a symlink, another user's
+file). A shard's line index is renamed before its TSV, and the COCO
+`annotations.json`, which needs every image, is written last. An image id
+that comes twice stops a COCO export (its JPEG would be written over).
 `export` ends by writing `export.json`, the manifest of what was written.
 """
 
@@ -269,6 +271,14 @@ def _check_name(name: str) -> str:
   return name
 
 
+def _exists(dir_fd: int, name: str) -> bool:
+  try:
+    os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+  except FileNotFoundError:
+    return False
+  return True
+
+
 class OutDir:
   """The output dir, opened once.
 
@@ -309,10 +319,13 @@ class OutDir:
         if e.errno not in (errno.ELOOP, errno.ENOTDIR):
           raise
         shown = os.path.join(self.path, name)
-        raise errors.SourceError(
-            f'refusing to write {shown}: it resolves to'
-            f' {os.path.realpath(shown)}, outside the output dir'
-            f' {self.path}') from None
+        if os.path.islink(shown):
+          raise errors.SourceError(
+              f'refusing to write {shown}: it resolves to'
+              f' {os.path.realpath(shown)}, outside the output dir'
+              f' {self.path}') from None
+        raise errors.SourceError(f'refusing to write {shown}: it is not a'
+                                 ' directory') from None
       self._subdirs[subdir] = fd
     return self._subdirs[subdir]
 
@@ -391,10 +404,10 @@ def write_atomically(pending: PendingFile, data: bytes) -> str:
   write fails)."""
   try:
     pending.write(data)
+    return pending.commit()
   except BaseException:
     pending.discard()
     raise
-  return pending.commit()
 
 
 # ------------------------------------------------------------------ writers
@@ -438,10 +451,34 @@ class _Writer:
     raise NotImplementedError
 
   def close(self) -> None:
-    raise NotImplementedError
+    """Commits what is pending (a failure discards it, then raises) and
+    lets go of the output dir."""
+    try:
+      self._finish()
+    except BaseException:
+      self._discard()
+      raise
+    finally:
+      self._release()
 
   def abort(self) -> None:
-    """Removes the partial files; final files written so far stay."""
+    """Removes the partial files (final files written so far stay) and
+    lets go of the output dir."""
+    try:
+      self._discard()
+    finally:
+      self._release()
+
+  def _finish(self) -> None:
+    raise NotImplementedError
+
+  def _discard(self) -> None:
+    """Removes the partial files."""
+
+  def _release(self) -> None:
+    if self._own_dir:
+      self._own_dir = False
+      self.dir.close()
 
   def _pending(self, name: str, *, subdir: str | None = None,
                sync: bool = True) -> PendingFile:
@@ -458,14 +495,10 @@ class _Writer:
     return self
 
   def __exit__(self, exc_type, exc, tb):
-    try:
-      if exc_type is None:
-        self.close()
-      else:
-        self.abort()
-    finally:
-      if self._own_dir:
-        self.dir.close()
+    if exc_type is None:
+      self.close()
+    else:
+      self.abort()
 
 
 class _ShardedWriter(_Writer):
@@ -476,10 +509,10 @@ class _ShardedWriter(_Writer):
   """
 
   def __init__(self, out_dir, *, shard_size: int = DEFAULT_SHARD_SIZE):
-    super().__init__(out_dir)
     if shard_size < 1:
       raise errors.ConfigError(
           f'the shard size must be at least 1 byte, got {shard_size}')
+    super().__init__(out_dir)
     self.shard_size = int(shard_size)
     self.shard_index = -1
     self.shard_images = 0
@@ -507,7 +540,7 @@ class _ShardedWriter(_Writer):
   def _close_shard(self) -> None:
     raise NotImplementedError
 
-  def close(self) -> None:
+  def _finish(self) -> None:
     if self.shard_index >= 0:
       self._close_shard()
 
@@ -553,7 +586,7 @@ class TsvWriter(_ShardedWriter):
     self._done(self._tsv.commit())
     self._tsv = self._index = None
 
-  def abort(self):
+  def _discard(self):
     for pending in (self._tsv, self._index):
       if pending is not None:
         pending.discard()
@@ -607,7 +640,7 @@ class WebDatasetWriter(_ShardedWriter):
     self._done(self._file.commit())
     self._tar = self._file = None
 
-  def abort(self):
+  def _discard(self):
     if self._file is not None:
       self._file.discard()
 
@@ -627,14 +660,24 @@ class CocoWriter(_Writer):
   def __init__(self, out_dir, *, info: Mapping[str, Any] | None = None):
     super().__init__(out_dir)
     self.info = dict(info or {})
-    self.dir.dir_fd(self.IMAGES_DIR, create=True)
-    self._lists = {key: self._pending(f'{key}.list', sync=False)
-                   for key in ('images', 'annotations')}
+    self._lists: dict[str, PendingFile] = {}
     self._annotations_written = 0
+    try:
+      self.dir.dir_fd(self.IMAGES_DIR, create=True)
+      for key in ('images', 'annotations'):
+        self._lists[key] = self._pending(f'{key}.list', sync=False)
+    except BaseException:
+      self.abort()
+      raise
 
   def _add(self, example):
     record = sa1b_record(example)
     image = coco_image(example)
+    if _exists(self.dir.dir_fd(self.IMAGES_DIR), image['file_name']):
+      # The output dir was emptied first: this image came before.
+      raise errors.BadRecordError(
+          f'image_id {image["id"]}: exported already (an image id appears'
+          ' twice in the data)')
     jpeg = self._pending(image['file_name'], subdir=self.IMAGES_DIR,
                          sync=False)
     self._done(write_atomically(jpeg, _jpeg(example)))
@@ -649,7 +692,7 @@ class CocoWriter(_Writer):
   def _append(self, key: str, entry: Mapping[str, Any], index: int) -> None:
     self._lists[key].write((b',' if index else b'') + _json_bytes(entry))
 
-  def close(self):
+  def _finish(self):
     head = _json_bytes({'info': self.info, 'licenses': [],
                         'categories': [COCO_CATEGORY]})[:-1]
     out = self._pending(self.ANNOTATIONS)
@@ -670,7 +713,7 @@ class CocoWriter(_Writer):
         pending.discard()
     self._done(out.commit())
 
-  def abort(self):
+  def _discard(self):
     for pending in self._lists.values():
       pending.discard()
 
@@ -702,20 +745,39 @@ def _is_partial(name: str) -> bool:
 def _previous_outputs(out: OutDir, dirs: dict[str, int]
                       ) -> list[tuple[str, str, str]]:
   """What any format or a stale run left in `out`: (relative path, its
-  directory, name), walked by descriptor (`os.fwalk`, no symlink followed).
-  `dirs` gets a descriptor of each directory walked (one per directory, not
-  per file), for the caller to use and close."""
+  directory, name), looked for where the formats write, the output dir and
+  its `images/` (opened without following a symlink), and nowhere else.
+  `dirs` gets a descriptor of those two, for the caller to use and close.
+
+  Raises:
+    ConfigError: something that is not a file (a directory, a FIFO) has the
+      name of an export's file: it would fail the export at its end.
+  """
   patterns = [re.compile(p) for cls in FORMATS.values() for p in cls.OUTPUTS]
   patterns.append(re.compile(re.escape(MANIFEST)))
+  dirs['.'] = os.dup(out.fd)
+  try:
+    dirs[CocoWriter.IMAGES_DIR] = os.open(
+        CocoWriter.IMAGES_DIR, _DIR_FLAGS | getattr(os, 'O_NOFOLLOW', 0),
+        dir_fd=out.fd)
+  except (FileNotFoundError, NotADirectoryError):
+    pass
+  except OSError as e:
+    if e.errno != errno.ELOOP:  # A symlink: not walked, never followed.
+      raise
   found = []
-  for root, _, names, root_fd in os.fwalk(dir_fd=out.fd):
-    rel_root = os.path.normpath(root)
-    for name in names:
-      rel = name if rel_root == '.' else f'{rel_root}/{name}'
-      if _is_partial(name) or any(p.fullmatch(rel) for p in patterns):
-        if rel_root not in dirs:
-          dirs[rel_root] = os.dup(root_fd)
-        found.append((rel, rel_root, name))
+  for where, fd in dirs.items():
+    for entry in os.scandir(fd):
+      rel = entry.name if where == '.' else f'{where}/{entry.name}'
+      output = any(p.fullmatch(rel) for p in patterns)
+      if not (output or _is_partial(entry.name)):
+        continue
+      if output and not (entry.is_file(follow_symlinks=False)
+                         or entry.is_symlink()):
+        raise errors.ConfigError(
+            f'{os.path.join(out.path, rel)} is not a file but has the name'
+            ' of an export\'s file: remove it or choose another --out')
+      found.append((rel, where, entry.name))
   return sorted(found)
 
 
@@ -740,14 +802,16 @@ def prepare_out_dir(out_dir: str | os.PathLike | OutDir, *,
                     overwrite: bool = False) -> None:
   """Creates `out_dir`; refuses (or with `overwrite`, removes) an export.
 
-  Partial files of a killed export (regular files of this user) are always
-  removed; any other file with a partial file's name stops the export.
-  Files that no format writes are never touched; symlinks are removed, never
-  followed.
+  Only where the formats write is looked at: `out_dir` and its `images/`
+  (not followed if a symlink). Partial files of a killed export there
+  (regular files of this user) are always removed; any other file with a
+  partial file's name stops the export, and so does a directory or FIFO
+  with the name of an output. Files that no format writes are never
+  touched; symlinks are removed, never followed.
 
   Raises:
     ConfigError: `out_dir` holds an export and `overwrite` is False, or is
-      not a directory.
+      not a directory, or something not a file has an output's name.
     SourceError: a partial file that is a symlink, or not this user's.
   """
   if not isinstance(out_dir, OutDir):
