@@ -771,6 +771,14 @@ def test_out_dir_checks_happen_before_the_export(tmp_path, capsys):
       ' file')):
     export.export(source_examples(), 'webdataset', out, overwrite=True)
   assert not list(out.glob('.*'))
+  # A FIFO named like an output: refused, never opened (it would block).
+  fifo_out = tmp_path / 'f'
+  fifo_out.mkdir()
+  os.mkfifo(fifo_out / 'export.json')
+  with pytest.raises(errors.ConfigError, match=re.escape(
+      f"{fifo_out}/export.json is not a file but has the name of an export's"
+      ' file')):
+    export.export(source_examples(), 'semantic_sam_tsv', fifo_out)
   # Files in folders no format writes are never looked at nor touched.
   deep = tmp_path / 'p' / 'mine' / 'deep'
   deep.mkdir(parents=True)

@@ -295,6 +295,19 @@ class OutDir:
     self.fd = os.open(self.path, _DIR_FLAGS)
     self._subdirs: dict[str, int] = {}
 
+  @classmethod
+  def made(cls, path: str | os.PathLike) -> 'OutDir':
+    """The output dir at `path`, made first if need be.
+
+    Raises:
+      ConfigError: `path` is something else than a directory.
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+      raise errors.ConfigError(f'{path} is not a directory')
+    os.makedirs(path, exist_ok=True)
+    return cls(path)
+
   def dir_fd(self, subdir: str | None = None, *, create: bool = False
              ) -> int:
     """The descriptor of the output dir, or of its `subdir` (made if
@@ -742,12 +755,11 @@ def _is_partial(name: str) -> bool:
   return name.startswith('.') and name.endswith(PARTIAL_SUFFIX)
 
 
-def _previous_outputs(out: OutDir, dirs: dict[str, int]
-                      ) -> list[tuple[str, str, str]]:
+def _previous_outputs(out: OutDir) -> list[tuple[str, int, str]]:
   """What any format or a stale run left in `out`: (relative path, its
-  directory, name), looked for where the formats write, the output dir and
-  its `images/` (opened without following a symlink), and nowhere else.
-  `dirs` gets a descriptor of those two, for the caller to use and close.
+  directory's descriptor, `out`'s own, and name), looked for where the
+  formats write, the output dir and its `images/` (not followed if a
+  symlink), and nowhere else.
 
   Raises:
     ConfigError: something that is not a file (a directory, a FIFO) has the
@@ -755,16 +767,11 @@ def _previous_outputs(out: OutDir, dirs: dict[str, int]
   """
   patterns = [re.compile(p) for cls in FORMATS.values() for p in cls.OUTPUTS]
   patterns.append(re.compile(re.escape(MANIFEST)))
-  dirs['.'] = os.dup(out.fd)
+  dirs = {'.': out.fd}
   try:
-    dirs[CocoWriter.IMAGES_DIR] = os.open(
-        CocoWriter.IMAGES_DIR, _DIR_FLAGS | getattr(os, 'O_NOFOLLOW', 0),
-        dir_fd=out.fd)
-  except (FileNotFoundError, NotADirectoryError):
-    pass
-  except OSError as e:
-    if e.errno != errno.ELOOP:  # A symlink: not walked, never followed.
-      raise
+    dirs[CocoWriter.IMAGES_DIR] = out.dir_fd(CocoWriter.IMAGES_DIR)
+  except (FileNotFoundError, errors.SourceError):
+    pass  # None, or a symlink or a file: not walked, never followed.
   found = []
   for where, fd in dirs.items():
     for entry in os.scandir(fd):
@@ -777,7 +784,7 @@ def _previous_outputs(out: OutDir, dirs: dict[str, int]
         raise errors.ConfigError(
             f'{os.path.join(out.path, rel)} is not a file but has the name'
             ' of an export\'s file: remove it or choose another --out')
-      found.append((rel, where, entry.name))
+      found.append((rel, fd, entry.name))
   return sorted(found)
 
 
@@ -815,31 +822,22 @@ def prepare_out_dir(out_dir: str | os.PathLike | OutDir, *,
     SourceError: a partial file that is a symlink, or not this user's.
   """
   if not isinstance(out_dir, OutDir):
-    path = os.fspath(out_dir)
-    if os.path.exists(path) and not os.path.isdir(path):
-      raise errors.ConfigError(f'{path} is not a directory')
-    os.makedirs(path, exist_ok=True)
-    with OutDir(path) as out:
+    with OutDir.made(out_dir) as out:
       prepare_out_dir(out, overwrite=overwrite)
     return
   out = out_dir
-  dirs: dict[str, int] = {}
-  try:
-    previous = _previous_outputs(out, dirs)
-    finished = [rel for rel, _, name in previous if not _is_partial(name)]
-    if finished and not overwrite:
-      raise errors.ConfigError(
-          f'{out.path} already holds an export ({finished[0]} and'
-          f' {len(finished) - 1} more files); pass --overwrite to replace it'
-          ' or choose another --out')
-    for rel, where, name in previous:
-      if _is_partial(name):
-        _check_stale_partial(os.path.join(out.path, rel), dirs[where], name)
-    for _, where, name in previous:
-      os.remove(name, dir_fd=dirs[where])
-  finally:
-    for fd in dirs.values():
-      os.close(fd)
+  previous = _previous_outputs(out)
+  finished = [rel for rel, _, name in previous if not _is_partial(name)]
+  if finished and not overwrite:
+    raise errors.ConfigError(
+        f'{out.path} already holds an export ({finished[0]} and'
+        f' {len(finished) - 1} more files); pass --overwrite to replace it'
+        ' or choose another --out')
+  for rel, dir_fd, name in previous:
+    if _is_partial(name):
+      _check_stale_partial(os.path.join(out.path, rel), dir_fd, name)
+  for _, dir_fd, name in previous:
+    os.remove(name, dir_fd=dir_fd)
 
 
 def export(examples: Iterable[Mapping[str, Any]], fmt: str,
@@ -861,11 +859,7 @@ def export(examples: Iterable[Mapping[str, Any]], fmt: str,
     The manifest written to `out_dir/export.json`: ``{format, images,
     masks, files, bytes, **info}``.
   """
-  path = os.fspath(out_dir)
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise errors.ConfigError(f'{path} is not a directory')
-  os.makedirs(path, exist_ok=True)
-  with OutDir(path) as out:  # Everything below goes through this handle.
+  with OutDir.made(out_dir) as out:  # Everything below goes through it.
     prepare_out_dir(out, overwrite=overwrite)
     with make_writer(fmt, out, shard_size=shard_size, info=info) as writer:
       for example in examples:
