@@ -11,6 +11,7 @@ sizes and sample the same mask pixels, bit for bit.
   ``min(floor((i + 0.5) * (in / out)), in - 1)``, in float32 exactly like
   the ``ResizeNearestNeighbor`` kernel. `rle.decode` (TF) and the C decoder
   of the numpy path (`numpy_inputs.decode_masks_np`) both sample with it.
+* `shrinks`: whether the fast image path resizes by the area rule.
 * `jpeg_scale`: which DCT scaling (libjpeg's 1/2, 1/4, 1/8) decodes a
   JPEG at the size needed: the smallest keeping the long side at least the
   target's. Both paths decode with it (TF's ``decode_jpeg(ratio=...)``,
@@ -25,7 +26,7 @@ from typing import Any
 from segment_anything_tfds.read import backend
 
 __all__ = ['resized_size', 'nearest_source', 'nearest_indices',
-           'JPEG_RATIOS', 'jpeg_scale']
+           'JPEG_RATIOS', 'shrinks', 'jpeg_scale']
 
 # libjpeg's DCT scalings: decode at 1/r of the size.
 JPEG_RATIOS = (1, 2, 4, 8)
@@ -64,6 +65,14 @@ def nearest_indices(in_size: Any, out_size: Any, xp=backend.NUMPY) -> Any:
   """int64 [out_size]: the non-decreasing source indices sampled by
   ``tf.image.resize(..., method='nearest')`` along one axis."""
   return nearest_source(xp.arange(out_size), in_size, out_size, xp)
+
+
+def shrinks(height: Any, width: Any, new_h: Any, new_w: Any) -> Any:
+  """Whether a decoded height x width image is resized to new_h x new_w
+  without growing a side: then the fast image path (`fast_jpeg`) uses the
+  area rule, else the antialiased bilinear kernel. Python, numpy or TF
+  values (a bool or a bool tensor)."""
+  return (height >= new_h) & (width >= new_w)
 
 
 def jpeg_scale(height: Any, width: Any, image_size: int,

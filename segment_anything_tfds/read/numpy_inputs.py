@@ -251,7 +251,8 @@ def _resized_image_np(content: Any, height: int, width: int, image_size: int,
   """
   image = _decoded_image_np(content, height, width, image_size, fast_jpeg)
   new_h, new_w, _ = resized_size_np(height, width, image_size)
-  if fast_jpeg and image.size[0] >= new_w and image.size[1] >= new_h:
+  if fast_jpeg and geometry.shrinks(image.size[1], image.size[0], new_h,
+                                    new_w):
     return resize_area_np(np.asarray(image), new_h, new_w)
   if image.size != (new_w, new_h):
     image = image.resize((new_w, new_h), _pil().BILINEAR)

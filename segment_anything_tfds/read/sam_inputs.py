@@ -91,8 +91,7 @@ def _resized_image(content: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
   # smaller than the target, which is rare, is grown by the antialiased
   # kernel.
   shape = tf.shape(image)
-  shrinks = tf.logical_and(shape[0] >= new_h, shape[1] >= new_w)
-  return tf.cond(shrinks,
+  return tf.cond(geometry.shrinks(shape[0], shape[1], new_h, new_w),
                  lambda: tf.image.resize(image, size, method='area'),
                  antialiased)
 
