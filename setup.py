@@ -106,7 +106,13 @@ setuptools.setup(
     ext_modules=[setuptools.Extension(
         'segment_anything_tfds._rle',
         ['segment_anything_tfds/_rle.c'], optional=True,
-        extra_compile_args=[] if os.name == 'nt' else ['-ffp-contract=off'])],
+        extra_compile_args=[] if os.name == 'nt' else ['-ffp-contract=off']),
+        # MD5 of several tars at once, one per SIMD lane (sources/md5x.py):
+        # the first check of local tars against a list of md5s. Optional:
+        # without it each tar is hashed by hashlib (the same digests).
+        setuptools.Extension(
+            'segment_anything_tfds._md5x',
+            ['segment_anything_tfds/_md5x.c'], optional=True)],
     install_requires=[
         # The local build relies on a few TFDS internals (tfds_seam.py),
         # checked by tests/test_tfds_seam.py on the versions below.

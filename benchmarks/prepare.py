@@ -84,6 +84,7 @@ The default run (comparison):
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -726,6 +727,45 @@ def md5_list(paths, dest: str) -> str:
   return dest
 
 
+def hash_rates(paths, best_of: int) -> dict:
+  """GB/s of hashing the tars `paths` (in the page cache) from their files:
+  hashlib one tar after the other (the rate of one core), and `md5x` (the
+  first check of local tars) with each kernel on one thread and with the
+  default kernel on one thread per core; the best of `best_of` each."""
+  from segment_anything_tfds import machine  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.sources import md5x  # pylint: disable=g-import-not-at-top
+  size = sum(os.path.getsize(p) for p in paths)
+  openers = [functools.partial(os.open, p, os.O_RDONLY) for p in paths]
+
+  def best(fn) -> float:
+    runs = []
+    for _ in range(best_of):
+      started = time.perf_counter()
+      fn()
+      runs.append(time.perf_counter() - started)
+    return size / min(runs) / GB
+
+  def one_by_one():
+    for p in paths:
+      h = hashlib.md5()
+      with open(p, 'rb', buffering=0) as f:
+        while chunk := f.read(MB):
+          h.update(chunk)
+
+  rates = {'hashlib, 1 thread': best(one_by_one)}
+  for kernel in md5x.kernels():
+    rates[f'md5x {kernel}, 1 thread'] = best(
+        lambda k=kernel: md5x.digests(openers, threads=1, kernel=k))
+  if md5x.kernels():
+    cores = machine.cores()
+    rates[f'md5x, {cores} threads'] = best(
+        lambda: md5x.digests(openers, threads=cores))
+  print(f'Hashing the {len(paths)} tars ({size / GB:.2f} GB, page cache),'
+        f' best of {best_of}: ' + '; '.join(
+            f'{k} {v:.2f} GB/s' for k, v in rates.items()), flush=True)
+  return rates
+
+
 def _drop_markers(paths) -> None:
   """Removes the `.verified` markers of the tars: every run hashes them."""
   for p in paths:
@@ -756,7 +796,8 @@ def run_checksums(args, work: str) -> dict:
         f' images, without and with an md5 list, best of {args.best_of},'
         f' interleaved ==', flush=True)
   results = {'mode': 'checksums', 'tars': n, 'images_per_tar': ipt,
-             'tar_bytes': tar_bytes, 'runs': args.best_of, 'cost': {}}
+             'tar_bytes': tar_bytes, 'runs': args.best_of, 'cost': {},
+             'hash_gb_s': hash_rates(bench.tars[:n], args.best_of)}
   rate = args.link_rate * MB if args.link_rate else None
   if rate:
     print(f'links served at most {args.link_rate:g} MB/s per tar', flush=True)

@@ -24,9 +24,11 @@ something reads them whole anyway:
   `checksum`) hashes what it reads; the engine asks for the verdict once
   its walk is done (`stream_verdict`), which reads what is left (the tar's
   end padding) and compares;
-* a local tar, which the build reads by seeking, is hashed once (`verify`)
-  and the verdict kept in a `<tar>.verified` marker next to it (algorithm,
-  digest, size, mtime): while the file is unchanged it is not hashed again.
+* a local tar, which the build reads by seeking, is hashed once
+  (`verify_all`: the md5s of many tars side by side, one per SIMD lane,
+  `md5x.py`) and the verdict kept in a `<tar>.verified` marker next to it
+  (algorithm, digest, size, mtime): while the file is unchanged it is not
+  hashed again.
   Markers are written without following a symlink (a new file, renamed
   into place) and only this user's (or root's) markers are believed.
 
@@ -36,6 +38,7 @@ something reads them whole anyway:
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import hashlib
@@ -43,6 +46,7 @@ import importlib.resources
 import os
 import stat
 import time
+from typing import Sequence
 
 from etils import epath
 
@@ -51,6 +55,7 @@ from segment_anything_tfds.errors import ChecksumError
 from segment_anything_tfds.sources import base
 from segment_anything_tfds.sources import hub
 from segment_anything_tfds.sources import local
+from segment_anything_tfds.sources import md5x
 
 CHECKSUMS_FILE_NAME = 'segment_anything_checksums.txt'
 QUARANTINE_SUBDIR = 'quarantine'
@@ -240,6 +245,8 @@ def file_digest(source: base.Source, algo: str) -> str:
     fd = local.open_tar(source.location, source.name)
     try:
       hash_fd(h, fd)
+    except OSError as e:
+      raise _unreadable(source, e) from None
     finally:
       os.close(fd)
     return h.hexdigest()
@@ -397,23 +404,69 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
 
 
 def verify(source: base.Source, expected: Expected) -> str | None:
-  """None if the tar `source` has the `expected` digest; else what is wrong.
+  """None if the tar `source` has the `expected` digest; else what is wrong
+  (`verify_all` of one tar)."""
+  return verify_all([(source, expected)])[0]
+
+
+def verify_all(items: Sequence[tuple[base.Source, Expected]],
+               workers: int = 1) -> list[str | None]:
+  """For each (tar, expected digest): None if it matches, else what is
+  wrong; `workers` threads hash at once.
 
   A local tar is hashed once: its verdict is kept in a marker next to it
   (`mark_verified`), believed while the tar's path, size and mtime are
-  unchanged. A remote tar is read whole (a stream checks as it reads,
-  `stream_verdict`).
+  unchanged. Local tars checked against md5s are hashed side by side,
+  one per SIMD lane (`md5x`), when there are more of them than threads;
+  the others one per thread with hashlib. A remote tar is read whole (a
+  stream checks as it reads, `stream_verdict`).
+
+  Raises:
+    SourceError: a tar cannot be opened or read (naming it).
   """
-  path = source.location if isinstance(source, local.LocalTar) else None
-  if path is None:
-    return expected.problem(file_digest(source, expected.algo))
-  before = os.stat(path)
-  if _read_marker(path) == _marker_text(before, expected):
-    return None
-  problem = expected.problem(file_digest(source, expected.algo))
-  if problem is None and _same_file(before, os.stat(path)):
-    write_marker(path, _marker_text(before, expected))
-  return problem
+  results: list[str | None] = [None] * len(items)
+  todo = []  # (index, stat before hashing) of the tars to hash now.
+  for i, (source, expected) in enumerate(items):
+    if isinstance(source, local.LocalTar):
+      before = os.stat(source.location)
+      if _read_marker(source.location) == _marker_text(before, expected):
+        continue
+      todo.append((i, before))
+    else:
+      todo.append((i, None))
+  lanes = [i for i, before in todo if before is not None
+           and items[i][1].algo == 'md5']
+  if md5x.available() and len(lanes) > workers:
+    got = dict(zip(lanes, _md5_lanes([items[i][0] for i in lanes], workers)))
+  else:
+    lanes, got = [], {}
+  rest = [i for i, _ in todo if i not in got]
+  with concurrent.futures.ThreadPoolExecutor(
+      max(1, min(workers, len(rest))), thread_name_prefix='sa1b-verify') as ex:
+    got.update(zip(rest, ex.map(
+        lambda i: file_digest(items[i][0], items[i][1].algo), rest)))
+  for i, before in todo:
+    source, expected = items[i]
+    results[i] = expected.problem(got[i])
+    if (results[i] is None and before is not None
+        and _same_file(before, os.stat(source.location))):
+      write_marker(source.location, _marker_text(before, expected))
+  return results
+
+
+def _md5_lanes(sources: Sequence[local.LocalTar], threads: int) -> list[str]:
+  """The md5s of local tars, hashed side by side (`md5x.digests`)."""
+  try:
+    return md5x.digests(
+        [functools.partial(local.open_tar, s.location, s.name)
+         for s in sources], threads=threads)
+  except md5x.ReadError as e:
+    raise _unreadable(sources[e.job], e.error) from None
+
+
+def _unreadable(source: local.LocalTar, e: OSError) -> errors.SourceError:
+  return errors.SourceError(f'{source.name}: cannot read {source.location}:'
+                            f' {e.strerror or e}')
 
 
 def quarantine(path: str, name: str | None = None) -> str:

@@ -22,7 +22,6 @@ lenient one leaves them out (`Materialized.skipped`, for the audit).
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -32,6 +31,7 @@ from typing import Sequence
 from etils import epath
 
 from segment_anything_tfds import errors
+from segment_anything_tfds import machine
 from segment_anything_tfds import options as options_lib
 from segment_anything_tfds.sources import checksums
 from segment_anything_tfds.sources import download as download_lib
@@ -73,20 +73,15 @@ class Materialized:
       default_factory=list)
 
 
-def _verify_local(sources: Sequence[Source], listed: checksums.Checklist,
-                  workers: int) -> dict[str, str]:
-  """Hashes the local tars (markers skip unchanged ones), `workers` at
-  once; name -> what is wrong, for those that do not match."""
+def _verify_local(sources: Sequence[Source], listed: checksums.Checklist
+                  ) -> dict[str, str]:
+  """Hashes the local tars (markers skip unchanged ones), one thread per
+  core; name -> what is wrong, for those that do not match."""
   todo = [(s, e) for s in sources
           if isinstance(s, local.LocalTar)
           and (e := listed.expected(s.name)) is not None]
-  if not todo:
-    return {}
-  with concurrent.futures.ThreadPoolExecutor(
-      max(1, min(workers, len(todo))),
-      thread_name_prefix='sa1b-verify') as ex:
-    problems = ex.map(lambda item: checksums.verify(*item), todo)
-    return {s.name: p for (s, _), p in zip(todo, problems) if p is not None}
+  problems = checksums.verify_all(todo, machine.cores())
+  return {s.name: p for (s, _), p in zip(todo, problems) if p is not None}
 
 
 def _mismatch(s: Source, problem: str) -> str:
@@ -99,8 +94,8 @@ def _mismatch(s: Source, problem: str) -> str:
           ' where it is)')
 
 
-def _check_list(sources: Sequence[Source], listed: checksums.Checklist,
-                workers: int) -> tuple[list[Source], dict[str, str]]:
+def _check_list(sources: Sequence[Source], listed: checksums.Checklist
+                ) -> tuple[list[Source], dict[str, str]]:
   """Sources with their checks: local tars hashed now, remote tars given
   their expected digest (checked as they are read, `stream_verdict`).
 
@@ -109,7 +104,7 @@ def _check_list(sources: Sequence[Source], listed: checksums.Checklist,
   """
   by_name = {s.name: s for s in sources}
   problems = {n: _mismatch(by_name[n], p) for n, p in _verify_local(
-      sources, listed, workers).items()}
+      sources, listed).items()}
   out, unlisted, folders, streamed = [], [], 0, 0
   for s in sources:
     expected = listed.expected(s.name)
@@ -254,7 +249,7 @@ def materialize_all(
            if s.name in result.paths and s.name in needed else s
            for s in out if s.name not in problems]
   if listed is not None:
-    out, local_problems = _check_list(out, listed, options.workers)
+    out, local_problems = _check_list(out, listed)
     problems.update(local_problems)
   return _left_out(out, problems, listed, lenient=lenient)
 

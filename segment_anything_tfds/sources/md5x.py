@@ -1,0 +1,184 @@
+"""MD5 of many files at once: one file per SIMD lane (`_md5x`).
+
+One file's MD5 cannot be spread over cores or lanes; many files can. The
+first check of local tars against an md5 list (`checksums.verify_all`)
+hashes every tar of the build, so it runs them side by side: each thread
+keeps up to 8 files open, reads the next 256 KiB of each
+into its part of one buffer, and runs all of them through the kernel at
+once. On this project's 2-core AVX-512 machine one core hashes about 4×
+hashlib's rate (docs/benchmarks.md, "Checksums").
+
+`digests` is the whole API; `available()` says whether the extension is
+built and the CPU has a SIMD kernel. Without them the caller uses hashlib
+(the same digests, one file per thread).
+"""
+
+from __future__ import annotations
+
+import array
+import concurrent.futures
+import dataclasses
+import os
+import struct
+import threading
+from typing import Callable, Sequence
+
+try:
+  from segment_anything_tfds import _md5x
+except ImportError:  # Built without a C compiler: hashlib instead.
+  _md5x = None
+
+# Each lane's share of the thread's buffer: one read per refill.
+CHUNK = 256 << 10
+_IV = (0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476)
+
+
+def kernels() -> dict[str, int]:
+  """The kernels this machine runs: name -> lanes, fastest first ('c',
+  the portable one, last); {} without the extension."""
+  return {} if _md5x is None else dict(_md5x.kernels())
+
+
+def available() -> bool:
+  """Whether `digests` beats hashlib here: a SIMD kernel is there."""
+  return any(k != 'c' for k in kernels())
+
+
+class ReadError(Exception):
+  """Reading file number `job` (its index in `digests`' list) failed."""
+
+  def __init__(self, job: int, error: OSError):
+    super().__init__(job, error)
+    self.job = job
+    self.error = error
+
+
+@dataclasses.dataclass
+class _Lane:
+  job: int
+  fd: int
+  pos: int = 0     # Next byte to hash, in the lane's part of the buffer.
+  end: int = 0     # End of what was read, in the same part.
+  total: int = 0   # Bytes read from the file so far.
+  eof: bool = False
+
+
+def _finish(states: memoryview, lane: int, tail: bytes, total: int) -> str:
+  """MD5's padding after the last `tail` (< 64) bytes of `total`."""
+  pad = tail + b'\x80' + bytes((55 - len(tail)) % 64)
+  pad += ((total * 8) & (2**64 - 1)).to_bytes(8, 'little')
+  state = states[16 * lane:16 * lane + 16]
+  _md5x.compress(state, pad, (0,), len(pad) // 64, 'c')
+  return struct.pack('<4I', *state.cast('I')).hex()
+
+
+class _Jobs:
+  """The files still to hash, shared by the threads; `stop` ends them all
+  (one failed)."""
+
+  def __init__(self, openers: Sequence[Callable[[], int]]):
+    self._left = list(enumerate(openers))[::-1]  # pop() takes them in order.
+    self._lock = threading.Lock()
+    self.stop = threading.Event()
+
+  def take(self) -> tuple[int, Callable[[], int]] | None:
+    with self._lock:
+      return self._left.pop() if self._left and not self.stop.is_set() else None
+
+
+def _refill(s: _Lane, buf: bytearray, view: memoryview, base: int) -> None:
+  """Moves the lane's unhashed tail (< 64 bytes) to the front of its part
+  and reads after it."""
+  tail = s.end - s.pos
+  buf[base:base + tail] = buf[base + s.pos:base + s.end]
+  try:
+    n = os.readv(s.fd, [view[base + tail:base + CHUNK]])
+  except OSError as e:
+    raise ReadError(s.job, e) from None
+  s.pos, s.end, s.total, s.eof = 0, tail + n, s.total + n, n == 0
+
+
+def _run(jobs: _Jobs, lanes: int, kernel: str, out: list[str | None]) -> None:
+  """Hashes files from `jobs`, `lanes` at a time, until none is left."""
+  buf = bytearray(lanes * CHUNK)
+  view = memoryview(buf)
+  words = array.array('I', bytes(16 * lanes))
+  assert words.itemsize == 4
+  states = memoryview(words).cast('B')
+  slots: list[_Lane | None] = [None] * lanes
+  try:
+    while not jobs.stop.is_set():
+      for i in range(lanes):
+        if slots[i] is None and (job := jobs.take()) is not None:
+          slots[i] = _Lane(job[0], job[1]())
+          words[4 * i:4 * i + 4] = array.array('I', _IV)
+      live = [i for i in range(lanes) if slots[i] is not None]
+      if not live:
+        return
+      for i in live:
+        s = slots[i]
+        if s.end - s.pos < 64 and not s.eof:
+          _refill(s, buf, view, i * CHUNK)
+        if s.eof and s.end - s.pos < 64:
+          base = i * CHUNK
+          out[s.job] = _finish(states, i, bytes(buf[base + s.pos:base + s.end]),
+                               s.total)
+          os.close(s.fd)
+          slots[i] = None
+      live = [i for i in live if slots[i] is not None]
+      if not live:
+        continue
+      n = min((slots[i].end - slots[i].pos) // 64 for i in live)
+      offsets = [-1] * lanes
+      for i in live:
+        offsets[i] = i * CHUNK + slots[i].pos
+      _md5x.compress(states, buf, offsets, n, kernel)
+      for i in live:
+        slots[i].pos += 64 * n
+  except BaseException:
+    jobs.stop.set()
+    raise
+  finally:
+    for s in slots:
+      if s is not None:
+        os.close(s.fd)
+
+
+def digests(openers: Sequence[Callable[[], int]], *, threads: int = 1,
+            kernel: str | None = None) -> list[str]:
+  """The md5 (hex) of each file, `threads` threads at once, each with up to
+  `width` files side by side.
+
+  Args:
+    openers: one per file: called when a lane is free for it, returns an
+      open file descriptor, read from where it is to its end and then
+      closed (so at most `threads` x 16 are open at once).
+    threads: how many threads hash at once (one per core is what a build
+      uses); fewer if there are few files.
+    kernel: a name from `kernels()` (None: the fastest).
+
+  Raises:
+    ReadError: reading a file failed (which one, and the OSError); the
+      other threads stop at their next read.
+    Whatever an opener raises, likewise.
+    RuntimeError: the extension is not built (see `available`).
+  """
+  if _md5x is None:
+    raise RuntimeError('segment_anything_tfds._md5x is not built')
+  if not openers:
+    return []
+  threads = max(1, min(threads, len(openers)))
+  kernel = kernel or next(iter(kernels()))
+  lanes = min(-(-len(openers) // threads), kernels()[kernel])
+  jobs = _Jobs(openers)
+  out: list[str | None] = [None] * len(openers)
+  if threads == 1:
+    _run(jobs, lanes, kernel, out)
+  else:
+    with concurrent.futures.ThreadPoolExecutor(
+        threads, thread_name_prefix='sa1b-md5') as ex:
+      done = [ex.submit(_run, jobs, lanes, kernel, out)
+              for _ in range(threads)]
+      for f in done:
+        f.result()
+  return out  # type: ignore[return-value]

@@ -1,0 +1,265 @@
+"""MD5 of many files at once (`sources/md5x.py`, `_md5x.c`).
+
+Every kernel this CPU runs is compared with hashlib, on lengths around
+MD5's padding and the buffer's edges, with more files than lanes, in one
+and several threads; then the kernel's argument checks, a file that fails
+mid-read, and `checksums.verify_all`, which uses it for local tars.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import random
+
+import pytest
+
+from segment_anything_tfds import errors
+from segment_anything_tfds.sources import checksums
+from segment_anything_tfds.sources import local
+from segment_anything_tfds.sources import md5x
+
+needs_ext = pytest.mark.skipif(md5x._md5x is None,
+                               reason='segment_anything_tfds._md5x not built')
+CHUNK = md5x.CHUNK
+# MD5 pads to 56 mod 64 bytes, then 8 of length: around 55/56/64 the tail
+# takes one block or two. Around CHUNK, a lane's part of the buffer ends.
+EDGES = [0, 1, 55, 56, 57, 63, 64, 65, 119, 120, 127, 128, 129,
+         CHUNK - 1, CHUNK, CHUNK + 1, CHUNK + 63, 2 * CHUNK + 5, 3 * CHUNK]
+
+
+def _open(path: str) -> int:
+  return os.open(path, os.O_RDONLY)
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+  """Files of the edge lengths and some random ones, with their md5s."""
+  d = tmp_path_factory.mktemp('md5x')
+  rng = random.Random(7)
+  sizes = EDGES + [rng.randrange(0, 5 * CHUNK) for _ in range(6)]
+  out = []
+  for i, size in enumerate(sizes):
+    data = rng.randbytes(size)
+    path = os.fspath(d / f'f{i}')
+    with open(path, 'wb') as f:
+      f.write(data)
+    out.append((path, hashlib.md5(data).hexdigest()))
+  return out
+
+
+@needs_ext
+def test_the_extension_is_built_on_x86_64():
+  # CI builds it: a silent fallback to hashlib would hide a broken build.
+  if platform.machine() in ('x86_64', 'AMD64'):
+    assert 'c' in md5x.kernels()
+    assert md5x.kernels()['c'] == 1
+    assert all(n == 8 for k, n in md5x.kernels().items() if k != 'c')
+
+
+@needs_ext
+@pytest.mark.parametrize('kernel', list(md5x.kernels()))
+@pytest.mark.parametrize('threads', [1, 3])
+def test_every_kernel_equals_hashlib(files, kernel, threads):
+  paths = [p for p, _ in files]
+  got = md5x.digests([functools.partial(_open, p) for p in paths],
+                     threads=threads, kernel=kernel)
+  assert got == [md5 for _, md5 in files]
+
+
+@needs_ext
+@pytest.mark.parametrize('n', [1, 2, 8, 9])
+def test_few_files_and_one_more_than_a_register(files, n):
+  """One file, a few, exactly 8 lanes, and 9 (a lane reused)."""
+  picked = files[-n:]
+  got = md5x.digests([functools.partial(_open, p) for p, _ in picked],
+                     threads=1)
+  assert got == [md5 for _, md5 in picked]
+
+
+@needs_ext
+def test_no_files():
+  assert md5x.digests([], threads=4) == []
+
+
+@needs_ext
+def test_files_are_opened_when_a_lane_is_free_and_all_closed(files):
+  """At most threads x lanes files are open at once; none is left open."""
+  opened, now, most = [], [0], [0]
+
+  def opener(path):
+    fd = _opening(opened, path)
+    now[0] = sum(_is_open(f) for f in opened)
+    most[0] = max(most[0], now[0])
+    return fd
+
+  paths = [p for p, _ in files]
+  got = md5x.digests([functools.partial(opener, p) for p in paths],
+                     threads=1)
+  assert got == [md5 for _, md5 in files]
+  assert len(opened) == len(paths)
+  assert 1 < most[0] <= 8
+  assert not any(_is_open(f) for f in opened)
+
+
+def _is_open(opened: tuple[int, int]) -> bool:
+  """Whether (fd, inode) is still open on that file (a closed fd number
+  may be reused for another)."""
+  fd, ino = opened
+  try:
+    return os.fstat(fd).st_ino == ino
+  except OSError:
+    return False
+
+
+def _opening(opened: list[tuple[int, int]], path: str) -> int:
+  fd = os.open(path, os.O_RDONLY)
+  opened.append((fd, os.fstat(fd).st_ino))
+  return fd
+
+
+@needs_ext
+@pytest.mark.parametrize('threads', [1, 2])
+def test_a_file_that_fails_mid_read_names_itself_and_stops_all(
+    files, tmp_path, threads):
+  """A directory opens but cannot be read (EISDIR): `ReadError` says
+  which file, and every file opened is closed."""
+  opened = []
+  opener = functools.partial(_opening, opened)
+  paths = [p for p, _ in files[:6]]
+  paths.insert(3, os.fspath(tmp_path))
+  with pytest.raises(md5x.ReadError) as e:
+    md5x.digests([functools.partial(opener, p) for p in paths],
+                 threads=threads)
+  assert e.value.job == 3
+  assert isinstance(e.value.error, IsADirectoryError)
+  assert not any(_is_open(f) for f in opened)
+
+
+@needs_ext
+def test_an_opener_that_raises_stops_all(files):
+  opened = []
+
+  def opener(path):
+    if path is None:
+      raise errors.SourceError('sa_000009.tar: cannot open it')
+    return _opening(opened, path)
+
+  paths = [p for p, _ in files[:4]] + [None] + [p for p, _ in files[4:8]]
+  with pytest.raises(errors.SourceError, match='sa_000009.tar'):
+    md5x.digests([functools.partial(opener, p) for p in paths], threads=1)
+  assert not any(_is_open(f) for f in opened)
+
+
+# ------------------------------------------------------------- kernel
+
+
+def _iv(lanes: int) -> bytearray:
+  return bytearray(
+      (0x67452301).to_bytes(4, 'little') + (0xefcdab89).to_bytes(4, 'little')
+      + (0x98badcfe).to_bytes(4, 'little')
+      + (0x10325476).to_bytes(4, 'little')) * lanes
+
+
+@needs_ext
+@pytest.mark.parametrize('kernel', list(md5x.kernels()))
+def test_a_lane_marked_unused_is_neither_read_nor_written(kernel):
+  lanes = 8  # 'c' takes 8 lanes too, one after the other.
+  rng = random.Random(3)
+  buf = rng.randbytes(64 * 4 * lanes)
+  states = _iv(lanes)
+  sentinel = bytes(range(16))
+  states[16:32] = sentinel  # Lane 1 is unused.
+  offsets = [64 * 4 * i for i in range(lanes)]
+  offsets[1] = -1
+  md5x._md5x.compress(states, buf, offsets, 4, kernel)
+  for i in range(lanes):
+    if i == 1:
+      assert bytes(states[16:32]) == sentinel
+      continue
+    # The state after 4 whole blocks, against a single-lane C run.
+    want = _iv(1)
+    md5x._md5x.compress(want, buf[offsets[i]:offsets[i] + 256], [0], 4, 'c')
+    assert bytes(states[16 * i:16 * i + 16]) == bytes(want), i
+
+
+@needs_ext
+def test_the_kernel_refuses_what_would_read_outside_or_overflow():
+  compress = md5x._md5x.compress
+  buf = bytes(256)
+  with pytest.raises(ValueError, match='outside'):
+    compress(_iv(1), buf, [193], 1, 'c')
+  with pytest.raises(ValueError, match='outside'):
+    compress(_iv(1), buf, [-2], 1, 'c')
+  with pytest.raises(ValueError, match='nblocks'):
+    compress(_iv(1), buf, [0], 5, 'c')
+  with pytest.raises(ValueError, match='nblocks'):
+    compress(_iv(1), buf, [0], -1, 'c')
+  with pytest.raises(ValueError, match='16 contiguous bytes per lane'):
+    compress(_iv(1), buf, [0, 64], 1, 'c')
+  with pytest.raises(ValueError, match='lanes'):
+    compress(_iv(9), bytes(64 * 9), [64 * i for i in range(9)], 1, 'c')
+  with pytest.raises(ValueError, match='no md5 kernel'):
+    compress(_iv(1), buf, [0], 1, 'sse9')
+  with pytest.raises(TypeError):
+    compress(bytes(16), buf, [0], 1, 'c')  # States must be writable.
+  with pytest.raises(TypeError):
+    compress(_iv(1), buf, [None], 1, 'c')
+  # Nothing to do is fine, and changes nothing.
+  state = _iv(1)
+  compress(state, buf, [-1], 1, 'c')
+  compress(state, buf, [0], 0, 'c')
+  assert state == _iv(1)
+
+
+# --------------------------------------------------------- verify_all
+
+
+def _tars(tmp_path, n: int) -> list[tuple[local.LocalTar, bytes]]:
+  rng = random.Random(5)
+  out = []
+  for i in range(n):
+    name = f'sa_{i:06d}.tar'
+    data = rng.randbytes(rng.randrange(1, 3 * CHUNK))
+    (tmp_path / name).write_bytes(data)
+    out.append((local.LocalTar(name, os.fspath(tmp_path / name)), data))
+  return out
+
+
+@pytest.mark.parametrize('lanes', [True, False])
+def test_verify_all_judges_each_tar_and_marks_those_that_match(
+    tmp_path, monkeypatch, lanes):
+  """Ten local tars, two cores' worth of threads: side by side in lanes
+  (when built) or one per thread with hashlib; the verdicts are the same,
+  and only matching tars get a marker."""
+  if not lanes:
+    monkeypatch.setattr(md5x, 'available', lambda: False)
+  elif not md5x.available():
+    pytest.skip('no SIMD md5 kernel here')
+  tars = _tars(tmp_path, 10)
+  items = [(s, checksums.Expected('md5', hashlib.md5(d).hexdigest(), 'L'))
+           for s, d in tars]
+  bad = hashlib.md5(b'other').hexdigest()
+  items[4] = (items[4][0], checksums.Expected('md5', bad, 'L'))
+  got = checksums.verify_all(items, 2)
+  want_4 = f'md5 is {hashlib.md5(tars[4][1]).hexdigest()}, L says {bad}'
+  assert got == [None] * 4 + [want_4] + [None] * 5
+  marked = sorted(p.name for p in tmp_path.glob('*' + checksums.VERIFIED_SUFFIX))
+  assert marked == [f'sa_{i:06d}.tar.verified' for i in range(10) if i != 4]
+  # Marked tars are not read again: an unreadable file behind a valid
+  # marker would raise if it were.
+  assert checksums.verify_all(items[:4], 2) == [None] * 4
+
+
+def test_verify_all_names_a_tar_that_cannot_be_read(tmp_path):
+  tars = _tars(tmp_path, 5)
+  items = [(s, checksums.Expected('md5', hashlib.md5(d).hexdigest()))
+           for s, d in tars]
+  (tmp_path / 'sa_000002.tar').unlink()
+  (tmp_path / 'sa_000002.tar').mkdir()
+  with pytest.raises(errors.SourceError) as e:
+    checksums.verify_all(items, 2)
+  assert str(e.value).startswith('sa_000002.tar: ')
+  assert '\n' not in str(e.value)
