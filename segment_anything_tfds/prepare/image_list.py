@@ -20,8 +20,9 @@ part of its line, not a line break, and so refused.
 
 A list file is at most `MAX_LIST_BYTES` (256 MiB; a local one must be a
 regular file, checked before it is read). A text list is read from its
-bytes: it costs its size plus 8 bytes per id; a JSON list's entries are
-Python objects while read (several times its size).
+bytes: it costs its size plus 8 bytes per id; a JSON list, its size twice
+(its bytes and its text) plus 8 bytes per id: its entries are read one at
+a time.
 
 A list's canonical form is its ids, sorted, each once. Its `sha256` is the
 SHA-256 of that form written as text, one decimal id per line, each line
@@ -159,30 +160,128 @@ def _coco_entry(entry: Any, where: str) -> int:
   return ids[0]
 
 
+class _Json:
+  """A JSON text read one value at a time (`json`'s `raw_decode`), so that
+  a list's entries are Python objects one at a time, never all at once:
+  a list costs its text and 8 bytes per id, not its objects.
+
+  It accepts what `json.loads` accepts, and refuses the rest with the
+  line; a value the list does not need (COCO's "annotations", say) is
+  walked the same way and dropped.
+  """
+
+  _SPACE = re.compile(r'[ \t\r\n]*')
+  _AFTER = re.compile(r'[ \t\r\n]*([,\]]?)')
+  _decode = json.JSONDecoder().raw_decode
+
+  def __init__(self, text: str, origin: str):
+    self.text = text
+    self.origin = origin
+    self.at = 0
+
+  def refuse(self, detail: str, at: int | None = None) -> errors.ConfigError:
+    line = self.text.count('\n', 0, self.at if at is None else at) + 1
+    return _refuse(f'{self.origin}:{line}', f'not valid JSON ({detail})')
+
+  def peek(self) -> str:
+    """The next character after blanks ('' at the end)."""
+    self.at = self._SPACE.match(self.text, self.at).end()
+    return self.text[self.at:self.at + 1]
+
+  def take(self, char: str) -> bool:
+    if self.peek() != char:
+      return False
+    self.at += 1
+    return True
+
+  def value(self) -> Any:
+    self.peek()
+    try:
+      value, self.at = self._decode(self.text, self.at)
+    except json.JSONDecodeError as e:
+      raise self.refuse(f'JSONDecodeError: {e.msg}', e.pos) from None
+    return value
+
+  def elements(self) -> Iterable[Any]:
+    """The value of each element of the list whose [ was just taken."""
+    if self.take(']'):
+      return
+    text, space, decode = self.text, self._SPACE.match, self._decode
+    after = self._AFTER.match
+    at = self.at
+    while True:
+      try:
+        value, at = decode(text, space(text, at).end())
+      except json.JSONDecodeError as e:
+        raise self.refuse(f'JSONDecodeError: {e.msg}', e.pos) from None
+      yield value
+      sep = after(text, at)
+      self.at = at = sep.end()
+      if sep[1] == ']':
+        return
+      if not sep[1]:
+        raise self.refuse("expected ',' or ']' after a list's entry")
+
+  def keys(self) -> Iterable[str]:
+    """Each key of the object whose { was just taken; the caller reads its
+    value before the next."""
+    if self.take('}'):
+      return
+    while True:
+      if self.peek() != '"':
+        raise self.refuse("expected a key in double quotes")
+      try:
+        key, self.at = json.decoder.scanstring(self.text, self.at + 1)
+      except json.JSONDecodeError as e:
+        raise self.refuse(f'JSONDecodeError: {e.msg}', e.pos) from None
+      if not self.take(':'):
+        raise self.refuse("expected ':' after a key")
+      yield key
+      if self.take('}'):
+        return
+      if not self.take(','):
+        raise self.refuse("expected ',' or '}' after an object's value")
+
+  def skip(self) -> None:
+    """Reads a value and drops it: a list one element at a time (each
+    decoded whole: COCO's annotations are small), anything else whole."""
+    if self.take('['):
+      for _ in self.elements():
+        pass
+    else:
+      self.value()
+
+  def end(self) -> None:
+    if self.peek():
+      raise self.refuse('JSONDecodeError: Extra data')
+
+
 def _from_json(text: str, origin: str) -> np.ndarray:
+  """The ids of a JSON list: a list of entries, or an object whose
+  "images" list holds COCO-style entries (the last "images" key, as
+  `json.loads` would keep)."""
+  doc = _Json(text, origin)
+  ids = None
   try:
-    value = json.loads(text)
+    if doc.take('['):
+      ids = np.fromiter((parse_item(v, f'{origin}: entry {i + 1}')
+                         for i, v in enumerate(doc.elements())), np.int64)
+    elif doc.take('{'):
+      for key in doc.keys():
+        if key == 'images' and doc.take('['):
+          ids = np.fromiter(
+              (_coco_entry(v, f'{origin}: "images" entry {i + 1}')
+               for i, v in enumerate(doc.elements())), np.int64)
+        else:
+          doc.skip()
+    doc.end()
   except RecursionError:
     raise _refuse(origin, 'not an image list: JSON nested too deeply') from None
-  except ValueError as e:
-    line = getattr(e, 'lineno', '?')
-    raise _refuse(f'{origin}:{line}', f'not valid JSON ({e.__class__.__name__}:'
-                  f' {getattr(e, "msg", e)})') from None
-  del text
-  if isinstance(value, list):
-    items = ((v, f'{origin}: entry {i + 1}') for i, v in enumerate(value))
-    parse = parse_item
-  elif isinstance(value, dict) and isinstance(value.get('images'), list):
-    value = value['images']
-    items = ((v, f'{origin}: "images" entry {i + 1}')
-             for i, v in enumerate(value))
-    parse = _coco_entry
-  else:
+  if ids is None:
     raise _refuse(origin, 'expected a JSON list of image ids or sa_<id>.jpg'
                   ' names, or an object with an "images" list (COCO style,'
                   ' as MASA\'s)')
-  return np.fromiter((parse(v, where) for v, where in items), np.int64,
-                     count=len(value))
+  return ids
 
 
 def _from_lines(data: bytes, start: int, origin: str) -> np.ndarray:
