@@ -715,15 +715,20 @@ def run_profile(args, work: str) -> dict:
 # ------------------------------------------------------- checksums run
 
 
+def md5_of(path: str) -> str:
+  """hashlib's md5 of a file, read 8 MB at a time."""
+  h = hashlib.md5()
+  with open(path, 'rb', buffering=0) as f:
+    while chunk := f.read(8 * MB):
+      h.update(chunk)
+  return h.hexdigest()
+
+
 def md5_list(paths, dest: str) -> str:
   """Writes the md5 list of the tars `paths` to `dest` (`md5sum`'s form)."""
   with open(dest, 'w') as f:
     for p in paths:
-      h = hashlib.md5()
-      with open(p, 'rb') as t:
-        while chunk := t.read(8 * MB):
-          h.update(chunk)
-      f.write(f'{h.hexdigest()}  {os.path.basename(p)}\n')
+      f.write(f'{md5_of(p)}  {os.path.basename(p)}\n')
   return dest
 
 
@@ -747,10 +752,7 @@ def hash_rates(paths, best_of: int) -> dict:
 
   def one_by_one():
     for p in paths:
-      h = hashlib.md5()
-      with open(p, 'rb', buffering=0) as f:
-        while chunk := f.read(MB):
-          h.update(chunk)
+      md5_of(p)
 
   rates = {'hashlib, 1 thread': best(one_by_one)}
   for kernel in md5x.kernels():
