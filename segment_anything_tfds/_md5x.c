@@ -129,9 +129,14 @@ static void md5_blocks_c(uint32_t st[4], const unsigned char *p,
 /* One body for the two 8-lane kernels: `DEFINE_MD5_8` expands the V8*
  * operations defined just before it. */
 #define V8ADD(x, y) _mm256_add_epi32(x, y)
+/* a + M[w] + K[i] does not wait on the step before (a is four steps old),
+ * so it is summed first and kept from the optimizer (an empty asm that
+ * "changes" it): left alone, GCC adds f(b, c, d) to M[w] + K[i] first,
+ * which puts one more add on each step's chain of dependencies. */
 #define V8STEP(f, a, b, c, d, w, i, s)                                    \
-  a = V8ADD(V8ADD(a, V8ADD(m[w], _mm256_set1_epi32((int)K[i]))),          \
-            V8##f(b, c, d));                                              \
+  a = V8ADD(a, V8ADD(m[w], _mm256_set1_epi32((int)K[i])));                \
+  __asm__("" : "+v"(a));                                                  \
+  a = V8ADD(a, V8##f(b, c, d));                                           \
   a = V8ADD(b, V8ROL(a, s));
 /* m[w] = word w of each lane's block (lane l's at p[l] + at): two 8 x 8
  * transposes of 32-bit words (gathers cost twice the time). */
