@@ -320,12 +320,18 @@ static PyObject *compress(PyObject *self, PyObject *args) {
   }
   if (used >= 0 && nblocks > 0) {
     const unsigned char *p = (const unsigned char *)buf.buf;
-    uint32_t(*st)[4] = (uint32_t(*)[4])states.buf;
+    /* Touched only through memcpy: any alignment will do. */
+    unsigned char(*st)[16] = (unsigned char(*)[16])states.buf;
     /* The buffers' exports are held, so their memory stays put. */
     Py_BEGIN_ALLOW_THREADS
     if (kernel == K_C) {
-      for (Py_ssize_t i = 0; i < lanes; i++)
-        if (off[i] != -1) md5_blocks_c(st[i], p + off[i], nblocks);
+      for (Py_ssize_t i = 0; i < lanes; i++) {
+        if (off[i] == -1) continue;
+        uint32_t one[4];  /* `states` need not be aligned for uint32_t. */
+        memcpy(one, st[i], sizeof one);
+        md5_blocks_c(one, p + off[i], nblocks);
+        memcpy(st[i], one, sizeof one);
+      }
     }
 #ifdef MD5X_X86
     else {

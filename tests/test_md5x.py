@@ -13,6 +13,8 @@ import hashlib
 import os
 import platform
 import random
+import signal
+import threading
 
 import pytest
 
@@ -263,3 +265,114 @@ def test_verify_all_names_a_tar_that_cannot_be_read(tmp_path):
     checksums.verify_all(items, 2)
   assert str(e.value).startswith('sa_000002.tar: ')
   assert '\n' not in str(e.value)
+
+
+def test_a_marker_describes_the_file_hashed_not_what_the_path_named(
+    tmp_path, monkeypatch):
+  """A symlink pointed at a good copy while the tar is opened, and back at
+  a bad one after: the verdict is of the copy hashed, and no marker lets
+  the bad file pass later unhashed."""
+  good, bad = tmp_path / 'good.tar', tmp_path / 'bad.tar'
+  good.write_bytes(b'A' * 1000)
+  bad.write_bytes(b'B' * 1000)
+  link = tmp_path / 'sa_000000.tar'
+  link.symlink_to(bad)
+  real_open = local.open_tar
+
+  def swapping_open(path, name):
+    link.unlink()
+    link.symlink_to(good)
+    try:
+      return real_open(path, name)
+    finally:
+      link.unlink()
+      link.symlink_to(bad)
+
+  monkeypatch.setattr(local, 'open_tar', swapping_open)
+  expected = checksums.Expected('md5', hashlib.md5(b'A' * 1000).hexdigest())
+  source = local.LocalTar('sa_000000.tar', os.fspath(link))
+  assert checksums.verify_all([(source, expected)]) == [None]
+  monkeypatch.setattr(local, 'open_tar', real_open)
+  assert checksums.verify_all([(source, expected)]) == [
+      f'md5 is {hashlib.md5(b"B" * 1000).hexdigest()}, the checksum list'
+      f' says {expected.digest}']
+
+
+def test_a_tar_changed_while_hashed_gets_no_marker(tmp_path, monkeypatch):
+  """Changed after it was opened, as it is read: its verdict is of what
+  was read, and no marker vouches for what it is now."""
+  tar = tmp_path / 'sa_000000.tar'
+  tar.write_bytes(b'A' * 1000)
+  real_hash_fd = checksums.hash_fd
+
+  def touch_then_hash(h, fd, size=None):
+    os.utime(tar, ns=(1, 1))  # As a writer would change it.
+    return real_hash_fd(h, fd, size)
+
+  monkeypatch.setattr(checksums, 'hash_fd', touch_then_hash)
+  expected = checksums.Expected('md5', hashlib.md5(b'A' * 1000).hexdigest())
+  source = local.LocalTar('sa_000000.tar', os.fspath(tar))
+  assert checksums.verify_all([(source, expected)]) == [None]
+  assert not (tmp_path / 'sa_000000.tar.verified').exists()
+
+
+@pytest.mark.parametrize('how', ['missing', 'dangling symlink'])
+def test_verify_all_names_a_tar_that_is_not_there(tmp_path, how):
+  path = tmp_path / 'sa_000099.tar'
+  if how == 'dangling symlink':
+    path.symlink_to(tmp_path / 'gone.tar')
+  source = local.LocalTar('sa_000099.tar', os.fspath(path))
+  with pytest.raises(errors.SourceError) as e:
+    checksums.verify_all([(source, checksums.Expected('md5', '0' * 32))])
+  assert str(e.value) == (f'sa_000099.tar: cannot open {path}: No such file'
+                          ' or directory')
+
+
+@needs_ext
+def test_states_need_no_alignment():
+  buf = random.Random(1).randbytes(64 * 3)
+  aligned = _iv(1)
+  md5x._md5x.compress(aligned, buf, [0], 3, 'c')
+  holder = bytearray(1) + _iv(1)
+  md5x._md5x.compress(memoryview(holder)[1:], buf, [0], 3, 'c')
+  assert holder[1:] == aligned
+
+
+@needs_ext
+def test_an_unknown_kernel_is_a_value_error(files):
+  with pytest.raises(ValueError, match="no md5 kernel 'sse9' here"):
+    md5x.digests([functools.partial(_open, files[0][0])], kernel='sse9')
+
+
+@needs_ext
+def test_an_interrupt_stops_every_thread_at_its_next_turn(tmp_path):
+  """Ctrl-C (here an exception from a signal handler, in the thread that
+  waits) ends the hashing of 40 files of 64 MiB without hashing them all."""
+  paths = []
+  for i in range(40):
+    path = tmp_path / f'f{i}'
+    with path.open('wb') as f:
+      f.truncate(64 << 20)  # Sparse: read as zeros, no disk.
+    paths.append(os.fspath(path))
+  opened = []
+
+  def opener(path):
+    opened.append(path)
+    return os.open(path, os.O_RDONLY)
+
+  class Interrupt(Exception):
+    pass
+
+  def interrupt(*_):
+    raise Interrupt()
+
+  previous = signal.signal(signal.SIGALRM, interrupt)
+  try:
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+    with pytest.raises(Interrupt):
+      md5x.digests([functools.partial(opener, p) for p in paths], threads=2)
+  finally:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
+  assert len(opened) < len(paths)
+  assert not [t for t in threading.enumerate() if t.name.startswith('sa1b-md5')]

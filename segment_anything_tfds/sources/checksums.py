@@ -46,7 +46,7 @@ import importlib.resources
 import os
 import stat
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from etils import epath
 
@@ -238,11 +238,15 @@ def hash_fd(h, fd: int, size: int | None = None) -> int:
   return done
 
 
-def file_digest(source: base.Source, algo: str) -> str:
-  """The `algo` digest of the tar `source`, read front to back."""
+def file_digest(source: base.Source, algo: str,
+                open_local: Callable[[], int] | None = None) -> str:
+  """The `algo` digest of the tar `source`, read front to back; a local
+  tar is read from the descriptor `open_local()` gives (default: the tar
+  opened by `local.open_tar`)."""
   h = hashlib.new(algo)
   if isinstance(source, local.LocalTar):
-    fd = local.open_tar(source.location, source.name)
+    fd = (open_local or functools.partial(local.open_tar, source.location,
+                                          source.name))()
     try:
       hash_fd(h, fd)
     except OSError as e:
@@ -416,7 +420,9 @@ def verify_all(items: Sequence[tuple[base.Source, Expected]],
 
   A local tar is hashed once: its verdict is kept in a marker next to it
   (`mark_verified`), believed while the tar's path, size and mtime are
-  unchanged. Local tars checked against md5s are hashed side by side,
+  unchanged. The marker describes the file that was opened and hashed,
+  and is written only if the path still names that file, unchanged,
+  after the hash. Local tars checked against md5s are hashed side by side,
   one per SIMD lane (`md5x`), when there are more of them than threads;
   the others one per thread with hashlib. A remote tar is read whole (a
   stream checks as it reads, `stream_verdict`).
@@ -425,43 +431,70 @@ def verify_all(items: Sequence[tuple[base.Source, Expected]],
     SourceError: a tar cannot be opened or read (naming it).
   """
   results: list[str | None] = [None] * len(items)
-  todo = []  # (index, stat before hashing) of the tars to hash now.
-  for i, (source, expected) in enumerate(items):
-    if isinstance(source, local.LocalTar):
-      before = os.stat(source.location)
-      if _read_marker(source.location) == _marker_text(before, expected):
-        continue
-      todo.append((i, before))
-    else:
-      todo.append((i, None))
-  lanes = [i for i, before in todo if before is not None
-           and items[i][1].algo == 'md5']
+  todo = [i for i, (source, expected) in enumerate(items)
+          if not (isinstance(source, local.LocalTar)
+                  and _marked(source, expected))]
+  # The file each local tar was hashed from, as opened (`fstat`): its
+  # marker describes that file, whatever the path names before or after.
+  opened: dict[int, os.stat_result] = {}
+
+  def opener(i: int) -> int:
+    source = items[i][0]
+    fd = local.open_tar(source.location, source.name)
+    opened[i] = os.fstat(fd)
+    return fd
+
+  is_local = {i for i in todo if isinstance(items[i][0], local.LocalTar)}
+  lanes = [i for i in todo if i in is_local and items[i][1].algo == 'md5']
+  got: dict[int, str] = {}
   if md5x.available() and len(lanes) > workers:
-    got = dict(zip(lanes, _md5_lanes([items[i][0] for i in lanes], workers)))
-  else:
-    lanes, got = [], {}
-  rest = [i for i, _ in todo if i not in got]
+    got = dict(zip(lanes, _md5_lanes(items, lanes, opener, workers)))
+  rest = [i for i in todo if i not in got]
   with concurrent.futures.ThreadPoolExecutor(
       max(1, min(workers, len(rest))), thread_name_prefix='sa1b-verify') as ex:
-    got.update(zip(rest, ex.map(
-        lambda i: file_digest(items[i][0], items[i][1].algo), rest)))
-  for i, before in todo:
+    got.update(zip(rest, ex.map(lambda i: file_digest(
+        items[i][0], items[i][1].algo,
+        functools.partial(opener, i) if i in is_local else None), rest)))
+  for i in todo:
     source, expected = items[i]
     results[i] = expected.problem(got[i])
-    if (results[i] is None and before is not None
-        and _same_file(before, os.stat(source.location))):
-      write_marker(source.location, _marker_text(before, expected))
+    if results[i] is None and i in opened:
+      _mark_if_unchanged(source.location, opened[i], expected)
   return results
 
 
-def _md5_lanes(sources: Sequence[local.LocalTar], threads: int) -> list[str]:
-  """The md5s of local tars, hashed side by side (`md5x.digests`)."""
+def _marked(source: local.LocalTar, expected: Expected) -> bool:
+  """Whether the local tar's marker says it has `expected` as it is now."""
   try:
-    return md5x.digests(
-        [functools.partial(local.open_tar, s.location, s.name)
-         for s in sources], threads=threads)
+    now = os.stat(source.location)
+  except OSError as e:
+    raise errors.SourceError(f'{source.name}: cannot open {source.location}:'
+                             f' {e.strerror}') from None
+  return _read_marker(source.location) == _marker_text(now, expected)
+
+
+def _mark_if_unchanged(path: str, hashed: os.stat_result,
+                       expected: Expected) -> None:
+  """Marks `path` as having `expected` if it is still the file `hashed`
+  (same inode, size, mtime and ctime: not replaced, written or swapped
+  since it was opened); else leaves no marker."""
+  try:
+    now = os.stat(path)
+  except OSError:
+    return
+  if _same_file(hashed, now):
+    write_marker(path, _marker_text(hashed, expected))
+
+
+def _md5_lanes(items, lanes: Sequence[int], opener: Callable[[int], int],
+               threads: int) -> list[str]:
+  """The md5s of the local tars `items[i]` for i in `lanes`, hashed side by
+  side (`md5x.digests`), each opened by `opener(i)`."""
+  try:
+    return md5x.digests([functools.partial(opener, i) for i in lanes],
+                        threads=threads)
   except md5x.ReadError as e:
-    raise _unreadable(sources[e.job], e.error) from None
+    raise _unreadable(items[lanes[e.job]][0], e.error) from None
 
 
 def _unreadable(source: local.LocalTar, e: OSError) -> errors.SourceError:

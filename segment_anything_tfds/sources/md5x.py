@@ -183,6 +183,8 @@ def digests(openers: Sequence[Callable[[], int]], *, threads: int = 1,
     return []
   threads = max(1, min(threads, len(openers)))
   kernel = kernel or next(iter(kernels()))
+  if kernel not in kernels():
+    raise ValueError(f'no md5 kernel {kernel!r} here: {", ".join(kernels())}')
   lanes = min(-(-len(openers) // threads), kernels()[kernel])
   jobs = _Jobs(openers)
   out: list[str | None] = [None] * len(openers)
@@ -193,6 +195,10 @@ def digests(openers: Sequence[Callable[[], int]], *, threads: int = 1,
         threads, thread_name_prefix='sa1b-md5') as ex:
       done = [ex.submit(_run, jobs, lanes, kernel, out)
               for _ in range(threads)]
-      for f in done:
-        f.result()
+      try:
+        for f in done:
+          f.result()
+      except BaseException:  # Ctrl-C too: the threads stop at their next
+        jobs.stop.set()       # turn, not after every file.
+        raise
   return out  # type: ignore[return-value]
