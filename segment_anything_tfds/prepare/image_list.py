@@ -21,8 +21,9 @@ part of its line, not a line break, and so refused.
 A list file is at most `MAX_LIST_BYTES` (256 MiB; a local one must be a
 regular file, checked before it is read). A text list is read from its
 bytes: it costs its size plus 8 bytes per id; a JSON list, its size twice
-(its bytes and its text) plus 8 bytes per id: its entries are read one at
-a time.
+(its bytes and its text; 4 bytes per character if one is beyond Latin-1)
+plus 8 bytes per id: its entries are decoded about `_Json.BATCH`
+characters at a time.
 
 A list's canonical form is its ids, sorted, each once. Its `sha256` is the
 SHA-256 of that form written as text, one decimal id per line, each line
@@ -125,6 +126,8 @@ def shown(item: Any, width: int = 60) -> str:
     text = repr(item)
   except RecursionError:
     text = f'a {type(item).__name__} nested too deeply'
+  except ValueError:  # An int of over 4300 digits.
+    text = f'an {type(item).__name__} too long to show'
   return errors.printable(text if len(text) <= width else
                           text[:width - 3] + '...')
 
@@ -160,28 +163,42 @@ def _coco_entry(entry: Any, where: str) -> int:
   return ids[0]
 
 
-class _Json:
-  """A JSON text read one value at a time (`json`'s `raw_decode`), so that
-  a list's entries are Python objects one at a time, never all at once:
-  a list costs its text and 8 bytes per id, not its objects.
+class _JsonSyntax(errors.ConfigError):
+  """The text is not JSON (as opposed to JSON that is not an image list)."""
 
-  It accepts what `json.loads` accepts, and refuses the rest with the
-  line; a value the list does not need (COCO's "annotations", say) is
-  walked the same way and dropped.
+
+class _Json:
+  """A JSON text read a piece at a time (`json`'s `raw_decode`), so that a
+  list's entries are Python objects a few at a time, never all at once: a
+  list costs its text and 8 bytes per id, not its objects.
+
+  It accepts what `json.loads` accepts, and refuses the rest (`_JsonSyntax`)
+  with the line. A value the list does not need (COCO's "annotations",
+  say) is walked the same way and dropped: a list an entry at a time, an
+  object a key at a time.
   """
 
   _SPACE = re.compile(r'[ \t\r\n]*')
   _AFTER = re.compile(r'[ \t\r\n]*([,\]]?)')
   _decode = json.JSONDecoder().raw_decode
+  # A list's entries are decoded about this many characters at a time.
+  BATCH = 1 << 20
 
   def __init__(self, text: str, origin: str):
     self.text = text
     self.origin = origin
     self.at = 0
 
-  def refuse(self, detail: str, at: int | None = None) -> errors.ConfigError:
+  def refuse(self, detail: str, at: int | None = None) -> _JsonSyntax:
     line = self.text.count('\n', 0, self.at if at is None else at) + 1
-    return _refuse(f'{self.origin}:{line}', f'not valid JSON ({detail})')
+    return _JsonSyntax(f'{self.origin}:{line}: not valid JSON ({detail})')
+
+  def bad_value(self, e: ValueError, at: int) -> _JsonSyntax:
+    """A value `raw_decode` refused at `at` (a JSONDecodeError says where;
+    an integer of over 4300 digits is a plain ValueError)."""
+    if isinstance(e, json.JSONDecodeError):
+      return self.refuse(f'JSONDecodeError: {e.msg}', e.pos)
+    return self.refuse(f'ValueError: {errors.first_line(e)}', at)
 
   def peek(self) -> str:
     """The next character after blanks ('' at the end)."""
@@ -198,22 +215,41 @@ class _Json:
     self.peek()
     try:
       value, self.at = self._decode(self.text, self.at)
-    except json.JSONDecodeError as e:
-      raise self.refuse(f'JSONDecodeError: {e.msg}', e.pos) from None
+    except ValueError as e:
+      raise self.bad_value(e, self.at) from None
     return value
 
   def elements(self) -> Iterable[Any]:
-    """The value of each element of the list whose [ was just taken."""
+    """The value of each element of the list whose [ was just taken.
+
+    About `BATCH` characters of entries at a time: up to a comma, decoded
+    as a list of their own. A comma inside a string or a nested value
+    leaves that text unbalanced, so it never decodes; then (or if the
+    text is not JSON) the entries up to that comma are read one at a time.
+    """
     if self.take(']'):
       return
     text, space, decode = self.text, self._SPACE.match, self._decode
     after = self._AFTER.match
-    at = self.at
+    at, one_by_one_until = self.at, -1
     while True:
+      if at > one_by_one_until:
+        cut = text.find(',', at + self.BATCH)
+        if cut > 0:
+          try:
+            batch = json.loads('[' + text[at:cut] + ']')
+          except (ValueError, RecursionError):
+            batch = None
+          if batch:  # Not [] either: '[ ,' is no list.
+            self.at = at = cut + 1
+            yield from batch
+            continue
+          one_by_one_until = cut
+      start = space(text, at).end()
       try:
-        value, at = decode(text, space(text, at).end())
-      except json.JSONDecodeError as e:
-        raise self.refuse(f'JSONDecodeError: {e.msg}', e.pos) from None
+        value, at = decode(text, start)
+      except ValueError as e:
+        raise self.bad_value(e, start) from None
       yield value
       sep = after(text, at)
       self.at = at = sep.end()
@@ -229,11 +265,11 @@ class _Json:
       return
     while True:
       if self.peek() != '"':
-        raise self.refuse("expected a key in double quotes")
+        raise self.refuse('expected a key in double quotes')
       try:
         key, self.at = json.decoder.scanstring(self.text, self.at + 1)
-      except json.JSONDecodeError as e:
-        raise self.refuse(f'JSONDecodeError: {e.msg}', e.pos) from None
+      except ValueError as e:
+        raise self.bad_value(e, self.at) from None
       if not self.take(':'):
         raise self.refuse("expected ':' after a key")
       yield key
@@ -243,11 +279,14 @@ class _Json:
         raise self.refuse("expected ',' or '}' after an object's value")
 
   def skip(self) -> None:
-    """Reads a value and drops it: a list one element at a time (each
-    decoded whole: COCO's annotations are small), anything else whole."""
+    """Reads a value and drops it: a list an entry at a time (each decoded
+    whole: COCO's annotations are small), an object a key at a time."""
     if self.take('['):
       for _ in self.elements():
         pass
+    elif self.take('{'):
+      for _ in self.keys():
+        self.skip()
     else:
       self.value()
 
@@ -255,33 +294,53 @@ class _Json:
     if self.peek():
       raise self.refuse('JSONDecodeError: Extra data')
 
+  def ids(self, parse, where: str) -> 'array.array | errors.ConfigError':
+    """The ids of the list whose [ was just taken, `parse(entry, where)`
+    each; or the error of its first entry that is no image (the rest of
+    the list is still read: the text after it may not be JSON, and
+    `json.loads` would say so first)."""
+    entries = self.elements()
+    out = array.array('q')  # Grows by an eighth: numpy's fromiter doubles.
+    try:
+      for i, entry in enumerate(entries):
+        out.append(parse(entry, f'{where} {i + 1}'))
+    except _JsonSyntax:
+      raise
+    except errors.ConfigError as e:
+      for _ in entries:
+        pass
+      return e
+    return out
+
 
 def _from_json(text: str, origin: str) -> np.ndarray:
   """The ids of a JSON list: a list of entries, or an object whose
-  "images" list holds COCO-style entries (the last "images" key, as
-  `json.loads` would keep)."""
+  "images" list holds COCO-style entries. As `json.loads`, the last of
+  several "images" keys counts: only its entries are judged."""
   doc = _Json(text, origin)
   ids = None
   try:
     if doc.take('['):
-      ids = np.fromiter((parse_item(v, f'{origin}: entry {i + 1}')
-                         for i, v in enumerate(doc.elements())), np.int64)
+      ids = doc.ids(parse_item, f'{origin}: entry')
     elif doc.take('{'):
       for key in doc.keys():
-        if key == 'images' and doc.take('['):
-          ids = np.fromiter(
-              (_coco_entry(v, f'{origin}: "images" entry {i + 1}')
-               for i, v in enumerate(doc.elements())), np.int64)
+        if key != 'images':
+          doc.skip()
+        elif doc.take('['):
+          ids = doc.ids(_coco_entry, f'{origin}: "images" entry')
         else:
           doc.skip()
+          ids = None
     doc.end()
   except RecursionError:
     raise _refuse(origin, 'not an image list: JSON nested too deeply') from None
+  if isinstance(ids, errors.ConfigError):
+    raise ids
   if ids is None:
     raise _refuse(origin, 'expected a JSON list of image ids or sa_<id>.jpg'
                   ' names, or an object with an "images" list (COCO style,'
                   ' as MASA\'s)')
-  return ids
+  return np.frombuffer(ids, np.int64)
 
 
 def _from_lines(data: bytes, start: int, origin: str) -> np.ndarray:
