@@ -6,7 +6,7 @@ hashes every tar of the build, so it runs them side by side: each thread
 keeps up to 8 files open, reads the next 1 MiB of each into its part of
 one buffer, and runs all of them through the kernel at once. On this
 project's 2-core machine (AVX-512VL) one thread hashes 8 files at
-2.3-3.3 GB/s, 4.6x hashlib (docs/benchmarks.md, "Checksums").
+2.4-3.3 GB/s, about 5x hashlib (docs/benchmarks.md, "Checksums").
 
 `digests` is the whole API; `available()` says whether the extension is
 built and the CPU has a SIMD kernel. Without them the caller uses hashlib
