@@ -160,13 +160,13 @@ def _run(jobs: _Jobs, lanes: int, kernel: str, out: list[str | None]) -> None:
 
 def digests(openers: Sequence[Callable[[], int]], *, threads: int = 1,
             kernel: str | None = None) -> list[str]:
-  """The md5 (hex) of each file, `threads` threads at once, each with up to
-  `width` files side by side.
+  """The md5 (hex) of each file, `threads` threads at once, each with as
+  many files side by side as its kernel has lanes (8; 1 for 'c').
 
   Args:
     openers: one per file: called when a lane is free for it, returns an
       open file descriptor, read from where it is to its end and then
-      closed (so at most `threads` x 16 are open at once).
+      closed (so at most `threads` x 8 are open at once).
     threads: how many threads hash at once (one per core is what a build
       uses); fewer if there are few files.
     kernel: a name from `kernels()` (None: the fastest).
