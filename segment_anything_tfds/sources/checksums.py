@@ -465,11 +465,7 @@ def verify_all(items: Sequence[tuple[base.Source, Expected]],
 
 def _marked(source: local.LocalTar, expected: Expected) -> bool:
   """Whether the local tar's marker says it has `expected` as it is now."""
-  try:
-    now = os.stat(source.location)
-  except OSError as e:
-    raise errors.SourceError(f'{source.name}: cannot open {source.location}:'
-                             f' {e.strerror}') from None
+  now = local.stat_tar(source.location, source.name)
   return _read_marker(source.location) == _marker_text(now, expected)
 
 

@@ -74,18 +74,30 @@ def pread(fd: int, offset: int, size: int) -> bytes:
   return bytes(out)
 
 
+def stat_tar(path: str, name: str) -> os.stat_result:
+  """`os.stat` of the tar `name` at `path`; one that is not there is a
+  `SourceError` naming it."""
+  try:
+    return os.stat(path)
+  except OSError as e:
+    raise _cannot_open(name, path, e) from None
+
+
+def _cannot_open(name: str, path: str, e: OSError) -> errors.SourceError:
+  return errors.SourceError(f'{name}: cannot open {path}: {e.strerror}')
+
+
 def open_tar(path: str, name: str) -> int:
   """A read-only fd of the regular file `path` (symlinks followed).
 
   A FIFO or device is refused before it is opened (and once opened,
   without blocking, checked again).
   """
+  st = stat_tar(path, name)
   try:
-    st = os.stat(path)
     fd = os.open(path, _OPEN_FLAGS) if stat.S_ISREG(st.st_mode) else None
   except OSError as e:
-    raise errors.SourceError(
-        f'{name}: cannot open {path}: {e.strerror}') from None
+    raise _cannot_open(name, path, e) from None
   if fd is not None:
     st = os.fstat(fd)
     if stat.S_ISREG(st.st_mode):
