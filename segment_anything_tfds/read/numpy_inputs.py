@@ -491,16 +491,15 @@ class SamDataset:
       threads = machine.cores() if os.getpid() == self._made_in else 1
     if threads <= 1:
       return None
-    key = (os.getpid(), threads)  # A forked child makes its own.
-    with _POOLS_LOCK:
-      if key not in _POOLS:
-        _POOLS[key] = concurrent.futures.ThreadPoolExecutor(
+    with _POOLS_LOCK:  # A forked child starts with none (below).
+      if threads not in _POOLS:
+        _POOLS[threads] = concurrent.futures.ThreadPoolExecutor(
             threads, thread_name_prefix='sam-transform')
-      return _POOLS[key]
+      return _POOLS[threads]
 
 
-# (pid, threads) -> the transform threads of `SamDataset.__getitems__`.
-_POOLS: dict[tuple[int, int], concurrent.futures.ThreadPoolExecutor] = {}
+# threads -> this process's transform threads of `SamDataset.__getitems__`.
+_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
