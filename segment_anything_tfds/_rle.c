@@ -370,7 +370,6 @@ static PyObject *first_bad(PyObject *self, PyObject *args) {
 
 /* ------------------------------------------------------------ decoding */
 
-/* A C-contiguous 1-D int64 buffer. */
 /* A buffer's struct format without its native byte-order prefix ('B' when
  * the exporter gives none, as the buffer protocol says). */
 static const char *buffer_format(const Py_buffer *view) {
@@ -379,6 +378,7 @@ static const char *buffer_format(const Py_buffer *view) {
   return f;
 }
 
+/* A C-contiguous 1-D int64 buffer. */
 static int indices(PyObject *obj, Py_buffer *view, const char *what) {
   if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
     return -1;

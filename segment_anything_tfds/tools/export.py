@@ -756,10 +756,10 @@ def _is_partial(name: str) -> bool:
 
 
 def _previous_outputs(out: OutDir) -> list[tuple[str, int, str]]:
-  """What any format or a stale run left in `out`: (relative path, its
-  directory's descriptor, `out`'s own, and name), looked for where the
-  formats write, the output dir and its `images/` (not followed if a
-  symlink), and nowhere else.
+  """What any format or a stale run left in `out`: (relative path, the
+  descriptor of its directory, name) of each, looked for where the formats
+  write, the output dir and its `images/` (not followed if a symlink), and
+  nowhere else.
 
   Raises:
     ConfigError: something that is not a file (a directory, a FIFO) has the
