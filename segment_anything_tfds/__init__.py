@@ -24,6 +24,13 @@ Public API:
   paste_objects, paste_from_example: copy-paste augmentation (tf.data).
 """
 
+import time as _time
+
+# What a command's "time:" counts from. Not the process's start: a shell
+# that execs the command (the last of `bash -c "a && b"`) hands it its pid,
+# and with it the time the shell had run.
+_IMPORTED_AT = _time.perf_counter()
+
 import importlib as _importlib
 import importlib.util as _importlib_util
 

@@ -80,6 +80,29 @@ def test_build_summary(built, capsys):
   assert f'data dir:  {dataset_dir}' in out
 
 
+def test_build_summary_time_counts_from_the_command_not_the_shell(built):
+  """A shell that execs the command hands it its pid, and so its start time:
+  `time:` must not count the shell's work before the exec."""
+  data_dir, _ = built
+  exe = (shutil.which('segment-anything-tfds',
+                      path=os.path.dirname(sys.executable))
+         or shutil.which('segment-anything-tfds'))
+  assert exe, 'console script not installed (pip install -e .)'
+  shell_seconds = 3
+  script = (f'sleep {shell_seconds}; exec "$0" build --tars 0-3 --data_dir'
+            f' "$1" --manual_dir "$2" --no_progress')
+  start = time.monotonic()
+  res = subprocess.run(['bash', '-c', script, exe, str(data_dir), str(DUMMY)],
+                       capture_output=True, text=True, check=False,
+                       timeout=300)
+  waited = time.monotonic() - start
+  assert res.returncode == 0, res.stderr
+  assert 'Already prepared' in res.stdout
+  (line,) = [l for l in res.stdout.splitlines() if l.startswith('time:')]
+  reported = float(line.split()[1])
+  assert 0 < reported <= waited - shell_seconds, (reported, waited)
+
+
 def test_console_script_help_and_usage():
   exe = (shutil.which('segment-anything-tfds',
                       path=os.path.dirname(sys.executable))

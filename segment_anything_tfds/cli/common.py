@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from etils import epath
 
+import segment_anything_tfds
 from segment_anything_tfds import config as config_lib
 from segment_anything_tfds import errors
 from segment_anything_tfds import logs
@@ -22,19 +23,11 @@ PROG = logs.PROG
 # `--runner` value of builds and mirrors run by Beam's in-process runner.
 LOCAL_RUNNER = 'local'
 DATASET = 'segment_anything'
-_IMPORTED = time.perf_counter()
 
 
 def seconds_since_start() -> float:
-  """Wall time since this process started: what the user has waited."""
-  try:
-    with open('/proc/self/stat') as f:
-      start_ticks = int(f.read().rsplit(')', 1)[1].split()[19])
-    with open('/proc/uptime') as f:
-      uptime = float(f.read().split()[0])
-    return uptime - start_ticks / os.sysconf('SC_CLK_TCK')
-  except (OSError, ValueError, IndexError, AttributeError):  # Not Linux.
-    return time.perf_counter() - _IMPORTED
+  """Wall time since the package was imported: what the user has waited."""
+  return time.perf_counter() - segment_anything_tfds._IMPORTED_AT  # pylint: disable=protected-access
 
 
 class UsageError(Exception):
