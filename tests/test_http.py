@@ -207,6 +207,7 @@ def test_one_http_client_in_the_package():
   # opens its own connection (urllib, http.client) or session.
   import ast
   import pathlib
+  import re
   import segment_anything_tfds
   root = pathlib.Path(segment_anything_tfds.__file__).parent
   assert not (root / 'httpfile.py').exists()
@@ -224,7 +225,13 @@ def test_one_http_client_in_the_package():
         if name.split('.')[0] in ('requests', 'urllib3') or name in (
             'urllib.request', 'http.client', 'httplib2', 'aiohttp'):
           users.setdefault(str(path.relative_to(root)), set()).add(name)
-  assert users == {'sources/http.py': {'requests', 'urllib3'}}
+  # links.py reads URLs with urllib3's parser (the one requests connects
+  # by), and opens nothing.
+  assert users == {'sources/http.py': {'requests', 'urllib3'},
+                   'sources/links.py': {'urllib3'}}
+  links_source = (root / 'sources' / 'links.py').read_text(encoding='utf-8')
+  assert set(re.findall(r'urllib3\.[\w.]+', links_source)) == {
+      'urllib3.util.parse_url'}
 
 
 # ------------------------------------------------ hostile answers, by command

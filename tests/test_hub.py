@@ -254,6 +254,49 @@ def test_credentials_never_follow_a_redirect_to_another_host(
     assert at_cdn['Range'] == 'bytes=0-9'  # What is not a credential goes.
 
 
+@pytest.mark.parametrize('how', ['link', 'redirect'])
+def test_the_token_goes_by_where_a_request_goes_not_how_a_parser_reads_it(
+    monkeypatch, how):
+  """`http://OTHER\\@HUB/x` is HUB to the stdlib's `urlsplit`, but requests
+  connects to OTHER: as a link, or as the Location of the Hub's redirect,
+  it gets no token."""
+  with LoopbackServer() as other, LoopbackServer() as hub:
+    monkeypatch.setenv('HF_TOKEN', TOKEN)
+    monkeypatch.setenv('HF_ENDPOINT', hub.address)
+    sneaky = (f'http://127.0.0.1:{other.port}\\@127.0.0.1:{hub.port}'
+              '/datasets/o/r/resolve/main/sa_000000.tar')
+    hub.redirects['sa_000000.tar'] = sneaky
+    url = sneaky if how == 'link' else hub.mirror_url('sa_000000.tar')
+    with http_lib.Client(FAST) as client:
+      client.send('GET', url).close()
+    assert len(other.headers) == 1
+    (_, target, at_other), = other.headers
+    assert target.startswith('/%5C@127.0.0.1:'), target
+    assert 'Authorization' not in at_other
+    # The Hub itself got its token, with the redirect's request alone.
+    assert _authorizations(hub.headers) == (
+        [] if how == 'link' else [f'Bearer {TOKEN}'])
+
+
+def test_no_netrc_credentials_are_sent(monkeypatch, tmp_path):
+  """requests would send ~/.netrc's login (its `default` one to any host);
+  this package sends no credential it was not given for that URL."""
+  netrc = tmp_path / 'netrc'
+  netrc.write_text('default login me password secret\n')
+  netrc.chmod(0o600)
+  monkeypatch.setenv('NETRC', os.fspath(netrc))
+  monkeypatch.delenv('HF_TOKEN', raising=False)
+  with LoopbackServer({'sa_000000.tar': TARS['sa_000000.tar']}) as server:
+    with http_lib.Client(FAST) as client:
+      client.send('HEAD', server.mirror_url('sa_000000.tar')).close()
+      user_url = server.mirror_url('sa_000000.tar').replace(
+          '://', '://u:p@')
+      client.send('HEAD', user_url).close()
+  (_, _, plain), (_, _, with_user) = server.headers
+  assert 'Authorization' not in plain
+  assert with_user['Authorization'] == 'Basic dTpw'  # u:p, as given.
+
+
 def test_the_hub_token_goes_to_hub_origins_only(monkeypatch):
   monkeypatch.setenv('HF_ENDPOINT', 'http://127.0.0.1:8123/')
   lookups = []
@@ -269,6 +312,10 @@ def test_the_hub_token_goes_to_hub_origins_only(monkeypatch):
       ('https://evil.example/huggingface.co/x', False),
       ('http://127.0.0.1:8124/datasets/o/r/resolve/main/x', False),
       ('https://user@huggingface.co@evil.example/x', False),
+      # The stdlib's urlsplit reads the host after the backslash; requests,
+      # like browsers, connects to the one before it.
+      ('https://evil.example\\@huggingface.co/datasets/o/r', False),
+      ('http://127.0.0.1:8124\\@127.0.0.1:8123/datasets/o/r', False),
   ]:
     assert (hub_lib.token_for(url, lookup) == TOKEN) is sent, url
   assert len(lookups) == 3  # The token is looked up for the Hub alone.

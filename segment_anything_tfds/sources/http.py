@@ -780,6 +780,18 @@ class Body:
 # ------------------------------------------------------------ the client
 
 
+def _no_auth(prepared: requests.PreparedRequest) -> requests.PreparedRequest:
+  return prepared
+
+
+def _auth_of(url: str):
+  """The auth of a request for `url`: the user and password in it, if any
+  (as requests would take them). Never none: then requests would look the
+  host up in ~/.netrc, whose credentials this package does not send."""
+  user, password = requests.utils.get_auth_from_url(url)
+  return (user, password) if user or password else _no_auth
+
+
 class _Session(requests.Session):
   """requests' Session; redirects are `Client.send`'s alone.
 
@@ -832,9 +844,12 @@ class Client:
         URL, a redirect to another scheme or more than `MAX_REDIRECTS`.
       TransientError: a timeout, a reset, or no answer head in time.
     """
-    first = url
+    _check_scheme(url, url)
+    try:
+      first = url = as_sent(url)
+    except ValueError as e:
+      raise transport_error(e, url) from None
     for _ in range(MAX_REDIRECTS + 1):
-      _check_scheme(url, first)
       resp = self._send_once(method, url, self._hop_headers(first, url,
                                                             headers))
       location = resp.headers.get('Location')
@@ -882,7 +897,8 @@ class Client:
     try:
       return self._session.request(
           method, url, headers=headers, stream=True, allow_redirects=False,
-          timeout=(timeout, timeout), proxies=self._proxies)
+          timeout=(timeout, timeout), proxies=self._proxies,
+          auth=_auth_of(url))
     except _Stop as e:
       raise e.error from None
     except (requests.RequestException, urllib3.exceptions.HTTPError,
@@ -1035,16 +1051,31 @@ def _check_scheme(url: str, first: str) -> None:
       ' followed')
 
 
+def as_sent(url: str) -> str:
+  """`url` as requests sends it: read by urllib3's parser, its host
+  IDNA-encoded, its path quoted. Where a request goes, which credentials
+  it carries and what messages name are all decided on this form.
+
+  Raises:
+    ValueError: requests cannot send it.
+  """
+  prepared = requests.PreparedRequest()
+  prepared.prepare_url(url, None)
+  return prepared.url
+
+
 def _redirect(first: str, url: str, location: str) -> str:
-  """Where a redirect from `url` leads; a `DownloadError` if nowhere."""
+  """Where a redirect from `url` leads, as sent (`as_sent`); a
+  `DownloadError` if nowhere."""
   try:
     target = urllib.parse.urljoin(url, location)
+    _check_scheme(target, first)
     _ = urllib.parse.urlsplit(target).port  # Raises if it is no port.
+    return as_sent(target)
   except ValueError as e:
     raise errors.DownloadError(
         f'{links_lib.redact(first)}: redirected to an invalid URL'
         f' {location.split("?", 1)[0][:100]!r} ({e})') from None
-  return target
 
 
 class ClientPool:

@@ -14,6 +14,7 @@ import re
 import urllib.parse
 
 from etils import epath
+import urllib3
 
 from segment_anything_tfds import errors
 
@@ -51,16 +52,21 @@ _DEFAULT_PORTS = {'http': 80, 'https': 443}
 
 def origin(url: str) -> tuple[str, str, int | None] | None:
   """(scheme, host, port) of a URL, the default port filled in; None if it
-  has no host. Credentials are sent by origin (`http.Client`)."""
+  has no host. Credentials are sent by origin (`http.Client`).
+
+  The URL is read by urllib3's parser, the one requests connects by: the
+  stdlib's `urlsplit` reads some URLs otherwise (`http://a\\@b/` is host
+  `a` to urllib3, `b` to `urlsplit`), and an origin must be where the
+  request goes.
+  """
   try:
-    parts = urllib.parse.urlsplit(url)
-    port = parts.port
+    parts = urllib3.util.parse_url(url)
   except ValueError:
     return None
-  scheme = parts.scheme.lower()
-  if not parts.hostname:
+  scheme = (parts.scheme or '').lower()
+  if not parts.host:
     return None
-  return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS.get(scheme)
+  return scheme, parts.host.lower(), parts.port or _DEFAULT_PORTS.get(scheme)
 
 
 def same_origin(a: str, b: str) -> bool:
