@@ -21,6 +21,10 @@ A gated repo (`token` given) answers resolve requests 401 without an
 listing too. Errors carry the Hub's `X-Error-Code` (RepoNotFound,
 RevisionNotFound, EntryNotFound). Every request is kept in `requests` as
 (method, path, headers).
+
+`listing_fault` makes every tree request answer badly: 'stall' (no answer
+until the server stops, at most 60 s) or 'endless' (empty pages, each
+linking to the next).
 """
 
 from __future__ import annotations
@@ -48,9 +52,11 @@ class HubServer:
 
   def __init__(self, repos: dict[str, dict[str, bytes]], *,
                token: str | None = None, gated_listing: bool = False,
-               page_size: int = 2):
+               page_size: int = 2, listing_fault: str | None = None):
     _kinds.require_integration('the Hub stand-in (HubServer)')
     self.repos = repos
+    self.listing_fault = listing_fault
+    self._stopping = threading.Event()
     self.token = token
     self.gated_listing = gated_listing
     self.page_size = page_size
@@ -125,6 +131,13 @@ class HubServer:
         if entries is None:
           return self._error(404, 'EntryNotFound')
         cursor = int(query.get('cursor', ['0'])[0])
+        if hub.listing_fault == 'stall':
+          hub._stopping.wait(60)  # pylint: disable=protected-access
+          return None
+        if hub.listing_fault == 'endless':
+          nxt = urllib.parse.urlsplit(self.path)._replace(
+              query=f'cursor={cursor + 1}').geturl()
+          return self._json([], [('Link', f'<{hub.address}{nxt}>; rel="next"')])
         page = entries[cursor:cursor + hub.page_size]
         headers = []
         if cursor + hub.page_size < len(entries):
@@ -178,6 +191,7 @@ class HubServer:
     return self
 
   def stop(self) -> None:
+    self._stopping.set()
     self._httpd.shutdown()
     self._httpd.server_close()
     if self._thread is not None:

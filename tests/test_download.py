@@ -345,6 +345,24 @@ def test_endless_body_is_capped_at_max_bytes(server, tmp_path):
   assert server.endless_sent < 64 << 20
 
 
+def test_a_body_of_no_stated_length_stops_at_the_size_announced(
+    server, tmp_path):
+  """A HEAD (or a listing) said the size: an answer without Content-Length
+  that goes on past it is cut there and refused, not written on up to
+  max_bytes (64 GiB by default)."""
+  name = 'sa_000000.tar'
+  server.endless.add(name)
+  announced = len(DATA[name])
+  res = within(20, download.download_all, {name: server.url(name)}, tmp_path,
+               options=OPTS, sizes={name: announced})
+  msg = res.errors[name]
+  assert f'went on past the {announced} bytes announced' in msg, msg
+  assert name in msg and '\n' not in msg
+  assert _cache_names(tmp_path) == []  # No tar, and no .part.
+  assert len(server.gets(name)) == 1  # Not retried.
+  assert server.endless_sent < 64 << 20
+
+
 def test_content_length_over_max_bytes_is_refused_at_once(server, tmp_path):
   name = 'sa_000002.tar'
   opts = OPTS.replace(max_bytes=len(DATA[name]) - 1)
@@ -656,16 +674,21 @@ def test_a_content_range_that_does_not_answer_is_refused(lie, reader):
   assert len(srv.gets('big.tar')) == 1  # Not retried.
 
 
-def test_a_resume_whose_content_range_does_not_answer_is_refused(server,
-                                                                  tmp_path):
+def test_a_resume_whose_content_range_does_not_answer_restarts_from_0(
+    server, tmp_path, caplog):
+  """The partial file is dropped, not kept for a rerun that would meet the
+  same answer again."""
   name = 'sa_000001.tar'
   dest = tmp_path / name
-  (tmp_path / (name + '.part')).write_bytes(DATA[name][:100])
+  (tmp_path / (name + '.part')).write_bytes(b'x' * 100)  # Not appended to.
   server.content_ranges[name] = 'bytes {start}-5/{size}'
-  with pytest.raises(errors.DownloadError, match='is before its first'):
+  with caplog.at_level(logging.INFO):
     _fetch(server, name, tmp_path)
-  assert not dest.exists()
-  assert [g[2:4] for g in server.gets(name)] == [('bytes=100-', 206)]
+  assert dest.read_bytes() == DATA[name]
+  assert [g[2:4] for g in server.gets(name)] == [('bytes=100-', 206),
+                                                 (None, 200)]
+  said = ' '.join(r.getMessage() for r in caplog.records)
+  assert 'is before its first' in said and 'restarting from 0' in said, said
 
 
 # -------------------------------------------- planted files in the cache

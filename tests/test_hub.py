@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 
 import pytest
 import tensorflow_datasets as tfds
@@ -443,6 +444,27 @@ def test_an_hf_folder_that_cannot_be_read_says_why(gated, uri, message):
   with pytest.raises(errors.SourceError) as e:
     shards.find_shards(uri)
   assert message in str(e.value) and '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('fault', ['stall', 'endless'])
+def test_a_listing_that_stalls_or_never_ends_is_given_up(monkeypatch,
+                                                         tmp_path, fault):
+  """huggingface_hub's client has no deadline and follows pages as long as
+  they come: the listing as a whole has one."""
+  monkeypatch.setattr(hub_lib, 'LISTING_SECONDS', 2)
+  with _offline.loopback_only(), HubServer({REPO: FILES},
+                                           listing_fault=fault) as server:
+    _env(monkeypatch, tmp_path, server, None)
+    start = time.monotonic()
+    with pytest.raises(errors.SourceError) as e:
+      hub_lib.list_tars(f'hf://datasets/{REPO}/data')
+    took = time.monotonic() - start
+    trees = [p for _, p, _ in server.requests if '/tree/' in p]
+  assert 'did not finish listing it in 2 s' in str(e.value)
+  assert f'hf://datasets/{REPO}/data' in str(e.value)
+  assert '\n' not in str(e.value)
+  assert 2 <= took < 10, took
+  assert len(trees) == 1 if fault == 'stall' else len(trees) > 5
 
 
 def test_a_gated_listing_says_to_set_hf_token(monkeypatch, tmp_path):

@@ -388,6 +388,8 @@ class _Transfer:
       restart from 0 that gets no further is not progress).
     total: the object's size, once an answer said it; a resume's
       Content-Range must agree.
+    announced: the size a HEAD or a listing said before the download (or
+      None): a body that states no length may not go past it.
   """
 
   url: str
@@ -403,6 +405,7 @@ class _Transfer:
   expected: checksums.Expected | None = None
   hasher: Any = None  # Of the partial file's first `hashed` bytes.
   hashed: int = 0
+  announced: int | None = None
 
   def check_cancel(self) -> None:
     if self.cancel is not None and self.cancel.is_set():
@@ -446,8 +449,13 @@ def fetch(url: str, dest: str, *, client: http.Client,
           on_bytes: Callable[[int], None] = lambda n: None,
           on_total: Callable[[int], None] = lambda n: None,
           cancel: threading.Event | None = None,
-          expected: checksums.Expected | None = None) -> int:
+          expected: checksums.Expected | None = None,
+          announced: int | None = None) -> int:
   """Downloads `url` to `dest` via `dest.part`, resuming; returns the size.
+
+  `announced` is the size a HEAD or a listing said: an answer that states
+  no length of its own is cut there (and the download refused) rather
+  than written on up to `max_bytes`.
 
   The download is checked (`tar_problem`, and with `expected` its digest,
   hashed as it is written) before the rename. The caller holds the tar's
@@ -466,7 +474,8 @@ def fetch(url: str, dest: str, *, client: http.Client,
   t = _Transfer(url=url, part=dest + PART_SUFFIX,
                 what=f'{name} from {http.host_of(url)}',
                 max_bytes=client.options.max_bytes, on_bytes=on_bytes,
-                on_total=on_total, cancel=cancel, expected=expected)
+                on_total=on_total, cancel=cancel, expected=expected,
+                announced=announced)
   if trusted_file(t.part, name):  # Refused before any request.
     t.furthest = _size(t.part)
 
@@ -520,7 +529,13 @@ def _body_start(t: _Transfer, resp, offset: int
       last, total = http.content_range(resp, t.url, start=offset,
                                        size=t.total)
     except DownloadError as e:
-      raise DownloadError(f'{t.what}: {e.message}') from None
+      if not offset:
+        raise DownloadError(f'{t.what}: {e.message}') from None
+      # Not the bytes asked for: the partial file cannot be trusted to go
+      # on (a rerun would only meet the same answer).
+      t.discard('a resume answered with other bytes')
+      raise http.TransientError(f'{t.what}: {e.message}; restarting from'
+                                ' 0') from None
     return offset, last + 1, total
   if resp.status_code == 200:
     if offset:
@@ -561,6 +576,12 @@ def _write_body(t: _Transfer, body: http.Body, start: int,
       if pos + len(chunk) > t.max_bytes:
         t.discard('over max_bytes')
         raise http.too_large(t.what, 'the body went on past', t.max_bytes)
+      if stop is None and t.announced and pos + len(chunk) > t.announced:
+        t.discard('longer than announced')
+        raise DownloadError(
+            f'{t.what}: the answer, of no stated length, went on past the'
+            f' {t.announced} bytes announced for it before (by its HEAD or'
+            ' the listing); it was not kept')
       try:
         f.write(chunk)
       except OSError as e:
@@ -686,7 +707,8 @@ def download_all(
         return dest
       size = fetch(url, dest, client=client, on_bytes=bar.add, cancel=cancel,
                    on_total=bar.grow if name in unknown else lambda n: None,
-                   expected=expected.get(name))
+                   expected=expected.get(name),
+                   announced=sizes.get(name) or None)
     fetched.append(name)
     logging.info('Downloaded %s (%d bytes)', dest, size)
     return dest

@@ -26,6 +26,12 @@ and port) of `HF_ENDPOINT`. Never to the host a download is redirected to
 other host. The client applies it per request, on every hop of a redirect.
 No token is kept in a `Source` (sources are pickled to Beam workers), in a
 message or in a log.
+
+The listing of an `hf://` folder is huggingface_hub's own requests, with
+its own client: the token goes to the endpoint, and to the next page of the
+listing wherever the endpoint's `Link` header puts it (huggingface_hub
+follows it as given). That client has no deadline, so the whole listing is
+given `LISTING_SECONDS`.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ import dataclasses
 import os
 import posixpath
 import re
-from typing import Any
+import threading
+from typing import Any, Callable, TypeVar
 import urllib.parse
 
 from segment_anything_tfds import errors
@@ -46,6 +53,10 @@ DEFAULT_ENDPOINT = 'https://huggingface.co'
 DEFAULT_REVISION = 'main'
 # A listing longer than this is not an SA-1B folder (it has ~1000 tars).
 MAX_ENTRIES = 100_000
+# A whole listing (the revision, then every page of the folder) takes at
+# most this long; on the Hub it takes about a second.
+LISTING_SECONDS = 300.0
+_T = TypeVar('_T')
 _NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]{0,95}')
 # Repo kinds in the path of a Hub URL (`/datasets/OWNER/REPO/...`); a path
 # without one is a model repo's.
@@ -271,8 +282,10 @@ def list_tars(uri: str) -> Listing:
   """
   where = parse(uri)
   api = _api()
-  try:
-    info = api.dataset_info(where.repo, revision=where.revision)
+
+  def listed() -> Listing:
+    info = api.dataset_info(where.repo, revision=where.revision,
+                            timeout=LISTING_SECONDS)
     commit = info.sha or where.revision
     entries = api.list_repo_tree(where.repo, where.path or None,
                                  revision=commit, repo_type='dataset')
@@ -284,6 +297,10 @@ def list_tars(uri: str) -> Listing:
             ' folder; give the folder that holds the tars')
       _add(listing, entry, lambda path: resolve_url(where.repo, path,
                                                     commit))
+    return listing
+
+  try:
+    listing = _within(LISTING_SECONDS, listed, uri)
   except errors.Error:
     raise
   except Exception as e:  # pylint: disable=broad-except
@@ -295,6 +312,35 @@ def list_tars(uri: str) -> Listing:
         + (f' ({len(listing.refused)} folders, not read from the Hub)'
            if listing.refused else ''))
   return listing
+
+
+def _within(seconds: float, fn: Callable[[], _T], uri: str) -> _T:
+  """`fn()`, or a `SourceError` once it has run `seconds`.
+
+  huggingface_hub's HTTP client waits without a deadline (its timeout is
+  None) and follows the listing's pages as long as the Hub links a next
+  one: run in a thread of its own, a listing that stalls or never ends is
+  given up (the thread is left to end with the process).
+  """
+  done: dict[str, Any] = {}
+
+  def run() -> None:
+    try:
+      done['value'] = fn()
+    except BaseException as e:  # pylint: disable=broad-except
+      done['error'] = e
+
+  thread = threading.Thread(target=run, name='hub-listing', daemon=True)
+  thread.start()
+  thread.join(seconds)
+  if thread.is_alive():
+    raise errors.SourceError(
+        f'{uri}: the Hub did not finish listing it in {seconds:g} s (a'
+        f' stalled connection, or pages without end at {_host(endpoint())});'
+        ' try again later')
+  if 'error' in done:
+    raise done['error']
+  return done['value']
 
 
 def _add(listing: Listing, entry, url_of) -> None:
