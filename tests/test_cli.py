@@ -131,6 +131,7 @@ def test_console_script_help_and_usage():
     ['build', '--tars', '0', '--num_worker=2'],  # A typo, not a Beam option.
     ['build', '--tars', '0', '--runner', 'DataflowRunner',
      '--beam_pipeline_options', 'runner=DirectRunner'],  # Two runners.
+    ['build', '--tars', '0', '--runner', 'Nope'],  # Beam knows no such one.
     ['stats', '--config', 'first_1'],  # No --out.
     ['show', '--config', 'first_1', '--out', '/tmp/x'],  # No pick.
     ['show', '--config', 'first_1', '--out', '/tmp/x', '--index', 'a'],
@@ -162,6 +163,9 @@ def test_help_exits_0(capsys):
     (['--config', 'first_1', '--manual_dir', 'EMPTY'],
      'does not exist or is empty'),
     (['--tars', '0', '--manual_dir', '/nonexistent/dir'], 'is not a directory'),
+    # No bucket: TensorFlow's filesystem raises its own error.
+    (['--tars', '0', '--manual_dir', 'gs://'],
+     "manual_dir gs://: cannot be read: GCS path doesn't contain a bucket"),
 ])
 def test_build_failures_exit_1_with_one_line(argv, message, tmp_path, capsys):
   if '--manual_dir' not in argv:
@@ -176,6 +180,49 @@ def test_build_failures_exit_1_with_one_line(argv, message, tmp_path, capsys):
   assert last.startswith('segment-anything-tfds build: error:'), err
   assert message in last
   assert 'Traceback' not in err
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--summary_json', 'ADIR'], '--summary_json ADIR is a directory'),
+    (['--summary_json', 'AFILE/s.json'],
+     'cannot create the dir of --summary_json AFILE/s.json'),
+    (['--data_dir', 'AFILE'], '--data_dir AFILE is not a directory'),
+    (['--data_dir', 'AFILE/sub'],
+     '--data_dir AFILE/sub is not a directory (AFILE is)'),
+    (['--download_dir', 'AFILE'], '--download_dir AFILE is not a directory'),
+    # No check foresees it: the OS's own reason, in one line.
+    (['--data_dir', '/proc/no_such_dir'],
+     '/proc/no_such_dir: No such file or directory'),
+])
+def test_build_output_locations_fail_in_one_line_before_any_work(
+    flags, message, tmp_path, capsys):
+  (tmp_path / 'adir').mkdir()
+  (tmp_path / 'afile').write_text('x')
+  named = lambda a: str(a).replace('ADIR', str(tmp_path / 'adir')).replace(
+      'AFILE', str(tmp_path / 'afile'))
+  flags = [named(f) for f in flags]
+  if '--data_dir' not in flags:
+    flags += ['--data_dir', str(tmp_path / 'data')]
+  code, _, err = run(capsys, 'build', '--tars', '0', '--manual_dir', DUMMY,
+                     *flags, '--no_progress')
+  assert code == 1
+  last = err.strip().splitlines()[-1]
+  assert last == f'segment-anything-tfds build: error: {named(message)}' or (
+      named(message) in last), err
+  assert 'Traceback' not in err
+  assert not (tmp_path / 'data').exists()  # Nothing built.
+
+
+def test_stats_out_that_is_a_file_fails_before_scanning(built, tmp_path,
+                                                        capsys):
+  data_dir, _ = built
+  (tmp_path / 'afile').write_text('x')
+  code, _, err = run(capsys, 'stats', '--tars', '0-3', '--data_dir',
+                     data_dir, '--out', tmp_path / 'afile', '--no_progress')
+  assert code == 1
+  assert err.strip().splitlines()[-1] == (
+      f'segment-anything-tfds stats: error: --out {tmp_path / "afile"} is'
+      ' not a directory')
 
 
 def test_build_bad_input_strict_fails_lenient_audits(tmp_path, capsys):

@@ -104,6 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 130
   except Exception as e:  # pylint: disable=broad-except
     error = errors.from_exception(e)
+    if error is None and isinstance(e, OSError) and e.filename and (
+        not args.verbose):
+      # A path (given, or under one given) that no check foresaw failing:
+      # the OS's reason is the message; --verbose shows the traceback.
+      error = errors.SourceError(
+          f'{e.filename}: {e.strerror or errors.first_line(e)}')
     if error is None:
       raise  # A bug: keep its traceback.
     if args.command in ('build', 'index', 'mirror'):

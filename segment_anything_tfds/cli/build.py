@@ -84,6 +84,12 @@ def download_config(args: argparse.Namespace, leftover: Sequence[str]):
 
 
 def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
+  # Where the results go, before any work (a summary that cannot be written
+  # must not be found at the end of a long build).
+  common.check_output_dir(args.data_dir, '--data_dir')
+  common.check_output_dir(args.download_dir, '--download_dir')
+  if args.summary_json:
+    common.prepare_output_file(args.summary_json, '--summary_json')
   dl_config = download_config(args, leftover)
   if args.manual_dir and paths_lib.is_local(args.manual_dir):
     if not pathlib.Path(args.manual_dir).is_dir():
@@ -192,8 +198,8 @@ def _print_build_summary(builder, args, elapsed: float, was_prepared: bool):
                  ' another --data_dir, or --overwrite)')
   print('\n'.join(l for l in lines if l))
   if args.summary_json:
-    pathlib.Path(args.summary_json).write_text(
-        json.dumps(summary, indent=2) + '\n', encoding='utf-8')
+    common.write_output_file(args.summary_json, '--summary_json',
+                             json.dumps(summary, indent=2) + '\n')
 
 
 def _download_options(args: argparse.Namespace) -> dict:

@@ -18,6 +18,7 @@ from segment_anything_tfds import errors
 from segment_anything_tfds import logs
 from segment_anything_tfds.units import human_bytes  # pylint: disable=unused-import
 from segment_anything_tfds import options as options_lib
+from segment_anything_tfds.sources import paths as paths_lib
 
 PROG = logs.PROG
 # `--runner` value of builds and mirrors run by Beam's in-process runner.
@@ -53,6 +54,46 @@ def require(module: str, *, command: str, extra: str,
     raise errors.ConfigError(
         f'{command} needs {package or module}, which is not installed: pip'
         f' install "segment_anything_tfds[{extra}]"') from None
+
+
+# ------------------------------------------------------ output locations
+
+
+def prepare_output_file(path: str, flag: str) -> None:
+  """Creates the dir of the file `flag` names; a one-line error, before
+  any work, if the file could not be written there."""
+  if os.path.isdir(path):
+    raise errors.ConfigError(f'{flag} {path} is a directory; give a file')
+  parent = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(parent, exist_ok=True)
+  except OSError as e:
+    raise errors.SourceError(
+        f'cannot create the dir of {flag} {path}: {errors.first_line(e)}'
+    ) from None
+
+
+def check_output_dir(path: str | None, flag: str) -> None:
+  """A one-line error, before any work, if the local dir `flag` names is a
+  file or lies under one. Nothing is created; a bucket is not checked."""
+  if path is None or not paths_lib.is_local(path):
+    return
+  here = os.path.abspath(os.path.expanduser(os.fspath(path)))
+  while not os.path.lexists(here):
+    here = os.path.dirname(here)
+  if not os.path.isdir(here):
+    where = '' if here == os.path.abspath(path) else f' ({here} is)'
+    raise errors.ConfigError(f'{flag} {path} is not a directory{where}')
+
+
+def write_output_file(path: str, flag: str, text: str) -> None:
+  """Writes a result file; a one-line error if it cannot."""
+  try:
+    with open(path, 'w', encoding='utf-8') as f:
+      f.write(text)
+  except OSError as e:
+    raise errors.SourceError(
+        f'cannot write {flag} {path}: {errors.first_line(e)}') from None
 
 
 # ---------------------------------------------------------- argument types
@@ -245,6 +286,14 @@ def check_beam_flags(flags: Sequence[str], *, command: str) -> None:
     raise UsageError(
         f'unknown option(s) {", ".join(unknown)}: neither {PROG} {command}'
         ' flags nor Beam pipeline options')
+  from apache_beam.runners import runner as runner_lib  # pylint: disable=g-import-not-at-top
+  for flag in flags:
+    if flag.startswith('--runner='):
+      name = flag.split('=', 1)[1]
+      try:  # As the pipeline will, before any work.
+        runner_lib.create_runner(name)
+      except (ValueError, ImportError) as e:
+        raise UsageError(f'--runner {name}: {errors.first_line(e)}') from None
 
 
 # Where Beam logs a failed pipeline's worker traceback; the CLI reports the
@@ -345,8 +394,6 @@ def config_for_builder(cfg: config_lib.SegmentAnythingConfig):
 def make_builder(args: argparse.Namespace, **builder_kwargs: Any):
   """The builder named by --dataset_dir, or --config/--tars and --data_dir."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  # Registers the builder (a no-op once imported).
-  import segment_anything_tfds  # pylint: disable=g-import-not-at-top,unused-import
   if getattr(args, 'dataset_dir', None):
     path = epath.Path(args.dataset_dir)
     if not (path / 'dataset_info.json').exists():
@@ -355,8 +402,20 @@ def make_builder(args: argparse.Namespace, **builder_kwargs: Any):
           ' dataset_info.json)')
     return tfds.builder_from_directory(path)
   cfg = builder_config(args)
-  return tfds.builder(DATASET, data_dir=args.data_dir,
-                      config=config_for_builder(cfg), **builder_kwargs)
+  try:
+    return tfds.builder(DATASET, data_dir=args.data_dir,
+                        config=config_for_builder(cfg), **builder_kwargs)
+  except Exception as e:  # pylint: disable=broad-except
+    if args.data_dir is None or paths_lib.is_local(args.data_dir):
+      raise
+    # A bucket TFDS cannot read (no network, no credentials): TFDS wraps
+    # the filesystem's error in a RuntimeError naming every builder kwarg.
+    root = e
+    while root.__cause__ is not None:
+      root = root.__cause__
+    raise errors.SourceError(
+        f'--data_dir {args.data_dir}: cannot be read:'
+        f' {errors.printable(errors.first_line(root))[:300]}') from None
 
 
 def prepared_builder(args: argparse.Namespace):

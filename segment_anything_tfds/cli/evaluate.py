@@ -41,35 +41,16 @@ def read_predictions(path: str) -> Any:
     ) from None
 
 
-def prepare_json_output(path: str) -> None:
-  """Creates the dir of `--json`; a one-line error before any scoring."""
-  if os.path.isdir(path):
-    raise errors.ConfigError(f'--json {path} is a directory; give a file')
-  parent = os.path.dirname(os.path.abspath(path))
-  try:
-    os.makedirs(parent, exist_ok=True)
-  except OSError as e:
-    raise errors.SourceError(
-        f'cannot create the dir of --json {path}: {errors.first_line(e)}'
-    ) from None
-
-
 def write_json(path: str, report: Any) -> None:
   """Writes the result; a one-line error if it cannot."""
-  try:
-    with open(path, 'w', encoding='utf-8') as f:
-      json.dump(report, f, indent=2)
-      f.write('\n')
-  except OSError as e:
-    raise errors.SourceError(
-        f'cannot write --json {path}: {errors.first_line(e)}') from None
+  common.write_output_file(path, '--json', json.dumps(report, indent=2) + '\n')
 
 
 def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   del leftover
   from segment_anything_tfds.train import evaluation  # pylint: disable=g-import-not-at-top
   if args.json:
-    prepare_json_output(args.json)
+    common.prepare_output_file(args.json, '--json')
   predictions = read_predictions(args.predictions)
   builder = common.prepared_builder(args)
   dataset = common.as_dataset(builder, args.split)

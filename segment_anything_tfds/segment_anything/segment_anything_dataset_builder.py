@@ -301,7 +301,7 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
     config = self.builder_config
     manual_dir = download_config.manual_dir
     if manual_dir is None or not hub.is_hub_uri(manual_dir):
-      manual_dir = dl_manager.manual_dir  # TFDS checks that it exists.
+      manual_dir = _checked_manual_dir(dl_manager, manual_dir)
     ready = self._find_shards(manual_dir, dl_manager.download_dir,
                               lenient=config.lenient)
     self._shards = ready.sources
@@ -367,3 +367,18 @@ def _wants_builtin(version: Any, data_dir: Any, config: Any) -> bool:
     return not list(root.glob(f'*/{Builder.VERSION}/dataset_info.json'))
   except (OSError, NotImplementedError):
     return False
+
+
+def _checked_manual_dir(dl_manager, given) -> epath.Path:
+  """TFDS's manual dir (it checks that the dir exists and is not empty,
+  with an `AssertionError`); a path its filesystem cannot read at all
+  (`gs://` with no bucket, ...) is a one-line `SourceError`."""
+  try:
+    return dl_manager.manual_dir
+  except AssertionError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # The filesystem's own errors: TensorFlow's, fsspec's, the OS's.
+    raise errors.SourceError(
+        f'manual_dir {given}: cannot be read:'
+        f' {errors.printable(errors.first_line(e))[:300]}') from None
