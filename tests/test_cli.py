@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
 import http.server
 import json
 import os
@@ -1374,6 +1375,47 @@ def test_hostile_member_names_are_escaped_in_errors_and_warnings(tmp_path):
              for l in p.read_text().splitlines()]
   assert sorted(r['member'] for r in records if r['kind'] == 'skip') == [
       f'{evil}sa_{8 + i}.json' for i, evil in enumerate(_EVIL_DIRS)]
+
+
+def test_a_hostile_checksum_list_name_is_escaped_in_its_warning(tmp_path):
+  """The sources' warnings go through the package's logger: shown as the
+  CLI's warnings, escaped (they went to the root logger, raw)."""
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  for name in ('sa_000000.tar', 'sa_000001.tar'):
+    shutil.copy(DUMMY / name, manual / name)
+  listed = tmp_path / 'sums\x1b[2J.txt'
+  listed.write_text(
+      f'{hashlib.md5((DUMMY / "sa_000000.tar").read_bytes()).hexdigest()}'
+      '  sa_000000.tar\n')
+  res = subprocess.run(
+      [sys.executable, '-m', 'segment_anything_tfds', 'build', '--tars',
+       '0-1', '--manual_dir', str(manual), '--data_dir', str(tmp_path / 'd'),
+       '--checksums', str(listed), '--no_progress'],
+      capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stderr
+  assert '\x1b' not in res.stderr
+  [line] = [l for l in res.stderr.splitlines() if 'lists no checksum' in l]
+  assert line == (f'segment-anything-tfds: warning: {tmp_path}/sums\\x1b[2J.txt'
+                  ' lists no checksum for 1 tars, not verified: sa_000001.tar')
+
+
+def test_the_package_logs_through_its_own_loggers():
+  """Never `logging.warning(...)`: the root logger's records get neither
+  the CLI's format nor its escaping."""
+  import ast  # pylint: disable=g-import-not-at-top
+  import segment_anything_tfds  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(segment_anything_tfds.__file__).parent
+  calls = []
+  for path in sorted(root.rglob('*.py')):
+    for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
+      if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+          and isinstance(node.func.value, ast.Name)
+          and node.func.value.id == 'logging' and node.func.attr in (
+              'debug', 'info', 'warning', 'error', 'exception', 'critical',
+              'log')):
+        calls.append(f'{path.relative_to(root)}:{node.lineno}')
+  assert calls == []
 
 
 def test_beam_build_does_not_parse_the_callers_argv(tmp_path, monkeypatch,

@@ -69,6 +69,8 @@ from segment_anything_tfds.errors import DiskSpaceError
 from segment_anything_tfds.errors import DownloadError
 from segment_anything_tfds.errors import LinksExpiredError
 
+_LOG = logging.getLogger(__name__)
+
 CACHE_SUBDIR = 'segment_anything'
 PART_SUFFIX = '.part'
 LOCK_SUFFIX = '.lock'
@@ -228,7 +230,7 @@ def check_expiry(links: Mapping[str, str], *, now: float | None = None,
   soon = [n for n, u in links.items()
           if (e := links_lib.expiry(u)) is not None and e - now < warn_within]
   if soon:
-    logging.warning(
+    _LOG.warning(
         '%d links in %s expire within %d hours; a download still running then'
         ' will fail with HTTP 403: %s', len(soon), source, warn_within // 3600,
         ', '.join(sorted(soon)[:5]))
@@ -306,7 +308,7 @@ def cached_tar(path: str) -> bool:
     where = checksums.quarantine(path)
   except FileNotFoundError:  # Another process moved it first.
     return False
-  logging.warning('%s: the cached tar is %s; moved it to quarantine (%s)'
+  _LOG.warning('%s: the cached tar is %s; moved it to quarantine (%s)'
                   ' and fetching it again', path, problem, where)
   return False
 
@@ -334,7 +336,7 @@ def tar_lock(dest: str, *, cancel: threading.Event | None = None
   fd = _open_fd(lock, os.O_RDWR, os.path.basename(dest))
   try:
     if not _try_lock(fd):
-      logging.warning('waiting for another process downloading %s (it holds'
+      _LOG.warning('waiting for another process downloading %s (it holds'
                       ' %s)', os.path.basename(dest), lock)
       while not _try_lock(fd):
         http.pause(_LOCK_POLL, cancel)
@@ -418,7 +420,7 @@ class _Transfer:
     self.hasher, self.hashed = None, 0
     if size:
       self.on_bytes(-size)
-      logging.info('%s: %s; discarded %d bytes', self.what, why, size)
+      _LOG.info('%s: %s; discarded %d bytes', self.what, why, size)
 
 
   def hash_from(self, start: int) -> None:
@@ -539,7 +541,7 @@ def _body_start(t: _Transfer, resp, offset: int
     return offset, last + 1, total
   if resp.status_code == 200:
     if offset:
-      logging.warning('%s: the server ignored the Range request (HTTP 200):'
+      _LOG.warning('%s: the server ignored the Range request (HTTP 200):'
                       ' restarting from 0', t.what)
       t.on_bytes(-offset)
     total = http.content_length(resp)
@@ -710,7 +712,7 @@ def download_all(
                    expected=expected.get(name),
                    announced=sizes.get(name) or None)
     fetched.append(name)
-    logging.info('Downloaded %s (%d bytes)', dest, size)
+    _LOG.info('Downloaded %s (%d bytes)', dest, size)
     return dest
 
   workers = max(1, min(options.workers, len(todo)))
@@ -758,12 +760,12 @@ def _head_size(client: http.Client, name: str, url: str) -> int | None:
   try:
     status, size = client.head(url)
   except DownloadError as e:
-    logging.info('%s; assuming %d bytes', e, EST_TAR_BYTES)
+    _LOG.info('%s; assuming %d bytes', e, EST_TAR_BYTES)
     return None
   if status in (401, 403):
     raise client.refused(url, status)
   if not 200 <= status < 300:
-    logging.info('HEAD %s: HTTP %d; assuming %d bytes',
+    _LOG.info('HEAD %s: HTTP %d; assuming %d bytes',
                  links_lib.redact(url), status, EST_TAR_BYTES)
     return None
   return http.check_size(size, f'{name} from {http.host_of(url)}',
@@ -833,7 +835,7 @@ def preflight(*, download_bytes: int, download_dir: epath.PathLike | None,
           ' larger disk, build fewer tars (e.g. config first_10 or'
           ' tars_config("0-9")), or set disk_mode="stream" (no tars kept on'
           ' disk) or "delete" (tars removed after a successful build).')
-    logging.info('Disk preflight: %s: OK', msg)
+    _LOG.info('Disk preflight: %s: OK', msg)
 
 
 def remove_downloaded(paths: Iterable[str]) -> list[str]:

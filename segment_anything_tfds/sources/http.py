@@ -73,6 +73,8 @@ from segment_anything_tfds.sources import hub
 from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds import options as options_lib
 
+_LOG = logging.getLogger(__name__)
+
 _T = TypeVar('_T')
 USER_AGENT = 'segment_anything_tfds'
 MAX_REDIRECTS = 10
@@ -616,7 +618,7 @@ class _Budget:
     Raises:
       Cancelled: the operation's cancel event was set meanwhile.
     """
-    logging.warning('%s: %s; attempt %d of at most %d in %.1f s', self.what,
+    _LOG.warning('%s: %s; attempt %d of at most %d in %.1f s', self.what,
                     self._last, self.attempts + 1, self.options.max_attempts,
                     delay)
     pause(delay, self._cancel)

@@ -41,6 +41,8 @@ from segment_anything_tfds.sources import local
 from segment_anything_tfds.sources.base import Source
 from segment_anything_tfds.sources.http_tar import HttpTar
 
+_LOG = logging.getLogger(__name__)
+
 
 def _downloaded(name: str, path: str) -> local.LocalTar:
   return local.LocalTar(name, path, downloaded=True)
@@ -117,7 +119,7 @@ def _check_list(sources: Sequence[Source], listed: checksums.Checklist
       streamed += 1
     out.append(s)
   if streamed:
-    logging.info('%d remote tars are checked against %s as the build reads'
+    _LOG.info('%d remote tars are checked against %s as the build reads'
                  ' them', streamed, listed.source)
   if unlisted and len(unlisted) == len(sources) - folders:
     raise errors.ChecksumError(
@@ -126,10 +128,10 @@ def _check_list(sources: Sequence[Source], listed: checksums.Checklist
         ' nothing would be verified. Give the list of these tars, or'
         ' checksums=none (--checksums none) to check nothing')
   if unlisted:
-    logging.warning('%s lists no checksum for %d tars, not verified: %s',
+    _LOG.warning('%s lists no checksum for %d tars, not verified: %s',
                     listed.source, len(unlisted), ', '.join(unlisted[:5]))
   if folders:
-    logging.info('%d extracted folders are not checked against %s (it'
+    _LOG.info('%d extracted folders are not checked against %s (it'
                  ' lists tars)', folders, listed.source)
   return out, problems
 
@@ -243,7 +245,7 @@ def materialize_all(
           f' downloaded into {cache} (partial files are kept; a rerun'
           ' resumes them):\n  ' + '\n  '.join(
               f'{n}: {e}' for n, e in sorted(failed.items())))
-    logging.info('Downloaded %d tars into %s in %.0fs', len(needed), cache,
+    _LOG.info('Downloaded %d tars into %s in %.0fs', len(needed), cache,
                  time.time() - started)
     out = [_downloaded(s.name, result.paths[s.name])
            if s.name in result.paths and s.name in needed else s
@@ -266,7 +268,7 @@ def _left_out(out: list[Source], problems: dict[str, str],
         f'{len(problems)} tars do not match {listed.source}:\n  '
         + '\n  '.join(problems[n] for n in sorted(problems)))
   for name in sorted(problems):
-    logging.warning('Skipping tar %s', problems[name])
+    _LOG.warning('Skipping tar %s', problems[name])
   return Materialized(
       [s for s in out if s.name not in problems],
       [errors.BadInputError(errors.CHECKSUM_MISMATCH, n, '-', problems[n])
@@ -324,6 +326,6 @@ def release(sources: Sequence[Source], *,
   removed = download_lib.remove_downloaded(
       s.location for s in sources if s.downloaded)
   if removed:
-    logging.info('disk_mode=delete: removed %d downloaded tars: %s',
+    _LOG.info('disk_mode=delete: removed %d downloaded tars: %s',
                  len(removed), ', '.join(removed[:5]))
   return removed
