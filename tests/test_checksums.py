@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import pathlib
 import re
@@ -185,6 +186,28 @@ def test_a_list_that_names_none_of_the_tars_is_an_error(tmp_path):
     materialize.materialize(_offered(manual), download_dir=tmp_path / 'dl',
                             manual_dir=manual,
                             options=FAST.replace(checksums=os.fspath(sums)))
+
+
+@pytest.mark.parametrize('folder_name', ['sa_000001', 'sa_000001.tar'])
+def test_a_folder_read_for_a_listed_tar_is_named_as_not_verified(
+    tmp_path, caplog, folder_name):
+  """The list has the tar's digest; its extracted folder (even a folder
+  named like the tar) cannot be checked against it: a warning names it."""
+  manual = make_manual_dir(tmp_path, tars=[NAMES[0]])
+  with tarfile.open(DUMMY_DATA / NAMES[1]) as t:
+    t.extractall(manual / folder_name, filter='data')
+  sums = tmp_path / 'sums.md5'
+  sums.write_text(''.join(f'{MD5[n]}  {n}\n' for n in NAMES[:2]))
+  with caplog.at_level(logging.INFO):
+    out = materialize.materialize(
+        _offered(manual), download_dir=tmp_path / 'dl', manual_dir=manual,
+        options=FAST.replace(checksums=os.fspath(sums)))
+  assert sorted(s.name for s in out) == NAMES[:2]
+  [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+  assert warning.getMessage() == (
+      f'1 extracted folders are read instead of tars {sums} lists, and are'
+      ' not verified (a list has digests of tars): sa_000001.tar'
+      f' ({manual / folder_name})')
 
 
 def test_options_take_checksums_and_the_deprecated_checksums_file():

@@ -107,11 +107,11 @@ def _check_list(sources: Sequence[Source], listed: checksums.Checklist
   by_name = {s.name: s for s in sources}
   problems = {n: _mismatch(by_name[n], p) for n, p in _verify_local(
       sources, listed).items()}
-  out, unlisted, folders, streamed = [], [], 0, 0
+  out, unlisted, folders, streamed = [], [], [], 0
   for s in sources:
     expected = listed.expected(s.name)
     if s.folder:
-      folders += 1
+      folders.append((s, expected is not None))
     elif expected is None:
       unlisted.append(s.name)
     elif s.remote:
@@ -121,7 +121,7 @@ def _check_list(sources: Sequence[Source], listed: checksums.Checklist
   if streamed:
     _LOG.info('%d remote tars are checked against %s as the build reads'
                  ' them', streamed, listed.source)
-  if unlisted and len(unlisted) == len(sources) - folders:
+  if unlisted and len(unlisted) == len(sources) - len(folders):
     raise errors.ChecksumError(
         f'{listed.source} lists none of the {len(unlisted)} tars of this'
         f' build ({", ".join(unlisted[:5])}{", ..." if len(unlisted) > 5 else ""}):'
@@ -130,9 +130,18 @@ def _check_list(sources: Sequence[Source], listed: checksums.Checklist
   if unlisted:
     _LOG.warning('%s lists no checksum for %d tars, not verified: %s',
                     listed.source, len(unlisted), ', '.join(unlisted[:5]))
-  if folders:
+  # A folder cannot be checked against the digest of a tar: said aloud
+  # when the list has one for it (its tar was asked to be verified).
+  named = [s for s, has_digest in folders if has_digest]
+  if named:
+    _LOG.warning(
+        '%d extracted folders are read instead of tars %s lists, and are'
+        ' not verified (a list has digests of tars): %s', len(named),
+        listed.source, ', '.join(f'{s.name} ({s.location})'
+                                 for s in named[:5]))
+  if len(folders) > len(named):
     _LOG.info('%d extracted folders are not checked against %s (it'
-                 ' lists tars)', folders, listed.source)
+              ' lists tars)', len(folders) - len(named), listed.source)
   return out, problems
 
 
