@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import stat
@@ -319,6 +320,10 @@ def test_tar_problem(tmp_path):
 
   assert problem(DATA['sa_000000.tar']) is None
   assert 'not a tar' in problem(HTML)
+  assert problem(HTML).endswith('(it looks like an HTML page: a login or'
+                                ' error page?)')
+  assert problem(gzip.compress(DATA['sa_000000.tar'])).endswith(
+      '(it is gzip-compressed: gunzip it first)')
   assert 'not a tar' in problem(b'\0' * 2048)
   assert 'not a tar' in problem(b'')
   cut = DATA['sa_000000.tar'][:5000]

@@ -160,12 +160,19 @@ def test_truncated_tar_names_tar_member_and_offset(tmp_path):
   with open(garbage, 'rb') as f:
     _, damage = tars.index_members(f, tar='sa_000002.tar')
   assert str(damage).startswith('sa_000002.tar:@')
-  # What is not a tar at all says so.
-  for blob in (b'', b'<html>please log in</html>' * 40,
-               b'\x1f\x8b\x08' + b'\x00' * 2000):
+  # What is not a tar at all says so, and what it seems to be instead.
+  for blob, hint in ((b'', ''), (b'<html>please log in</html>' * 40,
+                                 ' (it looks like an HTML page'),
+                     (b'\x1f\x8b\x08' + b'\x00' * 2000,
+                      ' (it is gzip-compressed: gunzip it first)'),
+                     (b'\xfd7zXZ\x00' + b'\x01' * 2000,
+                      ' (it is xz-compressed: unxz it first)'),
+                     (b'\x07' * 2000, '')):
     with io.BytesIO(blob) as f:
       members, damage = tars.index_members(f, tar='sa_000003.tar')
     assert members == [] and 'not a tar' in str(damage), blob[:10]
+    assert (hint in str(damage)) and ('(it ' in str(damage)) == bool(hint), (
+        str(damage))
 
 
 def test_damaged_tar_keeps_the_images_before_the_damage(tmp_path):

@@ -467,7 +467,8 @@ def _parse(block: bytes, *, tar: str, at: int, what: str
                                    'surrogateescape')
   except tarfile.HeaderError as e:
     raise corrupt(tar, f'@{at}', f'{what}: unreadable header at byte {at}'
-                  f' ({e})') from None
+                  f' ({e}){base.not_a_tar_hint(block) if at == 0 else ""}'
+                  ) from None
 
 
 def _run_info(blocks: list[bytes], start: int, tar: str) -> tarfile.TarInfo:

@@ -35,7 +35,24 @@ from segment_anything_tfds import errors
 from segment_anything_tfds.sources import links as links_lib
 
 REGULAR = 'regular file'
+# What a file offered as a tar often is instead, by its first bytes.
+_NOT_TARS = ((b'\x1f\x8b', 'gzip-compressed: gunzip it first'),
+             (b'BZh', 'bzip2-compressed: bunzip2 it first'),
+             (b'\xfd7zXZ\x00', 'xz-compressed: unxz it first'),
+             (b'(\xb5/\xfd', 'zstd-compressed: unzstd it first'),
+             (b'PK\x03\x04', 'a zip archive, not a tar'))
 OUTSIDE = 'symlink out of its folder'
+
+
+def not_a_tar_hint(head: bytes) -> str:
+  """What the first bytes of a file that is no tar say it is, as
+  `' (it is ...)'` for a message; '' if they say nothing."""
+  for magic, what in _NOT_TARS:
+    if head.startswith(magic):
+      return f' (it is {what})'
+  if b'<html' in head[:1024].lower() or head.lstrip().startswith(b'<'):
+    return ' (it looks like an HTML page: a login or error page?)'
+  return ''
 
 
 @dataclasses.dataclass(frozen=True, order=True)

@@ -243,17 +243,14 @@ def _header_problem(block: bytes) -> str | None:
   """What is wrong with a tar's first 512 bytes, or None."""
   if len(block) < _BLOCK:
     return (f'not a tar: {len(block)} bytes, less than one 512-byte tar'
-            ' header')
+            f' header{base.not_a_tar_hint(block)}')
   try:
     tarfile.TarInfo.frombuf(block, tarfile.ENCODING, 'surrogateescape')
   except tarfile.EOFHeaderError:
     return 'not a tar: its first 512-byte header is all zeros'
   except tarfile.HeaderError as e:
-    looks = ''
-    if b'<html' in block.lower() or block.lstrip().startswith(b'<'):
-      looks = ' (it looks like an HTML page: a login or error page?)'
     return (f'not a tar: its first 512 bytes are not a tar header ({e})'
-            f'{looks}')
+            f'{base.not_a_tar_hint(block)}')
   return None
 
 
