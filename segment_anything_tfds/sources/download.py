@@ -306,7 +306,7 @@ def cached_tar(path: str) -> bool:
   except FileNotFoundError:  # Another process moved it first.
     return False
   _LOG.warning('%s: the cached tar is %s; moved it to quarantine (%s)'
-                  ' and fetching it again', path, problem, where)
+               ' and fetching it again', path, problem, where)
   return False
 
 
@@ -334,7 +334,7 @@ def tar_lock(dest: str, *, cancel: threading.Event | None = None
   try:
     if not _try_lock(fd):
       _LOG.warning('waiting for another process downloading %s (it holds'
-                      ' %s)', os.path.basename(dest), lock)
+                   ' %s)', os.path.basename(dest), lock)
       while not _try_lock(fd):
         http.pause(_LOCK_POLL, cancel)
     yield
@@ -539,7 +539,7 @@ def _body_start(t: _Transfer, resp, offset: int
   if resp.status_code == 200:
     if offset:
       _LOG.warning('%s: the server ignored the Range request (HTTP 200):'
-                      ' restarting from 0', t.what)
+                   ' restarting from 0', t.what)
       t.on_bytes(-offset)
     total = http.content_length(resp)
     return 0, total, total
@@ -763,7 +763,7 @@ def _head_size(client: http.Client, name: str, url: str) -> int | None:
     raise client.refused(url, status)
   if not 200 <= status < 300:
     _LOG.info('HEAD %s: HTTP %d; assuming %d bytes',
-                 links_lib.redact(url), status, EST_TAR_BYTES)
+              links_lib.redact(url), status, EST_TAR_BYTES)
     return None
   return http.check_size(size, f'{name} from {http.host_of(url)}',
                          client.options.max_bytes)

@@ -619,8 +619,8 @@ class _Budget:
       Cancelled: the operation's cancel event was set meanwhile.
     """
     _LOG.warning('%s: %s; attempt %d of at most %d in %.1f s', self.what,
-                    self._last, self.attempts + 1, self.options.max_attempts,
-                    delay)
+                 self._last, self.attempts + 1, self.options.max_attempts,
+                 delay)
     pause(delay, self._cancel)
 
 

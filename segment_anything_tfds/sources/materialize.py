@@ -120,7 +120,7 @@ def _check_list(sources: Sequence[Source], listed: checksums.Checklist
     out.append(s)
   if streamed:
     _LOG.info('%d remote tars are checked against %s as the build reads'
-                 ' them', streamed, listed.source)
+              ' them', streamed, listed.source)
   if unlisted and len(unlisted) == len(sources) - len(folders):
     raise errors.ChecksumError(
         f'{listed.source} lists none of the {len(unlisted)} tars of this'
@@ -129,7 +129,7 @@ def _check_list(sources: Sequence[Source], listed: checksums.Checklist
         ' checksums=none (--checksums none) to check nothing')
   if unlisted:
     _LOG.warning('%s lists no checksum for %d tars, not verified: %s',
-                    listed.source, len(unlisted), ', '.join(unlisted[:5]))
+                 listed.source, len(unlisted), ', '.join(unlisted[:5]))
   # A folder cannot be checked against the digest of a tar: said aloud
   # when the list has one for it (its tar was asked to be verified).
   named = [s for s, has_digest in folders if has_digest]
@@ -255,7 +255,7 @@ def materialize_all(
           ' resumes them):\n  ' + '\n  '.join(
               f'{n}: {e}' for n, e in sorted(failed.items())))
     _LOG.info('Downloaded %d tars into %s in %.0fs', len(needed), cache,
-                 time.time() - started)
+              time.time() - started)
     out = [_downloaded(s.name, result.paths[s.name])
            if s.name in result.paths and s.name in needed else s
            for s in out if s.name not in problems]
@@ -336,5 +336,5 @@ def release(sources: Sequence[Source], *,
       s.location for s in sources if s.downloaded)
   if removed:
     _LOG.info('disk_mode=delete: removed %d downloaded tars: %s',
-                 len(removed), ', '.join(removed[:5]))
+              len(removed), ', '.join(removed[:5]))
   return removed
