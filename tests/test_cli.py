@@ -133,6 +133,7 @@ def test_console_script_help_and_usage():
     ['build', '--tars', '0', '--runner', 'DataflowRunner',
      '--beam_pipeline_options', 'runner=DirectRunner'],  # Two runners.
     ['build', '--tars', '0', '--runner', 'Nope'],  # Beam knows no such one.
+    ['build', '--tars', '0', '--runner', 'apache_beam.runners.NoSuchRunner'],
     ['stats', '--config', 'first_1'],  # No --out.
     ['show', '--config', 'first_1', '--out', '/tmp/x'],  # No pick.
     ['show', '--config', 'first_1', '--out', '/tmp/x', '--index', 'a'],
@@ -212,6 +213,31 @@ def test_build_output_locations_fail_in_one_line_before_any_work(
       named(message) in last), err
   assert 'Traceback' not in err
   assert not (tmp_path / 'data').exists()  # Nothing built.
+
+
+@pytest.mark.parametrize('command', [['stats'], ['export', '--format',
+                                                 'coco']])
+def test_results_written_with_local_files_refuse_a_bucket(
+    command, built, tmp_path, capsys, monkeypatch):
+  """They went to a local dir named `gs:`."""
+  data_dir, _ = built
+  monkeypatch.chdir(tmp_path)
+  code, _, err = run(capsys, *command, '--tars', '0-3', '--data_dir',
+                     data_dir, '--out', 'gs://bucket/x', '--no_progress')
+  assert code == 1
+  assert err.strip().splitlines()[-1].endswith(
+      'error: --out gs://bucket/x: give a local dir (copy the results to the'
+      ' bucket afterwards)')
+  assert not list(tmp_path.iterdir())
+
+
+def test_a_summary_in_a_bucket_makes_no_local_dir(tmp_path, monkeypatch):
+  """It is written through the bucket's filesystem (epath), not into a
+  local dir named `gs:`."""
+  from segment_anything_tfds.cli import common  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  common.prepare_output_file('gs://bucket/runs/s.json', '--summary_json')
+  assert not list(tmp_path.iterdir())
 
 
 def test_stats_out_that_is_a_file_fails_before_scanning(built, tmp_path,

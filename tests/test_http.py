@@ -406,3 +406,34 @@ def test_an_implausible_size_is_refused_naming_tar_and_host(tmp_path,
   assert msg.startswith(f'{NAME} from 127.0.0.1:{srv.port}: the server'
                         f' announces {10**30} bytes, over max_bytes='), msg
   assert 'PB' not in msg
+
+
+# ------------------------------------------- URLs as requests sends them
+
+
+@pytest.mark.integration
+def test_a_url_is_sent_as_requests_alone_would_send_it():
+  """Decided on requests' own reading of the URL, but prepared once: twice
+  would resolve an escaped `..` (`%2E%2E`) a second time."""
+  import requests  # pylint: disable=g-import-not-at-top
+  with LoopbackServer({'sa_000000.tar': b'x' * 1024}) as srv:
+    for path in ('/m1/%2E%2E/t6/sa_000000.tar', '/a%20b/%7Euser/sa_000000.tar',
+                 '/q/sa_000000.tar?oe=65F0&_nc=a%2Fb+c'):
+      url = srv.address + path
+      with http.Client(FAST) as client:
+        client.send('GET', url).close()
+      assert srv.headers[-1][1] == requests.Request(
+          'GET', url).prepare().path_url, path
+
+
+@pytest.mark.integration
+def test_a_redirect_to_utf8_bytes_is_followed_as_requests_follows_it():
+  """HTTP headers arrive decoded as Latin-1: a Location of UTF-8 bytes is
+  read back as UTF-8, as requests does."""
+  with LoopbackServer({'\u00fc.tar': b'x' * 1024}) as srv:
+    # http.server writes headers as Latin-1: these are the UTF-8 bytes.
+    srv.redirects['a.tar'] = '/mirror/\u00fc.tar'.encode().decode('latin-1')
+    with http.Client(FAST) as client:
+      client.send('GET', srv.mirror_url('a.tar')).close()
+  assert [target for _, target, _ in srv.headers] == ['/mirror/a.tar',
+                                                      '/mirror/%C3%BC.tar']

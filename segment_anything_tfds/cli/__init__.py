@@ -108,8 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         not args.verbose):
       # A path (given, or under one given) that no check foresaw failing:
       # the OS's reason is the message; --verbose shows the traceback.
+      paths = f'{e.filename}' + (f' -> {e.filename2}' if e.filename2 else '')
       error = errors.SourceError(
-          f'{e.filename}: {e.strerror or errors.first_line(e)}')
+          f'{paths}: {e.strerror or errors.first_line(e)}')
     if error is None:
       raise  # A bug: keep its traceback.
     if args.command in ('build', 'index', 'mirror'):

@@ -60,8 +60,12 @@ def require(module: str, *, command: str, extra: str,
 
 
 def prepare_output_file(path: str, flag: str) -> None:
-  """Creates the dir of the file `flag` names; a one-line error, before
-  any work, if the file could not be written there."""
+  """Creates the dir of the local file `flag` names; a one-line error,
+  before any work, if the file could not be written there. A file in a
+  bucket (`gs://...`) is written through its filesystem, and no dir is
+  made for it."""
+  if not paths_lib.is_local(path):
+    return
   if os.path.isdir(path):
     raise errors.ConfigError(f'{flag} {path} is a directory; give a file')
   parent = os.path.dirname(os.path.abspath(path))
@@ -73,11 +77,20 @@ def prepare_output_file(path: str, flag: str) -> None:
     ) from None
 
 
-def check_output_dir(path: str | None, flag: str) -> None:
+def check_output_dir(path: str | None, flag: str, *,
+                     bucket_ok: bool = True) -> None:
   """A one-line error, before any work, if the local dir `flag` names is a
-  file or lies under one. Nothing is created; a bucket is not checked."""
-  if path is None or not paths_lib.is_local(path):
+  file or lies under one. Nothing is created. A bucket is not checked, or,
+  unless `bucket_ok`, refused (for results written with local file APIs:
+  they would land in a local dir named `gs:`)."""
+  if path is None:
     return
+  if not paths_lib.is_local(path):
+    if bucket_ok:
+      return
+    raise errors.ConfigError(
+        f'{flag} {path}: give a local dir (copy the results to the bucket'
+        ' afterwards)')
   here = os.path.abspath(os.path.expanduser(os.fspath(path)))
   while not os.path.lexists(here):
     here = os.path.dirname(here)
@@ -87,11 +100,12 @@ def check_output_dir(path: str | None, flag: str) -> None:
 
 
 def write_output_file(path: str, flag: str, text: str) -> None:
-  """Writes a result file; a one-line error if it cannot."""
+  """Writes a result file, local or in a bucket; a one-line error if it
+  cannot."""
   try:
-    with open(path, 'w', encoding='utf-8') as f:
-      f.write(text)
-  except OSError as e:
+    epath.Path(path).write_text(text, encoding='utf-8')
+  except Exception as e:  # pylint: disable=broad-except
+    # OSError here; a bucket's filesystem raises its own (tf.errors.*).
     raise errors.SourceError(
         f'cannot write {flag} {path}: {errors.first_line(e)}') from None
 
@@ -292,8 +306,11 @@ def check_beam_flags(flags: Sequence[str], *, command: str) -> None:
       name = flag.split('=', 1)[1]
       try:  # As the pipeline will, before any work.
         runner_lib.create_runner(name)
-      except (ValueError, ImportError) as e:
-        raise UsageError(f'--runner {name}: {errors.first_line(e)}') from None
+      except Exception as e:  # pylint: disable=broad-except
+        # ValueError (no such name), ImportError, AttributeError (a dotted
+        # path to nothing), and the errors of a runner that cannot start.
+        raise UsageError(f'--runner {name}: {type(e).__name__}:'
+                         f' {errors.first_line(e)}') from None
 
 
 # Where Beam logs a failed pipeline's worker traceback; the CLI reports the

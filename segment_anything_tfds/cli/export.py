@@ -66,6 +66,7 @@ def _report(manifest, out_dir: str) -> str:
 def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   del leftover
   from segment_anything_tfds.tools import export as export_lib  # pylint: disable=g-import-not-at-top
+  common.check_output_dir(args.out, '--out', bucket_ok=False)
   builder = common.prepared_builder(args)
   out_dir = os.path.abspath(args.out)
   info = {'dataset': builder.info.full_name, 'split': args.split,

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   del leftover
   # Before any scanning: the figure needs matplotlib.
   common.require('matplotlib', command='stats', extra='viz')
-  common.check_output_dir(args.out, '--out')
+  common.check_output_dir(args.out, '--out', bucket_ok=False)
   from segment_anything_tfds.tools import stats as stats_lib  # pylint: disable=g-import-not-at-top
   builder = common.prepared_builder(args)
   acc = stats_lib.Accumulator()

@@ -375,10 +375,11 @@ def _checked_manual_dir(dl_manager, given) -> epath.Path:
   (`gs://` with no bucket, ...) is a one-line `SourceError`."""
   try:
     return dl_manager.manual_dir
-  except AssertionError:
+  except (AssertionError, ValueError):
     raise
   except Exception as e:  # pylint: disable=broad-except
     # The filesystem's own errors: TensorFlow's, fsspec's, the OS's.
+    where = given or f'{dl_manager.download_dir}/manual (the default)'
     raise errors.SourceError(
-        f'manual_dir {given}: cannot be read:'
+        f'manual_dir {where}: cannot be read:'
         f' {errors.printable(errors.first_line(e))[:300]}') from None

@@ -847,19 +847,24 @@ class Client:
       TransientError: a timeout, a reset, or no answer head in time.
     """
     _check_scheme(url, url)
+    first = url
     try:
-      first = url = as_sent(url)
+      # Where each hop goes, and what it carries, is decided on the URL as
+      # requests sends it; the URL itself is handed to requests as it is
+      # (preparing it twice would resolve `%2E%2E` once more).
+      sent = first_sent = as_sent(url)
     except ValueError as e:
       raise transport_error(e, url) from None
     for _ in range(MAX_REDIRECTS + 1):
-      resp = self._send_once(method, url, self._hop_headers(first, url,
-                                                            headers))
-      location = resp.headers.get('Location')
+      resp = self._send_once(method, url,
+                             self._hop_headers(first_sent, sent, headers),
+                             auth=_auth_of(sent))
+      location = _location(resp)
       if resp.status_code not in _REDIRECTS or not location or (
-          method == 'HEAD' and _hub_linked_size(resp, url) is not None):
+          method == 'HEAD' and _hub_linked_size(resp, sent) is not None):
         return resp
       resp.close()  # A redirect's body is never read.
-      url = _redirect(first, url, location)
+      url, sent = _redirect(first, url, location)
       if resp.status_code == 303 and method != 'HEAD':
         method = 'GET'
     raise errors.DownloadError(
@@ -889,7 +894,7 @@ class Client:
       out['Authorization'] = f'Bearer {token}'
     return out
 
-  def _send_once(self, method, url, headers) -> requests.Response:
+  def _send_once(self, method, url, headers, auth) -> requests.Response:
     """One request, retried by urllib3 (`_Retry`) within the budget; each
     attempt's answer head within `timeout` seconds in all."""
     timeout = self.options.timeout
@@ -899,8 +904,7 @@ class Client:
     try:
       return self._session.request(
           method, url, headers=headers, stream=True, allow_redirects=False,
-          timeout=(timeout, timeout), proxies=self._proxies,
-          auth=_auth_of(url))
+          timeout=(timeout, timeout), proxies=self._proxies, auth=auth)
     except _Stop as e:
       raise e.error from None
     except (requests.RequestException, urllib3.exceptions.HTTPError,
@@ -1066,14 +1070,26 @@ def as_sent(url: str) -> str:
   return prepared.url
 
 
-def _redirect(first: str, url: str, location: str) -> str:
-  """Where a redirect from `url` leads, as sent (`as_sent`); a
+def _location(resp: requests.Response) -> str | None:
+  """The Location header, its UTF-8 bytes read as UTF-8 (HTTP headers come
+  decoded as Latin-1), as requests reads it when it follows redirects."""
+  location = resp.headers.get('Location')
+  if location:
+    try:
+      return location.encode('latin-1').decode('utf-8')
+    except UnicodeError:
+      pass
+  return location
+
+
+def _redirect(first: str, url: str, location: str) -> tuple[str, str]:
+  """Where a redirect from `url` leads, and that as sent (`as_sent`); a
   `DownloadError` if nowhere."""
   try:
     target = urllib.parse.urljoin(url, location)
     _check_scheme(target, first)
     _ = urllib.parse.urlsplit(target).port  # Raises if it is no port.
-    return as_sent(target)
+    return target, as_sent(target)
   except ValueError as e:
     raise errors.DownloadError(
         f'{links_lib.redact(first)}: redirected to an invalid URL'
