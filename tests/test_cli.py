@@ -185,13 +185,16 @@ def test_build_failures_exit_1_with_one_line(argv, message, tmp_path, capsys):
 
 
 @pytest.mark.parametrize('flags, message', [
-    (['--summary_json', 'ADIR'], '--summary_json ADIR is a directory'),
-    (['--summary_json', 'AFILE/s.json'],
-     'cannot create the dir of --summary_json AFILE/s.json'),
-    (['--data_dir', 'AFILE'], '--data_dir AFILE is not a directory'),
-    (['--data_dir', 'AFILE/sub'],
-     '--data_dir AFILE/sub is not a directory (AFILE is)'),
-    (['--download_dir', 'AFILE'], '--download_dir AFILE is not a directory'),
+    (['--summary_json', 'ADIR'], 'ADIR: cannot write the summary'
+     ' (--summary_json) there (it is a directory)'),
+    (['--summary_json', 'AFILE/s.json'], 'AFILE/s.json: cannot write the'
+     ' summary (--summary_json) there (AFILE is not a directory)'),
+    (['--data_dir', 'AFILE'], 'AFILE: cannot write the dataset (--data_dir)'
+     ' there (it is not a directory)'),
+    (['--data_dir', 'AFILE/sub'], 'AFILE/sub: cannot write the dataset'
+     ' (--data_dir) there (AFILE is not a directory)'),
+    (['--download_dir', 'AFILE'], 'AFILE: cannot write downloads'
+     ' (--download_dir) there (it is not a directory)'),
     # No check foresees it: the OS's own reason, in one line.
     (['--data_dir', '/proc/no_such_dir'],
      '/proc/no_such_dir: No such file or directory'),
@@ -226,7 +229,9 @@ def test_results_written_with_local_files_refuse_a_bucket(
                      data_dir, '--out', 'gs://bucket/x', '--no_progress')
   assert code == 1
   assert err.strip().splitlines()[-1].endswith(
-      'error: --out gs://bucket/x: give a local dir (copy the results to the'
+      'error: gs://bucket/x: cannot write ' + (
+          'statistics' if command[0] == 'stats' else 'the export')
+      + ' (--out) there (a local path is needed; copy the results to the'
       ' bucket afterwards)')
   assert not list(tmp_path.iterdir())
 
@@ -234,9 +239,9 @@ def test_results_written_with_local_files_refuse_a_bucket(
 def test_a_summary_in_a_bucket_makes_no_local_dir(tmp_path, monkeypatch):
   """It is written through the bucket's filesystem (epath), not into a
   local dir named `gs:`."""
-  from segment_anything_tfds.cli import common  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.sources import local  # pylint: disable=g-import-not-at-top
   monkeypatch.chdir(tmp_path)
-  common.prepare_output_file('gs://bucket/runs/s.json', '--summary_json')
+  local.check_writable('gs://bucket/runs/s.json', 'the summary')
   assert not list(tmp_path.iterdir())
 
 
@@ -248,8 +253,8 @@ def test_stats_out_that_is_a_file_fails_before_scanning(built, tmp_path,
                      data_dir, '--out', tmp_path / 'afile', '--no_progress')
   assert code == 1
   assert err.strip().splitlines()[-1] == (
-      f'segment-anything-tfds stats: error: --out {tmp_path / "afile"} is'
-      ' not a directory')
+      f'segment-anything-tfds stats: error: {tmp_path / "afile"}: cannot'
+      ' write statistics (--out) there (it is not a directory)')
 
 
 def test_build_bad_input_strict_fails_lenient_audits(tmp_path, capsys):
@@ -827,9 +832,12 @@ def test_evaluate_json_into_a_new_dir_or_a_bad_one(built, predictions,
   # One that cannot be made, or a dir given as the file: one line, before
   # any scoring (nothing on stdout).
   (tmp_path / 'file').write_text('x')
-  for target, message in ((tmp_path / 'file' / 'r.json',
-                           'cannot create the dir of --json'),
-                          (tmp_path / 'new', 'is a directory')):
+  for target, message in (
+      (tmp_path / 'file' / 'r.json',
+       f'cannot write the result (--json) there ({tmp_path / "file"} is not'
+       ' a directory)'),
+      (tmp_path / 'new', 'cannot write the result (--json) there (it is a'
+       ' directory)')):
     code, out, err = run(capsys, *argv, target)
     assert code == 1 and not out
     [line] = err.strip().splitlines()

@@ -19,6 +19,7 @@ connections and name lookups are watched: nothing but loopback is reached.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import pathlib
 import shutil
@@ -142,6 +143,33 @@ def test_local_build_from_and_into_a_bucket(gcs, baseline, tmp_path,
       f'{data_dir}/segment_anything/{CONFIG.name}/2.0.0/*.tfrecord*')]
   assert names and list(tmp_path.iterdir()) == []
   assert not pathlib.Path('gs:').exists()
+
+
+def test_a_result_file_goes_into_the_bucket_whole(gcs, tmp_path,
+                                                 monkeypatch):
+  """`--summary_json`, `--json`, `index --out` in a bucket: written through
+  its filesystem, never into a local dir named `gs:`; a bucket that
+  refuses is one line naming the file."""
+  from segment_anything_tfds.sources import local  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  path = f'gs://{BUCKET}/results/summary.json'
+  local.check_writable(path, 'the summary')
+  local.write_whole(path, b'{"images": 11}\n', 'the summary')
+  assert gcs.download(BUCKET, 'results/summary.json') == b'{"images": 11}\n'
+  with pytest.raises(errors.ConfigError, match=(
+      r'^gs://no-such-bucket/s.json: cannot write the summary there \(')):
+    local.write_whole('gs://no-such-bucket/s.json', b'{}', 'the summary')
+  # An index, tar by tar (the same part file, renamed when whole).
+  from segment_anything_tfds import cli  # pylint: disable=g-import-not-at-top
+  assert cli.main(['index', '--manual_dir', os.fspath(DUMMY_DATA), '--tars',
+                   '0-2', '--out', f'gs://{BUCKET}/results/index.jsonl',
+                   '--no_progress']) == 0
+  rows = gcs.download(BUCKET, 'results/index.jsonl').decode().splitlines()
+  assert sorted(json.loads(r)['image_id'] for r in rows) == [
+      1, 2, 3, 11, 12, 13, 21, 22, 23]  # Every image of tars 0-2.
+  assert sorted(tf.io.gfile.listdir(f'gs://{BUCKET}/results')) == [
+      'index.jsonl', 'summary.json']  # No part file left.
+  assert list(tmp_path.iterdir()) == []
 
 
 @pytest.fixture(scope='module')

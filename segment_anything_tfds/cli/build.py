@@ -22,6 +22,7 @@ from segment_anything_tfds.sources import checksums as checksums_lib
 from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds.sources import paths as paths_lib
 from segment_anything_tfds.cli import common
+from segment_anything_tfds.sources import local
 
 FILE_FORMATS = ('tfrecord', 'array_record')
 EXAMPLE = f'example: {common.PROG} build --config first_10 --manual_dir ~/sa1b'
@@ -86,10 +87,12 @@ def download_config(args: argparse.Namespace, leftover: Sequence[str]):
 def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   # Where the results go, before any work (a summary that cannot be written
   # must not be found at the end of a long build).
-  common.check_output_dir(args.data_dir, '--data_dir')
-  common.check_output_dir(args.download_dir, '--download_dir')
+  for path, what in ((args.data_dir, 'the dataset (--data_dir)'),
+                     (args.download_dir, 'downloads (--download_dir)')):
+    if path:
+      local.check_writable(path, what, folder=True)
   if args.summary_json:
-    common.prepare_output_file(args.summary_json, '--summary_json')
+    local.check_writable(args.summary_json, 'the summary (--summary_json)')
   dl_config = download_config(args, leftover)
   if args.manual_dir and paths_lib.is_local(args.manual_dir):
     if not pathlib.Path(args.manual_dir).is_dir():
@@ -198,8 +201,9 @@ def _print_build_summary(builder, args, elapsed: float, was_prepared: bool):
                  ' another --data_dir, or --overwrite)')
   print('\n'.join(l for l in lines if l))
   if args.summary_json:
-    common.write_output_file(args.summary_json, '--summary_json',
-                             json.dumps(summary, indent=2) + '\n')
+    local.write_whole(args.summary_json,
+                      (json.dumps(summary, indent=2) + '\n').encode('utf-8'),
+                      'the summary (--summary_json)')
 
 
 def _download_options(args: argparse.Namespace) -> dict:

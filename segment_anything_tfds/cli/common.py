@@ -56,60 +56,6 @@ def require(module: str, *, command: str, extra: str,
         f' install "segment_anything_tfds[{extra}]"') from None
 
 
-# ------------------------------------------------------ output locations
-
-
-def prepare_output_file(path: str, flag: str) -> None:
-  """Creates the dir of the local file `flag` names; a one-line error,
-  before any work, if the file could not be written there. A file in a
-  bucket (`gs://...`) is written through its filesystem, and no dir is
-  made for it."""
-  if not paths_lib.is_local(path):
-    return
-  if os.path.isdir(path):
-    raise errors.ConfigError(f'{flag} {path} is a directory; give a file')
-  parent = os.path.dirname(os.path.abspath(path))
-  try:
-    os.makedirs(parent, exist_ok=True)
-  except OSError as e:
-    raise errors.SourceError(
-        f'cannot create the dir of {flag} {path}: {errors.first_line(e)}'
-    ) from None
-
-
-def check_output_dir(path: str | None, flag: str, *,
-                     bucket_ok: bool = True) -> None:
-  """A one-line error, before any work, if the local dir `flag` names is a
-  file or lies under one. Nothing is created. A bucket is not checked, or,
-  unless `bucket_ok`, refused (for results written with local file APIs:
-  they would land in a local dir named `gs:`)."""
-  if path is None:
-    return
-  if not paths_lib.is_local(path):
-    if bucket_ok:
-      return
-    raise errors.ConfigError(
-        f'{flag} {path}: give a local dir (copy the results to the bucket'
-        ' afterwards)')
-  here = os.path.abspath(os.path.expanduser(os.fspath(path)))
-  while not os.path.lexists(here):
-    here = os.path.dirname(here)
-  if not os.path.isdir(here):
-    where = '' if here == os.path.abspath(path) else f' ({here} is)'
-    raise errors.ConfigError(f'{flag} {path} is not a directory{where}')
-
-
-def write_output_file(path: str, flag: str, text: str) -> None:
-  """Writes a result file, local or in a bucket; a one-line error if it
-  cannot."""
-  try:
-    epath.Path(path).write_text(text, encoding='utf-8')
-  except Exception as e:  # pylint: disable=broad-except
-    # OSError here; a bucket's filesystem raises its own (tf.errors.*).
-    raise errors.SourceError(
-        f'cannot write {flag} {path}: {errors.first_line(e)}') from None
-
-
 # ---------------------------------------------------------- argument types
 
 

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from segment_anything_tfds import errors
 from segment_anything_tfds.cli import common
+from segment_anything_tfds.sources import local
 from segment_anything_tfds.train import SELECT
 
 EXAMPLE = (f'example: {common.PROG} evaluate --config first_1 --split'
@@ -41,16 +42,11 @@ def read_predictions(path: str) -> Any:
     ) from None
 
 
-def write_json(path: str, report: Any) -> None:
-  """Writes the result; a one-line error if it cannot."""
-  common.write_output_file(path, '--json', json.dumps(report, indent=2) + '\n')
-
-
 def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   del leftover
   from segment_anything_tfds.train import evaluation  # pylint: disable=g-import-not-at-top
   if args.json:
-    common.prepare_output_file(args.json, '--json')
+    local.check_writable(args.json, 'the result (--json)')
   predictions = read_predictions(args.predictions)
   builder = common.prepared_builder(args)
   dataset = common.as_dataset(builder, args.split)
@@ -71,7 +67,9 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
     report = {'dataset': builder.info.full_name, 'split': args.split,
               'predictions': os.path.abspath(args.predictions),
               'select': args.select, **result}
-    write_json(args.json, report)
+    local.write_whole(args.json,
+                      (json.dumps(report, indent=2) + '\n').encode('utf-8'),
+                      'the result (--json)')
     print(f'\nwrote {args.json}')
   return 0
 

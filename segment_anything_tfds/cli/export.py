@@ -16,6 +16,7 @@ from typing import Sequence
 
 from segment_anything_tfds import errors
 from segment_anything_tfds.cli import common
+from segment_anything_tfds.sources import local
 
 EXAMPLE = (f"example: {common.PROG} export --config all --split 'train[:100]'"
            ' --format coco --out /tmp/sa1b_coco')
@@ -66,7 +67,8 @@ def _report(manifest, out_dir: str) -> str:
 def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   del leftover
   from segment_anything_tfds.tools import export as export_lib  # pylint: disable=g-import-not-at-top
-  common.check_output_dir(args.out, '--out', bucket_ok=False)
+  local.check_writable(args.out, 'the export (--out)', folder=True,
+                       bucket=False)
   builder = common.prepared_builder(args)
   out_dir = os.path.abspath(args.out)
   info = {'dataset': builder.info.full_name, 'split': args.split,

@@ -49,10 +49,9 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   # A bad name or path fails before any work.
   if args.out:
     image_index.index_format(args.out)
-    if local.unwritable(args.out):
-      raise local.cannot_write(args.out, 'the index', None)
-  if args.json and local.unwritable(args.json):
-    raise local.cannot_write(args.json, 'the report', None)
+    local.check_writable(args.out, 'the index')
+  if args.json:
+    local.check_writable(args.json, 'the report')
   rows = image_index.read_pairs(args.from_file) if args.from_file else None
   try:
     images = image_list.make(args.images) if args.images else None

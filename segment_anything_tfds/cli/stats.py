@@ -10,6 +10,7 @@ import pathlib
 from typing import Sequence
 
 from segment_anything_tfds.cli import common
+from segment_anything_tfds.sources import local
 
 EXAMPLE = (f'example: {common.PROG} stats --config first_1 --split'
            " 'train[:1000]' --out /tmp/sa1b_stats")
@@ -19,7 +20,8 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   del leftover
   # Before any scanning: the figure needs matplotlib.
   common.require('matplotlib', command='stats', extra='viz')
-  common.check_output_dir(args.out, '--out', bucket_ok=False)
+  local.check_writable(args.out, 'statistics (--out)', folder=True,
+                       bucket=False)
   from segment_anything_tfds.tools import stats as stats_lib  # pylint: disable=g-import-not-at-top
   builder = common.prepared_builder(args)
   acc = stats_lib.Accumulator()

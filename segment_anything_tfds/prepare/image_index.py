@@ -104,7 +104,7 @@ class Writer:
     self.format = index_format(os.fspath(path))
     try:
       self._part, self._file = local.new_part(self.path)
-    except OSError as e:
+    except local.write_failures(path) as e:
       raise local.cannot_write(path, 'the index', e) from None
     self._parquet = None
     self.rows = 0
@@ -137,7 +137,8 @@ class Writer:
       self._part.replace(self.path)
     except BaseException as e:
       self.abort()
-      if isinstance(e, OSError) and not isinstance(e, errors.Error):
+      if isinstance(e, local.write_failures(self.path)) and not isinstance(
+          e, errors.Error):
         raise local.cannot_write(self.path, 'the index', e) from None
       raise
 

@@ -345,32 +345,50 @@ def open_input(path, what: str, *,
 # ------------------------------------------------ files written whole
 
 
-def unwritable(path: str) -> str | None:
-  """Why no file can be written at a local `path`, as far as can be told
-  before writing it (it is a directory, or something on its way is a file),
-  or None (a path in a bucket is not checked)."""
+def unwritable(path: str, *, folder: bool = False) -> str | None:
+  """Why no file (with `folder`, no folder) can be made at a local `path`,
+  as far as can be told before writing it (a file's path is a directory,
+  a folder's a file, or something on the way is a file), or None. A path in
+  a bucket is not checked."""
   if links_lib.scheme(path) is not None:
     return None
   full = os.path.abspath(path)
-  if os.path.isdir(full) and not os.path.islink(full):  # A link is replaced.
-    return 'it is a directory'
-  folder = os.path.dirname(full)
-  while not os.path.lexists(folder):  # The nearest folder there is.
-    folder = os.path.dirname(folder)
-  if not os.path.isdir(folder):
-    return f'{folder} is not a directory'
+  if not folder and os.path.isdir(full) and not os.path.islink(full):
+    return 'it is a directory'  # A symlink to one is replaced.
+  nearest = full if folder else os.path.dirname(full)
+  while not os.path.lexists(nearest):  # The nearest one there is.
+    nearest = os.path.dirname(nearest)
+  if not os.path.isdir(nearest):
+    return ('it is not a directory' if nearest == full else
+            f'{nearest} is not a directory')
   return None
 
 
-def cannot_write(path, what: str, error: OSError | None
-                 ) -> errors.ConfigError:
-  """The one-line error for a file (`what`: the index, the report) that
-  cannot be written at `path`."""
-  why = unwritable(os.fspath(path))
+def cannot_write(path, what: str, error: Exception | None, *,
+                 folder: bool = False) -> errors.ConfigError:
+  """The one-line error for a file (`what`: the index, the report) or
+  folder that cannot be written at `path`."""
+  why = unwritable(os.fspath(path), folder=folder)
   if why is None:
-    why = (error.strerror or str(error)) if error is not None else 'unknown'
+    why = (getattr(error, 'strerror', None) or errors.first_line(error)
+           if error is not None else 'unknown')
   return errors.ConfigError(f'{os.fspath(path)}: cannot write {what} there'
                             f' ({errors.printable(why)})')
+
+
+def check_writable(path, what: str, *, folder: bool = False,
+                   bucket: bool = True) -> None:
+  """Raises `cannot_write`'s error, before any work, if `what` cannot be
+  written at `path` (`unwritable`). With `bucket=False`, a path in a bucket
+  too: what is written with local file APIs would land in a local folder
+  named `gs:`."""
+  path = os.fspath(path)
+  if not bucket and links_lib.scheme(path) is not None:
+    raise errors.ConfigError(
+        f'{path}: cannot write {what} there (a local path is needed; copy'
+        ' the results to the bucket afterwards)')
+  if unwritable(path, folder=folder):
+    raise cannot_write(path, what, None, folder=folder)
 
 
 def new_part(path):
@@ -384,16 +402,34 @@ def new_part(path):
     return part, os.fdopen(os.open(
         part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         | os.O_CLOEXEC, 0o644), 'wb')
-  return part, part.open('wb')
+  opened = part.open('wb')
+  # epath's TensorFlow backend gives a context manager, not a file: its
+  # file is entered here, and closed by the caller (closing it twice, as
+  # the manager will when it goes, does nothing).
+  return part, (opened if hasattr(opened, 'write') else opened.__enter__())
+
+
+def write_failures(path) -> type[Exception]:
+  """What writing at `path` raises when it fails: OSError on local disk;
+  a bucket's filesystem raises its own errors too (tf.errors.*, gcsfs's)."""
+  return OSError if links_lib.scheme(os.fspath(path)) is None else Exception
 
 
 def discard_part(part, file) -> None:
-  """Closes and removes a part file of `new_part` that is not kept."""
+  """Closes and removes a part file of `new_part` that is not kept; a
+  failure to do so never hides the error that led here (a bucket's
+  filesystem raises its own errors, tf.errors.* or gcsfs's)."""
   try:
     file.close()
-  except OSError:
+  except Exception:  # pylint: disable=broad-except
     pass  # Nothing of it is kept.
-  part.unlink(missing_ok=True)
+  try:
+    part.unlink(missing_ok=True)
+  except FileNotFoundError:
+    pass
+  except Exception:  # pylint: disable=broad-except
+    if links_lib.scheme(os.fspath(part)) is None:
+      raise
 
 
 def write_whole(path, data: bytes, what: str) -> None:
@@ -405,10 +441,11 @@ def write_whole(path, data: bytes, what: str) -> None:
     errors.ConfigError: from `cannot_write`.
   """
   from etils import epath  # pylint: disable=g-import-not-at-top
+  failed = write_failures(path)
   path = epath.Path(path)
   try:
     part, file = new_part(path)
-  except OSError as e:
+  except failed as e:
     raise cannot_write(path, what, e) from None
   try:
     with file:
@@ -416,6 +453,6 @@ def write_whole(path, data: bytes, what: str) -> None:
     part.replace(path)
   except BaseException as e:
     discard_part(part, file)
-    if isinstance(e, OSError):
+    if isinstance(e, failed):
       raise cannot_write(path, what, e) from None
     raise
