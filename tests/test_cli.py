@@ -104,6 +104,18 @@ def test_build_summary_time_counts_from_the_command_not_the_shell(built):
   assert 0 < reported <= waited - shell_seconds, (reported, waited)
 
 
+def test_build_summary_time_of_a_later_command_in_one_process(built, capsys):
+  """Commands run one after another in one Python process each count their
+  own time, not the process's."""
+  data_dir, _ = built  # Its build was a command of this process already.
+  time.sleep(2)
+  code, out, _ = run(capsys, 'build', '--tars', '0-3', '--data_dir',
+                     data_dir, '--manual_dir', DUMMY, '--no_progress')
+  assert code == 0 and 'Already prepared' in out
+  (line,) = [l for l in out.splitlines() if l.startswith('time:')]
+  assert float(line.split()[1]) < 2, line
+
+
 def test_console_script_help_and_usage():
   exe = (shutil.which('segment-anything-tfds',
                       path=os.path.dirname(sys.executable))

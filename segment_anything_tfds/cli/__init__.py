@@ -76,6 +76,7 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the CLI; returns the exit code (0 ok, 1 failure, 2 usage)."""
+  common.mark_start()
   parser = build_parser()
   try:
     args, leftover = parser.parse_known_args(argv)

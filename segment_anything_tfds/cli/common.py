@@ -26,9 +26,24 @@ LOCAL_RUNNER = 'local'
 DATASET = 'segment_anything'
 
 
+_STARTED: list[float] = []
+
+
+def mark_start() -> None:
+  """Starts the clock of a command's `time:`: what the user has waited.
+
+  The first command of a process counts from the package's import (a
+  console script: almost all of it); a later one, run in the same Python
+  process, from now.
+  """
+  _STARTED[:] = [time.perf_counter() if _STARTED else
+                 segment_anything_tfds._IMPORTED_AT]  # pylint: disable=protected-access
+
+
 def seconds_since_start() -> float:
-  """Wall time since the package was imported: what the user has waited."""
-  return time.perf_counter() - segment_anything_tfds._IMPORTED_AT  # pylint: disable=protected-access
+  """Wall time since `mark_start`."""
+  return time.perf_counter() - (
+      _STARTED[0] if _STARTED else segment_anything_tfds._IMPORTED_AT)  # pylint: disable=protected-access
 
 
 class UsageError(Exception):
