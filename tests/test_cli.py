@@ -794,7 +794,8 @@ def test_evaluate_a_slice(built, predictions, capsys):
 
 
 @pytest.mark.parametrize('content, message', [
-    (None, 'does not exist'),
+    (None, 'p.json: no such file'),
+    ('FIFO', 'p.json: not a regular file (a FIFO, device or socket)'),
     ('[{"image_id": 1', 'is not JSON'),
     ('{"a": 1}', 'must be a list'),
     ('[{"image_id": 1, "id": 1000}]', 'prediction 0 is not'),
@@ -819,7 +820,9 @@ def test_evaluate_bad_predictions_exit_1(built, content, message, tmp_path,
                                          capsys):
   data_dir, _ = built
   path = tmp_path / 'p.json'
-  if content is not None:
+  if content == 'FIFO':  # No writer: reading it would wait for ever.
+    os.mkfifo(path)
+  elif content is not None:
     path.write_text(content)
   code, _, err = run(capsys, 'evaluate', '--tars', '0-3', '--data_dir',
                      data_dir, '--predictions', path, '--no_progress')

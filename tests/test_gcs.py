@@ -146,7 +146,7 @@ def test_local_build_from_and_into_a_bucket(gcs, baseline, tmp_path,
 
 
 def test_a_result_file_goes_into_the_bucket_whole(gcs, tmp_path,
-                                                 monkeypatch):
+                                                 monkeypatch, capsys):
   """`--summary_json`, `--json`, `index --out` in a bucket: written through
   its filesystem, never into a local dir named `gs:`; a bucket that
   refuses is one line naming the file."""
@@ -169,6 +169,19 @@ def test_a_result_file_goes_into_the_bucket_whole(gcs, tmp_path,
       1, 2, 3, 11, 12, 13, 21, 22, 23]  # Every image of tars 0-2.
   assert sorted(tf.io.gfile.listdir(f'gs://{BUCKET}/results')) == [
       'index.jsonl', 'summary.json']  # No part file left.
+  # And read back from there, as input (a parquet one seeks to its footer).
+  listed = tmp_path.parent / f'{tmp_path.name}_list.txt'
+  listed.write_text('12\n22\n99\n')
+  assert cli.main(['index', '--manual_dir', os.fspath(DUMMY_DATA), '--tars',
+                   '0-2', '--out', f'gs://{BUCKET}/results/index.parquet',
+                   '--no_progress']) == 0
+  for name in ('index.jsonl', 'index.parquet'):
+    capsys.readouterr()
+    assert cli.main(['index', '--from', f'gs://{BUCKET}/results/{name}',
+                     '--images', os.fspath(listed), '--no_progress']) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        '2 of the 3 listed images are in 2 tars (--tars 1-2); 1 is in none:'
+        ' 99'), name
   assert list(tmp_path.iterdir()) == []
 
 

@@ -23,17 +23,19 @@ EXAMPLE = (f'example: {common.PROG} evaluate --config first_1 --split'
 
 
 def read_predictions(path: str) -> Any:
-  """The parsed predictions file; a one-line error if it cannot be read."""
+  """The parsed predictions file; a one-line error if it cannot be read.
+
+  Like every input file, a local one must be a regular file
+  (`local.open_input`: not a FIFO or a device such as /dev/zero).
+  """
   import orjson  # pylint: disable=g-import-not-at-top
-  try:
-    with open(path, 'rb') as f:
+  with local.open_input(path, 'predictions file') as f:
+    try:
       data = f.read()
-  except FileNotFoundError:
-    raise errors.SourceError(
-        f'predictions file {path} does not exist') from None
-  except OSError as e:
-    raise errors.SourceError(
-        f'cannot read predictions file {path}: {e}') from None
+    except OSError as e:
+      raise errors.SourceError(
+          f'predictions file {path}: cannot be read ({e.strerror or e})'
+      ) from None
   try:
     return orjson.loads(data)
   except orjson.JSONDecodeError as e:

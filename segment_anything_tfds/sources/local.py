@@ -316,7 +316,7 @@ def open_input(path, what: str, *,
   try:
     if links_lib.scheme(text) is not None:
       from etils import epath  # pylint: disable=g-import-not-at-top
-      return epath.Path(text).open('rb')
+      return _remote_file(epath.Path(text), 'rb')
     fd = os.open(text, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
   except (FileNotFoundError, NotADirectoryError):
     raise error(f'{what} {text}: no such file') from None
@@ -391,6 +391,62 @@ def check_writable(path, what: str, *, folder: bool = False,
     raise cannot_write(path, what, None, folder=folder)
 
 
+class _Remote(io.RawIOBase):
+  """A bucket file opened by epath, as a raw file under an `io.Buffered*`:
+  its own files lack some of a file's methods (TensorFlow's `readline`
+  takes no size, so a line could not be bounded; pyarrow takes them for
+  no file at all)."""
+
+  def __init__(self, file, mode: str):
+    super().__init__()
+    self._file = file
+    self._mode = mode
+
+  def readable(self) -> bool:
+    return self._mode == 'rb'
+
+  def writable(self) -> bool:
+    return self._mode == 'wb'
+
+  def seekable(self) -> bool:
+    return self._mode == 'rb'
+
+  def write(self, data) -> int:
+    self._file.write(bytes(data))
+    return len(data)
+
+  def readinto(self, buffer) -> int:
+    data = self._file.read(len(buffer))
+    buffer[:len(data)] = data
+    return len(data)
+
+  def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+    self._file.seek(offset, whence)
+    return self._file.tell()
+
+  def tell(self) -> int:
+    return self._file.tell()
+
+  def close(self) -> None:
+    if not self.closed:
+      self._file.close()
+    super().close()
+
+
+def _remote_file(path, mode: str):
+  """A bucket file opened by epath, as a buffered Python file.
+
+  epath's TensorFlow backend gives a context manager, not a file: its file
+  is entered here and closed with the buffered one (closing it twice, as
+  the manager does when it goes, does nothing).
+  """
+  opened = path.open(mode)
+  if not hasattr(opened, 'read'):
+    opened = opened.__enter__()
+  cls = io.BufferedReader if mode == 'rb' else io.BufferedWriter
+  return cls(_Remote(opened, mode), buffer_size=1 << 20)
+
+
 def new_part(path):
   """(name, file) of a new part file next to `path` (an epath), for this
   writer only: on local disk created with O_EXCL and O_NOFOLLOW, so never
@@ -402,11 +458,7 @@ def new_part(path):
     return part, os.fdopen(os.open(
         part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         | os.O_CLOEXEC, 0o644), 'wb')
-  opened = part.open('wb')
-  # epath's TensorFlow backend gives a context manager, not a file: its
-  # file is entered here, and closed by the caller (closing it twice, as
-  # the manager will when it goes, does nothing).
-  return part, (opened if hasattr(opened, 'write') else opened.__enter__())
+  return part, _remote_file(part, 'wb')
 
 
 def write_failures(path) -> type[Exception]:
