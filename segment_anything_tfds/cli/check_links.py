@@ -16,7 +16,6 @@ import concurrent.futures
 import dataclasses
 import datetime
 import json
-import pathlib
 from typing import Any, Sequence
 
 from etils import epath
@@ -26,6 +25,7 @@ from segment_anything_tfds.sources import http
 from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds import options as options_lib
 from segment_anything_tfds.sources import base
+from segment_anything_tfds.sources import local as local_files
 from segment_anything_tfds.sources import manual_dir as manual_dir_lib
 from segment_anything_tfds.cli import common
 
@@ -121,6 +121,8 @@ def _form(source: base.Source) -> str:
 
 def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   del leftover
+  if args.json:
+    local_files.check_writable(args.json, 'the report (--json)')
   if args.links:
     links_path = epath.Path(args.links)
   elif args.manual_dir:
@@ -208,8 +210,9 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
 
   _print_links_report(report, rows, args)
   if args.json:
-    pathlib.Path(args.json).write_text(json.dumps(report, indent=2) + '\n',
-                                       encoding='utf-8')
+    local_files.write_whole(
+        args.json, (json.dumps(report, indent=2) + '\n').encode('utf-8'),
+        'the report (--json)')
   bad = []
   if problems:
     bad.append(f'{len(problems)} malformed lines')

@@ -380,11 +380,16 @@ def make_builder(args: argparse.Namespace, **builder_kwargs: Any):
           ' dataset_info.json)')
     return tfds.builder_from_directory(path)
   cfg = builder_config(args)
+  remote = args.data_dir is not None and not paths_lib.is_local(
+      args.data_dir)
   try:
-    return tfds.builder(DATASET, data_dir=args.data_dir,
-                        config=config_for_builder(cfg), **builder_kwargs)
+    builder = tfds.builder(DATASET, data_dir=args.data_dir,
+                           config=config_for_builder(cfg), **builder_kwargs)
+    if remote:
+      builder.is_prepared()  # A bucket TFDS cannot list fails here.
+    return builder
   except Exception as e:  # pylint: disable=broad-except
-    if args.data_dir is None or paths_lib.is_local(args.data_dir):
+    if not remote:
       raise
     # A bucket TFDS cannot read (no network, no credentials): TFDS wraps
     # the filesystem's error in a RuntimeError naming every builder kwarg.

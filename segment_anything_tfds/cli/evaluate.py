@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from segment_anything_tfds import errors
 from segment_anything_tfds.cli import common
 from segment_anything_tfds.sources import local
+from segment_anything_tfds.sources import paths as paths_lib
 from segment_anything_tfds.train import SELECT
 
 EXAMPLE = (f'example: {common.PROG} evaluate --config first_1 --split'
@@ -67,7 +68,9 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   print(evaluation.format_table(result))
   if args.json:
     report = {'dataset': builder.info.full_name, 'split': args.split,
-              'predictions': os.path.abspath(args.predictions),
+              'predictions': (os.path.abspath(args.predictions)
+                              if paths_lib.is_local(args.predictions)
+                              else args.predictions),
               'select': args.select, **result}
     local.write_whole(args.json,
                       (json.dumps(report, indent=2) + '\n').encode('utf-8'),

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 from segment_anything_tfds import errors
 from segment_anything_tfds.tools import viz
 from segment_anything_tfds.cli import common
+from segment_anything_tfds.sources import local
 from segment_anything_tfds.cli import evaluate
 
 EXAMPLE = (f'example: {common.PROG} show --config first_1 --index 0,3'
@@ -173,6 +174,8 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   del leftover
   _check_combinations(args)
   common.require('PIL', command='show', extra='viz', package='Pillow')
+  local.check_writable(args.out, 'drawings (--out)', folder=True,
+                       bucket=False)
   predictions = _load_predictions(args) if args.predictions else None
   builder = common.prepared_builder(args)
   chosen, source = _select_examples(builder, args)

@@ -316,7 +316,14 @@ def open_input(path, what: str, *,
   try:
     if links_lib.scheme(text) is not None:
       from etils import epath  # pylint: disable=g-import-not-at-top
-      return _remote_file(epath.Path(text), 'rb')
+      remote = epath.Path(text)
+      # TensorFlow's files open lazily: a missing object would fail at the
+      # first read, after this.
+      if remote.is_dir():
+        raise IsADirectoryError(text)
+      if not remote.exists():
+        raise FileNotFoundError(text)
+      return _remote_file(remote, 'rb')
     fd = os.open(text, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
   except (FileNotFoundError, NotADirectoryError):
     raise error(f'{what} {text}: no such file') from None
@@ -416,7 +423,12 @@ class _Remote(io.RawIOBase):
     return len(data)
 
   def readinto(self, buffer) -> int:
-    data = self._file.read(len(buffer))
+    try:
+      data = self._file.read(len(buffer))
+    except OSError:
+      raise
+    except Exception as e:  # tf.errors.*: as an OSError, like a file's.
+      raise OSError(errors.first_line(e)) from e
     buffer[:len(data)] = data
     return len(data)
 
@@ -450,14 +462,16 @@ def _remote_file(path, mode: str):
 def new_part(path):
   """(name, file) of a new part file next to `path` (an epath), for this
   writer only: on local disk created with O_EXCL and O_NOFOLLOW, so never
-  one that was there and never through a planted symlink; its folder is
-  made."""
+  one that was there and never through a planted symlink, its folder made;
+  in a bucket, an object written when the file is closed."""
   part = path.parent / f'.{path.name}.{os.getpid()}.{time.time_ns()}.part'
-  path.parent.mkdir(parents=True, exist_ok=True)
   if links_lib.scheme(os.fspath(part)) is None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     return part, os.fdopen(os.open(
         part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         | os.O_CLOEXEC, 0o644), 'wb')
+  # A bucket has no folders to make (and TensorFlow's making of them
+  # retries without end under a bucket that does not exist).
   return part, _remote_file(part, 'wb')
 
 

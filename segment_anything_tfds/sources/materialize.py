@@ -49,9 +49,12 @@ def _downloaded(name: str, path: str) -> local.LocalTar:
 
 
 def _size(source: Source) -> int | None:
-  """A local tar's size; None for anything that costs a request to ask."""
-  if source.remote or source.folder:
+  """A tar's size: a local one's, or a listed one's (a bucket listing says
+  it); None for anything that costs a request to ask."""
+  if source.folder:
     return None
+  if source.remote:
+    return getattr(source, 'known_size', None)
   try:
     return source.size()
   except errors.SourceError:

@@ -214,7 +214,8 @@ def _write(target: epath.Path, what: str, copy_from: str | None = None,
 
 def _publish(local: str, target: epath.Path, name: str) -> None:
   """Copies a checked local tar to `target` via `<target>.part`."""
-  target.parent.mkdir(parents=True, exist_ok=True)
+  if paths.is_local(target):  # A bucket has no folders to make.
+    target.parent.mkdir(parents=True, exist_ok=True)
   part = target.parent / (target.name + download.PART_SUFFIX)
   if paths.is_local(part) and os.path.islink(part):
     os.remove(part)  # Replaced, not written through.
