@@ -275,6 +275,7 @@ def test_a_missing_bucket_tar_is_one_clear_error(gcs, tmp_path):
            config=config_lib.tars_config('0-1'))
   error = errors.from_exception(e.value)
   assert isinstance(error, errors.SourceError), repr(e.value)[:500]
-  assert error.message.startswith(
-      f'sa_000001.tar: cannot open gs://{BUCKET}/nowhere/sa_000001.tar')
+  assert error.message == (
+      f'sa_000001.tar: cannot open gs://{BUCKET}/nowhere/sa_000001.tar: no'
+      ' such object')
   assert '\n' not in error.message

@@ -1147,3 +1147,23 @@ def test_cli_build_with_a_list(tmp_path, capsys):
       ' an image id or an sa_<id>.jpg name, e.g. 223750 or sa_223750.jpg'
       ' (ids in ASCII digits without leading zeros, below 2**63, as in the'
       ' tars)')
+
+
+def test_an_aborted_parquet_index_leaves_no_file_and_no_late_write(tmp_path):
+  """Its parquet writer is closed with it: left open, it wrote into the
+  closed file when it went ('Exception ignored in ParquetWriter.__del__')."""
+  import gc  # pylint: disable=g-import-not-at-top
+  unraisable = []
+  hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+  try:
+    writer = image_index.Writer(tmp_path / 'index.parquet')
+    writer.write([{'image_id': 1, 'tar': 'sa_000000.tar', 'jpg': 'sa_1.jpg',
+                   'json': 'sa_1.json', 'jpg_offset': 512, 'jpg_size': 10,
+                   'json_offset': 1024, 'json_size': 20}])
+    writer.abort()
+    del writer
+    gc.collect()
+  finally:
+    sys.unraisablehook = hook
+  assert unraisable == []
+  assert list(tmp_path.iterdir()) == []

@@ -30,6 +30,7 @@ cut (`image_list.shown`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any, Iterable, Iterator
@@ -143,7 +144,12 @@ class Writer:
       raise
 
   def abort(self) -> None:
-    """Leaves no file behind."""
+    """Leaves no file behind (its parquet writer closed first: left open, it
+    would write into the closed file when it goes)."""
+    if self._parquet is not None:
+      with contextlib.suppress(Exception):
+        self._parquet.close()
+      self._parquet = None
     local.discard_part(self._part, self._file)
 
 

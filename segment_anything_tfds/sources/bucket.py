@@ -52,7 +52,10 @@ def filesystem(uri: str) -> tuple[Any, str]:
 
 
 def cannot_open(name: str, uri: str, e: BaseException) -> errors.SourceError:
-  return errors.SourceError(f'{name}: cannot open {uri}: {errors.first_line(e)}')
+  # gcsfs's FileNotFoundError says only the object's path.
+  why = ('no such object' if isinstance(e, FileNotFoundError) else
+         errors.first_line(e))
+  return errors.SourceError(f'{name}: cannot open {uri}: {why}')
 
 
 def stat(uri: str) -> dict[str, Any]:
