@@ -101,6 +101,13 @@ def first_line(e: BaseException) -> str:
   return lines[0] if lines else text
 
 
+def backend_reason(e: BaseException) -> str:
+  """A backend's error (TensorFlow's, fsspec's, huggingface_hub's) as the
+  reason in a one-line error: its first line, escaped, at most 300
+  characters."""
+  return printable(first_line(e))[:300]
+
+
 def printable(text: str) -> str:
   """`text` with each unprintable character as a visible escape.
 

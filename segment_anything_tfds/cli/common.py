@@ -398,7 +398,7 @@ def make_builder(args: argparse.Namespace, **builder_kwargs: Any):
       root = root.__cause__
     raise errors.SourceError(
         f'--data_dir {args.data_dir}: cannot be read:'
-        f' {errors.printable(errors.first_line(root))[:300]}') from None
+        f' {errors.backend_reason(root)}') from None
 
 
 def prepared_builder(args: argparse.Namespace):

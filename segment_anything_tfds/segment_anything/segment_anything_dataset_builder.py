@@ -382,4 +382,4 @@ def _checked_manual_dir(dl_manager, given) -> epath.Path:
     where = given or f'{dl_manager.download_dir}/manual (the default)'
     raise errors.SourceError(
         f'manual_dir {where}: cannot be read:'
-        f' {errors.printable(errors.first_line(e))[:300]}') from None
+        f' {errors.backend_reason(e)}') from None

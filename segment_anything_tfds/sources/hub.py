@@ -236,7 +236,7 @@ def _listing_error(e: Exception, where: HubDir) -> errors.Error:
     return errors.SourceError(f'{uri}: HF_HUB_OFFLINE is set, so the repo'
                               ' cannot be listed; unset it')
   return errors.SourceError(f'{uri}: cannot list it on {host}:'
-                            f' {errors.printable(errors.first_line(e))[:300]}')
+                            f' {errors.backend_reason(e)}')
 
 
 def _api():
