@@ -110,6 +110,29 @@ def test_a_missing_input_in_a_bucket_is_one_line(gcs, tmp_path, monkeypatch,
       _error(argv[0], err).endswith('nothere.txt: no such file'))
 
 
+def test_an_image_list_too_large_in_a_bucket_is_refused_unread(
+    gcs, tmp_path, monkeypatch):
+  """Its listed size is checked first: no byte of it is fetched (it read
+  the cap and more, 320 MB for a 300 MB list, before refusing)."""
+  from segment_anything_tfds.prepare import image_list
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(image_list, 'MAX_LIST_BYTES', 4096)
+  gcs.upload(BUCKET, 'lists/big.txt', b'12\n' * 5000)
+  gcs.clear_log()
+  code, _, err = _main('index', '--manual_dir', f'gs://{BUCKET}/in',
+                       '--images', f'gs://{BUCKET}/lists/big.txt',
+                       '--no_progress')
+  assert code == 1
+  assert _error('index', err) == (
+      f'gs://{BUCKET}/lists/big.txt: over 0 MiB: not an image list'
+      " (SA-1B's 11 M names take 170 MB)")
+  # Metadata requests only: TensorFlow reads an object's bytes by Range
+  # (`/BUCKET/NAME`), gcsfs with alt=media.
+  reads = [r for r in gcs.requests() if r['path'].endswith('lists/big.txt')
+           and (r['range'] or 'alt=media' in r['query'])]
+  assert reads == [], reads
+
+
 def test_missing_predictions_in_a_bucket_are_one_line(built, tmp_path,
                                                       monkeypatch):
   monkeypatch.chdir(tmp_path)

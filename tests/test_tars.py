@@ -155,6 +155,15 @@ def test_truncated_tar_names_tar_member_and_offset(tmp_path):
   assert damage.reason == errors.CORRUPT_TAR
   assert str(damage).startswith('sa_000001.tar:')
   assert last.name in str(damage) or '@' in str(damage)
+  # Cut in the padding after the last member's data: the message compares
+  # the padded end it needs with the file's size (never a smaller need).
+  padded = last.offset + -(-last.size // 512) * 512
+  assert padded > last.offset + last.size
+  cut.write_bytes(data[:last.offset + last.size + 1])
+  with open(cut, 'rb') as f:
+    _, damage = tars.index_members(f, tar='sa_000001.tar')
+  assert (f'truncated tar: {last.name} needs bytes up to {padded} but the'
+          f' file has {last.offset + last.size + 1}') in str(damage)
   garbage = tmp_path / 'garbage.tar'
   garbage.write_bytes(data[:1024] + b'\x07' * 3000)
   with open(garbage, 'rb') as f:

@@ -413,7 +413,8 @@ def read_file(path: os.PathLike | str) -> np.ndarray:
 
   A local path must name a regular file (not a FIFO or a device, which
   could block or never end) of at most `MAX_LIST_BYTES`, checked before
-  any read; from a bucket, at most that many bytes are read.
+  any read; from a bucket, its listed size is checked before a read, and
+  at most that many bytes are read.
   """
   from segment_anything_tfds.sources import local  # pylint: disable=g-import-not-at-top
   origin = os.fspath(path)
@@ -421,7 +422,7 @@ def read_file(path: os.PathLike | str) -> np.ndarray:
     try:
       size = os.fstat(f.fileno()).st_size  # A local file: before a read.
     except (AttributeError, OSError, ValueError):
-      size = None  # Remote: at most the cap is read.
+      size = _listed_size(origin)  # None: at most the cap is read.
     if size is not None and size > MAX_LIST_BYTES:
       raise _too_large(origin)
     try:
@@ -432,6 +433,17 @@ def read_file(path: os.PathLike | str) -> np.ndarray:
   if len(data) > MAX_LIST_BYTES:
     raise _too_large(origin)
   return parse_text(data, origin)
+
+
+def _listed_size(uri: str) -> int | None:
+  """The size a bucket lists for the object `uri`, or None if it says none
+  (its read then says what is wrong)."""
+  from segment_anything_tfds.sources import bucket  # pylint: disable=g-import-not-at-top
+  try:
+    size = bucket.stat(uri).get('size')
+  except Exception:  # pylint: disable=broad-except
+    return None  # Its filesystem's own errors too.
+  return size if isinstance(size, int) and size >= 0 else None
 
 
 def _too_large(origin: str) -> errors.ConfigError:

@@ -522,7 +522,7 @@ def _read_run(cursor: Cursor, *, tar: str
 def truncated(tar: str, member: str, end: int, size: int
               ) -> errors.BadInputError:
   """The error of a tar that ends at `size`, before `end`, the end of
-  `member`'s data."""
+  `member`'s data (or of its padding to 512 bytes)."""
   return corrupt(tar, member, f'truncated tar: {member} needs bytes up to'
                  f' {end} but the file has {size}')
 
@@ -557,7 +557,11 @@ def walk(cursor: Cursor, *, tar: str) -> Iterator[Entry]:
     yield Entry(member_of(info, data), start, end)
     rest = end - cursor.tell()
     if rest > 0 and cursor.skip(rest) < rest:
-      raise truncated(tar, info.name, data + info.size, cursor.tell())
+      # Cut in the data, or in the padding after it: the message compares
+      # the file's size with the end of the one that is cut.
+      at = cursor.tell()
+      raise truncated(tar, info.name,
+                      data + info.size if at < data + info.size else end, at)
 
 
 def read_data(cursor: Cursor, member: Member, *, tar: str) -> bytes:
