@@ -137,6 +137,13 @@ def test_which_list_a_build_checks(tmp_path):
   assert listed.expected('sa_000000.tar') is None
   # A Hub manual_dir is listed, never searched for files.
   assert checksums.checklist(None, 'hf://datasets/o/r') is None
+  # A list that is a symlink to nothing (a disk not mounted) is an error,
+  # never a build without checks.
+  auto.unlink()
+  auto.symlink_to(tmp_path / 'unmounted' / 'md5s.txt')
+  with pytest.raises(checksums.ChecksumError) as e:
+    checksums.checklist(None, manual)
+  assert str(e.value) == f'checksum list {auto}: no such file'
 
 
 def test_a_checksum_list_is_lines_of_digest_and_name():

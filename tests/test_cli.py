@@ -162,6 +162,25 @@ def test_usage_errors_exit_2(argv, capsys):
   assert 'usage:' in err
 
 
+@pytest.mark.parametrize('argv, option', [
+    # `--images "$LIST"` with LIST unset built every image; `--data_dir ""`
+    # wrote into the current dir.
+    (['build', '--tars', '0', '--images', ''], '--images'),
+    (['build', '--tars', '0', '--data_dir', ''], '--data_dir'),
+    (['build', '--tars', '0', '--summary_json', ''], '--summary_json'),
+    (['build', '--tars', '0', '--checksums', ''], '--checksums'),
+    (['index', '--manual_dir', '', '--out', 'i.jsonl'], '--manual_dir'),
+    (['export', '--tars', '0', '--format', 'coco', '--out', ''], '--out'),
+    (['evaluate', '--tars', '0', '--predictions', ''], '--predictions'),
+])
+def test_an_empty_path_is_bad_usage(argv, option, capsys):
+  code, _, err = run(capsys, *argv)
+  assert code == 2, err
+  assert err.splitlines()[-1] == (
+      f'segment-anything-tfds {argv[0]}: error: {option}: an empty path (an'
+      ' unset shell variable?)')
+
+
 def test_help_exits_0(capsys):
   for argv in (['--help'], ['build', '--help'], ['index', '--help'],
                ['check-links', '--help'],

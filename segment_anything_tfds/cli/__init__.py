@@ -82,9 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, leftover = parser.parse_known_args(argv)
     if leftover and not args.allow_leftover:
       parser.error(f'unrecognized arguments: {" ".join(leftover)}')
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # pylint: disable=protected-access
+    if (empty := common.empty_path(sub, args)) is not None:
+      sub.error(f'{empty}: an empty path (an unset shell variable?)')
   except SystemExit as e:  # --help, --version and usage errors.
     return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-  sub = parser._subparsers._group_actions[0].choices[args.command]  # pylint: disable=protected-access
   logs.configure(verbose=args.verbose)
   if not args.progress:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

@@ -105,6 +105,21 @@ def _int_from(value: str, lowest: int, what: str) -> int:
   return n
 
 
+def empty_path(parser: argparse.ArgumentParser,
+               args: argparse.Namespace) -> str | None:
+  """The first option of `parser` that names a path (its metavar says
+  DIR, FILE or OUT) given as '', or None. An empty path would mean no
+  option (`--images ''`: every image) or the current dir (`--data_dir
+  ''`)."""
+  for action in parser._actions:  # pylint: disable=protected-access
+    metavar = action.metavar if isinstance(action.metavar, str) else ''
+    if (action.option_strings and any(w in metavar.split('|')
+                                      for w in ('DIR', 'FILE', 'OUT'))
+        and getattr(args, action.dest, None) == ''):
+      return action.option_strings[0]
+  return None
+
+
 def positive_int(value: str) -> int:
   return _int_from(value, 1, 'a positive integer')
 

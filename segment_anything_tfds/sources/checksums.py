@@ -213,7 +213,9 @@ def checklist(choice: str | None,
   if manual_dir is None or hub.is_hub_uri(manual_dir):
     return None  # A Hub folder is listed, not searched for files.
   auto = epath.Path(manual_dir) / CHECKSUMS_FILE_NAME
-  if not auto.exists():
+  # A symlink to a list that is gone (a disk not mounted) is an error, not
+  # a build without checks.
+  if not (os.path.islink(os.fspath(auto)) or auto.exists()):
     return None
   return Checklist(os.fspath(auto), read_checksums(auto))
 
