@@ -90,7 +90,27 @@ def test_checksums_manual_tar_is_named_not_moved(tmp_path):
   out = sources.materialize(
       found[:1], download_dir=tmp_path / 'dl',
       options=FAST.replace(checksums=os.fspath(sums)))
-  assert out == found[:1]
+  assert [dataclasses.replace(s, checked=None) for s in out] == found[:1]
+  # It is read only as the file that matched: another one renamed into its
+  # place (rsync, cp, a download tool finishing), or the same one written
+  # since, is refused at every open.
+  path = m / 'sa_000000.tar'
+  assert out[0].checked == local.identity(path.stat())
+  r = out[0].open_random()
+  assert r.read_at(0, 512) == TAR0[:512]
+  r.close()
+  (m / 'new').write_bytes(TAR0[:-1] + b'x')
+  os.replace(m / 'new', path)
+  for open_ in (out[0].open_random, out[0].open_sequential):
+    with pytest.raises(errors.SourceError) as e:
+      open_()
+    assert str(e.value) == (
+        f'sa_000000.tar: {path} changed after it was checked against its'
+        ' checksum (replaced or written since); run again to check it again')
+  # Run again: checked again, and refused for what it now is.
+  with pytest.raises(errors.ChecksumError, match='sa_000000.tar'):
+    sources.materialize(found[:1], download_dir=tmp_path / 'dl',
+                        options=FAST.replace(checksums=os.fspath(sums)))
 
 
 def test_preflight_numbers(tmp_path):

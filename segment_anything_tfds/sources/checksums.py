@@ -404,11 +404,6 @@ def mark_verified(path: str, expected: Expected) -> bool:
   return write_marker(path, _marker_text(os.stat(path), expected))
 
 
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-  return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
-      b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns)
-
-
 def verify(source: base.Source, expected: Expected) -> str | None:
   """None if the tar `source` has the `expected` digest; else what is wrong
   (`verify_all` of one tar)."""
@@ -416,9 +411,14 @@ def verify(source: base.Source, expected: Expected) -> str | None:
 
 
 def verify_all(items: Sequence[tuple[base.Source, Expected]],
-               workers: int = 1) -> list[str | None]:
+               workers: int = 1,
+               judged: dict[int, tuple[int, ...]] | None = None
+               ) -> list[str | None]:
   """For each (tar, expected digest): None if it matches, else what is
-  wrong; `workers` threads hash at once.
+  wrong; `workers` threads hash at once. `judged`, if given, gets i ->
+  the `local.identity` of the file each local tar items[i] was judged by
+  (hashed, or believed from its marker): a later read that opens another
+  file, or this one written since, can tell (`LocalTar.checked`).
 
   A local tar is hashed once: its verdict is kept in a marker next to it
   (`mark_verified`), believed while the tar's path, size and mtime are
@@ -433,9 +433,14 @@ def verify_all(items: Sequence[tuple[base.Source, Expected]],
     SourceError: a tar cannot be opened or read (naming it).
   """
   results: list[str | None] = [None] * len(items)
-  todo = [i for i, (source, expected) in enumerate(items)
-          if not (isinstance(source, local.LocalTar)
-                  and _marked(source, expected))]
+  judged = {} if judged is None else judged
+  todo = []
+  for i, (source, expected) in enumerate(items):
+    if isinstance(source, local.LocalTar) and (
+        marked := _marked(source, expected)) is not None:
+      judged[i] = marked
+    else:
+      todo.append(i)
   # The file each local tar was hashed from, as opened (`fstat`): its
   # marker describes that file, whatever the path names before or after.
   opened: dict[int, os.stat_result] = {}
@@ -460,15 +465,21 @@ def verify_all(items: Sequence[tuple[base.Source, Expected]],
   for i in todo:
     source, expected = items[i]
     results[i] = expected.problem(got[i])
-    if results[i] is None and i in opened:
-      _mark_if_unchanged(source.location, opened[i], expected)
+    if i in opened:
+      judged[i] = local.identity(opened[i])
+      if results[i] is None:
+        _mark_if_unchanged(source.location, opened[i], expected)
   return results
 
 
-def _marked(source: local.LocalTar, expected: Expected) -> bool:
-  """Whether the local tar's marker says it has `expected` as it is now."""
+def _marked(source: local.LocalTar,
+            expected: Expected) -> tuple[int, ...] | None:
+  """The local tar's `identity` if its marker says it has `expected` as it
+  is now, else None."""
   now = local.stat_tar(source.location, source.name)
-  return _read_marker(source.location) == _marker_text(now, expected)
+  if _read_marker(source.location) == _marker_text(now, expected):
+    return local.identity(now)
+  return None
 
 
 def _mark_if_unchanged(path: str, hashed: os.stat_result,
@@ -480,7 +491,7 @@ def _mark_if_unchanged(path: str, hashed: os.stat_result,
     now = os.stat(path)
   except OSError:
     return
-  if _same_file(hashed, now):
+  if local.identity(hashed) == local.identity(now):
     write_marker(path, _marker_text(hashed, expected))
 
 

@@ -87,11 +87,20 @@ def _cannot_open(name: str, path: str, e: OSError) -> errors.SourceError:
   return errors.SourceError(f'{name}: cannot open {path}: {e.strerror}')
 
 
-def open_tar(path: str, name: str) -> int:
+def identity(st: os.stat_result) -> tuple[int, ...]:
+  """What tells one file, as it was, from another or from itself written
+  since: device, inode, size, mtime and ctime."""
+  return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def open_tar(path: str, name: str,
+             checked: tuple[int, ...] | None = None) -> int:
   """A read-only fd of the regular file `path` (symlinks followed).
 
   A FIFO or device is refused before it is opened (and once opened,
-  without blocking, checked again).
+  without blocking, checked again). With `checked` (the `identity` of the
+  file that matched its checksum), a file that is not that one any more
+  is refused: replaced, or written, since it was checked.
   """
   st = stat_tar(path, name)
   try:
@@ -100,9 +109,14 @@ def open_tar(path: str, name: str) -> int:
     raise _cannot_open(name, path, e) from None
   if fd is not None:
     st = os.fstat(fd)
-    if stat.S_ISREG(st.st_mode):
+    if stat.S_ISREG(st.st_mode) and checked in (None, identity(st)):
       return fd
     os.close(fd)
+    if stat.S_ISREG(st.st_mode):
+      raise errors.SourceError(
+          f'{name}: {path} changed after it was checked against its'
+          ' checksum (replaced or written since); run again to check it'
+          ' again')
   raise errors.SourceError(
       f'{name}: {path} is a {file_kind(st.st_mode)}, not a regular file; it'
       ' is never read')
@@ -166,11 +180,14 @@ class LocalTar(base.TarSource):
     location: its path (a symlink is followed: the user put it there).
     downloaded: a tar in the download cache (`disk_mode='delete'` removes
       it after a successful build).
+    checked: the `identity` of the file that matched its checksum, or
+      None (not checked): every read opens that file or fails.
   """
 
   name: str
   location: str
   downloaded: bool = False
+  checked: tuple[int, ...] | None = None
 
   remote = False
 
@@ -182,10 +199,11 @@ class LocalTar(base.TarSource):
           f'{self.name}: cannot open {self.location}: {e.strerror}') from None
 
   def open_random(self) -> base.RandomReader:
-    return _PreadReader(open_tar(self.location, self.name))
+    return _PreadReader(open_tar(self.location, self.name, self.checked))
 
   def open_sequential(self, start: int = 0) -> base.SequentialReader:
-    return _BufferedSequential(open_tar(self.location, self.name), start)
+    return _BufferedSequential(
+        open_tar(self.location, self.name, self.checked), start)
 
 
 @dataclasses.dataclass(frozen=True)

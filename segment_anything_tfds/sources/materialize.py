@@ -79,14 +79,17 @@ class Materialized:
 
 
 def _verify_local(sources: Sequence[Source], listed: checksums.Checklist
-                  ) -> dict[str, str]:
+                  ) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
   """Hashes the local tars (markers skip unchanged ones), one thread per
-  core; name -> what is wrong, for those that do not match."""
+  core. Returns name -> what is wrong, for those that do not match, and
+  name -> the `local.identity` of the file each was judged by."""
   todo = [(s, e) for s in sources
           if isinstance(s, local.LocalTar)
           and (e := listed.expected(s.name)) is not None]
-  problems = checksums.verify_all(todo, machine.cores())
-  return {s.name: p for (s, _), p in zip(todo, problems) if p is not None}
+  judged: dict[int, tuple[int, ...]] = {}
+  problems = checksums.verify_all(todo, machine.cores(), judged)
+  return ({s.name: p for (s, _), p in zip(todo, problems) if p is not None},
+          {todo[i][0].name: f for i, f in judged.items()})
 
 
 def _mismatch(s: Source, problem: str) -> str:
@@ -108,8 +111,8 @@ def _check_list(sources: Sequence[Source], listed: checksums.Checklist
     The sources to read, and name -> why, for the tars that do not match.
   """
   by_name = {s.name: s for s in sources}
-  problems = {n: _mismatch(by_name[n], p) for n, p in _verify_local(
-      sources, listed).items()}
+  wrong, judged = _verify_local(sources, listed)
+  problems = {n: _mismatch(by_name[n], p) for n, p in wrong.items()}
   out, unlisted, folders, streamed = [], [], [], 0
   for s in sources:
     expected = listed.expected(s.name)
@@ -120,6 +123,8 @@ def _check_list(sources: Sequence[Source], listed: checksums.Checklist
     elif s.remote:
       s = dataclasses.replace(s, checksum=expected)
       streamed += 1
+    elif s.name in judged:  # Every read is of the file that matched.
+      s = dataclasses.replace(s, checked=judged[s.name])
     out.append(s)
   if streamed:
     _LOG.info('%d remote tars are checked against %s as the build reads'
