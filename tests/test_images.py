@@ -1073,6 +1073,15 @@ def test_hostile_index_files_are_one_line_errors(tmp_path, capsys):
                          ' image_id and tar columns take '), line
   assert 'over 1 MiB: not read' in line, line
   assert (tmp_path / 'huge.parquet').stat().st_size < 100_000  # Compressed.
+  # More rows than SA-1B has images: refused from the footer (a few kB of
+  # parquet can say millions of rows, each read and checked). Shown with a
+  # cap of 50 k rows instead of 12 M.
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(image_index, 'MAX_ROWS', 50_000)
+    _, line = _one_error(capsys, '--from', tmp_path / 'good.parquet',
+                         '--images', listed)
+  assert line == (f'{tmp_path}/good.parquet: 100000 rows, over 50000: not an'
+                  ' SA-1B index (11.2 M images); not read'), line
   row = b'{"image_id": 1, "tar": "sa_000000.tar"}'
   files = {
       'deep.jsonl': (row + b'\n' + b'[' * 100_000 + b']' * 100_000 + b'\n',

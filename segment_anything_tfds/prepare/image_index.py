@@ -22,8 +22,9 @@ a name that is not UTF-8 is written with U+FFFD in place of its bad bytes).
 An index file read (`read_pairs`, e.g. one shared by others) is input: a
 local one must be a regular file (checked before a read: no FIFO that
 blocks, no /dev/zero), a `.jsonl` line is at most `MAX_LINE_BYTES`, a
-`.parquet` row group's two columns read at most `MAX_GROUP_BYTES` (by its
-footer, checked before the read), and anything that cannot be read or is
+`.parquet` row group's two columns read at most `MAX_GROUP_BYTES` and a
+`.parquet` file holds at most `MAX_ROWS` rows (by its footer, checked
+before the read), and anything that cannot be read or is
 no row is one line naming the file and the line, row or row group, values
 cut (`image_list.shown`).
 """
@@ -55,6 +56,10 @@ MAX_LINE_BYTES = 1 << 20
 # this once read is refused before it is read (parquet reads a row group's
 # column whole). This package writes one row group per tar: about 0.2 MB.
 MAX_GROUP_BYTES = 256 << 20
+# A .parquet index of more rows than this is refused by its footer: SA-1B
+# has 11.2 M images, and a few bytes of parquet can say many millions of
+# rows (each one read and checked).
+MAX_ROWS = 12_000_000
 
 
 def index_format(path: str) -> str:
@@ -260,6 +265,10 @@ def _parquet_pairs(f, path: str) -> Iterator[tuple[int, int]]:
     if not {'image_id', 'tar'} <= columns:
       raise _bad(path, None, 'not an image index: no image_id and tar'
                  f' columns (it has {", ".join(sorted(columns)[:8])})')
+    if table.metadata.num_rows > MAX_ROWS:
+      raise _bad(path, None, f'{table.metadata.num_rows} rows, over'
+                 f' {MAX_ROWS}: not an SA-1B index (11.2 M images); not'
+                 ' read')
     first = 0
     for group in range(groups):
       _check_group_size(table.metadata, group, path)
