@@ -552,6 +552,28 @@ def test_none_checks_nothing_even_with_a_list_in_manual_dir(tmp_path):
   assert out == offered
 
 
+def test_a_tar_that_cannot_be_quarantined_is_named_with_why(tmp_path):
+  tar = tmp_path / 'sa_000001.tar'
+  tar.write_bytes(b'x' * 1024)
+  qdir = tmp_path / checksums.QUARANTINE_SUBDIR
+  qdir.write_text('a file, not a folder\n')
+  with pytest.raises(errors.ChecksumError) as e:
+    checksums.quarantine(os.fspath(tar), why='md5 is 1, the list says 2')
+  assert str(e.value) == (
+      f'sa_000001.tar: md5 is 1, the list says 2; it cannot be moved to'
+      f' {qdir} (File exists): move or remove {tar} yourself')
+  assert tar.read_bytes() == b'x' * 1024
+  # A marker that is not a file (never believed) does not stop the move.
+  qdir.unlink()
+  (tmp_path / ('sa_000001.tar' + checksums.VERIFIED_SUFFIX)).mkdir()
+  assert checksums.quarantine(os.fspath(tar), 'sa_000009.tar', why='-') == (
+      os.fspath(qdir / 'sa_000009.tar'))
+  assert not tar.exists()
+  # Gone already (another process moved it first): the caller is told.
+  with pytest.raises(FileNotFoundError):
+    checksums.quarantine(os.fspath(tar), why='-')
+
+
 @pytest.mark.integration
 def test_lenient_leaves_out_the_tars_that_do_not_match(server, tmp_path):
   manual = _links_dir(tmp_path, server)

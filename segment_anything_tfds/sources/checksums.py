@@ -511,17 +511,33 @@ def _unreadable(source: local.LocalTar, e: OSError) -> errors.SourceError:
                             f' {e.strerror or e}')
 
 
-def quarantine(path: str, name: str | None = None) -> str:
+def quarantine(path: str, name: str | None = None, *, why: str) -> str:
   """Moves a bad tar aside into `quarantine/` next to it, as `name` (its
-  own name by default); returns where."""
+  own name by default); returns where.
+
+  Raises:
+    FileNotFoundError: `path` is gone (another process moved it first).
+    ChecksumError: it cannot be moved: names the tar, `why` it was being
+      moved and what stopped it.
+  """
   qdir = os.path.join(os.path.dirname(path), QUARANTINE_SUBDIR)
-  os.makedirs(qdir, exist_ok=True)
   dest = os.path.join(qdir, name or os.path.basename(path))
-  if os.path.lexists(dest):
-    dest += f'.{time.time_ns()}'
-  os.replace(path, dest)
   try:
-    os.remove(path + VERIFIED_SUFFIX)
-  except FileNotFoundError:
-    pass
-  return dest
+    os.makedirs(qdir, exist_ok=True)
+    if os.path.lexists(dest):
+      dest += f'.{time.time_ns()}'
+    os.replace(path, dest)
+  except OSError as e:
+    if isinstance(e, FileNotFoundError) and not os.path.lexists(path):
+      raise
+    stopped = e
+  else:
+    try:
+      os.remove(path + VERIFIED_SUFFIX)
+    except OSError:
+      pass  # None there; or not a file, and never believed (`_read_marker`).
+    return dest
+  raise ChecksumError(
+      f'{name or os.path.basename(path)}: {why}; it cannot be moved to'
+      f' {qdir} ({stopped.strerror or stopped}): move or remove {path}'
+      ' yourself') from None

@@ -302,7 +302,7 @@ def cached_tar(path: str) -> bool:
   if problem is None:
     return True
   try:
-    where = checksums.quarantine(path)
+    where = checksums.quarantine(path, why=f'the cached tar is {problem}')
   except FileNotFoundError:  # Another process moved it first.
     return False
   _LOG.warning('%s: the cached tar is %s; moved it to quarantine (%s)'
@@ -612,8 +612,9 @@ def _check_digest(t: _Transfer, name: str) -> None:
   problem = t.expected.problem(t.hasher.hexdigest())
   if problem is None:
     return
-  where = checksums.quarantine(t.part, name)
   t.hasher, t.hashed = None, 0
+  where = checksums.quarantine(t.part, name,
+                               why=f"the download's {problem}")
   raise ChecksumError(f'{t.what}: the download\'s {problem}; moved to'
                       f' {where} (the next run downloads it again)')
 

@@ -95,7 +95,7 @@ def _verify_local(sources: Sequence[Source], listed: checksums.Checklist
 def _mismatch(s: Source, problem: str) -> str:
   """A tar that does not match, where it is now (quarantine or left)."""
   if s.downloaded:
-    where = checksums.quarantine(s.location)
+    where = checksums.quarantine(s.location, why=problem)
     return (f'{s.name}: {problem}; moved to {where} (the next run downloads'
             ' it again)')
   return (f'{s.name} ({s.where}): {problem}; not used (your file is left'
