@@ -102,6 +102,75 @@ def test_reuse_warns_when_manual_dir_offers_other_tars(tmp_path, caplog):
       'audit']['tars'] == ['sa_000000.tar', 'sa_000001.tar', 'sa_000002.tar']
 
 
+def test_reuse_warns_of_a_checksum_list_the_data_was_not_built_against(
+    tmp_path, caplog):
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  shutil.copy(DUMMY_DATA / 'sa_000001.tar', manual / 'sa_000001.tar')
+  md5 = hashlib.md5((manual / 'sa_000001.tar').read_bytes()).hexdigest()
+  sums = tmp_path / 'sums.md5'
+  sums.write_text(f'{md5}  sa_000001.tar\n')
+
+  def build(checksums):
+    caplog.clear()
+    builder = tfds.builder('segment_anything', config='first_1',
+                           data_dir=tmp_path / 'd',
+                           download_options={'checksums': checksums},
+                           allow_partial=True)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual))
+    return builder, [r.getMessage() for r in caplog.records
+                     if 'not checked against' in r.getMessage()]
+
+  builder, said = build('none')
+  assert json.loads((builder.data_path / 'metadata.json').read_text())[
+      'build']['checksums'] == {'list': 'none'}
+  builder, said = build(os.fspath(sums))
+  assert builder.reused and said == [
+      'Already prepared segment_anything/first_1/2.0.0 (built without a'
+      f' checksum list); its tars were not checked against {sums}. The'
+      ' prepared data is used as it is; rebuild it with --overwrite'
+      ' (download_mode=REUSE_CACHE_IF_EXISTS) to check them.']
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=manual,
+      download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
+  listed = json.loads((builder.data_path / 'metadata.json').read_text())[
+      'build']['checksums']
+  assert listed['list'] == os.fspath(sums)
+  # The same digests in another file, in another order: the same list.
+  (tmp_path / 'copy.md5').write_text(f'\n{md5}  sa_000001.tar\n')
+  builder, said = build(os.fspath(tmp_path / 'copy.md5'))
+  assert builder.reused and said == []
+
+
+def test_a_capped_build_is_recorded_and_warned_on_reuse_and_load(tmp_path,
+                                                                  caplog):
+  def build():
+    builder = tfds.builder('segment_anything', config='all',
+                           data_dir=tmp_path)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=DUMMY_DATA, max_examples_per_split=2))
+    return builder
+
+  builder = build()
+  meta = json.loads((builder.data_path / 'metadata.json').read_text())
+  assert meta['build']['max_examples'] == 2
+  assert builder.info.splits['train'].num_examples == 2
+  for again in (lambda: build(),  # Reused, as TFDS does, but said.
+                lambda: tfds.builder('segment_anything', config='all',
+                                     data_dir=tmp_path).as_dataset(
+                                         split='train')):
+    caplog.clear()
+    again()
+    assert [r.getMessage() for r in caplog.records
+            if 'max_examples' in r.getMessage()] == [
+                'segment_anything/all/2.0.0 was built with'
+                ' max_examples_per_split=2: it holds at most 2 images, not'
+                ' every image of config all']
+
+
 def test_stale_incomplete_dirs_are_removed(tmp_path):
   """Builds take turns, so the next one removes every incomplete dir of its
   version, whatever its age, with older releases' lock files."""

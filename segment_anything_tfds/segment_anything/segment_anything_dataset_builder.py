@@ -27,6 +27,7 @@ from segment_anything_tfds.prepare import plan
 from segment_anything_tfds.prepare import rules
 from segment_anything_tfds.sources import links as links_lib
 from segment_anything_tfds.sources import base
+from segment_anything_tfds.sources import checksums
 from segment_anything_tfds.sources import hub
 from segment_anything_tfds.sources import manual_dir as shards_lib
 from segment_anything_tfds.sources import materialize as sources
@@ -133,7 +134,9 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
     self._workers = workers
     self._progress = progress
     self._allow_partial = allow_partial
-    self._shards = None  # Set by _download_and_prepare.
+    self._shards = None  # Set by _download_and_prepare, with:
+    self._checked = None  # `checksums.record` of the tars' list, and
+    self._max_examples = None  # the cap on the images written.
     self._reused = False
 
   def _split_generators(self, dl_manager):
@@ -202,6 +205,8 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
         self.info.read_from_directory(self.data_path)
         self._check_list()
         self._check_reuse(config.manual_dir)
+        self._check_checksums(config.manual_dir)
+        self._warn_partial()
       else:
         incomplete.remove_stale(self.data_dir)
       result = super().download_and_prepare(
@@ -240,6 +245,29 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
           f'{"; " if added else ""}not offered now: {", ".join(gone[:5])}'
           if gone else '')
 
+  def _check_checksums(self, manual_dir) -> None:
+    """Warns when a checksum list is asked for that the prepared data was
+    not built against (its tars were not checked with it)."""
+    try:
+      listed = checksums.checklist(self._download_options.checksums,
+                                   manual_dir)
+    except errors.Error as e:
+      _LOG.warning('%s is prepared; its tars cannot be compared with the'
+                   ' checksum list asked for (%s)', self.info.full_name, e)
+      return
+    if listed is None:
+      return
+    built = (self.info.metadata or {}).get('build', {}).get('checksums')
+    if (built or {}).get('sha256') != listed.sha256():
+      was = (f'against {built["list"]}' if built and 'sha256' in built else
+             'without a checksum list' if built else
+             'without a record of its checksums')
+      _LOG.warning(
+          'Already prepared %s %s; its tars were not checked against %s.'
+          ' The prepared data is used as it is; rebuild it with --overwrite'
+          ' (download_mode=REUSE_CACHE_IF_EXISTS) to check them.',
+          self.info.full_name, f'(built {was})', listed.short or listed.source)
+
   def _check_list(self) -> None:
     """Refuses prepared data whose image list is not this config's.
 
@@ -260,6 +288,12 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
 
   def _warn_partial(self) -> None:
     metadata = self.info.metadata or {}
+    cap = metadata.get('build', {}).get('max_examples')
+    if cap is not None:
+      _LOG.warning(
+          '%s was built with max_examples_per_split=%d: it holds at most %d'
+          ' images, not every image of config %s', self.info.full_name, cap,
+          cap, self.builder_config.name)
     partial = metadata.get('build', {}).get('partial')
     if partial:
       _LOG.warning(
@@ -305,6 +339,8 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
     ready = self._find_shards(manual_dir, dl_manager.download_dir,
                               lenient=config.lenient)
     self._shards = ready.sources
+    self._checked = ready.checked
+    self._max_examples = download_config.max_examples_per_split
     left_out = [rules.skip_record(e, kind='tar') for e in ready.skipped]
     if not self._shards:
       raise errors.SourceError(rules.nothing_to_write(left_out,
@@ -332,6 +368,9 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
       if key in metadata:
         del metadata[key]
     metadata['build'] = result.metadata()
+    metadata['build']['checksums'] = self._checked
+    if self._max_examples is not None:
+      metadata['build']['max_examples'] = self._max_examples
     if result.audit:
       metadata['audit'] = rules.summarize(result.audit)
     if self.builder_config.images is not None:

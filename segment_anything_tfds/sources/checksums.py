@@ -114,6 +114,21 @@ class Checklist:
     return None if entry is None else Expected(*entry,
                                                self.short or self.source)
 
+  def sha256(self) -> str:
+    """What the list says, hashed: the same for the same digests, in any
+    order or file."""
+    text = ''.join(f'{digest}  {name}\n'
+                   for name, (_, digest) in sorted(self.sums.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def record(listed: Checklist | None) -> dict[str, str]:
+  """How a build's tars were checked, for its metadata: the list (named as
+  a mismatch names it) and its `sha256`, or `{'list': 'none'}`."""
+  if listed is None:
+    return {'list': NONE}
+  return {'list': listed.short or listed.source, 'sha256': listed.sha256()}
+
 
 # ------------------------------------------------------------- lists
 

@@ -71,11 +71,14 @@ class Materialized:
       per tar left out because it does not match its checksum; the builder
       audits each as a skipped tar. Always empty in a strict build, which
       raises instead.
+    checked: `checksums.record` of the list the tars were checked against.
   """
 
   sources: list[Source]
   skipped: list[errors.BadInputError] = dataclasses.field(
       default_factory=list)
+  checked: dict[str, str] = dataclasses.field(
+      default_factory=lambda: checksums.record(None))
 
 
 def _verify_local(sources: Sequence[Source], listed: checksums.Checklist
@@ -279,7 +282,7 @@ def _left_out(out: list[Source], problems: dict[str, str],
   """The sources without the tars that do not match: raised (strict) or
   left out and returned as skipped (lenient)."""
   if not problems:
-    return Materialized(out)
+    return Materialized(out, checked=checksums.record(listed))
   if not lenient:
     raise errors.ChecksumError(
         f'{len(problems)} tars do not match {listed.source}:\n  '
@@ -289,7 +292,7 @@ def _left_out(out: list[Source], problems: dict[str, str],
   return Materialized(
       [s for s in out if s.name not in problems],
       [errors.BadInputError(errors.CHECKSUM_MISMATCH, n, '-', problems[n])
-       for n in sorted(problems)])
+       for n in sorted(problems)], checksums.record(listed))
 
 
 def materialize(
