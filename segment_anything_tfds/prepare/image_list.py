@@ -438,9 +438,9 @@ def read_file(path: os.PathLike | str) -> np.ndarray:
 def _listed_size(uri: str) -> int | None:
   """The size a bucket lists for the object `uri`, or None if it says none
   (its read then says what is wrong)."""
-  from segment_anything_tfds.sources import bucket  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.sources import paths  # pylint: disable=g-import-not-at-top
   try:
-    size = bucket.stat(uri).get('size')
+    size = paths.size_of(uri)
   except Exception:  # pylint: disable=broad-except
     return None  # Its filesystem's own errors too.
   return size if isinstance(size, int) and size >= 0 else None
