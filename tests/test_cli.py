@@ -420,6 +420,23 @@ def test_stats_not_prepared_exit_1(tmp_path, capsys):
   assert 'Traceback' not in err
 
 
+def test_stats_json_never_holds_nan_or_infinity(tmp_path):
+  """JSON has no NaN nor Infinity: a summary holding one (an infinite
+  score makes the mean NaN) is refused in one line, and nothing is
+  written."""
+  from segment_anything_tfds.tools import stats as stats_lib
+  acc = stats_lib.Accumulator()
+  acc.predicted_iou.add(np.array([0.5, np.inf]))
+  acc.predicted_iou.add(np.array([-np.inf]))
+  path = tmp_path / 'stats.json'
+  with pytest.raises(errors.BadRecordError) as e:
+    acc.write_json(path)
+  assert str(e.value) == (
+      f'{path}: the statistics hold predicted_iou.mean nan, not finite (NaN'
+      ' or infinity), which JSON cannot hold; not written')
+  assert not path.exists()
+
+
 def test_stats_figure_panels():
   from matplotlib import collections as mcollections
   from segment_anything_tfds.tools import stats as stats_lib

@@ -276,3 +276,65 @@ def test_lone_surrogate_counts_are_bad_rle_without_orjson(rle_checker,
   assert str(e.value) == (
       'sa_000000.tar:sa_7.json: annotations[1].segmentation.counts has the'
       """ character 'U+D800 (non-ASCII)' outside "0".."o" [bad_rle]""")
+
+
+# Float32's largest value plus half its last step: rounds to infinity.
+_F32_INF_FROM = 2.0**128 - 2.0**103
+_F32_LARGEST_FINITE_FROM = float(np.nextafter(_F32_INF_FROM, 0))
+
+
+@pytest.mark.parametrize('field,value,detail', [
+    ('predicted_iou', 1e300, 'annotations[1].predicted_iou 1e+300 is infinite'
+     ' as float32, the type the dataset stores it in (largest:'
+     ' 3.4028235e38)'),
+    ('stability_score', -1e39, 'annotations[1].stability_score -1e+39 is'
+     ' infinite as float32, the type the dataset stores it in (largest:'
+     ' 3.4028235e38)'),
+    ('point_coords', [[1e39, 1e39]], 'annotations[1].point_coords 1e+39 is'
+     ' infinite as float32, the type the dataset stores it in (largest:'
+     ' 3.4028235e38)'),
+    ('predicted_iou', _F32_INF_FROM, 'annotations[1].predicted_iou'
+     ' 3.4028235677973366e+38 is infinite as float32, the type the dataset'
+     ' stores it in (largest: 3.4028235e38)'),
+    # What `json` (no orjson) parses: NaN, Infinity, integers past float64.
+    ('point_coords', [[1, float('nan')]], 'annotations[1].point_coords must'
+     ' be a finite number, got nan'),
+    ('stability_score', float('inf'), 'annotations[1].stability_score must'
+     ' be a finite number, got inf'),
+    ('predicted_iou', 10**400, 'annotations[1].predicted_iou must be a'
+     ' finite number, got 1000000000000000000000000000000000000000...(401'
+     ' digits)'),
+    ('bbox', [10**400, 0, 1, 1], 'annotations[1].bbox must be a finite'
+     ' number, got 1000000000000000000000000000000000000000...(401 digits)'),
+], ids=['iou', 'stability', 'point', 'iou_at_limit', 'nan', 'inf',
+        'iou_past_float64', 'bbox_past_float64'])
+def test_numbers_infinite_in_float32_are_bad_values(field, value, detail):
+  """The dataset stores IoU, stability and points as float32: a number
+  that is infinite there (or NaN, or past float64) is refused, naming the
+  tar, the member and the field, by both column paths alike."""
+  jpg, record = _record()
+  record['annotations'][1][field] = value
+  with pytest.raises(errors.BadInputError) as e:
+    examples.make_example(jpg, record, stem='sa_7',
+                          where=('sa_000004.tar', 'sa_7.json'))
+  assert str(e.value) == f'sa_000004.tar:sa_7.json: {detail} [bad_value]'
+  assert e.value.reason == errors.BAD_VALUE
+  assert examples._fast_columns(record['annotations'], height=20,
+                                width=30) is None
+
+
+def test_the_largest_number_finite_in_float32_is_kept_by_both_paths():
+  jpg, record = _record()
+  ann = record['annotations'][2]
+  ann['predicted_iou'] = _F32_LARGEST_FINITE_FROM
+  ann['stability_score'] = -_F32_LARGEST_FINITE_FROM
+  ann['point_coords'] = [[_F32_LARGEST_FINITE_FROM, 2**127]]
+  fast = examples._fast_columns(record['annotations'], height=20, width=30)
+  checked = examples._checked_columns(record['annotations'], height=20,
+                                      width=30, where=('t.tar', 'sa_7.json'))
+  for a, b in zip(fast, checked):
+    np.testing.assert_array_equal(a, b)
+  _, ex = examples.make_example(jpg, record, stem='sa_7', where=('t.tar', 'w'))
+  stored = np.float32(ex['annotations']['predicted_iou'][2])
+  assert stored == np.finfo(np.float32).max
+  assert np.float32(ex['annotations']['stability_score'][2]) == -stored

@@ -522,6 +522,23 @@ def test_non_ascii_counts_are_refused_not_a_traceback(tmp_path):
     export.export([example], 'coco', tmp_path / 'o')
 
 
+def test_json_never_holds_nan_or_infinity():
+  """JSON has no NaN nor Infinity (Python writes them, strict readers
+  refuse them): a record holding one is refused naming the image and
+  where."""
+  record = {'image': {'image_id': 5}, 'annotations': [
+      {'predicted_iou': 0.5, 'point_coords': [[1.0, 2.0]]},
+      {'predicted_iou': 0.5, 'point_coords': [[1.0, float('-inf')]]}]}
+  with pytest.raises(errors.BadRecordError) as e:
+    export._json_bytes(record, image_id=5)
+  assert str(e.value) == (
+      'image_id 5: annotations[1].point_coords[0][1] -inf is not finite'
+      ' (NaN or infinity), which JSON cannot hold')
+  with pytest.raises(errors.BadRecordError, match=r'^\[2\] nan is not'):
+    export._json_bytes([0.0, 1.0, float('nan')])
+  assert export._json_bytes([0.25, {'a': 1}]) == b'[0.25,{"a":1}]'
+
+
 def test_a_symlinked_images_dir_is_not_written_through(tmp_path, victim):
   out = tmp_path / 'coco'
   out.mkdir()

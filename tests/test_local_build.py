@@ -377,3 +377,67 @@ def test_a_worker_imports_neither_tensorflow_nor_tfds(tmp_path):
                        env=worker_env())
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'HEAVY []' in out.stdout, out.stdout
+
+
+def _beam_build(tmp_path, manual, *, lenient):
+  """The Beam engine on the same input: its audit records."""
+  from segment_anything_tfds.prepare import beam as beam_engine  # pylint: disable=g-import-not-at-top
+  from segment_anything_tfds.prepare import runners  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'beam'
+  out.mkdir()
+  shards = list(shards_lib.find_shards(manual).shards.values())
+  return beam_engine.build(
+      shards, plan.Output(os.fspath(out), 'segment_anything', 'train'),
+      lenient=lenient, hold_bytes=1 << 20,
+      runner=runners.local_runner()).audit
+
+
+def _bad_numbers_manual_dir(tmp_path):
+  """One tar: images 5 and 6 with numbers infinite in float32, 7 clean."""
+  rng = np.random.default_rng(4)
+  entries = []
+  for image_id, field, value in ((5, 'predicted_iou', 1e300),
+                                 (6, 'point_coords', [[1e39, 1e39]]),
+                                 (7, None, None)):
+    jpg, js = fake_data.image_record(rng, image_id, height=20, width=30,
+                                     num_masks=2)
+    record = json.loads(js)
+    if field:
+      record['annotations'][1][field] = value
+    entries.append((image_id, jpg, json.dumps(record).encode()))
+  manual = tmp_path / 'in'
+  manual.mkdir()
+  fake_data.write_tar(manual / 'sa_000000.tar', entries)
+  return manual
+
+
+_INFINITE_SKIPS = [
+    {'kind': 'skip', 'reason': 'bad_value', 'tar': 'sa_000000.tar',
+     'member': 'sa_5.json', 'message': 'annotations[1].predicted_iou 1e+300'
+     ' is infinite as float32, the type the dataset stores it in (largest:'
+     ' 3.4028235e38)'},
+    {'kind': 'skip', 'reason': 'bad_value', 'tar': 'sa_000000.tar',
+     'member': 'sa_6.json', 'message': 'annotations[1].point_coords 1e+39 is'
+     ' infinite as float32, the type the dataset stores it in (largest:'
+     ' 3.4028235e38)'},
+]
+
+
+def test_numbers_infinite_in_float32_are_refused_by_both_engines(tmp_path):
+  """A tar's number that float32 stores as infinity (it became `Infinity`
+  in exports and NaN in stats) is `bad_value`: strict, one line naming the
+  tar, the member and the field; lenient, an audited skip, the same from
+  the local and the Beam engine."""
+  manual = _bad_numbers_manual_dir(tmp_path)
+  with pytest.raises(errors.BadInputError) as e:
+    _build(tmp_path, manual, workers=1, name='strict')
+  assert str(e.value) == (
+      'sa_000000.tar:sa_5.json: ' + _INFINITE_SKIPS[0]['message']
+      + ' [bad_value]')
+  result, files, records = _build(tmp_path, manual, workers=1, lenient=True)
+  assert [i for i, _, _ in _read(files)] == [7]
+  assert [r for r in records if r['kind'] == 'skip'] == _INFINITE_SKIPS
+  beam_records = _beam_build(tmp_path, manual, lenient=True)
+  from segment_anything_tfds.prepare import rules  # pylint: disable=g-import-not-at-top
+  assert rules.audit_lines(beam_records) == rules.audit_lines(records)
+  assert result.images == 1

@@ -9,6 +9,7 @@ which names the tar, the member and what is wrong, and carries a short
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, Mapping, Sequence, Tuple
 
@@ -122,9 +123,42 @@ def _field(obj: Any, key: str, *, where: Where, what: str) -> Any:
   return obj[key]
 
 
+# The dataset stores IoUs, stability scores and points as float32 (as TFDS
+# writes float64 features). A number of this size or more rounds to
+# infinity there: float32's largest value plus half its last step (the
+# tie rounds to even, 2**128). Exact in float64.
+_FLOAT32_LIMIT = float(2**128 - 2**103)
+
+
 def _number(v: Any, *, where: Where, what: str) -> float:
+  """`v` if it is a number (not a bool) that float64 holds: not NaN, not
+  infinite, not an integer too large to convert."""
   if isinstance(v, bool) or not isinstance(v, (int, float)):
     raise bad_input(errors.BAD_VALUE, where, f'{what} must be a number, got {v!r:.80}')
+  try:
+    finite = math.isfinite(v)
+  except OverflowError:  # An int past float64's range (parsed without orjson).
+    finite = False
+  if not finite:
+    raise bad_input(errors.BAD_VALUE, where,
+                    f'{what} must be a finite number, got {_shown_number(v)}')
+  return v
+
+
+def _shown_number(v: Any) -> str:
+  """A number for a message: an integer's digits cut to 80."""
+  text = repr(v)
+  return text if len(text) <= 80 else f'{text[:40]}...({len(text)} digits)'
+
+
+def _float32(v: Any, *, where: Where, what: str) -> float:
+  """`_number`, and finite once stored as float32 (|v| below 3.4e38)."""
+  v = _number(v, where=where, what=what)
+  if not -_FLOAT32_LIMIT < float(v) < _FLOAT32_LIMIT:
+    raise bad_input(
+        errors.BAD_VALUE, where,
+        f'{what} {_shown_number(v)} is infinite as float32, the type the'
+        ' dataset stores it in (largest: 3.4028235e38)')
   return v
 
 
@@ -136,12 +170,14 @@ def _int(v: Any, *, where: Where, what: str) -> int:
   return v
 
 
-def _numbers(v: Any, n: int, *, where: Where, what: str) -> list[float]:
+def _numbers(v: Any, n: int, *, where: Where, what: str,
+             check=_number) -> list[float]:
+  """`n` numbers, each passed through `check` (`_number`, `_float32`)."""
   if not isinstance(v, (list, tuple)) or len(v) != n:
     raise bad_input(
         errors.BAD_VALUE, where, f'{what} must have {n} numbers, got {v!r:.80}'
     )
-  return [_number(x, where=where, what=what) for x in v]
+  return [check(x, where=where, what=what) for x in v]
 
 
 def normalize_box(
@@ -181,8 +217,9 @@ def _checked_columns(
     get = lambda k, ann=ann, what=what: _field(ann, k, where=where, what=what)
     ids[i] = _int(get('id'), where=where, what=f'{what}.id')
     area[i] = _int(get('area'), where=where, what=f'{what}.area')
-    iou[i] = _number(get('predicted_iou'), where=where, what=f'{what}.predicted_iou')
-    stability[i] = _number(
+    iou[i] = _float32(get('predicted_iou'), where=where,
+                      what=f'{what}.predicted_iou')
+    stability[i] = _float32(
         get('stability_score'), where=where, what=f'{what}.stability_score')
     point = get('point_coords')
     if not isinstance(point, list) or len(point) != 1:
@@ -190,7 +227,8 @@ def _checked_columns(
           errors.BAD_VALUE, where,
           f'{what}.point_coords must be [[x, y]], got {point!r:.80}',
       )
-    points[i, 0] = _numbers(point[0], 2, where=where, what=f'{what}.point_coords')
+    points[i, 0] = _numbers(point[0], 2, where=where,
+                            what=f'{what}.point_coords', check=_float32)
     bbox[i] = normalize_box(
         _numbers(get('bbox'), 4, where=where, what=f'{what}.bbox'),
         height=height, width=width, where=where, what=f'{what}.bbox')
@@ -230,8 +268,9 @@ def _fast_columns(
 
   The common case, checked with few calls per annotation: exact types
   (`int`, `float`, `list`, `dict`, `str`), the same box arithmetic and range
-  checks as `normalize_box`. Anything unusual (a bool, a tuple, a missing
-  key, a box out of range) returns None, and `_checked_columns` then accepts
+  checks as `normalize_box`, and the float32 fields finite as `_float32`
+  asks (one vector check per field). Anything unusual (a bool, a tuple, a
+  missing key, a box out of range, a number too large) returns None, and `_checked_columns` then accepts
   or rejects the input with its exact error. Results are equal either way.
   """
   n = len(annotations)
@@ -284,8 +323,12 @@ def _fast_columns(
       bbox += boxes[0]
       crop_box += boxes[1]
       counts.append(rle_counts)
-  except KeyError:
+    floats = [np.array(v, np.float64) for v in (points, iou, stability)]
+  except (KeyError, OverflowError):  # OverflowError: an int past float64.
     return None
+  if not all(_all_float32(v) for v in floats):
+    return None
+  points, iou, stability = floats
   sizes = np.empty((n, 2), np.uint64)
   sizes[:] = size
   return (
@@ -293,12 +336,17 @@ def _fast_columns(
       np.array(bbox, np.float32).reshape((n, 4)),
       np.array(crop_box, np.float32).reshape((n, 4)),
       np.array(ids, np.uint64).reshape((n,)),
-      np.array(points, np.float64).reshape((n, 1, 2)),
-      np.array(iou, np.float64).reshape((n,)),
+      points.reshape((n, 1, 2)),
+      iou.reshape((n,)),
       np.array(counts, dtype=object).reshape((n,)),
       sizes,
-      np.array(stability, np.float64).reshape((n,)),
+      stability.reshape((n,)),
   )
+
+
+def _all_float32(values: np.ndarray) -> bool:
+  """Whether every value is finite once stored as float32 (`_float32`)."""
+  return bool((np.abs(values) < _FLOAT32_LIMIT).all())
 
 
 # Longest count accepted, in characters: 8 * 5 = 40 bits, signed, so a run

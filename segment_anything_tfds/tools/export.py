@@ -238,9 +238,37 @@ def coco_annotation(annotation: Mapping[str, Any],
   }
 
 
-def _json_bytes(obj: Any) -> bytes:
-  """Compact ASCII JSON: no tab or newline, RLE backslashes escaped."""
-  return json.dumps(obj, separators=(',', ':')).encode('ascii')
+def _json_bytes(obj: Any, *, image_id: int | None = None) -> bytes:
+  """Compact ASCII JSON: no tab or newline, RLE backslashes escaped.
+
+  Raises:
+    BadRecordError: `obj` (of the image `image_id`) holds NaN or an
+      infinity, which JSON has no way to write; names where.
+  """
+  try:
+    return json.dumps(obj, separators=(',', ':'), allow_nan=False
+                      ).encode('ascii')
+  except ValueError:
+    of = '' if image_id is None else f'image_id {image_id}: '
+    raise errors.BadRecordError(
+        f'{of}{non_finite_path(obj) or "a number"} is not finite (NaN or'
+        ' infinity), which JSON cannot hold') from None
+
+
+def non_finite_path(obj: Any, path: str = '') -> str | None:
+  """Where in `obj` (e.g. `annotations[0].predicted_iou`) the first NaN or
+  infinite float is, with its value; None if there is none."""
+  if isinstance(obj, float):
+    return None if np.isfinite(obj) else f'{path or "the value"} {obj}'
+  items = (obj.items() if isinstance(obj, Mapping) else
+           enumerate(obj) if isinstance(obj, (list, tuple)) else ())
+  for key, value in items:
+    where = (f'{path}[{key}]' if isinstance(key, int) else
+             f'{path}.{key}' if path else str(key))
+    found = non_finite_path(value, where)
+    if found:
+      return found
+  return None
 
 
 def _jpeg(example: Mapping[str, Any]) -> bytes:
@@ -574,7 +602,8 @@ class TsvWriter(_ShardedWriter):
     """One TSV row: ``file_name \\t SA-1B json \\t base64(jpeg) \\n``."""
     record = sa1b_record(example)
     return b'\t'.join((image_file_name(example).encode('ascii'),
-                       _json_bytes(record),
+                       _json_bytes(record,
+                                   image_id=record['image']['image_id']),
                        base64.b64encode(_jpeg(example)))) + b'\n'
 
   def _add(self, example):
@@ -625,7 +654,8 @@ class WebDatasetWriter(_ShardedWriter):
     record = sa1b_record(example)
     stem = os.path.splitext(image_file_name(example))[0]
     members = ((f'{stem}.jpg', _jpeg(example)),
-               (f'{stem}.json', _json_bytes(record)))
+               (f'{stem}.json', _json_bytes(
+                   record, image_id=record['image']['image_id'])))
     self._next_shard(sum(self._member_bytes(len(d)) for _, d in members))
     for name, data in members:
       info = tarfile.TarInfo(name)
@@ -686,6 +716,10 @@ class CocoWriter(_Writer):
   def _add(self, example):
     record = sa1b_record(example)
     image = coco_image(example)
+    # Every entry's JSON first: a bad one stops the image before any write.
+    entries = [_json_bytes(coco_annotation(ann, image['id']),
+                           image_id=image['id'])
+               for ann in record['annotations']]
     if _exists(self.dir.dir_fd(self.IMAGES_DIR), image['file_name']):
       # The output dir was emptied first: this image came before.
       raise errors.BadRecordError(
@@ -694,16 +728,16 @@ class CocoWriter(_Writer):
     jpeg = self._pending(image['file_name'], subdir=self.IMAGES_DIR,
                          sync=False)
     self._done(write_atomically(jpeg, _jpeg(example)))
-    self._append('images', image, self.images)
-    for ann in record['annotations']:
-      self._append('annotations', coco_annotation(ann, image['id']),
-                   self._annotations_written)
+    self._append('images', _json_bytes(image, image_id=image['id']),
+                 self.images)
+    for entry in entries:
+      self._append('annotations', entry, self._annotations_written)
       self._annotations_written += 1
     self.images += 1
     self.masks += len(record['annotations'])
 
-  def _append(self, key: str, entry: Mapping[str, Any], index: int) -> None:
-    self._lists[key].write((b',' if index else b'') + _json_bytes(entry))
+  def _append(self, key: str, entry: bytes, index: int) -> None:
+    self._lists[key].write((b',' if index else b'') + entry)
 
   def _finish(self):
     head = _json_bytes({'info': self.info, 'licenses': [],

@@ -23,6 +23,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from segment_anything_tfds import errors
+from segment_anything_tfds.tools import export
+
 QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
 FIGURE_SIZE_PX = (1500, 900)  # width, height of the PNG `write_figure` saves.
 _DPI = 100
@@ -176,11 +179,22 @@ class Accumulator:
     }
 
   def write_json(self, path, **extra: Any) -> dict[str, Any]:
-    """Writes `summary()` (plus `extra` keys) as JSON; returns the dict."""
+    """Writes `summary()` (plus `extra` keys) as JSON; returns the dict.
+
+    Raises:
+      BadRecordError: the summary holds NaN or infinity (which JSON cannot
+        hold), naming where; nothing is written.
+    """
     out = {**extra, **self.summary()}
+    try:
+      text = json.dumps(out, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError:
+      raise errors.BadRecordError(
+          f'{path}: the statistics hold'
+          f' {export.non_finite_path(out) or "a number"}, not finite (NaN'
+          ' or infinity), which JSON cannot hold; not written') from None
     with open(path, 'w', encoding='utf-8') as f:
-      json.dump(out, f, indent=2, sort_keys=False)
-      f.write('\n')
+      f.write(text + '\n')
     return out
 
   def write_figure(self, path, *, title: str = 'SA-1B statistics') -> None:
