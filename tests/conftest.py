@@ -167,6 +167,43 @@ def make_manual_dir(tmp_path: pathlib.Path, rows=(), tars=()) -> pathlib.Path:
   return m
 
 
+def rewrite_examples(dataset_dir: os.PathLike, edit) -> None:
+  """Edits a prepared dataset's TFRecords in place, as a hand could:
+  `edit(image_id, feature)` may change the `tf.train.Example` feature map
+  of each example (e.g. `feature['annotations/bbox'].float_list.value`)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  files = sorted(pathlib.Path(dataset_dir).glob('*.tfrecord*'))
+  assert files
+  for path in files:
+    records = []
+    for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+      ex = tf.train.Example.FromString(raw)
+      feature = ex.features.feature
+      edit(feature['image/image_id'].int64_list.value[0], feature)
+      records.append(ex.SerializeToString())
+    with tf.io.TFRecordWriter(str(path)) as w:
+      for r in records:
+        w.write(r)
+
+
+@pytest.fixture(scope='module')
+def nonfinite_data_dir(tmp_path_factory):
+  """tar 1 of the dummy data, built, then image 12 edited as a dataset
+  built by older code could hold it: its annotations[1].bbox NaN and its
+  annotations[0].predicted_iou infinite. Returns the data dir."""
+  from segment_anything_tfds import cli  # pylint: disable=g-import-not-at-top
+  data = tmp_path_factory.mktemp('nonfinite') / 'data'
+  assert cli.main(['build', '--tars', '1', '--data_dir', str(data),
+                   '--manual_dir', str(DUMMY_DATA), '--no_progress']) == 0
+
+  def edit(image_id, feature):
+    if image_id == 12:
+      feature['annotations/bbox'].float_list.value[4:8] = [float('nan')] * 4
+      feature['annotations/predicted_iou'].float_list.value[0] = float('inf')
+  rewrite_examples(data / 'segment_anything' / 'tars_1' / '2.0.0', edit)
+  return data
+
+
 def make_bad_manual_dir(tmp_path: pathlib.Path) -> pathlib.Path:
   """Two tars: one clean, one holding one image for each kind of fault."""
   tmp_path.mkdir()

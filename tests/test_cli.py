@@ -437,6 +437,21 @@ def test_stats_json_never_holds_nan_or_infinity(tmp_path):
   assert not path.exists()
 
 
+def test_stats_of_a_dataset_holding_infinity_is_one_line(nonfinite_data_dir,
+                                                         tmp_path, capsys):
+  """An infinite score (a dataset built by older code) made stats.json
+  hold NaN; now stats stops naming the example, the image and the field."""
+  code, out, err = run(capsys, 'stats', '--tars', '1', '--data_dir',
+                       nonfinite_data_dir, '--out', tmp_path / 'o',
+                       '--no_progress')
+  assert (code, out) == (1, '')
+  assert err == (
+      'segment-anything-tfds stats: error: example 1, image_id 12:'
+      ' annotations[0].predicted_iou [inf] is not finite (NaN or'
+      ' infinity)\n')
+  assert not (tmp_path / 'o' / 'stats.json').exists()
+
+
 def test_stats_figure_panels():
   from matplotlib import collections as mcollections
   from segment_anything_tfds.tools import stats as stats_lib
@@ -523,6 +538,25 @@ def test_show_by_index_with_boxes_and_points(built, tmp_path, capsys):
       assert im.size == (w * k, h * k)
       assert max(im.size) >= 512 > max(im.size) - max(h, w)  # The least k.
     assert f'image id {image_id}, {w * k}x{h * k}, {masks} masks' in out
+
+
+def test_show_refuses_a_nan_box_in_one_line(nonfinite_data_dir, tmp_path,
+                                            capsys):
+  """A NaN box (a dataset built by older code) was a traceback with
+  --boxes; now one line naming the index, the image and the annotation,
+  nothing drawn. Without --boxes the image is drawn as before."""
+  argv = ['show', '--tars', '1', '--data_dir', nonfinite_data_dir,
+          '--image_id', '12', '--no_progress']
+  code, out, err = run(capsys, *argv, '--boxes', '--out', tmp_path / 'b')
+  assert (code, out) == (1, '')
+  assert err == (
+      'segment-anything-tfds show: error: index 1, image_id 12:'
+      ' annotations[1].bbox [nan, nan, nan, nan] is not finite (NaN or'
+      ' infinity)\n')
+  assert not list((tmp_path / 'b').iterdir())
+  code, out, err = run(capsys, *argv, '--points', '--out', tmp_path / 'p')
+  assert code == 0, err
+  assert (tmp_path / 'p' / 'sa_12_points.png').exists()
 
 
 def test_show_by_image_id_draws_masks(built, tmp_path, capsys):

@@ -184,8 +184,11 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   for index, ex in common.progress(chosen,
                                    enabled=args.progress and len(chosen) > 1,
                                    desc='Drawing', unit='img'):
-    image, name, what = _draw(ex, args, source=source,
-                              predictions=predictions)
+    try:
+      image, name, what = _draw(ex, args, source=source,
+                                predictions=predictions)
+    except errors.BadRecordError as e:  # Names the image; and its index.
+      raise errors.BadRecordError(f'index {index}, {e.args[0]}') from None
     path = out_dir / name
     image.save(path, format='PNG')
     width, height = image.size

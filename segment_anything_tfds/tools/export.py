@@ -72,9 +72,10 @@ import numpy as np
 
 from segment_anything_tfds import errors
 
-__all__ = ['FORMATS', 'MANIFEST', 'pixel_box', 'image_file_name',
-           'sa1b_record', 'coco_image', 'coco_annotation', 'TsvWriter',
-           'CocoWriter', 'WebDatasetWriter', 'make_writer', 'export']
+__all__ = ['FORMATS', 'MANIFEST', 'check_finite', 'pixel_box',
+           'image_file_name', 'sa1b_record', 'coco_image', 'coco_annotation',
+           'TsvWriter', 'CocoWriter', 'WebDatasetWriter', 'make_writer',
+           'export']
 
 MANIFEST = 'export.json'
 PARTIAL_SUFFIX = '.partial'
@@ -106,8 +107,16 @@ def pixel_box(box: Any, *, height: int, width: int) -> list[int | float]:
   Returns:
     ``[x, y, w, h]``: integers when the pixel values are whole (always for
     SA-1B), else the nearest float64 values.
+
+  Raises:
+    BadRecordError: a value is NaN or infinite (no pixel is); exports
+      name the example first (`check_finite`).
   """
-  ymin, xmin, ymax, xmax = (float(v) for v in np.asarray(box).ravel())
+  values = [float(v) for v in np.asarray(box).ravel()]
+  if not np.isfinite(values).all():
+    raise errors.BadRecordError(
+        f'box {values} is not finite (NaN or infinity): it has no pixels')
+  ymin, xmin, ymax, xmax = values
   x, y = _pixel(xmin * width), _pixel(ymin * height)
   x2, y2 = _pixel(xmax * width), _pixel(ymax * height)
   return [x, y, x2 - x, y2 - y]
@@ -177,8 +186,37 @@ def _image_fields(example: Mapping[str, Any]) -> dict[str, Any]:
           'file_name': image_file_name(example)}
 
 
+# An annotation's float fields: NaN or infinity in any is refused.
+FLOAT_FIELDS = ('bbox', 'crop_box', 'point_coords', 'predicted_iou',
+                'stability_score')
+
+
+def check_finite(example: Mapping[str, Any],
+                 fields: Iterable[str] = FLOAT_FIELDS) -> None:
+  """Refuses an example whose annotations' `fields` hold NaN or infinity.
+
+  A build refuses such numbers (`bad_value`), but a prepared dataset is
+  input too: one built by older code, or edited, may hold them, and JSON
+  cannot (nor can a box become pixels). One vector check per field.
+
+  Raises:
+    BadRecordError: naming the image id, the first annotation and field
+      found (fields in the order given) and its values.
+  """
+  ann = example['annotations']
+  for key in fields:
+    rows = np.asarray(ann[key], np.float64).reshape(len(ann[key]), -1)
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.all():
+      i = int(np.argmin(finite))
+      raise errors.BadRecordError(
+          f'image_id {_image_id(example)}: annotations[{i}].{key}'
+          f' {rows[i].tolist()} is not finite (NaN or infinity)')
+
+
 def _annotations(example: Mapping[str, Any]) -> list[dict[str, Any]]:
   """The SA-1B annotations of an example, in SA-1B's field order."""
+  check_finite(example)
   height = int(example['image']['height'])
   width = int(example['image']['width'])
   ann = example['annotations']

@@ -117,10 +117,21 @@ class Accumulator:
     self.stability_score = Histogram(0.0, 1.1, 1100)
 
   def add(self, example: Mapping[str, Any]) -> None:
-    """Adds one example: a dict with `image` and `annotations` (numpy)."""
+    """Adds one example: a dict with `image` and `annotations` (numpy).
+
+    Raises:
+      BadRecordError: a score is NaN or infinite (`export.check_finite`),
+        naming the example (its index among those added) and its image id.
+    """
     image, ann = example['image'], example['annotations']
     height, width = int(image['height']), int(image['width'])
     num = len(ann['id'])
+    try:  # Before anything is counted.
+      export.check_finite(example, ('predicted_iou', 'stability_score')
+                          if num else ())
+    except errors.BadRecordError as e:
+      raise errors.BadRecordError(f'example {self.images}, {e.args[0]}'
+                                  ) from None
     self.images += 1
     self.masks += num
     self.masks_per_image[num] += 1

@@ -19,6 +19,9 @@ How masks are drawn, stated once:
 * Images smaller than `min_size` (longer side) are scaled up by an integer
   factor, pixels and masks alike (nearest), so mask edges stay on pixel
   edges.
+* A box or point to draw that is NaN or infinite (a dataset built by older
+  code may hold one) is refused, as `export` refuses it
+  (`export.check_finite`): nothing is drawn.
 
 `render_copy_paste` draws `copy_paste.paste_from_example` (the source's
 picked objects, the target, the target with them pasted);
@@ -34,6 +37,8 @@ import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from segment_anything_tfds.tools import export
 
 DEFAULT_ALPHA = 0.45
 # Tile colours of `render_evaluation`.
@@ -187,9 +192,14 @@ def render(
 
   Returns:
     A PIL.Image: the image's size times the upscaling factor.
+
+  Raises:
+    BadRecordError: a box (with `boxes`) or point (with `points`) to draw
+      is NaN or infinite, naming the image id and the annotation.
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
+  export.check_finite(example, ('bbox',) * boxes + ('point_coords',) * points)
   pixels = image_array(example['image']['content'])
   height, width = pixels.shape[:2]
   ann = take(example['annotations'], select_masks(
