@@ -338,3 +338,22 @@ def test_the_largest_number_finite_in_float32_is_kept_by_both_paths():
   stored = np.float32(ex['annotations']['predicted_iou'][2])
   assert stored == np.finfo(np.float32).max
   assert np.float32(ex['annotations']['stability_score'][2]) == -stored
+
+
+@pytest.mark.parametrize('ids,detail', [
+    ([4, 4, 5], 'annotations[1].id 4 is also annotations[0].id'),
+    ([9, 3, 3], 'annotations[2].id 3 is also annotations[1].id'),
+    ([2**64 - 1, 0, 2**64 - 1], 'annotations[2].id 18446744073709551615 is'
+     ' also annotations[0].id'),
+])
+def test_annotation_ids_repeated_in_an_image_are_bad_values(ids, detail):
+  """COCO readers index annotations by id (pycocotools keeps one): a
+  repeat within an image is refused, on either column path."""
+  jpg, record = _record()
+  for ann, ann_id in zip(record['annotations'], ids):
+    ann['id'] = ann_id
+  with pytest.raises(errors.BadInputError) as e:
+    examples.make_example(jpg, record, stem='sa_7',
+                          where=('sa_000002.tar', 'sa_7.json'))
+  assert str(e.value) == (f'sa_000002.tar:sa_7.json: {detail}: annotation'
+                          ' ids must be unique within an image [bad_value]')

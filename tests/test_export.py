@@ -855,6 +855,45 @@ def test_an_image_id_twice_stops_a_coco_export(tmp_path):
     export.export(examples + examples[:1], 'coco', tmp_path / 'o')
 
 
+def test_an_annotation_id_in_two_images_stops_a_coco_export(tmp_path):
+  """pycocotools indexes annotations by id and keeps one of each: an id in
+  two images stops the COCO export before annotations.json is written;
+  the other formats, one record per image, are not concerned."""
+  examples = source_examples()
+  ids = [ex['annotations']['id'] for ex in examples]
+  ids[3][1] = ids[1][0]
+  image_ids = [int(ex['image']['image_id']) for ex in examples]
+  out = tmp_path / 'coco'
+  with pytest.raises(errors.BadRecordError) as e:
+    export.export(examples, 'coco', out)
+  assert str(e.value) == (
+      f'annotation id {int(ids[1][0])} is in example 1 (image_id'
+      f' {image_ids[1]}) and example 3 (image_id {image_ids[3]}): COCO needs'
+      ' annotation ids unique in the file (pycocotools would keep one);'
+      ' annotations.json is not written')
+  assert not (out / 'annotations.json').exists()
+  assert not (out / 'export.json').exists()
+  assert_no_partial_files(out)
+  for fmt in ('semantic_sam_tsv', 'webdataset'):
+    assert export.export(examples, fmt, tmp_path / fmt)['images'] == len(
+        examples)
+
+
+def test_annotation_ids_log_finds_the_smallest_repeat():
+  log = export.AnnotationIds()
+  log.check()  # Nothing logged: nothing repeated.
+  for image_id in range(3000):  # Past the first array: it grows.
+    log.add(image_id, [10 * image_id, 10 * image_id + 1])
+  log.check()
+  log.add(7, [2**64 - 1, 20001, 5])
+  log.add(8, [])
+  log.add(9, [2**64 - 1, 5])
+  with pytest.raises(errors.BadRecordError, match=re.escape(
+      'annotation id 5 is in example 3000 (image_id 7) and example 3002'
+      ' (image_id 9)')):
+    log.check()
+
+
 def test_export_out_under_a_file_is_one_line(data_dir, tmp_path, capsys):
   (tmp_path / 'file').write_text('x')
   code, _, err = run(capsys, 'export', '--tars', '0-3', '--data_dir',

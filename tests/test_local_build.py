@@ -392,23 +392,29 @@ def _beam_build(tmp_path, manual, *, lenient):
       runner=runners.local_runner()).audit
 
 
-def _bad_numbers_manual_dir(tmp_path):
-  """One tar: images 5 and 6 with numbers infinite in float32, 7 clean."""
+def _edited_manual_dir(tmp_path, edits):
+  """One tar of images 5, 6 and 7, edited: `edits` gives (image id, field,
+  value) set in the image's annotations[1]."""
   rng = np.random.default_rng(4)
   entries = []
-  for image_id, field, value in ((5, 'predicted_iou', 1e300),
-                                 (6, 'point_coords', [[1e39, 1e39]]),
-                                 (7, None, None)):
+  for image_id in (5, 6, 7):
     jpg, js = fake_data.image_record(rng, image_id, height=20, width=30,
                                      num_masks=2)
     record = json.loads(js)
-    if field:
-      record['annotations'][1][field] = value
+    for edited, field, value in edits:
+      if edited == image_id:
+        record['annotations'][1][field] = value
     entries.append((image_id, jpg, json.dumps(record).encode()))
   manual = tmp_path / 'in'
   manual.mkdir()
   fake_data.write_tar(manual / 'sa_000000.tar', entries)
   return manual
+
+
+def _bad_numbers_manual_dir(tmp_path):
+  """One tar: images 5 and 6 with numbers infinite in float32, 7 clean."""
+  return _edited_manual_dir(tmp_path, [(5, 'predicted_iou', 1e300),
+                                       (6, 'point_coords', [[1e39, 1e39]])])
 
 
 _INFINITE_SKIPS = [
@@ -441,3 +447,23 @@ def test_numbers_infinite_in_float32_are_refused_by_both_engines(tmp_path):
   from segment_anything_tfds.prepare import rules  # pylint: disable=g-import-not-at-top
   assert rules.audit_lines(beam_records) == rules.audit_lines(records)
   assert result.images == 1
+
+
+def test_annotation_ids_repeated_in_an_image_are_refused_by_both_engines(
+    tmp_path):
+  """Image 6's two annotations share an id (COCO readers would keep one):
+  `bad_value`, one line strict, an audited skip lenient, in both engines."""
+  manual = _edited_manual_dir(tmp_path, [(6, 'id', 6000)])
+  message = ('annotations[1].id 6000 is also annotations[0].id: annotation'
+             ' ids must be unique within an image')
+  with pytest.raises(errors.BadInputError) as e:
+    _build(tmp_path, manual, workers=1, name='strict')
+  assert str(e.value) == f'sa_000000.tar:sa_6.json: {message} [bad_value]'
+  _, files, records = _build(tmp_path, manual, workers=1, lenient=True)
+  assert [i for i, _, _ in _read(files)] == [5, 7]
+  assert [r for r in records if r['kind'] == 'skip'] == [
+      {'kind': 'skip', 'reason': 'bad_value', 'tar': 'sa_000000.tar',
+       'member': 'sa_6.json', 'message': message}]
+  from segment_anything_tfds.prepare import rules  # pylint: disable=g-import-not-at-top
+  assert rules.audit_lines(_beam_build(tmp_path, manual, lenient=True)) == (
+      rules.audit_lines(records))

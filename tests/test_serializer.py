@@ -136,6 +136,8 @@ def _random_record(rng, image_id: int, num_masks: int, *, height: int,
                    width: int) -> dict:
   ids = [_IDS[rng.integers(len(_IDS))] if rng.random() < 0.3
          else int(rng.integers(0, 2**40)) for _ in range(num_masks)]
+  # Unique within the image, as a build requires: a repeat gets a new id.
+  ids = [2**41 + k if i in ids[:k] else i for k, i in enumerate(ids)]
   return {
       'image': {'image_id': image_id, 'file_name': f'sa_{image_id}.jpg',
                 'height': height, 'width': width},

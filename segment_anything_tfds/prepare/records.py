@@ -462,6 +462,30 @@ def check_counts(counts: np.ndarray, area: np.ndarray, *, height: int,
                     f' over h*w = {pixels}')
 
 
+def check_unique_ids(ids: np.ndarray, *, where: Where) -> None:
+  """Refuses an annotation id that comes twice in one image.
+
+  COCO readers index annotations by id (pycocotools keeps one of each), so
+  a repeat would lose masks silently. One sort of the image's ids.
+
+  Raises:
+    BadInputError: `bad_value`, naming the first annotation whose id an
+      earlier one has, and that one.
+  """
+  if len(ids) < 2:
+    return
+  order = np.argsort(ids, kind='stable')  # Equal ids keep their order.
+  ordered = ids[order]
+  again = ordered[1:] == ordered[:-1]
+  if not again.any():
+    return
+  i = int(order[1:][again].min())
+  first = int(order[np.searchsorted(ordered, ids[i])])
+  raise bad_input(errors.BAD_VALUE, where,
+                  f'annotations[{i}].id {ids[i]} is also annotations[{first}]'
+                  '.id: annotation ids must be unique within an image')
+
+
 def _rle_problem(code: int, value: int, height: int, width: int) -> str:
   if code == _EMPTY:
     return 'is empty'
@@ -537,6 +561,7 @@ def make_example(
     columns = _checked_columns(annotations, height=height, width=width,
                                where=where)
   area, bbox, crop_box, ids, points, iou, counts, sizes, stability = columns
+  check_unique_ids(ids, where=where)
   check_counts(counts, area, height=height, width=width, where=where)
 
   example = {
