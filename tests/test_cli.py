@@ -885,6 +885,19 @@ def test_evaluate_a_slice(built, predictions, capsys):
     ('[{"segmentation": {"size": [-1, 3], "counts": "0"}, "image_id": 1,'
      ' "id": 5}]', 'prediction 0 (image_id 1, id 5): segmentation.size'
      ' [-1, 3] is not two int64 sides >= 0'),
+    # Wrong types, named, not coerced (21.7 was truncated to 21, matched).
+    ('[{"segmentation": {"size": ["36", 18.9], "counts": "T21Sb0"},'
+     ' "image_id": 21.7, "id": "21000", "score": "nan"}]',
+     'p.json: prediction 0: image_id must be an integer, got 21.7'),
+    ('[{"segmentation": {"size": [36, 18], "counts": "T21Sb0"},'
+     ' "image_id": 21, "id": "21000"}]',
+     'p.json: prediction 0: id must be an integer, got \'21000\''),
+    ('[{"segmentation": {"size": ["36", 18.9], "counts": "T21Sb0"},'
+     ' "image_id": 21, "id": 21000}]', 'p.json: prediction 0:'
+     " segmentation.size must be [h, w], two integers, got ['36', 18.9]"),
+    ('[{"segmentation": {"size": [36, 18], "counts": "T21Sb0"},'
+     ' "image_id": 21, "id": 21000, "score": "nan"}]',
+     'p.json: prediction 0: score must be a finite number, got \'nan\''),
 ])
 def test_evaluate_bad_predictions_exit_1(built, content, message, tmp_path,
                                          capsys):

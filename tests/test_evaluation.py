@@ -251,6 +251,52 @@ def gt_and_predictions():
   return pairs, predictions, truth
 
 
+@pytest.mark.parametrize('field,value,message', [
+    ('image_id', 7.7, "image_id must be an integer, got 7.7"),
+    ('image_id', 7.0, 'image_id must be an integer, got 7.0'),
+    ('image_id', '7', "image_id must be an integer, got '7'"),
+    ('image_id', True, 'image_id must be an integer, got True'),
+    ('id', '100', "id must be an integer, got '100'"),
+    ('id', 100.0, 'id must be an integer, got 100.0'),
+    ('size', ['18', 24], "segmentation.size must be [h, w], two integers,"
+     " got ['18', 24]"),
+    ('size', [18, 24.9], 'segmentation.size must be [h, w], two integers,'
+     ' got [18, 24.9]'),
+    ('size', [18, 24, 1], 'segmentation.size must be [h, w], two integers,'
+     ' got [18, 24, 1]'),
+    ('score', 'nan', "score must be a finite number, got 'nan'"),
+    ('score', math.nan, 'score must be a finite number, got nan'),
+    ('score', -math.inf, 'score must be a finite number, got -inf'),
+    ('score', '0.9', "score must be a finite number, got '0.9'"),
+    ('score', False, 'score must be a finite number, got False'),
+    ('score', None, 'score must be a finite number, got None'),
+    ('counts', 7, 'segmentation.counts must be an ASCII string, got 7'),
+])
+def test_predictions_of_wrong_types_are_named_not_coerced(
+    gt_and_predictions, field, value, message):
+  """image_id 7.7 was truncated to 7 and matched; "100", ["18", 24.9] and
+  "nan" were converted. Now each is an error naming the prediction and the
+  field (the score is still optional)."""
+  pairs, predictions, _ = gt_and_predictions
+  ds = examples_dataset([p[0] for p in pairs])
+  bad = json.loads(json.dumps(predictions[0]))
+  if field in ('size', 'counts'):
+    bad['segmentation'][field] = value
+  else:
+    bad[field] = value
+  with pytest.raises(ValueError) as e:
+    evaluation.evaluate_predictions([predictions[0], bad], ds)
+  assert str(e.value) == f'evaluate_predictions: prediction 1: {message}'
+  # numpy integers and floats (as read from a dataset) are integers and
+  # numbers; a prediction without a score scores 0.
+  typed = dict(predictions[0], image_id=np.int64(7), id=np.uint64(100),
+               score=np.float32(0.5))
+  no_score = {k: v for k, v in predictions[0].items() if k != 'score'}
+  [(image_id, ann_id, _, _, score), (*_, default)] = (
+      evaluation.parse_predictions([typed, no_score]))
+  assert (image_id, ann_id, score, default) == (7, 100, 0.5, 0.0)
+
+
 @pytest.mark.parametrize('select', ['best_iou', 'score'])
 def test_evaluate_predictions_matches_pycocotools(gt_and_predictions, select,
                                                   tmp_path):
@@ -293,7 +339,8 @@ def test_evaluate_predictions_without_matches_and_errors(gt_and_predictions):
     evaluation.evaluate_predictions([predictions[0], {'image_id': 7}], ds)
   infinite = dict(predictions[0], segmentation={'size': [math.inf, 25],
                                                 'counts': 'R>'})
-  with pytest.raises(ValueError, match='prediction 0 is not'):
+  with pytest.raises(ValueError, match=r'prediction 0: segmentation.size'
+                     r' must be \[h, w\], two integers, got \[inf, 25\]'):
     evaluation.evaluate_predictions([infinite], ds)
   # Strings the decoder refuses, refused before any scoring.
   for counts in ('zz~', '0P', '01', '0@', ''):

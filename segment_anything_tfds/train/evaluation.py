@@ -273,25 +273,73 @@ def _load_predictions(predictions: Any) -> list[Mapping[str, Any]]:
   return predictions
 
 
+_SCHEMA = ('{"segmentation": {"size": [h, w], "counts": str}, "image_id":'
+           ' int, "id": int, "score"?: float}')
+
+
 def _prediction_key(i: int, p: Any) -> tuple[int, int, bytes, tuple, float]:
-  """(image_id, id, counts, size, score) of prediction i, or ValueError."""
+  """(image_id, id, counts, size, score) of prediction i, or ValueError.
+
+  Nothing is converted: ids and sizes must be integers (not a bool, a
+  float such as 21.7, or a string such as "21"), the score a finite
+  number; a wrong one is named, not truncated to something that matches.
+  """
   try:
     seg = p['segmentation']
-    counts = seg['counts']
-    counts = counts.encode('ascii') if isinstance(counts, str) else counts
-    size = tuple(int(v) for v in seg['size'])
-    if not isinstance(counts, bytes) or len(size) != 2:
-      raise TypeError
-    key = (int(p['image_id']), int(p['id']), counts, size,
-           float(p.get('score', 0.0)))
-  except (KeyError, TypeError, ValueError, OverflowError,
-          UnicodeEncodeError) as e:
-    raise ValueError(
-        f'evaluate_predictions: prediction {i} is not {{"segmentation":'
-        ' {"size": [h, w], "counts": str}, "image_id": int, "id": int,'
-        f' "score"?: float}}: {str(p)[:200]}') from e
+    fields = (p['image_id'], p['id'], seg['counts'], seg['size'])
+  except (KeyError, TypeError, IndexError):
+    raise ValueError(f'evaluate_predictions: prediction {i} is not'
+                     f' {_SCHEMA}: {str(p)[:200]}') from None
+  image_id, ann_id, counts, size = fields
+  key = (_integer(i, 'image_id', image_id), _integer(i, 'id', ann_id),
+         _counts(i, counts), _size(i, size), _score(i, p.get('score', 0.0)))
   _check_rle(i, *key[:4])
   return key
+
+
+def _wrong(i: int, field: str, what: str, value: Any) -> ValueError:
+  """The error of prediction i's `field`, which is not `what`."""
+  return ValueError(f'evaluate_predictions: prediction {i}: {field} must be'
+                    f' {what}, got {value!r:.80}')
+
+
+def _is_integer(value: Any) -> bool:
+  """An int or a numpy integer; not a bool, a float or a string."""
+  return (isinstance(value, (int, np.integer))
+          and not isinstance(value, bool))
+
+
+def _integer(i: int, field: str, value: Any) -> int:
+  if not _is_integer(value):
+    raise _wrong(i, field, 'an integer', value)
+  return int(value)
+
+
+def _size(i: int, value: Any) -> tuple[int, int]:
+  if (not isinstance(value, (list, tuple)) or len(value) != 2
+      or not all(map(_is_integer, value))):
+    raise _wrong(i, 'segmentation.size', '[h, w], two integers', value)
+  return int(value[0]), int(value[1])
+
+
+def _counts(i: int, value: Any) -> bytes:
+  if isinstance(value, str) and value.isascii():
+    return value.encode('ascii')
+  if isinstance(value, bytes):
+    return value
+  raise _wrong(i, 'segmentation.counts', 'an ASCII string', value)
+
+
+def _score(i: int, value: Any) -> float:
+  try:
+    finite = (not isinstance(value, bool)
+              and isinstance(value, (int, float, np.integer, np.floating))
+              and math.isfinite(value))
+  except OverflowError:  # An int past float64.
+    finite = False
+  if not finite:
+    raise _wrong(i, 'score', 'a finite number', value)
+  return float(value)
 
 
 _NO_AREA = np.zeros(1, np.int64)
