@@ -901,3 +901,32 @@ def test_export_out_under_a_file_is_one_line(data_dir, tmp_path, capsys):
                      tmp_path / 'file' / 'o', '--no_progress')
   assert code == 1, err
   assert 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
+
+
+def _export_under_size_limit(data_dir, fmt, out, limit):
+  """The CLI's export in a process that cannot write past `limit` bytes in
+  a file (RLIMIT_FSIZE: writes fail with EFBIG, as on a full disk)."""
+  import resource  # pylint: disable=g-import-not-at-top
+  def limited():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+  return subprocess.run(
+      [sys.executable, '-m', 'segment_anything_tfds', 'export', '--tars',
+       '0-3', '--data_dir', str(data_dir), '--format', fmt, '--out',
+       str(out), '--no_progress'], capture_output=True, text=True,
+      check=False, timeout=300, preexec_fn=limited,
+      env={**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path)})
+
+
+@pytest.mark.parametrize('fmt', sorted(export.FORMATS))
+def test_a_write_that_fails_removes_every_partial_file(fmt, data_dir,
+                                                       tmp_path):
+  """A write fails (the file would pass 8 kB): closing the partial file
+  flushes its buffer and fails again, and it is removed all the same, and
+  so is every other partial file of the writer (a TSV's and its index)."""
+  out = tmp_path / fmt
+  res = _export_under_size_limit(data_dir, fmt, out, 8192)
+  assert res.returncode == 1, res.stderr[-2000:]
+  assert res.stderr.startswith('segment-anything-tfds export: error: ')
+  assert len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
+  assert_no_partial_files(out)
+  assert not (out / 'export.json').exists()

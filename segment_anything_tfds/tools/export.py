@@ -475,9 +475,30 @@ class PendingFile:
     return self.path
 
   def discard(self) -> None:
-    self.file.close()
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(self.partial, dir_fd=self.dir_fd)
+    """Removes the partial file. Closing it flushes what is buffered, which
+    fails again after a failed write (the disk is full): that is ignored,
+    as nothing of the file is kept."""
+    try:
+      with contextlib.suppress(OSError):
+        self.file.close()  # Closes the descriptor even if the flush fails.
+    finally:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(self.partial, dir_fd=self.dir_fd)
+
+
+def discard_all(pending: Iterable[PendingFile | None]) -> None:
+  """`discard`s each pending file (None: none), every one even if one
+  fails; then raises the first failure."""
+  failure = None
+  for each in pending:
+    if each is None:
+      continue
+    try:
+      each.discard()
+    except BaseException as e:  # pylint: disable=broad-except
+      failure = failure or e
+  if failure is not None:
+    raise failure
 
 
 def write_atomically(pending: PendingFile, data: bytes) -> str:
@@ -669,9 +690,7 @@ class TsvWriter(_ShardedWriter):
     self._tsv = self._index = None
 
   def _discard(self):
-    for pending in (self._tsv, self._index):
-      if pending is not None:
-        pending.discard()
+    discard_all((self._tsv, self._index))
 
 
 class WebDatasetWriter(_ShardedWriter):
@@ -855,13 +874,11 @@ class CocoWriter(_Writer):
       out.discard()
       raise
     finally:
-      for pending in self._lists.values():
-        pending.discard()
+      discard_all(self._lists.values())
     self._done(out.commit())
 
   def _discard(self):
-    for pending in self._lists.values():
-      pending.discard()
+    discard_all(self._lists.values())
 
 
 FORMATS = {'semantic_sam_tsv': TsvWriter, 'coco': CocoWriter,
