@@ -366,6 +366,8 @@ def test_a_killed_export_leaves_only_partial_files(fmt, tmp_path, capsys):
       env={**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path)})
   assert res.returncode == -signal.SIGKILL, res.stderr.decode()[-2000:]
   names = [str(p.relative_to(out)) for p in out.rglob('*') if p.is_file()]
+  # Its lock file too, no longer locked: the next export takes it.
+  names.remove(export.LOCK_FILE)
   partial = [n for n in names if n.endswith(export.PARTIAL_SUFFIX)]
   final = [n for n in names if n not in partial]
   assert partial  # The file being written when it was killed.
@@ -930,3 +932,53 @@ def test_a_write_that_fails_removes_every_partial_file(fmt, data_dir,
   assert len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
   assert_no_partial_files(out)
   assert not (out / 'export.json').exists()
+
+
+def test_a_second_export_into_a_dir_being_written_is_refused(data_dir,
+                                                            tmp_path, capsys):
+  """Export A is writing (its partial files there); export B into the same
+  dir is refused in one line, and takes nothing of A's: A's shard comes
+  out as A wrote it. Once A is done, the dir can be exported into again."""
+  examples = source_examples()
+  out = tmp_path / 'o'
+  export.prepare_out_dir(out)
+  a = export.make_writer('semantic_sam_tsv', out)
+  a.add(examples[0])
+  refused = re.escape(
+      f'another export is writing into {out} (it holds'
+      f' {out}/.export.lock): wait for it to end, or choose another --out')
+  with pytest.raises(errors.ConfigError, match=f'^{refused}$'):
+    export.prepare_out_dir(out)
+  with pytest.raises(errors.ConfigError, match=f'^{refused}$'):
+    export.make_writer('semantic_sam_tsv', out)
+  with pytest.raises(errors.ConfigError, match=f'^{refused}$'):
+    export.export(examples[5:6], 'semantic_sam_tsv', out, overwrite=True)
+  code, _, err = run(capsys, 'export', '--tars', '0-3', '--data_dir',
+                     data_dir, '--format', 'coco', '--out', out,
+                     '--overwrite', '--no_progress')
+  assert (code, err) == (1, f'segment-anything-tfds export: error: another'
+                         f' export is writing into {out} (it holds'
+                         f' {out}/.export.lock): wait for it to end, or'
+                         ' choose another --out\n')
+  a.close()
+  assert (out / 'sa1b-000000.tsv').read_bytes() == export.TsvWriter.row(
+      examples[0])
+  assert not (out / '.export.lock').exists()  # Removed as it is let go.
+  export.export(examples, 'webdataset', out, overwrite=True)
+  assert not (out / '.export.lock').exists()
+
+
+def test_a_lock_file_that_is_no_file_is_refused(tmp_path):
+  (tmp_path / 'l').mkdir()
+  (tmp_path / 'l' / '.export.lock').symlink_to(tmp_path / 'victim')
+  with pytest.raises(errors.ConfigError, match=re.escape(
+      f'{tmp_path}/l/.export.lock is a symlink, not the lock file of an'
+      ' export: remove it')):
+    export.export(source_examples(), 'coco', tmp_path / 'l')
+  assert not (tmp_path / 'victim').exists()
+  (tmp_path / 'f').mkdir()
+  os.mkfifo(tmp_path / 'f' / '.export.lock')
+  with pytest.raises(errors.ConfigError, match=re.escape(
+      f'{tmp_path}/f/.export.lock is not a regular file, not the lock file'
+      ' of an export: remove it')):
+    export.export(source_examples(), 'coco', tmp_path / 'f')

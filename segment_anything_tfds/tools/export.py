@@ -45,10 +45,12 @@ Atomic writes: every file is written under a hidden temporary name
 (``.<name>.partial``, created with ``O_EXCL | O_NOFOLLOW``: never through a
 file or link that was there) and renamed into place once complete; a killed
 export leaves only `.partial` files, never a truncated file under a final
-name; a write or commit that fails removes its partial file. The next
-export into the dir removes them if they are regular files of this user,
-and refuses to start if one is anything else (a symlink, another user's
-file). A shard's line index is renamed before its TSV, and the COCO
+name; a write or commit that fails removes its partial file. An export
+holds an exclusive lock (flock) on `.export.lock` in the dir while it
+writes, and a second export into the dir is refused while it does; so the
+partial files found by an export that took the lock are a killed run's: it
+removes them if they are regular files of this user, and refuses to start
+if one is anything else (a symlink, another user's file). A shard's line index is renamed before its TSV, and the COCO
 `annotations.json`, which needs every image, is written last. An image id
 that comes twice stops a COCO export (its JPEG would be written over), and
 so does an annotation id that comes twice (pycocotools would keep one),
@@ -61,6 +63,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import fcntl
 import io
 import json
 import os
@@ -80,6 +83,8 @@ __all__ = ['FORMATS', 'MANIFEST', 'check_finite', 'pixel_box',
            'make_writer', 'export']
 
 MANIFEST = 'export.json'
+# Held (flock) by an export for as long as it writes into its dir.
+LOCK_FILE = '.export.lock'
 PARTIAL_SUFFIX = '.partial'
 SHARD_PREFIX = 'sa1b'
 COCO_CATEGORY = {'id': 1, 'name': 'object', 'supercategory': 'object'}
@@ -327,6 +332,8 @@ def _jpeg(example: Mapping[str, Any]) -> bytes:
 # through a symlink.
 _PARTIAL_FLAGS = (os.O_RDWR | os.O_CREAT | os.O_EXCL
                   | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_CLOEXEC', 0))
+_LOCK_FLAGS = (os.O_RDWR | os.O_CREAT | os.O_NONBLOCK
+               | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_CLOEXEC', 0))
 _DIR_FLAGS = (os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0)
               | getattr(os, 'O_CLOEXEC', 0))
 
@@ -337,6 +344,15 @@ def _check_name(name: str) -> str:
     raise errors.SourceError(f'refusing to write {name!r}: not a plain file'
                              ' name')
   return name
+
+
+def _same_file(fd: int, dir_fd: int, name: str) -> bool:
+  """Whether `name` in `dir_fd` is the file open as `fd`."""
+  try:
+    return os.path.samestat(
+        os.fstat(fd), os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
+  except FileNotFoundError:
+    return False
 
 
 def _exists(dir_fd: int, name: str) -> bool:
@@ -362,6 +378,7 @@ class OutDir:
     self.path = os.fspath(path)
     self.fd = os.open(self.path, _DIR_FLAGS)
     self._subdirs: dict[str, int] = {}
+    self._lock_fd: int | None = None
 
   @classmethod
   def made(cls, path: str | os.PathLike) -> 'OutDir':
@@ -410,6 +427,56 @@ class OutDir:
       self._subdirs[subdir] = fd
     return self._subdirs[subdir]
 
+  def lock(self) -> None:
+    """Holds the export lock of the dir (an flock on `LOCK_FILE` in it)
+    until `close`; does nothing if this `OutDir` holds it already.
+
+    The lock file is removed before it is let go, so a lock taken on a file
+    no longer at its name is taken again on the one there now.
+
+    Raises:
+      ConfigError: another export holds it (another process, or another
+        `OutDir` of this one), or the lock file is not a regular file.
+    """
+    while self._lock_fd is None:
+      fd = self._open_lock()
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        os.close(fd)
+        raise errors.ConfigError(
+            f'another export is writing into {self.path} (it holds'
+            f' {os.path.join(self.path, LOCK_FILE)}): wait for it to end, or'
+            ' choose another --out') from None
+      if _same_file(fd, self.fd, LOCK_FILE):
+        self._lock_fd = fd
+      else:
+        os.close(fd)  # Its holder removed it as it let go: lock anew.
+
+  def _open_lock(self) -> int:
+    """The lock file, opened (made if need be), never through a symlink nor
+    a FIFO; a regular file."""
+    shown = os.path.join(self.path, LOCK_FILE)
+    try:
+      fd = os.open(LOCK_FILE, _LOCK_FLAGS, 0o644, dir_fd=self.fd)
+    except OSError as e:
+      if e.errno != errno.ELOOP:
+        raise
+      raise errors.ConfigError(f'{shown} is a symlink, not the lock file of'
+                               ' an export: remove it') from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+      os.close(fd)
+      raise errors.ConfigError(f'{shown} is not a regular file, not the lock'
+                               ' file of an export: remove it')
+    return fd
+
+  def _unlock(self) -> None:
+    if self._lock_fd is not None:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(LOCK_FILE, dir_fd=self.fd)  # Before letting go.
+      os.close(self._lock_fd)
+      self._lock_fd = None
+
   def size(self, rel: str) -> int:
     """The size of the file `rel` (`name` or `subdir/name`) written."""
     subdir, _, name = rel.rpartition('/')
@@ -417,6 +484,7 @@ class OutDir:
                    follow_symlinks=False).st_size
 
   def close(self) -> None:
+    self._unlock()
     for fd in (*self._subdirs.values(), self.fd):
       os.close(fd)
     self._subdirs.clear()
@@ -532,6 +600,11 @@ class _Writer:
     self._own_dir = not isinstance(out_dir, OutDir)
     self.dir = OutDir(out_dir) if self._own_dir else out_dir
     self.out_dir = self.dir.path
+    try:
+      self.dir.lock()
+    except BaseException:
+      self._release()
+      raise
     self.images = 0
     self.masks = 0
     self.files: list[str] = []
@@ -959,16 +1032,18 @@ def prepare_out_dir(out_dir: str | os.PathLike | OutDir, *,
                     overwrite: bool = False) -> None:
   """Creates `out_dir`; refuses (or with `overwrite`, removes) an export.
 
-  Only where the formats write is looked at: `out_dir` and its `images/`
-  (not followed if a symlink). Partial files of a killed export there
-  (regular files of this user) are always removed; any other file with a
-  partial file's name stops the export, and so does a directory or FIFO
-  with the name of an output. Files that no format writes are never
+  Takes the export lock of `out_dir` first (held until an `OutDir` given
+  is closed). Only where the formats write is looked at: `out_dir` and its
+  `images/` (not followed if a symlink). Partial files of a killed export
+  there (regular files of this user) are always removed; any other file
+  with a partial file's name stops the export, and so does a directory or
+  FIFO with the name of an output. Files that no format writes are never
   touched; symlinks are removed, never followed.
 
   Raises:
     ConfigError: `out_dir` holds an export and `overwrite` is False, or is
-      not a directory, or something not a file has an output's name.
+      not a directory, or something not a file has an output's name, or
+      another export is writing into it (`OutDir.lock`).
     SourceError: a partial file that is a symlink, or not this user's.
   """
   if not isinstance(out_dir, OutDir):
@@ -976,6 +1051,7 @@ def prepare_out_dir(out_dir: str | os.PathLike | OutDir, *,
       prepare_out_dir(out, overwrite=overwrite)
     return
   out = out_dir
+  out.lock()  # Held: partial files here are no running export's.
   previous = _previous_outputs(out)
   finished = [rel for rel, _, name in previous if not _is_partial(name)]
   if finished and not overwrite:
