@@ -1176,3 +1176,34 @@ def test_an_aborted_parquet_index_leaves_no_file_and_no_late_write(tmp_path):
     sys.unraisablehook = hook
   assert unraisable == []
   assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('name', ['idx.jsonl', 'idx.parquet'])
+def test_index_out_on_a_full_disk_is_one_line_and_leaves_no_file(
+    tmp_path, name):
+  """The index passes what a file may hold (RLIMIT_FSIZE: writes fail with
+  EFBIG, as ENOSPC on a full disk) while it is written: one line naming
+  it, no part file, nothing under its name."""
+  import resource  # pylint: disable=g-import-not-at-top
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  fake_data.write_tar(manual / 'sa_000000.tar',
+                      [(i, b'x', b'{}') for i in range(1, 4000)])
+  out = tmp_path / 'out'
+  out.mkdir()
+
+  def limited():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+  res = subprocess.run(
+      [sys.executable, '-m', 'segment_anything_tfds', 'index',
+       '--manual_dir', str(manual), '--out', str(out / name),
+       '--no_progress'], capture_output=True, text=True, check=False,
+      timeout=300, preexec_fn=limited,
+      env={**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path)})
+  assert res.returncode == 1, res.stderr[-2000:]
+  assert res.stderr.splitlines()[-1] == (
+      f'segment-anything-tfds index: error: {out}/{name}: cannot write the'
+      " index there (file too large: over the file system's or this"
+      " process's limit on a file's size (ulimit -f))")
+  assert 'Traceback' not in res.stderr
+  assert os.listdir(out) == []

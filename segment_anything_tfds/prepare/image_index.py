@@ -116,6 +116,16 @@ class Writer:
     self.rows = 0
 
   def write(self, batch: list[dict[str, Any]]) -> None:
+    """Appends the rows of `batch` (a one-line error naming the file if the
+    write fails: the disk is full); the caller `abort`s."""
+    try:
+      self._write(batch)
+    except local.write_failures(self.path) as e:
+      if isinstance(e, errors.Error):
+        raise
+      raise local.cannot_write(self.path, 'the index', e) from None
+
+  def _write(self, batch: list[dict[str, Any]]) -> None:
     self.rows += len(batch)
     if self.format == '.jsonl':
       self._file.write(''.join(json.dumps(r) + '\n' for r in batch).encode())

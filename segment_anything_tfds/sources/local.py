@@ -389,16 +389,29 @@ def unwritable(path: str, *, folder: bool = False) -> str | None:
   return None
 
 
+# Writes that failed for want of room, in words.
+_NO_ROOM = {
+    errno.ENOSPC: 'the disk is full',
+    errno.EDQUOT: 'the disk quota is used up',
+    errno.EFBIG: 'file too large: over the file system\'s or this'
+                 ' process\'s limit on a file\'s size (ulimit -f)',
+}
+
+
 def cannot_write(path, what: str, error: Exception | None, *,
-                 folder: bool = False) -> errors.ConfigError:
+                 folder: bool = False) -> errors.Error:
   """The one-line error for a file (`what`: the index, the report) or
-  folder that cannot be written at `path`."""
+  folder that cannot be written at `path`: a `DiskSpaceError` if the disk
+  is full or the file too large, else a `ConfigError`."""
   why = unwritable(os.fspath(path), folder=folder)
+  no_room = _NO_ROOM.get(getattr(error, 'errno', None))
   if why is None:
-    why = (getattr(error, 'strerror', None) or errors.first_line(error)
-           if error is not None else 'unknown')
-  return errors.ConfigError(f'{os.fspath(path)}: cannot write {what} there'
-                            f' ({errors.printable(why)})')
+    why = no_room or (getattr(error, 'strerror', None)
+                      or errors.first_line(error)
+                      if error is not None else 'unknown')
+  cls = errors.DiskSpaceError if why == no_room else errors.ConfigError
+  return cls(f'{os.fspath(path)}: cannot write {what} there'
+             f' ({errors.printable(why)})')
 
 
 def check_writable(path, what: str, *, folder: bool = False,
@@ -522,7 +535,7 @@ def write_whole(path, data: bytes, what: str) -> None:
   folder is made. A one-line error names `what` if it cannot be.
 
   Raises:
-    errors.ConfigError: from `cannot_write`.
+    errors.ConfigError, errors.DiskSpaceError: from `cannot_write`.
   """
   from etils import epath  # pylint: disable=g-import-not-at-top
   failed = write_failures(path)
