@@ -553,7 +553,7 @@ def test_show_refuses_a_nan_box_in_one_line(nonfinite_data_dir, tmp_path,
       'segment-anything-tfds show: error: index 1, image_id 12:'
       ' annotations[1].bbox [nan, nan, nan, nan] is not finite (NaN or'
       ' infinity)\n')
-  assert not list((tmp_path / 'b').iterdir())
+  assert not list((tmp_path / 'b').glob('*'))  # Nothing drawn or written.
   code, out, err = run(capsys, *argv, '--points', '--out', tmp_path / 'p')
   assert code == 0, err
   assert (tmp_path / 'p' / 'sa_12_points.png').exists()
@@ -581,6 +581,103 @@ def test_show_by_image_id_draws_masks(built, tmp_path, capsys):
   assert (np.abs(drawn.astype(int) - plain).sum(-1)[covered] > 0).mean() > 0.5
   assert np.array_equal(drawn[~covered], plain[~covered])
   assert 'image id 32' in out
+
+
+def _no_partial_files(out):
+  return not [n for n in os.listdir(out) if n.endswith('.partial')]
+
+
+def test_show_and_stats_replace_links_planted_in_out_never_write_through(
+    built, tmp_path, capsys):
+  """A symlink (to a file outside OUT) and a hard link planted under the
+  names show and stats write are replaced, never written through."""
+  data_dir, _ = built
+  out = tmp_path / 'out'
+  out.mkdir()
+  victims = {n: tmp_path / f'victim_{n}' for n in ('sa_21.png', 'stats.json',
+                                                   'stats.png')}
+  for name, victim in victims.items():
+    victim.write_bytes(b'precious\n')
+  os.symlink(victims['sa_21.png'], out / 'sa_21.png')
+  os.link(victims['stats.json'], out / 'stats.json')
+  os.symlink(victims['stats.png'], out / 'stats.png')
+  code, printed, err = run(capsys, 'show', '--tars', '0-3', '--data_dir',
+                           data_dir, '--index', '0', '--out', out,
+                           '--no_progress')
+  assert code == 0, err
+  assert printed.startswith(f'wrote {out}/sa_21.png (index 0, image id 21,')
+  code, _, err = run(capsys, 'stats', '--tars', '0-3', '--data_dir',
+                     data_dir, '--out', out, '--no_progress')
+  assert code == 0, err
+  for victim in victims.values():
+    assert victim.read_bytes() == b'precious\n'
+  for name in victims:
+    assert not (out / name).is_symlink()
+    assert (out / name).stat().st_nlink == 1
+  with Image.open(out / 'sa_21.png') as im:
+    assert im.format == 'PNG'
+  assert json.loads((out / 'stats.json').read_text())['images'] == len(
+      DUMMY_IMAGES)
+  assert _no_partial_files(out)
+
+
+@pytest.mark.parametrize('command,name', [('show', 'sa_21.png'),
+                                          ('stats', 'stats.json'),
+                                          ('stats', 'stats.png')])
+def test_a_fifo_or_dir_under_a_name_show_or_stats_writes_is_one_line(
+    built, tmp_path, capsys, command, name):
+  """Never opened (a FIFO would block the write), never replaced."""
+  data_dir, _ = built
+  what = ('the picture (--out)' if command == 'show' else
+          'the statistics (--out)')
+  for kind, make in (('a FIFO', os.mkfifo), ('a directory', os.mkdir)):
+    out = tmp_path / kind.split()[-1]
+    out.mkdir()
+    make(out / name)
+    argv = ['--index', '0'] if command == 'show' else []
+    code, _, err = run(capsys, command, '--tars', '0-3', '--data_dir',
+                       data_dir, *argv, '--out', out, '--no_progress')
+    assert (code, err) == (1, f'segment-anything-tfds {command}: error:'
+                           f' {out}/{name}: cannot write {what} there (it is'
+                           f' {kind}; remove it or choose another --out)\n')
+    assert _no_partial_files(out)
+
+
+def _cli_under_size_limit(limit, *argv):
+  """The CLI in a process that cannot write past `limit` bytes in a file
+  (RLIMIT_FSIZE: writes fail with EFBIG, as with ENOSPC on a full disk)."""
+  import resource  # pylint: disable=g-import-not-at-top
+  def limited():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+  return subprocess.run(
+      [sys.executable, '-m', 'segment_anything_tfds', *map(str, argv),
+       '--no_progress'], capture_output=True, text=True, check=False,
+      timeout=300, preexec_fn=limited,
+      env={**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path)})
+
+
+_TOO_LARGE = ("file too large: over the file system's or this process's"
+              " limit on a file's size (ulimit -f)")
+
+
+def test_show_and_stats_on_a_full_disk_are_one_line_and_leave_no_part(
+    built, tmp_path):
+  data_dir, _ = built
+  out = tmp_path / 'show'
+  res = _cli_under_size_limit(2048, 'show', '--tars', '0-3', '--data_dir',
+                              data_dir, '--index', '0', '--out', out)
+  assert (res.returncode, res.stderr) == (
+      1, f'segment-anything-tfds show: error: {out}/sa_21.png: cannot write'
+      f' the picture (--out) there ({_TOO_LARGE})\n')
+  assert os.listdir(out) == []  # No PNG cut short, no partial file.
+  out = tmp_path / 'stats'
+  res = _cli_under_size_limit(20 << 10, 'stats', '--tars', '0-3',
+                              '--data_dir', data_dir, '--out', out)
+  assert (res.returncode, res.stderr) == (
+      1, f'segment-anything-tfds stats: error: {out}/stats.png: cannot write'
+      f' the statistics (--out) there ({_TOO_LARGE})\n')
+  assert os.listdir(out) == ['stats.json']  # Whole; written first.
+  json.loads((out / 'stats.json').read_text())
 
 
 def test_show_upscales_pixels_and_masks_alike(built, tmp_path, capsys):

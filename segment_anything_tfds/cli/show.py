@@ -14,10 +14,10 @@ Three pictures (`segment_anything_tfds.tools.viz` draws them):
 from __future__ import annotations
 
 import argparse
-import pathlib
 from typing import Any, Sequence
 
 from segment_anything_tfds import errors
+from segment_anything_tfds.tools import export
 from segment_anything_tfds.tools import viz
 from segment_anything_tfds.cli import common
 from segment_anything_tfds.sources import local
@@ -179,8 +179,6 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   predictions = _load_predictions(args) if args.predictions else None
   builder = common.prepared_builder(args)
   chosen, source = _select_examples(builder, args)
-  out_dir = pathlib.Path(args.out)
-  out_dir.mkdir(parents=True, exist_ok=True)
   for index, ex in common.progress(chosen,
                                    enabled=args.progress and len(chosen) > 1,
                                    desc='Drawing', unit='img'):
@@ -189,8 +187,8 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
                                 predictions=predictions)
     except errors.BadRecordError as e:  # Names the image; and its index.
       raise errors.BadRecordError(f'index {index}, {e.args[0]}') from None
-    path = out_dir / name
-    image.save(path, format='PNG')
+    path, = export.write_files(args.out, {name: viz.png_bytes(image)},
+                               what='the picture (--out)')
     width, height = image.size
     print(f'wrote {path} (index {index}, image id'
           f' {int(ex["image"]["image_id"])}, {width}x{height}, {what})')

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 from typing import Sequence
 
@@ -22,6 +23,7 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   common.require('matplotlib', command='stats', extra='viz')
   local.check_writable(args.out, 'statistics (--out)', folder=True,
                        bucket=False)
+  from segment_anything_tfds.tools import export as export_lib  # pylint: disable=g-import-not-at-top
   from segment_anything_tfds.tools import stats as stats_lib  # pylint: disable=g-import-not-at-top
   builder = common.prepared_builder(args)
   acc = stats_lib.Accumulator()
@@ -30,13 +32,15 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
                                     desc='Statistics'):
     acc.add(ex)
   out_dir = pathlib.Path(args.out)
-  out_dir.mkdir(parents=True, exist_ok=True)
   name = builder.builder_config.name if builder.builder_config else ''
-  summary = acc.write_json(
-      out_dir / 'stats.json', dataset=builder.info.full_name, config=name,
+  summary, data = acc.json_bytes(
+      os.fspath(out_dir / 'stats.json'), dataset=builder.info.full_name, config=name,
       data_dir=str(builder.data_dir), split=args.split)
-  acc.write_figure(out_dir / 'stats.png',
-                   title=f'{builder.info.full_name} {args.split}')
+  export_lib.write_files(out_dir, {
+      'stats.json': data,
+      'stats.png': acc.png_bytes(
+          title=f'{builder.info.full_name} {args.split}')},
+                         what='the statistics (--out)')
   mpi = summary['masks_per_image']
   q = mpi['quantiles']
   lines = [

@@ -71,6 +71,7 @@ import re
 import shutil
 import stat
 import tarfile
+import time
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -512,11 +513,14 @@ class PendingFile:
   """
 
   def __init__(self, dir_fd: int, name: str, *, shown_dir: str,
-               sync: bool = True):
+               sync: bool = True, unique: bool = False):
     self.name = _check_name(name)
     self.dir_fd = dir_fd
     self.path = os.path.join(shown_dir, name)
-    self.partial = f'.{name}{PARTIAL_SUFFIX}'
+    # `unique`: `.<name>.<pid>.<ns>.partial`, of this writer only, for
+    # writers that hold no lock on the dir (`write_files`).
+    tag = f'.{os.getpid()}.{time.time_ns()}' if unique else ''
+    self.partial = f'.{name}{tag}{PARTIAL_SUFFIX}'
     self.sync = sync
     try:
       fd = os.open(self.partial, _PARTIAL_FLAGS, 0o666, dir_fd=dir_fd)
@@ -578,6 +582,52 @@ def write_atomically(pending: PendingFile, data: bytes) -> str:
   except BaseException:
     pending.discard()
     raise
+
+
+def write_files(out_dir: str | os.PathLike, files: Mapping[str, bytes], *,
+                what: str) -> list[str]:
+  """Writes each of `files` ({name: bytes}) into `out_dir` (made if need
+  be) whole or not at all, in order; returns their paths.
+
+  Each goes through a `PendingFile` of its own (a new file, never one that
+  was there) renamed over its name: a file, symlink or hard link there is
+  replaced, never written through, and nothing is written outside
+  `out_dir`.
+
+  Raises:
+    ConfigError: a name is taken by a directory, FIFO, device or socket (it
+      is never opened), or a write fails (one line naming the file).
+    DiskSpaceError: the disk is full, or the file over the size limit.
+  """
+  from segment_anything_tfds.sources import local  # pylint: disable=g-import-not-at-top
+  with OutDir.made(out_dir) as out:
+    written = []
+    for name, data in files.items():
+      path = os.path.join(out.path, name)
+      _check_replaceable(out.fd, name, path, what)
+      try:
+        written.append(write_atomically(
+            PendingFile(out.fd, name, shown_dir=out.path, unique=True), data))
+      except OSError as e:
+        if isinstance(e, errors.Error):
+          raise
+        raise local.cannot_write(path, what, e) from None
+    return written
+
+
+def _check_replaceable(dir_fd: int, name: str, path: str, what: str) -> None:
+  """Refuses a `name` that is no file nor symlink: renaming over it would
+  fail (a directory) or put away what someone is reading (a FIFO)."""
+  try:
+    mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+  except FileNotFoundError:
+    return
+  if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+    return
+  kind = ('a directory' if stat.S_ISDIR(mode) else
+          'a FIFO' if stat.S_ISFIFO(mode) else 'a device or socket')
+  raise errors.ConfigError(f'{path}: cannot write {what} there (it is'
+                           f' {kind}; remove it or choose another --out)')
 
 
 # ------------------------------------------------------------------ writers

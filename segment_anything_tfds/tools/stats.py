@@ -10,15 +10,18 @@ dataset size:
   are read off the histogram, so they are exact to one bin: 0.001 for the
   scores, 1/100 of a decade (≈2.3 %) for the area fraction.
 
-`summary()` returns a JSON-ready dict; `figure()` draws it, `write_figure()`
-saves that as a PNG.
+`summary()` returns a JSON-ready dict; `figure()` draws it, `png_bytes()`
+renders that as a PNG in memory, `write_json()` and `write_figure()` write
+them whole (`export.write_files`: never through a link or FIFO there).
 """
 
 from __future__ import annotations
 
 import collections
+import io
 import json
 import math
+import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -189,28 +192,40 @@ class Accumulator:
         },
     }
 
-  def write_json(self, path, **extra: Any) -> dict[str, Any]:
-    """Writes `summary()` (plus `extra` keys) as JSON; returns the dict.
+  def json_bytes(self, where: str, **extra: Any
+                 ) -> tuple[dict[str, Any], bytes]:
+    """(`summary()` plus `extra` keys, that dict as indented JSON).
 
     Raises:
       BadRecordError: the summary holds NaN or infinity (which JSON cannot
-        hold), naming where; nothing is written.
+        hold), naming `where` (the file it is for) and the value.
     """
     out = {**extra, **self.summary()}
     try:
       text = json.dumps(out, indent=2, sort_keys=False, allow_nan=False)
     except ValueError:
       raise errors.BadRecordError(
-          f'{path}: the statistics hold'
+          f'{where}: the statistics hold'
           f' {export.non_finite_path(out) or "a number"}, not finite (NaN'
           ' or infinity), which JSON cannot hold; not written') from None
-    with open(path, 'w', encoding='utf-8') as f:
-      f.write(text + '\n')
+    return out, (text + '\n').encode()
+
+  def png_bytes(self, *, title: str = 'SA-1B statistics') -> bytes:
+    """`figure()` as a PNG of FIGURE_SIZE_PX pixels, drawn in memory."""
+    buf = io.BytesIO()
+    self.figure(title=title).savefig(buf, format='png', dpi=_DPI)
+    return buf.getvalue()
+
+  def write_json(self, path, **extra: Any) -> dict[str, Any]:
+    """Writes `json_bytes()` at `path`, whole (`export.write_files`);
+    returns the dict; nothing is written if it holds NaN or infinity."""
+    out, data = self.json_bytes(os.fspath(path), **extra)
+    _write(path, data)
     return out
 
   def write_figure(self, path, *, title: str = 'SA-1B statistics') -> None:
-    """Writes `figure()` as a PNG of FIGURE_SIZE_PX pixels."""
-    self.figure(title=title).savefig(path, format='png', dpi=_DPI)
+    """Writes `png_bytes()` at `path`, whole (`export.write_files`)."""
+    _write(path, self.png_bytes(title=title))
 
   def figure(self, *, title: str = 'SA-1B statistics'):
     """A 2x3 panel matplotlib Figure (Agg canvas, no pyplot).
@@ -300,6 +315,14 @@ class Accumulator:
 # SAM's automatic mask generator keeps masks with predicted_iou >= 0.88 and
 # stability_score >= 0.95 (its default pred_iou_thresh, stability_score_thresh).
 SAM_THRESHOLDS = {'predicted_iou': 0.88, 'stability_score': 0.95}
+
+
+def _write(path, data: bytes) -> None:
+  """`data` at `path` through `export.write_files`: never through a link or
+  FIFO there, never a part of it under its name."""
+  from segment_anything_tfds.tools import export  # pylint: disable=g-import-not-at-top
+  folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+  export.write_files(folder, {name: data}, what='the statistics')
 
 
 def _integer_locator():

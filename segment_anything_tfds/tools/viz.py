@@ -34,6 +34,7 @@ from __future__ import annotations
 import colorsys
 import io
 import math
+import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -451,8 +452,19 @@ def _eroded(mask: np.ndarray) -> np.ndarray:
           & m[1:-1, 2:])
 
 
+def png_bytes(image) -> bytes:
+  """A PIL image as PNG bytes, made in memory."""
+  buf = io.BytesIO()
+  image.save(buf, format='PNG')
+  return buf.getvalue()
+
+
 def save(example: Mapping[str, Any], path, **kwargs) -> tuple[int, int]:
-  """Renders `example` to a PNG at `path`; returns its (width, height)."""
+  """Renders `example` to a PNG at `path`, written whole
+  (`export.write_files`: never through a link or FIFO there); returns its
+  (width, height)."""
+  from segment_anything_tfds.tools import export  # pylint: disable=g-import-not-at-top
   image = render(example, **kwargs)
-  image.save(path, format='PNG')
+  folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+  export.write_files(folder, {name: png_bytes(image)}, what='the picture')
   return image.size
