@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import textwrap
 
 import numpy as np
@@ -881,19 +882,34 @@ def test_an_annotation_id_in_two_images_stops_a_coco_export(tmp_path):
         examples)
 
 
-def test_annotation_ids_log_finds_the_smallest_repeat():
-  log = export.AnnotationIds()
+@pytest.mark.parametrize('buffer', [64, 1 << 20])
+def test_annotation_ids_log_finds_the_smallest_repeat(monkeypatch, buffer):
+  # A buffer of 64 ids: spilled to the bucket files about 100 times, one
+  # image's ids (200) across several spills; memory stays at the buffer.
+  monkeypatch.setattr(export.AnnotationIds, 'BUFFER', buffer)
+  opened = []
+
+  def opener():
+    opened.append(tempfile.TemporaryFile())
+    return opened[-1]
+
+  log = export.AnnotationIds(opener)
   log.check()  # Nothing logged: nothing repeated.
-  for image_id in range(3000):  # Past the first array: it grows.
+  for image_id in range(3000):
     log.add(image_id, [10 * image_id, 10 * image_id + 1])
+  log.add(3000, range(10**6, 10**6 + 200))
   log.check()
+  assert 1 < len(opened) <= export.AnnotationIds.BUCKETS
   log.add(7, [2**64 - 1, 20001, 5])
   log.add(8, [])
-  log.add(9, [2**64 - 1, 5])
+  log.add(9, [2**64 - 1, 5, 10**6 + 199])
   with pytest.raises(errors.BadRecordError, match=re.escape(
-      'annotation id 5 is in example 3000 (image_id 7) and example 3002'
+      'annotation id 5 is in example 3001 (image_id 7) and example 3003'
       ' (image_id 9)')):
     log.check()
+  assert log._rows.shape == (buffer, 3)  # pylint: disable=protected-access
+  log.close()
+  assert all(f.closed for f in opened)
 
 
 def test_export_out_under_a_file_is_one_line(data_dir, tmp_path, capsys):

@@ -71,12 +71,14 @@ import re
 import shutil
 import stat
 import tarfile
+import tempfile
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
 from segment_anything_tfds import errors
+from segment_anything_tfds.prepare import plan
 
 __all__ = ['FORMATS', 'MANIFEST', 'check_finite', 'pixel_box',
            'image_file_name', 'sa1b_record', 'coco_image', 'coco_annotation',
@@ -878,50 +880,100 @@ class AnnotationIds:
   within an image; this finds those across images (and within one, in a
   dataset built by older code).
 
-  Memory: 8 to 16 bytes per annotation (a uint64 array that doubles as it
-  grows) and about 100 per image (two Python lists), and 8 more per
-  annotation while `check` sorts a copy. For one SA-1B tar (~11 k images,
-  ~1.1 M masks): 9 to 18 MB, 27 MB at most at the check; for all of SA-1B
-  (11 M images, 1.1 B masks) 10 to 20 GB, 30 GB at the check: export it in
-  parts.
+  Each id is kept on disk with its example's index and image id (24
+  bytes), in one of `BUCKETS` files chosen by a hash of the id, so a
+  repeat lands twice in one bucket; `check` sorts one bucket at a time.
+  The files come from `opener` (by default unnamed temporary files, which
+  go when closed, or with the process). Memory: `BUFFER` ids (24 MB) while
+  adding; one bucket (a 256th of the ids, 32 bytes each) while checking:
+  for all of SA-1B (1.1 B masks, 26 GB on disk) about 140 MB. Before, the
+  ids were held in memory: 8 to 16 bytes per annotation, 30 GB at the
+  check for all of SA-1B.
   """
 
-  def __init__(self):
-    self._ids = np.empty(1 << 12, np.uint64)
+  BUCKETS = 256
+  BUFFER = 1 << 20
+
+  def __init__(self, opener: Callable[[], Any] = tempfile.TemporaryFile):
+    self._opener = opener
+    self._files: dict[int, Any] = {}
+    self._rows = np.empty((self.BUFFER, 3), np.uint64)
     self._size = 0
-    self._image_ids: list[int] = []
-    self._ends: list[int] = []  # Where each example's ids end.
+    self._examples = 0
 
   def add(self, image_id: int, ids: Iterable[int]) -> None:
     """Logs the ids of one example's annotations."""
     ids = np.asarray(ids, np.uint64).reshape(-1)
-    end = self._size + len(ids)
-    if end > len(self._ids):
-      grown = np.empty(max(end, 2 * len(self._ids)), np.uint64)
-      grown[:self._size] = self._ids[:self._size]
-      self._ids = grown
-    self._ids[self._size:end] = ids
-    self._size = end
-    self._image_ids.append(image_id)
-    self._ends.append(end)
+    for start in range(0, len(ids), self.BUFFER):
+      chunk = ids[start:start + self.BUFFER]
+      if self._size + len(chunk) > self.BUFFER:
+        self._flush()
+      rows = self._rows[self._size:self._size + len(chunk)]
+      rows[:, 0] = chunk
+      rows[:, 1] = self._examples
+      rows[:, 2] = image_id
+      self._size += len(chunk)
+    self._examples += 1
+
+  def _flush(self) -> None:
+    """Appends the buffered rows to their buckets' files."""
+    rows = self._rows[:self._size]
+    buckets = (plan.image_order(rows[:, 0]) >> np.uint64(56)).astype(
+        np.int64) * self.BUCKETS >> 8
+    order = np.argsort(buckets, kind='stable')
+    ends = np.cumsum(np.bincount(buckets, minlength=self.BUCKETS))
+    for k in np.flatnonzero(np.bincount(buckets, minlength=self.BUCKETS)):
+      if k not in self._files:
+        self._files[k] = self._opener()
+      picked = order[(ends[k - 1] if k else 0):ends[k]]
+      self._files[k].write(rows[picked].tobytes())
+    self._size = 0
 
   def check(self) -> None:
     """Raises BadRecordError naming the smallest id logged twice and the
     two examples (index and image id) that first hold it."""
-    ids = self._ids[:self._size]
-    ordered = np.sort(ids)
-    again = ordered[1:] == ordered[:-1]
-    if not again.any():
+    self._flush()
+    first = None
+    for k in sorted(self._files):
+      f = self._files[k]
+      f.seek(0)
+      rows = np.frombuffer(f.read(), np.uint64).reshape(-1, 3)
+      f.seek(0, os.SEEK_END)
+      order = np.argsort(rows[:, 0], kind='stable')  # Added order kept.
+      ids = rows[order, 0]
+      again = np.flatnonzero(ids[1:] == ids[:-1])
+      if len(again) and (first is None or ids[again[0]] < first[0][0]):
+        first = rows[order[again[0]]], rows[order[again[0] + 1]]
+    if first is None:
       return
-    repeated = ordered[1:][np.argmax(again)]
-    where = np.flatnonzero(ids == repeated)[:2]
-    a, b = np.searchsorted(self._ends, where, side='right').tolist()
+    (repeated, a, image_a), (_, b, image_b) = (r.tolist() for r in first)
     raise errors.BadRecordError(
-        f'annotation id {int(repeated)} is in example {a} (image_id'
-        f' {self._image_ids[a]}) and example {b} (image_id'
-        f' {self._image_ids[b]}): COCO needs annotation ids unique in the'
-        ' file (pycocotools would keep one); annotations.json is not'
-        ' written')
+        f'annotation id {repeated} is in example {a} (image_id {image_a})'
+        f' and example {b} (image_id {image_b}): COCO needs annotation ids'
+        ' unique in the file (pycocotools would keep one); annotations.json'
+        ' is not written')
+
+  def close(self) -> None:
+    """Closes (and so removes) the files."""
+    for f in self._files.values():
+      f.close()
+    self._files.clear()
+
+
+def unnamed_file(out: OutDir) -> Any:
+  """A new file in `out` that has no name (Linux's O_TMPFILE, opened
+  relative to its handle): it goes when closed, or with the process.
+  Elsewhere, a temporary file in its path, removed as soon as made."""
+  flag = getattr(os, 'O_TMPFILE', None)
+  if flag is not None:
+    try:
+      fd = os.open('.', flag | os.O_RDWR | os.O_CLOEXEC, 0o600,
+                   dir_fd=out.fd)
+    except OSError:
+      pass  # A filesystem without it.
+    else:
+      return os.fdopen(fd, 'w+b')
+  return tempfile.TemporaryFile(dir=out.path)
 
 
 class CocoWriter(_Writer):
@@ -929,9 +981,10 @@ class CocoWriter(_Writer):
 
   The `images` and `annotations` lists are streamed to two partial files
   while the JPEGs are written, and joined into `annotations.json` at
-  `close`, so memory stays flat however many images are exported, but for
-  the annotation ids (`AnnotationIds`: 8 bytes per annotation), checked
-  unique across the file before it is written.
+  `close`, so memory stays flat however many images are exported. The
+  annotation ids are checked unique across the file before it is written
+  (`AnnotationIds`, 24 bytes per annotation in unnamed files in the out
+  dir).
   """
 
   IMAGES_DIR = 'images'
@@ -943,7 +996,7 @@ class CocoWriter(_Writer):
     self.info = dict(info or {})
     self._lists: dict[str, PendingFile] = {}
     self._annotations_written = 0
-    self._ids = AnnotationIds()
+    self._ids = AnnotationIds(lambda: unnamed_file(self.dir))
     try:
       self.dir.dir_fd(self.IMAGES_DIR, create=True)
       for key in ('images', 'annotations'):
@@ -980,7 +1033,10 @@ class CocoWriter(_Writer):
     self._lists[key].write((b',' if index else b'') + entry)
 
   def _finish(self):
-    self._ids.check()
+    try:
+      self._ids.check()
+    finally:
+      self._ids.close()
     head = _json_bytes({'info': self.info, 'licenses': [],
                         'categories': [COCO_CATEGORY]})[:-1]
     out = self._pending(self.ANNOTATIONS)
@@ -1001,6 +1057,7 @@ class CocoWriter(_Writer):
     self._done(out.commit())
 
   def _discard(self):
+    self._ids.close()
     discard_all(self._lists.values())
 
 
