@@ -12,6 +12,7 @@ import http.server
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -678,6 +679,79 @@ def test_show_and_stats_on_a_full_disk_are_one_line_and_leave_no_part(
       f' the statistics (--out) there ({_TOO_LARGE})\n')
   assert os.listdir(out) == ['stats.json']  # Whole; written first.
   json.loads((out / 'stats.json').read_text())
+
+
+def _huge_header_record(image_id, side):
+  """(JPEG, JSON) the build accepts: an 8x8 JPEG whose header says
+  side x side, as the JSON does, with one empty mask (a few hundred
+  bytes in all)."""
+  import io  # pylint: disable=g-import-not-at-top
+  from pycocotools import mask as mask_utils  # pylint: disable=g-import-not-at-top
+  buf = io.BytesIO()
+  Image.new('RGB', (8, 8), (100, 50, 20)).save(buf, 'JPEG')
+  jpg = bytearray(buf.getvalue())
+  sof = jpg.find(b'\xff\xc0')
+  jpg[sof + 5:sof + 9] = side.to_bytes(2, 'big') * 2
+  rle = mask_utils.frPyObjects({'counts': [side * side],
+                                'size': [side, side]}, side, side)
+  record = {'image': {'image_id': image_id, 'width': side, 'height': side,
+                      'file_name': f'sa_{image_id}.jpg'},
+            'annotations': [{
+                'bbox': [0, 0, 1, 1], 'area': 0,
+                'segmentation': {'size': [side, side],
+                                 'counts': rle['counts'].decode()},
+                'predicted_iou': 0.9, 'point_coords': [[1, 1]],
+                'crop_box': [0, 0, side, side], 'id': 1,
+                'stability_score': 0.9}]}
+  return image_id, bytes(jpg), json.dumps(record).encode()
+
+
+def test_show_refuses_an_image_too_large_to_draw_before_decoding_it(
+    tmp_path, capsys):
+  """JPEG headers and JSON agree on 12000x12000 (decoded: 3 GB and more)
+  and 30000x30000 (PIL's decompression bomb): one line naming the image,
+  nothing written."""
+  from segment_anything_tfds.tools import viz  # pylint: disable=g-import-not-at-top
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  fake_data.write_tar(manual / 'sa_000000.tar', [
+      _huge_header_record(7, 30000), _huge_header_record(8, 12000)])
+  data_dir = tmp_path / 'data'
+  code, _, err = run(capsys, 'build', '--manual_dir', manual, '--tars', '0',
+                     '--data_dir', data_dir, '--no_progress')
+  assert code == 0, err
+  show = ['show', '--tars', '0', '--data_dir', data_dir, '--out',
+          tmp_path / 'show', '--no_progress', '--image_id']
+  code, out, err = run(capsys, *show, 8)
+  assert (code, out, err) == (
+      1, '', 'segment-anything-tfds show: error: image id 8: 12000x12000 px'
+      ' is 144.0 MP, over the 33.6 MP a picture is drawn with'
+      ' (viz.MAX_PIXELS)\n')
+  code, out, err = run(capsys, *show, 7)
+  assert (code, out) == (1, '')
+  assert err.startswith(
+      'segment-anything-tfds show: error: image id 7: its JPEG is over the'
+      ' 33.6 MP a picture is drawn with (viz.MAX_PIXELS): Image size'
+      ' (900000000 pixels) exceeds limit of ')
+  assert len(err.splitlines()) == 1
+  assert not (tmp_path / 'show').exists()
+  # The CLI as a user runs it: no warning from PIL besides the one line.
+  res = subprocess.run(
+      [sys.executable, '-m', 'segment_anything_tfds', *map(str, show), '8'],
+      capture_output=True, text=True, check=False, timeout=300,
+      env={**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path)})
+  assert (res.returncode, len(res.stderr.splitlines())) == (1, 1), res.stderr
+  # The masks decoded at once are bounded too: SA-1B's largest images with
+  # ~1200 masks pass, more are refused (scaled up, the scaled size counts).
+  viz.check_drawable(5, 1500, 2250, masks=1200)
+  with pytest.raises(errors.ConfigError, match=re.escape(
+      'image id 5: 1300 masks of 2250x1500 px are 4.1 GiB decoded, over the'
+      ' 4 GiB drawn at once (viz.MAX_MASK_PIXELS); draw fewer (--max_masks)'
+      )):
+    viz.check_drawable(5, 1500, 2250, masks=1300)
+  with pytest.raises(errors.ConfigError, match=re.escape(
+      'image id 6: 1000x1000 px scaled up 6x is 36.0 MP, over the 33.6 MP')):
+    viz.check_drawable(6, 1000, 1000, factor=6)
 
 
 def test_show_upscales_pixels_and_masks_alike(built, tmp_path, capsys):

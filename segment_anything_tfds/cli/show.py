@@ -153,6 +153,8 @@ def _draw(ex, args, *, source, predictions):
           max_masks=args.max_masks or DEFAULT_TILES, min_size=args.min_size,
           **({} if args.alpha is None else {'alpha': args.alpha}))
     except ValueError as e:
+      if isinstance(e, errors.Error):
+        raise
       raise errors.ConfigError(
           f'{args.predictions}: image id {image_id}: {e}') from None
     mean = (sum(s[1] for s in scored) / len(scored)) if scored else None
@@ -170,6 +172,18 @@ def _draw(ex, args, *, source, predictions):
           f'{total} masks' + ('' if drawn == total else f', {drawn} drawn'))
 
 
+def _draw_bounded(ex, args, *, source, predictions):
+  """`_draw`, with running out of memory one line naming the image (the
+  sizes are bounded by `viz.check_drawable` first)."""
+  try:
+    return _draw(ex, args, source=source, predictions=predictions)
+  except MemoryError:
+    raise errors.ConfigError(
+        f'image id {int(ex["image"]["image_id"])}: out of memory drawing'
+        ' it; draw fewer masks (--max_masks) or a smaller --min_size'
+        ) from None
+
+
 def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   del leftover
   _check_combinations(args)
@@ -183,8 +197,8 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
                                    enabled=args.progress and len(chosen) > 1,
                                    desc='Drawing', unit='img'):
     try:
-      image, name, what = _draw(ex, args, source=source,
-                                predictions=predictions)
+      image, name, what = _draw_bounded(ex, args, source=source,
+                                        predictions=predictions)
     except errors.BadRecordError as e:  # Names the image; and its index.
       raise errors.BadRecordError(f'index {index}, {e.args[0]}') from None
     path, = export.write_files(args.out, {name: viz.png_bytes(image)},

@@ -35,13 +35,21 @@ import colorsys
 import io
 import math
 import os
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from segment_anything_tfds import errors
 from segment_anything_tfds.tools import export
 
 DEFAULT_ALPHA = 0.45
+# The most pixels a picture is drawn with (after `min_size` upscaling), and
+# the most mask pixels decoded for it at once (a byte each). Drawing takes
+# ~30 bytes a pixel: 1 GB at MAX_PIXELS. SA-1B's images are ~1500x2250 px
+# (3.4 MP): up to ~1200 masks each fit MAX_MASK_PIXELS.
+MAX_PIXELS = 1 << 25  # 33.5 MP, e.g. 5792x5792.
+MAX_MASK_PIXELS = 1 << 32  # 4 GiB.
 # Tile colours of `render_evaluation`.
 HIT = (40, 200, 60)  # In the prediction and the ground truth.
 MISSED = (40, 110, 255)  # In the ground truth only.
@@ -96,12 +104,64 @@ def full_masks(annotations: Mapping[str, Any], height: int, width: int
       for c, s in zip(counts, seg['size'])])
 
 
-def image_array(content: Any) -> np.ndarray:
-  """`image/content` as uint8 RGB [h, w, 3], from pixels or JPEG bytes."""
+def check_drawable(image_id: Any, height: int, width: int, *,
+                   masks: int = 0, factor: int = 1) -> None:
+  """Refuses a picture too large to draw, before it is decoded.
+
+  Args:
+    image_id: the image's id, for the message.
+    height: the image's height, in pixels.
+    width: its width.
+    masks: how many masks are decoded for it at once.
+    factor: the upscaling factor it is drawn at (`upscale_factor`).
+
+  Raises:
+    ConfigError: naming the image: over `MAX_PIXELS` pixels, or over
+      `MAX_MASK_PIXELS` mask pixels.
+  """
+  pixels = height * width * factor * factor
+  size = f'{width}x{height} px' + (f' scaled up {factor}x' if factor > 1
+                                   else '')
+  if pixels > MAX_PIXELS:
+    raise errors.ConfigError(
+        f'image id {image_id}: {size} is {pixels / 1e6:.1f} MP, over the'
+        f' {MAX_PIXELS / 1e6:.1f} MP a picture is drawn with'
+        ' (viz.MAX_PIXELS)')
+  if pixels * masks > MAX_MASK_PIXELS:
+    raise errors.ConfigError(
+        f'image id {image_id}: {masks} masks of {size} are'
+        f' {pixels * masks / 2**30:.1f} GiB decoded, over the'
+        f' {MAX_MASK_PIXELS / 2**30:.0f} GiB drawn at once'
+        ' (viz.MAX_MASK_PIXELS); draw fewer (--max_masks)')
+
+
+def image_array(content: Any, *, image_id: Any = '?') -> np.ndarray:
+  """`image/content` as uint8 RGB [h, w, 3], from pixels or JPEG bytes.
+
+  Raises:
+    ConfigError: naming `image_id`: the JPEG's header gives a size over
+      `MAX_PIXELS` (checked before decoding), or it cannot be decoded.
+  """
   if isinstance(content, (bytes, np.bytes_)):
     from PIL import Image  # pylint: disable=g-import-not-at-top
-    with Image.open(io.BytesIO(bytes(content))) as im:
-      return np.asarray(im.convert('RGB'))
+    try:
+      with warnings.catch_warnings():
+        # Its size is checked here, below PIL's own limit.
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+        im = Image.open(io.BytesIO(bytes(content)))
+      with im:
+        check_drawable(image_id, im.height, im.width)
+        return np.asarray(im.convert('RGB'))
+    except errors.Error:
+      raise
+    except Image.DecompressionBombError as e:
+      raise errors.ConfigError(
+          f'image id {image_id}: its JPEG is over the'
+          f' {MAX_PIXELS / 1e6:.1f} MP a picture is drawn with'
+          f' (viz.MAX_PIXELS): {errors.first_line(e)}') from None
+    except (OSError, SyntaxError, ValueError) as e:
+      raise errors.ConfigError(f'image id {image_id}: its JPEG cannot be'
+                               f' decoded ({errors.first_line(e)})') from None
   arr = np.asarray(content)
   if arr.ndim == 2:
     arr = arr[..., None]
@@ -201,13 +261,15 @@ def render(
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
   export.check_finite(example, ('bbox',) * boxes + ('point_coords',) * points)
-  pixels = image_array(example['image']['content'])
+  image_id = _image_id(example)
+  pixels = image_array(example['image']['content'], image_id=image_id)
   height, width = pixels.shape[:2]
-  ann = take(example['annotations'], select_masks(
-      example['annotations'], max_masks=max_masks,
-      min_predicted_iou=min_predicted_iou))
-  masks = full_masks(ann, height, width)
+  index = select_masks(example['annotations'], max_masks=max_masks,
+                       min_predicted_iou=min_predicted_iou)
   factor = upscale_factor(height, width, min_size)
+  check_drawable(image_id, height, width, masks=len(index), factor=factor)
+  ann = take(example['annotations'], index)
+  masks = full_masks(ann, height, width)
   palette = colors(len(masks))
   image = Image.fromarray(blend(upscale(pixels, factor),
                                 upscale(masks, factor, (1, 2)), palette,
@@ -216,6 +278,12 @@ def render(
     _draw_boxes_and_points(image, ann, palette, factor=factor, boxes=boxes,
                            points=points)
   return image
+
+
+def _image_id(example: Mapping[str, Any]) -> Any:
+  """The example's image id, for messages ('?' if it has none)."""
+  value = example['image'].get('image_id')
+  return '?' if value is None else int(value)
 
 
 def _draw_boxes_and_points(image, ann, palette, *, factor: int, boxes: bool,
@@ -304,8 +372,10 @@ def render_copy_paste(target: Mapping[str, Any], source: Mapping[str, Any],
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from segment_anything_tfds.read import copy_paste  # pylint: disable=g-import-not-at-top
 
-  target_pixels = image_array(target['image']['content'])
-  source_pixels = image_array(source['image']['content'])
+  target_pixels = image_array(target['image']['content'],
+                              image_id=_image_id(target))
+  source_pixels = image_array(source['image']['content'],
+                              image_id=_image_id(source))
   seg = source['annotations']['segmentation']
   tf_source = {'image': {'content': tf.constant(source_pixels),
                          'image_id': tf.constant(
@@ -319,7 +389,8 @@ def render_copy_paste(target: Mapping[str, Any], source: Mapping[str, Any],
       as_rle=True)
   result = {k: v.numpy() for k, v in result.items()}
   height, width = target_pixels.shape[:2]
-  pasted = {'image': {'content': result['image']},
+  pasted = {'image': {'content': result['image'],
+                      'image_id': target['image']['image_id']},
             'annotations': {'segmentation': {
                 'counts': result['pasted_counts'],
                 'size': np.tile([[height, width]],
@@ -329,6 +400,7 @@ def render_copy_paste(target: Mapping[str, Any], source: Mapping[str, Any],
                                 result['pasted_indices'])}
   from PIL import Image  # pylint: disable=g-import-not-at-top
   factor = upscale_factor(height, width, min_size)
+  check_drawable(_image_id(target), height, width, factor=factor)
   n = len(result['pasted_indices'])
   target_id = int(target['image']['image_id'])
   panels = [
@@ -410,9 +482,12 @@ def render_evaluation(example: Mapping[str, Any],
     (PIL image, the list of `evaluation_ious`).
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  pixels = image_array(example['image']['content'])
+  image_id = _image_id(example)
+  pixels = image_array(example['image']['content'], image_id=image_id)
   height, width = pixels.shape[:2]
   factor = upscale_factor(height, width, min_size)
+  # Each tile blends 3 masks: both, missed, extra.
+  check_drawable(image_id, height, width, masks=3, factor=factor)
   scored = evaluation_ious(example, predictions, select=select)
   background = upscale(_dimmed_gray(pixels), factor)
   palette = np.array([HIT, MISSED, EXTRA], np.uint8)
