@@ -681,6 +681,19 @@ def test_show_and_stats_on_a_full_disk_are_one_line_and_leave_no_part(
   json.loads((out / 'stats.json').read_text())
 
 
+def test_export_on_a_full_disk_is_one_line_and_leaves_no_part(built,
+                                                             tmp_path):
+  data_dir, _ = built
+  out = tmp_path / 'coco'
+  res = _cli_under_size_limit(4096, 'export', '--tars', '0-3', '--data_dir',
+                              data_dir, '--format', 'coco', '--out', out)
+  # It said "export to OUT failed: [Errno 27] File too large".
+  assert (res.returncode, res.stderr) == (
+      1, f'segment-anything-tfds export: error: {out}: cannot write the'
+      f' export (--out) there ({_TOO_LARGE})\n')
+  assert _no_partial_files(out)
+
+
 def _huge_header_record(image_id, side):
   """(JPEG, JSON) the build accepts: an 8x8 JPEG whose header says
   side x side, as the JSON does, with one empty mask (a few hundred

@@ -10,7 +10,6 @@ examples and reports.
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 from typing import Sequence
 
@@ -86,10 +85,11 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   except OSError as e:
     if isinstance(e, errors.Error):
       raise
-    error = (errors.DiskSpaceError if e.errno == errno.ENOSPC
-             else errors.SourceError)
-    raise error(f'export to {out_dir} failed: {errors.first_line(e)}'
-                ) from None
+    if local.no_room(e):  # Full disk, quota, ulimit -f: said as for results.
+      raise local.cannot_write(out_dir, 'the export (--out)', e,
+                               folder=True) from None
+    raise errors.SourceError(f'export to {out_dir} failed:'
+                             f' {errors.first_line(e)}') from None
   print(_report(manifest, out_dir))
   return 0
 

@@ -398,6 +398,12 @@ _NO_ROOM = {
 }
 
 
+def no_room(error: BaseException) -> bool:
+  """Whether `error` says there is no room left: a full disk, a used-up
+  quota, or a file over the size limit (`cannot_write` words them)."""
+  return getattr(error, 'errno', None) in _NO_ROOM
+
+
 def cannot_write(path, what: str, error: Exception | None, *,
                  folder: bool = False) -> errors.Error:
   """The one-line error for a file (`what`: the index, the report) or
