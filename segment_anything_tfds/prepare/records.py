@@ -270,8 +270,9 @@ def _fast_columns(
   (`int`, `float`, `list`, `dict`, `str`), the same box arithmetic and range
   checks as `normalize_box`, and the float32 fields finite as `_float32`
   asks (one vector check per field). Anything unusual (a bool, a tuple, a
-  missing key, a box out of range, a number too large) returns None, and `_checked_columns` then accepts
-  or rejects the input with its exact error. Results are equal either way.
+  missing key, a box out of range, a number too large) returns None, and
+  `_checked_columns` then accepts or rejects the input with its exact
+  error. Results are equal either way.
   """
   n = len(annotations)
   ids, area, iou, stability, points, bbox, crop_box, counts = (

@@ -50,8 +50,9 @@ holds an exclusive lock (flock) on `.export.lock` in the dir while it
 writes, and a second export into the dir is refused while it does; so the
 partial files found by an export that took the lock are a killed run's: it
 removes them if they are regular files of this user, and refuses to start
-if one is anything else (a symlink, another user's file). A shard's line index is renamed before its TSV, and the COCO
-`annotations.json`, which needs every image, is written last. An image id
+if one is anything else (a symlink, another user's file). A shard's line
+index is renamed before its TSV, and the COCO `annotations.json`, which
+needs every image, is written last. An image id
 that comes twice stops a COCO export (its JPEG would be written over), and
 so does an annotation id that comes twice (pycocotools would keep one),
 checked before `annotations.json` is written (`AnnotationIds`).
