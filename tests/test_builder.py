@@ -130,19 +130,30 @@ def test_reuse_warns_of_a_checksum_list_the_data_was_not_built_against(
   builder, said = build(os.fspath(sums))
   assert builder.reused and said == [
       'Already prepared segment_anything/first_1/2.0.0 (built without a'
-      f' checksum list); its tars were not checked against {sums}. The'
-      ' prepared data is used as it is; rebuild it with --overwrite'
-      ' (download_mode=REUSE_CACHE_IF_EXISTS) to check them.']
+      ' checksum list); 1 of its tars (sa_000001.tar) were not checked'
+      f' against {sums}. The prepared data is used as it is; rebuild it with'
+      ' --overwrite (download_mode=REUSE_CACHE_IF_EXISTS) to check them.']
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual,
       download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
-  listed = json.loads((builder.data_path / 'metadata.json').read_text())[
-      'build']['checksums']
-  assert listed['list'] == os.fspath(sums)
-  # The same digests in another file, in another order: the same list.
-  (tmp_path / 'copy.md5').write_text(f'\n{md5}  sa_000001.tar\n')
-  builder, said = build(os.fspath(tmp_path / 'copy.md5'))
+  assert json.loads((builder.data_path / 'metadata.json').read_text())[
+      'build']['checksums'] == {'list': os.fspath(sums),
+                                'tars': {'sa_000001.tar': f'md5:{md5}'}}
+  # Another list with the same digest for its tar (and others for tars it
+  # does not hold): checked already.
+  (tmp_path / 'more.md5').write_text(f'{"0" * 32}  sa_000000.tar\n'
+                                     f'{md5}  sa_000001.tar\n')
+  builder, said = build(os.fspath(tmp_path / 'more.md5'))
   assert builder.reused and said == []
+  # One with another digest for it: said.
+  (tmp_path / 'other.md5').write_text(f'{"0" * 32}  sa_000001.tar\n')
+  builder, said = build(os.fspath(tmp_path / 'other.md5'))
+  assert said == [
+      'Already prepared segment_anything/first_1/2.0.0 (built against'
+      f' {sums}); 1 of its tars (sa_000001.tar) were not checked against'
+      f' {tmp_path / "other.md5"}. The prepared data is used as it is;'
+      ' rebuild it with --overwrite (download_mode=REUSE_CACHE_IF_EXISTS) to'
+      ' check them.']
 
 
 def test_a_capped_build_is_recorded_and_warned_on_reuse_and_load(tmp_path,

@@ -14,8 +14,10 @@ import logging
 import os
 import pathlib
 import re
+import subprocess
 import sys
 import tarfile
+import textwrap
 import warnings
 
 import pytest
@@ -315,6 +317,27 @@ def test_a_marker_is_never_written_through_a_symlink(tmp_path):
   assert not marker.is_symlink() and marker.read_text().startswith('md5:')
   assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
       [path.name, marker.name, victim.name])  # No temp file left.
+
+
+def test_a_marker_that_cannot_be_written_is_no_failure(tmp_path):
+  """The marker is a cache: a full disk (here `ulimit -f` of 8 bytes) leaves
+  none, and the tar that matches still matches (it was a DiskSpaceError,
+  and a finished download was reported as failed)."""
+  path = tmp_path / NAMES[0]
+  path.write_bytes(TARS[NAMES[0]])
+  code = textwrap.dedent(f"""
+      import resource, signal
+      signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a kill.
+      resource.setrlimit(resource.RLIMIT_FSIZE, (8, 8))
+      from segment_anything_tfds.sources import checksums, local
+      tar = local.LocalTar({NAMES[0]!r}, {os.fspath(path)!r})
+      expected = checksums.Expected('md5', {MD5[NAMES[0]]!r}, 'sums')
+      print(checksums.verify(tar, expected))
+      """)
+  res = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                       text=True, timeout=120, check=False)
+  assert (res.returncode, res.stdout) == (0, 'None\n'), res.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == [NAMES[0]]
 
 
 def test_a_marker_that_is_a_symlink_or_not_ours_is_not_believed(tmp_path):

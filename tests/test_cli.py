@@ -755,13 +755,13 @@ def test_show_refuses_an_image_too_large_to_draw_before_decoding_it(
       env={**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path)})
   assert (res.returncode, len(res.stderr.splitlines())) == (1, 1), res.stderr
   # The masks decoded at once are bounded too: SA-1B's largest images with
-  # ~1200 masks pass, more are refused (scaled up, the scaled size counts).
-  viz.check_drawable(5, 1500, 2250, masks=1200)
+  # ~3800 masks pass, more are refused (scaled up, the scaled size counts).
+  viz.check_drawable(5, 1500, 2250, masks=3800)
   with pytest.raises(errors.ConfigError, match=re.escape(
-      'image id 5: 1300 masks of 2250x1500 px are 4.1 GiB decoded, over the'
-      ' 4 GiB drawn at once (viz.MAX_MASK_PIXELS); draw fewer (--max_masks)'
+      'image id 5: 3900 masks of 2250x1500 px are 12.3 GiB decoded, over the'
+      ' 12 GiB drawn at once (viz.MAX_MASK_PIXELS); draw fewer (--max_masks)'
       )):
-    viz.check_drawable(5, 1500, 2250, masks=1300)
+    viz.check_drawable(5, 1500, 2250, masks=3900)
   with pytest.raises(errors.ConfigError, match=re.escape(
       'image id 6: 1000x1000 px scaled up 6x is 36.0 MP, over the 33.6 MP')):
     viz.check_drawable(6, 1000, 1000, factor=6)

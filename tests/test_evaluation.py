@@ -291,10 +291,13 @@ def test_predictions_of_wrong_types_are_named_not_coerced(
   # numbers; a prediction without a score scores 0.
   typed = dict(predictions[0], image_id=np.int64(7), id=np.uint64(100),
                score=np.float32(0.5))
+  typed['segmentation'] = dict(typed['segmentation'], size=np.asarray(
+      typed['segmentation']['size'], np.int64))  # A size array, as read.
   no_score = {k: v for k, v in predictions[0].items() if k != 'score'}
-  [(image_id, ann_id, _, _, score), (*_, default)] = (
+  [(image_id, ann_id, _, size, score), (*_, default)] = (
       evaluation.parse_predictions([typed, no_score]))
   assert (image_id, ann_id, score, default) == (7, 100, 0.5, 0.0)
+  assert size == tuple(predictions[0]['segmentation']['size'])
 
 
 @pytest.mark.parametrize('select', ['best_iou', 'score'])

@@ -81,6 +81,22 @@ def source_examples():
   return out
 
 
+def test_an_image_without_masks_is_exported_and_drawn(tmp_path):
+  """The build accepts an image with no annotation: every format exports it
+  and `show` draws it (the finiteness check once failed on its empty
+  columns with numpy's reshape error)."""
+  from segment_anything_tfds.tools import viz  # pylint: disable=g-import-not-at-top
+  image_id, (jpg, js) = sorted(INPUTS.items())[0]
+  _, ex = records_lib.make_example(jpg, {**js, 'annotations': []},
+                                   stem=f'sa_{image_id}', where=('t', 'm'))
+  for fmt in export.FORMATS:
+    manifest = export.export([ex], fmt, tmp_path / fmt)
+    assert (manifest['images'], manifest['masks']) == (1, 0), fmt
+  picture = viz.render(ex, boxes=True, points=True)
+  assert picture.size == (int(js['image']['width']),
+                          int(js['image']['height']))
+
+
 def assert_no_partial_files(out):
   partial = [p for p in pathlib.Path(out).rglob('*')
              if p.name.endswith(export.PARTIAL_SUFFIX)]

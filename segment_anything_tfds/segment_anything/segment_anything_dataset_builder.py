@@ -255,18 +255,22 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
       _LOG.warning('%s is prepared; its tars cannot be compared with the'
                    ' checksum list asked for (%s)', self.info.full_name, e)
       return
-    if listed is None:
-      return
-    built = (self.info.metadata or {}).get('build', {}).get('checksums')
-    if (built or {}).get('sha256') != listed.sha256():
-      was = (f'against {built["list"]}' if built and 'sha256' in built else
+    metadata = self.info.metadata or {}
+    built = metadata.get('build', {}).get('checksums')
+    tars = metadata.get('audit', {}).get('tars') or []
+    missed = [] if listed is None else checksums.unchecked(built, listed,
+                                                           tars)
+    if missed:
+      was = (f'against {built["list"]}' if built and 'tars' in built else
              'without a checksum list' if built else
              'without a record of its checksums')
       _LOG.warning(
-          'Already prepared %s %s; its tars were not checked against %s.'
-          ' The prepared data is used as it is; rebuild it with --overwrite'
-          ' (download_mode=REUSE_CACHE_IF_EXISTS) to check them.',
-          self.info.full_name, f'(built {was})', listed.short or listed.source)
+          'Already prepared %s (built %s); %d of its tars (%s) were not'
+          ' checked against %s. The prepared data is used as it is; rebuild'
+          ' it with --overwrite (download_mode=REUSE_CACHE_IF_EXISTS) to'
+          ' check them.', self.info.full_name, was, len(missed),
+          ', '.join(missed[:5]) + (', ...' if len(missed) > 5 else ''),
+          listed.short or listed.source)
 
   def _check_list(self) -> None:
     """Refuses prepared data whose image list is not this config's.

@@ -46,7 +46,7 @@ import importlib.resources
 import os
 import stat
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from etils import epath
 
@@ -114,20 +114,28 @@ class Checklist:
     return None if entry is None else Expected(*entry,
                                                self.short or self.source)
 
-  def sha256(self) -> str:
-    """What the list says, hashed: the same for the same digests, in any
-    order or file."""
-    text = ''.join(f'{digest}  {name}\n'
-                   for name, (_, digest) in sorted(self.sums.items()))
-    return hashlib.sha256(text.encode()).hexdigest()
 
-
-def record(listed: Checklist | None) -> dict[str, str]:
+def record(listed: Checklist | None, names: Sequence[str] = ()
+           ) -> dict[str, Any]:
   """How a build's tars were checked, for its metadata: the list (named as
-  a mismatch names it) and its `sha256`, or `{'list': 'none'}`."""
+  a mismatch names it) and, of the tars `names`, the digest each was
+  checked against (`{'sa_000000.tar': 'md5:<hex>'}`; tars it does not
+  list are not checked); or `{'list': 'none'}`."""
   if listed is None:
     return {'list': NONE}
-  return {'list': listed.short or listed.source, 'sha256': listed.sha256()}
+  return {'list': listed.short or listed.source,
+          'tars': {n: f'{e.algo}:{e.digest}' for n in sorted(names)
+                   if (e := listed.expected(n)) is not None}}
+
+
+def unchecked(recorded: dict[str, Any] | None, listed: Checklist,
+              names: Sequence[str]) -> list[str]:
+  """Of the tars `names` (a prepared dataset's), those `listed` gives a
+  digest that they were not checked against (`recorded`, its `record`)."""
+  done = (recorded or {}).get('tars') or {}
+  return [n for n in sorted(names)
+          if (e := listed.expected(n)) is not None
+          and done.get(n) != f'{e.algo}:{e.digest}']
 
 
 # ------------------------------------------------------------- lists
@@ -404,12 +412,13 @@ def write_marker(path: str, text: str) -> bool:
 
   Whole, into a new file renamed over the marker (`local.write_whole`): a
   symlink or a file planted there is replaced, never written through. A
-  folder that cannot be written (read-only tars) leaves no marker.
+  folder that cannot be written (read-only tars), or a full disk, leaves
+  no marker: it is a cache, and the tar is hashed again next time.
   """
   try:
     local.write_whole(path + VERIFIED_SUFFIX, text.encode('ascii'),
                       'the marker')
-  except errors.ConfigError:
+  except (errors.ConfigError, errors.DiskSpaceError):
     return False
   return True
 

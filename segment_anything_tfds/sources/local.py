@@ -89,8 +89,10 @@ def _cannot_open(name: str, path: str, e: OSError) -> errors.SourceError:
 
 def identity(st: os.stat_result) -> tuple[int, ...]:
   """What tells one file, as it was, from another or from itself written
-  since: device, inode, size, mtime and ctime."""
-  return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+  since: inode, size, mtime and ctime. Not the device number, which a
+  network file system's file has a different one of on each machine (Beam
+  workers reading one shared mount)."""
+  return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def open_tar(path: str, name: str,

@@ -71,7 +71,8 @@ class Materialized:
       per tar left out because it does not match its checksum; the builder
       audits each as a skipped tar. Always empty in a strict build, which
       raises instead.
-    checked: `checksums.record` of the list the tars were checked against.
+    checked: `checksums.record` of the list the tars were checked against
+      (and of each tar's digest).
   """
 
   sources: list[Source]
@@ -281,8 +282,9 @@ def _left_out(out: list[Source], problems: dict[str, str],
               lenient: bool) -> Materialized:
   """The sources without the tars that do not match: raised (strict) or
   left out and returned as skipped (lenient)."""
+  checked = [s.name for s in out if not s.folder and s.name not in problems]
   if not problems:
-    return Materialized(out, checked=checksums.record(listed))
+    return Materialized(out, checked=checksums.record(listed, checked))
   if not lenient:
     raise errors.ChecksumError(
         f'{len(problems)} tars do not match {listed.source}:\n  '
@@ -292,7 +294,7 @@ def _left_out(out: list[Source], problems: dict[str, str],
   return Materialized(
       [s for s in out if s.name not in problems],
       [errors.BadInputError(errors.CHECKSUM_MISMATCH, n, '-', problems[n])
-       for n in sorted(problems)], checksums.record(listed))
+       for n in sorted(problems)], checksums.record(listed, checked))
 
 
 def materialize(

@@ -216,7 +216,10 @@ def check_finite(example: Mapping[str, Any],
   """
   ann = example['annotations']
   for key in fields:
-    rows = np.asarray(ann[key], np.float64).reshape(len(ann[key]), -1)
+    values = np.asarray(ann[key], np.float64)
+    if not values.size:  # No annotation (or no value in any).
+      continue
+    rows = values.reshape(len(values), -1)
     finite = np.isfinite(rows).all(axis=1)
     if not finite.all():
       i = int(np.argmin(finite))

@@ -130,8 +130,7 @@ class Accumulator:
     height, width = int(image['height']), int(image['width'])
     num = len(ann['id'])
     try:  # Before anything is counted.
-      export.check_finite(example, ('predicted_iou', 'stability_score')
-                          if num else ())
+      export.check_finite(example, ('predicted_iou', 'stability_score'))
     except errors.BadRecordError as e:
       raise errors.BadRecordError(f'example {self.images}, {e.args[0]}'
                                   ) from None

@@ -47,9 +47,10 @@ DEFAULT_ALPHA = 0.45
 # The most pixels a picture is drawn with (after `min_size` upscaling), and
 # the most mask pixels decoded for it at once (a byte each). Drawing takes
 # ~30 bytes a pixel: 1 GB at MAX_PIXELS. SA-1B's images are ~1500x2250 px
-# (3.4 MP): up to ~1200 masks each fit MAX_MASK_PIXELS.
+# (3.4 MP): up to ~3800 masks each fit MAX_MASK_PIXELS, far more than its
+# densest images hold (a real image is never refused for its masks).
 MAX_PIXELS = 1 << 25  # 33.5 MP, e.g. 5792x5792.
-MAX_MASK_PIXELS = 1 << 32  # 4 GiB.
+MAX_MASK_PIXELS = 3 << 32  # 12 GiB.
 # Tile colours of `render_evaluation`.
 HIT = (40, 200, 60)  # In the prediction and the ground truth.
 MISSED = (40, 110, 255)  # In the ground truth only.

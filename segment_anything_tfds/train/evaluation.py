@@ -316,6 +316,8 @@ def _integer(i: int, field: str, value: Any) -> int:
 
 
 def _size(i: int, value: Any) -> tuple[int, int]:
+  if isinstance(value, np.ndarray) and value.ndim == 1:
+    value = list(value)  # As read from a dataset (numpy integers).
   if (not isinstance(value, (list, tuple)) or len(value) != 2
       or not all(map(_is_integer, value))):
     raise _wrong(i, 'segmentation.size', '[h, w], two integers', value)
