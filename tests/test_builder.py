@@ -169,7 +169,8 @@ def test_a_capped_build_is_recorded_and_warned_on_reuse_and_load(tmp_path,
   meta = json.loads((builder.data_path / 'metadata.json').read_text())
   assert meta['build']['max_examples'] == 2
   assert builder.info.splits['train'].num_examples == 2
-  for again in (lambda: build(),  # Reused, as TFDS does, but said.
+  for again in (lambda: build(),  # Reused, as TFDS does, but said,
+                lambda: build().as_dataset(split='train'),  # once (tfds.load).
                 lambda: tfds.builder('segment_anything', config='all',
                                      data_dir=tmp_path).as_dataset(
                                          split='train')):

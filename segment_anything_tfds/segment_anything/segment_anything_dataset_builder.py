@@ -138,6 +138,7 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
     self._checked = None  # `checksums.record` of the tars' list, and
     self._max_examples = None  # the cap on the images written.
     self._reused = False
+    self._partial_said = False
 
   def _split_generators(self, dl_manager):
     """Unused: `_download_and_prepare` has an engine write the split."""
@@ -291,6 +292,12 @@ class Builder(tfds_seam.LogHooks, tfds.core.GeneratorBasedBuilder,
           ' --overwrite, or use another --data_dir')
 
   def _warn_partial(self) -> None:
+    """Warns, once per builder, when the data is not the whole config: a
+    capped build (`max_examples_per_split`), a partial one
+    (`allow_partial`), or images of its list in no tar."""
+    if self._partial_said:  # `tfds.load` reuses, then reads.
+      return
+    self._partial_said = True
     metadata = self.info.metadata or {}
     cap = metadata.get('build', {}).get('max_examples')
     if cap is not None:
