@@ -172,11 +172,14 @@ def _draw(ex, args, *, source, predictions):
           f'{total} masks' + ('' if drawn == total else f', {drawn} drawn'))
 
 
-def _draw_bounded(ex, args, *, source, predictions):
-  """`_draw`, with running out of memory one line naming the image (the
+def _draw_bounded(index, ex, args, *, source, predictions):
+  """`_draw` of the example at `index`, whose bad record is one line naming
+  that index too, and running out of memory one line naming the image (the
   sizes are bounded by `viz.check_drawable` first)."""
   try:
     return _draw(ex, args, source=source, predictions=predictions)
+  except errors.BadRecordError as e:  # Names the image; and its index.
+    raise errors.BadRecordError(f'index {index}, {e.args[0]}') from None
   except MemoryError:
     raise errors.ConfigError(
         f'image id {int(ex["image"]["image_id"])}: out of memory drawing'
@@ -196,11 +199,8 @@ def run(args: argparse.Namespace, leftover: Sequence[str]) -> int:
   for index, ex in common.progress(chosen,
                                    enabled=args.progress and len(chosen) > 1,
                                    desc='Drawing', unit='img'):
-    try:
-      image, name, what = _draw_bounded(ex, args, source=source,
-                                        predictions=predictions)
-    except errors.BadRecordError as e:  # Names the image; and its index.
-      raise errors.BadRecordError(f'index {index}, {e.args[0]}') from None
+    image, name, what = _draw_bounded(index, ex, args, source=source,
+                                      predictions=predictions)
     path, = export.write_files(args.out, {name: viz.png_bytes(image)},
                                what='the picture (--out)')
     width, height = image.size

@@ -621,6 +621,12 @@ def write_files(out_dir: str | os.PathLike, files: Mapping[str, bytes], *,
     return written
 
 
+def write_file(path: str | os.PathLike, data: bytes, *, what: str) -> str:
+  """`write_files` of one file, named by its `path`; returns it."""
+  folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+  return write_files(folder, {name: data}, what=what)[0]
+
+
 def _check_replaceable(dir_fd: int, name: str, path: str, what: str) -> None:
   """Refuses a `name` that is no file nor symlink: renaming over it would
   fail (a directory) or put away what someone is reading (a FIFO)."""

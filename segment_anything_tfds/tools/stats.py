@@ -12,7 +12,7 @@ dataset size:
 
 `summary()` returns a JSON-ready dict; `figure()` draws it, `png_bytes()`
 renders that as a PNG in memory, `write_json()` and `write_figure()` write
-them whole (`export.write_files`: never through a link or FIFO there).
+them whole (`export.write_file`: never through a link or FIFO there).
 """
 
 from __future__ import annotations
@@ -216,15 +216,16 @@ class Accumulator:
     return buf.getvalue()
 
   def write_json(self, path, **extra: Any) -> dict[str, Any]:
-    """Writes `json_bytes()` at `path`, whole (`export.write_files`);
+    """Writes `json_bytes()` at `path`, whole (`export.write_file`);
     returns the dict; nothing is written if it holds NaN or infinity."""
     out, data = self.json_bytes(os.fspath(path), **extra)
-    _write(path, data)
+    export.write_file(path, data, what='the statistics')
     return out
 
   def write_figure(self, path, *, title: str = 'SA-1B statistics') -> None:
-    """Writes `png_bytes()` at `path`, whole (`export.write_files`)."""
-    _write(path, self.png_bytes(title=title))
+    """Writes `png_bytes()` at `path`, whole (`export.write_file`)."""
+    export.write_file(path, self.png_bytes(title=title),
+                      what='the statistics')
 
   def figure(self, *, title: str = 'SA-1B statistics'):
     """A 2x3 panel matplotlib Figure (Agg canvas, no pyplot).
@@ -314,14 +315,6 @@ class Accumulator:
 # SAM's automatic mask generator keeps masks with predicted_iou >= 0.88 and
 # stability_score >= 0.95 (its default pred_iou_thresh, stability_score_thresh).
 SAM_THRESHOLDS = {'predicted_iou': 0.88, 'stability_score': 0.95}
-
-
-def _write(path, data: bytes) -> None:
-  """`data` at `path` through `export.write_files`: never through a link or
-  FIFO there, never a part of it under its name."""
-  from segment_anything_tfds.tools import export  # pylint: disable=g-import-not-at-top
-  folder, name = os.path.split(os.path.abspath(os.fspath(path)))
-  export.write_files(folder, {name: data}, what='the statistics')
 
 
 def _integer_locator():

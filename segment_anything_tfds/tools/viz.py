@@ -34,7 +34,6 @@ from __future__ import annotations
 import colorsys
 import io
 import math
-import os
 import warnings
 from typing import Any, Mapping, Sequence
 
@@ -537,10 +536,8 @@ def png_bytes(image) -> bytes:
 
 def save(example: Mapping[str, Any], path, **kwargs) -> tuple[int, int]:
   """Renders `example` to a PNG at `path`, written whole
-  (`export.write_files`: never through a link or FIFO there); returns its
+  (`export.write_file`: never through a link or FIFO there); returns its
   (width, height)."""
-  from segment_anything_tfds.tools import export  # pylint: disable=g-import-not-at-top
   image = render(example, **kwargs)
-  folder, name = os.path.split(os.path.abspath(os.fspath(path)))
-  export.write_files(folder, {name: png_bytes(image)}, what='the picture')
+  export.write_file(path, png_bytes(image), what='the picture')
   return image.size
