@@ -3,9 +3,9 @@
  * MD5 (RFC 1321) cannot be split within one file: every 64-byte block
  * needs the state the block before it left. A build that checks many tars
  * against the published md5 list has many files, though, so this kernel
- * runs 8 of them side by side, one per 32-bit lane of a 256-bit register,
- * each lane its own MD5. On one core that is about 4x hashlib's rate (with
- * AVX-512VL); `sources/md5x.py` feeds it.
+ * runs 8 or 16 of them side by side, one per 32-bit lane of a 256-bit or
+ * 512-bit register, each lane its own MD5. On one core that is about 5x
+ * (8 lanes) to 7x (16) hashlib's rate; `sources/md5x.py` feeds it.
  *
  * compress(states, buf, offsets, nblocks, kernel) -> None
  *   Runs `nblocks` 64-byte blocks through each lane. `states` is a writable
@@ -14,16 +14,18 @@
  *   start in the read-only buffer `buf`, or -1 for a lane with nothing to
  *   do (its state is neither read nor written). Every used lane must have
  *   64 * nblocks bytes in `buf` from its offset. `kernel` is a name from
- *   `kernels()`; len(offsets) is at most 8. The GIL is released while it
- *   runs.
+ *   `kernels()`; len(offsets) is at most its lanes (16 for 'c'). The GIL
+ *   is released while it runs.
  *
  * kernels() -> ((name, lanes), ...): those this CPU runs, fastest first:
- *   'avx512vl' (8 lanes, AVX2 with AVX-512's ternary logic and rotation on
- *   256-bit registers: 4 instructions in each step's dependency chain
- *   instead of 6), 'avx2' (8 lanes) and 'c' (portable C, the lanes one
- *   after the other; always there). 512-bit registers were tried: on this
- *   project's AMD machine they run at the speed of two 256-bit ones, and
- *   their gathers were slower than these loads and transposes.
+ *   'avx512' (16 lanes in 512-bit registers), 'avx512vl' (8 lanes, AVX2
+ *   with AVX-512's ternary logic and rotation on 256-bit registers: 4
+ *   instructions in each step's dependency chain instead of 6), 'avx2'
+ *   (8 lanes) and 'c' (portable C, the lanes one after the other; always
+ *   there). A kernel costs the same however many of its lanes are used,
+ *   so 'avx512' pays only with more than 8 files to hash (md5x.py picks).
+ *   Loading 16 lanes' words by gathers was tried: slower than the 8-lane
+ *   transposes, which 'avx512' uses twice.
  *
  * All the kernels run the one list of 64 steps (`MD5_STEPS`), so they
  * cannot differ in a constant or a shift; the tests compare each with
@@ -42,7 +44,7 @@
 #include <immintrin.h>
 #endif
 
-#define MAX_LANES 8
+#define MAX_LANES 16
 
 /* RFC 1321's table: floor(abs(sin(i + 1)) * 2**32). */
 static const uint32_t K[64] = {
@@ -223,19 +225,71 @@ DEFINE_MD5_8(md5_blocks_avx2, "avx2")
 #define V8ROL(x, s) _mm256_rol_epi32(x, s)
 DEFINE_MD5_8(md5_blocks_avx512vl, "avx2,avx512f,avx512vl")
 
+/* ------------------------------------------------ 16 lanes: AVX-512 */
+
+/* One 8-lane step waits on the one before it (4 instructions of latency
+ * each) and leaves most of the core's vector units idle. A 512-bit
+ * register runs 16 lanes through the same chain of 4: on this project's
+ * AMD machine (Zen 4, 512-bit operations on two 256-bit halves) that is
+ * 1.5x the 8-lane rate, for files enough to fill them. */
+static uint32_t K16[64][16] __attribute__((aligned(64)));  /* K, per lane. */
+#define V16ADD(x, y) _mm512_add_epi32(x, y)
+#define V16F(b, c, d) _mm512_ternarylogic_epi32(b, c, d, 0xca)
+#define V16G(b, c, d) _mm512_ternarylogic_epi32(b, c, d, 0xe4)
+#define V16H(b, c, d) _mm512_ternarylogic_epi32(b, c, d, 0x96)
+#define V16I(b, c, d) _mm512_ternarylogic_epi32(b, c, d, 0x39)
+#define V16STEP(f, a, b, c, d, w, i, s)                                   \
+  a = V16ADD(a, V16ADD(m[w], _mm512_load_si512((const void *)K16[i])));   \
+  __asm__("" : "+v"(a));                                                  \
+  a = V16ADD(a, V16##f(b, c, d));                                         \
+  a = V16ADD(b, _mm512_rol_epi32(a, s));
+
+/* Lanes 0-7 and 8-15 are transposed as by the 8-lane kernels and put in
+ * the two halves of each register. */
+__attribute__((target("avx2,avx512f,avx512vl"))) static void
+md5_blocks_avx512(uint32_t st[16][4], const unsigned char *const p[16],
+                  Py_ssize_t nblocks) {
+  const __m512i by4 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 32, 36,
+                                        40, 44, 48, 52, 56, 60);
+  const int *s0 = (const int *)&st[0][0];
+  __m512i a = _mm512_i32gather_epi32(by4, s0, 4);
+  __m512i b = _mm512_i32gather_epi32(by4, s0 + 1, 4);
+  __m512i c = _mm512_i32gather_epi32(by4, s0 + 2, 4);
+  __m512i d = _mm512_i32gather_epi32(by4, s0 + 3, 4);
+  for (Py_ssize_t n = 0; n < nblocks; n++) {
+    __m256i lo[16], hi[16];
+    __m512i m[16];
+    load_words_8(lo, p, 64 * n);
+    load_words_8(hi, p + 8, 64 * n);
+    for (int w = 0; w < 16; w++)
+      m[w] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[w]), hi[w], 1);
+    __m512i a0 = a, b0 = b, c0 = c, d0 = d;
+    MD5_STEPS(V16STEP)
+    a = V16ADD(a, a0); b = V16ADD(b, b0);
+    c = V16ADD(c, c0); d = V16ADD(d, d0);
+  }
+  uint32_t out[4][16];
+  _mm512_storeu_si512((void *)out[0], a);
+  _mm512_storeu_si512((void *)out[1], b);
+  _mm512_storeu_si512((void *)out[2], c);
+  _mm512_storeu_si512((void *)out[3], d);
+  for (int l = 0; l < 16; l++)
+    for (int j = 0; j < 4; j++) st[l][j] = out[j][l];
+}
+
 #endif /* MD5X_X86 */
 
 /* The kernels, in the order `kernels()` lists them. */
-enum { K_AVX512VL, K_AVX2, K_C, N_KERNELS };
-static const char *const KERNEL_NAMES[N_KERNELS] = {"avx512vl", "avx2",
-                                                    "c"};
-static const int KERNEL_LANES[N_KERNELS] = {8, 8, MAX_LANES};
+enum { K_AVX512, K_AVX512VL, K_AVX2, K_C, N_KERNELS };
+static const char *const KERNEL_NAMES[N_KERNELS] = {"avx512", "avx512vl",
+                                                    "avx2", "c"};
+static const int KERNEL_LANES[N_KERNELS] = {16, 8, 8, MAX_LANES};
 
 static int runs_here(int kernel) {
   if (kernel == K_C) return 1;
 #ifdef MD5X_X86
   __builtin_cpu_init();
-  if (kernel == K_AVX512VL)
+  if (kernel == K_AVX512 || kernel == K_AVX512VL)
     return __builtin_cpu_supports("avx512f") &&
            __builtin_cpu_supports("avx512vl") &&
            __builtin_cpu_supports("avx2");
@@ -344,7 +398,9 @@ static PyObject *compress(PyObject *self, PyObject *args) {
         lane_p[i] = p + (live ? off[i] : off[used]);
         memcpy(lane_st[i], st[live ? i : used], sizeof lane_st[i]);
       }
-      if (kernel == K_AVX512VL)
+      if (kernel == K_AVX512)
+        md5_blocks_avx512(lane_st, lane_p, nblocks);
+      else if (kernel == K_AVX512VL)
         md5_blocks_avx512vl(lane_st, lane_p, nblocks);
       else
         md5_blocks_avx2(lane_st, lane_p, nblocks);
@@ -375,4 +431,10 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_md5x",
                                     "MD5 of several files at once.", -1,
                                     methods};
 
-PyMODINIT_FUNC PyInit__md5x(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__md5x(void) {
+#ifdef MD5X_X86
+  for (int i = 0; i < 64; i++)
+    for (int l = 0; l < 16; l++) K16[i][l] = K[i];
+#endif
+  return PyModule_Create(&module);
+}

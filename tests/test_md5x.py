@@ -58,7 +58,7 @@ def test_the_extension_is_built_on_x86_64():
   if platform.machine() in ('x86_64', 'AMD64'):
     assert 'c' in md5x.kernels()
     assert md5x.kernels()['c'] == 1
-    assert all(n == 8 for k, n in md5x.kernels().items() if k != 'c')
+    assert all(n in (8, 16) for k, n in md5x.kernels().items() if k != 'c')
 
 
 @needs_ext
@@ -72,13 +72,26 @@ def test_every_kernel_equals_hashlib(files, kernel, threads):
 
 
 @needs_ext
-@pytest.mark.parametrize('n', [1, 2, 8, 9])
+@pytest.mark.parametrize('n', [1, 2, 8, 9, 16, 17])
 def test_few_files_and_one_more_than_a_register(files, n):
-  """One file, a few, exactly 8 lanes, and 9 (a lane reused)."""
+  """One file, a few, exactly 8 or 16 lanes, and 9 or 17 (a lane
+  reused)."""
   picked = files[-n:]
   got = md5x.digests([functools.partial(_open, p) for p, _ in picked],
                      threads=1)
   assert got == [md5 for _, md5 in picked]
+
+
+@needs_ext
+def test_the_kernel_is_one_whose_lanes_the_files_fill():
+  simd = {k: n for k, n in md5x.kernels().items() if k != 'c'}
+  if not simd:
+    pytest.skip('no SIMD md5 kernel here')
+  narrow = min(simd, key=simd.__getitem__)
+  for per_thread in range(1, simd[narrow] + 1):
+    assert md5x._pick(per_thread) == narrow, per_thread
+  if 'avx512' in simd:  # 16 lanes: for 9 files a thread and more.
+    assert [md5x._pick(n) for n in (9, 16, 17, 100)] == ['avx512'] * 4
 
 
 @needs_ext
@@ -102,7 +115,8 @@ def test_files_are_opened_when_a_lane_is_free_and_all_closed(files):
                      threads=1)
   assert got == [md5 for _, md5 in files]
   assert len(opened) == len(paths)
-  assert 1 < most[0] <= 8
+  lanes = md5x.kernels()[md5x._pick(len(paths))]
+  assert 1 < most[0] <= lanes
   assert not any(_is_open(f) for f in opened)
 
 
@@ -168,7 +182,8 @@ def _iv(lanes: int) -> bytearray:
 @needs_ext
 @pytest.mark.parametrize('kernel', list(md5x.kernels()))
 def test_a_lane_marked_unused_is_neither_read_nor_written(kernel):
-  lanes = 8  # 'c' takes 8 lanes too, one after the other.
+  # 'c' takes as many lanes as the widest kernel, one after the other.
+  lanes = max(md5x.kernels()[kernel], 16 if kernel == 'c' else 0)
   rng = random.Random(3)
   buf = rng.randbytes(64 * 4 * lanes)
   states = _iv(lanes)
@@ -202,7 +217,12 @@ def test_the_kernel_refuses_what_would_read_outside_or_overflow():
   with pytest.raises(ValueError, match='16 contiguous bytes per lane'):
     compress(_iv(1), buf, [0, 64], 1, 'c')
   with pytest.raises(ValueError, match='lanes'):
-    compress(_iv(9), bytes(64 * 9), [64 * i for i in range(9)], 1, 'c')
+    compress(_iv(17), bytes(64 * 17), [64 * i for i in range(17)], 1, 'c')
+  for kernel, lanes in md5x.kernels().items():
+    if kernel != 'c':
+      with pytest.raises(ValueError, match=f'{lanes + 1} lanes for the'):
+        compress(_iv(lanes + 1), bytes(64 * (lanes + 1)),
+                 [64 * i for i in range(lanes + 1)], 1, kernel)
   with pytest.raises(ValueError, match='no md5 kernel'):
     compress(_iv(1), buf, [0], 1, 'sse9')
   with pytest.raises(TypeError):

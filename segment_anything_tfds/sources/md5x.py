@@ -3,10 +3,12 @@
 One file's MD5 cannot be spread over cores or lanes; many files can. The
 first check of local tars against an md5 list (`checksums.verify_all`)
 hashes every tar of the build, so it runs them side by side: each thread
-keeps up to 8 files open, reads the next 1 MiB of each into its part of
-one buffer, and runs all of them through the kernel at once. On this
-project's 2-core machine (AVX-512VL) one thread hashes 8 files at
-2.4-3.3 GB/s, about 5x hashlib (docs/benchmarks.md, "Checksums").
+keeps up to 16 files open (8 where it has no more, or no AVX-512), reads
+the next 1 MiB of each into its part of one buffer, and runs all of them
+through the kernel at once. On this project's 2-core machine (AVX-512)
+the kernel hashes 5.3 GB/s with 8 lanes and 7.9 GB/s with 16 on one
+core, 7-10x hashlib; from files, about half of that (docs/benchmarks.md,
+"Checksums").
 
 `digests` is the whole API; `available()` says whether the extension is
 built and the CPU has a SIMD kernel. Without them the caller uses hashlib
@@ -29,7 +31,7 @@ except ImportError:  # Built without a C compiler: hashlib instead.
   _md5x = None
 
 # Each lane's share of the thread's buffer: one read per refill. As large
-# as hashlib's reads were (`checksums._HASH_BUFFER`): 8 files read in turns
+# as hashlib's reads were (`checksums._HASH_BUFFER`): 16 files read in turns
 # must not cost a disk more seeks; the rate in memory is the same from
 # 64 KiB to 1 MiB.
 CHUNK = 1 << 20
@@ -40,6 +42,17 @@ def kernels() -> dict[str, int]:
   """The kernels this machine runs: name -> lanes, fastest first ('c',
   the portable one, last); {} without the extension."""
   return {} if _md5x is None else dict(_md5x.kernels())
+
+
+def _pick(per_thread: int) -> str:
+  """The kernel for `per_thread` files in each thread: the fastest that
+  has more than half of its lanes busy, else the one with fewest lanes.
+  A kernel takes as long with one lane used as with all: 16 lanes for 8
+  files would run at half rate, and 8 lanes for 9 files would run twice
+  (SIMD kernels only; 'c' is never picked)."""
+  simd = {k: n for k, n in kernels().items() if k != 'c'}
+  busy = [k for k, n in simd.items() if 2 * per_thread > n]
+  return busy[0] if busy else min(simd, key=simd.__getitem__)
 
 
 def available() -> bool:
@@ -161,15 +174,16 @@ def _run(jobs: _Jobs, lanes: int, kernel: str, out: list[str | None]) -> None:
 def digests(openers: Sequence[Callable[[], int]], *, threads: int = 1,
             kernel: str | None = None) -> list[str]:
   """The md5 (hex) of each file, `threads` threads at once, each with as
-  many files side by side as its kernel has lanes (8; 1 for 'c').
+  many files side by side as its kernel has lanes (16 or 8; 1 for 'c').
 
   Args:
     openers: one per file: called when a lane is free for it, returns an
       open file descriptor, read from where it is to its end and then
-      closed (so at most `threads` x 8 are open at once).
+      closed (so at most `threads` x 16 are open at once).
     threads: how many threads hash at once (one per core is what a build
       uses); fewer if there are few files.
-    kernel: a name from `kernels()` (None: the fastest).
+    kernel: a name from `kernels()` (None: the fastest for the files each
+      thread has; 16 lanes only for more than 8).
 
   Raises:
     ReadError: reading a file failed (which one, and the OSError); the
@@ -182,7 +196,9 @@ def digests(openers: Sequence[Callable[[], int]], *, threads: int = 1,
   if not openers:
     return []
   threads = max(1, min(threads, len(openers)))
-  kernel = kernel or next(iter(kernels()))
+  if kernel is None and available():
+    kernel = _pick(-(-len(openers) // threads))
+  kernel = kernel or 'c'
   if kernel not in kernels():
     raise ValueError(f'no md5 kernel {kernel!r} here: {", ".join(kernels())}')
   lanes = min(-(-len(openers) // threads), kernels()[kernel])
