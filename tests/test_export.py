@@ -8,10 +8,12 @@ come back as it is there (the float fields as TFDS stores them, in float32).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -1014,3 +1016,48 @@ def test_a_lock_file_that_is_no_file_is_refused(tmp_path):
       f'{tmp_path}/f/.export.lock is not a regular file, not the lock file'
       ' of an export: remove it')):
     export.export(source_examples(), 'coco', tmp_path / 'f')
+  # A directory: it was "[Errno 21] Is a directory: '.export.lock'".
+  (tmp_path / 'd' / '.export.lock').mkdir(parents=True)
+  with pytest.raises(errors.ConfigError, match=re.escape(
+      f'{tmp_path}/d/.export.lock is not a regular file, not the lock file'
+      ' of an export: remove it')):
+    export.export(source_examples(), 'coco', tmp_path / 'd')
+
+
+@contextlib.contextmanager
+def _as_another_user():
+  """Inside, this process's file accesses are checked as another user's
+  (root's effective uid is set to nobody's, then back; any other user is
+  already another than root, who made the files)."""
+  if os.geteuid() != 0:
+    yield
+    return
+  os.setegid(65534)
+  os.seteuid(65534)
+  try:
+    yield
+  finally:
+    os.seteuid(0)
+    os.setegid(0)
+
+
+def test_a_lock_file_that_cannot_be_opened_is_one_line_saying_what_to_do():
+  """A `.export.lock` another user's export left (read-only to this one)
+  was "export to OUT failed: [Errno 13] Permission denied"; now one line
+  names it and says it may be removed if no export is running."""
+  out = pathlib.Path(tempfile.mkdtemp())  # Not under root's 0700 tmp_path.
+  try:
+    out.chmod(0o777)
+    lock = out / '.export.lock'
+    lock.write_bytes(b'')
+    lock.chmod(0o444)
+    refused = re.escape(
+        f'{lock} cannot be opened to lock the dir (Permission denied):'
+        " another user's export left it, or it is read-only; if no export"
+        f' is writing into {out}, remove it')
+    with _as_another_user():
+      with pytest.raises(errors.ConfigError, match=f'^{refused}$'):
+        export.export(source_examples(), 'coco', out)
+    assert sorted(os.listdir(out)) == ['.export.lock']  # Nothing written.
+  finally:
+    shutil.rmtree(out)

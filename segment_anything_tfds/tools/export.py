@@ -443,7 +443,8 @@ class OutDir:
 
     Raises:
       ConfigError: another export holds it (another process, or another
-        `OutDir` of this one), or the lock file is not a regular file.
+        `OutDir` of this one), or the lock file is not a regular file or
+        cannot be opened (`_open_lock`).
     """
     while self._lock_fd is None:
       fd = self._open_lock()
@@ -462,19 +463,34 @@ class OutDir:
 
   def _open_lock(self) -> int:
     """The lock file, opened (made if need be), never through a symlink nor
-    a FIFO; a regular file."""
+    a FIFO; a regular file.
+
+    Raises:
+      ConfigError: the lock file is a symlink, not a regular file (a
+        directory, a FIFO), or cannot be opened for writing (another user's
+        export left it, or it is read-only).
+    """
     shown = os.path.join(self.path, LOCK_FILE)
+    not_regular = errors.ConfigError(
+        f'{shown} is not a regular file, not the lock file of an export:'
+        ' remove it')
     try:
       fd = os.open(LOCK_FILE, _LOCK_FLAGS, 0o644, dir_fd=self.fd)
     except OSError as e:
-      if e.errno != errno.ELOOP:
-        raise
-      raise errors.ConfigError(f'{shown} is a symlink, not the lock file of'
-                               ' an export: remove it') from None
+      if e.errno == errno.ELOOP:
+        raise errors.ConfigError(f'{shown} is a symlink, not the lock file'
+                                 ' of an export: remove it') from None
+      if e.errno == errno.EISDIR:
+        raise not_regular from None
+      if e.errno in (errno.EACCES, errno.EPERM):
+        raise errors.ConfigError(
+            f'{shown} cannot be opened to lock the dir ({e.strerror}): another'
+            " user's export left it, or it is read-only; if no export is"
+            f' writing into {self.path}, remove it') from None
+      raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
       os.close(fd)
-      raise errors.ConfigError(f'{shown} is not a regular file, not the lock'
-                               ' file of an export: remove it')
+      raise not_regular
     return fd
 
   def _unlock(self) -> None:
