@@ -644,6 +644,31 @@ def test_a_fifo_or_dir_under_a_name_show_or_stats_writes_is_one_line(
     assert _no_partial_files(out)
 
 
+def test_show_and_stats_into_a_dir_an_export_writes_into_are_one_line(
+    built, tmp_path, capsys):
+  """They took no lock: an export starting into their --out removed their
+  partial files. Now they hold its lock while they write, and one whose
+  --out an export holds is refused as a second export is."""
+  from segment_anything_tfds.tools import export  # pylint: disable=g-import-not-at-top
+  data_dir, _ = built
+  out = tmp_path / 'out'
+  with export.OutDir.made(out) as exporting:
+    exporting.lock()
+    for command, argv in (('show', ['--index', '0']), ('stats', [])):
+      code, printed, err = run(capsys, command, '--tars', '0-3',
+                               '--data_dir', data_dir, *argv, '--out', out,
+                               '--no_progress')
+      assert (code, err) == (1, f'segment-anything-tfds {command}: error:'
+                             f' another export is writing into {out} (it'
+                             f' holds {out}/.export.lock): wait for it to'
+                             ' end, or choose another --out\n'), printed
+    assert os.listdir(out) == ['.export.lock']
+  code, _, err = run(capsys, 'show', '--tars', '0-3', '--data_dir', data_dir,
+                     '--index', '0', '--out', out, '--no_progress')
+  assert code == 0, err
+  assert os.listdir(out) == ['sa_21.png']
+
+
 def _cli_under_size_limit(limit, *argv):
   """The CLI in a process that cannot write past `limit` bytes in a file
   (RLIMIT_FSIZE: writes fail with EFBIG, as with ENOSPC on a full disk)."""

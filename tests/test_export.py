@@ -1024,6 +1024,40 @@ def test_a_lock_file_that_is_no_file_is_refused(tmp_path):
     export.export(source_examples(), 'coco', tmp_path / 'd')
 
 
+def test_show_and_stats_writes_and_an_export_into_one_dir_exclude_each_other(
+    tmp_path):
+  """`write_files` (show's and stats' files) holds the export lock shared
+  while it writes: an export starting then is refused in one line, and
+  removes no partial file of it; many such writes go at once; one into a
+  dir an export is writing into is refused in one line. Before, neither
+  took the lock: the export removed the partial file being written."""
+  out = tmp_path / 'o'
+  refused = re.escape(
+      f'another export is writing into {out} (it holds'
+      f' {out}/.export.lock): wait for it to end, or choose another --out')
+  with export.OutDir.made(out) as writing:  # A write of show, in flight.
+    writing.lock(shared=True)
+    partial = export.PendingFile(writing.fd, 'sa_1.png', shown_dir=str(out),
+                                 unique=True)
+    with pytest.raises(errors.ConfigError, match=f'^{refused}$'):
+      export.export(source_examples(), 'coco', out)
+    assert (out / partial.partial).exists()  # Not taken for a killed run's.
+    # Another write goes on meanwhile; the lock file stays for the first.
+    assert export.write_file(out / 'stats.json', b'{}', what='stats') == (
+        f'{out}/stats.json')
+    assert (out / '.export.lock').exists()
+    partial.commit()
+  assert sorted(os.listdir(out)) == ['sa_1.png', 'stats.json']  # Lock gone.
+  export.prepare_out_dir(out)
+  writer = export.make_writer('coco', out)  # An export, writing.
+  with pytest.raises(errors.ConfigError, match=f'^{refused}$'):
+    export.write_files(out, {'sa_2.png': b'png'}, what='the picture')
+  writer.abort()
+  assert not (out / 'sa_2.png').exists()
+  export.write_files(out, {'sa_2.png': b'png'}, what='the picture')
+  assert not (out / '.export.lock').exists()
+
+
 @contextlib.contextmanager
 def _as_another_user():
   """Inside, this process's file accesses are checked as another user's
@@ -1058,6 +1092,8 @@ def test_a_lock_file_that_cannot_be_opened_is_one_line_saying_what_to_do():
     with _as_another_user():
       with pytest.raises(errors.ConfigError, match=f'^{refused}$'):
         export.export(source_examples(), 'coco', out)
+      with pytest.raises(errors.ConfigError, match=f'^{refused}$'):
+        export.write_file(out / 'sa_1.png', b'png', what='the picture')
     assert sorted(os.listdir(out)) == ['.export.lock']  # Nothing written.
   finally:
     shutil.rmtree(out)

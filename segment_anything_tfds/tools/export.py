@@ -47,7 +47,9 @@ file or link that was there) and renamed into place once complete; a killed
 export leaves only `.partial` files, never a truncated file under a final
 name; a write or commit that fails removes its partial file. An export
 holds an exclusive lock (flock) on `.export.lock` in the dir while it
-writes, and a second export into the dir is refused while it does; so the
+writes, and a second export into the dir is refused while it does
+(`write_files`, which writes show's and stats' files, holds it shared while
+it writes, and is refused too, or refuses an export); so the
 partial files found by an export that took the lock are a killed run's: it
 removes them if they are regular files of this user, and refuses to start
 if one is anything else (a symlink, another user's file). A shard's line
@@ -386,6 +388,7 @@ class OutDir:
     self.fd = os.open(self.path, _DIR_FLAGS)
     self._subdirs: dict[str, int] = {}
     self._lock_fd: int | None = None
+    self._lock_shared = False
 
   @classmethod
   def made(cls, path: str | os.PathLike) -> 'OutDir':
@@ -434,30 +437,41 @@ class OutDir:
       self._subdirs[subdir] = fd
     return self._subdirs[subdir]
 
-  def lock(self) -> None:
+  def lock(self, *, shared: bool = False) -> None:
     """Holds the export lock of the dir (an flock on `LOCK_FILE` in it)
     until `close`; does nothing if this `OutDir` holds it already.
 
-    The lock file is removed before it is let go, so a lock taken on a file
-    no longer at its name is taken again on the one there now.
+    An export holds it alone. `shared`: as `write_files` holds it (show's
+    and stats' files, each under a partial name of its own): many hold it
+    at once, and an export is refused while any does, so it removes no
+    partial file of theirs.
+
+    The lock file is removed before it is let go (by a shared holder only
+    if it is the last), so a lock taken on a file no longer at its name is
+    taken again on the one there now.
 
     Raises:
       ConfigError: another export holds it (another process, or another
         `OutDir` of this one), or the lock file is not a regular file or
         cannot be opened (`_open_lock`).
     """
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     while self._lock_fd is None:
       fd = self._open_lock()
       try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
       except BlockingIOError:
+        held = _same_file(fd, self.fd, LOCK_FILE)
         os.close(fd)
+        if not held:
+          continue  # Its holder removed it as it let go: lock anew.
         raise errors.ConfigError(
             f'another export is writing into {self.path} (it holds'
             f' {os.path.join(self.path, LOCK_FILE)}): wait for it to end, or'
             ' choose another --out') from None
       if _same_file(fd, self.fd, LOCK_FILE):
         self._lock_fd = fd
+        self._lock_shared = shared
       else:
         os.close(fd)  # Its holder removed it as it let go: lock anew.
 
@@ -494,9 +508,16 @@ class OutDir:
     return fd
 
   def _unlock(self) -> None:
-    if self._lock_fd is not None:
+    if self._lock_fd is None:
+      return
+    try:
+      if self._lock_shared:  # Removed by the last holder only.
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       with contextlib.suppress(FileNotFoundError):
         os.remove(LOCK_FILE, dir_fd=self.fd)  # Before letting go.
+    except BlockingIOError:
+      pass  # Others hold it still: the last to go removes it.
+    finally:
       os.close(self._lock_fd)
       self._lock_fd = None
 
@@ -614,15 +635,23 @@ def write_files(out_dir: str | os.PathLike, files: Mapping[str, bytes], *,
   Each goes through a `PendingFile` of its own (a new file, never one that
   was there) renamed over its name: a file, symlink or hard link there is
   replaced, never written through, and nothing is written outside
-  `out_dir`.
+  `out_dir`. The export lock of `out_dir` is held (shared) meanwhile, so
+  that no export starts there and removes the partial files.
 
   Raises:
     ConfigError: a name is taken by a directory, FIFO, device or socket (it
-      is never opened), or a write fails (one line naming the file).
+      is never opened), or a write fails (one line naming the file), or an
+      export is writing into `out_dir` (`OutDir.lock`).
     DiskSpaceError: the disk is full, or the file over the size limit.
   """
   from segment_anything_tfds.sources import local  # pylint: disable=g-import-not-at-top
   with OutDir.made(out_dir) as out:
+    try:
+      out.lock(shared=True)
+    except OSError as e:
+      if isinstance(e, errors.Error):
+        raise
+      raise local.cannot_write(out.path, what, e, folder=True) from None
     written = []
     for name, data in files.items():
       path = os.path.join(out.path, name)
