@@ -1058,6 +1058,41 @@ def test_show_and_stats_writes_and_an_export_into_one_dir_exclude_each_other(
   assert not (out / '.export.lock').exists()
 
 
+def test_partial_files_a_killed_show_or_stats_left_go_with_the_next_write(
+    tmp_path):
+  """A killed show or stats left `.<name>.<pid>.<ns>.partial` in its --out
+  for good. The next write of that name removes those of a dead process,
+  and nothing else: not a live writer's, not another name's, not a symlink
+  (never followed), not another user's."""
+  out = tmp_path / 'o'
+  out.mkdir()
+  child = subprocess.Popen([sys.executable, '-c', ''])
+  child.wait()  # Its pid now names no process.
+  dead, live = child.pid, os.getpid()
+  victim = tmp_path / 'victim'
+  victim.write_bytes(b'precious')
+  stale = out / f'.stats.json.{dead}.1.partial'
+  kept = [out / f'.stats.json.{live}.2.partial',
+          out / f'.stats.png.{dead}.3.partial',  # Not a name written.
+          out / f'.stats.json.{dead}.4.partial.old',
+          out / f'.stats.json.{dead}.partial',
+          out / f'.stats.json.{dead}.5.partial']  # A symlink, below.
+  for path in (stale, *kept[:-1]):
+    path.write_bytes(b'cut short')
+  kept[-1].symlink_to(victim)
+  if os.geteuid() == 0:
+    theirs = out / f'.stats.json.{dead}.6.partial'
+    theirs.write_bytes(b'theirs')
+    os.chown(theirs, 65534, -1)
+    kept.append(theirs)
+  assert export.write_file(out / 'stats.json', b'{}', what='stats') == (
+      f'{out}/stats.json')
+  assert not os.path.lexists(stale)
+  assert all(os.path.lexists(path) for path in kept)
+  assert victim.read_bytes() == b'precious'
+  assert (out / 'stats.json').read_bytes() == b'{}'
+
+
 @contextlib.contextmanager
 def _as_another_user():
   """Inside, this process's file accesses are checked as another user's

@@ -560,10 +560,7 @@ class PendingFile:
     self.name = _check_name(name)
     self.dir_fd = dir_fd
     self.path = os.path.join(shown_dir, name)
-    # `unique`: `.<name>.<pid>.<ns>.partial`, of this writer only, for
-    # writers that hold no lock on the dir (`write_files`).
-    tag = f'.{os.getpid()}.{time.time_ns()}' if unique else ''
-    self.partial = f'.{name}{tag}{PARTIAL_SUFFIX}'
+    self.partial = _partial_name(name, unique=unique)
     self.sync = sync
     try:
       fd = os.open(self.partial, _PARTIAL_FLAGS, 0o666, dir_fd=dir_fd)
@@ -601,6 +598,52 @@ class PendingFile:
         os.remove(self.partial, dir_fd=self.dir_fd)
 
 
+def _partial_name(name: str, *, unique: bool) -> str:
+  """The partial file of `name`: `.<name>.partial`; with `unique`,
+  `.<name>.<pid>.<ns>.partial`, of this writer only, for writers that share
+  the dir (`write_files`), whose dead writers' files
+  `remove_dead_writers_partials` finds by this pid."""
+  tag = f'.{os.getpid()}.{time.time_ns()}' if unique else ''
+  return f'.{name}{tag}{PARTIAL_SUFFIX}'
+
+
+def _dead(pid: int) -> bool:
+  """Whether no process has the id `pid` (one of another user is alive)."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return True
+  except (OSError, OverflowError):  # Another user's; or no pid at all.
+    return False
+  return False
+
+
+def remove_dead_writers_partials(dir_fd: int, names: Iterable[str]) -> None:
+  """Removes the unique partial files (`_partial_name`) of `names` in the
+  dir `dir_fd` whose writer's process is gone: a show or stats killed while
+  it wrote left them, and nothing else would.
+
+  Only regular files of this user named exactly so, in that dir, are
+  removed, relative to `dir_fd` (a symlink is neither followed nor
+  removed); a live writer's file (pid 0, or one that exists) stays. The
+  pid is looked up on this machine (in its pid namespace).
+  """
+  names = [re.escape(name) for name in names]
+  if not names:
+    return
+  pattern = re.compile(rf'\.(?:{"|".join(names)})\.(\d+)\.\d+'
+                       + re.escape(PARTIAL_SUFFIX))
+  with os.scandir(dir_fd) as entries:
+    for entry in entries:
+      found = pattern.fullmatch(entry.name)
+      if not found or not int(found[1]) or not _dead(int(found[1])):
+        continue
+      with contextlib.suppress(FileNotFoundError):  # Gone meanwhile.
+        st = entry.stat(follow_symlinks=False)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid():
+          os.remove(entry.name, dir_fd=dir_fd)
+
+
 def discard_all(pending: Iterable[PendingFile | None]) -> None:
   """`discard`s each pending file (None: none), every one even if one
   fails; then raises the first failure."""
@@ -636,7 +679,9 @@ def write_files(out_dir: str | os.PathLike, files: Mapping[str, bytes], *,
   was there) renamed over its name: a file, symlink or hard link there is
   replaced, never written through, and nothing is written outside
   `out_dir`. The export lock of `out_dir` is held (shared) meanwhile, so
-  that no export starts there and removes the partial files.
+  that no export starts there and removes the partial files; partial files
+  of these names that a killed writer left are removed first
+  (`remove_dead_writers_partials`).
 
   Raises:
     ConfigError: a name is taken by a directory, FIFO, device or socket (it
@@ -648,6 +693,7 @@ def write_files(out_dir: str | os.PathLike, files: Mapping[str, bytes], *,
   with OutDir.made(out_dir) as out:
     try:
       out.lock(shared=True)
+      remove_dead_writers_partials(out.fd, files)
     except OSError as e:
       if isinstance(e, errors.Error):
         raise
