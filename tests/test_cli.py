@@ -852,6 +852,34 @@ def test_show_alpha_blends_each_pixel_once_under_100_masks():
     assert ratio == pytest.approx(1 - alpha, abs=0.02)
 
 
+def test_show_refuses_a_mask_whose_size_is_not_its_images():
+  """Each mask's stored size was trusted: an edited dataset declaring a
+  65536 x 65536 mask on a 16 x 16 image had it decoded (4 GiB). Now one
+  line names the image, the mask (its index in the example, also when
+  drawing a selection) and both sizes, before any mask is decoded."""
+  from segment_anything_tfds.tools import viz
+  _, ex = _nested_example(num=4, size=16)
+  ex['annotations']['segmentation']['size'][2] = [65536, 65536]
+  refused = re.escape(
+      'image_id 7: annotations[2].segmentation.size [65536, 65536] is not'
+      " the image's [16, 16] (height, width)")
+  with pytest.raises(errors.BadRecordError, match=f'^{refused}$'):
+    viz.render(ex)
+  with pytest.raises(errors.BadRecordError, match=f'^{refused}$'):
+    viz.render(ex, max_masks=2)  # Masks 2 and 3: the highest scores.
+  with pytest.raises(errors.BadRecordError, match=re.escape(
+      "image_id ?: annotations[2].segmentation.size [65536, 65536] is not"
+      " the image's [16, 16]")):
+    viz.full_masks(ex['annotations'], 16, 16)
+  assert viz.render(ex, max_masks=1).size == (16, 16)  # Mask 3 only.
+  # Fewer sizes than masks: the last masks were dropped without a word.
+  seg = ex['annotations']['segmentation']
+  seg['size'] = np.tile([[16, 16]], (3, 1))
+  with pytest.raises(errors.BadRecordError, match=re.escape(
+      'image_id ?: 4 masks but 3 mask sizes')):
+    viz.full_masks(ex['annotations'], 16, 16)
+
+
 def test_show_selects_masks_by_predicted_iou():
   from segment_anything_tfds.tools import viz
   ann = {'segmentation': {'counts': np.array([b''] * 6, object)},

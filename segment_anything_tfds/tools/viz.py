@@ -70,18 +70,35 @@ def colors(n: int) -> np.ndarray:
   return out
 
 
-def full_masks(annotations: Mapping[str, Any], height: int, width: int
+def full_masks(annotations: Mapping[str, Any], height: int, width: int, *,
+               image_id: Any = '?', index: Sequence[int] | None = None
                ) -> np.ndarray:
   """All masks of an example as bool [num_masks, height, width], at full
   resolution, for drawing (not `segment_anything_tfds.decode_masks`, the
   tf.data map that samples and decodes an example's masks).
 
   Uses pycocotools when installed, else `segment_anything_tfds.read.rle.decode`.
+
+  Args:
+    annotations: the masks' annotations (`segmentation` counts and size).
+    height: the image's height; every mask's size must be the image's.
+    width: the image's width.
+    image_id: the image's id, for messages.
+    index: the masks' indices in the example's annotations (`take`), for
+      messages; by default their positions in `annotations`.
+
+  Raises:
+    BadRecordError: a mask's stored size is not ``[height, width]`` (a
+      prepared dataset is input: one edited could declare a huge mask on a
+      small image), naming the image, the mask and both sizes; checked
+      before any mask is decoded.
   """
   seg = annotations['segmentation']
   # bytes() also turns numpy.bytes_, which pycocotools refuses, into bytes.
   counts = [bytes(c) if isinstance(c, bytes) else str(c).encode('utf-8')
             for c in seg['counts']]
+  _check_mask_sizes(seg['size'], len(counts), height, width,
+                    image_id=image_id, index=index)
   if not counts:
     return np.zeros((0, height, width), dtype=bool)
   try:
@@ -102,6 +119,22 @@ def full_masks(annotations: Mapping[str, Any], height: int, width: int
   return np.stack([
       np.asarray(rle.decode(c, [int(s[0]), int(s[1])])).astype(bool)
       for c, s in zip(counts, seg['size'])])
+
+
+def _check_mask_sizes(sizes: Any, num: int, height: int, width: int, *,
+                      image_id: Any, index: Sequence[int] | None) -> None:
+  """Refuses masks whose sizes are not the image's (see `full_masks`)."""
+  sizes = [np.asarray(size).ravel().tolist() for size in sizes]
+  if len(sizes) != num:
+    raise errors.BadRecordError(
+        f'image_id {image_id}: {num} masks but {len(sizes)} mask sizes')
+  for i, size in enumerate(sizes):
+    if size != [height, width]:
+      shown = i if index is None else int(index[i])
+      raise errors.BadRecordError(
+          f'image_id {image_id}: annotations[{shown}].segmentation.size'
+          f' {size} is not the image\'s [{height}, {width}] (height,'
+          ' width)')
 
 
 def check_drawable(image_id: Any, height: int, width: int, *,
@@ -256,7 +289,8 @@ def render(
 
   Raises:
     BadRecordError: a box (with `boxes`) or point (with `points`) to draw
-      is NaN or infinite, naming the image id and the annotation.
+      is NaN or infinite, or a mask's size is not the image's
+      (`full_masks`), naming the image id and the annotation.
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
@@ -269,7 +303,7 @@ def render(
   factor = upscale_factor(height, width, min_size)
   check_drawable(image_id, height, width, masks=len(index), factor=factor)
   ann = take(example['annotations'], index)
-  masks = full_masks(ann, height, width)
+  masks = full_masks(ann, height, width, image_id=image_id, index=index)
   palette = colors(len(masks))
   image = Image.fromarray(blend(upscale(pixels, factor),
                                 upscale(masks, factor, (1, 2)), palette,
@@ -453,7 +487,8 @@ def evaluation_ious(example: Mapping[str, Any],
             f'the prediction of mask {ann_id} has size'
             f' {list(predictions[r][2])}, its ground truth'
             f' {[height, width]}')
-    gt = full_masks(take(ann, [g]), height, width)[0]
+    gt = full_masks(take(ann, [g]), height, width,
+                    image_id=_image_id(example), index=[g])[0]
     preds = full_masks({'segmentation': {
         'counts': [predictions[r][1] for r in rows],
         'size': [predictions[r][2] for r in rows]}}, height, width)
