@@ -17,6 +17,19 @@
  *   `kernels()`; len(offsets) is at most its lanes (16 for 'c'). The GIL
  *   is released while it runs.
  *
+ * drive(states, buf, chunk, table, kernel, budget) -> (lane, errno)
+ *   Reads and hashes whole files, one per lane, as `compress` does with
+ *   blocks: `table` is a writable buffer of 5 int64s per lane (its fd, -1
+ *   for none; then, in its `chunk` bytes of `buf` from lane * chunk, the
+ *   next byte to hash and the end of what was read; bytes read so far;
+ *   whether the file has ended). A lane with less than a block left moves
+ *   it to the front of its part and reads after it. Comes back when a
+ *   lane's file has ended with less than a block left (that lane, errno
+ *   0: the caller pads its tail), when a read fails (that lane and the
+ *   errno; EINTR too, to let signal handlers run), or once `budget` bytes
+ *   are hashed (-1, 0). The GIL is released while it runs, reads included:
+ *   in Python, the loop spent more on itself than on reading.
+ *
  * kernels() -> ((name, lanes), ...): those this CPU runs, fastest first:
  *   'avx512' (16 lanes in 512-bit registers), 'avx512vl' (8 lanes, AVX2
  *   with AVX-512's ternary logic and rotation on 256-bit registers: 4
@@ -36,7 +49,9 @@
 #include <Python.h>
 
 #include <stdint.h>
+#include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 #if (defined(__x86_64__) || defined(__i386__)) && \
     (defined(__GNUC__) || defined(__clang__))
@@ -319,6 +334,46 @@ static PyObject *kernels(PyObject *self, PyObject *unused) {
   return tuple;
 }
 
+/* Runs `nblocks` blocks through lanes 0..lanes-1 of `kernel`: lane i's
+ * start at p + off[i], or nowhere for off[i] == -1; `used` is a lane that
+ * has blocks. `st` holds 16 bytes of state per lane, touched only through
+ * memcpy (any alignment will do). Called without the GIL. */
+static void run_lanes(int kernel, Py_ssize_t lanes, const Py_ssize_t *off,
+                      int used, const unsigned char *p, void *states,
+                      Py_ssize_t nblocks) {
+  unsigned char(*st)[16] = (unsigned char(*)[16])states;
+  if (kernel == K_C) {
+    for (Py_ssize_t i = 0; i < lanes; i++) {
+      if (off[i] == -1) continue;
+      uint32_t one[4];
+      memcpy(one, st[i], sizeof one);
+      md5_blocks_c(one, p + off[i], nblocks);
+      memcpy(st[i], one, sizeof one);
+    }
+    return;
+  }
+#ifdef MD5X_X86
+  /* Unused lanes read the first used lane's blocks and their result is
+   * dropped. */
+  int width = KERNEL_LANES[kernel];
+  uint32_t lane_st[MAX_LANES][4];
+  const unsigned char *lane_p[MAX_LANES];
+  for (Py_ssize_t i = 0; i < width && i < MAX_LANES; i++) {
+    int live = i < lanes && off[i] != -1;
+    lane_p[i] = p + (live ? off[i] : off[used]);
+    memcpy(lane_st[i], st[live ? i : used], sizeof lane_st[i]);
+  }
+  if (kernel == K_AVX512)
+    md5_blocks_avx512(lane_st, lane_p, nblocks);
+  else if (kernel == K_AVX512VL)
+    md5_blocks_avx512vl(lane_st, lane_p, nblocks);
+  else
+    md5_blocks_avx2(lane_st, lane_p, nblocks);
+  for (Py_ssize_t i = 0; i < lanes; i++)
+    if (off[i] != -1) memcpy(st[i], lane_st[i], sizeof lane_st[i]);
+#endif
+}
+
 static PyObject *compress(PyObject *self, PyObject *args) {
   (void)self;
   Py_buffer states, buf;
@@ -374,40 +429,9 @@ static PyObject *compress(PyObject *self, PyObject *args) {
   }
   if (used >= 0 && nblocks > 0) {
     const unsigned char *p = (const unsigned char *)buf.buf;
-    /* Touched only through memcpy: any alignment will do. */
-    unsigned char(*st)[16] = (unsigned char(*)[16])states.buf;
     /* The buffers' exports are held, so their memory stays put. */
     Py_BEGIN_ALLOW_THREADS
-    if (kernel == K_C) {
-      for (Py_ssize_t i = 0; i < lanes; i++) {
-        if (off[i] == -1) continue;
-        uint32_t one[4];  /* `states` need not be aligned for uint32_t. */
-        memcpy(one, st[i], sizeof one);
-        md5_blocks_c(one, p + off[i], nblocks);
-        memcpy(st[i], one, sizeof one);
-      }
-    }
-#ifdef MD5X_X86
-    else {
-      /* Unused lanes read the first used lane's blocks and their result
-       * is dropped. */
-      uint32_t lane_st[MAX_LANES][4];
-      const unsigned char *lane_p[MAX_LANES];
-      for (Py_ssize_t i = 0; i < width && i < MAX_LANES; i++) {
-        int live = i < lanes && off[i] != -1;
-        lane_p[i] = p + (live ? off[i] : off[used]);
-        memcpy(lane_st[i], st[live ? i : used], sizeof lane_st[i]);
-      }
-      if (kernel == K_AVX512)
-        md5_blocks_avx512(lane_st, lane_p, nblocks);
-      else if (kernel == K_AVX512VL)
-        md5_blocks_avx512vl(lane_st, lane_p, nblocks);
-      else
-        md5_blocks_avx2(lane_st, lane_p, nblocks);
-      for (Py_ssize_t i = 0; i < lanes; i++)
-        if (off[i] != -1) memcpy(st[i], lane_st[i], sizeof lane_st[i]);
-    }
-#endif
+    run_lanes(kernel, lanes, off, used, p, states.buf, nblocks);
     Py_END_ALLOW_THREADS
   }
   Py_INCREF(Py_None);
@@ -419,10 +443,118 @@ done:
   return result;
 }
 
+/* One lane of `drive`'s table: 5 int64s. */
+enum { T_FD, T_POS, T_END, T_TOTAL, T_EOF, T_FIELDS };
+
+static PyObject *drive(PyObject *self, PyObject *args) {
+  (void)self;
+  Py_buffer states, buf, table;
+  Py_ssize_t chunk, budget;
+  const char *name;
+  if (!PyArg_ParseTuple(args, "w*w*nw*sn", &states, &buf, &chunk, &table,
+                        &name, &budget))
+    return NULL;
+  PyObject *result = NULL;
+  int kernel = 0;
+  while (kernel < N_KERNELS && strcmp(name, KERNEL_NAMES[kernel]) != 0)
+    kernel++;
+  if (kernel == N_KERNELS || !runs_here(kernel)) {
+    PyErr_Format(PyExc_ValueError, "no md5 kernel %s on this CPU", name);
+    goto done;
+  }
+  Py_ssize_t lanes = table.len / (Py_ssize_t)(T_FIELDS * sizeof(int64_t));
+  int64_t t[MAX_LANES][T_FIELDS];
+  if (!PyBuffer_IsContiguous(&states, 'C') ||
+      !PyBuffer_IsContiguous(&buf, 'C') ||
+      !PyBuffer_IsContiguous(&table, 'C') ||
+      table.len != lanes * (Py_ssize_t)sizeof t[0] || lanes < 1 ||
+      lanes > KERNEL_LANES[kernel] || states.len != 16 * lanes) {
+    PyErr_SetString(PyExc_ValueError,
+                    "the table must hold 5 int64s per lane, at most the "
+                    "kernel's lanes, and states 16 bytes per lane");
+    goto done;
+  }
+  if (chunk < 128 || chunk % 64 != 0 || chunk > buf.len / lanes ||
+      budget < 1) {
+    PyErr_SetString(PyExc_ValueError,
+                    "chunk must be a multiple of 64 from 128, with a chunk "
+                    "per lane in buf, and budget positive");
+    goto done;
+  }
+  memcpy(t, table.buf, table.len);
+  for (Py_ssize_t i = 0; i < lanes; i++)
+    if (t[i][T_FD] != -1 &&
+        (t[i][T_FD] < 0 || t[i][T_FD] > INT32_MAX || t[i][T_POS] < 0 ||
+         t[i][T_POS] > t[i][T_END] || t[i][T_END] > chunk)) {
+      PyErr_Format(PyExc_ValueError, "lane %zd: a bad fd or position", i);
+      goto done;
+    }
+  Py_ssize_t lane = -1;
+  int err = 0;
+  unsigned char *p = (unsigned char *)buf.buf;
+  /* The buffers' exports are held, so their memory stays put. */
+  Py_BEGIN_ALLOW_THREADS
+  Py_ssize_t hashed = 0;
+  Py_ssize_t off[MAX_LANES];
+  while (hashed < budget && lane < 0) {
+    int used = -1;
+    Py_ssize_t nblocks = PY_SSIZE_T_MAX, live = 0;
+    for (Py_ssize_t i = 0; i < lanes && lane < 0; i++) {
+      int64_t *l = t[i];
+      off[i] = -1;
+      if (l[T_FD] == -1) continue;
+      unsigned char *base = p + i * chunk;
+      while (l[T_END] - l[T_POS] < 64 && !l[T_EOF]) {
+        /* Less than a block left: move it to the front, read after it. */
+        int64_t tail = l[T_END] - l[T_POS];
+        memmove(base, base + l[T_POS], (size_t)tail);
+        l[T_POS] = 0;
+        l[T_END] = tail;
+        ssize_t n = read((int)l[T_FD], base + tail, (size_t)(chunk - tail));
+        if (n < 0) {
+          lane = i;
+          err = errno;
+          break;
+        }
+        l[T_END] += n;
+        l[T_TOTAL] += n;
+        l[T_EOF] = n == 0;
+      }
+      if (lane >= 0) break;
+      if (l[T_END] - l[T_POS] < 64) {  /* At its end: Python finishes it. */
+        lane = i;
+        break;
+      }
+      off[i] = i * chunk + (Py_ssize_t)l[T_POS];
+      if (used < 0) used = (int)i;
+      if ((l[T_END] - l[T_POS]) / 64 < nblocks)
+        nblocks = (Py_ssize_t)((l[T_END] - l[T_POS]) / 64);
+      live++;
+    }
+    if (lane >= 0 || used < 0) break;
+    run_lanes(kernel, lanes, off, used, p, states.buf, nblocks);
+    for (Py_ssize_t i = 0; i < lanes; i++)
+      if (off[i] != -1) t[i][T_POS] += 64 * nblocks;
+    hashed += 64 * nblocks * live;
+  }
+  Py_END_ALLOW_THREADS
+  memcpy(table.buf, t, table.len);
+  result = Py_BuildValue("(ni)", lane, err);
+done:
+  PyBuffer_Release(&states);
+  PyBuffer_Release(&buf);
+  PyBuffer_Release(&table);
+  return result;
+}
+
 static PyMethodDef methods[] = {
     {"compress", compress, METH_VARARGS,
      "compress(states, buf, offsets, nblocks, kernel): MD5 blocks, one "
      "file per lane."},
+    {"drive", drive, METH_VARARGS,
+     "drive(states, buf, chunk, table, kernel, budget): reads and hashes "
+     "the lanes' files until one ends or fails, or budget bytes are "
+     "hashed; (lane, errno), lane -1 for the budget."},
     {"kernels", kernels, METH_NOARGS,
      "kernels(): ((name, lanes), ...) this CPU runs, 'c' last."},
     {NULL, NULL, 0, NULL}};

@@ -8,6 +8,7 @@ mid-read, and `checksums.verify_all`, which uses it for local tars.
 
 from __future__ import annotations
 
+import array
 import functools
 import hashlib
 import os
@@ -234,6 +235,59 @@ def test_the_kernel_refuses_what_would_read_outside_or_overflow():
   compress(state, buf, [-1], 1, 'c')
   compress(state, buf, [0], 0, 'c')
   assert state == _iv(1)
+
+
+@needs_ext
+def test_drive_refuses_a_table_or_chunk_that_would_reach_outside():
+  drive = md5x._md5x.drive
+  table = array.array('q', [-1, 0, 0, 0, 0])
+  buf = bytearray(256)
+  with pytest.raises(ValueError, match='5 int64s per lane'):
+    drive(_iv(1), buf, 128, array.array('q', [-1, 0, 0, 0]), 'c', 1)
+  with pytest.raises(ValueError, match='5 int64s per lane'):
+    drive(_iv(2), buf, 128, table, 'c', 1)  # States of 2 lanes for 1.
+  with pytest.raises(ValueError, match='5 int64s per lane'):
+    drive(_iv(17), bytearray(128 * 17), 128,
+          array.array('q', [-1, 0, 0, 0, 0] * 17), 'c', 1)
+  for chunk in (64, 130, 512):  # Too small, not whole blocks, past buf.
+    with pytest.raises(ValueError, match='chunk'):
+      drive(_iv(1), buf, chunk, table, 'c', 1)
+  with pytest.raises(ValueError, match='budget'):
+    drive(_iv(1), buf, 128, table, 'c', 0)
+  for lane in ([5, 10, 3, 0, 0], [5, 0, 129, 0, 0], [-7, 0, 0, 0, 0]):
+    with pytest.raises(ValueError, match='lane 0: a bad fd or position'):
+      drive(_iv(1), buf, 128, array.array('q', lane), 'c', 1)
+  with pytest.raises(TypeError):
+    drive(_iv(1), bytes(256), 128, table, 'c', 1)  # buf is written.
+
+
+@needs_ext
+def test_drive_comes_back_after_its_budget_and_at_a_files_end(tmp_path):
+  """With a budget of 1 byte drive stops after one round (each lane's
+  whole blocks read so far); then lane 1's file ends first, and drive
+  stops there with its tail left to finish."""
+  data = [random.Random(i).randbytes(n) for i, n in enumerate((640, 200))]
+  fds = []
+  for i, d in enumerate(data):
+    (tmp_path / f'f{i}').write_bytes(d)
+    fds.append(os.open(tmp_path / f'f{i}', os.O_RDONLY))
+  try:
+    states = _iv(2)
+    buf = bytearray(2 * 128)
+    table = array.array('q', [fds[0], 0, 0, 0, 0, fds[1], 0, 0, 0, 0])
+    assert md5x._md5x.drive(states, buf, 128, table, 'c', 1) == (-1, 0)
+    assert list(table) == [fds[0], 128, 128, 128, 0,
+                           fds[1], 128, 128, 128, 0]
+    assert md5x._md5x.drive(states, buf, 128, table, 'c', 1 << 20) == (1, 0)
+    fd, pos, end, total, eof = table[5:]
+    assert (total, eof) == (200, 1)
+    tail = bytes(buf[128 + pos:128 + end])
+    assert tail == data[1][192:]
+    assert md5x._finish(memoryview(states), 1, tail, total) == (
+        hashlib.md5(data[1]).hexdigest())
+  finally:
+    for fd in fds:
+      os.close(fd)
 
 
 # --------------------------------------------------------- verify_all

@@ -5,7 +5,7 @@ first check of local tars against an md5 list (`checksums.verify_all`)
 hashes every tar of the build, so it runs them side by side: each thread
 keeps up to 16 files open (8 where it has no more, or no AVX-512), reads
 the next 1 MiB of each into its part of one buffer, and runs all of them
-through the kernel at once. On this project's 2-core machine (AVX-512)
+through the kernel at once (`_md5x.drive`: reads and hashing in C). On this project's 2-core machine (AVX-512)
 the kernel hashes 5.3 GB/s with 8 lanes and 7.9 GB/s with 16 on one
 core, 7-10x hashlib; from files, about half of that (docs/benchmarks.md,
 "Checksums").
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import array
 import concurrent.futures
-import dataclasses
+import errno
 import os
 import struct
 import threading
@@ -35,6 +35,8 @@ except ImportError:  # Built without a C compiler: hashlib instead.
 # must not cost a disk more seeks; the rate in memory is the same from
 # 64 KiB to 1 MiB.
 CHUNK = 1 << 20
+# Bytes a thread hashes between looks at whether to stop (~20 ms).
+_TURN = 64 << 20
 _IV = (0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476)
 
 
@@ -67,16 +69,6 @@ class ReadError(Exception):
     super().__init__(job, error)
     self.job = job
     self.error = error
-
-
-@dataclasses.dataclass
-class _Lane:
-  job: int
-  fd: int
-  pos: int = 0     # Next byte to hash, in the lane's part of the buffer.
-  end: int = 0     # End of what was read, in the same part.
-  total: int = 0   # Bytes read from the file so far.
-  eof: bool = False
 
 
 def _finish(states: memoryview, lane: int, tail: bytes, total: int) -> str:
@@ -112,63 +104,52 @@ def _sequential(fd: int) -> None:
       pass
 
 
-def _refill(s: _Lane, buf: bytearray, view: memoryview, base: int) -> None:
-  """Moves the lane's unhashed tail (< 64 bytes) to the front of its part
-  and reads after it."""
-  tail = s.end - s.pos
-  buf[base:base + tail] = buf[base + s.pos:base + s.end]
-  try:
-    n = os.readv(s.fd, [view[base + tail:base + CHUNK]])
-  except OSError as e:
-    raise ReadError(s.job, e) from None
-  s.pos, s.end, s.total, s.eof = 0, tail + n, s.total + n, n == 0
-
-
 def _run(jobs: _Jobs, lanes: int, kernel: str, out: list[str | None]) -> None:
-  """Hashes files from `jobs`, `lanes` at a time, until none is left."""
+  """Hashes files from `jobs`, `lanes` at a time, until none is left.
+
+  `_md5x.drive` reads and hashes them without the GIL, and comes back when
+  a file ends (to finish its md5 and open the next), when a read fails,
+  and after `_TURN` bytes (to see whether another thread stopped them all).
+  """
   buf = bytearray(lanes * CHUNK)
-  view = memoryview(buf)
   words = array.array('I', bytes(16 * lanes))
   assert words.itemsize == 4
   states = memoryview(words).cast('B')
-  slots: list[_Lane | None] = [None] * lanes
+  # Per lane: fd (-1: none), next byte to hash and end of what was read in
+  # its part of `buf`, bytes read so far, at the end of the file.
+  table = array.array('q', [-1, 0, 0, 0, 0] * lanes)
+  assert table.itemsize == 8
+  job_of: list[int | None] = [None] * lanes
   try:
     while not jobs.stop.is_set():
       for i in range(lanes):
-        if slots[i] is None and (job := jobs.take()) is not None:
-          slots[i] = _Lane(job[0], job[1]())
-          _sequential(slots[i].fd)
+        if job_of[i] is None and (job := jobs.take()) is not None:
+          fd = job[1]()
+          job_of[i] = job[0]
+          table[5 * i:5 * i + 5] = array.array('q', [fd, 0, 0, 0, 0])
+          _sequential(fd)
           words[4 * i:4 * i + 4] = array.array('I', _IV)
-      live = [i for i in range(lanes) if slots[i] is not None]
-      if not live:
+      if all(job is None for job in job_of):
         return
-      for i in live:
-        s = slots[i]
-        if s.end - s.pos < 64 and not s.eof:
-          _refill(s, buf, view, i * CHUNK)
-        if s.eof and s.end - s.pos < 64:
-          base = i * CHUNK
-          out[s.job] = _finish(states, i, bytes(buf[base + s.pos:base + s.end]),
-                               s.total)
-          os.close(s.fd)
-          slots[i] = None
-      live = [i for i in live if slots[i] is not None]
-      if not live:
+      lane, error = _md5x.drive(states, buf, CHUNK, table, kernel, _TURN)
+      if lane < 0 or error == errno.EINTR:  # A turn's end; a signal.
         continue
-      n = min((slots[i].end - slots[i].pos) // 64 for i in live)
-      offsets = [-1] * lanes
-      for i in live:
-        offsets[i] = i * CHUNK + slots[i].pos
-      _md5x.compress(states, buf, offsets, n, kernel)
-      for i in live:
-        slots[i].pos += 64 * n
+      if error:
+        raise ReadError(job_of[lane], OSError(error, os.strerror(error)))
+      fd, pos, end, total, _ = table[5 * lane:5 * lane + 5]
+      base = lane * CHUNK
+      out[job_of[lane]] = _finish(states, lane, bytes(buf[base + pos:
+                                                          base + end]), total)
+      table[5 * lane] = -1
+      job_of[lane] = None
+      os.close(fd)
   except BaseException:
     jobs.stop.set()
     raise
   finally:
-    for s in slots:
-      if s is not None:
-        os.close(s.fd)
+    for i in range(lanes):
+      if job_of[i] is not None:
+        os.close(table[5 * i])
 
 
 def digests(openers: Sequence[Callable[[], int]], *, threads: int = 1,
