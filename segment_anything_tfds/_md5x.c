@@ -485,7 +485,9 @@ static PyObject *drive(PyObject *self, PyObject *args) {
   for (Py_ssize_t i = 0; i < lanes; i++)
     if (t[i][T_FD] != -1 &&
         (t[i][T_FD] < 0 || t[i][T_FD] > INT32_MAX || t[i][T_POS] < 0 ||
-         t[i][T_POS] > t[i][T_END] || t[i][T_END] > chunk)) {
+         t[i][T_POS] > t[i][T_END] || t[i][T_END] > chunk ||
+         t[i][T_TOTAL] < 0 || t[i][T_TOTAL] > INT64_MAX / 2 ||
+         (t[i][T_EOF] != 0 && t[i][T_EOF] != 1))) {
       PyErr_Format(PyExc_ValueError, "lane %zd: a bad fd or position", i);
       goto done;
     }

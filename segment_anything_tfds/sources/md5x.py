@@ -37,6 +37,8 @@ except ImportError:  # Built without a C compiler: hashlib instead.
 CHUNK = 1 << 20
 # Bytes a thread hashes between looks at whether to stop (~20 ms).
 _TURN = 64 << 20
+# A lane of `_md5x.drive`'s table with no file.
+_FREE = array.array('q', [-1, 0, 0, 0, 0])
 _IV = (0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476)
 
 
@@ -117,17 +119,20 @@ def _run(jobs: _Jobs, lanes: int, kernel: str, out: list[str | None]) -> None:
   states = memoryview(words).cast('B')
   # Per lane: fd (-1: none), next byte to hash and end of what was read in
   # its part of `buf`, bytes read so far, at the end of the file.
-  table = array.array('q', [-1, 0, 0, 0, 0] * lanes)
+  table = _FREE * lanes
   assert table.itemsize == 8
   job_of: list[int | None] = [None] * lanes
+  # The table owns each fd from the moment the opener returns it: an
+  # interrupt (a signal handler raising) between two lines then leaves no
+  # fd that `finally` does not close, and none closed twice (a number
+  # another thread may have been given since).
   try:
     while not jobs.stop.is_set():
       for i in range(lanes):
         if job_of[i] is None and (job := jobs.take()) is not None:
-          fd = job[1]()
           job_of[i] = job[0]
-          table[5 * i:5 * i + 5] = array.array('q', [fd, 0, 0, 0, 0])
-          _sequential(fd)
+          table[5 * i] = _fd(job[1](), job[0])
+          _sequential(table[5 * i])
           words[4 * i:4 * i + 4] = array.array('I', _IV)
       if all(job is None for job in job_of):
         return
@@ -140,7 +145,7 @@ def _run(jobs: _Jobs, lanes: int, kernel: str, out: list[str | None]) -> None:
       base = lane * CHUNK
       out[job_of[lane]] = _finish(states, lane, bytes(buf[base + pos:
                                                           base + end]), total)
-      table[5 * lane] = -1
+      table[5 * lane:5 * lane + 5] = _FREE
       job_of[lane] = None
       os.close(fd)
   except BaseException:
@@ -148,8 +153,16 @@ def _run(jobs: _Jobs, lanes: int, kernel: str, out: list[str | None]) -> None:
     raise
   finally:
     for i in range(lanes):
-      if job_of[i] is not None:
-        os.close(table[5 * i])
+      fd, table[5 * i] = table[5 * i], -1
+      if fd != -1:
+        os.close(fd)
+
+
+def _fd(fd, job: int) -> int:
+  """What opener number `job` returned, if it is an open file's number."""
+  if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+    raise ValueError(f'opener {job} returned {fd!r}, not a file descriptor')
+  return fd
 
 
 def digests(openers: Sequence[Callable[[], int]], *, threads: int = 1,
@@ -188,14 +201,15 @@ def digests(openers: Sequence[Callable[[], int]], *, threads: int = 1,
   if threads == 1:
     _run(jobs, lanes, kernel, out)
   else:
-    with concurrent.futures.ThreadPoolExecutor(
-        threads, thread_name_prefix='sa1b-md5') as ex:
-      done = [ex.submit(_run, jobs, lanes, kernel, out)
-              for _ in range(threads)]
-      try:
-        for f in done:
-          f.result()
-      except BaseException:  # Ctrl-C too: the threads stop at their next
-        jobs.stop.set()       # turn, not after every file.
-        raise
+    ex = concurrent.futures.ThreadPoolExecutor(
+        threads, thread_name_prefix='sa1b-md5')
+    try:
+      for f in [ex.submit(_run, jobs, lanes, kernel, out)
+                for _ in range(threads)]:
+        f.result()
+    except BaseException:  # Ctrl-C too, in a submit or a wait: the threads
+      jobs.stop.set()       # stop at their next turn, not after every file.
+      raise
+    finally:
+      ex.shutdown(wait=True)
   return out  # type: ignore[return-value]
