@@ -313,6 +313,15 @@ static int runs_here(int kernel) {
   return 0;
 }
 
+/* The kernel called `name` if this CPU runs it; else -1 and a
+ * ValueError. */
+static int kernel_named(const char *name) {
+  for (int k = 0; k < N_KERNELS; k++)
+    if (strcmp(name, KERNEL_NAMES[k]) == 0 && runs_here(k)) return k;
+  PyErr_Format(PyExc_ValueError, "no md5 kernel %s on this CPU", name);
+  return -1;
+}
+
 static PyObject *kernels(PyObject *self, PyObject *unused) {
   (void)self;
   (void)unused;
@@ -387,13 +396,8 @@ static PyObject *compress(PyObject *self, PyObject *args) {
   PyObject *offsets = NULL;
   Py_ssize_t off[MAX_LANES];
   Py_ssize_t lanes = 0;
-  int kernel = 0;
-  while (kernel < N_KERNELS && strcmp(name, KERNEL_NAMES[kernel]) != 0)
-    kernel++;
-  if (kernel == N_KERNELS || !runs_here(kernel)) {
-    PyErr_Format(PyExc_ValueError, "no md5 kernel %s on this CPU", name);
-    goto done;
-  }
+  int kernel = kernel_named(name);
+  if (kernel < 0) goto done;
   int width = KERNEL_LANES[kernel];
   offsets = PySequence_Fast(offsets_obj, "offsets must be a sequence");
   if (offsets == NULL) goto done;
@@ -455,13 +459,8 @@ static PyObject *drive(PyObject *self, PyObject *args) {
                         &name, &budget))
     return NULL;
   PyObject *result = NULL;
-  int kernel = 0;
-  while (kernel < N_KERNELS && strcmp(name, KERNEL_NAMES[kernel]) != 0)
-    kernel++;
-  if (kernel == N_KERNELS || !runs_here(kernel)) {
-    PyErr_Format(PyExc_ValueError, "no md5 kernel %s on this CPU", name);
-    goto done;
-  }
+  int kernel = kernel_named(name);
+  if (kernel < 0) goto done;
   Py_ssize_t lanes = table.len / (Py_ssize_t)(T_FIELDS * sizeof(int64_t));
   int64_t t[MAX_LANES][T_FIELDS];
   if (!PyBuffer_IsContiguous(&states, 'C') ||
