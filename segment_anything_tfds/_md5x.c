@@ -487,7 +487,9 @@ static PyObject *drive(PyObject *self, PyObject *args) {
          t[i][T_POS] > t[i][T_END] || t[i][T_END] > chunk ||
          t[i][T_TOTAL] < 0 || t[i][T_TOTAL] > INT64_MAX / 2 ||
          (t[i][T_EOF] != 0 && t[i][T_EOF] != 1))) {
-      PyErr_Format(PyExc_ValueError, "lane %zd: a bad fd or position", i);
+      PyErr_Format(PyExc_ValueError,
+                   "lane %zd: a bad fd, position, byte count or end flag",
+                   i);
       goto done;
     }
   Py_ssize_t lane = -1;

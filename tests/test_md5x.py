@@ -327,7 +327,8 @@ def test_drive_refuses_a_table_or_chunk_that_would_reach_outside():
     drive(_iv(1), buf, 128, table, 'c', 0)
   for lane in ([5, 10, 3, 0, 0], [5, 0, 129, 0, 0], [-7, 0, 0, 0, 0],
                [5, 0, 0, -1, 0], [5, 0, 0, 2**63 - 1, 0], [5, 0, 0, 0, 7]):
-    with pytest.raises(ValueError, match='lane 0: a bad fd or position'):
+    with pytest.raises(ValueError,
+                       match='lane 0: a bad fd, position, byte count'):
       drive(_iv(1), buf, 128, array.array('q', lane), 'c', 1)
   with pytest.raises(TypeError):
     drive(_iv(1), bytes(256), 128, table, 'c', 1)  # buf is written.

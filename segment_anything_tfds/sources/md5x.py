@@ -5,9 +5,10 @@ first check of local tars against an md5 list (`checksums.verify_all`)
 hashes every tar of the build, so it runs them side by side: each thread
 keeps up to 16 files open (8 where it has no more, or no AVX-512), reads
 the next 1 MiB of each into its part of one buffer, and runs all of them
-through the kernel at once (`_md5x.drive`: reads and hashing in C). On this project's 2-core machine (AVX-512)
-the kernel hashes 5.3 GB/s with 8 lanes and 7.9 GB/s with 16 on one
-core, 7-10x hashlib; from files, about half of that (docs/benchmarks.md,
+through the kernel at once (`_md5x.drive`: the reads and the hashing in
+C, without the GIL). On this project's 2-core machine (AVX-512) the
+kernel hashes 5.3 GB/s with 8 lanes and 7.9 GB/s with 16 on one core,
+8-12x hashlib; from files, about half of that (docs/benchmarks.md,
 "Checksums").
 
 `digests` is the whole API; `available()` says whether the extension is
