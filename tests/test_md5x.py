@@ -16,7 +16,6 @@ import platform
 import random
 import signal
 import threading
-import time
 
 import pytest
 
@@ -169,16 +168,18 @@ def test_an_opener_that_returns_no_fd_is_a_value_error(files, bad):
 
 
 @needs_ext
-@pytest.mark.parametrize('threads', [1, 2])
 # An interrupt that lands in a weakref callback is printed, not raised.
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
-def test_an_interrupt_at_any_point_closes_every_file_once(tmp_path, threads):
+def test_an_interrupt_at_any_point_closes_every_file_once(tmp_path):
   """A signal handler that raises lands between any two lines of the
   hashing loop: every fd opened is closed, none twice (an EBADF would
-  replace the interrupt), in 200 runs at random moments. Ctrl-C's
-  KeyboardInterrupt is no Exception: an Exception raised in
-  `threading.Thread.start` makes CPython forget the thread it started
-  (and a wait for it never ends), so this one is no Exception either."""
+  replace the interrupt), in 200 runs at random moments. In one thread:
+  with more, a random moment also falls inside CPython's own locks
+  (`threading`, `concurrent.futures`), which an exception raised there
+  can leave held, and the next run waits for ever;
+  `test_an_interrupt_stops_every_thread_at_its_next_turn` interrupts
+  threads where Ctrl-C lands, in the wait for them."""
+  threads = 1
   paths = []
   for i in range(60):
     path = tmp_path / f'f{i}'
@@ -199,22 +200,18 @@ def test_an_interrupt_at_any_point_closes_every_file_once(tmp_path, threads):
     for _ in range(200):
       opened = []
       opener = functools.partial(_opening, opened)
-      signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.0001, 0.004))
+      # The timer may also ring after the hashing, as it is disarmed: the
+      # outer try catches that one too.
       try:
-        md5x.digests([functools.partial(opener, p) for p in paths],
-                     threads=threads)
-        outcomes.add('finished')
+        try:
+          signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.0001, 0.004))
+          md5x.digests([functools.partial(opener, p) for p in paths],
+                       threads=threads)
+          outcomes.add('finished')
+        finally:
+          signal.setitimer(signal.ITIMER_REAL, 0)
       except Interrupt:
         outcomes.add('interrupted')
-      finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-      # Threads stop at their next turn (an interrupt may land while they
-      # are waited for), closing their files.
-      # (One whose start was interrupted cannot be joined: polled.)
-      deadline = time.monotonic() + 10
-      while any(t.name.startswith('sa1b-md5') for t in threading.enumerate()):
-        assert time.monotonic() < deadline, 'a hashing thread did not stop'
-        time.sleep(0.001)
       # The opener's own fd, returned just as the signal came, is the one
       # window Python cannot close: at most that one is left.
       assert sum(_is_open(f) for f in opened) <= 1
